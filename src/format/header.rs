@@ -1,0 +1,178 @@
+//! The preamble (magic, version, header length) and the CBOR header.
+
+use serde::{Deserialize, Serialize};
+
+use super::{
+    BlockSize, Digest, FormatError, Geometry, MAGIC, MAX_HEADER_LEN, PREAMBLE_LEN, VERSION_MAJOR,
+    VERSION_MINOR, le,
+};
+
+/// The fixed 16 bytes every archive starts with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Preamble {
+    /// Major format version.
+    pub major: u16,
+    /// Minor format version.
+    pub minor: u16,
+    /// Length of the CBOR header that follows.
+    pub header_len: u32,
+}
+
+impl Preamble {
+    /// Appends the 16 preamble bytes.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&MAGIC);
+        out.extend_from_slice(&self.major.to_le_bytes());
+        out.extend_from_slice(&self.minor.to_le_bytes());
+        out.extend_from_slice(&self.header_len.to_le_bytes());
+    }
+
+    /// Decodes and checks the preamble: magic first, then version, then length.
+    ///
+    /// # Errors
+    /// [`FormatError::Truncated`], [`FormatError::BadMagic`],
+    /// [`FormatError::UnsupportedVersion`] or [`FormatError::Corrupt`] (header too long).
+    pub fn decode(b: &[u8]) -> Result<Self, FormatError> {
+        if b.len() < PREAMBLE_LEN {
+            return Err(FormatError::Truncated {
+                what: "preamble",
+                needed: PREAMBLE_LEN as u64,
+                available: b.len() as u64,
+            });
+        }
+        if b[..8] != MAGIC {
+            return Err(FormatError::BadMagic {
+                expected: hex::encode(MAGIC),
+                found: hex::encode(&b[..8]),
+            });
+        }
+        let major = u16::from_le_bytes(le(b, 8));
+        let minor = u16::from_le_bytes(le(b, 10));
+        if major != VERSION_MAJOR {
+            return Err(FormatError::UnsupportedVersion { major, minor, supported: VERSION_MAJOR });
+        }
+        let header_len = u32::from_le_bytes(le(b, 12));
+        if header_len == 0 || header_len > MAX_HEADER_LEN {
+            return Err(FormatError::corrupt(
+                "preamble",
+                format!("header length {header_len} outside 1..={MAX_HEADER_LEN}"),
+            ));
+        }
+        Ok(Preamble { major, minor, header_len })
+    }
+}
+
+/// Parent of a delta archive: which archive, and the exact bytes it must be.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParentRef {
+    /// The parent's archive id.
+    pub id: String,
+    /// The parent's archive digest (its trailer checksum).
+    pub digest: Digest,
+    /// The parent's sequence number.
+    pub seq: u64,
+}
+
+/// How block data is compressed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Compression {
+    /// Always `"zstd"` in version 1.
+    pub algorithm: String,
+    /// The zstd level the writer used (informational).
+    pub level: i32,
+}
+
+/// Where the blocks of an archive came from (informational, for operators).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceInfo {
+    /// `"file"`, `"device"`, `"lvm"` or `"archive"` (a merge or consolidation).
+    pub kind: String,
+    /// Path or name of the source.
+    pub path: String,
+    /// How changed blocks were found: `"full"`, `"scan"` or `"changed-blocks"`.
+    pub method: String,
+}
+
+/// The self-describing header of an archive, stored as a CBOR map.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Header {
+    /// Volume name as the user knows it (`vg0/web`).
+    pub volume_name: String,
+    /// Stable volume id (32 hex digits), fixed at the first archive.
+    pub volume_id: String,
+    /// This archive's id (32 hex digits), unique in the repository.
+    pub archive_id: String,
+    /// Position in the volume's history; a delta's seq is greater than its parent's.
+    pub seq: u64,
+    /// Parent archive; `None` for a full archive.
+    pub parent: Option<ParentRef>,
+    /// Creation time, RFC 3339 UTC.
+    pub created: String,
+    /// Volume size in bytes at this point.
+    pub size: u64,
+    /// Block size in bytes (fixed per volume).
+    pub block_size: u32,
+    /// Block data compression.
+    pub compression: Compression,
+    /// Source description.
+    pub source: SourceInfo,
+}
+
+impl Header {
+    /// The geometry this header describes.
+    ///
+    /// # Errors
+    /// [`FormatError::Corrupt`] for an invalid block size.
+    pub fn geometry(&self) -> Result<Geometry, FormatError> {
+        let bs = BlockSize::new(self.block_size)
+            .map_err(|e| FormatError::corrupt("header", e.to_string()))?;
+        Ok(Geometry::new(self.size, bs))
+    }
+
+    /// Appends preamble and CBOR header.
+    ///
+    /// # Errors
+    /// [`FormatError::InvalidInput`] if the header does not encode or is too large.
+    pub fn encode(&self, out: &mut Vec<u8>) -> Result<(), FormatError> {
+        let mut cbor = Vec::new();
+        ciborium::into_writer(self, &mut cbor)
+            .map_err(|e| FormatError::InvalidInput(format!("header does not encode: {e}")))?;
+        let header_len = u32::try_from(cbor.len())
+            .ok()
+            .filter(|&n| n <= MAX_HEADER_LEN)
+            .ok_or_else(|| FormatError::InvalidInput(format!("header of {} bytes is too large", cbor.len())))?;
+        Preamble { major: VERSION_MAJOR, minor: VERSION_MINOR, header_len }.encode(out);
+        out.extend_from_slice(&cbor);
+        Ok(())
+    }
+
+    /// Decodes the CBOR header bytes (after the preamble) and checks its fields.
+    ///
+    /// # Errors
+    /// [`FormatError::Corrupt`] when the CBOR is malformed or a field is invalid.
+    pub fn decode(cbor: &[u8]) -> Result<Self, FormatError> {
+        let h: Header = ciborium::from_reader(cbor)
+            .map_err(|e| FormatError::corrupt("header", format!("bad CBOR: {e}")))?;
+        h.geometry()?;
+        for (name, id) in [("volume_id", &h.volume_id), ("archive_id", &h.archive_id)] {
+            if id.len() != 32 || !id.bytes().all(|c| c.is_ascii_hexdigit()) {
+                return Err(FormatError::corrupt("header", format!("{name} {id:?} is not 32 hex digits")));
+            }
+        }
+        if h.compression.algorithm != "zstd" {
+            return Err(FormatError::corrupt(
+                "header",
+                format!("unknown compression {:?}", h.compression.algorithm),
+            ));
+        }
+        if let Some(p) = &h.parent
+            && p.seq >= h.seq
+        {
+            return Err(FormatError::corrupt(
+                "header",
+                format!("parent seq {} is not below seq {}", p.seq, h.seq),
+            ));
+        }
+        Ok(h)
+    }
+}

@@ -1,0 +1,216 @@
+//! The block index: fixed-size entries grouped in segments, and the directory that
+//! locates the segments.
+
+use super::{
+    DIR_ENTRY_LEN, Digest, ENTRY_LEN, FormatError, FrameKind, Geometry, MAX_FRAME_CONTENT,
+    MAX_FRAME_LEN, SEGMENT_MAX_ENTRIES, le,
+};
+
+/// What an index entry holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryKind {
+    /// A run of `count` blocks that read as zero; no payload.
+    Zero { count: u32 },
+    /// One data block, at position `slot` of the frame at `frame_offset`.
+    Data { frame: FrameKind, frame_offset: u64, frame_len: u32, slot: u16, digest: Digest },
+}
+
+/// One index entry: a data block or a run of zero blocks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IndexEntry {
+    /// First block this entry covers.
+    pub block: u64,
+    /// What it holds.
+    pub kind: EntryKind,
+}
+
+const KIND_ZERO: u8 = 0;
+const KIND_ZSTD: u8 = 1;
+const KIND_RAW: u8 = 2;
+
+impl IndexEntry {
+    /// Number of blocks the entry covers.
+    pub fn count(&self) -> u64 {
+        match self.kind {
+            EntryKind::Zero { count } => u64::from(count),
+            EntryKind::Data { .. } => 1,
+        }
+    }
+
+    /// One past the last block the entry covers.
+    pub fn end(&self) -> u64 {
+        self.block + self.count()
+    }
+
+    /// Appends the 64-byte encoding.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        let (count, kind, slot, off, len, digest) = match self.kind {
+            EntryKind::Zero { count } => (count, KIND_ZERO, 0u16, 0u64, 0u32, Digest::default()),
+            EntryKind::Data { frame, frame_offset, frame_len, slot, digest } => {
+                let k = match frame {
+                    FrameKind::Zstd => KIND_ZSTD,
+                    FrameKind::Raw => KIND_RAW,
+                };
+                (1, k, slot, frame_offset, frame_len, digest)
+            }
+        };
+        out.extend_from_slice(&self.block.to_le_bytes());
+        out.extend_from_slice(&count.to_le_bytes());
+        out.push(kind);
+        out.push(0);
+        out.extend_from_slice(&slot.to_le_bytes());
+        out.extend_from_slice(&off.to_le_bytes());
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(&0u32.to_le_bytes());
+        out.extend_from_slice(&digest.0);
+    }
+
+    /// Decodes one 64-byte entry and checks the rules that need no context.
+    ///
+    /// # Errors
+    /// [`FormatError::Corrupt`] for an unknown kind, non-zero reserved bytes or
+    /// inconsistent fields.
+    pub fn decode(b: &[u8; ENTRY_LEN]) -> Result<Self, FormatError> {
+        let block = u64::from_le_bytes(le(b, 0));
+        let count = u32::from_le_bytes(le(b, 8));
+        let kind = b[12];
+        let slot = u16::from_le_bytes(le(b, 14));
+        let frame_offset = u64::from_le_bytes(le(b, 16));
+        let frame_len = u32::from_le_bytes(le(b, 24));
+        let digest = Digest(le(b, 32));
+        let bad = |d: String| FormatError::corrupt("index entry", format!("block {block}: {d}"));
+        if b[13] != 0 || b[28..32] != [0; 4] {
+            return Err(bad("reserved bytes are not zero".into()));
+        }
+        let frame = match kind {
+            KIND_ZERO => {
+                if count == 0 || slot != 0 || frame_offset != 0 || frame_len != 0 || digest != Digest::default() {
+                    return Err(bad("zero run with count 0 or non-zero frame fields".into()));
+                }
+                return Ok(IndexEntry { block, kind: EntryKind::Zero { count } });
+            }
+            KIND_ZSTD => FrameKind::Zstd,
+            KIND_RAW => FrameKind::Raw,
+            k => return Err(bad(format!("unknown entry kind {k}"))),
+        };
+        if count != 1 || frame_len == 0 || u64::from(frame_len) > MAX_FRAME_LEN {
+            return Err(bad(format!("data entry with count {count}, frame length {frame_len}")));
+        }
+        Ok(IndexEntry { block, kind: EntryKind::Data { frame, frame_offset, frame_len, slot, digest } })
+    }
+}
+
+/// Locates one index segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DirEntry {
+    /// Absolute offset of the segment in the archive.
+    pub offset: u64,
+    /// Number of entries in the segment.
+    pub entries: u32,
+    /// First block covered by the segment.
+    pub first_block: u64,
+    /// One past the last block covered by the segment.
+    pub end_block: u64,
+    /// SHA-256 of the segment bytes.
+    pub sha256: Digest,
+}
+
+impl DirEntry {
+    /// Length of the segment in bytes.
+    pub fn len(&self) -> u64 {
+        u64::from(self.entries) * ENTRY_LEN as u64
+    }
+
+    /// Appends the 64-byte encoding.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.offset.to_le_bytes());
+        out.extend_from_slice(&self.entries.to_le_bytes());
+        out.extend_from_slice(&0u32.to_le_bytes());
+        out.extend_from_slice(&self.first_block.to_le_bytes());
+        out.extend_from_slice(&self.end_block.to_le_bytes());
+        out.extend_from_slice(&self.sha256.0);
+    }
+
+    /// Decodes one 64-byte directory entry.
+    ///
+    /// # Errors
+    /// [`FormatError::Corrupt`] for non-zero reserved bytes or a bad entry count.
+    pub fn decode(b: &[u8; DIR_ENTRY_LEN]) -> Result<Self, FormatError> {
+        let d = DirEntry {
+            offset: u64::from_le_bytes(le(b, 0)),
+            entries: u32::from_le_bytes(le(b, 8)),
+            first_block: u64::from_le_bytes(le(b, 16)),
+            end_block: u64::from_le_bytes(le(b, 24)),
+            sha256: Digest(le(b, 32)),
+        };
+        if b[12..16] != [0; 4] {
+            return Err(FormatError::corrupt("directory", "reserved bytes are not zero"));
+        }
+        if d.entries == 0 || d.entries as usize > SEGMENT_MAX_ENTRIES || d.first_block >= d.end_block {
+            return Err(FormatError::corrupt(
+                "directory",
+                format!("segment at {} has {} entries covering blocks {}..{}", d.offset, d.entries, d.first_block, d.end_block),
+            ));
+        }
+        Ok(d)
+    }
+}
+
+/// Decodes and validates one index segment against its directory entry.
+///
+/// Checks the segment checksum, that entries are sorted and non-overlapping, lie in
+/// `dir.first_block..dir.end_block` and within the volume, that data frames lie inside
+/// `body` (the byte range holding frames) and that a frame's slots fit its content.
+///
+/// # Errors
+/// [`FormatError::ChecksumMismatch`] or [`FormatError::Corrupt`].
+pub fn decode_segment(
+    bytes: &[u8],
+    dir: &DirEntry,
+    geometry: &Geometry,
+    body: std::ops::Range<u64>,
+) -> Result<Vec<IndexEntry>, FormatError> {
+    if bytes.len() as u64 != dir.len() {
+        return Err(FormatError::Truncated { what: "index segment", needed: dir.len(), available: bytes.len() as u64 });
+    }
+    let actual = Digest::of(bytes);
+    if actual != dir.sha256 {
+        return Err(FormatError::ChecksumMismatch {
+            what: format!("index segment at offset {}", dir.offset),
+            expected: dir.sha256,
+            actual,
+        });
+    }
+    let blocks = geometry.blocks();
+    let max_slots = MAX_FRAME_CONTENT / u64::from(geometry.block_size().get());
+    let mut next = dir.first_block;
+    let mut out = Vec::with_capacity(dir.entries as usize);
+    for chunk in bytes.chunks_exact(ENTRY_LEN) {
+        let e = IndexEntry::decode(chunk.try_into().expect("chunks_exact"))?;
+        let bad = |d: String| FormatError::corrupt("index segment", format!("block {}: {d}", e.block));
+        if e.block < next {
+            return Err(bad(format!("entries out of order or overlapping (expected block >= {next})")));
+        }
+        if e.end() > dir.end_block || e.end() > blocks {
+            return Err(bad(format!("runs past segment end {} or volume end {blocks}", dir.end_block)));
+        }
+        if let EntryKind::Data { frame_offset, frame_len, slot, .. } = e.kind {
+            let end = frame_offset.checked_add(u64::from(frame_len));
+            if frame_offset < body.start || end.is_none_or(|end| end > body.end) {
+                return Err(bad(format!("frame {frame_offset}+{frame_len} outside the block data {body:?}")));
+            }
+            if u64::from(slot) >= max_slots || u64::from(slot) > e.block {
+                return Err(bad(format!("slot {slot} impossible for this block size")));
+            }
+        }
+        next = e.end();
+        out.push(e);
+    }
+    if out.first().map(|e| e.block) != Some(dir.first_block) || next != dir.end_block {
+        return Err(FormatError::corrupt(
+            "index segment",
+            format!("entries do not span the directory's blocks {}..{}", dir.first_block, dir.end_block),
+        ));
+    }
+    Ok(out)
+}

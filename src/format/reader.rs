@@ -1,0 +1,236 @@
+//! Validating decoders for whole archives and for the pieces a ranged reader fetches.
+
+use super::{
+    DIR_ENTRY_LEN, DirEntry, Digest, EntryKind, FormatError, FrameKind, Geometry, Header,
+    ImageHasher, IndexEntry, PREAMBLE_LEN, Preamble, TRAILER_LEN, Trailer, decode_segment,
+    decompress_frame,
+};
+
+impl Trailer {
+    /// Checks that the trailer's offsets describe a file of exactly `len` bytes.
+    ///
+    /// # Errors
+    /// [`FormatError::Truncated`] when the file is shorter than the trailer implies,
+    /// [`FormatError::Corrupt`] for any other inconsistency.
+    pub fn check_layout(&self, len: u64) -> Result<(), FormatError> {
+        let dir_len = u64::from(self.directory_entries) * DIR_ENTRY_LEN as u64;
+        let implied = self.directory_offset.checked_add(dir_len + TRAILER_LEN as u64);
+        match implied {
+            Some(n) if n == len => {}
+            Some(n) if n > len => {
+                return Err(FormatError::Truncated { what: "archive", needed: n, available: len });
+            }
+            _ => {
+                return Err(FormatError::corrupt(
+                    "trailer",
+                    format!("directory at {} with {} entries does not end a {len}-byte file", self.directory_offset, self.directory_entries),
+                ));
+            }
+        }
+        if self.body_offset <= PREAMBLE_LEN as u64 || self.body_offset > self.directory_offset {
+            return Err(FormatError::corrupt(
+                "trailer",
+                format!("body offset {} not between the preamble and the directory at {}", self.body_offset, self.directory_offset),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Decodes and validates the directory: checksum, segments in block order, inside the
+/// body and not overlapping.
+///
+/// # Errors
+/// [`FormatError::ChecksumMismatch`] or [`FormatError::Corrupt`].
+pub fn decode_directory(bytes: &[u8], trailer: &Trailer, geometry: &Geometry) -> Result<Vec<DirEntry>, FormatError> {
+    let expected_len = u64::from(trailer.directory_entries) * DIR_ENTRY_LEN as u64;
+    if bytes.len() as u64 != expected_len {
+        return Err(FormatError::Truncated { what: "directory", needed: expected_len, available: bytes.len() as u64 });
+    }
+    let actual = Digest::of(bytes);
+    if actual != trailer.directory_sha256 {
+        return Err(FormatError::ChecksumMismatch { what: "directory".into(), expected: trailer.directory_sha256, actual });
+    }
+    let mut out: Vec<DirEntry> = Vec::with_capacity(trailer.directory_entries as usize);
+    let (mut next_block, mut next_offset) = (0u64, trailer.body_offset);
+    let mut blocks = 0u64;
+    for chunk in bytes.chunks_exact(DIR_ENTRY_LEN) {
+        let d = DirEntry::decode(chunk.try_into().expect("chunks_exact"))?;
+        if d.first_block < next_block || d.end_block > geometry.blocks() {
+            return Err(FormatError::corrupt("directory", format!("segment blocks {}..{} out of order or past the volume end {}", d.first_block, d.end_block, geometry.blocks())));
+        }
+        if d.offset < next_offset || d.offset + d.len() > trailer.directory_offset {
+            return Err(FormatError::corrupt("directory", format!("segment at offset {} overlaps or lies outside the body", d.offset)));
+        }
+        blocks += d.end_block - d.first_block;
+        next_block = d.end_block;
+        next_offset = d.offset + d.len();
+        out.push(d);
+    }
+    if blocks < trailer.data_blocks + trailer.zero_blocks {
+        return Err(FormatError::corrupt("directory", format!("segments span {blocks} blocks, trailer counts {}", trailer.data_blocks + trailer.zero_blocks)));
+    }
+    Ok(out)
+}
+
+/// Reads a whole archive held in memory, checking everything it touches.
+///
+/// Used by tests, the test vectors and tools; the repository reads the same structures
+/// with range reads.
+pub struct ArchiveReader<'a> {
+    bytes: &'a [u8],
+    /// The decoded header.
+    pub header: Header,
+    /// The decoded trailer.
+    pub trailer: Trailer,
+    directory: Vec<DirEntry>,
+    geometry: Geometry,
+}
+
+impl<'a> ArchiveReader<'a> {
+    /// Opens an archive: preamble (magic, version), trailer, layout, header checksum,
+    /// header, directory.
+    ///
+    /// # Errors
+    /// The first [`FormatError`] found.
+    pub fn open(bytes: &'a [u8]) -> Result<Self, FormatError> {
+        let pre = Preamble::decode(bytes)?;
+        let min = (PREAMBLE_LEN + TRAILER_LEN) as u64 + u64::from(pre.header_len);
+        if (bytes.len() as u64) < min {
+            return Err(FormatError::Truncated { what: "archive", needed: min, available: bytes.len() as u64 });
+        }
+        let trailer = Trailer::decode(&bytes[bytes.len() - TRAILER_LEN..])?;
+        trailer.check_layout(bytes.len() as u64)?;
+        let head_end = PREAMBLE_LEN + pre.header_len as usize;
+        if trailer.body_offset != head_end as u64 {
+            return Err(FormatError::corrupt("trailer", format!("body offset {} but header ends at {head_end}", trailer.body_offset)));
+        }
+        let actual = Digest::of(&bytes[..head_end]);
+        if actual != trailer.header_sha256 {
+            return Err(FormatError::ChecksumMismatch { what: "header".into(), expected: trailer.header_sha256, actual });
+        }
+        let header = Header::decode(&bytes[PREAMBLE_LEN..head_end])?;
+        let geometry = header.geometry()?;
+        let dir_start = trailer.directory_offset as usize;
+        let directory = decode_directory(&bytes[dir_start..bytes.len() - TRAILER_LEN], &trailer, &geometry)?;
+        Ok(ArchiveReader { bytes, header, trailer, directory, geometry })
+    }
+
+    /// The volume geometry.
+    pub fn geometry(&self) -> Geometry {
+        self.geometry
+    }
+
+    /// All index entries, in block order.
+    ///
+    /// # Errors
+    /// The first corrupt segment.
+    pub fn entries(&self) -> Result<Vec<IndexEntry>, FormatError> {
+        let body = self.trailer.body_offset..self.trailer.directory_offset;
+        let mut out = Vec::new();
+        for d in &self.directory {
+            let seg = &self.bytes[d.offset as usize..(d.offset + d.len()) as usize];
+            out.extend(decode_segment(seg, d, &self.geometry, body.clone())?);
+        }
+        Ok(out)
+    }
+
+    /// Content of the data block described by `entry`, checked against its digest.
+    ///
+    /// # Errors
+    /// [`FormatError::Corrupt`] if the frame does not decode,
+    /// [`FormatError::ChecksumMismatch`] if the block's digest differs.
+    pub fn read_block(&self, entry: &IndexEntry, frame_entries: &[IndexEntry]) -> Result<Vec<u8>, FormatError> {
+        let EntryKind::Data { frame, frame_offset, frame_len, slot, digest } = entry.kind else {
+            return Ok(vec![0; self.geometry.block_len(entry.block) as usize]);
+        };
+        let stored = &self.bytes[frame_offset as usize..(frame_offset + u64::from(frame_len)) as usize];
+        let content = decompress_frame(frame, stored, frame_content_len(&self.geometry, frame_entries, frame_offset)?)?;
+        block_from_frame(&self.geometry, &content, entry.block, slot, digest)
+    }
+
+    /// Checks every block of the archive and, for a full archive, that the image
+    /// digest recomputed from the blocks matches the trailer.
+    ///
+    /// # Errors
+    /// The first problem found.
+    pub fn verify(&self) -> Result<(), FormatError> {
+        let entries = self.entries()?;
+        let mut hasher = ImageHasher::new(self.geometry);
+        let mut i = 0;
+        while i < entries.len() {
+            let e = entries[i];
+            let EntryKind::Data { frame_offset, .. } = e.kind else {
+                hasher.zeros(e.count());
+                i += 1;
+                continue;
+            };
+            let group = frame_group(&entries[i..], frame_offset);
+            for g in group {
+                let block = self.read_block(g, group)?;
+                hasher.data(&Digest::of(&block));
+            }
+            i += group.len();
+        }
+        if self.header.parent.is_none() {
+            let actual = hasher.finish().map_err(|e| FormatError::corrupt("index", format!("full archive does not cover the volume: {e}")))?;
+            if actual != self.trailer.image_digest {
+                return Err(FormatError::ChecksumMismatch { what: "image".into(), expected: self.trailer.image_digest, actual });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The run of entries at the start of `entries` that share the frame at `frame_offset`.
+pub fn frame_group(entries: &[IndexEntry], frame_offset: u64) -> &[IndexEntry] {
+    let n = entries
+        .iter()
+        .take_while(|e| matches!(e.kind, EntryKind::Data { frame_offset: o, .. } if o == frame_offset))
+        .count();
+    &entries[..n]
+}
+
+/// Content length of the frame at `frame_offset` given all entries that reference it:
+/// blocks of one frame are consecutive and numbered from slot 0.
+///
+/// # Errors
+/// [`FormatError::Corrupt`] if the slots are not 0, 1, 2... on consecutive blocks.
+pub fn frame_content_len(geometry: &Geometry, group: &[IndexEntry], frame_offset: u64) -> Result<usize, FormatError> {
+    let mut len = 0u64;
+    let first = group.first().map(|e| e.block).unwrap_or(0);
+    for (i, e) in group.iter().enumerate() {
+        match e.kind {
+            EntryKind::Data { frame_offset: o, slot, .. } if o == frame_offset && usize::from(slot) == i && e.block == first + i as u64 => {
+                len += geometry.block_len(e.block);
+            }
+            _ => return Err(FormatError::corrupt("index", format!("frame at {frame_offset}: block {} has a slot out of sequence", e.block))),
+        }
+    }
+    Ok(len as usize)
+}
+
+/// Cuts block `block` (at `slot`) out of a decoded frame and checks its digest.
+///
+/// # Errors
+/// [`FormatError::ChecksumMismatch`] naming the block.
+pub fn block_from_frame(geometry: &Geometry, content: &[u8], block: u64, slot: u16, digest: Digest) -> Result<Vec<u8>, FormatError> {
+    let bs = u64::from(geometry.block_size().get());
+    let start = u64::from(slot) * bs;
+    let end = start + geometry.block_len(block);
+    let Some(data) = content.get(start as usize..end as usize) else {
+        return Err(FormatError::corrupt("frame", format!("block {block} at slot {slot} lies outside the frame")));
+    };
+    let actual = Digest::of(data);
+    if actual != digest {
+        return Err(FormatError::ChecksumMismatch { what: format!("block {block}"), expected: digest, actual });
+    }
+    Ok(data.to_vec())
+}
+
+impl FrameKind {
+    /// Whether the frame is zstd-compressed.
+    pub fn is_zstd(self) -> bool {
+        self == FrameKind::Zstd
+    }
+}

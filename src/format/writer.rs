@@ -1,0 +1,204 @@
+//! The streaming, sans-IO archive writer.
+
+use sha2::{Digest as _, Sha256};
+
+use super::{
+    DirEntry, Digest, EntryKind, FormatError, FrameKind, Geometry, Header, IndexEntry,
+    MAX_FRAME_CONTENT, SEGMENT_MAX_ENTRIES, Trailer, zero_block_digest,
+};
+
+/// A compressed frame ready to be appended: consecutive data blocks from `first_block`.
+#[derive(Debug, Clone)]
+pub struct EncodedFrame {
+    /// Block number of the frame's first block.
+    pub first_block: u64,
+    /// How `bytes` are stored.
+    pub kind: FrameKind,
+    /// The stored frame.
+    pub bytes: Vec<u8>,
+    /// SHA-256 of each block of the frame, in order.
+    pub digests: Vec<Digest>,
+}
+
+/// Writes one archive in a single pass with memory bounded by one index segment.
+///
+/// Blocks must be pushed in increasing block order. Every call appends the bytes to add
+/// to the archive to `out`; the caller sends them wherever the archive goes. Frames are
+/// followed by an index segment every [`SEGMENT_MAX_ENTRIES`] entries, and
+/// [`finish`](Self::finish) appends the last segment, the directory and the trailer.
+pub struct ArchiveWriter {
+    geometry: Geometry,
+    offset: u64,
+    body_offset: u64,
+    header_sha256: Digest,
+    next_block: u64,
+    pending: Vec<IndexEntry>,
+    directory: Vec<u8>,
+    directory_entries: u32,
+    data_blocks: u64,
+    zero_blocks: u64,
+    frame_bytes: u64,
+    zero_full: Digest,
+}
+
+impl ArchiveWriter {
+    /// Starts an archive with `header`; appends preamble and header to `out`.
+    ///
+    /// # Errors
+    /// [`FormatError::InvalidInput`] if the header is invalid or too large.
+    pub fn new(header: &Header, out: &mut Vec<u8>) -> Result<Self, FormatError> {
+        let geometry = header.geometry().map_err(|e| FormatError::InvalidInput(e.to_string()))?;
+        let start = out.len();
+        header.encode(out)?;
+        let head = &out[start..];
+        Ok(ArchiveWriter {
+            geometry,
+            offset: head.len() as u64,
+            body_offset: head.len() as u64,
+            header_sha256: Digest::of(head),
+            next_block: 0,
+            pending: Vec::with_capacity(SEGMENT_MAX_ENTRIES),
+            directory: Vec::new(),
+            directory_entries: 0,
+            data_blocks: 0,
+            zero_blocks: 0,
+            frame_bytes: 0,
+            zero_full: zero_block_digest(u64::from(geometry.block_size().get())),
+        })
+    }
+
+    /// Bytes emitted so far.
+    pub fn len(&self) -> u64 {
+        self.offset
+    }
+
+    /// Whether nothing has been emitted (never true: the header is always there).
+    pub fn is_empty(&self) -> bool {
+        self.offset == 0
+    }
+
+    fn check_order(&self, first: u64, count: u64) -> Result<(), FormatError> {
+        if first < self.next_block || first.saturating_add(count) > self.geometry.blocks() || count == 0 {
+            return Err(FormatError::InvalidInput(format!(
+                "blocks {first}+{count} out of order (next is {}) or past the volume end ({})",
+                self.next_block,
+                self.geometry.blocks()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Records `count` zero blocks starting at `first`.
+    ///
+    /// # Errors
+    /// [`FormatError::InvalidInput`] if the blocks are out of order or out of range.
+    pub fn push_zeros(&mut self, first: u64, count: u64, out: &mut Vec<u8>) -> Result<(), FormatError> {
+        self.check_order(first, count)?;
+        self.zero_blocks += count;
+        self.next_block = first + count;
+        let (mut at, mut left) = (first, count);
+        while left > 0 {
+            if let Some(IndexEntry { block, kind: EntryKind::Zero { count: c } }) = self.pending.last_mut()
+                && *block + u64::from(*c) == at
+                && *c < u32::MAX
+            {
+                let add = left.min(u64::from(u32::MAX - *c));
+                *c += add as u32;
+                at += add;
+                left -= add;
+                continue;
+            }
+            let n = left.min(u64::from(u32::MAX));
+            self.push_entry(IndexEntry { block: at, kind: EntryKind::Zero { count: n as u32 } }, out);
+            at += n;
+            left -= n;
+        }
+        Ok(())
+    }
+
+    /// Appends a frame and records its blocks.
+    ///
+    /// # Errors
+    /// [`FormatError::InvalidInput`] if the blocks are out of order, the frame is too
+    /// large, or a block is all zero (zero blocks must be pushed as zeros).
+    pub fn push_frame(&mut self, frame: &EncodedFrame, out: &mut Vec<u8>) -> Result<(), FormatError> {
+        let count = frame.digests.len() as u64;
+        self.check_order(frame.first_block, count)?;
+        let content: u64 = (frame.first_block..frame.first_block + count).map(|b| self.geometry.block_len(b)).sum();
+        let frame_len = u32::try_from(frame.bytes.len()).ok().filter(|_| content <= MAX_FRAME_CONTENT && !frame.bytes.is_empty());
+        let Some(frame_len) = frame_len else {
+            return Err(FormatError::InvalidInput(format!(
+                "frame at block {} holds {content} bytes in {} stored bytes",
+                frame.first_block,
+                frame.bytes.len()
+            )));
+        };
+        for (i, d) in frame.digests.iter().enumerate() {
+            let b = frame.first_block + i as u64;
+            let len = self.geometry.block_len(b);
+            let zero = if len == u64::from(self.geometry.block_size().get()) { self.zero_full } else { zero_block_digest(len) };
+            if *d == zero {
+                return Err(FormatError::InvalidInput(format!("block {b} is all zero but pushed as data")));
+            }
+        }
+        let frame_offset = self.offset;
+        out.extend_from_slice(&frame.bytes);
+        self.offset += u64::from(frame_len);
+        self.frame_bytes += u64::from(frame_len);
+        self.data_blocks += count;
+        self.next_block = frame.first_block + count;
+        for (slot, digest) in frame.digests.iter().enumerate() {
+            let kind = EntryKind::Data { frame: frame.kind, frame_offset, frame_len, slot: slot as u16, digest: *digest };
+            self.push_entry(IndexEntry { block: frame.first_block + slot as u64, kind }, out);
+        }
+        Ok(())
+    }
+
+    fn push_entry(&mut self, entry: IndexEntry, out: &mut Vec<u8>) {
+        if self.pending.len() == SEGMENT_MAX_ENTRIES {
+            self.flush_segment(out);
+        }
+        self.pending.push(entry);
+    }
+
+    fn flush_segment(&mut self, out: &mut Vec<u8>) {
+        let (Some(first), Some(last)) = (self.pending.first(), self.pending.last()) else { return };
+        let start = out.len();
+        for e in &self.pending {
+            e.encode(out);
+        }
+        let dir = DirEntry {
+            offset: self.offset,
+            entries: self.pending.len() as u32,
+            first_block: first.block,
+            end_block: last.end(),
+            sha256: Digest::of(&out[start..]),
+        };
+        self.offset += (out.len() - start) as u64;
+        dir.encode(&mut self.directory);
+        self.directory_entries += 1;
+        self.pending.clear();
+    }
+
+    /// Appends the last segment, the directory and the trailer, and returns the trailer
+    /// (its `trailer_sha256` is the archive digest).
+    pub fn finish(mut self, image_digest: Digest, out: &mut Vec<u8>) -> Trailer {
+        self.flush_segment(out);
+        let directory_offset = self.offset;
+        out.extend_from_slice(&self.directory);
+        let mut t = Trailer {
+            body_offset: self.body_offset,
+            directory_offset,
+            directory_entries: self.directory_entries,
+            data_blocks: self.data_blocks,
+            zero_blocks: self.zero_blocks,
+            frame_bytes: self.frame_bytes,
+            header_sha256: self.header_sha256,
+            directory_sha256: Digest(Sha256::digest(&self.directory).into()),
+            image_digest,
+            trailer_sha256: Digest::default(),
+        };
+        t.encode(out);
+        t
+    }
+}

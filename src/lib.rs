@@ -1,0 +1,10 @@
+//! thinarc: block-level backups of LVM thin volumes, block devices and image files as
+//! chains of immutable, self-describing delta archives in a local or object-store
+//! repository.
+//!
+//! Layers, with dependencies pointing one way: [`format`] (bytes in, bytes out) ←
+//! [`repo`] (the repository on `object_store`: layout, publish, catalog, chains) ←
+//! [`source`] (where blocks come from) and [`target`] (where restored blocks go) ←
+//! [`backup`] and [`restore`] (the pipelines) ← `cli`.
+
+pub mod format;
