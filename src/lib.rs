@@ -8,3 +8,4 @@
 //! [`backup`] and [`restore`] (the pipelines) ← `cli`.
 
 pub mod format;
+pub mod repo;

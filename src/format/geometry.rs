@@ -62,9 +62,10 @@ impl Geometry {
         self.size.div_ceil(u64::from(self.block_size.0))
     }
 
-    /// Byte offset of block `index`.
+    /// Byte offset of block `index` (saturating: an index read from a damaged file
+    /// must not overflow).
     pub fn offset(&self, index: u64) -> u64 {
-        index * u64::from(self.block_size.0)
+        index.saturating_mul(u64::from(self.block_size.0))
     }
 
     /// Length in bytes of block `index` (0 past the end).

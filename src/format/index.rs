@@ -37,9 +37,10 @@ impl IndexEntry {
         }
     }
 
-    /// One past the last block the entry covers.
+    /// One past the last block the entry covers (saturating: `block` may come from a
+    /// damaged file).
     pub fn end(&self) -> u64 {
-        self.block + self.count()
+        self.block.saturating_add(self.count())
     }
 
     /// Appends the 64-byte encoding.

@@ -84,8 +84,10 @@ impl Trailer {
         })
     }
 
-    /// Total archive size implied by the trailer.
+    /// Total archive size implied by the trailer (saturating for a damaged trailer).
     pub fn archive_len(&self) -> u64 {
-        self.directory_offset + u64::from(self.directory_entries) * super::DIR_ENTRY_LEN as u64 + TRAILER_LEN as u64
+        self.directory_offset.saturating_add(
+            u64::from(self.directory_entries) * super::DIR_ENTRY_LEN as u64 + TRAILER_LEN as u64,
+        )
     }
 }

@@ -1,0 +1,215 @@
+//! The catalog, rebuilt from the repository on every call: volumes, their commits, and
+//! the chain of archives behind a point.
+
+use std::sync::Arc;
+
+use futures::{StreamExt, TryStreamExt};
+use object_store::ObjectStoreExt;
+use object_store::path::Path;
+
+use super::layout::{parse_commit_seq, volumes_prefix};
+use super::publish::CommitMarker;
+use super::{RemoteArchive, RepoError, Repository, VolumeName};
+use crate::format::Digest;
+
+/// Commit markers read concurrently.
+const MARKER_READS: usize = 16;
+
+/// A committed point of a volume, as its commit marker describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Commit {
+    /// The volume.
+    pub volume: VolumeName,
+    /// Sequence number.
+    pub seq: u64,
+    /// Archive id.
+    pub archive_id: String,
+    /// Archive object name (under the volume's `archives/`).
+    pub object: String,
+    /// Archive object size.
+    pub size: u64,
+    /// Archive digest.
+    pub digest: Digest,
+    /// Key of the commit marker.
+    pub key: Path,
+}
+
+impl Commit {
+    /// Key of the archive object.
+    pub fn archive_key(&self) -> Path {
+        self.volume.archives_prefix().join(self.object.as_str())
+    }
+}
+
+/// Which point of a volume to use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PointSelector {
+    /// The newest point.
+    Latest,
+    /// The point with this sequence number.
+    Seq(u64),
+    /// The point whose archive id starts with these hex digits (at least 6).
+    Id(String),
+}
+
+impl PointSelector {
+    /// Parses `latest`, a sequence number, or an archive id (or unique prefix of at
+    /// least 6 hex digits).
+    ///
+    /// # Errors
+    /// A message saying what is accepted.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if s == "latest" {
+            Ok(PointSelector::Latest)
+        } else if !s.is_empty() && s.len() <= 12 && s.bytes().all(|c| c.is_ascii_digit()) {
+            s.parse().map(PointSelector::Seq).map_err(|e| e.to_string())
+        } else if (6..=32).contains(&s.len()) && s.bytes().all(|c| c.is_ascii_hexdigit()) {
+            Ok(PointSelector::Id(s.to_ascii_lowercase()))
+        } else {
+            Err(format!("{s:?} is not `latest`, a sequence number or an archive id"))
+        }
+    }
+}
+
+/// The archives that make up one point, oldest (the full) first.
+#[derive(Debug, Clone)]
+pub struct Chain {
+    /// The volume.
+    pub volume: VolumeName,
+    /// Archives from the full to the point itself.
+    pub archives: Vec<Arc<RemoteArchive>>,
+}
+
+impl Chain {
+    /// The archive of the point itself.
+    pub fn tip(&self) -> &Arc<RemoteArchive> {
+        self.archives.last().expect("a chain holds at least one archive")
+    }
+}
+
+/// Reads a commit marker.
+pub(crate) async fn read_marker(repo: &Repository, key: &Path) -> Result<CommitMarker, RepoError> {
+    let bad = |detail: String| RepoError::BadCommit { key: key.to_string(), detail };
+    let bytes = repo.store().get(key).await.map_err(RepoError::store("read", key))?;
+    let bytes = bytes.bytes().await.map_err(RepoError::store("read", key))?;
+    if bytes.len() > 4096 {
+        return Err(bad(format!("{} bytes is too large for a commit marker", bytes.len())));
+    }
+    let m: CommitMarker = serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
+    if m.object.contains('/') || !m.object.ends_with(".tarc") {
+        return Err(bad(format!("object {:?} is not an archive name", m.object)));
+    }
+    Ok(m)
+}
+
+impl Repository {
+    /// Names of all volumes, sorted.
+    ///
+    /// # Errors
+    /// [`RepoError::Store`].
+    pub async fn volumes(&self) -> Result<Vec<VolumeName>, RepoError> {
+        let prefix = volumes_prefix();
+        let list = self.store().list_with_delimiter(Some(&prefix)).await.map_err(RepoError::store("list", &prefix))?;
+        let mut names: Vec<VolumeName> = list
+            .common_prefixes
+            .iter()
+            .filter_map(|p| p.filename().and_then(|s| VolumeName::from_key(s).ok()))
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    /// Committed points of `volume`, oldest first (empty for an unknown volume).
+    ///
+    /// # Errors
+    /// [`RepoError::Store`] or [`RepoError::BadCommit`].
+    pub async fn commits(&self, volume: &VolumeName) -> Result<Vec<Commit>, RepoError> {
+        let prefix = volume.commits_prefix();
+        let metas: Vec<_> = self.store().list(Some(&prefix)).try_collect().await.map_err(RepoError::store("list", &prefix))?;
+        let mut keyed: Vec<(u64, Path)> = metas
+            .into_iter()
+            .filter_map(|m| m.location.filename().and_then(parse_commit_seq).map(|s| (s, m.location.clone())))
+            .collect();
+        keyed.sort();
+        futures::stream::iter(keyed)
+            .map(|(seq, key)| async move {
+                let m = read_marker(self, &key).await?;
+                Ok(Commit { volume: volume.clone(), seq, archive_id: m.archive, object: m.object, size: m.size, digest: m.digest, key })
+            })
+            .buffered(MARKER_READS)
+            .try_collect()
+            .await
+    }
+
+    /// Committed points of `volume`, failing when the volume does not exist.
+    ///
+    /// # Errors
+    /// [`RepoError::VolumeNotFound`] listing the known volumes, or what
+    /// [`commits`](Self::commits) returns.
+    pub async fn existing_commits(&self, volume: &VolumeName) -> Result<Vec<Commit>, RepoError> {
+        let commits = self.commits(volume).await?;
+        if commits.is_empty() {
+            let known: Vec<String> = self.volumes().await?.iter().map(|v| v.to_string()).collect();
+            let known = if known.is_empty() { "none".to_string() } else { known.join(", ") };
+            return Err(RepoError::VolumeNotFound { name: volume.to_string(), known });
+        }
+        Ok(commits)
+    }
+
+    /// Resolves the chain of archives behind the point `at` of `commits` (as returned
+    /// by [`commits`](Self::commits)), checking every parent link by id and digest.
+    ///
+    /// # Errors
+    /// [`RepoError::PointNotFound`], [`RepoError::ChainBroken`], [`RepoError::Corrupt`]
+    /// or [`RepoError::Store`].
+    pub async fn resolve(&self, commits: &[Commit], at: &PointSelector) -> Result<Chain, RepoError> {
+        let volume = commits.first().map(|c| c.volume.clone()).ok_or_else(|| RepoError::PointNotFound {
+            volume: "?".into(),
+            at: format!("{at:?}"),
+        })?;
+        let not_found = || RepoError::PointNotFound { volume: volume.to_string(), at: selector_text(at) };
+        let tip = match at {
+            PointSelector::Latest => commits.last(),
+            PointSelector::Seq(s) => commits.iter().find(|c| c.seq == *s),
+            PointSelector::Id(prefix) => {
+                let mut hits = commits.iter().filter(|c| c.archive_id.starts_with(prefix.as_str()));
+                let first = hits.next();
+                if hits.next().is_some() {
+                    return Err(RepoError::PointNotFound { volume: volume.to_string(), at: format!("{prefix} (ambiguous: give more digits)") });
+                }
+                first
+            }
+        }
+        .ok_or_else(not_found)?;
+        let mut archives = vec![Arc::new(RemoteArchive::open(self, tip).await?)];
+        while let Some(parent) = archives.last().expect("non-empty").header.parent.clone() {
+            let child_seq = archives.last().expect("non-empty").header.seq;
+            let broken = |detail: String| RepoError::ChainBroken { volume: volume.to_string(), seq: child_seq, detail };
+            let Some(commit) = commits.iter().find(|c| c.seq == parent.seq) else {
+                return Err(broken(format!("parent seq {} (archive {}) is not committed", parent.seq, parent.id)));
+            };
+            if commit.archive_id != parent.id || commit.digest != parent.digest {
+                return Err(broken(format!(
+                    "parent seq {} is archive {} digest {}, expected {} digest {}",
+                    parent.seq, commit.archive_id, commit.digest, parent.id, parent.digest
+                )));
+            }
+            let archive = RemoteArchive::open(self, commit).await?;
+            let child = archives.last().expect("non-empty");
+            if archive.header.volume_id != child.header.volume_id || archive.header.block_size != child.header.block_size {
+                return Err(broken(format!("parent seq {} belongs to another volume id or block size", parent.seq)));
+            }
+            archives.push(Arc::new(archive));
+        }
+        archives.reverse();
+        Ok(Chain { volume, archives })
+    }
+}
+
+fn selector_text(at: &PointSelector) -> String {
+    match at {
+        PointSelector::Latest => "latest".into(),
+        PointSelector::Seq(s) => s.to_string(),
+        PointSelector::Id(id) => id.clone(),
+    }
+}

@@ -1,0 +1,162 @@
+//! Resolving a point from its chain: a streaming merge of the archives' indexes that
+//! yields, in block order, where each block of the point comes from.
+//!
+//! Memory is one index segment per archive of the chain, whatever the volume size.
+
+use std::sync::Arc;
+
+use super::{Chain, RemoteArchive, RepoError};
+use crate::format::{Digest, EntryKind, IndexEntry};
+
+/// Where a run of blocks of a point comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resolved {
+    /// `count` blocks from `first` read as zero.
+    Zero { first: u64, count: u64 },
+    /// One data block held by archive `layer` of the chain (0 = the full).
+    Data { layer: usize, entry: IndexEntry },
+}
+
+impl Resolved {
+    /// One past the last block covered.
+    pub fn end(&self) -> u64 {
+        match self {
+            Resolved::Zero { first, count } => first + count,
+            Resolved::Data { entry, .. } => entry.block + 1,
+        }
+    }
+
+    /// The block digest of a data block, `None` for zero blocks.
+    pub fn digest(&self) -> Option<Digest> {
+        match self {
+            Resolved::Data { entry: IndexEntry { kind: EntryKind::Data { digest, .. }, .. }, .. } => Some(*digest),
+            _ => None,
+        }
+    }
+}
+
+struct Layer {
+    archive: Arc<RemoteArchive>,
+    /// Blocks at or past `limit` are not visible through this layer: some archive from
+    /// this one to the tip had a smaller volume.
+    limit: u64,
+    next_segment: usize,
+    entries: Vec<IndexEntry>,
+    pos: usize,
+}
+
+impl Layer {
+    /// The first entry of this layer that ends after block `p`, loading segments as
+    /// needed (segments that end before `p` are skipped unread).
+    async fn entry_after(&mut self, p: u64) -> Result<Option<IndexEntry>, RepoError> {
+        loop {
+            while self.pos < self.entries.len() && self.entries[self.pos].end() <= p {
+                self.pos += 1;
+            }
+            if let Some(e) = self.entries.get(self.pos) {
+                return Ok(Some(*e));
+            }
+            let dir = self.archive.directory();
+            while self.next_segment < dir.len() && dir[self.next_segment].end_block <= p {
+                self.next_segment += 1;
+            }
+            if self.next_segment == dir.len() {
+                return Ok(None);
+            }
+            self.entries = self.archive.segment(self.next_segment).await?;
+            self.pos = 0;
+            self.next_segment += 1;
+        }
+    }
+}
+
+/// A forward-only cursor over the blocks of a chain's point.
+pub struct ChainCursor {
+    layers: Vec<Layer>,
+    pos: u64,
+}
+
+impl ChainCursor {
+    /// A cursor at block 0 of the point `chain` ends at.
+    pub fn new(chain: &Chain) -> Self {
+        let mut limit = u64::MAX;
+        let mut layers: Vec<Layer> = chain
+            .archives
+            .iter()
+            .rev()
+            .map(|a| {
+                limit = limit.min(a.geometry().blocks());
+                Layer { archive: a.clone(), limit, next_segment: 0, entries: Vec::new(), pos: 0 }
+            })
+            .collect();
+        layers.reverse();
+        ChainCursor { layers, pos: 0 }
+    }
+
+    /// The next block the cursor yields.
+    pub fn position(&self) -> u64 {
+        self.pos
+    }
+
+    /// The archive of layer `i` (0 = the full).
+    pub fn archive(&self, layer: usize) -> &Arc<RemoteArchive> {
+        &self.layers[layer].archive
+    }
+
+    /// Moves forward to block `p` (never backwards).
+    pub fn seek(&mut self, p: u64) {
+        self.pos = self.pos.max(p);
+    }
+
+    /// The next run of the point, ending at or before `end`; `None` once the cursor
+    /// reached `end`. Blocks past every archive's volume size read as zero, so `end`
+    /// may lie beyond the chain's volume (a volume that grew).
+    ///
+    /// # Errors
+    /// [`RepoError`] when an index segment cannot be read or is corrupt.
+    pub async fn next(&mut self, end: u64) -> Result<Option<Resolved>, RepoError> {
+        let p = self.pos;
+        if p >= end {
+            return Ok(None);
+        }
+        let mut bound = end;
+        let mut found = None;
+        for (i, layer) in self.layers.iter_mut().enumerate().rev() {
+            if p >= layer.limit {
+                break;
+            }
+            bound = bound.min(layer.limit);
+            match layer.entry_after(p).await? {
+                Some(e) if e.block <= p => {
+                    found = Some(match e.kind {
+                        EntryKind::Data { .. } => Resolved::Data { layer: i, entry: e },
+                        EntryKind::Zero { .. } => Resolved::Zero { first: p, count: e.end().min(bound) - p },
+                    });
+                    break;
+                }
+                Some(e) => bound = bound.min(e.block),
+                None => {}
+            }
+        }
+        let r = found.unwrap_or(Resolved::Zero { first: p, count: bound - p });
+        self.pos = r.end();
+        Ok(Some(r))
+    }
+
+    /// Digests of blocks `first..first + count` (`None` = zero), moving the cursor past
+    /// them.
+    ///
+    /// # Errors
+    /// As [`next`](Self::next).
+    pub async fn digests(&mut self, first: u64, count: u64) -> Result<Vec<Option<Digest>>, RepoError> {
+        self.seek(first);
+        let mut out = Vec::with_capacity(count as usize);
+        while let Some(r) = self.next(first + count).await? {
+            match r {
+                Resolved::Zero { count, .. } => out.extend(std::iter::repeat_n(None, count as usize)),
+                data => out.push(data.digest()),
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,81 @@
+//! The repository config object, written once by `init`.
+
+use std::sync::Arc;
+
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use serde::{Deserialize, Serialize};
+
+use super::{RepoError, Repository, layout, new_id};
+
+const KIND: &str = "thinarc-repository";
+const VERSION: u32 = 1;
+
+/// Contents of the `config` object.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RepoConfig {
+    /// Always `"thinarc-repository"`.
+    pub kind: String,
+    /// Repository layout version (1).
+    pub version: u32,
+    /// Random repository id.
+    pub id: String,
+    /// Creation time, RFC 3339.
+    pub created: String,
+}
+
+impl Repository {
+    /// Creates a repository: writes the config object with create-if-absent.
+    ///
+    /// # Errors
+    /// [`RepoError::AlreadyInitialized`] if a config exists, [`RepoError::Store`] if the
+    /// store cannot be written.
+    pub async fn create(store: Arc<dyn ObjectStore>, location: &str) -> Result<Repository, RepoError> {
+        let config = RepoConfig {
+            kind: KIND.into(),
+            version: VERSION,
+            id: new_id(),
+            created: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        };
+        let body = serde_json::to_vec_pretty(&config).expect("config serialises");
+        let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
+        match store.put_opts(&layout::config_key(), PutPayload::from(body), opts).await {
+            Ok(_) => Ok(Repository { store, location: location.to_string(), config }),
+            Err(object_store::Error::AlreadyExists { .. }) => {
+                Err(RepoError::AlreadyInitialized { location: location.to_string() })
+            }
+            Err(e) => Err(RepoError::store("write", format!("{location}/config"))(e)),
+        }
+    }
+
+    /// Opens an existing repository by reading and checking its config.
+    ///
+    /// # Errors
+    /// [`RepoError::NotARepository`] when there is no config,
+    /// [`RepoError::NotThinarc`] when the config is something else,
+    /// [`RepoError::Store`] when the store fails.
+    pub async fn open(store: Arc<dyn ObjectStore>, location: &str) -> Result<Repository, RepoError> {
+        let not_thinarc = |detail: String| RepoError::NotThinarc { location: location.to_string(), detail };
+        let bytes = match store.get(&layout::config_key()).await {
+            Ok(r) => r.bytes().await.map_err(RepoError::store("read", format!("{location}/config")))?,
+            Err(object_store::Error::NotFound { .. }) => {
+                return Err(RepoError::NotARepository { location: location.to_string() });
+            }
+            Err(e) => return Err(RepoError::store("read", format!("{location}/config"))(e)),
+        };
+        if bytes.len() > 64 << 10 {
+            return Err(not_thinarc(format!("its config object is {} bytes", bytes.len())));
+        }
+        let config: RepoConfig =
+            serde_json::from_slice(&bytes).map_err(|e| not_thinarc(format!("config object: {e}")))?;
+        if config.kind != KIND {
+            return Err(not_thinarc(format!("config kind is {:?}", config.kind)));
+        }
+        if config.version != VERSION {
+            return Err(not_thinarc(format!(
+                "repository version {} is not supported by this build (supports {VERSION})",
+                config.version
+            )));
+        }
+        Ok(Repository { store, location: location.to_string(), config })
+    }
+}

@@ -1,0 +1,105 @@
+//! Object keys of the repository.
+//!
+//! ```text
+//! config                                              repository config (JSON)
+//! volumes/<volume>/archives/<seq>-<archive-id>.tarc   archive objects
+//! volumes/<volume>/commits/<seq>                      commit markers (JSON)
+//! ```
+//! `<seq>` is the sequence number as 12 decimal digits so keys sort in history order;
+//! `<volume>` is the volume name with `/` written as `~`.
+
+use object_store::path::Path;
+
+use super::RepoError;
+
+/// Key of the repository config.
+pub(crate) fn config_key() -> Path {
+    Path::from("config")
+}
+
+/// Prefix holding every volume.
+pub(crate) fn volumes_prefix() -> Path {
+    Path::from("volumes")
+}
+
+/// A validated volume name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct VolumeName(String);
+
+impl VolumeName {
+    /// Checks a volume name: 1 to 128 characters from `A-Z a-z 0-9 . _ + -` in
+    /// segments separated by single `/` (as in `vg0/web`), not starting with `.`.
+    ///
+    /// # Errors
+    /// [`RepoError::InvalidName`] saying what is wrong.
+    pub fn new(name: &str) -> Result<Self, RepoError> {
+        let bad = |reason| Err(RepoError::InvalidName { name: name.to_string(), reason });
+        if name.is_empty() || name.len() > 128 {
+            return bad("must be 1 to 128 characters");
+        }
+        for seg in name.split('/') {
+            if seg.is_empty() {
+                return bad("empty segment (leading, trailing or double '/')");
+            }
+            if seg.starts_with('.') {
+                return bad("a segment starts with '.'");
+            }
+            if !seg.bytes().all(|c| c.is_ascii_alphanumeric() || b"._+-".contains(&c)) {
+                return bad("only letters, digits, '.', '_', '+', '-' and '/' are allowed");
+            }
+        }
+        Ok(VolumeName(name.to_string()))
+    }
+
+    /// Recovers a name from its key segment.
+    pub(crate) fn from_key(seg: &str) -> Result<Self, RepoError> {
+        Self::new(&seg.replace('~', "/"))
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    fn key(&self) -> String {
+        self.0.replace('/', "~")
+    }
+
+    pub(crate) fn prefix(&self) -> Path {
+        volumes_prefix().join(self.key())
+    }
+
+    pub(crate) fn commits_prefix(&self) -> Path {
+        self.prefix().join("commits")
+    }
+
+    pub(crate) fn archives_prefix(&self) -> Path {
+        self.prefix().join("archives")
+    }
+
+    pub(crate) fn commit_key(&self, seq: u64) -> Path {
+        self.commits_prefix().join(format!("{seq:012}"))
+    }
+
+    pub(crate) fn archive_key(&self, seq: u64, archive_id: &str) -> Path {
+        self.archives_prefix().join(format!("{seq:012}-{archive_id}.tarc"))
+    }
+}
+
+impl std::fmt::Display for VolumeName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A new random 128-bit id as 32 lowercase hex digits (archive and volume ids).
+pub fn new_id() -> String {
+    let mut b = [0u8; 16];
+    getrandom::fill(&mut b).expect("the OS random number generator failed");
+    hex::encode(b)
+}
+
+/// Parses the sequence number of a commit key's last segment.
+pub(crate) fn parse_commit_seq(seg: &str) -> Option<u64> {
+    (seg.len() == 12 && seg.bytes().all(|c| c.is_ascii_digit())).then(|| seg.parse().ok()).flatten()
+}

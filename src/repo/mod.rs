@@ -1,0 +1,109 @@
+//! The repository on `object_store`: layout, config, publishing archives, the catalog
+//! and chain resolution.
+//!
+//! Only operations that both the local file system and S3-compatible stores provide
+//! are used: list, ranged get, multipart put, create-if-absent put and delete. The
+//! archives and their commit markers are the truth; nothing here keeps local state.
+//! This module must not read sources or write targets.
+
+mod archive;
+mod catalog;
+mod chain;
+mod config;
+mod layout;
+mod location;
+mod publish;
+
+use std::sync::Arc;
+
+use object_store::ObjectStore;
+
+pub use archive::RemoteArchive;
+pub use catalog::{Chain, Commit, PointSelector};
+pub use chain::{ChainCursor, Resolved};
+pub use config::RepoConfig;
+pub use layout::{VolumeName, new_id};
+pub use location::open_store;
+pub use publish::{ArchiveUpload, Published};
+
+use crate::format::FormatError;
+
+/// Why a repository operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RepoError {
+    /// The location holds no repository config.
+    #[error("no thinarc repository at {location} (create one with `thinarc -r {location} init`)")]
+    NotARepository { location: String },
+    /// The location holds something that is not a thinarc repository config.
+    #[error("{location} is not a thinarc repository: {detail}")]
+    NotThinarc { location: String, detail: String },
+    /// `init` on a location that already holds a repository.
+    #[error("a thinarc repository already exists at {location}")]
+    AlreadyInitialized { location: String },
+    /// The repository URL could not be understood or opened.
+    #[error("cannot open repository {location}: {detail}")]
+    BadLocation { location: String, detail: String },
+    /// The object store failed.
+    #[error("{action} {key}: {source}")]
+    Store { action: &'static str, key: String, source: object_store::Error },
+    /// An object is not what it must be.
+    #[error("archive {key} is corrupt: {source} (run `thinarc verify`; other volumes are unaffected)")]
+    Corrupt { key: String, source: FormatError },
+    /// A commit marker is malformed or disagrees with its archive.
+    #[error("commit {key} is invalid: {detail}")]
+    BadCommit { key: String, detail: String },
+    /// No volume of that name.
+    #[error("no volume named {name:?} in the repository (known: {known})")]
+    VolumeNotFound { name: String, known: String },
+    /// The requested point does not exist.
+    #[error("volume {volume} has no archive matching {at:?} (see `thinarc list {volume}`)")]
+    PointNotFound { volume: String, at: String },
+    /// A delta's parent is missing or is not the archive it names.
+    #[error("chain of {volume} is broken at seq {seq}: {detail}")]
+    ChainBroken { volume: String, seq: u64, detail: String },
+    /// Another writer committed the same point first.
+    #[error("another backup of {volume} committed seq {seq} first; this run's archive was discarded (run it again)")]
+    Conflict { volume: String, seq: u64 },
+    /// A volume name that cannot be used.
+    #[error("invalid volume name {name:?}: {reason}")]
+    InvalidName { name: String, reason: &'static str },
+}
+
+impl RepoError {
+    pub(crate) fn store(action: &'static str, key: impl ToString) -> impl FnOnce(object_store::Error) -> RepoError {
+        let key = key.to_string();
+        move |source| RepoError::Store { action, key, source }
+    }
+}
+
+/// An opened repository.
+#[derive(Clone)]
+pub struct Repository {
+    store: Arc<dyn ObjectStore>,
+    location: String,
+    config: RepoConfig,
+}
+
+impl std::fmt::Debug for Repository {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Repository").field("location", &self.location).finish()
+    }
+}
+
+impl Repository {
+    /// The object store behind the repository.
+    pub fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    /// The location as the user gave it.
+    pub fn location(&self) -> &str {
+        &self.location
+    }
+
+    /// The repository config.
+    pub fn config(&self) -> &RepoConfig {
+        &self.config
+    }
+}

@@ -1,0 +1,133 @@
+//! Publishing an archive: a streaming multipart upload of the archive object, then a
+//! small create-if-absent commit marker that makes it part of the repository.
+//!
+//! Multipart uploads cannot be conditional on S3, so the archive object itself is only
+//! data under a unique key; the commit marker (`commits/<seq>`) is the atomic commit
+//! point. Two writers racing for the same seq both upload, exactly one creates the
+//! marker, and the loser deletes its object. Readers ignore archive objects that no
+//! marker names.
+
+use object_store::path::Path;
+use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload, WriteMultipart};
+use serde::{Deserialize, Serialize};
+
+use super::{RepoError, Repository, VolumeName};
+use crate::format::Digest;
+
+/// Size of one multipart part.
+const PART_SIZE: usize = 8 << 20;
+/// Parts uploaded concurrently; with [`PART_SIZE`] this bounds upload memory.
+const PARTS_IN_FLIGHT: usize = 2;
+
+/// Contents of a commit marker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitMarker {
+    /// Archive id.
+    pub archive: String,
+    /// Object name of the archive under the volume's `archives/` folder.
+    pub object: String,
+    /// Size of the archive object in bytes.
+    pub size: u64,
+    /// Archive digest (the trailer checksum).
+    pub digest: Digest,
+}
+
+/// An archive being uploaded.
+pub struct ArchiveUpload {
+    repo: Repository,
+    volume: VolumeName,
+    seq: u64,
+    archive_id: String,
+    key: Path,
+    upload: WriteMultipart,
+    written: u64,
+}
+
+/// A committed archive.
+#[derive(Debug, Clone)]
+pub struct Published {
+    /// Key of the archive object.
+    pub key: String,
+    /// Size of the archive object.
+    pub size: u64,
+}
+
+impl ArchiveUpload {
+    /// Starts uploading archive `archive_id` for `volume` at `seq`.
+    ///
+    /// # Errors
+    /// [`RepoError::Store`] if the upload cannot start (e.g. the repository is not
+    /// writable).
+    pub async fn start(repo: &Repository, volume: &VolumeName, seq: u64, archive_id: &str) -> Result<Self, RepoError> {
+        let key = volume.archive_key(seq, archive_id);
+        let upload = repo.store().put_multipart(&key).await.map_err(RepoError::store("start upload of", &key))?;
+        Ok(ArchiveUpload {
+            repo: repo.clone(),
+            volume: volume.clone(),
+            seq,
+            archive_id: archive_id.to_string(),
+            key,
+            upload: WriteMultipart::new_with_chunk_size(upload, PART_SIZE),
+            written: 0,
+        })
+    }
+
+    /// Bytes written so far.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// Appends archive bytes, waiting while too many parts are in flight.
+    ///
+    /// # Errors
+    /// [`RepoError::Store`] when a part upload failed; the caller must then
+    /// [`abort`](Self::abort).
+    pub async fn write(&mut self, bytes: &[u8]) -> Result<(), RepoError> {
+        self.upload
+            .wait_for_capacity(PARTS_IN_FLIGHT)
+            .await
+            .map_err(RepoError::store("upload", &self.key))?;
+        self.upload.write(bytes);
+        self.written += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Abandons the upload and removes what was uploaded. Errors are ignored: what is
+    /// left is never named by a commit marker and is removed by a later run.
+    pub async fn abort(self) {
+        let _ = self.upload.abort().await;
+    }
+
+    /// Completes the upload and commits it with a create-if-absent marker.
+    ///
+    /// # Errors
+    /// [`RepoError::Conflict`] if another writer committed this seq first (our object
+    /// is deleted), [`RepoError::Store`] if the upload or the commit failed.
+    pub async fn commit(self, digest: Digest) -> Result<Published, RepoError> {
+        let store = self.repo.store().clone();
+        self.upload.finish().await.map_err(RepoError::store("complete upload of", &self.key))?;
+        let marker = CommitMarker {
+            archive: self.archive_id.clone(),
+            object: self.key.filename().unwrap_or_default().to_string(),
+            size: self.written,
+            digest,
+        };
+        let commit_key = self.volume.commit_key(self.seq);
+        let body = serde_json::to_vec_pretty(&marker).expect("marker serialises");
+        let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
+        match store.put_opts(&commit_key, PutPayload::from(body), opts).await {
+            Ok(_) => {}
+            Err(object_store::Error::AlreadyExists { .. }) => {
+                // A retried create whose first response was lost also lands here: it is
+                // ours if the marker names our archive.
+                let theirs = super::catalog::read_marker(&self.repo, &commit_key).await;
+                if !matches!(theirs, Ok(ref m) if *m == marker) {
+                    let _ = store.delete(&self.key).await;
+                    return Err(RepoError::Conflict { volume: self.volume.to_string(), seq: self.seq });
+                }
+            }
+            Err(e) => return Err(RepoError::store("commit", &commit_key)(e)),
+        }
+        Ok(Published { key: self.key.to_string(), size: self.written })
+    }
+}
