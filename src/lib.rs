@@ -9,3 +9,8 @@
 
 pub mod format;
 pub mod repo;
+pub mod source;
+pub mod backup;
+pub mod progress;
+pub mod restore;
+pub mod target;

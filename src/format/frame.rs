@@ -46,7 +46,10 @@ pub fn decompress_frame(
     content_len: usize,
 ) -> Result<Vec<u8>, FormatError> {
     if content_len as u64 > MAX_FRAME_CONTENT {
-        return Err(FormatError::corrupt("frame", format!("content length {content_len} too large")));
+        return Err(FormatError::corrupt(
+            "frame",
+            format!("content length {content_len} too large"),
+        ));
     }
     let content = match kind {
         FrameKind::Raw => stored.to_vec(),
@@ -58,8 +61,33 @@ pub fn decompress_frame(
     if content.len() != content_len {
         return Err(FormatError::corrupt(
             "frame",
-            format!("content is {} bytes, index says {content_len}", content.len()),
+            format!(
+                "content is {} bytes, index says {content_len}",
+                content.len()
+            ),
         ));
     }
     Ok(content)
+}
+
+/// Content length of a stored frame: its length for a raw frame, the
+/// `Frame_Content_Size` field of the zstd frame header otherwise (writers always set
+/// it). Lets a reader decode a frame when it knows only some of the frame's blocks.
+///
+/// # Errors
+/// [`FormatError::Corrupt`] if the zstd header is missing, unreadable, lacks the
+/// content size or gives one above [`MAX_FRAME_CONTENT`].
+pub fn frame_content_len(kind: FrameKind, stored: &[u8]) -> Result<usize, FormatError> {
+    let len = match kind {
+        FrameKind::Raw => stored.len() as u64,
+        FrameKind::Zstd => match zstd::zstd_safe::get_frame_content_size(stored) {
+            Ok(Some(n)) => n,
+            Ok(None) => return Err(FormatError::corrupt("frame", "zstd frame header lacks the content size")),
+            Err(_) => return Err(FormatError::corrupt("frame", "not a zstd frame")),
+        },
+    };
+    if len > MAX_FRAME_CONTENT {
+        return Err(FormatError::corrupt("frame", format!("content size {len} exceeds {MAX_FRAME_CONTENT}")));
+    }
+    Ok(len as usize)
 }

@@ -17,12 +17,12 @@ mod trailer;
 mod writer;
 
 pub use digest::{Digest, ImageHasher, zero_block_digest};
-pub use frame::{FrameKind, compress_frame, decompress_frame};
+pub use frame::{FrameKind, compress_frame, decompress_frame, frame_content_len as stored_frame_content_len};
 pub use geometry::{BlockSize, Geometry};
 pub use header::{Compression, Header, ParentRef, Preamble, SourceInfo};
 pub use index::{DirEntry, EntryKind, IndexEntry, decode_segment};
 pub use magic::*;
-pub use reader::{ArchiveReader, decode_directory};
+pub use reader::{ArchiveReader, block_from_frame, decode_directory};
 pub use trailer::Trailer;
 pub use writer::{ArchiveWriter, EncodedFrame};
 
@@ -34,14 +34,28 @@ pub enum FormatError {
     #[error("bad magic: expected {expected}, found {found} (not a thinarc archive)")]
     BadMagic { expected: String, found: String },
     /// The archive was written by a newer, incompatible format version.
-    #[error("unsupported format version {major}.{minor} (this build reads major version {supported})")]
-    UnsupportedVersion { major: u16, minor: u16, supported: u16 },
+    #[error(
+        "unsupported format version {major}.{minor} (this build reads major version {supported})"
+    )]
+    UnsupportedVersion {
+        major: u16,
+        minor: u16,
+        supported: u16,
+    },
     /// The file is shorter than its own structures say it must be.
     #[error("truncated: {what} needs {needed} bytes, only {available} available")]
-    Truncated { what: &'static str, needed: u64, available: u64 },
+    Truncated {
+        what: &'static str,
+        needed: u64,
+        available: u64,
+    },
     /// A stored checksum does not match the bytes it covers.
     #[error("{what} checksum mismatch (expected {expected}, got {actual})")]
-    ChecksumMismatch { what: String, expected: Digest, actual: Digest },
+    ChecksumMismatch {
+        what: String,
+        expected: Digest,
+        actual: Digest,
+    },
     /// A structure is internally inconsistent or violates a format rule.
     #[error("corrupt {what}: {detail}")]
     Corrupt { what: &'static str, detail: String },
@@ -52,7 +66,10 @@ pub enum FormatError {
 
 impl FormatError {
     pub(crate) fn corrupt(what: &'static str, detail: impl Into<String>) -> Self {
-        FormatError::Corrupt { what, detail: detail.into() }
+        FormatError::Corrupt {
+            what,
+            detail: detail.into(),
+        }
     }
 }
 

@@ -1,0 +1,338 @@
+//! The backup pipeline: read a source in block order, hash and compare each block with
+//! the previous point, compress what changed, and stream one archive into the
+//! repository.
+//!
+//! Stages: a reader thread fills batches of blocks; batches are hashed, compared and
+//! compressed on the blocking pool, several at a time (both cores), and come back in
+//! order to one task that feeds the sans-IO [`ArchiveWriter`] and the multipart upload.
+//! Queues are bounded, so memory is a few batches plus a few upload parts whatever the
+//! volume size. Nothing is committed unless every stage succeeded.
+
+mod process;
+
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::StreamExt;
+use futures::stream::FuturesOrdered;
+use serde::Serialize;
+
+use crate::format::{
+    ArchiveWriter, BlockSize, Compression, FormatError, Geometry, Header, ImageHasher, ParentRef,
+    SourceInfo,
+};
+use crate::progress::Progress;
+use crate::repo::{ArchiveUpload, Chain, ChainCursor, PointSelector, RepoError, Repository, Resolved, VolumeName, new_id};
+use crate::source::{RawSource, ReadPlan, SourceError};
+use process::{Batch, Processed, process_batch};
+
+/// Default block size: 64 KiB (see the README's block size benchmark).
+pub const DEFAULT_BLOCK_SIZE: u32 = 64 << 10;
+/// Default zstd level.
+pub const DEFAULT_ZSTD_LEVEL: i32 = 1;
+/// Uncompressed bytes per read batch.
+const BATCH_BYTES: u64 = 4 << 20;
+/// Uncompressed bytes per frame (at least one block).
+const FRAME_BYTES: u64 = 256 << 10;
+
+/// What to back up and how.
+#[derive(Debug, Clone)]
+pub struct BackupOptions {
+    /// The volume to back up into.
+    pub volume: VolumeName,
+    /// Block size for a new volume (an existing volume keeps its own).
+    pub block_size: Option<BlockSize>,
+    /// Byte ranges known to have changed since the last backup: only these are read.
+    pub changed_blocks: Option<Vec<Range<u64>>>,
+    /// zstd compression level.
+    pub zstd_level: i32,
+    /// Batches processed in parallel.
+    pub threads: usize,
+}
+
+impl BackupOptions {
+    /// Defaults for `volume`: default block size and level, one worker per core.
+    pub fn new(volume: VolumeName) -> Self {
+        BackupOptions {
+            volume,
+            block_size: None,
+            changed_blocks: None,
+            zstd_level: DEFAULT_ZSTD_LEVEL,
+            threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+        }
+    }
+}
+
+/// Full or delta.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ArchiveKind {
+    /// No parent: holds every block.
+    Full,
+    /// Holds the blocks that changed since its parent.
+    Delta,
+}
+
+/// The result of a successful backup.
+#[derive(Debug, Clone, Serialize)]
+pub struct BackupReport {
+    /// Volume name.
+    pub volume: String,
+    /// Archive id.
+    pub archive: String,
+    /// Sequence number.
+    pub seq: u64,
+    /// Full or delta.
+    pub kind: ArchiveKind,
+    /// Parent archive id.
+    pub parent: Option<String>,
+    /// How changed blocks were found: `full`, `scan` or `changed-blocks`.
+    pub method: String,
+    /// Volume size in bytes.
+    pub size: u64,
+    /// Block size in bytes.
+    pub block_size: u32,
+    /// Bytes read from the source.
+    pub bytes_read: u64,
+    /// Blocks recorded in the archive (data and zero).
+    pub blocks_changed: u64,
+    /// Size of the archive object.
+    pub stored_bytes: u64,
+    /// Image digest of the new point.
+    pub image_digest: String,
+    /// Wall-clock seconds.
+    pub seconds: f64,
+}
+
+/// Why a backup failed. Nothing was committed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BackupError {
+    /// The repository failed.
+    #[error(transparent)]
+    Repo(#[from] RepoError),
+    /// The source failed.
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    /// The requested block size differs from the volume's.
+    #[error("volume {volume} uses block size {stored}; --block-size {requested} cannot change it")]
+    BlockSizeMismatch { volume: String, stored: u32, requested: u32 },
+    /// `--changed-blocks` without a previous point to apply them to.
+    #[error("volume {volume} has no backup yet: --changed-blocks needs a previous point (run a full backup first)")]
+    NoParentForChangedBlocks { volume: String },
+    /// The archive could not be built.
+    #[error("building the archive: {0}")]
+    Format(#[from] FormatError),
+    /// A pipeline task died.
+    #[error("backup task failed: {0}")]
+    Task(String),
+}
+
+/// Backs `source` up into `repo` as a new point of `opts.volume`: a full archive for a
+/// new volume, else a delta against the latest point.
+///
+/// # Errors
+/// [`BackupError`]; nothing is committed on error and the partial upload is aborted.
+pub async fn backup(
+    repo: &Repository,
+    source: RawSource,
+    opts: &BackupOptions,
+    progress: Arc<Progress>,
+) -> Result<BackupReport, BackupError> {
+    let started = Instant::now();
+    let volume = &opts.volume;
+    let commits = repo.commits(volume).await?;
+    let parent = match commits.last() {
+        Some(_) => Some(repo.resolve(&commits, &PointSelector::Latest).await?),
+        None => None,
+    };
+    let block_size = match (&parent, opts.block_size) {
+        (Some(p), Some(req)) if p.tip().header.block_size != req.get() => {
+            return Err(BackupError::BlockSizeMismatch {
+                volume: volume.to_string(),
+                stored: p.tip().header.block_size,
+                requested: req.get(),
+            });
+        }
+        (Some(p), _) => p.tip().geometry().block_size(),
+        (None, req) => req.unwrap_or(BlockSize::new(DEFAULT_BLOCK_SIZE)?),
+    };
+    let geometry = Geometry::new(source.size(), block_size);
+    let (plan, method) = read_plan(&parent, opts, geometry)?;
+    let header = Header {
+        volume_name: volume.to_string(),
+        volume_id: parent.as_ref().map_or_else(new_id, |p| p.tip().header.volume_id.clone()),
+        archive_id: new_id(),
+        seq: commits.last().map_or(1, |c| c.seq + 1),
+        parent: parent.as_ref().map(|p| {
+            let t = p.tip();
+            ParentRef { id: t.header.archive_id.clone(), digest: t.trailer.trailer_sha256, seq: t.header.seq }
+        }),
+        created: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        size: geometry.size(),
+        block_size: block_size.get(),
+        compression: Compression { algorithm: "zstd".into(), level: opts.zstd_level },
+        source: SourceInfo {
+            kind: if source.is_device() { "device" } else { "file" }.into(),
+            path: std::fs::canonicalize(source.path()).unwrap_or_else(|_| source.path().to_path_buf()).display().to_string(),
+            method: method.into(),
+        },
+    };
+    progress.set_total(plan.blocks() * u64::from(block_size.get()));
+
+    let mut upload = ArchiveUpload::start(repo, volume, header.seq, &header.archive_id).await?;
+    let run = Run::new(&header, geometry, parent.as_ref(), opts);
+    match run.execute(source, plan, &mut upload, &progress).await {
+        Ok((stats, digest)) => {
+            let published = upload.commit(digest.trailer_sha256).await?;
+            Ok(BackupReport {
+                volume: volume.to_string(),
+                archive: header.archive_id.clone(),
+                seq: header.seq,
+                kind: if header.parent.is_some() { ArchiveKind::Delta } else { ArchiveKind::Full },
+                parent: header.parent.as_ref().map(|p| p.id.clone()),
+                method: method.into(),
+                size: geometry.size(),
+                block_size: block_size.get(),
+                bytes_read: stats.bytes_read,
+                blocks_changed: stats.blocks_changed,
+                stored_bytes: published.size,
+                image_digest: digest.image_digest.to_hex(),
+                seconds: started.elapsed().as_secs_f64(),
+            })
+        }
+        Err(e) => {
+            upload.abort().await;
+            Err(e)
+        }
+    }
+}
+
+/// Decides which blocks to read, and names the method.
+fn read_plan(parent: &Option<Chain>, opts: &BackupOptions, geometry: Geometry) -> Result<(ReadPlan, &'static str), BackupError> {
+    let blocks = geometry.blocks();
+    let (Some(parent), Some(changed)) = (parent, &opts.changed_blocks) else {
+        if opts.changed_blocks.is_some() {
+            return Err(BackupError::NoParentForChangedBlocks { volume: opts.volume.to_string() });
+        }
+        return Ok((ReadPlan::all(blocks), if parent.is_some() { "scan" } else { "full" }));
+    };
+    let bs = u64::from(geometry.block_size().get());
+    let mut ranges: Vec<Range<u64>> = changed.iter().map(|r| r.start / bs..r.end.div_ceil(bs)).collect();
+    let old = parent.tip().geometry();
+    if old.size() != geometry.size() {
+        // The boundary block changes length, and blocks past the old end are new.
+        let min = old.blocks().min(blocks);
+        ranges.push(min.saturating_sub(1)..blocks.max(min));
+    }
+    Ok((ReadPlan::from_ranges(ranges, blocks), "changed-blocks"))
+}
+
+/// Counters of one run.
+#[derive(Debug, Default)]
+struct Stats {
+    bytes_read: u64,
+    blocks_changed: u64,
+}
+
+/// Digests that finish a run.
+struct Finished {
+    image_digest: crate::format::Digest,
+    trailer_sha256: crate::format::Digest,
+}
+
+/// One backup run's pipeline state.
+struct Run {
+    header: Header,
+    geometry: Geometry,
+    parent: Option<Chain>,
+    ctx: Arc<process::Context>,
+    threads: usize,
+}
+
+impl Run {
+    fn new(header: &Header, geometry: Geometry, parent: Option<&Chain>, opts: &BackupOptions) -> Self {
+        let bs = u64::from(geometry.block_size().get());
+        let force_block = parent
+            .map(|p| p.tip().geometry())
+            .filter(|old| old.size() != geometry.size())
+            .and_then(|old| old.blocks().min(geometry.blocks()).checked_sub(1));
+        let ctx = process::Context {
+            geometry,
+            force_block,
+            frame_blocks: (FRAME_BYTES / bs).max(1) as usize,
+            level: opts.zstd_level,
+            diff: parent.is_some(),
+        };
+        Run { header: header.clone(), geometry, parent: parent.cloned(), ctx: Arc::new(ctx), threads: opts.threads.max(1) }
+    }
+
+    async fn execute(
+        self,
+        source: RawSource,
+        plan: ReadPlan,
+        upload: &mut ArchiveUpload,
+        progress: &Progress,
+    ) -> Result<(Stats, Finished), BackupError> {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Batch>(self.threads);
+        let batch_blocks = (BATCH_BYTES / u64::from(self.geometry.block_size().get())).max(1);
+        let geometry = self.geometry;
+        let reader = tokio::task::spawn_blocking(move || process::read_batches(&source, &plan, geometry, batch_blocks, &tx));
+
+        let mut out = Vec::with_capacity(1 << 20);
+        let mut writer = ArchiveWriter::new(&self.header, &mut out)?;
+        let mut hasher = ImageHasher::new(self.geometry);
+        let mut parents = self.parent.as_ref().map(ChainCursor::new);
+        let mut gaps = self.parent.as_ref().map(ChainCursor::new);
+        let mut stats = Stats::default();
+        let mut inflight = FuturesOrdered::new();
+        let mut reading = true;
+        loop {
+            while reading && inflight.len() < self.threads + 1 {
+                let Some(batch) = rx.recv().await else {
+                    reading = false;
+                    break;
+                };
+                let prev = match parents.as_mut() {
+                    Some(c) => c.digests(batch.first, batch.count).await?,
+                    None => Vec::new(),
+                };
+                let ctx = self.ctx.clone();
+                inflight.push_back(tokio::task::spawn_blocking(move || process_batch(&ctx, batch, prev)));
+            }
+            let Some(done) = inflight.next().await else { break };
+            let done: Processed = done.map_err(|e| BackupError::Task(e.to_string()))??;
+            if let Some(g) = gaps.as_mut() {
+                feed_gap(g, &mut hasher, done.first).await?;
+            }
+            stats.bytes_read += done.bytes_read;
+            progress.add(done.count * u64::from(self.geometry.block_size().get()));
+            stats.blocks_changed += done.apply(&mut writer, &mut hasher, &mut out)?;
+            upload.write(&out).await?;
+            out.clear();
+        }
+        drop(rx);
+        reader.await.map_err(|e| BackupError::Task(e.to_string()))??;
+        if let Some(g) = gaps.as_mut() {
+            feed_gap(g, &mut hasher, self.geometry.blocks()).await?;
+        }
+        let image_digest = hasher.finish()?;
+        let trailer = writer.finish(image_digest, &mut out);
+        upload.write(&out).await?;
+        Ok((stats, Finished { image_digest, trailer_sha256: trailer.trailer_sha256 }))
+    }
+}
+
+/// Feeds the image hasher with the previous point's blocks up to `end` (blocks the
+/// backup did not read are unchanged).
+async fn feed_gap(cursor: &mut ChainCursor, hasher: &mut ImageHasher, end: u64) -> Result<(), RepoError> {
+    cursor.seek(hasher.position());
+    while let Some(r) = cursor.next(end).await? {
+        match r {
+            Resolved::Zero { count, .. } => hasher.zeros(count),
+            data => hasher.data(&data.digest().expect("data block has a digest")),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,176 @@
+//! The CPU stages of a backup: reading batches, and hashing, comparing and compressing
+//! them (run on the blocking pool, several batches at once).
+
+use std::cell::RefCell;
+
+use tokio::sync::mpsc::Sender;
+
+use super::BackupError;
+use crate::format::{ArchiveWriter, Digest, EncodedFrame, FormatError, Geometry, ImageHasher, compress_frame};
+use crate::source::{RawSource, ReadPlan, SourceError};
+
+/// Settings shared by every batch of a run.
+#[derive(Debug)]
+pub(super) struct Context {
+    pub geometry: Geometry,
+    /// A block the archive must hold even if unchanged (the boundary block of a volume
+    /// that changed size).
+    pub force_block: Option<u64>,
+    pub frame_blocks: usize,
+    pub level: i32,
+    /// Whether blocks are compared with a previous point (a delta).
+    pub diff: bool,
+}
+
+/// Consecutive blocks read from the source.
+pub(super) struct Batch {
+    pub first: u64,
+    pub count: u64,
+    pub buf: Vec<u8>,
+    pub bytes_read: u64,
+}
+
+/// What goes into the archive, in block order.
+enum Op {
+    Zeros { first: u64, count: u64 },
+    Frame(EncodedFrame),
+}
+
+/// A processed batch.
+pub(super) struct Processed {
+    pub first: u64,
+    pub count: u64,
+    pub bytes_read: u64,
+    ops: Vec<Op>,
+    /// The new point's digest of every block of the batch (`None` = zero).
+    image: Vec<Option<Digest>>,
+}
+
+/// Reads the blocks of `plan` in batches of `batch_blocks` and sends them in order.
+/// Stops quietly when the receiver is gone (the pipeline failed elsewhere). Checks at
+/// the end that the source did not change size.
+pub(super) fn read_batches(
+    source: &RawSource,
+    plan: &ReadPlan,
+    geometry: Geometry,
+    batch_blocks: u64,
+    tx: &Sender<Batch>,
+) -> Result<(), SourceError> {
+    for range in plan.ranges() {
+        let mut first = range.start;
+        while first < range.end {
+            let count = batch_blocks.min(range.end - first);
+            let offset = geometry.offset(first);
+            let len = geometry.offset(first + count).min(geometry.size()) - offset;
+            let mut buf = vec![0u8; len as usize];
+            let bytes_read = source.read_at(offset, &mut buf)?;
+            if tx.blocking_send(Batch { first, count, buf, bytes_read }).is_err() {
+                return Ok(());
+            }
+            first += count;
+        }
+    }
+    source.check_size()
+}
+
+/// Whether `data` is all zero bytes.
+pub(crate) fn is_zero(data: &[u8]) -> bool {
+    // SAFETY: u128 has no invalid bit patterns; align_to only reinterprets the aligned
+    // middle of the slice.
+    let (head, mid, tail) = unsafe { data.align_to::<u128>() };
+    head.iter().all(|&b| b == 0) && mid.iter().all(|&w| w == 0) && tail.iter().all(|&b| b == 0)
+}
+
+thread_local! {
+    static COMPRESSOR: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { RefCell::new(None) };
+}
+
+/// Hashes every block of `batch`, compares it with `prev` (the previous point's
+/// digests, empty for a full backup) and compresses changed data blocks into frames.
+pub(super) fn process_batch(ctx: &Context, batch: Batch, prev: Vec<Option<Digest>>) -> Result<Processed, BackupError> {
+    let g = &ctx.geometry;
+    let base = g.offset(batch.first);
+    let mut image = Vec::with_capacity(batch.count as usize);
+    let mut ops = Vec::new();
+    // Changed data blocks waiting to become a frame: (first block, digests).
+    let mut run: Option<(u64, Vec<Digest>)> = None;
+    let flush = |run: &mut Option<(u64, Vec<Digest>)>, ops: &mut Vec<Op>| -> Result<(), BackupError> {
+        if let Some((first, digests)) = run.take() {
+            let start = (g.offset(first) - base) as usize;
+            let end = (g.offset(first + digests.len() as u64).min(g.size()) - base) as usize;
+            let (kind, bytes) = compress(&batch.buf[start..end], ctx.level)?;
+            ops.push(Op::Frame(EncodedFrame { first_block: first, kind, bytes, digests }));
+        }
+        Ok(())
+    };
+    for i in 0..batch.count {
+        let b = batch.first + i;
+        let start = (g.offset(b) - base) as usize;
+        let data = &batch.buf[start..start + g.block_len(b) as usize];
+        let digest = (!is_zero(data)).then(|| Digest::of(data));
+        image.push(digest);
+        let changed = !ctx.diff || prev.get(i as usize).copied().flatten() != digest || ctx.force_block == Some(b);
+        match (changed, digest) {
+            (true, Some(d)) => {
+                if let Some((first, digests)) = &mut run
+                    && *first + digests.len() as u64 == b
+                    && digests.len() < ctx.frame_blocks
+                {
+                    digests.push(d);
+                } else {
+                    flush(&mut run, &mut ops)?;
+                    run = Some((b, vec![d]));
+                }
+            }
+            (true, None) => {
+                flush(&mut run, &mut ops)?;
+                match ops.last_mut() {
+                    Some(Op::Zeros { first, count }) if *first + *count == b => *count += 1,
+                    _ => ops.push(Op::Zeros { first: b, count: 1 }),
+                }
+            }
+            (false, _) => flush(&mut run, &mut ops)?,
+        }
+    }
+    flush(&mut run, &mut ops)?;
+    Ok(Processed { first: batch.first, count: batch.count, bytes_read: batch.bytes_read, ops, image })
+}
+
+fn compress(content: &[u8], level: i32) -> Result<(crate::format::FrameKind, Vec<u8>), FormatError> {
+    COMPRESSOR.with_borrow_mut(|slot| {
+        if slot.as_ref().is_none_or(|(l, _)| *l != level) {
+            let c = zstd::bulk::Compressor::new(level)
+                .map_err(|e| FormatError::InvalidInput(format!("zstd level {level}: {e}")))?;
+            *slot = Some((level, c));
+        }
+        let (_, c) = slot.as_mut().expect("just set");
+        compress_frame(content, c)
+    })
+}
+
+impl Processed {
+    /// Appends the batch to the archive and the image digest; returns the number of
+    /// blocks recorded in the archive.
+    pub fn apply(self, writer: &mut ArchiveWriter, hasher: &mut ImageHasher, out: &mut Vec<u8>) -> Result<u64, FormatError> {
+        let mut recorded = 0;
+        for op in &self.ops {
+            match op {
+                Op::Zeros { first, count } => {
+                    writer.push_zeros(*first, *count, out)?;
+                    recorded += count;
+                }
+                Op::Frame(f) => {
+                    writer.push_frame(f, out)?;
+                    recorded += f.digests.len() as u64;
+                }
+            }
+        }
+        for d in &self.image {
+            match d {
+                Some(d) => hasher.data(d),
+                None => hasher.zeros(1),
+            }
+        }
+        Ok(recorded)
+    }
+}

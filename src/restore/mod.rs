@@ -1,0 +1,216 @@
+//! Restore: rebuild a point of a volume onto a file or block device.
+//!
+//! The chain is resolved first; a streaming merge of its indexes ([`ChainCursor`])
+//! says where each block comes from, so every block is read once, from the newest
+//! archive holding it. Blocks are grouped into [`Work`] units (see [`plan`]): runs of
+//! nearby frames of one archive become one range read. Range reads run concurrently,
+//! decoding, checking and writing run on the blocking pool, and the image digest is
+//! recomputed in block order from the digests of the blocks actually written.
+
+mod plan;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use serde::Serialize;
+
+use crate::format::{Digest, FormatError, ImageHasher, block_from_frame, decompress_frame, stored_frame_content_len};
+use crate::progress::Progress;
+use crate::repo::{Chain, ChainCursor, PointSelector, RepoError, Repository, VolumeName};
+use crate::target::{FileTarget, TargetError};
+use plan::{Item, Work, plan_works};
+
+/// Range reads in flight.
+const FETCHES: usize = 4;
+
+/// Which point to restore and how.
+#[derive(Debug, Clone)]
+pub struct RestoreOptions {
+    /// The point.
+    pub at: PointSelector,
+    /// Restore even onto the backup's own source.
+    pub force: bool,
+    /// Blocks decoded and written in parallel.
+    pub threads: usize,
+}
+
+/// The result of a successful restore.
+#[derive(Debug, Clone, Serialize)]
+pub struct RestoreReport {
+    /// Volume name.
+    pub volume: String,
+    /// Archive id of the point.
+    pub archive: String,
+    /// Sequence number of the point.
+    pub seq: u64,
+    /// Volume size in bytes.
+    pub size: u64,
+    /// Archives read.
+    pub chain_length: usize,
+    /// Bytes of block data written.
+    pub bytes_written: u64,
+    /// Bytes read from the repository (frames).
+    pub bytes_fetched: u64,
+    /// Image digest, recomputed from what was written.
+    pub image_digest: String,
+    /// Wall-clock seconds.
+    pub seconds: f64,
+}
+
+/// Why a restore failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RestoreError {
+    /// The repository failed.
+    #[error(transparent)]
+    Repo(#[from] RepoError),
+    /// The target failed.
+    #[error(transparent)]
+    Target(#[from] TargetError),
+    /// A block or frame did not check out.
+    #[error("archive {key}: {source}")]
+    Corrupt { key: String, source: FormatError },
+    /// The image digest of what was written is not the point's.
+    #[error("restored image digest {actual} does not match archive {archive} ({expected}); the target is not a faithful copy")]
+    ImageMismatch { archive: String, expected: Digest, actual: Digest },
+    /// The target is the backup's own source.
+    #[error("target {target} is the source of volume {volume} (recorded in its archives); restoring over it destroys the live data: choose another target or pass --force")]
+    TargetIsSource { target: String, volume: String },
+    /// A pipeline task died.
+    #[error("restore task failed: {0}")]
+    Task(String),
+}
+
+/// Restores the point `opts.at` of `volume` onto `target`.
+///
+/// # Errors
+/// [`RestoreError`]. A new target file is removed on failure.
+pub async fn restore(
+    repo: &Repository,
+    volume: &VolumeName,
+    target: &Path,
+    opts: &RestoreOptions,
+    progress: Arc<Progress>,
+) -> Result<RestoreReport, RestoreError> {
+    let started = Instant::now();
+    let commits = repo.existing_commits(volume).await?;
+    let chain = repo.resolve(&commits, &opts.at).await?;
+    let tip = chain.tip().clone();
+    if !opts.force
+        && let Some(id) = FileTarget::identity(target)
+        && chain.archives.iter().any(|a| FileTarget::identity(Path::new(&a.header.source.path)) == Some(id))
+    {
+        return Err(RestoreError::TargetIsSource { target: target.display().to_string(), volume: volume.to_string() });
+    }
+    let geometry = tip.geometry();
+    progress.set_total(geometry.size());
+    let out = Arc::new(FileTarget::open(target, geometry.size())?);
+
+    let (tx, rx) = tokio::sync::mpsc::channel::<Work>(2 * FETCHES);
+    let planner = tokio::spawn(plan_works(ChainCursor::new(&chain), geometry.blocks(), tx));
+    let works = futures::stream::unfold(rx, |mut rx| async { rx.recv().await.map(|w| (w, rx)) });
+    let chain = Arc::new(chain);
+    let threads = opts.threads.max(1);
+    let mut hasher = ImageHasher::new(geometry);
+    let mut fetched = 0u64;
+    let mut written = 0u64;
+    {
+        let done = works
+            .map(|w| fetch(chain.clone(), w))
+            .buffered(FETCHES)
+            .map_ok(|(w, bytes)| {
+                let (chain, out) = (chain.clone(), out.clone());
+                async move {
+                    tokio::task::spawn_blocking(move || apply(&chain, &out, w, bytes))
+                        .await
+                        .map_err(|e| RestoreError::Task(e.to_string()))?
+                }
+            })
+            .try_buffered(threads);
+        let mut done = std::pin::pin!(done);
+        while let Some(applied) = done.try_next().await? {
+            fetched += applied.fetched;
+            written += applied.written;
+            progress.add(applied.blocks_bytes);
+            for d in applied.image {
+                match d {
+                    Some(d) => hasher.data(&d),
+                    None => hasher.zeros(1),
+                }
+            }
+        }
+    }
+    planner.await.map_err(|e| RestoreError::Task(e.to_string()))??;
+    let actual = hasher.finish().map_err(|source| RestoreError::Corrupt { key: tip.key().to_string(), source })?;
+    if actual != tip.trailer.image_digest {
+        return Err(RestoreError::ImageMismatch { archive: tip.header.archive_id.clone(), expected: tip.trailer.image_digest, actual });
+    }
+    Arc::into_inner(out).expect("all writers finished").finish()?;
+    Ok(RestoreReport {
+        volume: volume.to_string(),
+        archive: tip.header.archive_id.clone(),
+        seq: tip.header.seq,
+        size: geometry.size(),
+        chain_length: chain.archives.len(),
+        bytes_written: written,
+        bytes_fetched: fetched,
+        image_digest: actual.to_hex(),
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Reads the byte range of a work unit.
+async fn fetch(chain: Arc<Chain>, w: Work) -> Result<(Work, Bytes), RestoreError> {
+    let bytes = match (&w.layer, &w.range) {
+        (Some(layer), range) if !range.is_empty() => chain.archives[*layer].read(range.clone()).await?,
+        _ => Bytes::new(),
+    };
+    Ok((w, bytes))
+}
+
+/// What applying a work unit produced.
+struct Applied {
+    /// Digest per block in order (`None` = zero).
+    image: Vec<Option<Digest>>,
+    fetched: u64,
+    written: u64,
+    blocks_bytes: u64,
+}
+
+/// Decodes the frames of `w`, checks every block against its digest and writes it;
+/// zeroes zero runs.
+fn apply(chain: &Chain, out: &FileTarget, w: Work, bytes: Bytes) -> Result<Applied, RestoreError> {
+    let geometry = chain.tip().geometry();
+    let key = || w.layer.map(|l| chain.archives[l].key().to_string()).unwrap_or_default();
+    let corrupt = |source| RestoreError::Corrupt { key: key(), source };
+    let mut frames: Vec<Vec<u8>> = Vec::with_capacity(w.frames.len());
+    for f in &w.frames {
+        let start = (f.offset - w.range.start) as usize;
+        let stored = &bytes[start..start + f.len as usize];
+        let len = stored_frame_content_len(f.kind, stored).map_err(corrupt)?;
+        frames.push(decompress_frame(f.kind, stored, len).map_err(corrupt)?);
+    }
+    let mut applied = Applied { image: Vec::new(), fetched: bytes.len() as u64, written: 0, blocks_bytes: 0 };
+    for item in &w.items {
+        match *item {
+            Item::Zero { first, count } => {
+                let offset = geometry.offset(first);
+                let len = geometry.offset(first + count).min(geometry.size()) - offset;
+                out.zero(offset, len)?;
+                applied.image.extend(std::iter::repeat_n(None, count as usize));
+                applied.blocks_bytes += len;
+            }
+            Item::Block { frame, block, slot, digest } => {
+                let data = block_from_frame(&geometry, &frames[frame], block, slot, digest).map_err(corrupt)?;
+                out.write_at(geometry.offset(block), &data)?;
+                applied.image.push(Some(digest));
+                applied.written += data.len() as u64;
+                applied.blocks_bytes += data.len() as u64;
+            }
+        }
+    }
+    Ok(applied)
+}

@@ -1,0 +1,61 @@
+//! Where blocks come from: an image file or block device read in block order, and the
+//! plan of which blocks to read (everything, or a changed-block list).
+//!
+//! A source only reads; it knows nothing of archives or repositories.
+
+mod changed;
+mod raw;
+
+pub use changed::{ChangedBlocksError, parse_changed_blocks};
+pub use raw::{RawSource, SourceError};
+
+use std::ops::Range;
+
+/// Which blocks a backup reads, as sorted, non-overlapping block ranges.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadPlan(Vec<Range<u64>>);
+
+impl ReadPlan {
+    /// Every block of a volume with `blocks` blocks.
+    pub fn all(blocks: u64) -> Self {
+        ReadPlan(if blocks == 0 { vec![] } else { vec![0..blocks] })
+    }
+
+    /// A plan from arbitrary block ranges: sorted, merged, clipped to `blocks`.
+    pub fn from_ranges(mut ranges: Vec<Range<u64>>, blocks: u64) -> Self {
+        ranges.retain(|r| r.start < r.end && r.start < blocks);
+        ranges.sort_by_key(|r| r.start);
+        let mut out: Vec<Range<u64>> = Vec::with_capacity(ranges.len());
+        for r in ranges {
+            let r = r.start..r.end.min(blocks);
+            match out.last_mut() {
+                Some(last) if r.start <= last.end => last.end = last.end.max(r.end),
+                _ => out.push(r),
+            }
+        }
+        ReadPlan(out)
+    }
+
+    /// The ranges, in order.
+    pub fn ranges(&self) -> &[Range<u64>] {
+        &self.0
+    }
+
+    /// Total number of blocks in the plan.
+    pub fn blocks(&self) -> u64 {
+        self.0.iter().map(|r| r.end - r.start).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plan_merges_sorts_and_clips() {
+        let p = ReadPlan::from_ranges(vec![5..7, 0..2, 1..3, 7..8, 20..30, 9..9], 25);
+        assert_eq!(p.ranges(), &[0..3, 5..8, 20..25]);
+        assert_eq!(p.blocks(), 11);
+        assert_eq!(ReadPlan::all(0).ranges(), &[] as &[Range<u64>]);
+    }
+}

@@ -1,0 +1,179 @@
+//! An image file or block device, read with positioned reads. Holes of sparse files
+//! are found with `SEEK_DATA`/`SEEK_HOLE` and not read at all.
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+/// Why a source could not be read.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SourceError {
+    /// The source cannot be opened.
+    #[error("cannot open source {path}: {source}")]
+    Open { path: PathBuf, source: std::io::Error },
+    /// The source is neither a regular file nor a block device.
+    #[error("source {path} is not an image file or block device")]
+    NotBlockSource { path: PathBuf },
+    /// A read failed.
+    #[error("reading source {path} at offset {offset}: {source}")]
+    Read { path: PathBuf, offset: u64, source: std::io::Error },
+    /// The source changed size while it was read.
+    #[error("source {path} changed size during the backup ({before} -> {after} bytes); nothing was committed, run the backup again")]
+    SizeChanged { path: PathBuf, before: u64, after: u64 },
+}
+
+/// An opened image file or block device.
+#[derive(Debug)]
+pub struct RawSource {
+    file: File,
+    path: PathBuf,
+    size: u64,
+    is_device: bool,
+}
+
+impl RawSource {
+    /// Opens `path` read-only and finds its size.
+    ///
+    /// # Errors
+    /// [`SourceError::Open`] or [`SourceError::NotBlockSource`].
+    pub fn open(path: &Path) -> Result<Self, SourceError> {
+        let open_err = |source| SourceError::Open { path: path.to_path_buf(), source };
+        let file = File::open(path).map_err(open_err)?;
+        let meta = file.metadata().map_err(open_err)?;
+        let ft = meta.file_type();
+        let is_device = ft.is_block_device();
+        if !is_device && !ft.is_file() {
+            return Err(SourceError::NotBlockSource { path: path.to_path_buf() });
+        }
+        let mut src = RawSource { file, path: path.to_path_buf(), size: meta.len(), is_device };
+        src.size = src.current_size().map_err(|e| match e {
+            SourceError::Read { source, .. } => open_err(source),
+            e => e,
+        })?;
+        Ok(src)
+    }
+
+    /// Size in bytes when opened.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// The path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether the source is a block device.
+    pub fn is_device(&self) -> bool {
+        self.is_device
+    }
+
+    /// Device and inode, to recognise the same file under another name.
+    pub fn identity(&self) -> Option<(u64, u64)> {
+        let m = self.file.metadata().ok()?;
+        Some(if self.is_device { (u64::MAX, m.rdev()) } else { (m.dev(), m.ino()) })
+    }
+
+    /// Fills `buf` with the bytes at `offset` (a short read past the end of the source
+    /// is an error: the source shrank). Holes of a sparse file are zero-filled without
+    /// reading. Returns the number of bytes actually read from the source.
+    ///
+    /// # Errors
+    /// [`SourceError::Read`], or [`SourceError::SizeChanged`] if the source is shorter
+    /// than `offset + buf.len()`.
+    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<u64, SourceError> {
+        let mut read = 0u64;
+        let end = offset + buf.len() as u64;
+        let mut pos = offset;
+        while pos < end {
+            let (data_start, data_end) = match self.next_data(pos, end)? {
+                Some(extent) => extent,
+                None => (end, end),
+            };
+            buf[(pos - offset) as usize..(data_start - offset) as usize].fill(0);
+            if data_start < data_end {
+                let dst = &mut buf[(data_start - offset) as usize..(data_end - offset) as usize];
+                self.read_exact_at(dst, data_start)?;
+                read += data_end - data_start;
+            }
+            pos = data_end;
+        }
+        Ok(read)
+    }
+
+    fn read_exact_at(&self, mut dst: &mut [u8], mut at: u64) -> Result<(), SourceError> {
+        while !dst.is_empty() {
+            match self.file.read_at(dst, at) {
+                Ok(0) => return Err(self.size_changed()),
+                Ok(n) => {
+                    dst = &mut dst[n..];
+                    at += n as u64;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(source) => return Err(SourceError::Read { path: self.path.clone(), offset: at, source }),
+            }
+        }
+        Ok(())
+    }
+
+    /// The next data extent within `pos..end` as `(start, end)`, or `None` when the
+    /// rest is a hole. Devices and file systems without hole support are all data.
+    fn next_data(&self, pos: u64, end: u64) -> Result<Option<(u64, u64)>, SourceError> {
+        if self.is_device {
+            return Ok(Some((pos, end)));
+        }
+        let err = |source| SourceError::Read { path: self.path.clone(), offset: pos, source };
+        let data = match self.lseek(pos, libc::SEEK_DATA) {
+            Ok(d) => d,
+            // No data after `pos`: the rest is a hole (or the file ended early, which
+            // the size check after the backup reports).
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => return Ok(None),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return Ok(Some((pos, end))),
+            Err(e) => return Err(err(e)),
+        };
+        if data >= end {
+            return Ok(None);
+        }
+        let hole = self.lseek(data, libc::SEEK_HOLE).map_err(err)?;
+        Ok(Some((data, hole.clamp(data, end))))
+    }
+
+    fn lseek(&self, offset: u64, whence: libc::c_int) -> std::io::Result<u64> {
+        let offset = libc::off_t::try_from(offset).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+        // SAFETY: lseek on a descriptor we own touches no memory; positioned reads do
+        // not depend on the file offset it moves.
+        let r = unsafe { libc::lseek(self.file.as_raw_fd(), offset, whence) };
+        u64::try_from(r).map_err(|_| std::io::Error::last_os_error())
+    }
+
+    fn size_changed(&self) -> SourceError {
+        SourceError::SizeChanged { path: self.path.clone(), before: self.size, after: self.current_size().unwrap_or(0) }
+    }
+
+    /// The size now (to detect a source that changed size during a backup).
+    ///
+    /// # Errors
+    /// [`SourceError::Read`] if it cannot be determined.
+    pub fn current_size(&self) -> Result<u64, SourceError> {
+        let err = |source| SourceError::Read { path: self.path.clone(), offset: 0, source };
+        if self.is_device {
+            self.lseek(0, libc::SEEK_END).map_err(err)
+        } else {
+            self.file.metadata().map(|m| m.len()).map_err(err)
+        }
+    }
+
+    /// Fails if the source's size is no longer the size it had when opened.
+    ///
+    /// # Errors
+    /// [`SourceError::SizeChanged`].
+    pub fn check_size(&self) -> Result<(), SourceError> {
+        let now = self.current_size()?;
+        if now != self.size {
+            return Err(SourceError::SizeChanged { path: self.path.clone(), before: self.size, after: now });
+        }
+        Ok(())
+    }
+}
