@@ -14,3 +14,4 @@ pub mod backup;
 pub mod progress;
 pub mod restore;
 pub mod target;
+pub mod cli;

@@ -213,3 +213,69 @@ fn selector_text(at: &PointSelector) -> String {
         PointSelector::Id(id) => id.clone(),
     }
 }
+
+/// One point of a volume as `list` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PointInfo {
+    /// Volume name.
+    pub volume: String,
+    /// Archive id.
+    pub id: String,
+    /// Sequence number.
+    pub seq: u64,
+    /// Creation time, RFC 3339.
+    pub created: String,
+    /// Parent archive id (`null` for a full archive).
+    pub parent: Option<String>,
+    /// Volume size in bytes.
+    pub size: u64,
+    /// Block size in bytes.
+    pub block_size: u32,
+    /// Blocks held by this archive (data and zero).
+    pub blocks: u64,
+    /// Data blocks held by this archive.
+    pub data_blocks: u64,
+    /// Size of the archive object.
+    pub stored_bytes: u64,
+    /// Image digest of the point.
+    pub image_digest: String,
+    /// Archive digest.
+    pub archive_digest: String,
+    /// Source path recorded at backup.
+    pub source: String,
+}
+
+impl Repository {
+    /// Describes every committed point of `volume`, oldest first, reading each
+    /// archive's header and trailer.
+    ///
+    /// # Errors
+    /// [`RepoError::VolumeNotFound`], or the first archive that cannot be read,
+    /// by name.
+    pub async fn describe(&self, volume: &VolumeName) -> Result<Vec<PointInfo>, RepoError> {
+        let commits = self.existing_commits(volume).await?;
+        futures::stream::iter(commits)
+            .map(|c| async move {
+                let a = RemoteArchive::open(self, &c).await?;
+                let (h, t) = (&a.header, &a.trailer);
+                Ok(PointInfo {
+                    volume: h.volume_name.clone(),
+                    id: h.archive_id.clone(),
+                    seq: h.seq,
+                    created: h.created.clone(),
+                    parent: h.parent.as_ref().map(|p| p.id.clone()),
+                    size: h.size,
+                    block_size: h.block_size,
+                    blocks: t.data_blocks + t.zero_blocks,
+                    data_blocks: t.data_blocks,
+                    stored_bytes: c.size,
+                    image_digest: t.image_digest.to_hex(),
+                    archive_digest: t.trailer_sha256.to_hex(),
+                    source: h.source.path.clone(),
+                })
+            })
+            .buffered(MARKER_READS)
+            .try_collect()
+            .await
+    }
+}

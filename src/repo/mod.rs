@@ -19,7 +19,7 @@ use std::sync::Arc;
 use object_store::ObjectStore;
 
 pub use archive::RemoteArchive;
-pub use catalog::{Chain, Commit, PointSelector};
+pub use catalog::{Chain, Commit, PointInfo, PointSelector};
 pub use chain::{ChainCursor, Resolved};
 pub use config::RepoConfig;
 pub use layout::{VolumeName, new_id};

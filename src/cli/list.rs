@@ -1,0 +1,59 @@
+//! `thinarc list`: volumes and their points.
+
+use clap::Args;
+
+use super::{Ctx, human, print_json};
+use crate::repo::{PointInfo, VolumeName};
+
+/// Arguments of `list`.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Only this volume.
+    pub volume: Option<String>,
+    /// Print a JSON array of points.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Lists points. A volume that cannot be read is reported and the others are still
+/// listed; the exit code is then non-zero.
+pub async fn run(args: ListArgs, ctx: &Ctx) -> anyhow::Result<()> {
+    let repo = ctx.open().await?;
+    let volumes = match &args.volume {
+        Some(v) => vec![VolumeName::new(v)?],
+        None => repo.volumes().await?,
+    };
+    let mut points: Vec<PointInfo> = Vec::new();
+    let mut failed = Vec::new();
+    for v in &volumes {
+        match repo.describe(v).await {
+            Ok(p) => points.extend(p),
+            Err(e) => {
+                eprintln!("error: volume {v}: {e}");
+                failed.push(v.to_string());
+            }
+        }
+    }
+    if args.json {
+        print_json(&points)?;
+    } else {
+        println!("{:<20} {:>5} {:<32} {:<24} {:>10} {:>8} {:>10}  PARENT", "VOLUME", "SEQ", "ARCHIVE", "CREATED", "SIZE", "BLOCKS", "STORED");
+        for p in &points {
+            println!(
+                "{:<20} {:>5} {:<32} {:<24} {:>10} {:>8} {:>10}  {}",
+                p.volume,
+                p.seq,
+                p.id,
+                p.created,
+                human(p.size),
+                p.blocks,
+                human(p.stored_bytes),
+                p.parent.as_deref().unwrap_or("-")
+            );
+        }
+    }
+    if !failed.is_empty() {
+        anyhow::bail!("could not list volume(s) {}", failed.join(", "));
+    }
+    Ok(())
+}
