@@ -1,1 +1,4 @@
-mod x{}
+//! All integration tests, built as one binary (see Cargo.toml `[[test]]`).
+
+mod cli;
+mod util;
