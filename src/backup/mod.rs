@@ -103,6 +103,10 @@ pub struct BackupReport {
     pub image_digest: String,
     /// Wall-clock seconds.
     pub seconds: f64,
+    /// Leftovers of interrupted runs removed after the commit.
+    pub leftovers_removed: usize,
+    /// Problems after the commit that did not affect it.
+    pub warnings: Vec<String>,
 }
 
 /// Why a backup failed. Nothing was committed.
@@ -186,6 +190,11 @@ pub async fn backup(
     match run.execute(source, plan, &mut upload, &progress).await {
         Ok((stats, digest)) => {
             let published = upload.commit(digest.trailer_sha256).await?;
+            // The point is committed; housekeeping problems are reported, not fatal.
+            let leftovers = match published.committed_at {
+                Some(now) => repo.clean_leftovers(volume, now).await.map_err(|e| e.to_string()),
+                None => Ok(Vec::new()),
+            };
             Ok(BackupReport {
                 volume: volume.to_string(),
                 archive: header.archive_id.clone(),
@@ -200,6 +209,8 @@ pub async fn backup(
                 stored_bytes: published.size,
                 image_digest: digest.image_digest.to_hex(),
                 seconds: started.elapsed().as_secs_f64(),
+                leftovers_removed: leftovers.as_ref().map_or(0, Vec::len),
+                warnings: leftovers.err().map(|e| format!("cleaning leftovers failed: {e}")).into_iter().collect(),
             })
         }
         Err(e) => {

@@ -61,6 +61,9 @@ pub async fn run(args: BackupArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let result = backup(&repo, source, &opts, progress).await;
     display.finish().await;
     let report = result.with_context(|| format!("backup of {} to volume {volume} failed", args.source.display()))?;
+    for w in &report.warnings {
+        eprintln!("warning: {w}");
+    }
     if args.json {
         print_json(&report)?;
     } else if !ctx.quiet {

@@ -13,7 +13,7 @@ use std::io::IsTerminal;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
-use crate::repo::{Repository, open_store};
+use crate::repo::Repository;
 
 /// Block-level backups of LVM thin volumes, block devices and image files.
 #[derive(Debug, Parser)]
@@ -51,8 +51,7 @@ pub struct Ctx {
 impl Ctx {
     /// Opens the repository.
     async fn open(&self) -> anyhow::Result<Repository> {
-        let store = open_store(&self.repo, false)?;
-        Ok(Repository::open(store, &self.repo).await?)
+        Ok(Repository::open_location(&self.repo).await?)
     }
 
     /// Whether to draw progress bars (stderr is a terminal) or print progress lines.

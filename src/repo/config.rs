@@ -39,7 +39,7 @@ impl Repository {
         let body = serde_json::to_vec_pretty(&config).expect("config serialises");
         let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
         match store.put_opts(&layout::config_key(), PutPayload::from(body), opts).await {
-            Ok(_) => Ok(Repository { store, location: location.to_string(), config }),
+            Ok(_) => Ok(Repository { store, location: location.to_string(), config, local_root: None }),
             Err(object_store::Error::AlreadyExists { .. }) => {
                 Err(RepoError::AlreadyInitialized { location: location.to_string() })
             }
@@ -76,6 +76,6 @@ impl Repository {
                 config.version
             )));
         }
-        Ok(Repository { store, location: location.to_string(), config })
+        Ok(Repository { store, location: location.to_string(), config, local_root: None })
     }
 }

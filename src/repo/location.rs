@@ -8,6 +8,7 @@ use object_store::local::LocalFileSystem;
 use super::RepoError;
 
 /// Opens the object store for `location`: a file system path or a `file://` URL.
+/// Also returns the directory of a local repository.
 ///
 /// With `create`, a missing local directory is created (used by `init`). The local
 /// store fsyncs files and directories before a write returns, so a committed archive
@@ -16,7 +17,7 @@ use super::RepoError;
 /// # Errors
 /// [`RepoError::BadLocation`] for an unsupported scheme or an unusable directory,
 /// [`RepoError::NotARepository`] for a missing directory without `create`.
-pub fn open_store(location: &str, create: bool) -> Result<Arc<dyn ObjectStore>, RepoError> {
+pub fn open_store(location: &str, create: bool) -> Result<(Arc<dyn ObjectStore>, Option<std::path::PathBuf>), RepoError> {
     let bad = |detail: String| RepoError::BadLocation { location: location.to_string(), detail };
     let path = if let Some(rest) = location.strip_prefix("file://") {
         let url = url::Url::parse(location).map_err(|e| bad(format!("not a valid file URL: {e}")))?;
@@ -39,5 +40,5 @@ pub fn open_store(location: &str, create: bool) -> Result<Arc<dyn ObjectStore>, 
         Err(e) => return Err(bad(e.to_string())),
     }
     let store = LocalFileSystem::new_with_prefix(&path).map_err(|e| bad(e.to_string()))?;
-    Ok(Arc::new(store.with_fsync(true).with_automatic_cleanup(true)))
+    Ok((Arc::new(store.with_fsync(true).with_automatic_cleanup(true)), Some(path)))
 }

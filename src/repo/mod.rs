@@ -9,6 +9,7 @@
 mod archive;
 mod catalog;
 mod chain;
+mod cleanup;
 mod config;
 mod layout;
 mod location;
@@ -21,6 +22,7 @@ use object_store::ObjectStore;
 pub use archive::RemoteArchive;
 pub use catalog::{Chain, Commit, PointInfo, PointSelector};
 pub use chain::{ChainCursor, Resolved};
+pub use cleanup::LEFTOVER_GRACE;
 pub use config::RepoConfig;
 pub use layout::{VolumeName, new_id};
 pub use location::open_store;
@@ -83,6 +85,8 @@ pub struct Repository {
     store: Arc<dyn ObjectStore>,
     location: String,
     config: RepoConfig,
+    /// The directory of a local repository (for file-system-only housekeeping).
+    local_root: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for Repository {
@@ -100,6 +104,25 @@ impl Repository {
     /// The location as the user gave it.
     pub fn location(&self) -> &str {
         &self.location
+    }
+
+    /// Opens the repository at `location` (a path or URL): the store, then the config.
+    ///
+    /// # Errors
+    /// As [`open_store`] and [`Repository::open`].
+    pub async fn open_location(location: &str) -> Result<Repository, RepoError> {
+        let (store, root) = open_store(location, false)?;
+        Ok(Repository { local_root: root, ..Repository::open(store, location).await? })
+    }
+
+    /// Creates a repository at `location` (a path or URL), creating a missing local
+    /// directory.
+    ///
+    /// # Errors
+    /// As [`open_store`] and [`Repository::create`].
+    pub async fn create_location(location: &str) -> Result<Repository, RepoError> {
+        let (store, root) = open_store(location, true)?;
+        Ok(Repository { local_root: root, ..Repository::create(store, location).await? })
     }
 
     /// The repository config.

@@ -50,6 +50,9 @@ pub struct Published {
     pub key: String,
     /// Size of the archive object.
     pub size: u64,
+    /// When the store says the commit marker was written (`None` if it could not be
+    /// read back); the store's clock, for grace periods.
+    pub committed_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 impl ArchiveUpload {
@@ -128,6 +131,7 @@ impl ArchiveUpload {
             }
             Err(e) => return Err(RepoError::store("commit", &commit_key)(e)),
         }
-        Ok(Published { key: self.key.to_string(), size: self.written })
+        let committed_at = store.head(&commit_key).await.ok().map(|m| m.last_modified);
+        Ok(Published { key: self.key.to_string(), size: self.written, committed_at })
     }
 }

@@ -291,12 +291,12 @@ fn corrupt_archive_fails_restore_and_list_naming_it_other_volumes_unaffected() {
 async fn source_that_changes_size_mid_read_commits_nothing() {
     use std::sync::Arc;
     use thinarc::backup::{BackupOptions, backup};
-    use thinarc::repo::{Repository, VolumeName, open_store};
+    use thinarc::repo::{Repository, VolumeName};
     use thinarc::source::RawSource;
 
     let t = TempRepo::new();
     let loc = t.repo().display().to_string();
-    let repo = Repository::open(open_store(&loc, false).unwrap(), &loc).await.unwrap();
+    let repo = Repository::open_location(&loc).await.unwrap();
     let volume = VolumeName::new("s").unwrap();
     let src = t.path("s.img");
     for (before, after) in [(4 * MIB, MIB), (MIB, 4 * MIB)] {
@@ -308,4 +308,35 @@ async fn source_that_changes_size_mid_read_commits_nothing() {
         assert!(e.to_string().contains(&expected), "{e}");
         assert!(repo.commits(&volume).await.unwrap().is_empty(), "the failed run committed nothing");
     }
+}
+
+#[test]
+fn leftovers_of_interrupted_runs_are_ignored_then_removed_after_the_grace_period() {
+    let t = TempRepo::new();
+    let src = t.path("l.img");
+    write(&src, &make_image(MIB, 12));
+    t.ok(&["backup", src.to_str().unwrap()]);
+    let dir = t.repo().join("volumes/l.img/archives");
+    let old_orphan = dir.join("000000000002-0123456789abcdef0123456789abcdef.tarc");
+    let old_staging = dir.join("000000000002-0123456789abcdef0123456789abcdef.tarc#1");
+    let fresh_orphan = dir.join("000000000002-fedcba9876543210fedcba9876543210.tarc");
+    for f in [&old_orphan, &old_staging, &fresh_orphan] {
+        write(f, b"half an archive");
+    }
+    let two_hours_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
+    for f in [&old_orphan, &old_staging] {
+        std::fs::File::options().write(true).open(f).unwrap().set_modified(two_hours_ago).unwrap();
+    }
+    // Readers never take an uncommitted object for an archive.
+    let rows = t.json(&["list"]);
+    assert_eq!(rows.as_array().unwrap().len(), 1);
+
+    let r = t.json(&["backup", src.to_str().unwrap()]);
+    assert_eq!(r["seq"], 2);
+    assert_eq!(r["leftovers_removed"], 2);
+    assert!(!old_orphan.exists() && !old_staging.exists(), "old leftovers removed");
+    assert!(fresh_orphan.exists(), "an object younger than the grace period may be a running upload");
+    let out = t.path("o.img");
+    t.ok(&["restore", "l.img", out.to_str().unwrap()]);
+    assert_same_image(&read(&out), &read(&src), "after cleanup");
 }
