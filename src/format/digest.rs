@@ -22,8 +22,9 @@ impl Digest {
     /// [`FormatError::Corrupt`] when `s` is not 64 hex digits.
     pub fn from_hex(s: &str) -> Result<Digest, FormatError> {
         let mut out = [0u8; 32];
-        hex::decode_to_slice(s, &mut out)
-            .map_err(|e| FormatError::corrupt("digest", format!("{s:?} is not 64 hex digits: {e}")))?;
+        hex::decode_to_slice(s, &mut out).map_err(|e| {
+            FormatError::corrupt("digest", format!("{s:?} is not 64 hex digits: {e}"))
+        })?;
         Ok(Digest(out))
     }
 
@@ -60,7 +61,7 @@ impl<'de> serde::Deserialize<'de> for Digest {
 
 /// The digest of an all-zero block of `len` bytes (what a zero entry stands for).
 pub fn zero_block_digest(len: u64) -> Digest {
-    const ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+    static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
     let mut h = Sha256::new();
     let mut left = len;
     while left > 0 {
@@ -93,7 +94,12 @@ impl ImageHasher {
         sha.update(IMAGE_DIGEST_DOMAIN);
         sha.update(geometry.size().to_le_bytes());
         sha.update(geometry.block_size().get().to_le_bytes());
-        ImageHasher { sha, zero_run: 0, next_block: 0, blocks: geometry.blocks() }
+        ImageHasher {
+            sha,
+            zero_run: 0,
+            next_block: 0,
+            blocks: geometry.blocks(),
+        }
     }
 
     /// Index of the next block the hasher expects.

@@ -82,12 +82,20 @@ pub fn frame_content_len(kind: FrameKind, stored: &[u8]) -> Result<usize, Format
         FrameKind::Raw => stored.len() as u64,
         FrameKind::Zstd => match zstd::zstd_safe::get_frame_content_size(stored) {
             Ok(Some(n)) => n,
-            Ok(None) => return Err(FormatError::corrupt("frame", "zstd frame header lacks the content size")),
+            Ok(None) => {
+                return Err(FormatError::corrupt(
+                    "frame",
+                    "zstd frame header lacks the content size",
+                ));
+            }
             Err(_) => return Err(FormatError::corrupt("frame", "not a zstd frame")),
         },
     };
     if len > MAX_FRAME_CONTENT {
-        return Err(FormatError::corrupt("frame", format!("content size {len} exceeds {MAX_FRAME_CONTENT}")));
+        return Err(FormatError::corrupt(
+            "frame",
+            format!("content size {len} exceeds {MAX_FRAME_CONTENT}"),
+        ));
     }
     Ok(len as usize)
 }

@@ -71,6 +71,8 @@ impl Geometry {
     /// Length in bytes of block `index` (0 past the end).
     pub fn block_len(&self, index: u64) -> u64 {
         let start = self.offset(index);
-        self.size.saturating_sub(start).min(u64::from(self.block_size.0))
+        self.size
+            .saturating_sub(start)
+            .min(u64::from(self.block_size.0))
     }
 }

@@ -49,7 +49,11 @@ impl Preamble {
         let major = u16::from_le_bytes(le(b, 8));
         let minor = u16::from_le_bytes(le(b, 10));
         if major != VERSION_MAJOR {
-            return Err(FormatError::UnsupportedVersion { major, minor, supported: VERSION_MAJOR });
+            return Err(FormatError::UnsupportedVersion {
+                major,
+                minor,
+                supported: VERSION_MAJOR,
+            });
         }
         let header_len = u32::from_le_bytes(le(b, 12));
         if header_len == 0 || header_len > MAX_HEADER_LEN {
@@ -58,7 +62,11 @@ impl Preamble {
                 format!("header length {header_len} outside 1..={MAX_HEADER_LEN}"),
             ));
         }
-        Ok(Preamble { major, minor, header_len })
+        Ok(Preamble {
+            major,
+            minor,
+            header_len,
+        })
     }
 }
 
@@ -140,8 +148,15 @@ impl Header {
         let header_len = u32::try_from(cbor.len())
             .ok()
             .filter(|&n| n <= MAX_HEADER_LEN)
-            .ok_or_else(|| FormatError::InvalidInput(format!("header of {} bytes is too large", cbor.len())))?;
-        Preamble { major: VERSION_MAJOR, minor: VERSION_MINOR, header_len }.encode(out);
+            .ok_or_else(|| {
+                FormatError::InvalidInput(format!("header of {} bytes is too large", cbor.len()))
+            })?;
+        Preamble {
+            major: VERSION_MAJOR,
+            minor: VERSION_MINOR,
+            header_len,
+        }
+        .encode(out);
         out.extend_from_slice(&cbor);
         Ok(())
     }
@@ -151,12 +166,27 @@ impl Header {
     /// # Errors
     /// [`FormatError::Corrupt`] when the CBOR is malformed or a field is invalid.
     pub fn decode(cbor: &[u8]) -> Result<Self, FormatError> {
-        let h: Header = ciborium::from_reader(cbor)
+        // The header is exactly one CBOR map filling the header length: serde would also
+        // accept an array of fields and ignore trailing bytes, independent readers would not.
+        if cbor.first().is_none_or(|b| b >> 5 != 5) {
+            return Err(FormatError::corrupt("header", "not a CBOR map"));
+        }
+        let mut rest = cbor;
+        let h: Header = ciborium::from_reader(&mut rest)
             .map_err(|e| FormatError::corrupt("header", format!("bad CBOR: {e}")))?;
+        if !rest.is_empty() {
+            return Err(FormatError::corrupt(
+                "header",
+                format!("{} bytes after the CBOR map", rest.len()),
+            ));
+        }
         h.geometry()?;
         for (name, id) in [("volume_id", &h.volume_id), ("archive_id", &h.archive_id)] {
             if id.len() != 32 || !id.bytes().all(|c| c.is_ascii_hexdigit()) {
-                return Err(FormatError::corrupt("header", format!("{name} {id:?} is not 32 hex digits")));
+                return Err(FormatError::corrupt(
+                    "header",
+                    format!("{name} {id:?} is not 32 hex digits"),
+                ));
             }
         }
         if h.compression.algorithm != "zstd" {

@@ -12,7 +12,13 @@ pub enum EntryKind {
     /// A run of `count` blocks that read as zero; no payload.
     Zero { count: u32 },
     /// One data block, at position `slot` of the frame at `frame_offset`.
-    Data { frame: FrameKind, frame_offset: u64, frame_len: u32, slot: u16, digest: Digest },
+    Data {
+        frame: FrameKind,
+        frame_offset: u64,
+        frame_len: u32,
+        slot: u16,
+        digest: Digest,
+    },
 }
 
 /// One index entry: a data block or a run of zero blocks.
@@ -47,7 +53,13 @@ impl IndexEntry {
     pub fn encode(&self, out: &mut Vec<u8>) {
         let (count, kind, slot, off, len, digest) = match self.kind {
             EntryKind::Zero { count } => (count, KIND_ZERO, 0u16, 0u64, 0u32, Digest::default()),
-            EntryKind::Data { frame, frame_offset, frame_len, slot, digest } => {
+            EntryKind::Data {
+                frame,
+                frame_offset,
+                frame_len,
+                slot,
+                digest,
+            } => {
                 let k = match frame {
                     FrameKind::Zstd => KIND_ZSTD,
                     FrameKind::Raw => KIND_RAW,
@@ -85,19 +97,38 @@ impl IndexEntry {
         }
         let frame = match kind {
             KIND_ZERO => {
-                if count == 0 || slot != 0 || frame_offset != 0 || frame_len != 0 || digest != Digest::default() {
+                if count == 0
+                    || slot != 0
+                    || frame_offset != 0
+                    || frame_len != 0
+                    || digest != Digest::default()
+                {
                     return Err(bad("zero run with count 0 or non-zero frame fields".into()));
                 }
-                return Ok(IndexEntry { block, kind: EntryKind::Zero { count } });
+                return Ok(IndexEntry {
+                    block,
+                    kind: EntryKind::Zero { count },
+                });
             }
             KIND_ZSTD => FrameKind::Zstd,
             KIND_RAW => FrameKind::Raw,
             k => return Err(bad(format!("unknown entry kind {k}"))),
         };
         if count != 1 || frame_len == 0 || u64::from(frame_len) > MAX_FRAME_LEN {
-            return Err(bad(format!("data entry with count {count}, frame length {frame_len}")));
+            return Err(bad(format!(
+                "data entry with count {count}, frame length {frame_len}"
+            )));
         }
-        Ok(IndexEntry { block, kind: EntryKind::Data { frame, frame_offset, frame_len, slot, digest } })
+        Ok(IndexEntry {
+            block,
+            kind: EntryKind::Data {
+                frame,
+                frame_offset,
+                frame_len,
+                slot,
+                digest,
+            },
+        })
     }
 }
 
@@ -120,6 +151,11 @@ impl DirEntry {
     /// Length of the segment in bytes.
     pub fn len(&self) -> u64 {
         u64::from(self.entries) * ENTRY_LEN as u64
+    }
+
+    /// Whether the segment has no entries (never true for a decoded entry).
+    pub fn is_empty(&self) -> bool {
+        self.entries == 0
     }
 
     /// Appends the 64-byte encoding.
@@ -145,12 +181,21 @@ impl DirEntry {
             sha256: Digest(le(b, 32)),
         };
         if b[12..16] != [0; 4] {
-            return Err(FormatError::corrupt("directory", "reserved bytes are not zero"));
-        }
-        if d.entries == 0 || d.entries as usize > SEGMENT_MAX_ENTRIES || d.first_block >= d.end_block {
             return Err(FormatError::corrupt(
                 "directory",
-                format!("segment at {} has {} entries covering blocks {}..{}", d.offset, d.entries, d.first_block, d.end_block),
+                "reserved bytes are not zero",
+            ));
+        }
+        if d.entries == 0
+            || d.entries as usize > SEGMENT_MAX_ENTRIES
+            || d.first_block >= d.end_block
+        {
+            return Err(FormatError::corrupt(
+                "directory",
+                format!(
+                    "segment at {} has {} entries covering blocks {}..{}",
+                    d.offset, d.entries, d.first_block, d.end_block
+                ),
             ));
         }
         Ok(d)
@@ -172,7 +217,11 @@ pub fn decode_segment(
     body: std::ops::Range<u64>,
 ) -> Result<Vec<IndexEntry>, FormatError> {
     if bytes.len() as u64 != dir.len() {
-        return Err(FormatError::Truncated { what: "index segment", needed: dir.len(), available: bytes.len() as u64 });
+        return Err(FormatError::Truncated {
+            what: "index segment",
+            needed: dir.len(),
+            available: bytes.len() as u64,
+        });
     }
     let actual = Digest::of(bytes);
     if actual != dir.sha256 {
@@ -188,17 +237,31 @@ pub fn decode_segment(
     let mut out = Vec::with_capacity(dir.entries as usize);
     for chunk in bytes.chunks_exact(ENTRY_LEN) {
         let e = IndexEntry::decode(chunk.try_into().expect("chunks_exact"))?;
-        let bad = |d: String| FormatError::corrupt("index segment", format!("block {}: {d}", e.block));
+        let bad =
+            |d: String| FormatError::corrupt("index segment", format!("block {}: {d}", e.block));
         if e.block < next {
-            return Err(bad(format!("entries out of order or overlapping (expected block >= {next})")));
+            return Err(bad(format!(
+                "entries out of order or overlapping (expected block >= {next})"
+            )));
         }
         if e.end() > dir.end_block || e.end() > blocks {
-            return Err(bad(format!("runs past segment end {} or volume end {blocks}", dir.end_block)));
+            return Err(bad(format!(
+                "runs past segment end {} or volume end {blocks}",
+                dir.end_block
+            )));
         }
-        if let EntryKind::Data { frame_offset, frame_len, slot, .. } = e.kind {
+        if let EntryKind::Data {
+            frame_offset,
+            frame_len,
+            slot,
+            ..
+        } = e.kind
+        {
             let end = frame_offset.checked_add(u64::from(frame_len));
             if frame_offset < body.start || end.is_none_or(|end| end > body.end) {
-                return Err(bad(format!("frame {frame_offset}+{frame_len} outside the block data {body:?}")));
+                return Err(bad(format!(
+                    "frame {frame_offset}+{frame_len} outside the block data {body:?}"
+                )));
             }
             if u64::from(slot) >= max_slots || u64::from(slot) > e.block {
                 return Err(bad(format!("slot {slot} impossible for this block size")));
@@ -210,7 +273,10 @@ pub fn decode_segment(
     if out.first().map(|e| e.block) != Some(dir.first_block) || next != dir.end_block {
         return Err(FormatError::corrupt(
             "index segment",
-            format!("entries do not span the directory's blocks {}..{}", dir.first_block, dir.end_block),
+            format!(
+                "entries do not span the directory's blocks {}..{}",
+                dir.first_block, dir.end_block
+            ),
         ));
     }
     Ok(out)

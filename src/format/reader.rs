@@ -1,9 +1,9 @@
 //! Validating decoders for whole archives and for the pieces a ranged reader fetches.
 
 use super::{
-    DIR_ENTRY_LEN, DirEntry, Digest, EntryKind, FormatError, FrameKind, Geometry, Header,
-    ImageHasher, IndexEntry, PREAMBLE_LEN, Preamble, TRAILER_LEN, Trailer, decode_segment,
-    decompress_frame,
+    DIR_ENTRY_LEN, Digest, DirEntry, END_MAGIC, EntryKind, FormatError, FrameKind, Geometry,
+    Header, ImageHasher, IndexEntry, PREAMBLE_LEN, Preamble, TRAILER_LEN, Trailer, decode_segment,
+    decompress_frame, zero_block_digest,
 };
 
 impl Trailer {
@@ -14,23 +14,35 @@ impl Trailer {
     /// [`FormatError::Corrupt`] for any other inconsistency.
     pub fn check_layout(&self, len: u64) -> Result<(), FormatError> {
         let dir_len = u64::from(self.directory_entries) * DIR_ENTRY_LEN as u64;
-        let implied = self.directory_offset.checked_add(dir_len + TRAILER_LEN as u64);
+        let implied = self
+            .directory_offset
+            .checked_add(dir_len + TRAILER_LEN as u64);
         match implied {
             Some(n) if n == len => {}
             Some(n) if n > len => {
-                return Err(FormatError::Truncated { what: "archive", needed: n, available: len });
+                return Err(FormatError::Truncated {
+                    what: "archive",
+                    needed: n,
+                    available: len,
+                });
             }
             _ => {
                 return Err(FormatError::corrupt(
                     "trailer",
-                    format!("directory at {} with {} entries does not end a {len}-byte file", self.directory_offset, self.directory_entries),
+                    format!(
+                        "directory at {} with {} entries does not end a {len}-byte file",
+                        self.directory_offset, self.directory_entries
+                    ),
                 ));
             }
         }
         if self.body_offset <= PREAMBLE_LEN as u64 || self.body_offset > self.directory_offset {
             return Err(FormatError::corrupt(
                 "trailer",
-                format!("body offset {} not between the preamble and the directory at {}", self.body_offset, self.directory_offset),
+                format!(
+                    "body offset {} not between the preamble and the directory at {}",
+                    self.body_offset, self.directory_offset
+                ),
             ));
         }
         Ok(())
@@ -42,14 +54,26 @@ impl Trailer {
 ///
 /// # Errors
 /// [`FormatError::ChecksumMismatch`] or [`FormatError::Corrupt`].
-pub fn decode_directory(bytes: &[u8], trailer: &Trailer, geometry: &Geometry) -> Result<Vec<DirEntry>, FormatError> {
+pub fn decode_directory(
+    bytes: &[u8],
+    trailer: &Trailer,
+    geometry: &Geometry,
+) -> Result<Vec<DirEntry>, FormatError> {
     let expected_len = u64::from(trailer.directory_entries) * DIR_ENTRY_LEN as u64;
     if bytes.len() as u64 != expected_len {
-        return Err(FormatError::Truncated { what: "directory", needed: expected_len, available: bytes.len() as u64 });
+        return Err(FormatError::Truncated {
+            what: "directory",
+            needed: expected_len,
+            available: bytes.len() as u64,
+        });
     }
     let actual = Digest::of(bytes);
     if actual != trailer.directory_sha256 {
-        return Err(FormatError::ChecksumMismatch { what: "directory".into(), expected: trailer.directory_sha256, actual });
+        return Err(FormatError::ChecksumMismatch {
+            what: "directory".into(),
+            expected: trailer.directory_sha256,
+            actual,
+        });
     }
     let mut out: Vec<DirEntry> = Vec::with_capacity(trailer.directory_entries as usize);
     let (mut next_block, mut next_offset) = (0u64, trailer.body_offset);
@@ -57,18 +81,37 @@ pub fn decode_directory(bytes: &[u8], trailer: &Trailer, geometry: &Geometry) ->
     for chunk in bytes.chunks_exact(DIR_ENTRY_LEN) {
         let d = DirEntry::decode(chunk.try_into().expect("chunks_exact"))?;
         if d.first_block < next_block || d.end_block > geometry.blocks() {
-            return Err(FormatError::corrupt("directory", format!("segment blocks {}..{} out of order or past the volume end {}", d.first_block, d.end_block, geometry.blocks())));
+            return Err(FormatError::corrupt(
+                "directory",
+                format!(
+                    "segment blocks {}..{} out of order or past the volume end {}",
+                    d.first_block,
+                    d.end_block,
+                    geometry.blocks()
+                ),
+            ));
         }
-        if d.offset < next_offset || d.offset + d.len() > trailer.directory_offset {
-            return Err(FormatError::corrupt("directory", format!("segment at offset {} overlaps or lies outside the body", d.offset)));
+        let seg_end = d.offset.checked_add(d.len());
+        if d.offset < next_offset || seg_end.is_none_or(|end| end > trailer.directory_offset) {
+            return Err(FormatError::corrupt(
+                "directory",
+                format!(
+                    "segment at offset {} overlaps or lies outside the body",
+                    d.offset
+                ),
+            ));
         }
         blocks += d.end_block - d.first_block;
         next_block = d.end_block;
         next_offset = d.offset + d.len();
         out.push(d);
     }
-    if blocks < trailer.data_blocks + trailer.zero_blocks {
-        return Err(FormatError::corrupt("directory", format!("segments span {blocks} blocks, trailer counts {}", trailer.data_blocks + trailer.zero_blocks)));
+    let held = trailer.data_blocks.saturating_add(trailer.zero_blocks);
+    if blocks < held {
+        return Err(FormatError::corrupt(
+            "directory",
+            format!("segments span {blocks} blocks, trailer counts {held}"),
+        ));
     }
     Ok(out)
 }
@@ -97,23 +140,58 @@ impl<'a> ArchiveReader<'a> {
         let pre = Preamble::decode(bytes)?;
         let min = (PREAMBLE_LEN + TRAILER_LEN) as u64 + u64::from(pre.header_len);
         if (bytes.len() as u64) < min {
-            return Err(FormatError::Truncated { what: "archive", needed: min, available: bytes.len() as u64 });
+            return Err(FormatError::Truncated {
+                what: "archive",
+                needed: min,
+                available: bytes.len() as u64,
+            });
         }
-        let trailer = Trailer::decode(&bytes[bytes.len() - TRAILER_LEN..])?;
+        let tail = &bytes[bytes.len() - TRAILER_LEN..];
+        if tail[TRAILER_LEN - END_MAGIC.len()..] != END_MAGIC {
+            // The preamble is fine, so this is an archive whose end is missing: most
+            // often an interrupted write, which must be reported as such, not as "not
+            // an archive". Its real length is unknown; it needs at least one more byte.
+            return Err(FormatError::Truncated {
+                what: "archive without end magic",
+                needed: bytes.len() as u64 + 1,
+                available: bytes.len() as u64,
+            });
+        }
+        let trailer = Trailer::decode(tail)?;
         trailer.check_layout(bytes.len() as u64)?;
         let head_end = PREAMBLE_LEN + pre.header_len as usize;
         if trailer.body_offset != head_end as u64 {
-            return Err(FormatError::corrupt("trailer", format!("body offset {} but header ends at {head_end}", trailer.body_offset)));
+            return Err(FormatError::corrupt(
+                "trailer",
+                format!(
+                    "body offset {} but header ends at {head_end}",
+                    trailer.body_offset
+                ),
+            ));
         }
         let actual = Digest::of(&bytes[..head_end]);
         if actual != trailer.header_sha256 {
-            return Err(FormatError::ChecksumMismatch { what: "header".into(), expected: trailer.header_sha256, actual });
+            return Err(FormatError::ChecksumMismatch {
+                what: "header".into(),
+                expected: trailer.header_sha256,
+                actual,
+            });
         }
         let header = Header::decode(&bytes[PREAMBLE_LEN..head_end])?;
         let geometry = header.geometry()?;
         let dir_start = trailer.directory_offset as usize;
-        let directory = decode_directory(&bytes[dir_start..bytes.len() - TRAILER_LEN], &trailer, &geometry)?;
-        Ok(ArchiveReader { bytes, header, trailer, directory, geometry })
+        let directory = decode_directory(
+            &bytes[dir_start..bytes.len() - TRAILER_LEN],
+            &trailer,
+            &geometry,
+        )?;
+        Ok(ArchiveReader {
+            bytes,
+            header,
+            trailer,
+            directory,
+            geometry,
+        })
     }
 
     /// The volume geometry.
@@ -140,42 +218,147 @@ impl<'a> ArchiveReader<'a> {
     /// # Errors
     /// [`FormatError::Corrupt`] if the frame does not decode,
     /// [`FormatError::ChecksumMismatch`] if the block's digest differs.
-    pub fn read_block(&self, entry: &IndexEntry, frame_entries: &[IndexEntry]) -> Result<Vec<u8>, FormatError> {
-        let EntryKind::Data { frame, frame_offset, frame_len, slot, digest } = entry.kind else {
+    pub fn read_block(
+        &self,
+        entry: &IndexEntry,
+        frame_entries: &[IndexEntry],
+    ) -> Result<Vec<u8>, FormatError> {
+        let EntryKind::Data {
+            frame,
+            frame_offset,
+            frame_len,
+            slot,
+            digest,
+        } = entry.kind
+        else {
             return Ok(vec![0; self.geometry.block_len(entry.block) as usize]);
         };
-        let stored = &self.bytes[frame_offset as usize..(frame_offset + u64::from(frame_len)) as usize];
-        let content = decompress_frame(frame, stored, frame_content_len(&self.geometry, frame_entries, frame_offset)?)?;
+        let stored =
+            &self.bytes[frame_offset as usize..(frame_offset + u64::from(frame_len)) as usize];
+        let content = decompress_frame(
+            frame,
+            stored,
+            frame_content_len(&self.geometry, frame_entries, frame_offset)?,
+        )?;
         block_from_frame(&self.geometry, &content, entry.block, slot, digest)
     }
 
-    /// Checks every block of the archive and, for a full archive, that the image
+    /// Checks every block of the archive against its digest (decoding each frame once),
+    /// that no data block is all zero, that the trailer's counts match the index, that
+    /// frames and segments tile the body exactly and, for a full archive, that the image
     /// digest recomputed from the blocks matches the trailer.
     ///
     /// # Errors
     /// The first problem found.
     pub fn verify(&self) -> Result<(), FormatError> {
         let entries = self.entries()?;
+        let bs = u64::from(self.geometry.block_size().get());
+        let zero_full = zero_block_digest(bs);
         let mut hasher = ImageHasher::new(self.geometry);
+        // Byte ranges of segments and frames: together they must tile the body.
+        let mut pieces: Vec<(u64, u64)> =
+            self.directory.iter().map(|d| (d.offset, d.len())).collect();
+        let (mut data_blocks, mut zero_blocks, mut frame_bytes) = (0u64, 0u64, 0u64);
         let mut i = 0;
         while i < entries.len() {
             let e = entries[i];
-            let EntryKind::Data { frame_offset, .. } = e.kind else {
+            let EntryKind::Data {
+                frame,
+                frame_offset,
+                frame_len,
+                ..
+            } = e.kind
+            else {
                 hasher.zeros(e.count());
+                zero_blocks += e.count();
                 i += 1;
                 continue;
             };
             let group = frame_group(&entries[i..], frame_offset);
-            for g in group {
-                let block = self.read_block(g, group)?;
-                hasher.data(&Digest::of(&block));
+            let stored =
+                &self.bytes[frame_offset as usize..(frame_offset + u64::from(frame_len)) as usize];
+            let content_len = frame_content_len(&self.geometry, group, frame_offset)?;
+            // Ranged readers size a frame from its own header (the zstd content size),
+            // so it must agree with what the index implies.
+            let declared = super::frame::frame_content_len(frame, stored)?;
+            if declared != content_len {
+                return Err(FormatError::corrupt(
+                    "frame",
+                    format!(
+                        "frame at {frame_offset} declares {declared} content bytes, its blocks need {content_len}"
+                    ),
+                ));
             }
+            let content = decompress_frame(frame, stored, content_len)?;
+            for g in group {
+                let EntryKind::Data { slot, digest, .. } = g.kind else {
+                    unreachable!("frame_group only returns data entries");
+                };
+                let block = block_from_frame(&self.geometry, &content, g.block, slot, digest)?;
+                let len = block.len() as u64;
+                if digest
+                    == if len == bs {
+                        zero_full
+                    } else {
+                        zero_block_digest(len)
+                    }
+                {
+                    return Err(FormatError::corrupt(
+                        "index",
+                        format!("block {} is stored as data but is all zero", g.block),
+                    ));
+                }
+                hasher.data(&digest);
+            }
+            pieces.push((frame_offset, u64::from(frame_len)));
+            data_blocks += group.len() as u64;
+            frame_bytes += u64::from(frame_len);
             i += group.len();
         }
+        let t = &self.trailer;
+        if (data_blocks, zero_blocks, frame_bytes) != (t.data_blocks, t.zero_blocks, t.frame_bytes)
+        {
+            return Err(FormatError::corrupt(
+                "trailer",
+                format!(
+                    "counts {} data blocks, {} zero blocks, {} frame bytes; the index has {data_blocks}, {zero_blocks}, {frame_bytes}",
+                    t.data_blocks, t.zero_blocks, t.frame_bytes
+                ),
+            ));
+        }
+        pieces.sort_unstable();
+        let mut at = t.body_offset;
+        for (offset, len) in pieces {
+            if offset != at {
+                return Err(FormatError::corrupt(
+                    "body",
+                    format!("gap or overlap at offset {at} (next frame or segment at {offset})"),
+                ));
+            }
+            at = offset + len;
+        }
+        if at != t.directory_offset {
+            return Err(FormatError::corrupt(
+                "body",
+                format!(
+                    "frames and segments end at {at}, directory starts at {}",
+                    t.directory_offset
+                ),
+            ));
+        }
         if self.header.parent.is_none() {
-            let actual = hasher.finish().map_err(|e| FormatError::corrupt("index", format!("full archive does not cover the volume: {e}")))?;
+            let actual = hasher.finish().map_err(|e| {
+                FormatError::corrupt(
+                    "index",
+                    format!("full archive does not cover the volume: {e}"),
+                )
+            })?;
             if actual != self.trailer.image_digest {
-                return Err(FormatError::ChecksumMismatch { what: "image".into(), expected: self.trailer.image_digest, actual });
+                return Err(FormatError::ChecksumMismatch {
+                    what: "image".into(),
+                    expected: self.trailer.image_digest,
+                    actual,
+                });
             }
         }
         Ok(())
@@ -186,25 +369,62 @@ impl<'a> ArchiveReader<'a> {
 pub fn frame_group(entries: &[IndexEntry], frame_offset: u64) -> &[IndexEntry] {
     let n = entries
         .iter()
-        .take_while(|e| matches!(e.kind, EntryKind::Data { frame_offset: o, .. } if o == frame_offset))
+        .take_while(
+            |e| matches!(e.kind, EntryKind::Data { frame_offset: o, .. } if o == frame_offset),
+        )
         .count();
     &entries[..n]
 }
 
 /// Content length of the frame at `frame_offset` given all entries that reference it:
-/// blocks of one frame are consecutive and numbered from slot 0.
+/// blocks of one frame are consecutive, numbered from slot 0, and agree on the frame's
+/// kind and stored length.
 ///
 /// # Errors
-/// [`FormatError::Corrupt`] if the slots are not 0, 1, 2... on consecutive blocks.
-pub fn frame_content_len(geometry: &Geometry, group: &[IndexEntry], frame_offset: u64) -> Result<usize, FormatError> {
+/// [`FormatError::Corrupt`] if the slots are not 0, 1, 2... on consecutive blocks or the
+/// entries disagree about the frame.
+pub fn frame_content_len(
+    geometry: &Geometry,
+    group: &[IndexEntry],
+    frame_offset: u64,
+) -> Result<usize, FormatError> {
+    let Some(head) = group.first() else {
+        return Ok(0);
+    };
+    let bad = |block: u64| {
+        FormatError::corrupt(
+            "index",
+            format!(
+                "frame at {frame_offset}: block {block} has a slot out of sequence or disagrees about the frame"
+            ),
+        )
+    };
+    let EntryKind::Data {
+        frame: kind,
+        frame_len: stored_len,
+        ..
+    } = head.kind
+    else {
+        return Err(bad(head.block));
+    };
     let mut len = 0u64;
-    let first = group.first().map(|e| e.block).unwrap_or(0);
     for (i, e) in group.iter().enumerate() {
         match e.kind {
-            EntryKind::Data { frame_offset: o, slot, .. } if o == frame_offset && usize::from(slot) == i && e.block == first + i as u64 => {
+            EntryKind::Data {
+                frame,
+                frame_offset: o,
+                frame_len,
+                slot,
+                ..
+            } if o == frame_offset
+                && frame == kind
+                && frame_len == stored_len
+                && usize::from(slot) == i
+                && e.block == head.block + i as u64 =>
+            {
                 len += geometry.block_len(e.block);
             }
-            _ => return Err(FormatError::corrupt("index", format!("frame at {frame_offset}: block {} has a slot out of sequence", e.block))),
+            _ => return Err(bad(e.block)),
         }
     }
     Ok(len as usize)
@@ -214,16 +434,29 @@ pub fn frame_content_len(geometry: &Geometry, group: &[IndexEntry], frame_offset
 ///
 /// # Errors
 /// [`FormatError::ChecksumMismatch`] naming the block.
-pub fn block_from_frame(geometry: &Geometry, content: &[u8], block: u64, slot: u16, digest: Digest) -> Result<Vec<u8>, FormatError> {
+pub fn block_from_frame(
+    geometry: &Geometry,
+    content: &[u8],
+    block: u64,
+    slot: u16,
+    digest: Digest,
+) -> Result<Vec<u8>, FormatError> {
     let bs = u64::from(geometry.block_size().get());
     let start = u64::from(slot) * bs;
     let end = start + geometry.block_len(block);
     let Some(data) = content.get(start as usize..end as usize) else {
-        return Err(FormatError::corrupt("frame", format!("block {block} at slot {slot} lies outside the frame")));
+        return Err(FormatError::corrupt(
+            "frame",
+            format!("block {block} at slot {slot} lies outside the frame"),
+        ));
     };
     let actual = Digest::of(data);
     if actual != digest {
-        return Err(FormatError::ChecksumMismatch { what: format!("block {block}"), expected: digest, actual });
+        return Err(FormatError::ChecksumMismatch {
+            what: format!("block {block}"),
+            expected: digest,
+            actual,
+        });
     }
     Ok(data.to_vec())
 }

@@ -57,18 +57,32 @@ impl Trailer {
     /// file), [`FormatError::ChecksumMismatch`] or [`FormatError::Corrupt`].
     pub fn decode(b: &[u8]) -> Result<Self, FormatError> {
         if b.len() != TRAILER_LEN {
-            return Err(FormatError::Truncated { what: "trailer", needed: TRAILER_LEN as u64, available: b.len() as u64 });
+            return Err(FormatError::Truncated {
+                what: "trailer",
+                needed: TRAILER_LEN as u64,
+                available: b.len() as u64,
+            });
         }
         if b[176..184] != END_MAGIC {
-            return Err(FormatError::BadMagic { expected: hex::encode(END_MAGIC), found: hex::encode(&b[176..184]) });
+            return Err(FormatError::BadMagic {
+                expected: hex::encode(END_MAGIC),
+                found: hex::encode(&b[176..184]),
+            });
         }
         let stored = Digest(le(b, CHECKED_LEN));
         let actual = Digest::of(&b[..CHECKED_LEN]);
         if stored != actual {
-            return Err(FormatError::ChecksumMismatch { what: "trailer".into(), expected: stored, actual });
+            return Err(FormatError::ChecksumMismatch {
+                what: "trailer".into(),
+                expected: stored,
+                actual,
+            });
         }
         if b[20..24] != [0; 4] {
-            return Err(FormatError::corrupt("trailer", "reserved bytes are not zero"));
+            return Err(FormatError::corrupt(
+                "trailer",
+                "reserved bytes are not zero",
+            ));
         }
         Ok(Trailer {
             body_offset: u64::from_le_bytes(le(b, 0)),

@@ -3,8 +3,8 @@
 use sha2::{Digest as _, Sha256};
 
 use super::{
-    DirEntry, Digest, EntryKind, FormatError, FrameKind, Geometry, Header, IndexEntry,
-    MAX_FRAME_CONTENT, SEGMENT_MAX_ENTRIES, Trailer, zero_block_digest,
+    Digest, DirEntry, EntryKind, FormatError, FrameKind, Geometry, Header, IndexEntry,
+    MAX_FRAME_CONTENT, MAX_FRAME_LEN, SEGMENT_MAX_ENTRIES, Trailer, zero_block_digest,
 };
 
 /// A compressed frame ready to be appended: consecutive data blocks from `first_block`.
@@ -47,7 +47,9 @@ impl ArchiveWriter {
     /// # Errors
     /// [`FormatError::InvalidInput`] if the header is invalid or too large.
     pub fn new(header: &Header, out: &mut Vec<u8>) -> Result<Self, FormatError> {
-        let geometry = header.geometry().map_err(|e| FormatError::InvalidInput(e.to_string()))?;
+        let geometry = header
+            .geometry()
+            .map_err(|e| FormatError::InvalidInput(e.to_string()))?;
         let start = out.len();
         header.encode(out)?;
         let head = &out[start..];
@@ -78,7 +80,10 @@ impl ArchiveWriter {
     }
 
     fn check_order(&self, first: u64, count: u64) -> Result<(), FormatError> {
-        if first < self.next_block || first.saturating_add(count) > self.geometry.blocks() || count == 0 {
+        if first < self.next_block
+            || first.saturating_add(count) > self.geometry.blocks()
+            || count == 0
+        {
             return Err(FormatError::InvalidInput(format!(
                 "blocks {first}+{count} out of order (next is {}) or past the volume end ({})",
                 self.next_block,
@@ -92,13 +97,21 @@ impl ArchiveWriter {
     ///
     /// # Errors
     /// [`FormatError::InvalidInput`] if the blocks are out of order or out of range.
-    pub fn push_zeros(&mut self, first: u64, count: u64, out: &mut Vec<u8>) -> Result<(), FormatError> {
+    pub fn push_zeros(
+        &mut self,
+        first: u64,
+        count: u64,
+        out: &mut Vec<u8>,
+    ) -> Result<(), FormatError> {
         self.check_order(first, count)?;
         self.zero_blocks += count;
         self.next_block = first + count;
         let (mut at, mut left) = (first, count);
         while left > 0 {
-            if let Some(IndexEntry { block, kind: EntryKind::Zero { count: c } }) = self.pending.last_mut()
+            if let Some(IndexEntry {
+                block,
+                kind: EntryKind::Zero { count: c },
+            }) = self.pending.last_mut()
                 && *block + u64::from(*c) == at
                 && *c < u32::MAX
             {
@@ -109,7 +122,13 @@ impl ArchiveWriter {
                 continue;
             }
             let n = left.min(u64::from(u32::MAX));
-            self.push_entry(IndexEntry { block: at, kind: EntryKind::Zero { count: n as u32 } }, out);
+            self.push_entry(
+                IndexEntry {
+                    block: at,
+                    kind: EntryKind::Zero { count: n as u32 },
+                },
+                out,
+            );
             at += n;
             left -= n;
         }
@@ -121,11 +140,24 @@ impl ArchiveWriter {
     /// # Errors
     /// [`FormatError::InvalidInput`] if the blocks are out of order, the frame is too
     /// large, or a block is all zero (zero blocks must be pushed as zeros).
-    pub fn push_frame(&mut self, frame: &EncodedFrame, out: &mut Vec<u8>) -> Result<(), FormatError> {
+    pub fn push_frame(
+        &mut self,
+        frame: &EncodedFrame,
+        out: &mut Vec<u8>,
+    ) -> Result<(), FormatError> {
         let count = frame.digests.len() as u64;
         self.check_order(frame.first_block, count)?;
-        let content: u64 = (frame.first_block..frame.first_block + count).map(|b| self.geometry.block_len(b)).sum();
-        let frame_len = u32::try_from(frame.bytes.len()).ok().filter(|_| content <= MAX_FRAME_CONTENT && !frame.bytes.is_empty());
+        let content: u64 = (frame.first_block..frame.first_block + count)
+            .map(|b| self.geometry.block_len(b))
+            .sum();
+        // Refuse what a reader would reject: oversized frames and raw frames whose length
+        // is not their content's.
+        let frame_len = u32::try_from(frame.bytes.len()).ok().filter(|&n| {
+            content <= MAX_FRAME_CONTENT
+                && n > 0
+                && u64::from(n) <= MAX_FRAME_LEN
+                && (frame.kind != FrameKind::Raw || u64::from(n) == content)
+        });
         let Some(frame_len) = frame_len else {
             return Err(FormatError::InvalidInput(format!(
                 "frame at block {} holds {content} bytes in {} stored bytes",
@@ -136,9 +168,15 @@ impl ArchiveWriter {
         for (i, d) in frame.digests.iter().enumerate() {
             let b = frame.first_block + i as u64;
             let len = self.geometry.block_len(b);
-            let zero = if len == u64::from(self.geometry.block_size().get()) { self.zero_full } else { zero_block_digest(len) };
+            let zero = if len == u64::from(self.geometry.block_size().get()) {
+                self.zero_full
+            } else {
+                zero_block_digest(len)
+            };
             if *d == zero {
-                return Err(FormatError::InvalidInput(format!("block {b} is all zero but pushed as data")));
+                return Err(FormatError::InvalidInput(format!(
+                    "block {b} is all zero but pushed as data"
+                )));
             }
         }
         let frame_offset = self.offset;
@@ -148,8 +186,20 @@ impl ArchiveWriter {
         self.data_blocks += count;
         self.next_block = frame.first_block + count;
         for (slot, digest) in frame.digests.iter().enumerate() {
-            let kind = EntryKind::Data { frame: frame.kind, frame_offset, frame_len, slot: slot as u16, digest: *digest };
-            self.push_entry(IndexEntry { block: frame.first_block + slot as u64, kind }, out);
+            let kind = EntryKind::Data {
+                frame: frame.kind,
+                frame_offset,
+                frame_len,
+                slot: slot as u16,
+                digest: *digest,
+            };
+            self.push_entry(
+                IndexEntry {
+                    block: frame.first_block + slot as u64,
+                    kind,
+                },
+                out,
+            );
         }
         Ok(())
     }
@@ -162,7 +212,9 @@ impl ArchiveWriter {
     }
 
     fn flush_segment(&mut self, out: &mut Vec<u8>) {
-        let (Some(first), Some(last)) = (self.pending.first(), self.pending.last()) else { return };
+        let (Some(first), Some(last)) = (self.pending.first(), self.pending.last()) else {
+            return;
+        };
         let start = out.len();
         for e in &self.pending {
             e.encode(out);
