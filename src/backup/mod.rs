@@ -32,7 +32,7 @@ pub const DEFAULT_BLOCK_SIZE: u32 = 64 << 10;
 /// Default zstd level.
 pub const DEFAULT_ZSTD_LEVEL: i32 = 1;
 /// Uncompressed bytes per read batch.
-const BATCH_BYTES: u64 = 4 << 20;
+const BATCH_BYTES: u64 = 1 << 20;
 /// Uncompressed bytes per frame (at least one block).
 const FRAME_BYTES: u64 = 256 << 10;
 

@@ -240,7 +240,7 @@ impl<'a> ArchiveReader<'a> {
             stored,
             frame_content_len(&self.geometry, frame_entries, frame_offset)?,
         )?;
-        block_from_frame(&self.geometry, &content, entry.block, slot, digest)
+        block_from_frame(&self.geometry, &content, entry.block, slot, digest).map(<[u8]>::to_vec)
     }
 
     /// Checks every block of the archive against its digest (decoding each frame once),
@@ -434,13 +434,13 @@ pub fn frame_content_len(
 ///
 /// # Errors
 /// [`FormatError::ChecksumMismatch`] naming the block.
-pub fn block_from_frame(
+pub fn block_from_frame<'a>(
     geometry: &Geometry,
-    content: &[u8],
+    content: &'a [u8],
     block: u64,
     slot: u16,
     digest: Digest,
-) -> Result<Vec<u8>, FormatError> {
+) -> Result<&'a [u8], FormatError> {
     let bs = u64::from(geometry.block_size().get());
     let start = u64::from(slot) * bs;
     let end = start + geometry.block_len(block);
@@ -458,7 +458,7 @@ pub fn block_from_frame(
             actual,
         });
     }
-    Ok(data.to_vec())
+    Ok(data)
 }
 
 impl FrameKind {

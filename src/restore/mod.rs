@@ -25,6 +25,8 @@ use plan::{Item, Work, plan_works};
 
 /// Range reads in flight.
 const FETCHES: usize = 4;
+/// Decoded units waiting for the writer.
+const WRITE_QUEUE: usize = 2;
 
 /// Which point to restore and how.
 #[derive(Debug, Clone)]
@@ -112,37 +114,56 @@ pub async fn restore(
     let (tx, rx) = tokio::sync::mpsc::channel::<Work>(2 * FETCHES);
     let planner = tokio::spawn(plan_works(ChainCursor::new(&chain), geometry.blocks(), tx));
     let works = futures::stream::unfold(rx, |mut rx| async { rx.recv().await.map(|w| (w, rx)) });
+    // One thread writes, in block order: concurrent writes to one file contend on its
+    // lock, and sequential writes are what devices like best.
+    let (wtx, mut wrx) = tokio::sync::mpsc::channel::<Decoded>(WRITE_QUEUE);
+    let writer = {
+        let out = out.clone();
+        tokio::task::spawn_blocking(move || -> Result<u64, RestoreError> {
+            let mut written = 0;
+            while let Some(d) = wrx.blocking_recv() {
+                written += d.write(&out)?;
+            }
+            Ok(written)
+        })
+    };
     let chain = Arc::new(chain);
     let threads = opts.threads.max(1);
     let mut hasher = ImageHasher::new(geometry);
     let mut fetched = 0u64;
-    let mut written = 0u64;
-    {
-        let done = works
-            .map(|w| fetch(chain.clone(), w))
-            .buffered(FETCHES)
-            .map_ok(|(w, bytes)| {
-                let (chain, out) = (chain.clone(), out.clone());
-                async move {
-                    tokio::task::spawn_blocking(move || apply(&chain, &out, w, bytes))
-                        .await
-                        .map_err(|e| RestoreError::Task(e.to_string()))?
-                }
-            })
-            .try_buffered(threads);
-        let mut done = std::pin::pin!(done);
-        while let Some(applied) = done.try_next().await? {
-            fetched += applied.fetched;
-            written += applied.written;
-            progress.add(applied.blocks_bytes);
-            for d in applied.image {
-                match d {
-                    Some(d) => hasher.data(&d),
+    let decoded = works
+        .map(|w| fetch(chain.clone(), w))
+        .buffered(FETCHES)
+        .map_ok(|(w, bytes)| {
+            let chain = chain.clone();
+            async move {
+                tokio::task::spawn_blocking(move || decode(&chain, w, bytes))
+                    .await
+                    .map_err(|e| RestoreError::Task(e.to_string()))?
+            }
+        })
+        .try_buffered(threads);
+    let mut decoded = std::pin::pin!(decoded);
+    let streamed: Result<(), RestoreError> = async {
+        while let Some(d) = decoded.try_next().await? {
+            fetched += d.fetched;
+            progress.add(d.bytes);
+            for digest in &d.image {
+                match digest {
+                    Some(digest) => hasher.data(digest),
                     None => hasher.zeros(1),
                 }
             }
+            if wtx.send(d).await.is_err() {
+                break; // the writer failed; its error is reported below
+            }
         }
+        Ok(())
     }
+    .await;
+    drop(wtx);
+    let written = writer.await.map_err(|e| RestoreError::Task(e.to_string()))??;
+    streamed?;
     planner.await.map_err(|e| RestoreError::Task(e.to_string()))??;
     let actual = hasher.finish().map_err(|source| RestoreError::Corrupt { key: tip.key().to_string(), source })?;
     if actual != tip.trailer.image_digest {
@@ -171,18 +192,29 @@ async fn fetch(chain: Arc<Chain>, w: Work) -> Result<(Work, Bytes), RestoreError
     Ok((w, bytes))
 }
 
-/// What applying a work unit produced.
-struct Applied {
+/// A decoded and checked work unit, ready to be written.
+struct Decoded {
+    frames: Vec<Vec<u8>>,
+    writes: Vec<Write>,
     /// Digest per block in order (`None` = zero).
     image: Vec<Option<Digest>>,
+    /// Bytes read from the repository.
     fetched: u64,
-    written: u64,
-    blocks_bytes: u64,
+    /// Volume bytes covered.
+    bytes: u64,
 }
 
-/// Decodes the frames of `w`, checks every block against its digest and writes it;
-/// zeroes zero runs.
-fn apply(chain: &Chain, out: &FileTarget, w: Work, bytes: Bytes) -> Result<Applied, RestoreError> {
+/// One write of a decoded unit.
+enum Write {
+    /// Bytes `range` of decoded frame `frame` go to `offset`.
+    Data { offset: u64, frame: usize, range: std::ops::Range<usize> },
+    /// `len` bytes at `offset` must read as zero.
+    Zero { offset: u64, len: u64 },
+}
+
+/// Decodes the frames of `w` and checks every block against its digest; consecutive
+/// blocks of one frame become one write.
+fn decode(chain: &Chain, w: Work, bytes: Bytes) -> Result<Decoded, RestoreError> {
     let geometry = chain.tip().geometry();
     let key = || w.layer.map(|l| chain.archives[l].key().to_string()).unwrap_or_default();
     let corrupt = |source| RestoreError::Corrupt { key: key(), source };
@@ -193,24 +225,48 @@ fn apply(chain: &Chain, out: &FileTarget, w: Work, bytes: Bytes) -> Result<Appli
         let len = stored_frame_content_len(f.kind, stored).map_err(corrupt)?;
         frames.push(decompress_frame(f.kind, stored, len).map_err(corrupt)?);
     }
-    let mut applied = Applied { image: Vec::new(), fetched: bytes.len() as u64, written: 0, blocks_bytes: 0 };
+    let mut d = Decoded { frames: Vec::new(), writes: Vec::new(), image: Vec::new(), fetched: bytes.len() as u64, bytes: 0 };
     for item in &w.items {
         match *item {
             Item::Zero { first, count } => {
                 let offset = geometry.offset(first);
                 let len = geometry.offset(first + count).min(geometry.size()) - offset;
-                out.zero(offset, len)?;
-                applied.image.extend(std::iter::repeat_n(None, count as usize));
-                applied.blocks_bytes += len;
+                d.writes.push(Write::Zero { offset, len });
+                d.image.extend(std::iter::repeat_n(None, count as usize));
+                d.bytes += len;
             }
             Item::Block { frame, block, slot, digest } => {
                 let data = block_from_frame(&geometry, &frames[frame], block, slot, digest).map_err(corrupt)?;
-                out.write_at(geometry.offset(block), &data)?;
-                applied.image.push(Some(digest));
-                applied.written += data.len() as u64;
-                applied.blocks_bytes += data.len() as u64;
+                let start = data.as_ptr() as usize - frames[frame].as_ptr() as usize;
+                let (offset, range) = (geometry.offset(block), start..start + data.len());
+                match d.writes.last_mut() {
+                    Some(Write::Data { offset: o, frame: f, range: r }) if *f == frame && r.end == range.start && *o + r.len() as u64 == offset => {
+                        r.end = range.end;
+                    }
+                    _ => d.writes.push(Write::Data { offset, frame, range }),
+                }
+                d.image.push(Some(digest));
+                d.bytes += data.len() as u64;
             }
         }
     }
-    Ok(applied)
+    d.frames = frames;
+    Ok(d)
+}
+
+impl Decoded {
+    /// Writes the unit; returns the bytes of block data written.
+    fn write(&self, out: &FileTarget) -> Result<u64, RestoreError> {
+        let mut written = 0;
+        for w in &self.writes {
+            match w {
+                Write::Data { offset, frame, range } => {
+                    out.write_at(*offset, &self.frames[*frame][range.clone()])?;
+                    written += range.len() as u64;
+                }
+                Write::Zero { offset, len } => out.zero(*offset, *len)?,
+            }
+        }
+        Ok(written)
+    }
 }

@@ -11,7 +11,10 @@ use crate::repo::{ChainCursor, Resolved};
 /// Two frames of one archive closer than this are fetched in one range read.
 const MAX_GAP: u64 = 256 << 10;
 /// Most bytes fetched by one work unit.
-const MAX_FETCH: u64 = 4 << 20;
+const MAX_FETCH: u64 = 2 << 20;
+/// Most frames decoded by one work unit (frames hold at most 256 KiB as thinarc
+/// writes them, so this bounds decoded bytes per unit too).
+const MAX_FRAMES: usize = 8;
 /// Most items in one work unit (bounds zero-only units too).
 const MAX_ITEMS: usize = 1024;
 
@@ -51,7 +54,8 @@ impl Work {
             Some(l) if l != layer => false,
             Some(_) => {
                 let same = self.frames.last().is_some_and(|f| f.offset == frame_offset);
-                same || (frame_offset >= self.range.end
+                same || (self.frames.len() < MAX_FRAMES
+                    && frame_offset >= self.range.end
                     && frame_offset - self.range.end <= MAX_GAP
                     && frame_offset + u64::from(frame_len) - self.range.start <= MAX_FETCH)
             }
