@@ -144,7 +144,7 @@ impl FileTarget {
             }
         };
         if !done {
-            const ZEROS: [u8; 1 << 16] = [0; 1 << 16];
+            static ZEROS: [u8; 1 << 16] = [0; 1 << 16];
             let mut at = offset;
             while at < offset + len {
                 let n = (offset + len - at).min(ZEROS.len() as u64);
