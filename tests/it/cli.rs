@@ -340,3 +340,62 @@ fn leftovers_of_interrupted_runs_are_ignored_then_removed_after_the_grace_period
     t.ok(&["restore", "l.img", out.to_str().unwrap()]);
     assert_same_image(&read(&out), &read(&src), "after cleanup");
 }
+
+/// A small tmpfs mounted for one test, unmounted on drop.
+struct SmallFs(std::path::PathBuf);
+
+impl SmallFs {
+    fn mount(dir: std::path::PathBuf, size: &str) -> Option<SmallFs> {
+        std::fs::create_dir_all(&dir).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then_some(SmallFs(dir))
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn disk_full_during_backup_keeps_the_repository_valid() {
+    let t = TempRepo::uninit();
+    let Some(_fs) = SmallFs::mount(t.repo(), "3m") else {
+        eprintln!("NOT RUN: disk_full_during_backup_keeps_the_repository_valid needs root to mount a tmpfs");
+        return;
+    };
+    t.ok(&["init"]);
+    let src = t.path("d.img");
+    let mut img = make_image(MIB, 13);
+    write(&src, &img);
+    t.ok(&["backup", src.to_str().unwrap()]);
+    let first = img.clone();
+
+    // 8 MiB of random data cannot fit in what is left of 3 MiB.
+    let mut rng = crate::util::Rng::new(14);
+    img.resize(8 * MIB, 0);
+    rng.fill(&mut img[MIB..]);
+    write(&src, &img);
+    let e = t.fails(&["backup", src.to_str().unwrap()]);
+    assert!(e.contains("No space left on device"), "{e}");
+    assert!(e.contains("volumes/d.img/archives/000000000002-"), "the error names the object: {e}");
+
+    // Nothing of the failed run is listed or left behind, and the first point restores.
+    let rows = t.json(&["list"]);
+    assert_eq!(rows.as_array().unwrap().len(), 1);
+    let archives: Vec<_> = std::fs::read_dir(t.repo().join("volumes/d.img/archives")).unwrap().collect();
+    assert_eq!(archives.len(), 1, "the aborted upload left files: {archives:?}");
+    let out = t.path("first.img");
+    t.ok(&["restore", "d.img", out.to_str().unwrap()]);
+    assert_same_image(&read(&out), &first, "point 1 after a failed backup");
+
+    // Once there is room again the next backup commits as seq 2.
+    write(&src, &first[..MIB / 2]);
+    let r = t.json(&["backup", src.to_str().unwrap()]);
+    assert_eq!(r["seq"], 2);
+}
