@@ -7,11 +7,11 @@
 //! [`source`] (where blocks come from) and [`target`] (where restored blocks go) ←
 //! [`backup`] and [`restore`] (the pipelines) ← `cli`.
 
-pub mod format;
-pub mod repo;
-pub mod source;
 pub mod backup;
-pub mod progress;
-pub mod restore;
-pub mod target;
 pub mod cli;
+pub mod format;
+pub mod progress;
+pub mod repo;
+pub mod restore;
+pub mod source;
+pub mod target;

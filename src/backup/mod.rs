@@ -23,7 +23,10 @@ use crate::format::{
     SourceInfo,
 };
 use crate::progress::Progress;
-use crate::repo::{ArchiveUpload, Chain, ChainCursor, PointSelector, RepoError, Repository, Resolved, VolumeName, new_id};
+use crate::repo::{
+    ArchiveUpload, Chain, ChainCursor, PointSelector, RepoError, Repository, Resolved, VolumeName,
+    new_id,
+};
 use crate::source::{RawSource, ReadPlan, SourceError};
 use process::{Batch, Processed, process_batch};
 
@@ -121,9 +124,15 @@ pub enum BackupError {
     Source(#[from] SourceError),
     /// The requested block size differs from the volume's.
     #[error("volume {volume} uses block size {stored}; --block-size {requested} cannot change it")]
-    BlockSizeMismatch { volume: String, stored: u32, requested: u32 },
+    BlockSizeMismatch {
+        volume: String,
+        stored: u32,
+        requested: u32,
+    },
     /// `--changed-blocks` without a previous point to apply them to.
-    #[error("volume {volume} has no backup yet: --changed-blocks needs a previous point (run a full backup first)")]
+    #[error(
+        "volume {volume} has no backup yet: --changed-blocks needs a previous point (run a full backup first)"
+    )]
     NoParentForChangedBlocks { volume: String },
     /// The archive could not be built.
     #[error("building the archive: {0}")]
@@ -166,20 +175,32 @@ pub async fn backup(
     let (plan, method) = read_plan(&parent, opts, geometry)?;
     let header = Header {
         volume_name: volume.to_string(),
-        volume_id: parent.as_ref().map_or_else(new_id, |p| p.tip().header.volume_id.clone()),
+        volume_id: parent
+            .as_ref()
+            .map_or_else(new_id, |p| p.tip().header.volume_id.clone()),
         archive_id: new_id(),
         seq: commits.last().map_or(1, |c| c.seq + 1),
         parent: parent.as_ref().map(|p| {
             let t = p.tip();
-            ParentRef { id: t.header.archive_id.clone(), digest: t.trailer.trailer_sha256, seq: t.header.seq }
+            ParentRef {
+                id: t.header.archive_id.clone(),
+                digest: t.trailer.trailer_sha256,
+                seq: t.header.seq,
+            }
         }),
         created: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         size: geometry.size(),
         block_size: block_size.get(),
-        compression: Compression { algorithm: "zstd".into(), level: opts.zstd_level },
+        compression: Compression {
+            algorithm: "zstd".into(),
+            level: opts.zstd_level,
+        },
         source: SourceInfo {
             kind: if source.is_device() { "device" } else { "file" }.into(),
-            path: std::fs::canonicalize(source.path()).unwrap_or_else(|_| source.path().to_path_buf()).display().to_string(),
+            path: std::fs::canonicalize(source.path())
+                .unwrap_or_else(|_| source.path().to_path_buf())
+                .display()
+                .to_string(),
             method: method.into(),
         },
     };
@@ -192,14 +213,21 @@ pub async fn backup(
             let published = upload.commit(digest.trailer_sha256).await?;
             // The point is committed; housekeeping problems are reported, not fatal.
             let leftovers = match published.committed_at {
-                Some(now) => repo.clean_leftovers(volume, now).await.map_err(|e| e.to_string()),
+                Some(now) => repo
+                    .clean_leftovers(volume, now)
+                    .await
+                    .map_err(|e| e.to_string()),
                 None => Ok(Vec::new()),
             };
             Ok(BackupReport {
                 volume: volume.to_string(),
                 archive: header.archive_id.clone(),
                 seq: header.seq,
-                kind: if header.parent.is_some() { ArchiveKind::Delta } else { ArchiveKind::Full },
+                kind: if header.parent.is_some() {
+                    ArchiveKind::Delta
+                } else {
+                    ArchiveKind::Full
+                },
                 parent: header.parent.as_ref().map(|p| p.id.clone()),
                 method: method.into(),
                 size: geometry.size(),
@@ -210,7 +238,11 @@ pub async fn backup(
                 image_digest: digest.image_digest.to_hex(),
                 seconds: started.elapsed().as_secs_f64(),
                 leftovers_removed: leftovers.as_ref().map_or(0, Vec::len),
-                warnings: leftovers.err().map(|e| format!("cleaning leftovers failed: {e}")).into_iter().collect(),
+                warnings: leftovers
+                    .err()
+                    .map(|e| format!("cleaning leftovers failed: {e}"))
+                    .into_iter()
+                    .collect(),
             })
         }
         Err(e) => {
@@ -221,16 +253,28 @@ pub async fn backup(
 }
 
 /// Decides which blocks to read, and names the method.
-fn read_plan(parent: &Option<Chain>, opts: &BackupOptions, geometry: Geometry) -> Result<(ReadPlan, &'static str), BackupError> {
+fn read_plan(
+    parent: &Option<Chain>,
+    opts: &BackupOptions,
+    geometry: Geometry,
+) -> Result<(ReadPlan, &'static str), BackupError> {
     let blocks = geometry.blocks();
     let (Some(parent), Some(changed)) = (parent, &opts.changed_blocks) else {
         if opts.changed_blocks.is_some() {
-            return Err(BackupError::NoParentForChangedBlocks { volume: opts.volume.to_string() });
+            return Err(BackupError::NoParentForChangedBlocks {
+                volume: opts.volume.to_string(),
+            });
         }
-        return Ok((ReadPlan::all(blocks), if parent.is_some() { "scan" } else { "full" }));
+        return Ok((
+            ReadPlan::all(blocks),
+            if parent.is_some() { "scan" } else { "full" },
+        ));
     };
     let bs = u64::from(geometry.block_size().get());
-    let mut ranges: Vec<Range<u64>> = changed.iter().map(|r| r.start / bs..r.end.div_ceil(bs)).collect();
+    let mut ranges: Vec<Range<u64>> = changed
+        .iter()
+        .map(|r| r.start / bs..r.end.div_ceil(bs))
+        .collect();
     let old = parent.tip().geometry();
     if old.size() != geometry.size() {
         // The boundary block changes length, and blocks past the old end are new.
@@ -263,7 +307,12 @@ struct Run {
 }
 
 impl Run {
-    fn new(header: &Header, geometry: Geometry, parent: Option<&Chain>, opts: &BackupOptions) -> Self {
+    fn new(
+        header: &Header,
+        geometry: Geometry,
+        parent: Option<&Chain>,
+        opts: &BackupOptions,
+    ) -> Self {
         let bs = u64::from(geometry.block_size().get());
         let force_block = parent
             .map(|p| p.tip().geometry())
@@ -276,7 +325,13 @@ impl Run {
             level: opts.zstd_level,
             diff: parent.is_some(),
         };
-        Run { header: header.clone(), geometry, parent: parent.cloned(), ctx: Arc::new(ctx), threads: opts.threads.max(1) }
+        Run {
+            header: header.clone(),
+            geometry,
+            parent: parent.cloned(),
+            ctx: Arc::new(ctx),
+            threads: opts.threads.max(1),
+        }
     }
 
     async fn execute(
@@ -289,7 +344,9 @@ impl Run {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Batch>(self.threads);
         let batch_blocks = (BATCH_BYTES / u64::from(self.geometry.block_size().get())).max(1);
         let geometry = self.geometry;
-        let reader = tokio::task::spawn_blocking(move || process::read_batches(&source, &plan, geometry, batch_blocks, &tx));
+        let reader = tokio::task::spawn_blocking(move || {
+            process::read_batches(&source, &plan, geometry, batch_blocks, &tx)
+        });
 
         let mut out = Vec::with_capacity(1 << 20);
         let mut writer = ArchiveWriter::new(&self.header, &mut out)?;
@@ -310,9 +367,13 @@ impl Run {
                     None => Vec::new(),
                 };
                 let ctx = self.ctx.clone();
-                inflight.push_back(tokio::task::spawn_blocking(move || process_batch(&ctx, batch, prev)));
+                inflight.push_back(tokio::task::spawn_blocking(move || {
+                    process_batch(&ctx, batch, prev)
+                }));
             }
-            let Some(done) = inflight.next().await else { break };
+            let Some(done) = inflight.next().await else {
+                break;
+            };
             let done: Processed = done.map_err(|e| BackupError::Task(e.to_string()))??;
             if let Some(g) = gaps.as_mut() {
                 feed_gap(g, &mut hasher, done.first).await?;
@@ -324,20 +385,32 @@ impl Run {
             out.clear();
         }
         drop(rx);
-        reader.await.map_err(|e| BackupError::Task(e.to_string()))??;
+        reader
+            .await
+            .map_err(|e| BackupError::Task(e.to_string()))??;
         if let Some(g) = gaps.as_mut() {
             feed_gap(g, &mut hasher, self.geometry.blocks()).await?;
         }
         let image_digest = hasher.finish()?;
         let trailer = writer.finish(image_digest, &mut out);
         upload.write(&out).await?;
-        Ok((stats, Finished { image_digest, trailer_sha256: trailer.trailer_sha256 }))
+        Ok((
+            stats,
+            Finished {
+                image_digest,
+                trailer_sha256: trailer.trailer_sha256,
+            },
+        ))
     }
 }
 
 /// Feeds the image hasher with the previous point's blocks up to `end` (blocks the
 /// backup did not read are unchanged).
-async fn feed_gap(cursor: &mut ChainCursor, hasher: &mut ImageHasher, end: u64) -> Result<(), RepoError> {
+async fn feed_gap(
+    cursor: &mut ChainCursor,
+    hasher: &mut ImageHasher,
+    end: u64,
+) -> Result<(), RepoError> {
     cursor.seek(hasher.position());
     while let Some(r) = cursor.next(end).await? {
         match r {

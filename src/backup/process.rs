@@ -6,7 +6,9 @@ use std::cell::RefCell;
 use tokio::sync::mpsc::Sender;
 
 use super::BackupError;
-use crate::format::{ArchiveWriter, Digest, EncodedFrame, FormatError, Geometry, ImageHasher, compress_frame};
+use crate::format::{
+    ArchiveWriter, Digest, EncodedFrame, FormatError, Geometry, ImageHasher, compress_frame,
+};
 use crate::source::{RawSource, ReadPlan, SourceError};
 
 /// Settings shared by every batch of a run.
@@ -64,7 +66,15 @@ pub(super) fn read_batches(
             let len = geometry.offset(first + count).min(geometry.size()) - offset;
             let mut buf = vec![0u8; len as usize];
             let bytes_read = source.read_at(offset, &mut buf)?;
-            if tx.blocking_send(Batch { first, count, buf, bytes_read }).is_err() {
+            if tx
+                .blocking_send(Batch {
+                    first,
+                    count,
+                    buf,
+                    bytes_read,
+                })
+                .is_err()
+            {
                 return Ok(());
             }
             first += count;
@@ -87,29 +97,41 @@ thread_local! {
 
 /// Hashes every block of `batch`, compares it with `prev` (the previous point's
 /// digests, empty for a full backup) and compresses changed data blocks into frames.
-pub(super) fn process_batch(ctx: &Context, batch: Batch, prev: Vec<Option<Digest>>) -> Result<Processed, BackupError> {
+pub(super) fn process_batch(
+    ctx: &Context,
+    batch: Batch,
+    prev: Vec<Option<Digest>>,
+) -> Result<Processed, BackupError> {
     let g = &ctx.geometry;
     let base = g.offset(batch.first);
     let mut image = Vec::with_capacity(batch.count as usize);
     let mut ops = Vec::new();
     // Changed data blocks waiting to become a frame: (first block, digests).
     let mut run: Option<(u64, Vec<Digest>)> = None;
-    let flush = |run: &mut Option<(u64, Vec<Digest>)>, ops: &mut Vec<Op>| -> Result<(), BackupError> {
-        if let Some((first, digests)) = run.take() {
-            let start = (g.offset(first) - base) as usize;
-            let end = (g.offset(first + digests.len() as u64).min(g.size()) - base) as usize;
-            let (kind, bytes) = compress(&batch.buf[start..end], ctx.level)?;
-            ops.push(Op::Frame(EncodedFrame { first_block: first, kind, bytes, digests }));
-        }
-        Ok(())
-    };
+    let flush =
+        |run: &mut Option<(u64, Vec<Digest>)>, ops: &mut Vec<Op>| -> Result<(), BackupError> {
+            if let Some((first, digests)) = run.take() {
+                let start = (g.offset(first) - base) as usize;
+                let end = (g.offset(first + digests.len() as u64).min(g.size()) - base) as usize;
+                let (kind, bytes) = compress(&batch.buf[start..end], ctx.level)?;
+                ops.push(Op::Frame(EncodedFrame {
+                    first_block: first,
+                    kind,
+                    bytes,
+                    digests,
+                }));
+            }
+            Ok(())
+        };
     for i in 0..batch.count {
         let b = batch.first + i;
         let start = (g.offset(b) - base) as usize;
         let data = &batch.buf[start..start + g.block_len(b) as usize];
         let digest = (!is_zero(data)).then(|| Digest::of(data));
         image.push(digest);
-        let changed = !ctx.diff || prev.get(i as usize).copied().flatten() != digest || ctx.force_block == Some(b);
+        let changed = !ctx.diff
+            || prev.get(i as usize).copied().flatten() != digest
+            || ctx.force_block == Some(b);
         match (changed, digest) {
             (true, Some(d)) => {
                 if let Some((first, digests)) = &mut run
@@ -133,10 +155,19 @@ pub(super) fn process_batch(ctx: &Context, batch: Batch, prev: Vec<Option<Digest
         }
     }
     flush(&mut run, &mut ops)?;
-    Ok(Processed { first: batch.first, count: batch.count, bytes_read: batch.bytes_read, ops, image })
+    Ok(Processed {
+        first: batch.first,
+        count: batch.count,
+        bytes_read: batch.bytes_read,
+        ops,
+        image,
+    })
 }
 
-fn compress(content: &[u8], level: i32) -> Result<(crate::format::FrameKind, Vec<u8>), FormatError> {
+fn compress(
+    content: &[u8],
+    level: i32,
+) -> Result<(crate::format::FrameKind, Vec<u8>), FormatError> {
     COMPRESSOR.with_borrow_mut(|slot| {
         if slot.as_ref().is_none_or(|(l, _)| *l != level) {
             let c = zstd::bulk::Compressor::new(level)
@@ -151,7 +182,12 @@ fn compress(content: &[u8], level: i32) -> Result<(crate::format::FrameKind, Vec
 impl Processed {
     /// Appends the batch to the archive and the image digest; returns the number of
     /// blocks recorded in the archive.
-    pub fn apply(self, writer: &mut ArchiveWriter, hasher: &mut ImageHasher, out: &mut Vec<u8>) -> Result<u64, FormatError> {
+    pub fn apply(
+        self,
+        writer: &mut ArchiveWriter,
+        hasher: &mut ImageHasher,
+        out: &mut Vec<u8>,
+    ) -> Result<u64, FormatError> {
         let mut recorded = 0;
         for op in &self.ops {
             match op {

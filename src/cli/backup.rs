@@ -42,7 +42,12 @@ pub async fn run(args: BackupArgs, ctx: &Ctx) -> anyhow::Result<()> {
             .source
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
-            .with_context(|| format!("cannot derive a volume name from {}: pass --volume", args.source.display()))?,
+            .with_context(|| {
+                format!(
+                    "cannot derive a volume name from {}: pass --volume",
+                    args.source.display()
+                )
+            })?,
     };
     let volume = VolumeName::new(&name).context("pass a valid --volume")?;
     let mut opts = BackupOptions::new(volume.clone());
@@ -51,16 +56,26 @@ pub async fn run(args: BackupArgs, ctx: &Ctx) -> anyhow::Result<()> {
         opts.block_size = Some(bs.context("--block-size is too large")??);
     }
     if let Some(file) = &args.changed_blocks {
-        let text = std::fs::read_to_string(file).with_context(|| format!("cannot read --changed-blocks {}", file.display()))?;
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read --changed-blocks {}", file.display()))?;
         opts.changed_blocks = Some(parse_changed_blocks(&text, &file.display().to_string())?);
     }
     let source = RawSource::open(&args.source)?;
     let repo = ctx.open().await?;
     let progress = Arc::new(Progress::default());
-    let display = Display::start(ctx.progress_mode(), format!("backup {volume}"), progress.clone());
+    let display = Display::start(
+        ctx.progress_mode(),
+        format!("backup {volume}"),
+        progress.clone(),
+    );
     let result = backup(&repo, source, &opts, progress).await;
     display.finish().await;
-    let report = result.with_context(|| format!("backup of {} to volume {volume} failed", args.source.display()))?;
+    let report = result.with_context(|| {
+        format!(
+            "backup of {} to volume {volume} failed",
+            args.source.display()
+        )
+    })?;
     for w in &report.warnings {
         eprintln!("warning: {w}");
     }

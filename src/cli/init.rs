@@ -13,7 +13,11 @@ pub struct InitArgs {}
 pub async fn run(_args: InitArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let repo = Repository::create_location(&ctx.repo).await?;
     if !ctx.quiet {
-        eprintln!("created thinarc repository {} at {}", repo.config().id, ctx.repo);
+        eprintln!(
+            "created thinarc repository {} at {}",
+            repo.config().id,
+            ctx.repo
+        );
     }
     Ok(())
 }

@@ -37,7 +37,10 @@ pub async fn run(args: ListArgs, ctx: &Ctx) -> anyhow::Result<()> {
     if args.json {
         print_json(&points)?;
     } else {
-        println!("{:<20} {:>5} {:<32} {:<24} {:>10} {:>8} {:>10}  PARENT", "VOLUME", "SEQ", "ARCHIVE", "CREATED", "SIZE", "BLOCKS", "STORED");
+        println!(
+            "{:<20} {:>5} {:<32} {:<24} {:>10} {:>8} {:>10}  PARENT",
+            "VOLUME", "SEQ", "ARCHIVE", "CREATED", "SIZE", "BLOCKS", "STORED"
+        );
         for p in &points {
             println!(
                 "{:<20} {:>5} {:<32} {:<24} {:>10} {:>8} {:>10}  {}",

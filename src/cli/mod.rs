@@ -20,7 +20,13 @@ use crate::repo::Repository;
 #[command(name = "thinarc", version, about, long_about = None)]
 pub struct Cli {
     /// Repository: a directory path or file:// URL.
-    #[arg(short = 'r', long = "repo", env = "THINARC_REPO", global = true, value_name = "REPO")]
+    #[arg(
+        short = 'r',
+        long = "repo",
+        env = "THINARC_REPO",
+        global = true,
+        value_name = "REPO"
+    )]
     pub repo: Option<String>,
     /// No progress output.
     #[arg(short, long, global = true)]
@@ -71,8 +77,13 @@ impl Ctx {
 /// # Errors
 /// Any failure, with context for the user.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    let repo = cli.repo.context("no repository given: pass -r REPO or set THINARC_REPO")?;
-    let ctx = Ctx { repo, quiet: cli.quiet };
+    let repo = cli
+        .repo
+        .context("no repository given: pass -r REPO or set THINARC_REPO")?;
+    let ctx = Ctx {
+        repo,
+        quiet: cli.quiet,
+    };
     match cli.command {
         Command::Init(a) => init::run(a, &ctx).await,
         Command::Backup(a) => backup::run(a, &ctx).await,
@@ -87,8 +98,15 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a size (e.g. 65536, 64K, 1M)"))?;
-    let shift = match unit.trim().to_ascii_uppercase().trim_end_matches('B').trim_end_matches('I') {
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (e.g. 65536, 64K, 1M)"))?;
+    let shift = match unit
+        .trim()
+        .to_ascii_uppercase()
+        .trim_end_matches('B')
+        .trim_end_matches('I')
+    {
         "" => 0,
         "K" => 10,
         "M" => 20,
@@ -96,7 +114,8 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "T" => 40,
         _ => return Err(format!("{s:?} has an unknown unit (use K, M, G or T)")),
     };
-    n.checked_mul(1 << shift).ok_or_else(|| format!("{s:?} is too large"))
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("{s:?} is too large"))
 }
 
 /// Prints `value` as pretty JSON on stdout.
@@ -114,7 +133,11 @@ fn human(bytes: u64) -> String {
         v /= 1024.0;
         u += 1;
     }
-    if u == 0 { format!("{bytes} B") } else { format!("{v:.1} {}", UNITS[u]) }
+    if u == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
 }
 
 #[cfg(test)]
@@ -134,8 +157,22 @@ mod tests {
 
     #[test]
     fn parses_commands() {
-        let c = Cli::try_parse_from(["thinarc", "-r", "/r", "backup", "/dev/x", "--volume", "vg/x", "--block-size", "16K", "--json"]).unwrap();
-        let Command::Backup(b) = c.command else { panic!("not backup") };
+        let c = Cli::try_parse_from([
+            "thinarc",
+            "-r",
+            "/r",
+            "backup",
+            "/dev/x",
+            "--volume",
+            "vg/x",
+            "--block-size",
+            "16K",
+            "--json",
+        ])
+        .unwrap();
+        let Command::Backup(b) = c.command else {
+            panic!("not backup")
+        };
         assert_eq!(b.volume.as_deref(), Some("vg/x"));
         assert_eq!(b.block_size, Some(16384));
         assert!(b.json);

@@ -52,9 +52,11 @@ impl Drop for Display {
 async fn bar(what: String, progress: Arc<Progress>, stop: Arc<tokio::sync::Notify>) {
     let pb = indicatif::ProgressBar::new(0);
     pb.set_style(
-        indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
-            .expect("valid template")
-            .progress_chars("=> "),
+        indicatif::ProgressStyle::with_template(
+            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
     );
     pb.set_message(what);
     loop {
@@ -77,8 +79,16 @@ async fn lines(what: String, progress: Arc<Progress>, stop: Arc<tokio::sync::Not
             _ = tokio::time::sleep(Duration::from_secs(10)) => {}
         }
         let (done, total) = progress.get();
-        let pct = if total > 0 { done as f64 * 100.0 / total as f64 } else { 0.0 };
+        let pct = if total > 0 {
+            done as f64 * 100.0 / total as f64
+        } else {
+            0.0
+        };
         let rate = done as f64 / started.elapsed().as_secs_f64().max(0.001) / (1 << 20) as f64;
-        eprintln!("{what}: {} of {} ({pct:.0}%, {rate:.0} MiB/s)", super::human(done), super::human(total));
+        eprintln!(
+            "{what}: {} of {} ({pct:.0}%, {rate:.0} MiB/s)",
+            super::human(done),
+            super::human(total)
+        );
     }
 }

@@ -40,10 +40,15 @@ pub async fn run(args: RestoreArgs, ctx: &Ctx) -> anyhow::Result<()> {
         threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
     };
     let progress = Arc::new(Progress::default());
-    let display = Display::start(ctx.progress_mode(), format!("restore {volume}"), progress.clone());
+    let display = Display::start(
+        ctx.progress_mode(),
+        format!("restore {volume}"),
+        progress.clone(),
+    );
     let result = restore(&repo, &volume, &args.target, &opts, progress).await;
     display.finish().await;
-    let report = result.with_context(|| format!("restore of {volume} to {} failed", args.target.display()))?;
+    let report = result
+        .with_context(|| format!("restore of {volume} to {} failed", args.target.display()))?;
     if args.json {
         print_json(&report)?;
     } else if !ctx.quiet {

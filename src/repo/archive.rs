@@ -9,8 +9,8 @@ use object_store::path::Path;
 
 use super::{Commit, RepoError, Repository};
 use crate::format::{
-    DIR_ENTRY_LEN, DirEntry, FormatError, Geometry, Header, IndexEntry, MAX_HEADER_LEN,
-    PREAMBLE_LEN, Preamble, TRAILER_LEN, Trailer, decode_directory, decode_segment, Digest,
+    DIR_ENTRY_LEN, Digest, DirEntry, FormatError, Geometry, Header, IndexEntry, MAX_HEADER_LEN,
+    PREAMBLE_LEN, Preamble, TRAILER_LEN, Trailer, decode_directory, decode_segment,
 };
 
 /// Bytes read from the end of an archive at open: the trailer and, usually, the whole
@@ -40,10 +40,17 @@ impl RemoteArchive {
     /// [`RepoError::Corrupt`] naming the archive, or [`RepoError::Store`].
     pub async fn open(repo: &Repository, commit: &Commit) -> Result<RemoteArchive, RepoError> {
         let key = commit.archive_key();
-        let corrupt = |source: FormatError| RepoError::Corrupt { key: key.to_string(), source };
+        let corrupt = |source: FormatError| RepoError::Corrupt {
+            key: key.to_string(),
+            source,
+        };
         let size = commit.size;
         if size < (PREAMBLE_LEN + TRAILER_LEN) as u64 {
-            return Err(corrupt(FormatError::Truncated { what: "archive", needed: (PREAMBLE_LEN + TRAILER_LEN) as u64, available: size }));
+            return Err(corrupt(FormatError::Truncated {
+                what: "archive",
+                needed: (PREAMBLE_LEN + TRAILER_LEN) as u64,
+                available: size,
+            }));
         }
         let tail_start = size.saturating_sub(TAIL_READ);
         let tail = read_range(repo, &key, tail_start..size).await?;
@@ -52,38 +59,67 @@ impl RemoteArchive {
         if trailer.trailer_sha256 != commit.digest {
             return Err(RepoError::BadCommit {
                 key: commit.key.to_string(),
-                detail: format!("names archive digest {}, archive {key} has {}", commit.digest, trailer.trailer_sha256),
+                detail: format!(
+                    "names archive digest {}, archive {key} has {}",
+                    commit.digest, trailer.trailer_sha256
+                ),
             });
         }
         if trailer.body_offset > (PREAMBLE_LEN as u64 + u64::from(MAX_HEADER_LEN)) {
-            return Err(corrupt(FormatError::corrupt("trailer", format!("body offset {} implies an oversized header", trailer.body_offset))));
+            return Err(corrupt(FormatError::corrupt(
+                "trailer",
+                format!(
+                    "body offset {} implies an oversized header",
+                    trailer.body_offset
+                ),
+            )));
         }
         let dir_range = trailer.directory_offset..size - TRAILER_LEN as u64;
         let dir_bytes = if dir_range.start >= tail_start {
-            tail.slice((dir_range.start - tail_start) as usize..(dir_range.end - tail_start) as usize)
+            tail.slice(
+                (dir_range.start - tail_start) as usize..(dir_range.end - tail_start) as usize,
+            )
         } else {
             read_range(repo, &key, dir_range).await?
         };
         let head = read_range(repo, &key, 0..trailer.body_offset).await?;
         let pre = Preamble::decode(&head).map_err(corrupt)?;
         if PREAMBLE_LEN as u64 + u64::from(pre.header_len) != trailer.body_offset {
-            return Err(corrupt(FormatError::corrupt("trailer", "body offset does not follow the header")));
+            return Err(corrupt(FormatError::corrupt(
+                "trailer",
+                "body offset does not follow the header",
+            )));
         }
         let actual = Digest::of(&head);
         if actual != trailer.header_sha256 {
-            return Err(corrupt(FormatError::ChecksumMismatch { what: "header".into(), expected: trailer.header_sha256, actual }));
+            return Err(corrupt(FormatError::ChecksumMismatch {
+                what: "header".into(),
+                expected: trailer.header_sha256,
+                actual,
+            }));
         }
         let header = Header::decode(&head[PREAMBLE_LEN..]).map_err(corrupt)?;
         if header.archive_id != commit.archive_id || header.seq != commit.seq {
             return Err(RepoError::BadCommit {
                 key: commit.key.to_string(),
-                detail: format!("names archive {} seq {}, the archive is {} seq {}", commit.archive_id, commit.seq, header.archive_id, header.seq),
+                detail: format!(
+                    "names archive {} seq {}, the archive is {} seq {}",
+                    commit.archive_id, commit.seq, header.archive_id, header.seq
+                ),
             });
         }
         let geometry = header.geometry().map_err(corrupt)?;
         let directory = decode_directory(&dir_bytes, &trailer, &geometry).map_err(corrupt)?;
         debug_assert_eq!(dir_bytes.len(), directory.len() * DIR_ENTRY_LEN);
-        Ok(RemoteArchive { repo: repo.clone(), commit: commit.clone(), key, header, trailer, directory, geometry })
+        Ok(RemoteArchive {
+            repo: repo.clone(),
+            commit: commit.clone(),
+            key,
+            header,
+            trailer,
+            directory,
+            geometry,
+        })
     }
 
     /// The key of the archive object.
@@ -108,8 +144,16 @@ impl RemoteArchive {
     pub async fn segment(&self, i: usize) -> Result<Vec<IndexEntry>, RepoError> {
         let d = &self.directory[i];
         let bytes = read_range(&self.repo, &self.key, d.offset..d.offset + d.len()).await?;
-        decode_segment(&bytes, d, &self.geometry, self.trailer.body_offset..self.trailer.directory_offset)
-            .map_err(|source| RepoError::Corrupt { key: self.key.to_string(), source })
+        decode_segment(
+            &bytes,
+            d,
+            &self.geometry,
+            self.trailer.body_offset..self.trailer.directory_offset,
+        )
+        .map_err(|source| RepoError::Corrupt {
+            key: self.key.to_string(),
+            source,
+        })
     }
 
     /// Reads bytes `range` of the archive (checked to lie inside it and to come back
@@ -121,7 +165,13 @@ impl RemoteArchive {
         if range.end > self.commit.size || range.start > range.end {
             return Err(RepoError::Corrupt {
                 key: self.key.to_string(),
-                source: FormatError::corrupt("index", format!("range {range:?} outside the {}-byte archive", self.commit.size)),
+                source: FormatError::corrupt(
+                    "index",
+                    format!(
+                        "range {range:?} outside the {}-byte archive",
+                        self.commit.size
+                    ),
+                ),
             });
         }
         read_range(&self.repo, &self.key, range).await
@@ -131,17 +181,25 @@ impl RemoteArchive {
 /// A ranged GET whose result must be exactly the requested length.
 async fn read_range(repo: &Repository, key: &Path, range: Range<u64>) -> Result<Bytes, RepoError> {
     let want = range.end - range.start;
-    let bytes = repo.store().get_range(key, range.clone()).await.map_err(|e| match e {
-        object_store::Error::NotFound { .. } => RepoError::Corrupt {
-            key: key.to_string(),
-            source: FormatError::corrupt("archive", "the archive object is missing"),
-        },
-        e => RepoError::store("read", key)(e),
-    })?;
+    let bytes = repo
+        .store()
+        .get_range(key, range.clone())
+        .await
+        .map_err(|e| match e {
+            object_store::Error::NotFound { .. } => RepoError::Corrupt {
+                key: key.to_string(),
+                source: FormatError::corrupt("archive", "the archive object is missing"),
+            },
+            e => RepoError::store("read", key)(e),
+        })?;
     if bytes.len() as u64 != want {
         return Err(RepoError::Corrupt {
             key: key.to_string(),
-            source: FormatError::Truncated { what: "archive object", needed: range.end, available: range.start + bytes.len() as u64 },
+            source: FormatError::Truncated {
+                what: "archive object",
+                needed: range.end,
+                available: range.start + bytes.len() as u64,
+            },
         });
     }
     Ok(bytes)

@@ -66,7 +66,9 @@ impl PointSelector {
         } else if (6..=32).contains(&s.len()) && s.bytes().all(|c| c.is_ascii_hexdigit()) {
             Ok(PointSelector::Id(s.to_ascii_lowercase()))
         } else {
-            Err(format!("{s:?} is not `latest`, a sequence number or an archive id"))
+            Err(format!(
+                "{s:?} is not `latest`, a sequence number or an archive id"
+            ))
         }
     }
 }
@@ -83,17 +85,29 @@ pub struct Chain {
 impl Chain {
     /// The archive of the point itself.
     pub fn tip(&self) -> &Arc<RemoteArchive> {
-        self.archives.last().expect("a chain holds at least one archive")
+        self.archives
+            .last()
+            .expect("a chain holds at least one archive")
     }
 }
 
 /// Reads a commit marker.
 pub(crate) async fn read_marker(repo: &Repository, key: &Path) -> Result<CommitMarker, RepoError> {
-    let bad = |detail: String| RepoError::BadCommit { key: key.to_string(), detail };
-    let bytes = repo.store().get(key).await.map_err(RepoError::store("read", key))?;
+    let bad = |detail: String| RepoError::BadCommit {
+        key: key.to_string(),
+        detail,
+    };
+    let bytes = repo
+        .store()
+        .get(key)
+        .await
+        .map_err(RepoError::store("read", key))?;
     let bytes = bytes.bytes().await.map_err(RepoError::store("read", key))?;
     if bytes.len() > 4096 {
-        return Err(bad(format!("{} bytes is too large for a commit marker", bytes.len())));
+        return Err(bad(format!(
+            "{} bytes is too large for a commit marker",
+            bytes.len()
+        )));
     }
     let m: CommitMarker = serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
     if m.object.contains('/') || !m.object.ends_with(".tarc") {
@@ -109,7 +123,11 @@ impl Repository {
     /// [`RepoError::Store`].
     pub async fn volumes(&self) -> Result<Vec<VolumeName>, RepoError> {
         let prefix = volumes_prefix();
-        let list = self.store().list_with_delimiter(Some(&prefix)).await.map_err(RepoError::store("list", &prefix))?;
+        let list = self
+            .store()
+            .list_with_delimiter(Some(&prefix))
+            .await
+            .map_err(RepoError::store("list", &prefix))?;
         let mut names: Vec<VolumeName> = list
             .common_prefixes
             .iter()
@@ -125,16 +143,34 @@ impl Repository {
     /// [`RepoError::Store`] or [`RepoError::BadCommit`].
     pub async fn commits(&self, volume: &VolumeName) -> Result<Vec<Commit>, RepoError> {
         let prefix = volume.commits_prefix();
-        let metas: Vec<_> = self.store().list(Some(&prefix)).try_collect().await.map_err(RepoError::store("list", &prefix))?;
+        let metas: Vec<_> = self
+            .store()
+            .list(Some(&prefix))
+            .try_collect()
+            .await
+            .map_err(RepoError::store("list", &prefix))?;
         let mut keyed: Vec<(u64, Path)> = metas
             .into_iter()
-            .filter_map(|m| m.location.filename().and_then(parse_commit_seq).map(|s| (s, m.location.clone())))
+            .filter_map(|m| {
+                m.location
+                    .filename()
+                    .and_then(parse_commit_seq)
+                    .map(|s| (s, m.location.clone()))
+            })
             .collect();
         keyed.sort();
         futures::stream::iter(keyed)
             .map(|(seq, key)| async move {
                 let m = read_marker(self, &key).await?;
-                Ok(Commit { volume: volume.clone(), seq, archive_id: m.archive, object: m.object, size: m.size, digest: m.digest, key })
+                Ok(Commit {
+                    volume: volume.clone(),
+                    seq,
+                    archive_id: m.archive,
+                    object: m.object,
+                    size: m.size,
+                    digest: m.digest,
+                    key,
+                })
             })
             .buffered(MARKER_READS)
             .try_collect()
@@ -149,9 +185,21 @@ impl Repository {
     pub async fn existing_commits(&self, volume: &VolumeName) -> Result<Vec<Commit>, RepoError> {
         let commits = self.commits(volume).await?;
         if commits.is_empty() {
-            let known: Vec<String> = self.volumes().await?.iter().map(|v| v.to_string()).collect();
-            let known = if known.is_empty() { "none".to_string() } else { known.join(", ") };
-            return Err(RepoError::VolumeNotFound { name: volume.to_string(), known });
+            let known: Vec<String> = self
+                .volumes()
+                .await?
+                .iter()
+                .map(|v| v.to_string())
+                .collect();
+            let known = if known.is_empty() {
+                "none".to_string()
+            } else {
+                known.join(", ")
+            };
+            return Err(RepoError::VolumeNotFound {
+                name: volume.to_string(),
+                known,
+            });
         }
         Ok(commits)
     }
@@ -162,20 +210,36 @@ impl Repository {
     /// # Errors
     /// [`RepoError::PointNotFound`], [`RepoError::ChainBroken`], [`RepoError::Corrupt`]
     /// or [`RepoError::Store`].
-    pub async fn resolve(&self, commits: &[Commit], at: &PointSelector) -> Result<Chain, RepoError> {
-        let volume = commits.first().map(|c| c.volume.clone()).ok_or_else(|| RepoError::PointNotFound {
-            volume: "?".into(),
-            at: format!("{at:?}"),
-        })?;
-        let not_found = || RepoError::PointNotFound { volume: volume.to_string(), at: selector_text(at) };
+    pub async fn resolve(
+        &self,
+        commits: &[Commit],
+        at: &PointSelector,
+    ) -> Result<Chain, RepoError> {
+        let volume =
+            commits
+                .first()
+                .map(|c| c.volume.clone())
+                .ok_or_else(|| RepoError::PointNotFound {
+                    volume: "?".into(),
+                    at: format!("{at:?}"),
+                })?;
+        let not_found = || RepoError::PointNotFound {
+            volume: volume.to_string(),
+            at: selector_text(at),
+        };
         let tip = match at {
             PointSelector::Latest => commits.last(),
             PointSelector::Seq(s) => commits.iter().find(|c| c.seq == *s),
             PointSelector::Id(prefix) => {
-                let mut hits = commits.iter().filter(|c| c.archive_id.starts_with(prefix.as_str()));
+                let mut hits = commits
+                    .iter()
+                    .filter(|c| c.archive_id.starts_with(prefix.as_str()));
                 let first = hits.next();
                 if hits.next().is_some() {
-                    return Err(RepoError::PointNotFound { volume: volume.to_string(), at: format!("{prefix} (ambiguous: give more digits)") });
+                    return Err(RepoError::PointNotFound {
+                        volume: volume.to_string(),
+                        at: format!("{prefix} (ambiguous: give more digits)"),
+                    });
                 }
                 first
             }
@@ -184,9 +248,16 @@ impl Repository {
         let mut archives = vec![Arc::new(RemoteArchive::open(self, tip).await?)];
         while let Some(parent) = archives.last().expect("non-empty").header.parent.clone() {
             let child_seq = archives.last().expect("non-empty").header.seq;
-            let broken = |detail: String| RepoError::ChainBroken { volume: volume.to_string(), seq: child_seq, detail };
+            let broken = |detail: String| RepoError::ChainBroken {
+                volume: volume.to_string(),
+                seq: child_seq,
+                detail,
+            };
             let Some(commit) = commits.iter().find(|c| c.seq == parent.seq) else {
-                return Err(broken(format!("parent seq {} (archive {}) is not committed", parent.seq, parent.id)));
+                return Err(broken(format!(
+                    "parent seq {} (archive {}) is not committed",
+                    parent.seq, parent.id
+                )));
             };
             if commit.archive_id != parent.id || commit.digest != parent.digest {
                 return Err(broken(format!(
@@ -196,8 +267,13 @@ impl Repository {
             }
             let archive = RemoteArchive::open(self, commit).await?;
             let child = archives.last().expect("non-empty");
-            if archive.header.volume_id != child.header.volume_id || archive.header.block_size != child.header.block_size {
-                return Err(broken(format!("parent seq {} belongs to another volume id or block size", parent.seq)));
+            if archive.header.volume_id != child.header.volume_id
+                || archive.header.block_size != child.header.block_size
+            {
+                return Err(broken(format!(
+                    "parent seq {} belongs to another volume id or block size",
+                    parent.seq
+                )));
             }
             archives.push(Arc::new(archive));
         }

@@ -29,7 +29,14 @@ impl Resolved {
     /// The block digest of a data block, `None` for zero blocks.
     pub fn digest(&self) -> Option<Digest> {
         match self {
-            Resolved::Data { entry: IndexEntry { kind: EntryKind::Data { digest, .. }, .. }, .. } => Some(*digest),
+            Resolved::Data {
+                entry:
+                    IndexEntry {
+                        kind: EntryKind::Data { digest, .. },
+                        ..
+                    },
+                ..
+            } => Some(*digest),
             _ => None,
         }
     }
@@ -86,7 +93,13 @@ impl ChainCursor {
             .rev()
             .map(|a| {
                 limit = limit.min(a.geometry().blocks());
-                Layer { archive: a.clone(), limit, next_segment: 0, entries: Vec::new(), pos: 0 }
+                Layer {
+                    archive: a.clone(),
+                    limit,
+                    next_segment: 0,
+                    entries: Vec::new(),
+                    pos: 0,
+                }
             })
             .collect();
         layers.reverse();
@@ -130,7 +143,10 @@ impl ChainCursor {
                 Some(e) if e.block <= p => {
                     found = Some(match e.kind {
                         EntryKind::Data { .. } => Resolved::Data { layer: i, entry: e },
-                        EntryKind::Zero { .. } => Resolved::Zero { first: p, count: e.end().min(bound) - p },
+                        EntryKind::Zero { .. } => Resolved::Zero {
+                            first: p,
+                            count: e.end().min(bound) - p,
+                        },
                     });
                     break;
                 }
@@ -138,7 +154,10 @@ impl ChainCursor {
                 None => {}
             }
         }
-        let r = found.unwrap_or(Resolved::Zero { first: p, count: bound - p });
+        let r = found.unwrap_or(Resolved::Zero {
+            first: p,
+            count: bound - p,
+        });
         self.pos = r.end();
         Ok(Some(r))
     }
@@ -148,12 +167,18 @@ impl ChainCursor {
     ///
     /// # Errors
     /// As [`next`](Self::next).
-    pub async fn digests(&mut self, first: u64, count: u64) -> Result<Vec<Option<Digest>>, RepoError> {
+    pub async fn digests(
+        &mut self,
+        first: u64,
+        count: u64,
+    ) -> Result<Vec<Option<Digest>>, RepoError> {
         self.seek(first);
         let mut out = Vec::with_capacity(count as usize);
         while let Some(r) = self.next(first + count).await? {
             match r {
-                Resolved::Zero { count, .. } => out.extend(std::iter::repeat_n(None, count as usize)),
+                Resolved::Zero { count, .. } => {
+                    out.extend(std::iter::repeat_n(None, count as usize))
+                }
                 data => out.push(data.digest()),
             }
         }

@@ -23,14 +23,30 @@ impl Repository {
     ///
     /// # Errors
     /// [`RepoError::Store`] if listing or deleting fails.
-    pub async fn clean_leftovers(&self, volume: &VolumeName, now: DateTime<Utc>) -> Result<Vec<String>, RepoError> {
-        let committed: HashSet<String> = self.commits(volume).await?.into_iter().map(|c| c.object).collect();
+    pub async fn clean_leftovers(
+        &self,
+        volume: &VolumeName,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<String>, RepoError> {
+        let committed: HashSet<String> = self
+            .commits(volume)
+            .await?
+            .into_iter()
+            .map(|c| c.object)
+            .collect();
         let cutoff = now - LEFTOVER_GRACE;
         let prefix = volume.archives_prefix();
-        let metas: Vec<_> = self.store().list(Some(&prefix)).try_collect().await.map_err(RepoError::store("list", &prefix))?;
+        let metas: Vec<_> = self
+            .store()
+            .list(Some(&prefix))
+            .try_collect()
+            .await
+            .map_err(RepoError::store("list", &prefix))?;
         let mut removed = Vec::new();
         for m in metas {
-            let Some(name) = m.location.filename().map(str::to_string) else { continue };
+            let Some(name) = m.location.filename().map(str::to_string) else {
+                continue;
+            };
             if committed.contains(&name) || m.last_modified >= cutoff {
                 continue;
             }
@@ -49,12 +65,19 @@ impl Repository {
 /// Removes `*.tarc#N` staging files of the local store older than `cutoff`. Best
 /// effort: a file that cannot be removed is left for the next run.
 fn clean_staging(dir: &std::path::Path, cutoff: DateTime<Utc>) -> Vec<String> {
-    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
     let mut removed = Vec::new();
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        let staging = name.split_once(".tarc#").is_some_and(|(_, n)| !n.is_empty() && n.bytes().all(|c| c.is_ascii_digit()));
-        let old = e.metadata().and_then(|m| m.modified()).is_ok_and(|t| DateTime::<Utc>::from(t) < cutoff);
+        let staging = name
+            .split_once(".tarc#")
+            .is_some_and(|(_, n)| !n.is_empty() && n.bytes().all(|c| c.is_ascii_digit()));
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| DateTime::<Utc>::from(t) < cutoff);
         if staging && old && std::fs::remove_file(e.path()).is_ok() {
             removed.push(name);
         }

@@ -29,7 +29,10 @@ impl Repository {
     /// # Errors
     /// [`RepoError::AlreadyInitialized`] if a config exists, [`RepoError::Store`] if the
     /// store cannot be written.
-    pub async fn create(store: Arc<dyn ObjectStore>, location: &str) -> Result<Repository, RepoError> {
+    pub async fn create(
+        store: Arc<dyn ObjectStore>,
+        location: &str,
+    ) -> Result<Repository, RepoError> {
         let config = RepoConfig {
             kind: KIND.into(),
             version: VERSION,
@@ -37,12 +40,23 @@ impl Repository {
             created: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         };
         let body = serde_json::to_vec_pretty(&config).expect("config serialises");
-        let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
-        match store.put_opts(&layout::config_key(), PutPayload::from(body), opts).await {
-            Ok(_) => Ok(Repository { store, location: location.to_string(), config, local_root: None }),
-            Err(object_store::Error::AlreadyExists { .. }) => {
-                Err(RepoError::AlreadyInitialized { location: location.to_string() })
-            }
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        match store
+            .put_opts(&layout::config_key(), PutPayload::from(body), opts)
+            .await
+        {
+            Ok(_) => Ok(Repository {
+                store,
+                location: location.to_string(),
+                config,
+                local_root: None,
+            }),
+            Err(object_store::Error::AlreadyExists { .. }) => Err(RepoError::AlreadyInitialized {
+                location: location.to_string(),
+            }),
             Err(e) => Err(RepoError::store("write", format!("{location}/config"))(e)),
         }
     }
@@ -53,20 +67,34 @@ impl Repository {
     /// [`RepoError::NotARepository`] when there is no config,
     /// [`RepoError::NotThinarc`] when the config is something else,
     /// [`RepoError::Store`] when the store fails.
-    pub async fn open(store: Arc<dyn ObjectStore>, location: &str) -> Result<Repository, RepoError> {
-        let not_thinarc = |detail: String| RepoError::NotThinarc { location: location.to_string(), detail };
+    pub async fn open(
+        store: Arc<dyn ObjectStore>,
+        location: &str,
+    ) -> Result<Repository, RepoError> {
+        let not_thinarc = |detail: String| RepoError::NotThinarc {
+            location: location.to_string(),
+            detail,
+        };
         let bytes = match store.get(&layout::config_key()).await {
-            Ok(r) => r.bytes().await.map_err(RepoError::store("read", format!("{location}/config")))?,
+            Ok(r) => r
+                .bytes()
+                .await
+                .map_err(RepoError::store("read", format!("{location}/config")))?,
             Err(object_store::Error::NotFound { .. }) => {
-                return Err(RepoError::NotARepository { location: location.to_string() });
+                return Err(RepoError::NotARepository {
+                    location: location.to_string(),
+                });
             }
             Err(e) => return Err(RepoError::store("read", format!("{location}/config"))(e)),
         };
         if bytes.len() > 64 << 10 {
-            return Err(not_thinarc(format!("its config object is {} bytes", bytes.len())));
+            return Err(not_thinarc(format!(
+                "its config object is {} bytes",
+                bytes.len()
+            )));
         }
-        let config: RepoConfig =
-            serde_json::from_slice(&bytes).map_err(|e| not_thinarc(format!("config object: {e}")))?;
+        let config: RepoConfig = serde_json::from_slice(&bytes)
+            .map_err(|e| not_thinarc(format!("config object: {e}")))?;
         if config.kind != KIND {
             return Err(not_thinarc(format!("config kind is {:?}", config.kind)));
         }
@@ -76,6 +104,11 @@ impl Repository {
                 config.version
             )));
         }
-        Ok(Repository { store, location: location.to_string(), config, local_root: None })
+        Ok(Repository {
+            store,
+            location: location.to_string(),
+            config,
+            local_root: None,
+        })
     }
 }

@@ -33,7 +33,12 @@ impl VolumeName {
     /// # Errors
     /// [`RepoError::InvalidName`] saying what is wrong.
     pub fn new(name: &str) -> Result<Self, RepoError> {
-        let bad = |reason| Err(RepoError::InvalidName { name: name.to_string(), reason });
+        let bad = |reason| {
+            Err(RepoError::InvalidName {
+                name: name.to_string(),
+                reason,
+            })
+        };
         if name.is_empty() || name.len() > 128 {
             return bad("must be 1 to 128 characters");
         }
@@ -44,7 +49,10 @@ impl VolumeName {
             if seg.starts_with('.') {
                 return bad("a segment starts with '.'");
             }
-            if !seg.bytes().all(|c| c.is_ascii_alphanumeric() || b"._+-".contains(&c)) {
+            if !seg
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || b"._+-".contains(&c))
+            {
                 return bad("only letters, digits, '.', '_', '+', '-' and '/' are allowed");
             }
         }
@@ -82,7 +90,8 @@ impl VolumeName {
     }
 
     pub(crate) fn archive_key(&self, seq: u64, archive_id: &str) -> Path {
-        self.archives_prefix().join(format!("{seq:012}-{archive_id}.tarc"))
+        self.archives_prefix()
+            .join(format!("{seq:012}-{archive_id}.tarc"))
     }
 }
 
@@ -101,5 +110,7 @@ pub fn new_id() -> String {
 
 /// Parses the sequence number of a commit key's last segment.
 pub(crate) fn parse_commit_seq(seg: &str) -> Option<u64> {
-    (seg.len() == 12 && seg.bytes().all(|c| c.is_ascii_digit())).then(|| seg.parse().ok()).flatten()
+    (seg.len() == 12 && seg.bytes().all(|c| c.is_ascii_digit()))
+        .then(|| seg.parse().ok())
+        .flatten()
 }

@@ -48,9 +48,15 @@ pub enum RepoError {
     BadLocation { location: String, detail: String },
     /// The object store failed.
     #[error("{action} {key}: {source}")]
-    Store { action: &'static str, key: String, source: object_store::Error },
+    Store {
+        action: &'static str,
+        key: String,
+        source: object_store::Error,
+    },
     /// An object is not what it must be.
-    #[error("archive {key} is corrupt: {source} (run `thinarc verify`; other volumes are unaffected)")]
+    #[error(
+        "archive {key} is corrupt: {source} (run `thinarc verify`; other volumes are unaffected)"
+    )]
     Corrupt { key: String, source: FormatError },
     /// A commit marker is malformed or disagrees with its archive.
     #[error("commit {key} is invalid: {detail}")]
@@ -63,9 +69,15 @@ pub enum RepoError {
     PointNotFound { volume: String, at: String },
     /// A delta's parent is missing or is not the archive it names.
     #[error("chain of {volume} is broken at seq {seq}: {detail}")]
-    ChainBroken { volume: String, seq: u64, detail: String },
+    ChainBroken {
+        volume: String,
+        seq: u64,
+        detail: String,
+    },
     /// Another writer committed the same point first.
-    #[error("another backup of {volume} committed seq {seq} first; this run's archive was discarded (run it again)")]
+    #[error(
+        "another backup of {volume} committed seq {seq} first; this run's archive was discarded (run it again)"
+    )]
     Conflict { volume: String, seq: u64 },
     /// A volume name that cannot be used.
     #[error("invalid volume name {name:?}: {reason}")]
@@ -73,9 +85,16 @@ pub enum RepoError {
 }
 
 impl RepoError {
-    pub(crate) fn store(action: &'static str, key: impl ToString) -> impl FnOnce(object_store::Error) -> RepoError {
+    pub(crate) fn store(
+        action: &'static str,
+        key: impl ToString,
+    ) -> impl FnOnce(object_store::Error) -> RepoError {
         let key = key.to_string();
-        move |source| RepoError::Store { action, key, source }
+        move |source| RepoError::Store {
+            action,
+            key,
+            source,
+        }
     }
 }
 
@@ -91,7 +110,9 @@ pub struct Repository {
 
 impl std::fmt::Debug for Repository {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Repository").field("location", &self.location).finish()
+        f.debug_struct("Repository")
+            .field("location", &self.location)
+            .finish()
     }
 }
 
@@ -112,7 +133,10 @@ impl Repository {
     /// As [`open_store`] and [`Repository::open`].
     pub async fn open_location(location: &str) -> Result<Repository, RepoError> {
         let (store, root) = open_store(location, false)?;
-        Ok(Repository { local_root: root, ..Repository::open(store, location).await? })
+        Ok(Repository {
+            local_root: root,
+            ..Repository::open(store, location).await?
+        })
     }
 
     /// Creates a repository at `location` (a path or URL), creating a missing local
@@ -122,7 +146,10 @@ impl Repository {
     /// As [`open_store`] and [`Repository::create`].
     pub async fn create_location(location: &str) -> Result<Repository, RepoError> {
         let (store, root) = open_store(location, true)?;
-        Ok(Repository { local_root: root, ..Repository::create(store, location).await? })
+        Ok(Repository {
+            local_root: root,
+            ..Repository::create(store, location).await?
+        })
     }
 
     /// The repository config.

@@ -61,9 +61,18 @@ impl ArchiveUpload {
     /// # Errors
     /// [`RepoError::Store`] if the upload cannot start (e.g. the repository is not
     /// writable).
-    pub async fn start(repo: &Repository, volume: &VolumeName, seq: u64, archive_id: &str) -> Result<Self, RepoError> {
+    pub async fn start(
+        repo: &Repository,
+        volume: &VolumeName,
+        seq: u64,
+        archive_id: &str,
+    ) -> Result<Self, RepoError> {
         let key = volume.archive_key(seq, archive_id);
-        let upload = repo.store().put_multipart(&key).await.map_err(RepoError::store("start upload of", &key))?;
+        let upload = repo
+            .store()
+            .put_multipart(&key)
+            .await
+            .map_err(RepoError::store("start upload of", &key))?;
         Ok(ArchiveUpload {
             repo: repo.clone(),
             volume: volume.clone(),
@@ -108,7 +117,10 @@ impl ArchiveUpload {
     /// is deleted), [`RepoError::Store`] if the upload or the commit failed.
     pub async fn commit(self, digest: Digest) -> Result<Published, RepoError> {
         let store = self.repo.store().clone();
-        self.upload.finish().await.map_err(RepoError::store("complete upload of", &self.key))?;
+        self.upload
+            .finish()
+            .await
+            .map_err(RepoError::store("complete upload of", &self.key))?;
         let marker = CommitMarker {
             archive: self.archive_id.clone(),
             object: self.key.filename().unwrap_or_default().to_string(),
@@ -117,8 +129,14 @@ impl ArchiveUpload {
         };
         let commit_key = self.volume.commit_key(self.seq);
         let body = serde_json::to_vec_pretty(&marker).expect("marker serialises");
-        let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
-        match store.put_opts(&commit_key, PutPayload::from(body), opts).await {
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        match store
+            .put_opts(&commit_key, PutPayload::from(body), opts)
+            .await
+        {
             Ok(_) => {}
             Err(object_store::Error::AlreadyExists { .. }) => {
                 // A retried create whose first response was lost also lands here: it is
@@ -126,12 +144,19 @@ impl ArchiveUpload {
                 let theirs = super::catalog::read_marker(&self.repo, &commit_key).await;
                 if !matches!(theirs, Ok(ref m) if *m == marker) {
                     let _ = store.delete(&self.key).await;
-                    return Err(RepoError::Conflict { volume: self.volume.to_string(), seq: self.seq });
+                    return Err(RepoError::Conflict {
+                        volume: self.volume.to_string(),
+                        seq: self.seq,
+                    });
                 }
             }
             Err(e) => return Err(RepoError::store("commit", &commit_key)(e)),
         }
         let committed_at = store.head(&commit_key).await.ok().map(|m| m.last_modified);
-        Ok(Published { key: self.key.to_string(), size: self.written, committed_at })
+        Ok(Published {
+            key: self.key.to_string(),
+            size: self.written,
+            committed_at,
+        })
     }
 }

@@ -17,7 +17,9 @@ use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 
-use crate::format::{Digest, FormatError, ImageHasher, block_from_frame, decompress_frame, stored_frame_content_len};
+use crate::format::{
+    Digest, FormatError, ImageHasher, block_from_frame, decompress_frame, stored_frame_content_len,
+};
 use crate::progress::Progress;
 use crate::repo::{Chain, ChainCursor, PointSelector, RepoError, Repository, VolumeName};
 use crate::target::{FileTarget, TargetError};
@@ -76,10 +78,18 @@ pub enum RestoreError {
     #[error("archive {key}: {source}")]
     Corrupt { key: String, source: FormatError },
     /// The image digest of what was written is not the point's.
-    #[error("restored image digest {actual} does not match archive {archive} ({expected}); the target is not a faithful copy")]
-    ImageMismatch { archive: String, expected: Digest, actual: Digest },
+    #[error(
+        "restored image digest {actual} does not match archive {archive} ({expected}); the target is not a faithful copy"
+    )]
+    ImageMismatch {
+        archive: String,
+        expected: Digest,
+        actual: Digest,
+    },
     /// The target is the backup's own source.
-    #[error("target {target} is the source of volume {volume} (recorded in its archives); restoring over it destroys the live data: choose another target or pass --force")]
+    #[error(
+        "target {target} is the source of volume {volume} (recorded in its archives); restoring over it destroys the live data: choose another target or pass --force"
+    )]
     TargetIsSource { target: String, volume: String },
     /// A pipeline task died.
     #[error("restore task failed: {0}")]
@@ -103,9 +113,15 @@ pub async fn restore(
     let tip = chain.tip().clone();
     if !opts.force
         && let Some(id) = FileTarget::identity(target)
-        && chain.archives.iter().any(|a| FileTarget::identity(Path::new(&a.header.source.path)) == Some(id))
+        && chain
+            .archives
+            .iter()
+            .any(|a| FileTarget::identity(Path::new(&a.header.source.path)) == Some(id))
     {
-        return Err(RestoreError::TargetIsSource { target: target.display().to_string(), volume: volume.to_string() });
+        return Err(RestoreError::TargetIsSource {
+            target: target.display().to_string(),
+            volume: volume.to_string(),
+        });
     }
     let geometry = tip.geometry();
     progress.set_total(geometry.size());
@@ -162,14 +178,27 @@ pub async fn restore(
     }
     .await;
     drop(wtx);
-    let written = writer.await.map_err(|e| RestoreError::Task(e.to_string()))??;
+    let written = writer
+        .await
+        .map_err(|e| RestoreError::Task(e.to_string()))??;
     streamed?;
-    planner.await.map_err(|e| RestoreError::Task(e.to_string()))??;
-    let actual = hasher.finish().map_err(|source| RestoreError::Corrupt { key: tip.key().to_string(), source })?;
+    planner
+        .await
+        .map_err(|e| RestoreError::Task(e.to_string()))??;
+    let actual = hasher.finish().map_err(|source| RestoreError::Corrupt {
+        key: tip.key().to_string(),
+        source,
+    })?;
     if actual != tip.trailer.image_digest {
-        return Err(RestoreError::ImageMismatch { archive: tip.header.archive_id.clone(), expected: tip.trailer.image_digest, actual });
+        return Err(RestoreError::ImageMismatch {
+            archive: tip.header.archive_id.clone(),
+            expected: tip.trailer.image_digest,
+            actual,
+        });
     }
-    Arc::into_inner(out).expect("all writers finished").finish()?;
+    Arc::into_inner(out)
+        .expect("all writers finished")
+        .finish()?;
     Ok(RestoreReport {
         volume: volume.to_string(),
         archive: tip.header.archive_id.clone(),
@@ -186,7 +215,9 @@ pub async fn restore(
 /// Reads the byte range of a work unit.
 async fn fetch(chain: Arc<Chain>, w: Work) -> Result<(Work, Bytes), RestoreError> {
     let bytes = match (&w.layer, &w.range) {
-        (Some(layer), range) if !range.is_empty() => chain.archives[*layer].read(range.clone()).await?,
+        (Some(layer), range) if !range.is_empty() => {
+            chain.archives[*layer].read(range.clone()).await?
+        }
         _ => Bytes::new(),
     };
     Ok((w, bytes))
@@ -207,7 +238,11 @@ struct Decoded {
 /// One write of a decoded unit.
 enum Write {
     /// Bytes `range` of decoded frame `frame` go to `offset`.
-    Data { offset: u64, frame: usize, range: std::ops::Range<usize> },
+    Data {
+        offset: u64,
+        frame: usize,
+        range: std::ops::Range<usize>,
+    },
     /// `len` bytes at `offset` must read as zero.
     Zero { offset: u64, len: u64 },
 }
@@ -216,7 +251,11 @@ enum Write {
 /// blocks of one frame become one write.
 fn decode(chain: &Chain, w: Work, bytes: Bytes) -> Result<Decoded, RestoreError> {
     let geometry = chain.tip().geometry();
-    let key = || w.layer.map(|l| chain.archives[l].key().to_string()).unwrap_or_default();
+    let key = || {
+        w.layer
+            .map(|l| chain.archives[l].key().to_string())
+            .unwrap_or_default()
+    };
     let corrupt = |source| RestoreError::Corrupt { key: key(), source };
     let mut frames: Vec<Vec<u8>> = Vec::with_capacity(w.frames.len());
     for f in &w.frames {
@@ -225,7 +264,13 @@ fn decode(chain: &Chain, w: Work, bytes: Bytes) -> Result<Decoded, RestoreError>
         let len = stored_frame_content_len(f.kind, stored).map_err(corrupt)?;
         frames.push(decompress_frame(f.kind, stored, len).map_err(corrupt)?);
     }
-    let mut d = Decoded { frames: Vec::new(), writes: Vec::new(), image: Vec::new(), fetched: bytes.len() as u64, bytes: 0 };
+    let mut d = Decoded {
+        frames: Vec::new(),
+        writes: Vec::new(),
+        image: Vec::new(),
+        fetched: bytes.len() as u64,
+        bytes: 0,
+    };
     for item in &w.items {
         match *item {
             Item::Zero { first, count } => {
@@ -235,15 +280,29 @@ fn decode(chain: &Chain, w: Work, bytes: Bytes) -> Result<Decoded, RestoreError>
                 d.image.extend(std::iter::repeat_n(None, count as usize));
                 d.bytes += len;
             }
-            Item::Block { frame, block, slot, digest } => {
-                let data = block_from_frame(&geometry, &frames[frame], block, slot, digest).map_err(corrupt)?;
+            Item::Block {
+                frame,
+                block,
+                slot,
+                digest,
+            } => {
+                let data = block_from_frame(&geometry, &frames[frame], block, slot, digest)
+                    .map_err(corrupt)?;
                 let start = data.as_ptr() as usize - frames[frame].as_ptr() as usize;
                 let (offset, range) = (geometry.offset(block), start..start + data.len());
                 match d.writes.last_mut() {
-                    Some(Write::Data { offset: o, frame: f, range: r }) if *f == frame && r.end == range.start && *o + r.len() as u64 == offset => {
+                    Some(Write::Data {
+                        offset: o,
+                        frame: f,
+                        range: r,
+                    }) if *f == frame && r.end == range.start && *o + r.len() as u64 == offset => {
                         r.end = range.end;
                     }
-                    _ => d.writes.push(Write::Data { offset, frame, range }),
+                    _ => d.writes.push(Write::Data {
+                        offset,
+                        frame,
+                        range,
+                    }),
                 }
                 d.image.push(Some(digest));
                 d.bytes += data.len() as u64;
@@ -260,7 +319,11 @@ impl Decoded {
         let mut written = 0;
         for w in &self.writes {
             match w {
-                Write::Data { offset, frame, range } => {
+                Write::Data {
+                    offset,
+                    frame,
+                    range,
+                } => {
                     out.write_at(*offset, &self.frames[*frame][range.clone()])?;
                     written += range.len() as u64;
                 }

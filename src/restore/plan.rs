@@ -29,8 +29,16 @@ pub(super) struct FrameRef {
 /// One block or zero run of a work unit, in block order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Item {
-    Zero { first: u64, count: u64 },
-    Block { frame: usize, block: u64, slot: u16, digest: Digest },
+    Zero {
+        first: u64,
+        count: u64,
+    },
+    Block {
+        frame: usize,
+        block: u64,
+        slot: u16,
+        digest: Digest,
+    },
 }
 
 /// A unit of restore work: one range read of one archive (`layer`) and the blocks and
@@ -67,7 +75,11 @@ impl Work {
 ///
 /// # Errors
 /// [`RestoreError`] if an index segment fails; the receiver sees the channel close.
-pub(super) async fn plan_works(mut cursor: ChainCursor, blocks: u64, tx: Sender<Work>) -> Result<(), RestoreError> {
+pub(super) async fn plan_works(
+    mut cursor: ChainCursor,
+    blocks: u64,
+    tx: Sender<Work>,
+) -> Result<(), RestoreError> {
     let mut w = Work::default();
     while let Some(r) = cursor.next(blocks).await? {
         match r {
@@ -81,7 +93,14 @@ pub(super) async fn plan_works(mut cursor: ChainCursor, blocks: u64, tx: Sender<
                 }
             }
             Resolved::Data { layer, entry } => {
-                let EntryKind::Data { frame, frame_offset, frame_len, slot, digest } = entry.kind else {
+                let EntryKind::Data {
+                    frame,
+                    frame_offset,
+                    frame_len,
+                    slot,
+                    digest,
+                } = entry.kind
+                else {
                     unreachable!("Resolved::Data holds a data entry")
                 };
                 if !w.accepts(layer, frame_offset, frame_len) {
@@ -92,10 +111,19 @@ pub(super) async fn plan_works(mut cursor: ChainCursor, blocks: u64, tx: Sender<
                     w.range = frame_offset..frame_offset;
                 }
                 if w.frames.last().is_none_or(|f| f.offset != frame_offset) {
-                    w.frames.push(FrameRef { offset: frame_offset, len: frame_len, kind: frame });
+                    w.frames.push(FrameRef {
+                        offset: frame_offset,
+                        len: frame_len,
+                        kind: frame,
+                    });
                     w.range.end = frame_offset + u64::from(frame_len);
                 }
-                w.items.push(Item::Block { frame: w.frames.len() - 1, block: entry.block, slot, digest });
+                w.items.push(Item::Block {
+                    frame: w.frames.len() - 1,
+                    block: entry.block,
+                    slot,
+                    digest,
+                });
             }
         }
     }

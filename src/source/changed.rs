@@ -33,7 +33,11 @@ fn number(s: &str) -> Option<u64> {
 pub fn parse_changed_blocks(text: &str, file: &str) -> Result<Vec<Range<u64>>, ChangedBlocksError> {
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
-        let err = |detail: String| ChangedBlocksError { file: file.to_string(), line: i + 1, detail };
+        let err = |detail: String| ChangedBlocksError {
+            file: file.to_string(),
+            line: i + 1,
+            detail,
+        };
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
             continue;
@@ -44,7 +48,9 @@ pub fn parse_changed_blocks(text: &str, file: &str) -> Result<Vec<Range<u64>>, C
         };
         let off = number(off).ok_or_else(|| err(format!("offset {off:?} is not a number")))?;
         let len = number(len).ok_or_else(|| err(format!("length {len:?} is not a number")))?;
-        let end = off.checked_add(len).ok_or_else(|| err(format!("range {off}+{len} overflows")))?;
+        let end = off
+            .checked_add(len)
+            .ok_or_else(|| err(format!("range {off}+{len} overflows")))?;
         if len > 0 {
             out.push(off..end);
         }
@@ -67,8 +73,14 @@ mod tests {
         let e = parse_changed_blocks("0 1\nabc 5\n", "cb.txt").unwrap_err();
         assert_eq!(e.to_string(), "cb.txt:2: offset \"abc\" is not a number");
         let e = parse_changed_blocks("1 2 3\n", "cb.txt").unwrap_err();
-        assert_eq!(e.to_string(), "cb.txt:1: expected `OFFSET LENGTH`, found \"1 2 3\"");
+        assert_eq!(
+            e.to_string(),
+            "cb.txt:1: expected `OFFSET LENGTH`, found \"1 2 3\""
+        );
         let e = parse_changed_blocks("18446744073709551615 2\n", "cb.txt").unwrap_err();
-        assert_eq!(e.to_string(), "cb.txt:1: range 18446744073709551615+2 overflows");
+        assert_eq!(
+            e.to_string(),
+            "cb.txt:1: range 18446744073709551615+2 overflows"
+        );
     }
 }

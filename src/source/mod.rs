@@ -18,7 +18,11 @@ pub struct ReadPlan(Vec<Range<u64>>);
 impl ReadPlan {
     /// Every block of a volume with `blocks` blocks.
     pub fn all(blocks: u64) -> Self {
-        ReadPlan(std::iter::once(0..blocks).filter(|r| !r.is_empty()).collect())
+        ReadPlan(
+            std::iter::once(0..blocks)
+                .filter(|r| !r.is_empty())
+                .collect(),
+        )
     }
 
     /// A plan from arbitrary block ranges: sorted, merged, clipped to `blocks`.

@@ -12,16 +12,29 @@ use std::path::{Path, PathBuf};
 pub enum SourceError {
     /// The source cannot be opened.
     #[error("cannot open source {path}: {source}")]
-    Open { path: PathBuf, source: std::io::Error },
+    Open {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// The source is neither a regular file nor a block device.
     #[error("source {path} is not an image file or block device")]
     NotBlockSource { path: PathBuf },
     /// A read failed.
     #[error("reading source {path} at offset {offset}: {source}")]
-    Read { path: PathBuf, offset: u64, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        offset: u64,
+        source: std::io::Error,
+    },
     /// The source changed size while it was read.
-    #[error("source {path} changed size during the backup ({before} -> {after} bytes); nothing was committed, run the backup again")]
-    SizeChanged { path: PathBuf, before: u64, after: u64 },
+    #[error(
+        "source {path} changed size during the backup ({before} -> {after} bytes); nothing was committed, run the backup again"
+    )]
+    SizeChanged {
+        path: PathBuf,
+        before: u64,
+        after: u64,
+    },
 }
 
 /// An opened image file or block device.
@@ -39,15 +52,25 @@ impl RawSource {
     /// # Errors
     /// [`SourceError::Open`] or [`SourceError::NotBlockSource`].
     pub fn open(path: &Path) -> Result<Self, SourceError> {
-        let open_err = |source| SourceError::Open { path: path.to_path_buf(), source };
+        let open_err = |source| SourceError::Open {
+            path: path.to_path_buf(),
+            source,
+        };
         let file = File::open(path).map_err(open_err)?;
         let meta = file.metadata().map_err(open_err)?;
         let ft = meta.file_type();
         let is_device = ft.is_block_device();
         if !is_device && !ft.is_file() {
-            return Err(SourceError::NotBlockSource { path: path.to_path_buf() });
+            return Err(SourceError::NotBlockSource {
+                path: path.to_path_buf(),
+            });
         }
-        let mut src = RawSource { file, path: path.to_path_buf(), size: meta.len(), is_device };
+        let mut src = RawSource {
+            file,
+            path: path.to_path_buf(),
+            size: meta.len(),
+            is_device,
+        };
         src.size = src.current_size().map_err(|e| match e {
             SourceError::Read { source, .. } => open_err(source),
             e => e,
@@ -73,7 +96,11 @@ impl RawSource {
     /// Device and inode, to recognise the same file under another name.
     pub fn identity(&self) -> Option<(u64, u64)> {
         let m = self.file.metadata().ok()?;
-        Some(if self.is_device { (u64::MAX, m.rdev()) } else { (m.dev(), m.ino()) })
+        Some(if self.is_device {
+            (u64::MAX, m.rdev())
+        } else {
+            (m.dev(), m.ino())
+        })
     }
 
     /// Fills `buf` with the bytes at `offset` (a short read past the end of the source
@@ -112,7 +139,13 @@ impl RawSource {
                     at += n as u64;
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(source) => return Err(SourceError::Read { path: self.path.clone(), offset: at, source }),
+                Err(source) => {
+                    return Err(SourceError::Read {
+                        path: self.path.clone(),
+                        offset: at,
+                        source,
+                    });
+                }
             }
         }
         Ok(())
@@ -124,7 +157,11 @@ impl RawSource {
         if self.is_device {
             return Ok(Some((pos, end)));
         }
-        let err = |source| SourceError::Read { path: self.path.clone(), offset: pos, source };
+        let err = |source| SourceError::Read {
+            path: self.path.clone(),
+            offset: pos,
+            source,
+        };
         let data = match self.lseek(pos, libc::SEEK_DATA) {
             Ok(d) => d,
             // No data after `pos`: the rest is a hole (or the file ended early, which
@@ -141,7 +178,8 @@ impl RawSource {
     }
 
     fn lseek(&self, offset: u64, whence: libc::c_int) -> std::io::Result<u64> {
-        let offset = libc::off_t::try_from(offset).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+        let offset = libc::off_t::try_from(offset)
+            .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
         // SAFETY: lseek on a descriptor we own touches no memory; positioned reads do
         // not depend on the file offset it moves.
         let r = unsafe { libc::lseek(self.file.as_raw_fd(), offset, whence) };
@@ -149,7 +187,11 @@ impl RawSource {
     }
 
     fn size_changed(&self) -> SourceError {
-        SourceError::SizeChanged { path: self.path.clone(), before: self.size, after: self.current_size().unwrap_or(0) }
+        SourceError::SizeChanged {
+            path: self.path.clone(),
+            before: self.size,
+            after: self.current_size().unwrap_or(0),
+        }
     }
 
     /// The size now (to detect a source that changed size during a backup).
@@ -157,7 +199,11 @@ impl RawSource {
     /// # Errors
     /// [`SourceError::Read`] if it cannot be determined.
     pub fn current_size(&self) -> Result<u64, SourceError> {
-        let err = |source| SourceError::Read { path: self.path.clone(), offset: 0, source };
+        let err = |source| SourceError::Read {
+            path: self.path.clone(),
+            offset: 0,
+            source,
+        };
         if self.is_device {
             self.lseek(0, libc::SEEK_END).map_err(err)
         } else {
@@ -172,7 +218,11 @@ impl RawSource {
     pub fn check_size(&self) -> Result<(), SourceError> {
         let now = self.current_size()?;
         if now != self.size {
-            return Err(SourceError::SizeChanged { path: self.path.clone(), before: self.size, after: now });
+            return Err(SourceError::SizeChanged {
+                path: self.path.clone(),
+                before: self.size,
+                after: now,
+            });
         }
         Ok(())
     }

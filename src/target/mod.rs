@@ -15,16 +15,25 @@ use std::path::{Path, PathBuf};
 pub enum TargetError {
     /// The target cannot be opened or created.
     #[error("cannot open target {path}: {source}")]
-    Open { path: PathBuf, source: std::io::Error },
+    Open {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// The target is neither a regular file nor a block device.
     #[error("target {path} is not an image file or block device")]
     NotBlockTarget { path: PathBuf },
     /// The target is smaller than the volume.
-    #[error("target {path} is {have} bytes, the volume needs {need}; use a larger target or a new file name")]
+    #[error(
+        "target {path} is {have} bytes, the volume needs {need}; use a larger target or a new file name"
+    )]
     TooSmall { path: PathBuf, have: u64, need: u64 },
     /// Writing failed.
     #[error("writing target {path} at offset {offset}: {source}")]
-    Write { path: PathBuf, offset: u64, source: std::io::Error },
+    Write {
+        path: PathBuf,
+        offset: u64,
+        source: std::io::Error,
+    },
 }
 
 /// What kind of target is being written.
@@ -59,14 +68,37 @@ impl FileTarget {
     /// [`TargetError::Open`], [`TargetError::NotBlockTarget`] or
     /// [`TargetError::TooSmall`].
     pub fn open(path: &Path, size: u64) -> Result<Self, TargetError> {
-        let open_err = |source| TargetError::Open { path: path.to_path_buf(), source };
+        let open_err = |source| TargetError::Open {
+            path: path.to_path_buf(),
+            source,
+        };
         match std::fs::metadata(path) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let name = path.file_name().ok_or_else(|| open_err(std::io::ErrorKind::InvalidInput.into()))?;
-                let temp = path.with_file_name(format!(".{}.thinarc-{}.tmp", name.to_string_lossy(), &crate::repo::new_id()[..8]));
-                let file = OpenOptions::new().write(true).create_new(true).open(&temp).map_err(open_err)?;
-                let t = FileTarget { file, path: path.to_path_buf(), temp: Some(temp), kind: TargetKind::NewFile, size };
-                t.file.set_len(size).map_err(|source| TargetError::Write { path: path.to_path_buf(), offset: size, source })?;
+                let name = path
+                    .file_name()
+                    .ok_or_else(|| open_err(std::io::ErrorKind::InvalidInput.into()))?;
+                let temp = path.with_file_name(format!(
+                    ".{}.thinarc-{}.tmp",
+                    name.to_string_lossy(),
+                    &crate::repo::new_id()[..8]
+                ));
+                let file = OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&temp)
+                    .map_err(open_err)?;
+                let t = FileTarget {
+                    file,
+                    path: path.to_path_buf(),
+                    temp: Some(temp),
+                    kind: TargetKind::NewFile,
+                    size,
+                };
+                t.file.set_len(size).map_err(|source| TargetError::Write {
+                    path: path.to_path_buf(),
+                    offset: size,
+                    source,
+                })?;
                 Ok(t)
             }
             Err(e) => Err(open_err(e)),
@@ -76,9 +108,14 @@ impl FileTarget {
                 } else if m.is_file() {
                     TargetKind::ExistingFile
                 } else {
-                    return Err(TargetError::NotBlockTarget { path: path.to_path_buf() });
+                    return Err(TargetError::NotBlockTarget {
+                        path: path.to_path_buf(),
+                    });
                 };
-                let file = OpenOptions::new().write(true).open(path).map_err(open_err)?;
+                let file = OpenOptions::new()
+                    .write(true)
+                    .open(path)
+                    .map_err(open_err)?;
                 let have = if kind == TargetKind::BlockDevice {
                     // SAFETY: lseek on our own descriptor touches no memory.
                     let r = unsafe { libc::lseek(file.as_raw_fd(), 0, libc::SEEK_END) };
@@ -87,9 +124,19 @@ impl FileTarget {
                     m.len()
                 };
                 if have < size {
-                    return Err(TargetError::TooSmall { path: path.to_path_buf(), have, need: size });
+                    return Err(TargetError::TooSmall {
+                        path: path.to_path_buf(),
+                        have,
+                        need: size,
+                    });
                 }
-                Ok(FileTarget { file, path: path.to_path_buf(), temp: None, kind, size })
+                Ok(FileTarget {
+                    file,
+                    path: path.to_path_buf(),
+                    temp: None,
+                    kind,
+                    size,
+                })
             }
         }
     }
@@ -103,11 +150,19 @@ impl FileTarget {
     /// backup's own source.
     pub fn identity(path: &Path) -> Option<(u64, u64)> {
         let m = std::fs::metadata(path).ok()?;
-        Some(if m.file_type().is_block_device() { (u64::MAX, m.rdev()) } else { (m.dev(), m.ino()) })
+        Some(if m.file_type().is_block_device() {
+            (u64::MAX, m.rdev())
+        } else {
+            (m.dev(), m.ino())
+        })
     }
 
     fn write_err(&self, offset: u64) -> impl FnOnce(std::io::Error) -> TargetError + '_ {
-        move |source| TargetError::Write { path: self.path.clone(), offset, source }
+        move |source| TargetError::Write {
+            path: self.path.clone(),
+            offset,
+            source,
+        }
     }
 
     /// Writes `data` at `offset`.
@@ -115,7 +170,9 @@ impl FileTarget {
     /// # Errors
     /// [`TargetError::Write`].
     pub fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), TargetError> {
-        self.file.write_all_at(data, offset).map_err(self.write_err(offset))
+        self.file
+            .write_all_at(data, offset)
+            .map_err(self.write_err(offset))
     }
 
     /// Makes `len` bytes at `offset` read as zero: nothing to do on a new file (holes),
@@ -131,7 +188,12 @@ impl FileTarget {
             TargetKind::ExistingFile => {
                 // SAFETY: fallocate on our own descriptor touches no memory.
                 let r = unsafe {
-                    libc::fallocate(fd, libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE, offset as libc::off_t, len as libc::off_t)
+                    libc::fallocate(
+                        fd,
+                        libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                        offset as libc::off_t,
+                        len as libc::off_t,
+                    )
                 };
                 r == 0
             }
@@ -162,16 +224,23 @@ impl FileTarget {
     /// [`TargetError::Write`] or [`TargetError::Open`] (the rename failed).
     pub fn finish(mut self) -> Result<(), TargetError> {
         if self.kind == TargetKind::ExistingFile {
-            self.file.set_len(self.size).map_err(self.write_err(self.size))?;
+            self.file
+                .set_len(self.size)
+                .map_err(self.write_err(self.size))?;
         }
         self.file.sync_all().map_err(self.write_err(0))?;
         if let Some(temp) = self.temp.take() {
             if let Err(source) = std::fs::rename(&temp, &self.path) {
                 let _ = std::fs::remove_file(&temp);
-                return Err(TargetError::Open { path: self.path.clone(), source });
+                return Err(TargetError::Open {
+                    path: self.path.clone(),
+                    source,
+                });
             }
             if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                File::open(dir).and_then(|d| d.sync_all()).map_err(self.write_err(0))?;
+                File::open(dir)
+                    .and_then(|d| d.sync_all())
+                    .map_err(self.write_err(0))?;
             }
         }
         Ok(())
