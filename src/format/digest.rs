@@ -144,3 +144,82 @@ impl ImageHasher {
         Ok(Digest(self.sha.finalize().into()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::BlockSize;
+
+    #[test]
+    fn hex_round_trip() {
+        let d = Digest::of(b"abc");
+        assert_eq!(
+            d.to_hex(),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(Digest::from_hex(&d.to_hex()).expect("hex"), d);
+        assert_eq!(
+            Digest::from_hex(&d.to_hex().to_uppercase()).expect("hex"),
+            d
+        );
+        assert!(Digest::from_hex("abc").is_err());
+        assert!(Digest::from_hex(&"g".repeat(64)).is_err());
+        assert_eq!(format!("{d}"), d.to_hex());
+    }
+
+    #[test]
+    fn zero_block_digest_hashes_zeros() {
+        for len in [0u64, 1, 4096, (64 << 10) + 1, 200_000] {
+            assert_eq!(
+                zero_block_digest(len),
+                Digest::of(&vec![0; len as usize]),
+                "{len}"
+            );
+        }
+    }
+
+    fn geometry(size: u64) -> Geometry {
+        Geometry::new(size, BlockSize::new(4096).expect("valid"))
+    }
+
+    #[test]
+    fn image_digest_matches_the_definition() {
+        let d = Digest::of(b"block");
+        let mut h = ImageHasher::new(geometry(3 * 4096));
+        h.data(&d);
+        h.zeros(1);
+        h.zeros(1);
+        assert_eq!(h.position(), 3);
+        let mut want = Vec::new();
+        want.extend_from_slice(b"thinarc-image-v1");
+        want.extend_from_slice(&12288u64.to_le_bytes());
+        want.extend_from_slice(&4096u32.to_le_bytes());
+        want.push(1);
+        want.extend_from_slice(&d.0);
+        want.push(0);
+        want.extend_from_slice(&2u64.to_le_bytes());
+        assert_eq!(h.finish().expect("3 blocks"), Digest::of(&want));
+    }
+
+    #[test]
+    fn zero_runs_are_merged_whatever_the_split() {
+        let d = Digest::of(b"x");
+        let run = |parts: &[u64]| {
+            let mut h = ImageHasher::new(geometry(7 * 4096));
+            h.data(&d);
+            parts.iter().for_each(|&n| h.zeros(n));
+            h.data(&d);
+            h.finish().expect("7 blocks")
+        };
+        assert_eq!(run(&[5]), run(&[2, 3]));
+        assert_eq!(run(&[5]), run(&[1, 0, 1, 1, 2]));
+    }
+
+    #[test]
+    fn a_digest_of_the_wrong_block_count_is_refused() {
+        let mut h = ImageHasher::new(geometry(2 * 4096));
+        h.zeros(3);
+        assert!(h.finish().is_err());
+        assert!(ImageHasher::new(geometry(1)).finish().is_err());
+    }
+}

@@ -99,3 +99,74 @@ pub fn frame_content_len(kind: FrameKind, stored: &[u8]) -> Result<usize, Format
     }
     Ok(len as usize)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn noise(len: usize) -> Vec<u8> {
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn compressible_content_is_zstd_with_its_content_size() {
+        let mut c = zstd::bulk::Compressor::new(3).expect("zstd");
+        let content = b"thinarc ".repeat(1024);
+        let (kind, stored) = compress_frame(&content, &mut c).expect("compress");
+        assert_eq!(kind, FrameKind::Zstd);
+        assert!(stored.len() < content.len());
+        assert_eq!(
+            frame_content_len(kind, &stored).expect("content size"),
+            content.len()
+        );
+        assert_eq!(
+            decompress_frame(kind, &stored, content.len()).expect("decode"),
+            content
+        );
+        assert!(
+            decompress_frame(kind, &stored, content.len() - 1).is_err(),
+            "too small a capacity"
+        );
+        assert!(
+            decompress_frame(kind, &stored, content.len() + 1).is_err(),
+            "wrong length"
+        );
+    }
+
+    #[test]
+    fn incompressible_content_is_raw() {
+        let mut c = zstd::bulk::Compressor::new(3).expect("zstd");
+        let content = noise(4096);
+        let (kind, stored) = compress_frame(&content, &mut c).expect("compress");
+        assert_eq!((kind, &stored), (FrameKind::Raw, &content));
+        assert_eq!(frame_content_len(kind, &stored).expect("len"), 4096);
+        assert_eq!(decompress_frame(kind, &stored, 4096).expect("raw"), content);
+        assert!(decompress_frame(kind, &stored, 4095).is_err());
+    }
+
+    #[test]
+    fn limits_are_enforced() {
+        let mut c = zstd::bulk::Compressor::new(1).expect("zstd");
+        let big = vec![1u8; MAX_FRAME_CONTENT as usize + 1];
+        assert!(matches!(
+            compress_frame(&big, &mut c),
+            Err(FormatError::InvalidInput(_))
+        ));
+        assert!(decompress_frame(FrameKind::Zstd, b"x", MAX_FRAME_CONTENT as usize + 1).is_err());
+        assert!(frame_content_len(FrameKind::Zstd, b"not zstd").is_err());
+        // A zstd frame without a content size is refused.
+        let mut c = zstd::bulk::Compressor::new(1).expect("zstd");
+        c.set_parameter(zstd::stream::raw::CParameter::ContentSizeFlag(false))
+            .expect("flag");
+        let stored = c.compress(&[7u8; 5000]).expect("compress");
+        assert!(frame_content_len(FrameKind::Zstd, &stored).is_err());
+    }
+}

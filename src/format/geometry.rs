@@ -76,3 +76,38 @@ impl Geometry {
             .min(u64::from(self.block_size.0))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn block_sizes_are_powers_of_two_from_4k_to_16m() {
+        for ok in [4096, 8192, 65536, 16 << 20] {
+            assert_eq!(BlockSize::new(ok).expect("valid").get(), ok);
+        }
+        for bad in [0, 1, 2048, 4095, 4097, 12288, 32 << 20, u32::MAX] {
+            assert!(BlockSize::new(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn blocks_and_lengths() {
+        let bs = BlockSize::new(4096).expect("valid");
+        let g = Geometry::new(4 * 4096 + 1000, bs);
+        assert_eq!(g.blocks(), 5);
+        assert_eq!(g.block_len(3), 4096);
+        assert_eq!(g.block_len(4), 1000);
+        assert_eq!(g.block_len(5), 0);
+        assert_eq!(g.offset(4), 16384);
+        assert_eq!(Geometry::new(0, bs).blocks(), 0);
+        assert_eq!(Geometry::new(8192, bs).blocks(), 2);
+        assert_eq!(Geometry::new(8193, bs).blocks(), 3);
+        let huge = Geometry::new(u64::MAX, bs);
+        assert_eq!(huge.blocks(), u64::MAX / 4096 + 1);
+        assert_eq!(huge.block_len(u64::MAX / 4096), 4095);
+        // Indexes from a damaged file must not overflow.
+        assert_eq!(huge.offset(u64::MAX), u64::MAX);
+        assert_eq!(g.block_len(u64::MAX), 0);
+    }
+}

@@ -206,3 +206,214 @@ impl Header {
         Ok(h)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn sample() -> Header {
+        Header {
+            volume_name: "vg0/web".into(),
+            volume_id: "0123456789abcdef0123456789abcdef".into(),
+            archive_id: "fedcba9876543210fedcba9876543210".into(),
+            seq: 2,
+            parent: Some(ParentRef {
+                id: "00000000000000000000000000000001".into(),
+                digest: Digest::of(b"parent"),
+                seq: 1,
+            }),
+            created: "2026-11-22T00:00:00Z".into(),
+            size: 12345,
+            block_size: 4096,
+            compression: Compression {
+                algorithm: "zstd".into(),
+                level: 3,
+            },
+            source: SourceInfo {
+                kind: "file".into(),
+                path: "/img".into(),
+                method: "scan".into(),
+            },
+        }
+    }
+
+    fn cbor(v: &ciborium::Value) -> Vec<u8> {
+        let mut out = Vec::new();
+        ciborium::into_writer(v, &mut out).expect("cbor");
+        out
+    }
+
+    fn map(h: &Header) -> Vec<(ciborium::Value, ciborium::Value)> {
+        match ciborium::Value::serialized(h).expect("value") {
+            ciborium::Value::Map(m) => m,
+            _ => unreachable!("a header is a map"),
+        }
+    }
+
+    #[test]
+    fn preamble_round_trip_and_checks_in_order() {
+        let mut b = Vec::new();
+        Preamble {
+            major: 1,
+            minor: 7,
+            header_len: 300,
+        }
+        .encode(&mut b);
+        assert_eq!(b.len(), PREAMBLE_LEN);
+        assert_eq!(&b[..8], &MAGIC);
+        assert_eq!(
+            Preamble::decode(&b).expect("decode"),
+            Preamble {
+                major: 1,
+                minor: 7,
+                header_len: 300
+            }
+        );
+        assert!(matches!(
+            Preamble::decode(&b[..15]),
+            Err(FormatError::Truncated { .. })
+        ));
+        let mut bad = b.clone();
+        bad[0] = 0x88;
+        bad[8] = 9; // a bad magic is reported before the version
+        assert!(matches!(
+            Preamble::decode(&bad),
+            Err(FormatError::BadMagic { .. })
+        ));
+        let mut v2 = b.clone();
+        v2[8] = 2;
+        v2[12..16].copy_from_slice(&0u32.to_le_bytes()); // the version before the length
+        assert!(matches!(
+            Preamble::decode(&v2),
+            Err(FormatError::UnsupportedVersion { major: 2, .. })
+        ));
+        for len in [0, MAX_HEADER_LEN + 1, u32::MAX] {
+            let mut l = b.clone();
+            l[12..16].copy_from_slice(&len.to_le_bytes());
+            assert!(
+                matches!(Preamble::decode(&l), Err(FormatError::Corrupt { .. })),
+                "{len}"
+            );
+        }
+    }
+
+    #[test]
+    fn header_round_trip() {
+        for h in [
+            sample(),
+            Header {
+                parent: None,
+                seq: 1,
+                ..sample()
+            },
+        ] {
+            let mut out = Vec::new();
+            h.encode(&mut out).expect("encode");
+            let pre = Preamble::decode(&out).expect("preamble");
+            assert_eq!((pre.major, pre.minor), (VERSION_MAJOR, VERSION_MINOR));
+            assert_eq!(pre.header_len as usize, out.len() - PREAMBLE_LEN);
+            assert_eq!(Header::decode(&out[PREAMBLE_LEN..]).expect("decode"), h);
+        }
+    }
+
+    #[test]
+    fn header_rules_are_checked() {
+        let bad = [
+            Header {
+                block_size: 1000,
+                ..sample()
+            },
+            Header {
+                block_size: 2048,
+                ..sample()
+            },
+            Header {
+                volume_id: "xyz".into(),
+                ..sample()
+            },
+            Header {
+                archive_id: "0123456789abcdef0123456789abcdeg".into(),
+                ..sample()
+            },
+            Header {
+                compression: Compression {
+                    algorithm: "lz4".into(),
+                    level: 1,
+                },
+                ..sample()
+            },
+            Header { seq: 1, ..sample() },
+        ];
+        for h in bad {
+            let mut m = Vec::new();
+            ciborium::into_writer(&h, &mut m).expect("cbor");
+            assert!(
+                matches!(Header::decode(&m), Err(FormatError::Corrupt { .. })),
+                "{h:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn header_must_be_exactly_one_map() {
+        let h = sample();
+        let mut m = cbor(&ciborium::Value::Map(map(&h)));
+        assert_eq!(Header::decode(&m).expect("map"), h);
+        m.push(0);
+        assert!(
+            matches!(Header::decode(&m), Err(FormatError::Corrupt { .. })),
+            "trailing byte"
+        );
+        let fields = map(&h).into_iter().map(|(_, v)| v).collect();
+        let array = cbor(&ciborium::Value::Array(fields));
+        assert!(
+            matches!(Header::decode(&array), Err(FormatError::Corrupt { .. })),
+            "array"
+        );
+        assert!(Header::decode(&[]).is_err());
+        let mut dup = map(&h);
+        dup.push(dup[0].clone());
+        assert!(
+            Header::decode(&cbor(&ciborium::Value::Map(dup))).is_err(),
+            "duplicate key"
+        );
+        let mut missing = map(&h);
+        missing.retain(|(k, _)| k.as_text() != Some("size"));
+        assert!(
+            Header::decode(&cbor(&ciborium::Value::Map(missing))).is_err(),
+            "missing key"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_ignored_and_parent_may_be_absent() {
+        let h = Header {
+            parent: None,
+            seq: 1,
+            ..sample()
+        };
+        let mut m = map(&h);
+        m.retain(|(k, _)| k.as_text() != Some("parent"));
+        m.insert(
+            0,
+            (
+                ciborium::Value::Text("future".into()),
+                ciborium::Value::Bytes(vec![1, 2]),
+            ),
+        );
+        for (k, v) in m.iter_mut() {
+            if k.as_text() == Some("source")
+                && let ciborium::Value::Map(s) = v
+            {
+                s.push((
+                    ciborium::Value::Text("host".into()),
+                    ciborium::Value::Text("h1".into()),
+                ));
+            }
+        }
+        assert_eq!(
+            Header::decode(&cbor(&ciborium::Value::Map(m))).expect("decode"),
+            h
+        );
+    }
+}

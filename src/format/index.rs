@@ -281,3 +281,207 @@ pub fn decode_segment(
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::BlockSize;
+
+    fn data(block: u64, frame_offset: u64, slot: u16) -> IndexEntry {
+        IndexEntry {
+            block,
+            kind: EntryKind::Data {
+                frame: FrameKind::Zstd,
+                frame_offset,
+                frame_len: 100,
+                slot,
+                digest: Digest::of(b"b"),
+            },
+        }
+    }
+
+    fn zero(block: u64, count: u32) -> IndexEntry {
+        IndexEntry {
+            block,
+            kind: EntryKind::Zero { count },
+        }
+    }
+
+    fn encoded(e: &IndexEntry) -> [u8; ENTRY_LEN] {
+        let mut b = Vec::new();
+        e.encode(&mut b);
+        b.try_into().expect("64 bytes")
+    }
+
+    #[test]
+    fn entries_round_trip_field_by_field() {
+        let e = data(0x0102, 0x0a0b, 3);
+        let b = encoded(&e);
+        assert_eq!(&b[0..8], &0x0102u64.to_le_bytes());
+        assert_eq!(&b[8..12], &1u32.to_le_bytes());
+        assert_eq!(b[12], 1);
+        assert_eq!(&b[14..16], &3u16.to_le_bytes());
+        assert_eq!(&b[16..24], &0x0a0bu64.to_le_bytes());
+        assert_eq!(&b[24..28], &100u32.to_le_bytes());
+        assert_eq!(&b[32..], &Digest::of(b"b").0);
+        assert_eq!(IndexEntry::decode(&b).expect("decode"), e);
+        let raw = IndexEntry {
+            kind: EntryKind::Data {
+                frame: FrameKind::Raw,
+                frame_offset: 9,
+                frame_len: 4096,
+                slot: 0,
+                digest: Digest::of(b"r"),
+            },
+            block: 1,
+        };
+        assert_eq!(encoded(&raw)[12], 2);
+        assert_eq!(IndexEntry::decode(&encoded(&raw)).expect("decode"), raw);
+        let z = zero(5, 7);
+        let zb = encoded(&z);
+        assert_eq!(zb[12], 0);
+        assert_eq!(&zb[13..], &[0; 51]);
+        assert_eq!(IndexEntry::decode(&zb).expect("decode"), z);
+        assert_eq!((z.count(), z.end()), (7, 12));
+        assert_eq!(zero(u64::MAX, 5).end(), u64::MAX, "end saturates");
+    }
+
+    #[test]
+    fn bad_entries_are_corrupt() {
+        let d = encoded(&data(1, 10, 0));
+        let z = encoded(&zero(1, 1));
+        type Mutate = fn(&mut [u8; 64]);
+        let cases: Vec<(&str, [u8; 64], Mutate)> = vec![
+            ("unknown kind", d, |b| b[12] = 3),
+            ("reserved byte 13", d, |b| b[13] = 1),
+            ("reserved bytes 28..32", d, |b| b[30] = 1),
+            ("data count 2", d, |b| b[8] = 2),
+            ("data frame_len 0", d, |b| b[24..28].fill(0)),
+            ("data frame too long", d, |b| {
+                b[24..28].copy_from_slice(&(MAX_FRAME_LEN as u32 + 1).to_le_bytes())
+            }),
+            ("zero count 0", z, |b| b[8..12].fill(0)),
+            ("zero with digest", z, |b| b[40] = 1),
+            ("zero with slot", z, |b| b[14] = 1),
+            ("zero with frame offset", z, |b| b[16] = 1),
+            ("zero with frame length", z, |b| b[24] = 1),
+        ];
+        for (what, mut b, f) in cases {
+            f(&mut b);
+            assert!(
+                matches!(IndexEntry::decode(&b), Err(FormatError::Corrupt { .. })),
+                "{what}"
+            );
+        }
+    }
+
+    fn dir_entry(offset: u64, entries: &[IndexEntry]) -> (DirEntry, Vec<u8>) {
+        let mut bytes = Vec::new();
+        entries.iter().for_each(|e| e.encode(&mut bytes));
+        let d = DirEntry {
+            offset,
+            entries: entries.len() as u32,
+            first_block: entries[0].block,
+            end_block: entries[entries.len() - 1].end(),
+            sha256: Digest::of(&bytes),
+        };
+        (d, bytes)
+    }
+
+    #[test]
+    fn directory_entries_round_trip_and_are_checked() {
+        let (d, _) = dir_entry(1000, &[zero(0, 3), data(3, 16, 0)]);
+        let mut b = Vec::new();
+        d.encode(&mut b);
+        assert_eq!(b.len(), DIR_ENTRY_LEN);
+        let arr: [u8; 64] = b.clone().try_into().expect("64");
+        assert_eq!(DirEntry::decode(&arr).expect("decode"), d);
+        assert_eq!((d.len(), d.is_empty()), (128, false));
+        let mut reserved = arr;
+        reserved[12] = 1;
+        let mut none = arr;
+        none[8..12].fill(0);
+        let mut many = arr;
+        many[8..12].copy_from_slice(&(SEGMENT_MAX_ENTRIES as u32 + 1).to_le_bytes());
+        let mut inverted = arr;
+        inverted[24..32].fill(0);
+        for (what, x) in [
+            ("reserved", reserved),
+            ("no entries", none),
+            ("too many", many),
+            ("first >= end", inverted),
+        ] {
+            assert!(
+                matches!(DirEntry::decode(&x), Err(FormatError::Corrupt { .. })),
+                "{what}"
+            );
+        }
+    }
+
+    fn geometry(blocks: u64) -> Geometry {
+        Geometry::new(blocks * 4096, BlockSize::new(4096).expect("valid"))
+    }
+
+    #[test]
+    fn segments_are_checked_against_directory_volume_and_body() {
+        let g = geometry(10);
+        let body = 16..5000;
+        let good = [zero(0, 2), data(2, 100, 0), data(3, 100, 1), zero(5, 1)];
+        let (d, b) = dir_entry(4000, &good);
+        assert_eq!(
+            decode_segment(&b, &d, &g, body.clone()).expect("good"),
+            good
+        );
+        assert!(matches!(
+            decode_segment(&b[..64], &d, &g, body.clone()),
+            Err(FormatError::Truncated { .. })
+        ));
+        let mut flipped = b.clone();
+        flipped[70] ^= 1;
+        assert!(matches!(
+            decode_segment(&flipped, &d, &g, body.clone()),
+            Err(FormatError::ChecksumMismatch { .. })
+        ));
+
+        let bad: Vec<(&str, Vec<IndexEntry>)> = vec![
+            ("out of order", vec![data(3, 100, 1), data(2, 100, 0)]),
+            ("overlapping", vec![zero(0, 3), data(2, 100, 0)]),
+            ("past the volume", vec![zero(8, 3)]),
+            ("overflowing block", vec![zero(u64::MAX - 1, 5)]),
+            ("frame outside the body", vec![data(0, 4990, 0)]),
+            ("frame before the body", vec![data(0, 0, 0)]),
+            ("slot beyond the block", vec![data(1, 100, 2)]),
+            ("slot beyond the frame limit", vec![data(5000, 100, 4096)]),
+        ];
+        let big = geometry(10_000);
+        for (what, entries) in bad {
+            let (d, b) = dir_entry(4000, &entries);
+            let g = if what.starts_with("slot beyond the frame") {
+                &big
+            } else {
+                &g
+            };
+            assert!(
+                matches!(
+                    decode_segment(&b, &d, g, body.clone()),
+                    Err(FormatError::Corrupt { .. })
+                ),
+                "{what}"
+            );
+        }
+        // Entries must span exactly the directory's blocks.
+        let (mut d, b) = dir_entry(4000, &good);
+        d.end_block = 7;
+        assert!(matches!(
+            decode_segment(&b, &d, &g, body.clone()),
+            Err(FormatError::Corrupt { .. })
+        ));
+        let shifted = [zero(1, 1), data(2, 100, 0)];
+        let (mut d, b) = dir_entry(4000, &shifted);
+        d.first_block = 0;
+        assert!(
+            decode_segment(&b, &d, &g, body).is_err(),
+            "first entry after first_block"
+        );
+    }
+}

@@ -30,3 +30,32 @@ pub const MAX_FRAME_CONTENT: u64 = 16 << 20;
 pub const MAX_FRAME_LEN: u64 = MAX_FRAME_CONTENT + (1 << 16);
 /// Domain separation prefix of the image digest stream.
 pub const IMAGE_DIGEST_DOMAIN: &[u8; 16] = b"thinarc-image-v1";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn magic_values_follow_their_derivation() {
+        assert_eq!(MAGIC[0], 0x89);
+        assert_eq!(&MAGIC[1..], b"THINARC");
+        assert_eq!(END_MAGIC[0], 0x89);
+        assert_eq!(&END_MAGIC[1..], b"THINEND");
+        assert_eq!(MAGIC, [0x89, 0x54, 0x48, 0x49, 0x4e, 0x41, 0x52, 0x43]);
+        assert_eq!(END_MAGIC, [0x89, 0x54, 0x48, 0x49, 0x4e, 0x45, 0x4e, 0x44]);
+        assert_eq!(IMAGE_DIGEST_DOMAIN.len(), 16);
+    }
+
+    #[test]
+    fn limits_are_the_documented_ones() {
+        assert_eq!(
+            (PREAMBLE_LEN, TRAILER_LEN, ENTRY_LEN, DIR_ENTRY_LEN),
+            (16, 184, 64, 64)
+        );
+        assert_eq!(SEGMENT_MAX_ENTRIES, 4096);
+        assert_eq!(MAX_HEADER_LEN, 1_048_576);
+        assert_eq!(MAX_FRAME_CONTENT, 16_777_216);
+        assert_eq!(MAX_FRAME_LEN, 16_842_752);
+        assert_eq!((VERSION_MAJOR, VERSION_MINOR), (1, 0));
+    }
+}

@@ -467,3 +467,203 @@ impl FrameKind {
         self == FrameKind::Zstd
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::{
+        ArchiveWriter, BlockSize, Compression, EncodedFrame, SourceInfo, compress_frame,
+    };
+
+    fn small_archive() -> Vec<u8> {
+        let h = Header {
+            volume_name: "v".into(),
+            volume_id: "0123456789abcdef0123456789abcdef".into(),
+            archive_id: "fedcba9876543210fedcba9876543210".into(),
+            seq: 1,
+            parent: None,
+            created: "2026-11-22T00:00:00Z".into(),
+            size: 3 * 4096,
+            block_size: 4096,
+            compression: Compression {
+                algorithm: "zstd".into(),
+                level: 1,
+            },
+            source: SourceInfo {
+                kind: "file".into(),
+                path: "/x".into(),
+                method: "full".into(),
+            },
+        };
+        let mut out = Vec::new();
+        let mut w = ArchiveWriter::new(&h, &mut out).expect("header");
+        let blocks = [vec![1u8; 4096], vec![2u8; 4096]];
+        let mut c = zstd::bulk::Compressor::new(1).expect("zstd");
+        let (kind, bytes) = compress_frame(&blocks.concat(), &mut c).expect("compress");
+        let digests: Vec<Digest> = blocks.iter().map(|b| Digest::of(b)).collect();
+        w.push_frame(
+            &EncodedFrame {
+                first_block: 0,
+                kind,
+                bytes,
+                digests: digests.clone(),
+            },
+            &mut out,
+        )
+        .expect("frame");
+        w.push_zeros(2, 1, &mut out).expect("zeros");
+        let mut img = ImageHasher::new(h.geometry().expect("geometry"));
+        digests.iter().for_each(|d| img.data(d));
+        img.zeros(1);
+        w.finish(img.finish().expect("image"), &mut out);
+        out
+    }
+
+    #[test]
+    fn a_small_archive_reads_back() {
+        let a = small_archive();
+        let r = ArchiveReader::open(&a).expect("open");
+        r.verify().expect("verify");
+        let e = r.entries().expect("entries");
+        assert_eq!(e.len(), 3);
+        assert_eq!(
+            r.read_block(&e[1], &e[..2]).expect("block"),
+            vec![2u8; 4096]
+        );
+        assert_eq!(
+            r.read_block(&e[2], &[]).expect("zero block"),
+            vec![0u8; 4096]
+        );
+        assert_eq!(
+            frame_content_len(&r.geometry(), &e[..2], r.trailer.body_offset).expect("len"),
+            8192
+        );
+    }
+
+    #[test]
+    fn a_cut_archive_is_truncated_not_foreign() {
+        let a = small_archive();
+        for n in [
+            0,
+            5,
+            16,
+            100,
+            a.len() / 2,
+            a.len() - TRAILER_LEN,
+            a.len() - 1,
+        ] {
+            assert!(
+                matches!(
+                    ArchiveReader::open(&a[..n]),
+                    Err(FormatError::Truncated { .. })
+                ),
+                "cut to {n}"
+            );
+        }
+        let mut foreign = a.clone();
+        foreign[0] = b'P';
+        assert!(matches!(
+            ArchiveReader::open(&foreign),
+            Err(FormatError::BadMagic { .. })
+        ));
+    }
+
+    #[test]
+    fn frame_entries_must_agree() {
+        let a = small_archive();
+        let r = ArchiveReader::open(&a).expect("open");
+        let e = r.entries().expect("entries");
+        let g = r.geometry();
+        let off = r.trailer.body_offset;
+        let with = |f: fn(&mut EntryKind)| {
+            let mut group = e[..2].to_vec();
+            f(&mut group[1].kind);
+            frame_content_len(&g, &group, off)
+        };
+        assert!(
+            with(|k| if let EntryKind::Data { slot, .. } = k {
+                *slot = 0
+            })
+            .is_err(),
+            "slot out of sequence"
+        );
+        assert!(
+            with(|k| if let EntryKind::Data { frame_len, .. } = k {
+                *frame_len += 1
+            })
+            .is_err(),
+            "frame length"
+        );
+        assert!(
+            with(|k| if let EntryKind::Data { frame, .. } = k {
+                *frame = FrameKind::Raw
+            })
+            .is_err(),
+            "kind"
+        );
+        let mut gap = e[..2].to_vec();
+        gap[1].block = 2;
+        assert!(
+            frame_content_len(&g, &gap, off).is_err(),
+            "blocks not consecutive"
+        );
+        assert!(
+            frame_content_len(&g, &e[2..], off).is_err(),
+            "zero entry in a frame"
+        );
+    }
+
+    #[test]
+    fn directory_offsets_that_overflow_are_corrupt() {
+        let g = Geometry::new(4096, BlockSize::new(4096).expect("valid"));
+        let mut dir = Vec::new();
+        DirEntry {
+            offset: u64::MAX - 10,
+            entries: 1,
+            first_block: 0,
+            end_block: 1,
+            sha256: Digest::default(),
+        }
+        .encode(&mut dir);
+        let t = Trailer {
+            body_offset: 100,
+            directory_offset: 1000,
+            directory_entries: 1,
+            data_blocks: u64::MAX,
+            zero_blocks: u64::MAX,
+            frame_bytes: 0,
+            header_sha256: Digest::default(),
+            directory_sha256: Digest::of(&dir),
+            image_digest: Digest::default(),
+            trailer_sha256: Digest::default(),
+        };
+        assert!(matches!(
+            decode_directory(&dir, &t, &g),
+            Err(FormatError::Corrupt { .. })
+        ));
+        let mut ok = Vec::new();
+        DirEntry {
+            offset: 100,
+            entries: 1,
+            first_block: 0,
+            end_block: 1,
+            sha256: Digest::default(),
+        }
+        .encode(&mut ok);
+        let t = Trailer {
+            directory_sha256: Digest::of(&ok),
+            ..t
+        };
+        assert!(
+            matches!(
+                decode_directory(&ok, &t, &g),
+                Err(FormatError::Corrupt { .. })
+            ),
+            "counts overflow"
+        );
+        assert!(matches!(
+            decode_directory(&ok[..10], &t, &g),
+            Err(FormatError::Truncated { .. })
+        ));
+    }
+}

@@ -105,3 +105,76 @@ impl Trailer {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Trailer {
+        Trailer {
+            body_offset: 300,
+            directory_offset: 9000,
+            directory_entries: 2,
+            data_blocks: 10,
+            zero_blocks: 20,
+            frame_bytes: 8000,
+            header_sha256: Digest::of(b"h"),
+            directory_sha256: Digest::of(b"d"),
+            image_digest: Digest::of(b"i"),
+            trailer_sha256: Digest::default(),
+        }
+    }
+
+    #[test]
+    fn round_trip_and_archive_digest() {
+        let mut t = sample();
+        let mut b = Vec::new();
+        t.encode(&mut b);
+        assert_eq!(b.len(), TRAILER_LEN);
+        assert_eq!(t.trailer_sha256, Digest::of(&b[..144]));
+        assert_eq!(&b[176..], &END_MAGIC);
+        assert_eq!(Trailer::decode(&b).expect("decode"), t);
+        assert_eq!(t.archive_len(), 9000 + 128 + 184);
+    }
+
+    #[test]
+    fn checks_in_order() {
+        let mut b = Vec::new();
+        sample().encode(&mut b);
+        assert!(matches!(
+            Trailer::decode(&b[1..]),
+            Err(FormatError::Truncated { .. })
+        ));
+        let mut m = b.clone();
+        m[183] ^= 1;
+        m[0] ^= 1;
+        assert!(
+            matches!(Trailer::decode(&m), Err(FormatError::BadMagic { .. })),
+            "end magic first"
+        );
+        let mut c = b.clone();
+        c[20] = 1;
+        assert!(
+            matches!(
+                Trailer::decode(&c),
+                Err(FormatError::ChecksumMismatch { .. })
+            ),
+            "checksum second"
+        );
+        let sum = Digest::of(&c[..144]);
+        c[144..176].copy_from_slice(&sum.0);
+        assert!(
+            matches!(Trailer::decode(&c), Err(FormatError::Corrupt { .. })),
+            "reserved last"
+        );
+    }
+
+    #[test]
+    fn archive_len_saturates() {
+        let t = Trailer {
+            directory_offset: u64::MAX - 10,
+            ..sample()
+        };
+        assert_eq!(t.archive_len(), u64::MAX);
+    }
+}

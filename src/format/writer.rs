@@ -165,6 +165,15 @@ impl ArchiveWriter {
                 frame.bytes.len()
             )));
         };
+        if frame.kind == FrameKind::Zstd
+            && super::frame::frame_content_len(frame.kind, &frame.bytes).ok()
+                != Some(content as usize)
+        {
+            return Err(FormatError::InvalidInput(format!(
+                "zstd frame at block {} does not declare its content size {content}",
+                frame.first_block
+            )));
+        }
         for (i, d) in frame.digests.iter().enumerate() {
             let b = frame.first_block + i as u64;
             let len = self.geometry.block_len(b);
@@ -252,5 +261,155 @@ impl ArchiveWriter {
         };
         t.encode(out);
         t
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::{ArchiveReader, Compression, SourceInfo};
+
+    fn header(size: u64) -> Header {
+        Header {
+            volume_name: "v".into(),
+            volume_id: "0123456789abcdef0123456789abcdef".into(),
+            archive_id: "fedcba9876543210fedcba9876543210".into(),
+            seq: 1,
+            parent: None,
+            created: "2026-11-22T00:00:00Z".into(),
+            size,
+            block_size: 4096,
+            compression: Compression {
+                algorithm: "zstd".into(),
+                level: 1,
+            },
+            source: SourceInfo {
+                kind: "file".into(),
+                path: "/x".into(),
+                method: "full".into(),
+            },
+        }
+    }
+
+    fn frame(first: u64, blocks: &[&[u8]]) -> EncodedFrame {
+        EncodedFrame {
+            first_block: first,
+            kind: FrameKind::Raw,
+            bytes: blocks.concat(),
+            digests: blocks.iter().map(|b| Digest::of(b)).collect(),
+        }
+    }
+
+    #[test]
+    fn adjacent_zero_runs_merge_and_segments_hold_4096_entries() {
+        let blocks = 2 * SEGMENT_MAX_ENTRIES as u64 + 10;
+        let mut out = Vec::new();
+        let mut w = ArchiveWriter::new(&header(blocks * 4096), &mut out).expect("header");
+        w.push_zeros(0, 2, &mut out).expect("zeros");
+        w.push_zeros(2, 3, &mut out).expect("zeros");
+        let block = [1u8; 4096];
+        for b in 5..blocks {
+            w.push_frame(&frame(b, &[&block]), &mut out).expect("frame");
+        }
+        let t = w.finish(Digest::default(), &mut out);
+        assert_eq!(t.archive_len(), out.len() as u64);
+        assert_eq!(
+            (t.data_blocks, t.zero_blocks, t.directory_entries),
+            (blocks - 5, 5, 3)
+        );
+        let r = ArchiveReader::open(&out).expect("open");
+        let e = r.entries().expect("entries");
+        assert_eq!(
+            e[0],
+            IndexEntry {
+                block: 0,
+                kind: EntryKind::Zero { count: 5 }
+            }
+        );
+        assert_eq!(e.len() as u64, blocks - 4);
+    }
+
+    #[test]
+    fn zero_runs_longer_than_u32_are_split() {
+        let blocks = u64::from(u32::MAX) + 10;
+        let mut out = Vec::new();
+        let mut w = ArchiveWriter::new(&header(blocks * 4096), &mut out).expect("header");
+        w.push_zeros(0, blocks, &mut out).expect("zeros");
+        let t = w.finish(Digest::default(), &mut out);
+        let r = ArchiveReader::open(&out).expect("open");
+        let e = r.entries().expect("entries");
+        assert_eq!(e.len(), 2);
+        assert_eq!(e[0].count(), u64::from(u32::MAX));
+        assert_eq!(e[1].end(), blocks);
+        assert_eq!(t.zero_blocks, blocks);
+    }
+
+    #[test]
+    fn bad_input_is_refused() {
+        let mut out = Vec::new();
+        let mut w = ArchiveWriter::new(&header(3 * 4096 + 100), &mut out).expect("header");
+        let full = [9u8; 4096];
+        let zero = [0u8; 4096];
+        assert!(
+            w.push_frame(&frame(0, &[&full, &zero]), &mut out).is_err(),
+            "all-zero block as data"
+        );
+        assert!(
+            w.push_frame(&frame(3, &[&[0u8; 100]]), &mut out).is_err(),
+            "short all-zero block as data"
+        );
+        let mut short_raw = frame(0, &[&full]);
+        short_raw.bytes.pop();
+        assert!(
+            w.push_frame(&short_raw, &mut out).is_err(),
+            "raw frame shorter than its content"
+        );
+        let mut long = frame(0, &[&full]);
+        long.kind = FrameKind::Zstd;
+        long.bytes = vec![1; MAX_FRAME_LEN as usize + 1];
+        assert!(
+            w.push_frame(&long, &mut out).is_err(),
+            "stored frame above the limit"
+        );
+        assert!(
+            w.push_frame(&frame(3, &[&full]), &mut out).is_err(),
+            "short last block given in full"
+        );
+        let mut c = zstd::bulk::Compressor::new(1).expect("zstd");
+        c.set_parameter(zstd::stream::raw::CParameter::ContentSizeFlag(false))
+            .expect("flag");
+        let no_size = EncodedFrame {
+            kind: FrameKind::Zstd,
+            bytes: c.compress(&full).expect("zstd"),
+            ..frame(0, &[&full])
+        };
+        assert!(
+            w.push_frame(&no_size, &mut out).is_err(),
+            "zstd frame without content size"
+        );
+        let mut c = zstd::bulk::Compressor::new(1).expect("zstd");
+        let wrong_size = EncodedFrame {
+            kind: FrameKind::Zstd,
+            bytes: c.compress(&full[..4000]).expect("zstd"),
+            ..frame(0, &[&full])
+        };
+        assert!(
+            w.push_frame(&wrong_size, &mut out).is_err(),
+            "zstd frame of another content size"
+        );
+        w.push_frame(&frame(1, &[&full]), &mut out).expect("frame");
+        assert!(w.push_zeros(1, 1, &mut out).is_err(), "out of order");
+        assert!(w.push_zeros(2, 0, &mut out).is_err(), "empty run");
+        assert!(w.push_zeros(2, 3, &mut out).is_err(), "past the end");
+        assert!(
+            ArchiveWriter::new(
+                &Header {
+                    block_size: 100,
+                    ..header(1)
+                },
+                &mut Vec::new()
+            )
+            .is_err()
+        );
     }
 }
