@@ -1,4 +1,7 @@
 //! All integration tests, built as one binary (see Cargo.toml `[[test]]`).
 
+mod chain;
 mod cli;
+mod faults;
+mod format;
 mod util;
