@@ -16,6 +16,9 @@ use crate::format::{
 /// Bytes read from the end of an archive at open: the trailer and, usually, the whole
 /// directory (a 64 KiB tail holds 1021 directory entries, i.e. 4 M blocks).
 const TAIL_READ: u64 = 64 << 10;
+/// Bytes read from the start of an archive at open: the preamble and, usually, the
+/// whole header.
+const HEAD_READ: u64 = 16 << 10;
 
 /// A committed archive whose header, trailer and directory have been read and checked.
 #[derive(Debug)]
@@ -52,8 +55,15 @@ impl RemoteArchive {
                 available: size,
             }));
         }
+        // Head and tail in parallel: the preamble is checked first (magic, then
+        // version), so an archive of a newer major version says so instead of looking
+        // corrupt; the tail holds the trailer and usually the whole directory.
         let tail_start = size.saturating_sub(TAIL_READ);
-        let tail = read_range(repo, &key, tail_start..size).await?;
+        let (head, tail) = futures::try_join!(
+            read_range(repo, &key, 0..size.min(HEAD_READ)),
+            read_range(repo, &key, tail_start..size)
+        )?;
+        let pre = Preamble::decode(&head).map_err(corrupt)?;
         let trailer = Trailer::decode(&tail[tail.len() - TRAILER_LEN..]).map_err(corrupt)?;
         trailer.check_layout(size).map_err(corrupt)?;
         if trailer.trailer_sha256 != commit.digest {
@@ -82,8 +92,11 @@ impl RemoteArchive {
         } else {
             read_range(repo, &key, dir_range).await?
         };
-        let head = read_range(repo, &key, 0..trailer.body_offset).await?;
-        let pre = Preamble::decode(&head).map_err(corrupt)?;
+        let head = if trailer.body_offset <= head.len() as u64 {
+            head.slice(..trailer.body_offset as usize)
+        } else {
+            read_range(repo, &key, 0..trailer.body_offset).await?
+        };
         if PREAMBLE_LEN as u64 + u64::from(pre.header_len) != trailer.body_offset {
             return Err(corrupt(FormatError::corrupt(
                 "trailer",

@@ -79,6 +79,12 @@ pub enum RepoError {
         "another backup of {volume} committed seq {seq} first; this run's archive was discarded (run it again)"
     )]
     Conflict { volume: String, seq: u64 },
+    /// The commit marker exists but could not be read back: whether this run's archive
+    /// was committed is unknown. Nothing is deleted; `list` tells.
+    #[error(
+        "commit {key} exists but could not be read back ({detail}); whether this backup was committed is unknown: check with `thinarc list`"
+    )]
+    CommitUnknown { key: String, detail: String },
     /// A volume name that cannot be used.
     #[error("invalid volume name {name:?}: {reason}")]
     InvalidName { name: String, reason: &'static str },

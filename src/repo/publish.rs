@@ -140,14 +140,24 @@ impl ArchiveUpload {
             Ok(_) => {}
             Err(object_store::Error::AlreadyExists { .. }) => {
                 // A retried create whose first response was lost also lands here: it is
-                // ours if the marker names our archive.
-                let theirs = super::catalog::read_marker(&self.repo, &commit_key).await;
-                if !matches!(theirs, Ok(ref m) if *m == marker) {
-                    let _ = store.delete(&self.key).await;
-                    return Err(RepoError::Conflict {
-                        volume: self.volume.to_string(),
-                        seq: self.seq,
-                    });
+                // ours if the marker names our archive. Only a marker that provably
+                // names another archive makes ours garbage; if it cannot be read, the
+                // outcome is unknown and our archive may be the committed one.
+                match super::catalog::read_marker(&self.repo, &commit_key).await {
+                    Ok(m) if m == marker => {}
+                    Ok(_) => {
+                        let _ = store.delete(&self.key).await;
+                        return Err(RepoError::Conflict {
+                            volume: self.volume.to_string(),
+                            seq: self.seq,
+                        });
+                    }
+                    Err(e) => {
+                        return Err(RepoError::CommitUnknown {
+                            key: commit_key.to_string(),
+                            detail: e.to_string(),
+                        });
+                    }
                 }
             }
             Err(e) => return Err(RepoError::store("commit", &commit_key)(e)),

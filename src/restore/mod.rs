@@ -128,7 +128,12 @@ pub async fn restore(
     let out = Arc::new(FileTarget::open(target, geometry.size())?);
 
     let (tx, rx) = tokio::sync::mpsc::channel::<Work>(2 * FETCHES);
-    let planner = tokio::spawn(plan_works(ChainCursor::new(&chain), geometry.blocks(), tx));
+    let planner = tokio::spawn(plan_works(
+        ChainCursor::new(&chain),
+        geometry.blocks(),
+        u64::from(geometry.block_size().get()),
+        tx,
+    ));
     let works = futures::stream::unfold(rx, |mut rx| async { rx.recv().await.map(|w| (w, rx)) });
     // One thread writes, in block order: concurrent writes to one file contend on its
     // lock, and sequential writes are what devices like best.
@@ -212,20 +217,20 @@ pub async fn restore(
     })
 }
 
-/// Reads the byte range of a work unit.
-async fn fetch(chain: Arc<Chain>, w: Work) -> Result<(Work, Bytes), RestoreError> {
-    let bytes = match (&w.layer, &w.range) {
-        (Some(layer), range) if !range.is_empty() => {
-            chain.archives[*layer].read(range.clone()).await?
-        }
-        _ => Bytes::new(),
-    };
+/// Reads the byte ranges of a work unit.
+async fn fetch(chain: Arc<Chain>, w: Work) -> Result<(Work, Vec<Bytes>), RestoreError> {
+    let reads = w
+        .fetches
+        .iter()
+        .map(|f| chain.archives[f.layer].read(f.range.clone()));
+    let bytes = futures::future::try_join_all(reads).await?;
     Ok((w, bytes))
 }
 
 /// A decoded and checked work unit, ready to be written.
 struct Decoded {
-    frames: Vec<Vec<u8>>,
+    /// The unit's block data, consecutive blocks adjacent.
+    buf: Vec<u8>,
     writes: Vec<Write>,
     /// Digest per block in order (`None` = zero).
     image: Vec<Option<Digest>>,
@@ -237,40 +242,36 @@ struct Decoded {
 
 /// One write of a decoded unit.
 enum Write {
-    /// Bytes `range` of decoded frame `frame` go to `offset`.
+    /// Bytes `range` of the unit's buffer go to `offset`.
     Data {
         offset: u64,
-        frame: usize,
         range: std::ops::Range<usize>,
     },
     /// `len` bytes at `offset` must read as zero.
     Zero { offset: u64, len: u64 },
 }
 
-/// Decodes the frames of `w` and checks every block against its digest; consecutive
-/// blocks of one frame become one write.
-fn decode(chain: &Chain, w: Work, bytes: Bytes) -> Result<Decoded, RestoreError> {
+/// Decodes the frames of `w` one at a time, checks every block against its digest and
+/// copies it into the unit's buffer; blocks adjacent on the volume become one write.
+fn decode(chain: &Chain, w: Work, bytes: Vec<Bytes>) -> Result<Decoded, RestoreError> {
     let geometry = chain.tip().geometry();
-    let key = || {
-        w.layer
-            .map(|l| chain.archives[l].key().to_string())
-            .unwrap_or_default()
+    let corrupt = |frame: usize| {
+        let key = chain.archives[w.fetches[w.frames[frame].fetch].layer]
+            .key()
+            .to_string();
+        move |source| RestoreError::Corrupt { key, source }
     };
-    let corrupt = |source| RestoreError::Corrupt { key: key(), source };
-    let mut frames: Vec<Vec<u8>> = Vec::with_capacity(w.frames.len());
-    for f in &w.frames {
-        let start = (f.offset - w.range.start) as usize;
-        let stored = &bytes[start..start + f.len as usize];
-        let len = stored_frame_content_len(f.kind, stored).map_err(corrupt)?;
-        frames.push(decompress_frame(f.kind, stored, len).map_err(corrupt)?);
-    }
     let mut d = Decoded {
-        frames: Vec::new(),
+        buf: Vec::with_capacity((w.data_blocks * u64::from(geometry.block_size().get())) as usize),
         writes: Vec::new(),
-        image: Vec::new(),
-        fetched: bytes.len() as u64,
+        image: Vec::with_capacity(w.items.len()),
+        fetched: bytes.iter().map(|b| b.len() as u64).sum(),
         bytes: 0,
     };
+    // The current frame of each archive: an archive's frames come in increasing
+    // order, so one per archive means each frame is decoded once even when newer
+    // archives' blocks interleave with its blocks.
+    let mut current: Vec<Option<(usize, Vec<u8>)>> = vec![None; chain.archives.len()];
     for item in &w.items {
         match *item {
             Item::Zero { first, count } => {
@@ -281,55 +282,52 @@ fn decode(chain: &Chain, w: Work, bytes: Bytes) -> Result<Decoded, RestoreError>
                 d.bytes += len;
             }
             Item::Block {
-                frame,
+                frame: f,
                 block,
                 slot,
                 digest,
             } => {
-                let data = block_from_frame(&geometry, &frames[frame], block, slot, digest)
-                    .map_err(corrupt)?;
-                let start = data.as_ptr() as usize - frames[frame].as_ptr() as usize;
-                let (offset, range) = (geometry.offset(block), start..start + data.len());
+                let r = &w.frames[f];
+                let slot_of_layer = &mut current[w.fetches[r.fetch].layer];
+                if slot_of_layer.as_ref().is_none_or(|(i, _)| *i != f) {
+                    let start = (r.offset - w.fetches[r.fetch].range.start) as usize;
+                    let stored = &bytes[r.fetch][start..start + r.len as usize];
+                    let len = stored_frame_content_len(r.kind, stored).map_err(corrupt(f))?;
+                    *slot_of_layer = Some((
+                        f,
+                        decompress_frame(r.kind, stored, len).map_err(corrupt(f))?,
+                    ));
+                }
+                let content = &slot_of_layer.as_ref().expect("decoded above").1;
+                let data = block_from_frame(&geometry, content, block, slot, digest)
+                    .map_err(corrupt(f))?;
+                let offset = geometry.offset(block);
+                let range = d.buf.len()..d.buf.len() + data.len();
+                d.buf.extend_from_slice(data);
                 match d.writes.last_mut() {
                     Some(Write::Data {
                         offset: o,
-                        frame: f,
                         range: r,
-                    }) if *f == frame && r.end == range.start && *o + r.len() as u64 == offset => {
-                        r.end = range.end;
-                    }
-                    _ => d.writes.push(Write::Data {
-                        offset,
-                        frame,
-                        range,
-                    }),
+                    }) if *o + r.len() as u64 == offset => r.end = range.end,
+                    _ => d.writes.push(Write::Data { offset, range }),
                 }
                 d.image.push(Some(digest));
                 d.bytes += data.len() as u64;
             }
         }
     }
-    d.frames = frames;
     Ok(d)
 }
 
 impl Decoded {
     /// Writes the unit; returns the bytes of block data written.
     fn write(&self, out: &FileTarget) -> Result<u64, RestoreError> {
-        let mut written = 0;
         for w in &self.writes {
             match w {
-                Write::Data {
-                    offset,
-                    frame,
-                    range,
-                } => {
-                    out.write_at(*offset, &self.frames[*frame][range.clone()])?;
-                    written += range.len() as u64;
-                }
+                Write::Data { offset, range } => out.write_at(*offset, &self.buf[range.clone()])?,
                 Write::Zero { offset, len } => out.zero(*offset, *len)?,
             }
         }
-        Ok(written)
+        Ok(self.buf.len() as u64)
     }
 }

@@ -1,4 +1,10 @@
-//! Grouping the resolved blocks of a point into work units: one range read each.
+//! Grouping the resolved blocks of a point into work units.
+//!
+//! A unit is a short stretch of the point, in block order: its zero runs and data
+//! blocks, the frames holding those blocks, and the range reads that fetch the frames
+//! (one per archive touched, nearby frames coalesced). Blocks of one frame that are
+//! interleaved with newer archives' blocks stay in one unit, so the frame is fetched and
+//! decoded once.
 
 use std::ops::Range;
 
@@ -12,15 +18,22 @@ use crate::repo::{ChainCursor, Resolved};
 const MAX_GAP: u64 = 256 << 10;
 /// Most bytes fetched by one work unit.
 const MAX_FETCH: u64 = 2 << 20;
-/// Most frames decoded by one work unit (frames hold at most 256 KiB as thinarc
-/// writes them, so this bounds decoded bytes per unit too).
-const MAX_FRAMES: usize = 8;
+/// Most bytes of block data in one work unit (what it holds once decoded).
+const MAX_DATA: u64 = 2 << 20;
 /// Most items in one work unit (bounds zero-only units too).
 const MAX_ITEMS: usize = 1024;
 
-/// A frame to decode.
+/// One range read of one archive of the chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Fetch {
+    pub layer: usize,
+    pub range: Range<u64>,
+}
+
+/// A frame to decode: where it lies in which fetch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct FrameRef {
+    pub fetch: usize,
     pub offset: u64,
     pub len: u32,
     pub kind: FrameKind,
@@ -41,33 +54,68 @@ pub(super) enum Item {
     },
 }
 
-/// A unit of restore work: one range read of one archive (`layer`) and the blocks and
-/// zero runs it completes, in block order.
+/// A unit of restore work.
 #[derive(Debug, Default)]
 pub(super) struct Work {
-    pub layer: Option<usize>,
-    pub range: Range<u64>,
+    pub fetches: Vec<Fetch>,
     pub frames: Vec<FrameRef>,
     pub items: Vec<Item>,
+    /// Data blocks in `items`.
+    pub data_blocks: u64,
 }
 
 impl Work {
-    /// Whether the data block at `frame_offset` of `layer` can join this unit.
-    fn accepts(&self, layer: usize, frame_offset: u64, frame_len: u32) -> bool {
-        if self.items.len() >= MAX_ITEMS {
-            return false;
-        }
-        match self.layer {
-            None => true,
-            Some(l) if l != layer => false,
-            Some(_) => {
-                let same = self.frames.last().is_some_and(|f| f.offset == frame_offset);
-                same || (self.frames.len() < MAX_FRAMES
-                    && frame_offset >= self.range.end
-                    && frame_offset - self.range.end <= MAX_GAP
-                    && frame_offset + u64::from(frame_len) - self.range.start <= MAX_FETCH)
+    fn fetched(&self) -> u64 {
+        self.fetches
+            .iter()
+            .map(|f| f.range.end - f.range.start)
+            .sum()
+    }
+
+    /// The index of frame `offset` of `layer`, if this unit already has it.
+    fn frame(&self, layer: usize, offset: u64) -> Option<usize> {
+        self.frames
+            .iter()
+            .rposition(|f| f.offset == offset && self.fetches[f.fetch].layer == layer)
+    }
+
+    /// Whether one more data block, from a new frame of `len` stored bytes if
+    /// `new_frame`, still fits.
+    fn has_room(&self, block_size: u64, new_frame: Option<u32>) -> bool {
+        let fetch_ok = new_frame.is_none_or(|len| self.fetched() + u64::from(len) <= MAX_FETCH);
+        self.items.is_empty()
+            || (self.items.len() < MAX_ITEMS
+                && (self.data_blocks + 1) * block_size <= MAX_DATA
+                && fetch_ok)
+    }
+
+    /// Adds frame `offset` of `layer`, extending a nearby fetch of that archive or
+    /// starting a new one; returns its index.
+    fn add_frame(&mut self, layer: usize, offset: u64, len: u32, kind: FrameKind) -> usize {
+        let end = offset + u64::from(len);
+        let near = self.fetches.iter().rposition(|f| {
+            f.layer == layer && offset >= f.range.end && offset - f.range.end <= MAX_GAP
+        });
+        let fetch = match near {
+            Some(i) => {
+                self.fetches[i].range.end = end;
+                i
             }
-        }
+            None => {
+                self.fetches.push(Fetch {
+                    layer,
+                    range: offset..end,
+                });
+                self.fetches.len() - 1
+            }
+        };
+        self.frames.push(FrameRef {
+            fetch,
+            offset,
+            len,
+            kind,
+        });
+        self.frames.len() - 1
     }
 }
 
@@ -78,6 +126,7 @@ impl Work {
 pub(super) async fn plan_works(
     mut cursor: ChainCursor,
     blocks: u64,
+    block_size: u64,
     tx: Sender<Work>,
 ) -> Result<(), RestoreError> {
     let mut w = Work::default();
@@ -103,27 +152,21 @@ pub(super) async fn plan_works(
                 else {
                     unreachable!("Resolved::Data holds a data entry")
                 };
-                if !w.accepts(layer, frame_offset, frame_len) {
+                let known = w.frame(layer, frame_offset);
+                if !w.has_room(block_size, known.is_none().then_some(frame_len)) {
                     send(&tx, &mut w).await;
                 }
-                if w.layer.is_none() {
-                    w.layer = Some(layer);
-                    w.range = frame_offset..frame_offset;
-                }
-                if w.frames.last().is_none_or(|f| f.offset != frame_offset) {
-                    w.frames.push(FrameRef {
-                        offset: frame_offset,
-                        len: frame_len,
-                        kind: frame,
-                    });
-                    w.range.end = frame_offset + u64::from(frame_len);
-                }
+                let index = match w.frame(layer, frame_offset) {
+                    Some(i) => i,
+                    None => w.add_frame(layer, frame_offset, frame_len, frame),
+                };
                 w.items.push(Item::Block {
-                    frame: w.frames.len() - 1,
+                    frame: index,
                     block: entry.block,
                     slot,
                     digest,
                 });
+                w.data_blocks += 1;
             }
         }
     }

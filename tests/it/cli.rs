@@ -399,3 +399,18 @@ fn disk_full_during_backup_keeps_the_repository_valid() {
     let r = t.json(&["backup", src.to_str().unwrap()]);
     assert_eq!(r["seq"], 2);
 }
+
+#[test]
+fn archive_of_a_newer_major_version_is_reported_as_such() {
+    let t = TempRepo::new();
+    let src = t.path("n.img");
+    write(&src, &make_image(MIB, 15));
+    t.ok(&["backup", src.to_str().unwrap()]);
+    let dir = t.repo().join("volumes/n.img/archives");
+    let archive = std::fs::read_dir(&dir).unwrap().next().unwrap().unwrap().path();
+    let mut bytes = read(&archive);
+    bytes[8..10].copy_from_slice(&2u16.to_le_bytes());
+    write(&archive, &bytes);
+    let e = t.fails(&["restore", "n.img", t.path("o.img").to_str().unwrap()]);
+    assert!(e.contains("unsupported format version 2.0 (this build reads major version 1)"), "{e}");
+}
