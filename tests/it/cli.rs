@@ -35,8 +35,16 @@ fn full_scan_and_changed_block_deltas_restore_every_point() {
     assert_eq!(d1["kind"], "delta");
     assert_eq!(d1["method"], "scan");
     assert_eq!(d1["parent"], full["archive"]);
-    assert_eq!(d1["bytes_read"], img.len() as u64, "a scan reads the whole non-sparse source");
-    let changed_blocks = img.chunks(65536).zip(points[0].chunks(65536)).filter(|(a, b)| a != b).count();
+    assert_eq!(
+        d1["bytes_read"],
+        img.len() as u64,
+        "a scan reads the whole non-sparse source"
+    );
+    let changed_blocks = img
+        .chunks(65536)
+        .zip(points[0].chunks(65536))
+        .filter(|(a, b)| a != b)
+        .count();
     assert!(changed_blocks >= 2);
     assert_eq!(d1["blocks_changed"], changed_blocks as u64);
     points.push(img.clone());
@@ -45,7 +53,10 @@ fn full_scan_and_changed_block_deltas_restore_every_point() {
     img[5 * MIB..5 * MIB + 10].copy_from_slice(b"abcdefghij");
     write(&src, &img);
     let list = t.path("changed.txt");
-    write(&list, format!("# offset length\n{} 10\n", 5 * MIB).as_bytes());
+    write(
+        &list,
+        format!("# offset length\n{} 10\n", 5 * MIB).as_bytes(),
+    );
     let d2 = backup(&t, &src, &["--changed-blocks", list.to_str().unwrap()]);
     assert_eq!(d2["method"], "changed-blocks");
     assert_eq!(d2["bytes_read"], 65536);
@@ -80,7 +91,13 @@ fn full_scan_and_changed_block_deltas_restore_every_point() {
     assert_same_image(&read(&out), points.last().unwrap(), "latest");
     let id = d1["archive"].as_str().unwrap();
     let out = t.path("by-id.img");
-    t.ok(&["restore", "vm/disk", out.to_str().unwrap(), "--at", &id[..10]]);
+    t.ok(&[
+        "restore",
+        "vm/disk",
+        out.to_str().unwrap(),
+        "--at",
+        &id[..10],
+    ]);
     assert_same_image(&read(&out), &points[1], "by id prefix");
 }
 
@@ -107,7 +124,10 @@ fn list_json_describes_every_point() {
         assert_eq!(row["stored_bytes"], b["stored_bytes"]);
         assert_eq!(row["image_digest"], b["image_digest"]);
         let created = row["created"].as_str().unwrap();
-        assert!(chrono::DateTime::parse_from_rfc3339(created).is_ok(), "created {created:?}");
+        assert!(
+            chrono::DateTime::parse_from_rfc3339(created).is_ok(),
+            "created {created:?}"
+        );
     }
     assert_eq!(rows[0]["parent"], serde_json::Value::Null);
     assert_eq!(rows[1]["parent"], full["archive"]);
@@ -124,12 +144,19 @@ fn sparse_source_is_read_by_data_extents_only() {
     std::os::unix::fs::FileExt::write_all_at(&f, &make_image(MIB, 4), 100 * MIB as u64).unwrap();
     drop(f);
     let full = t.json(&["backup", src.to_str().unwrap()]);
-    assert!(full["bytes_read"].as_u64().unwrap() <= 2 * MIB as u64, "read {} of a sparse file", full["bytes_read"]);
+    assert!(
+        full["bytes_read"].as_u64().unwrap() <= 2 * MIB as u64,
+        "read {} of a sparse file",
+        full["bytes_read"]
+    );
     let out = t.path("out.img");
     t.ok(&["restore", "sparse.img", out.to_str().unwrap()]);
     assert_same_image(&read(&out), &read(&src), "sparse restore");
     let allocated = std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(&out).unwrap()) * 512;
-    assert!(allocated < 4 * MIB as u64, "new target should stay sparse, {allocated} bytes allocated");
+    assert!(
+        allocated < 4 * MIB as u64,
+        "new target should stay sparse, {allocated} bytes allocated"
+    );
 }
 
 #[test]
@@ -155,7 +182,10 @@ fn bad_input_is_rejected_with_clear_errors() {
     write(&src, &make_image(MIB, 6));
 
     let e = t.fails(&["backup", t.path("missing.img").to_str().unwrap()]);
-    assert!(e.contains("cannot open source") && e.contains("missing.img"), "{e}");
+    assert!(
+        e.contains("cannot open source") && e.contains("missing.img"),
+        "{e}"
+    );
 
     let e = t.fails(&["backup", t.dir.path().to_str().unwrap(), "--volume", "x"]);
     assert!(e.contains("is not an image file or block device"), "{e}");
@@ -168,36 +198,92 @@ fn bad_input_is_rejected_with_clear_errors() {
 
     let cb = t.path("cb.txt");
     write(&cb, b"0 4096\nfoo bar\n");
-    let e = t.fails(&["backup", src.to_str().unwrap(), "--changed-blocks", cb.to_str().unwrap()]);
-    assert!(e.contains("cb.txt:2: offset \"foo\" is not a number"), "{e}");
+    let e = t.fails(&[
+        "backup",
+        src.to_str().unwrap(),
+        "--changed-blocks",
+        cb.to_str().unwrap(),
+    ]);
+    assert!(
+        e.contains("cb.txt:2: offset \"foo\" is not a number"),
+        "{e}"
+    );
 
     write(&cb, b"0 4096\n");
-    let e = t.fails(&["backup", src.to_str().unwrap(), "--changed-blocks", cb.to_str().unwrap()]);
-    assert!(e.contains("volume v.img has no backup yet: --changed-blocks needs a previous point"), "{e}");
+    let e = t.fails(&[
+        "backup",
+        src.to_str().unwrap(),
+        "--changed-blocks",
+        cb.to_str().unwrap(),
+    ]);
+    assert!(
+        e.contains("volume v.img has no backup yet: --changed-blocks needs a previous point"),
+        "{e}"
+    );
 
     t.ok(&["backup", src.to_str().unwrap()]);
     let e = t.fails(&["backup", src.to_str().unwrap(), "--block-size", "4K"]);
-    assert!(e.contains("volume v.img uses block size 65536; --block-size 4096 cannot change it"), "{e}");
+    assert!(
+        e.contains("volume v.img uses block size 65536; --block-size 4096 cannot change it"),
+        "{e}"
+    );
 
     let out = t.path("o.img");
     let e = t.fails(&["restore", "v.img", out.to_str().unwrap(), "--at", "7"]);
-    assert!(e.contains("volume v.img has no archive matching \"7\""), "{e}");
-    let e = t.fails(&["restore", "v.img", out.to_str().unwrap(), "--at", "deadbeef"]);
+    assert!(
+        e.contains("volume v.img has no archive matching \"7\""),
+        "{e}"
+    );
+    let e = t.fails(&[
+        "restore",
+        "v.img",
+        out.to_str().unwrap(),
+        "--at",
+        "deadbeef",
+    ]);
     assert!(e.contains("no archive matching \"deadbeef\""), "{e}");
-    let e = t.fails(&["restore", "v.img", out.to_str().unwrap(), "--at", "yesterday"]);
-    assert!(e.contains("\"yesterday\" is not `latest`, a sequence number or an archive id"), "{e}");
+    let e = t.fails(&[
+        "restore",
+        "v.img",
+        out.to_str().unwrap(),
+        "--at",
+        "yesterday",
+    ]);
+    assert!(
+        e.contains("\"yesterday\" is not `latest`, a sequence number or an archive id"),
+        "{e}"
+    );
     let e = t.fails(&["restore", "nope", out.to_str().unwrap()]);
-    assert!(e.contains("no volume named \"nope\" in the repository (known: v.img)"), "{e}");
-    assert!(!out.exists(), "a failed restore must not leave a target behind");
+    assert!(
+        e.contains("no volume named \"nope\" in the repository (known: v.img)"),
+        "{e}"
+    );
+    assert!(
+        !out.exists(),
+        "a failed restore must not leave a target behind"
+    );
 
     let small = t.path("small.img");
     write(&small, &[1u8; 1000]);
     let e = t.fails(&["restore", "v.img", small.to_str().unwrap()]);
-    assert!(e.contains(&format!("target {} is 1000 bytes, the volume needs {MIB}", small.display())), "{e}");
-    assert_eq!(read(&small), vec![1u8; 1000], "a refused target is untouched");
+    assert!(
+        e.contains(&format!(
+            "target {} is 1000 bytes, the volume needs {MIB}",
+            small.display()
+        )),
+        "{e}"
+    );
+    assert_eq!(
+        read(&small),
+        vec![1u8; 1000],
+        "a refused target is untouched"
+    );
 
     let e = t.fails(&["restore", "v.img", src.to_str().unwrap()]);
-    assert!(e.contains("is the source of volume v.img") && e.contains("--force"), "{e}");
+    assert!(
+        e.contains("is the source of volume v.img") && e.contains("--force"),
+        "{e}"
+    );
 
     let e = t.fails(&["init"]);
     assert!(e.contains("a thinarc repository already exists at"), "{e}");
@@ -207,7 +293,10 @@ fn bad_input_is_rejected_with_clear_errors() {
 fn repository_errors_name_the_location() {
     let t = TempRepo::uninit();
     let e = t.fails(&["list"]);
-    assert!(e.contains(&format!("no thinarc repository at {}", t.repo().display())), "{e}");
+    assert!(
+        e.contains(&format!("no thinarc repository at {}", t.repo().display())),
+        "{e}"
+    );
     assert!(e.contains("init"), "{e}");
 
     std::fs::create_dir(t.repo()).unwrap();
@@ -216,10 +305,20 @@ fn repository_errors_name_the_location() {
     assert!(e.contains("is not a thinarc repository"), "{e}");
 
     let o = crate::util::thinarc(&["list"]);
-    assert!(!o.success && o.stderr.contains("no repository given: pass -r REPO or set THINARC_REPO"), "{}", o.show());
+    assert!(
+        !o.success
+            && o.stderr
+                .contains("no repository given: pass -r REPO or set THINARC_REPO"),
+        "{}",
+        o.show()
+    );
 
     let o = crate::util::thinarc(&["-r", "ftp://x/y", "list"]);
-    assert!(!o.success && o.stderr.contains("unsupported scheme \"ftp\""), "{}", o.show());
+    assert!(
+        !o.success && o.stderr.contains("unsupported scheme \"ftp\""),
+        "{}",
+        o.show()
+    );
 }
 
 #[test]
@@ -234,7 +333,10 @@ fn unwritable_repository_fails_and_commits_nothing() {
         write(&t.repo().join("volumes/w.img/archives"), b"not a directory");
         let e = t.fails(&["backup", src.to_str().unwrap()]);
         assert!(e.contains("backup of") && e.contains("failed"), "{e}");
-        assert!(!t.repo().join("volumes/w.img/commits").exists(), "nothing may be committed");
+        assert!(
+            !t.repo().join("volumes/w.img/commits").exists(),
+            "nothing may be committed"
+        );
         return;
     }
     let t = TempRepo::new();
@@ -257,7 +359,12 @@ fn corrupt_archive_fails_restore_and_list_naming_it_other_volumes_unaffected() {
     t.ok(&["backup", a.to_str().unwrap()]);
     t.ok(&["backup", b.to_str().unwrap()]);
     let dir = t.repo().join("volumes/a.img/archives");
-    let archive = std::fs::read_dir(&dir).unwrap().next().unwrap().unwrap().path();
+    let archive = std::fs::read_dir(&dir)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
     let name = archive.file_name().unwrap().to_str().unwrap().to_string();
 
     // A flipped byte in block data: restore fails naming the archive and block, and
@@ -302,11 +409,28 @@ async fn source_that_changes_size_mid_read_commits_nothing() {
     for (before, after) in [(4 * MIB, MIB), (MIB, 4 * MIB)] {
         write(&src, &make_image(before, 10));
         let source = RawSource::open(&src).unwrap();
-        std::fs::OpenOptions::new().write(true).open(&src).unwrap().set_len(after as u64).unwrap();
-        let e = backup(&repo, source, &BackupOptions::new(volume.clone()), Arc::default()).await.unwrap_err();
-        let expected = format!("changed size during the backup ({before} -> {after} bytes); nothing was committed");
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&src)
+            .unwrap()
+            .set_len(after as u64)
+            .unwrap();
+        let e = backup(
+            &repo,
+            source,
+            &BackupOptions::new(volume.clone()),
+            Arc::default(),
+        )
+        .await
+        .unwrap_err();
+        let expected = format!(
+            "changed size during the backup ({before} -> {after} bytes); nothing was committed"
+        );
         assert!(e.to_string().contains(&expected), "{e}");
-        assert!(repo.commits(&volume).await.unwrap().is_empty(), "the failed run committed nothing");
+        assert!(
+            repo.commits(&volume).await.unwrap().is_empty(),
+            "the failed run committed nothing"
+        );
     }
 }
 
@@ -325,7 +449,12 @@ fn leftovers_of_interrupted_runs_are_ignored_then_removed_after_the_grace_period
     }
     let two_hours_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
     for f in [&old_orphan, &old_staging] {
-        std::fs::File::options().write(true).open(f).unwrap().set_modified(two_hours_ago).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(f)
+            .unwrap()
+            .set_modified(two_hours_ago)
+            .unwrap();
     }
     // Readers never take an uncommitted object for an archive.
     let rows = t.json(&["list"]);
@@ -334,8 +463,14 @@ fn leftovers_of_interrupted_runs_are_ignored_then_removed_after_the_grace_period
     let r = t.json(&["backup", src.to_str().unwrap()]);
     assert_eq!(r["seq"], 2);
     assert_eq!(r["leftovers_removed"], 2);
-    assert!(!old_orphan.exists() && !old_staging.exists(), "old leftovers removed");
-    assert!(fresh_orphan.exists(), "an object younger than the grace period may be a running upload");
+    assert!(
+        !old_orphan.exists() && !old_staging.exists(),
+        "old leftovers removed"
+    );
+    assert!(
+        fresh_orphan.exists(),
+        "an object younger than the grace period may be a running upload"
+    );
     let out = t.path("o.img");
     t.ok(&["restore", "l.img", out.to_str().unwrap()]);
     assert_same_image(&read(&out), &read(&src), "after cleanup");
@@ -366,7 +501,9 @@ impl Drop for SmallFs {
 fn disk_full_during_backup_keeps_the_repository_valid() {
     let t = TempRepo::uninit();
     let Some(_fs) = SmallFs::mount(t.repo(), "3m") else {
-        eprintln!("NOT RUN: disk_full_during_backup_keeps_the_repository_valid needs root to mount a tmpfs");
+        eprintln!(
+            "NOT RUN: disk_full_during_backup_keeps_the_repository_valid needs root to mount a tmpfs"
+        );
         return;
     };
     t.ok(&["init"]);
@@ -383,13 +520,22 @@ fn disk_full_during_backup_keeps_the_repository_valid() {
     write(&src, &img);
     let e = t.fails(&["backup", src.to_str().unwrap()]);
     assert!(e.contains("No space left on device"), "{e}");
-    assert!(e.contains("volumes/d.img/archives/000000000002-"), "the error names the object: {e}");
+    assert!(
+        e.contains("volumes/d.img/archives/000000000002-"),
+        "the error names the object: {e}"
+    );
 
     // Nothing of the failed run is listed or left behind, and the first point restores.
     let rows = t.json(&["list"]);
     assert_eq!(rows.as_array().unwrap().len(), 1);
-    let archives: Vec<_> = std::fs::read_dir(t.repo().join("volumes/d.img/archives")).unwrap().collect();
-    assert_eq!(archives.len(), 1, "the aborted upload left files: {archives:?}");
+    let archives: Vec<_> = std::fs::read_dir(t.repo().join("volumes/d.img/archives"))
+        .unwrap()
+        .collect();
+    assert_eq!(
+        archives.len(),
+        1,
+        "the aborted upload left files: {archives:?}"
+    );
     let out = t.path("first.img");
     t.ok(&["restore", "d.img", out.to_str().unwrap()]);
     assert_same_image(&read(&out), &first, "point 1 after a failed backup");
@@ -407,10 +553,18 @@ fn archive_of_a_newer_major_version_is_reported_as_such() {
     write(&src, &make_image(MIB, 15));
     t.ok(&["backup", src.to_str().unwrap()]);
     let dir = t.repo().join("volumes/n.img/archives");
-    let archive = std::fs::read_dir(&dir).unwrap().next().unwrap().unwrap().path();
+    let archive = std::fs::read_dir(&dir)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
     let mut bytes = read(&archive);
     bytes[8..10].copy_from_slice(&2u16.to_le_bytes());
     write(&archive, &bytes);
     let e = t.fails(&["restore", "n.img", t.path("o.img").to_str().unwrap()]);
-    assert!(e.contains("unsupported format version 2.0 (this build reads major version 1)"), "{e}");
+    assert!(
+        e.contains("unsupported format version 2.0 (this build reads major version 1)"),
+        "{e}"
+    );
 }

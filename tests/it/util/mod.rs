@@ -21,7 +21,9 @@ impl TempRepo {
 
     /// A new directory without a repository.
     pub fn uninit() -> Self {
-        TempRepo { dir: tempfile::tempdir().expect("tempdir") }
+        TempRepo {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
     }
 
     /// The repository path.
@@ -51,7 +53,11 @@ impl TempRepo {
     /// Runs and asserts failure; returns stderr.
     pub fn fails(&self, args: &[&str]) -> String {
         let o = self.run(args);
-        assert!(!o.success, "thinarc {args:?} should have failed:\n{}", o.show());
+        assert!(
+            !o.success,
+            "thinarc {args:?} should have failed:\n{}",
+            o.show()
+        );
         o.stderr
     }
 
@@ -75,7 +81,10 @@ pub struct Output {
 impl Output {
     /// Both streams, labelled, for assertion messages.
     pub fn show(&self) -> String {
-        format!("--- exit {:?}\n--- stdout\n{}\n--- stderr\n{}", self.code, self.stdout, self.stderr)
+        format!(
+            "--- exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
     }
 }
 
@@ -132,7 +141,8 @@ pub fn make_image(size: usize, seed: u64) -> Vec<u8> {
         match rng.below(3) {
             0 => rng.fill(&mut img[at..at + len]),
             1 => {
-                let text = format!("line {seed} {at} the quick brown fox jumps over the lazy dog\n");
+                let text =
+                    format!("line {seed} {at} the quick brown fox jumps over the lazy dog\n");
                 for (i, b) in img[at..at + len].iter_mut().enumerate() {
                     *b = text.as_bytes()[i % text.len()];
                 }
@@ -160,6 +170,9 @@ pub fn read(path: &Path) -> Vec<u8> {
 pub fn assert_same_image(actual: &[u8], expected: &[u8], what: &str) {
     assert_eq!(actual.len(), expected.len(), "{what}: length differs");
     if let Some(i) = actual.iter().zip(expected).position(|(a, b)| a != b) {
-        panic!("{what}: first difference at byte {i} (block {} of 4 KiB)", i / 4096);
+        panic!(
+            "{what}: first difference at byte {i} (block {} of 4 KiB)",
+            i / 4096
+        );
     }
 }
