@@ -5,6 +5,23 @@
 //! are used: list, ranged get, multipart put, create-if-absent put and delete. The
 //! archives and their commit markers are the truth; nothing here keeps local state.
 //! This module must not read sources or write targets.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use thinarc::repo::{Repository, RepoError, VolumeName};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), RepoError> {
+//! let store = Arc::new(object_store::memory::InMemory::new());
+//! let repo = Repository::create(store.clone(), "memory://demo").await?;
+//! let again = Repository::open(store, "memory://demo").await?;
+//! assert_eq!(repo.config().id, again.config().id);
+//! assert!(again.volumes().await?.is_empty());
+//! let volume = VolumeName::new("vg0/web")?;
+//! assert!(matches!(again.existing_commits(&volume).await, Err(RepoError::VolumeNotFound { .. })));
+//! # Ok(())
+//! # }
+//! ```
 
 mod archive;
 mod catalog;
