@@ -14,7 +14,7 @@ use thinarc::source::RawSource;
 async fn main() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let location = dir.path().join("repo").display().to_string();
-    let repo = Repository::create_location(&location).await?;
+    let repo = Repository::create_location(&location, true).await?;
     let volume = VolumeName::new("demo/disk")?;
 
     // An 8 MiB image: some text, the rest zero.
@@ -26,22 +26,40 @@ async fn main() -> anyhow::Result<()> {
     std::fs::write(&image, &data)?;
     let opts = BackupOptions::new(volume.clone());
     let full = backup(&repo, RawSource::open(&image)?, &opts, Arc::default()).await?;
-    println!("full:  seq {} archive {} ({} bytes stored)", full.seq, full.archive, full.stored_bytes);
+    println!(
+        "full:  seq {} archive {} ({} bytes stored)",
+        full.seq, full.archive, full.stored_bytes
+    );
 
     data[5 << 20..(5 << 20) + 4096].fill(0xAB);
     std::fs::write(&image, &data)?;
     let delta = backup(&repo, RawSource::open(&image)?, &opts, Arc::default()).await?;
-    println!("delta: seq {} archive {} ({} blocks changed)", delta.seq, delta.archive, delta.blocks_changed);
+    println!(
+        "delta: seq {} archive {} ({} blocks changed)",
+        delta.seq, delta.archive, delta.blocks_changed
+    );
 
     for p in repo.describe(&volume).await? {
-        println!("point {} created {} image digest {}", p.seq, p.created, p.image_digest);
+        println!(
+            "point {} created {} image digest {}",
+            p.seq, p.created, p.image_digest
+        );
     }
 
     for seq in [1, 2] {
         let target = dir.path().join(format!("restored-{seq}.img"));
-        let ropts = RestoreOptions { at: PointSelector::Seq(seq), force: false, threads: 2 };
+        let ropts = RestoreOptions {
+            at: PointSelector::Seq(seq),
+            force: false,
+            threads: 2,
+        };
         let r = restore(&repo, &volume, &target, &ropts, Arc::default()).await?;
-        println!("restored seq {} to {}: digest {}", r.seq, target.display(), r.image_digest);
+        println!(
+            "restored seq {} to {}: digest {}",
+            r.seq,
+            target.display(),
+            r.image_digest
+        );
     }
     Ok(())
 }

@@ -194,9 +194,7 @@ impl RemoteArchive {
 /// A ranged GET whose result must be exactly the requested length.
 async fn read_range(repo: &Repository, key: &Path, range: Range<u64>) -> Result<Bytes, RepoError> {
     let want = range.end - range.start;
-    let bytes = repo
-        .store()
-        .get_range(key, range.clone())
+    let bytes = super::retry::retry(|| repo.store().get_range(key, range.clone()))
         .await
         .map_err(|e| match e {
             object_store::Error::NotFound { .. } => RepoError::Corrupt {

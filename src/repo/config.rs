@@ -24,7 +24,8 @@ pub struct RepoConfig {
 }
 
 impl Repository {
-    /// Creates a repository: writes the config object with create-if-absent.
+    /// Creates a repository: proves the store honours create-if-absent, then writes
+    /// the config object with create-if-absent.
     ///
     /// # Errors
     /// [`RepoError::AlreadyInitialized`] if a config exists, [`RepoError::Store`] if the
@@ -33,6 +34,23 @@ impl Repository {
         store: Arc<dyn ObjectStore>,
         location: &str,
     ) -> Result<Repository, RepoError> {
+        Self::create_checked(store, location, true).await
+    }
+
+    /// Like [`create`](Self::create); with `check_conditional`, first proves that the
+    /// store honours create-if-absent (commits depend on it).
+    ///
+    /// # Errors
+    /// [`RepoError::NoConditionalWrites`] if it does not, and what
+    /// [`create`](Self::create) returns.
+    pub async fn create_checked(
+        store: Arc<dyn ObjectStore>,
+        location: &str,
+        check_conditional: bool,
+    ) -> Result<Repository, RepoError> {
+        if check_conditional {
+            check_create_if_absent(&store, location).await?;
+        }
         let config = RepoConfig {
             kind: KIND.into(),
             version: VERSION,
@@ -110,5 +128,32 @@ impl Repository {
             config,
             local_root: None,
         })
+    }
+}
+
+/// Writes a probe object twice with create-if-absent: the second write must be refused.
+async fn check_create_if_absent(
+    store: &Arc<dyn ObjectStore>,
+    location: &str,
+) -> Result<(), RepoError> {
+    let key = object_store::path::Path::from(format!("probe-{}", new_id()));
+    let create = || {
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        store.put_opts(&key, PutPayload::from_static(b"thinarc probe"), opts)
+    };
+    create()
+        .await
+        .map_err(RepoError::store("write", format!("{location}/{key}")))?;
+    let second = create().await;
+    let _ = store.delete(&key).await;
+    match second {
+        Err(object_store::Error::AlreadyExists { .. }) => Ok(()),
+        Ok(_) => Err(RepoError::NoConditionalWrites {
+            location: location.to_string(),
+        }),
+        Err(e) => Err(RepoError::store("write", format!("{location}/{key}"))(e)),
     }
 }

@@ -1,31 +1,46 @@
 //! Turning a repository location (path or URL) into an object store.
+//!
+//! - A path or `file://` URL: the local file system, with fsync on.
+//! - `s3://bucket[/prefix]`: Amazon S3 or any S3-compatible store, configured from the
+//!   standard `AWS_*` environment (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+//!   `AWS_REGION`, `AWS_ENDPOINT_URL` or `AWS_ENDPOINT`, `AWS_ALLOW_HTTP`, ...).
+//!   Transient failures (timeouts, connection resets, 5xx, throttling) are retried with
+//!   exponential backoff for up to `THINARC_RETRY_TIMEOUT` seconds (default 180).
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use object_store::ObjectStore;
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::local::LocalFileSystem;
+use object_store::prefix::PrefixStore;
+use object_store::{BackoffConfig, ClientConfigKey, ObjectStore, RetryConfig};
 
 use super::RepoError;
 
-/// Opens the object store for `location`: a file system path or a `file://` URL.
-/// Also returns the directory of a local repository.
+/// Default for `THINARC_RETRY_TIMEOUT`: how long one request is retried.
+const DEFAULT_RETRY_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// An opened store, and the directory behind it for a local repository.
+pub type OpenedStore = (Arc<dyn ObjectStore>, Option<std::path::PathBuf>);
+
+/// Opens the object store for `location`.
 ///
 /// With `create`, a missing local directory is created (used by `init`). The local
 /// store fsyncs files and directories before a write returns, so a committed archive
 /// survives a power cut.
 ///
 /// # Errors
-/// [`RepoError::BadLocation`] for an unsupported scheme or an unusable directory,
-/// [`RepoError::NotARepository`] for a missing directory without `create`.
-pub fn open_store(
-    location: &str,
-    create: bool,
-) -> Result<(Arc<dyn ObjectStore>, Option<std::path::PathBuf>), RepoError> {
+/// [`RepoError::BadLocation`] for an unsupported scheme, an unusable directory or an
+/// S3 configuration that does not build, [`RepoError::NotARepository`] for a missing
+/// directory without `create`.
+pub fn open_store(location: &str, create: bool) -> Result<OpenedStore, RepoError> {
     let bad = |detail: String| RepoError::BadLocation {
         location: location.to_string(),
         detail,
     };
-    let path = if let Some(rest) = location.strip_prefix("file://") {
+    let path = if let Some(rest) = location.strip_prefix("s3://") {
+        return open_s3(rest).map_err(bad).map(|s| (s, None));
+    } else if let Some(rest) = location.strip_prefix("file://") {
         let url =
             url::Url::parse(location).map_err(|e| bad(format!("not a valid file URL: {e}")))?;
         url.to_file_path()
@@ -33,7 +48,7 @@ pub fn open_store(
     } else if location.contains("://") {
         let scheme = location.split("://").next().unwrap_or_default();
         return Err(bad(format!(
-            "unsupported scheme {scheme:?} (use a path or file:// URL)"
+            "unsupported scheme {scheme:?} (use a path, file:// or s3:// URL)"
         )));
     } else {
         std::path::PathBuf::from(location)
@@ -56,4 +71,51 @@ pub fn open_store(
         Arc::new(store.with_fsync(true).with_automatic_cleanup(true)),
         Some(path),
     ))
+}
+
+/// Builds the S3 store for `bucket[/prefix]` from the environment.
+fn open_s3(rest: &str) -> Result<Arc<dyn ObjectStore>, String> {
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    if bucket.is_empty() {
+        return Err("no bucket name (use s3://BUCKET/PREFIX)".into());
+    }
+    let retry_timeout = match std::env::var("THINARC_RETRY_TIMEOUT") {
+        Ok(v) => Duration::from_secs_f64(
+            v.parse::<f64>()
+                .ok()
+                .filter(|s| s.is_finite() && *s >= 0.0)
+                .ok_or_else(|| format!("THINARC_RETRY_TIMEOUT={v:?} is not a number of seconds"))?,
+        ),
+        Err(_) => DEFAULT_RETRY_TIMEOUT,
+    };
+    let retry = RetryConfig {
+        backoff: BackoffConfig {
+            init_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(15),
+            base: 2.0,
+        },
+        max_retries: 10,
+        retry_timeout,
+    };
+    // Timeouts go in as config keys: `with_client_options` would replace the client
+    // settings read from the environment (AWS_ALLOW_HTTP among them).
+    let mut builder = AmazonS3Builder::from_env()
+        .with_bucket_name(bucket)
+        .with_retry(retry)
+        .with_config(AmazonS3ConfigKey::Client(ClientConfigKey::Timeout), "120s")
+        .with_config(
+            AmazonS3ConfigKey::Client(ClientConfigKey::ConnectTimeout),
+            "10s",
+        );
+    if std::env::var_os("AWS_REGION").is_none() && std::env::var_os("AWS_DEFAULT_REGION").is_none()
+    {
+        builder = builder.with_region("us-east-1");
+    }
+    let s3 = builder.build().map_err(|e| e.to_string())?;
+    let prefix = prefix.trim_matches('/');
+    Ok(if prefix.is_empty() {
+        Arc::new(s3)
+    } else {
+        Arc::new(PrefixStore::new(s3, prefix))
+    })
 }

@@ -31,6 +31,7 @@ mod config;
 mod layout;
 mod location;
 mod publish;
+mod retry;
 
 use std::sync::Arc;
 
@@ -102,6 +103,11 @@ pub enum RepoError {
         "commit {key} exists but could not be read back ({detail}); whether this backup was committed is unknown: check with `thinarc list`"
     )]
     CommitUnknown { key: String, detail: String },
+    /// `init` found that the store ignores create-if-absent writes.
+    #[error(
+        "{location} ignores create-if-absent writes (a second conditional create of one key succeeded): two backups of one volume could both commit the same point and one would be silently lost; use a store that honours `If-None-Match: *`, or pass --allow-unsafe-store to accept the risk"
+    )]
+    NoConditionalWrites { location: String },
     /// A volume name that cannot be used.
     #[error("invalid volume name {name:?}: {reason}")]
     InvalidName { name: String, reason: &'static str },
@@ -156,22 +162,44 @@ impl Repository {
     /// As [`open_store`] and [`Repository::open`].
     pub async fn open_location(location: &str) -> Result<Repository, RepoError> {
         let (store, root) = open_store(location, false)?;
-        Ok(Repository {
-            local_root: root,
-            ..Repository::open(store, location).await?
-        })
+        match Repository::open(store.clone(), location).await {
+            Ok(repo) => Ok(Repository {
+                local_root: root,
+                ..repo
+            }),
+            // A missing bucket also looks like a missing config: tell them apart.
+            Err(e @ RepoError::NotARepository { .. }) => match location.strip_prefix("s3://") {
+                Some(rest) => match store.list_with_delimiter(None).await {
+                    Ok(_) => Err(e),
+                    Err(err) => Err(RepoError::BadLocation {
+                        location: location.to_string(),
+                        detail: format!(
+                            "bucket {} does not exist or is not accessible ({err})",
+                            rest.split('/').next().unwrap_or_default()
+                        ),
+                    }),
+                },
+                None => Err(e),
+            },
+            Err(e) => Err(e),
+        }
     }
 
     /// Creates a repository at `location` (a path or URL), creating a missing local
-    /// directory.
+    /// directory; with `check_conditional`, refuses a store that ignores
+    /// create-if-absent.
     ///
     /// # Errors
-    /// As [`open_store`] and [`Repository::create`].
-    pub async fn create_location(location: &str) -> Result<Repository, RepoError> {
+    /// As [`open_store`] and [`Repository::create_checked`].
+    pub async fn create_location(
+        location: &str,
+        check_conditional: bool,
+    ) -> Result<Repository, RepoError> {
         let (store, root) = open_store(location, true)?;
+        let repo = Repository::create_checked(store, location, check_conditional).await?;
         Ok(Repository {
             local_root: root,
-            ..Repository::create(store, location).await?
+            ..repo
         })
     }
 

@@ -128,15 +128,17 @@ impl ArchiveUpload {
             digest,
         };
         let commit_key = self.volume.commit_key(self.seq);
-        let body = serde_json::to_vec_pretty(&marker).expect("marker serialises");
-        let opts = PutOptions {
-            mode: PutMode::Create,
-            ..Default::default()
-        };
-        match store
-            .put_opts(&commit_key, PutPayload::from(body), opts)
-            .await
-        {
+        let body = PutPayload::from(serde_json::to_vec_pretty(&marker).expect("marker serialises"));
+        // Retried on transient errors: a retry of a create that did land comes back as
+        // AlreadyExists and is recognised below.
+        let put = super::retry::retry(|| {
+            let opts = PutOptions {
+                mode: PutMode::Create,
+                ..Default::default()
+            };
+            store.put_opts(&commit_key, body.clone(), opts)
+        });
+        match put.await {
             Ok(_) => {}
             Err(object_store::Error::AlreadyExists { .. }) => {
                 // A retried create whose first response was lost also lands here: it is

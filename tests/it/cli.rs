@@ -5,7 +5,7 @@ use crate::util::{TempRepo, assert_same_image, make_image, read, write};
 const MIB: usize = 1 << 20;
 
 /// Backs up `img` as written at `path`, returning the `backup --json` object.
-fn backup(t: &TempRepo, path: &std::path::Path, extra: &[&str]) -> serde_json::Value {
+pub fn backup(t: &TempRepo, path: &std::path::Path, extra: &[&str]) -> serde_json::Value {
     let p = path.display().to_string();
     let mut args = vec!["backup", p.as_str(), "--volume", "vm/disk"];
     args.extend_from_slice(extra);
@@ -14,13 +14,18 @@ fn backup(t: &TempRepo, path: &std::path::Path, extra: &[&str]) -> serde_json::V
 
 #[test]
 fn full_scan_and_changed_block_deltas_restore_every_point() {
-    let t = TempRepo::new();
+    chain_scenario(&TempRepo::new());
+}
+
+/// A chain of full, scan and changed-blocks deltas with growth and shrinking; every
+/// point restores byte for byte. Run against every kind of store.
+pub fn chain_scenario(t: &TempRepo) {
     let src = t.path("disk.img");
     let mut img = make_image(6 * MIB + 1234, 1);
     let mut points = Vec::new();
 
     write(&src, &img);
-    let full = backup(&t, &src, &[]);
+    let full = backup(t, &src, &[]);
     assert_eq!(full["kind"], "full");
     assert_eq!(full["seq"], 1);
     assert_eq!(full["parent"], serde_json::Value::Null);
@@ -31,7 +36,7 @@ fn full_scan_and_changed_block_deltas_restore_every_point() {
     img[3 * MIB..3 * MIB + 70_000].fill(7);
     img[3 * MIB + 8192..3 * MIB + 70_000].fill(0);
     write(&src, &img);
-    let d1 = backup(&t, &src, &[]);
+    let d1 = backup(t, &src, &[]);
     assert_eq!(d1["kind"], "delta");
     assert_eq!(d1["method"], "scan");
     assert_eq!(d1["parent"], full["archive"]);
@@ -57,7 +62,7 @@ fn full_scan_and_changed_block_deltas_restore_every_point() {
         &list,
         format!("# offset length\n{} 10\n", 5 * MIB).as_bytes(),
     );
-    let d2 = backup(&t, &src, &["--changed-blocks", list.to_str().unwrap()]);
+    let d2 = backup(t, &src, &["--changed-blocks", list.to_str().unwrap()]);
     assert_eq!(d2["method"], "changed-blocks");
     assert_eq!(d2["bytes_read"], 65536);
     assert_eq!(d2["blocks_changed"], 1);
@@ -66,15 +71,15 @@ fn full_scan_and_changed_block_deltas_restore_every_point() {
     // Growth and shrinking, including a partial last block.
     img.extend(make_image(MIB + 77, 2));
     write(&src, &img);
-    backup(&t, &src, &[]);
+    backup(t, &src, &[]);
     points.push(img.clone());
     img.truncate(2 * MIB + 5);
     write(&src, &img);
-    backup(&t, &src, &[]);
+    backup(t, &src, &[]);
     points.push(img.clone());
     img.extend(vec![0u8; 3 * MIB]);
     write(&src, &img);
-    let grown = backup(&t, &src, &[]);
+    let grown = backup(t, &src, &[]);
     assert_eq!(grown["size"], img.len() as u64);
     points.push(img.clone());
 
@@ -103,7 +108,11 @@ fn full_scan_and_changed_block_deltas_restore_every_point() {
 
 #[test]
 fn list_json_describes_every_point() {
-    let t = TempRepo::new();
+    list_scenario(&TempRepo::new());
+}
+
+/// `list --json` and `backup --json` agree on every field. Run against every store.
+pub fn list_scenario(t: &TempRepo) {
     let src = t.path("a.img");
     let mut img = make_image(MIB, 3);
     write(&src, &img);

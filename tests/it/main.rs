@@ -4,4 +4,5 @@ mod chain;
 mod cli;
 mod faults;
 mod format;
+mod s3;
 mod util;

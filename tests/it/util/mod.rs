@@ -3,12 +3,17 @@
 
 #![allow(dead_code)]
 
+pub mod s3;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// A temporary directory holding a repository at `repo/` and scratch files.
+/// A temporary directory for scratch files, and a repository: at `repo/` in it, or
+/// in a fresh bucket of the S3 test server.
 pub struct TempRepo {
     pub dir: tempfile::TempDir,
+    location: String,
+    env: Vec<(String, String)>,
 }
 
 impl TempRepo {
@@ -21,9 +26,45 @@ impl TempRepo {
 
     /// A new directory without a repository.
     pub fn uninit() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let location = dir.path().join("repo").display().to_string();
+        TempRepo {
+            dir,
+            location,
+            env: Vec::new(),
+        }
+    }
+
+    /// An initialised repository at `s3://BUCKET/repo` on the S3 test server.
+    pub fn s3() -> Self {
+        let t = TempRepo::s3_uninit();
+        t.ok(&["init"]);
+        t
+    }
+
+    /// A fresh bucket on the S3 test server, no repository yet.
+    pub fn s3_uninit() -> Self {
+        let moto = s3::moto();
+        let bucket = moto.bucket();
         TempRepo {
             dir: tempfile::tempdir().expect("tempdir"),
+            location: format!("s3://{bucket}/repo"),
+            env: moto.env(),
         }
+    }
+
+    /// The repository location as given to `-r`.
+    pub fn location(&self) -> &str {
+        &self.location
+    }
+
+    /// The bucket of an S3 repository.
+    pub fn bucket(&self) -> &str {
+        self.location
+            .trim_start_matches("s3://")
+            .split('/')
+            .next()
+            .unwrap()
     }
 
     /// The repository path.
@@ -38,9 +79,18 @@ impl TempRepo {
 
     /// Runs `thinarc -r REPO args...`.
     pub fn run(&self, args: &[&str]) -> Output {
-        let mut full = vec!["-r".to_string(), self.repo().display().to_string()];
+        let mut full = vec!["-r".to_string(), self.location.clone()];
         full.extend(args.iter().map(|s| s.to_string()));
-        thinarc(&full)
+        thinarc_env(&full, &self.env)
+    }
+
+    /// Runs with extra environment variables.
+    pub fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut full = vec!["-r".to_string(), self.location.clone()];
+        full.extend(args.iter().map(|s| s.to_string()));
+        let mut e = self.env.clone();
+        e.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        thinarc_env(&full, &e)
     }
 
     /// Runs and asserts success; returns stdout.
@@ -90,9 +140,21 @@ impl Output {
 
 /// Runs the `thinarc` binary built for these tests, never attached to a terminal.
 pub fn thinarc<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Output {
-    let o = Command::new(env!("CARGO_BIN_EXE_thinarc"))
+    thinarc_env(args, &[])
+}
+
+/// Runs the `thinarc` binary with `env` added to a clean environment (no `THINARC_*`
+/// or `AWS_*` from the caller).
+pub fn thinarc_env<S: AsRef<std::ffi::OsStr>>(args: &[S], env: &[(String, String)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_thinarc"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("THINARC_") || k.starts_with("AWS_") {
+            cmd.env_remove(k);
+        }
+    }
+    let o = cmd
         .args(args)
-        .env_remove("THINARC_REPO")
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .output()
         .expect("run thinarc");
     Output {
