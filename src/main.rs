@@ -6,6 +6,7 @@ use clap::Parser;
 use thinarc::cli::{Cli, run};
 
 fn main() -> ExitCode {
+    limit_malloc_arenas();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -40,4 +41,16 @@ fn message(e: &anyhow::Error) -> String {
         }
     }
     out
+}
+
+/// Caps glibc's malloc arenas at two. By default every thread that allocates may get an
+/// arena of its own (up to 8 per core), and each keeps freed pipeline buffers: peak RSS
+/// of a restore measured 73 MB with the default and 35 MB with two arenas, at the same
+/// speed. Must run before any thread is started.
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator tunables; no other thread exists yet.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
 }
