@@ -45,29 +45,66 @@ pub fn decompress_frame(
     stored: &[u8],
     content_len: usize,
 ) -> Result<Vec<u8>, FormatError> {
-    if content_len as u64 > MAX_FRAME_CONTENT {
-        return Err(FormatError::corrupt(
-            "frame",
-            format!("content length {content_len} too large"),
-        ));
+    let mut out = Vec::new();
+    FrameDecoder::new()?.decode_into(kind, stored, content_len, &mut out)?;
+    Ok(out)
+}
+
+/// Decodes frames with one reusable zstd context: creating a context costs about as
+/// much as decoding a small frame, so readers that decode many keep one per thread.
+pub struct FrameDecoder {
+    dctx: zstd::bulk::Decompressor<'static>,
+}
+
+impl FrameDecoder {
+    /// A decoder with a fresh zstd context.
+    ///
+    /// # Errors
+    /// [`FormatError::Corrupt`] if zstd cannot allocate a context.
+    pub fn new() -> Result<Self, FormatError> {
+        let dctx = zstd::bulk::Decompressor::new()
+            .map_err(|e| FormatError::corrupt("frame", format!("zstd context: {e}")))?;
+        Ok(FrameDecoder { dctx })
     }
-    let content = match kind {
-        FrameKind::Raw => stored.to_vec(),
-        // `decompress` never allocates more than the capacity given, and a frame whose
-        // content exceeds it is an error: a hostile frame cannot balloon memory.
-        FrameKind::Zstd => zstd::bulk::decompress(stored, content_len)
-            .map_err(|e| FormatError::corrupt("frame", format!("zstd: {e}")))?,
-    };
-    if content.len() != content_len {
-        return Err(FormatError::corrupt(
-            "frame",
-            format!(
-                "content is {} bytes, index says {content_len}",
-                content.len()
-            ),
-        ));
+
+    /// Decodes a stored frame whose content must be exactly `content_len` bytes into
+    /// `out`, replacing its contents and reusing its allocation.
+    ///
+    /// # Errors
+    /// [`FormatError::Corrupt`] if zstd fails or the content length differs.
+    pub fn decode_into(
+        &mut self,
+        kind: FrameKind,
+        stored: &[u8],
+        content_len: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<(), FormatError> {
+        if content_len as u64 > MAX_FRAME_CONTENT {
+            return Err(FormatError::corrupt(
+                "frame",
+                format!("content length {content_len} too large"),
+            ));
+        }
+        out.clear();
+        match kind {
+            FrameKind::Raw => out.extend_from_slice(stored),
+            // zstd writes at most the capacity reserved here, and a frame whose content
+            // exceeds it is an error: a hostile frame cannot balloon memory.
+            FrameKind::Zstd => {
+                out.reserve_exact(content_len);
+                self.dctx
+                    .decompress_to_buffer(stored, out)
+                    .map_err(|e| FormatError::corrupt("frame", format!("zstd: {e}")))?;
+            }
+        }
+        if out.len() != content_len {
+            return Err(FormatError::corrupt(
+                "frame",
+                format!("content is {} bytes, index says {content_len}", out.len()),
+            ));
+        }
+        Ok(())
     }
-    Ok(content)
 }
 
 /// Content length of a stored frame: its length for a raw frame, the

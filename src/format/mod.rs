@@ -18,7 +18,8 @@ mod writer;
 
 pub use digest::{Digest, ImageHasher, zero_block_digest};
 pub use frame::{
-    FrameKind, compress_frame, decompress_frame, frame_content_len as stored_frame_content_len,
+    FrameDecoder, FrameKind, compress_frame, decompress_frame,
+    frame_content_len as stored_frame_content_len,
 };
 pub use geometry::{BlockSize, Geometry};
 pub use header::{Compression, Header, ParentRef, Preamble, SourceInfo};

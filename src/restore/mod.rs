@@ -9,8 +9,9 @@
 
 mod plan;
 
+use std::cell::RefCell;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -18,7 +19,7 @@ use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 
 use crate::format::{
-    Digest, FormatError, ImageHasher, block_from_frame, decompress_frame, stored_frame_content_len,
+    Digest, FormatError, ImageHasher, block_from_frame, FrameDecoder, stored_frame_content_len,
 };
 use crate::progress::Progress;
 use crate::repo::{Chain, ChainCursor, PointSelector, RepoError, Repository, VolumeName};
@@ -138,12 +139,13 @@ pub async fn restore(
     // One thread writes, in block order: concurrent writes to one file contend on its
     // lock, and sequential writes are what devices like best.
     let (wtx, mut wrx) = tokio::sync::mpsc::channel::<Decoded>(WRITE_QUEUE);
+    let pool = Arc::new(BufferPool::default());
     let writer = {
-        let out = out.clone();
+        let (out, pool) = (out.clone(), pool.clone());
         tokio::task::spawn_blocking(move || -> Result<u64, RestoreError> {
             let mut written = 0;
             while let Some(d) = wrx.blocking_recv() {
-                written += d.write(&out)?;
+                written += d.write(&out, &pool)?;
             }
             Ok(written)
         })
@@ -156,9 +158,9 @@ pub async fn restore(
         .map(|w| fetch(chain.clone(), w))
         .buffered(FETCHES)
         .map_ok(|(w, bytes)| {
-            let chain = chain.clone();
+            let (chain, pool) = (chain.clone(), pool.clone());
             async move {
-                tokio::task::spawn_blocking(move || decode(&chain, w, bytes))
+                tokio::task::spawn_blocking(move || decode(&chain, w, bytes, &pool))
                     .await
                     .map_err(|e| RestoreError::Task(e.to_string()))?
             }
@@ -253,7 +255,53 @@ enum Write {
 
 /// Decodes the frames of `w` one at a time, checks every block against its digest and
 /// copies it into the unit's buffer; blocks adjacent on the volume become one write.
-fn decode(chain: &Chain, w: Work, bytes: Vec<Bytes>) -> Result<Decoded, RestoreError> {
+/// Per-thread decoding state, reused across work units so that steady-state decoding
+/// allocates nothing: a zstd context, and per archive of the chain the index of the
+/// frame it holds decoded and that frame's content.
+struct Scratch {
+    decoder: FrameDecoder,
+    frames: Vec<(Option<usize>, Vec<u8>)>,
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Option<Scratch>> = const { RefCell::new(None) };
+}
+
+/// Unit buffers handed back by the writer for reuse.
+#[derive(Default)]
+struct BufferPool(Mutex<Vec<Vec<u8>>>);
+
+impl BufferPool {
+    /// Buffers kept at most: as many as units in flight.
+    const KEEP: usize = 8;
+
+    fn take(&self) -> Vec<u8> {
+        self.0.lock().expect("pool lock").pop().unwrap_or_default()
+    }
+
+    fn give(&self, mut buf: Vec<u8>) {
+        buf.clear();
+        let mut pool = self.0.lock().expect("pool lock");
+        if pool.len() < Self::KEEP {
+            pool.push(buf);
+        }
+    }
+}
+
+fn decode(chain: &Chain, w: Work, bytes: Vec<Bytes>, pool: &BufferPool) -> Result<Decoded, RestoreError> {
+    SCRATCH.with_borrow_mut(|slot| {
+        let scratch = match slot {
+            Some(s) => s,
+            None => slot.insert(Scratch {
+                decoder: FrameDecoder::new().map_err(|source| RestoreError::Corrupt { key: String::new(), source })?,
+                frames: Vec::new(),
+            }),
+        };
+        decode_with(chain, w, bytes, pool.take(), scratch)
+    })
+}
+
+fn decode_with(chain: &Chain, w: Work, bytes: Vec<Bytes>, buf: Vec<u8>, scratch: &mut Scratch) -> Result<Decoded, RestoreError> {
     let geometry = chain.tip().geometry();
     let corrupt = |frame: usize| {
         let key = chain.archives[w.fetches[w.frames[frame].fetch].layer]
@@ -262,16 +310,20 @@ fn decode(chain: &Chain, w: Work, bytes: Vec<Bytes>) -> Result<Decoded, RestoreE
         move |source| RestoreError::Corrupt { key, source }
     };
     let mut d = Decoded {
-        buf: Vec::with_capacity((w.data_blocks * u64::from(geometry.block_size().get())) as usize),
+        buf,
         writes: Vec::new(),
         image: Vec::with_capacity(w.items.len()),
         fetched: bytes.iter().map(|b| b.len() as u64).sum(),
         bytes: 0,
     };
+    d.buf.reserve((w.data_blocks * u64::from(geometry.block_size().get())) as usize);
     // The current frame of each archive: an archive's frames come in increasing
     // order, so one per archive means each frame is decoded once even when newer
     // archives' blocks interleave with its blocks.
-    let mut current: Vec<Option<(usize, Vec<u8>)>> = vec![None; chain.archives.len()];
+    scratch.frames.resize_with(chain.archives.len(), Default::default);
+    for (decoded, _) in &mut scratch.frames {
+        *decoded = None;
+    }
     for item in &w.items {
         match *item {
             Item::Zero { first, count } => {
@@ -288,17 +340,15 @@ fn decode(chain: &Chain, w: Work, bytes: Vec<Bytes>) -> Result<Decoded, RestoreE
                 digest,
             } => {
                 let r = &w.frames[f];
-                let slot_of_layer = &mut current[w.fetches[r.fetch].layer];
-                if slot_of_layer.as_ref().is_none_or(|(i, _)| *i != f) {
+                let (decoded, content) = &mut scratch.frames[w.fetches[r.fetch].layer];
+                if *decoded != Some(f) {
                     let start = (r.offset - w.fetches[r.fetch].range.start) as usize;
                     let stored = &bytes[r.fetch][start..start + r.len as usize];
                     let len = stored_frame_content_len(r.kind, stored).map_err(corrupt(f))?;
-                    *slot_of_layer = Some((
-                        f,
-                        decompress_frame(r.kind, stored, len).map_err(corrupt(f))?,
-                    ));
+                    *decoded = None;
+                    scratch.decoder.decode_into(r.kind, stored, len, content).map_err(corrupt(f))?;
+                    *decoded = Some(f);
                 }
-                let content = &slot_of_layer.as_ref().expect("decoded above").1;
                 let data = block_from_frame(&geometry, content, block, slot, digest)
                     .map_err(corrupt(f))?;
                 let offset = geometry.offset(block);
@@ -320,14 +370,17 @@ fn decode(chain: &Chain, w: Work, bytes: Vec<Bytes>) -> Result<Decoded, RestoreE
 }
 
 impl Decoded {
-    /// Writes the unit; returns the bytes of block data written.
-    fn write(&self, out: &FileTarget) -> Result<u64, RestoreError> {
+    /// Writes the unit and hands its buffer back; returns the bytes of block data
+    /// written.
+    fn write(self, out: &FileTarget, pool: &BufferPool) -> Result<u64, RestoreError> {
         for w in &self.writes {
             match w {
                 Write::Data { offset, range } => out.write_at(*offset, &self.buf[range.clone()])?,
                 Write::Zero { offset, len } => out.zero(*offset, *len)?,
             }
         }
-        Ok(self.buf.len() as u64)
+        let written = self.buf.len() as u64;
+        pool.give(self.buf);
+        Ok(written)
     }
 }
