@@ -134,6 +134,12 @@ pub enum BackupError {
         "volume {volume} has no backup yet: --changed-blocks needs a previous point (run a full backup first)"
     )]
     NoParentForChangedBlocks { volume: String },
+    /// A changed range lies past the end of the source: the list is probably for
+    /// another device.
+    #[error(
+        "--changed-blocks range {offset}+{len} lies past the end of the source ({size} bytes): is the list for this source? nothing was read or committed"
+    )]
+    ChangedBlocksOutOfRange { offset: u64, len: u64, size: u64 },
     /// The archive could not be built.
     #[error("building the archive: {0}")]
     Format(#[from] FormatError),
@@ -270,6 +276,16 @@ fn read_plan(
             if parent.is_some() { "scan" } else { "full" },
         ));
     };
+    if let Some(r) = changed
+        .iter()
+        .find(|r| r.start >= geometry.size() && !r.is_empty())
+    {
+        return Err(BackupError::ChangedBlocksOutOfRange {
+            offset: r.start,
+            len: r.end - r.start,
+            size: geometry.size(),
+        });
+    }
     let bs = u64::from(geometry.block_size().get());
     let mut ranges: Vec<Range<u64>> = changed
         .iter()

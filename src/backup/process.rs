@@ -24,12 +24,23 @@ pub(super) struct Context {
     pub diff: bool,
 }
 
-/// Consecutive blocks read from the source.
+/// Consecutive blocks read from the source; `buf` is empty for a run of blocks that
+/// lie entirely in a hole of a sparse source (zero, and not read at all).
 pub(super) struct Batch {
     pub first: u64,
     pub count: u64,
     pub buf: Vec<u8>,
     pub bytes_read: u64,
+}
+
+/// Most blocks in one batch of hole blocks (bounds the previous point's digests
+/// fetched for it).
+const MAX_HOLE_BATCH: u64 = 1 << 16;
+
+/// The new point's content of a batch, run-length coded.
+pub(super) enum ImageRun {
+    Zeros(u64),
+    Data(Digest),
 }
 
 /// What goes into the archive, in block order.
@@ -44,8 +55,8 @@ pub(super) struct Processed {
     pub count: u64,
     pub bytes_read: u64,
     ops: Vec<Op>,
-    /// The new point's digest of every block of the batch (`None` = zero).
-    image: Vec<Option<Digest>>,
+    /// The new point's blocks in the batch.
+    image: Vec<ImageRun>,
 }
 
 /// Reads the blocks of `plan` in batches of `batch_blocks` and sends them in order.
@@ -60,7 +71,31 @@ pub(super) fn read_batches(
 ) -> Result<(), SourceError> {
     for range in plan.ranges() {
         let mut first = range.start;
+        let range_end = geometry.offset(range.end).min(geometry.size());
         while first < range.end {
+            // Whole blocks inside a hole are zero: no buffer, no read, no scan.
+            let data = source.data_start(geometry.offset(first), range_end)?;
+            let hole_end = if data >= range_end {
+                range.end
+            } else {
+                data / u64::from(geometry.block_size().get())
+            };
+            if hole_end > first {
+                let count = MAX_HOLE_BATCH.min(hole_end - first);
+                if tx
+                    .blocking_send(Batch {
+                        first,
+                        count,
+                        buf: Vec::new(),
+                        bytes_read: 0,
+                    })
+                    .is_err()
+                {
+                    return Ok(());
+                }
+                first += count;
+                continue;
+            }
             let count = batch_blocks.min(range.end - first);
             let offset = geometry.offset(first);
             let len = geometry.offset(first + count).min(geometry.size()) - offset;
@@ -104,7 +139,11 @@ pub(super) fn process_batch(
 ) -> Result<Processed, BackupError> {
     let g = &ctx.geometry;
     let base = g.offset(batch.first);
-    let mut image = Vec::with_capacity(batch.count as usize);
+    let mut image = Vec::with_capacity(if batch.buf.is_empty() {
+        1
+    } else {
+        batch.count as usize
+    });
     let mut ops = Vec::new();
     // Changed data blocks waiting to become a frame: (first block, digests).
     let mut run: Option<(u64, Vec<Digest>)> = None;
@@ -123,12 +162,21 @@ pub(super) fn process_batch(
             }
             Ok(())
         };
+    let hole = batch.buf.is_empty();
     for i in 0..batch.count {
         let b = batch.first + i;
-        let start = (g.offset(b) - base) as usize;
-        let data = &batch.buf[start..start + g.block_len(b) as usize];
-        let digest = (!is_zero(data)).then(|| Digest::of(data));
-        image.push(digest);
+        let digest = if hole {
+            None
+        } else {
+            let start = (g.offset(b) - base) as usize;
+            let data = &batch.buf[start..start + g.block_len(b) as usize];
+            (!is_zero(data)).then(|| Digest::of(data))
+        };
+        match (digest, image.last_mut()) {
+            (None, Some(ImageRun::Zeros(n))) => *n += 1,
+            (None, _) => image.push(ImageRun::Zeros(1)),
+            (Some(d), _) => image.push(ImageRun::Data(d)),
+        }
         let changed = !ctx.diff
             || prev.get(i as usize).copied().flatten() != digest
             || ctx.force_block == Some(b);
@@ -201,10 +249,10 @@ impl Processed {
                 }
             }
         }
-        for d in &self.image {
-            match d {
-                Some(d) => hasher.data(d),
-                None => hasher.zeros(1),
+        for run in &self.image {
+            match run {
+                ImageRun::Data(d) => hasher.data(d),
+                ImageRun::Zeros(n) => hasher.zeros(*n),
             }
         }
         Ok(recorded)

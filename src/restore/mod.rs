@@ -19,7 +19,7 @@ use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 
 use crate::format::{
-    Digest, FormatError, ImageHasher, block_from_frame, FrameDecoder, stored_frame_content_len,
+    Digest, FormatError, FrameDecoder, ImageHasher, block_from_frame, stored_frame_content_len,
 };
 use crate::progress::Progress;
 use crate::repo::{Chain, ChainCursor, PointSelector, RepoError, Repository, VolumeName};
@@ -288,12 +288,20 @@ impl BufferPool {
     }
 }
 
-fn decode(chain: &Chain, w: Work, bytes: Vec<Bytes>, pool: &BufferPool) -> Result<Decoded, RestoreError> {
+fn decode(
+    chain: &Chain,
+    w: Work,
+    bytes: Vec<Bytes>,
+    pool: &BufferPool,
+) -> Result<Decoded, RestoreError> {
     SCRATCH.with_borrow_mut(|slot| {
         let scratch = match slot {
             Some(s) => s,
             None => slot.insert(Scratch {
-                decoder: FrameDecoder::new().map_err(|source| RestoreError::Corrupt { key: String::new(), source })?,
+                decoder: FrameDecoder::new().map_err(|source| RestoreError::Corrupt {
+                    key: String::new(),
+                    source,
+                })?,
                 frames: Vec::new(),
             }),
         };
@@ -301,7 +309,13 @@ fn decode(chain: &Chain, w: Work, bytes: Vec<Bytes>, pool: &BufferPool) -> Resul
     })
 }
 
-fn decode_with(chain: &Chain, w: Work, bytes: Vec<Bytes>, buf: Vec<u8>, scratch: &mut Scratch) -> Result<Decoded, RestoreError> {
+fn decode_with(
+    chain: &Chain,
+    w: Work,
+    bytes: Vec<Bytes>,
+    buf: Vec<u8>,
+    scratch: &mut Scratch,
+) -> Result<Decoded, RestoreError> {
     let geometry = chain.tip().geometry();
     let corrupt = |frame: usize| {
         let key = chain.archives[w.fetches[w.frames[frame].fetch].layer]
@@ -316,11 +330,14 @@ fn decode_with(chain: &Chain, w: Work, bytes: Vec<Bytes>, buf: Vec<u8>, scratch:
         fetched: bytes.iter().map(|b| b.len() as u64).sum(),
         bytes: 0,
     };
-    d.buf.reserve((w.data_blocks * u64::from(geometry.block_size().get())) as usize);
+    d.buf
+        .reserve((w.data_blocks * u64::from(geometry.block_size().get())) as usize);
     // The current frame of each archive: an archive's frames come in increasing
     // order, so one per archive means each frame is decoded once even when newer
     // archives' blocks interleave with its blocks.
-    scratch.frames.resize_with(chain.archives.len(), Default::default);
+    scratch
+        .frames
+        .resize_with(chain.archives.len(), Default::default);
     for (decoded, _) in &mut scratch.frames {
         *decoded = None;
     }
@@ -346,7 +363,10 @@ fn decode_with(chain: &Chain, w: Work, bytes: Vec<Bytes>, buf: Vec<u8>, scratch:
                     let stored = &bytes[r.fetch][start..start + r.len as usize];
                     let len = stored_frame_content_len(r.kind, stored).map_err(corrupt(f))?;
                     *decoded = None;
-                    scratch.decoder.decode_into(r.kind, stored, len, content).map_err(corrupt(f))?;
+                    scratch
+                        .decoder
+                        .decode_into(r.kind, stored, len, content)
+                        .map_err(corrupt(f))?;
                     *decoded = Some(f);
                 }
                 let data = block_from_frame(&geometry, content, block, slot, digest)

@@ -130,6 +130,15 @@ impl RawSource {
         Ok(read)
     }
 
+    /// Offset of the first data byte in `pos..end`, or `end` if that range is a hole
+    /// (always `pos` for devices and file systems without hole support).
+    ///
+    /// # Errors
+    /// [`SourceError::Read`].
+    pub fn data_start(&self, pos: u64, end: u64) -> Result<u64, SourceError> {
+        Ok(self.next_data(pos, end)?.map_or(end, |(start, _)| start))
+    }
+
     fn read_exact_at(&self, mut dst: &mut [u8], mut at: u64) -> Result<(), SourceError> {
         while !dst.is_empty() {
             match self.file.read_at(dst, at) {

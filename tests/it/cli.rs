@@ -231,6 +231,17 @@ fn bad_input_is_rejected_with_clear_errors() {
     );
 
     t.ok(&["backup", src.to_str().unwrap()]);
+    write(&cb, format!("0 10\n{MIB} 4096\n").as_bytes());
+    let e = t.fails(&[
+        "backup",
+        src.to_str().unwrap(),
+        "--changed-blocks",
+        cb.to_str().unwrap(),
+    ]);
+    assert!(
+        e.contains(&format!("--changed-blocks range {MIB}+4096 lies past the end of the source ({MIB} bytes): is the list for this source?")),
+        "{e}"
+    );
     let e = t.fails(&["backup", src.to_str().unwrap(), "--block-size", "4K"]);
     assert!(
         e.contains("volume v.img uses block size 65536; --block-size 4096 cannot change it"),
@@ -576,4 +587,42 @@ fn archive_of_a_newer_major_version_is_reported_as_such() {
         e.contains("unsupported format version 2.0 (this build reads major version 1)"),
         "{e}"
     );
+}
+
+#[test]
+fn huge_sparse_volume_is_backed_up_and_restored_by_its_data_alone() {
+    let t = TempRepo::new();
+    let src = t.path("huge.img");
+    let size = 1u64 << 40; // 1 TiB, almost all hole
+    let f = std::fs::File::create(&src).unwrap();
+    f.set_len(size).unwrap();
+    let data = make_image(MIB, 40);
+    let at = 700 << 30;
+    std::os::unix::fs::FileExt::write_all_at(&f, &data, at).unwrap();
+    drop(f);
+    let full = t.json(&["backup", src.to_str().unwrap()]);
+    assert!(full["bytes_read"].as_u64().unwrap() <= MIB as u64, "{full}");
+    assert!(
+        full["stored_bytes"].as_u64().unwrap() < 2 * MIB as u64,
+        "{full}"
+    );
+    let delta = t.json(&["backup", src.to_str().unwrap()]);
+    assert_eq!(delta["blocks_changed"], 0);
+
+    let out = t.path("out.img");
+    let r = t.json(&["restore", "huge.img", out.to_str().unwrap()]);
+    assert_eq!(
+        r["image_digest"], full["image_digest"],
+        "restore verified the image digest"
+    );
+    let m = std::fs::metadata(&out).unwrap();
+    assert_eq!(m.len(), size);
+    assert!(
+        std::os::unix::fs::MetadataExt::blocks(&m) * 512 < 4 * MIB as u64,
+        "restored target stays sparse"
+    );
+    let mut back = vec![0u8; MIB];
+    std::os::unix::fs::FileExt::read_exact_at(&std::fs::File::open(&out).unwrap(), &mut back, at)
+        .unwrap();
+    assert_same_image(&back, &data, "the data region");
 }
