@@ -146,7 +146,11 @@ pub fn list_scenario(t: &TempRepo) {
 
 #[test]
 fn sparse_source_is_read_by_data_extents_only() {
-    let t = TempRepo::new();
+    sparse_scenario(&TempRepo::new());
+}
+
+/// A sparse source is read by data extents and restores sparse. Run against every store.
+pub fn sparse_scenario(t: &TempRepo) {
     let src = t.path("sparse.img");
     let f = std::fs::File::create(&src).unwrap();
     f.set_len(256 * MIB as u64).unwrap();
@@ -170,7 +174,11 @@ fn sparse_source_is_read_by_data_extents_only() {
 
 #[test]
 fn restore_onto_existing_file_zeroes_what_must_be_zero() {
-    let t = TempRepo::new();
+    existing_target_scenario(&TempRepo::new());
+}
+
+/// Restoring onto an existing file zeroes what must read zero. Run against every store.
+pub fn existing_target_scenario(t: &TempRepo) {
     let src = t.path("z.img");
     let mut img = make_image(2 * MIB, 5);
     img[..MIB].fill(0);
@@ -186,7 +194,11 @@ fn restore_onto_existing_file_zeroes_what_must_be_zero() {
 
 #[test]
 fn bad_input_is_rejected_with_clear_errors() {
-    let t = TempRepo::new();
+    bad_input_scenario(&TempRepo::new());
+}
+
+/// Each bad input gets a clear error and loses nothing. Run against every store.
+pub fn bad_input_scenario(t: &TempRepo) {
     let src = t.path("v.img");
     write(&src, &make_image(MIB, 6));
 

@@ -30,6 +30,21 @@ fn list_json_describes_every_point_on_s3() {
 }
 
 #[test]
+fn sparse_source_on_s3() {
+    crate::cli::sparse_scenario(&TempRepo::s3());
+}
+
+#[test]
+fn restore_onto_existing_file_from_s3() {
+    crate::cli::existing_target_scenario(&TempRepo::s3());
+}
+
+#[test]
+fn bad_input_is_rejected_on_s3() {
+    crate::cli::bad_input_scenario(&TempRepo::s3());
+}
+
+#[test]
 fn archive_larger_than_a_part_goes_up_in_parts_and_restores() {
     let t = TempRepo::s3();
     let src = t.path("big.img");
