@@ -207,6 +207,30 @@ impl Header {
     }
 }
 
+/// A fixed header for unit tests: volume `v`, 4 KiB blocks, `size` bytes.
+#[cfg(test)]
+pub(crate) fn test_header(size: u64) -> Header {
+    Header {
+        volume_name: "v".into(),
+        volume_id: "0123456789abcdef0123456789abcdef".into(),
+        archive_id: "fedcba9876543210fedcba9876543210".into(),
+        seq: 1,
+        parent: None,
+        created: "2026-11-22T00:00:00Z".into(),
+        size,
+        block_size: 4096,
+        compression: Compression {
+            algorithm: "zstd".into(),
+            level: 1,
+        },
+        source: SourceInfo {
+            kind: "file".into(),
+            path: "/x".into(),
+            method: "full".into(),
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

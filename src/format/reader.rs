@@ -471,30 +471,10 @@ impl FrameKind {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::format::{
-        ArchiveWriter, BlockSize, Compression, EncodedFrame, SourceInfo, compress_frame,
-    };
+    use crate::format::{ArchiveWriter, BlockSize, EncodedFrame, compress_frame};
 
     fn small_archive() -> Vec<u8> {
-        let h = Header {
-            volume_name: "v".into(),
-            volume_id: "0123456789abcdef0123456789abcdef".into(),
-            archive_id: "fedcba9876543210fedcba9876543210".into(),
-            seq: 1,
-            parent: None,
-            created: "2026-11-22T00:00:00Z".into(),
-            size: 3 * 4096,
-            block_size: 4096,
-            compression: Compression {
-                algorithm: "zstd".into(),
-                level: 1,
-            },
-            source: SourceInfo {
-                kind: "file".into(),
-                path: "/x".into(),
-                method: "full".into(),
-            },
-        };
+        let h = crate::format::header::test_header(3 * 4096);
         let mut out = Vec::new();
         let mut w = ArchiveWriter::new(&h, &mut out).expect("header");
         let blocks = [vec![1u8; 4096], vec![2u8; 4096]];

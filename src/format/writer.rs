@@ -267,29 +267,8 @@ impl ArchiveWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::format::{ArchiveReader, Compression, SourceInfo};
-
-    fn header(size: u64) -> Header {
-        Header {
-            volume_name: "v".into(),
-            volume_id: "0123456789abcdef0123456789abcdef".into(),
-            archive_id: "fedcba9876543210fedcba9876543210".into(),
-            seq: 1,
-            parent: None,
-            created: "2026-11-22T00:00:00Z".into(),
-            size,
-            block_size: 4096,
-            compression: Compression {
-                algorithm: "zstd".into(),
-                level: 1,
-            },
-            source: SourceInfo {
-                kind: "file".into(),
-                path: "/x".into(),
-                method: "full".into(),
-            },
-        }
-    }
+    use crate::format::ArchiveReader;
+    use crate::format::header::test_header as header;
 
     fn frame(first: u64, blocks: &[&[u8]]) -> EncodedFrame {
         EncodedFrame {

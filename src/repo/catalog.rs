@@ -117,6 +117,21 @@ pub(crate) async fn read_marker(repo: &Repository, key: &Path) -> Result<CommitM
 }
 
 impl Repository {
+    /// Every object under `prefix`.
+    ///
+    /// # Errors
+    /// [`RepoError::Store`].
+    pub(crate) async fn list(
+        &self,
+        prefix: &Path,
+    ) -> Result<Vec<object_store::ObjectMeta>, RepoError> {
+        self.store()
+            .list(Some(prefix))
+            .try_collect()
+            .await
+            .map_err(RepoError::store("list", prefix))
+    }
+
     /// Names of all volumes, sorted.
     ///
     /// # Errors
@@ -143,12 +158,7 @@ impl Repository {
     /// [`RepoError::Store`] or [`RepoError::BadCommit`].
     pub async fn commits(&self, volume: &VolumeName) -> Result<Vec<Commit>, RepoError> {
         let prefix = volume.commits_prefix();
-        let metas: Vec<_> = self
-            .store()
-            .list(Some(&prefix))
-            .try_collect()
-            .await
-            .map_err(RepoError::store("list", &prefix))?;
+        let metas = self.list(&prefix).await?;
         let mut keyed: Vec<(u64, Path)> = metas
             .into_iter()
             .filter_map(|m| {

@@ -7,7 +7,6 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use futures::TryStreamExt;
 use object_store::ObjectStoreExt;
 
 use super::{RepoError, Repository, VolumeName};
@@ -36,12 +35,7 @@ impl Repository {
             .collect();
         let cutoff = now - LEFTOVER_GRACE;
         let prefix = volume.archives_prefix();
-        let metas: Vec<_> = self
-            .store()
-            .list(Some(&prefix))
-            .try_collect()
-            .await
-            .map_err(RepoError::store("list", &prefix))?;
+        let metas = self.list(&prefix).await?;
         let mut removed = Vec::new();
         for m in metas {
             let Some(name) = m.location.filename().map(str::to_string) else {
