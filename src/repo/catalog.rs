@@ -50,6 +50,9 @@ pub enum PointSelector {
     Seq(u64),
     /// The point whose archive id starts with these hex digits (at least 6).
     Id(String),
+    /// Six to twelve digits: a sequence number or an archive id prefix, whichever
+    /// matches (refused if they match different points).
+    SeqOrId(u64, String),
 }
 
 impl PointSelector {
@@ -59,16 +62,56 @@ impl PointSelector {
     /// # Errors
     /// A message saying what is accepted.
     pub fn parse(s: &str) -> Result<Self, String> {
+        let digits = !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit());
         if s == "latest" {
             Ok(PointSelector::Latest)
-        } else if !s.is_empty() && s.len() <= 12 && s.bytes().all(|c| c.is_ascii_digit()) {
+        } else if digits && s.len() < 6 {
             s.parse().map(PointSelector::Seq).map_err(|e| e.to_string())
+        } else if digits && s.len() <= 12 {
+            let seq = s
+                .parse()
+                .map_err(|e: std::num::ParseIntError| e.to_string())?;
+            Ok(PointSelector::SeqOrId(seq, s.to_string()))
         } else if (6..=32).contains(&s.len()) && s.bytes().all(|c| c.is_ascii_hexdigit()) {
             Ok(PointSelector::Id(s.to_ascii_lowercase()))
         } else {
             Err(format!(
                 "{s:?} is not `latest`, a sequence number or an archive id"
             ))
+        }
+    }
+
+    /// The commit this selects among `commits`: `Ok(None)` if none, `Err(())` if it
+    /// matches several.
+    fn select<'a>(&self, commits: &'a [Commit]) -> Result<Option<&'a Commit>, ()> {
+        let by_seq = |seq: u64| commits.iter().filter(move |c| c.seq == seq);
+        let by_id = |prefix: &str| {
+            let prefix = prefix.to_string();
+            commits
+                .iter()
+                .filter(move |c| c.archive_id.starts_with(prefix.as_str()))
+        };
+        let mut hits: Vec<&Commit> = match self {
+            PointSelector::Latest => commits.last().into_iter().collect(),
+            PointSelector::Seq(seq) => by_seq(*seq).collect(),
+            PointSelector::Id(prefix) => by_id(prefix).collect(),
+            PointSelector::SeqOrId(seq, prefix) => by_seq(*seq).chain(by_id(prefix)).collect(),
+        };
+        hits.dedup_by_key(|c| c.seq);
+        match hits[..] {
+            [] => Ok(None),
+            [one] => Ok(Some(one)),
+            _ => Err(()),
+        }
+    }
+}
+
+impl std::fmt::Display for PointSelector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PointSelector::Latest => f.write_str("latest"),
+            PointSelector::Seq(seq) => write!(f, "{seq}"),
+            PointSelector::Id(s) | PointSelector::SeqOrId(_, s) => f.write_str(s),
         }
     }
 }
@@ -235,26 +278,15 @@ impl Repository {
                 })?;
         let not_found = || RepoError::PointNotFound {
             volume: volume.to_string(),
-            at: selector_text(at),
+            at: at.to_string(),
         };
-        let tip = match at {
-            PointSelector::Latest => commits.last(),
-            PointSelector::Seq(s) => commits.iter().find(|c| c.seq == *s),
-            PointSelector::Id(prefix) => {
-                let mut hits = commits
-                    .iter()
-                    .filter(|c| c.archive_id.starts_with(prefix.as_str()));
-                let first = hits.next();
-                if hits.next().is_some() {
-                    return Err(RepoError::PointNotFound {
-                        volume: volume.to_string(),
-                        at: format!("{prefix} (ambiguous: give more digits)"),
-                    });
-                }
-                first
-            }
-        }
-        .ok_or_else(not_found)?;
+        let tip = at
+            .select(commits)
+            .map_err(|()| RepoError::PointNotFound {
+                volume: volume.to_string(),
+                at: format!("{at} (ambiguous: give more digits of the archive id)"),
+            })?
+            .ok_or_else(not_found)?;
         let mut archives = vec![Arc::new(RemoteArchive::open(self, tip).await?)];
         while let Some(parent) = archives.last().expect("non-empty").header.parent.clone() {
             let child_seq = archives.last().expect("non-empty").header.seq;
@@ -289,14 +321,6 @@ impl Repository {
         }
         archives.reverse();
         Ok(Chain { volume, archives })
-    }
-}
-
-fn selector_text(at: &PointSelector) -> String {
-    match at {
-        PointSelector::Latest => "latest".into(),
-        PointSelector::Seq(s) => s.to_string(),
-        PointSelector::Id(id) => id.clone(),
     }
 }
 
@@ -363,5 +387,53 @@ impl Repository {
             .buffered(MARKER_READS)
             .try_collect()
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn commit(seq: u64, id: &str) -> Commit {
+        let volume = VolumeName::new("v").unwrap();
+        Commit {
+            key: volume.commit_key(seq),
+            volume,
+            seq,
+            archive_id: id.to_string(),
+            object: format!("{seq:012}-{id}.tarc"),
+            size: 0,
+            digest: Digest::default(),
+        }
+    }
+
+    #[test]
+    fn selectors_parse_and_select() {
+        let commits = [
+            commit(1, "5692801467aaaaaaaaaaaaaaaaaaaaaa"),
+            commit(2, "abcdef0123456789abcdef0123456789"),
+            commit(569280, "0000000000000000000000000000000f"),
+        ];
+        let pick = |s: &str| {
+            PointSelector::parse(s)
+                .unwrap()
+                .select(&commits)
+                .map(|c| c.map(|c| c.seq))
+        };
+        assert_eq!(pick("latest"), Ok(Some(569280)));
+        assert_eq!(pick("2"), Ok(Some(2)));
+        assert_eq!(pick("abcdef"), Ok(Some(2)));
+        assert_eq!(pick("ABCDEF01"), Ok(Some(2)));
+        // All digits: a sequence number or an id prefix, whichever exists.
+        assert_eq!(pick("5692801467"), Ok(Some(1)));
+        assert_eq!(
+            pick("569280"),
+            Err(()),
+            "seq 569280 and the id prefix of seq 1"
+        );
+        assert_eq!(pick("7"), Ok(None));
+        assert_eq!(pick("777777"), Ok(None));
+        assert!(PointSelector::parse("yesterday").is_err());
+        assert!(PointSelector::parse("").is_err());
     }
 }
