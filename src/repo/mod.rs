@@ -151,6 +151,12 @@ impl Repository {
         &self.store
     }
 
+    /// Whether the repository is a directory on this machine (not an object store
+    /// reached over the network).
+    pub fn is_local(&self) -> bool {
+        self.local_root.is_some()
+    }
+
     /// The location as the user gave it.
     pub fn location(&self) -> &str {
         &self.location

@@ -24,10 +24,33 @@ use crate::format::{
 use crate::progress::Progress;
 use crate::repo::{Chain, ChainCursor, PointSelector, RepoError, Repository, VolumeName};
 use crate::target::{FileTarget, TargetError};
-use plan::{Item, Work, plan_works};
+use plan::{Item, UnitLimits, Work, plan_works};
 
-/// Range reads in flight.
-const FETCHES: usize = 4;
+/// Work unit size and range reads in flight, by store. Bigger reads matter most: a
+/// local file read restarts its readahead on every request, and an object store
+/// answers each request with a fixed latency. Measured on the 4 GiB bench image:
+/// from disk (cold cache) 2 MiB units x 4 took 6.9 s, 4 MiB x 3 5.3 s at 60 MB peak
+/// RSS (x 4: 4.5 s, 70 MB); from a local S3 server 2 MiB x 4 took 20.8 s, 8 MiB x 5
+/// 11.7 s at 115 MB. Peak RSS stays within 64 MiB locally and 128 MiB on S3.
+fn tuning(repo: &Repository) -> (UnitLimits, usize) {
+    if repo.is_local() {
+        (
+            UnitLimits {
+                fetch: 4 << 20,
+                data: 4 << 20,
+            },
+            3,
+        )
+    } else {
+        (
+            UnitLimits {
+                fetch: 8 << 20,
+                data: 8 << 20,
+            },
+            5,
+        )
+    }
+}
 /// Decoded units waiting for the writer.
 const WRITE_QUEUE: usize = 2;
 
@@ -128,11 +151,13 @@ pub async fn restore(
     progress.set_total(geometry.size());
     let out = Arc::new(FileTarget::open(target, geometry.size())?);
 
-    let (tx, rx) = tokio::sync::mpsc::channel::<Work>(2 * FETCHES);
+    let (limits, fetches) = tuning(repo);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Work>(2 * fetches);
     let planner = tokio::spawn(plan_works(
         ChainCursor::new(&chain),
         geometry.blocks(),
         u64::from(geometry.block_size().get()),
+        limits,
         tx,
     ));
     let works = futures::stream::unfold(rx, |mut rx| async { rx.recv().await.map(|w| (w, rx)) });
@@ -156,7 +181,7 @@ pub async fn restore(
     let mut fetched = 0u64;
     let decoded = works
         .map(|w| fetch(chain.clone(), w))
-        .buffered(FETCHES)
+        .buffered(fetches)
         .map_ok(|(w, bytes)| {
             let (chain, pool) = (chain.clone(), pool.clone());
             async move {

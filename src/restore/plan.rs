@@ -16,12 +16,15 @@ use crate::repo::{ChainCursor, Resolved};
 
 /// Two frames of one archive closer than this are fetched in one range read.
 const MAX_GAP: u64 = 256 << 10;
-/// Most bytes fetched by one work unit.
-const MAX_FETCH: u64 = 2 << 20;
-/// Most bytes of block data in one work unit (what it holds once decoded).
-const MAX_DATA: u64 = 2 << 20;
+/// How large work units get: bytes fetched, and bytes of block data (what a unit
+/// holds once decoded).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct UnitLimits {
+    pub fetch: u64,
+    pub data: u64,
+}
 /// Most items in one work unit (bounds zero-only units too).
-const MAX_ITEMS: usize = 1024;
+const MAX_ITEMS: usize = 4096;
 
 /// One range read of one archive of the chain.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,11 +84,11 @@ impl Work {
 
     /// Whether one more data block, from a new frame of `len` stored bytes if
     /// `new_frame`, still fits.
-    fn has_room(&self, block_size: u64, new_frame: Option<u32>) -> bool {
-        let fetch_ok = new_frame.is_none_or(|len| self.fetched() + u64::from(len) <= MAX_FETCH);
+    fn has_room(&self, limits: UnitLimits, block_size: u64, new_frame: Option<u32>) -> bool {
+        let fetch_ok = new_frame.is_none_or(|len| self.fetched() + u64::from(len) <= limits.fetch);
         self.items.is_empty()
             || (self.items.len() < MAX_ITEMS
-                && (self.data_blocks + 1) * block_size <= MAX_DATA
+                && (self.data_blocks + 1) * block_size <= limits.data
                 && fetch_ok)
     }
 
@@ -127,6 +130,7 @@ pub(super) async fn plan_works(
     mut cursor: ChainCursor,
     blocks: u64,
     block_size: u64,
+    limits: UnitLimits,
     tx: Sender<Work>,
 ) -> Result<(), RestoreError> {
     let mut w = Work::default();
@@ -153,7 +157,7 @@ pub(super) async fn plan_works(
                     unreachable!("Resolved::Data holds a data entry")
                 };
                 let known = w.frame(layer, frame_offset);
-                if !w.has_room(block_size, known.is_none().then_some(frame_len)) {
+                if !w.has_room(limits, block_size, known.is_none().then_some(frame_len)) {
                     send(&tx, &mut w).await;
                 }
                 let index = match w.frame(layer, frame_offset) {
