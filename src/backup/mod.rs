@@ -212,7 +212,14 @@ pub async fn backup(
     };
     progress.set_total(plan.blocks() * u64::from(block_size.get()));
 
-    let mut upload = ArchiveUpload::start(repo, volume, header.seq, &header.archive_id).await?;
+    let mut upload = ArchiveUpload::start(
+        repo,
+        volume,
+        header.seq,
+        &header.archive_id,
+        geometry.max_archive_len(),
+    )
+    .await?;
     let run = Run::new(&header, geometry, parent.as_ref(), opts);
     match run.execute(source, plan, &mut upload, &progress).await {
         Ok((stats, digest)) => {

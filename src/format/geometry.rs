@@ -68,6 +68,18 @@ impl Geometry {
         index.saturating_mul(u64::from(self.block_size.0))
     }
 
+    /// An upper bound on the size of an archive of this geometry: frames are never
+    /// larger than their content (writers store raw what zstd does not shrink), plus
+    /// one index entry per block, one directory entry per segment, the largest header
+    /// and the trailer.
+    pub fn max_archive_len(&self) -> u64 {
+        use super::{DIR_ENTRY_LEN, ENTRY_LEN, MAX_HEADER_LEN, PREAMBLE_LEN, TRAILER_LEN};
+        let blocks = self.blocks();
+        self.size
+            .saturating_add(blocks.saturating_mul((ENTRY_LEN + DIR_ENTRY_LEN) as u64))
+            .saturating_add(u64::from(MAX_HEADER_LEN) + (PREAMBLE_LEN + TRAILER_LEN) as u64)
+    }
+
     /// Length in bytes of block `index` (0 past the end).
     pub fn block_len(&self, index: u64) -> u64 {
         let start = self.offset(index);

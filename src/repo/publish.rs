@@ -15,7 +15,9 @@ use super::{RepoError, Repository, VolumeName};
 use crate::format::Digest;
 
 /// Size of one multipart part.
-const PART_SIZE: usize = 8 << 20;
+const PART_SIZE: u64 = 8 << 20;
+/// Parts an upload may have: S3 allows 10,000; the margin covers index and trailer.
+const MAX_PARTS: u64 = 9_000;
 /// Parts uploaded concurrently; with [`PART_SIZE`] this bounds upload memory.
 const PARTS_IN_FLIGHT: usize = 2;
 
@@ -55,8 +57,18 @@ pub struct Published {
     pub committed_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
+/// Part size for an archive of at most `max_len` bytes: 8 MiB, or more (in whole MiB)
+/// when 8 MiB parts would exceed [`MAX_PARTS`]. Upload memory is about three parts.
+fn part_size(max_len: u64) -> usize {
+    let needed = max_len.div_ceil(MAX_PARTS).next_multiple_of(1 << 20);
+    usize::try_from(PART_SIZE.max(needed)).unwrap_or(usize::MAX)
+}
+
 impl ArchiveUpload {
-    /// Starts uploading archive `archive_id` for `volume` at `seq`.
+    /// Starts uploading archive `archive_id` for `volume` at `seq`. `max_len` bounds
+    /// the archive's size (the volume's size will do: stored frames are never larger
+    /// than their content) and sets the part size, so that the upload stays within
+    /// S3's 10,000 parts.
     ///
     /// # Errors
     /// [`RepoError::Store`] if the upload cannot start (e.g. the repository is not
@@ -66,6 +78,7 @@ impl ArchiveUpload {
         volume: &VolumeName,
         seq: u64,
         archive_id: &str,
+        max_len: u64,
     ) -> Result<Self, RepoError> {
         let key = volume.archive_key(seq, archive_id);
         let upload = repo
@@ -79,7 +92,7 @@ impl ArchiveUpload {
             seq,
             archive_id: archive_id.to_string(),
             key,
-            upload: WriteMultipart::new_with_chunk_size(upload, PART_SIZE),
+            upload: WriteMultipart::new_with_chunk_size(upload, part_size(max_len)),
             written: 0,
         })
     }
@@ -170,5 +183,21 @@ impl ArchiveUpload {
             size: self.written,
             committed_at,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parts_stay_within_the_s3_limit() {
+        assert_eq!(part_size(0), 8 << 20);
+        assert_eq!(part_size(70 << 30), 8 << 20);
+        for len in [100u64 << 30, 1 << 40, 16 << 40] {
+            let part = part_size(len) as u64;
+            assert!(len.div_ceil(part) <= MAX_PARTS, "{len}: part {part}");
+            assert_eq!(part % (1 << 20), 0);
+        }
     }
 }
