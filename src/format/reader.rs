@@ -1,8 +1,8 @@
 //! Validating decoders for whole archives and for the pieces a ranged reader fetches.
 
 use super::{
-    DIR_ENTRY_LEN, Digest, DirEntry, END_MAGIC, EntryKind, FormatError, FrameKind, Geometry,
-    Header, ImageHasher, IndexEntry, PREAMBLE_LEN, Preamble, TRAILER_LEN, Trailer, decode_segment,
+    DIR_ENTRY_LEN, Digest, DirEntry, END_MAGIC, EntryKind, FormatError, Geometry, Header,
+    ImageHasher, IndexEntry, PREAMBLE_LEN, Preamble, TRAILER_LEN, Trailer, decode_segment,
     decompress_frame, zero_block_digest,
 };
 
@@ -461,17 +461,10 @@ pub fn block_from_frame<'a>(
     Ok(data)
 }
 
-impl FrameKind {
-    /// Whether the frame is zstd-compressed.
-    pub fn is_zstd(self) -> bool {
-        self == FrameKind::Zstd
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::format::{ArchiveWriter, BlockSize, EncodedFrame, compress_frame};
+    use crate::format::{ArchiveWriter, BlockSize, EncodedFrame, FrameKind, compress_frame};
 
     fn small_archive() -> Vec<u8> {
         let h = crate::format::header::test_header(3 * 4096);

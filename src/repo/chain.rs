@@ -106,16 +106,6 @@ impl ChainCursor {
         ChainCursor { layers, pos: 0 }
     }
 
-    /// The next block the cursor yields.
-    pub fn position(&self) -> u64 {
-        self.pos
-    }
-
-    /// The archive of layer `i` (0 = the full).
-    pub fn archive(&self, layer: usize) -> &Arc<RemoteArchive> {
-        &self.layers[layer].archive
-    }
-
     /// Moves forward to block `p` (never backwards).
     pub fn seek(&mut self, p: u64) {
         self.pos = self.pos.max(p);

@@ -97,11 +97,6 @@ impl ArchiveUpload {
         })
     }
 
-    /// Bytes written so far.
-    pub fn written(&self) -> u64 {
-        self.written
-    }
-
     /// Appends archive bytes, waiting while too many parts are in flight.
     ///
     /// # Errors

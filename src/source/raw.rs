@@ -3,7 +3,7 @@
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
+use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::{Path, PathBuf};
 
 /// Why a source could not be read.
@@ -91,16 +91,6 @@ impl RawSource {
     /// Whether the source is a block device.
     pub fn is_device(&self) -> bool {
         self.is_device
-    }
-
-    /// Device and inode, to recognise the same file under another name.
-    pub fn identity(&self) -> Option<(u64, u64)> {
-        let m = self.file.metadata().ok()?;
-        Some(if self.is_device {
-            (u64::MAX, m.rdev())
-        } else {
-            (m.dev(), m.ino())
-        })
     }
 
     /// Fills `buf` with the bytes at `offset` (a short read past the end of the source

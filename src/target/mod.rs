@@ -141,11 +141,6 @@ impl FileTarget {
         }
     }
 
-    /// The kind of target.
-    pub fn kind(&self) -> TargetKind {
-        self.kind
-    }
-
     /// Device and inode of an existing target (`rdev` for a device), to recognise the
     /// backup's own source.
     pub fn identity(path: &Path) -> Option<(u64, u64)> {
