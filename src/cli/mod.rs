@@ -84,11 +84,35 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         repo,
         quiet: cli.quiet,
     };
-    match cli.command {
-        Command::Init(a) => init::run(a, &ctx).await,
-        Command::Backup(a) => backup::run(a, &ctx).await,
-        Command::Restore(a) => restore::run(a, &ctx).await,
-        Command::List(a) => list::run(a, &ctx).await,
+    let command = async {
+        match cli.command {
+            Command::Init(a) => init::run(a, &ctx).await,
+            Command::Backup(a) => backup::run(a, &ctx).await,
+            Command::Restore(a) => restore::run(a, &ctx).await,
+            Command::List(a) => list::run(a, &ctx).await,
+        }
+    };
+    // On SIGINT or SIGTERM the command is dropped, which unwinds it like an error: a
+    // backup's upload is left uncommitted (removed by a later run) and a new restore
+    // target's temporary file is deleted.
+    tokio::select! {
+        r = command => r,
+        signal = interrupted() => anyhow::bail!("interrupted by {signal}: nothing partial was committed or kept"),
+    }
+}
+
+/// Resolves with the name of the first SIGINT or SIGTERM received.
+async fn interrupted() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
     }
 }
 

@@ -175,7 +175,7 @@ impl Repository {
             .map_err(RepoError::store("list", prefix))
     }
 
-    /// Names of all volumes, sorted.
+    /// Names of all volumes with at least one committed point, sorted.
     ///
     /// # Errors
     /// [`RepoError::Store`].
@@ -186,11 +186,25 @@ impl Repository {
             .list_with_delimiter(Some(&prefix))
             .await
             .map_err(RepoError::store("list", &prefix))?;
-        let mut names: Vec<VolumeName> = list
+        let candidates: Vec<VolumeName> = list
             .common_prefixes
             .iter()
             .filter_map(|p| p.filename().and_then(|s| VolumeName::from_key(s).ok()))
             .collect();
+        // A volume exists once it has a committed point: an interrupted first backup
+        // may leave an empty folder or an uncommitted archive behind.
+        let mut names = Vec::new();
+        for v in candidates {
+            let commits = v.commits_prefix();
+            let has_point = self
+                .list(&commits)
+                .await?
+                .iter()
+                .any(|m| m.location.filename().and_then(parse_commit_seq).is_some());
+            if has_point {
+                names.push(v);
+            }
+        }
         names.sort();
         Ok(names)
     }

@@ -488,9 +488,21 @@ fn leftovers_of_interrupted_runs_are_ignored_then_removed_after_the_grace_period
             .set_modified(two_hours_ago)
             .unwrap();
     }
-    // Readers never take an uncommitted object for an archive.
+    // Readers never take an uncommitted object for an archive, nor a volume whose
+    // first backup never committed for a volume.
+    let stray = t.repo().join("volumes/never-committed/archives");
+    std::fs::create_dir_all(&stray).unwrap();
+    write(
+        &stray.join("000000000001-0123456789abcdef0123456789abcdef.tarc"),
+        b"half",
+    );
     let rows = t.json(&["list"]);
     assert_eq!(rows.as_array().unwrap().len(), 1);
+    let e = t.fails(&["list", "never-committed"]);
+    assert!(
+        e.contains("no volume named \"never-committed\" in the repository (known: l.img)"),
+        "{e}"
+    );
 
     let r = t.json(&["backup", src.to_str().unwrap()]);
     assert_eq!(r["seq"], 2);
@@ -637,4 +649,51 @@ fn huge_sparse_volume_is_backed_up_and_restored_by_its_data_alone() {
     std::os::unix::fs::FileExt::read_exact_at(&std::fs::File::open(&out).unwrap(), &mut back, at)
         .unwrap();
     assert_same_image(&back, &data, "the data region");
+}
+
+#[test]
+fn interrupted_restore_leaves_no_partial_target() {
+    let t = TempRepo::new();
+    let src = t.path("i.img");
+    let mut img = vec![0u8; 256 * MIB];
+    crate::util::Rng::new(41).fill(&mut img);
+    write(&src, &img);
+    t.ok(&["backup", src.to_str().unwrap()]);
+    let out = t.path("out.img");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_thinarc"))
+        .args([
+            "-q",
+            "-r",
+            t.location(),
+            "restore",
+            "i.img",
+            out.to_str().unwrap(),
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(150));
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    let o = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    let leftovers: Vec<_> = std::fs::read_dir(t.dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".thinarc-"))
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "temporary targets left: {leftovers:?}"
+    );
+    if o.status.success() {
+        // The restore won the race: the target is complete.
+        assert_same_image(&read(&out), &img, "restore finished before the signal");
+    } else {
+        assert!(
+            stderr.contains("interrupted by SIGINT: nothing partial was committed or kept"),
+            "{stderr}"
+        );
+        assert!(!out.exists(), "an interrupted restore leaves no target");
+    }
 }
