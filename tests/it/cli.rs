@@ -660,7 +660,7 @@ fn interrupted_restore_leaves_no_partial_target() {
     write(&src, &img);
     t.ok(&["backup", src.to_str().unwrap()]);
     let out = t.path("out.img");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_thinarc"))
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_thinarc"))
         .args([
             "-q",
             "-r",
