@@ -7,7 +7,8 @@ use tokio::sync::mpsc::Sender;
 
 use super::BackupError;
 use crate::format::{
-    ArchiveWriter, Digest, EncodedFrame, FormatError, Geometry, ImageHasher, compress_frame,
+    ArchiveWriter, Digest, EncodedFrame, FormatError, Geometry, ImageHasher, ImageRun,
+    compress_frame,
 };
 use crate::source::{RawSource, ReadPlan, SourceError};
 
@@ -36,12 +37,6 @@ pub(super) struct Batch {
 /// Most blocks in one batch of hole blocks (bounds the previous point's digests
 /// fetched for it).
 const MAX_HOLE_BATCH: u64 = 1 << 16;
-
-/// The new point's content of a batch, run-length coded.
-pub(super) enum ImageRun {
-    Zeros(u64),
-    Data(Digest),
-}
 
 /// What goes into the archive, in block order.
 enum Op {
@@ -250,10 +245,7 @@ impl Processed {
             }
         }
         for run in &self.image {
-            match run {
-                ImageRun::Data(d) => hasher.data(d),
-                ImageRun::Zeros(n) => hasher.zeros(*n),
-            }
+            hasher.feed(run);
         }
         Ok(recorded)
     }

@@ -72,6 +72,16 @@ pub fn zero_block_digest(len: u64) -> Digest {
     Digest(h.finalize().into())
 }
 
+/// A stretch of a point's blocks as the image digest sees it: a run of zero blocks,
+/// or one data block by its digest. Zero runs cost O(1) whatever their length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageRun {
+    /// This many zero blocks.
+    Zeros(u64),
+    /// One data block.
+    Data(Digest),
+}
+
 /// Computes the image digest of one point in time from its blocks, in block order.
 ///
 /// The digest is SHA-256 over `"thinarc-image-v1" || size u64le || block_size u32le`
@@ -119,6 +129,14 @@ impl ImageHasher {
         self.sha.update([1u8]);
         self.sha.update(digest.0);
         self.next_block += 1;
+    }
+
+    /// Adds a run of blocks.
+    pub fn feed(&mut self, run: &ImageRun) {
+        match run {
+            ImageRun::Zeros(n) => self.zeros(*n),
+            ImageRun::Data(d) => self.data(d),
+        }
     }
 
     fn flush_zeros(&mut self) {

@@ -16,7 +16,7 @@ mod reader;
 mod trailer;
 mod writer;
 
-pub use digest::{Digest, ImageHasher, zero_block_digest};
+pub use digest::{Digest, ImageHasher, ImageRun, zero_block_digest};
 pub use frame::{
     FrameDecoder, FrameKind, compress_frame, decompress_frame,
     frame_content_len as stored_frame_content_len,

@@ -19,7 +19,8 @@ use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 
 use crate::format::{
-    Digest, FormatError, FrameDecoder, ImageHasher, block_from_frame, stored_frame_content_len,
+    Digest, FormatError, FrameDecoder, ImageHasher, ImageRun, block_from_frame,
+    stored_frame_content_len,
 };
 use crate::progress::Progress;
 use crate::repo::{Chain, ChainCursor, PointSelector, RepoError, Repository, VolumeName};
@@ -196,11 +197,8 @@ pub async fn restore(
         while let Some(d) = decoded.try_next().await? {
             fetched += d.fetched;
             progress.add(d.bytes);
-            for digest in &d.image {
-                match digest {
-                    Some(digest) => hasher.data(digest),
-                    None => hasher.zeros(1),
-                }
+            for run in &d.image {
+                hasher.feed(run);
             }
             if wtx.send(d).await.is_err() {
                 break; // the writer failed; its error is reported below
@@ -259,8 +257,8 @@ struct Decoded {
     /// The unit's block data, consecutive blocks adjacent.
     buf: Vec<u8>,
     writes: Vec<Write>,
-    /// Digest per block in order (`None` = zero).
-    image: Vec<Option<Digest>>,
+    /// The unit's blocks for the image digest, in order.
+    image: Vec<ImageRun>,
     /// Bytes read from the repository.
     fetched: u64,
     /// Volume bytes covered.
@@ -342,11 +340,15 @@ fn decode_with(
     scratch: &mut Scratch,
 ) -> Result<Decoded, RestoreError> {
     let geometry = chain.tip().geometry();
+    // Names the archive only when there is an error: this sits on the per-block path.
+    let (fetches, frames) = (&w.fetches, &w.frames);
     let corrupt = |frame: usize| {
-        let key = chain.archives[w.fetches[w.frames[frame].fetch].layer]
-            .key()
-            .to_string();
-        move |source| RestoreError::Corrupt { key, source }
+        move |source| RestoreError::Corrupt {
+            key: chain.archives[fetches[frames[frame].fetch].layer]
+                .key()
+                .to_string(),
+            source,
+        }
     };
     let mut d = Decoded {
         buf,
@@ -372,7 +374,7 @@ fn decode_with(
                 let offset = geometry.offset(first);
                 let len = geometry.offset(first + count).min(geometry.size()) - offset;
                 d.writes.push(Write::Zero { offset, len });
-                d.image.extend(std::iter::repeat_n(None, count as usize));
+                d.image.push(ImageRun::Zeros(count));
                 d.bytes += len;
             }
             Item::Block {
@@ -406,7 +408,7 @@ fn decode_with(
                     }) if *o + r.len() as u64 == offset => r.end = range.end,
                     _ => d.writes.push(Write::Data { offset, range }),
                 }
-                d.image.push(Some(digest));
+                d.image.push(ImageRun::Data(digest));
                 d.bytes += data.len() as u64;
             }
         }
