@@ -10,8 +10,10 @@
 pub mod backup;
 pub mod cli;
 pub mod format;
+pub mod logging;
 pub mod progress;
 pub mod repo;
 pub mod restore;
 pub mod source;
 pub mod target;
+pub mod throttle;

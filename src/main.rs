@@ -4,24 +4,40 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use thinarc::cli::{Cli, run};
+use thinarc::logging::Sink;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let sink = Sink::detect();
+    thinarc::logging::init(sink, cli.verbosity());
     tune_malloc(&cli.command);
+    if cli.low_priority {
+        // Before the runtime starts: its threads inherit the priorities.
+        match thinarc::throttle::priority::lower() {
+            Ok(l) => tracing::info!(nice = 19, io_class = l.io_class, "low priority"),
+            Err(e) => {
+                eprintln!("{}error: --low-priority: {e}", sink.error_prefix());
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            eprintln!(
+                "{}error: cannot start the async runtime: {e}",
+                sink.error_prefix()
+            );
             return ExitCode::FAILURE;
         }
     };
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}", message(&e));
+            eprintln!("{}error: {}", sink.error_prefix(), message(&e));
             ExitCode::FAILURE
         }
     }

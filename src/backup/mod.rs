@@ -28,6 +28,7 @@ use crate::repo::{
     new_id,
 };
 use crate::source::{RawSource, ReadPlan, SourceError};
+use crate::throttle::RateLimiter;
 use process::{Batch, Processed, process_batch};
 
 /// Default block size: 64 KiB (see the README's block size benchmark).
@@ -52,6 +53,8 @@ pub struct BackupOptions {
     pub zstd_level: i32,
     /// Batches processed in parallel.
     pub threads: usize,
+    /// Limit on source reads (bytes actually read per second).
+    pub read_limit: Option<Arc<RateLimiter>>,
 }
 
 impl BackupOptions {
@@ -63,6 +66,7 @@ impl BackupOptions {
             changed_blocks: None,
             zstd_level: DEFAULT_ZSTD_LEVEL,
             threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            read_limit: None,
         }
     }
 }
@@ -327,6 +331,7 @@ struct Run {
     parent: Option<Chain>,
     ctx: Arc<process::Context>,
     threads: usize,
+    read_limit: Option<Arc<RateLimiter>>,
 }
 
 impl Run {
@@ -354,6 +359,7 @@ impl Run {
             parent: parent.cloned(),
             ctx: Arc::new(ctx),
             threads: opts.threads.max(1),
+            read_limit: opts.read_limit.clone(),
         }
     }
 
@@ -367,8 +373,16 @@ impl Run {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Batch>(self.threads);
         let batch_blocks = (BATCH_BYTES / u64::from(self.geometry.block_size().get())).max(1);
         let geometry = self.geometry;
+        let read_limit = self.read_limit.clone();
         let reader = tokio::task::spawn_blocking(move || {
-            process::read_batches(&source, &plan, geometry, batch_blocks, &tx)
+            process::read_batches(
+                &source,
+                &plan,
+                geometry,
+                batch_blocks,
+                read_limit.as_deref(),
+                &tx,
+            )
         });
 
         let mut out = Vec::with_capacity(1 << 20);

@@ -11,6 +11,7 @@ use crate::format::{
     compress_frame,
 };
 use crate::source::{RawSource, ReadPlan, SourceError};
+use crate::throttle::RateLimiter;
 
 /// Settings shared by every batch of a run.
 #[derive(Debug)]
@@ -54,7 +55,8 @@ pub(super) struct Processed {
     image: Vec<ImageRun>,
 }
 
-/// Reads the blocks of `plan` in batches of `batch_blocks` and sends them in order.
+/// Reads the blocks of `plan` in batches of `batch_blocks` and sends them in order,
+/// at most at `read_limit`'s rate (bytes actually read; holes are free).
 /// Stops quietly when the receiver is gone (the pipeline failed elsewhere). Checks at
 /// the end that the source did not change size.
 pub(super) fn read_batches(
@@ -62,6 +64,7 @@ pub(super) fn read_batches(
     plan: &ReadPlan,
     geometry: Geometry,
     batch_blocks: u64,
+    read_limit: Option<&RateLimiter>,
     tx: &Sender<Batch>,
 ) -> Result<(), SourceError> {
     for range in plan.ranges() {
@@ -96,6 +99,9 @@ pub(super) fn read_batches(
             let len = geometry.offset(first + count).min(geometry.size()) - offset;
             let mut buf = vec![0u8; len as usize];
             let bytes_read = source.read_at(offset, &mut buf)?;
+            if let Some(limit) = read_limit {
+                limit.acquire_blocking(bytes_read);
+            }
             if tx
                 .blocking_send(Batch {
                     first,

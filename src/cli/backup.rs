@@ -51,6 +51,8 @@ pub async fn run(args: BackupArgs, ctx: &Ctx) -> anyhow::Result<()> {
     };
     let volume = VolumeName::new(&name).context("pass a valid --volume")?;
     let mut opts = BackupOptions::new(volume.clone());
+    opts.threads = ctx.threads;
+    opts.read_limit = ctx.read_limit.clone();
     if let Some(bs) = args.block_size {
         let bs = u32::try_from(bs).ok().map(BlockSize::new);
         opts.block_size = Some(bs.context("--block-size is too large")??);
@@ -68,6 +70,7 @@ pub async fn run(args: BackupArgs, ctx: &Ctx) -> anyhow::Result<()> {
         format!("backup {volume}"),
         progress.clone(),
     );
+    tracing::info!(volume = %volume, source = %args.source.display(), "backup started");
     let result = backup(&repo, source, &opts, progress).await;
     display.finish().await;
     let report = result.with_context(|| {
@@ -76,8 +79,17 @@ pub async fn run(args: BackupArgs, ctx: &Ctx) -> anyhow::Result<()> {
             args.source.display()
         )
     })?;
+    tracing::info!(
+        volume = %volume,
+        seq = report.seq,
+        archive = %report.archive,
+        bytes_read = report.bytes_read,
+        stored_bytes = report.stored_bytes,
+        seconds = report.seconds,
+        "backup committed"
+    );
     for w in &report.warnings {
-        eprintln!("warning: {w}");
+        tracing::warn!(volume = %volume, "{w}");
     }
     if args.json {
         print_json(&report)?;

@@ -9,11 +9,13 @@ mod progress;
 mod restore;
 
 use std::io::IsTerminal;
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 use crate::repo::Repository;
+use crate::throttle::{RateLimiter, parse_rate};
 
 /// Block-level backups of LVM thin volumes, block devices and image files.
 #[derive(Debug, Parser)]
@@ -28,9 +30,27 @@ pub struct Cli {
         value_name = "REPO"
     )]
     pub repo: Option<String>,
-    /// No progress output.
+    /// No progress output, and only warnings and errors in the log.
     #[arg(short, long, global = true)]
     pub quiet: bool,
+    /// More log detail (repeat for more).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Limit source reads and uploads, each to RATE bytes per second (e.g. 50M).
+    #[arg(long, global = true, value_name = "RATE", value_parser = parse_rate)]
+    pub rate_limit: Option<u64>,
+    /// Limit source reads to RATE bytes per second (overrides --rate-limit).
+    #[arg(long, global = true, value_name = "RATE", value_parser = parse_rate)]
+    pub read_limit: Option<u64>,
+    /// Limit uploads to RATE bytes per second (overrides --rate-limit).
+    #[arg(long, global = true, value_name = "RATE", value_parser = parse_rate)]
+    pub upload_limit: Option<u64>,
+    /// Worker threads for hashing, compression and decoding (default: one per core).
+    #[arg(long, global = true, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub threads: Option<u16>,
+    /// Run at the lowest CPU priority (nice 19) and the idle I/O class.
+    #[arg(long, global = true)]
+    pub low_priority: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -48,16 +68,34 @@ pub enum Command {
     List(list::ListArgs),
 }
 
+impl Cli {
+    /// The log verbosity: uses of `-v`, or -1 for `-q`.
+    pub fn verbosity(&self) -> i8 {
+        if self.quiet {
+            -1
+        } else {
+            i8::try_from(self.verbose).unwrap_or(i8::MAX)
+        }
+    }
+}
+
 /// What every subcommand gets besides its own arguments.
 pub struct Ctx {
     repo: String,
     quiet: bool,
+    threads: usize,
+    read_limit: Option<Arc<RateLimiter>>,
+    upload_limit: Option<Arc<RateLimiter>>,
 }
 
 impl Ctx {
-    /// Opens the repository.
+    /// Opens the repository (with the upload limit, if any).
     async fn open(&self) -> anyhow::Result<Repository> {
-        Ok(Repository::open_location(&self.repo).await?)
+        let repo = Repository::open_location(&self.repo).await?;
+        Ok(match &self.upload_limit {
+            Some(limit) => repo.with_upload_limit(limit.clone()),
+            None => repo,
+        })
     }
 
     /// Whether to draw progress bars (stderr is a terminal) or print progress lines.
@@ -80,9 +118,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let repo = cli
         .repo
         .context("no repository given: pass -r REPO or set THINARC_REPO")?;
+    let limit = |rate: Option<u64>| {
+        rate.or(cli.rate_limit)
+            .map(|r| Arc::new(RateLimiter::new(r)))
+    };
     let ctx = Ctx {
         repo,
         quiet: cli.quiet,
+        threads: cli.threads.map_or_else(
+            || std::thread::available_parallelism().map_or(2, |n| n.get()),
+            usize::from,
+        ),
+        read_limit: limit(cli.read_limit),
+        upload_limit: limit(cli.upload_limit),
     };
     let command = async {
         match cli.command {

@@ -37,7 +37,7 @@ pub async fn run(args: RestoreArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let opts = RestoreOptions {
         at: args.at.clone(),
         force: args.force,
-        threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+        threads: ctx.threads,
     };
     let progress = Arc::new(Progress::default());
     let display = Display::start(

@@ -213,4 +213,13 @@ impl Repository {
     pub fn config(&self) -> &RepoConfig {
         &self.config
     }
+
+    /// The same repository with uploads limited to `limit`'s rate (all writers of
+    /// this handle share the budget).
+    pub fn with_upload_limit(self, limit: Arc<crate::throttle::RateLimiter>) -> Repository {
+        Repository {
+            store: Arc::new(crate::throttle::ThrottledStore::new(self.store, limit)),
+            ..self
+        }
+    }
 }

@@ -5,4 +5,5 @@ mod cli;
 mod faults;
 mod format;
 mod s3;
+mod throttle;
 mod util;
