@@ -9,6 +9,7 @@
 
 pub mod backup;
 pub mod cli;
+pub mod config;
 pub mod format;
 pub mod logging;
 pub mod progress;

@@ -23,6 +23,51 @@ const DEFAULT_RETRY_TIMEOUT: Duration = Duration::from_secs(180);
 /// An opened store, and the directory behind it for a local repository.
 pub type OpenedStore = (Arc<dyn ObjectStore>, Option<std::path::PathBuf>);
 
+/// Where a repository location points.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location<'a> {
+    /// A directory on this machine.
+    Local(std::path::PathBuf),
+    /// A bucket and key prefix (possibly empty) on S3.
+    S3 {
+        /// Bucket name.
+        bucket: &'a str,
+        /// Key prefix inside the bucket, without leading or trailing `/`.
+        prefix: &'a str,
+    },
+}
+
+/// Parses a location (a path, `file://` or `s3://` URL) without touching the store.
+///
+/// # Errors
+/// What is wrong with it, for [`RepoError::BadLocation`] or a config file error.
+pub fn parse_location(location: &str) -> Result<Location<'_>, String> {
+    if let Some(rest) = location.strip_prefix("s3://") {
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err("no bucket name (use s3://BUCKET/PREFIX)".into());
+        }
+        Ok(Location::S3 {
+            bucket,
+            prefix: prefix.trim_matches('/'),
+        })
+    } else if let Some(rest) = location.strip_prefix("file://") {
+        let url = url::Url::parse(location).map_err(|e| format!("not a valid file URL: {e}"))?;
+        url.to_file_path()
+            .map(Location::Local)
+            .map_err(|()| format!("{rest:?} is not an absolute local path"))
+    } else if location.contains("://") {
+        let scheme = location.split("://").next().unwrap_or_default();
+        Err(format!(
+            "unsupported scheme {scheme:?} (use a path, file:// or s3:// URL)"
+        ))
+    } else if location.is_empty() {
+        Err("empty location (use a path, file:// or s3:// URL)".into())
+    } else {
+        Ok(Location::Local(std::path::PathBuf::from(location)))
+    }
+}
+
 /// Opens the object store for `location`.
 ///
 /// With `create`, a missing local directory is created (used by `init`). The local
@@ -38,20 +83,11 @@ pub fn open_store(location: &str, create: bool) -> Result<OpenedStore, RepoError
         location: location.to_string(),
         detail,
     };
-    let path = if let Some(rest) = location.strip_prefix("s3://") {
-        return open_s3(rest).map_err(bad).map(|s| (s, None));
-    } else if let Some(rest) = location.strip_prefix("file://") {
-        let url =
-            url::Url::parse(location).map_err(|e| bad(format!("not a valid file URL: {e}")))?;
-        url.to_file_path()
-            .map_err(|()| bad(format!("{rest:?} is not an absolute local path")))?
-    } else if location.contains("://") {
-        let scheme = location.split("://").next().unwrap_or_default();
-        return Err(bad(format!(
-            "unsupported scheme {scheme:?} (use a path, file:// or s3:// URL)"
-        )));
-    } else {
-        std::path::PathBuf::from(location)
+    let path = match parse_location(location).map_err(bad)? {
+        Location::S3 { bucket, prefix } => {
+            return open_s3(bucket, prefix).map_err(bad).map(|s| (s, None));
+        }
+        Location::Local(path) => path,
     };
     if create {
         std::fs::create_dir_all(&path).map_err(|e| bad(format!("cannot create directory: {e}")))?;
@@ -73,12 +109,8 @@ pub fn open_store(location: &str, create: bool) -> Result<OpenedStore, RepoError
     ))
 }
 
-/// Builds the S3 store for `bucket[/prefix]` from the environment.
-fn open_s3(rest: &str) -> Result<Arc<dyn ObjectStore>, String> {
-    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-    if bucket.is_empty() {
-        return Err("no bucket name (use s3://BUCKET/PREFIX)".into());
-    }
+/// Builds the S3 store for `bucket` and `prefix` from the environment.
+fn open_s3(bucket: &str, prefix: &str) -> Result<Arc<dyn ObjectStore>, String> {
     let retry_timeout = match std::env::var("THINARC_RETRY_TIMEOUT") {
         Ok(v) => Duration::from_secs_f64(
             v.parse::<f64>()
@@ -112,7 +144,6 @@ fn open_s3(rest: &str) -> Result<Arc<dyn ObjectStore>, String> {
         builder = builder.with_region("us-east-1");
     }
     let s3 = builder.build().map_err(|e| e.to_string())?;
-    let prefix = prefix.trim_matches('/');
     Ok(if prefix.is_empty() {
         Arc::new(s3)
     } else {

@@ -43,7 +43,7 @@ pub use chain::{ChainCursor, Resolved};
 pub use cleanup::LEFTOVER_GRACE;
 pub use config::RepoConfig;
 pub use layout::{VolumeName, new_id};
-pub use location::open_store;
+pub use location::{Location, open_store, parse_location};
 pub use publish::{ArchiveUpload, Published};
 
 use crate::format::FormatError;

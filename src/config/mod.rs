@@ -1,0 +1,451 @@
+//! The configuration file of `thinarc run`: repositories, volumes, retention and
+//! offline copies (TOML; the reference is `examples/thinarc.toml`).
+//!
+//! Everything is checked when the file is loaded, before any work starts: unknown
+//! keys, wrong types, bad sizes, rates and durations, repository locations that do not
+//! parse, references to repositories or volumes that are not defined. Each error names
+//! the file, the line and column, and what is wrong.
+
+mod value;
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+pub use value::{Rate, Size};
+
+use crate::format::BlockSize;
+use crate::repo::{VolumeName, parse_location};
+
+/// Where `thinarc run` looks for its config without `--config`.
+pub const DEFAULT_PATH: &str = "/etc/thinarc/thinarc.toml";
+/// Default local state directory (result records).
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/thinarc";
+
+/// A config file that cannot be used: `FILE:LINE:COLUMN: what is wrong`.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid or not consistent.
+    #[error("{path}:{line}:{column}: {message}")]
+    Invalid {
+        /// The file.
+        path: String,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// A loaded and checked config.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The file it was read from.
+    pub path: PathBuf,
+    /// Directory for local result records.
+    pub state_dir: PathBuf,
+    /// Command run (by `sh -c`) when a run had failures.
+    pub on_failure: Option<String>,
+    /// Limit on source reads, bytes per second.
+    pub read_limit: Option<u64>,
+    /// Limit on uploads, bytes per second.
+    pub upload_limit: Option<u64>,
+    /// Worker threads.
+    pub threads: Option<u16>,
+    /// Nice 19 and idle I/O.
+    pub low_priority: bool,
+    /// Repositories by name.
+    pub repositories: BTreeMap<String, String>,
+    /// Volumes, in the order they are backed up.
+    pub volumes: Vec<Volume>,
+    /// Offline copies, made after all backups and prunes.
+    pub copies: Vec<Copy>,
+}
+
+/// One configured volume.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Volume {
+    /// Volume name in the repository.
+    pub name: VolumeName,
+    /// What to back up: `lvm:VG/LV`, a block device or an image file.
+    pub source: String,
+    /// Repository name (a key of [`Config::repositories`]).
+    pub repository: String,
+    /// Block size of a new volume.
+    pub block_size: Option<BlockSize>,
+    /// Refuse a snapshot above this thin-pool data usage (percent).
+    pub max_pool_data: Option<u8>,
+    /// Refuse a snapshot above this thin-pool metadata usage (percent).
+    pub max_pool_metadata: Option<u8>,
+    /// Retention applied by a prune after the backup; none = keep everything.
+    pub retention: Option<Retention>,
+}
+
+/// One offline copy target.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Copy {
+    /// Source repository name.
+    pub from: String,
+    /// Destination location (path or URL).
+    pub to: String,
+    /// Volumes to copy (all volumes of `from` in the config when empty in the file).
+    pub volumes: Vec<VolumeName>,
+    /// Write one full archive of the latest point instead of the chain.
+    pub consolidate: bool,
+    /// Retention applied to the destination after copying.
+    pub retention: Option<Retention>,
+}
+
+/// A retention policy as written in the config (same meaning as `prune`'s flags).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Retention {
+    /// Keep the newest N points.
+    pub keep_last: Option<u32>,
+    /// Keep the newest point of each of the last N hours.
+    pub keep_hourly: Option<u32>,
+    /// ... days.
+    pub keep_daily: Option<u32>,
+    /// ... ISO weeks.
+    pub keep_weekly: Option<u32>,
+    /// ... months.
+    pub keep_monthly: Option<u32>,
+    /// ... years.
+    pub keep_yearly: Option<u32>,
+    /// Keep every point younger than this (e.g. `14d`).
+    pub keep_within: Option<String>,
+    /// Consolidate a chain longer than this.
+    pub max_chain_length: Option<u32>,
+}
+
+impl Retention {
+    /// Whether the policy keeps anything beyond the newest point.
+    fn keeps_something(&self) -> bool {
+        [
+            self.keep_last,
+            self.keep_hourly,
+            self.keep_daily,
+            self.keep_weekly,
+            self.keep_monthly,
+            self.keep_yearly,
+        ]
+        .iter()
+        .any(|n| n.is_some_and(|n| n > 0))
+            || self.keep_within.is_some()
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    state_dir: Option<PathBuf>,
+    on_failure: Option<String>,
+    rate_limit: Option<Rate>,
+    read_limit: Option<Rate>,
+    upload_limit: Option<Rate>,
+    threads: Option<Spanned<u16>>,
+    #[serde(default)]
+    low_priority: bool,
+    #[serde(default)]
+    repositories: BTreeMap<String, RawRepository>,
+    #[serde(default)]
+    volumes: Vec<Spanned<RawVolume>>,
+    #[serde(default)]
+    copies: Vec<Spanned<RawCopy>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRepository {
+    location: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVolume {
+    name: Spanned<String>,
+    source: Spanned<String>,
+    repository: Option<Spanned<String>>,
+    block_size: Option<Spanned<Size>>,
+    max_pool_data: Option<Spanned<u8>>,
+    max_pool_metadata: Option<Spanned<u8>>,
+    retention: Option<Spanned<Retention>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCopy {
+    from: Option<Spanned<String>>,
+    to: Spanned<String>,
+    #[serde(default)]
+    volumes: Vec<Spanned<String>>,
+    #[serde(default)]
+    consolidate: bool,
+    retention: Option<Spanned<Retention>>,
+}
+
+/// Checks one value, keeping its span for the error.
+struct Checker<'a> {
+    path: &'a Path,
+    text: &'a str,
+}
+
+impl Checker<'_> {
+    fn error(&self, span: Range<usize>, message: impl Into<String>) -> ConfigError {
+        let before = &self.text[..span.start.min(self.text.len())];
+        let line = before.matches('\n').count() + 1;
+        let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+        ConfigError::Invalid {
+            path: self.path.display().to_string(),
+            line,
+            column,
+            message: message.into(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads and checks the config file at `path`.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the file, line and problem.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Config::parse(path, &text)
+    }
+
+    /// Parses and checks config `text` read from `path`.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming the line and problem.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let c = Checker { path, text };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            c.error(
+                e.span().unwrap_or(0..0),
+                e.message().trim_end().replace('\n', " "),
+            )
+        })?;
+        let mut repositories = BTreeMap::new();
+        for (name, r) in &raw.repositories {
+            parse_location(r.location.get_ref()).map_err(|e| {
+                c.error(
+                    r.location.span(),
+                    format!(
+                        "repository {name}: bad location {:?}: {e}",
+                        r.location.get_ref()
+                    ),
+                )
+            })?;
+            repositories.insert(name.clone(), r.location.get_ref().clone());
+        }
+        let repository = |given: Option<&Spanned<String>>, at: Range<usize>, what: &str| match given
+        {
+            Some(r) if repositories.contains_key(r.get_ref()) => Ok(r.get_ref().clone()),
+            Some(r) => Err(c.error(
+                r.span(),
+                format!(
+                    "{what}: no repository named {:?} (defined: {})",
+                    r.get_ref(),
+                    known(repositories.keys())
+                ),
+            )),
+            None if repositories.len() == 1 => Ok(repositories.keys().next().expect("one").clone()),
+            None if repositories.is_empty() => Err(c.error(
+                at,
+                format!("{what}: no repository defined (add a [repositories.NAME] table)"),
+            )),
+            None => Err(c.error(
+                at,
+                format!(
+                    "{what}: say which repository (one of {})",
+                    known(repositories.keys())
+                ),
+            )),
+        };
+        let retention = |r: &Option<Spanned<Retention>>, what: &str| {
+            match r {
+            Some(r) if !r.get_ref().keeps_something() => Err(c.error(
+                r.span(),
+                format!(
+                    "{what}: this retention keeps nothing but the newest point; set at least one keep_* option, or remove the table to keep everything"
+                ),
+            )),
+            Some(r) => Ok(Some(r.get_ref().clone())),
+            None => Ok(None),
+        }
+        };
+        let percent = |v: &Option<Spanned<u8>>, key: &str| match v {
+            Some(p) if !(1..=100).contains(p.get_ref()) => Err(c.error(
+                p.span(),
+                format!("{key} = {} is not a percentage from 1 to 100", p.get_ref()),
+            )),
+            Some(p) => Ok(Some(*p.get_ref())),
+            None => Ok(None),
+        };
+
+        let mut volumes: Vec<Volume> = Vec::new();
+        for v in &raw.volumes {
+            let span = v.span();
+            let v = v.get_ref();
+            let name = VolumeName::new(v.name.get_ref())
+                .map_err(|e| c.error(v.name.span(), e.to_string()))?;
+            let what = format!("volume {name}");
+            let repository = repository(v.repository.as_ref(), span.clone(), &what)?;
+            if volumes
+                .iter()
+                .any(|o| o.name == name && o.repository == repository)
+            {
+                return Err(c.error(
+                    v.name.span(),
+                    format!("volume {name} is configured twice for repository {repository}"),
+                ));
+            }
+            check_source(v.source.get_ref()).map_err(|e| c.error(v.source.span(), e))?;
+            let block_size = match &v.block_size {
+                Some(s) => Some(
+                    u32::try_from(s.get_ref().0)
+                        .ok()
+                        .and_then(|b| BlockSize::new(b).ok())
+                        .ok_or_else(|| {
+                            c.error(
+                                s.span(),
+                                format!(
+                                    "block_size = {} is not a power of two from 4K to 16M",
+                                    s.get_ref().0
+                                ),
+                            )
+                        })?,
+                ),
+                None => None,
+            };
+            volumes.push(Volume {
+                source: v.source.get_ref().clone(),
+                repository,
+                block_size,
+                max_pool_data: percent(&v.max_pool_data, "max_pool_data")?,
+                max_pool_metadata: percent(&v.max_pool_metadata, "max_pool_metadata")?,
+                retention: retention(&v.retention, &what)?,
+                name,
+            });
+        }
+        if volumes.is_empty() {
+            return Err(c.error(
+                0..0,
+                "no volumes configured (add a [[volumes]] table with name and source)",
+            ));
+        }
+
+        let mut copies = Vec::new();
+        for k in &raw.copies {
+            let span = k.span();
+            let k = k.get_ref();
+            let what = format!("copy to {}", k.to.get_ref());
+            parse_location(k.to.get_ref())
+                .map_err(|e| c.error(k.to.span(), format!("{what}: bad location: {e}")))?;
+            let from = repository(k.from.as_ref(), span, &what)?;
+            if repositories.get(&from) == Some(k.to.get_ref()) {
+                return Err(c.error(
+                    k.to.span(),
+                    format!("{what}: the destination is the source repository {from}"),
+                ));
+            }
+            let mut names = Vec::new();
+            for n in &k.volumes {
+                let name =
+                    VolumeName::new(n.get_ref()).map_err(|e| c.error(n.span(), e.to_string()))?;
+                if !volumes
+                    .iter()
+                    .any(|v| v.name == name && v.repository == from)
+                {
+                    return Err(c.error(
+                        n.span(),
+                        format!("{what}: volume {name} is not configured for repository {from}"),
+                    ));
+                }
+                names.push(name);
+            }
+            if names.is_empty() {
+                names = volumes
+                    .iter()
+                    .filter(|v| v.repository == from)
+                    .map(|v| v.name.clone())
+                    .collect();
+            }
+            copies.push(Copy {
+                from,
+                to: k.to.get_ref().clone(),
+                volumes: names,
+                consolidate: k.consolidate,
+                retention: retention(&k.retention, &what)?,
+            });
+        }
+
+        if let Some(t) = &raw.threads
+            && *t.get_ref() == 0
+        {
+            return Err(c.error(t.span(), "threads must be at least 1"));
+        }
+        Ok(Config {
+            path: path.to_path_buf(),
+            state_dir: raw
+                .state_dir
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
+            on_failure: raw.on_failure,
+            read_limit: raw.read_limit.or(raw.rate_limit).map(|r| r.0),
+            upload_limit: raw.upload_limit.or(raw.rate_limit).map(|r| r.0),
+            threads: raw.threads.map(|t| *t.get_ref()),
+            low_priority: raw.low_priority,
+            repositories,
+            volumes,
+            copies,
+        })
+    }
+}
+
+/// Checks a volume source: `lvm:VG/LV` or an absolute path.
+fn check_source(source: &str) -> Result<(), String> {
+    if let Some(lv) = source.strip_prefix("lvm:") {
+        match lv.split_once('/') {
+            Some((vg, lv)) if !vg.is_empty() && !lv.is_empty() && !lv.contains('/') => Ok(()),
+            _ => Err(format!(
+                "source {source:?}: an LVM source is written lvm:VG/LV"
+            )),
+        }
+    } else if Path::new(source).is_absolute() {
+        Ok(())
+    } else {
+        Err(format!(
+            "source {source:?}: use lvm:VG/LV or an absolute path to a device or image file"
+        ))
+    }
+}
+
+/// `"a", "b"` for an error message.
+fn known<'a>(names: impl Iterator<Item = &'a String>) -> String {
+    let v: Vec<String> = names.map(|n| format!("{n:?}")).collect();
+    if v.is_empty() {
+        "none".into()
+    } else {
+        v.join(", ")
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,216 @@
+use super::*;
+
+fn parse(text: &str) -> Result<Config, String> {
+    Config::parse(Path::new("/etc/thinarc/t.toml"), text).map_err(|e| e.to_string())
+}
+
+const GOOD: &str = r#"
+state_dir = "/var/lib/thinarc"
+on_failure = "mail -s 'thinarc failed' root"
+rate_limit = "50M/s"
+upload_limit = "10M"
+threads = 2
+low_priority = true
+
+[repositories.main]
+location = "s3://backups/thinarc"
+
+[repositories.usb]
+location = "/mnt/usb/thinarc"
+
+[[volumes]]
+name = "vg0/web"
+source = "lvm:vg0/web"
+repository = "main"
+block_size = "64K"
+max_pool_data = 85
+retention = { keep_daily = 7, keep_weekly = 4, keep_monthly = 6 }
+
+[[volumes]]
+name = "images/db"
+source = "/srv/images/db.img"
+repository = "main"
+
+[[copies]]
+from = "main"
+to = "/mnt/offline/thinarc"
+consolidate = true
+volumes = ["vg0/web"]
+retention = { keep_weekly = 6 }
+"#;
+
+#[test]
+fn a_full_config() {
+    let c = parse(GOOD).unwrap();
+    assert_eq!(c.read_limit, Some(50 << 20));
+    assert_eq!(c.upload_limit, Some(10 << 20));
+    assert_eq!(c.threads, Some(2));
+    assert!(c.low_priority);
+    assert_eq!(c.repositories["main"], "s3://backups/thinarc");
+    assert_eq!(c.volumes.len(), 2);
+    let web = &c.volumes[0];
+    assert_eq!(web.name.as_str(), "vg0/web");
+    assert_eq!(web.block_size.map(|b| b.get()), Some(65536));
+    assert_eq!(web.max_pool_data, Some(85));
+    assert_eq!(web.max_pool_metadata, None);
+    let r = web.retention.as_ref().unwrap();
+    assert_eq!(
+        (r.keep_daily, r.keep_weekly, r.keep_monthly),
+        (Some(7), Some(4), Some(6))
+    );
+    assert_eq!(c.volumes[1].retention, None);
+    assert_eq!(c.copies.len(), 1);
+    assert_eq!(c.copies[0].volumes[0].as_str(), "vg0/web");
+    assert!(c.copies[0].consolidate);
+}
+
+#[test]
+fn defaults_with_one_repository() {
+    let c = parse(
+        "[repositories.r]\nlocation = \"/srv/r\"\n[[volumes]]\nname = \"a\"\nsource = \"/dev/sda\"\n[[copies]]\nto = \"/mnt/x\"\n",
+    )
+    .unwrap();
+    assert_eq!(c.state_dir, PathBuf::from(DEFAULT_STATE_DIR));
+    assert_eq!(c.volumes[0].repository, "r");
+    assert_eq!(c.copies[0].from, "r");
+    assert_eq!(c.copies[0].volumes.len(), 1);
+    assert_eq!((c.read_limit, c.upload_limit), (None, None));
+}
+
+/// Asserts that replacing `from` by `to` in GOOD fails with exactly `error`.
+fn bad(from: &str, to: &str, error: &str) {
+    assert!(GOOD.contains(from), "{from}");
+    let text = GOOD.replacen(from, to, 1);
+    assert_eq!(parse(&text).unwrap_err(), error, "{to}");
+}
+
+#[test]
+fn each_mistake_names_file_line_and_problem() {
+    bad(
+        "threads = 2",
+        "thread = 2",
+        "/etc/thinarc/t.toml:6:1: unknown field `thread`, expected one of `state_dir`, `on_failure`, `rate_limit`, `read_limit`, `upload_limit`, `threads`, `low_priority`, `repositories`, `volumes`, `copies`",
+    );
+    bad(
+        "max_pool_data = 85",
+        "max_pool_dat = 85",
+        "/etc/thinarc/t.toml:20:1: unknown field `max_pool_dat`, expected one of `name`, `source`, `repository`, `block_size`, `max_pool_data`, `max_pool_metadata`, `retention`",
+    );
+    bad(
+        "keep_weekly = 6",
+        "keep_weakly = 6",
+        "/etc/thinarc/t.toml:33:15: unknown field `keep_weakly`, expected one of `keep_last`, `keep_hourly`, `keep_daily`, `keep_weekly`, `keep_monthly`, `keep_yearly`, `keep_within`, `max_chain_length`",
+    );
+    bad(
+        "block_size = \"64K\"",
+        "block_size = \"64Q\"",
+        "/etc/thinarc/t.toml:19:14: \"64Q\" has an unknown unit (use K, M, G or T)",
+    );
+    bad(
+        "block_size = \"64K\"",
+        "block_size = \"3000\"",
+        "/etc/thinarc/t.toml:19:14: block_size = 3000 is not a power of two from 4K to 16M",
+    );
+    bad(
+        "rate_limit = \"50M/s\"",
+        "rate_limit = \"fast\"",
+        "/etc/thinarc/t.toml:4:14: \"fast\" is not a rate (bytes per second, e.g. 50M or 50M/s)",
+    );
+    bad(
+        "location = \"s3://backups/thinarc\"",
+        "location = \"ftp://backups/thinarc\"",
+        "/etc/thinarc/t.toml:10:12: repository main: bad location \"ftp://backups/thinarc\": unsupported scheme \"ftp\" (use a path, file:// or s3:// URL)",
+    );
+    bad(
+        "location = \"s3://backups/thinarc\"",
+        "location = \"s3:///thinarc\"",
+        "/etc/thinarc/t.toml:10:12: repository main: bad location \"s3:///thinarc\": no bucket name (use s3://BUCKET/PREFIX)",
+    );
+    bad(
+        "repository = \"main\"\nblock_size",
+        "repository = \"mian\"\nblock_size",
+        "/etc/thinarc/t.toml:18:14: volume vg0/web: no repository named \"mian\" (defined: \"main\", \"usb\")",
+    );
+    bad(
+        "repository = \"main\"\nblock_size",
+        "block_size",
+        "/etc/thinarc/t.toml:15:1: volume vg0/web: say which repository (one of \"main\", \"usb\")",
+    );
+    bad(
+        "source = \"lvm:vg0/web\"",
+        "source = \"lvm:web\"",
+        "/etc/thinarc/t.toml:17:10: source \"lvm:web\": an LVM source is written lvm:VG/LV",
+    );
+    bad(
+        "source = \"/srv/images/db.img\"",
+        "source = \"db.img\"",
+        "/etc/thinarc/t.toml:25:10: source \"db.img\": use lvm:VG/LV or an absolute path to a device or image file",
+    );
+    bad(
+        "name = \"images/db\"\nsource = \"/srv/images/db.img\"\n",
+        "name = \"images/db\"\n",
+        "/etc/thinarc/t.toml:23:1: missing field `source`",
+    );
+    bad(
+        "name = \"images/db\"",
+        "name = \"vg0/web\"",
+        "/etc/thinarc/t.toml:24:8: volume vg0/web is configured twice for repository main",
+    );
+    bad(
+        "name = \"images/db\"",
+        "name = \"images//db\"",
+        "/etc/thinarc/t.toml:24:8: invalid volume name \"images//db\": empty segment (leading, trailing or double '/')",
+    );
+    bad(
+        "volumes = [\"vg0/web\"]",
+        "volumes = [\"vg0/mail\"]",
+        "/etc/thinarc/t.toml:32:12: copy to /mnt/offline/thinarc: volume vg0/mail is not configured for repository main",
+    );
+    bad(
+        "to = \"/mnt/offline/thinarc\"",
+        "to = \"s3://backups/thinarc\"",
+        "/etc/thinarc/t.toml:30:6: copy to s3://backups/thinarc: the destination is the source repository main",
+    );
+    bad(
+        "max_pool_data = 85",
+        "max_pool_data = 0",
+        "/etc/thinarc/t.toml:20:17: max_pool_data = 0 is not a percentage from 1 to 100",
+    );
+    bad(
+        "max_pool_data = 85",
+        "max_pool_data = 900",
+        "/etc/thinarc/t.toml:20:17: invalid value: integer `900`, expected u8",
+    );
+    bad(
+        "retention = { keep_weekly = 6 }",
+        "retention = { keep_weekly = 0 }",
+        "/etc/thinarc/t.toml:33:13: copy to /mnt/offline/thinarc: this retention keeps nothing but the newest point; set at least one keep_* option, or remove the table to keep everything",
+    );
+    bad(
+        "threads = 2",
+        "threads = 0",
+        "/etc/thinarc/t.toml:6:11: threads must be at least 1",
+    );
+    bad(
+        "low_priority = true",
+        "low_priority = \"yes\"",
+        "/etc/thinarc/t.toml:7:16: invalid type: string \"yes\", expected a boolean",
+    );
+    bad(
+        "[[copies]]",
+        "[[copies]",
+        "/etc/thinarc/t.toml:28:10: unclosed array table, expected `]`",
+    );
+}
+
+#[test]
+fn no_volumes_and_no_repository() {
+    assert_eq!(
+        parse("[repositories.r]\nlocation = \"/r\"\n").unwrap_err(),
+        "/etc/thinarc/t.toml:1:1: no volumes configured (add a [[volumes]] table with name and source)"
+    );
+    assert_eq!(
+        parse("[[volumes]]\nname = \"a\"\nsource = \"/dev/sda\"\n").unwrap_err(),
+        "/etc/thinarc/t.toml:1:1: volume a: no repository defined (add a [repositories.NAME] table)"
+    );
+}
