@@ -16,5 +16,6 @@ pub mod progress;
 pub mod repo;
 pub mod restore;
 pub mod source;
+pub mod status;
 pub mod target;
 pub mod throttle;

@@ -37,26 +37,14 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("{}error: {}", sink.error_prefix(), message(&e));
+            eprintln!(
+                "{}error: {}",
+                sink.error_prefix(),
+                thinarc::cli::error_message(&e)
+            );
             ExitCode::FAILURE
         }
     }
-}
-
-/// The error and its causes on one line, skipping a cause whose text the message
-/// already holds (object_store errors repeat their sources in their own text).
-fn message(e: &anyhow::Error) -> String {
-    let mut out = String::new();
-    for cause in e.chain() {
-        let text = cause.to_string();
-        if !out.contains(&text) {
-            if !out.is_empty() {
-                out.push_str(": ");
-            }
-            out.push_str(&text);
-        }
-    }
-    out
 }
 
 /// Tunes glibc malloc before any thread starts. Measured on the 4 GiB bench image:

@@ -7,11 +7,12 @@ use anyhow::Context as _;
 use clap::Args;
 
 use super::{Ctx, human, parse_size, print_json, progress::Display};
-use crate::backup::{BackupOptions, backup};
+use crate::backup::{BackupOptions, BackupReport, backup};
 use crate::format::BlockSize;
 use crate::progress::Progress;
-use crate::repo::VolumeName;
+use crate::repo::{Repository, VolumeName};
 use crate::source::{RawSource, parse_changed_blocks};
+use crate::status::{Operation, Record};
 
 /// Arguments of `backup`.
 #[derive(Debug, Args)]
@@ -62,23 +63,34 @@ pub async fn run(args: BackupArgs, ctx: &Ctx) -> anyhow::Result<()> {
             .with_context(|| format!("cannot read --changed-blocks {}", file.display()))?;
         opts.changed_blocks = Some(parse_changed_blocks(&text, &file.display().to_string())?);
     }
-    let source = RawSource::open(&args.source)?;
-    let repo = ctx.open().await?;
-    let progress = Arc::new(Progress::default());
-    let display = Display::start(
-        ctx.progress_mode(),
-        format!("backup {volume}"),
-        progress.clone(),
-    );
-    tracing::info!(volume = %volume, source = %args.source.display(), "backup started");
-    let result = backup(&repo, source, &opts, progress).await;
-    display.finish().await;
-    let report = result.with_context(|| {
-        format!(
-            "backup of {} to volume {volume} failed",
-            args.source.display()
-        )
-    })?;
+    let work = async |repo: &Repository| {
+        let source = RawSource::open(&args.source)?;
+        let progress = Arc::new(Progress::default());
+        let display = Display::start(
+            ctx.progress_mode(),
+            format!("backup {volume}"),
+            progress.clone(),
+        );
+        tracing::info!(volume = %volume, source = %args.source.display(), "backup started");
+        let result = backup(repo, source, &opts, progress).await;
+        display.finish().await;
+        Ok(result?)
+    };
+    let describe = |r: &BackupReport, rec: &mut Record| {
+        rec.archive = Some(r.archive.clone());
+        rec.seq = Some(r.seq);
+        rec.bytes_read = Some(r.bytes_read);
+        rec.bytes_written = Some(r.stored_bytes);
+    };
+    let report = ctx
+        .recorded(ctx.location()?, Operation::Backup, &volume, work, describe)
+        .await
+        .with_context(|| {
+            format!(
+                "backup of {} to volume {volume} failed",
+                args.source.display()
+            )
+        })?;
     tracing::info!(
         volume = %volume,
         seq = report.seq,

@@ -17,12 +17,13 @@ pub struct InitArgs {
 
 /// Creates the repository at the context's location.
 pub async fn run(args: InitArgs, ctx: &Ctx) -> anyhow::Result<()> {
-    let repo = Repository::create_location(&ctx.repo, !args.allow_unsafe_store).await?;
+    let location = ctx.location()?;
+    let repo = Repository::create_location(location, !args.allow_unsafe_store).await?;
     if !ctx.quiet {
         eprintln!(
             "created thinarc repository {} at {}",
             repo.config().id,
-            ctx.repo
+            location
         );
     }
     Ok(())

@@ -7,14 +7,18 @@ mod init;
 mod list;
 mod progress;
 mod restore;
+mod status;
 
 use std::io::IsTerminal;
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
-use crate::repo::Repository;
+use crate::repo::{Repository, VolumeName};
+use crate::status::alert::Alert;
+use crate::status::{Operation, Record, Records};
 use crate::throttle::{RateLimiter, parse_rate};
 
 /// Block-level backups of LVM thin volumes, block devices and image files.
@@ -51,6 +55,14 @@ pub struct Cli {
     /// Run at the lowest CPU priority (nice 19) and the idle I/O class.
     #[arg(long, global = true)]
     pub low_priority: bool,
+    /// Where result records are kept on this host (default /var/lib/thinarc for root,
+    /// else ~/.local/state/thinarc).
+    #[arg(long, global = true, env = "THINARC_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Run CMD with `sh -c` when the command fails: the failure summary is on its
+    /// stdin and in THINARC_* environment variables.
+    #[arg(long, global = true, value_name = "CMD")]
+    pub on_failure: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -66,6 +78,8 @@ pub enum Command {
     Restore(restore::RestoreArgs),
     /// List volumes and their points.
     List(list::ListArgs),
+    /// Show each volume's last backups, failures, chain and stored bytes.
+    Status(status::StatusArgs),
 }
 
 impl Cli {
@@ -81,21 +95,91 @@ impl Cli {
 
 /// What every subcommand gets besides its own arguments.
 pub struct Ctx {
-    repo: String,
+    repo: Option<String>,
     quiet: bool,
     threads: usize,
     read_limit: Option<Arc<RateLimiter>>,
     upload_limit: Option<Arc<RateLimiter>>,
+    state_dir: PathBuf,
+    /// The record of the operation in progress, finished as interrupted if a signal
+    /// stops the command.
+    current: Mutex<Option<(Option<Repository>, Records, Record)>>,
+    /// Failures of the command, for the on-failure hook.
+    failures: Mutex<Vec<Record>>,
 }
 
 impl Ctx {
+    /// The repository location.
+    fn location(&self) -> anyhow::Result<&str> {
+        self.repo
+            .as_deref()
+            .context("no repository given: pass -r REPO or set THINARC_REPO")
+    }
+
     /// Opens the repository (with the upload limit, if any).
     async fn open(&self) -> anyhow::Result<Repository> {
-        let repo = Repository::open_location(&self.repo).await?;
+        self.open_at(self.location()?).await
+    }
+
+    /// Opens the repository at `location` (with the upload limit, if any).
+    async fn open_at(&self, location: &str) -> anyhow::Result<Repository> {
+        let repo = Repository::open_location(location).await?;
         Ok(match &self.upload_limit {
             Some(limit) => repo.with_upload_limit(limit.clone()),
             None => repo,
         })
+    }
+
+    /// Runs `work` on the repository at `location` as `operation` on `volume`,
+    /// recording its start and outcome (see [`crate::status::record`]); `describe`
+    /// adds the result's details to the success record.
+    async fn recorded<T>(
+        &self,
+        location: &str,
+        operation: Operation,
+        volume: &VolumeName,
+        work: impl AsyncFnOnce(&Repository) -> anyhow::Result<T>,
+        describe: impl FnOnce(&T, &mut Record),
+    ) -> anyhow::Result<T> {
+        let records = Records::new(location, Some(self.state_dir.clone()));
+        let record = Record::start(operation, volume, location);
+        let repo = self.open_at(location).await;
+        for w in records.write(repo.as_ref().ok(), &record).await {
+            tracing::warn!("{w}");
+        }
+        *self.current.lock().expect("not poisoned") =
+            Some((repo.as_ref().ok().cloned(), records.clone(), record.clone()));
+        let result = match &repo {
+            Ok(repo) => work(repo).await,
+            Err(e) => Err(anyhow::anyhow!("{}", error_message(e))),
+        };
+        self.current.lock().expect("not poisoned").take();
+        let mut record = record.finish(result.as_ref().map(|_| ()).map_err(error_message));
+        if let Ok(value) = &result {
+            describe(value, &mut record);
+        } else {
+            self.failures
+                .lock()
+                .expect("not poisoned")
+                .push(record.clone());
+        }
+        for w in records.write(repo.as_ref().ok(), &record).await {
+            tracing::warn!("{w}");
+        }
+        result
+    }
+
+    /// Finishes the operation in progress, if any, as failed with `why`.
+    async fn abandon(&self, why: &str) {
+        let current = self.current.lock().expect("not poisoned").take();
+        if let Some((repo, records, record)) = current {
+            let record = record.finish(Err(why.to_string()));
+            self.failures
+                .lock()
+                .expect("not poisoned")
+                .push(record.clone());
+            records.write(repo.as_ref(), &record).await;
+        }
     }
 
     /// Whether to draw progress bars (stderr is a terminal) or print progress lines.
@@ -115,15 +199,15 @@ impl Ctx {
 /// # Errors
 /// Any failure, with context for the user.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    let repo = cli
-        .repo
-        .context("no repository given: pass -r REPO or set THINARC_REPO")?;
     let limit = |rate: Option<u64>| {
         rate.or(cli.rate_limit)
             .map(|r| Arc::new(RateLimiter::new(r)))
     };
     let ctx = Ctx {
-        repo,
+        repo: cli.repo,
+        state_dir: cli.state_dir.unwrap_or_else(default_state_dir),
+        current: Mutex::new(None),
+        failures: Mutex::new(Vec::new()),
         quiet: cli.quiet,
         threads: cli.threads.map_or_else(
             || std::thread::available_parallelism().map_or(2, |n| n.get()),
@@ -132,21 +216,82 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         read_limit: limit(cli.read_limit),
         upload_limit: limit(cli.upload_limit),
     };
+    let name = cli.command.name();
     let command = async {
         match cli.command {
             Command::Init(a) => init::run(a, &ctx).await,
             Command::Backup(a) => backup::run(a, &ctx).await,
             Command::Restore(a) => restore::run(a, &ctx).await,
             Command::List(a) => list::run(a, &ctx).await,
+            Command::Status(a) => status::run(a, &ctx).await,
         }
     };
     // On SIGINT or SIGTERM the command is dropped, which unwinds it like an error: a
     // backup's upload is left uncommitted (removed by a later run) and a new restore
-    // target's temporary file is deleted.
-    tokio::select! {
+    // target's temporary file is deleted. The operation in progress is recorded as
+    // failed.
+    let result = tokio::select! {
         r = command => r,
-        signal = interrupted() => anyhow::bail!("interrupted by {signal}: nothing partial was committed or kept"),
+        signal = interrupted() => {
+            let why = format!("interrupted by {signal}: nothing partial was committed or kept");
+            ctx.abandon(&why).await;
+            Err(anyhow::anyhow!(why))
+        }
+    };
+    if let (Err(e), Some(hook)) = (&result, &cli.on_failure) {
+        let alert = Alert {
+            command: name.to_string(),
+            error: error_message(e),
+            failures: std::mem::take(&mut *ctx.failures.lock().expect("not poisoned")),
+        };
+        if let Err(h) = alert.send(hook).await {
+            tracing::warn!("--on-failure command: {h}");
+        }
     }
+    result
+}
+
+impl Command {
+    /// The subcommand's name.
+    fn name(&self) -> &'static str {
+        match self {
+            Command::Init(_) => "init",
+            Command::Backup(_) => "backup",
+            Command::Restore(_) => "restore",
+            Command::List(_) => "list",
+            Command::Status(_) => "status",
+        }
+    }
+}
+
+/// Where result records are kept by default: `/var/lib/thinarc` for root, else
+/// `$XDG_STATE_HOME/thinarc` or `~/.local/state/thinarc`.
+fn default_state_dir() -> PathBuf {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return PathBuf::from(crate::config::DEFAULT_STATE_DIR);
+    }
+    std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+        .unwrap_or_else(std::env::temp_dir)
+        .join("thinarc")
+}
+
+/// The error and its causes on one line, skipping a cause whose text the message
+/// already holds (object_store errors repeat their sources in their own text).
+pub fn error_message(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+    }
+    out
 }
 
 /// Resolves with the name of the first SIGINT or SIGTERM received.

@@ -4,6 +4,7 @@
 //! config                                              repository config (JSON)
 //! volumes/<volume>/archives/<seq>-<archive-id>.tarc   archive objects
 //! volumes/<volume>/commits/<seq>                      commit markers (JSON)
+//! volumes/<volume>/records/<op>.<slot>.json           result records (status)
 //! ```
 //! `<seq>` is the sequence number as 12 decimal digits so keys sort in history order;
 //! `<volume>` is the volume name with `/` written as `~`.
@@ -79,6 +80,10 @@ impl VolumeName {
 
     pub(crate) fn commits_prefix(&self) -> Path {
         self.prefix().join("commits")
+    }
+
+    pub(crate) fn records_prefix(&self) -> Path {
+        self.prefix().join("records")
     }
 
     pub(crate) fn archives_prefix(&self) -> Path {

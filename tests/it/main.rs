@@ -5,5 +5,6 @@ mod cli;
 mod faults;
 mod format;
 mod s3;
+mod status;
 mod throttle;
 mod util;

@@ -28,11 +28,8 @@ impl TempRepo {
     pub fn uninit() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let location = dir.path().join("repo").display().to_string();
-        TempRepo {
-            dir,
-            location,
-            env: Vec::new(),
-        }
+        let env = state_env(&dir);
+        TempRepo { dir, location, env }
     }
 
     /// An initialised repository at `s3://BUCKET/repo` on the S3 test server.
@@ -46,10 +43,13 @@ impl TempRepo {
     pub fn s3_uninit() -> Self {
         let moto = s3::moto();
         let bucket = moto.bucket();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut env = moto.env();
+        env.extend(state_env(&dir));
         TempRepo {
-            dir: tempfile::tempdir().expect("tempdir"),
+            dir,
             location: format!("s3://{bucket}/repo"),
-            env: moto.env(),
+            env,
         }
     }
 
@@ -118,6 +118,15 @@ impl TempRepo {
         let out = self.ok(&a);
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("bad JSON from {args:?}: {e}\n{out}"))
     }
+}
+
+/// Result records of a test go to `state/` in its directory, never to the host's
+/// `/var/lib/thinarc`.
+fn state_env(dir: &tempfile::TempDir) -> Vec<(String, String)> {
+    vec![(
+        "THINARC_STATE_DIR".to_string(),
+        dir.path().join("state").display().to_string(),
+    )]
 }
 
 /// The result of one run of the binary.

@@ -1,0 +1,147 @@
+//! `thinarc status`: per volume, the last successful and failed backups, the newest
+//! point and its age, chain length and stored bytes; as text, `--json`, or a
+//! node_exporter textfile with `--prometheus FILE`.
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+use super::{Ctx, error_message, human, print_json};
+use crate::repo::VolumeName;
+use crate::status::{Outcome, Record, Records, Status, VolumeStatus, gather, prometheus};
+
+/// Arguments of `status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Only this volume.
+    pub volume: Option<String>,
+    /// Print the status as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Also write the status as a Prometheus textfile (atomically) to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub prometheus: Option<PathBuf>,
+}
+
+/// Shows the status. Exits non-zero when the repository cannot be read or a volume's
+/// last backup failed, so that the command itself can serve as a check.
+pub async fn run(args: StatusArgs, ctx: &Ctx) -> anyhow::Result<()> {
+    let location = ctx.location()?;
+    let volume = args.volume.as_deref().map(VolumeName::new).transpose()?;
+    let records = Records::new(location, Some(ctx.state_dir.clone()));
+    let (repo, unreachable) = match ctx.open().await {
+        Ok(r) => (Some(r), None),
+        Err(e) => (
+            None,
+            Some(format!("repository unreachable: {}", error_message(&e))),
+        ),
+    };
+    let status = gather(
+        repo.as_ref(),
+        location,
+        &records,
+        volume.as_ref(),
+        unreachable.clone(),
+    )
+    .await?;
+    if let Some(path) = &args.prometheus {
+        prometheus::write(path, &status)
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+    }
+    if args.json {
+        print_json(&status)?;
+    } else {
+        print_text(&status);
+    }
+    if let Some(u) = unreachable {
+        anyhow::bail!("{u}");
+    }
+    let failing: Vec<&str> = status
+        .volumes
+        .iter()
+        .filter(|v| !v.ok())
+        .map(|v| v.volume.as_str())
+        .collect();
+    if !failing.is_empty() {
+        anyhow::bail!("needs attention: {}", failing.join(", "));
+    }
+    Ok(())
+}
+
+fn when(r: &Record) -> String {
+    r.time().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+fn age(seconds: f64) -> String {
+    if seconds < 120.0 {
+        format!("{seconds:.0}s")
+    } else if seconds < 7200.0 {
+        format!("{:.0}m", seconds / 60.0)
+    } else if seconds < 172_800.0 {
+        format!("{:.1}h", seconds / 3600.0)
+    } else {
+        format!("{:.1}d", seconds / 86400.0)
+    }
+}
+
+fn print_text(status: &Status) {
+    if status.volumes.is_empty() {
+        println!("no volumes in {}", status.repository);
+        return;
+    }
+    println!(
+        "{:<22} {:<20} {:>4} {:>7} {:>6} {:>5} {:>10}  LAST RUN",
+        "VOLUME", "LAST SUCCESS", "SEQ", "AGE", "POINTS", "CHAIN", "STORED"
+    );
+    for v in &status.volumes {
+        print_volume(v);
+    }
+}
+
+fn print_volume(v: &VolumeStatus) {
+    let success = v.backup.last_success.as_ref();
+    let last = match &v.backup.last {
+        Some(r) if r.result == Outcome::Running => format!("running since {}", when(r)),
+        Some(r) if r.result == Outcome::Failure => "FAILED".to_string(),
+        Some(_) => "ok".to_string(),
+        None => "-".to_string(),
+    };
+    println!(
+        "{:<22} {:<20} {:>4} {:>7} {:>6} {:>5} {:>10}  {last}",
+        v.volume,
+        success.map_or("never".to_string(), when),
+        v.newest
+            .as_ref()
+            .map_or("-".to_string(), |n| n.seq.to_string()),
+        v.newest
+            .as_ref()
+            .map_or("-".to_string(), |n| age(n.age_seconds)),
+        v.points,
+        v.chain_length,
+        human(v.stored_bytes),
+    );
+    if let Some(f) = &v.backup.last_failure {
+        println!(
+            "  last failure {}: {}",
+            when(f),
+            f.error.as_deref().unwrap_or("failed")
+        );
+    }
+    for op in [
+        crate::status::Operation::Prune,
+        crate::status::Operation::Copy,
+        crate::status::Operation::Verify,
+    ] {
+        if let Some(r) = &v.operation(op).last {
+            let what = match r.result {
+                Outcome::Running => "running".to_string(),
+                Outcome::Success => "ok".to_string(),
+                Outcome::Failure => format!("FAILED: {}", r.error.as_deref().unwrap_or("")),
+            };
+            println!("  last {} {}: {what}", op.name(), when(r));
+        }
+    }
+    for p in &v.problems {
+        println!("  problem: {p}");
+    }
+}

@@ -1,0 +1,200 @@
+//! `status`: per volume, what is stored and how the last runs went — from the
+//! repository's catalog and the result records ([`record`]) — as text, JSON or a
+//! Prometheus textfile ([`prometheus`]).
+
+pub mod alert;
+pub mod prometheus;
+pub mod record;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::repo::{PointSelector, Repository, VolumeName};
+pub use record::{Operation, Outcome, Record, Records, Slot};
+
+/// The records of one operation on one volume.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct OperationStatus {
+    /// The last run, whatever its outcome (`running` if it has not finished).
+    pub last: Option<Record>,
+    /// The last successful run.
+    pub last_success: Option<Record>,
+    /// The last failed run.
+    pub last_failure: Option<Record>,
+}
+
+/// The newest point of a volume.
+#[derive(Debug, Clone, Serialize)]
+pub struct NewestPoint {
+    /// Sequence number.
+    pub seq: u64,
+    /// Archive id.
+    pub archive: String,
+    /// Creation time.
+    pub created: DateTime<Utc>,
+    /// Age at the time of the status, in seconds.
+    pub age_seconds: f64,
+}
+
+/// Everything `status` says about one volume.
+#[derive(Debug, Clone, Serialize)]
+pub struct VolumeStatus {
+    /// The volume.
+    pub volume: String,
+    /// Committed points.
+    pub points: usize,
+    /// Archives behind the newest point (1 = a full archive).
+    pub chain_length: usize,
+    /// Bytes of all archive objects of the volume.
+    pub stored_bytes: u64,
+    /// The newest point, if any.
+    pub newest: Option<NewestPoint>,
+    /// Backup records.
+    pub backup: OperationStatus,
+    /// Prune records.
+    pub prune: OperationStatus,
+    /// Copy records.
+    pub copy: OperationStatus,
+    /// Verify records.
+    pub verify: OperationStatus,
+    /// Problems found while gathering the status (e.g. an unreadable archive).
+    pub problems: Vec<String>,
+}
+
+impl VolumeStatus {
+    /// The records of `operation`.
+    pub fn operation(&self, operation: Operation) -> &OperationStatus {
+        match operation {
+            Operation::Backup => &self.backup,
+            Operation::Prune => &self.prune,
+            Operation::Copy => &self.copy,
+            Operation::Verify => &self.verify,
+        }
+    }
+
+    fn operation_mut(&mut self, operation: Operation) -> &mut OperationStatus {
+        match operation {
+            Operation::Backup => &mut self.backup,
+            Operation::Prune => &mut self.prune,
+            Operation::Copy => &mut self.copy,
+            Operation::Verify => &mut self.verify,
+        }
+    }
+
+    /// Whether the volume looks healthy: its last backup succeeded and nothing is
+    /// wrong with what is stored.
+    pub fn ok(&self) -> bool {
+        self.problems.is_empty()
+            && self
+                .backup
+                .last
+                .as_ref()
+                .is_none_or(|r| r.result != Outcome::Failure)
+    }
+}
+
+/// The status of every volume of a repository.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    /// The repository location.
+    pub repository: String,
+    /// When the status was taken.
+    pub time: DateTime<Utc>,
+    /// Volumes, by name.
+    pub volumes: Vec<VolumeStatus>,
+}
+
+/// Gathers the status of `volume` (or every volume) of `repo`, reading `records`.
+/// `repo` is `None` when the repository cannot be opened: the local records still tell
+/// what happened.
+///
+/// # Errors
+/// Only for an unknown `volume` with no records anywhere.
+pub async fn gather(
+    repo: Option<&Repository>,
+    location: &str,
+    records: &Records,
+    volume: Option<&VolumeName>,
+    unreachable: Option<String>,
+) -> anyhow::Result<Status> {
+    let time = Utc::now();
+    let mut names: Vec<String> = match volume {
+        Some(v) => vec![v.to_string()],
+        None => {
+            let mut names = records.local_volumes();
+            if let Some(repo) = repo {
+                names.extend(repo.volumes().await?.iter().map(|v| v.to_string()));
+            }
+            names
+        }
+    };
+    names.sort();
+    names.dedup();
+    let mut volumes = Vec::new();
+    for name in names {
+        let mut s = VolumeStatus {
+            volume: name.clone(),
+            points: 0,
+            chain_length: 0,
+            stored_bytes: 0,
+            newest: None,
+            backup: OperationStatus::default(),
+            prune: OperationStatus::default(),
+            copy: OperationStatus::default(),
+            verify: OperationStatus::default(),
+            problems: unreachable.iter().cloned().collect(),
+        };
+        if let (Some(repo), Ok(v)) = (repo, VolumeName::new(&name)) {
+            catalog(repo, &v, time, &mut s).await;
+        }
+        for op in Operation::ALL {
+            let slot = |slot| records.read(repo, &name, op, slot);
+            let o = s.operation_mut(op);
+            o.last = slot(Slot::Last).await;
+            o.last_success = slot(Slot::Success).await;
+            o.last_failure = slot(Slot::Failure).await;
+        }
+        if volume.is_some() && s.points == 0 && s.backup.last.is_none() && repo.is_some() {
+            anyhow::bail!("no volume named {name} in {location}, and no records of it");
+        }
+        volumes.push(s);
+    }
+    Ok(Status {
+        repository: location.to_string(),
+        time,
+        volumes,
+    })
+}
+
+/// Fills the catalog part of `s`: points, chain length, stored bytes, newest point.
+async fn catalog(repo: &Repository, volume: &VolumeName, now: DateTime<Utc>, s: &mut VolumeStatus) {
+    let points = match repo.describe(volume).await {
+        Ok(p) => p,
+        Err(crate::repo::RepoError::VolumeNotFound { .. }) => return,
+        Err(e) => {
+            s.problems.push(e.to_string());
+            return;
+        }
+    };
+    s.points = points.len();
+    s.stored_bytes = points.iter().map(|p| p.stored_bytes).sum();
+    if let Some(p) = points.last() {
+        let created = DateTime::parse_from_rfc3339(&p.created)
+            .map(|t| t.with_timezone(&Utc))
+            .unwrap_or(now);
+        s.newest = Some(NewestPoint {
+            seq: p.seq,
+            archive: p.id.clone(),
+            created,
+            age_seconds: (now - created).as_seconds_f64().max(0.0),
+        });
+    }
+    let chain = match repo.commits(volume).await {
+        Ok(commits) => repo.resolve(&commits, &PointSelector::Latest).await,
+        Err(e) => Err(e),
+    };
+    match chain {
+        Ok(chain) => s.chain_length = chain.archives.len(),
+        Err(e) => s.problems.push(e.to_string()),
+    }
+}

@@ -1,0 +1,190 @@
+//! The status as a node_exporter textfile (Prometheus text exposition format 0.0.4).
+//!
+//! Every series carries `volume` and `repository` labels. Timestamps are Unix seconds;
+//! a metric whose value is unknown (no success yet) is left out rather than written as
+//! 0, so `absent()` and `time() - metric` alerts behave. Suggested alerts:
+//! `time() - thinarc_last_success_timestamp_seconds > 26*3600` (no good backup for a
+//! day) and `thinarc_last_run_success == 0`.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use super::{Operation, Outcome, Status, VolumeStatus};
+
+/// One metric family: name, type, help, and how to get a value from a volume.
+struct Family {
+    name: &'static str,
+    kind: &'static str,
+    help: &'static str,
+    value: fn(&VolumeStatus) -> Option<f64>,
+}
+
+fn ts(t: chrono::DateTime<chrono::Utc>) -> f64 {
+    t.timestamp_millis() as f64 / 1000.0
+}
+
+const FAMILIES: &[Family] = &[
+    Family {
+        name: "thinarc_last_success_timestamp_seconds",
+        kind: "gauge",
+        help: "End time of the last successful backup.",
+        value: |v| v.backup.last_success.as_ref().map(|r| ts(r.time())),
+    },
+    Family {
+        name: "thinarc_last_failure_timestamp_seconds",
+        kind: "gauge",
+        help: "End time of the last failed backup.",
+        value: |v| v.backup.last_failure.as_ref().map(|r| ts(r.time())),
+    },
+    Family {
+        name: "thinarc_last_run_success",
+        kind: "gauge",
+        help: "1 if the last finished backup succeeded, 0 if it failed.",
+        value: |v| {
+            let last = [&v.backup.last_success, &v.backup.last_failure]
+                .into_iter()
+                .flatten()
+                .max_by_key(|r| r.time())?;
+            Some(f64::from(u8::from(last.result == Outcome::Success)))
+        },
+    },
+    Family {
+        name: "thinarc_backup_running",
+        kind: "gauge",
+        help: "1 while a backup is recorded as started and not finished.",
+        value: |v| {
+            Some(f64::from(u8::from(
+                v.backup
+                    .last
+                    .as_ref()
+                    .is_some_and(|r| r.result == Outcome::Running),
+            )))
+        },
+    },
+    Family {
+        name: "thinarc_last_backup_read_bytes",
+        kind: "gauge",
+        help: "Bytes read from the source by the last successful backup.",
+        value: |v| v.backup.last_success.as_ref()?.bytes_read.map(|b| b as f64),
+    },
+    Family {
+        name: "thinarc_last_backup_written_bytes",
+        kind: "gauge",
+        help: "Bytes stored by the last successful backup.",
+        value: |v| {
+            v.backup
+                .last_success
+                .as_ref()?
+                .bytes_written
+                .map(|b| b as f64)
+        },
+    },
+    Family {
+        name: "thinarc_points",
+        kind: "gauge",
+        help: "Committed points of the volume.",
+        value: |v| Some(v.points as f64),
+    },
+    Family {
+        name: "thinarc_chain_length",
+        kind: "gauge",
+        help: "Archives a restore of the newest point reads (1 = a full archive).",
+        value: |v| Some(v.chain_length as f64),
+    },
+    Family {
+        name: "thinarc_stored_bytes",
+        kind: "gauge",
+        help: "Bytes of all archives of the volume in the repository.",
+        value: |v| Some(v.stored_bytes as f64),
+    },
+    Family {
+        name: "thinarc_newest_point_timestamp_seconds",
+        kind: "gauge",
+        help: "Creation time of the newest point.",
+        value: |v| v.newest.as_ref().map(|n| ts(n.created)),
+    },
+    Family {
+        name: "thinarc_problems",
+        kind: "gauge",
+        help: "Problems found reading the volume's catalog (0 = none).",
+        value: |v| Some(v.problems.len() as f64),
+    },
+];
+
+/// Per-operation families, labelled with `operation`.
+const OPERATION_FAMILIES: &[(&str, &str, bool)] = &[
+    (
+        "thinarc_operation_last_success_timestamp_seconds",
+        "End time of the last successful run of the operation.",
+        true,
+    ),
+    (
+        "thinarc_operation_last_failure_timestamp_seconds",
+        "End time of the last failed run of the operation.",
+        false,
+    ),
+];
+
+/// Escapes a label value.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Renders `status` in the text exposition format.
+pub fn render(status: &Status) -> String {
+    let mut out = String::new();
+    let repo = label(&status.repository);
+    for f in FAMILIES {
+        let _ = writeln!(out, "# HELP {} {}", f.name, f.help);
+        let _ = writeln!(out, "# TYPE {} {}", f.name, f.kind);
+        for v in &status.volumes {
+            if let Some(value) = (f.value)(v) {
+                let _ = writeln!(
+                    out,
+                    "{}{{volume=\"{}\",repository=\"{repo}\"}} {value}",
+                    f.name,
+                    label(&v.volume)
+                );
+            }
+        }
+    }
+    for (name, help, success) in OPERATION_FAMILIES {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} gauge");
+        for v in &status.volumes {
+            for op in Operation::ALL {
+                let o = v.operation(op);
+                let r = if *success {
+                    &o.last_success
+                } else {
+                    &o.last_failure
+                };
+                if let Some(r) = r {
+                    let _ = writeln!(
+                        out,
+                        "{name}{{volume=\"{}\",repository=\"{repo}\",operation=\"{}\"}} {}",
+                        label(&v.volume),
+                        op.name(),
+                        ts(r.time())
+                    );
+                }
+            }
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP thinarc_status_timestamp_seconds When this status was taken.\n# TYPE thinarc_status_timestamp_seconds gauge\nthinarc_status_timestamp_seconds{{repository=\"{repo}\"}} {}",
+        ts(status.time)
+    );
+    out
+}
+
+/// Writes `status` to `path` atomically (node_exporter may read it at any moment).
+///
+/// # Errors
+/// The I/O error.
+pub fn write(path: &Path, status: &Status) -> std::io::Result<()> {
+    super::record::write_atomic(path, render(status).as_bytes())
+}
