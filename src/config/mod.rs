@@ -59,6 +59,8 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// Command run (by `sh -c`) when a run had failures.
     pub on_failure: Option<String>,
+    /// Prometheus textfile written at the end of a run.
+    pub prometheus: Option<PathBuf>,
     /// Limit on source reads, bytes per second.
     pub read_limit: Option<u64>,
     /// Limit on uploads, bytes per second.
@@ -153,6 +155,7 @@ impl Retention {
 struct RawConfig {
     state_dir: Option<PathBuf>,
     on_failure: Option<String>,
+    prometheus: Option<PathBuf>,
     rate_limit: Option<Rate>,
     read_limit: Option<Rate>,
     upload_limit: Option<Rate>,
@@ -408,6 +411,7 @@ impl Config {
                 .state_dir
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
             on_failure: raw.on_failure,
+            prometheus: raw.prometheus,
             read_limit: raw.read_limit.or(raw.rate_limit).map(|r| r.0),
             upload_limit: raw.upload_limit.or(raw.rate_limit).map(|r| r.0),
             threads: raw.threads.map(|t| *t.get_ref()),

@@ -89,7 +89,7 @@ fn each_mistake_names_file_line_and_problem() {
     bad(
         "threads = 2",
         "thread = 2",
-        "/etc/thinarc/t.toml:6:1: unknown field `thread`, expected one of `state_dir`, `on_failure`, `rate_limit`, `read_limit`, `upload_limit`, `threads`, `low_priority`, `repositories`, `volumes`, `copies`",
+        "/etc/thinarc/t.toml:6:1: unknown field `thread`, expected one of `state_dir`, `on_failure`, `prometheus`, `rate_limit`, `read_limit`, `upload_limit`, `threads`, `low_priority`, `repositories`, `volumes`, `copies`",
     );
     bad(
         "max_pool_data = 85",
@@ -213,4 +213,13 @@ fn no_volumes_and_no_repository() {
         parse("[[volumes]]\nname = \"a\"\nsource = \"/dev/sda\"\n").unwrap_err(),
         "/etc/thinarc/t.toml:1:1: volume a: no repository defined (add a [repositories.NAME] table)"
     );
+}
+
+#[test]
+fn the_example_config_is_valid() {
+    let c = parse(include_str!("../../examples/thinarc.toml")).unwrap();
+    assert_eq!(c.volumes.len(), 3);
+    assert_eq!(c.repositories.len(), 2);
+    assert_eq!(c.copies[0].volumes.len(), 2);
+    assert!(c.on_failure.as_deref().unwrap().starts_with("mail "));
 }
