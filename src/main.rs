@@ -11,7 +11,9 @@ fn main() -> ExitCode {
     let sink = Sink::detect();
     thinarc::logging::init(sink, cli.verbosity());
     tune_malloc(&cli.command);
-    if cli.low_priority {
+    let low_priority = cli.low_priority
+        || matches!(&cli.command, thinarc::cli::Command::Run(run) if run.low_priority());
+    if low_priority {
         // Before the runtime starts: its threads inherit the priorities.
         match thinarc::throttle::priority::lower() {
             Ok(l) => tracing::info!(nice = 19, io_class = l.io_class, "low priority"),

@@ -1,6 +1,6 @@
 //! `thinarc backup`: back up an image file or block device.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context as _;
@@ -63,46 +63,7 @@ pub async fn run(args: BackupArgs, ctx: &Ctx) -> anyhow::Result<()> {
             .with_context(|| format!("cannot read --changed-blocks {}", file.display()))?;
         opts.changed_blocks = Some(parse_changed_blocks(&text, &file.display().to_string())?);
     }
-    let work = async |repo: &Repository| {
-        let source = RawSource::open(&args.source)?;
-        let progress = Arc::new(Progress::default());
-        let display = Display::start(
-            ctx.progress_mode(),
-            format!("backup {volume}"),
-            progress.clone(),
-        );
-        tracing::info!(volume = %volume, source = %args.source.display(), "backup started");
-        let result = backup(repo, source, &opts, progress).await;
-        display.finish().await;
-        Ok(result?)
-    };
-    let describe = |r: &BackupReport, rec: &mut Record| {
-        rec.archive = Some(r.archive.clone());
-        rec.seq = Some(r.seq);
-        rec.bytes_read = Some(r.bytes_read);
-        rec.bytes_written = Some(r.stored_bytes);
-    };
-    let report = ctx
-        .recorded(ctx.location()?, Operation::Backup, &volume, work, describe)
-        .await
-        .with_context(|| {
-            format!(
-                "backup of {} to volume {volume} failed",
-                args.source.display()
-            )
-        })?;
-    tracing::info!(
-        volume = %volume,
-        seq = report.seq,
-        archive = %report.archive,
-        bytes_read = report.bytes_read,
-        stored_bytes = report.stored_bytes,
-        seconds = report.seconds,
-        "backup committed"
-    );
-    for w in &report.warnings {
-        tracing::warn!(volume = %volume, "{w}");
-    }
+    let report = backup_volume(ctx, ctx.location()?, &args.source, opts).await?;
     if args.json {
         print_json(&report)?;
     } else if !ctx.quiet {
@@ -122,4 +83,51 @@ pub async fn run(args: BackupArgs, ctx: &Ctx) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Backs `source` up as `opts.volume` into the repository at `location`: the part of
+/// `backup` that `run` shares. Records the outcome and logs it.
+pub(super) async fn backup_volume(
+    ctx: &Ctx,
+    location: &str,
+    source: &Path,
+    opts: BackupOptions,
+) -> anyhow::Result<BackupReport> {
+    let volume = opts.volume.clone();
+    let work = async |repo: &Repository| {
+        let raw = RawSource::open(source)?;
+        let progress = Arc::new(Progress::default());
+        let display = Display::start(
+            ctx.progress_mode(),
+            format!("backup {volume}"),
+            progress.clone(),
+        );
+        tracing::info!(volume = %volume, source = %source.display(), "backup started");
+        let result = backup(repo, raw, &opts, progress).await;
+        display.finish().await;
+        Ok(result?)
+    };
+    let describe = |r: &BackupReport, rec: &mut Record| {
+        rec.archive = Some(r.archive.clone());
+        rec.seq = Some(r.seq);
+        rec.bytes_read = Some(r.bytes_read);
+        rec.bytes_written = Some(r.stored_bytes);
+    };
+    let report = ctx
+        .recorded(location, Operation::Backup, &volume, work, describe)
+        .await
+        .with_context(|| format!("backup of {} to volume {volume} failed", source.display()))?;
+    tracing::info!(
+        volume = %volume,
+        seq = report.seq,
+        archive = %report.archive,
+        bytes_read = report.bytes_read,
+        stored_bytes = report.stored_bytes,
+        seconds = report.seconds,
+        "backup committed"
+    );
+    for w in &report.warnings {
+        tracing::warn!(volume = %volume, "{w}");
+    }
+    Ok(report)
 }

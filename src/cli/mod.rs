@@ -7,6 +7,7 @@ mod init;
 mod list;
 mod progress;
 mod restore;
+mod run;
 mod status;
 
 use std::io::IsTerminal;
@@ -16,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
+use crate::config::Config;
 use crate::repo::{Repository, VolumeName};
 use crate::status::alert::Alert;
 use crate::status::{Operation, Record, Records};
@@ -25,7 +27,7 @@ use crate::throttle::{RateLimiter, parse_rate};
 #[derive(Debug, Parser)]
 #[command(name = "thinarc", version, about, long_about = None)]
 pub struct Cli {
-    /// Repository: a directory path or file:// URL.
+    /// Repository: a directory path, file:// or s3:// URL.
     #[arg(
         short = 'r',
         long = "repo",
@@ -80,6 +82,8 @@ pub enum Command {
     List(list::ListArgs),
     /// Show each volume's last backups, failures, chain and stored bytes.
     Status(status::StatusArgs),
+    /// Back up, prune and copy everything in the config file (the nightly job).
+    Run(run::RunArgs),
 }
 
 impl Cli {
@@ -93,14 +97,34 @@ impl Cli {
     }
 }
 
+/// Settings given on the command line, which win over a config file's.
+#[derive(Debug, Clone, Default)]
+struct Given {
+    read_limit: Option<u64>,
+    upload_limit: Option<u64>,
+    threads: Option<u16>,
+    state_dir: Option<PathBuf>,
+    on_failure: Option<String>,
+}
+
 /// What every subcommand gets besides its own arguments.
 pub struct Ctx {
     repo: Option<String>,
     quiet: bool,
+    given: Given,
     threads: usize,
     read_limit: Option<Arc<RateLimiter>>,
     upload_limit: Option<Arc<RateLimiter>>,
     state_dir: PathBuf,
+    shared: Arc<Shared>,
+}
+
+/// State of the command shared by a context and those derived from it by
+/// [`Ctx::with_config`], so that an interruption and the final alert see it.
+#[derive(Default)]
+struct Shared {
+    /// The on-failure hook.
+    on_failure: Mutex<Option<String>>,
     /// The record of the operation in progress, finished as interrupted if a signal
     /// stops the command.
     current: Mutex<Option<(Option<Repository>, Records, Record)>>,
@@ -109,6 +133,66 @@ pub struct Ctx {
 }
 
 impl Ctx {
+    /// The context for `given` command-line settings, completed by `config`'s.
+    fn new(
+        repo: Option<String>,
+        quiet: bool,
+        given: Given,
+        config: Option<&Config>,
+        shared: Arc<Shared>,
+    ) -> Ctx {
+        let limit = |rate: Option<u64>| rate.map(|r| Arc::new(RateLimiter::new(r)));
+        Ctx {
+            repo,
+            quiet,
+            threads: given
+                .threads
+                .or(config.and_then(|c| c.threads))
+                .map_or_else(
+                    || std::thread::available_parallelism().map_or(2, |n| n.get()),
+                    usize::from,
+                ),
+            read_limit: limit(given.read_limit.or(config.and_then(|c| c.read_limit))),
+            upload_limit: limit(given.upload_limit.or(config.and_then(|c| c.upload_limit))),
+            state_dir: given
+                .state_dir
+                .clone()
+                .or(config.map(|c| c.state_dir.clone()))
+                .unwrap_or_else(default_state_dir),
+            given,
+            shared,
+        }
+    }
+
+    /// This context with `config`'s settings where the command line gave none.
+    fn with_config(&self, config: &Config) -> Ctx {
+        if self.given.on_failure.is_none() {
+            *self.shared.on_failure.lock().expect("not poisoned") = config.on_failure.clone();
+        }
+        Ctx::new(
+            self.repo.clone(),
+            self.quiet,
+            self.given.clone(),
+            Some(config),
+            self.shared.clone(),
+        )
+    }
+
+    /// Runs the on-failure hook, if any, for `command` which failed with `error`.
+    async fn alert(&self, command: &str, error: &anyhow::Error) {
+        let Some(hook) = self.shared.on_failure.lock().expect("not poisoned").clone() else {
+            return;
+        };
+        let alert = Alert {
+            command: command.to_string(),
+            error: error_message(error),
+            failures: std::mem::take(&mut *self.shared.failures.lock().expect("not poisoned")),
+        };
+        if let Err(h) = alert.send(&hook).await {
+            tracing::warn!("on-failure command: {h}");
+        }
+    }
+
     /// The repository location.
     fn location(&self) -> anyhow::Result<&str> {
         self.repo
@@ -147,18 +231,19 @@ impl Ctx {
         for w in records.write(repo.as_ref().ok(), &record).await {
             tracing::warn!("{w}");
         }
-        *self.current.lock().expect("not poisoned") =
+        *self.shared.current.lock().expect("not poisoned") =
             Some((repo.as_ref().ok().cloned(), records.clone(), record.clone()));
         let result = match &repo {
             Ok(repo) => work(repo).await,
             Err(e) => Err(anyhow::anyhow!("{}", error_message(e))),
         };
-        self.current.lock().expect("not poisoned").take();
+        self.shared.current.lock().expect("not poisoned").take();
         let mut record = record.finish(result.as_ref().map(|_| ()).map_err(error_message));
         if let Ok(value) = &result {
             describe(value, &mut record);
         } else {
-            self.failures
+            self.shared
+                .failures
                 .lock()
                 .expect("not poisoned")
                 .push(record.clone());
@@ -171,10 +256,11 @@ impl Ctx {
 
     /// Finishes the operation in progress, if any, as failed with `why`.
     async fn abandon(&self, why: &str) {
-        let current = self.current.lock().expect("not poisoned").take();
+        let current = self.shared.current.lock().expect("not poisoned").take();
         if let Some((repo, records, record)) = current {
             let record = record.finish(Err(why.to_string()));
-            self.failures
+            self.shared
+                .failures
                 .lock()
                 .expect("not poisoned")
                 .push(record.clone());
@@ -199,23 +285,18 @@ impl Ctx {
 /// # Errors
 /// Any failure, with context for the user.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    let limit = |rate: Option<u64>| {
-        rate.or(cli.rate_limit)
-            .map(|r| Arc::new(RateLimiter::new(r)))
+    let given = Given {
+        read_limit: cli.read_limit.or(cli.rate_limit),
+        upload_limit: cli.upload_limit.or(cli.rate_limit),
+        threads: cli.threads,
+        state_dir: cli.state_dir,
+        on_failure: cli.on_failure,
     };
-    let ctx = Ctx {
-        repo: cli.repo,
-        state_dir: cli.state_dir.unwrap_or_else(default_state_dir),
-        current: Mutex::new(None),
-        failures: Mutex::new(Vec::new()),
-        quiet: cli.quiet,
-        threads: cli.threads.map_or_else(
-            || std::thread::available_parallelism().map_or(2, |n| n.get()),
-            usize::from,
-        ),
-        read_limit: limit(cli.read_limit),
-        upload_limit: limit(cli.upload_limit),
-    };
+    let shared = Arc::new(Shared {
+        on_failure: Mutex::new(given.on_failure.clone()),
+        ..Shared::default()
+    });
+    let ctx = Ctx::new(cli.repo, cli.quiet, given, None, shared);
     let name = cli.command.name();
     let command = async {
         match cli.command {
@@ -224,6 +305,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Restore(a) => restore::run(a, &ctx).await,
             Command::List(a) => list::run(a, &ctx).await,
             Command::Status(a) => status::run(a, &ctx).await,
+            Command::Run(a) => run::run(a, &ctx).await,
         }
     };
     // On SIGINT or SIGTERM the command is dropped, which unwinds it like an error: a
@@ -238,15 +320,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Err(anyhow::anyhow!(why))
         }
     };
-    if let (Err(e), Some(hook)) = (&result, &cli.on_failure) {
-        let alert = Alert {
-            command: name.to_string(),
-            error: error_message(e),
-            failures: std::mem::take(&mut *ctx.failures.lock().expect("not poisoned")),
-        };
-        if let Err(h) = alert.send(hook).await {
-            tracing::warn!("--on-failure command: {h}");
-        }
+    if let Err(e) = &result {
+        ctx.alert(name, e).await;
     }
     result
 }
@@ -260,6 +335,7 @@ impl Command {
             Command::Restore(_) => "restore",
             Command::List(_) => "list",
             Command::Status(_) => "status",
+            Command::Run(_) => "run",
         }
     }
 }

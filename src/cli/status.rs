@@ -45,7 +45,7 @@ pub async fn run(args: StatusArgs, ctx: &Ctx) -> anyhow::Result<()> {
     )
     .await?;
     if let Some(path) = &args.prometheus {
-        prometheus::write(path, &status)
+        prometheus::write(path, std::slice::from_ref(&status))
             .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
     }
     if args.json {

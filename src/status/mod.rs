@@ -5,12 +5,14 @@
 pub mod alert;
 pub mod prometheus;
 pub mod record;
+mod run_lock;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::repo::{PointSelector, Repository, VolumeName};
 pub use record::{Operation, Outcome, Record, Records, Slot};
+pub use run_lock::RunLock;
 
 /// The records of one operation on one volume.
 #[derive(Debug, Clone, Default, Serialize)]

@@ -132,14 +132,19 @@ fn label(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
-/// Renders `status` in the text exposition format.
-pub fn render(status: &Status) -> String {
+/// Renders the status of one or more repositories in the text exposition format
+/// (each metric family once, with a series per repository and volume).
+pub fn render(statuses: &[Status]) -> String {
     let mut out = String::new();
-    let repo = label(&status.repository);
+    let volumes = || {
+        statuses
+            .iter()
+            .flat_map(|s| s.volumes.iter().map(move |v| (label(&s.repository), v)))
+    };
     for f in FAMILIES {
         let _ = writeln!(out, "# HELP {} {}", f.name, f.help);
         let _ = writeln!(out, "# TYPE {} {}", f.name, f.kind);
-        for v in &status.volumes {
+        for (repo, v) in volumes() {
             if let Some(value) = (f.value)(v) {
                 let _ = writeln!(
                     out,
@@ -153,7 +158,7 @@ pub fn render(status: &Status) -> String {
     for (name, help, success) in OPERATION_FAMILIES {
         let _ = writeln!(out, "# HELP {name} {help}");
         let _ = writeln!(out, "# TYPE {name} gauge");
-        for v in &status.volumes {
+        for (repo, v) in volumes() {
             for op in Operation::ALL {
                 let o = v.operation(op);
                 let r = if *success {
@@ -175,16 +180,23 @@ pub fn render(status: &Status) -> String {
     }
     let _ = writeln!(
         out,
-        "# HELP thinarc_status_timestamp_seconds When this status was taken.\n# TYPE thinarc_status_timestamp_seconds gauge\nthinarc_status_timestamp_seconds{{repository=\"{repo}\"}} {}",
-        ts(status.time)
+        "# HELP thinarc_status_timestamp_seconds When this status was taken.\n# TYPE thinarc_status_timestamp_seconds gauge"
     );
+    for s in statuses {
+        let _ = writeln!(
+            out,
+            "thinarc_status_timestamp_seconds{{repository=\"{}\"}} {}",
+            label(&s.repository),
+            ts(s.time)
+        );
+    }
     out
 }
 
-/// Writes `status` to `path` atomically (node_exporter may read it at any moment).
+/// Writes `statuses` to `path` atomically (node_exporter may read it at any moment).
 ///
 /// # Errors
 /// The I/O error.
-pub fn write(path: &Path, status: &Status) -> std::io::Result<()> {
-    super::record::write_atomic(path, render(status).as_bytes())
+pub fn write(path: &Path, statuses: &[Status]) -> std::io::Result<()> {
+    super::record::write_atomic(path, render(statuses).as_bytes())
 }

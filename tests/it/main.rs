@@ -4,6 +4,7 @@ mod chain;
 mod cli;
 mod faults;
 mod format;
+mod run;
 mod s3;
 mod status;
 mod throttle;

@@ -224,7 +224,7 @@ fn on_failure_hook_gets_the_summary_on_stdin_and_in_its_environment() {
     assert_eq!(o.code, Some(1));
     assert!(
         o.stderr
-            .contains("--on-failure command: `exit 3` exited with exit status: 3"),
+            .contains("on-failure command: `exit 3` exited with exit status: 3"),
         "{}",
         o.show()
     );

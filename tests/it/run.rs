@@ -1,0 +1,237 @@
+//! `thinarc run` over a config file, on real runs of the binary: several volumes where
+//! one fails, records, status and the Prometheus textfile, the on-failure hook, config
+//! errors before any work, and a second run refused while one is going.
+
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::util::{TempRepo, make_image, read, thinarc_env, write};
+
+const MIB: usize = 1 << 20;
+
+/// Runs `thinarc args...` with the test's state directory.
+fn thinarc(t: &TempRepo, args: &[&str]) -> crate::util::Output {
+    thinarc_env(
+        args,
+        &[(
+            "THINARC_STATE_DIR".to_string(),
+            t.path("state").display().to_string(),
+        )],
+    )
+}
+
+/// A config backing up `a` and `c` (images that exist) and `b` (missing) into the
+/// test's repository, with a hook writing to `hook.out` and a textfile.
+fn config(t: &TempRepo, extra: &str) -> std::path::PathBuf {
+    let path = t.path("thinarc.toml");
+    let text = format!(
+        r#"state_dir = "{state}"
+on_failure = "cat > {hook}; echo \"volumes=$THINARC_FAILED_VOLUMES\" >> {hook}"
+prometheus = "{prom}"
+{extra}
+[repositories.main]
+location = "{repo}"
+
+[[volumes]]
+name = "vg0/a"
+source = "{a}"
+
+[[volumes]]
+name = "vg0/b"
+source = "{b}"
+
+[[volumes]]
+name = "vg0/c"
+source = "{c}"
+"#,
+        state = t.path("state").display(),
+        hook = t.path("hook.out").display(),
+        prom = t.path("thinarc.prom").display(),
+        repo = t.location(),
+        a = t.path("a.img").display(),
+        b = t.path("b.img").display(),
+        c = t.path("c.img").display(),
+    );
+    write(&path, text.as_bytes());
+    path
+}
+
+#[test]
+fn one_failing_volume_does_not_stop_the_others() {
+    let t = TempRepo::new();
+    write(&t.path("a.img"), &make_image(2 * MIB, 50));
+    write(&t.path("c.img"), &make_image(3 * MIB, 51));
+    let cfg = config(&t, "");
+    let o = thinarc(&t, &["run", "--config", cfg.to_str().unwrap(), "--json"]);
+    assert_eq!(o.code, Some(1), "{}", o.show());
+    assert!(
+        o.stderr
+            .contains("error: 1 of 3 steps failed: backup vg0/b"),
+        "{}",
+        o.show()
+    );
+    let steps: Value = serde_json::from_str(&o.stdout).unwrap();
+    let ok: Vec<(bool, &str)> = steps
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["ok"].as_bool().unwrap(), s["volume"].as_str().unwrap()))
+        .collect();
+    assert_eq!(ok, [(true, "vg0/a"), (false, "vg0/b"), (true, "vg0/c")]);
+    assert!(
+        steps[1]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("cannot open source")
+    );
+
+    // The volumes that worked are restorable byte for byte.
+    for (v, img) in [("vg0/a", "a.img"), ("vg0/c", "c.img")] {
+        let out = t.path(&format!("{img}.restored"));
+        t.ok(&["restore", v, out.to_str().unwrap(), "-q"]);
+        assert_eq!(read(&out), read(&t.path(img)), "{v}");
+    }
+
+    // The hook got the failure.
+    let hook = std::fs::read_to_string(t.path("hook.out")).unwrap();
+    assert!(hook.starts_with("thinarc run failed on "), "{hook}");
+    assert!(hook.contains("- backup of vg0/b in "), "{hook}");
+    assert!(hook.ends_with("volumes=vg0/b\n"), "{hook}");
+
+    // Records and the textfile agree.
+    let prom = std::fs::read_to_string(t.path("thinarc.prom")).unwrap();
+    let line = |v: &str, m: &str| format!("{m}{{volume=\"{v}\",repository=\"{}\"}}", t.location());
+    assert!(
+        prom.contains(&format!(
+            "{} 1\n",
+            line("vg0/a", "thinarc_last_run_success")
+        )),
+        "{prom}"
+    );
+    assert!(
+        prom.contains(&format!(
+            "{} 0\n",
+            line("vg0/b", "thinarc_last_run_success")
+        )),
+        "{prom}"
+    );
+    assert!(
+        prom.contains(&format!("{} 1\n", line("vg0/c", "thinarc_points"))),
+        "{prom}"
+    );
+    let s = t.run(&["status", "--json"]);
+    let s: Value = serde_json::from_str(&s.stdout).unwrap();
+    let names: Vec<&str> = s["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["volume"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["vg0/a", "vg0/b", "vg0/c"],
+        "a volume that never succeeded is listed"
+    );
+    assert_eq!(s["volumes"][1]["backup"]["last"]["result"], "failure");
+    assert_eq!(s["volumes"][1]["points"], 0);
+
+    // Fix the source: the next run succeeds and exits 0.
+    write(&t.path("b.img"), &make_image(MIB, 52));
+    let o = thinarc(&t, &["run", "--config", cfg.to_str().unwrap()]);
+    assert!(o.success, "{}", o.show());
+    assert!(
+        o.stdout.contains("backup vg0/b: seq 1 archive "),
+        "{}",
+        o.show()
+    );
+    assert!(
+        o.stdout.contains("backup vg0/a: seq 2 archive "),
+        "{}",
+        o.show()
+    );
+}
+
+#[test]
+fn a_bad_config_is_refused_before_any_work() {
+    let t = TempRepo::new();
+    write(&t.path("a.img"), &make_image(MIB, 53));
+    let cfg = config(&t, "rate_limt = \"10M\"\n");
+    let o = thinarc(&t, &["run", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(o.code, Some(1), "{}", o.show());
+    assert!(
+        o.stderr.contains(&format!(
+            "error: {}:4:1: unknown field `rate_limt`, expected one of",
+            cfg.display()
+        )),
+        "{}",
+        o.show()
+    );
+    assert!(!t.repo().join("volumes").exists(), "nothing was backed up");
+    let o = thinarc(
+        &t,
+        &["run", "--config", t.path("none.toml").to_str().unwrap()],
+    );
+    assert!(
+        o.stderr.contains(&format!(
+            "error: cannot read config {}",
+            t.path("none.toml").display()
+        )),
+        "{}",
+        o.show()
+    );
+}
+
+#[test]
+fn a_second_run_is_refused_while_one_is_going() {
+    let t = TempRepo::new();
+    for n in ["a", "b", "c"] {
+        write(&t.path(&format!("{n}.img")), &make_image(4 * MIB, 54));
+    }
+    let cfg = config(&t, "read_limit = \"4M\"\n");
+    let mut first = std::process::Command::new(env!("CARGO_BIN_EXE_thinarc"))
+        .args(["run", "-q", "--config", cfg.to_str().unwrap()])
+        .spawn()
+        .unwrap();
+    let lock = t.path("state/run.lock");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::fs::read_to_string(&lock).map_or(true, |s| s.is_empty())
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let o = thinarc(&t, &["run", "--config", cfg.to_str().unwrap()]);
+    assert!(!o.success);
+    assert!(
+        o.stderr.contains(&format!(
+            "error: another thinarc run is still going (pid {} since ",
+            first.id()
+        )) && o.stderr.contains("not starting a second one"),
+        "{}",
+        o.show()
+    );
+    assert!(first.wait().unwrap().success());
+    // Once it is over, the lock is free again.
+    let o = thinarc(&t, &["run", "-q", "--config", cfg.to_str().unwrap()]);
+    assert!(o.success, "{}", o.show());
+    assert!(Path::new(&lock).exists());
+}
+
+#[test]
+fn the_systemd_units_pass_systemd_analyze_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/systemd");
+    for unit in ["thinarc.service", "thinarc.timer"] {
+        let text = std::fs::read_to_string(examples.join(unit)).unwrap();
+        // Point ExecStart at the binary under test (the unit names the installed path).
+        let text = text.replace("/usr/local/bin/thinarc", env!("CARGO_BIN_EXE_thinarc"));
+        write(&dir.path().join(unit), text.as_bytes());
+    }
+    let o = std::process::Command::new("systemd-analyze")
+        .args(["verify", "--man=no", "thinarc.service", "thinarc.timer"])
+        .current_dir(dir.path())
+        .output()
+        .expect("systemd-analyze (package systemd; .ci/run installs it)");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success() && stderr.trim().is_empty(), "{stderr}");
+}
