@@ -72,7 +72,10 @@ pub fn init(sink: Sink, verbose: i8) {
         .with_max_level(level(sink, verbose))
         .with_target(false);
     let _ = match sink {
-        Sink::Journal => builder.event_format(JournalFormat).try_init(),
+        Sink::Journal => builder
+            .with_ansi(false)
+            .event_format(JournalFormat)
+            .try_init(),
         Sink::Terminal => builder.without_time().try_init(),
         Sink::Plain => builder.with_ansi(false).try_init(),
     };

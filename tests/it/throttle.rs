@@ -1,6 +1,7 @@
-//! Throttling, measured on real runs of the binary: read and upload rate limits hold
-//! within ±20% over runs of several seconds, and `--low-priority` really sets nice 19
-//! and the idle I/O class on every thread of the process.
+//! Host impact, on real runs of the binary: read and upload rate limits hold within
+//! ±20% over runs of several seconds, `--low-priority` really sets nice 19 and the
+//! idle I/O class on every thread of the process, and log lines under systemd carry
+//! their syslog priority.
 
 use std::time::{Duration, Instant};
 
@@ -109,4 +110,44 @@ fn low_priority_sets_nice_and_idle_io_on_every_thread() {
         // Class 3 = idle, or best-effort (2) level 7 where the scheduler refuses idle.
         assert!(prio >> 13 == 3 || *prio == (2 << 13 | 7), "{seen:?}");
     }
+}
+
+#[test]
+fn under_systemd_log_lines_carry_their_syslog_priority() {
+    let t = TempRepo::new();
+    let src = t.path("j.img");
+    write(&src, &make_image(MIB, 35));
+    let o = t.run_env(
+        &["backup", src.to_str().unwrap(), "--volume", "j"],
+        &[("JOURNAL_STREAM", "8:12345")],
+    );
+    assert!(o.success, "{}", o.show());
+    let lines: Vec<&str> = o.stderr.lines().collect();
+    assert!(
+        lines[0].starts_with("<6>backup started volume=j source="),
+        "{lines:?}"
+    );
+    assert!(
+        lines[1].starts_with("<6>backup committed volume=j seq=1 archive="),
+        "{lines:?}"
+    );
+    let o = t.run_env(
+        &[
+            "backup",
+            t.path("missing").to_str().unwrap(),
+            "--volume",
+            "j",
+        ],
+        &[("JOURNAL_STREAM", "8:12345")],
+    );
+    assert!(
+        o.stderr
+            .lines()
+            .last()
+            .unwrap()
+            .starts_with("<3>error: backup of "),
+        "{}",
+        o.show()
+    );
+    assert!(o.stderr.lines().all(|l| l.starts_with('<')), "{}", o.show());
 }
