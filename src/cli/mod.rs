@@ -6,6 +6,7 @@ mod backup;
 mod init;
 mod list;
 mod progress;
+mod prune;
 mod restore;
 
 use std::io::IsTerminal;
@@ -46,6 +47,8 @@ pub enum Command {
     Restore(restore::RestoreArgs),
     /// List volumes and their points.
     List(list::ListArgs),
+    /// Thin the history of volumes by a retention policy, merging what is dropped.
+    Prune(prune::PruneArgs),
 }
 
 /// What every subcommand gets besides its own arguments.
@@ -90,6 +93,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Backup(a) => backup::run(a, &ctx).await,
             Command::Restore(a) => restore::run(a, &ctx).await,
             Command::List(a) => list::run(a, &ctx).await,
+            Command::Prune(a) => prune::run(a, &ctx).await,
         }
     };
     // On SIGINT or SIGTERM the command is dropped, which unwinds it like an error: a

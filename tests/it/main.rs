@@ -5,5 +5,6 @@ mod cli;
 mod faults;
 mod format;
 mod merge;
+mod prune;
 mod s3;
 mod util;
