@@ -24,8 +24,8 @@ use crate::format::{
 };
 use crate::progress::Progress;
 use crate::repo::{
-    ArchiveUpload, Chain, ChainCursor, PointSelector, RepoError, Repository, Resolved, VolumeName,
-    new_id,
+    ArchiveUpload, Chain, ChainCursor, LockError, PointSelector, RepoError, Repository, Resolved,
+    VolumeName, new_id,
 };
 use crate::source::{RawSource, ReadPlan, SourceError};
 use process::{Batch, Processed, process_batch};
@@ -122,6 +122,9 @@ pub enum BackupError {
     /// The source failed.
     #[error(transparent)]
     Source(#[from] SourceError),
+    /// The volume's lock was lost mid-run (see [`crate::repo::VolumeLock::guard`]).
+    #[error(transparent)]
+    Lock(#[from] LockError),
     /// The requested block size differs from the volume's.
     #[error("volume {volume} uses block size {stored}; --block-size {requested} cannot change it")]
     BlockSizeMismatch {

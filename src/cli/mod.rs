@@ -95,10 +95,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     // On SIGINT or SIGTERM the command is dropped, which unwinds it like an error: a
     // backup's upload is left uncommitted (removed by a later run) and a new restore
     // target's temporary file is deleted.
-    tokio::select! {
+    let result = tokio::select! {
         r = command => r,
-        signal = interrupted() => anyhow::bail!("interrupted by {signal}: nothing partial was committed or kept"),
-    }
+        signal = interrupted() => Err(anyhow::anyhow!("interrupted by {signal}: nothing partial was committed or kept")),
+    };
+    // A command unwound by an error or a signal drops its volume lock: delete it now.
+    crate::repo::settle_dropped_locks().await;
+    result
 }
 
 /// Resolves with the name of the first SIGINT or SIGTERM received.

@@ -4,6 +4,7 @@
 //! config                                              repository config (JSON)
 //! volumes/<volume>/archives/<seq>-<archive-id>.tarc   archive objects
 //! volumes/<volume>/commits/<seq>                      commit markers (JSON)
+//! volumes/<volume>/locks/<start>-<random>             lock objects (JSON, see lock.rs)
 //! ```
 //! `<seq>` is the sequence number as 12 decimal digits so keys sort in history order;
 //! `<volume>` is the volume name with `/` written as `~`.
@@ -83,6 +84,10 @@ impl VolumeName {
 
     pub(crate) fn archives_prefix(&self) -> Path {
         self.prefix().join("archives")
+    }
+
+    pub(crate) fn locks_prefix(&self) -> Path {
+        self.prefix().join("locks")
     }
 
     pub(crate) fn commit_key(&self, seq: u64) -> Path {

@@ -4,5 +4,6 @@ mod chain;
 mod cli;
 mod faults;
 mod format;
+mod lock;
 mod s3;
 mod util;
