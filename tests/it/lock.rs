@@ -114,7 +114,8 @@ async fn stale_scenario(t: &TempRepo, ttl: f64, age: Duration) {
 
     let out = t.run(&["backup", img.as_str(), "--volume", "vm/stale", "--json"]);
     assert!(out.success, "{}", out.show());
-    // The age is the store's: between `age` and a few seconds more.
+    // The age is the store's: the file system's coarse clock may lag the planted
+    // time by a fraction of a second, and the run takes a moment.
     let prefix = "warning: broke the stale lock of vm/stale held by ghost pid 4242 since 2020-01-01T00:00:00Z (backup): not refreshed for ";
     let suffix = format!("s, longer than its TTL of {}s\n", ttl as u64);
     let seen: u64 = out
@@ -123,7 +124,10 @@ async fn stale_scenario(t: &TempRepo, ttl: f64, age: Duration) {
         .and_then(|r| r.strip_suffix(&suffix))
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("unexpected stderr:\n{}", out.stderr));
-    assert!((age.as_secs()..age.as_secs() + 5).contains(&seen), "{seen}");
+    assert!(
+        (age.as_secs() - 1..age.as_secs() + 5).contains(&seen),
+        "{seen}"
+    );
     let report: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
     assert_eq!(report["seq"], 1);
     assert!(lock_keys(&repo, "vm~stale").await.is_empty());
