@@ -15,3 +15,4 @@ pub mod repo;
 pub mod restore;
 pub mod source;
 pub mod target;
+pub mod verify;

@@ -27,9 +27,13 @@ fn main() -> ExitCode {
     }
 }
 
-/// The exit code for a failure: 3 when the volume is locked by another run, else 1.
-/// (Usage errors exit with 2 from clap before this point.)
+/// The exit code for a failure: 3 when the volume is locked by another run, 4 when
+/// verify found problems, else 1. (Usage errors exit with 2 from clap before this
+/// point.)
 fn exit_code(e: &anyhow::Error) -> ExitCode {
+    if e.downcast_ref::<thinarc::cli::ProblemsFound>().is_some() {
+        return ExitCode::from(4);
+    }
     let locked = e.chain().any(|c| {
         matches!(
             c.downcast_ref::<thinarc::repo::LockError>(),

@@ -7,6 +7,9 @@ mod init;
 mod list;
 mod progress;
 mod restore;
+mod verify;
+
+pub use verify::ProblemsFound;
 
 use std::io::IsTerminal;
 
@@ -46,6 +49,9 @@ pub enum Command {
     Restore(restore::RestoreArgs),
     /// List volumes and their points.
     List(list::ListArgs),
+    /// Check the repository (and optionally block data and a source); exit code 4
+    /// when problems are found.
+    Verify(verify::VerifyArgs),
 }
 
 /// What every subcommand gets besides its own arguments.
@@ -90,6 +96,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Backup(a) => backup::run(a, &ctx).await,
             Command::Restore(a) => restore::run(a, &ctx).await,
             Command::List(a) => list::run(a, &ctx).await,
+            Command::Verify(a) => verify::run(a, &ctx).await,
         }
     };
     // On SIGINT or SIGTERM the command is dropped, which unwinds it like an error: a

@@ -60,9 +60,11 @@ impl VolumeName {
         Ok(VolumeName(name.to_string()))
     }
 
-    /// Recovers a name from its key segment.
+    /// Recovers a name from its key segment, as written or as listed: object_store
+    /// percent-encodes `~` in listed paths (`vm%7Eweb`), and `~` is the only character
+    /// of a key segment that it encodes.
     pub(crate) fn from_key(seg: &str) -> Result<Self, RepoError> {
-        Self::new(&seg.replace('~', "/"))
+        Self::new(&seg.replace("%7E", "~").replace('~', "/"))
     }
 
     /// The name.

@@ -25,6 +25,7 @@ use crate::format::{
 use crate::progress::Progress;
 use crate::repo::{Chain, ChainCursor, PointSelector, RepoError, Repository, VolumeName};
 use crate::target::{FileTarget, TargetError};
+pub(crate) use plan::FrameFilter;
 use plan::{Item, UnitLimits, Work, plan_works};
 
 /// Work unit size and range reads in flight, by store. Bigger reads matter most: a
@@ -152,16 +153,6 @@ pub async fn restore(
     progress.set_total(geometry.size());
     let out = Arc::new(FileTarget::open(target, geometry.size())?);
 
-    let (limits, fetches) = tuning(repo);
-    let (tx, rx) = tokio::sync::mpsc::channel::<Work>(2 * fetches);
-    let planner = tokio::spawn(plan_works(
-        ChainCursor::new(&chain),
-        geometry.blocks(),
-        u64::from(geometry.block_size().get()),
-        limits,
-        tx,
-    ));
-    let works = futures::stream::unfold(rx, |mut rx| async { rx.recv().await.map(|w| (w, rx)) });
     // One thread writes, in block order: concurrent writes to one file contend on its
     // lock, and sequential writes are what devices like best.
     let (wtx, mut wrx) = tokio::sync::mpsc::channel::<Decoded>(WRITE_QUEUE);
@@ -177,21 +168,16 @@ pub async fn restore(
         })
     };
     let chain = Arc::new(chain);
-    let threads = opts.threads.max(1);
     let mut hasher = ImageHasher::new(geometry);
     let mut fetched = 0u64;
-    let decoded = works
-        .map(|w| fetch(chain.clone(), w))
-        .buffered(fetches)
-        .map_ok(|(w, bytes)| {
-            let (chain, pool) = (chain.clone(), pool.clone());
-            async move {
-                tokio::task::spawn_blocking(move || decode(&chain, w, bytes, &pool))
-                    .await
-                    .map_err(|e| RestoreError::Task(e.to_string()))?
-            }
-        })
-        .try_buffered(threads);
+    let (planner, decoded) = decode_point(
+        repo,
+        chain.clone(),
+        opts.threads,
+        None,
+        OnBad::Fail,
+        pool.clone(),
+    );
     let mut decoded = std::pin::pin!(decoded);
     let streamed: Result<(), RestoreError> = async {
         while let Some(d) = decoded.try_next().await? {
@@ -242,6 +228,68 @@ pub async fn restore(
     })
 }
 
+/// How a decode treats a block that does not check out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OnBad {
+    /// Fail the pipeline with [`RestoreError::Corrupt`] (restore).
+    Fail,
+    /// Record it in [`Decoded::bad`] and go on (verify).
+    Record,
+}
+
+/// A block that did not check out, recorded in [`OnBad::Record`] mode.
+#[derive(Debug)]
+pub(crate) struct BadBlock {
+    /// The block (the first of its frame when the frame itself does not decode).
+    pub block: u64,
+    /// What is wrong.
+    pub error: FormatError,
+}
+
+/// The restore pipeline up to the writer, shared with verify: plans work units for the
+/// point `chain` ends at (only frames `keep` accepts), fetches them with coalesced
+/// range reads, and decodes and checks every block on the blocking pool, `threads`
+/// units at a time. Yields the units in block order; the planner's own result comes
+/// from the returned task. Memory is bounded by the units in flight.
+pub(crate) fn decode_point(
+    repo: &Repository,
+    chain: Arc<Chain>,
+    threads: usize,
+    keep: Option<FrameFilter>,
+    on_bad: OnBad,
+    pool: Arc<BufferPool>,
+) -> (
+    tokio::task::JoinHandle<Result<(), RestoreError>>,
+    impl futures::Stream<Item = Result<Decoded, RestoreError>>,
+) {
+    let geometry = chain.tip().geometry();
+    let (limits, fetches) = tuning(repo);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Work>(2 * fetches);
+    let planner = tokio::spawn(plan_works(
+        ChainCursor::new(&chain),
+        geometry.blocks(),
+        u64::from(geometry.block_size().get()),
+        limits,
+        keep,
+        tx,
+    ));
+    let works = futures::stream::unfold(rx, |mut rx| async { rx.recv().await.map(|w| (w, rx)) });
+    let fetching = chain.clone();
+    let decoded = works
+        .map(move |w| fetch(fetching.clone(), w))
+        .buffered(fetches)
+        .map_ok(move |(w, bytes)| {
+            let (chain, pool) = (chain.clone(), pool.clone());
+            async move {
+                tokio::task::spawn_blocking(move || decode(&chain, w, bytes, &pool, on_bad))
+                    .await
+                    .map_err(|e| RestoreError::Task(e.to_string()))?
+            }
+        })
+        .try_buffered(threads.max(1));
+    (planner, decoded)
+}
+
 /// Reads the byte ranges of a work unit.
 async fn fetch(chain: Arc<Chain>, w: Work) -> Result<(Work, Vec<Bytes>), RestoreError> {
     let reads = w
@@ -253,16 +301,20 @@ async fn fetch(chain: Arc<Chain>, w: Work) -> Result<(Work, Vec<Bytes>), Restore
 }
 
 /// A decoded and checked work unit, ready to be written.
-struct Decoded {
+pub(crate) struct Decoded {
     /// The unit's block data, consecutive blocks adjacent.
     buf: Vec<u8>,
     writes: Vec<Write>,
     /// The unit's blocks for the image digest, in order.
     image: Vec<ImageRun>,
     /// Bytes read from the repository.
-    fetched: u64,
+    pub fetched: u64,
     /// Volume bytes covered.
-    bytes: u64,
+    pub bytes: u64,
+    /// Data blocks in the unit, checked or not.
+    pub data_blocks: u64,
+    /// Blocks that did not check out ([`OnBad::Record`] only; not in `buf`).
+    pub bad: Vec<BadBlock>,
 }
 
 /// One write of a decoded unit.
@@ -292,7 +344,7 @@ thread_local! {
 
 /// Unit buffers handed back by the writer for reuse.
 #[derive(Default)]
-struct BufferPool(Mutex<Vec<Vec<u8>>>);
+pub(crate) struct BufferPool(Mutex<Vec<Vec<u8>>>);
 
 impl BufferPool {
     /// Buffers kept at most: as many as units in flight.
@@ -302,7 +354,7 @@ impl BufferPool {
         self.0.lock().expect("pool lock").pop().unwrap_or_default()
     }
 
-    fn give(&self, mut buf: Vec<u8>) {
+    pub(crate) fn give(&self, mut buf: Vec<u8>) {
         buf.clear();
         let mut pool = self.0.lock().expect("pool lock");
         if pool.len() < Self::KEEP {
@@ -316,6 +368,7 @@ fn decode(
     w: Work,
     bytes: Vec<Bytes>,
     pool: &BufferPool,
+    on_bad: OnBad,
 ) -> Result<Decoded, RestoreError> {
     SCRATCH.with_borrow_mut(|slot| {
         let scratch = match slot {
@@ -328,7 +381,7 @@ fn decode(
                 frames: Vec::new(),
             }),
         };
-        decode_with(chain, w, bytes, pool.take(), scratch)
+        decode_with(chain, w, bytes, pool.take(), scratch, on_bad)
     })
 }
 
@@ -338,6 +391,7 @@ fn decode_with(
     bytes: Vec<Bytes>,
     buf: Vec<u8>,
     scratch: &mut Scratch,
+    on_bad: OnBad,
 ) -> Result<Decoded, RestoreError> {
     let geometry = chain.tip().geometry();
     // Names the archive only when there is an error: this sits on the per-block path.
@@ -356,6 +410,8 @@ fn decode_with(
         image: Vec::with_capacity(w.items.len()),
         fetched: bytes.iter().map(|b| b.len() as u64).sum(),
         bytes: 0,
+        data_blocks: w.data_blocks,
+        bad: Vec::new(),
     };
     d.buf
         .reserve((w.data_blocks * u64::from(geometry.block_size().get())) as usize);
@@ -368,6 +424,7 @@ fn decode_with(
     for (decoded, _) in &mut scratch.frames {
         *decoded = None;
     }
+    let mut failed = None;
     for item in &w.items {
         match *item {
             Item::Zero { first, count } => {
@@ -384,20 +441,39 @@ fn decode_with(
                 digest,
             } => {
                 let r = &w.frames[f];
-                let (decoded, content) = &mut scratch.frames[w.fetches[r.fetch].layer];
+                let layer = w.fetches[r.fetch].layer;
+                if failed == Some(f) {
+                    // The frame did not decode; its first block was recorded.
+                    d.image.push(ImageRun::Data(digest));
+                    continue;
+                }
+                let (decoded, content) = &mut scratch.frames[layer];
                 if *decoded != Some(f) {
                     let start = (r.offset - w.fetches[r.fetch].range.start) as usize;
                     let stored = &bytes[r.fetch][start..start + r.len as usize];
-                    let len = stored_frame_content_len(r.kind, stored).map_err(corrupt(f))?;
                     *decoded = None;
-                    scratch
-                        .decoder
-                        .decode_into(r.kind, stored, len, content)
-                        .map_err(corrupt(f))?;
-                    *decoded = Some(f);
+                    let done = stored_frame_content_len(r.kind, stored)
+                        .and_then(|len| scratch.decoder.decode_into(r.kind, stored, len, content));
+                    match (done, on_bad) {
+                        (Ok(_), _) => *decoded = Some(f),
+                        (Err(error), OnBad::Record) => {
+                            d.bad.push(BadBlock { block, error });
+                            failed = Some(f);
+                            d.image.push(ImageRun::Data(digest));
+                            continue;
+                        }
+                        (Err(e), OnBad::Fail) => return Err(corrupt(f)(e)),
+                    }
                 }
-                let data = block_from_frame(&geometry, content, block, slot, digest)
-                    .map_err(corrupt(f))?;
+                let data = match block_from_frame(&geometry, content, block, slot, digest) {
+                    Ok(data) => data,
+                    Err(error) if on_bad == OnBad::Record => {
+                        d.bad.push(BadBlock { block, error });
+                        d.image.push(ImageRun::Data(digest));
+                        continue;
+                    }
+                    Err(e) => return Err(corrupt(f)(e)),
+                };
                 let offset = geometry.offset(block);
                 let range = d.buf.len()..d.buf.len() + data.len();
                 d.buf.extend_from_slice(data);
@@ -417,6 +493,11 @@ fn decode_with(
 }
 
 impl Decoded {
+    /// Hands the unit's buffer back without writing it (verify).
+    pub(crate) fn discard(self, pool: &BufferPool) {
+        pool.give(self.buf);
+    }
+
     /// Writes the unit and hands its buffer back; returns the bytes of block data
     /// written.
     fn write(self, out: &FileTarget, pool: &BufferPool) -> Result<u64, RestoreError> {

@@ -15,7 +15,7 @@ use crate::util::s3::moto;
 use crate::util::{TempRepo, make_image, write};
 
 /// The library's view of the repository a [`TempRepo`] runs the CLI against.
-async fn lib_repo(t: &TempRepo) -> Repository {
+pub(crate) async fn lib_repo(t: &TempRepo) -> Repository {
     let store: Arc<dyn ObjectStore> = if t.location().starts_with("s3://") {
         Arc::new(PrefixStore::new(moto().store(t.bucket()), "repo"))
     } else {

@@ -7,3 +7,4 @@ mod format;
 mod lock;
 mod s3;
 mod util;
+mod verify;
