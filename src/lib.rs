@@ -11,6 +11,7 @@ pub mod backup;
 pub mod cli;
 pub mod format;
 pub mod progress;
+pub mod prune;
 pub mod repo;
 pub mod restore;
 pub mod source;

@@ -8,7 +8,7 @@
 //! Queues are bounded, so memory is a few batches plus a few upload parts whatever the
 //! volume size. Nothing is committed unless every stage succeeded.
 
-mod process;
+pub(crate) mod process;
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -24,8 +24,8 @@ use crate::format::{
 };
 use crate::progress::Progress;
 use crate::repo::{
-    ArchiveUpload, Chain, ChainCursor, LockError, PointSelector, RepoError, Repository, Resolved,
-    VolumeName, new_id,
+    ArchiveUpload, Chain, ChainCursor, LEFTOVER_GRACE, LockError, PointSelector, RepoError,
+    Repository, VolumeName, new_id,
 };
 use crate::source::{RawSource, ReadPlan, SourceError};
 use process::{Batch, Processed, process_batch};
@@ -37,7 +37,7 @@ pub const DEFAULT_ZSTD_LEVEL: i32 = 1;
 /// Uncompressed bytes per read batch.
 const BATCH_BYTES: u64 = 1 << 20;
 /// Uncompressed bytes per frame (at least one block).
-const FRAME_BYTES: u64 = 256 << 10;
+pub(crate) const FRAME_BYTES: u64 = 256 << 10;
 
 /// What to back up and how.
 #[derive(Debug, Clone)]
@@ -195,6 +195,7 @@ pub async fn backup(
                 id: t.header.archive_id.clone(),
                 digest: t.trailer.trailer_sha256,
                 seq: t.header.seq,
+                image: Some(t.trailer.image_digest),
             }
         }),
         created: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
@@ -230,10 +231,10 @@ pub async fn backup(
             // The point is committed; housekeeping problems are reported, not fatal.
             let leftovers = match published.committed_at {
                 Some(now) => repo
-                    .clean_leftovers(volume, now)
+                    .clean_leftovers(volume, now, LEFTOVER_GRACE)
                     .await
                     .map_err(|e| e.to_string()),
-                None => Ok(Vec::new()),
+                None => Ok(Default::default()),
             };
             Ok(BackupReport {
                 volume: volume.to_string(),
@@ -253,7 +254,7 @@ pub async fn backup(
                 stored_bytes: published.size,
                 image_digest: digest.image_digest.to_hex(),
                 seconds: started.elapsed().as_secs_f64(),
-                leftovers_removed: leftovers.as_ref().map_or(0, Vec::len),
+                leftovers_removed: leftovers.as_ref().map_or(0, |c| c.objects.len()),
                 warnings: leftovers
                     .err()
                     .map(|e| format!("cleaning leftovers failed: {e}"))
@@ -453,7 +454,7 @@ impl Run {
             };
             let done: Processed = done.map_err(|e| BackupError::Task(e.to_string()))??;
             if let Some(g) = gaps.as_mut() {
-                feed_gap(g, &mut hasher, done.first).await?;
+                g.feed(&mut hasher, done.first).await?;
             }
             stats.bytes_read += done.bytes_read;
             progress.add(done.count * u64::from(self.geometry.block_size().get()));
@@ -466,7 +467,7 @@ impl Run {
             .await
             .map_err(|e| BackupError::Task(e.to_string()))??;
         if let Some(g) = gaps.as_mut() {
-            feed_gap(g, &mut hasher, self.geometry.blocks()).await?;
+            g.feed(&mut hasher, self.geometry.blocks()).await?;
         }
         let image_digest = hasher.finish()?;
         let trailer = writer.finish(image_digest, &mut out);
@@ -479,21 +480,4 @@ impl Run {
             },
         ))
     }
-}
-
-/// Feeds the image hasher with the previous point's blocks up to `end` (blocks the
-/// backup did not read are unchanged).
-async fn feed_gap(
-    cursor: &mut ChainCursor,
-    hasher: &mut ImageHasher,
-    end: u64,
-) -> Result<(), RepoError> {
-    cursor.seek(hasher.position());
-    while let Some(r) = cursor.next(end).await? {
-        match r {
-            Resolved::Zero { count, .. } => hasher.zeros(count),
-            data => hasher.data(&data.digest().expect("data block has a digest")),
-        }
-    }
-    Ok(())
 }

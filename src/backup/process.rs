@@ -39,19 +39,20 @@ pub(super) struct Batch {
 const MAX_HOLE_BATCH: u64 = 1 << 16;
 
 /// What goes into the archive, in block order.
-enum Op {
+pub(crate) enum Op {
     Zeros { first: u64, count: u64 },
     Frame(EncodedFrame),
 }
 
-/// A processed batch.
-pub(super) struct Processed {
+/// A processed batch: what to append to the archive, and the new point's blocks for
+/// the image digest. Merges build them too (from blocks read out of archives).
+pub(crate) struct Processed {
     pub first: u64,
     pub count: u64,
     pub bytes_read: u64,
-    ops: Vec<Op>,
+    pub ops: Vec<Op>,
     /// The new point's blocks in the batch.
-    image: Vec<ImageRun>,
+    pub image: Vec<ImageRun>,
 }
 
 /// Reads the blocks of `plan` in batches of `batch_blocks` and sends them in order.
@@ -226,7 +227,8 @@ pub(super) fn process_batch(
     })
 }
 
-fn compress(
+/// Compresses one frame's content at zstd `level` with this thread's compressor.
+pub(crate) fn compress(
     content: &[u8],
     level: i32,
 ) -> Result<(crate::format::FrameKind, Vec<u8>), FormatError> {

@@ -41,7 +41,7 @@ use object_store::ObjectStore;
 pub use archive::RemoteArchive;
 pub use catalog::{Chain, Commit, PointInfo, PointSelector};
 pub use chain::{ChainCursor, Resolved};
-pub use cleanup::LEFTOVER_GRACE;
+pub use cleanup::{Cleaned, LEFTOVER_GRACE};
 pub use config::RepoConfig;
 pub use layout::{VolumeName, new_id};
 pub use location::open_store;

@@ -1,5 +1,5 @@
 //! Reading and checking block data: restore's fetch and decode pipeline
-//! ([`decode_point`]) over one archive at a time, recording bad blocks instead of
+//! ([`read_units_with`]) over one archive at a time, recording bad blocks instead of
 //! failing, and dropping the data once checked. A sample keeps the frames whose
 //! seeded hash falls below the percentage.
 
@@ -10,8 +10,9 @@ use futures::StreamExt;
 use super::{DataCheck, VerifyOptions};
 use crate::format::Digest;
 use crate::progress::Progress;
-use crate::repo::{Chain, RemoteArchive, Repository, VolumeName};
-use crate::restore::{BufferPool, FrameFilter, OnBad, decode_point};
+use crate::repo::{Chain, ChainCursor, RemoteArchive, Repository, VolumeName};
+use crate::restore::RestoreError;
+use crate::restore::read::{BufferPool, Decoded, FrameFilter, OnBad, ReadMode, read_units_with};
 
 /// What a data check of one archive found.
 pub(super) struct Checked {
@@ -58,28 +59,41 @@ pub(super) async fn check_data(
         archives: vec![archive.clone()],
     });
     let pool = Arc::new(BufferPool::default());
-    let (planner, decoded) =
-        decode_point(repo, chain, opts.threads, keep, OnBad::Record, pool.clone());
-    // Boxed so that it can be dropped before the planner is awaited: a planner
-    // blocked on a full queue ends once the queue is gone.
-    let mut decoded = Box::pin(decoded);
+    let recycle = pool.clone();
+    let mode = ReadMode {
+        keep,
+        on_bad: OnBad::Record,
+    };
+    let blocks = archive.geometry().blocks();
+    let mut units = read_units_with(
+        repo,
+        chain.clone(),
+        ChainCursor::new(&chain),
+        blocks,
+        opts.threads,
+        pool,
+        mode,
+        move |d: Decoded| -> Result<_, RestoreError> {
+            let bytes: u64 = d.buf.len() as u64;
+            let seen = (d.digests.len() + d.bad.len()) as u64;
+            recycle.give(d.buf);
+            Ok((seen, bytes, d.fetched, d.bad))
+        },
+    );
     let mut checked = Checked {
         blocks: 0,
         bytes: 0,
         problems: Vec::new(),
     };
-    while let Some(unit) = decoded.next().await {
+    while let Some(unit) = units.stream.next().await {
         match unit {
-            Ok(d) => {
-                checked.bytes += d.fetched;
-                progress.add(d.bytes);
-                checked.blocks += d.data_blocks;
-                for bad in &d.bad {
-                    checked
-                        .problems
-                        .push((Some(bad.block), bad.error.to_string()));
+            Ok((seen, bytes, fetched, bad)) => {
+                checked.blocks += seen;
+                checked.bytes += fetched;
+                progress.add(bytes);
+                for b in bad {
+                    checked.problems.push((Some(b.block), b.error.to_string()));
                 }
-                d.discard(&pool);
             }
             Err(e) => {
                 checked
@@ -89,15 +103,10 @@ pub(super) async fn check_data(
             }
         }
     }
-    drop(decoded);
-    match planner.await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => checked
+    if let Err(e) = units.finish().await {
+        checked
             .problems
-            .push((None, format!("reading the index: {e}"))),
-        Err(e) => checked
-            .problems
-            .push((None, format!("verify task failed: {e}"))),
+            .push((None, format!("reading the index: {e}")));
     }
     checked
 }

@@ -5,6 +5,7 @@ mod cli;
 mod faults;
 mod format;
 mod lock;
+mod merge;
 mod s3;
 mod util;
 mod verify;

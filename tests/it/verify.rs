@@ -345,9 +345,10 @@ async fn commit_marker_digest_mismatch() {
             c.digest
         )
     );
-    assert!(
-        texts[1].contains("is broken at seq 3: parent seq 2 is archive"),
-        "{texts:?}"
+    assert_eq!(
+        texts[1],
+        format!("the point cannot be restored: {}", texts[0]),
+        "seq 3 is built on seq 2"
     );
 }
 
