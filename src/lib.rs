@@ -9,6 +9,7 @@
 
 pub mod backup;
 pub mod cli;
+pub mod copy;
 pub mod format;
 pub mod progress;
 pub mod prune;

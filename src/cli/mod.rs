@@ -3,6 +3,7 @@
 //! or storage logic lives here.
 
 mod backup;
+mod copy;
 mod init;
 mod list;
 mod progress;
@@ -49,6 +50,9 @@ pub enum Command {
     Restore(restore::RestoreArgs),
     /// List volumes and their points.
     List(list::ListArgs),
+    /// Copy points to another repository (created on first use), or consolidate one
+    /// point there as a full archive.
+    Copy(copy::CopyArgs),
     /// Check the repository (and optionally block data and a source); exit code 4
     /// when problems are found.
     Verify(verify::VerifyArgs),
@@ -97,6 +101,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Restore(a) => restore::run(a, &ctx).await,
             Command::List(a) => list::run(a, &ctx).await,
             Command::Verify(a) => verify::run(a, &ctx).await,
+            Command::Copy(a) => copy::run(a, &ctx).await,
         }
     };
     // On SIGINT or SIGTERM the command is dropped, which unwinds it like an error: a

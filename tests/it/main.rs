@@ -2,6 +2,7 @@
 
 mod chain;
 mod cli;
+mod copy;
 mod faults;
 mod format;
 mod lock;
