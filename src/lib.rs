@@ -9,6 +9,7 @@
 
 pub mod backup;
 pub mod cli;
+pub mod copy;
 pub mod format;
 pub mod progress;
 pub mod prune;
@@ -16,3 +17,4 @@ pub mod repo;
 pub mod restore;
 pub mod source;
 pub mod target;
+pub mod verify;

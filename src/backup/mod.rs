@@ -24,8 +24,8 @@ use crate::format::{
 };
 use crate::progress::Progress;
 use crate::repo::{
-    ArchiveUpload, Chain, ChainCursor, LEFTOVER_GRACE, PointSelector, RepoError, Repository,
-    VolumeName, new_id,
+    ArchiveUpload, Chain, ChainCursor, LEFTOVER_GRACE, LockError, PointSelector, RepoError,
+    Repository, VolumeName, new_id,
 };
 use crate::source::{RawSource, ReadPlan, SourceError};
 use process::{Batch, Processed, process_batch};
@@ -126,6 +126,9 @@ pub enum BackupError {
     /// The source failed.
     #[error(transparent)]
     Source(#[from] SourceError),
+    /// The volume's lock was lost mid-run (see [`crate::repo::VolumeLock::guard`]).
+    #[error(transparent)]
+    Lock(#[from] LockError),
     /// The requested block size differs from the volume's.
     #[error("volume {volume} uses block size {stored}; --block-size {requested} cannot change it")]
     BlockSizeMismatch {
@@ -271,6 +274,57 @@ pub async fn backup(
             Err(e)
         }
     }
+}
+
+/// The image digest of `source` read in full with `block_size` blocks, as a full
+/// backup would record it (verify `--source`): the backup's reader and block hashing,
+/// without compression or upload.
+///
+/// # Errors
+/// [`BackupError::Source`] when the source cannot be read or changes size.
+pub async fn source_image_digest(
+    source: RawSource,
+    block_size: BlockSize,
+    threads: usize,
+    progress: Arc<Progress>,
+) -> Result<crate::format::Digest, BackupError> {
+    let geometry = Geometry::new(source.size(), block_size);
+    progress.set_total(geometry.size());
+    let threads = threads.max(1);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Batch>(threads);
+    let batch_blocks = (BATCH_BYTES / u64::from(block_size.get())).max(1);
+    let reader = tokio::task::spawn_blocking(move || {
+        process::read_batches(
+            &source,
+            &ReadPlan::all(geometry.blocks()),
+            geometry,
+            batch_blocks,
+            &tx,
+        )
+    });
+    let mut hasher = ImageHasher::new(geometry);
+    let mut inflight = FuturesOrdered::new();
+    let mut reading = true;
+    loop {
+        while reading && inflight.len() < threads + 1 {
+            match rx.recv().await {
+                Some(batch) => inflight.push_back(tokio::task::spawn_blocking(move || {
+                    (batch.count, batch.image(&geometry))
+                })),
+                None => reading = false,
+            }
+        }
+        let Some(done) = inflight.next().await else {
+            break;
+        };
+        let (count, image) = done.map_err(|e| BackupError::Task(e.to_string()))?;
+        progress.add(count * u64::from(block_size.get()));
+        image.iter().for_each(|run| hasher.feed(run));
+    }
+    reader
+        .await
+        .map_err(|e| BackupError::Task(e.to_string()))??;
+    Ok(hasher.finish()?)
 }
 
 /// Decides which blocks to read, and names the method.

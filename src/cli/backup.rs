@@ -10,7 +10,7 @@ use super::{Ctx, human, parse_size, print_json, progress::Display};
 use crate::backup::{BackupOptions, backup};
 use crate::format::BlockSize;
 use crate::progress::Progress;
-use crate::repo::VolumeName;
+use crate::repo::{VolumeLock, VolumeName};
 use crate::source::{RawSource, parse_changed_blocks};
 
 /// Arguments of `backup`.
@@ -62,20 +62,30 @@ pub async fn run(args: BackupArgs, ctx: &Ctx) -> anyhow::Result<()> {
     }
     let source = RawSource::open(&args.source)?;
     let repo = ctx.open().await?;
+    let lock = VolumeLock::acquire(&repo, &volume, "backup").await?;
+    for w in lock.broken() {
+        eprintln!("warning: {w}");
+    }
     let progress = Arc::new(Progress::default());
     let display = Display::start(
         ctx.progress_mode(),
         format!("backup {volume}"),
         progress.clone(),
     );
-    let result = backup(&repo, source, &opts, progress).await;
+    let result = lock.guard(backup(&repo, source, &opts, progress)).await;
     display.finish().await;
-    let report = result.with_context(|| {
+    let released = lock.release().await;
+    let mut report = result.with_context(|| {
         format!(
             "backup of {} to volume {volume} failed",
             args.source.display()
         )
     })?;
+    if let Err(e) = released {
+        report
+            .warnings
+            .push(format!("releasing the lock failed: {e}"));
+    }
     for w in &report.warnings {
         eprintln!("warning: {w}");
     }

@@ -3,11 +3,15 @@
 //! or storage logic lives here.
 
 mod backup;
+mod copy;
 mod init;
 mod list;
 mod progress;
 mod prune;
 mod restore;
+mod verify;
+
+pub use verify::ProblemsFound;
 
 use std::io::IsTerminal;
 
@@ -49,6 +53,12 @@ pub enum Command {
     List(list::ListArgs),
     /// Thin the history of volumes by a retention policy, merging what is dropped.
     Prune(prune::PruneArgs),
+    /// Copy points to another repository (created on first use), or consolidate one
+    /// point there as a full archive.
+    Copy(copy::CopyArgs),
+    /// Check the repository (and optionally block data and a source); exit code 4
+    /// when problems are found.
+    Verify(verify::VerifyArgs),
 }
 
 /// What every subcommand gets besides its own arguments.
@@ -94,15 +104,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Restore(a) => restore::run(a, &ctx).await,
             Command::List(a) => list::run(a, &ctx).await,
             Command::Prune(a) => prune::run(a, &ctx).await,
+            Command::Verify(a) => verify::run(a, &ctx).await,
+            Command::Copy(a) => copy::run(a, &ctx).await,
         }
     };
     // On SIGINT or SIGTERM the command is dropped, which unwinds it like an error: a
     // backup's upload is left uncommitted (removed by a later run) and a new restore
     // target's temporary file is deleted.
-    tokio::select! {
+    let result = tokio::select! {
         r = command => r,
-        signal = interrupted() => anyhow::bail!("interrupted by {signal}: nothing partial was committed or kept"),
-    }
+        signal = interrupted() => Err(anyhow::anyhow!("interrupted by {signal}: nothing partial was committed or kept")),
+    };
+    // A command unwound by an error or a signal drops its volume lock: delete it now.
+    crate::repo::settle_dropped_locks().await;
+    result
 }
 
 /// Resolves with the name of the first SIGINT or SIGTERM received.

@@ -2,11 +2,10 @@
 
 use std::time::Duration;
 
-use anyhow::Context as _;
 use clap::Args;
 
 use super::{Ctx, human, print_json};
-use crate::prune::{PruneOptions, PruneReport, RetentionPolicy, Within, prune};
+use crate::prune::{PruneError, PruneOptions, PruneReport, RetentionPolicy, Within, prune};
 use crate::repo::VolumeName;
 
 /// Arguments of `prune`. At least one `--keep-*` option is required: a policy
@@ -90,9 +89,17 @@ pub async fn run(args: PruneArgs, ctx: &Ctx) -> anyhow::Result<()> {
     };
     let mut reports = Vec::new();
     for v in &volumes {
-        let r = prune(&repo, v, &opts)
-            .await
-            .with_context(|| format!("prune of {v} failed"))?;
+        let r = match prune(&repo, v, &opts).await {
+            Ok(r) => r,
+            // The lock error itself in the chain: `main` exits with 3 for a held lock.
+            Err(PruneError::Lock(e)) => {
+                return Err(anyhow::Error::new(e).context(format!("prune of {v} failed")));
+            }
+            Err(e) => return Err(anyhow::Error::new(e).context(format!("prune of {v} failed"))),
+        };
+        for w in &r.warnings {
+            eprintln!("warning: {w}");
+        }
         if !args.json && !ctx.quiet {
             print_human(&r);
         }

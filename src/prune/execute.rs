@@ -23,7 +23,8 @@ use super::{
     Rewrite, merge, plan,
 };
 use crate::repo::{
-    Commit, LEFTOVER_GRACE, PointSelector, RemoteArchive, RepoError, Repository, VolumeName,
+    Commit, LEFTOVER_GRACE, LockError, PointSelector, RemoteArchive, RepoError, Repository,
+    VolumeLock, VolumeName,
 };
 
 /// Archive headers read concurrently while planning.
@@ -109,6 +110,8 @@ pub struct PruneReport {
     pub bytes_deleted: u64,
     /// Wall-clock seconds.
     pub seconds: f64,
+    /// Problems that did not stop the prune (stale locks broken, releasing the lock).
+    pub warnings: Vec<String>,
 }
 
 /// Why a prune failed.
@@ -121,6 +124,9 @@ pub enum PruneError {
     /// The repository failed, or an archive is corrupt (named).
     #[error(transparent)]
     Repo(#[from] RepoError),
+    /// The volume is locked by another run, or the lock was lost.
+    #[error(transparent)]
+    Lock(#[from] LockError),
     /// A rewrite failed: the rewrites committed before it stand, nothing was deleted.
     #[error(
         "cannot rewrite seq {seq} of {volume}: {source}; nothing was deleted, the points rewritten before it stand"
@@ -179,18 +185,42 @@ async fn points(repo: &Repository, volume: &VolumeName) -> Result<Vec<Point>, Pr
         .await
 }
 
-/// Prunes `volume` of `repo` by `opts`.
+/// Prunes `volume` of `repo` by `opts`, holding the volume's lock (a dry run takes
+/// none: it only reads).
 ///
 /// # Errors
-/// [`PruneError`]. What was committed before an error stays consistent: every point
-/// listed before is still listed and restorable, rewritten ones under their new archive.
+/// [`PruneError`]; [`PruneError::Lock`] when another run holds the volume. What was
+/// committed before an error stays consistent: every point listed before is still
+/// listed and restorable, rewritten ones under their new archive.
 pub async fn prune(
     repo: &Repository,
     volume: &VolumeName,
     opts: &PruneOptions,
 ) -> Result<PruneReport, PruneError> {
-    let started = Instant::now();
     opts.policy.check()?;
+    if opts.dry_run {
+        return prune_locked(repo, volume, opts).await;
+    }
+    let lock = VolumeLock::acquire(repo, volume, "prune").await?;
+    let result = lock.guard(prune_locked(repo, volume, opts)).await;
+    let broken = lock.broken().to_vec();
+    let released = lock.release().await;
+    let mut report = result?;
+    report.warnings.extend(broken);
+    if let Err(e) = released {
+        report
+            .warnings
+            .push(format!("releasing the lock failed: {e}"));
+    }
+    Ok(report)
+}
+
+async fn prune_locked(
+    repo: &Repository,
+    volume: &VolumeName,
+    opts: &PruneOptions,
+) -> Result<PruneReport, PruneError> {
+    let started = Instant::now();
     let pts = points(repo, volume).await?;
     let times: Vec<PointTime> = pts
         .iter()
@@ -336,5 +366,6 @@ fn report(volume: &VolumeName, pts: &[Point], plan: &Plan, dry_run: bool) -> Pru
         objects_deleted: 0,
         bytes_deleted: 0,
         seconds: 0.0,
+        warnings: Vec::new(),
     }
 }

@@ -4,6 +4,7 @@
 //! config                                              repository config (JSON)
 //! volumes/<volume>/archives/<seq>-<archive-id>.tarc   archive objects
 //! volumes/<volume>/commits/<seq>                      commit markers (JSON)
+//! volumes/<volume>/locks/<start>-<random>             lock objects (JSON, see lock.rs)
 //! volumes/<volume>/commits/<seq>.<generation>         markers of replaced archives
 //! volumes/<volume>/tombstones/<archive object name>   when an archive was superseded
 //! volumes/<volume>/clock                              a probe for the store's clock
@@ -64,9 +65,11 @@ impl VolumeName {
         Ok(VolumeName(name.to_string()))
     }
 
-    /// Recovers a name from its key segment.
+    /// Recovers a name from its key segment, as written or as listed: object_store
+    /// percent-encodes `~` in listed paths (`vm%7Eweb`), and `~` is the only character
+    /// of a key segment that it encodes.
     pub(crate) fn from_key(seg: &str) -> Result<Self, RepoError> {
-        Self::new(&seg.replace('~', "/"))
+        Self::new(&seg.replace("%7E", "~").replace('~', "/"))
     }
 
     /// The name.
@@ -88,6 +91,10 @@ impl VolumeName {
 
     pub(crate) fn archives_prefix(&self) -> Path {
         self.prefix().join("archives")
+    }
+
+    pub(crate) fn locks_prefix(&self) -> Path {
+        self.prefix().join("locks")
     }
 
     /// Key of the commit marker of generation `generation` of point `seq` (0: the

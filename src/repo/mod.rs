@@ -30,6 +30,7 @@ mod cleanup;
 mod config;
 mod layout;
 mod location;
+mod lock;
 mod publish;
 mod retry;
 
@@ -44,6 +45,9 @@ pub use cleanup::{Cleaned, LEFTOVER_GRACE};
 pub use config::RepoConfig;
 pub use layout::{VolumeName, new_id};
 pub use location::open_store;
+pub use lock::{
+    DEFAULT_LOCK_TTL, LOCK_TTL_ENV, LockError, LockInfo, VolumeLock, lock_ttl, settle_dropped_locks,
+};
 pub use publish::{ArchiveUpload, Published};
 
 use crate::format::FormatError;

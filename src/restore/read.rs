@@ -17,6 +17,7 @@ use futures::{StreamExt, TryFutureExt, TryStreamExt};
 use tokio::task::JoinHandle;
 
 use super::RestoreError;
+pub(crate) use super::plan::FrameFilter;
 use super::plan::{Item, UnitLimits, Work, plan_works};
 use crate::format::{Digest, FrameDecoder, block_from_frame, stored_frame_content_len};
 use crate::repo::{Chain, ChainCursor, Repository};
@@ -71,6 +72,37 @@ pub(crate) struct Decoded {
     pub digests: Vec<Digest>,
     /// Bytes read from the repository.
     pub fetched: u64,
+    /// Blocks that did not check out ([`OnBad::Record`] only; not in `buf`, `spans`
+    /// or `digests`).
+    pub bad: Vec<BadBlock>,
+}
+
+/// How a decode treats a block that does not check out.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) enum OnBad {
+    /// Fail the stream with [`RestoreError::Corrupt`] (restore, merges).
+    #[default]
+    Fail,
+    /// Record it in [`Decoded::bad`] and go on (verify).
+    Record,
+}
+
+/// A block that did not check out, recorded in [`OnBad::Record`] mode.
+#[derive(Debug)]
+pub(crate) struct BadBlock {
+    /// The block (the first of its frame when the frame itself does not decode).
+    pub block: u64,
+    /// What is wrong.
+    pub error: crate::format::FormatError,
+}
+
+/// What [`read_units_with`] reads and how it treats bad blocks.
+#[derive(Clone, Default)]
+pub(crate) struct ReadMode {
+    /// Only the frames this accepts (all without one): a sampled verify.
+    pub keep: Option<FrameFilter>,
+    /// What a block that does not check out does.
+    pub on_bad: OnBad,
 }
 
 /// Unit buffers handed back for reuse.
@@ -133,10 +165,41 @@ where
     E: From<RestoreError> + Send + 'static,
     F: Fn(Decoded) -> Result<T, E> + Send + Sync + 'static,
 {
+    read_units_with(
+        repo,
+        chain,
+        cursor,
+        end,
+        threads,
+        pool,
+        ReadMode::default(),
+        step,
+    )
+}
+
+/// [`read_units`] reading only the frames `mode.keep` accepts, and recording bad blocks
+/// instead of failing with `mode.on_bad` [`OnBad::Record`].
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn read_units_with<T, E, F>(
+    repo: &Repository,
+    chain: Arc<Chain>,
+    cursor: ChainCursor,
+    end: u64,
+    threads: usize,
+    pool: Arc<BufferPool>,
+    mode: ReadMode,
+    step: F,
+) -> Units<T, E>
+where
+    T: Send + 'static,
+    E: From<RestoreError> + Send + 'static,
+    F: Fn(Decoded) -> Result<T, E> + Send + Sync + 'static,
+{
+    let on_bad = mode.on_bad;
     let (limits, fetches) = tuning(repo);
     let (tx, rx) = tokio::sync::mpsc::channel::<Work>(2 * fetches);
     let block_size = u64::from(chain.tip().geometry().block_size().get());
-    let planner = tokio::spawn(plan_works(cursor, end, block_size, limits, tx));
+    let planner = tokio::spawn(plan_works(cursor, end, block_size, limits, mode.keep, tx));
     let works = futures::stream::unfold(rx, |mut rx| async { rx.recv().await.map(|w| (w, rx)) });
     let step = Arc::new(step);
     let fetch_chain = chain.clone();
@@ -146,7 +209,7 @@ where
         .map_ok(move |(w, bytes)| {
             let (chain, pool, step) = (chain.clone(), pool.clone(), step.clone());
             async move {
-                tokio::task::spawn_blocking(move || step(decode(&chain, w, bytes, &pool)?))
+                tokio::task::spawn_blocking(move || step(decode(&chain, w, bytes, &pool, on_bad)?))
                     .await
                     .map_err(|e| E::from(RestoreError::Task(e.to_string())))?
             }
@@ -185,6 +248,7 @@ fn decode(
     w: Work,
     bytes: Vec<Bytes>,
     pool: &BufferPool,
+    on_bad: OnBad,
 ) -> Result<Decoded, RestoreError> {
     SCRATCH.with_borrow_mut(|slot| {
         let scratch = match slot {
@@ -197,7 +261,7 @@ fn decode(
                 frames: Vec::new(),
             }),
         };
-        decode_with(chain, w, bytes, pool.take(), scratch)
+        decode_with(chain, w, bytes, pool.take(), scratch, on_bad)
     })
 }
 
@@ -207,6 +271,7 @@ fn decode_with(
     bytes: Vec<Bytes>,
     buf: Vec<u8>,
     scratch: &mut Scratch,
+    on_bad: OnBad,
 ) -> Result<Decoded, RestoreError> {
     let geometry = chain.tip().geometry();
     // Names the archive only when there is an error: this sits on the per-block path.
@@ -224,6 +289,7 @@ fn decode_with(
         spans: Vec::new(),
         digests: Vec::with_capacity(w.data_blocks as usize),
         fetched: bytes.iter().map(|b| b.len() as u64).sum(),
+        bad: Vec::new(),
     };
     d.buf
         .reserve((w.data_blocks * u64::from(geometry.block_size().get())) as usize);
@@ -236,6 +302,8 @@ fn decode_with(
     for (decoded, _) in &mut scratch.frames {
         *decoded = None;
     }
+    // A frame that did not decode (Record mode): its first block was recorded.
+    let mut failed = None;
     for item in &w.items {
         match *item {
             Item::Zero { first, count } => d.spans.push(Span::Zero { first, count }),
@@ -245,21 +313,35 @@ fn decode_with(
                 slot,
                 digest,
             } => {
+                if failed == Some(f) {
+                    continue;
+                }
                 let r = &w.frames[f];
                 let (decoded, content) = &mut scratch.frames[w.fetches[r.fetch].layer];
                 if *decoded != Some(f) {
                     let start = (r.offset - w.fetches[r.fetch].range.start) as usize;
                     let stored = &bytes[r.fetch][start..start + r.len as usize];
-                    let len = stored_frame_content_len(r.kind, stored).map_err(corrupt(f))?;
                     *decoded = None;
-                    scratch
-                        .decoder
-                        .decode_into(r.kind, stored, len, content)
-                        .map_err(corrupt(f))?;
-                    *decoded = Some(f);
+                    let done = stored_frame_content_len(r.kind, stored)
+                        .and_then(|len| scratch.decoder.decode_into(r.kind, stored, len, content));
+                    match (done, on_bad) {
+                        (Ok(_), _) => *decoded = Some(f),
+                        (Err(error), OnBad::Record) => {
+                            d.bad.push(BadBlock { block, error });
+                            failed = Some(f);
+                            continue;
+                        }
+                        (Err(e), OnBad::Fail) => return Err(corrupt(f)(e)),
+                    }
                 }
-                let data = block_from_frame(&geometry, content, block, slot, digest)
-                    .map_err(corrupt(f))?;
+                let data = match block_from_frame(&geometry, content, block, slot, digest) {
+                    Ok(data) => data,
+                    Err(error) if on_bad == OnBad::Record => {
+                        d.bad.push(BadBlock { block, error });
+                        continue;
+                    }
+                    Err(e) => return Err(corrupt(f)(e)),
+                };
                 let bytes = d.buf.len()..d.buf.len() + data.len();
                 d.buf.extend_from_slice(data);
                 d.digests.push(digest);

@@ -2,9 +2,12 @@
 
 mod chain;
 mod cli;
+mod copy;
 mod faults;
 mod format;
+mod lock;
 mod merge;
 mod prune;
 mod s3;
 mod util;
+mod verify;
