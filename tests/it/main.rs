@@ -8,6 +8,7 @@ mod format;
 mod lock;
 mod merge;
 mod prune;
+mod prune_cli;
 mod s3;
 mod util;
 mod verify;
