@@ -158,6 +158,7 @@ fn parent_of(h: &Header, t: &Trailer) -> ParentRef {
         id: h.archive_id.clone(),
         digest: t.trailer_sha256,
         seq: h.seq,
+        image: None,
     }
 }
 
@@ -207,6 +208,14 @@ impl Generator {
             }
         }
         let trailer = w.finish(image.image_digest(), &mut out);
+        // Archives using no key of version 1.1 (`parent.image`) are written as the 1.0
+        // files they were when version 1.0 was published, so the vectors stay the same.
+        if h.parent.as_ref().is_none_or(|p| p.image.is_none()) {
+            out[10..12].copy_from_slice(&0u16.to_le_bytes());
+            reseal_header(&mut out);
+            let t = Trailer::decode(&out[out.len() - TRAILER_LEN..]).expect("trailer");
+            return (out, t);
+        }
         (out, trailer)
     }
 
@@ -319,6 +328,38 @@ impl Generator {
             &bg,
             &["full-small", "delta-grow", "delta-shrink"],
             &gi,
+        );
+
+        // (i) delta-merged (version 1.1): the point of delta-shrink as a merge writes it
+        // when delta-grow is dropped: a delta of full-small with seq 3 holding what
+        // delta-grow and delta-shrink decide, i.e. only block 2 (block 0 and the zero
+        // block 1 are full-small's), with `parent.image` and source kind `archive`.
+        let mut hm = header(
+            "e1000000000000000000000000000008",
+            3,
+            Some(ParentRef {
+                image: Some(ta.image_digest),
+                ..parent_of(&ha, &ta)
+            }),
+            f.size,
+        );
+        hm.source = SourceInfo {
+            kind: "archive".into(),
+            path: "/dev/null/vectors.img".into(),
+            method: "merge".into(),
+        };
+        let (bm, tm) = self.build(&hm, &f, &[Item::Frame(2, 1)]);
+        assert_eq!(
+            tm.image_digest, tf.image_digest,
+            "same point as delta-shrink"
+        );
+        self.valid(
+            "delta-merged",
+            "format 1.1: delta-shrink's point merged onto full-small (delta-grow dropped); it \
+             holds only block 2 and names its parent with `parent.image`",
+            &bm,
+            &["full-small"],
+            &f,
         );
 
         // (c) full-segments: 4400 blocks (the last one short) in more than 4096 entries,

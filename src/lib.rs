@@ -10,12 +10,15 @@
 pub mod backup;
 pub mod cli;
 pub mod config;
+pub mod copy;
 pub mod format;
 pub mod logging;
 pub mod progress;
+pub mod prune;
 pub mod repo;
 pub mod restore;
 pub mod source;
 pub mod status;
 pub mod target;
 pub mod throttle;
+pub mod verify;

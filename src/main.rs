@@ -44,8 +44,28 @@ fn main() -> ExitCode {
                 sink.error_prefix(),
                 thinarc::cli::error_message(&e)
             );
-            ExitCode::FAILURE
+            exit_code(&e)
         }
+    }
+}
+
+/// The exit code for a failure: 3 when the volume is locked by another run, 4 when
+/// verify found problems, else 1. (Usage errors exit with 2 from clap before this
+/// point.)
+fn exit_code(e: &anyhow::Error) -> ExitCode {
+    if e.downcast_ref::<thinarc::cli::ProblemsFound>().is_some() {
+        return ExitCode::from(4);
+    }
+    let locked = e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<thinarc::repo::LockError>(),
+            Some(thinarc::repo::LockError::Held { .. })
+        )
+    });
+    if locked {
+        ExitCode::from(3)
+    } else {
+        ExitCode::FAILURE
     }
 }
 

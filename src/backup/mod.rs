@@ -8,7 +8,7 @@
 //! Queues are bounded, so memory is a few batches plus a few upload parts whatever the
 //! volume size. Nothing is committed unless every stage succeeded.
 
-mod process;
+pub(crate) mod process;
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -24,8 +24,8 @@ use crate::format::{
 };
 use crate::progress::Progress;
 use crate::repo::{
-    ArchiveUpload, Chain, ChainCursor, PointSelector, RepoError, Repository, Resolved, VolumeName,
-    new_id,
+    ArchiveUpload, Chain, ChainCursor, LEFTOVER_GRACE, LockError, PointSelector, RepoError,
+    Repository, VolumeName, new_id,
 };
 use crate::source::{RawSource, ReadPlan, SourceError};
 use crate::throttle::RateLimiter;
@@ -38,7 +38,7 @@ pub const DEFAULT_ZSTD_LEVEL: i32 = 1;
 /// Uncompressed bytes per read batch.
 const BATCH_BYTES: u64 = 1 << 20;
 /// Uncompressed bytes per frame (at least one block).
-const FRAME_BYTES: u64 = 256 << 10;
+pub(crate) const FRAME_BYTES: u64 = 256 << 10;
 
 /// What to back up and how.
 #[derive(Debug, Clone)]
@@ -55,6 +55,9 @@ pub struct BackupOptions {
     pub threads: usize,
     /// Limit on source reads (bytes actually read per second).
     pub read_limit: Option<Arc<RateLimiter>>,
+    /// The point's time recorded in the header (default: now). For imports and tests
+    /// of time-based retention.
+    pub created: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 impl BackupOptions {
@@ -67,6 +70,7 @@ impl BackupOptions {
             zstd_level: DEFAULT_ZSTD_LEVEL,
             threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
             read_limit: None,
+            created: None,
         }
     }
 }
@@ -126,6 +130,9 @@ pub enum BackupError {
     /// The source failed.
     #[error(transparent)]
     Source(#[from] SourceError),
+    /// The volume's lock was lost mid-run (see [`crate::repo::VolumeLock::guard`]).
+    #[error(transparent)]
+    Lock(#[from] LockError),
     /// The requested block size differs from the volume's.
     #[error("volume {volume} uses block size {stored}; --block-size {requested} cannot change it")]
     BlockSizeMismatch {
@@ -196,9 +203,13 @@ pub async fn backup(
                 id: t.header.archive_id.clone(),
                 digest: t.trailer.trailer_sha256,
                 seq: t.header.seq,
+                image: Some(t.trailer.image_digest),
             }
         }),
-        created: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        created: opts
+            .created
+            .unwrap_or_else(chrono::Utc::now)
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         size: geometry.size(),
         block_size: block_size.get(),
         compression: Compression {
@@ -231,10 +242,10 @@ pub async fn backup(
             // The point is committed; housekeeping problems are reported, not fatal.
             let leftovers = match published.committed_at {
                 Some(now) => repo
-                    .clean_leftovers(volume, now)
+                    .clean_leftovers(volume, now, LEFTOVER_GRACE)
                     .await
                     .map_err(|e| e.to_string()),
-                None => Ok(Vec::new()),
+                None => Ok(Default::default()),
             };
             Ok(BackupReport {
                 volume: volume.to_string(),
@@ -254,7 +265,7 @@ pub async fn backup(
                 stored_bytes: published.size,
                 image_digest: digest.image_digest.to_hex(),
                 seconds: started.elapsed().as_secs_f64(),
-                leftovers_removed: leftovers.as_ref().map_or(0, Vec::len),
+                leftovers_removed: leftovers.as_ref().map_or(0, |c| c.objects.len()),
                 warnings: leftovers
                     .err()
                     .map(|e| format!("cleaning leftovers failed: {e}"))
@@ -267,6 +278,58 @@ pub async fn backup(
             Err(e)
         }
     }
+}
+
+/// The image digest of `source` read in full with `block_size` blocks, as a full
+/// backup would record it (verify `--source`): the backup's reader and block hashing,
+/// without compression or upload.
+///
+/// # Errors
+/// [`BackupError::Source`] when the source cannot be read or changes size.
+pub async fn source_image_digest(
+    source: RawSource,
+    block_size: BlockSize,
+    threads: usize,
+    progress: Arc<Progress>,
+) -> Result<crate::format::Digest, BackupError> {
+    let geometry = Geometry::new(source.size(), block_size);
+    progress.set_total(geometry.size());
+    let threads = threads.max(1);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Batch>(threads);
+    let batch_blocks = (BATCH_BYTES / u64::from(block_size.get())).max(1);
+    let reader = tokio::task::spawn_blocking(move || {
+        process::read_batches(
+            &source,
+            &ReadPlan::all(geometry.blocks()),
+            geometry,
+            batch_blocks,
+            None,
+            &tx,
+        )
+    });
+    let mut hasher = ImageHasher::new(geometry);
+    let mut inflight = FuturesOrdered::new();
+    let mut reading = true;
+    loop {
+        while reading && inflight.len() < threads + 1 {
+            match rx.recv().await {
+                Some(batch) => inflight.push_back(tokio::task::spawn_blocking(move || {
+                    (batch.count, batch.image(&geometry))
+                })),
+                None => reading = false,
+            }
+        }
+        let Some(done) = inflight.next().await else {
+            break;
+        };
+        let (count, image) = done.map_err(|e| BackupError::Task(e.to_string()))?;
+        progress.add(count * u64::from(block_size.get()));
+        image.iter().for_each(|run| hasher.feed(run));
+    }
+    reader
+        .await
+        .map_err(|e| BackupError::Task(e.to_string()))??;
+    Ok(hasher.finish()?)
 }
 
 /// Decides which blocks to read, and names the method.
@@ -413,7 +476,7 @@ impl Run {
             };
             let done: Processed = done.map_err(|e| BackupError::Task(e.to_string()))??;
             if let Some(g) = gaps.as_mut() {
-                feed_gap(g, &mut hasher, done.first).await?;
+                g.feed(&mut hasher, done.first).await?;
             }
             stats.bytes_read += done.bytes_read;
             progress.add(done.count * u64::from(self.geometry.block_size().get()));
@@ -426,7 +489,7 @@ impl Run {
             .await
             .map_err(|e| BackupError::Task(e.to_string()))??;
         if let Some(g) = gaps.as_mut() {
-            feed_gap(g, &mut hasher, self.geometry.blocks()).await?;
+            g.feed(&mut hasher, self.geometry.blocks()).await?;
         }
         let image_digest = hasher.finish()?;
         let trailer = writer.finish(image_digest, &mut out);
@@ -439,21 +502,4 @@ impl Run {
             },
         ))
     }
-}
-
-/// Feeds the image hasher with the previous point's blocks up to `end` (blocks the
-/// backup did not read are unchanged).
-async fn feed_gap(
-    cursor: &mut ChainCursor,
-    hasher: &mut ImageHasher,
-    end: u64,
-) -> Result<(), RepoError> {
-    cursor.seek(hasher.position());
-    while let Some(r) = cursor.next(end).await? {
-        match r {
-            Resolved::Zero { count, .. } => hasher.zeros(count),
-            data => hasher.data(&data.digest().expect("data block has a digest")),
-        }
-    }
-    Ok(())
 }

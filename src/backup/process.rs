@@ -40,19 +40,20 @@ pub(super) struct Batch {
 const MAX_HOLE_BATCH: u64 = 1 << 16;
 
 /// What goes into the archive, in block order.
-enum Op {
+pub(crate) enum Op {
     Zeros { first: u64, count: u64 },
     Frame(EncodedFrame),
 }
 
-/// A processed batch.
-pub(super) struct Processed {
+/// A processed batch: what to append to the archive, and the new point's blocks for
+/// the image digest. Merges build them too (from blocks read out of archives).
+pub(crate) struct Processed {
     pub first: u64,
     pub count: u64,
     pub bytes_read: u64,
-    ops: Vec<Op>,
+    pub ops: Vec<Op>,
     /// The new point's blocks in the batch.
-    image: Vec<ImageRun>,
+    pub image: Vec<ImageRun>,
 }
 
 /// Reads the blocks of `plan` in batches of `batch_blocks` and sends them in order,
@@ -119,6 +120,36 @@ pub(super) fn read_batches(
     source.check_size()
 }
 
+impl Batch {
+    /// The digest of block `b` of the batch, `None` for a zero block.
+    fn digest(&self, g: &Geometry, b: u64) -> Option<Digest> {
+        if self.buf.is_empty() {
+            return None; // a hole
+        }
+        let start = (g.offset(b) - g.offset(self.first)) as usize;
+        let data = &self.buf[start..start + g.block_len(b) as usize];
+        (!is_zero(data)).then(|| Digest::of(data))
+    }
+
+    /// The batch's blocks as the image digest sees them.
+    pub(super) fn image(&self, g: &Geometry) -> Vec<ImageRun> {
+        let mut image = Vec::new();
+        for b in self.first..self.first + self.count {
+            push_image(&mut image, self.digest(g, b));
+        }
+        image
+    }
+}
+
+/// Appends one block (`None` = zero) to `image`, extending a zero run.
+fn push_image(image: &mut Vec<ImageRun>, digest: Option<Digest>) {
+    match (digest, image.last_mut()) {
+        (None, Some(ImageRun::Zeros(n))) => *n += 1,
+        (None, _) => image.push(ImageRun::Zeros(1)),
+        (Some(d), _) => image.push(ImageRun::Data(d)),
+    }
+}
+
 /// Whether `data` is all zero bytes.
 pub(crate) fn is_zero(data: &[u8]) -> bool {
     // SAFETY: u128 has no invalid bit patterns; align_to only reinterprets the aligned
@@ -163,21 +194,10 @@ pub(super) fn process_batch(
             }
             Ok(())
         };
-    let hole = batch.buf.is_empty();
     for i in 0..batch.count {
         let b = batch.first + i;
-        let digest = if hole {
-            None
-        } else {
-            let start = (g.offset(b) - base) as usize;
-            let data = &batch.buf[start..start + g.block_len(b) as usize];
-            (!is_zero(data)).then(|| Digest::of(data))
-        };
-        match (digest, image.last_mut()) {
-            (None, Some(ImageRun::Zeros(n))) => *n += 1,
-            (None, _) => image.push(ImageRun::Zeros(1)),
-            (Some(d), _) => image.push(ImageRun::Data(d)),
-        }
+        let digest = batch.digest(g, b);
+        push_image(&mut image, digest);
         let changed = !ctx.diff
             || prev.get(i as usize).copied().flatten() != digest
             || ctx.force_block == Some(b);
@@ -213,7 +233,8 @@ pub(super) fn process_batch(
     })
 }
 
-fn compress(
+/// Compresses one frame's content at zstd `level` with this thread's compressor.
+pub(crate) fn compress(
     content: &[u8],
     level: i32,
 ) -> Result<(crate::format::FrameKind, Vec<u8>), FormatError> {

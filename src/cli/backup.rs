@@ -10,7 +10,7 @@ use super::{Ctx, human, parse_size, print_json, progress::Display};
 use crate::backup::{BackupOptions, BackupReport, backup};
 use crate::format::BlockSize;
 use crate::progress::Progress;
-use crate::repo::{Repository, VolumeName};
+use crate::repo::{Repository, VolumeLock, VolumeName};
 use crate::source::{RawSource, parse_changed_blocks};
 use crate::status::{Operation, Record};
 
@@ -96,6 +96,10 @@ pub(super) async fn backup_volume(
     let volume = opts.volume.clone();
     let work = async |repo: &Repository| {
         let raw = RawSource::open(source)?;
+        let lock = VolumeLock::acquire(repo, &volume, "backup").await?;
+        for w in lock.broken() {
+            tracing::warn!("{w}");
+        }
         let progress = Arc::new(Progress::default());
         let display = Display::start(
             ctx.progress_mode(),
@@ -103,9 +107,16 @@ pub(super) async fn backup_volume(
             progress.clone(),
         );
         tracing::info!(volume = %volume, source = %source.display(), "backup started");
-        let result = backup(repo, raw, &opts, progress).await;
+        let result = lock.guard(backup(repo, raw, &opts, progress)).await;
         display.finish().await;
-        Ok(result?)
+        let released = lock.release().await;
+        let mut report = result?;
+        if let Err(e) = released {
+            report
+                .warnings
+                .push(format!("releasing the lock failed: {e}"));
+        }
+        Ok(report)
     };
     let describe = |r: &BackupReport, rec: &mut Record| {
         rec.archive = Some(r.archive.clone());

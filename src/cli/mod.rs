@@ -3,12 +3,17 @@
 //! or storage logic lives here.
 
 mod backup;
+mod copy;
 mod init;
 mod list;
 mod progress;
+mod prune;
 mod restore;
 mod run;
 mod status;
+mod verify;
+
+pub use verify::ProblemsFound;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -80,6 +85,14 @@ pub enum Command {
     Restore(restore::RestoreArgs),
     /// List volumes and their points.
     List(list::ListArgs),
+    /// Thin the history of volumes by a retention policy, merging what is dropped.
+    Prune(prune::PruneArgs),
+    /// Copy points to another repository (created on first use), or consolidate one
+    /// point there as a full archive.
+    Copy(copy::CopyArgs),
+    /// Check the repository (and optionally block data and a source); exit code 4
+    /// when problems are found.
+    Verify(verify::VerifyArgs),
     /// Show each volume's last backups, failures, chain and stored bytes.
     Status(status::StatusArgs),
     /// Back up, prune and copy everything in the config file (the nightly job).
@@ -306,6 +319,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Command::List(a) => list::run(a, &ctx).await,
             Command::Status(a) => status::run(a, &ctx).await,
             Command::Run(a) => run::run(a, &ctx).await,
+            Command::Prune(a) => prune::run(a, &ctx).await,
+            Command::Verify(a) => verify::run(a, &ctx).await,
+            Command::Copy(a) => copy::run(a, &ctx).await,
         }
     };
     // On SIGINT or SIGTERM the command is dropped, which unwinds it like an error: a
@@ -320,6 +336,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Err(anyhow::anyhow!(why))
         }
     };
+    // A command unwound by an error or a signal drops its volume lock: delete it now.
+    crate::repo::settle_dropped_locks().await;
     if let Err(e) = &result {
         ctx.alert(name, e).await;
     }
@@ -336,6 +354,9 @@ impl Command {
             Command::List(_) => "list",
             Command::Status(_) => "status",
             Command::Run(_) => "run",
+            Command::Prune(_) => "prune",
+            Command::Verify(_) => "verify",
+            Command::Copy(_) => "copy",
         }
     }
 }

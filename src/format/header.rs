@@ -79,6 +79,11 @@ pub struct ParentRef {
     pub digest: Digest,
     /// The parent's sequence number.
     pub seq: u64,
+    /// The image digest of the parent's point (format 1.1, optional): lets the link
+    /// hold when the parent's archive was replaced by a merged archive of the same
+    /// point. Absent in 1.0 archives.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<Digest>,
 }
 
 /// How block data is compressed.
@@ -245,6 +250,7 @@ mod tests {
                 id: "00000000000000000000000000000001".into(),
                 digest: Digest::of(b"parent"),
                 seq: 1,
+                image: Some(Digest::of(b"parent image")),
             }),
             created: "2026-11-22T00:00:00Z".into(),
             size: 12345,

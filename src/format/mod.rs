@@ -25,7 +25,7 @@ pub use geometry::{BlockSize, Geometry};
 pub use header::{Compression, Header, ParentRef, Preamble, SourceInfo};
 pub use index::{DirEntry, EntryKind, IndexEntry, decode_segment};
 pub use magic::*;
-pub use reader::{ArchiveReader, block_from_frame, decode_directory};
+pub use reader::{ArchiveReader, block_from_frame, decode_directory, frame_content_len};
 pub use trailer::Trailer;
 pub use writer::{ArchiveWriter, EncodedFrame};
 

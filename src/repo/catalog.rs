@@ -7,7 +7,7 @@ use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectStoreExt;
 use object_store::path::Path;
 
-use super::layout::{parse_commit_seq, volumes_prefix};
+use super::layout::{parse_commit_key, volumes_prefix};
 use super::publish::CommitMarker;
 use super::{RemoteArchive, RepoError, Repository, VolumeName};
 use crate::format::Digest;
@@ -22,6 +22,9 @@ pub struct Commit {
     pub volume: VolumeName,
     /// Sequence number.
     pub seq: u64,
+    /// Generation of the marker: 0 for the point's first archive, higher once a merge
+    /// replaced it (the highest generation of a seq is the committed one).
+    pub generation: u32,
     /// Archive id.
     pub archive_id: String,
     /// Archive object name (under the volume's `archives/`).
@@ -116,6 +119,14 @@ impl std::fmt::Display for PointSelector {
     }
 }
 
+/// The key of one commit marker, not yet read.
+#[derive(Debug, Clone)]
+pub(crate) struct MarkerKey {
+    pub seq: u64,
+    pub generation: u32,
+    pub key: Path,
+}
+
 /// The archives that make up one point, oldest (the full) first.
 #[derive(Debug, Clone)]
 pub struct Chain {
@@ -200,7 +211,7 @@ impl Repository {
                 .list(&commits)
                 .await?
                 .iter()
-                .any(|m| m.location.filename().and_then(parse_commit_seq).is_some());
+                .any(|m| m.location.filename().and_then(parse_commit_key).is_some());
             if has_point {
                 names.push(v);
             }
@@ -209,39 +220,68 @@ impl Repository {
         Ok(names)
     }
 
-    /// Committed points of `volume`, oldest first (empty for an unknown volume).
+    /// Every commit marker of `volume`, superseded generations included, sorted by
+    /// seq and generation.
+    ///
+    /// # Errors
+    /// [`RepoError::Store`].
+    pub(crate) async fn markers(&self, volume: &VolumeName) -> Result<Vec<MarkerKey>, RepoError> {
+        let metas = self.list(&volume.commits_prefix()).await?;
+        let mut keys: Vec<MarkerKey> = metas
+            .into_iter()
+            .filter_map(|m| {
+                let (seq, generation) = m.location.filename().and_then(parse_commit_key)?;
+                Some(MarkerKey {
+                    seq,
+                    generation,
+                    key: m.location,
+                })
+            })
+            .collect();
+        keys.sort_by_key(|k| (k.seq, k.generation));
+        Ok(keys)
+    }
+
+    /// Reads the commit markers `keys` of `volume`.
     ///
     /// # Errors
     /// [`RepoError::Store`] or [`RepoError::BadCommit`].
-    pub async fn commits(&self, volume: &VolumeName) -> Result<Vec<Commit>, RepoError> {
-        let prefix = volume.commits_prefix();
-        let metas = self.list(&prefix).await?;
-        let mut keyed: Vec<(u64, Path)> = metas
-            .into_iter()
-            .filter_map(|m| {
-                m.location
-                    .filename()
-                    .and_then(parse_commit_seq)
-                    .map(|s| (s, m.location.clone()))
-            })
-            .collect();
-        keyed.sort();
-        futures::stream::iter(keyed)
-            .map(|(seq, key)| async move {
-                let m = read_marker(self, &key).await?;
+    pub(crate) async fn read_commits(
+        &self,
+        volume: &VolumeName,
+        keys: Vec<MarkerKey>,
+    ) -> Result<Vec<Commit>, RepoError> {
+        futures::stream::iter(keys)
+            .map(|k| async move {
+                let m = read_marker(self, &k.key).await?;
                 Ok(Commit {
                     volume: volume.clone(),
-                    seq,
+                    seq: k.seq,
+                    generation: k.generation,
                     archive_id: m.archive,
                     object: m.object,
                     size: m.size,
                     digest: m.digest,
-                    key,
+                    key: k.key,
                 })
             })
             .buffered(MARKER_READS)
             .try_collect()
             .await
+    }
+
+    /// Committed points of `volume`, oldest first (empty for an unknown volume): for
+    /// each seq, the marker of the highest generation.
+    ///
+    /// # Errors
+    /// [`RepoError::Store`] or [`RepoError::BadCommit`].
+    pub async fn commits(&self, volume: &VolumeName) -> Result<Vec<Commit>, RepoError> {
+        let mut keys = self.markers(volume).await?;
+        // Sorted by (seq, generation): keep the last of each seq.
+        keys.reverse();
+        keys.dedup_by_key(|k| k.seq);
+        keys.reverse();
+        self.read_commits(volume, keys).await
     }
 
     /// Committed points of `volume`, failing when the volume does not exist.
@@ -315,13 +355,26 @@ impl Repository {
                     parent.seq, parent.id
                 )));
             };
-            if commit.archive_id != parent.id || commit.digest != parent.digest {
+            let same_archive = commit.archive_id == parent.id && commit.digest == parent.digest;
+            // A merge may have replaced the parent's archive by another of the same
+            // point: the child's `parent.image` then still matches (FORMAT.md 11.4).
+            if !same_archive && parent.image.is_none() {
                 return Err(broken(format!(
                     "parent seq {} is archive {} digest {}, expected {} digest {}",
                     parent.seq, commit.archive_id, commit.digest, parent.id, parent.digest
                 )));
             }
             let archive = RemoteArchive::open(self, commit).await?;
+            if !same_archive && parent.image != Some(archive.trailer.image_digest) {
+                return Err(broken(format!(
+                    "parent seq {} is archive {} of image {}, expected archive {} or image {}",
+                    parent.seq,
+                    commit.archive_id,
+                    archive.trailer.image_digest,
+                    parent.id,
+                    parent.image.map(|d| d.to_hex()).unwrap_or_default()
+                )));
+            }
             let child = archives.last().expect("non-empty");
             if archive.header.volume_id != child.header.volume_id
                 || archive.header.block_size != child.header.block_size
@@ -411,9 +464,10 @@ mod tests {
     fn commit(seq: u64, id: &str) -> Commit {
         let volume = VolumeName::new("v").unwrap();
         Commit {
-            key: volume.commit_key(seq),
+            key: volume.commit_key(seq, 0),
             volume,
             seq,
+            generation: 0,
             archive_id: id.to_string(),
             object: format!("{seq:012}-{id}.tarc"),
             size: 0,

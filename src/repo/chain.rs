@@ -2,11 +2,15 @@
 //! yields, in block order, where each block of the point comes from.
 //!
 //! Memory is one index segment per archive of the chain, whatever the volume size.
+//!
+//! A cursor may also walk only what a *segment* of the chain decides (the archives
+//! above a floor): that is what a merged archive replacing those archives must hold
+//! (see [`ChainCursor::segment`]).
 
 use std::sync::Arc;
 
 use super::{Chain, RemoteArchive, RepoError};
-use crate::format::{Digest, EntryKind, IndexEntry};
+use crate::format::{Digest, EntryKind, ImageHasher, IndexEntry};
 
 /// Where a run of blocks of a point comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,6 +85,11 @@ impl Layer {
 pub struct ChainCursor {
     layers: Vec<Layer>,
     pos: u64,
+    /// Layers below this index are the new parent's chain: runs they decide are
+    /// skipped (0: nothing is skipped).
+    floor: usize,
+    /// A block yielded even when the layers below the floor decide it.
+    boundary: Option<u64>,
 }
 
 impl ChainCursor {
@@ -103,7 +112,30 @@ impl ChainCursor {
             })
             .collect();
         layers.reverse();
-        ChainCursor { layers, pos: 0 }
+        ChainCursor {
+            layers,
+            pos: 0,
+            floor: 0,
+            boundary: None,
+        }
+    }
+
+    /// A cursor over the runs of the point `chain` ends at that archives
+    /// `floor..` of the chain decide: blocks they hold, and blocks they make read as
+    /// zero because one of them had a smaller volume (FORMAT.md 11.1). Runs decided by
+    /// archives below `floor` (or by none, when `floor > 0`) are skipped, except block
+    /// `boundary`, which is always yielded. With `floor = 0` this is [`new`](Self::new).
+    ///
+    /// These are exactly the blocks a delta replacing archives `floor..` must hold to
+    /// stand for the same point on top of archive `floor - 1` (plus the boundary block
+    /// of a size change, rule 11.3). Index segments below the floor are read only for
+    /// the boundary block.
+    pub fn segment(chain: &Chain, floor: usize, boundary: Option<u64>) -> Self {
+        ChainCursor {
+            floor,
+            boundary,
+            ..ChainCursor::new(chain)
+        }
     }
 
     /// Moves forward to block `p` (never backwards).
@@ -118,38 +150,92 @@ impl ChainCursor {
     /// # Errors
     /// [`RepoError`] when an index segment cannot be read or is corrupt.
     pub async fn next(&mut self, end: u64) -> Result<Option<Resolved>, RepoError> {
-        let p = self.pos;
-        if p >= end {
-            return Ok(None);
+        loop {
+            let p = self.pos;
+            if p >= end {
+                return Ok(None);
+            }
+            let (r, skip) = self.step(p, end).await?;
+            self.pos = r.end();
+            if !skip {
+                return Ok(Some(r));
+            }
         }
+    }
+
+    /// The run at block `p`, and whether it lies below the floor (to be skipped).
+    async fn step(&mut self, p: u64, end: u64) -> Result<(Resolved, bool), RepoError> {
         let mut bound = end;
-        let mut found = None;
+        // The boundary block is a run of its own.
+        let at_boundary = match self.boundary {
+            Some(b) if b == p => {
+                bound = bound.min(p + 1);
+                true
+            }
+            Some(b) if b > p => {
+                bound = bound.min(b);
+                false
+            }
+            _ => false,
+        };
+        let floor = if at_boundary { 0 } else { self.floor };
         for (i, layer) in self.layers.iter_mut().enumerate().rev() {
+            let below = i < floor;
+            if below {
+                // Everything from here down is the parent's: skip up to the next
+                // block a layer above the floor decides.
+                return Ok((
+                    Resolved::Zero {
+                        first: p,
+                        count: bound - p,
+                    },
+                    true,
+                ));
+            }
             if p >= layer.limit {
                 break;
             }
             bound = bound.min(layer.limit);
             match layer.entry_after(p).await? {
                 Some(e) if e.block <= p => {
-                    found = Some(match e.kind {
+                    let r = match e.kind {
                         EntryKind::Data { .. } => Resolved::Data { layer: i, entry: e },
                         EntryKind::Zero { .. } => Resolved::Zero {
                             first: p,
                             count: e.end().min(bound) - p,
                         },
-                    });
-                    break;
+                    };
+                    return Ok((r, false));
                 }
                 Some(e) => bound = bound.min(e.block),
                 None => {}
             }
         }
-        let r = found.unwrap_or(Resolved::Zero {
-            first: p,
-            count: bound - p,
-        });
-        self.pos = r.end();
-        Ok(Some(r))
+        // Cut by a smaller volume at or above the floor, or (with floor 0) held by no
+        // archive: zero.
+        Ok((
+            Resolved::Zero {
+                first: p,
+                count: bound - p,
+            },
+            false,
+        ))
+    }
+
+    /// Feeds `hasher` with this point's blocks from `hasher.position()` up to `end`
+    /// (without reading block data), moving the cursor there.
+    ///
+    /// # Errors
+    /// As [`next`](Self::next).
+    pub async fn feed(&mut self, hasher: &mut ImageHasher, end: u64) -> Result<(), RepoError> {
+        self.seek(hasher.position());
+        while let Some(r) = self.next(end).await? {
+            match r {
+                Resolved::Zero { count, .. } => hasher.zeros(count),
+                data => hasher.data(&data.digest().expect("data block has a digest")),
+            }
+        }
+        Ok(())
     }
 
     /// Digests of blocks `first..first + count` (`None` = zero), moving the cursor past

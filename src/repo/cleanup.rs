@@ -1,58 +1,221 @@
-//! Removing leftovers: archive objects that no commit marker names (an interrupted or
-//! losing backup), and, on a local repository, the staging files of interrupted
-//! uploads. Only objects older than a grace period are touched, so a backup that is
-//! still uploading (its marker not yet written) is never disturbed.
+//! Superseded archives and leftovers.
+//!
+//! A merge (prune) replaces archives, and dropping a point unlists its archive. Such an
+//! archive is not deleted at once: a restore that listed the repository before may
+//! still be reading it. It gets a *tombstone* (`tombstones/<object>`), a small object
+//! whose last-modified time, taken from the store's clock, says when it was
+//! superseded; the archive is deleted by a later run once the tombstone is older than
+//! a grace period. Archive objects that no marker names and that have no tombstone are
+//! leftovers of interrupted or losing writers (and, on a local repository, staging
+//! files of interrupted uploads); they are deleted once they themselves are older than
+//! the grace period, so a writer that has not committed yet is never disturbed.
+//!
+//! [`Repository::clean_leftovers`] also finishes an interrupted prune: markers of
+//! superseded generations get a tombstone for their archive and are then deleted.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use object_store::ObjectStoreExt;
+use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use serde::{Deserialize, Serialize};
 
 use super::{RepoError, Repository, VolumeName};
 
-/// How old an uncommitted object must be before it is removed.
+/// How old a tombstone or an uncommitted object must be before its archive is removed.
 pub const LEFTOVER_GRACE: Duration = Duration::from_secs(3600);
 
+/// Contents of a tombstone (informational: its last-modified time is what counts).
+#[derive(Debug, Serialize, Deserialize)]
+struct Tombstone {
+    /// The superseded archive object.
+    object: String,
+    /// Why it was superseded.
+    reason: String,
+}
+
+/// What [`Repository::clean_leftovers`] removed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Cleaned {
+    /// Archive objects (and local staging files) deleted.
+    pub objects: Vec<String>,
+    /// Bytes of the archive objects deleted.
+    pub bytes: u64,
+    /// Markers of superseded generations deleted.
+    pub markers: usize,
+}
+
 impl Repository {
-    /// Removes leftovers of `volume` older than [`LEFTOVER_GRACE`] relative to `now`,
-    /// which should be a time read from the store itself (the last-modified time of an
-    /// object just written), so the local clock does not matter. Returns the names
-    /// removed.
+    /// The store's current time: writes the volume's clock object and reads back its
+    /// last-modified time, so that grace periods do not depend on the local clock.
     ///
     /// # Errors
-    /// [`RepoError::Store`] if listing or deleting fails.
+    /// [`RepoError::Store`].
+    pub async fn store_time(&self, volume: &VolumeName) -> Result<DateTime<Utc>, RepoError> {
+        let key = volume.clock_key();
+        let body = PutPayload::from(Utc::now().to_rfc3339().into_bytes());
+        self.store()
+            .put(&key, body)
+            .await
+            .map_err(RepoError::store("write", &key))?;
+        let meta = self
+            .store()
+            .head(&key)
+            .await
+            .map_err(RepoError::store("read", &key))?;
+        Ok(meta.last_modified)
+    }
+
+    /// Writes a tombstone for archive object `object` of `volume` (kept if one exists:
+    /// the first supersession time counts).
+    ///
+    /// # Errors
+    /// [`RepoError::Store`].
+    pub(crate) async fn write_tombstone(
+        &self,
+        volume: &VolumeName,
+        object: &str,
+        reason: &str,
+    ) -> Result<(), RepoError> {
+        let key = volume.tombstone_key(object);
+        let t = Tombstone {
+            object: object.to_string(),
+            reason: reason.to_string(),
+        };
+        let body = PutPayload::from(serde_json::to_vec(&t).expect("tombstone serialises"));
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        match super::retry::retry(|| self.store().put_opts(&key, body.clone(), opts.clone())).await
+        {
+            Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => Ok(()),
+            Err(e) => Err(RepoError::store("write tombstone", &key)(e)),
+        }
+    }
+
+    /// Deletes `key`; an object already gone counts as deleted.
+    ///
+    /// # Errors
+    /// [`RepoError::Store`].
+    pub(crate) async fn delete(
+        &self,
+        action: &'static str,
+        key: &object_store::path::Path,
+    ) -> Result<(), RepoError> {
+        match self.store().delete(key).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(RepoError::store(action, key)(e)),
+        }
+    }
+
+    /// Unlists point `seq` of `volume`: tombstones the archive of each of its markers,
+    /// then deletes the markers, lowest generation first (so that an older generation
+    /// never becomes the committed one).
+    ///
+    /// # Errors
+    /// [`RepoError::Store`] or [`RepoError::BadCommit`].
+    pub(crate) async fn retire(
+        &self,
+        volume: &VolumeName,
+        seq: u64,
+        reason: &str,
+    ) -> Result<(), RepoError> {
+        let keys: Vec<_> = self
+            .markers(volume)
+            .await?
+            .into_iter()
+            .filter(|k| k.seq == seq)
+            .collect();
+        let commits = self.read_commits(volume, keys).await?;
+        for c in &commits {
+            self.write_tombstone(volume, &c.object, reason).await?;
+        }
+        for c in &commits {
+            self.delete("delete marker", &c.key).await?;
+        }
+        Ok(())
+    }
+
+    /// Cleans `volume` relative to `now`, which should be a time read from the store
+    /// itself (the last-modified time of an object just written, or
+    /// [`store_time`](Self::store_time)), so the local clock does not matter:
+    ///
+    /// 1. markers of superseded generations: tombstone their archive, then delete them;
+    /// 2. archives with a tombstone older than `grace` that no committed point names:
+    ///    delete the archive, then the tombstone;
+    /// 3. archives that no marker names, without tombstone, older than `grace`
+    ///    (leftovers), and local staging files older than `grace`: delete them;
+    /// 4. tombstones of archives a committed point names again, or that are gone.
+    ///
+    /// # Errors
+    /// [`RepoError::Store`] if listing or deleting fails, [`RepoError::BadCommit`] if a
+    /// marker cannot be read.
     pub async fn clean_leftovers(
         &self,
         volume: &VolumeName,
         now: DateTime<Utc>,
-    ) -> Result<Vec<String>, RepoError> {
-        let committed: HashSet<String> = self
-            .commits(volume)
+        grace: Duration,
+    ) -> Result<Cleaned, RepoError> {
+        let cutoff = now - grace;
+        let mut cleaned = Cleaned::default();
+        let committed = self.commits(volume).await?;
+        let listed: HashSet<String> = committed.iter().map(|c| c.object.clone()).collect();
+        let current: HashSet<(u64, u32)> =
+            committed.iter().map(|c| (c.seq, c.generation)).collect();
+        let superseded: Vec<_> = self
+            .markers(volume)
             .await?
             .into_iter()
-            .map(|c| c.object)
+            .filter(|k| !current.contains(&(k.seq, k.generation)))
             .collect();
-        let cutoff = now - LEFTOVER_GRACE;
+        let mut tombstones: HashMap<String, DateTime<Utc>> = self
+            .list(&volume.tombstones_prefix())
+            .await?
+            .into_iter()
+            .filter_map(|m| Some((m.location.filename()?.to_string(), m.last_modified)))
+            .collect();
+        for c in self.read_commits(volume, superseded).await? {
+            if !listed.contains(&c.object) && !tombstones.contains_key(&c.object) {
+                let reason = format!("seq {} generation {} superseded", c.seq, c.generation);
+                self.write_tombstone(volume, &c.object, &reason).await?;
+                tombstones.insert(c.object.clone(), now);
+            }
+            self.delete("delete superseded marker", &c.key).await?;
+            cleaned.markers += 1;
+        }
         let prefix = volume.archives_prefix();
-        let metas = self.list(&prefix).await?;
-        let mut removed = Vec::new();
-        for m in metas {
+        let mut present = HashSet::new();
+        for m in self.list(&prefix).await? {
             let Some(name) = m.location.filename().map(str::to_string) else {
                 continue;
             };
-            if committed.contains(&name) || m.last_modified >= cutoff {
-                continue;
+            let expired = match tombstones.get(&name) {
+                _ if listed.contains(&name) => false,
+                Some(t) => *t < cutoff,
+                None => m.last_modified < cutoff,
+            };
+            if expired {
+                self.delete("delete superseded archive", &m.location)
+                    .await?;
+                cleaned.bytes += m.size;
+                cleaned.objects.push(name);
+            } else {
+                present.insert(name);
             }
-            match self.store().delete(&m.location).await {
-                Ok(()) | Err(object_store::Error::NotFound { .. }) => removed.push(name),
-                Err(e) => return Err(RepoError::store("delete leftover", &m.location)(e)),
+        }
+        for name in tombstones.keys() {
+            if listed.contains(name) || !present.contains(name) {
+                self.delete("delete tombstone", &volume.tombstone_key(name))
+                    .await?;
             }
         }
         if let Some(root) = &self.local_root {
-            removed.extend(clean_staging(&root.join(prefix.as_ref()), cutoff));
+            cleaned
+                .objects
+                .extend(clean_staging(&root.join(prefix.as_ref()), cutoff));
         }
-        Ok(removed)
+        Ok(cleaned)
     }
 }
 

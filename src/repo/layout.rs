@@ -5,9 +5,15 @@
 //! volumes/<volume>/archives/<seq>-<archive-id>.tarc   archive objects
 //! volumes/<volume>/commits/<seq>                      commit markers (JSON)
 //! volumes/<volume>/records/<op>.<slot>.json           result records (status)
+//! volumes/<volume>/locks/<start>-<random>             lock objects (JSON, see lock.rs)
+//! volumes/<volume>/commits/<seq>.<generation>         markers of replaced archives
+//! volumes/<volume>/tombstones/<archive object name>   when an archive was superseded
+//! volumes/<volume>/clock                              a probe for the store's clock
 //! ```
 //! `<seq>` is the sequence number as 12 decimal digits so keys sort in history order;
-//! `<volume>` is the volume name with `/` written as `~`.
+//! `<generation>` is 6 decimal digits from 000001 (a point whose archive was replaced
+//! by a merge; the highest generation of a seq wins); `<volume>` is the volume name
+//! with `/` written as `~`.
 
 use object_store::path::Path;
 
@@ -60,9 +66,11 @@ impl VolumeName {
         Ok(VolumeName(name.to_string()))
     }
 
-    /// Recovers a name from its key segment.
+    /// Recovers a name from its key segment, as written or as listed: object_store
+    /// percent-encodes `~` in listed paths (`vm%7Eweb`), and `~` is the only character
+    /// of a key segment that it encodes.
     pub(crate) fn from_key(seg: &str) -> Result<Self, RepoError> {
-        Self::new(&seg.replace('~', "/"))
+        Self::new(&seg.replace("%7E", "~").replace('~', "/"))
     }
 
     /// The name.
@@ -90,8 +98,31 @@ impl VolumeName {
         self.prefix().join("archives")
     }
 
-    pub(crate) fn commit_key(&self, seq: u64) -> Path {
-        self.commits_prefix().join(format!("{seq:012}"))
+    pub(crate) fn locks_prefix(&self) -> Path {
+        self.prefix().join("locks")
+    }
+
+    /// Key of the commit marker of generation `generation` of point `seq` (0: the
+    /// point's first archive).
+    pub(crate) fn commit_key(&self, seq: u64, generation: u32) -> Path {
+        match generation {
+            0 => self.commits_prefix().join(format!("{seq:012}")),
+            g => self.commits_prefix().join(format!("{seq:012}.{g:06}")),
+        }
+    }
+
+    pub(crate) fn tombstones_prefix(&self) -> Path {
+        self.prefix().join("tombstones")
+    }
+
+    /// Key of the tombstone of archive object `object`.
+    pub(crate) fn tombstone_key(&self, object: &str) -> Path {
+        self.tombstones_prefix().join(object)
+    }
+
+    /// Key of the object written to read the store's clock.
+    pub(crate) fn clock_key(&self) -> Path {
+        self.prefix().join("clock")
     }
 
     pub(crate) fn archive_key(&self, seq: u64, archive_id: &str) -> Path {
@@ -113,9 +144,50 @@ pub fn new_id() -> String {
     hex::encode(b)
 }
 
-/// Parses the sequence number of a commit key's last segment.
-pub(crate) fn parse_commit_seq(seg: &str) -> Option<u64> {
-    (seg.len() == 12 && seg.bytes().all(|c| c.is_ascii_digit()))
-        .then(|| seg.parse().ok())
-        .flatten()
+/// Parses the sequence number and generation of a commit key's last segment:
+/// `<seq>` (generation 0) or `<seq>.<generation>`.
+pub(crate) fn parse_commit_key(seg: &str) -> Option<(u64, u32)> {
+    let digits = |s: &str, n: usize| s.len() == n && s.bytes().all(|c| c.is_ascii_digit());
+    let (seq, generation) = match seg.split_once('.') {
+        None => (seg, None),
+        Some((seq, g)) => (seq, Some(g)),
+    };
+    if !digits(seq, 12) {
+        return None;
+    }
+    let generation = match generation {
+        None => 0,
+        Some(g) if digits(g, 6) => g.parse().ok().filter(|&g| g > 0)?,
+        Some(_) => return None,
+    };
+    Some((seq.parse().ok()?, generation))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commit_keys_round_trip() {
+        let v = VolumeName::new("vg0/web").unwrap();
+        for (seq, g) in [(1, 0), (42, 1), (999_999_999_999, 999_999)] {
+            let key = v.commit_key(seq, g);
+            assert_eq!(parse_commit_key(key.filename().unwrap()), Some((seq, g)));
+        }
+        assert_eq!(
+            v.commit_key(7, 2).as_ref(),
+            "volumes/vg0%7Eweb/commits/000000000007.000002"
+        );
+        for bad in [
+            "1",
+            "00000000001",
+            "000000000001.",
+            "000000000001.1",
+            "000000000001.000000",
+            "000000000001.00000a",
+            "x00000000001",
+        ] {
+            assert_eq!(parse_commit_key(bad), None, "{bad}");
+        }
+    }
 }

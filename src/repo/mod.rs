@@ -30,6 +30,7 @@ mod cleanup;
 mod config;
 mod layout;
 mod location;
+mod lock;
 mod publish;
 mod retry;
 
@@ -40,10 +41,13 @@ use object_store::ObjectStore;
 pub use archive::RemoteArchive;
 pub use catalog::{Chain, Commit, PointInfo, PointSelector};
 pub use chain::{ChainCursor, Resolved};
-pub use cleanup::LEFTOVER_GRACE;
+pub use cleanup::{Cleaned, LEFTOVER_GRACE};
 pub use config::RepoConfig;
 pub use layout::{VolumeName, new_id};
 pub use location::{Location, open_store, parse_location};
+pub use lock::{
+    DEFAULT_LOCK_TTL, LOCK_TTL_ENV, LockError, LockInfo, VolumeLock, lock_ttl, settle_dropped_locks,
+};
 pub use publish::{ArchiveUpload, Published};
 
 use crate::format::FormatError;

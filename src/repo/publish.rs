@@ -39,6 +39,7 @@ pub struct ArchiveUpload {
     repo: Repository,
     volume: VolumeName,
     seq: u64,
+    generation: u32,
     archive_id: String,
     key: Path,
     upload: WriteMultipart,
@@ -90,11 +91,19 @@ impl ArchiveUpload {
             repo: repo.clone(),
             volume: volume.clone(),
             seq,
+            generation: 0,
             archive_id: archive_id.to_string(),
             key,
             upload: WriteMultipart::new_with_chunk_size(upload, part_size(max_len)),
             written: 0,
         })
+    }
+
+    /// Makes this upload commit under marker generation `generation` of its seq: it
+    /// replaces the archive of an existing point (a merge) instead of adding a point.
+    pub fn with_generation(mut self, generation: u32) -> Self {
+        self.generation = generation;
+        self
     }
 
     /// Appends archive bytes, waiting while too many parts are in flight.
@@ -135,7 +144,7 @@ impl ArchiveUpload {
             size: self.written,
             digest,
         };
-        let commit_key = self.volume.commit_key(self.seq);
+        let commit_key = self.volume.commit_key(self.seq, self.generation);
         let body = PutPayload::from(serde_json::to_vec_pretty(&marker).expect("marker serialises"));
         // Retried on transient errors: a retry of a create that did land comes back as
         // AlreadyExists and is recognised below.

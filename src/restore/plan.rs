@@ -122,7 +122,12 @@ impl Work {
     }
 }
 
-/// Walks the point with `cursor` and sends work units in block order.
+/// Which frames to read: `keep(layer, frame_offset)`; blocks of other frames are left
+/// out of the units (used by a sampled verify).
+pub(crate) type FrameFilter = std::sync::Arc<dyn Fn(usize, u64) -> bool + Send + Sync>;
+
+/// Walks the point with `cursor` and sends work units in block order, with the data
+/// blocks of the frames `keep` accepts (all of them without a filter).
 ///
 /// # Errors
 /// [`RestoreError`] if an index segment fails; the receiver sees the channel close.
@@ -131,6 +136,7 @@ pub(super) async fn plan_works(
     blocks: u64,
     block_size: u64,
     limits: UnitLimits,
+    keep: Option<FrameFilter>,
     tx: Sender<Work>,
 ) -> Result<(), RestoreError> {
     let mut w = Work::default();
@@ -156,6 +162,9 @@ pub(super) async fn plan_works(
                 else {
                     unreachable!("Resolved::Data holds a data entry")
                 };
+                if keep.as_ref().is_some_and(|k| !k(layer, frame_offset)) {
+                    continue;
+                }
                 let known = w.frame(layer, frame_offset);
                 if !w.has_room(limits, block_size, known.is_none().then_some(frame_len)) {
                     send(&tx, &mut w).await;

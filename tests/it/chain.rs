@@ -23,7 +23,7 @@ use crate::util::{Rng, assert_same_image, make_image, read, write};
 /// images have many blocks.
 pub(crate) const BS: u32 = 4096;
 /// Largest model image of the property tests.
-const MAX_SIZE: usize = 300 << 10;
+pub(crate) const MAX_SIZE: usize = 300 << 10;
 
 /// A local repository created through the library in a temporary directory.
 pub(crate) struct LibRepo {
@@ -75,11 +75,23 @@ pub(crate) async fn backup_file(
     path: &Path,
     changed: Option<Vec<Range<u64>>>,
 ) -> Result<BackupReport, BackupError> {
+    backup_file_at(repo, volume, path, changed, None).await
+}
+
+/// As [`backup_file`], recording `created` as the point's time (default: now).
+pub(crate) async fn backup_file_at(
+    repo: &Repository,
+    volume: &VolumeName,
+    path: &Path,
+    changed: Option<Vec<Range<u64>>>,
+    created: Option<chrono::DateTime<chrono::Utc>>,
+) -> Result<BackupReport, BackupError> {
     let source = RawSource::open(path).expect("open source");
     let mut opts = BackupOptions::new(volume.clone());
     opts.block_size = Some(BlockSize::new(BS).expect("block size"));
     opts.changed_blocks = changed;
     opts.threads = 2;
+    opts.created = created;
     backup(repo, source, &opts, Arc::default()).await
 }
 
@@ -130,7 +142,7 @@ pub(crate) async fn restore_every_point(
 }
 
 /// A fresh multi-threaded runtime for one property case.
-fn runtime() -> tokio::runtime::Runtime {
+pub(crate) fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -140,7 +152,7 @@ fn runtime() -> tokio::runtime::Runtime {
 
 /// One step applied to the model image.
 #[derive(Debug, Clone)]
-enum Op {
+pub(crate) enum Op {
     /// `len` random bytes at `at` (a position scaled to the current size).
     Write { at: u32, len: usize, seed: u64 },
     /// `len` zero bytes at `at`.
@@ -156,7 +168,7 @@ enum Op {
     Shrink { keep: u32 },
 }
 
-fn op() -> impl Strategy<Value = Op> {
+pub(crate) fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         3 => (any::<u32>(), 0..20_000usize, any::<u64>())
             .prop_map(|(at, len, seed)| Op::Write { at, len, seed }),
@@ -180,7 +192,7 @@ fn touched(start: usize, end: usize) -> Vec<Range<u64>> {
 
 /// Applies `op` to `img`; returns the byte ranges it touched (what a changed-block
 /// tracker would report; empty for a size change the backup must handle alone).
-fn apply(img: &mut Vec<u8>, op: &Op) -> Vec<Range<u64>> {
+pub(crate) fn apply(img: &mut Vec<u8>, op: &Op) -> Vec<Range<u64>> {
     let size = img.len();
     match *op {
         Op::Write { at, len, seed } => {

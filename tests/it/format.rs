@@ -384,6 +384,7 @@ fn valid_vectors_decode_as_described() {
         "delta-grow",
         "delta-shrink",
         "delta-regrow",
+        "delta-merged",
         "full-segments",
         "empty",
         "minor-version",
@@ -899,5 +900,34 @@ proptest! {
         if let Some((_, e)) = first_error(&v) {
             prop_assert!(!matches!(e, FormatError::InvalidInput(_)), "reader returned InvalidInput: {e}");
         }
+    }
+}
+
+/// Format 1.1: `parent.image` names the parent point's image digest; 1.0 vectors have
+/// none and stay version 1.0 files.
+#[test]
+fn parent_image_is_the_parents_image_digest() {
+    let all = vectors("valid");
+    let get = |n: &str| all.iter().find(|v| v.0 == n).expect("vector");
+    let full = ArchiveReader::open(&get("full-small").1).expect("full-small");
+    let merged = ArchiveReader::open(&get("delta-merged").1).expect("delta-merged");
+    let shrink = ArchiveReader::open(&get("delta-shrink").1).expect("delta-shrink");
+    assert_eq!(
+        u16::from_le_bytes([get("delta-merged").1[10], get("delta-merged").1[11]]),
+        1
+    );
+    let p = merged.header.parent.as_ref().expect("a delta");
+    assert_eq!(p.image, Some(full.trailer.image_digest));
+    assert_eq!(merged.trailer.image_digest, shrink.trailer.image_digest);
+    assert_eq!(merged.header.seq, shrink.header.seq);
+    for name in ["delta-grow", "delta-shrink", "delta-regrow"] {
+        let (_, bytes, _) = get(name);
+        assert_eq!(
+            u16::from_le_bytes([bytes[10], bytes[11]]),
+            0,
+            "{name} is a 1.0 file"
+        );
+        let r = ArchiveReader::open(bytes).expect("opens");
+        assert_eq!(r.header.parent.expect("delta").image, None, "{name}");
     }
 }

@@ -2,10 +2,16 @@
 
 mod chain;
 mod cli;
+mod copy;
 mod faults;
 mod format;
+mod lock;
+mod merge;
+mod prune;
+mod prune_cli;
 mod run;
 mod s3;
 mod status;
 mod throttle;
 mod util;
+mod verify;

@@ -1,0 +1,125 @@
+//! `thinarc verify`: check the repository's structure, and optionally its block data
+//! and a source, listing every problem.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::Args;
+
+use super::{Ctx, human, print_json, progress::Display};
+use crate::progress::Progress;
+use crate::repo::VolumeName;
+use crate::verify::{DataCheck, VerifyOptions, verify};
+
+/// Arguments of `verify`.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Volume to verify (default: every volume).
+    pub volume: Option<String>,
+    /// Also read every data block and check its SHA-256.
+    #[arg(long, conflicts_with = "data_subset")]
+    pub data: bool,
+    /// Read a sample of the block data: this percentage of each archive's frames,
+    /// chosen by a hash of a random seed (printed; repeat a sample with --seed).
+    #[arg(long, value_name = "P%", value_parser = parse_percent)]
+    pub data_subset: Option<f64>,
+    /// Seed of the --data-subset sample (default: a new random one per run).
+    #[arg(long, requires = "data_subset")]
+    pub seed: Option<u64>,
+    /// Compare this image file or block device with the latest point of VOLUME.
+    #[arg(long, value_name = "SOURCE", requires = "volume")]
+    pub source: Option<PathBuf>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Verify found problems (exit code 4).
+#[derive(Debug, thiserror::Error)]
+#[error("verify found {count} problem{} in {location} (listed above)", if *count == 1 { "" } else { "s" })]
+pub struct ProblemsFound {
+    /// How many.
+    pub count: usize,
+    /// The repository.
+    pub location: String,
+}
+
+fn parse_percent(s: &str) -> Result<f64, String> {
+    let p: f64 = s
+        .strip_suffix('%')
+        .unwrap_or(s)
+        .parse()
+        .map_err(|_| format!("{s:?} is not a percentage (e.g. 5%)"))?;
+    if p > 0.0 && p <= 100.0 {
+        Ok(p)
+    } else {
+        Err(format!("{s:?} must be more than 0% and at most 100%"))
+    }
+}
+
+/// Runs verify.
+pub async fn run(args: VerifyArgs, ctx: &Ctx) -> anyhow::Result<()> {
+    let volume = args.volume.as_deref().map(VolumeName::new).transpose()?;
+    let data = match (args.data, args.data_subset) {
+        (true, _) => DataCheck::All,
+        (false, Some(percent)) => DataCheck::Sample {
+            percent,
+            seed: args.seed.unwrap_or_else(|| {
+                let mut b = [0u8; 8];
+                getrandom::fill(&mut b).expect("the OS random number generator failed");
+                u64::from_le_bytes(b) >> 1
+            }),
+        },
+        (false, None) => DataCheck::Off,
+    };
+    let opts = VerifyOptions {
+        volume,
+        data,
+        source: args.source,
+        threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+    };
+    let repo = ctx.open().await?;
+    let progress = Arc::new(Progress::default());
+    let display = Display::start(ctx.progress_mode(), "verify".into(), progress.clone());
+    let result = verify(&repo, &opts, progress).await;
+    display.finish().await;
+    let report = result?;
+    if args.json {
+        print_json(&report)?;
+    } else {
+        for p in &report.problems {
+            println!("problem: {p}");
+        }
+        if let Some(s) = &report.source {
+            println!(
+                "source {} {} seq {} ({})",
+                s.source,
+                if s.matches { "matches" } else { "DIFFERS from" },
+                s.seq,
+                s.actual
+            );
+        }
+        if !ctx.quiet {
+            println!(
+                "verified {} volume(s), {} archive(s), {} point(s); data: {}, {} blocks checked, {} read; {} problem(s) in {:.1}s",
+                report.volumes.len(),
+                report.archives,
+                report.points,
+                report.data,
+                report.data_blocks_checked,
+                human(report.bytes_read),
+                report.problems.len(),
+                report.seconds
+            );
+        }
+    }
+    if report.problems.is_empty() {
+        Ok(())
+    } else {
+        Err(ProblemsFound {
+            count: report.problems.len(),
+            location: ctx.location()?.to_string(),
+        }
+        .into())
+    }
+}

@@ -1,0 +1,463 @@
+//! Copy: makes another repository (a directory, a USB disk, another bucket) hold
+//! points of this one, so that it alone restores them.
+//!
+//! - A **plain copy** transfers, in sequence order, the archives of the chosen points
+//!   that the destination lacks, byte for byte: each archive object is streamed from
+//!   a ranged GET into a multipart upload (memory: a few upload parts), then committed
+//!   with its own create-if-absent marker, as a backup commits. A point is committed
+//!   only after its archive is complete, and only after its parent is, so an
+//!   interrupted copy leaves every destination point restorable or absent, and the next
+//!   copy carries on.
+//! - **`--consolidate`** writes one full archive of the chosen point into the
+//!   destination with the merge engine ([`crate::prune::merge`]): the blocks are read
+//!   from the chain once each and recompressed, no access to the source volume.
+//! - A point the destination already holds (the same archive, or another archive of
+//!   the same point: same seq and image digest, such as a consolidated full) is not
+//!   transferred again: copying is idempotent. A delta whose parent the destination
+//!   holds as another archive of the same point links to it by the parent's image
+//!   digest (FORMAT.md 11.4); a delta without `parent.image` (format 1.0) is rewritten
+//!   by the merge engine onto that parent.
+//!
+//! The destination's volume lock is held while copying into it. The source is only
+//! read and is not locked: a prune of the source keeps superseded archives for a
+//! grace period, and if an archive vanishes mid-copy the copy fails before committing
+//! that point.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::TryStreamExt;
+use object_store::ObjectStoreExt;
+use serde::Serialize;
+
+use crate::format::Digest;
+use crate::progress::Progress;
+use crate::prune::{MergeError, MergeOptions, merge};
+use crate::repo::{
+    ArchiveUpload, Commit, LEFTOVER_GRACE, LockError, PointSelector, RemoteArchive, RepoError,
+    Repository, VolumeLock, VolumeName,
+};
+
+/// What to copy.
+#[derive(Debug, Clone)]
+pub struct CopyOptions {
+    /// One volume, or every volume.
+    pub volume: Option<VolumeName>,
+    /// One point (with its chain, for a plain copy), or every point.
+    pub at: Option<PointSelector>,
+    /// Write one full archive of the point (`at`, default the latest).
+    pub consolidate: bool,
+    /// Workers for a consolidation.
+    pub threads: usize,
+}
+
+/// How a point reached the destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CopyKind {
+    /// The archive object, byte for byte.
+    Copied,
+    /// A full archive made from the chain (`--consolidate`).
+    Consolidated,
+    /// A format 1.0 delta rewritten onto the destination's archive of its parent.
+    Rewritten,
+}
+
+/// One point written to the destination.
+#[derive(Debug, Clone, Serialize)]
+pub struct CopiedPoint {
+    /// Volume name.
+    pub volume: String,
+    /// Sequence number.
+    pub seq: u64,
+    /// The archive id in the destination.
+    pub archive: String,
+    /// How.
+    pub kind: CopyKind,
+    /// Size of the archive object written.
+    pub stored_bytes: u64,
+}
+
+/// The result of a copy.
+#[derive(Debug, Clone, Serialize)]
+pub struct CopyReport {
+    /// The destination location.
+    pub destination: String,
+    /// Whether the destination repository was created by this copy.
+    pub initialised: bool,
+    /// Points written.
+    pub copied: Vec<CopiedPoint>,
+    /// Chosen points the destination already held.
+    pub present: u64,
+    /// Bytes read from the source repository.
+    pub bytes_read: u64,
+    /// Bytes written to the destination.
+    pub bytes_written: u64,
+    /// Wall-clock seconds.
+    pub seconds: f64,
+    /// Problems that did not stop the copy (stale locks broken, cleanup).
+    pub warnings: Vec<String>,
+}
+
+/// Why a copy failed. Points committed before the failure stay; nothing partial is
+/// committed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CopyError {
+    /// A repository failed, or an archive is corrupt (named).
+    #[error(transparent)]
+    Repo(#[from] RepoError),
+    /// The destination volume is locked, or the lock was lost.
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    /// The consolidation (or a rewrite) failed.
+    #[error(transparent)]
+    Merge(#[from] Box<MergeError>),
+    /// The destination holds another volume under the same name.
+    #[error(
+        "{destination} holds a different volume named {volume} (volume id {dest_id}, this repository's is {src_id}); copy to another destination or rename"
+    )]
+    OtherVolume {
+        destination: String,
+        volume: String,
+        dest_id: String,
+        src_id: String,
+    },
+    /// The destination holds another point under the same seq.
+    #[error(
+        "{destination} volume {volume} seq {seq} is a different point (image digest {dest_image}, here {src_image}); it was not written by copying from this repository"
+    )]
+    Diverged {
+        destination: String,
+        volume: String,
+        seq: u64,
+        dest_image: Digest,
+        src_image: Digest,
+    },
+}
+
+/// Opens the repository at `location`, creating it if there is none yet; returns it
+/// and whether it was created.
+///
+/// # Errors
+/// [`RepoError`] as [`Repository::open_location`] and
+/// [`Repository::create_location`].
+pub async fn open_or_init(location: &str) -> Result<(Repository, bool), RepoError> {
+    match Repository::open_location(location).await {
+        Ok(r) => Ok((r, false)),
+        Err(RepoError::NotARepository { .. }) => {
+            Ok((Repository::create_location(location, true).await?, true))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Copies points of `src` into `dest` as `opts` say, holding `dest`'s volume lock per
+/// volume.
+///
+/// # Errors
+/// [`CopyError`]; points committed before the error stay committed.
+pub async fn copy(
+    src: &Repository,
+    dest: &Repository,
+    initialised: bool,
+    opts: &CopyOptions,
+    progress: Arc<Progress>,
+) -> Result<CopyReport, CopyError> {
+    let started = Instant::now();
+    let volumes = match &opts.volume {
+        Some(v) => vec![v.clone()],
+        None => src.volumes().await?,
+    };
+    let mut report = CopyReport {
+        destination: dest.location().to_string(),
+        initialised,
+        copied: Vec::new(),
+        present: 0,
+        bytes_read: 0,
+        bytes_written: 0,
+        seconds: 0.0,
+        warnings: Vec::new(),
+    };
+    for volume in &volumes {
+        let commits = src.existing_commits(volume).await?;
+        let lock = VolumeLock::acquire(dest, volume, "copy").await?;
+        report.warnings.extend(lock.broken().iter().cloned());
+        let mut run = VolumeCopy {
+            src,
+            dest,
+            volume,
+            commits: &commits,
+            dest_points: HashMap::new(),
+            report: &mut report,
+            progress: &progress,
+            opts,
+            committed_at: None,
+        };
+        let result = lock.guard(run.execute()).await;
+        let committed_at = run.committed_at;
+        if let Err(e) = lock.release().await {
+            report
+                .warnings
+                .push(format!("releasing the lock of {volume}: {e}"));
+        }
+        result?;
+        if let Some(now) = committed_at
+            && let Err(e) = dest.clean_leftovers(volume, now, LEFTOVER_GRACE).await
+        {
+            report
+                .warnings
+                .push(format!("cleaning leftovers of {volume} failed: {e}"));
+        }
+    }
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// The copy of one volume.
+struct VolumeCopy<'a> {
+    src: &'a Repository,
+    dest: &'a Repository,
+    volume: &'a VolumeName,
+    commits: &'a [Commit],
+    /// The destination's points by seq, opened on demand.
+    dest_points: HashMap<u64, Arc<RemoteArchive>>,
+    report: &'a mut CopyReport,
+    progress: &'a Arc<Progress>,
+    opts: &'a CopyOptions,
+    /// The store's time of the last commit (for leftover cleanup).
+    committed_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl VolumeCopy<'_> {
+    async fn execute(&mut self) -> Result<(), CopyError> {
+        for c in self.dest.commits(self.volume).await? {
+            let a = RemoteArchive::open(self.dest, &c).await?;
+            self.dest_points.insert(c.seq, Arc::new(a));
+        }
+        let at = self.opts.at.clone().unwrap_or(PointSelector::Latest);
+        if self.opts.consolidate {
+            let chain = self.src.resolve(self.commits, &at).await?;
+            if self.already_has(chain.tip())? {
+                return Ok(());
+            }
+            let r = merge(
+                self.src,
+                &chain,
+                None,
+                self.dest,
+                self.volume,
+                &MergeOptions {
+                    threads: self.opts.threads,
+                    ..MergeOptions::new("consolidate")
+                },
+            )
+            .await
+            .map_err(Box::new)?;
+            self.report.bytes_read += r.bytes_read;
+            self.committed(
+                r.seq,
+                r.archive,
+                CopyKind::Consolidated,
+                r.stored_bytes,
+                r.committed_at,
+            )
+            .await?;
+            return Ok(());
+        }
+        // The points to copy: every point, or the chain of one.
+        let wanted: Vec<Arc<RemoteArchive>> = match &self.opts.at {
+            Some(at) => self.src.resolve(self.commits, at).await?.archives,
+            None => {
+                let mut all = Vec::new();
+                for c in self.commits {
+                    all.push(Arc::new(RemoteArchive::open(self.src, c).await?));
+                }
+                all
+            }
+        };
+        self.progress.set_total(
+            wanted
+                .iter()
+                .filter(|a| !self.dest_points.contains_key(&a.commit.seq))
+                .map(|a| a.commit.size)
+                .sum(),
+        );
+        for a in &wanted {
+            if self.already_has(a)? {
+                continue;
+            }
+            let parent_ok = match &a.header.parent {
+                None => true,
+                Some(p) => match self.dest_points.get(&p.seq) {
+                    Some(d) => {
+                        (d.header.archive_id == p.id && d.trailer.trailer_sha256 == p.digest)
+                            || p.image == Some(d.trailer.image_digest)
+                    }
+                    // Not in the destination (dropped there by its own prune): the
+                    // chain is copied from its start, so this cannot be reached
+                    // unless the destination lost it; the commit then fails to link.
+                    None => true,
+                },
+            };
+            if parent_ok {
+                self.copy_archive(a).await?;
+            } else {
+                self.rewrite(a).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the destination holds the point of `a` already (counted as present);
+    /// an error when it holds another point under that seq or another volume.
+    fn already_has(&mut self, a: &RemoteArchive) -> Result<bool, CopyError> {
+        if let Some(d) = self.dest_points.values().next()
+            && d.header.volume_id != a.header.volume_id
+        {
+            return Err(CopyError::OtherVolume {
+                destination: self.dest.location().to_string(),
+                volume: self.volume.to_string(),
+                dest_id: d.header.volume_id.clone(),
+                src_id: a.header.volume_id.clone(),
+            });
+        }
+        let Some(d) = self.dest_points.get(&a.commit.seq) else {
+            return Ok(false);
+        };
+        if d.trailer.image_digest != a.trailer.image_digest {
+            return Err(CopyError::Diverged {
+                destination: self.dest.location().to_string(),
+                volume: self.volume.to_string(),
+                seq: a.commit.seq,
+                dest_image: d.trailer.image_digest,
+                src_image: a.trailer.image_digest,
+            });
+        }
+        self.report.present += 1;
+        Ok(true)
+    }
+
+    /// Streams the archive object of `a` into the destination and commits it.
+    async fn copy_archive(&mut self, a: &RemoteArchive) -> Result<(), CopyError> {
+        let c = &a.commit;
+        let mut upload =
+            ArchiveUpload::start(self.dest, self.volume, c.seq, &c.archive_id, c.size).await?;
+        let streamed = async {
+            let key = a.key();
+            let got = self
+                .src
+                .store()
+                .get(key)
+                .await
+                .map_err(RepoError::store("read", key))?;
+            let mut stream = got.into_stream();
+            let mut read = 0u64;
+            while let Some(chunk) = stream
+                .try_next()
+                .await
+                .map_err(RepoError::store("read", key))?
+            {
+                read += chunk.len() as u64;
+                upload.write(&chunk).await?;
+                self.progress.add(chunk.len() as u64);
+            }
+            if read != c.size {
+                return Err(RepoError::BadCommit {
+                    key: c.key.to_string(),
+                    detail: format!("names a {}-byte archive, {key} has {read} bytes", c.size),
+                });
+            }
+            Ok(read)
+        }
+        .await;
+        let read = match streamed {
+            Ok(n) => n,
+            Err(e) => {
+                upload.abort().await;
+                return Err(e.into());
+            }
+        };
+        self.report.bytes_read += read;
+        let published = upload.commit(c.digest).await?;
+        self.committed(
+            c.seq,
+            c.archive_id.clone(),
+            CopyKind::Copied,
+            published.size,
+            published.committed_at,
+        )
+        .await
+    }
+
+    /// Writes `a`'s point as a delta on the destination's archive of its parent (a
+    /// delta without `parent.image` cannot link to a consolidated parent).
+    async fn rewrite(&mut self, a: &RemoteArchive) -> Result<(), CopyError> {
+        let chain = self
+            .src
+            .resolve(self.commits, &PointSelector::Seq(a.commit.seq))
+            .await?;
+        let parent_seq = a.header.parent.as_ref().map(|p| p.seq);
+        let parent = chain
+            .archives
+            .iter()
+            .position(|x| Some(x.header.seq) == parent_seq);
+        let r = merge(
+            self.src,
+            &chain,
+            parent,
+            self.dest,
+            self.volume,
+            &MergeOptions {
+                threads: self.opts.threads,
+                ..MergeOptions::new("merge")
+            },
+        )
+        .await
+        .map_err(Box::new)?;
+        self.report.bytes_read += r.bytes_read;
+        self.committed(
+            r.seq,
+            r.archive,
+            CopyKind::Rewritten,
+            r.stored_bytes,
+            r.committed_at,
+        )
+        .await
+    }
+
+    /// Records a point committed in the destination and opens it there (its parent for
+    /// the next delta).
+    async fn committed(
+        &mut self,
+        seq: u64,
+        archive: String,
+        kind: CopyKind,
+        stored_bytes: u64,
+        at: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Result<(), CopyError> {
+        self.committed_at = at.or(self.committed_at);
+        self.report.bytes_written += stored_bytes;
+        self.report.copied.push(CopiedPoint {
+            volume: self.volume.to_string(),
+            seq,
+            archive: archive.clone(),
+            kind,
+            stored_bytes,
+        });
+        let commit = self
+            .dest
+            .commits(self.volume)
+            .await?
+            .into_iter()
+            .find(|c| c.seq == seq && c.archive_id == archive)
+            .ok_or_else(|| RepoError::CommitUnknown {
+                key: self.volume.commit_key(seq, 0).to_string(),
+                detail: "the marker just written is not listed".into(),
+            })?;
+        let opened = RemoteArchive::open(self.dest, &commit).await?;
+        self.dest_points.insert(seq, Arc::new(opened));
+        Ok(())
+    }
+}

@@ -1,0 +1,369 @@
+//! The merge engine: synthesizes the archive of one point from a segment of its chain.
+//!
+//! Given the chain of point X (from its full archive to X, as
+//! [`Repository::resolve`] returns it) and a parent P on that chain, [`merge`] writes
+//! one new archive standing for X: a delta on P holding exactly the blocks that the
+//! archives after P up to X decide (FORMAT.md 11.1), plus the boundary block when P
+//! and X differ in size (rule 11.3); with no parent, a full archive of X. It is a
+//! normal self-describing archive: `source.kind` `"archive"`, `source.method` as the
+//! caller says (`"merge"`, `"consolidate"`), X's `seq`, `created` and source path, and
+//! `parent.image` set. The new archive is committed into any repository (prune
+//! replaces X's archive in its own repository with a higher marker generation; a
+//! consolidated copy adds a point to another repository).
+//!
+//! The work streams: a [`ChainCursor`] over the segment yields the blocks to hold in
+//! order; restore's fetch and decode pipeline reads and checks them (each block once,
+//! from the newest archive holding it, coalesced range reads); they are recompressed
+//! on the blocking pool (both cores) and appended through [`ArchiveWriter`] to an
+//! [`ArchiveUpload`]. Memory is a few work units and upload parts, whatever the volume
+//! size; the bytes read are those of the merged archives' blocks that survive, plus
+//! the index of P's chain (to recompute the image digest without reading its data).
+//!
+//! Before committing, the image digest of the new archive's point (its blocks on top
+//! of P's point) is recomputed and must equal X's; otherwise nothing is committed.
+//!
+//! ```no_run
+//! # async fn demo(repo: &thinarc::repo::Repository) -> Result<(), Box<dyn std::error::Error>> {
+//! use thinarc::prune::{MergeOptions, merge};
+//! use thinarc::repo::{PointSelector, VolumeName};
+//!
+//! let volume = VolumeName::new("vg0/web")?;
+//! let commits = repo.existing_commits(&volume).await?;
+//! let chain = repo.resolve(&commits, &PointSelector::Latest).await?;
+//! // A full archive of the latest point, into another repository.
+//! let other = thinarc::repo::Repository::open_location("/mnt/usb/backup").await?;
+//! let report = merge(repo, &chain, None, &other, &volume, &MergeOptions::new("consolidate")).await?;
+//! println!("{} bytes written", report.stored_bytes);
+//! # Ok(()) }
+//! ```
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::TryStreamExt;
+use serde::Serialize;
+
+use crate::backup::process::{Op, Processed, compress};
+use crate::backup::{DEFAULT_ZSTD_LEVEL, FRAME_BYTES};
+use crate::format::{
+    ArchiveWriter, Compression, Digest, EncodedFrame, FormatError, Geometry, Header, ImageHasher,
+    ImageRun, ParentRef, SourceInfo,
+};
+use crate::repo::{ArchiveUpload, Chain, ChainCursor, RepoError, Repository, VolumeName, new_id};
+use crate::restore::RestoreError;
+use crate::restore::read::{BufferPool, Decoded, Span, read_units};
+
+/// How to write a merged archive.
+#[derive(Debug, Clone)]
+pub struct MergeOptions {
+    /// `source.method` of the new archive: `"merge"` (prune) or `"consolidate"`.
+    pub method: String,
+    /// Commit marker generation: 0 to add a new point, or one above the point's
+    /// current generation to replace its archive.
+    pub generation: u32,
+    /// zstd level for the recompressed frames.
+    pub zstd_level: i32,
+    /// Units decoded and compressed in parallel.
+    pub threads: usize,
+}
+
+impl MergeOptions {
+    /// Defaults: generation 0, the default zstd level, one worker per core.
+    pub fn new(method: &str) -> Self {
+        MergeOptions {
+            method: method.to_string(),
+            generation: 0,
+            zstd_level: DEFAULT_ZSTD_LEVEL,
+            threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+        }
+    }
+}
+
+/// A committed merged archive.
+#[derive(Debug, Clone, Serialize)]
+pub struct MergeReport {
+    /// Volume name.
+    pub volume: String,
+    /// Sequence number of the point (X's).
+    pub seq: u64,
+    /// Marker generation it was committed under.
+    pub generation: u32,
+    /// The new archive's id.
+    pub archive: String,
+    /// The archive it replaces or copies (X's archive id).
+    pub replaces: String,
+    /// The new parent's archive id (`None`: a full archive).
+    pub parent: Option<String>,
+    /// Archives of the chain whose blocks were merged (those after the parent).
+    pub merged_archives: usize,
+    /// Blocks the new archive holds (data and zero).
+    pub blocks: u64,
+    /// Bytes read from the source repository (frames).
+    pub bytes_read: u64,
+    /// Size of the new archive object.
+    pub stored_bytes: u64,
+    /// The point's image digest (checked).
+    pub image_digest: String,
+    /// Wall-clock seconds.
+    pub seconds: f64,
+    /// When the store says the new marker was written (for grace periods).
+    #[serde(skip)]
+    pub committed_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// Why a merge failed. Nothing was committed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MergeError {
+    /// The repository failed, or an archive is corrupt (named).
+    #[error(transparent)]
+    Repo(#[from] RepoError),
+    /// Reading or checking blocks failed (the archive is named).
+    #[error(transparent)]
+    Read(#[from] RestoreError),
+    /// The archive could not be built.
+    #[error("building the merged archive: {0}")]
+    Format(#[from] FormatError),
+    /// The parent is not an archive of the chain before the tip.
+    #[error("merge of seq {seq}: parent index {parent} is not an earlier archive of its chain")]
+    BadParent { seq: u64, parent: usize },
+    /// The merged archive would not stand for the same point: a bug or an
+    /// inconsistent chain. Nothing was committed.
+    #[error(
+        "merged archive of {volume} seq {seq} has image digest {actual}, the point has {expected}; nothing was committed"
+    )]
+    ImageMismatch {
+        volume: String,
+        seq: u64,
+        expected: Digest,
+        actual: Digest,
+    },
+}
+
+/// Writes and commits one archive standing for the point at the tip of `chain`: a
+/// delta on `chain.archives[parent]` holding what the later archives decide, or with
+/// `parent` `None` a full archive. `src` is the repository `chain` was resolved in
+/// (for read tuning); the result goes to `volume` of `dest` under marker generation
+/// `opts.generation`.
+///
+/// # Errors
+/// [`MergeError`]; the upload is aborted and nothing is committed. A corrupt archive
+/// is named (by key).
+pub async fn merge(
+    src: &Repository,
+    chain: &Chain,
+    parent: Option<usize>,
+    dest: &Repository,
+    volume: &VolumeName,
+    opts: &MergeOptions,
+) -> Result<MergeReport, MergeError> {
+    let started = Instant::now();
+    let tip = chain.tip().clone();
+    let tip_index = chain.archives.len() - 1;
+    if let Some(p) = parent.filter(|&p| p >= tip_index) {
+        return Err(MergeError::BadParent {
+            seq: tip.header.seq,
+            parent: p,
+        });
+    }
+    let geometry = tip.geometry();
+    let parent_archive = parent.map(|p| chain.archives[p].clone());
+    let boundary = parent_archive.as_ref().and_then(|p| {
+        let old = p.geometry();
+        (old.size() != geometry.size())
+            .then(|| old.blocks().min(geometry.blocks()).checked_sub(1))
+            .flatten()
+    });
+    let header = Header {
+        volume_name: volume.to_string(),
+        archive_id: new_id(),
+        parent: parent_archive.as_ref().map(|p| ParentRef {
+            id: p.header.archive_id.clone(),
+            digest: p.trailer.trailer_sha256,
+            seq: p.header.seq,
+            image: Some(p.trailer.image_digest),
+        }),
+        compression: Compression {
+            algorithm: "zstd".into(),
+            level: opts.zstd_level,
+        },
+        source: SourceInfo {
+            kind: "archive".into(),
+            path: tip.header.source.path.clone(),
+            method: opts.method.clone(),
+        },
+        ..tip.header.clone()
+    };
+    let mut upload = ArchiveUpload::start(
+        dest,
+        volume,
+        header.seq,
+        &header.archive_id,
+        geometry.max_archive_len(),
+    )
+    .await?
+    .with_generation(opts.generation);
+    let floor = parent.map_or(0, |p| p + 1);
+    let written = write(src, chain, floor, boundary, &header, &mut upload, opts).await;
+    let (stats, image, trailer_sha256) = match written {
+        Ok(w) => w,
+        Err(e) => {
+            upload.abort().await;
+            return Err(e);
+        }
+    };
+    if image != tip.trailer.image_digest {
+        upload.abort().await;
+        return Err(MergeError::ImageMismatch {
+            volume: volume.to_string(),
+            seq: header.seq,
+            expected: tip.trailer.image_digest,
+            actual: image,
+        });
+    }
+    let published = upload.commit(trailer_sha256).await?;
+    Ok(MergeReport {
+        volume: volume.to_string(),
+        seq: header.seq,
+        generation: opts.generation,
+        archive: header.archive_id,
+        replaces: tip.header.archive_id.clone(),
+        parent: header.parent.map(|p| p.id),
+        merged_archives: chain.archives.len() - floor,
+        blocks: stats.blocks,
+        bytes_read: stats.bytes_read,
+        stored_bytes: published.size,
+        image_digest: image.to_hex(),
+        seconds: started.elapsed().as_secs_f64(),
+        committed_at: published.committed_at,
+    })
+}
+
+/// Counters of one merge.
+#[derive(Debug, Default)]
+struct Stats {
+    blocks: u64,
+    bytes_read: u64,
+}
+
+/// Streams the archive into `upload`; returns the counters, the image digest of the
+/// new archive's point and the archive digest.
+async fn write(
+    src: &Repository,
+    chain: &Chain,
+    floor: usize,
+    boundary: Option<u64>,
+    header: &Header,
+    upload: &mut ArchiveUpload,
+    opts: &MergeOptions,
+) -> Result<(Stats, Digest, Digest), MergeError> {
+    let geometry = chain.tip().geometry();
+    let blocks = geometry.blocks();
+    let mut out = Vec::with_capacity(1 << 20);
+    let mut writer = ArchiveWriter::new(header, &mut out)?;
+    let mut hasher = ImageHasher::new(geometry);
+    // The blocks the new archive does not hold are the parent's point's: their digests
+    // come from the parent chain's index.
+    let parent_chain = (floor > 0).then(|| Chain {
+        volume: chain.volume.clone(),
+        archives: chain.archives[..floor].to_vec(),
+    });
+    let mut gaps = parent_chain.as_ref().map(ChainCursor::new);
+    let pool = Arc::new(BufferPool::default());
+    let encode = {
+        let (pool, level) = (pool.clone(), opts.zstd_level);
+        let frame_blocks = (FRAME_BYTES / u64::from(geometry.block_size().get())).max(1);
+        move |d: Decoded| encode_unit(d, geometry, frame_blocks, level, &pool)
+    };
+    let chain = Arc::new(chain.clone());
+    let mut units = read_units(
+        src,
+        chain.clone(),
+        ChainCursor::segment(&chain, floor, boundary),
+        blocks,
+        opts.threads,
+        pool,
+        encode,
+    );
+    let mut stats = Stats::default();
+    while let Some((spans, fetched)) = units.stream.try_next().await? {
+        stats.bytes_read += fetched;
+        for span in spans {
+            // Blocks skipped before the span are the parent's.
+            if let Some(g) = gaps.as_mut() {
+                g.feed(&mut hasher, span.first).await?;
+            }
+            stats.blocks += span.apply(&mut writer, &mut hasher, &mut out)?;
+        }
+        upload.write(&out).await?;
+        out.clear();
+    }
+    units.finish().await?;
+    if let Some(g) = gaps.as_mut() {
+        g.feed(&mut hasher, blocks).await?;
+    }
+    let image = hasher.finish()?;
+    let trailer = writer.finish(image, &mut out);
+    upload.write(&out).await?;
+    Ok((stats, image, trailer.trailer_sha256))
+}
+
+/// Turns a decoded unit into archive operations, one batch per span (the blocks
+/// between spans are the parent's): zero runs, and data spans cut into frames of at
+/// most `frame_blocks` blocks and recompressed. Returns the batches and the bytes the
+/// unit fetched.
+fn encode_unit(
+    d: Decoded,
+    g: Geometry,
+    frame_blocks: u64,
+    level: i32,
+    pool: &BufferPool,
+) -> Result<(Vec<Processed>, u64), MergeError> {
+    let bs = u64::from(g.block_size().get()) as usize;
+    let mut out = Vec::with_capacity(d.spans.len());
+    for span in &d.spans {
+        let mut ops = Vec::new();
+        let mut image = Vec::new();
+        let first = match span {
+            Span::Zero { first, .. } | Span::Data { first, .. } => *first,
+        };
+        match span {
+            Span::Zero { first, count } => {
+                ops.push(Op::Zeros {
+                    first: *first,
+                    count: *count,
+                });
+                image.push(ImageRun::Zeros(*count));
+            }
+            Span::Data {
+                first,
+                bytes,
+                digests,
+            } => {
+                let digests = &d.digests[digests.clone()];
+                for (i, chunk) in digests.chunks(frame_blocks as usize).enumerate() {
+                    let start = bytes.start + i * frame_blocks as usize * bs;
+                    let end = (start + chunk.len() * bs).min(bytes.end);
+                    let (kind, stored) = compress(&d.buf[start..end], level)?;
+                    ops.push(Op::Frame(EncodedFrame {
+                        first_block: first + (i as u64) * frame_blocks,
+                        kind,
+                        bytes: stored,
+                        digests: chunk.to_vec(),
+                    }));
+                }
+                image.extend(digests.iter().map(|g| ImageRun::Data(*g)));
+            }
+        }
+        out.push(Processed {
+            first,
+            count: 0,
+            bytes_read: 0,
+            ops,
+            image,
+        });
+    }
+    let fetched = d.fetched;
+    pool.give(d.buf);
+    Ok((out, fetched))
+}

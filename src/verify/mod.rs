@@ -1,0 +1,405 @@
+//! Verify: proves that what the repository holds can be restored.
+//!
+//! - **Structure** (always, no block data read): every archive's object exists with
+//!   the size its commit marker names; its header, directory, trailer and every index
+//!   segment check out against their checksums and the format rules; the index agrees
+//!   with the trailer's counts and tiles the body; every point resolves through the
+//!   catalog's parent links ([`Repository::resolve`]); and each point's image digest,
+//!   recomputed from the indexes along its chain ([`ChainCursor`] and
+//!   [`ImageHasher`]), equals the one its archive records.
+//! - **Data** (`--data`, or `--data-subset`): every data block of every archive (or of
+//!   a sample of its frames) is read, decoded and checked against its SHA-256 through
+//!   restore's own fetch and decode pipeline.
+//! - **Source** (`--source`): the image digest of the current source, read in full,
+//!   against the latest point's.
+//!
+//! Every problem is recorded with the volume, archive and block it concerns, and the
+//! check goes on. Only a failure to run at all (no such volume, the store unreachable,
+//! an unreadable source) is an error. Nothing is written.
+
+mod data;
+mod index;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::backup::{BackupError, source_image_digest};
+use crate::format::ImageHasher;
+use crate::progress::Progress;
+use crate::repo::{
+    ChainCursor, Commit, PointSelector, RemoteArchive, RepoError, Repository, Resolved, VolumeName,
+};
+use crate::source::RawSource;
+
+/// How much block data to read.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum DataCheck {
+    /// None: structure only.
+    Off,
+    /// Every data block of every archive.
+    All,
+    /// The frames a seeded hash selects: `percent` of them, spread over every archive.
+    /// The same seed selects the same frames; a new seed other ones.
+    Sample { percent: f64, seed: u64 },
+}
+
+/// What to verify.
+#[derive(Debug, Clone)]
+pub struct VerifyOptions {
+    /// One volume, or every volume.
+    pub volume: Option<VolumeName>,
+    /// Block data to read.
+    pub data: DataCheck,
+    /// Compare this source (file or device) with the latest point of `volume`.
+    pub source: Option<PathBuf>,
+    /// Blocks decoded in parallel.
+    pub threads: usize,
+}
+
+/// One problem found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Problem {
+    /// The volume.
+    pub volume: String,
+    /// Sequence number of the point or archive concerned.
+    pub seq: Option<u64>,
+    /// Archive id concerned.
+    pub archive: Option<String>,
+    /// First block concerned.
+    pub block: Option<u64>,
+    /// What is wrong.
+    pub problem: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.volume)?;
+        if let Some(seq) = self.seq {
+            write!(f, " seq {seq}")?;
+        }
+        if let Some(id) = &self.archive {
+            write!(f, " archive {id}")?;
+        }
+        if let Some(b) = self.block {
+            write!(f, " block {b}")?;
+        }
+        write!(f, ": {}", self.problem)
+    }
+}
+
+/// The outcome of `--source`.
+#[derive(Debug, Clone, Serialize)]
+pub struct SourceCheck {
+    /// The source read.
+    pub source: String,
+    /// The point compared with.
+    pub seq: u64,
+    /// Its archive id.
+    pub archive: String,
+    /// The point's image digest.
+    pub expected: String,
+    /// The source's image digest.
+    pub actual: String,
+    /// Whether they are equal.
+    pub matches: bool,
+}
+
+/// What was verified, and every problem found.
+#[derive(Debug, Clone, Serialize)]
+pub struct VerifyReport {
+    /// Volumes checked.
+    pub volumes: Vec<String>,
+    /// Archives checked.
+    pub archives: u64,
+    /// Points whose chain and image digest were checked.
+    pub points: u64,
+    /// `off`, `all` or `sample P% seed N`.
+    pub data: String,
+    /// Data blocks read and checked against their digests.
+    pub data_blocks_checked: u64,
+    /// Bytes of block data read from the repository.
+    pub bytes_read: u64,
+    /// The `--source` comparison.
+    pub source: Option<SourceCheck>,
+    /// Every problem found, in the order found.
+    pub problems: Vec<Problem>,
+    /// Wall-clock seconds.
+    pub seconds: f64,
+}
+
+/// Why verify could not run (problems found are not errors: see
+/// [`VerifyReport::problems`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum VerifyError {
+    /// The repository could not be read.
+    #[error(transparent)]
+    Repo(#[from] RepoError),
+    /// `--source` could not be read.
+    #[error("reading --source {path}: {source}")]
+    Source { path: String, source: BackupError },
+    /// `--source` without a volume.
+    #[error("--source needs the VOLUME to compare it with")]
+    SourceWithoutVolume,
+    /// An LVM source: compared by the LVM integration.
+    #[error(
+        "--source {0}: LVM sources are compared through the thinarc snapshot of the volume, which this build cannot take yet; give the snapshot's device path instead"
+    )]
+    LvmSource(String),
+}
+
+/// Verifies the repository as `opts` say.
+///
+/// # Errors
+/// [`VerifyError`] when verify cannot run; problems are in the report.
+pub async fn verify(
+    repo: &Repository,
+    opts: &VerifyOptions,
+    progress: Arc<Progress>,
+) -> Result<VerifyReport, VerifyError> {
+    let started = Instant::now();
+    if let Some(src) = &opts.source {
+        if opts.volume.is_none() {
+            return Err(VerifyError::SourceWithoutVolume);
+        }
+        let s = src.display().to_string();
+        if s.starts_with("lvm:") {
+            return Err(VerifyError::LvmSource(s));
+        }
+    }
+    let volumes = match &opts.volume {
+        Some(v) => {
+            repo.existing_commits(v).await?;
+            vec![v.clone()]
+        }
+        None => repo.volumes().await?,
+    };
+    let mut report = VerifyReport {
+        volumes: volumes.iter().map(ToString::to_string).collect(),
+        archives: 0,
+        points: 0,
+        data: match opts.data {
+            DataCheck::Off => "off".into(),
+            DataCheck::All => "all".into(),
+            DataCheck::Sample { percent, seed } => format!("sample {percent}% seed {seed}"),
+        },
+        data_blocks_checked: 0,
+        bytes_read: 0,
+        source: None,
+        problems: Vec::new(),
+        seconds: 0.0,
+    };
+    for volume in &volumes {
+        let good = check_volume(repo, volume, opts, &progress, &mut report).await;
+        if opts.source.is_some() && good.is_none() {
+            report.problems.push(Problem {
+                volume: volume.to_string(),
+                seq: None,
+                archive: None,
+                block: None,
+                problem: "--source was not compared: the latest point is damaged (see above)"
+                    .into(),
+            });
+        }
+        if let (Some(src), Some(latest)) = (&opts.source, good) {
+            report.source = Some(compare_source(src, &latest, opts, &progress).await?);
+            if let Some(s) = report.source.as_ref().filter(|s| !s.matches) {
+                report.problems.push(Problem {
+                    volume: volume.to_string(),
+                    seq: Some(s.seq),
+                    archive: Some(s.archive.clone()),
+                    block: None,
+                    problem: format!(
+                        "source {} has image digest {}, the point records {}: the source changed since, or the point is not a copy of it",
+                        s.source, s.actual, s.expected
+                    ),
+                });
+            }
+        }
+    }
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// Records problems of one archive or point.
+struct Recorder<'a> {
+    report: &'a mut VerifyReport,
+    volume: &'a VolumeName,
+}
+
+impl Recorder<'_> {
+    fn add(&mut self, commit: Option<&Commit>, block: Option<u64>, problem: String) {
+        self.report.problems.push(Problem {
+            volume: self.volume.to_string(),
+            seq: commit.map(|c| c.seq),
+            archive: commit.map(|c| c.archive_id.clone()),
+            block,
+            problem,
+        });
+    }
+}
+
+/// Checks one volume; returns its latest archive if that one is sound (for
+/// `--source`).
+async fn check_volume(
+    repo: &Repository,
+    volume: &VolumeName,
+    opts: &VerifyOptions,
+    progress: &Arc<Progress>,
+    report: &mut VerifyReport,
+) -> Option<Arc<RemoteArchive>> {
+    let mut rec = Recorder { report, volume };
+    let commits = match repo.commits(volume).await {
+        Ok(c) => c,
+        Err(e) => {
+            rec.add(None, None, format!("cannot read the commit markers: {e}"));
+            return None;
+        }
+    };
+    let objects: HashMap<String, u64> = match repo.list(&volume.archives_prefix()).await {
+        Ok(metas) => metas
+            .into_iter()
+            .filter_map(|m| Some((m.location.filename()?.to_string(), m.size)))
+            .collect(),
+        Err(e) => {
+            rec.add(None, None, format!("cannot list the archive objects: {e}"));
+            return None;
+        }
+    };
+
+    // Archives: object, header, trailer, directory, index.
+    let mut sound: Vec<Arc<RemoteArchive>> = Vec::new();
+    for c in &commits {
+        rec.report.archives += 1;
+        match objects.get(&c.object) {
+            None => {
+                rec.add(
+                    Some(c),
+                    None,
+                    format!("archive object {} is missing", c.archive_key()),
+                );
+                continue;
+            }
+            Some(&size) if size != c.size => {
+                rec.add(
+                    Some(c),
+                    None,
+                    format!(
+                        "archive object {} has {size} bytes, its commit marker says {}{}",
+                        c.archive_key(),
+                        c.size,
+                        if size < c.size { " (truncated)" } else { "" }
+                    ),
+                );
+                continue;
+            }
+            Some(_) => {}
+        }
+        let archive = match RemoteArchive::open(repo, c).await {
+            Ok(a) => Arc::new(a),
+            Err(e) => {
+                rec.add(Some(c), None, e.to_string());
+                continue;
+            }
+        };
+        let found = index::check_index(&archive).await;
+        let clean = found.is_empty();
+        for (block, problem) in found {
+            rec.add(Some(c), block, problem);
+        }
+        if clean {
+            sound.push(archive);
+        }
+    }
+
+    // Points: parent links through the catalog, image digests from the indexes.
+    for c in &commits {
+        if !sound.iter().any(|a| a.commit.seq == c.seq) {
+            continue; // the archive itself is reported above
+        }
+        rec.report.points += 1;
+        if let Err(problem) = check_point(repo, &commits, c).await {
+            rec.add(Some(c), None, problem);
+        }
+    }
+
+    // Block data, archive by archive.
+    if opts.data != DataCheck::Off {
+        for a in &sound {
+            let checked = data::check_data(repo, volume, a, opts, progress).await;
+            rec.report.data_blocks_checked += checked.blocks;
+            rec.report.bytes_read += checked.bytes;
+            for (block, problem) in checked.problems {
+                rec.add(Some(&a.commit), block, problem);
+            }
+        }
+    }
+    let latest = commits.last()?;
+    sound.into_iter().find(|a| a.commit.seq == latest.seq)
+}
+
+/// Resolves the point `c` through the catalog and recomputes its image digest from
+/// the indexes of its chain.
+async fn check_point(repo: &Repository, commits: &[Commit], c: &Commit) -> Result<(), String> {
+    let chain = repo
+        .resolve(commits, &PointSelector::Seq(c.seq))
+        .await
+        .map_err(|e| format!("the point cannot be restored: {e}"))?;
+    let tip = chain.tip();
+    let geometry = tip.geometry();
+    let mut hasher = ImageHasher::new(geometry);
+    let mut cursor = ChainCursor::new(&chain);
+    loop {
+        match cursor.next(geometry.blocks()).await {
+            Ok(Some(Resolved::Zero { count, .. })) => hasher.zeros(count),
+            Ok(Some(r)) => hasher.data(&r.digest().expect("a data block has a digest")),
+            Ok(None) => break,
+            Err(e) => return Err(format!("the point cannot be restored: {e}")),
+        }
+    }
+    let actual = hasher
+        .finish()
+        .map_err(|e| format!("the chain's indexes do not cover the volume: {e}"))?;
+    if actual != tip.trailer.image_digest {
+        return Err(format!(
+            "image digest recomputed from the indexes of its chain is {actual}, the archive records {}",
+            tip.trailer.image_digest
+        ));
+    }
+    Ok(())
+}
+
+/// Reads `src` in full and compares its image digest with `latest`'s.
+async fn compare_source(
+    src: &std::path::Path,
+    latest: &RemoteArchive,
+    opts: &VerifyOptions,
+    progress: &Arc<Progress>,
+) -> Result<SourceCheck, VerifyError> {
+    let failed = |source: BackupError| VerifyError::Source {
+        path: src.display().to_string(),
+        source,
+    };
+    let source = RawSource::open(src).map_err(|e| failed(e.into()))?;
+    let actual = source_image_digest(
+        source,
+        latest.geometry().block_size(),
+        opts.threads,
+        progress.clone(),
+    )
+    .await
+    .map_err(failed)?;
+    let expected = latest.trailer.image_digest;
+    Ok(SourceCheck {
+        source: src.display().to_string(),
+        seq: latest.commit.seq,
+        archive: latest.commit.archive_id.clone(),
+        expected: expected.to_hex(),
+        actual: actual.to_hex(),
+        matches: actual == expected,
+    })
+}

@@ -1,0 +1,546 @@
+//! `copy`: every point copied restores from the destination alone, byte for byte;
+//! copying again transfers nothing; `--consolidate` writes one full archive that later
+//! plain deltas chain onto; local to S3 and S3 to local through the CLI; and a copy
+//! killed after any number of store operations leaves every destination point
+//! restorable or absent, and the next copy completes.
+
+use std::fmt;
+use std::ops::Range;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use object_store::path::Path as Key;
+use object_store::prefix::PrefixStore;
+use object_store::{
+    CopyOptions as StoreCopyOptions, GetOptions, GetResult, ListResult, MultipartUpload,
+    ObjectMeta, ObjectStore, ObjectStoreExt, PutMultipartOptions, PutOptions, PutPayload,
+    PutResult, RenameOptions, UploadPart,
+};
+use thinarc::copy::{CopyKind, CopyOptions, CopyReport, copy};
+use thinarc::repo::{PointSelector, Repository, VolumeName};
+
+use crate::chain::{LibRepo, backup_file, local_store, restore_every_point, restore_seq};
+use crate::util::s3::moto;
+use crate::util::{TempRepo, assert_same_image, make_image, read, write};
+
+/// A source repository with a chain of `n` points of one volume; returns the models.
+async fn source(t: &LibRepo, volume: &VolumeName, n: usize) -> Vec<Vec<u8>> {
+    let src = t.path("src.img");
+    let mut img = make_image(400 << 10, 41);
+    let mut points = Vec::new();
+    for i in 0..n {
+        if i > 0 {
+            let at = (i * 70_000) % (img.len() - 20_000);
+            img[at..at + 20_000].fill(i as u8);
+            if i % 3 == 0 {
+                img.truncate(img.len() - 5000); // the volume shrinks
+            }
+        }
+        write(&src, &img);
+        backup_file(&t.repo, volume, &src, None)
+            .await
+            .expect("backup");
+        points.push(img.clone());
+    }
+    points
+}
+
+fn opts(volume: &VolumeName, at: Option<u64>, consolidate: bool) -> CopyOptions {
+    CopyOptions {
+        volume: Some(volume.clone()),
+        at: at.map(PointSelector::Seq),
+        consolidate,
+        threads: 2,
+    }
+}
+
+async fn run_copy(src: &Repository, dest: &Repository, o: &CopyOptions) -> CopyReport {
+    copy(src, dest, false, o, Arc::default())
+        .await
+        .expect("copy")
+}
+
+fn kinds(r: &CopyReport) -> Vec<(u64, CopyKind)> {
+    r.copied.iter().map(|p| (p.seq, p.kind)).collect()
+}
+
+/// Restores every point `dest` holds and compares it with the model of its seq.
+async fn restore_held_points(
+    dest: &Repository,
+    scratch: &Path,
+    volume: &VolumeName,
+    models: &[Vec<u8>],
+) -> Vec<u64> {
+    let commits = dest.commits(volume).await.expect("commits");
+    for c in &commits {
+        let out = scratch.join(format!("held-{}.img", c.seq));
+        restore_seq(dest, volume, c.seq, &out)
+            .await
+            .unwrap_or_else(|e| panic!("restore seq {} from the destination: {e}", c.seq));
+        assert_same_image(
+            &read(&out),
+            &models[c.seq as usize - 1],
+            &format!("seq {}", c.seq),
+        );
+        std::fs::remove_file(&out).unwrap();
+    }
+    commits.iter().map(|c| c.seq).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn copied_points_restore_from_the_destination_and_copying_again_transfers_nothing() {
+    let (src, dest) = (LibRepo::new().await, LibRepo::new().await);
+    let volume = VolumeName::new("vm-disk").unwrap();
+    let models = source(&src, &volume, 5).await;
+    let r = run_copy(&src.repo, &dest.repo, &opts(&volume, None, false)).await;
+    assert_eq!(
+        kinds(&r),
+        (1..=5).map(|s| (s, CopyKind::Copied)).collect::<Vec<_>>()
+    );
+    assert_eq!(r.present, 0);
+    // The archives are the same bytes: the same ids and digests.
+    let (a, b) = (
+        src.repo.commits(&volume).await.unwrap(),
+        dest.repo.commits(&volume).await.unwrap(),
+    );
+    assert_eq!(
+        a.iter()
+            .map(|c| (&c.archive_id, c.digest))
+            .collect::<Vec<_>>(),
+        b.iter()
+            .map(|c| (&c.archive_id, c.digest))
+            .collect::<Vec<_>>()
+    );
+    let again = run_copy(&src.repo, &dest.repo, &opts(&volume, None, false)).await;
+    assert!(again.copied.is_empty(), "{:?}", again.copied);
+    assert_eq!(
+        (again.present, again.bytes_read, again.bytes_written),
+        (5, 0, 0)
+    );
+    // The source can go: the destination alone restores every point.
+    drop(src);
+    restore_every_point(&dest.repo, dest.dir.path(), &volume, &models).await;
+    let lock_dir = dest.path("repo/volumes/vm-disk/locks");
+    assert_eq!(
+        std::fs::read_dir(lock_dir).map_or(0, |d| d.count()),
+        0,
+        "lock released"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idempotent_and_one_point_with_its_chain() {
+    let (src, dest) = (LibRepo::new().await, LibRepo::new().await);
+    let volume = VolumeName::new("disk").unwrap();
+    let models = source(&src, &volume, 4).await;
+    // One point: its chain (seqs 1..3) and nothing after it.
+    let r = run_copy(&src.repo, &dest.repo, &opts(&volume, Some(3), false)).await;
+    assert_eq!(
+        kinds(&r),
+        [
+            (1, CopyKind::Copied),
+            (2, CopyKind::Copied),
+            (3, CopyKind::Copied)
+        ]
+    );
+    let again = run_copy(&src.repo, &dest.repo, &opts(&volume, Some(3), false)).await;
+    assert!(again.copied.is_empty());
+    assert_eq!(
+        (again.present, again.bytes_read, again.bytes_written),
+        (3, 0, 0)
+    );
+    let all = run_copy(&src.repo, &dest.repo, &opts(&volume, None, false)).await;
+    assert_eq!(kinds(&all), [(4, CopyKind::Copied)]);
+    assert_eq!(all.present, 3);
+    restore_every_point(&dest.repo, dest.dir.path(), &volume, &models).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn consolidated_point_is_one_full_archive_and_later_deltas_chain_onto_it() {
+    let (src, dest) = (LibRepo::new().await, LibRepo::new().await);
+    let volume = VolumeName::new("disk").unwrap();
+    let mut models = source(&src, &volume, 4).await;
+    let r = run_copy(&src.repo, &dest.repo, &opts(&volume, Some(3), true)).await;
+    assert_eq!(kinds(&r), [(3, CopyKind::Consolidated)]);
+    let held = dest.repo.describe(&volume).await.unwrap();
+    assert_eq!(held.len(), 1);
+    assert_eq!((held[0].seq, &held[0].parent), (3, &None), "a full archive");
+    assert_eq!(held[0].blocks, (models[2].len() as u64).div_ceil(4096));
+    let src_info = src.repo.describe(&volume).await.unwrap();
+    assert_eq!(held[0].image_digest, src_info[2].image_digest);
+    let out = dest.path("c3.img");
+    restore_seq(&dest.repo, &volume, 3, &out).await.unwrap();
+    assert_same_image(&read(&out), &models[2], "consolidated seq 3");
+    // Consolidating the same point again: already there.
+    let again = run_copy(&src.repo, &dest.repo, &opts(&volume, Some(3), true)).await;
+    assert!(again.copied.is_empty() && again.present == 1);
+
+    // A new backup (a delta on seq 4) and a plain copy: seq 4 is a delta on seq 3,
+    // which the destination holds as the consolidated full (linked by image digest).
+    let img_path = src.path("src.img");
+    let mut img = models[3].clone();
+    img[..10_000].fill(0x5a);
+    write(&img_path, &img);
+    backup_file(&src.repo, &volume, &img_path, None)
+        .await
+        .unwrap();
+    models.push(img);
+    let plain = run_copy(&src.repo, &dest.repo, &opts(&volume, None, false)).await;
+    assert_eq!(
+        kinds(&plain),
+        [
+            (1, CopyKind::Copied),
+            (2, CopyKind::Copied),
+            (4, CopyKind::Copied),
+            (5, CopyKind::Copied)
+        ]
+    );
+    assert_eq!(plain.present, 1);
+    restore_every_point(&dest.repo, dest.dir.path(), &volume, &models).await;
+}
+
+#[test]
+fn local_to_s3_and_s3_to_local_through_the_cli() {
+    let local = TempRepo::new();
+    let img = local.path("disk.img");
+    let mut data = make_image(500 << 10, 9);
+    let mut models = Vec::new();
+    for i in 0..3u8 {
+        data[i as usize * 100_000..i as usize * 100_000 + 30_000].fill(i + 1);
+        write(&img, &data);
+        local.ok(&["backup", img.to_str().unwrap(), "--volume", "vm/web"]);
+        models.push(data.clone());
+    }
+    let moto = moto();
+    let bucket = moto.bucket();
+    let s3 = format!("s3://{bucket}/offsite");
+    let env: Vec<(&str, &str)> = moto
+        .env()
+        .leak()
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let out = local.run_env(&["copy", "--to", &s3, "--json"], &env);
+    assert!(out.success, "{}", out.show());
+    let r: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(r["initialised"], true);
+    assert_eq!(r["copied"].as_array().unwrap().len(), 3);
+    let again = local.run_env(&["copy", "--to", &s3], &env);
+    assert_eq!(
+        again.stdout,
+        format!("nothing to copy: {s3} already holds the 3 chosen point(s)\n"),
+        "{}",
+        again.show()
+    );
+    // Restore every point from S3, then copy S3 -> another local directory and
+    // restore from there.
+    let back = local.path("back");
+    let back = back.to_str().unwrap();
+    let out = thinarc_s3(&env, &["-r", &s3, "copy", "--to", back, "vm/web", "--json"]);
+    assert!(out.success, "{}", out.show());
+    for (i, model) in models.iter().enumerate() {
+        let seq = (i + 1).to_string();
+        for repo in [s3.as_str(), back] {
+            let target = local.path(&format!("r-{i}.img"));
+            let _ = std::fs::remove_file(&target);
+            let o = thinarc_s3(
+                &env,
+                &[
+                    "-r",
+                    repo,
+                    "restore",
+                    "vm/web",
+                    target.to_str().unwrap(),
+                    "--at",
+                    &seq,
+                ],
+            );
+            assert!(o.success, "{}", o.show());
+            assert_same_image(&read(&target), model, &format!("{repo} seq {seq}"));
+        }
+    }
+    let o = thinarc_s3(&env, &["-r", back, "verify", "--data"]);
+    assert!(o.success, "{}", o.show());
+}
+
+fn thinarc_s3(env: &[(&str, &str)], args: &[&str]) -> crate::util::Output {
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    crate::util::thinarc_env(args, &env)
+}
+
+#[test]
+fn bad_destinations_and_locked_destinations() {
+    let t = TempRepo::new();
+    let img = t.path("d.img");
+    write(&img, &make_image(100 << 10, 2));
+    t.ok(&["backup", img.to_str().unwrap(), "--volume", "v"]);
+    let o = t.run(&["copy", "--to", t.location()]);
+    assert_eq!(o.code, Some(1));
+    assert_eq!(
+        o.stderr,
+        format!(
+            "error: {0} is this repository ({0}): copy to another one\n",
+            t.location()
+        )
+    );
+    let o = t.run(&["copy", "--to", "ftp://x/y"]);
+    assert_eq!(o.code, Some(1));
+    assert!(o.stderr.starts_with("error: cannot open or create the destination ftp://x/y: cannot open repository ftp://x/y: unsupported scheme"), "{}", o.show());
+    let o = t.run(&["copy", "--to", "/tmp/x", "--at", "1"]);
+    assert_eq!(o.code, Some(2), "--at needs a volume: {}", o.show());
+    // Another volume under the same name in the destination.
+    let other = TempRepo::new();
+    other.ok(&["backup", img.to_str().unwrap(), "--volume", "v"]);
+    let o = t.run(&["copy", "--to", other.location()]);
+    assert_eq!(o.code, Some(1));
+    assert!(
+        o.stderr.contains(&format!(
+            "{} holds a different volume named v (volume id ",
+            other.location()
+        )),
+        "{}",
+        o.show()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn locked_destination_volume_exits_3() {
+    let t = TempRepo::new();
+    let img = t.path("d.img");
+    write(&img, &make_image(100 << 10, 2));
+    t.ok(&["backup", img.to_str().unwrap(), "--volume", "v"]);
+    let dest = TempRepo::new();
+    let repo = crate::lock::lib_repo(&dest).await;
+    let lock = thinarc::repo::VolumeLock::acquire(&repo, &VolumeName::new("v").unwrap(), "prune")
+        .await
+        .unwrap();
+    let o = t.run(&["copy", "--to", dest.location()]);
+    assert_eq!(o.code, Some(3), "{}", o.show());
+    assert!(
+        o.stderr.starts_with(&format!(
+            "error: v is locked by {} pid {} since ",
+            lock.info().host,
+            lock.info().pid
+        )),
+        "{}",
+        o.show()
+    );
+    lock.release().await.unwrap();
+    t.ok(&["copy", "--to", dest.location()]);
+}
+
+/// A store that fails every call once `budget` calls have been made (a process killed
+/// at that point, as far as the store can tell).
+#[derive(Debug)]
+struct FailAfter {
+    inner: Arc<dyn ObjectStore>,
+    budget: Arc<AtomicI64>,
+}
+
+impl fmt::Display for FailAfter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "FailAfter({})", self.inner)
+    }
+}
+
+fn spend(budget: &AtomicI64) -> object_store::Result<()> {
+    if budget.fetch_sub(1, Ordering::SeqCst) > 0 {
+        Ok(())
+    } else {
+        Err(object_store::Error::Generic {
+            store: "fail-after",
+            source: "killed".into(),
+        })
+    }
+}
+
+#[async_trait]
+impl ObjectStore for FailAfter {
+    async fn put_opts(
+        &self,
+        location: &Key,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> object_store::Result<PutResult> {
+        spend(&self.budget)?;
+        self.inner.put_opts(location, payload, opts).await
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        location: &Key,
+        opts: PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn MultipartUpload>> {
+        spend(&self.budget)?;
+        let inner = self.inner.put_multipart_opts(location, opts).await?;
+        Ok(Box::new(FailAfterUpload {
+            inner,
+            budget: self.budget.clone(),
+        }))
+    }
+
+    async fn get_opts(
+        &self,
+        location: &Key,
+        options: GetOptions,
+    ) -> object_store::Result<GetResult> {
+        spend(&self.budget)?;
+        self.inner.get_opts(location, options).await
+    }
+
+    async fn get_ranges(
+        &self,
+        location: &Key,
+        ranges: &[Range<u64>],
+    ) -> object_store::Result<Vec<Bytes>> {
+        spend(&self.budget)?;
+        self.inner.get_ranges(location, ranges).await
+    }
+
+    fn delete_stream(
+        &self,
+        locations: BoxStream<'static, object_store::Result<Key>>,
+    ) -> BoxStream<'static, object_store::Result<Key>> {
+        let budget = self.budget.clone();
+        let locations = futures::StreamExt::map(locations, move |l| {
+            spend(&budget)?;
+            l
+        });
+        self.inner.delete_stream(Box::pin(locations))
+    }
+
+    fn list(&self, prefix: Option<&Key>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        match spend(&self.budget) {
+            Ok(()) => self.inner.list(prefix),
+            Err(e) => Box::pin(futures::stream::once(async { Err(e) })),
+        }
+    }
+
+    async fn list_with_delimiter(&self, prefix: Option<&Key>) -> object_store::Result<ListResult> {
+        spend(&self.budget)?;
+        self.inner.list_with_delimiter(prefix).await
+    }
+
+    async fn copy_opts(
+        &self,
+        from: &Key,
+        to: &Key,
+        options: StoreCopyOptions,
+    ) -> object_store::Result<()> {
+        spend(&self.budget)?;
+        self.inner.copy_opts(from, to, options).await
+    }
+
+    async fn rename_opts(
+        &self,
+        from: &Key,
+        to: &Key,
+        options: RenameOptions,
+    ) -> object_store::Result<()> {
+        spend(&self.budget)?;
+        self.inner.rename_opts(from, to, options).await
+    }
+}
+
+#[derive(Debug)]
+struct FailAfterUpload {
+    inner: Box<dyn MultipartUpload>,
+    budget: Arc<AtomicI64>,
+}
+
+#[async_trait]
+impl MultipartUpload for FailAfterUpload {
+    fn put_part(&mut self, data: PutPayload) -> UploadPart {
+        match spend(&self.budget) {
+            Ok(()) => self.inner.put_part(data),
+            Err(e) => Box::pin(async { Err(e) }),
+        }
+    }
+
+    async fn complete(&mut self) -> object_store::Result<PutResult> {
+        spend(&self.budget)?;
+        self.inner.complete().await
+    }
+
+    async fn abort(&mut self) -> object_store::Result<()> {
+        spend(&self.budget)?;
+        self.inner.abort().await
+    }
+}
+
+/// Kill-point test for one kind of copy: for every N, a copy whose destination
+/// store dies after N calls fails, every point the destination then lists restores
+/// byte for byte, and a second copy completes with every point restorable.
+async fn kill_points(consolidate: bool) {
+    let src = LibRepo::new().await;
+    let volume = VolumeName::new("k").unwrap();
+    let models = source(&src, &volume, 3).await;
+    let o = opts(&volume, None, consolidate);
+    let mut n = 0;
+    loop {
+        let dest = LibRepo::new().await;
+        let budget = Arc::new(AtomicI64::new(n));
+        let store = FailAfter {
+            inner: local_store(&dest.path("repo")),
+            budget: budget.clone(),
+        };
+        budget.store(i64::MAX, Ordering::SeqCst);
+        let faulty = Repository::open(Arc::new(store), "faulty").await.unwrap();
+        budget.store(n, Ordering::SeqCst);
+        let result = copy(&src.repo, &faulty, false, &o, Arc::default()).await;
+        if result.is_ok() {
+            assert!(n > 10, "the copy needs more than {n} store calls");
+            restore_held_points(&dest.repo, dest.dir.path(), &volume, &models).await;
+            break;
+        }
+        // Killed: what the destination lists restores.
+        let held = restore_held_points(&dest.repo, dest.dir.path(), &volume, &models).await;
+        // The killed run's lock stays until it goes stale (tested in lock.rs); remove
+        // it as its TTL would.
+        let locks = dest.path("repo/volumes/k/locks");
+        if locks.exists() {
+            std::fs::remove_dir_all(&locks).unwrap();
+        }
+        let r = run_copy(&src.repo, &dest.repo, &o).await;
+        assert_eq!(
+            r.present as usize,
+            held.len(),
+            "N={n}: points kept are not copied again"
+        );
+        let all = restore_held_points(&dest.repo, dest.dir.path(), &volume, &models).await;
+        let expect: Vec<u64> = if consolidate { vec![3] } else { vec![1, 2, 3] };
+        assert_eq!(all, expect, "N={n}");
+        n += 1;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn copy_killed_at_every_store_call_leaves_restorable_points() {
+    kill_points(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn consolidate_killed_at_every_store_call_leaves_restorable_points() {
+    kill_points(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn s3_destination_of_a_library_copy_restores() {
+    let src = LibRepo::new().await;
+    let volume = VolumeName::new("s").unwrap();
+    let models = source(&src, &volume, 3).await;
+    let moto = moto();
+    let store: Arc<dyn ObjectStore> = Arc::new(PrefixStore::new(moto.store(&moto.bucket()), "r"));
+    let dest = Repository::create(store, "s3://test/r").await.unwrap();
+    run_copy(&src.repo, &dest, &opts(&volume, None, true)).await;
+    run_copy(&src.repo, &dest, &opts(&volume, None, false)).await;
+    restore_every_point(&dest, src.dir.path(), &volume, &models).await;
+    let _ = dest.store().head(&Key::from("config")).await.unwrap();
+}
