@@ -11,7 +11,7 @@ pub const END_MAGIC: [u8; 8] = *b"\x89THINEND";
 pub const VERSION_MAJOR: u16 = 1;
 /// Minor format version written by this build. Minor versions only add optional
 /// header fields; readers ignore unknown ones.
-pub const VERSION_MINOR: u16 = 0;
+pub const VERSION_MINOR: u16 = 1;
 /// Size of the fixed preamble: magic, major, minor, header length.
 pub const PREAMBLE_LEN: usize = 16;
 /// Size of the fixed trailer at the end of the archive.
@@ -56,6 +56,6 @@ mod tests {
         assert_eq!(MAX_HEADER_LEN, 1_048_576);
         assert_eq!(MAX_FRAME_CONTENT, 16_777_216);
         assert_eq!(MAX_FRAME_LEN, 16_842_752);
-        assert_eq!((VERSION_MAJOR, VERSION_MINOR), (1, 0));
+        assert_eq!((VERSION_MAJOR, VERSION_MINOR), (1, 1));
     }
 }

@@ -4,5 +4,6 @@ mod chain;
 mod cli;
 mod faults;
 mod format;
+mod lvm;
 mod s3;
 mod util;
