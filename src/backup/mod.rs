@@ -8,7 +8,12 @@
 //! Queues are bounded, so memory is a few batches plus a few upload parts whatever the
 //! volume size. Nothing is committed unless every stage succeeded.
 
+mod lvm;
 mod process;
+
+pub(crate) use process::is_zero;
+
+pub use lvm::{DryRun, backup_lvm, dry_run_lvm};
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -130,6 +135,9 @@ pub enum BackupError {
     /// The source failed.
     #[error(transparent)]
     Source(#[from] SourceError),
+    /// The LVM source failed (nothing was committed; a new snapshot was removed).
+    #[error(transparent)]
+    Lvm(#[from] crate::source::lvm::LvmSourceError),
     /// The requested block size differs from the volume's.
     #[error("volume {volume} uses block size {stored}; --block-size {requested} cannot change it")]
     BlockSizeMismatch {

@@ -5,5 +5,6 @@ mod cli;
 mod faults;
 mod format;
 mod lvm;
+mod lvm_vm;
 mod s3;
 mod util;
