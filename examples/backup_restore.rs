@@ -52,6 +52,7 @@ async fn main() -> anyhow::Result<()> {
             at: PointSelector::Seq(seq),
             force: false,
             threads: 2,
+            fresh_target: false,
         };
         let r = restore(&repo, &volume, &target, &ropts, Arc::default()).await?;
         println!(

@@ -150,6 +150,7 @@ fn header(archive_id: &str, seq: u64, parent: Option<ParentRef>, size: u64) -> H
                 "scan".into()
             },
         },
+        lvm: None,
     }
 }
 

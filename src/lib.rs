@@ -13,6 +13,7 @@ pub mod config;
 pub mod copy;
 pub mod format;
 pub mod logging;
+pub mod lvm;
 pub mod progress;
 pub mod prune;
 pub mod repo;

@@ -8,7 +8,12 @@
 //! Queues are bounded, so memory is a few batches plus a few upload parts whatever the
 //! volume size. Nothing is committed unless every stage succeeded.
 
+mod lvm;
 pub(crate) mod process;
+
+pub(crate) use process::is_zero;
+
+pub use lvm::{DryRun, backup_lvm, dry_run_lvm};
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -19,12 +24,12 @@ use futures::stream::FuturesOrdered;
 use serde::Serialize;
 
 use crate::format::{
-    ArchiveWriter, BlockSize, Compression, FormatError, Geometry, Header, ImageHasher, ParentRef,
-    SourceInfo,
+    ArchiveWriter, BlockSize, Compression, FormatError, Geometry, Header, ImageHasher, LvmSnapshot,
+    ParentRef, SourceInfo,
 };
 use crate::progress::Progress;
 use crate::repo::{
-    ArchiveUpload, Chain, ChainCursor, LEFTOVER_GRACE, LockError, PointSelector, RepoError,
+    ArchiveUpload, Chain, ChainCursor, Commit, LEFTOVER_GRACE, LockError, PointSelector, RepoError,
     Repository, VolumeName, new_id,
 };
 use crate::source::{RawSource, ReadPlan, SourceError};
@@ -58,6 +63,12 @@ pub struct BackupOptions {
     /// The point's time recorded in the header (default: now). For imports and tests
     /// of time-based retention.
     pub created: Option<chrono::DateTime<chrono::Utc>>,
+    /// The new archive's id, when the caller needs it before the backup (the LVM
+    /// source tags its snapshot with it); a new id if `None`.
+    pub archive_id: Option<String>,
+    /// The LVM thin snapshot being read: recorded in the header (key `lvm`), and the
+    /// source is described as `lvm` at the origin LV's path.
+    pub lvm: Option<LvmSnapshot>,
 }
 
 impl BackupOptions {
@@ -71,6 +82,8 @@ impl BackupOptions {
             threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
             read_limit: None,
             created: None,
+            archive_id: None,
+            lvm: None,
         }
     }
 }
@@ -133,6 +146,9 @@ pub enum BackupError {
     /// The volume's lock was lost mid-run (see [`crate::repo::VolumeLock::guard`]).
     #[error(transparent)]
     Lock(#[from] LockError),
+    /// The LVM source failed (nothing was committed; a new snapshot was removed).
+    #[error(transparent)]
+    Lvm(#[from] crate::source::lvm::LvmSourceError),
     /// The requested block size differs from the volume's.
     #[error("volume {volume} uses block size {stored}; --block-size {requested} cannot change it")]
     BlockSizeMismatch {
@@ -159,6 +175,34 @@ pub enum BackupError {
     Task(String),
 }
 
+/// The point a backup builds on: the volume's commits and the chain of its latest
+/// point (none for a new volume).
+#[derive(Debug)]
+pub struct Base {
+    commits: Vec<Commit>,
+    parent: Option<Chain>,
+}
+
+impl Base {
+    /// The latest point of `volume`.
+    ///
+    /// # Errors
+    /// [`BackupError::Repo`].
+    pub async fn latest(repo: &Repository, volume: &VolumeName) -> Result<Self, BackupError> {
+        let commits = repo.commits(volume).await?;
+        let parent = match commits.last() {
+            Some(_) => Some(repo.resolve(&commits, &PointSelector::Latest).await?),
+            None => None,
+        };
+        Ok(Base { commits, parent })
+    }
+
+    /// The header of the latest point.
+    pub fn tip(&self) -> Option<&Header> {
+        self.parent.as_ref().map(|p| &p.tip().header)
+    }
+}
+
 /// Backs `source` up into `repo` as a new point of `opts.volume`: a full archive for a
 /// new volume, else a delta against the latest point.
 ///
@@ -170,13 +214,25 @@ pub async fn backup(
     opts: &BackupOptions,
     progress: Arc<Progress>,
 ) -> Result<BackupReport, BackupError> {
+    let base = Base::latest(repo, &opts.volume).await?;
+    backup_from(repo, base, source, opts, progress).await
+}
+
+/// [`backup`] on a base the caller already looked up (and based its changed-block
+/// list on).
+///
+/// # Errors
+/// [`BackupError`]; nothing is committed on error and the partial upload is aborted.
+pub async fn backup_from(
+    repo: &Repository,
+    base: Base,
+    source: RawSource,
+    opts: &BackupOptions,
+    progress: Arc<Progress>,
+) -> Result<BackupReport, BackupError> {
     let started = Instant::now();
     let volume = &opts.volume;
-    let commits = repo.commits(volume).await?;
-    let parent = match commits.last() {
-        Some(_) => Some(repo.resolve(&commits, &PointSelector::Latest).await?),
-        None => None,
-    };
+    let Base { commits, parent } = base;
     let block_size = match (&parent, opts.block_size) {
         (Some(p), Some(req)) if p.tip().header.block_size != req.get() => {
             return Err(BackupError::BlockSizeMismatch {
@@ -195,7 +251,7 @@ pub async fn backup(
         volume_id: parent
             .as_ref()
             .map_or_else(new_id, |p| p.tip().header.volume_id.clone()),
-        archive_id: new_id(),
+        archive_id: opts.archive_id.clone().unwrap_or_else(new_id),
         seq: commits.last().map_or(1, |c| c.seq + 1),
         parent: parent.as_ref().map(|p| {
             let t = p.tip();
@@ -217,13 +273,22 @@ pub async fn backup(
             level: opts.zstd_level,
         },
         source: SourceInfo {
-            kind: if source.is_device() { "device" } else { "file" }.into(),
-            path: std::fs::canonicalize(source.path())
-                .unwrap_or_else(|_| source.path().to_path_buf())
-                .display()
-                .to_string(),
+            kind: match (&opts.lvm, source.is_device()) {
+                (Some(_), _) => "lvm",
+                (None, true) => "device",
+                (None, false) => "file",
+            }
+            .into(),
+            path: match &opts.lvm {
+                Some(l) => format!("/dev/{}/{}", l.vg, l.lv),
+                None => std::fs::canonicalize(source.path())
+                    .unwrap_or_else(|_| source.path().to_path_buf())
+                    .display()
+                    .to_string(),
+            },
             method: method.into(),
         },
+        lvm: opts.lvm.clone(),
     };
     progress.set_total(plan.blocks() * u64::from(block_size.get()));
 

@@ -7,8 +7,9 @@ use anyhow::Context as _;
 use clap::Args;
 
 use super::{Ctx, human, parse_size, print_json, progress::Display};
-use crate::backup::{BackupOptions, BackupReport, backup};
+use crate::backup::{BackupOptions, BackupReport, backup, backup_lvm, dry_run_lvm};
 use crate::format::BlockSize;
+use crate::lvm::{LvName, PoolLimits};
 use crate::progress::Progress;
 use crate::repo::{Repository, VolumeLock, VolumeName};
 use crate::source::{RawSource, parse_changed_blocks};
@@ -17,9 +18,10 @@ use crate::status::{Operation, Record};
 /// Arguments of `backup`.
 #[derive(Debug, Args)]
 pub struct BackupArgs {
-    /// Image file or block device to back up.
+    /// Image file or block device to back up, or `lvm:VG/LV` for a thin LV (read
+    /// through a thin snapshot; changed blocks from the pool's metadata).
     pub source: PathBuf,
-    /// Volume name (default: the source's file name).
+    /// Volume name (default: the source's file name; `VG/LV` for `lvm:VG/LV`).
     #[arg(long)]
     pub volume: Option<String>,
     /// Block size of a new volume: a power of two from 4K to 16M (default 64K). An
@@ -30,16 +32,51 @@ pub struct BackupArgs {
     /// per line: only those are read.
     #[arg(long, value_name = "FILE")]
     pub changed_blocks: Option<PathBuf>,
+    /// lvm: refuse when the thin pool's data usage is above PCT percent.
+    #[arg(long, value_name = "PCT", default_value_t = 90.0, value_parser = percent)]
+    pub max_pool_data: f64,
+    /// lvm: refuse when the thin pool's metadata usage is above PCT percent.
+    #[arg(long, value_name = "PCT", default_value_t = 80.0, value_parser = percent)]
+    pub max_pool_metadata: f64,
+    /// lvm: print pool health, stray snapshots and what the backup would do; create
+    /// nothing.
+    #[arg(long)]
+    pub dry_run: bool,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
 }
 
+fn percent(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(p) if (0.0..=100.0).contains(&p) => Ok(p),
+        _ => Err(format!("{s:?} is not a percentage from 0 to 100")),
+    }
+}
+
+/// The thin LV of an `lvm:VG/LV` source, `None` for a file or device.
+///
+/// # Errors
+/// A malformed `lvm:` source.
+pub(super) fn lvm_source(source: &Path) -> anyhow::Result<Option<LvName>> {
+    match source.to_str().and_then(|s| s.strip_prefix("lvm:")) {
+        Some(spec) => Ok(Some(
+            LvName::parse(spec).map_err(|e| anyhow::anyhow!("source lvm:{e}"))?,
+        )),
+        None => Ok(None),
+    }
+}
+
 /// Runs a backup.
 pub async fn run(args: BackupArgs, ctx: &Ctx) -> anyhow::Result<()> {
-    let name = match &args.volume {
-        Some(v) => v.clone(),
-        None => args
+    let lv = lvm_source(&args.source)?;
+    if lv.is_none() && args.dry_run {
+        anyhow::bail!("--dry-run applies to lvm:VG/LV sources only");
+    }
+    let name = match (&args.volume, &lv) {
+        (Some(v), _) => v.clone(),
+        (None, Some(lv)) => lv.to_string(),
+        (None, None) => args
             .source
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -63,7 +100,44 @@ pub async fn run(args: BackupArgs, ctx: &Ctx) -> anyhow::Result<()> {
             .with_context(|| format!("cannot read --changed-blocks {}", file.display()))?;
         opts.changed_blocks = Some(parse_changed_blocks(&text, &file.display().to_string())?);
     }
-    let report = backup_volume(ctx, ctx.location()?, &args.source, opts).await?;
+    let limits = PoolLimits {
+        max_data: args.max_pool_data,
+        max_metadata: args.max_pool_metadata,
+    };
+    if let (Some(lv), true) = (&lv, args.dry_run) {
+        let repo = ctx.open().await?;
+        let plan = dry_run_lvm(&repo, lv, &opts, limits).await?;
+        if args.json {
+            return print_json(&plan);
+        }
+        let pct = |p: Option<f64>| p.map_or("?".into(), |p| format!("{p:.2}%"));
+        println!(
+            "pool {}: data {}, metadata {}: {}",
+            plan.pool,
+            pct(plan.pool_data_percent),
+            pct(plan.pool_metadata_percent),
+            plan.pool_problem.as_deref().unwrap_or("ok")
+        );
+        if plan.metadata_snapshot_reserved {
+            println!(
+                "pool {}: a metadata snapshot is reserved (left by an interrupted run): would release it",
+                plan.pool
+            );
+        }
+        for s in &plan.strays {
+            println!("stray snapshot {s}: would remove it");
+        }
+        if plan.pool_problem.is_some() {
+            println!("would refuse the backup: nothing would be created");
+        } else {
+            println!(
+                "would create snapshot {} and make a {}",
+                plan.snapshot, plan.action
+            );
+        }
+        return Ok(());
+    }
+    let report = backup_volume(ctx, ctx.location()?, &args.source, opts, limits).await?;
     if args.json {
         print_json(&report)?;
     } else if !ctx.quiet {
@@ -85,17 +159,23 @@ pub async fn run(args: BackupArgs, ctx: &Ctx) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Backs `source` up as `opts.volume` into the repository at `location`: the part of
-/// `backup` that `run` shares. Records the outcome and logs it.
+/// Backs `source` (a file, a device or `lvm:VG/LV`) up as `opts.volume` into the
+/// repository at `location`, holding the volume's lock: the part of `backup` that
+/// `run` shares. Records the outcome and logs it.
 pub(super) async fn backup_volume(
     ctx: &Ctx,
     location: &str,
     source: &Path,
     opts: BackupOptions,
+    limits: PoolLimits,
 ) -> anyhow::Result<BackupReport> {
     let volume = opts.volume.clone();
+    let lv = lvm_source(source)?;
     let work = async |repo: &Repository| {
-        let raw = RawSource::open(source)?;
+        let raw = match &lv {
+            Some(_) => None,
+            None => Some(RawSource::open(source)?),
+        };
         let lock = VolumeLock::acquire(repo, &volume, "backup").await?;
         for w in lock.broken() {
             tracing::warn!("{w}");
@@ -107,7 +187,14 @@ pub(super) async fn backup_volume(
             progress.clone(),
         );
         tracing::info!(volume = %volume, source = %source.display(), "backup started");
-        let result = lock.guard(backup(repo, raw, &opts, progress)).await;
+        let result = match (&lv, raw) {
+            (Some(lv), _) => {
+                lock.guard(backup_lvm(repo, lv, &opts, limits, progress))
+                    .await
+            }
+            (None, Some(raw)) => lock.guard(backup(repo, raw, &opts, progress)).await,
+            (None, None) => unreachable!("a file or device source was opened above"),
+        };
         display.finish().await;
         let released = lock.release().await;
         let mut report = result?;

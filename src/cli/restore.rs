@@ -6,25 +6,41 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::Args;
 
-use super::{Ctx, human, print_json, progress::Display};
+use super::{Ctx, human, parse_size, print_json, progress::Display};
+use crate::lvm::LvName;
 use crate::progress::Progress;
 use crate::repo::{PointSelector, VolumeName};
-use crate::restore::{RestoreOptions, restore};
+use crate::restore::{RestoreOptions, restore, restore_to_lv};
+use crate::target::lv::LvTargetOptions;
 
 /// Arguments of `restore`.
 #[derive(Debug, Args)]
 pub struct RestoreArgs {
     /// Volume to restore.
     pub volume: String,
-    /// Target: a new file, an existing file (overwritten) or a block device.
+    /// Target: a new file, an existing file (overwritten), a block device, or
+    /// `lvm:VG/LV`.
     pub target: PathBuf,
     /// Point to restore: an archive id (or unique prefix), a sequence number, or
     /// `latest`.
     #[arg(long, default_value = "latest", value_parser = PointSelector::parse)]
     pub at: PointSelector,
-    /// Restore even when the target is the volume's own backup source.
+    /// Restore even when the target is the volume's own backup source; overwrite an
+    /// existing target LV.
     #[arg(long)]
     pub force: bool,
+    /// lvm: create the target LV (a thin LV with --pool, else a plain LV).
+    #[arg(long)]
+    pub create: bool,
+    /// lvm: thin pool for a created LV (`POOL` or `VG/POOL`).
+    #[arg(long, value_name = "POOL")]
+    pub pool: Option<String>,
+    /// lvm: size of a created LV (default: the volume's size).
+    #[arg(long, value_parser = parse_size)]
+    pub size: Option<u64>,
+    /// lvm: do not read the LV back to check its image digest.
+    #[arg(long)]
+    pub no_readback: bool,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
@@ -38,6 +54,7 @@ pub async fn run(args: RestoreArgs, ctx: &Ctx) -> anyhow::Result<()> {
         at: args.at.clone(),
         force: args.force,
         threads: ctx.threads,
+        fresh_target: false,
     };
     let progress = Arc::new(Progress::default());
     let display = Display::start(
@@ -45,7 +62,38 @@ pub async fn run(args: RestoreArgs, ctx: &Ctx) -> anyhow::Result<()> {
         format!("restore {volume}"),
         progress.clone(),
     );
-    let result = restore(&repo, &volume, &args.target, &opts, progress).await;
+    let lv = match args.target.to_str().and_then(|s| s.strip_prefix("lvm:")) {
+        Some(spec) => Some(LvName::parse(spec).map_err(|e| anyhow::anyhow!("target lvm:{e}"))?),
+        None => None,
+    };
+    if lv.is_none()
+        && (args.create || args.pool.is_some() || args.size.is_some() || args.no_readback)
+    {
+        display.finish().await;
+        anyhow::bail!("--create, --pool, --size and --no-readback apply to lvm:VG/LV targets only");
+    }
+    let result = match &lv {
+        Some(lv) => {
+            let target = LvTargetOptions {
+                create: args.create,
+                pool: args.pool.clone(),
+                size: args.size,
+                force: args.force,
+            };
+            restore_to_lv(
+                &repo,
+                &volume,
+                lv,
+                &target,
+                &opts,
+                !args.no_readback,
+                progress,
+            )
+            .await
+            .map(|r| r.restore)
+        }
+        None => restore(&repo, &volume, &args.target, &opts, progress).await,
+    };
     display.finish().await;
     let report = result
         .with_context(|| format!("restore of {volume} to {} failed", args.target.display()))?;

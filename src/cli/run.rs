@@ -11,6 +11,7 @@ use serde::Serialize;
 use super::{Ctx, error_message, human, print_json};
 use crate::backup::BackupOptions;
 use crate::config::{Config, DEFAULT_PATH};
+use crate::lvm::PoolLimits;
 use crate::repo::Repository;
 use crate::status::{Operation, Records, RunLock, gather, prometheus};
 
@@ -84,9 +85,13 @@ async fn steps(args: &RunArgs, ctx: &Ctx, config: &Config) -> anyhow::Result<()>
         opts.block_size = v.block_size;
         opts.threads = ctx.threads;
         opts.read_limit = ctx.read_limit.clone();
-        let result =
-            super::backup::backup_volume(ctx, location, std::path::Path::new(&v.source), opts)
-                .await;
+        let defaults = PoolLimits::default();
+        let limits = PoolLimits {
+            max_data: v.max_pool_data.map_or(defaults.max_data, f64::from),
+            max_metadata: v.max_pool_metadata.map_or(defaults.max_metadata, f64::from),
+        };
+        let source = std::path::Path::new(&v.source);
+        let result = super::backup::backup_volume(ctx, location, source, opts, limits).await;
         report(Step {
             operation: Operation::Backup,
             volume: v.name.to_string(),

@@ -129,6 +129,33 @@ pub struct Header {
     pub compression: Compression,
     /// Source description.
     pub source: SourceInfo,
+    /// For a backup of an LVM thin LV (format 1.1, optional): the snapshot this point
+    /// was read from, kept as the base of the next delta.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lvm: Option<LvmSnapshot>,
+}
+
+/// The LVM thin snapshot an archive was read from (header key `lvm`, format 1.1). The
+/// next backup of the volume trusts that snapshot as its base only if it still exists
+/// with this uuid and thin id; otherwise it falls back to a full scan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LvmSnapshot {
+    /// Volume group.
+    pub vg: String,
+    /// The backed-up thin LV.
+    pub lv: String,
+    /// Its LVM uuid.
+    pub lv_uuid: String,
+    /// Its thin pool.
+    pub pool: String,
+    /// The snapshot LV's name (in the same VG).
+    pub snapshot: String,
+    /// The snapshot LV's uuid.
+    pub snapshot_uuid: String,
+    /// The snapshot's thin device id in the pool.
+    pub thin_id: u64,
+    /// The pool's chunk size in bytes.
+    pub chunk_size: u64,
 }
 
 impl Header {
@@ -233,6 +260,7 @@ pub(crate) fn test_header(size: u64) -> Header {
             path: "/x".into(),
             method: "full".into(),
         },
+        lvm: None,
     }
 }
 
@@ -264,6 +292,7 @@ mod tests {
                 path: "/img".into(),
                 method: "scan".into(),
             },
+            lvm: None,
         }
     }
 
@@ -278,6 +307,37 @@ mod tests {
             ciborium::Value::Map(m) => m,
             _ => unreachable!("a header is a map"),
         }
+    }
+
+    #[test]
+    fn lvm_key_round_trips_and_is_optional() {
+        let mut h = sample();
+        h.lvm = Some(LvmSnapshot {
+            vg: "vg0".into(),
+            lv: "web".into(),
+            lv_uuid: "rPA6P5-RfIj-Kxof-Od3P-pkvh-qnNc-rMpq1b".into(),
+            pool: "pool".into(),
+            snapshot: "web-thinarc-fedcba987654".into(),
+            snapshot_uuid: "P5k2ga-M18t-aBCd-0BsV-cxy1-yp4K-kATD8O".into(),
+            thin_id: 7,
+            chunk_size: 65536,
+        });
+        let mut out = Vec::new();
+        h.encode(&mut out).unwrap();
+        let pre = Preamble::decode(&out).unwrap();
+        assert_eq!((pre.major, pre.minor), (1, 1));
+        assert_eq!(Header::decode(&out[PREAMBLE_LEN..]).unwrap(), h);
+        let keys: Vec<String> = map(&h)
+            .iter()
+            .filter_map(|(k, _)| k.as_text().map(str::to_string))
+            .collect();
+        assert_eq!(keys.last().map(String::as_str), Some("lvm"));
+        // Without it (every 1.0 archive), the key is absent, not null.
+        let plain = sample();
+        assert!(!map(&plain).iter().any(|(k, _)| k.as_text() == Some("lvm")));
+        let mut out = Vec::new();
+        plain.encode(&mut out).unwrap();
+        assert_eq!(Header::decode(&out[PREAMBLE_LEN..]).unwrap().lvm, None);
     }
 
     #[test]

@@ -22,7 +22,7 @@ pub use frame::{
     frame_content_len as stored_frame_content_len,
 };
 pub use geometry::{BlockSize, Geometry};
-pub use header::{Compression, Header, ParentRef, Preamble, SourceInfo};
+pub use header::{Compression, Header, LvmSnapshot, ParentRef, Preamble, SourceInfo};
 pub use index::{DirEntry, EntryKind, IndexEntry, decode_segment};
 pub use magic::*;
 pub use reader::{ArchiveReader, block_from_frame, decode_directory, frame_content_len};

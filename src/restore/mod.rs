@@ -7,8 +7,13 @@
 //! decoding, checking and writing run on the blocking pool, and the image digest is
 //! recomputed in block order from the digests of the blocks actually written.
 
+mod lv;
 mod plan;
 pub(crate) mod read;
+mod readback;
+
+pub use lv::{LvRestoreReport, restore_to_lv};
+pub use readback::read_back;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -35,6 +40,9 @@ pub struct RestoreOptions {
     pub force: bool,
     /// Blocks decoded and written in parallel.
     pub threads: usize,
+    /// The target is a block device that reads zero everywhere (a new thin LV): zero
+    /// blocks are not written.
+    pub fresh_target: bool,
 }
 
 /// The result of a successful restore.
@@ -90,6 +98,18 @@ pub enum RestoreError {
     /// A pipeline task died.
     #[error("restore task failed: {0}")]
     Task(String),
+    /// The target LV could not be found, created or used.
+    #[error(transparent)]
+    Lvm(#[from] crate::lvm::LvmError),
+    /// Reading the target back gave another image digest.
+    #[error(
+        "read back from {target}: image digest {actual} is not the restored point's {expected}; the device did not keep what was written"
+    )]
+    ReadbackMismatch {
+        target: String,
+        expected: String,
+        actual: String,
+    },
 }
 
 /// Restores the point `opts.at` of `volume` onto `target`.
@@ -121,7 +141,11 @@ pub async fn restore(
     }
     let geometry = tip.geometry();
     progress.set_total(geometry.size());
-    let out = Arc::new(FileTarget::open(target, geometry.size())?);
+    let mut out = FileTarget::open(target, geometry.size())?;
+    if opts.fresh_target {
+        out = out.assume_zeroed();
+    }
+    let out = Arc::new(out);
 
     // One thread writes, in block order: concurrent writes to one file contend on its
     // lock, and sequential writes are what devices like best.

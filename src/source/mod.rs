@@ -1,9 +1,11 @@
-//! Where blocks come from: an image file or block device read in block order, and the
-//! plan of which blocks to read (everything, or a changed-block list).
+//! Where blocks come from: an image file or block device read in block order, an LVM
+//! thin LV read through a snapshot ([`lvm`]), and the plan of which blocks to read
+//! (everything, or a changed-block list).
 //!
 //! A source only reads; it knows nothing of archives or repositories.
 
 mod changed;
+pub mod lvm;
 mod raw;
 
 pub use changed::{ChangedBlocksError, parse_changed_blocks};

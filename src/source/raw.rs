@@ -1,5 +1,6 @@
 //! An image file or block device, read with positioned reads. Holes of sparse files
-//! are found with `SEEK_DATA`/`SEEK_HOLE` and not read at all.
+//! are found with `SEEK_DATA`/`SEEK_HOLE` and not read at all, and so are ranges the
+//! caller knows to read as zero (the unmapped chunks of a thin snapshot).
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -44,6 +45,8 @@ pub struct RawSource {
     path: PathBuf,
     size: u64,
     is_device: bool,
+    /// Byte ranges known to read as zero, sorted and disjoint: treated as holes.
+    unmapped: Vec<std::ops::Range<u64>>,
 }
 
 impl RawSource {
@@ -70,12 +73,22 @@ impl RawSource {
             path: path.to_path_buf(),
             size: meta.len(),
             is_device,
+            unmapped: Vec::new(),
         };
         src.size = src.current_size().map_err(|e| match e {
             SourceError::Read { source, .. } => open_err(source),
             e => e,
         })?;
         Ok(src)
+    }
+
+    /// Declares byte ranges that read as zero (for example the unmapped chunks of a
+    /// thin snapshot): they are treated as holes, not read, and become zero blocks.
+    pub fn with_unmapped(mut self, ranges: Vec<std::ops::Range<u64>>) -> Self {
+        self.unmapped = crate::source::ReadPlan::from_ranges(ranges, u64::MAX)
+            .ranges()
+            .to_vec();
+        self
     }
 
     /// Size in bytes when opened.
@@ -151,8 +164,33 @@ impl RawSource {
     }
 
     /// The next data extent within `pos..end` as `(start, end)`, or `None` when the
-    /// rest is a hole. Devices and file systems without hole support are all data.
-    fn next_data(&self, pos: u64, end: u64) -> Result<Option<(u64, u64)>, SourceError> {
+    /// rest is a hole or unmapped.
+    fn next_data(&self, mut pos: u64, end: u64) -> Result<Option<(u64, u64)>, SourceError> {
+        loop {
+            // Skip an unmapped range covering `pos`.
+            let i = self.unmapped.partition_point(|r| r.end <= pos);
+            if let Some(r) = self.unmapped.get(i).filter(|r| r.start <= pos) {
+                pos = r.end;
+            }
+            if pos >= end {
+                return Ok(None);
+            }
+            let Some((start, stop)) = self.next_stored_data(pos, end)? else {
+                return Ok(None);
+            };
+            let i = self.unmapped.partition_point(|r| r.end <= start);
+            match self.unmapped.get(i) {
+                // The extent starts inside an unmapped range: look after it.
+                Some(r) if r.start <= start => pos = r.end,
+                Some(r) => return Ok(Some((start, stop.min(r.start)))),
+                None => return Ok(Some((start, stop))),
+            }
+        }
+    }
+
+    /// The next extent of stored data within `pos..end`, or `None` when the rest is a
+    /// hole. Devices and file systems without hole support are all data.
+    fn next_stored_data(&self, pos: u64, end: u64) -> Result<Option<(u64, u64)>, SourceError> {
         if self.is_device {
             return Ok(Some((pos, end)));
         }
@@ -224,5 +262,37 @@ impl RawSource {
             });
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unmapped_ranges_read_as_zero_and_are_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("img");
+        std::fs::write(&path, vec![7u8; 100]).unwrap();
+        let src =
+            RawSource::open(&path)
+                .unwrap()
+                .with_unmapped(vec![40..60, 10..20, 15..25, 90..200]);
+        let mut buf = vec![1u8; 100];
+        assert_eq!(src.read_at(0, &mut buf).unwrap(), 100 - 15 - 20 - 10);
+        let expect: Vec<u8> = (0..100u64)
+            .map(|i| {
+                if (10..25).contains(&i) || (40..60).contains(&i) || i >= 90 {
+                    0
+                } else {
+                    7
+                }
+            })
+            .collect();
+        assert_eq!(buf, expect);
+        assert_eq!(src.data_start(10, 100).unwrap(), 25);
+        assert_eq!(src.data_start(40, 60).unwrap(), 60);
+        assert_eq!(src.data_start(90, 100).unwrap(), 100);
+        assert_eq!(src.next_data(30, 100).unwrap(), Some((30, 40)));
     }
 }

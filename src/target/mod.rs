@@ -1,5 +1,6 @@
 //! Where restored blocks go: a new image file (written under a temporary name and
-//! renamed into place when complete), an existing image file, or a block device.
+//! renamed into place when complete), an existing image file, a block device, or an
+//! LV ([`lv`], found or created, then written as a block device).
 //!
 //! A target only writes what it is given at the offsets it is given; it knows nothing
 //! of archives.
@@ -8,6 +9,8 @@ use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
+
+pub mod lv;
 
 /// Why a target could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +48,9 @@ pub enum TargetKind {
     ExistingFile,
     /// A block device: zero blocks are zeroed with `BLKZEROOUT` (or written).
     BlockDevice,
+    /// A block device known to read zero everywhere (a new thin LV): zero blocks are
+    /// left alone.
+    FreshDevice,
 }
 
 /// An open restore target.
@@ -141,6 +147,15 @@ impl FileTarget {
         }
     }
 
+    /// Declares a block device target to read zero everywhere (a new thin LV), so zero
+    /// blocks are not written. No effect on files.
+    pub fn assume_zeroed(mut self) -> Self {
+        if self.kind == TargetKind::BlockDevice {
+            self.kind = TargetKind::FreshDevice;
+        }
+        self
+    }
+
     /// Device and inode of an existing target (`rdev` for a device), to recognise the
     /// backup's own source.
     pub fn identity(path: &Path) -> Option<(u64, u64)> {
@@ -179,7 +194,7 @@ impl FileTarget {
     pub fn zero(&self, offset: u64, len: u64) -> Result<(), TargetError> {
         let fd = self.file.as_raw_fd();
         let done = match self.kind {
-            TargetKind::NewFile => true,
+            TargetKind::NewFile | TargetKind::FreshDevice => true,
             TargetKind::ExistingFile => {
                 // SAFETY: fallocate on our own descriptor touches no memory.
                 let r = unsafe {

@@ -106,6 +106,7 @@ pub(crate) async fn restore_seq(
         at: PointSelector::Seq(seq),
         force: false,
         threads: 2,
+        fresh_target: false,
     };
     restore(repo, volume, target, &opts, Arc::default()).await
 }

@@ -516,6 +516,7 @@ fn header_for(size: u64, block_size: u32, parent: Option<ParentRef>) -> Header {
             path: "/tmp/test.img".into(),
             method: "full".into(),
         },
+        lvm: None,
     }
 }
 

@@ -6,6 +6,8 @@ mod copy;
 mod faults;
 mod format;
 mod lock;
+mod lvm;
+mod lvm_vm;
 mod merge;
 mod prune;
 mod prune_cli;

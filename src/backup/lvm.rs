@@ -1,0 +1,124 @@
+//! Backup of an LVM thin LV (`lvm:VG/LV`): the LVM source around the generic pipeline.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use super::{BackupError, BackupOptions, BackupReport, Base, backup_from};
+use crate::lvm::{LvName, PoolLimits};
+use crate::progress::Progress;
+use crate::repo::{Repository, new_id};
+use crate::source::lvm::{BaseState, LvmPlan, block_size_for_chunk, snapshot_name};
+
+/// Backs up the thin LV `name` as a new point of `opts.volume`.
+///
+/// A full backup reads only the chunks mapped in the snapshot; a delta reads the
+/// chunks `thin_delta` reports against the base snapshot. With no trustworthy base the
+/// run falls back to a full scan against the latest archive's digests and says so in
+/// the report's warnings.
+///
+/// # Errors
+/// [`BackupError`]; nothing is committed, the new snapshot is removed and the old base
+/// is kept.
+pub async fn backup_lvm(
+    repo: &Repository,
+    name: &LvName,
+    opts: &BackupOptions,
+    limits: PoolLimits,
+    progress: Arc<Progress>,
+) -> Result<BackupReport, BackupError> {
+    let base = Base::latest(repo, &opts.volume).await?;
+    // The LVM commands block briefly; they run inline so that an interrupted run
+    // unwinds through the snapshot guards before the process exits.
+    let plan = LvmPlan::inspect(name, base.tip())?;
+    let mut warnings = Vec::new();
+    if let BaseState::Untrusted { reason } = &plan.base {
+        warnings.push(format!(
+            "not using the base snapshot: {reason}; reading the whole snapshot and comparing with the latest archive's digests (correct, but slower)"
+        ));
+    }
+    let mut opts = opts.clone();
+    if base.tip().is_none() && opts.block_size.is_none() {
+        opts.block_size = Some(crate::format::BlockSize::new(block_size_for_chunk(
+            plan.pool.chunk_size,
+        ))?);
+    }
+    let archive_id = new_id();
+    let mut prepared = plan.prepare(&archive_id, limits)?;
+    opts.archive_id = Some(archive_id);
+    opts.lvm = Some(prepared.record.clone());
+    opts.changed_blocks = prepared.changed.clone();
+    let source = prepared.take_source();
+    let mut report = backup_from(repo, base, source, &opts, progress).await?;
+    warnings.extend(prepared.committed());
+    warnings.append(&mut report.warnings);
+    report.warnings = warnings;
+    Ok(report)
+}
+
+/// What `backup lvm:VG/LV --dry-run` found and would do.
+#[derive(Debug, Clone, Serialize)]
+pub struct DryRun {
+    /// The LV.
+    pub lv: String,
+    /// Its pool.
+    pub pool: String,
+    /// Pool data usage, percent.
+    pub pool_data_percent: Option<f64>,
+    /// Pool metadata usage, percent.
+    pub pool_metadata_percent: Option<f64>,
+    /// Why the run would be refused, if it would.
+    pub pool_problem: Option<String>,
+    /// A metadata snapshot is reserved on the pool (the run would release it).
+    pub metadata_snapshot_reserved: bool,
+    /// thinarc snapshots the run would remove.
+    pub strays: Vec<String>,
+    /// What the run would do.
+    pub action: String,
+    /// The snapshot the run would create (the name's last part depends on the new
+    /// archive id).
+    pub snapshot: String,
+}
+
+/// Inspects what `backup_lvm` would do, creating nothing.
+///
+/// # Errors
+/// [`BackupError`].
+pub async fn dry_run_lvm(
+    repo: &Repository,
+    name: &LvName,
+    opts: &BackupOptions,
+    limits: PoolLimits,
+) -> Result<DryRun, BackupError> {
+    let base = Base::latest(repo, &opts.volume).await?;
+    let plan = LvmPlan::inspect(name, base.tip())?;
+    let action = match &plan.base {
+        BaseState::NewVolume => format!(
+            "full backup of the chunks mapped in a new snapshot (block size {})",
+            opts.block_size
+                .map_or(block_size_for_chunk(plan.pool.chunk_size), |b| b.get())
+        ),
+        BaseState::Trusted { snapshot, .. } => format!(
+            "delta of the chunks thin_delta reports changed since snapshot {}/{}",
+            name.vg, snapshot.lv_name
+        ),
+        BaseState::Untrusted { reason } => {
+            format!("full scan against the latest archive's digests: {reason}")
+        }
+    };
+    Ok(DryRun {
+        lv: name.to_string(),
+        pool: plan.pool_name(),
+        pool_data_percent: plan.pool.data_percent,
+        pool_metadata_percent: plan.pool.metadata_percent,
+        pool_problem: plan.check_pool(limits).err().map(|e| e.to_string()),
+        metadata_snapshot_reserved: plan.pool_status.held_metadata_root.is_some(),
+        strays: plan
+            .strays
+            .iter()
+            .map(|s| format!("{}/{}", name.vg, s.lv_name))
+            .collect(),
+        action,
+        snapshot: format!("{}/{}", name.vg, snapshot_name(&name.lv, "<archive id>")),
+    })
+}

@@ -1,0 +1,470 @@
+//! Source `lvm:VG/LV`: a thin LV read through a thin snapshot, with the changed
+//! blocks found in the pool's metadata.
+//!
+//! One run: [`LvmPlan::inspect`] looks at the LV, its pool and thinarc's snapshots of
+//! it and decides whether the snapshot recorded by the last archive can be trusted as
+//! the base (creating nothing); [`LvmPlan::prepare`] checks the pool, removes stray
+//! snapshots, takes the new snapshot (tagged, read-only, activated), reserves the
+//! pool's metadata snapshot just long enough to run `thin_delta` (or `thin_dump` for a
+//! full backup) and opens the snapshot for reading. After the archive is committed,
+//! [`PreparedLvm::committed`] keeps the new snapshot as the next base and removes the
+//! old one; if the run fails or is interrupted, dropping [`PreparedLvm`] removes the
+//! new snapshot and the old base stays.
+//!
+//! Snapshots are named `<LV>-thinarc-<first 12 digits of the archive id>` and carry
+//! three tags: `thinarc`, `thinarc-origin-<LV uuid>` (finds a volume's snapshots even
+//! if they were renamed) and `thinarc-archive-<archive id>` (which archive was read
+//! from it: a snapshot whose archive is not the volume's latest is a stray).
+
+use std::ops::Range;
+
+use crate::format::{Header, LvmSnapshot};
+use crate::lvm::{
+    LvInfo, LvName, Lvm, LvmError, MetadataSnapshot, NO_ARCHIVE, PoolLimits, PoolLock, PoolProblem,
+    PoolStatus, check_pool, dm_name, parse_pool_status, run_tool, thin_delta, thin_dump_mapped,
+};
+use crate::source::{RawSource, SourceError};
+
+/// Tag on every snapshot thinarc creates.
+pub const TAG: &str = "thinarc";
+
+/// Tag naming the origin LV (by uuid) of a thinarc snapshot.
+pub fn origin_tag(lv_uuid: &str) -> String {
+    format!("thinarc-origin-{lv_uuid}")
+}
+
+/// Tag naming the archive read from a thinarc snapshot.
+pub fn archive_tag(archive_id: &str) -> String {
+    format!("thinarc-archive-{archive_id}")
+}
+
+/// The snapshot name for a backup of `lv` into archive `archive_id`.
+pub fn snapshot_name(lv: &str, archive_id: &str) -> String {
+    let lv: String = lv.chars().take(100).collect();
+    let id: String = archive_id.chars().take(12).collect();
+    format!("{lv}-thinarc-{id}")
+}
+
+/// The archive block size for a new volume on a pool with `chunk` byte chunks: the
+/// largest power of two dividing the chunk size (chunks are multiples of 64 KiB, not
+/// always powers of two), clamped to 4 KiB ..= 16 MiB. Every chunk is then a whole
+/// number of blocks, so a changed chunk never drags in a neighbour's blocks.
+pub fn block_size_for_chunk(chunk: u64) -> u32 {
+    if chunk == 0 {
+        return crate::backup::DEFAULT_BLOCK_SIZE;
+    }
+    (1u64 << chunk.trailing_zeros()).clamp(4 << 10, 16 << 20) as u32
+}
+
+/// Why the LVM source cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LvmSourceError {
+    /// An LVM or thin tool failed.
+    #[error(transparent)]
+    Lvm(#[from] LvmError),
+    /// The pool is too full or unhealthy; nothing was created.
+    #[error("{0}; nothing was created")]
+    Pool(#[from] PoolProblem),
+    /// The LV does not exist.
+    #[error("LV {0} not found (lvs lists the LVs)")]
+    NotFound(String),
+    /// The LV is not a thin LV.
+    #[error(
+        "LV {lv} is not a thin LV (segment type {segtype}): the lvm: source needs a thin LV; back up /dev/{lv} as a device instead"
+    )]
+    NotThin { lv: String, segtype: String },
+    /// The pool is not active.
+    #[error("thin pool {pool} is not active ({detail}): activate it (lvchange -ay) first")]
+    PoolInactive { pool: String, detail: String },
+    /// The snapshot could not be opened.
+    #[error(transparent)]
+    Source(#[from] SourceError),
+}
+
+/// Whether the base snapshot recorded by the last archive can be used for a delta.
+#[derive(Debug, Clone)]
+pub enum BaseState {
+    /// The volume has no archive yet: full backup of the mapped chunks.
+    NewVolume,
+    /// The snapshot is intact: changed chunks from `thin_delta`.
+    Trusted {
+        /// The snapshot LV.
+        snapshot: Box<LvInfo>,
+        /// Its thin id.
+        thin_id: u64,
+    },
+    /// The snapshot cannot be trusted: full scan against the last archive's digests.
+    Untrusted {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// What a run finds before creating anything.
+#[derive(Debug, Clone)]
+pub struct LvmPlan {
+    /// The LV.
+    pub name: LvName,
+    /// The LV as `lvs` reports it.
+    pub origin: LvInfo,
+    /// Its pool.
+    pub pool: LvInfo,
+    /// The pool's kernel status.
+    pub pool_status: PoolStatus,
+    /// The base for this run.
+    pub base: BaseState,
+    /// thinarc snapshots of this LV other than a trusted base: removed by the run.
+    pub strays: Vec<LvInfo>,
+}
+
+impl LvmPlan {
+    /// Inspects `name`, its pool and its thinarc snapshots against `last`, the header
+    /// of the volume's latest archive. Creates and changes nothing.
+    ///
+    /// # Errors
+    /// [`LvmSourceError`].
+    pub fn inspect(name: &LvName, last: Option<&Header>) -> Result<Self, LvmSourceError> {
+        let lvs = Lvm.lvs(&[&name.vg])?;
+        let origin = lvs
+            .iter()
+            .find(|l| l.lv_name == name.lv)
+            .cloned()
+            .ok_or_else(|| LvmSourceError::NotFound(name.to_string()))?;
+        if origin.segtype != "thin" {
+            return Err(LvmSourceError::NotThin {
+                lv: name.to_string(),
+                segtype: origin.segtype.clone(),
+            });
+        }
+        let pool = lvs
+            .iter()
+            .find(|l| l.lv_name == origin.pool_lv)
+            .cloned()
+            .ok_or_else(|| LvmSourceError::NotFound(format!("{}/{}", name.vg, origin.pool_lv)))?;
+        let tpool = format!("{}-tpool", dm_name(&name.vg, &pool.lv_name));
+        let status =
+            run_tool("dmsetup", &["status", &tpool]).map_err(|e| LvmSourceError::PoolInactive {
+                pool: format!("{}/{}", name.vg, pool.lv_name),
+                detail: e.to_string(),
+            })?;
+        let pool_status = parse_pool_status(&status)?;
+        let tagged: Vec<&LvInfo> = lvs
+            .iter()
+            .filter(|l| l.has_tag(TAG) && l.has_tag(&origin_tag(&origin.lv_uuid)))
+            .collect();
+        let base = judge_base(name, &origin, &pool, &lvs, last);
+        let keep = match &base {
+            BaseState::Trusted { snapshot, .. } => Some(snapshot.lv_uuid.clone()),
+            _ => None,
+        };
+        let strays = tagged
+            .into_iter()
+            .filter(|l| Some(&l.lv_uuid) != keep.as_ref())
+            .cloned()
+            .collect();
+        Ok(LvmPlan {
+            name: name.clone(),
+            origin,
+            pool,
+            pool_status,
+            base,
+            strays,
+        })
+    }
+
+    /// The pool as `VG/POOL`.
+    pub fn pool_name(&self) -> String {
+        format!("{}/{}", self.name.vg, self.pool.lv_name)
+    }
+
+    /// Checks the pool's usage and health.
+    ///
+    /// # Errors
+    /// [`PoolProblem`].
+    pub fn check_pool(&self, limits: PoolLimits) -> Result<(), PoolProblem> {
+        check_pool(&self.pool, &self.pool_status, limits)
+    }
+
+    /// Checks the pool, removes strays, takes and opens the new snapshot for archive
+    /// `archive_id`, and finds what to read.
+    ///
+    /// # Errors
+    /// [`LvmSourceError`]; anything created is removed again.
+    pub fn prepare(
+        self,
+        archive_id: &str,
+        limits: PoolLimits,
+    ) -> Result<PreparedLvm, LvmSourceError> {
+        self.check_pool(limits)?;
+        let vg = &self.name.vg;
+        let mut warnings = Vec::new();
+        for s in &self.strays {
+            let what = format!("{vg}/{}", s.lv_name);
+            match remove_snapshot(vg, &s.lv_name) {
+                Ok(()) => warnings.push(format!(
+                    "removed thinarc snapshot {what}: left by an interrupted run or no longer the base"
+                )),
+                Err(e) => warnings.push(format!("could not remove stray thinarc snapshot {what}: {e}")),
+            }
+        }
+        let snap_name = snapshot_name(&self.name.lv, archive_id);
+        let (t_origin, t_archive) = (origin_tag(&self.origin.lv_uuid), archive_tag(archive_id));
+        Lvm.run(
+            "lvcreate",
+            &[
+                "--config",
+                NO_ARCHIVE,
+                "-s",
+                "-n",
+                &snap_name,
+                "-p",
+                "r",
+                "--addtag",
+                TAG,
+                "--addtag",
+                &t_origin,
+                "--addtag",
+                &t_archive,
+                &self.name.to_string(),
+            ],
+        )?;
+        let guard = SnapshotGuard {
+            vg: vg.clone(),
+            name: snap_name.clone(),
+            keep: false,
+        };
+        let snap_lv = format!("{vg}/{snap_name}");
+        Lvm.run("lvchange", &["--config", NO_ARCHIVE, "-ay", "-K", &snap_lv])?;
+        let snap = Lvm
+            .lv(&LvName {
+                vg: vg.clone(),
+                lv: snap_name.clone(),
+            })?
+            .ok_or_else(|| LvmSourceError::NotFound(snap_lv.clone()))?;
+        let thin_id = snap.thin_id.ok_or_else(|| {
+            LvmError::Unusable(format!(
+                "lvs reports no thin id for the new snapshot {snap_lv}"
+            ))
+        })?;
+        let dev = std::path::PathBuf::from(format!("/dev/mapper/{}", dm_name(vg, &snap_name)));
+        let size = self.origin.size;
+        let (changed, unmapped) = self.read_metadata(thin_id, size, &mut warnings)?;
+        let source = RawSource::open(&dev)?.with_unmapped(unmapped);
+        let old_base = match &self.base {
+            BaseState::Trusted { snapshot, .. } => Some(snapshot.lv_name.clone()),
+            _ => None,
+        };
+        Ok(PreparedLvm {
+            source: Some(source),
+            changed,
+            record: LvmSnapshot {
+                vg: vg.clone(),
+                lv: self.name.lv.clone(),
+                lv_uuid: self.origin.lv_uuid.clone(),
+                pool: self.pool.lv_name.clone(),
+                snapshot: snap_name,
+                snapshot_uuid: snap.lv_uuid,
+                thin_id,
+                chunk_size: self.pool.chunk_size,
+            },
+            warnings,
+            old_base,
+            guard,
+        })
+    }
+
+    /// Under the pool lock: releases a metadata snapshot left reserved by a killed run,
+    /// reserves one, and reads the changed chunks (trusted base) or the mapped chunks
+    /// of the new snapshot. Returns the changed byte ranges (for a delta) and the byte
+    /// ranges that read as zero.
+    #[allow(clippy::type_complexity)]
+    fn read_metadata(
+        &self,
+        thin_id: u64,
+        size: u64,
+        warnings: &mut Vec<String>,
+    ) -> Result<(Option<Vec<Range<u64>>>, Vec<Range<u64>>), LvmSourceError> {
+        let pool_dm = dm_name(&self.name.vg, &self.pool.lv_name);
+        let tpool = format!("{pool_dm}-tpool");
+        let meta = format!(
+            "/dev/mapper/{}",
+            dm_name(&self.name.vg, &format!("{}_tmeta", self.pool.lv_name))
+        );
+        let _lock = PoolLock::acquire(&pool_dm)?;
+        let status = parse_pool_status(&run_tool("dmsetup", &["status", &tpool])?)?;
+        if let Some(root) = status.held_metadata_root {
+            MetadataSnapshot::release_stale(&tpool)?;
+            warnings.push(format!(
+                "released a metadata snapshot (root {root}) left reserved on pool {} by an interrupted run",
+                self.pool_name()
+            ));
+        }
+        let held = MetadataSnapshot::reserve(&tpool)?;
+        let result = match &self.base {
+            BaseState::Trusted { thin_id: old, .. } => thin_delta(&meta, *old, thin_id)
+                .map(|d| (Some(d.changed_bytes()), d.unmapped_bytes())),
+            _ => thin_dump_mapped(&meta, thin_id).map(|m| (None, m.unmapped_bytes(size))),
+        };
+        held.release()?;
+        Ok(result?)
+    }
+}
+
+/// Decides whether the snapshot recorded in `last` is a base to trust.
+fn judge_base(
+    name: &LvName,
+    origin: &LvInfo,
+    pool: &LvInfo,
+    lvs: &[LvInfo],
+    last: Option<&Header>,
+) -> BaseState {
+    let Some(last) = last else {
+        return BaseState::NewVolume;
+    };
+    let untrusted = |reason: String| BaseState::Untrusted { reason };
+    let Some(rec) = &last.lvm else {
+        return untrusted(format!(
+            "the latest archive {} was not read from an LVM snapshot",
+            last.archive_id
+        ));
+    };
+    let snap_name = format!("{}/{}", rec.vg, rec.snapshot);
+    if rec.vg != name.vg || rec.lv_uuid != origin.lv_uuid {
+        return untrusted(format!(
+            "the latest archive was read from LV {}/{} (uuid {}), not {name} (uuid {})",
+            rec.vg, rec.lv, rec.lv_uuid, origin.lv_uuid
+        ));
+    }
+    let Some(snap) = lvs.iter().find(|l| l.lv_name == rec.snapshot) else {
+        return untrusted(format!("its base snapshot {snap_name} is missing"));
+    };
+    if snap.lv_uuid != rec.snapshot_uuid {
+        return untrusted(format!(
+            "{snap_name} has uuid {}, the latest archive recorded {}",
+            snap.lv_uuid, rec.snapshot_uuid
+        ));
+    }
+    if snap.thin_id != Some(rec.thin_id) || snap.pool_lv != pool.lv_name || rec.pool != pool.lv_name
+    {
+        return untrusted(format!(
+            "{snap_name} has thin id {:?} in pool {}, the latest archive recorded {} in pool {}",
+            snap.thin_id, snap.pool_lv, rec.thin_id, rec.pool
+        ));
+    }
+    if !snap.has_tag(&archive_tag(&last.archive_id)) {
+        return untrusted(format!(
+            "{snap_name} is not tagged {}",
+            archive_tag(&last.archive_id)
+        ));
+    }
+    if snap.is_writable() {
+        return untrusted(format!(
+            "{snap_name} was made writable, so it may have changed"
+        ));
+    }
+    BaseState::Trusted {
+        snapshot: Box::new(snap.clone()),
+        thin_id: rec.thin_id,
+    }
+}
+
+/// Removes a thinarc snapshot (active or not).
+fn remove_snapshot(vg: &str, name: &str) -> Result<(), LvmError> {
+    Lvm.run(
+        "lvremove",
+        &["--config", NO_ARCHIVE, &format!("{vg}/{name}")],
+    )
+}
+
+/// Removes the new snapshot when dropped, unless it was kept. Runs `lvremove`
+/// synchronously: Drop cannot await, and an interrupted run unwinds through here
+/// before the process exits.
+#[derive(Debug)]
+struct SnapshotGuard {
+    vg: String,
+    name: String,
+    keep: bool,
+}
+
+impl Drop for SnapshotGuard {
+    fn drop(&mut self) {
+        if !self.keep
+            && let Err(e) = remove_snapshot(&self.vg, &self.name)
+        {
+            eprintln!(
+                "warning: removing snapshot {}/{} failed: {e}; the next run removes it",
+                self.vg, self.name
+            );
+        }
+    }
+}
+
+/// A snapshot taken and opened, and what to read from it.
+#[derive(Debug)]
+pub struct PreparedLvm {
+    source: Option<RawSource>,
+    /// Changed byte ranges against the base (`None`: read every mapped chunk).
+    pub changed: Option<Vec<Range<u64>>>,
+    /// What the archive header records.
+    pub record: LvmSnapshot,
+    /// Things done or found along the way, for the report.
+    pub warnings: Vec<String>,
+    old_base: Option<String>,
+    guard: SnapshotGuard,
+}
+
+impl PreparedLvm {
+    /// The opened snapshot (once).
+    ///
+    /// # Panics
+    /// If taken twice.
+    pub fn take_source(&mut self) -> RawSource {
+        self.source.take().expect("source taken once")
+    }
+
+    /// The archive is committed: keeps the new snapshot (deactivated) as the next
+    /// base and removes the old base. Returns warnings; the commit stands whatever
+    /// happens here.
+    pub fn committed(mut self) -> Vec<String> {
+        self.guard.keep = true;
+        self.source = None;
+        let vg = self.guard.vg.clone();
+        let mut warnings = std::mem::take(&mut self.warnings);
+        let snap = format!("{vg}/{}", self.guard.name);
+        if let Err(e) = Lvm.run("lvchange", &["--config", NO_ARCHIVE, "-an", &snap]) {
+            warnings.push(format!("could not deactivate snapshot {snap}: {e}"));
+        }
+        if let Some(old) = &self.old_base
+            && let Err(e) = remove_snapshot(&vg, old)
+        {
+            warnings.push(format!(
+                "could not remove the previous base snapshot {vg}/{old}: {e}; the next run removes it"
+            ));
+        }
+        warnings
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn block_size_follows_the_chunk_size() {
+        assert_eq!(block_size_for_chunk(64 << 10), 64 << 10);
+        assert_eq!(block_size_for_chunk(192 << 10), 64 << 10);
+        assert_eq!(block_size_for_chunk(1 << 20), 1 << 20);
+        assert_eq!(block_size_for_chunk(1 << 30), 16 << 20);
+        assert_eq!(block_size_for_chunk(0), crate::backup::DEFAULT_BLOCK_SIZE);
+    }
+
+    #[test]
+    fn names_and_tags() {
+        let id = "0123456789abcdef0123456789abcdef";
+        assert_eq!(snapshot_name("web", id), "web-thinarc-0123456789ab");
+        assert_eq!(archive_tag(id), format!("thinarc-archive-{id}"));
+        assert_eq!(origin_tag("rPA6P5-RfIj"), "thinarc-origin-rPA6P5-RfIj");
+        assert_eq!(snapshot_name(&"x".repeat(127), id).len(), 100 + 21);
+    }
+}

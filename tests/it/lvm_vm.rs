@@ -1,0 +1,311 @@
+//! Real LVM end to end, inside a qemu VM (the host kernel has no device-mapper).
+//!
+//! `lvm_in_vm` (host) boots `tests/vm/run.sh`, which runs THIS test binary inside the
+//! VM over 9p with `THINARC_IN_VM=1`, selecting `guest_scenario`: a thin pool and a
+//! thin LV with ext4 and real files, backed up with the thinarc binary built for
+//! these tests, changed, trimmed, backed up again, interrupted, refused, and restored
+//! onto new LVs. `guest_scenario` is `#[ignore]`d on the host: it needs the VM.
+
+use std::process::Command;
+
+use crate::util::TempRepo;
+
+#[test]
+fn lvm_in_vm() {
+    let exe = std::env::current_exe().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("guest.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "cd {}\nexec {} --exact lvm_vm::guest_scenario --ignored --nocapture --test-threads=1\n",
+            env!("CARGO_MANIFEST_DIR"),
+            exe.display()
+        ),
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let o = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/vm/run.sh"))
+        .arg(&script)
+        .env("PV_SIZE", "3G")
+        .output()
+        .expect("run tests/vm/run.sh");
+    let out = String::from_utf8_lossy(&o.stdout);
+    let err = String::from_utf8_lossy(&o.stderr);
+    eprintln!("{err}");
+    println!("{out}");
+    assert!(
+        o.status.success() && out.contains("test result: ok. 1 passed; 0 failed"),
+        "the LVM scenario failed in the VM (exit {:?}); output above",
+        o.status.code()
+    );
+    eprintln!("LVM VM test took {:.0} s", started.elapsed().as_secs_f64());
+}
+
+/// Runs a shell command in the guest, asserting success; returns stdout.
+fn sh(cmd: &str) -> String {
+    let o = Command::new("bash").args(["-c", cmd]).output().unwrap();
+    assert!(
+        o.status.success(),
+        "`{cmd}` failed: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// thinarc's snapshots in the VG.
+fn thinarc_snapshots() -> Vec<String> {
+    sh("lvs --noheadings -o lv_name @thinarc")
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
+}
+
+/// sha256 of the first `len` bytes of a device.
+fn sha256_of(dev: &str, len: u64) -> String {
+    sh(&format!("head -c {len} {dev} | sha256sum | cut -d' ' -f1"))
+        .trim()
+        .to_string()
+}
+
+/// Percent of an LV's chunks mapped in the pool.
+fn mapped_percent(lv: &str) -> f64 {
+    sh(&format!("lvs --noheadings -o data_percent {lv}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// sha256 and mapped percent of the kept base snapshot (activated for the read, then
+/// deactivated again).
+fn snapshot_sha256(size: u64) -> (String, f64) {
+    let snaps = thinarc_snapshots();
+    assert_eq!(
+        snaps.len(),
+        1,
+        "exactly one thinarc snapshot after a run: {snaps:?}"
+    );
+    let lv = format!("vg/{}", snaps[0]);
+    sh(&format!("lvchange -ay -K {lv}"));
+    let h = sha256_of(&format!("/dev/{lv}"), size);
+    let mapped = mapped_percent(&lv);
+    sh(&format!("lvchange -an {lv}"));
+    (h, mapped)
+}
+
+/// Writes `mib` MiB of random data to `path` and syncs.
+fn write_file(path: &str, mib: usize) {
+    sh(&format!("head -c {mib}M /dev/urandom > {path} && sync"));
+}
+
+/// Logs a step with the time since the scenario started.
+fn step(t0: std::time::Instant, what: &str) {
+    eprintln!("[{:6.1}s] {what}", t0.elapsed().as_secs_f64());
+}
+
+fn held_metadata_root() -> String {
+    sh("dmsetup status vg-pool-tpool")
+        .split_whitespace()
+        .nth(6)
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+#[ignore = "runs inside the VM that lvm_in_vm boots"]
+fn guest_scenario() {
+    assert_eq!(
+        std::env::var("THINARC_IN_VM").as_deref(),
+        Ok("1"),
+        "run by lvm_in_vm"
+    );
+    const SIZE: u64 = 64 << 20;
+    sh("pvcreate -q -y /dev/vda && vgcreate -q vg /dev/vda");
+    sh(
+        "lvcreate -q -y -L 1G --chunksize 64k -T vg/pool && lvcreate -q -y -V 64M -T vg/pool -n data",
+    );
+    sh("mkfs.ext4 -q -E nodiscard /dev/vg/data && mkdir -p /tmp/fs && mount /dev/vg/data /tmp/fs");
+    let t0 = std::time::Instant::now();
+    for i in 0..8 {
+        write_file(&format!("/tmp/fs/file{i}"), 1);
+    }
+    let t = TempRepo::new();
+    let mut hashes = Vec::new();
+
+    // Full backup: only mapped chunks are read.
+    let full = t.json(&["backup", "lvm:vg/data"]);
+    assert_eq!(full["volume"], "vg/data");
+    assert_eq!(full["kind"], "full");
+    assert_eq!(full["block_size"], 65536);
+    let read = full["bytes_read"].as_u64().unwrap();
+    assert!(
+        (8 << 20..SIZE / 2).contains(&read),
+        "full backup read {read} bytes"
+    );
+    hashes.push(snapshot_sha256(SIZE));
+
+    // Change two files: the delta reads about what changed, far below the LV size.
+    step(t0, "full backup done");
+    write_file("/tmp/fs/file1", 1);
+    write_file("/tmp/fs/file5", 1);
+    let d = t.json(&["backup", "lvm:vg/data"]);
+    assert_eq!(
+        (d["kind"].as_str(), d["method"].as_str()),
+        (Some("delta"), Some("changed-blocks")),
+        "{d}"
+    );
+    let read = d["bytes_read"].as_u64().unwrap();
+    assert!(
+        (2 << 20..6 << 20).contains(&read),
+        "delta read {read} bytes for 4 MiB changed"
+    );
+    assert_eq!(d["warnings"].as_array().unwrap().len(), 0, "{d}");
+    hashes.push(snapshot_sha256(SIZE));
+
+    // Delete files and trim: discarded chunks become zero without being read.
+    sh("rm /tmp/fs/file2 /tmp/fs/file3 && sync && fstrim -v /tmp/fs");
+    let d = t.json(&["backup", "lvm:vg/data"]);
+    let read = d["bytes_read"].as_u64().unwrap();
+    assert!(read < 4 << 20, "trim delta read {read} bytes");
+    assert!(d["blocks_changed"].as_u64().unwrap() >= 32, "{d}");
+    hashes.push(snapshot_sha256(SIZE));
+
+    // A run killed mid-backup leaves a stray snapshot (and here also a reserved
+    // metadata snapshot, as a kill during thin_delta would); the next run removes and
+    // releases them, and says so.
+    step(t0, "trim delta done");
+    write_file("/tmp/fs/big", 32);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_thinarc"))
+        .args(["-q", "-r", t.location(), "backup", "lvm:vg/data"])
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    while thinarc_snapshots().len() < 2 {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before it could be killed"
+        );
+        assert!(t0.elapsed().as_secs() < 60, "no new snapshot appeared");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(
+        thinarc_snapshots().len(),
+        2,
+        "the killed run left its snapshot"
+    );
+    sh("dmsetup message vg-pool-tpool 0 reserve_metadata_snap");
+    assert_ne!(held_metadata_root(), "-");
+    let dry = t.ok(&["backup", "lvm:vg/data", "--dry-run"]);
+    assert!(dry.contains("stray snapshot vg/data-thinarc-"), "{dry}");
+    assert!(dry.contains("a metadata snapshot is reserved"), "{dry}");
+    assert_eq!(
+        thinarc_snapshots().len(),
+        2,
+        "--dry-run created or removed nothing"
+    );
+    let d = t.json(&["backup", "lvm:vg/data"]);
+    let warnings = d["warnings"].to_string();
+    assert!(
+        warnings.contains("removed thinarc snapshot vg/data-thinarc-"),
+        "{warnings}"
+    );
+    assert!(
+        warnings.contains("released a metadata snapshot"),
+        "{warnings}"
+    );
+    assert_eq!(d["method"], "changed-blocks");
+    assert_eq!(held_metadata_root(), "-");
+    hashes.push(snapshot_sha256(SIZE));
+
+    step(t0, "recovery after the killed run done");
+    // A broken base (snapshot removed behind thinarc's back): full scan, with a warning.
+    let base = thinarc_snapshots().remove(0);
+    sh(&format!("lvremove -y vg/{base}"));
+    write_file("/tmp/fs/file6", 1);
+    let d = t.json(&["backup", "lvm:vg/data"]);
+    assert_eq!(d["method"], "scan");
+    assert!(
+        d["warnings"]
+            .to_string()
+            .contains(&format!("its base snapshot vg/{base} is missing")),
+        "{d}"
+    );
+    hashes.push(snapshot_sha256(SIZE));
+
+    // A pool above the threshold is refused before anything is created.
+    let pct: f64 = sh("lvs --noheadings -o data_percent vg/pool")
+        .trim()
+        .parse()
+        .unwrap();
+    let before = thinarc_snapshots();
+    let e = t.fails(&["backup", "lvm:vg/data", "--max-pool-data", "1"]);
+    assert_eq!(
+        e.trim(),
+        format!(
+            "error: backup of lvm:vg/data to volume vg/data failed: thin pool vg/pool data usage is {pct:.2}%, above the limit of 1% (--max-pool-data): extend the pool (lvextend) or free space first; nothing was created"
+        )
+    );
+    assert_eq!(thinarc_snapshots(), before);
+
+    step(t0, "refusal done");
+    // Every point restores onto a new thin LV, identical to its snapshot.
+    sh("umount /tmp/fs");
+    for (i, (h, mapped)) in hashes.iter().enumerate() {
+        let seq = (i + 1).to_string();
+        let lv = format!("r{seq}");
+        t.ok(&[
+            "restore",
+            "vg/data",
+            &format!("lvm:vg/{lv}"),
+            "--create",
+            "--pool",
+            "vg/pool",
+            "--at",
+            &seq,
+        ]);
+        assert_eq!(&sha256_of(&format!("/dev/vg/{lv}"), SIZE), h, "point {seq}");
+        // Only data blocks were written: the restored LV maps no more than the
+        // snapshot it came from.
+        let restored = mapped_percent(&format!("vg/{lv}"));
+        assert!(
+            restored <= *mapped,
+            "restored LV {lv} maps {restored}%, its snapshot {mapped}%"
+        );
+    }
+
+    step(t0, "restores done");
+    // LV target: an existing LV needs --force, an open one is refused, and with
+    // --force an older point replaces a newer one exactly (zero blocks zeroed).
+    let e = t.fails(&["restore", "vg/data", "lvm:vg/r5", "--at", "1"]);
+    assert!(
+        e.contains("LV vg/r5 exists: pass --force to overwrite it"),
+        "{e}"
+    );
+    sh("mkdir -p /tmp/r5 && mount -o ro /dev/vg/r5 /tmp/r5");
+    let e = t.fails(&["restore", "vg/data", "lvm:vg/r5", "--at", "1", "--force"]);
+    assert!(
+        e.contains("LV vg/r5 is open (mounted or in use): unmount or close it first"),
+        "{e}"
+    );
+    sh("umount /tmp/r5");
+    t.ok(&["restore", "vg/data", "lvm:vg/r5", "--at", "1", "--force"]);
+    assert_eq!(sha256_of("/dev/vg/r5", SIZE), hashes[0].0);
+    let e = t.fails(&["restore", "vg/data", "lvm:vg/nope", "--at", "1"]);
+    assert!(
+        e.contains("LV vg/nope does not exist: pass --create"),
+        "{e}"
+    );
+    // A plain LV (no pool) of a given size.
+    t.ok(&[
+        "restore",
+        "vg/data",
+        "lvm:vg/plain",
+        "--create",
+        "--size",
+        "300M",
+    ]);
+    assert_eq!(sha256_of("/dev/vg/plain", SIZE), hashes[4].0);
+}
