@@ -8,5 +8,6 @@ mod format;
 mod lock;
 mod merge;
 mod s3;
+mod since;
 mod util;
 mod verify;
