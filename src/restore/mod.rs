@@ -17,9 +17,9 @@ use std::time::Instant;
 use futures::TryStreamExt;
 use serde::Serialize;
 
+use crate::backup::source_image_digest;
 use crate::format::{Digest, FormatError, Geometry, ImageHasher};
 use crate::progress::Progress;
-use crate::backup::source_image_digest;
 use crate::repo::{ChainCursor, PointSelector, RepoError, Repository, VolumeName};
 use crate::source::RawSource;
 use crate::target::{FileTarget, TargetError};

@@ -14,9 +14,17 @@ fn history(t: &TempRepo) -> Vec<Vec<u8>> {
     let mut rng = Rng::new(60);
     let mut img = make_image(4 * MIB, 61);
     let mut points = Vec::new();
-    let mut backup = |img: &Vec<u8>, points: &mut Vec<Vec<u8>>| {
+    let backup = |img: &Vec<u8>, points: &mut Vec<Vec<u8>>| {
         write(&src, img);
-        t.ok(&["backup", src.to_str().unwrap(), "--volume", "v", "--block-size", "4K", "-q"]);
+        t.ok(&[
+            "backup",
+            src.to_str().unwrap(),
+            "--volume",
+            "v",
+            "--block-size",
+            "4K",
+            "-q",
+        ]);
         points.push(img.clone());
     };
     let mut scribble = |img: &mut Vec<u8>, blocks: usize| {
@@ -40,19 +48,30 @@ fn history(t: &TempRepo) -> Vec<Vec<u8>> {
     points
 }
 
-/// A replica restored to `seq`, then padded with garbage to 8 MiB, as a device larger
-/// than the volume would be: what lies past the volume must be rewritten when the
-/// volume grows into it.
+/// A replica restored to `seq`, padded with garbage.
 fn replica(t: &TempRepo, seq: u64) -> std::path::PathBuf {
     let path = t.path("replica.img");
     let _ = std::fs::remove_file(&path);
-    t.ok(&["restore", "v", path.to_str().unwrap(), "--at", &seq.to_string(), "-q"]);
-    let mut bytes = read(&path);
+    t.ok(&[
+        "restore",
+        "v",
+        path.to_str().unwrap(),
+        "--at",
+        &seq.to_string(),
+        "-q",
+    ]);
+    pad(&path);
+    path
+}
+
+/// Pads `path` with garbage to 8 MiB, as a device larger than the volume would be:
+/// what lies past the volume must be rewritten when the volume grows into it.
+fn pad(path: &std::path::Path) {
+    let mut bytes = read(path);
     let len = bytes.len();
     bytes.resize(8 * MIB, 0);
-    Rng::new(62).fill(&mut bytes[len..]);
-    write(&path, &bytes);
-    path
+    Rng::new(len as u64).fill(&mut bytes[len..]);
+    write(path, &bytes);
 }
 
 fn assert_holds(path: &std::path::Path, image: &[u8], what: &str) {
@@ -68,6 +87,7 @@ fn since_writes_only_the_changes_across_grow_and_shrink() {
     assert_holds(&target, &points[0], "seq 1");
     let mut at = 1;
     for next in [2u64, 3, 4, 5] {
+        pad(&target);
         let r = t.json(&[
             "restore",
             "v",
@@ -79,7 +99,11 @@ fn since_writes_only_the_changes_across_grow_and_shrink() {
         ]);
         assert_eq!(r["since"], at);
         assert_eq!(r["target_checked"], true);
-        assert_holds(&target, &points[next as usize - 1], &format!("seq {next} since {at}"));
+        assert_holds(
+            &target,
+            &points[next as usize - 1],
+            &format!("seq {next} since {at}"),
+        );
         let written = r["bytes_written"].as_u64().unwrap();
         match next {
             // 20 changed blocks (some may coincide).
@@ -100,7 +124,16 @@ fn since_writes_only_the_changes_across_grow_and_shrink() {
 
     // Several points at once: from seq 1 straight to seq 4.
     let target = replica(&t, 1);
-    t.ok(&["restore", "v", target.to_str().unwrap(), "--at", "4", "--since", "1", "-q"]);
+    t.ok(&[
+        "restore",
+        "v",
+        target.to_str().unwrap(),
+        "--at",
+        "4",
+        "--since",
+        "1",
+        "-q",
+    ]);
     assert_holds(&target, &points[3], "seq 4 since 1");
 }
 
@@ -113,12 +146,22 @@ fn since_checks_the_target_first() {
     let mut bytes = read(&target);
     bytes[100 * BS..100 * BS + 5].copy_from_slice(b"local");
     write(&target, &bytes);
-    let e = t.fails(&["restore", "v", target.to_str().unwrap(), "--at", "2", "--since", "1"]);
+    let e = t.fails(&[
+        "restore",
+        "v",
+        target.to_str().unwrap(),
+        "--at",
+        "2",
+        "--since",
+        "1",
+    ]);
     assert!(
         e.contains(&format!(
             "target {} does not hold seq 1 (its image digest is ",
             target.display()
-        )) && e.contains("nothing was written: restore without --since, or name the point the target holds"),
+        )) && e.contains(
+            "nothing was written: restore without --since, or name the point the target holds"
+        ),
         "{e}"
     );
     assert!(read(&target) == bytes, "the target was not touched");
@@ -150,9 +193,19 @@ fn since_checks_the_target_first() {
     );
 
     // A point that is not an ancestor.
-    let e = t.fails(&["restore", "v", target.to_str().unwrap(), "--at", "2", "--since", "4"]);
+    let e = t.fails(&[
+        "restore",
+        "v",
+        target.to_str().unwrap(),
+        "--at",
+        "2",
+        "--since",
+        "4",
+    ]);
     assert!(
-        e.contains("--since 4: seq 4 is not an earlier point of the chain of seq 2 (its chain is 1 2)"),
+        e.contains(
+            "--since 4: seq 4 is not an earlier point of the chain of seq 2 (its chain is 1 2)"
+        ),
         "{e}"
     );
     // A target that does not exist.
