@@ -147,7 +147,7 @@ pub enum RestoreError {
     TargetUnreadable {
         target: String,
         seq: u64,
-        source: crate::backup::BackupError,
+        source: Box<crate::backup::BackupError>,
     },
     /// A pipeline task died.
     #[error("restore task failed: {0}")]
@@ -356,7 +356,7 @@ async fn since_point(
         let unreadable = |source| RestoreError::TargetUnreadable {
             target: target.display().to_string(),
             seq: base.header.seq,
-            source,
+            source: Box::new(source),
         };
         let source = RawSource::open(target)
             .and_then(|s| s.prefix(old.size()))
