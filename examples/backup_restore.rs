@@ -49,10 +49,8 @@ async fn main() -> anyhow::Result<()> {
     for seq in [1, 2] {
         let target = dir.path().join(format!("restored-{seq}.img"));
         let ropts = RestoreOptions {
-            at: PointSelector::Seq(seq),
-            force: false,
             threads: 2,
-            fresh_target: false,
+            ..RestoreOptions::new(PointSelector::Seq(seq))
         };
         let r = restore(&repo, &volume, &target, &ropts, Arc::default()).await?;
         println!(

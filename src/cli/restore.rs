@@ -41,6 +41,14 @@ pub struct RestoreArgs {
     /// lvm: do not read the LV back to check its image digest.
     #[arg(long)]
     pub no_readback: bool,
+    /// Incremental restore onto a replica: TARGET already holds this point (an archive
+    /// id, prefix or sequence number), so only the blocks changed since are written.
+    /// TARGET is read first to check it.
+    #[arg(long, value_name = "ARCHIVE", value_parser = PointSelector::parse)]
+    pub since: Option<PointSelector>,
+    /// With --since: skip reading TARGET to check that it holds that point.
+    #[arg(long, requires = "since")]
+    pub trust_target: bool,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
@@ -51,10 +59,10 @@ pub async fn run(args: RestoreArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let volume = VolumeName::new(&args.volume)?;
     let repo = ctx.open().await?;
     let opts = RestoreOptions {
-        at: args.at.clone(),
         force: args.force,
-        threads: ctx.threads,
-        fresh_target: false,
+        since: args.since.clone(),
+        trust_target: args.trust_target,
+        ..RestoreOptions::new(args.at.clone())
     };
     let progress = Arc::new(Progress::default());
     let display = Display::start(
@@ -97,11 +105,18 @@ pub async fn run(args: RestoreArgs, ctx: &Ctx) -> anyhow::Result<()> {
     display.finish().await;
     let report = result
         .with_context(|| format!("restore of {volume} to {} failed", args.target.display()))?;
+    for w in &report.warnings {
+        eprintln!("warning: {w}");
+    }
     if args.json {
         print_json(&report)?;
     } else if !ctx.quiet {
+        let since = report
+            .since
+            .map(|s| format!(" (changes since seq {s})"))
+            .unwrap_or_default();
         println!(
-            "restored {} seq {} archive {} to {}: {} written, image digest {} verified in {:.1}s",
+            "restored {} seq {} archive {} to {}{since}: {} written, image digest {} verified in {:.1}s",
             volume,
             report.seq,
             report.archive,

@@ -90,6 +90,9 @@ pub struct ChainCursor {
     floor: usize,
     /// A block yielded even when the layers below the floor decide it.
     boundary: Option<u64>,
+    /// The floor applies to blocks below this one only; from here on every run is
+    /// yielded, whoever decides it.
+    floor_end: u64,
 }
 
 impl ChainCursor {
@@ -117,6 +120,7 @@ impl ChainCursor {
             pos: 0,
             floor: 0,
             boundary: None,
+            floor_end: u64::MAX,
         }
     }
 
@@ -135,6 +139,16 @@ impl ChainCursor {
             floor,
             boundary,
             ..ChainCursor::new(chain)
+        }
+    }
+
+    /// This cursor with its floor applying only below block `end`: from `end` on, every
+    /// run of the point is yielded (an incremental restore must write the blocks past
+    /// the size its target held).
+    pub fn floor_until(self, end: u64) -> Self {
+        ChainCursor {
+            floor_end: end,
+            ..self
         }
     }
 
@@ -178,7 +192,14 @@ impl ChainCursor {
             }
             _ => false,
         };
-        let floor = if at_boundary { 0 } else { self.floor };
+        if p < self.floor_end {
+            bound = bound.min(self.floor_end);
+        }
+        let floor = if at_boundary || p >= self.floor_end {
+            0
+        } else {
+            self.floor
+        };
         for (i, layer) in self.layers.iter_mut().enumerate().rev() {
             let below = i < floor;
             if below {

@@ -22,9 +22,11 @@ use std::time::Instant;
 use futures::TryStreamExt;
 use serde::Serialize;
 
+use crate::backup::source_image_digest;
 use crate::format::{Digest, FormatError, Geometry, ImageHasher};
 use crate::progress::Progress;
 use crate::repo::{ChainCursor, PointSelector, RepoError, Repository, VolumeName};
+use crate::source::RawSource;
 use crate::target::{FileTarget, TargetError};
 use read::{BufferPool, Decoded, Span, read_units};
 
@@ -43,6 +45,25 @@ pub struct RestoreOptions {
     /// The target is a block device that reads zero everywhere (a new thin LV): zero
     /// blocks are not written.
     pub fresh_target: bool,
+    /// Incremental restore: the target already holds this point, so only the blocks
+    /// that changed between it and `at` are written.
+    pub since: Option<PointSelector>,
+    /// With `since`: do not read the target to check that it holds that point.
+    pub trust_target: bool,
+}
+
+impl RestoreOptions {
+    /// Restore point `at`: not forced, one thread per core, not incremental.
+    pub fn new(at: PointSelector) -> Self {
+        RestoreOptions {
+            at,
+            force: false,
+            threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            since: None,
+            trust_target: false,
+            fresh_target: false,
+        }
+    }
 }
 
 /// The result of a successful restore.
@@ -62,8 +83,18 @@ pub struct RestoreReport {
     pub bytes_written: u64,
     /// Bytes read from the repository (frames).
     pub bytes_fetched: u64,
-    /// Image digest, recomputed from what was written.
+    /// Image digest, recomputed from what was written (incremental: from the
+    /// unchanged blocks' recorded digests and the written blocks' checked ones).
     pub image_digest: String,
+    /// Incremental restore: the seq of the point the target held.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub since: Option<u64>,
+    /// Incremental restore: whether the target was read and found to hold that point
+    /// (false with `trust_target`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_checked: Option<bool>,
+    /// Things the user should know.
+    pub warnings: Vec<String>,
     /// Wall-clock seconds.
     pub seconds: f64,
 }
@@ -95,6 +126,38 @@ pub enum RestoreError {
         "target {target} is the source of volume {volume} (recorded in its archives); restoring over it destroys the live data: choose another target or pass --force"
     )]
     TargetIsSource { target: String, volume: String },
+    /// `--since` names a point that is not an ancestor of the restored one.
+    #[error(
+        "--since {since}: seq {seq} is not an earlier point of the chain of seq {at} (its chain is {chain}); restore without --since, or name a point of that chain"
+    )]
+    SinceNotInChain {
+        since: String,
+        seq: u64,
+        at: u64,
+        chain: String,
+    },
+    /// `--since` onto a target that does not exist.
+    #[error(
+        "--since needs an existing target holding that point; {target} does not exist (restore without --since first)"
+    )]
+    SinceWithoutTarget { target: String },
+    /// The target does not hold the `--since` point.
+    #[error(
+        "target {target} does not hold seq {seq} (its image digest is {actual}, seq {seq}'s is {expected}); nothing was written: restore without --since, or name the point the target holds"
+    )]
+    TargetNotAtSince {
+        target: String,
+        seq: u64,
+        expected: Digest,
+        actual: Digest,
+    },
+    /// The target could not be read to check it.
+    #[error("reading target {target} to check it holds seq {seq}: {source}")]
+    TargetUnreadable {
+        target: String,
+        seq: u64,
+        source: Box<crate::backup::BackupError>,
+    },
     /// A pipeline task died.
     #[error("restore task failed: {0}")]
     Task(String),
@@ -140,8 +203,16 @@ pub async fn restore(
         });
     }
     let geometry = tip.geometry();
+    let since = match &opts.since {
+        Some(at) => Some(since_point(repo, &commits, &chain, at, target, opts, &progress).await?),
+        None => None,
+    };
     progress.set_total(geometry.size());
-    let mut out = FileTarget::open(target, geometry.size())?;
+    let mut out = if since.is_some() {
+        FileTarget::open_growing(target, geometry.size())?
+    } else {
+        FileTarget::open(target, geometry.size())?
+    };
     if opts.fresh_target {
         out = out.assume_zeroed();
     }
@@ -162,22 +233,34 @@ pub async fn restore(
         })
     };
     let chain = Arc::new(chain);
+    let cursor = match &since {
+        // Only what archives after the --since point decide, and everything past the
+        // size that point had.
+        Some(s) => ChainCursor::segment(&chain, s.layer + 1, s.boundary).floor_until(s.blocks),
+        None => ChainCursor::new(&chain),
+    };
     let mut units = read_units(
         repo,
         chain.clone(),
-        ChainCursor::new(&chain),
+        cursor,
         geometry.blocks(),
         opts.threads,
         pool,
         Ok::<_, RestoreError>,
     );
     let mut hasher = ImageHasher::new(geometry);
+    // Incremental: blocks not written keep the --since point's content, which is the
+    // restored point's too; their recorded digests fill the gaps.
+    let mut unchanged = since.as_ref().map(|_| ChainCursor::new(&chain));
     let mut fetched = 0u64;
     let streamed: Result<(), RestoreError> = async {
         while let Some(d) = units.stream.try_next().await? {
             fetched += d.fetched;
             for span in &d.spans {
                 progress.add(span_bytes(span, &geometry));
+                if let Some(c) = unchanged.as_mut() {
+                    c.feed(&mut hasher, span_first(span)).await?;
+                }
                 match span {
                     Span::Zero { count, .. } => hasher.zeros(*count),
                     Span::Data { digests, .. } => d.digests[digests.clone()]
@@ -188,6 +271,9 @@ pub async fn restore(
             if wtx.send(d).await.is_err() {
                 break; // the writer failed; its error is reported below
             }
+        }
+        if let Some(c) = unchanged.as_mut() {
+            c.feed(&mut hasher, geometry.blocks()).await?;
         }
         Ok(())
     }
@@ -221,8 +307,113 @@ pub async fn restore(
         bytes_written: written,
         bytes_fetched: fetched,
         image_digest: actual.to_hex(),
+        since: since.as_ref().map(|s| s.seq),
+        target_checked: since.as_ref().map(|s| s.checked),
+        warnings: since
+            .as_ref()
+            .filter(|s| !s.checked)
+            .map(|s| {
+                format!(
+                    "--trust-target: {} was assumed to hold seq {} without reading it; if it did not, the restored image is corrupt",
+                    target.display(),
+                    s.seq
+                )
+            })
+            .into_iter()
+            .collect(),
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// The `--since` point, within the restored point's chain.
+struct Since {
+    /// Its position in the chain.
+    layer: usize,
+    seq: u64,
+    /// Its volume size in blocks: blocks from here on are all written.
+    blocks: u64,
+    /// The block whose length differs between the two points, if the size changed.
+    boundary: Option<u64>,
+    /// Whether the target was read and found to hold it.
+    checked: bool,
+}
+
+/// Finds the `--since` point `at` in `chain` and checks that `target` holds it.
+async fn since_point(
+    repo: &Repository,
+    commits: &[crate::repo::Commit],
+    chain: &crate::repo::Chain,
+    at: &PointSelector,
+    target: &Path,
+    opts: &RestoreOptions,
+    progress: &Arc<Progress>,
+) -> Result<Since, RestoreError> {
+    let base = repo.resolve(commits, at).await?;
+    let base = base.tip();
+    let tip = chain.tip();
+    // A point is identified by its seq and image (a pruned chain may hold a merged
+    // archive standing for the same point).
+    let layer = chain
+        .archives
+        .iter()
+        .position(|a| {
+            a.header.seq == base.header.seq && a.trailer.image_digest == base.trailer.image_digest
+        })
+        .ok_or_else(|| RestoreError::SinceNotInChain {
+            since: at.to_string(),
+            seq: base.header.seq,
+            at: tip.header.seq,
+            chain: chain
+                .archives
+                .iter()
+                .map(|a| a.header.seq.to_string())
+                .collect::<Vec<_>>()
+                .join(" "),
+        })?;
+    if FileTarget::identity(target).is_none() {
+        return Err(RestoreError::SinceWithoutTarget {
+            target: target.display().to_string(),
+        });
+    }
+    let (old, new) = (base.geometry(), tip.geometry());
+    let checked = !opts.trust_target;
+    if checked {
+        let unreadable = |source| RestoreError::TargetUnreadable {
+            target: target.display().to_string(),
+            seq: base.header.seq,
+            source: Box::new(source),
+        };
+        let source = RawSource::open(target)
+            .and_then(|s| s.prefix(old.size()))
+            .map_err(|e| unreadable(e.into()))?;
+        let actual = source_image_digest(source, old.block_size(), opts.threads, progress.clone())
+            .await
+            .map_err(unreadable)?;
+        if actual != base.trailer.image_digest {
+            return Err(RestoreError::TargetNotAtSince {
+                target: target.display().to_string(),
+                seq: base.header.seq,
+                expected: base.trailer.image_digest,
+                actual,
+            });
+        }
+    }
+    Ok(Since {
+        layer,
+        seq: base.header.seq,
+        blocks: old.blocks(),
+        boundary: (old.size() != new.size())
+            .then(|| old.blocks().min(new.blocks()).checked_sub(1))
+            .flatten(),
+        checked,
+    })
+}
+
+/// The first block a span covers.
+fn span_first(span: &Span) -> u64 {
+    match span {
+        Span::Zero { first, .. } | Span::Data { first, .. } => *first,
+    }
 }
 
 /// Volume bytes a span covers.

@@ -27,6 +27,13 @@ pub enum SourceError {
         offset: u64,
         source: std::io::Error,
     },
+    /// The source is shorter than the part of it that must be read.
+    #[error("{path} holds {size} bytes, fewer than the {needed} needed")]
+    TooShort {
+        path: PathBuf,
+        size: u64,
+        needed: u64,
+    },
     /// The source changed size while it was read.
     #[error(
         "source {path} changed size during the backup ({before} -> {after} bytes); nothing was committed, run the backup again"
@@ -47,6 +54,8 @@ pub struct RawSource {
     is_device: bool,
     /// Byte ranges known to read as zero, sorted and disjoint: treated as holes.
     unmapped: Vec<std::ops::Range<u64>>,
+    /// Whether `size` is the whole file or device (else a prefix of it).
+    whole: bool,
 }
 
 impl RawSource {
@@ -74,6 +83,7 @@ impl RawSource {
             size: meta.len(),
             is_device,
             unmapped: Vec::new(),
+            whole: true,
         };
         src.size = src.current_size().map_err(|e| match e {
             SourceError::Read { source, .. } => open_err(source),
@@ -89,6 +99,25 @@ impl RawSource {
             .ranges()
             .to_vec();
         self
+    }
+
+    /// The first `len` bytes only (e.g. the volume-sized start of a larger device).
+    ///
+    /// # Errors
+    /// [`SourceError::TooShort`] when the source is shorter than `len`.
+    pub fn prefix(self, len: u64) -> Result<Self, SourceError> {
+        if len > self.size {
+            return Err(SourceError::TooShort {
+                path: self.path,
+                size: self.size,
+                needed: len,
+            });
+        }
+        Ok(RawSource {
+            size: len,
+            whole: false,
+            ..self
+        })
     }
 
     /// Size in bytes when opened.
@@ -248,13 +277,14 @@ impl RawSource {
         }
     }
 
-    /// Fails if the source's size is no longer the size it had when opened.
+    /// Fails if the source's size is no longer the size it had when opened (or, for a
+    /// [`prefix`](Self::prefix), if it became shorter than the prefix).
     ///
     /// # Errors
     /// [`SourceError::SizeChanged`].
     pub fn check_size(&self) -> Result<(), SourceError> {
         let now = self.current_size()?;
-        if now != self.size {
+        if now != self.size && (self.whole || now < self.size) {
             return Err(SourceError::SizeChanged {
                 path: self.path.clone(),
                 before: self.size,

@@ -74,6 +74,20 @@ impl FileTarget {
     /// [`TargetError::Open`], [`TargetError::NotBlockTarget`] or
     /// [`TargetError::TooSmall`].
     pub fn open(path: &Path, size: u64) -> Result<Self, TargetError> {
+        FileTarget::open_with(path, size, false)
+    }
+
+    /// [`open`](Self::open), but an existing regular file smaller than `size` is
+    /// extended rather than refused: a replica file follows a volume that grew
+    /// (`restore --since`). Block devices must still be large enough.
+    ///
+    /// # Errors
+    /// As [`open`](Self::open).
+    pub fn open_growing(path: &Path, size: u64) -> Result<Self, TargetError> {
+        FileTarget::open_with(path, size, true)
+    }
+
+    fn open_with(path: &Path, size: u64, grow: bool) -> Result<Self, TargetError> {
         let open_err = |source| TargetError::Open {
             path: path.to_path_buf(),
             source,
@@ -129,7 +143,7 @@ impl FileTarget {
                 } else {
                     m.len()
                 };
-                if have < size {
+                if have < size && !(grow && kind == TargetKind::ExistingFile) {
                     return Err(TargetError::TooSmall {
                         path: path.to_path_buf(),
                         have,

@@ -103,10 +103,8 @@ pub(crate) async fn restore_seq(
     target: &Path,
 ) -> Result<RestoreReport, RestoreError> {
     let opts = RestoreOptions {
-        at: PointSelector::Seq(seq),
-        force: false,
         threads: 2,
-        fresh_target: false,
+        ..RestoreOptions::new(PointSelector::Seq(seq))
     };
     restore(repo, volume, target, &opts, Arc::default()).await
 }

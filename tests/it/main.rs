@@ -15,5 +15,6 @@ mod run;
 mod s3;
 mod status;
 mod throttle;
+
 mod util;
 mod verify;
