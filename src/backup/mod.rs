@@ -52,6 +52,9 @@ pub struct BackupOptions {
     pub zstd_level: i32,
     /// Batches processed in parallel.
     pub threads: usize,
+    /// The point's time recorded in the header (default: now). For imports and tests
+    /// of time-based retention.
+    pub created: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 impl BackupOptions {
@@ -63,6 +66,7 @@ impl BackupOptions {
             changed_blocks: None,
             zstd_level: DEFAULT_ZSTD_LEVEL,
             threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            created: None,
         }
     }
 }
@@ -198,7 +202,10 @@ pub async fn backup(
                 image: Some(t.trailer.image_digest),
             }
         }),
-        created: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        created: opts
+            .created
+            .unwrap_or_else(chrono::Utc::now)
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         size: geometry.size(),
         block_size: block_size.get(),
         compression: Compression {

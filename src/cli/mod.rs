@@ -7,6 +7,7 @@ mod copy;
 mod init;
 mod list;
 mod progress;
+mod prune;
 mod restore;
 mod verify;
 
@@ -50,6 +51,8 @@ pub enum Command {
     Restore(restore::RestoreArgs),
     /// List volumes and their points.
     List(list::ListArgs),
+    /// Thin the history of volumes by a retention policy, merging what is dropped.
+    Prune(prune::PruneArgs),
     /// Copy points to another repository (created on first use), or consolidate one
     /// point there as a full archive.
     Copy(copy::CopyArgs),
@@ -100,6 +103,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Backup(a) => backup::run(a, &ctx).await,
             Command::Restore(a) => restore::run(a, &ctx).await,
             Command::List(a) => list::run(a, &ctx).await,
+            Command::Prune(a) => prune::run(a, &ctx).await,
             Command::Verify(a) => verify::run(a, &ctx).await,
             Command::Copy(a) => copy::run(a, &ctx).await,
         }

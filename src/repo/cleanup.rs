@@ -109,6 +109,34 @@ impl Repository {
         }
     }
 
+    /// Unlists point `seq` of `volume`: tombstones the archive of each of its markers,
+    /// then deletes the markers, lowest generation first (so that an older generation
+    /// never becomes the committed one).
+    ///
+    /// # Errors
+    /// [`RepoError::Store`] or [`RepoError::BadCommit`].
+    pub(crate) async fn retire(
+        &self,
+        volume: &VolumeName,
+        seq: u64,
+        reason: &str,
+    ) -> Result<(), RepoError> {
+        let keys: Vec<_> = self
+            .markers(volume)
+            .await?
+            .into_iter()
+            .filter(|k| k.seq == seq)
+            .collect();
+        let commits = self.read_commits(volume, keys).await?;
+        for c in &commits {
+            self.write_tombstone(volume, &c.object, reason).await?;
+        }
+        for c in &commits {
+            self.delete("delete marker", &c.key).await?;
+        }
+        Ok(())
+    }
+
     /// Cleans `volume` relative to `now`, which should be a time read from the store
     /// itself (the last-modified time of an object just written, or
     /// [`store_time`](Self::store_time)), so the local clock does not matter:

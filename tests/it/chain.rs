@@ -75,11 +75,23 @@ pub(crate) async fn backup_file(
     path: &Path,
     changed: Option<Vec<Range<u64>>>,
 ) -> Result<BackupReport, BackupError> {
+    backup_file_at(repo, volume, path, changed, None).await
+}
+
+/// As [`backup_file`], recording `created` as the point's time (default: now).
+pub(crate) async fn backup_file_at(
+    repo: &Repository,
+    volume: &VolumeName,
+    path: &Path,
+    changed: Option<Vec<Range<u64>>>,
+    created: Option<chrono::DateTime<chrono::Utc>>,
+) -> Result<BackupReport, BackupError> {
     let source = RawSource::open(path).expect("open source");
     let mut opts = BackupOptions::new(volume.clone());
     opts.block_size = Some(BlockSize::new(BS).expect("block size"));
     opts.changed_blocks = changed;
     opts.threads = 2;
+    opts.created = created;
     backup(repo, source, &opts, Arc::default()).await
 }
 

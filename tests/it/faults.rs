@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures::FutureExt;
 use futures::stream::BoxStream;
+use futures::{FutureExt, StreamExt};
 use object_store::path::Path as Key;
 use object_store::{
     CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
@@ -55,6 +55,27 @@ pub(crate) struct Faults {
     pub(crate) fail_reads_longer_than: Option<u64>,
     /// Create-if-absent puts overwrite, as some S3-compatible servers do.
     pub(crate) ignore_conditions: bool,
+    /// Every store operation from this index on fails, as if the process had been
+    /// killed there (operations are counted from 0 in `ops`).
+    pub(crate) crash_at: Option<usize>,
+    /// Store operations seen so far.
+    pub(crate) ops: usize,
+}
+
+impl Faults {
+    /// Counts one operation; fails it if the process is "dead".
+    fn tick(&mut self) -> object_store::Result<()> {
+        let i = self.ops;
+        self.ops += 1;
+        match self.crash_at {
+            // A final error, so that nothing retries a dead process's calls.
+            Some(k) if i >= k => Err(object_store::Error::PermissionDenied {
+                path: format!("operation {i}"),
+                source: "the process was killed before this store operation".into(),
+            }),
+            _ => Ok(()),
+        }
+    }
 }
 
 fn enospc() -> object_store::Error {
@@ -89,6 +110,7 @@ impl ObjectStore for FaultyStore {
         payload: PutPayload,
         mut opts: PutOptions,
     ) -> object_store::Result<PutResult> {
+        self.faults.lock().unwrap().tick()?;
         if self.faults.lock().unwrap().ignore_conditions {
             opts.mode = object_store::PutMode::Overwrite;
         }
@@ -132,6 +154,7 @@ impl ObjectStore for FaultyStore {
         location: &Key,
         opts: PutMultipartOptions,
     ) -> object_store::Result<Box<dyn MultipartUpload>> {
+        self.faults.lock().unwrap().tick()?;
         let inner = self.inner.put_multipart_opts(location, opts).await?;
         Ok(Box::new(FaultyUpload {
             inner,
@@ -146,6 +169,7 @@ impl ObjectStore for FaultyStore {
     ) -> object_store::Result<GetResult> {
         let limit = {
             let mut f = self.faults.lock().unwrap();
+            f.tick()?;
             if f.fail_marker_read
                 .as_ref()
                 .is_some_and(|k| location.as_ref().ends_with(k.as_str()))
@@ -189,14 +213,23 @@ impl ObjectStore for FaultyStore {
         &self,
         locations: BoxStream<'static, object_store::Result<Key>>,
     ) -> BoxStream<'static, object_store::Result<Key>> {
-        self.inner.delete_stream(locations)
+        let faults = self.faults.clone();
+        let alive = locations.map(move |k| {
+            faults.lock().unwrap().tick()?;
+            k
+        });
+        self.inner.delete_stream(alive.boxed())
     }
 
     fn list(&self, prefix: Option<&Key>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        if let Err(e) = self.faults.lock().unwrap().tick() {
+            return futures::stream::once(async { Err(e) }).boxed();
+        }
         self.inner.list(prefix)
     }
 
     async fn list_with_delimiter(&self, prefix: Option<&Key>) -> object_store::Result<ListResult> {
+        self.faults.lock().unwrap().tick()?;
         self.inner.list_with_delimiter(prefix).await
     }
 
@@ -232,6 +265,9 @@ impl MultipartUpload for FaultyUpload {
         let len = data.content_length() as u64;
         {
             let mut f = self.faults.lock().unwrap();
+            if let Err(e) = f.tick() {
+                return futures::future::ready(Err(e)).boxed();
+            }
             if let Some(space) = f.space.as_mut() {
                 if len > *space {
                     *space = 0;
@@ -244,6 +280,7 @@ impl MultipartUpload for FaultyUpload {
     }
 
     async fn complete(&mut self) -> object_store::Result<PutResult> {
+        self.faults.lock().unwrap().tick()?;
         self.inner.complete().await
     }
 

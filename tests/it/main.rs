@@ -7,6 +7,8 @@ mod faults;
 mod format;
 mod lock;
 mod merge;
+mod prune;
+mod prune_cli;
 mod s3;
 mod util;
 mod verify;

@@ -1,0 +1,165 @@
+//! `thinarc prune`: thin a volume's history by a retention policy.
+
+use std::time::Duration;
+
+use clap::Args;
+
+use super::{Ctx, human, print_json};
+use crate::prune::{PruneError, PruneOptions, PruneReport, RetentionPolicy, Within, prune};
+use crate::repo::VolumeName;
+
+/// Arguments of `prune`. At least one `--keep-*` option is required: a policy
+/// without any would keep only the newest point.
+#[derive(Debug, Args)]
+#[command(group(
+    clap::ArgGroup::new("policy")
+        .multiple(true)
+        .required(true)
+        .args(["keep_last", "keep_hourly", "keep_daily", "keep_weekly", "keep_monthly", "keep_yearly", "keep_within"])
+))]
+pub struct PruneArgs {
+    /// Only this volume (default: every volume).
+    pub volume: Option<String>,
+    /// Keep the N newest points.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub keep_last: Option<u32>,
+    /// Keep the newest point of each of the N newest hours (UTC) that have points.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub keep_hourly: Option<u32>,
+    /// Keep the newest point of each of the N newest days (UTC) that have points.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub keep_daily: Option<u32>,
+    /// Keep the newest point of each of the N newest ISO weeks that have points.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub keep_weekly: Option<u32>,
+    /// Keep the newest point of each of the N newest months that have points.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub keep_monthly: Option<u32>,
+    /// Keep the newest point of each of the N newest years that have points.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub keep_yearly: Option<u32>,
+    /// Keep every point created within DURATION before the newest one (e.g. 7d, 1y6m,
+    /// 36h; units y, m, w, d, h).
+    #[arg(long, value_name = "DURATION", value_parser = Within::parse)]
+    pub keep_within: Option<Within>,
+    /// Rewrite a kept point as a full archive when its chain would hold more than N
+    /// archives (reads and writes a whole image: see the README's cost model).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_chain_length: Option<u32>,
+    /// Print what would be kept, dropped and rewritten; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Seconds superseded archives stay readable before deletion (tests).
+    #[arg(long, hide = true, value_name = "SECONDS")]
+    pub grace: Option<u64>,
+}
+
+impl PruneArgs {
+    fn policy(&self) -> anyhow::Result<RetentionPolicy> {
+        let policy = RetentionPolicy {
+            last: self.keep_last,
+            hourly: self.keep_hourly,
+            daily: self.keep_daily,
+            weekly: self.keep_weekly,
+            monthly: self.keep_monthly,
+            yearly: self.keep_yearly,
+            within: self.keep_within,
+        };
+        policy.check()?;
+        Ok(policy)
+    }
+}
+
+/// Runs a prune over one or every volume.
+pub async fn run(args: PruneArgs, ctx: &Ctx) -> anyhow::Result<()> {
+    let mut opts = PruneOptions::new(args.policy()?);
+    opts.max_chain_length = args.max_chain_length;
+    opts.dry_run = args.dry_run;
+    if let Some(g) = args.grace {
+        opts.grace = Duration::from_secs(g);
+    }
+    let volume = args.volume.as_deref().map(VolumeName::new).transpose()?;
+    let repo = ctx.open().await?;
+    let volumes = match volume {
+        Some(v) => vec![v],
+        None => repo.volumes().await?,
+    };
+    let mut reports = Vec::new();
+    for v in &volumes {
+        let r = match prune(&repo, v, &opts).await {
+            Ok(r) => r,
+            // The lock error itself in the chain: `main` exits with 3 for a held lock.
+            Err(PruneError::Lock(e)) => {
+                return Err(anyhow::Error::new(e).context(format!("prune of {v} failed")));
+            }
+            Err(e) => return Err(anyhow::Error::new(e).context(format!("prune of {v} failed"))),
+        };
+        for w in &r.warnings {
+            eprintln!("warning: {w}");
+        }
+        if !args.json && !ctx.quiet {
+            print_human(&r);
+        }
+        reports.push(r);
+    }
+    if args.json {
+        print_json(&reports)?;
+    }
+    Ok(())
+}
+
+fn print_human(r: &PruneReport) {
+    let verb = if r.dry_run { "would" } else { "will" };
+    println!(
+        "volume {}{}:",
+        r.volume,
+        if r.dry_run { " (dry run)" } else { "" }
+    );
+    for p in &r.points {
+        let what = match (p.keep, p.rewrite) {
+            (false, _) => "drop".to_string(),
+            (true, None) => "keep".to_string(),
+            (true, Some(w)) => {
+                let onto = p
+                    .new_parent
+                    .map_or("as a full archive".to_string(), |s| format!("onto seq {s}"));
+                let merged: Vec<String> = p.merged.iter().map(u64::to_string).collect();
+                format!(
+                    "keep, {} {onto} (archives of seq {})",
+                    serde_json::to_value(w)
+                        .expect("serialises")
+                        .as_str()
+                        .unwrap_or("rewrite"),
+                    merged.join(", ")
+                )
+            }
+        };
+        println!(
+            "  seq {:>5}  {}  {:<44}  {}",
+            p.seq,
+            p.created,
+            what,
+            p.reasons.join(", ")
+        );
+    }
+    println!(
+        "  {verb} read at most {}, write about {} (estimate), delete {} after the grace period",
+        human(r.read_estimate),
+        human(r.write_estimate),
+        human(r.delete_bytes)
+    );
+    if !r.dry_run {
+        println!(
+            "  rewrote {} archive(s): read {}, wrote {}; deleted {} expired object(s) ({}) in {:.1}s",
+            r.merges.len(),
+            human(r.bytes_read),
+            human(r.bytes_written),
+            r.objects_deleted,
+            human(r.bytes_deleted),
+            r.seconds
+        );
+    }
+}

@@ -1,0 +1,371 @@
+//! Running a prune on one volume: read the points, decide, plan, then apply the plan in
+//! the crash-safe order of FORMAT.md section 15:
+//!
+//! 1. rewrite the kept points that need it, in seq order, each committed as the next
+//!    marker generation of its seq (the merge engine checks the image digest first);
+//! 2. only once every rewrite is committed: tombstone the archives of the dropped points
+//!    and the replaced archives, then delete their markers;
+//! 3. clean up: delete archives whose tombstone is older than the grace period (from
+//!    earlier prunes) and old leftovers.
+//!
+//! A crash before step 2 leaves every point listed (rewritten ones under their new
+//! archive); a crash in step 2 leaves tombstoned archives that are still there; the
+//! next prune, or the next backup's cleanup, finishes the job.
+
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use futures::{StreamExt, TryStreamExt};
+use serde::Serialize;
+
+use super::{
+    MergeError, MergeOptions, MergeReport, Node, Plan, PointTime, PolicyError, RetentionPolicy,
+    Rewrite, merge, plan,
+};
+use crate::repo::{
+    Commit, LEFTOVER_GRACE, LockError, PointSelector, RemoteArchive, RepoError, Repository,
+    VolumeLock, VolumeName,
+};
+
+/// Archive headers read concurrently while planning.
+const HEADER_READS: usize = 16;
+
+/// How to prune.
+#[derive(Debug, Clone)]
+pub struct PruneOptions {
+    /// Which points to keep.
+    pub policy: RetentionPolicy,
+    /// Consolidate a kept point into a full archive when its chain would hold more
+    /// archives than this.
+    pub max_chain_length: Option<u32>,
+    /// Only plan.
+    pub dry_run: bool,
+    /// How long superseded archives stay readable.
+    pub grace: Duration,
+    /// Units merged in parallel.
+    pub threads: usize,
+}
+
+impl PruneOptions {
+    /// Options for `policy`: no chain limit, the default grace period.
+    pub fn new(policy: RetentionPolicy) -> Self {
+        PruneOptions {
+            policy,
+            max_chain_length: None,
+            dry_run: false,
+            grace: LEFTOVER_GRACE,
+            threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+        }
+    }
+}
+
+/// One point as the report shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PointReport {
+    /// Sequence number.
+    pub seq: u64,
+    /// Archive id before the prune.
+    pub archive: String,
+    /// Creation time.
+    pub created: String,
+    /// Whether the point stays.
+    pub keep: bool,
+    /// The rules keeping it.
+    pub reasons: Vec<String>,
+    /// Why it is rewritten, if it is.
+    pub rewrite: Option<Rewrite>,
+    /// The new parent's seq (`None`: a full archive) when rewritten.
+    pub new_parent: Option<u64>,
+    /// Seqs whose archives are merged into its new archive.
+    pub merged: Vec<u64>,
+    /// Archives of its chain after the prune.
+    pub chain_length: u32,
+}
+
+/// The result of pruning one volume.
+#[derive(Debug, Clone, Serialize)]
+pub struct PruneReport {
+    /// Volume name.
+    pub volume: String,
+    /// Whether nothing was changed.
+    pub dry_run: bool,
+    /// Every point, in seq order.
+    pub points: Vec<PointReport>,
+    /// Planned: bytes the rewrites read at most.
+    pub read_estimate: u64,
+    /// Planned: bytes the rewrites write, an estimate (the merged archives' sizes).
+    pub write_estimate: u64,
+    /// Planned: bytes of archives dropped or replaced, deleted after the grace period.
+    pub delete_bytes: u64,
+    /// The rewrites done.
+    pub merges: Vec<MergeReport>,
+    /// Bytes read by the rewrites.
+    pub bytes_read: u64,
+    /// Bytes written by the rewrites.
+    pub bytes_written: u64,
+    /// Archive objects deleted now (superseded longer than the grace period ago, or
+    /// leftovers).
+    pub objects_deleted: usize,
+    /// Bytes of the archive objects deleted now.
+    pub bytes_deleted: u64,
+    /// Wall-clock seconds.
+    pub seconds: f64,
+    /// Problems that did not stop the prune (stale locks broken, releasing the lock).
+    pub warnings: Vec<String>,
+}
+
+/// Why a prune failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PruneError {
+    /// The policy cannot be used.
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    /// The repository failed, or an archive is corrupt (named).
+    #[error(transparent)]
+    Repo(#[from] RepoError),
+    /// The volume is locked by another run, or the lock was lost.
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    /// A rewrite failed: the rewrites committed before it stand, nothing was deleted.
+    #[error(
+        "cannot rewrite seq {seq} of {volume}: {source}; nothing was deleted, the points rewritten before it stand"
+    )]
+    Merge {
+        volume: String,
+        seq: u64,
+        source: MergeError,
+    },
+    /// A point planned to be dropped is still the parent of a remaining point.
+    #[error(
+        "seq {seq} of {volume} is still the parent of seq {child}; it was not dropped (run prune again)"
+    )]
+    StillNeeded {
+        volume: String,
+        seq: u64,
+        child: u64,
+    },
+    /// A creation time that is not RFC 3339.
+    #[error("archive {archive} of {volume} has an unreadable creation time {created:?}")]
+    BadTime {
+        volume: String,
+        archive: String,
+        created: String,
+    },
+}
+
+/// A committed point with its archive's header read.
+struct Point {
+    commit: Commit,
+    archive: RemoteArchive,
+    created: DateTime<Utc>,
+}
+
+/// Reads every committed point of `volume`.
+async fn points(repo: &Repository, volume: &VolumeName) -> Result<Vec<Point>, PruneError> {
+    let commits = repo.existing_commits(volume).await?;
+    futures::stream::iter(commits)
+        .map(|c| async move {
+            let archive = RemoteArchive::open(repo, &c).await?;
+            let created = DateTime::parse_from_rfc3339(&archive.header.created)
+                .map_err(|_| PruneError::BadTime {
+                    volume: volume.to_string(),
+                    archive: archive.header.archive_id.clone(),
+                    created: archive.header.created.clone(),
+                })?
+                .with_timezone(&Utc);
+            Ok(Point {
+                commit: c,
+                archive,
+                created,
+            })
+        })
+        .buffered(HEADER_READS)
+        .try_collect()
+        .await
+}
+
+/// Prunes `volume` of `repo` by `opts`, holding the volume's lock (a dry run takes
+/// none: it only reads).
+///
+/// # Errors
+/// [`PruneError`]; [`PruneError::Lock`] when another run holds the volume. What was
+/// committed before an error stays consistent: every point listed before is still
+/// listed and restorable, rewritten ones under their new archive.
+pub async fn prune(
+    repo: &Repository,
+    volume: &VolumeName,
+    opts: &PruneOptions,
+) -> Result<PruneReport, PruneError> {
+    opts.policy.check()?;
+    if opts.dry_run {
+        return prune_locked(repo, volume, opts).await;
+    }
+    let lock = VolumeLock::acquire(repo, volume, "prune").await?;
+    let result = lock.guard(prune_locked(repo, volume, opts)).await;
+    let broken = lock.broken().to_vec();
+    let released = lock.release().await;
+    let mut report = result?;
+    report.warnings.extend(broken);
+    if let Err(e) = released {
+        report
+            .warnings
+            .push(format!("releasing the lock failed: {e}"));
+    }
+    Ok(report)
+}
+
+async fn prune_locked(
+    repo: &Repository,
+    volume: &VolumeName,
+    opts: &PruneOptions,
+) -> Result<PruneReport, PruneError> {
+    let started = Instant::now();
+    let pts = points(repo, volume).await?;
+    let times: Vec<PointTime> = pts
+        .iter()
+        .map(|p| PointTime {
+            seq: p.commit.seq,
+            created: p.created,
+        })
+        .collect();
+    let decisions = opts.policy.apply(&times)?;
+    let nodes: Vec<Node> = pts
+        .iter()
+        .map(|p| Node {
+            seq: p.commit.seq,
+            parent: p.archive.header.parent.as_ref().map(|q| q.seq),
+            parent_image: p
+                .archive
+                .header
+                .parent
+                .as_ref()
+                .is_some_and(|q| q.image.is_some()),
+            stored: p.commit.size,
+        })
+        .collect();
+    let plan = plan(&nodes, &decisions, opts.max_chain_length);
+    let mut report = report(volume, &pts, &plan, opts.dry_run);
+    if opts.dry_run {
+        report.seconds = started.elapsed().as_secs_f64();
+        return Ok(report);
+    }
+
+    // 1. Rewrites, in seq order; each sees the ones before it.
+    for p in plan.rewrites() {
+        let r = rewrite(repo, volume, p.seq, p.new_parent, p.rewrite, opts)
+            .await
+            .map_err(|source| PruneError::Merge {
+                volume: volume.to_string(),
+                seq: p.seq,
+                source,
+            })?;
+        report.bytes_read += r.bytes_read;
+        report.bytes_written += r.stored_bytes;
+        report.merges.push(r);
+    }
+
+    // 2. Drop: only points no remaining point names as parent.
+    let dropped: Vec<u64> = plan.dropped().map(|p| p.seq).collect();
+    if !dropped.is_empty() {
+        for p in points(repo, volume).await? {
+            if let Some(parent) = &p.archive.header.parent
+                && !dropped.contains(&p.commit.seq)
+                && dropped.contains(&parent.seq)
+            {
+                return Err(PruneError::StillNeeded {
+                    volume: volume.to_string(),
+                    seq: parent.seq,
+                    child: p.commit.seq,
+                });
+            }
+        }
+    }
+    // Newest first: a child is unlisted before its parent, so a listed point's
+    // ancestors stay listed at every moment.
+    for &seq in dropped.iter().rev() {
+        repo.retire(volume, seq, &format!("seq {seq} dropped by prune"))
+            .await?;
+    }
+
+    // 3. Superseded generations (tombstoned first) and expired archives.
+    let now = repo.store_time(volume).await?;
+    let cleaned = repo.clean_leftovers(volume, now, opts.grace).await?;
+    report.objects_deleted = cleaned.objects.len();
+    report.bytes_deleted = cleaned.bytes;
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// Rewrites the archive of point `seq` onto the point `parent` (or as a full).
+async fn rewrite(
+    repo: &Repository,
+    volume: &VolumeName,
+    seq: u64,
+    parent: Option<u64>,
+    why: Option<Rewrite>,
+    opts: &PruneOptions,
+) -> Result<MergeReport, MergeError> {
+    let commits = repo.commits(volume).await?;
+    let chain = repo.resolve(&commits, &PointSelector::Seq(seq)).await?;
+    let floor = match parent {
+        None => None,
+        Some(p) => Some(
+            chain
+                .archives
+                .iter()
+                .position(|a| a.header.seq == p)
+                .ok_or(MergeError::BadParent {
+                    seq,
+                    parent: p as usize,
+                })?,
+        ),
+    };
+    let mut mopts = MergeOptions::new(if why == Some(Rewrite::Consolidate) {
+        "consolidate"
+    } else {
+        "merge"
+    });
+    mopts.generation = chain.tip().commit.generation + 1;
+    mopts.threads = opts.threads;
+    merge(repo, &chain, floor, repo, volume, &mopts).await
+}
+
+fn report(volume: &VolumeName, pts: &[Point], plan: &Plan, dry_run: bool) -> PruneReport {
+    let points = plan
+        .points
+        .iter()
+        .map(|p| {
+            let pt = pts
+                .iter()
+                .find(|q| q.commit.seq == p.seq)
+                .expect("planned from these points");
+            PointReport {
+                seq: p.seq,
+                archive: pt.commit.archive_id.clone(),
+                created: pt.archive.header.created.clone(),
+                keep: p.keep,
+                reasons: p.reasons.clone(),
+                rewrite: p.rewrite,
+                new_parent: p.new_parent,
+                merged: p.merged.clone(),
+                chain_length: p.chain_length,
+            }
+        })
+        .collect();
+    PruneReport {
+        volume: volume.to_string(),
+        dry_run,
+        points,
+        read_estimate: plan.read_estimate,
+        write_estimate: plan.write_estimate,
+        delete_bytes: plan.delete_bytes,
+        merges: Vec::new(),
+        bytes_read: 0,
+        bytes_written: 0,
+        objects_deleted: 0,
+        bytes_deleted: 0,
+        seconds: 0.0,
+        warnings: Vec::new(),
+    }
+}
