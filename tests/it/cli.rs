@@ -605,6 +605,7 @@ fn archive_of_a_newer_major_version_is_reported_as_such() {
         .path();
     let mut bytes = read(&archive);
     bytes[8..10].copy_from_slice(&2u16.to_le_bytes());
+    bytes[10..12].copy_from_slice(&0u16.to_le_bytes());
     write(&archive, &bytes);
     let e = t.fails(&["restore", "n.img", t.path("o.img").to_str().unwrap()]);
     assert!(
