@@ -361,6 +361,25 @@ set_note "restored file allocates $(mib "$RST_ALLOC") MiB"
 must_equal "$WORK/restore.img" "$IMG"
 rm -f "$WORK/restore.img"
 
+# copies of the latest point into another local repository: one consolidated full
+# archive (reads each block once from the chain, recompresses, uploads), then the
+# plain copy of all five archives (byte-for-byte object streaming); the consolidated
+# copy must restore to the image
+CR=$WORK/copy-repo
+rm -rf "$CR"
+drop_caches "$R"
+measure "copy --consolidate latest (chain of 5)" "$IMG_SZ" "restore latest (chain of 5)" "" -- \
+    "${T[@]}" copy --to "$CR" --consolidate bench --json
+set_note "wrote $(mib "$(json_field bytes_written "$LAST_OUT")") MiB"
+"$THINARC" -q -r "$CR" restore bench "$WORK/restore.img" > "$LOGS/restore-copy.out"
+must_equal "$WORK/restore.img" "$IMG"
+rm -rf "$CR" "$WORK/restore.img"
+drop_caches "$R"
+measure "copy, all 5 archives" "$REPO_BYTES" "restore latest (chain of 5)" "" -- \
+    "${T[@]}" copy --to "$CR" bench --json
+set_note "wrote $(mib "$(json_field bytes_written "$LAST_OUT")") MiB"
+rm -rf "$CR"
+
 if [[ $VERIFY_ALL == 1 ]]; then
     for i in 1 2 3 4; do
         log "verify: restore point $i"

@@ -2,8 +2,8 @@
 //! points of this one, so that it alone restores them.
 //!
 //! - A **plain copy** transfers, in sequence order, the archives of the chosen points
-//!   that the destination lacks, byte for byte: each archive object is streamed from
-//!   a ranged GET into a multipart upload (memory: a few upload parts), then committed
+//!   that the destination lacks, byte for byte: each archive object is streamed in
+//!   8 MiB ranged reads into a multipart upload (memory: a few parts), then committed
 //!   with its own create-if-absent marker, as a backup commits. A point is committed
 //!   only after its archive is complete, and only after its parent is, so an
 //!   interrupted copy leaves every destination point restorable or absent, and the next
@@ -27,8 +27,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use futures::TryStreamExt;
-use object_store::ObjectStoreExt;
+use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 
 use crate::format::Digest;
@@ -38,6 +37,16 @@ use crate::repo::{
     ArchiveUpload, Commit, LEFTOVER_GRACE, LockError, PointSelector, RemoteArchive, RepoError,
     Repository, VolumeLock, VolumeName,
 };
+
+/// Bytes of one ranged read of an archive being copied.
+const READ_BYTES: u64 = 8 << 20;
+/// Ranged reads in flight while copying an archive.
+const READS_IN_FLIGHT: usize = 2;
+
+/// The ranges of an object of `size` bytes read in [`READ_BYTES`] pieces.
+fn part_ranges(size: u64) -> impl Iterator<Item = std::ops::Range<u64>> {
+    (0..size.div_ceil(READ_BYTES)).map(move |i| i * READ_BYTES..((i + 1) * READ_BYTES).min(size))
+}
 
 /// What to copy.
 #[derive(Debug, Clone)]
@@ -344,32 +353,19 @@ impl VolumeCopy<'_> {
         let c = &a.commit;
         let mut upload =
             ArchiveUpload::start(self.dest, self.volume, c.seq, &c.archive_id, c.size).await?;
+        // Ranged reads of one part each, two in flight: the bytes are checked to come
+        // back whole, and the upload sends a part while the next is read.
         let streamed = async {
-            let key = a.key();
-            let got = self
-                .src
-                .store()
-                .get(key)
-                .await
-                .map_err(RepoError::store("read", key))?;
-            let mut stream = got.into_stream();
+            let mut reads = futures::stream::iter(part_ranges(c.size))
+                .map(|r| a.read(r))
+                .buffered(READS_IN_FLIGHT);
             let mut read = 0u64;
-            while let Some(chunk) = stream
-                .try_next()
-                .await
-                .map_err(RepoError::store("read", key))?
-            {
+            while let Some(chunk) = reads.try_next().await? {
                 read += chunk.len() as u64;
                 upload.write(&chunk).await?;
                 self.progress.add(chunk.len() as u64);
             }
-            if read != c.size {
-                return Err(RepoError::BadCommit {
-                    key: c.key.to_string(),
-                    detail: format!("names a {}-byte archive, {key} has {read} bytes", c.size),
-                });
-            }
-            Ok(read)
+            Ok::<_, RepoError>(read)
         }
         .await;
         let read = match streamed {

@@ -178,14 +178,21 @@ impl VolumeLock {
             mode: PutMode::Create,
             ..Default::default()
         };
+        // From here until the lock is held, a cancelled acquire (a signal) must still
+        // remove the object it may have written.
+        let mut pending = Pending {
+            repo: Some(repo.clone()),
+            key: key.clone(),
+        };
         repo.store()
             .put_opts(&key, body.clone(), create)
             .await
             .map_err(RepoError::store("write lock", &key))?;
         let mut broken = Vec::new();
         match contend(repo, volume, &key, &mut broken).await {
-            Ok(()) => {}
+            Ok(()) => pending.repo = None,
             Err(e) => {
+                pending.repo = None;
                 let _ = repo.store().delete(&key).await;
                 return Err(e);
             }
@@ -286,23 +293,43 @@ impl VolumeLock {
 impl Drop for VolumeLock {
     fn drop(&mut self) {
         let (stop, refresher) = (self.stop.take(), self.refresher.take());
-        if stop.is_none() {
-            return; // released
+        if stop.is_some() {
+            schedule_delete(self.repo.clone(), self.key.clone(), stop, refresher);
+        } // else released
+    }
+}
+
+/// A lock object written by an acquire that has not finished: deleted if the acquire
+/// is dropped midway.
+struct Pending {
+    repo: Option<Repository>,
+    key: Path,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some(repo) = self.repo.take() {
+            schedule_delete(repo, self.key.clone(), None, None);
         }
-        match tokio::runtime::Handle::try_current() {
-            Ok(rt) => {
-                let task = rt.spawn(delete_after(
-                    self.repo.clone(),
-                    self.key.clone(),
-                    stop,
-                    refresher,
-                ));
-                DROPPED.lock().expect("dropped locks").push(task);
-            }
-            Err(_) => {
-                if let Some(r) = refresher {
-                    r.abort();
-                }
+    }
+}
+
+/// Deletes a lock object in the background (from a `Drop`), registered for
+/// [`settle_dropped_locks`].
+fn schedule_delete(
+    repo: Repository,
+    key: Path,
+    stop: Option<oneshot::Sender<()>>,
+    refresher: Option<JoinHandle<()>>,
+) {
+    match tokio::runtime::Handle::try_current() {
+        Ok(rt) => {
+            let task = rt.spawn(delete_after(repo, key, stop, refresher));
+            DROPPED.lock().expect("dropped locks").push(task);
+        }
+        Err(_) => {
+            if let Some(r) = refresher {
+                r.abort();
             }
         }
     }

@@ -110,3 +110,22 @@ pub(super) async fn check_data(
     }
     checked
 }
+
+#[cfg(test)]
+mod tests {
+    use super::sampled;
+
+    #[test]
+    fn samples_take_their_share_and_depend_on_the_seed() {
+        let take = |seed, percent| {
+            (0..20_000u64)
+                .filter(|&f| sampled(seed, percent, "a1b2", f * 262_144))
+                .count()
+        };
+        let five = take(1, 5.0);
+        assert!((800..1200).contains(&five), "5% of 20000 frames: {five}");
+        assert_eq!(take(1, 5.0), five, "the same seed, the same frames");
+        assert_ne!(take(2, 5.0), five, "another seed, other frames");
+        assert_eq!(take(3, 100.0), 20_000);
+    }
+}

@@ -53,8 +53,10 @@ pub(super) async fn check_index(archive: &RemoteArchive) -> Vec<(Option<u64>, St
                 problems.push((
                     Some(d.first_block),
                     format!(
-                        "index segment {i} (blocks {}..{}): {e}",
-                        d.first_block, d.end_block
+                        "index segment {i} (blocks {}..{}): {}",
+                        d.first_block,
+                        d.end_block,
+                        super::describe(&e)
                     ),
                 ));
                 unreadable = true;

@@ -302,7 +302,7 @@ async fn check_volume(
         let archive = match RemoteArchive::open(repo, c).await {
             Ok(a) => Arc::new(a),
             Err(e) => {
-                rec.add(Some(c), None, e.to_string());
+                rec.add(Some(c), None, describe(&e));
                 continue;
             }
         };
@@ -348,7 +348,7 @@ async fn check_point(repo: &Repository, commits: &[Commit], c: &Commit) -> Resul
     let chain = repo
         .resolve(commits, &PointSelector::Seq(c.seq))
         .await
-        .map_err(|e| format!("the point cannot be restored: {e}"))?;
+        .map_err(|e| format!("the point cannot be restored: {}", describe(&e)))?;
     let tip = chain.tip();
     let geometry = tip.geometry();
     let mut hasher = ImageHasher::new(geometry);
@@ -358,7 +358,9 @@ async fn check_point(repo: &Repository, commits: &[Commit], c: &Commit) -> Resul
             Ok(Some(Resolved::Zero { count, .. })) => hasher.zeros(count),
             Ok(Some(r)) => hasher.data(&r.digest().expect("a data block has a digest")),
             Ok(None) => break,
-            Err(e) => return Err(format!("the point cannot be restored: {e}")),
+            Err(e) => {
+                return Err(format!("the point cannot be restored: {}", describe(&e)));
+            }
         }
     }
     let actual = hasher
@@ -371,6 +373,15 @@ async fn check_point(repo: &Repository, commits: &[Commit], c: &Commit) -> Resul
         ));
     }
     Ok(())
+}
+
+/// A repository error as a problem line: a corrupt archive without the advice to run
+/// verify, which is running.
+pub(super) fn describe(e: &RepoError) -> String {
+    match e {
+        RepoError::Corrupt { key, source } => format!("archive {key} is corrupt: {source}"),
+        e => e.to_string(),
+    }
 }
 
 /// Reads `src` in full and compares its image digest with `latest`'s.

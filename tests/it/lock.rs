@@ -295,3 +295,41 @@ async fn a_lost_lock_stops_the_operation() {
     lock.release().await.unwrap();
     assert!(lock_keys(&repo, "lost").await.is_empty(), "not re-created");
 }
+
+#[test]
+fn an_interrupted_backup_removes_its_lock() {
+    let t = TempRepo::new();
+    let src = t.path("big.img");
+    let mut img = vec![0u8; 256 << 20];
+    crate::util::Rng::new(43).fill(&mut img);
+    write(&src, &img);
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_thinarc"))
+        .args(["-q", "-r", t.location(), "backup", src.to_str().unwrap()])
+        .arg("--volume")
+        .arg("big")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until it holds its lock, then stop it.
+    let locks = t.repo().join("volumes/big/locks");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_dir(&locks).map_or(0, |d| d.count()) == 0 {
+        assert!(Instant::now() < deadline, "the backup never took its lock");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let o = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        o.status.success() || stderr.contains("interrupted by SIGTERM"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read_dir(&locks).map_or(0, |d| d.count()),
+        0,
+        "the lock object was removed on the way out"
+    );
+    // The next run is not refused.
+    t.ok(&["backup", src.to_str().unwrap(), "--volume", "big", "-q"]);
+}
