@@ -56,12 +56,7 @@ fn exit_code(e: &anyhow::Error) -> ExitCode {
     if e.downcast_ref::<thinarc::cli::ProblemsFound>().is_some() {
         return ExitCode::from(4);
     }
-    let locked = e.chain().any(|c| {
-        matches!(
-            c.downcast_ref::<thinarc::repo::LockError>(),
-            Some(thinarc::repo::LockError::Held { .. })
-        )
-    });
+    let locked = thinarc::cli::is_locked(e);
     if locked {
         ExitCode::from(3)
     } else {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::Args;
 
-use super::{Ctx, human, parse_size, print_json, progress::Display};
+use super::{Ctx, context_unless_locked, human, parse_size, print_json, progress::Display};
 use crate::backup::{BackupOptions, BackupReport, backup, backup_lvm, dry_run_lvm};
 use crate::format::BlockSize;
 use crate::lvm::{LvName, PoolLimits};
@@ -214,7 +214,11 @@ pub(super) async fn backup_volume(
     let report = ctx
         .recorded(location, Operation::Backup, &volume, work, describe)
         .await
-        .with_context(|| format!("backup of {} to volume {volume} failed", source.display()))?;
+        .map_err(|e| {
+            context_unless_locked(e, || {
+                format!("backup of {} to volume {volume} failed", source.display())
+            })
+        })?;
     tracing::info!(
         volume = %volume,
         seq = report.seq,

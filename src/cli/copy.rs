@@ -6,9 +6,10 @@ use anyhow::Context as _;
 use clap::Args;
 
 use super::{Ctx, human, print_json, progress::Display};
-use crate::copy::{CopyError, CopyKind, CopyOptions, copy, open_or_init};
+use crate::copy::{CopyError, CopyKind, CopyOptions, CopyReport, copy, open_or_init};
 use crate::progress::Progress;
-use crate::repo::{PointSelector, VolumeName};
+use crate::repo::{PointSelector, Repository, VolumeName};
+use crate::status::{Operation, Record};
 
 /// Arguments of `copy`.
 #[derive(Debug, Args)]
@@ -32,42 +33,36 @@ pub struct CopyArgs {
     pub json: bool,
 }
 
-/// Runs a copy.
+/// Runs a copy, volume by volume.
 pub async fn run(args: CopyArgs, ctx: &Ctx) -> anyhow::Result<()> {
-    let volume = args.volume.as_deref().map(VolumeName::new).transpose()?;
-    let src = ctx.open().await?;
-    let (dest, initialised) = open_or_init(&args.to)
-        .await
-        .with_context(|| format!("cannot open or create the destination {}", args.to))?;
-    if dest.config().id == src.config().id {
-        anyhow::bail!(
-            "{} is this repository ({}): copy to another one",
-            args.to,
-            ctx.location()?
-        );
+    let volumes = match args.volume.as_deref().map(VolumeName::new).transpose()? {
+        Some(v) => vec![v],
+        None => ctx.open().await?.volumes().await?,
+    };
+    let mut report = CopyReport {
+        destination: args.to.clone(),
+        ..CopyReport::default()
+    };
+    for v in &volumes {
+        let r = copy_volume(
+            ctx,
+            ctx.location()?,
+            &args.to,
+            v,
+            args.at.clone(),
+            args.consolidate,
+        )
+        .await?;
+        report.initialised |= r.initialised;
+        report.copied.extend(r.copied);
+        report.present += r.present;
+        report.bytes_read += r.bytes_read;
+        report.bytes_written += r.bytes_written;
+        report.seconds += r.seconds;
+        report.warnings.extend(r.warnings);
     }
-    let opts = CopyOptions {
-        volume,
-        at: args.at,
-        consolidate: args.consolidate,
-        threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
-    };
-    let progress = Arc::new(Progress::default());
-    let display = Display::start(
-        ctx.progress_mode(),
-        format!("copy to {}", args.to),
-        progress.clone(),
-    );
-    let result = copy(&src, &dest, initialised, &opts, progress).await;
-    display.finish().await;
-    let report = match result {
-        Ok(r) => r,
-        // A locked destination volume keeps its own message (and exit code 3).
-        Err(CopyError::Lock(e)) => return Err(e.into()),
-        Err(e) => return Err(e).with_context(|| format!("copy to {} failed", args.to)),
-    };
     for w in &report.warnings {
-        eprintln!("warning: {w}");
+        tracing::warn!("{w}");
     }
     if args.json {
         print_json(&report)?;
@@ -106,4 +101,55 @@ pub async fn run(args: CopyArgs, ctx: &Ctx) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Copies `volume` of the repository at `location` to `to` (created on first use),
+/// recording the outcome: the part of `copy` that `run` shares.
+pub(super) async fn copy_volume(
+    ctx: &Ctx,
+    location: &str,
+    to: &str,
+    volume: &VolumeName,
+    at: Option<PointSelector>,
+    consolidate: bool,
+) -> anyhow::Result<CopyReport> {
+    let work = async |src: &Repository| {
+        let (dest, initialised) = open_or_init(to)
+            .await
+            .with_context(|| format!("cannot open or create the destination {to}"))?;
+        if dest.config().id == src.config().id {
+            anyhow::bail!("{to} is this repository ({location}): copy to another one");
+        }
+        let dest = ctx.limit_uploads(dest);
+        let opts = CopyOptions {
+            volume: Some(volume.clone()),
+            at,
+            consolidate,
+            threads: ctx.threads,
+        };
+        let progress = Arc::new(Progress::default());
+        let display = Display::start(
+            ctx.progress_mode(),
+            format!("copy {volume} to {to}"),
+            progress.clone(),
+        );
+        let result = copy(src, &dest, initialised, &opts, progress).await;
+        display.finish().await;
+        match result {
+            Ok(r) => Ok(r),
+            // A locked destination volume keeps its own message (and exit code 3).
+            Err(CopyError::Lock(e)) => Err(e.into()),
+            Err(e) => Err(anyhow::Error::new(e).context(format!("copy to {to} failed"))),
+        }
+    };
+    let describe = |r: &CopyReport, rec: &mut Record| {
+        if let Some(p) = r.copied.last() {
+            rec.seq = Some(p.seq);
+            rec.archive = Some(p.archive.clone());
+        }
+        rec.bytes_read = Some(r.bytes_read);
+        rec.bytes_written = Some(r.bytes_written);
+    };
+    ctx.recorded(location, Operation::Copy, volume, work, describe)
+        .await
 }

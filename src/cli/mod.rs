@@ -220,11 +220,15 @@ impl Ctx {
 
     /// Opens the repository at `location` (with the upload limit, if any).
     async fn open_at(&self, location: &str) -> anyhow::Result<Repository> {
-        let repo = Repository::open_location(location).await?;
-        Ok(match &self.upload_limit {
+        Ok(self.limit_uploads(Repository::open_location(location).await?))
+    }
+
+    /// `repo` with this command's upload limit, if any.
+    fn limit_uploads(&self, repo: Repository) -> Repository {
+        match &self.upload_limit {
             Some(limit) => repo.with_upload_limit(limit.clone()),
             None => repo,
-        })
+        }
     }
 
     /// Runs `work` on the repository at `location` as `operation` on `volume`,
@@ -265,6 +269,22 @@ impl Ctx {
             tracing::warn!("{w}");
         }
         result
+    }
+
+    /// Writes a finished `record` of an operation on the repository at `location`
+    /// (`repo` if it could be opened); a failure is also kept for the on-failure hook.
+    async fn write_record(&self, location: &str, repo: Option<&Repository>, record: Record) {
+        if record.result == crate::status::Outcome::Failure {
+            self.shared
+                .failures
+                .lock()
+                .expect("not poisoned")
+                .push(record.clone());
+        }
+        let records = Records::new(location, Some(self.state_dir.clone()));
+        for w in records.write(repo, &record).await {
+            tracing::warn!("{w}");
+        }
     }
 
     /// Finishes the operation in progress, if any, as failed with `why`.
@@ -373,6 +393,27 @@ fn default_state_dir() -> PathBuf {
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
         .unwrap_or_else(std::env::temp_dir)
         .join("thinarc")
+}
+
+/// Whether `e` is (or was caused by) a volume locked by another run, or another
+/// `thinarc run` going on: such errors keep their own message and exit with code 3.
+pub fn is_locked(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<crate::repo::LockError>(),
+            Some(crate::repo::LockError::Held { .. })
+        ) || c.is::<crate::status::RunLocked>()
+    })
+}
+
+/// Adds `context` to `e`, unless `e` says the volume is locked: that message is complete
+/// as it is.
+fn context_unless_locked(e: anyhow::Error, context: impl FnOnce() -> String) -> anyhow::Error {
+    if is_locked(&e) {
+        e
+    } else {
+        e.context(context())
+    }
 }
 
 /// The error and its causes on one line, skipping a cause whose text the message

@@ -6,7 +6,8 @@ use clap::Args;
 
 use super::{Ctx, human, print_json};
 use crate::prune::{PruneError, PruneOptions, PruneReport, RetentionPolicy, Within, prune};
-use crate::repo::VolumeName;
+use crate::repo::{Repository, VolumeName};
+use crate::status::{Operation, Record};
 
 /// Arguments of `prune`. At least one `--keep-*` option is required: a policy
 /// without any would keep only the newest point.
@@ -89,17 +90,7 @@ pub async fn run(args: PruneArgs, ctx: &Ctx) -> anyhow::Result<()> {
     };
     let mut reports = Vec::new();
     for v in &volumes {
-        let r = match prune(&repo, v, &opts).await {
-            Ok(r) => r,
-            // The lock error itself in the chain: `main` exits with 3 for a held lock.
-            Err(PruneError::Lock(e)) => {
-                return Err(anyhow::Error::new(e).context(format!("prune of {v} failed")));
-            }
-            Err(e) => return Err(anyhow::Error::new(e).context(format!("prune of {v} failed"))),
-        };
-        for w in &r.warnings {
-            eprintln!("warning: {w}");
-        }
+        let r = prune_volume(ctx, ctx.location()?, v, &opts).await?;
         if !args.json && !ctx.quiet {
             print_human(&r);
         }
@@ -109,6 +100,39 @@ pub async fn run(args: PruneArgs, ctx: &Ctx) -> anyhow::Result<()> {
         print_json(&reports)?;
     }
     Ok(())
+}
+
+/// Prunes `volume` of the repository at `location`, recording the outcome (a dry run is
+/// not recorded): the part of `prune` that `run` shares.
+pub(super) async fn prune_volume(
+    ctx: &Ctx,
+    location: &str,
+    volume: &VolumeName,
+    opts: &PruneOptions,
+) -> anyhow::Result<PruneReport> {
+    let work = async |repo: &Repository| {
+        let context = format!("prune of {volume} failed");
+        match prune(repo, volume, opts).await {
+            Ok(r) => Ok(r),
+            // The lock error itself in the chain: `main` exits with 3 for a held lock.
+            Err(PruneError::Lock(e)) => Err(anyhow::Error::new(e).context(context)),
+            Err(e) => Err(anyhow::Error::new(e).context(context)),
+        }
+    };
+    let report = if opts.dry_run {
+        work(&ctx.open_at(location).await?).await?
+    } else {
+        let describe = |r: &PruneReport, rec: &mut Record| {
+            rec.bytes_read = Some(r.bytes_read);
+            rec.bytes_written = Some(r.bytes_written);
+        };
+        ctx.recorded(location, Operation::Prune, volume, work, describe)
+            .await?
+    };
+    for w in &report.warnings {
+        tracing::warn!(volume = %volume, "{w}");
+    }
+    Ok(report)
 }
 
 fn print_human(r: &PruneReport) {

@@ -10,9 +10,10 @@ use serde::Serialize;
 
 use super::{Ctx, error_message, human, print_json};
 use crate::backup::BackupOptions;
-use crate::config::{Config, DEFAULT_PATH};
+use crate::config::{Config, DEFAULT_PATH, Retention};
 use crate::lvm::PoolLimits;
-use crate::repo::Repository;
+use crate::prune::PruneOptions;
+use crate::repo::{Repository, VolumeName};
 use crate::status::{Operation, Records, RunLock, gather, prometheus};
 
 /// Arguments of `run`.
@@ -31,6 +32,31 @@ impl RunArgs {
     /// starts its threads; a config that does not load is reported by the run).
     pub fn low_priority(&self) -> bool {
         Config::load(&self.config).is_ok_and(|c| c.low_priority)
+    }
+}
+
+/// Prunes `volume` of the repository at `location` by `retention`, as a step.
+async fn prune_step(ctx: &Ctx, location: &str, volume: &VolumeName, retention: &Retention) -> Step {
+    let mut opts = PruneOptions::new(retention.policy.clone());
+    opts.max_chain_length = retention.max_chain_length;
+    let result = super::prune::prune_volume(ctx, location, volume, &opts).await;
+    Step {
+        operation: Operation::Prune,
+        volume: volume.to_string(),
+        repository: location.to_string(),
+        ok: result.is_ok(),
+        detail: match &result {
+            Ok(r) => format!(
+                "kept {} of {} point(s), {} rewritten: read {}, wrote {} in {:.1}s",
+                r.points.iter().filter(|p| p.keep).count(),
+                r.points.len(),
+                r.merges.len(),
+                human(r.bytes_read),
+                human(r.bytes_written),
+                r.seconds
+            ),
+            Err(e) => error_message(e),
+        },
     }
 }
 
@@ -58,7 +84,7 @@ pub async fn run(args: RunArgs, ctx: &Ctx) -> anyhow::Result<()> {
 
 /// The steps of a run, in order.
 async fn steps(args: &RunArgs, ctx: &Ctx, config: &Config) -> anyhow::Result<()> {
-    let _lock = RunLock::acquire(&ctx.state_dir).map_err(anyhow::Error::msg)?;
+    let _lock = RunLock::acquire(&ctx.state_dir)?;
     tracing::info!(config = %config.path.display(), volumes = config.volumes.len(), "run started");
     let mut steps: Vec<Step> = Vec::new();
     let mut report = |step: Step| {
@@ -92,6 +118,7 @@ async fn steps(args: &RunArgs, ctx: &Ctx, config: &Config) -> anyhow::Result<()>
         };
         let source = std::path::Path::new(&v.source);
         let result = super::backup::backup_volume(ctx, location, source, opts, limits).await;
+        let backed_up = result.is_ok();
         report(Step {
             operation: Operation::Backup,
             volume: v.name.to_string(),
@@ -109,6 +136,40 @@ async fn steps(args: &RunArgs, ctx: &Ctx, config: &Config) -> anyhow::Result<()>
                 Err(e) => error_message(e),
             },
         });
+        // Pruning follows a good backup; after a failed one the history is left as is.
+        if let (true, Some(retention)) = (backed_up, &v.retention) {
+            report(prune_step(ctx, location, &v.name, retention).await);
+        }
+    }
+
+    for c in &config.copies {
+        let from = &config.repositories[&c.from];
+        for volume in &c.volumes {
+            let result =
+                super::copy::copy_volume(ctx, from, &c.to, volume, None, c.consolidate).await;
+            let copied = result.is_ok();
+            report(Step {
+                operation: Operation::Copy,
+                volume: volume.to_string(),
+                repository: c.to.clone(),
+                ok: result.is_ok(),
+                detail: match &result {
+                    Ok(r) if r.copied.is_empty() => format!("{} already holds it", c.to),
+                    Ok(r) => format!(
+                        "{} point(s) to {}{}: wrote {} in {:.1}s",
+                        r.copied.len(),
+                        c.to,
+                        if c.consolidate { " (consolidated)" } else { "" },
+                        human(r.bytes_written),
+                        r.seconds
+                    ),
+                    Err(e) => error_message(e),
+                },
+            });
+            if let (true, Some(retention)) = (copied, &c.retention) {
+                report(prune_step(ctx, &c.to, volume, retention).await);
+            }
+        }
     }
 
     if let Some(path) = &config.prometheus {

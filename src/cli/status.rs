@@ -141,6 +141,20 @@ fn print_volume(v: &VolumeStatus) {
             println!("  last {} {}: {what}", op.name(), when(r));
         }
     }
+    for l in &v.locks {
+        println!(
+            "  locked by {} pid {} since {} ({}){}",
+            l.info.host,
+            l.info.pid,
+            l.info.started,
+            l.info.operation,
+            if l.stale {
+                format!(", stale: not refreshed for {:.0}s", l.age_seconds)
+            } else {
+                String::new()
+            }
+        );
+    }
     for p in &v.problems {
         println!("  problem: {p}");
     }

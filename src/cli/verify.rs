@@ -8,8 +8,9 @@ use clap::Args;
 
 use super::{Ctx, human, print_json, progress::Display};
 use crate::progress::Progress;
-use crate::repo::VolumeName;
-use crate::verify::{DataCheck, VerifyOptions, verify};
+use crate::repo::{Repository, VolumeName};
+use crate::status::{Operation, Record};
+use crate::verify::{DataCheck, Problem, VerifyError, VerifyOptions, VerifyReport, verify};
 
 /// Arguments of `verify`.
 #[derive(Debug, Args)]
@@ -44,6 +45,49 @@ pub struct ProblemsFound {
     pub location: String,
 }
 
+/// Records verify's outcome for each volume it checked (or the one it was asked to
+/// check, if it could not run).
+async fn record(
+    ctx: &Ctx,
+    location: &str,
+    repo: &Repository,
+    only: Option<&VolumeName>,
+    started: chrono::DateTime<chrono::Utc>,
+    result: &Result<VerifyReport, VerifyError>,
+) {
+    let outcomes: Vec<(String, Result<(), String>)> = match result {
+        Ok(report) => report
+            .volumes
+            .iter()
+            .map(|v| {
+                let problems: Vec<&Problem> =
+                    report.problems.iter().filter(|p| &p.volume == v).collect();
+                let outcome = match problems.first() {
+                    None => Ok(()),
+                    Some(first) => Err(format!("{} problem(s); first: {first}", problems.len())),
+                };
+                (v.clone(), outcome)
+            })
+            .collect(),
+        Err(e) => only
+            .map(|v| (v.to_string(), Err(e.to_string())))
+            .into_iter()
+            .collect(),
+    };
+    for (volume, outcome) in outcomes {
+        let Ok(volume) = VolumeName::new(&volume) else {
+            continue;
+        };
+        let mut rec = Record::start(Operation::Verify, &volume, location);
+        rec.started = started;
+        if let Ok(report) = result {
+            rec.bytes_read = Some(report.bytes_read);
+        }
+        ctx.write_record(location, Some(repo), rec.finish(outcome))
+            .await;
+    }
+}
+
 fn parse_percent(s: &str) -> Result<f64, String> {
     let p: f64 = s
         .strip_suffix('%')
@@ -76,13 +120,17 @@ pub async fn run(args: VerifyArgs, ctx: &Ctx) -> anyhow::Result<()> {
         volume,
         data,
         source: args.source,
-        threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+        threads: ctx.threads,
     };
+    let only = opts.volume.clone();
+    let started = chrono::Utc::now();
+    let location = ctx.location()?;
     let repo = ctx.open().await?;
     let progress = Arc::new(Progress::default());
     let display = Display::start(ctx.progress_mode(), "verify".into(), progress.clone());
     let result = verify(&repo, &opts, progress).await;
     display.finish().await;
+    record(ctx, location, &repo, only.as_ref(), started, &result).await;
     let report = result?;
     if args.json {
         print_json(&report)?;

@@ -18,6 +18,7 @@ use toml::Spanned;
 pub use value::{Rate, Size};
 
 use crate::format::BlockSize;
+use crate::prune::{PolicyError, RetentionPolicy, Within};
 use crate::repo::{VolumeName, parse_location};
 
 /// Where `thinarc run` looks for its config without `--config`.
@@ -111,42 +112,47 @@ pub struct Copy {
     pub retention: Option<Retention>,
 }
 
-/// A retention policy as written in the config (same meaning as `prune`'s flags).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// A retention policy from the config: the rules of `prune`'s `--keep-*` flags, and
+/// `--max-chain-length`.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Retention {
-    /// Keep the newest N points.
-    pub keep_last: Option<u32>,
-    /// Keep the newest point of each of the last N hours.
-    pub keep_hourly: Option<u32>,
-    /// ... days.
-    pub keep_daily: Option<u32>,
-    /// ... ISO weeks.
-    pub keep_weekly: Option<u32>,
-    /// ... months.
-    pub keep_monthly: Option<u32>,
-    /// ... years.
-    pub keep_yearly: Option<u32>,
-    /// Keep every point younger than this (e.g. `14d`).
-    pub keep_within: Option<String>,
+    /// What to keep.
+    pub policy: RetentionPolicy,
     /// Consolidate a chain longer than this.
     pub max_chain_length: Option<u32>,
 }
 
-impl Retention {
-    /// Whether the policy keeps anything beyond the newest point.
-    fn keeps_something(&self) -> bool {
-        [
-            self.keep_last,
-            self.keep_hourly,
-            self.keep_daily,
-            self.keep_weekly,
-            self.keep_monthly,
-            self.keep_yearly,
-        ]
-        .iter()
-        .any(|n| n.is_some_and(|n| n > 0))
-            || self.keep_within.is_some()
+/// A retention table as written.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetention {
+    keep_last: Option<u32>,
+    keep_hourly: Option<u32>,
+    keep_daily: Option<u32>,
+    keep_weekly: Option<u32>,
+    keep_monthly: Option<u32>,
+    keep_yearly: Option<u32>,
+    keep_within: Option<String>,
+    max_chain_length: Option<u32>,
+}
+
+impl RawRetention {
+    /// The policy, checked as `prune` checks its flags.
+    fn parse(&self) -> Result<Retention, PolicyError> {
+        let policy = RetentionPolicy {
+            last: self.keep_last,
+            hourly: self.keep_hourly,
+            daily: self.keep_daily,
+            weekly: self.keep_weekly,
+            monthly: self.keep_monthly,
+            yearly: self.keep_yearly,
+            within: self.keep_within.as_deref().map(Within::parse).transpose()?,
+        };
+        policy.check()?;
+        Ok(Retention {
+            policy,
+            max_chain_length: self.max_chain_length.filter(|&n| n > 0),
+        })
     }
 }
 
@@ -185,7 +191,7 @@ struct RawVolume {
     block_size: Option<Spanned<Size>>,
     max_pool_data: Option<Spanned<u8>>,
     max_pool_metadata: Option<Spanned<u8>>,
-    retention: Option<Spanned<Retention>>,
+    retention: Option<Spanned<RawRetention>>,
 }
 
 #[derive(Deserialize)]
@@ -197,7 +203,7 @@ struct RawCopy {
     volumes: Vec<Spanned<String>>,
     #[serde(default)]
     consolidate: bool,
-    retention: Option<Spanned<Retention>>,
+    retention: Option<Spanned<RawRetention>>,
 }
 
 /// Checks one value, keeping its span for the error.
@@ -282,17 +288,13 @@ impl Config {
                 ),
             )),
         };
-        let retention = |r: &Option<Spanned<Retention>>, what: &str| {
-            match r {
-            Some(r) if !r.get_ref().keeps_something() => Err(c.error(
-                r.span(),
-                format!(
-                    "{what}: this retention keeps nothing but the newest point; set at least one keep_* option, or remove the table to keep everything"
-                ),
-            )),
-            Some(r) => Ok(Some(r.get_ref().clone())),
+        let retention = |r: &Option<Spanned<RawRetention>>, what: &str| match r {
+            Some(r) => r
+                .get_ref()
+                .parse()
+                .map(Some)
+                .map_err(|e| c.error(r.span(), format!("{what}: retention: {e}"))),
             None => Ok(None),
-        }
         };
         let percent = |v: &Option<Spanned<u8>>, key: &str| match v {
             Some(p) if !(1..=100).contains(p.get_ref()) => Err(c.error(

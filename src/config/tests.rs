@@ -55,7 +55,7 @@ fn a_full_config() {
     assert_eq!(web.max_pool_metadata, None);
     let r = web.retention.as_ref().unwrap();
     assert_eq!(
-        (r.keep_daily, r.keep_weekly, r.keep_monthly),
+        (r.policy.daily, r.policy.weekly, r.policy.monthly),
         (Some(7), Some(4), Some(6))
     );
     assert_eq!(c.volumes[1].retention, None);
@@ -184,7 +184,17 @@ fn each_mistake_names_file_line_and_problem() {
     bad(
         "retention = { keep_weekly = 6 }",
         "retention = { keep_weekly = 0 }",
-        "/etc/thinarc/t.toml:33:13: copy to /mnt/offline/thinarc: this retention keeps nothing but the newest point; set at least one keep_* option, or remove the table to keep everything",
+        "/etc/thinarc/t.toml:33:13: copy to /mnt/offline/thinarc: retention: --keep-weekly must be at least 1 (leave the option out to not use it)",
+    );
+    bad(
+        "retention = { keep_weekly = 6 }",
+        "retention = { keep_within = \"2 weeks\" }",
+        "/etc/thinarc/t.toml:33:13: copy to /mnt/offline/thinarc: retention: invalid duration \"2 weeks\": use numbers with units y, m, w, d, h (e.g. 7d, 1y6m, 36h)",
+    );
+    bad(
+        "retention = { keep_weekly = 6 }",
+        "retention = { max_chain_length = 3 }",
+        "/etc/thinarc/t.toml:33:13: copy to /mnt/offline/thinarc: retention: the policy keeps nothing but the newest point: give at least one of --keep-last, --keep-hourly, --keep-daily, --keep-weekly, --keep-monthly, --keep-yearly, --keep-within",
     );
     bad(
         "threads = 2",

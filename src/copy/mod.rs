@@ -89,7 +89,7 @@ pub struct CopiedPoint {
 }
 
 /// The result of a copy.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct CopyReport {
     /// The destination location.
     pub destination: String,

@@ -179,14 +179,26 @@ impl VolumeLock {
             ..Default::default()
         };
         // From here until the lock is held, a cancelled acquire (a signal) must still
-        // remove the object it may have written.
+        // remove the object it may have written. The write runs as its own task, so a
+        // cancelled acquire cannot leave it half done; the deletion waits for it (else
+        // the object could land after it was deleted).
+        let (written_tx, written) = watch::channel(false);
+        let put = tokio::spawn({
+            let (store, key, body) = (repo.store().clone(), key.clone(), body.clone());
+            async move {
+                let r = store.put_opts(&key, body, create).await;
+                let _ = written_tx.send(true);
+                r
+            }
+        });
         let mut pending = Pending {
             repo: Some(repo.clone()),
             key: key.clone(),
+            written,
         };
-        repo.store()
-            .put_opts(&key, body.clone(), create)
-            .await
+        put.await
+            .map_err(|e| object_store::Error::JoinError { source: e })
+            .and_then(|r| r)
             .map_err(RepoError::store("write lock", &key))?;
         let mut broken = Vec::new();
         match contend(repo, volume, &key, &mut broken).await {
@@ -304,12 +316,23 @@ impl Drop for VolumeLock {
 struct Pending {
     repo: Option<Repository>,
     key: Path,
+    /// Becomes true once the write of the lock object has finished.
+    written: watch::Receiver<bool>,
 }
 
 impl Drop for Pending {
     fn drop(&mut self) {
         if let Some(repo) = self.repo.take() {
-            schedule_delete(repo, self.key.clone(), None, None);
+            let mut written = self.written.clone();
+            let key = self.key.clone();
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                let task = rt.spawn(async move {
+                    // Closed without `true`: the write task died; delete anyway.
+                    let _ = written.wait_for(|done| *done).await;
+                    delete_after(repo, key, None, None).await
+                });
+                DROPPED.lock().expect("dropped locks").push(task);
+            }
         }
     }
 }
@@ -431,6 +454,41 @@ async fn contend(
     }
 }
 
+/// A lock object found on a volume, as `status` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct HeldLock {
+    /// Who holds it.
+    #[serde(flatten)]
+    pub info: LockInfo,
+    /// Seconds since it was last written (refreshed), by this host's clock.
+    pub age_seconds: f64,
+    /// Whether it is older than its TTL: its run died, and the next run breaks it.
+    pub stale: bool,
+}
+
+/// The lock objects on `volume` now (none when no run holds it).
+///
+/// # Errors
+/// [`RepoError`] when the locks cannot be listed or read.
+pub async fn held_locks(
+    repo: &Repository,
+    volume: &VolumeName,
+) -> Result<Vec<HeldLock>, RepoError> {
+    let now = Utc::now();
+    let mut out = Vec::new();
+    for m in repo.list(&volume.locks_prefix()).await? {
+        if let Some(info) = read_lock(repo, &m.location, volume).await? {
+            let age = age(now, m.last_modified);
+            out.push(HeldLock {
+                stale: age > info.ttl(),
+                age_seconds: age.as_secs_f64(),
+                info,
+            });
+        }
+    }
+    Ok(out)
+}
+
 /// How much older `then` is than `now` (zero if it is newer).
 fn age(now: DateTime<Utc>, then: DateTime<Utc>) -> Duration {
     (now - then).to_std().unwrap_or_default()
@@ -528,7 +586,7 @@ async fn refresh_once(repo: &Repository, key: &Path, body: &PutPayload) -> Resul
 }
 
 /// This machine's host name.
-fn hostname() -> String {
+pub fn hostname() -> String {
     let mut buf = [0u8; 256];
     // SAFETY: gethostname writes at most `buf.len()` bytes into the buffer we own.
     let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };

@@ -46,7 +46,8 @@ pub use config::RepoConfig;
 pub use layout::{VolumeName, new_id};
 pub use location::{Location, open_store, parse_location};
 pub use lock::{
-    DEFAULT_LOCK_TTL, LOCK_TTL_ENV, LockError, LockInfo, VolumeLock, lock_ttl, settle_dropped_locks,
+    DEFAULT_LOCK_TTL, HeldLock, LOCK_TTL_ENV, LockError, LockInfo, VolumeLock, held_locks,
+    hostname, lock_ttl, settle_dropped_locks,
 };
 pub use publish::{ArchiveUpload, Published};
 

@@ -22,7 +22,8 @@ use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 
-use super::record::{Record, hostname};
+use super::record::Record;
+use crate::repo::hostname;
 
 /// How long the hook may run.
 pub const HOOK_TIMEOUT: Duration = Duration::from_secs(300);

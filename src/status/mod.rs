@@ -10,9 +10,9 @@ mod run_lock;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::repo::{PointSelector, Repository, VolumeName};
+use crate::repo::{HeldLock, PointSelector, Repository, VolumeName, held_locks};
 pub use record::{Operation, Outcome, Record, Records, Slot};
-pub use run_lock::RunLock;
+pub use run_lock::{RunLock, RunLockError, RunLocked};
 
 /// The records of one operation on one volume.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -59,6 +59,8 @@ pub struct VolumeStatus {
     pub copy: OperationStatus,
     /// Verify records.
     pub verify: OperationStatus,
+    /// Lock objects on the volume: a run holds it now (or died holding it: `stale`).
+    pub locks: Vec<HeldLock>,
     /// Problems found while gathering the status (e.g. an unreadable archive).
     pub problems: Vec<String>,
 }
@@ -144,10 +146,15 @@ pub async fn gather(
             prune: OperationStatus::default(),
             copy: OperationStatus::default(),
             verify: OperationStatus::default(),
+            locks: Vec::new(),
             problems: unreachable.iter().cloned().collect(),
         };
         if let (Some(repo), Ok(v)) = (repo, VolumeName::new(&name)) {
             catalog(repo, &v, time, &mut s).await;
+            match held_locks(repo, &v).await {
+                Ok(locks) => s.locks = locks,
+                Err(e) => s.problems.push(format!("cannot list locks: {e}")),
+            }
         }
         for op in Operation::ALL {
             let slot = |slot| records.read(repo, &name, op, slot);

@@ -104,6 +104,18 @@ const FAMILIES: &[Family] = &[
         value: |v| v.newest.as_ref().map(|n| ts(n.created)),
     },
     Family {
+        name: "thinarc_locks",
+        kind: "gauge",
+        help: "Lock objects on the volume (a run in progress, or a stale lock of a dead run).",
+        value: |v| Some(v.locks.len() as f64),
+    },
+    Family {
+        name: "thinarc_stale_locks",
+        kind: "gauge",
+        help: "Lock objects not refreshed within their TTL (a run died holding the lock).",
+        value: |v| Some(v.locks.iter().filter(|l| l.stale).count() as f64),
+    },
+    Family {
         name: "thinarc_problems",
         kind: "gauge",
         help: "Problems found reading the volume's catalog (0 = none).",

@@ -609,7 +609,7 @@ fn archive_of_a_newer_major_version_is_reported_as_such() {
     write(&archive, &bytes);
     let e = t.fails(&["restore", "n.img", t.path("o.img").to_str().unwrap()]);
     assert!(
-        e.contains("unsupported format version 2.1 (this build reads major version 1)"),
+        e.contains("unsupported format version 2.0 (this build reads major version 1)"),
         "{e}"
     );
 }
