@@ -176,8 +176,12 @@ fn guest_scenario() {
     // releases them, and says so.
     step(t0, "trim delta done");
     write_file("/tmp/fs/big", 32);
+    // A killed run cannot remove its volume lock either: a short TTL lets the next
+    // run break it as stale instead of waiting the default ten minutes.
     let mut child = Command::new(env!("CARGO_BIN_EXE_thinarc"))
         .args(["-q", "-r", t.location(), "backup", "lvm:vg/data"])
+        .env("THINARC_LOCK_TTL", "1")
+        .env("THINARC_STATE_DIR", t.path("state"))
         .spawn()
         .unwrap();
     let t0 = std::time::Instant::now();
@@ -191,6 +195,7 @@ fn guest_scenario() {
     }
     child.kill().unwrap();
     child.wait().unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(2));
     assert_eq!(
         thinarc_snapshots().len(),
         2,
