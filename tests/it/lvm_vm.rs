@@ -247,8 +247,9 @@ fn guest_scenario() {
         .unwrap();
     let before = thinarc_snapshots();
     let e = t.fails(&["backup", "lvm:vg/data", "--max-pool-data", "1"]);
+    // The error is the last line (an info line says the backup started).
     assert_eq!(
-        e.trim(),
+        e.trim().lines().last().unwrap(),
         format!(
             "error: backup of lvm:vg/data to volume vg/data failed: thin pool vg/pool data usage is {pct:.2}%, above the limit of 1% (--max-pool-data): extend the pool (lvextend) or free space first; nothing was created"
         )

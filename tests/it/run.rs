@@ -235,3 +235,105 @@ fn the_systemd_units_pass_systemd_analyze_verify() {
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success() && stderr.trim().is_empty(), "{stderr}");
 }
+
+#[test]
+fn run_prunes_by_retention_and_makes_consolidated_copies_with_their_own_retention() {
+    let t = TempRepo::new();
+    let offline = t.path("offline");
+    let cfg = t.path("thinarc.toml");
+    write(
+        &cfg,
+        format!(
+            r#"state_dir = "{state}"
+[repositories.main]
+location = "{repo}"
+
+[[volumes]]
+name = "vg0/a"
+source = "{a}"
+retention = {{ keep_last = 2 }}
+
+[[copies]]
+to = "{offline}"
+consolidate = true
+retention = {{ keep_last = 1 }}
+"#,
+            state = t.path("state").display(),
+            repo = t.location(),
+            a = t.path("a.img").display(),
+            offline = offline.display(),
+        )
+        .as_bytes(),
+    );
+    let mut images = Vec::new();
+    for night in 0..3u64 {
+        let mut img = make_image(2 * MIB, 55);
+        img[night as usize * 4096..night as usize * 4096 + 5].copy_from_slice(b"night");
+        write(&t.path("a.img"), &img);
+        images.push(img);
+        let o = thinarc(&t, &["run", "--config", cfg.to_str().unwrap(), "--json"]);
+        assert!(o.success, "{}", o.show());
+        let steps: Value = serde_json::from_str(&o.stdout).unwrap();
+        let ops: Vec<&str> = steps
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["operation"].as_str().unwrap())
+            .collect();
+        assert_eq!(ops, ["backup", "prune", "copy", "prune"], "{steps}");
+    }
+    // The repository keeps the last two nights, the offline copy the last one, as a
+    // full archive that restores on its own.
+    let points = |location: &str| -> Vec<u64> {
+        let o = thinarc_env(
+            &["-r", location, "list", "vg0/a", "--json"],
+            &[(
+                "THINARC_STATE_DIR".to_string(),
+                t.path("state").display().to_string(),
+            )],
+        );
+        assert!(o.success, "{}", o.show());
+        let v: Value = serde_json::from_str(&o.stdout).unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["seq"].as_u64().unwrap())
+            .collect()
+    };
+    assert_eq!(points(t.location()), [2, 3]);
+    assert_eq!(points(offline.to_str().unwrap()), [3]);
+    let out = t.path("from-offline.img");
+    let o = thinarc_env(
+        &[
+            "-r",
+            offline.to_str().unwrap(),
+            "restore",
+            "vg0/a",
+            out.to_str().unwrap(),
+            "-q",
+        ],
+        &[],
+    );
+    assert!(o.success, "{}", o.show());
+    assert_eq!(read(&out), images[2]);
+    let older = t.path("night2.img");
+    t.ok(&[
+        "restore",
+        "vg0/a",
+        older.to_str().unwrap(),
+        "--at",
+        "2",
+        "-q",
+    ]);
+    assert_eq!(read(&older), images[1]);
+
+    // Status shows the prune and copy records next to the backup's.
+    let s = t.run(&["status", "--json"]);
+    assert!(s.success, "{}", s.show());
+    let s: Value = serde_json::from_str(&s.stdout).unwrap();
+    let v = &s["volumes"][0];
+    assert_eq!(v["prune"]["last"]["result"], "success");
+    assert_eq!(v["copy"]["last"]["result"], "success");
+    assert_eq!(v["copy"]["last"]["seq"], 3);
+    assert_eq!(v["points"], 2);
+}
