@@ -34,8 +34,8 @@ use crate::format::Digest;
 use crate::progress::Progress;
 use crate::prune::{MergeError, MergeOptions, merge};
 use crate::repo::{
-    ArchiveUpload, Commit, LEFTOVER_GRACE, LockError, PointSelector, RemoteArchive, RepoError,
-    Repository, VolumeLock, VolumeName,
+    ArchiveUpload, Chain, Commit, LEFTOVER_GRACE, LockError, PointSelector, RemoteArchive,
+    RepoError, Repository, VolumeLock, VolumeName,
 };
 
 /// Bytes of one ranged read of an archive being copied.
@@ -251,28 +251,8 @@ impl VolumeCopy<'_> {
             if self.already_has(chain.tip())? {
                 return Ok(());
             }
-            let r = merge(
-                self.src,
-                &chain,
-                None,
-                self.dest,
-                self.volume,
-                &MergeOptions {
-                    threads: self.opts.threads,
-                    ..MergeOptions::new("consolidate")
-                },
-            )
-            .await
-            .map_err(Box::new)?;
-            self.report.bytes_read += r.bytes_read;
-            self.committed(
-                r.seq,
-                r.archive,
-                CopyKind::Consolidated,
-                r.stored_bytes,
-                r.committed_at,
-            )
-            .await?;
+            self.merge_into_dest(&chain, None, CopyKind::Consolidated)
+                .await?;
             return Ok(());
         }
         // The points to copy: every point, or the chain of one.
@@ -399,28 +379,38 @@ impl VolumeCopy<'_> {
             .archives
             .iter()
             .position(|x| Some(x.header.seq) == parent_seq);
+        self.merge_into_dest(&chain, parent, CopyKind::Rewritten)
+            .await
+    }
+
+    /// Writes the point `chain` ends at into the destination with the merge engine: on
+    /// the archive at `parent` in the chain, or as a full archive.
+    async fn merge_into_dest(
+        &mut self,
+        chain: &Chain,
+        parent: Option<usize>,
+        kind: CopyKind,
+    ) -> Result<(), CopyError> {
+        let method = match kind {
+            CopyKind::Consolidated => "consolidate",
+            _ => "merge",
+        };
         let r = merge(
             self.src,
-            &chain,
+            chain,
             parent,
             self.dest,
             self.volume,
             &MergeOptions {
                 threads: self.opts.threads,
-                ..MergeOptions::new("merge")
+                ..MergeOptions::new(method)
             },
         )
         .await
         .map_err(Box::new)?;
         self.report.bytes_read += r.bytes_read;
-        self.committed(
-            r.seq,
-            r.archive,
-            CopyKind::Rewritten,
-            r.stored_bytes,
-            r.committed_at,
-        )
-        .await
+        self.committed(r.seq, r.archive, kind, r.stored_bytes, r.committed_at)
+            .await
     }
 
     /// Records a point committed in the destination and opens it there (its parent for

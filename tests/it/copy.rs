@@ -4,26 +4,17 @@
 //! killed after any number of store operations leaves every destination point
 //! restorable or absent, and the next copy completes.
 
-use std::fmt;
-use std::ops::Range;
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
 
-use async_trait::async_trait;
-use bytes::Bytes;
-use futures::stream::BoxStream;
 use object_store::path::Path as Key;
 use object_store::prefix::PrefixStore;
-use object_store::{
-    CopyOptions as StoreCopyOptions, GetOptions, GetResult, ListResult, MultipartUpload,
-    ObjectMeta, ObjectStore, ObjectStoreExt, PutMultipartOptions, PutOptions, PutPayload,
-    PutResult, RenameOptions, UploadPart,
-};
+use object_store::{ObjectStore, ObjectStoreExt};
 use thinarc::copy::{CopyKind, CopyOptions, CopyReport, copy};
 use thinarc::repo::{PointSelector, Repository, VolumeName};
 
 use crate::chain::{LibRepo, backup_file, local_store, restore_every_point, restore_seq};
+use crate::faults::{Faults, FaultyStore};
 use crate::util::s3::moto;
 use crate::util::{TempRepo, assert_same_image, make_image, read, write};
 
@@ -336,145 +327,6 @@ async fn locked_destination_volume_exits_3() {
     t.ok(&["copy", "--to", dest.location()]);
 }
 
-/// A store that fails every call once `budget` calls have been made (a process killed
-/// at that point, as far as the store can tell).
-#[derive(Debug)]
-struct FailAfter {
-    inner: Arc<dyn ObjectStore>,
-    budget: Arc<AtomicI64>,
-}
-
-impl fmt::Display for FailAfter {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "FailAfter({})", self.inner)
-    }
-}
-
-fn spend(budget: &AtomicI64) -> object_store::Result<()> {
-    if budget.fetch_sub(1, Ordering::SeqCst) > 0 {
-        Ok(())
-    } else {
-        Err(object_store::Error::Generic {
-            store: "fail-after",
-            source: "killed".into(),
-        })
-    }
-}
-
-#[async_trait]
-impl ObjectStore for FailAfter {
-    async fn put_opts(
-        &self,
-        location: &Key,
-        payload: PutPayload,
-        opts: PutOptions,
-    ) -> object_store::Result<PutResult> {
-        spend(&self.budget)?;
-        self.inner.put_opts(location, payload, opts).await
-    }
-
-    async fn put_multipart_opts(
-        &self,
-        location: &Key,
-        opts: PutMultipartOptions,
-    ) -> object_store::Result<Box<dyn MultipartUpload>> {
-        spend(&self.budget)?;
-        let inner = self.inner.put_multipart_opts(location, opts).await?;
-        Ok(Box::new(FailAfterUpload {
-            inner,
-            budget: self.budget.clone(),
-        }))
-    }
-
-    async fn get_opts(
-        &self,
-        location: &Key,
-        options: GetOptions,
-    ) -> object_store::Result<GetResult> {
-        spend(&self.budget)?;
-        self.inner.get_opts(location, options).await
-    }
-
-    async fn get_ranges(
-        &self,
-        location: &Key,
-        ranges: &[Range<u64>],
-    ) -> object_store::Result<Vec<Bytes>> {
-        spend(&self.budget)?;
-        self.inner.get_ranges(location, ranges).await
-    }
-
-    fn delete_stream(
-        &self,
-        locations: BoxStream<'static, object_store::Result<Key>>,
-    ) -> BoxStream<'static, object_store::Result<Key>> {
-        let budget = self.budget.clone();
-        let locations = futures::StreamExt::map(locations, move |l| {
-            spend(&budget)?;
-            l
-        });
-        self.inner.delete_stream(Box::pin(locations))
-    }
-
-    fn list(&self, prefix: Option<&Key>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
-        match spend(&self.budget) {
-            Ok(()) => self.inner.list(prefix),
-            Err(e) => Box::pin(futures::stream::once(async { Err(e) })),
-        }
-    }
-
-    async fn list_with_delimiter(&self, prefix: Option<&Key>) -> object_store::Result<ListResult> {
-        spend(&self.budget)?;
-        self.inner.list_with_delimiter(prefix).await
-    }
-
-    async fn copy_opts(
-        &self,
-        from: &Key,
-        to: &Key,
-        options: StoreCopyOptions,
-    ) -> object_store::Result<()> {
-        spend(&self.budget)?;
-        self.inner.copy_opts(from, to, options).await
-    }
-
-    async fn rename_opts(
-        &self,
-        from: &Key,
-        to: &Key,
-        options: RenameOptions,
-    ) -> object_store::Result<()> {
-        spend(&self.budget)?;
-        self.inner.rename_opts(from, to, options).await
-    }
-}
-
-#[derive(Debug)]
-struct FailAfterUpload {
-    inner: Box<dyn MultipartUpload>,
-    budget: Arc<AtomicI64>,
-}
-
-#[async_trait]
-impl MultipartUpload for FailAfterUpload {
-    fn put_part(&mut self, data: PutPayload) -> UploadPart {
-        match spend(&self.budget) {
-            Ok(()) => self.inner.put_part(data),
-            Err(e) => Box::pin(async { Err(e) }),
-        }
-    }
-
-    async fn complete(&mut self) -> object_store::Result<PutResult> {
-        spend(&self.budget)?;
-        self.inner.complete().await
-    }
-
-    async fn abort(&mut self) -> object_store::Result<()> {
-        spend(&self.budget)?;
-        self.inner.abort().await
-    }
-}
-
 /// Kill-point test for one kind of copy: for every N, a copy whose destination
 /// store dies after N calls fails, every point the destination then lists restores
 /// byte for byte, and a second copy completes with every point restorable.
@@ -483,17 +335,20 @@ async fn kill_points(consolidate: bool) {
     let volume = VolumeName::new("k").unwrap();
     let models = source(&src, &volume, 3).await;
     let o = opts(&volume, None, consolidate);
-    let mut n = 0;
+    let mut n = 0usize;
     loop {
         let dest = LibRepo::new().await;
-        let budget = Arc::new(AtomicI64::new(n));
-        let store = FailAfter {
+        let faults = Arc::new(Mutex::new(Faults::default()));
+        let store = FaultyStore {
             inner: local_store(&dest.path("repo")),
-            budget: budget.clone(),
+            faults: faults.clone(),
         };
-        budget.store(i64::MAX, Ordering::SeqCst);
         let faulty = Repository::open(Arc::new(store), "faulty").await.unwrap();
-        budget.store(n, Ordering::SeqCst);
+        {
+            let mut f = faults.lock().unwrap();
+            f.ops = 0;
+            f.crash_at = Some(n);
+        }
         let result = copy(&src.repo, &faulty, false, &o, Arc::default()).await;
         if result.is_ok() {
             assert!(n > 10, "the copy needs more than {n} store calls");
