@@ -259,6 +259,7 @@ impl VolumeCopy<'_> {
                 self.volume,
                 &MergeOptions {
                     threads: self.opts.threads,
+                    keep_lvm: false,
                     ..MergeOptions::new("consolidate")
                 },
             )
@@ -407,6 +408,7 @@ impl VolumeCopy<'_> {
             self.volume,
             &MergeOptions {
                 threads: self.opts.threads,
+                keep_lvm: false,
                 ..MergeOptions::new("merge")
             },
         )
