@@ -403,6 +403,8 @@ impl VolumeCopy<'_> {
             self.volume,
             &MergeOptions {
                 threads: self.opts.threads,
+                // The snapshot named by `lvm` belongs to the source repository's host.
+                keep_lvm: false,
                 ..MergeOptions::new(method)
             },
         )

@@ -22,6 +22,8 @@ pub use frame::{
     frame_content_len as stored_frame_content_len,
 };
 pub use geometry::{BlockSize, Geometry};
+#[cfg(test)]
+pub(crate) use header::test_header;
 pub use header::{Compression, Header, LvmSnapshot, ParentRef, Preamble, SourceInfo};
 pub use index::{DirEntry, EntryKind, IndexEntry, decode_segment};
 pub use magic::*;

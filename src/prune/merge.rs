@@ -13,11 +13,16 @@
 //!
 //! The work streams: a [`ChainCursor`] over the segment yields the blocks to hold in
 //! order; restore's fetch and decode pipeline reads and checks them (each block once,
-//! from the newest archive holding it, coalesced range reads); they are recompressed
-//! on the blocking pool (both cores) and appended through [`ArchiveWriter`] to an
-//! [`ArchiveUpload`]. Memory is a few work units and upload parts, whatever the volume
-//! size; the bytes read are those of the merged archives' blocks that survive, plus
-//! the index of P's chain (to recompute the image digest without reading its data).
+//! from the newest archive holding it, coalesced range reads); a stored frame all of
+//! whose blocks the new archive holds, in order, is copied as it is (its blocks still
+//! decoded and checked against their digests); the blocks of partly superseded frames
+//! are recompressed on the blocking pool (both cores); everything is appended through
+//! [`ArchiveWriter`] to an [`ArchiveUpload`]. So a merge costs about a restore, plus
+//! the compression of what newer archives broke up. A copied frame keeps the zstd
+//! level it was written with (the header's `compression.level` is informational).
+//! Memory is a few work units and upload parts, whatever the volume size; the bytes
+//! read are those of the merged archives' blocks that survive, plus the index of P's
+//! chain (to recompute the image digest without reading its data).
 //!
 //! Before committing, the image digest of the new archive's point (its blocks on top
 //! of P's point) is recomputed and must equal X's; otherwise nothing is committed.
@@ -37,6 +42,7 @@
 //! # Ok(()) }
 //! ```
 
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -47,11 +53,11 @@ use crate::backup::process::{Op, Processed, compress};
 use crate::backup::{DEFAULT_ZSTD_LEVEL, FRAME_BYTES};
 use crate::format::{
     ArchiveWriter, Compression, Digest, EncodedFrame, FormatError, Geometry, Header, ImageHasher,
-    ImageRun, ParentRef, SourceInfo,
+    ImageRun, ParentRef, SourceInfo, stored_frame_content_len,
 };
 use crate::repo::{ArchiveUpload, Chain, ChainCursor, RepoError, Repository, VolumeName, new_id};
 use crate::restore::RestoreError;
-use crate::restore::read::{BufferPool, Decoded, Span, read_units};
+use crate::restore::read::{BufferPool, Decoded, ReadMode, Span, read_units_with};
 
 /// How to write a merged archive.
 #[derive(Debug, Clone)]
@@ -61,20 +67,28 @@ pub struct MergeOptions {
     /// Commit marker generation: 0 to add a new point, or one above the point's
     /// current generation to replace its archive.
     pub generation: u32,
-    /// zstd level for the recompressed frames.
+    /// zstd level for the recompressed frames (copied frames keep theirs).
     pub zstd_level: i32,
     /// Units decoded and compressed in parallel.
     pub threads: usize,
+    /// Whether the new archive keeps the point's `lvm` header key (the LVM thin
+    /// snapshot the point was read from, the base of the volume's next LVM backup).
+    /// True for a merge within the point's own repository; false for an archive
+    /// written into another repository, whose backups must not take (and, once they
+    /// commit, remove) the source repository's snapshot as their base.
+    pub keep_lvm: bool,
 }
 
 impl MergeOptions {
-    /// Defaults: generation 0, the default zstd level, one worker per core.
+    /// Defaults: generation 0, the default zstd level, one worker per core, the
+    /// `lvm` key kept (a merge in the point's own repository).
     pub fn new(method: &str) -> Self {
         MergeOptions {
             method: method.to_string(),
             generation: 0,
             zstd_level: DEFAULT_ZSTD_LEVEL,
             threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            keep_lvm: true,
         }
     }
 }
@@ -100,6 +114,10 @@ pub struct MergeReport {
     pub blocks: u64,
     /// Bytes read from the source repository (frames).
     pub bytes_read: u64,
+    /// Stored frames copied as they are (all their blocks survive, in order).
+    pub frames_reused: u64,
+    /// Frames recompressed (from blocks of partly superseded frames).
+    pub frames_compressed: u64,
     /// Size of the new archive object.
     pub stored_bytes: u64,
     /// The point's image digest (checked).
@@ -192,6 +210,7 @@ pub async fn merge(
             path: tip.header.source.path.clone(),
             method: opts.method.clone(),
         },
+        lvm: tip.header.lvm.clone().filter(|_| opts.keep_lvm),
         ..tip.header.clone()
     };
     let mut upload = ArchiveUpload::start(
@@ -232,6 +251,8 @@ pub async fn merge(
         merged_archives: chain.archives.len() - floor,
         blocks: stats.blocks,
         bytes_read: stats.bytes_read,
+        frames_reused: stats.frames_reused,
+        frames_compressed: stats.frames_compressed,
         stored_bytes: published.size,
         image_digest: image.to_hex(),
         seconds: started.elapsed().as_secs_f64(),
@@ -239,11 +260,13 @@ pub async fn merge(
     })
 }
 
-/// Counters of one merge.
+/// Counters of one merge (or of one unit of it).
 #[derive(Debug, Default)]
 struct Stats {
     blocks: u64,
     bytes_read: u64,
+    frames_reused: u64,
+    frames_compressed: u64,
 }
 
 /// Streams the archive into `upload`; returns the counters, the image digest of the
@@ -276,18 +299,25 @@ async fn write(
         move |d: Decoded| encode_unit(d, geometry, frame_blocks, level, &pool)
     };
     let chain = Arc::new(chain.clone());
-    let mut units = read_units(
+    let mode = ReadMode {
+        stored: true,
+        ..ReadMode::default()
+    };
+    let mut units = read_units_with(
         src,
         chain.clone(),
         ChainCursor::segment(&chain, floor, boundary),
         blocks,
         opts.threads,
         pool,
+        mode,
         encode,
     );
     let mut stats = Stats::default();
-    while let Some((spans, fetched)) = units.stream.try_next().await? {
-        stats.bytes_read += fetched;
+    while let Some((spans, unit)) = units.stream.try_next().await? {
+        stats.bytes_read += unit.bytes_read;
+        stats.frames_reused += unit.frames_reused;
+        stats.frames_compressed += unit.frames_compressed;
         for span in spans {
             // Blocks skipped before the span are the parent's.
             if let Some(g) = gaps.as_mut() {
@@ -309,17 +339,21 @@ async fn write(
 }
 
 /// Turns a decoded unit into archive operations, one batch per span (the blocks
-/// between spans are the parent's): zero runs, and data spans cut into frames of at
-/// most `frame_blocks` blocks and recompressed. Returns the batches and the bytes the
-/// unit fetched.
+/// between spans are the parent's): zero runs, the stored frames that survive whole
+/// copied as they are, and the other data blocks cut into frames of at most
+/// `frame_blocks` blocks and recompressed. Returns the batches and the unit's counters.
 fn encode_unit(
     d: Decoded,
     g: Geometry,
     frame_blocks: u64,
     level: i32,
     pool: &BufferPool,
-) -> Result<(Vec<Processed>, u64), MergeError> {
+) -> Result<(Vec<Processed>, Stats), MergeError> {
     let bs = u64::from(g.block_size().get()) as usize;
+    let mut stats = Stats {
+        bytes_read: d.fetched,
+        ..Stats::default()
+    };
     let mut out = Vec::with_capacity(d.spans.len());
     for span in &d.spans {
         let mut ops = Vec::new();
@@ -340,19 +374,44 @@ fn encode_unit(
                 bytes,
                 digests,
             } => {
-                let digests = &d.digests[digests.clone()];
-                for (i, chunk) in digests.chunks(frame_blocks as usize).enumerate() {
-                    let start = bytes.start + i * frame_blocks as usize * bs;
-                    let end = (start + chunk.len() * bs).min(bytes.end);
-                    let (kind, stored) = compress(&d.buf[start..end], level)?;
-                    ops.push(Op::Frame(EncodedFrame {
-                        first_block: first + (i as u64) * frame_blocks,
-                        kind,
-                        bytes: stored,
-                        digests: chunk.to_vec(),
-                    }));
+                // Blocks `fresh..i` of the span are still to be recompressed.
+                let (n, mut i, mut fresh) = (digests.len(), 0, 0);
+                let mut recompress = |run: Range<usize>, ops: &mut Vec<Op>| {
+                    let run_digests =
+                        &d.digests[digests.start + run.start..digests.start + run.end];
+                    for (c, chunk) in run_digests.chunks(frame_blocks as usize).enumerate() {
+                        let at = run.start + c * frame_blocks as usize;
+                        let start = bytes.start + at * bs;
+                        let end = (start + chunk.len() * bs).min(bytes.end);
+                        let (kind, stored) = compress(&d.buf[start..end], level)?;
+                        stats.frames_compressed += 1;
+                        ops.push(Op::Frame(EncodedFrame {
+                            first_block: first + at as u64,
+                            kind,
+                            bytes: stored,
+                            digests: chunk.to_vec(),
+                        }));
+                    }
+                    Ok::<_, MergeError>(())
+                };
+                while i < n {
+                    match whole_frame(&d, g, *first, digests, i) {
+                        Some(frame) => {
+                            recompress(fresh..i, &mut ops)?;
+                            i += frame.digests.len();
+                            fresh = i;
+                            stats.frames_reused += 1;
+                            ops.push(Op::Frame(frame));
+                        }
+                        None => i += 1,
+                    }
                 }
-                image.extend(digests.iter().map(|g| ImageRun::Data(*g)));
+                recompress(fresh..n, &mut ops)?;
+                image.extend(
+                    d.digests[digests.clone()]
+                        .iter()
+                        .map(|g| ImageRun::Data(*g)),
+                );
             }
         }
         out.push(Processed {
@@ -363,7 +422,45 @@ fn encode_unit(
             image,
         });
     }
-    let fetched = d.fetched;
     pool.give(d.buf);
-    Ok((out, fetched))
+    Ok((out, stats))
+}
+
+/// The stored frame holding block `i` of the data span of `d` from block `first` with
+/// digests `digests`, copied as it is when it survives whole from that block on: the
+/// block is its slot 0, the span's next blocks are its slots 1, 2... up to its last,
+/// and their lengths in the new point's geometry `g` add up to the frame's content
+/// (FORMAT.md 6.1). Its content was decoded and every block checked against its
+/// digest while reading.
+fn whole_frame(
+    d: &Decoded,
+    g: Geometry,
+    first: u64,
+    digests: &Range<usize>,
+    i: usize,
+) -> Option<EncodedFrame> {
+    let sources = &d.stored.blocks;
+    let at = digests.start + i;
+    let (frame, slot) = *sources.get(at)?;
+    if slot != 0 {
+        return None;
+    }
+    let (kind, stored) = &d.stored.frames[frame];
+    let content = stored_frame_content_len(*kind, stored).ok()? as u64;
+    let blocks = content.div_ceil(u64::from(g.block_size().get())) as usize;
+    let end = at
+        .checked_add(blocks)
+        .filter(|&e| blocks > 0 && e <= digests.end)?;
+    let first_block = first + i as u64;
+    let whole = (at..end).all(|j| sources[j] == (frame, (j - at) as u16))
+        && (first_block..first_block + blocks as u64)
+            .map(|b| g.block_len(b))
+            .sum::<u64>()
+            == content;
+    whole.then(|| EncodedFrame {
+        first_block,
+        kind: *kind,
+        bytes: stored.to_vec(),
+        digests: d.digests[at..end].to_vec(),
+    })
 }

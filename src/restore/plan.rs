@@ -166,7 +166,16 @@ pub(super) async fn plan_works(
                     continue;
                 }
                 let known = w.frame(layer, frame_offset);
-                if !w.has_room(limits, block_size, known.is_none().then_some(frame_len)) {
+                // A frame's run of consecutive blocks is not cut between units (each
+                // unit would decode it, and a merge could not copy it whole): a unit
+                // may exceed its data limit by one frame's content (at most 16 MiB,
+                // 256 KiB in thinarc's archives).
+                let continues = known.is_some()
+                    && matches!(w.items.last(), Some(&Item::Block { frame, block, slot: s, .. })
+                        if Some(frame) == known && block + 1 == entry.block && s + 1 == slot);
+                if !continues
+                    && !w.has_room(limits, block_size, known.is_none().then_some(frame_len))
+                {
                     send(&tx, &mut w).await;
                 }
                 let index = match w.frame(layer, frame_offset) {

@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 use super::RestoreError;
 pub(crate) use super::plan::FrameFilter;
 use super::plan::{Item, UnitLimits, Work, plan_works};
-use crate::format::{Digest, FrameDecoder, block_from_frame, stored_frame_content_len};
+use crate::format::{Digest, FrameDecoder, FrameKind, block_from_frame, stored_frame_content_len};
 use crate::repo::{Chain, ChainCursor, Repository};
 
 /// Work unit size and range reads in flight, by store. Bigger reads matter most: a
@@ -75,6 +75,20 @@ pub(crate) struct Decoded {
     /// Blocks that did not check out ([`OnBad::Record`] only; not in `buf`, `spans`
     /// or `digests`).
     pub bad: Vec<BadBlock>,
+    /// With [`ReadMode::stored`]: the unit's frames as stored, and where each data
+    /// block came from (empty otherwise).
+    pub stored: StoredFrames,
+}
+
+/// The stored frames of a decoded unit, for a merge that copies the frames surviving
+/// whole instead of recompressing them.
+#[derive(Debug, Default)]
+pub(crate) struct StoredFrames {
+    /// Each frame of the unit as stored (a slice of the fetched bytes), with its kind.
+    pub frames: Vec<(FrameKind, Bytes)>,
+    /// Per data block of the unit (parallel to [`Decoded::digests`]): the index of
+    /// its frame in `frames`, and its slot in that frame.
+    pub blocks: Vec<(usize, u16)>,
 }
 
 /// How a decode treats a block that does not check out.
@@ -103,6 +117,8 @@ pub(crate) struct ReadMode {
     pub keep: Option<FrameFilter>,
     /// What a block that does not check out does.
     pub on_bad: OnBad,
+    /// Keep the stored frames in [`Decoded::stored`] (merges).
+    pub stored: bool,
 }
 
 /// Unit buffers handed back for reuse.
@@ -177,8 +193,9 @@ where
     )
 }
 
-/// [`read_units`] reading only the frames `mode.keep` accepts, and recording bad blocks
-/// instead of failing with `mode.on_bad` [`OnBad::Record`].
+/// [`read_units`] reading only the frames `mode.keep` accepts, recording bad blocks
+/// instead of failing with `mode.on_bad` [`OnBad::Record`], and keeping the stored
+/// frames with `mode.stored`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn read_units_with<T, E, F>(
     repo: &Repository,
@@ -195,7 +212,7 @@ where
     E: From<RestoreError> + Send + 'static,
     F: Fn(Decoded) -> Result<T, E> + Send + Sync + 'static,
 {
-    let on_bad = mode.on_bad;
+    let (on_bad, stored) = (mode.on_bad, mode.stored);
     let (limits, fetches) = tuning(repo);
     let (tx, rx) = tokio::sync::mpsc::channel::<Work>(2 * fetches);
     let block_size = u64::from(chain.tip().geometry().block_size().get());
@@ -209,9 +226,11 @@ where
         .map_ok(move |(w, bytes)| {
             let (chain, pool, step) = (chain.clone(), pool.clone(), step.clone());
             async move {
-                tokio::task::spawn_blocking(move || step(decode(&chain, w, bytes, &pool, on_bad)?))
-                    .await
-                    .map_err(|e| E::from(RestoreError::Task(e.to_string())))?
+                tokio::task::spawn_blocking(move || {
+                    step(decode(&chain, w, bytes, &pool, on_bad, stored)?)
+                })
+                .await
+                .map_err(|e| E::from(RestoreError::Task(e.to_string())))?
             }
         })
         .try_buffered(threads.max(1))
@@ -249,6 +268,7 @@ fn decode(
     bytes: Vec<Bytes>,
     pool: &BufferPool,
     on_bad: OnBad,
+    stored: bool,
 ) -> Result<Decoded, RestoreError> {
     SCRATCH.with_borrow_mut(|slot| {
         let scratch = match slot {
@@ -261,7 +281,7 @@ fn decode(
                 frames: Vec::new(),
             }),
         };
-        decode_with(chain, w, bytes, pool.take(), scratch, on_bad)
+        decode_with(chain, w, bytes, pool.take(), scratch, on_bad, stored)
     })
 }
 
@@ -272,6 +292,7 @@ fn decode_with(
     buf: Vec<u8>,
     scratch: &mut Scratch,
     on_bad: OnBad,
+    stored: bool,
 ) -> Result<Decoded, RestoreError> {
     let geometry = chain.tip().geometry();
     // Names the archive only when there is an error: this sits on the per-block path.
@@ -290,7 +311,18 @@ fn decode_with(
         digests: Vec::with_capacity(w.data_blocks as usize),
         fetched: bytes.iter().map(|b| b.len() as u64).sum(),
         bad: Vec::new(),
+        stored: StoredFrames::default(),
     };
+    if stored {
+        d.stored.frames = frames
+            .iter()
+            .map(|r| {
+                let start = (r.offset - fetches[r.fetch].range.start) as usize;
+                (r.kind, bytes[r.fetch].slice(start..start + r.len as usize))
+            })
+            .collect();
+        d.stored.blocks.reserve(w.data_blocks as usize);
+    }
     d.buf
         .reserve((w.data_blocks * u64::from(geometry.block_size().get())) as usize);
     // The current frame of each archive: an archive's frames come in increasing
@@ -345,6 +377,9 @@ fn decode_with(
                 let bytes = d.buf.len()..d.buf.len() + data.len();
                 d.buf.extend_from_slice(data);
                 d.digests.push(digest);
+                if stored {
+                    d.stored.blocks.push((f, slot));
+                }
                 let digests = d.digests.len() - 1..d.digests.len();
                 match d.spans.last_mut() {
                     Some(Span::Data {

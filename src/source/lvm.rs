@@ -352,7 +352,7 @@ fn judge_base(
             snap.thin_id, snap.pool_lv, rec.thin_id, rec.pool
         ));
     }
-    if !snap.has_tag(&archive_tag(&last.archive_id)) {
+    if !read_for(snap, rec, last) {
         return untrusted(format!(
             "{snap_name} is not tagged {}",
             archive_tag(&last.archive_id)
@@ -367,6 +367,23 @@ fn judge_base(
         snapshot: Box::new(snap.clone()),
         thin_id: rec.thin_id,
     }
+}
+
+/// Whether `snap` is the snapshot the point of `last` was read from: it carries the
+/// archive tag of `last`, or `last` is a merged archive (`source.kind` `"archive"`,
+/// written by a prune in this repository) that replaced the archive read from it by
+/// another archive of the same point and kept its `lvm` record. The snapshot then
+/// carries the replaced archive's tag, whose id it is named after. (Copies into
+/// another repository do not keep the record, FORMAT.md 5.1.)
+fn read_for(snap: &LvInfo, rec: &LvmSnapshot, last: &Header) -> bool {
+    if snap.has_tag(&archive_tag(&last.archive_id)) {
+        return true;
+    }
+    last.source.kind == "archive"
+        && snap.tags.iter().any(|t| {
+            t.strip_prefix(archive_tag("").as_str())
+                .is_some_and(|id| snapshot_name(&rec.lv, id) == rec.snapshot)
+        })
 }
 
 /// Removes a thinarc snapshot (active or not).
@@ -466,5 +483,116 @@ mod tests {
         assert_eq!(archive_tag(id), format!("thinarc-archive-{id}"));
         assert_eq!(origin_tag("rPA6P5-RfIj"), "thinarc-origin-rPA6P5-RfIj");
         assert_eq!(snapshot_name(&"x".repeat(127), id).len(), 100 + 21);
+    }
+
+    const READ: &str = "a0000000000000000000000000000001";
+
+    /// The LV `vg0/web`, its pool, and the snapshot archive [`READ`] was read from.
+    fn lvs() -> (LvName, LvInfo, LvInfo, LvInfo) {
+        let name = LvName {
+            vg: "vg0".into(),
+            lv: "web".into(),
+        };
+        let origin = LvInfo {
+            lv_name: "web".into(),
+            lv_uuid: "origin-uuid".into(),
+            segtype: "thin".into(),
+            pool_lv: "pool".into(),
+            ..LvInfo::default()
+        };
+        let pool = LvInfo {
+            lv_name: "pool".into(),
+            segtype: "thin-pool".into(),
+            ..LvInfo::default()
+        };
+        let snap = LvInfo {
+            lv_name: snapshot_name("web", READ),
+            lv_uuid: "snap-uuid".into(),
+            lv_attr: "Vri---tz-k".into(),
+            segtype: "thin".into(),
+            pool_lv: "pool".into(),
+            thin_id: Some(7),
+            tags: vec![TAG.into(), origin_tag("origin-uuid"), archive_tag(READ)],
+            ..LvInfo::default()
+        };
+        (name, origin, pool, snap)
+    }
+
+    /// The header of an archive `id` made by `kind` carrying the record of the snapshot.
+    fn last(id: &str, kind: &str) -> Header {
+        let mut h = crate::format::test_header(1 << 20);
+        h.archive_id = id.into();
+        h.source.kind = kind.into();
+        h.lvm = Some(LvmSnapshot {
+            vg: "vg0".into(),
+            lv: "web".into(),
+            lv_uuid: "origin-uuid".into(),
+            pool: "pool".into(),
+            snapshot: snapshot_name("web", READ),
+            snapshot_uuid: "snap-uuid".into(),
+            thin_id: 7,
+            chunk_size: 65536,
+        });
+        h
+    }
+
+    fn judge(snap: &LvInfo, last: &Header) -> Result<u64, String> {
+        let (name, origin, pool, _) = lvs();
+        let all = [origin.clone(), pool.clone(), snap.clone()];
+        match judge_base(&name, &origin, &pool, &all, Some(last)) {
+            BaseState::Trusted { snapshot, thin_id } => {
+                assert_eq!(snapshot.lv_uuid, "snap-uuid");
+                Ok(thin_id)
+            }
+            BaseState::Untrusted { reason } => Err(reason),
+            BaseState::NewVolume => unreachable!("there is a last archive"),
+        }
+    }
+
+    #[test]
+    fn a_merged_archive_of_the_point_keeps_its_snapshot_as_base() {
+        let (.., snap) = lvs();
+        let merged = "b0000000000000000000000000000002";
+        assert_eq!(judge(&snap, &last(READ, "lvm")), Ok(7));
+        // A prune replaced the archive read from the snapshot by a merged one.
+        assert_eq!(judge(&snap, &last(merged, "archive")), Ok(7));
+        // Another archive that claims the record without being a merge is not trusted.
+        let tag = format!(
+            "web-thinarc-a00000000000 is not tagged {}",
+            archive_tag(merged)
+        );
+        assert_eq!(
+            judge(&snap, &last(merged, "lvm")),
+            Err(format!("vg0/{tag}"))
+        );
+        // Nor a merge when the snapshot's archive tag is not the one it is named after.
+        let retagged = LvInfo {
+            tags: vec![TAG.into(), archive_tag("c0000000000000000000000000000003")],
+            ..snap.clone()
+        };
+        assert_eq!(
+            judge(&retagged, &last(merged, "archive")),
+            Err(format!("vg0/{tag}"))
+        );
+        // The identity checks still apply to merged archives.
+        let recreated = LvInfo {
+            lv_uuid: "other-uuid".into(),
+            ..snap.clone()
+        };
+        assert!(
+            judge(&recreated, &last(merged, "archive"))
+                .is_err_and(|r| r.contains("has uuid other-uuid"))
+        );
+        let writable = LvInfo {
+            lv_attr: "Vwi---tz-k".into(),
+            ..snap.clone()
+        };
+        assert!(judge(&writable, &last(merged, "archive")).is_err_and(|r| r.contains("writable")));
+        // A merged archive without the record (a consolidated copy) is no base.
+        let copied = Header {
+            lvm: None,
+            ..last(merged, "archive")
+        };
+        assert!(judge(&snap, &copied).is_err_and(|r| r.contains("not read from an LVM snapshot")));
     }
 }

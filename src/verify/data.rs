@@ -63,6 +63,7 @@ pub(super) async fn check_data(
     let mode = ReadMode {
         keep,
         on_bad: OnBad::Record,
+        stored: false,
     };
     let blocks = archive.geometry().blocks();
     let mut units = read_units_with(

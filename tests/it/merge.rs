@@ -3,11 +3,19 @@
 //! as a full), committed as the point's next generation; then every point, the merged
 //! one and its descendants (linked through `parent.image`), restores byte for byte.
 //! Also: a full consolidation into another repository, size changes across the
-//! segment, and what the merged archive holds.
+//! segment, what the merged archive holds, the stored frames it copies whole, and
+//! which merges keep the `lvm` record.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use proptest::prelude::*;
-use thinarc::prune::{MergeOptions, merge};
+use thinarc::backup::{BackupOptions, backup};
+use thinarc::copy::{CopyOptions, copy};
+use thinarc::format::{ArchiveReader, BlockSize, EntryKind, Header, LvmSnapshot};
+use thinarc::prune::{MergeOptions, PruneOptions, RetentionPolicy, merge, prune};
 use thinarc::repo::{PointSelector, Repository, VolumeName};
+use thinarc::source::RawSource;
 
 use crate::chain::{LibRepo, MAX_SIZE, Op, apply, backup_file, op, restore_every_point, runtime};
 use crate::util::{make_image, write};
@@ -177,4 +185,226 @@ async fn consolidation_into_another_repository_restores_alone() {
             .expect("restore the copy");
         crate::util::assert_same_image(&crate::util::read(&out), &points[seq as usize - 1], "copy");
     }
+}
+
+/// The `lvm` record of an LVM backup (no LVM needed: the library records what it is
+/// given), naming snapshot `snap` of `vg0/web`.
+fn lvm_record(snap: &str, thin_id: u64) -> LvmSnapshot {
+    LvmSnapshot {
+        vg: "vg0".into(),
+        lv: "web".into(),
+        lv_uuid: "rPA6P5-RfIj-Kxof-Od3P-pkvh-qnNc-rMpq1b".into(),
+        pool: "pool".into(),
+        snapshot: snap.into(),
+        snapshot_uuid: format!("{snap}-uuid"),
+        thin_id,
+        chunk_size: 65536,
+    }
+}
+
+/// The header of `volume`'s archive of point `seq`.
+async fn header_of(repo: &Repository, volume: &VolumeName, seq: u64) -> Header {
+    let commits = repo.commits(volume).await.unwrap();
+    let chain = repo
+        .resolve(&commits, &PointSelector::Seq(seq))
+        .await
+        .unwrap();
+    chain.tip().header.clone()
+}
+
+/// A prune rewrites a point's archive as another archive of the same point, which
+/// keeps the `lvm` record of the snapshot the point was read from (the next LVM backup
+/// keeps using it as its base); a consolidated copy into another repository drops it.
+#[tokio::test(flavor = "multi_thread")]
+async fn merged_archive_keeps_the_points_lvm_snapshot_in_its_repository_only() {
+    let t = LibRepo::new().await;
+    let volume = VolumeName::new("web").unwrap();
+    let src = t.path("web.img");
+    let mut img = make_image(300_000, 5);
+    let mut models = Vec::new();
+    for seq in 1..=4u64 {
+        img[seq as usize * 20_000..][..9000].fill(seq as u8);
+        write(&src, &img);
+        let mut opts = BackupOptions::new(volume.clone());
+        opts.block_size = Some(BlockSize::new(4096).unwrap());
+        opts.lvm = Some(lvm_record(&format!("web-thinarc-{seq}"), seq));
+        backup(
+            &t.repo,
+            RawSource::open(&src).unwrap(),
+            &opts,
+            Arc::default(),
+        )
+        .await
+        .expect("backup");
+        models.push(img.clone());
+    }
+    let before = header_of(&t.repo, &volume, 4).await;
+    assert_eq!(before.lvm, Some(lvm_record("web-thinarc-4", 4)));
+    // Keep the last two points: seq 3 folds into a full, seq 4 stays a delta on it.
+    let policy = RetentionPolicy {
+        last: Some(2),
+        ..RetentionPolicy::default()
+    };
+    let mut opts = PruneOptions::new(policy);
+    opts.threads = 2;
+    prune(&t.repo, &volume, &opts).await.expect("prune");
+    let folded = header_of(&t.repo, &volume, 3).await;
+    assert_eq!(
+        (folded.parent.as_ref(), folded.source.kind.as_str()),
+        (None, "archive")
+    );
+    assert_eq!(folded.lvm, Some(lvm_record("web-thinarc-3", 3)));
+    // A merge of the latest point onto the folded full keeps its record too.
+    merge_in_place(&t.repo, &volume, 4, Some(3)).await;
+    let merged = header_of(&t.repo, &volume, 4).await;
+    assert_ne!(merged.archive_id, before.archive_id);
+    assert_eq!(
+        (merged.source.kind.as_str(), merged.source.method.as_str()),
+        ("archive", "merge")
+    );
+    assert_eq!(merged.lvm, before.lvm);
+    for seq in [3, 4] {
+        let out = t.path("restored.img");
+        crate::chain::restore_seq(&t.repo, &volume, seq, &out)
+            .await
+            .expect("restore");
+        crate::util::assert_same_image(
+            &crate::util::read(&out),
+            &models[seq as usize - 1],
+            "point",
+        );
+    }
+    // A consolidated copy in another repository does not name this repository's
+    // snapshot: that repository's backups must not take it as their base.
+    let other = LibRepo::new().await;
+    let copy_opts = CopyOptions {
+        volume: Some(volume.clone()),
+        at: None,
+        consolidate: true,
+        threads: 2,
+    };
+    copy(&t.repo, &other.repo, false, &copy_opts, Arc::default())
+        .await
+        .expect("copy --consolidate");
+    let copied = header_of(&other.repo, &volume, 4).await;
+    assert_eq!(
+        (copied.source.method.as_str(), copied.lvm.as_ref()),
+        ("consolidate", None)
+    );
+}
+
+/// The stored frames of the archive object of `volume`'s point `seq` in `t`, by their
+/// first block.
+async fn stored_frames(t: &LibRepo, volume: &VolumeName, seq: u64) -> BTreeMap<u64, Vec<u8>> {
+    let commits = t.repo.commits(volume).await.unwrap();
+    let c = commits.iter().find(|c| c.seq == seq).expect("point");
+    let bytes = crate::util::read(&t.archives_dir(volume.as_str()).join(&c.object));
+    let reader = ArchiveReader::open(&bytes).expect("archive");
+    reader
+        .entries()
+        .expect("index")
+        .into_iter()
+        .filter_map(|e| match e.kind {
+            EntryKind::Data {
+                frame_offset,
+                frame_len,
+                slot: 0,
+                ..
+            } => {
+                let at = frame_offset as usize;
+                Some((e.block, bytes[at..at + frame_len as usize].to_vec()))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// A consolidation of a full and a small delta copies the full's frames that the delta
+/// leaves whole and the delta's frame byte for byte, recompresses only the blocks of
+/// the frame the delta breaks up, and so
+/// writes no more than the chain stores; the copy restores byte for byte (the property
+/// test above covers partly superseded frames in every shape).
+#[tokio::test(flavor = "multi_thread")]
+async fn consolidation_copies_the_frames_that_survive_whole() {
+    let t = LibRepo::new().await;
+    let volume = VolumeName::new("f").unwrap();
+    let src = t.path("f.img");
+    // Data around the change, and up to a short last block (the full's last frame
+    // holds it and is copied too).
+    let (size, changed) = (3_000_000 + 1234, 1_500_000);
+    let mut img = make_image(size, 21);
+    for range in [changed - 400_000..changed + 400_000, size - 300_000..size] {
+        crate::util::Rng::new(range.start as u64).fill(&mut img[range]);
+    }
+    write(&src, &img);
+    backup_file(&t.repo, &volume, &src, None)
+        .await
+        .expect("full");
+    img[changed..changed + 100].fill(7);
+    write(&src, &img);
+    let list = std::iter::once(changed as u64..changed as u64 + 100);
+    backup_file(&t.repo, &volume, &src, Some(list.collect()))
+        .await
+        .expect("delta");
+    let full = stored_frames(&t, &volume, 1).await;
+    let delta = stored_frames(&t, &volume, 2).await;
+    let block = changed as u64 / 4096;
+    assert_eq!(
+        delta.keys().collect::<Vec<_>>(),
+        [&block],
+        "the delta's frame"
+    );
+    let broken = *full.range(..=block).next_back().expect("a frame").0;
+    let last = full.keys().next_back().copied().expect("frames");
+    assert!(
+        full.len() > 5 && last + 64 > size as u64 / 4096,
+        "several frames, the last holding the short block: {:?}",
+        full.keys()
+    );
+
+    let other = LibRepo::new().await;
+    let commits = t.repo.commits(&volume).await.unwrap();
+    let chain = t
+        .repo
+        .resolve(&commits, &PointSelector::Latest)
+        .await
+        .unwrap();
+    let mut opts = MergeOptions::new("consolidate");
+    opts.threads = 2;
+    let r = merge(&t.repo, &chain, None, &other.repo, &volume, &opts)
+        .await
+        .expect("consolidate");
+    // Every frame of the full but the one the delta breaks up, and the delta's frame,
+    // are copied; the broken frame's blocks before and after the delta's block are
+    // recompressed.
+    assert!(block > broken, "the change is inside a frame");
+    assert_eq!(
+        (r.frames_reused, r.frames_compressed),
+        (full.len() as u64, 2),
+        "frames copied and recompressed"
+    );
+    let copy = stored_frames(&other, &volume, 2).await;
+    for (first, frame) in full.iter().filter(|(f, _)| **f != broken).chain(&delta) {
+        assert_eq!(
+            copy.get(first),
+            Some(frame),
+            "frame at block {first} copied"
+        );
+    }
+    assert!(
+        copy.contains_key(&broken),
+        "the broken frame's first blocks are rewritten"
+    );
+    assert_eq!(copy.len(), full.len() + 2);
+    let stored: u64 = commits.iter().map(|c| c.size).sum();
+    assert!(
+        r.stored_bytes <= stored,
+        "wrote {} bytes, the chain stores {stored}",
+        r.stored_bytes
+    );
+    let out = other.path("copy.img");
+    crate::chain::restore_seq(&other.repo, &volume, 2, &out)
+        .await
+        .expect("restore the copy");
+    crate::util::assert_same_image(&crate::util::read(&out), &img, "copy");
 }
