@@ -12,7 +12,8 @@
 # and the bytes read. A delta's cost should follow the change, not the LV size.
 #
 # Usage: bench/lvm.sh                 (builds thinarc in release mode on the host first)
-# Env:   REPS (rounds, default 5), BENCH_THINARC (use this binary instead of building)
+# Env:   REPS (rounds, default 5), BENCH_THINARC (use this binary instead of building),
+#        VM_TIMEOUT (seconds, default 2400)
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
@@ -90,5 +91,5 @@ for size in ('1', '8'):
 print(f"\n8 GiB / 1 GiB median wall time: {med['8'] / med['1']:.2f}")
 PY
 GUEST
-PV_SIZE=4G tests/vm/run.sh "$GUEST"
+PV_SIZE=4G VM_TIMEOUT=${VM_TIMEOUT:-2400} tests/vm/run.sh "$GUEST"
 rm -f "$GUEST"
