@@ -7,8 +7,10 @@ use serde::Serialize;
 use super::{BackupError, BackupOptions, BackupReport, Base, backup_from};
 use crate::lvm::{LvName, PoolLimits};
 use crate::progress::Progress;
-use crate::repo::{Repository, new_id};
-use crate::source::lvm::{BaseState, LvmPlan, block_size_for_chunk, snapshot_name};
+use crate::repo::{Repository, VolumeName, new_id};
+use crate::source::lvm::{
+    BaseState, LvmPlan, ThinarcSnapshot, block_size_for_chunk, snapshot_name,
+};
 
 /// Backs up the thin LV `name` as a new point of `opts.volume`.
 ///
@@ -73,11 +75,29 @@ pub struct DryRun {
     pub metadata_snapshot_reserved: bool,
     /// thinarc snapshots the run would remove.
     pub strays: Vec<String>,
+    /// Every thinarc snapshot of the LV and its role.
+    pub snapshots: Vec<ThinarcSnapshot>,
     /// What the run would do.
     pub action: String,
     /// The snapshot the run would create (the name's last part depends on the new
     /// archive id).
     pub snapshot: String,
+}
+
+/// thinarc's snapshots of the thin LV `name`, whose backups go to `volume`: which
+/// one is the current base (the latest archive of `volume` was read from it and it is
+/// intact) and which are strays the next backup removes. Creates and changes nothing.
+///
+/// # Errors
+/// [`BackupError`]: the repository or LVM could not be read (also when the LV's
+/// pool is not active).
+pub async fn lvm_snapshots(
+    repo: &Repository,
+    name: &LvName,
+    volume: &VolumeName,
+) -> Result<Vec<ThinarcSnapshot>, BackupError> {
+    let base = Base::latest(repo, volume).await?;
+    Ok(LvmPlan::inspect(name, base.tip())?.snapshots())
 }
 
 /// Inspects what `backup_lvm` would do, creating nothing.
@@ -92,6 +112,7 @@ pub async fn dry_run_lvm(
 ) -> Result<DryRun, BackupError> {
     let base = Base::latest(repo, &opts.volume).await?;
     let plan = LvmPlan::inspect(name, base.tip())?;
+    let snapshots = plan.snapshots();
     let action = match &plan.base {
         BaseState::NewVolume => format!(
             "full backup of the chunks mapped in a new snapshot (block size {})",
@@ -113,11 +134,12 @@ pub async fn dry_run_lvm(
         pool_metadata_percent: plan.pool.metadata_percent,
         pool_problem: plan.check_pool(limits).err().map(|e| e.to_string()),
         metadata_snapshot_reserved: plan.pool_status.held_metadata_root.is_some(),
-        strays: plan
-            .strays
+        strays: snapshots
             .iter()
-            .map(|s| format!("{}/{}", name.vg, s.lv_name))
+            .filter(|s| !s.base)
+            .map(|s| s.name.clone())
             .collect(),
+        snapshots,
         action,
         snapshot: format!("{}/{}", name.vg, snapshot_name(&name.lv, "<archive id>")),
     })

@@ -13,7 +13,7 @@ pub(crate) mod process;
 
 pub(crate) use process::is_zero;
 
-pub use lvm::{DryRun, backup_lvm, dry_run_lvm};
+pub use lvm::{DryRun, backup_lvm, dry_run_lvm, lvm_snapshots};
 
 use std::ops::Range;
 use std::sync::Arc;

@@ -6,11 +6,14 @@ use std::sync::Arc;
 
 use clap::Args;
 
+use super::backup::lvm_source;
 use super::{Ctx, human, print_json, progress::Display};
 use crate::progress::Progress;
 use crate::repo::{Repository, VolumeName};
 use crate::status::{Operation, Record};
-use crate::verify::{DataCheck, Problem, VerifyError, VerifyOptions, VerifyReport, verify};
+use crate::verify::{
+    DataCheck, Problem, VerifyError, VerifyOptions, VerifyReport, VerifySource, verify,
+};
 
 /// Arguments of `verify`.
 #[derive(Debug, Args)]
@@ -27,7 +30,8 @@ pub struct VerifyArgs {
     /// Seed of the --data-subset sample (default: a new random one per run).
     #[arg(long, requires = "data_subset")]
     pub seed: Option<u64>,
-    /// Compare this image file or block device with the latest point of VOLUME.
+    /// Compare this image file or block device with the latest point of VOLUME; for
+    /// `lvm:VG/LV`, the LV's thinarc base snapshot (what the latest point was read from).
     #[arg(long, value_name = "SOURCE", requires = "volume")]
     pub source: Option<PathBuf>,
     /// Print the report as JSON.
@@ -119,7 +123,15 @@ pub async fn run(args: VerifyArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let opts = VerifyOptions {
         volume,
         data,
-        source: args.source,
+        source: args
+            .source
+            .map(|p| {
+                anyhow::Ok(match lvm_source(&p)? {
+                    Some(lv) => VerifySource::Lvm(lv),
+                    None => VerifySource::Path(p),
+                })
+            })
+            .transpose()?,
         threads: ctx.threads,
     };
     let only = opts.volume.clone();

@@ -72,6 +72,7 @@ pub(super) fn spawn(program: &str, args: &[&str]) -> Result<std::process::Child,
 /// [`LvmError::Spawn`], or [`LvmError::Command`] for a non-zero exit (any non-zero
 /// code: thin-provisioning-tools 0.9 exits 1 on error, 1.x exits 64).
 pub fn run_tool(program: &str, args: &[&str]) -> Result<String, LvmError> {
+    let started = std::time::Instant::now();
     let out = spawn(program, args)?
         .wait_with_output()
         .map_err(|source| LvmError::Spawn {
@@ -79,10 +80,21 @@ pub fn run_tool(program: &str, args: &[&str]) -> Result<String, LvmError> {
             package: package(program),
             source,
         })?;
+    log_ran(program, args, started);
     if !out.status.success() {
         return Err(failed(program, args, out.status, &out.stderr));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Logs (at debug level, `-v`) how long a command took: `ran PROGRAM in S s: ARGV`.
+/// `bench/lvm.sh` sums these per program for its per-step breakdown.
+pub(super) fn log_ran(program: &str, args: &[&str], started: std::time::Instant) {
+    tracing::debug!(
+        "ran {program} in {:.3} s: {}",
+        started.elapsed().as_secs_f64(),
+        args.join(" ")
+    );
 }
 
 /// Configuration passed to the LVM commands that create, change and remove thinarc's

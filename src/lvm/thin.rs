@@ -10,7 +10,7 @@ use std::io::BufRead;
 use std::ops::Range;
 
 use super::LvmError;
-use super::cmd::{failed, run_tool, spawn};
+use super::cmd::{failed, log_ran, run_tool, spawn};
 
 /// One XML element of the tools' output: `<name a="1" b="2"/>`, `<name ...>` or
 /// `</name>`.
@@ -351,6 +351,7 @@ pub fn thin_delta(meta: &str, old: u64, new: u64) -> Result<ThinDelta, LvmError>
 pub fn thin_dump_mapped(meta: &str, dev_id: u64) -> Result<Mapped, LvmError> {
     let id = dev_id.to_string();
     let args = ["-m", "--dev-id", &id, meta];
+    let started = std::time::Instant::now();
     let mut child = spawn("thin_dump", &args)?;
     let stdout = child.stdout.take().expect("stdout is piped");
     // stderr is read on a thread so a chatty tool cannot block on a full pipe.
@@ -367,6 +368,7 @@ pub fn thin_dump_mapped(meta: &str, dev_id: u64) -> Result<Mapped, LvmError> {
         source,
     })?;
     let err = err_reader.join().unwrap_or_default();
+    log_ran("thin_dump", &args, started);
     if !status.success() {
         return Err(failed("thin_dump", &args, status, &err));
     }

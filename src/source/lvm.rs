@@ -18,6 +18,8 @@
 
 use std::ops::Range;
 
+use serde::Serialize;
+
 use crate::format::{Header, LvmSnapshot};
 use crate::lvm::{
     LvInfo, LvName, Lvm, LvmError, MetadataSnapshot, NO_ARCHIVE, PoolLimits, PoolLock, PoolProblem,
@@ -77,9 +79,28 @@ pub enum LvmSourceError {
     /// The pool is not active.
     #[error("thin pool {pool} is not active ({detail}): activate it (lvchange -ay) first")]
     PoolInactive { pool: String, detail: String },
+    /// No trustworthy base snapshot to read (verify `--source lvm:VG/LV`).
+    #[error(
+        "the thinarc snapshot of lvm:{lv} cannot be compared with the latest point: {reason}; the next backup of lvm:{lv} takes a new one"
+    )]
+    NoBase { lv: String, reason: String },
     /// The snapshot could not be opened.
     #[error(transparent)]
     Source(#[from] SourceError),
+}
+
+/// A thinarc snapshot of an LV and its role (`status`, `backup --dry-run`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ThinarcSnapshot {
+    /// `VG/NAME`.
+    pub name: String,
+    /// The archive read from it (its `thinarc-archive-` tag).
+    pub archive: Option<String>,
+    /// Whether it is the current base: the latest archive was read from it, it is
+    /// intact, and the next backup's delta starts from it. Otherwise it is a stray
+    /// (left by an interrupted run, or no longer trustworthy) that the next backup
+    /// removes.
+    pub base: bool,
 }
 
 /// Whether the base snapshot recorded by the last archive can be used for a delta.
@@ -173,6 +194,28 @@ impl LvmPlan {
         })
     }
 
+    /// Every thinarc snapshot of the LV: the trusted base first (the next backup's
+    /// delta starts from it), then the strays (the next backup removes them).
+    pub fn snapshots(&self) -> Vec<ThinarcSnapshot> {
+        let base = match &self.base {
+            BaseState::Trusted { snapshot, .. } => Some(snapshot.as_ref()),
+            _ => None,
+        };
+        let entry = |lv: &LvInfo, is_base: bool| ThinarcSnapshot {
+            name: format!("{}/{}", self.name.vg, lv.lv_name),
+            archive: lv
+                .tags
+                .iter()
+                .find_map(|t| t.strip_prefix("thinarc-archive-"))
+                .map(str::to_string),
+            base: is_base,
+        };
+        base.map(|b| entry(b, true))
+            .into_iter()
+            .chain(self.strays.iter().map(|s| entry(s, false)))
+            .collect()
+    }
+
     /// The pool as `VG/POOL`.
     pub fn pool_name(&self) -> String {
         format!("{}/{}", self.name.vg, self.pool.lv_name)
@@ -235,7 +278,7 @@ impl LvmPlan {
             keep: false,
         };
         let snap_lv = format!("{vg}/{snap_name}");
-        Lvm.run("lvchange", &["--config", NO_ARCHIVE, "-ay", "-K", &snap_lv])?;
+        let dev = activate_snapshot(vg, &snap_name)?;
         let snap = Lvm
             .lv(&LvName {
                 vg: vg.clone(),
@@ -247,7 +290,6 @@ impl LvmPlan {
                 "lvs reports no thin id for the new snapshot {snap_lv}"
             ))
         })?;
-        let dev = std::path::PathBuf::from(format!("/dev/mapper/{}", dm_name(vg, &snap_name)));
         let size = self.origin.size;
         let (changed, unmapped) = self.read_metadata(thin_id, size, &mut warnings)?;
         let source = RawSource::open(&dev)?.with_unmapped(unmapped);
@@ -386,6 +428,92 @@ fn read_for(snap: &LvInfo, rec: &LvmSnapshot, last: &Header) -> bool {
         })
 }
 
+/// The volume's base snapshot (the one its latest archive was read from), activated
+/// for reading: verify `--source lvm:VG/LV` compares it with the latest point.
+/// Deactivated again when dropped, unless it was active before.
+#[derive(Debug)]
+pub struct ActiveBase {
+    vg: String,
+    name: String,
+    was_active: bool,
+}
+
+impl ActiveBase {
+    /// Finds the base snapshot `last` (the header of the volume's latest archive)
+    /// records, checks it as a backup does before trusting it for a delta (same LV,
+    /// snapshot uuid, thin id and archive tag, still read-only), activates it and
+    /// opens it.
+    ///
+    /// # Errors
+    /// [`LvmSourceError::NoBase`] when the snapshot is missing or changed; others when
+    /// LVM fails.
+    pub fn open(name: &LvName, last: &Header) -> Result<(Self, RawSource), LvmSourceError> {
+        let plan = LvmPlan::inspect(name, Some(last))?;
+        let snap = match plan.base {
+            BaseState::Trusted { snapshot, .. } => snapshot,
+            BaseState::Untrusted { reason } => {
+                return Err(LvmSourceError::NoBase {
+                    lv: name.to_string(),
+                    reason,
+                });
+            }
+            BaseState::NewVolume => {
+                return Err(LvmSourceError::NoBase {
+                    lv: name.to_string(),
+                    reason: "the volume has no archive".into(),
+                });
+            }
+        };
+        let dev = activate_snapshot(&name.vg, &snap.lv_name)?;
+        let active = ActiveBase {
+            vg: name.vg.clone(),
+            name: snap.lv_name.clone(),
+            was_active: snap.is_active(),
+        };
+        let source = RawSource::open(&dev)?;
+        Ok((active, source))
+    }
+
+    /// The snapshot as `VG/NAME`.
+    pub fn snapshot(&self) -> String {
+        format!("{}/{}", self.vg, self.name)
+    }
+}
+
+impl Drop for ActiveBase {
+    fn drop(&mut self) {
+        if !self.was_active
+            && let Err(e) = deactivate_snapshot(&self.vg, &self.name)
+        {
+            eprintln!(
+                "warning: deactivating snapshot {}/{} failed: {e}",
+                self.vg, self.name
+            );
+        }
+    }
+}
+
+/// Activates a thinarc snapshot (created read-only; `-K`: thin snapshots skip
+/// activation by default) and returns its device path.
+fn activate_snapshot(vg: &str, name: &str) -> Result<std::path::PathBuf, LvmError> {
+    Lvm.run(
+        "lvchange",
+        &["--config", NO_ARCHIVE, "-ay", "-K", &format!("{vg}/{name}")],
+    )?;
+    Ok(std::path::PathBuf::from(format!(
+        "/dev/mapper/{}",
+        dm_name(vg, name)
+    )))
+}
+
+/// Deactivates a thinarc snapshot: a kept base stays inactive between runs.
+fn deactivate_snapshot(vg: &str, name: &str) -> Result<(), LvmError> {
+    Lvm.run(
+        "lvchange",
+        &["--config", NO_ARCHIVE, "-an", &format!("{vg}/{name}")],
+    )
+}
+
 /// Removes a thinarc snapshot (active or not).
 fn remove_snapshot(vg: &str, name: &str) -> Result<(), LvmError> {
     Lvm.run(
@@ -394,9 +522,15 @@ fn remove_snapshot(vg: &str, name: &str) -> Result<(), LvmError> {
     )
 }
 
+/// How long a dropped [`SnapshotGuard`] retries `lvremove` while the snapshot is
+/// still open.
+const REMOVE_RETRY: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Removes the new snapshot when dropped, unless it was kept. Runs `lvremove`
 /// synchronously: Drop cannot await, and an interrupted run unwinds through here
-/// before the process exits.
+/// before the process exits. A run dropped mid-read (Ctrl-C, SIGTERM) may still have
+/// a reader thread finishing its last read of the snapshot, which keeps it open for a
+/// moment: `lvremove` is retried until it is closed (at most [`REMOVE_RETRY`]).
 #[derive(Debug)]
 struct SnapshotGuard {
     vg: String,
@@ -406,9 +540,20 @@ struct SnapshotGuard {
 
 impl Drop for SnapshotGuard {
     fn drop(&mut self) {
-        if !self.keep
-            && let Err(e) = remove_snapshot(&self.vg, &self.name)
-        {
+        if self.keep {
+            return;
+        }
+        let started = std::time::Instant::now();
+        let mut result = remove_snapshot(&self.vg, &self.name);
+        let open = |r: &Result<(), LvmError>| {
+            matches!(r, Err(LvmError::Command { stderr, .. })
+                if stderr.contains("in use") || stderr.contains("open logical volume"))
+        };
+        while open(&result) && started.elapsed() < REMOVE_RETRY {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            result = remove_snapshot(&self.vg, &self.name);
+        }
+        if let Err(e) = result {
             eprintln!(
                 "warning: removing snapshot {}/{} failed: {e}; the next run removes it",
                 self.vg, self.name
@@ -448,9 +593,11 @@ impl PreparedLvm {
         self.source = None;
         let vg = self.guard.vg.clone();
         let mut warnings = std::mem::take(&mut self.warnings);
-        let snap = format!("{vg}/{}", self.guard.name);
-        if let Err(e) = Lvm.run("lvchange", &["--config", NO_ARCHIVE, "-an", &snap]) {
-            warnings.push(format!("could not deactivate snapshot {snap}: {e}"));
+        if let Err(e) = deactivate_snapshot(&vg, &self.guard.name) {
+            warnings.push(format!(
+                "could not deactivate snapshot {vg}/{}: {e}",
+                self.guard.name
+            ));
         }
         if let Some(old) = &self.old_base
             && let Err(e) = remove_snapshot(&vg, old)

@@ -11,7 +11,9 @@
 //!   a sample of its frames) is read, decoded and checked against its SHA-256 through
 //!   restore's own fetch and decode pipeline.
 //! - **Source** (`--source`): the image digest of the current source, read in full,
-//!   against the latest point's.
+//!   against the latest point's. For `lvm:VG/LV` the source is the volume's base
+//!   snapshot, the one the latest archive was read from (the LV itself has changed
+//!   since): it must still exist unchanged, and is activated only for the read.
 //!
 //! Every problem is recorded with the volume, archive and block it concerns, and the
 //! check goes on. Only a failure to run at all (no such volume, the store unreachable,
@@ -29,11 +31,13 @@ use serde::Serialize;
 
 use crate::backup::{BackupError, source_image_digest};
 use crate::format::ImageHasher;
+use crate::lvm::LvName;
 use crate::progress::Progress;
 use crate::repo::{
     ChainCursor, Commit, PointSelector, RemoteArchive, RepoError, Repository, Resolved, VolumeName,
 };
 use crate::source::RawSource;
+use crate::source::lvm::ActiveBase;
 
 /// How much block data to read.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -54,10 +58,28 @@ pub struct VerifyOptions {
     pub volume: Option<VolumeName>,
     /// Block data to read.
     pub data: DataCheck,
-    /// Compare this source (file or device) with the latest point of `volume`.
-    pub source: Option<PathBuf>,
+    /// Compare this source with the latest point of `volume`.
+    pub source: Option<VerifySource>,
     /// Blocks decoded in parallel.
     pub threads: usize,
+}
+
+/// What `--source` names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VerifySource {
+    /// An image file or block device, read as it is now.
+    Path(PathBuf),
+    /// A thin LV (`lvm:VG/LV`): its thinarc base snapshot is read.
+    Lvm(LvName),
+}
+
+impl std::fmt::Display for VerifySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            VerifySource::Path(p) => write!(f, "{}", p.display()),
+            VerifySource::Lvm(lv) => write!(f, "lvm:{lv}"),
+        }
+    }
 }
 
 /// One problem found.
@@ -94,7 +116,7 @@ impl std::fmt::Display for Problem {
 /// The outcome of `--source`.
 #[derive(Debug, Clone, Serialize)]
 pub struct SourceCheck {
-    /// The source read.
+    /// The source read (for `lvm:VG/LV`, with the snapshot read).
     pub source: String,
     /// The point compared with.
     pub seq: u64,
@@ -145,11 +167,6 @@ pub enum VerifyError {
     /// `--source` without a volume.
     #[error("--source needs the VOLUME to compare it with")]
     SourceWithoutVolume,
-    /// An LVM source: compared by the LVM integration.
-    #[error(
-        "--source {0}: LVM sources are compared through the thinarc snapshot of the volume, which this build cannot take yet; give the snapshot's device path instead"
-    )]
-    LvmSource(String),
 }
 
 /// Verifies the repository as `opts` say.
@@ -162,14 +179,8 @@ pub async fn verify(
     progress: Arc<Progress>,
 ) -> Result<VerifyReport, VerifyError> {
     let started = Instant::now();
-    if let Some(src) = &opts.source {
-        if opts.volume.is_none() {
-            return Err(VerifyError::SourceWithoutVolume);
-        }
-        let s = src.display().to_string();
-        if s.starts_with("lvm:") {
-            return Err(VerifyError::LvmSource(s));
-        }
+    if opts.source.is_some() && opts.volume.is_none() {
+        return Err(VerifyError::SourceWithoutVolume);
     }
     let volumes = match &opts.volume {
         Some(v) => {
@@ -384,18 +395,31 @@ pub(super) fn describe(e: &RepoError) -> String {
     }
 }
 
-/// Reads `src` in full and compares its image digest with `latest`'s.
+/// Reads `src` in full and compares its image digest with `latest`'s. An LVM source
+/// is read through its base snapshot, activated for the read only.
 async fn compare_source(
-    src: &std::path::Path,
+    src: &VerifySource,
     latest: &RemoteArchive,
     opts: &VerifyOptions,
     progress: &Arc<Progress>,
 ) -> Result<SourceCheck, VerifyError> {
     let failed = |source: BackupError| VerifyError::Source {
-        path: src.display().to_string(),
+        path: src.to_string(),
         source,
     };
-    let source = RawSource::open(src).map_err(|e| failed(e.into()))?;
+    let (source, _active, label) = match src {
+        VerifySource::Path(p) => (
+            RawSource::open(p).map_err(|e| failed(e.into()))?,
+            None,
+            src.to_string(),
+        ),
+        VerifySource::Lvm(lv) => {
+            let (active, source) =
+                ActiveBase::open(lv, &latest.header).map_err(|e| failed(e.into()))?;
+            let label = format!("{src} (snapshot {})", active.snapshot());
+            (source, Some(active), label)
+        }
+    };
     let actual = source_image_digest(
         source,
         latest.geometry().block_size(),
@@ -406,7 +430,7 @@ async fn compare_source(
     .map_err(failed)?;
     let expected = latest.trailer.image_digest;
     Ok(SourceCheck {
-        source: src.display().to_string(),
+        source: label,
         seq: latest.commit.seq,
         archive: latest.commit.archive_id.clone(),
         expected: expected.to_hex(),

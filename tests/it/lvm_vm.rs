@@ -8,6 +8,12 @@
 
 use std::process::Command;
 
+use thinarc::backup::lvm_snapshots;
+use thinarc::lvm::LvName;
+use thinarc::repo::{Repository, VolumeName};
+use thinarc::source::lvm::ThinarcSnapshot;
+
+use crate::chain::runtime;
 use crate::util::TempRepo;
 
 #[test]
@@ -104,6 +110,51 @@ fn step(t0: std::time::Instant, what: &str) {
     eprintln!("[{:6.1}s] {what}", t0.elapsed().as_secs_f64());
 }
 
+/// `thinarc::backup::lvm_snapshots` of vg/data (volume vg/data) in `t`'s repository.
+fn snapshots_api(t: &TempRepo) -> Vec<ThinarcSnapshot> {
+    runtime().block_on(async {
+        let repo = Repository::open_location(t.location()).await.unwrap();
+        lvm_snapshots(
+            &repo,
+            &LvName::parse("vg/data").unwrap(),
+            &VolumeName::new("vg/data").unwrap(),
+        )
+        .await
+        .unwrap()
+    })
+}
+
+/// Whether an LV is active.
+fn is_active(lv: &str) -> bool {
+    sh(&format!("lvs --noheadings -o lv_attr {lv}"))
+        .trim()
+        .chars()
+        .nth(4)
+        == Some('a')
+}
+
+/// `verify vg/data --source lvm:vg/data` matches the latest point (`seq`), reading the
+/// one thinarc snapshot, which is inactive again afterwards.
+fn verify_lvm_source(t: &TempRepo, seq: u64) {
+    let snaps = thinarc_snapshots();
+    let base = format!("vg/{}", snaps[0]);
+    let v = t.json(&["verify", "vg/data", "--source", "lvm:vg/data"]);
+    assert_eq!(v["problems"].as_array().unwrap().len(), 0, "{v}");
+    assert_eq!(v["source"]["matches"], true, "{v}");
+    assert_eq!(v["source"]["seq"], seq, "{v}");
+    assert_eq!(
+        v["source"]["source"],
+        format!("lvm:vg/data (snapshot {base})"),
+        "{v}"
+    );
+    assert!(!is_active(&base), "verify left {base} active");
+    assert_eq!(
+        thinarc_snapshots(),
+        snaps,
+        "verify created or removed nothing"
+    );
+}
+
 fn held_metadata_root() -> String {
     sh("dmsetup status vg-pool-tpool")
         .split_whitespace()
@@ -163,6 +214,18 @@ fn guest_scenario() {
     assert_eq!(d["warnings"].as_array().unwrap().len(), 0, "{d}");
     hashes.push(snapshot_sha256(SIZE));
 
+    // verify --source lvm: reads the base snapshot; the library lists it as the base.
+    verify_lvm_source(&t, 2);
+    let base = format!("vg/{}", thinarc_snapshots()[0]);
+    assert_eq!(
+        snapshots_api(&t),
+        vec![ThinarcSnapshot {
+            name: base,
+            archive: d["archive"].as_str().map(str::to_string),
+            base: true
+        }]
+    );
+
     // Delete files and trim: discarded chunks become zero without being read.
     sh("rm /tmp/fs/file2 /tmp/fs/file3 && sync && fstrim -v /tmp/fs");
     let d = t.json(&["backup", "lvm:vg/data"]);
@@ -195,7 +258,6 @@ fn guest_scenario() {
     }
     child.kill().unwrap();
     child.wait().unwrap();
-    std::thread::sleep(std::time::Duration::from_secs(2));
     assert_eq!(
         thinarc_snapshots().len(),
         2,
@@ -203,6 +265,17 @@ fn guest_scenario() {
     );
     sh("dmsetup message vg-pool-tpool 0 reserve_metadata_snap");
     assert_ne!(held_metadata_root(), "-");
+    let snaps = snapshots_api(&t);
+    assert_eq!(
+        snaps.iter().map(|s| s.base).collect::<Vec<_>>(),
+        [true, false],
+        "{snaps:?}"
+    );
+    assert!(snaps[1].name.starts_with("vg/data-thinarc-"), "{snaps:?}");
+    assert_ne!(snaps[0].name, snaps[1].name);
+    let dry = t.json(&["backup", "lvm:vg/data", "--dry-run"]);
+    assert_eq!(dry["strays"], serde_json::json!([snaps[1].name]), "{dry}");
+    assert_eq!(dry["snapshots"].as_array().unwrap().len(), 2, "{dry}");
     let dry = t.ok(&["backup", "lvm:vg/data", "--dry-run"]);
     assert!(dry.contains("stray snapshot vg/data-thinarc-"), "{dry}");
     assert!(dry.contains("a metadata snapshot is reserved"), "{dry}");
@@ -211,6 +284,7 @@ fn guest_scenario() {
         2,
         "--dry-run created or removed nothing"
     );
+    std::thread::sleep(std::time::Duration::from_secs(2));
     let d = t.json(&["backup", "lvm:vg/data"]);
     let warnings = d["warnings"].to_string();
     assert!(
@@ -226,9 +300,52 @@ fn guest_scenario() {
     hashes.push(snapshot_sha256(SIZE));
 
     step(t0, "recovery after the killed run done");
+    // SIGTERM mid-backup: the run unwinds; its new snapshot is removed, no metadata
+    // snapshot stays reserved, the volume lock is released and the run is recorded as
+    // interrupted. The base is kept, so the next delta is still a changed-blocks one.
+    write_file("/tmp/fs/big", 32);
+    let before = thinarc_snapshots();
+    let child = Command::new(env!("CARGO_BIN_EXE_thinarc"))
+        .args(["-q", "-r", t.location(), "backup", "lvm:vg/data"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t1 = std::time::Instant::now();
+    while thinarc_snapshots().len() <= before.len() {
+        assert!(t1.elapsed().as_secs() < 60, "no new snapshot appeared");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    sh(&format!("kill -TERM {}", child.id()));
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("interrupted by SIGTERM: nothing partial was committed or kept"),
+        "{err}"
+    );
+    assert_eq!(thinarc_snapshots(), before, "{err}");
+    assert_eq!(held_metadata_root(), "-");
+    let repo = t.location();
+    assert_eq!(sh(&format!("find {repo} -path '*/locks/*' -type f")), "");
+    let record = sh(&format!(
+        "cat $(find {repo} -path '*/records/*' -name 'backup.last.json')"
+    ));
+    assert!(record.contains("interrupted by SIGTERM"), "{record}");
+    assert!(!err.contains("warning"), "{err}");
+    let d = t.json(&["backup", "lvm:vg/data"]);
+    assert_eq!(d["method"], "changed-blocks", "{d}");
+    assert_eq!(d["warnings"].as_array().unwrap().len(), 0, "{d}");
+    hashes.push(snapshot_sha256(SIZE));
     // A broken base (snapshot removed behind thinarc's back): full scan, with a warning.
     let base = thinarc_snapshots().remove(0);
     sh(&format!("lvremove -y vg/{base}"));
+    let e = t.fails(&["verify", "vg/data", "--source", "lvm:vg/data"]);
+    assert_eq!(
+        e.trim(),
+        format!(
+            "error: reading --source lvm:vg/data: the thinarc snapshot of lvm:vg/data cannot be compared with the latest point: its base snapshot vg/{base} is missing; the next backup of lvm:vg/data takes a new one"
+        )
+    );
     write_file("/tmp/fs/file6", 1);
     let d = t.json(&["backup", "lvm:vg/data"]);
     assert_eq!(d["method"], "scan");
@@ -239,6 +356,7 @@ fn guest_scenario() {
         "{d}"
     );
     hashes.push(snapshot_sha256(SIZE));
+    verify_lvm_source(&t, 6);
 
     // A pool above the threshold is refused before anything is created.
     let pct: f64 = sh("lvs --noheadings -o data_percent vg/pool")
@@ -313,5 +431,5 @@ fn guest_scenario() {
         "--size",
         "300M",
     ]);
-    assert_eq!(sha256_of("/dev/vg/plain", SIZE), hashes[4].0);
+    assert_eq!(sha256_of("/dev/vg/plain", SIZE), hashes.last().unwrap().0);
 }

@@ -407,12 +407,21 @@ fn source_matches_the_latest_point_until_it_changes() {
         texts[0].starts_with(&format!("source {s} has image digest ")),
         "{texts:?}"
     );
+    // lvm:VG/LV reads the LV's base snapshot (tests/it/lvm_vm.rs); here there is no
+    // such VG, which fails to run (exit 1) and names the source.
     let out = t.run(&["verify", VOLUME, "--source", "lvm:vg0/web"]);
     assert_eq!(out.code, Some(1));
     assert!(
-        out.stderr.starts_with(
-            "error: --source lvm:vg0/web: LVM sources are compared through the thinarc snapshot"
-        ),
+        out.stderr
+            .starts_with("error: reading --source lvm:vg0/web: "),
+        "{}",
+        out.show()
+    );
+    let out = t.run(&["verify", VOLUME, "--source", "lvm:vg0"]);
+    assert_eq!(out.code, Some(1));
+    assert_eq!(
+        out.stderr.trim(),
+        "error: source lvm:\"vg0\" is not VG/LV (names of letters, digits and + _ . -)",
         "{}",
         out.show()
     );
