@@ -155,6 +155,13 @@ fn print_volume(v: &VolumeStatus) {
             }
         );
     }
+    for snap in &v.snapshots {
+        if snap.base {
+            println!("  base snapshot {}", snap.name);
+        } else {
+            println!("  stray snapshot {}: the next backup removes it", snap.name);
+        }
+    }
     for p in &v.problems {
         println!("  problem: {p}");
     }

@@ -10,7 +10,11 @@ mod run_lock;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use crate::backup::lvm_snapshots;
+use crate::format::LvmSnapshot;
+use crate::lvm::LvName;
 use crate::repo::{HeldLock, PointSelector, Repository, VolumeName, held_locks};
+use crate::source::lvm::ThinarcSnapshot;
 pub use record::{Operation, Outcome, Record, Records, Slot};
 pub use run_lock::{RunLock, RunLockError, RunLocked};
 
@@ -61,6 +65,9 @@ pub struct VolumeStatus {
     pub verify: OperationStatus,
     /// Lock objects on the volume: a run holds it now (or died holding it: `stale`).
     pub locks: Vec<HeldLock>,
+    /// thinarc's snapshots of an LVM source, when its volume group is on this host:
+    /// the base of the next delta, and strays the next backup removes.
+    pub snapshots: Vec<ThinarcSnapshot>,
     /// Problems found while gathering the status (e.g. an unreadable archive).
     pub problems: Vec<String>,
 }
@@ -147,6 +154,7 @@ pub async fn gather(
             copy: OperationStatus::default(),
             verify: OperationStatus::default(),
             locks: Vec::new(),
+            snapshots: Vec::new(),
             problems: unreachable.iter().cloned().collect(),
         };
         if let (Some(repo), Ok(v)) = (repo, VolumeName::new(&name)) {
@@ -203,7 +211,35 @@ async fn catalog(repo: &Repository, volume: &VolumeName, now: DateTime<Utc>, s: 
         Err(e) => Err(e),
     };
     match chain {
-        Ok(chain) => s.chain_length = chain.archives.len(),
+        Ok(chain) => {
+            s.chain_length = chain.archives.len();
+            if let Some(rec) = &chain.tip().header.lvm {
+                snapshots(repo, volume, rec, s).await;
+            }
+        }
         Err(e) => s.problems.push(e.to_string()),
+    }
+}
+
+/// Lists thinarc's snapshots of the LV `rec` names, if its volume group is active on
+/// this host (a monitoring host that only reads the repository has no LVM to ask).
+async fn snapshots(
+    repo: &Repository,
+    volume: &VolumeName,
+    rec: &LvmSnapshot,
+    s: &mut VolumeStatus,
+) {
+    if !std::path::Path::new("/dev").join(&rec.vg).is_dir() {
+        return;
+    }
+    let lv = LvName {
+        vg: rec.vg.clone(),
+        lv: rec.lv.clone(),
+    };
+    match lvm_snapshots(repo, &lv, volume).await {
+        Ok(list) => s.snapshots = list,
+        Err(e) => s
+            .problems
+            .push(format!("cannot list the snapshots of {lv}: {e}")),
     }
 }

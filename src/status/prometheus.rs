@@ -116,6 +116,12 @@ const FAMILIES: &[Family] = &[
         value: |v| Some(v.locks.iter().filter(|l| l.stale).count() as f64),
     },
     Family {
+        name: "thinarc_stray_snapshots",
+        kind: "gauge",
+        help: "thinarc snapshots of an LVM source other than its base (left by interrupted runs).",
+        value: |v| Some(v.snapshots.iter().filter(|s| !s.base).count() as f64),
+    },
+    Family {
         name: "thinarc_problems",
         kind: "gauge",
         help: "Problems found reading the volume's catalog (0 = none).",
