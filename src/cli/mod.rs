@@ -79,9 +79,10 @@ pub struct Cli {
 pub enum Command {
     /// Create a repository.
     Init(init::InitArgs),
-    /// Back up an image file or block device as a new point of a volume.
+    /// Back up an image file, block device or thin LV (lvm:VG/LV) as a new point of a
+    /// volume.
     Backup(backup::BackupArgs),
-    /// Restore a point of a volume onto a file or block device.
+    /// Restore a point of a volume onto a file, block device or LV (lvm:VG/LV).
     Restore(restore::RestoreArgs),
     /// List volumes and their points.
     List(list::ListArgs),
