@@ -13,8 +13,8 @@ mod prune;
 mod prune_cli;
 mod run;
 mod s3;
+mod since;
 mod status;
 mod throttle;
-
 mod util;
 mod verify;
