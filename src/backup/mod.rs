@@ -11,8 +11,6 @@
 mod lvm;
 pub(crate) mod process;
 
-pub(crate) use process::is_zero;
-
 pub use lvm::{DryRun, backup_lvm, dry_run_lvm, lvm_snapshots};
 
 use std::ops::Range;

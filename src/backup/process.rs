@@ -151,7 +151,7 @@ fn push_image(image: &mut Vec<ImageRun>, digest: Option<Digest>) {
 }
 
 /// Whether `data` is all zero bytes.
-pub(crate) fn is_zero(data: &[u8]) -> bool {
+fn is_zero(data: &[u8]) -> bool {
     // SAFETY: u128 has no invalid bit patterns; align_to only reinterprets the aligned
     // middle of the slice.
     let (head, mid, tail) = unsafe { data.align_to::<u128>() };

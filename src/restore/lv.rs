@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use super::{RestoreError, RestoreOptions, RestoreReport, read_back, restore};
+use super::{RestoreError, RestoreOptions, RestoreReport, restore, target_image_digest};
 use crate::lvm::LvName;
 use crate::progress::Progress;
 use crate::repo::{Repository, VolumeName};
@@ -44,9 +44,12 @@ pub async fn restore_to_lv(
     let lv = LvTarget::prepare(name, geometry.size(), geometry.block_size().get(), target)?;
     let mut opts = opts.clone();
     opts.fresh_target = lv.fresh;
-    let report = restore(repo, volume, &lv.path, &opts, progress).await?;
+    let report = restore(repo, volume, &lv.path, &opts, progress.clone()).await?;
     if readback {
-        let actual = read_back(&lv.path, geometry)?.to_hex();
+        let seq = report.seq;
+        let actual = target_image_digest(&lv.path, geometry, seq, opts.threads, &progress)
+            .await?
+            .to_hex();
         if actual != report.image_digest {
             return Err(RestoreError::ReadbackMismatch {
                 target: lv.path.display().to_string(),

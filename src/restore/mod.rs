@@ -10,10 +10,8 @@
 mod lv;
 mod plan;
 pub(crate) mod read;
-mod readback;
 
 pub use lv::{LvRestoreReport, restore_to_lv};
-pub use readback::read_back;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -378,17 +376,8 @@ async fn since_point(
     let (old, new) = (base.geometry(), tip.geometry());
     let checked = !opts.trust_target;
     if checked {
-        let unreadable = |source| RestoreError::TargetUnreadable {
-            target: target.display().to_string(),
-            seq: base.header.seq,
-            source: Box::new(source),
-        };
-        let source = RawSource::open(target)
-            .and_then(|s| s.prefix(old.size()))
-            .map_err(|e| unreadable(e.into()))?;
-        let actual = source_image_digest(source, old.block_size(), opts.threads, progress.clone())
-            .await
-            .map_err(unreadable)?;
+        let actual =
+            target_image_digest(target, old, base.header.seq, opts.threads, progress).await?;
         if actual != base.trailer.image_digest {
             return Err(RestoreError::TargetNotAtSince {
                 target: target.display().to_string(),
@@ -407,6 +396,31 @@ async fn since_point(
             .flatten(),
         checked,
     })
+}
+
+/// The image digest of the first `geometry.size()` bytes of `target`, which should
+/// hold point `seq` (read in full on both cores, as backup reads a source).
+///
+/// # Errors
+/// [`RestoreError::TargetUnreadable`].
+async fn target_image_digest(
+    target: &Path,
+    geometry: Geometry,
+    seq: u64,
+    threads: usize,
+    progress: &Arc<Progress>,
+) -> Result<Digest, RestoreError> {
+    let unreadable = |source| RestoreError::TargetUnreadable {
+        target: target.display().to_string(),
+        seq,
+        source: Box::new(source),
+    };
+    let source = RawSource::open(target)
+        .and_then(|s| s.prefix(geometry.size()))
+        .map_err(|e| unreadable(e.into()))?;
+    source_image_digest(source, geometry.block_size(), threads, progress.clone())
+        .await
+        .map_err(unreadable)
 }
 
 /// The first block a span covers.
