@@ -28,7 +28,7 @@ use crate::format::{
 use crate::progress::Progress;
 use crate::repo::{
     ArchiveUpload, Chain, ChainCursor, Commit, LEFTOVER_GRACE, LockError, PointSelector, RepoError,
-    Repository, VolumeName, new_id,
+    Repository, VolumeName, clock_went_back, new_id,
 };
 use crate::source::{RawSource, ReadPlan, SourceError};
 use crate::throttle::RateLimiter;
@@ -329,10 +329,15 @@ pub async fn backup_from(
                 image_digest: digest.image_digest.to_hex(),
                 seconds: started.elapsed().as_secs_f64(),
                 leftovers_removed: leftovers.as_ref().map_or(0, |c| c.objects.len()),
-                warnings: leftovers
-                    .err()
-                    .map(|e| format!("cleaning leftovers failed: {e}"))
+                warnings: parent
+                    .as_ref()
+                    .and_then(|p| clock_went_back(&header, &p.tip().header))
                     .into_iter()
+                    .chain(
+                        leftovers
+                            .err()
+                            .map(|e| format!("cleaning leftovers failed: {e}")),
+                    )
                     .collect(),
             })
         }

@@ -403,6 +403,9 @@ pub fn is_locked(e: &anyhow::Error) -> bool {
         matches!(
             c.downcast_ref::<crate::repo::LockError>(),
             Some(crate::repo::LockError::Held { .. })
+        ) || matches!(
+            c.downcast_ref::<crate::status::RunLockError>(),
+            Some(crate::status::RunLockError::Locked(_))
         ) || c.is::<crate::status::RunLocked>()
     })
 }

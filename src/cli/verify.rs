@@ -144,6 +144,9 @@ pub async fn run(args: VerifyArgs, ctx: &Ctx) -> anyhow::Result<()> {
     display.finish().await;
     record(ctx, location, &repo, only.as_ref(), started, &result).await;
     let report = result?;
+    for w in &report.warnings {
+        tracing::warn!("{w}");
+    }
     if args.json {
         print_json(&report)?;
     } else {

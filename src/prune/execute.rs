@@ -24,7 +24,7 @@ use super::{
 };
 use crate::repo::{
     Commit, LEFTOVER_GRACE, LockError, PointSelector, RemoteArchive, RepoError, Repository,
-    VolumeLock, VolumeName,
+    VolumeLock, VolumeName, clock_went_back,
 };
 
 /// Archive headers read concurrently while planning.
@@ -246,6 +246,12 @@ async fn prune_locked(
         .collect();
     let plan = plan(&nodes, &decisions, opts.max_chain_length);
     let mut report = report(volume, &pts, &plan, opts.dry_run);
+    // The policy goes by seq; say where a writer's clock ran backwards.
+    report.warnings.extend(pts.iter().filter_map(|p| {
+        let parent = p.archive.header.parent.as_ref()?;
+        let parent = pts.iter().find(|q| q.commit.seq == parent.seq)?;
+        clock_went_back(&p.archive.header, &parent.archive.header)
+    }));
     if opts.dry_run {
         report.seconds = started.elapsed().as_secs_f64();
         return Ok(report);

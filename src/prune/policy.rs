@@ -16,6 +16,14 @@
 //!
 //! Periods are in UTC, from the archive header's `created` time. A policy without any
 //! option would keep only the newest point and is refused.
+//!
+//! **Time is not order.** The sequence numbers order the points: the highest seq is
+//! the newest point, whatever the clocks of the hosts that wrote them said. A writer
+//! whose clock was behind gives a point an older `created` than its parent's, so the
+//! rules use an *effective time* that never goes backwards along the sequence: the
+//! latest `created` of the point and every point before it
+//! ([`effective_times`]). "Newest" and `--keep-last` go by seq; a frozen clock puts
+//! every point in one period, whose newest by seq is kept.
 
 use chrono::{DateTime, Datelike, Months, Timelike, Utc};
 use serde::Serialize;
@@ -183,16 +191,17 @@ impl RetentionPolicy {
     /// [`PolicyError`] if the policy is empty or has a count of 0.
     pub fn apply(&self, points: &[PointTime]) -> Result<Vec<Decision>, PolicyError> {
         self.check()?;
-        // Newest first; equal times by seq.
+        let time = effective_times(points);
+        // Newest first: by seq, never by a clock.
         let mut order: Vec<usize> = (0..points.len()).collect();
-        order.sort_by_key(|&i| std::cmp::Reverse((points[i].created, points[i].seq)));
+        order.sort_by_key(|&i| std::cmp::Reverse(points[i].seq));
         let mut reasons: Vec<Vec<String>> = vec![Vec::new(); points.len()];
         if let Some(&newest) = order.first() {
             reasons[newest].push("newest".into());
             if let Some(w) = &self.within {
-                let since = w.before(points[newest].created);
+                let since = w.before(time[newest]);
                 for &i in &order {
-                    if points[i].created >= since {
+                    if time[i] >= since {
                         reasons[i].push(format!("within {w}"));
                     }
                 }
@@ -226,7 +235,7 @@ impl RetentionPolicy {
                 let p = if name == "last" {
                     points[i].seq.to_string()
                 } else {
-                    period(points[i].created)
+                    period(time[i])
                 };
                 if last.as_ref() != Some(&p) {
                     reasons[i].push(if name == "last" {
@@ -249,6 +258,21 @@ impl RetentionPolicy {
             })
             .collect())
     }
+}
+
+/// The effective time of each of `points` (any order; the result is in their
+/// order): the latest `created` among the point and every point of a lower seq, so
+/// that time never goes backwards along the sequence.
+pub fn effective_times(points: &[PointTime]) -> Vec<DateTime<Utc>> {
+    let mut order: Vec<usize> = (0..points.len()).collect();
+    order.sort_by_key(|&i| points[i].seq);
+    let mut out = vec![DateTime::<Utc>::MIN_UTC; points.len()];
+    let mut latest = DateTime::<Utc>::MIN_UTC;
+    for i in order {
+        latest = latest.max(points[i].created);
+        out[i] = latest;
+    }
+    out
 }
 
 #[cfg(test)]

@@ -67,6 +67,7 @@ impl Repository {
             .await
         {
             Ok(_) => Ok(Repository {
+                lock_store: store.clone(),
                 store,
                 location: location.to_string(),
                 config,
@@ -123,6 +124,7 @@ impl Repository {
             )));
         }
         Ok(Repository {
+            lock_store: store.clone(),
             store,
             location: location.to_string(),
             config,

@@ -1,14 +1,19 @@
 //! Per-volume locks: at most one writer (backup, prune, copy) works on a volume at a
 //! time. Read-only commands (list, restore, verify) take no lock.
 //!
-//! The store offers create-if-absent but no conditional replace or delete (the local
-//! file system has no `PutMode::Update`), so there is no single lock object to swap.
+//! The store offers create-if-absent but no conditional delete (and the local file
+//! system has no `PutMode::Update`), so there is no single lock object to swap.
 //! Instead, as in restic, every holder writes its own uniquely named lock object,
 //! `volumes/<volume>/locks/<start>-<random>`, and then lists the volume's locks:
 //!
 //! - a lock whose object was last modified longer ago than its TTL (measured against
 //!   the last-modified time of the lock just written, i.e. the store's clock) is
 //!   *stale*: its holder died or lost the store. It is deleted and reported;
+//! - a lock written on this same host (same host name, boot id and pid namespace)
+//!   whose process is gone (no such pid, a zombie, or a pid now used by a process
+//!   with another start time) is *dead*: it is deleted at once and reported. Locks of
+//!   other hosts, and locks of older versions that do not record the process start
+//!   time and boot id, wait for their TTL;
 //! - if no other live lock is listed, the lock is held;
 //! - if another live lock has an older key, this run lost: it deletes its own object
 //!   and fails with [`LockError::Held`];
@@ -21,18 +26,22 @@
 //! not be safe: a run whose older-keyed object lands late would win against one that
 //! had already listed.)
 //!
-//! While held, a background task rewrites the object every quarter TTL, first
-//! checking that it still exists. If it was removed (broken as stale by another run)
-//! or could not be refreshed for three quarters of the TTL, the lock is *lost*:
-//! [`VolumeLock::guard`] stops the operation with [`LockError::Lost`].
+//! While held, a background task refreshes the object every quarter TTL, in a way
+//! that can never re-create it once another run deleted it (see [`Rewrite`]). If it
+//! was removed (broken as stale by another run) or could not be refreshed for three
+//! quarters of the TTL, the lock is *lost*: [`VolumeLock::guard`] stops the operation
+//! with [`LockError::Lost`], and the refresher ends: a lost lock is never written
+//! again. Lock objects go through the repository's unthrottled store, so refreshes
+//! never wait behind uploads limited by `--upload-limit`.
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use object_store::path::Path;
-use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload, PutResult, UpdateVersion};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
@@ -66,12 +75,84 @@ pub struct LockInfo {
     /// The holder refreshes its lock well within this many seconds; a lock not
     /// refreshed for longer is stale.
     pub ttl_seconds: f64,
+    /// The holder host's boot id (`/proc/sys/kernel/random/boot_id`); absent in locks
+    /// written by older versions or where it cannot be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_id: Option<String>,
+    /// The holder's pid namespace (`/proc/self/ns/pid`, e.g. `pid:[4026531836]`):
+    /// containers share the boot id but not the pids.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid_namespace: Option<String>,
+    /// The holder process's start time in clock ticks after boot (`/proc/PID/stat`
+    /// field 22): tells the holder from a later process that reuses its pid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process_start: Option<u64>,
 }
 
 impl LockInfo {
     fn ttl(&self) -> Duration {
         Duration::try_from_secs_f64(self.ttl_seconds).unwrap_or(DEFAULT_LOCK_TTL)
     }
+
+    /// Why the holder is provably gone, if it ran on this host (same host name, boot
+    /// id and pid namespace) and its process no longer runs; `None` when it may be
+    /// alive or ran elsewhere (or the lock does not say enough to tell).
+    fn gone_on_this_host(&self) -> Option<String> {
+        let (boot, ns, start) = (
+            self.boot_id.as_ref()?,
+            self.pid_namespace.as_ref()?,
+            self.process_start?,
+        );
+        if self.host != hostname()
+            || Some(boot) != boot_id().as_ref()
+            || Some(ns) != pid_namespace().as_ref()
+        {
+            return None;
+        }
+        let pid = self.pid;
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Some(format!("process {pid} no longer exists on this host"))
+            }
+            Err(_) => None,
+            Ok(stat) => match parse_stat(&stat)? {
+                ('Z' | 'X', _) => Some(format!("process {pid} has exited")),
+                (_, now) if now != start => Some(format!(
+                    "pid {pid} now belongs to another process (started at tick {now}, the holder at tick {start})"
+                )),
+                _ => None,
+            },
+        }
+    }
+}
+
+/// The state and start time (field 22, clock ticks after boot) of a `/proc/PID/stat`
+/// line. The command name (field 2) is in parentheses and may hold anything, so the
+/// fields are counted from the last `)`.
+fn parse_stat(stat: &str) -> Option<(char, u64)> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    // `state` was field 3; field 22 is 19 further on.
+    let start = fields.nth(18)?.parse().ok()?;
+    Some((state, start))
+}
+
+/// This host's boot id, if it can be read.
+fn boot_id() -> Option<String> {
+    let id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    Some(id.trim().to_string()).filter(|s| !s.is_empty())
+}
+
+/// This process's pid namespace, if it can be read.
+fn pid_namespace() -> Option<String> {
+    let ns = std::fs::read_link("/proc/self/ns/pid").ok()?;
+    Some(ns.to_string_lossy().into_owned())
+}
+
+/// This process's start time in clock ticks after boot.
+fn own_process_start() -> Option<u64> {
+    parse_stat(&std::fs::read_to_string("/proc/self/stat").ok()?).map(|(_, start)| start)
 }
 
 /// Why a lock could not be taken or was lost.
@@ -166,6 +247,9 @@ impl VolumeLock {
             operation: operation.to_string(),
             started: now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             ttl_seconds: ttl.as_secs_f64(),
+            boot_id: boot_id(),
+            pid_namespace: pid_namespace(),
+            process_start: own_process_start(),
         };
         let name = format!(
             "{}-{}",
@@ -184,7 +268,7 @@ impl VolumeLock {
         // the object could land after it was deleted).
         let (written_tx, written) = watch::channel(false);
         let put = tokio::spawn({
-            let (store, key, body) = (repo.store().clone(), key.clone(), body.clone());
+            let (store, key, body) = (repo.lock_store().clone(), key.clone(), body.clone());
             async move {
                 let r = store.put_opts(&key, body, create).await;
                 let _ = written_tx.send(true);
@@ -196,7 +280,8 @@ impl VolumeLock {
             key: key.clone(),
             written,
         };
-        put.await
+        let written = put
+            .await
             .map_err(|e| object_store::Error::JoinError { source: e })
             .and_then(|r| r)
             .map_err(RepoError::store("write lock", &key))?;
@@ -205,16 +290,17 @@ impl VolumeLock {
             Ok(()) => pending.repo = None,
             Err(e) => {
                 pending.repo = None;
-                let _ = repo.store().delete(&key).await;
+                let _ = repo.lock_store().delete(&key).await;
                 return Err(e);
             }
         }
         let (lost_tx, lost) = watch::channel(None);
         let (stop_tx, stop_rx) = oneshot::channel();
+        let rewrite = Rewrite::new(repo, &key, body, written);
         let refresher = tokio::spawn(refresh_loop(
-            repo.clone(),
+            repo.lock_store().clone(),
             key.clone(),
-            body,
+            rewrite,
             ttl,
             lost_tx,
             stop_rx,
@@ -384,7 +470,7 @@ async fn delete_after(
     if let Some(r) = refresher {
         let _ = r.await;
     }
-    match repo.store().delete(&key).await {
+    match repo.lock_store().delete(&key).await {
         Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
         Err(e) => Err(RepoError::store("delete lock", &key)(e).into()),
     }
@@ -415,15 +501,9 @@ async fn contend(
                 continue; // released meanwhile
             };
             let age = age(store_now, m.last_modified);
-            if age > info.ttl() {
-                match repo.store().delete(&m.location).await {
-                    Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-                    Err(e) => {
-                        return Err(RepoError::store("break stale lock", &m.location)(e).into());
-                    }
-                }
-                broken.push(format!(
-                    "broke the stale lock of {} held by {} pid {} since {} ({}): not refreshed for {}s, longer than its TTL of {}s",
+            let why = if age > info.ttl() {
+                format!(
+                    "stale lock of {} held by {} pid {} since {} ({}): not refreshed for {}s, longer than its TTL of {}s",
                     info.volume,
                     info.host,
                     info.pid,
@@ -431,10 +511,23 @@ async fn contend(
                     info.operation,
                     age.as_secs(),
                     info.ttl().as_secs()
-                ));
+                )
+            } else if let Some(gone) = info.gone_on_this_host() {
+                format!(
+                    "lock of {} held by {} pid {} since {} ({}) at once: {gone}, so its run is dead",
+                    info.volume, info.host, info.pid, info.started, info.operation,
+                )
             } else {
                 live.push((m.location.clone(), info));
+                continue;
+            };
+            match repo.lock_store().delete(&m.location).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => {
+                    return Err(RepoError::store("break lock", &m.location)(e).into());
+                }
             }
+            broken.push(format!("broke the {why}"));
         }
         let Some((oldest, holder)) = live.into_iter().min_by(|a, b| a.0.cmp(&b.0)) else {
             return Ok(());
@@ -501,7 +594,7 @@ async fn read_lock(
     key: &Path,
     volume: &VolumeName,
 ) -> Result<Option<LockInfo>, RepoError> {
-    let bytes = match repo.store().get(key).await {
+    let bytes = match repo.lock_store().get(key).await {
         Ok(r) => r.bytes().await,
         Err(e) => Err(e),
     };
@@ -514,6 +607,9 @@ async fn read_lock(
                 operation: "unknown".into(),
                 started: "an unknown time".into(),
                 ttl_seconds: DEFAULT_LOCK_TTL.as_secs_f64(),
+                boot_id: None,
+                pid_namespace: None,
+                process_start: None,
             }
         }))),
         Err(object_store::Error::NotFound { .. }) => Ok(None),
@@ -521,11 +617,47 @@ async fn read_lock(
     }
 }
 
-/// Rewrites the lock every quarter TTL until stopped; reports a loss on `lost`.
+/// How the holder refreshes its lock object (a new last-modified time) so that a
+/// refresh can never re-create the object after another run broke (deleted) it: a
+/// refresh that was in flight when the process stalled must not bring a lost lock
+/// back.
+enum Rewrite {
+    /// A local repository. object_store 0.14's `LocalFileSystem` has no
+    /// `PutMode::Update`, and its put re-creates a deleted file. The closest safe
+    /// equivalent: rewrite the (unchanged) content in place through a descriptor
+    /// opened without `O_CREAT`. Opening fails once the file was deleted, and a file
+    /// deleted after it was opened stays deleted. The write makes the kernel set the
+    /// modification time from its own clock, as the store's put does, so a process
+    /// with a skewed clock (`faketime`) cannot date its refresh back.
+    Touch(PathBuf, PutPayload),
+    /// Other stores: a conditional put (`If-Match` on S3) against the version of the
+    /// last write. A lock that was deleted fails the precondition instead of coming
+    /// back.
+    Update(PutPayload, UpdateVersion),
+    /// A store that offers neither (it answered `NotImplemented`, or gave no e-tag):
+    /// check that the object exists, then overwrite it. A refresh in flight while the
+    /// lock is broken may then re-create it, and the object goes stale after its TTL.
+    Unconditional(PutPayload),
+}
+
+impl Rewrite {
+    fn new(repo: &Repository, key: &Path, body: PutPayload, written: PutResult) -> Rewrite {
+        if let Some(file) = repo.local_file(key) {
+            return Rewrite::Touch(file, body);
+        }
+        match (written.e_tag, written.version) {
+            (None, None) => Rewrite::Unconditional(body),
+            (e_tag, version) => Rewrite::Update(body, UpdateVersion { e_tag, version }),
+        }
+    }
+}
+
+/// Refreshes the lock every quarter TTL until stopped; reports a loss on `lost` and
+/// then ends, never to write the object again.
 async fn refresh_loop(
-    repo: Repository,
+    store: std::sync::Arc<dyn object_store::ObjectStore>,
     key: Path,
-    body: PutPayload,
+    mut rewrite: Rewrite,
     ttl: Duration,
     lost: watch::Sender<Option<String>>,
     mut stop: oneshot::Receiver<()>,
@@ -541,8 +673,8 @@ async fn refresh_loop(
             _ = tokio::time::sleep(interval) => {}
         }
         let deadline = last_ok + patience;
-        let detail = match tokio::time::timeout_at(deadline, refresh_once(&repo, &key, &body)).await
-        {
+        let refresh = refresh_once(&*store, &key, &mut rewrite);
+        let detail = match tokio::time::timeout_at(deadline, refresh).await {
             Ok(Ok(())) => {
                 last_ok = Instant::now();
                 continue;
@@ -570,19 +702,74 @@ enum Refresh {
     Failed(object_store::Error),
 }
 
-/// Checks that the lock object still exists, then rewrites it (a new last-modified
-/// time).
-async fn refresh_once(repo: &Repository, key: &Path, body: &PutPayload) -> Result<(), Refresh> {
-    match repo.store().head(key).await {
-        Ok(_) => {}
-        Err(object_store::Error::NotFound { .. }) => return Err(Refresh::Gone),
-        Err(e) => return Err(Refresh::Failed(e)),
+/// Refreshes the lock object once, as `rewrite` says; [`Refresh::Gone`] if it no
+/// longer exists.
+async fn refresh_once(
+    store: &dyn object_store::ObjectStore,
+    key: &Path,
+    rewrite: &mut Rewrite,
+) -> Result<(), Refresh> {
+    match rewrite {
+        Rewrite::Touch(file, body) => {
+            let (file, body) = (file.clone(), body.clone());
+            let touched = tokio::task::spawn_blocking(move || {
+                use std::os::unix::fs::FileExt as _;
+                // No `create`: a deleted lock file is not re-created.
+                let f = std::fs::OpenOptions::new().write(true).open(&file)?;
+                let mut at = 0;
+                for chunk in body.iter() {
+                    f.write_all_at(chunk, at)?;
+                    at += chunk.len() as u64;
+                }
+                Ok::<(), std::io::Error>(())
+            })
+            .await
+            .map_err(|e| Refresh::Failed(object_store::Error::JoinError { source: e }))?;
+            match touched {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Refresh::Gone),
+                Err(e) => Err(Refresh::Failed(object_store::Error::Generic {
+                    store: "LocalFileSystem",
+                    source: Box::new(e),
+                })),
+            }
+        }
+        Rewrite::Update(body, version) => {
+            let opts = PutOptions {
+                mode: PutMode::Update(version.clone()),
+                ..Default::default()
+            };
+            match store.put_opts(key, body.clone(), opts).await {
+                Ok(r) => {
+                    *version = UpdateVersion {
+                        e_tag: r.e_tag,
+                        version: r.version,
+                    };
+                    Ok(())
+                }
+                Err(
+                    object_store::Error::Precondition { .. } | object_store::Error::NotFound { .. },
+                ) => Err(Refresh::Gone),
+                Err(object_store::Error::NotImplemented { .. }) => {
+                    *rewrite = Rewrite::Unconditional(body.clone());
+                    Box::pin(refresh_once(store, key, rewrite)).await
+                }
+                Err(e) => Err(Refresh::Failed(e)),
+            }
+        }
+        Rewrite::Unconditional(body) => {
+            match store.head(key).await {
+                Ok(_) => {}
+                Err(object_store::Error::NotFound { .. }) => return Err(Refresh::Gone),
+                Err(e) => return Err(Refresh::Failed(e)),
+            }
+            store
+                .put(key, body.clone())
+                .await
+                .map(|_| ())
+                .map_err(Refresh::Failed)
+        }
     }
-    repo.store()
-        .put(key, body.clone())
-        .await
-        .map(|_| ())
-        .map_err(Refresh::Failed)
 }
 
 /// This machine's host name.

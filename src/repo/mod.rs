@@ -27,6 +27,7 @@ mod archive;
 mod catalog;
 mod chain;
 mod cleanup;
+mod clock;
 mod config;
 mod layout;
 mod location;
@@ -42,6 +43,7 @@ pub use archive::RemoteArchive;
 pub use catalog::{Chain, Commit, PointInfo, PointSelector};
 pub use chain::{ChainCursor, Resolved};
 pub use cleanup::{Cleaned, LEFTOVER_GRACE};
+pub use clock::clock_went_back;
 pub use config::RepoConfig;
 pub use layout::{VolumeName, new_id};
 pub use location::{Location, open_store, parse_location};
@@ -136,6 +138,11 @@ impl RepoError {
 #[derive(Clone)]
 pub struct Repository {
     store: Arc<dyn ObjectStore>,
+    /// The same store without the upload limit of [`with_upload_limit`]: lock
+    /// refreshes must never queue behind throttled archive uploads.
+    ///
+    /// [`with_upload_limit`]: Repository::with_upload_limit
+    lock_store: Arc<dyn ObjectStore>,
     location: String,
     config: RepoConfig,
     /// The directory of a local repository (for file-system-only housekeeping).
@@ -154,6 +161,16 @@ impl Repository {
     /// The object store behind the repository.
     pub fn store(&self) -> &Arc<dyn ObjectStore> {
         &self.store
+    }
+
+    /// The store for lock objects: never throttled.
+    pub(crate) fn lock_store(&self) -> &Arc<dyn ObjectStore> {
+        &self.lock_store
+    }
+
+    /// The file of object `key` in a local repository (`None` on other stores).
+    pub(crate) fn local_file(&self, key: &object_store::path::Path) -> Option<std::path::PathBuf> {
+        self.local_root.as_ref().map(|root| root.join(key.as_ref()))
     }
 
     /// Whether the repository is a directory on this machine (not an object store
@@ -221,6 +238,8 @@ impl Repository {
 
     /// The same repository with uploads limited to `limit`'s rate (all writers of
     /// this handle share the budget).
+    /// Lock objects bypass the limit (they are tiny, and a refresh delayed behind
+    /// throttled uploads would let the lock go stale).
     pub fn with_upload_limit(self, limit: Arc<crate::throttle::RateLimiter>) -> Repository {
         Repository {
             store: Arc::new(crate::throttle::ThrottledStore::new(self.store, limit)),

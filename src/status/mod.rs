@@ -183,6 +183,11 @@ pub async fn gather(
     })
 }
 
+/// How far in the future (by this host's clock) the newest point may have been
+/// created before `status` reports the writer's clock: hosts kept by NTP differ by
+/// far less.
+const CLOCK_AHEAD_TOLERANCE: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// Fills the catalog part of `s`: points, chain length, stored bytes, newest point.
 async fn catalog(repo: &Repository, volume: &VolumeName, now: DateTime<Utc>, s: &mut VolumeStatus) {
     let points = match repo.describe(volume).await {
@@ -199,11 +204,23 @@ async fn catalog(repo: &Repository, volume: &VolumeName, now: DateTime<Utc>, s: 
         let created = DateTime::parse_from_rfc3339(&p.created)
             .map(|t| t.with_timezone(&Utc))
             .unwrap_or(now);
+        let age = (now - created).as_seconds_f64();
+        // A writer's clock ahead of this host's would make the newest point look
+        // fresh until that time: say so rather than show an age of 0.
+        if -age > CLOCK_AHEAD_TOLERANCE.as_secs_f64() {
+            s.problems.push(format!(
+                "seq {} was created at {}, {:.0}s after this host's clock ({}): a writer's clock is ahead (check NTP), so the age of the newest point cannot be told",
+                p.seq,
+                p.created,
+                -age,
+                now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            ));
+        }
         s.newest = Some(NewestPoint {
             seq: p.seq,
             archive: p.id.clone(),
             created,
-            age_seconds: (now - created).as_seconds_f64().max(0.0),
+            age_seconds: age.max(0.0),
         });
     }
     let chain = match repo.commits(volume).await {

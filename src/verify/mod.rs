@@ -35,6 +35,7 @@ use crate::lvm::LvName;
 use crate::progress::Progress;
 use crate::repo::{
     ChainCursor, Commit, PointSelector, RemoteArchive, RepoError, Repository, Resolved, VolumeName,
+    clock_went_back,
 };
 use crate::source::RawSource;
 use crate::source::lvm::ActiveBase;
@@ -149,6 +150,8 @@ pub struct VerifyReport {
     pub source: Option<SourceCheck>,
     /// Every problem found, in the order found.
     pub problems: Vec<Problem>,
+    /// Findings that are not damage (a writer's clock that went backwards).
+    pub warnings: Vec<String>,
     /// Wall-clock seconds.
     pub seconds: f64,
 }
@@ -202,6 +205,7 @@ pub async fn verify(
         bytes_read: 0,
         source: None,
         problems: Vec::new(),
+        warnings: Vec::new(),
         seconds: 0.0,
     };
     for volume in &volumes {
@@ -324,6 +328,18 @@ async fn check_volume(
         }
         if clean {
             sound.push(archive);
+        }
+    }
+
+    // Points are ordered by seq: a clock that went backwards is only a warning.
+    for a in &sound {
+        let parent = a
+            .header
+            .parent
+            .as_ref()
+            .and_then(|p| sound.iter().find(|q| q.commit.seq == p.seq));
+        if let Some(w) = parent.and_then(|p| clock_went_back(&a.header, &p.header)) {
+            rec.report.warnings.push(w);
         }
     }
 

@@ -15,12 +15,13 @@ use crate::util::s3::moto;
 use crate::util::{TempRepo, make_image, write};
 
 /// The library's view of the repository a [`TempRepo`] runs the CLI against.
+/// (A local repository is opened by its location, as the CLI opens it, so that lock
+/// refreshes take the local file path.)
 pub(crate) async fn lib_repo(t: &TempRepo) -> Repository {
-    let store: Arc<dyn ObjectStore> = if t.location().starts_with("s3://") {
-        Arc::new(PrefixStore::new(moto().store(t.bucket()), "repo"))
-    } else {
-        crate::chain::local_store(&t.repo())
-    };
+    if !t.location().starts_with("s3://") {
+        return Repository::open_location(t.location()).await.expect("open");
+    }
+    let store: Arc<dyn ObjectStore> = Arc::new(PrefixStore::new(moto().store(t.bucket()), "repo"));
     Repository::open(store, t.location()).await.expect("open")
 }
 
@@ -268,6 +269,9 @@ fn lock_info_of_ghost(volume: &str) -> LockInfo {
         operation: "backup".into(),
         started: "2020-01-01T00:00:00Z".into(),
         ttl_seconds: 600.0,
+        boot_id: None,
+        pid_namespace: None,
+        process_start: None,
     }
 }
 
