@@ -496,4 +496,118 @@ mod tests {
         assert_eq!(kept(&p, &pts), vec![2]);
         assert_eq!(kept(&p, &[]), Vec::<u64>::new());
     }
+
+    /// Every kind of rule, each with a count of 1 (and keep-within 1h).
+    fn every_rule() -> Vec<RetentionPolicy> {
+        let one = Some(1);
+        vec![
+            RetentionPolicy {
+                last: one,
+                ..Default::default()
+            },
+            RetentionPolicy {
+                hourly: one,
+                ..Default::default()
+            },
+            RetentionPolicy {
+                daily: one,
+                ..Default::default()
+            },
+            RetentionPolicy {
+                weekly: one,
+                ..Default::default()
+            },
+            RetentionPolicy {
+                monthly: one,
+                ..Default::default()
+            },
+            RetentionPolicy {
+                yearly: one,
+                ..Default::default()
+            },
+            RetentionPolicy {
+                within: Some(Within::parse("1h").unwrap()),
+                ..Default::default()
+            },
+        ]
+    }
+
+    #[test]
+    fn time_is_not_order_every_rule_keeps_the_tip() {
+        let skews: [(&str, Vec<&str>); 4] = [
+            // The tip's writer was 3 h behind: it looks older than its parent.
+            (
+                "clock behind",
+                vec![
+                    "2026-11-29T23:00:00Z",
+                    "2026-11-30T01:00:00Z",
+                    "2026-11-29T22:00:00Z",
+                ],
+            ),
+            // One writer was 2 days ahead, the tip's clock is right again.
+            (
+                "clock ahead",
+                vec![
+                    "2026-11-28T01:00:00Z",
+                    "2026-11-30T23:00:00Z",
+                    "2026-11-28T02:00:00Z",
+                ],
+            ),
+            // A frozen clock: every point at the same instant.
+            ("frozen", vec!["2026-01-01T00:00:00Z"; 3]),
+            // The clock jumped back a year (a dead RTC battery).
+            (
+                "jump back a year",
+                vec![
+                    "2026-11-28T01:00:00Z",
+                    "2026-11-29T01:00:00Z",
+                    "2025-11-29T01:00:00Z",
+                ],
+            ),
+        ];
+        for (what, times) in skews {
+            let pts = points(&times);
+            for p in every_rule() {
+                let d = p.apply(&pts).unwrap();
+                assert!(d[2].keep, "{what}, {p:?}: {d:?}");
+                assert_eq!(d[2].reasons[0], "newest", "{what}, {p:?}");
+                // Counts of 1 keep the tip only, whatever the clocks said.
+                if p.within.is_none() {
+                    assert!(!d[0].keep && !d[1].keep, "{what}, {p:?}: {d:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn effective_times_never_go_backwards_along_the_seqs() {
+        let pts = points(&[
+            "2026-11-30T01:00:00Z",
+            "2026-11-29T22:00:00Z",
+            "2026-11-30T02:00:00Z",
+        ]);
+        // Any input order; the result follows it.
+        let reversed: Vec<PointTime> = pts.iter().rev().copied().collect();
+        assert_eq!(
+            effective_times(&reversed),
+            [
+                at("2026-11-30T02:00:00Z"),
+                at("2026-11-30T01:00:00Z"),
+                at("2026-11-30T01:00:00Z")
+            ]
+        );
+        // keep-within counts back from the tip's effective time: the point written
+        // with a slow clock is within an hour of its successor.
+        let p = RetentionPolicy {
+            within: Some(Within::parse("1h").unwrap()),
+            ..Default::default()
+        };
+        assert_eq!(kept(&p, &pts), vec![1, 2, 3]);
+        // Daily periods by effective time: seq 2 counts on Nov 30, not Nov 29.
+        let p = RetentionPolicy {
+            daily: Some(2),
+            ..Default::default()
+        };
+        assert_eq!(kept(&p, &pts), vec![3]);
+    }
 }

@@ -784,3 +784,130 @@ pub fn hostname() -> String {
         "unknown-host".into()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use object_store::ObjectStore;
+    use object_store::memory::InMemory;
+
+    use super::*;
+
+    fn holder(pid: u32) -> LockInfo {
+        LockInfo {
+            volume: "v".into(),
+            host: hostname(),
+            pid,
+            operation: "backup".into(),
+            started: "2026-11-30T00:00:00Z".into(),
+            ttl_seconds: 600.0,
+            boot_id: boot_id(),
+            pid_namespace: pid_namespace(),
+            process_start: None,
+        }
+    }
+
+    #[test]
+    fn stat_fields_are_counted_from_the_last_parenthesis() {
+        let stat =
+            "4711 (a) b (c) S 1 4711 4711 0 -1 4194560 1 2 3 4 5 6 7 8 20 0 1 0 98765 1000 10\n";
+        assert_eq!(parse_stat(stat), Some(('S', 98765)));
+        assert_eq!(parse_stat("4711 (short) Z 1 2"), None);
+    }
+
+    #[test]
+    fn only_a_provably_dead_holder_on_this_host_is_gone() {
+        let me = std::process::id();
+        let alive = LockInfo {
+            process_start: own_process_start(),
+            ..holder(me)
+        };
+        assert_eq!(alive.gone_on_this_host(), None);
+        // The same pid with another start time: the pid was reused.
+        let reused = LockInfo {
+            process_start: own_process_start().map(|s| s + 1),
+            ..holder(me)
+        };
+        assert!(
+            reused
+                .gone_on_this_host()
+                .is_some_and(|w| w.starts_with(&format!("pid {me} now belongs to another process"))),
+            "{:?}",
+            reused.gone_on_this_host()
+        );
+        // A pid that exited (and was reaped).
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let gone = LockInfo {
+            process_start: Some(1),
+            ..holder(dead)
+        };
+        assert_eq!(
+            gone.gone_on_this_host(),
+            Some(format!("process {dead} no longer exists on this host"))
+        );
+        // Elsewhere, or without the fields (older versions): the TTL decides.
+        for other in [
+            LockInfo {
+                host: "elsewhere".into(),
+                ..gone.clone()
+            },
+            LockInfo {
+                boot_id: Some("another-boot".into()),
+                ..gone.clone()
+            },
+            LockInfo {
+                pid_namespace: Some("pid:[1]".into()),
+                ..gone.clone()
+            },
+            LockInfo {
+                boot_id: None,
+                ..gone.clone()
+            },
+            LockInfo {
+                process_start: None,
+                ..gone.clone()
+            },
+        ] {
+            assert_eq!(other.gone_on_this_host(), None, "{other:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refresh_never_recreates_a_broken_lock() {
+        let body = PutPayload::from_static(b"{}");
+        // A local repository: the file is rewritten in place, never created.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("lock");
+        std::fs::write(&file, b"{}").unwrap();
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let key = Path::from("lock");
+        let mut touch = Rewrite::Touch(file.clone(), body.clone());
+        assert!(refresh_once(&*store, &key, &mut touch).await.is_ok());
+        std::fs::remove_file(&file).unwrap();
+        assert!(matches!(
+            refresh_once(&*store, &key, &mut touch).await,
+            Err(Refresh::Gone)
+        ));
+        assert!(!file.exists(), "re-created");
+        // Other stores: a put conditional on the version of the last write.
+        let written = store.put(&key, body.clone()).await.unwrap();
+        let mut update = Rewrite::Update(
+            body,
+            UpdateVersion {
+                e_tag: written.e_tag,
+                version: written.version,
+            },
+        );
+        assert!(refresh_once(&*store, &key, &mut update).await.is_ok());
+        assert!(refresh_once(&*store, &key, &mut update).await.is_ok());
+        store.delete(&key).await.unwrap();
+        assert!(matches!(
+            refresh_once(&*store, &key, &mut update).await,
+            Err(Refresh::Gone)
+        ));
+        assert!(store.head(&key).await.is_err(), "re-created");
+    }
+}

@@ -17,20 +17,11 @@ const POOL_XML: &str = include_str!("../data/lvm/pool.xml");
 fn thin_tools() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
-        if Command::new("thin_restore").arg("-V").output().is_ok() {
-            return;
-        }
-        eprintln!("installing thin-provisioning-tools for the thin_delta/thin_dump tests");
-        let ok = Command::new("sh")
-            .args([
-                "-c",
-                "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends thin-provisioning-tools",
-            ])
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(
-            ok && Command::new("thin_restore").arg("-V").output().is_ok(),
-            "thin-provisioning-tools is missing and could not be installed (apt-get as root): these tests need the real thin_restore/thin_delta/thin_dump"
+        crate::util::ensure_tool(
+            "thin_restore",
+            &["-V"],
+            "thin-provisioning-tools",
+            "these tests need the real thin_restore/thin_delta/thin_dump",
         );
     });
 }

@@ -86,11 +86,17 @@ impl TempRepo {
 
     /// Runs with extra environment variables.
     pub fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        self.run_wrapped(&[], args, env)
+    }
+
+    /// Runs `wrapper... thinarc -r REPO args...` (e.g. under `faketime`) with extra
+    /// environment variables.
+    pub fn run_wrapped(&self, wrapper: &[&str], args: &[&str], env: &[(&str, &str)]) -> Output {
         let mut full = vec!["-r".to_string(), self.location.clone()];
         full.extend(args.iter().map(|s| s.to_string()));
         let mut e = self.env.clone();
         e.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-        thinarc_env(&full, &e)
+        thinarc_wrapped(wrapper, &full, &e)
     }
 
     /// Runs and asserts success; returns stdout.
@@ -155,7 +161,25 @@ pub fn thinarc<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Output {
 /// Runs the `thinarc` binary with `env` added to a clean environment (no `THINARC_*`
 /// or `AWS_*` from the caller).
 pub fn thinarc_env<S: AsRef<std::ffi::OsStr>>(args: &[S], env: &[(String, String)]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_thinarc"));
+    thinarc_wrapped(&[], args, env)
+}
+
+/// As [`thinarc_env`], run through `wrapper` (a command that takes the program and
+/// its arguments after its own, like `faketime SPEC`).
+pub fn thinarc_wrapped<S: AsRef<std::ffi::OsStr>>(
+    wrapper: &[&str],
+    args: &[S],
+    env: &[(String, String)],
+) -> Output {
+    let bin = env!("CARGO_BIN_EXE_thinarc");
+    let mut cmd = match wrapper {
+        [] => Command::new(bin),
+        [program, rest @ ..] => {
+            let mut c = Command::new(program);
+            c.args(rest).arg(bin);
+            c
+        }
+    };
     for (k, _) in std::env::vars() {
         if k.starts_with("THINARC_") || k.starts_with("AWS_") {
             cmd.env_remove(k);
@@ -172,6 +196,28 @@ pub fn thinarc_env<S: AsRef<std::ffi::OsStr>>(args: &[S], env: &[(String, String
         stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
     }
+}
+
+/// Makes sure the command `probe` runs (with `args`), installing the Debian `package`
+/// with apt-get if it does not (CI runs as root). Panics, saying `why`, if that is
+/// impossible: a test that needs a tool fails without it, it is never skipped.
+pub fn ensure_tool(probe: &str, args: &[&str], package: &str, why: &str) {
+    let runs = || Command::new(probe).args(args).output().is_ok();
+    if runs() {
+        return;
+    }
+    eprintln!("installing {package}: {why}");
+    let ok = Command::new("sh")
+        .args([
+            "-c",
+            &format!("apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends {package}"),
+        ])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ok && runs(),
+        "{package} is missing and could not be installed (apt-get as root): {why}"
+    );
 }
 
 /// A deterministic pseudo-random generator (xorshift64*), so tests need no seed files.
