@@ -2,6 +2,7 @@
 
 mod chain;
 mod cli;
+mod clock;
 mod copy;
 mod faults;
 mod format;
