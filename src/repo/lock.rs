@@ -673,6 +673,17 @@ async fn refresh_loop(
             _ = tokio::time::sleep(interval) => {}
         }
         let deadline = last_ok + patience;
+        if Instant::now() >= deadline {
+            // No refresh was even tried: the process itself stood still (stopped,
+            // swapping, starved of CPU). Another run may have broken the lock since.
+            let detail = format!(
+                "it was not refreshed for {:.1}s because this process was stalled, longer than three quarters of its {:.1}s TTL",
+                last_ok.elapsed().as_secs_f64(),
+                ttl.as_secs_f64()
+            );
+            let _ = lost.send(Some(detail));
+            return;
+        }
         let refresh = refresh_once(&*store, &key, &mut rewrite);
         let detail = match tokio::time::timeout_at(deadline, refresh).await {
             Ok(Ok(())) => {

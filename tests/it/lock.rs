@@ -1,7 +1,10 @@
 //! Per-volume locks: a second writer is refused with exit code 3 and the holder's
 //! name (local and S3, a real second process), stale locks are broken with a
 //! warning, racing runs end with exactly one holder, refreshing keeps a long run's
-//! lock alive, and a lock removed from under its holder stops the operation.
+//! lock alive (also behind throttled uploads), a lock removed from under its holder
+//! stops the operation and is never written again (also by a stalled writer), and a
+//! lock of a dead process on this host is broken at once while other hosts' wait
+//! for their TTL.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -275,10 +278,10 @@ fn lock_info_of_ghost(volume: &str) -> LockInfo {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_lost_lock_stops_the_operation() {
-    let t = TempRepo::new();
-    let repo = lib_repo(&t).await;
+/// A lock deleted from under its holder (broken by another run) stops the operation
+/// promptly, and the holder never writes it again.
+async fn lost_scenario(t: &TempRepo) {
+    let repo = lib_repo(t).await;
     let volume = VolumeName::new("lost").unwrap();
     let lock = VolumeLock::acquire_with_ttl(&repo, &volume, "backup", Duration::from_secs(1))
         .await
@@ -305,8 +308,292 @@ async fn a_lost_lock_stops_the_operation() {
         )
     );
     assert!(matches!(lock.check(), Err(LockError::Lost { .. })));
+    // Several refresh intervals later, the object has not come back.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(lock_keys(&repo, "lost").await.is_empty(), "re-created");
     lock.release().await.unwrap();
     assert!(lock_keys(&repo, "lost").await.is_empty(), "not re-created");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lost_lock_stops_the_operation() {
+    lost_scenario(&TempRepo::new()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lost_lock_stops_the_operation_on_s3() {
+    lost_scenario(&TempRepo::s3()).await;
+}
+
+/// Starts `thinarc -q -r REPO args...` in the background with the test's state
+/// directory and `env`.
+fn spawn(t: &TempRepo, args: &[&str], env: &[(&str, &str)]) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_thinarc"))
+        .args(["-q", "-r", t.location()])
+        .args(args)
+        .env("THINARC_STATE_DIR", t.path("state"))
+        .envs(env.iter().copied())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits until `volume` (its directory name) has a lock object; returns its contents.
+fn wait_for_lock(t: &TempRepo, volume: &str) -> LockInfo {
+    let dir = t.repo().join("volumes").join(volume).join("locks");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let found = std::fs::read_dir(&dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .find_map(|e| serde_json::from_slice(&std::fs::read(e.path()).ok()?).ok());
+        if let Some(info) = found {
+            return info;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no lock appeared in {}",
+            dir.display()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The lock objects left in a local repository's `volume` (directory name).
+fn lock_files(t: &TempRepo, volume: &str) -> Vec<String> {
+    std::fs::read_dir(t.repo().join("volumes").join(volume).join("locks"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+/// The case `stalled-writer-lock-comes-back.sh`: a prune stalled (SIGSTOP) past its
+/// lock's TTL has its lock broken by another writer; when it resumes it stops with
+/// "lost the lock" and never writes its lock object again, so the next writer is not
+/// refused.
+#[test]
+fn stalled_writer_lock_never_comes_back() {
+    let t = TempRepo::new();
+    let img = t.path("a.img");
+    let mut data = make_image(16 << 20, 11);
+    crate::util::Rng::new(12).fill(&mut data);
+    for i in 0..4u64 {
+        crate::util::Rng::new(100 + i).fill(&mut data[(i as usize) << 20..][..1 << 20]);
+        write(&img, &data);
+        t.ok(&["backup", img.to_str().unwrap(), "--volume", "v", "-q"]);
+    }
+    let ttl = [("THINARC_LOCK_TTL", "2")];
+    let prune = spawn(
+        &t,
+        &["--upload-limit", "4M", "prune", "v", "--keep-last", "1"],
+        &ttl,
+    );
+    let holder = wait_for_lock(&t, "v");
+    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(prune.id() as libc::pid_t, libc::SIGSTOP) };
+    std::thread::sleep(Duration::from_secs(3)); // longer than the TTL
+    let other = t.run(&["backup", img.to_str().unwrap(), "--volume", "v"]);
+    assert!(other.success, "{}", other.show());
+    assert!(
+        other.stderr.contains(&format!(
+            "WARN broke the stale lock of v held by {} pid {} since {} (prune): not refreshed for ",
+            holder.host, holder.pid, holder.started
+        )),
+        "{}",
+        other.show()
+    );
+    // SAFETY: as above.
+    unsafe { libc::kill(prune.id() as libc::pid_t, libc::SIGCONT) };
+    let out = prune.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.starts_with("error: prune of v failed: lost the lock of v: it was not refreshed for ")
+            && stderr.ends_with("s because this process was stalled, longer than three quarters of its 2.0s TTL; the run was stopped so that two writers never work on the volume at once (run it again)\n"),
+        "{stderr}"
+    );
+    // Its lock object never comes back.
+    for _ in 0..20 {
+        assert_eq!(lock_files(&t, "v"), Vec::<String>::new());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let next = t.run(&["backup", img.to_str().unwrap(), "--volume", "v"]);
+    assert!(next.success, "{}", next.show());
+    assert_eq!(t.json(&["list", "v"]).as_array().unwrap().len(), 6);
+}
+
+/// Lock refreshes go around `--upload-limit`: a backup whose 8 MiB parts wait seconds
+/// for their upload budget keeps a 1 s lock fresh, and every other writer is refused
+/// with exit 3 throughout.
+#[test]
+fn lock_refreshes_do_not_wait_behind_throttled_uploads() {
+    let t = TempRepo::new();
+    let img = t.path("big.img");
+    let mut data = vec![0u8; 12 << 20];
+    crate::util::Rng::new(21).fill(&mut data);
+    write(&img, &data);
+    let img = img.to_str().unwrap();
+    let ttl = [("THINARC_LOCK_TTL", "1")];
+    let holder = spawn(
+        &t,
+        &["--upload-limit", "2M", "backup", img, "--volume", "v"],
+        &ttl,
+    );
+    let info = wait_for_lock(&t, "v");
+    let started = Instant::now();
+    let mut refused = 0;
+    while started.elapsed() < Duration::from_secs(4) {
+        let out = t.run(&["backup", img, "--volume", "v"]);
+        assert_eq!(
+            out.code,
+            Some(3),
+            "after {:?}: {}",
+            started.elapsed(),
+            out.show()
+        );
+        assert!(
+            out.stderr.starts_with(&format!(
+                "error: v is locked by {} pid {} ",
+                info.host, info.pid
+            )),
+            "{}",
+            out.show()
+        );
+        refused += 1;
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(refused >= 4, "{refused}");
+    let out = holder.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        started.elapsed() > Duration::from_secs(4),
+        "the upload was not throttled"
+    );
+}
+
+/// The case `same-host-dead-pid-lock.sh`: after a backup is SIGKILLed, the next one on
+/// the same host breaks its lock at once with a warning naming the holder and why.
+#[test]
+fn dead_holder_on_this_host_is_broken_at_once() {
+    let t = TempRepo::new();
+    let img = t.path("a.img");
+    write(&img, &make_image(8 << 20, 31));
+    let img = img.to_str().unwrap();
+    t.ok(&["backup", img, "--volume", "v", "-q"]);
+    let mut killed = spawn(
+        &t,
+        &["--read-limit", "1M", "backup", img, "--volume", "v"],
+        &[],
+    );
+    let holder = wait_for_lock(&t, "v");
+    assert_eq!(holder.pid, killed.id());
+    assert_eq!(holder.host, thinarc::repo::hostname());
+    assert!(
+        holder.boot_id.is_some()
+            && holder.pid_namespace.is_some()
+            && holder.process_start.is_some(),
+        "{holder:?}"
+    );
+    killed.kill().unwrap();
+    killed.wait().unwrap();
+    assert_eq!(lock_files(&t, "v").len(), 1, "the killed run left its lock");
+
+    let started = Instant::now();
+    let out = t.run(&["backup", img, "--volume", "v"]);
+    assert!(out.success, "{}", out.show());
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let warnings: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.contains(" WARN "))
+        .collect();
+    let expected = format!(
+        "WARN broke the lock of v held by {} pid {} since {} (backup) at once: process {} no longer exists on this host, so its run is dead",
+        holder.host, holder.pid, holder.started, holder.pid
+    );
+    assert!(
+        matches!(warnings[..], [w] if w.contains(&expected)),
+        "{}",
+        out.show()
+    );
+    assert!(lock_files(&t, "v").is_empty());
+}
+
+/// A lock whose pid is dead here but that was written on another host, in another boot
+/// or pid namespace, or by a version that did not record the process, is respected
+/// until its TTL: exit 3, naming the holder.
+#[tokio::test(flavor = "multi_thread")]
+async fn other_hosts_locks_with_dead_pids_are_respected() {
+    let t = TempRepo::new();
+    let repo = lib_repo(&t).await;
+    let img = t.path("a.img");
+    write(&img, &make_image(1 << 20, 32));
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let dead = child.id();
+    child.wait().unwrap();
+    let here = VolumeLock::acquire(&repo, &VolumeName::new("probe").unwrap(), "backup")
+        .await
+        .unwrap();
+    let this_host = here.info().clone();
+    here.release().await.unwrap();
+    let base = LockInfo {
+        volume: "v".into(),
+        pid: dead,
+        process_start: Some(12345),
+        ..this_host
+    };
+    let cases = [
+        (
+            "another host",
+            LockInfo {
+                host: "otherhost".into(),
+                ..base.clone()
+            },
+        ),
+        (
+            "another boot",
+            LockInfo {
+                boot_id: Some("00000000-0000-0000-0000-000000000000".into()),
+                ..base.clone()
+            },
+        ),
+        (
+            "another pid namespace",
+            LockInfo {
+                pid_namespace: Some("pid:[1]".into()),
+                ..base.clone()
+            },
+        ),
+        (
+            "an older version",
+            LockInfo {
+                boot_id: None,
+                pid_namespace: None,
+                process_start: None,
+                ..base.clone()
+            },
+        ),
+    ];
+    for (what, info) in cases {
+        let key = Key::from("volumes/v/locks/20200101T000000.000000Z-00000000deadbeef");
+        repo.store()
+            .put(&key, PutPayload::from(serde_json::to_vec(&info).unwrap()))
+            .await
+            .unwrap();
+        let out = t.run(&["backup", img.to_str().unwrap(), "--volume", "v"]);
+        assert_eq!(out.code, Some(3), "{what}: {}", out.show());
+        assert_eq!(out.stderr, refusal("v", &info), "{what}");
+        assert_eq!(lock_keys(&repo, "v").await, [key.to_string()], "{what}");
+        repo.store().delete(&key).await.unwrap();
+    }
 }
 
 #[test]
