@@ -114,8 +114,13 @@ pub(super) async fn prune_volume(
         let context = format!("prune of {volume} failed");
         match prune(repo, volume, opts).await {
             Ok(r) => Ok(r),
-            // The lock error itself in the chain: `main` exits with 3 for a held lock.
-            Err(PruneError::Lock(e)) => Err(anyhow::Error::new(e).context(context)),
+            // The lock error itself in the chain: `main` exits with 3 for a held lock,
+            // whose message is complete as it is (as backup's and copy's).
+            Err(PruneError::Lock(e)) => {
+                Err(super::context_unless_locked(anyhow::Error::new(e), || {
+                    context
+                }))
+            }
             Err(e) => Err(anyhow::Error::new(e).context(context)),
         }
     };

@@ -4,6 +4,7 @@ mod chain;
 mod cli;
 mod clock;
 mod copy;
+mod exit_codes;
 mod faults;
 mod format;
 mod lock;
