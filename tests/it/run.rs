@@ -201,7 +201,7 @@ fn a_second_run_is_refused_while_one_is_going() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     let o = thinarc(&t, &["run", "--config", cfg.to_str().unwrap()]);
-    assert!(!o.success);
+    assert_eq!(o.code, Some(3), "{}", o.show());
     assert!(
         o.stderr.contains(&format!(
             "error: another thinarc run is still going (pid {} since ",
