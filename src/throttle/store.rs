@@ -1,6 +1,8 @@
 //! An [`ObjectStore`] wrapper that limits upload bandwidth: every byte put, whole or
 //! as a multipart part, first takes its share of a [`RateLimiter`]. Reads, lists and
-//! deletes pass through unchanged.
+//! deletes pass through unchanged. Lock objects never go through it: the repository
+//! keeps the unthrottled store for them, so that a refresh never queues behind parts
+//! waiting for their budget (the lock would go stale and be broken).
 
 use std::fmt;
 use std::ops::Range;
