@@ -3,7 +3,8 @@
 //! keeps the tip (the highest seq) under every kind of rule, backup, prune and verify
 //! warn when time goes backwards along a chain, `status` neither hides a stale volume
 //! behind a future time nor shows a negative age, and a skewed writer neither deletes
-//! another run's fresh leftovers nor has its live lock broken early.
+//! another run's fresh leftovers or superseded archives before their grace period,
+//! nor has its live lock broken early.
 //!
 //! faketime is installed with apt-get if it is missing (`.ci/run` installs it); if
 //! that is impossible these tests fail.
@@ -224,7 +225,7 @@ fn wait_for_file(dir: &std::path::Path) {
 }
 
 #[test]
-fn time_is_not_order_skewed_writers_break_no_live_lock_and_delete_no_fresh_leftover() {
+fn time_is_not_order_skewed_writers_break_no_live_lock_and_delete_nothing_early() {
     let t = TempRepo::new();
     backup(&t, None, 1);
 
@@ -286,4 +287,20 @@ fn time_is_not_order_skewed_writers_break_no_live_lock_and_delete_no_fresh_lefto
     }
     assert!(holder.wait().unwrap().success());
     assert_eq!(created(&t).last().unwrap().0, 4);
+
+    // A prune with a clock 2 days ahead keeps what it superseded for the grace period
+    // (a restore that listed before may still read it): nothing is deleted yet.
+    let out = faked(
+        &t,
+        "+2d",
+        &["prune", "v", "--keep-last", "1", "--json"],
+        &[],
+    );
+    assert!(out.success, "{}", out.show());
+    let report: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(report[0]["objects_deleted"], 0, "{report:#}");
+    let archives = std::fs::read_dir(t.repo().join("volumes/v/archives"))
+        .unwrap()
+        .count();
+    assert!(archives >= 4, "{archives} archive objects left");
 }
