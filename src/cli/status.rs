@@ -148,10 +148,10 @@ fn print_volume(v: &VolumeStatus) {
             l.info.pid,
             l.info.started,
             l.info.operation,
-            if l.stale {
-                format!(", stale: not refreshed for {:.0}s", l.age_seconds)
-            } else {
-                String::new()
+            match (&l.dead, l.stale) {
+                (Some(why), _) => format!(", dead: {why}"),
+                (None, true) => format!(", stale: not refreshed for {:.0}s", l.age_seconds),
+                (None, false) => String::new(),
             }
         );
     }

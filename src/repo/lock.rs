@@ -553,10 +553,15 @@ pub struct HeldLock {
     /// Who holds it.
     #[serde(flatten)]
     pub info: LockInfo,
-    /// Seconds since it was last written (refreshed), by this host's clock.
+    /// Seconds since it was last written (refreshed), by this host's clock. (Only
+    /// shown: a run that breaks a lock measures its age on the store's clock.)
     pub age_seconds: f64,
-    /// Whether it is older than its TTL: its run died, and the next run breaks it.
+    /// Whether its run is dead: older than its TTL, or `dead`. The next run breaks it.
     pub stale: bool,
+    /// Why its holder is provably gone, for a lock written on this host by a process
+    /// that no longer runs (the next run breaks it at once).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dead: Option<String>,
 }
 
 /// The lock objects on `volume` now (none when no run holds it).
@@ -572,9 +577,11 @@ pub async fn held_locks(
     for m in repo.list(&volume.locks_prefix()).await? {
         if let Some(info) = read_lock(repo, &m.location, volume).await? {
             let age = age(now, m.last_modified);
+            let dead = info.gone_on_this_host();
             out.push(HeldLock {
-                stale: age > info.ttl(),
+                stale: age > info.ttl() || dead.is_some(),
                 age_seconds: age.as_secs_f64(),
+                dead,
                 info,
             });
         }

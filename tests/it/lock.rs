@@ -360,13 +360,15 @@ fn wait_for_lock(t: &TempRepo, volume: &str) -> LockInfo {
     }
 }
 
-/// The lock objects left in a local repository's `volume` (directory name).
+/// The lock objects left in a local repository's `volume` (directory name), without
+/// the local store's staging files (`KEY#N`, which it does not list).
 fn lock_files(t: &TempRepo, volume: &str) -> Vec<String> {
     std::fs::read_dir(t.repo().join("volumes").join(volume).join("locks"))
         .into_iter()
         .flatten()
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| !name.contains('#'))
         .collect()
 }
 
@@ -502,9 +504,29 @@ fn dead_holder_on_this_host_is_broken_at_once() {
             && holder.process_start.is_some(),
         "{holder:?}"
     );
+    std::thread::sleep(Duration::from_millis(300)); // mid-read, past taking the lock
     killed.kill().unwrap();
     killed.wait().unwrap();
     assert_eq!(lock_files(&t, "v").len(), 1, "the killed run left its lock");
+    // status shows it as dead, not as a run going on.
+    let dead = format!("process {} no longer exists on this host", holder.pid);
+    let status = t.run(&["status", "v", "--json"]);
+    let status: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
+    let lock = &status["volumes"][0]["locks"][0];
+    assert_eq!(
+        (&lock["stale"], &lock["dead"]),
+        (&true.into(), &dead.clone().into()),
+        "{status:#}"
+    );
+    let text = t.run(&["status", "v"]);
+    assert!(
+        text.stdout.contains(&format!(
+            "  locked by {} pid {} since {} (backup), dead: {dead}\n",
+            holder.host, holder.pid, holder.started
+        )),
+        "{}",
+        text.show()
+    );
 
     let started = Instant::now();
     let out = t.run(&["backup", img, "--volume", "v"]);
