@@ -649,9 +649,14 @@ enum Rewrite {
 
 impl Rewrite {
     fn new(repo: &Repository, key: &Path, body: PutPayload, written: PutResult) -> Rewrite {
-        if let Some(file) = repo.local_file(key) {
-            return Rewrite::Touch(file, body);
+        match repo.local_file(key) {
+            Some(file) => Rewrite::Touch(file, body),
+            None => Rewrite::new_for_store(body, written),
         }
+    }
+
+    /// For an object store, given what the lock's first write returned.
+    fn new_for_store(body: PutPayload, written: PutResult) -> Rewrite {
         match (written.e_tag, written.version) {
             (None, None) => Rewrite::Unconditional(body),
             (e_tag, version) => Rewrite::Update(body, UpdateVersion { e_tag, version }),
@@ -927,5 +932,21 @@ mod tests {
             Err(Refresh::Gone)
         ));
         assert!(store.head(&key).await.is_err(), "re-created");
+        // A store without conditional updates (object_store's local file system
+        // reached without its path): the refresh falls back to check-then-put.
+        let local: Arc<dyn ObjectStore> =
+            Arc::new(object_store::local::LocalFileSystem::new_with_prefix(dir.path()).unwrap());
+        let written = local
+            .put(&key, PutPayload::from_static(b"{}"))
+            .await
+            .unwrap();
+        let mut update = Rewrite::new_for_store(PutPayload::from_static(b"{}"), written);
+        assert!(refresh_once(&*local, &key, &mut update).await.is_ok());
+        assert!(matches!(update, Rewrite::Unconditional(_)));
+        local.delete(&key).await.unwrap();
+        assert!(matches!(
+            refresh_once(&*local, &key, &mut update).await,
+            Err(Refresh::Gone)
+        ));
     }
 }
