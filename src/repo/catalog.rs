@@ -1,12 +1,14 @@
 //! The catalog, rebuilt from the repository on every call: volumes, their commits, and
 //! the chain of archives behind a point.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectStoreExt;
 use object_store::path::Path;
 
+use super::archive::parse_archive_name;
 use super::layout::{parse_commit_key, volumes_prefix};
 use super::publish::CommitMarker;
 use super::{RemoteArchive, RepoError, Repository, VolumeName};
@@ -116,6 +118,67 @@ impl std::fmt::Display for PointSelector {
             PointSelector::Seq(seq) => write!(f, "{seq}"),
             PointSelector::Id(s) | PointSelector::SeqOrId(_, s) => f.write_str(s),
         }
+    }
+}
+
+/// What is wrong with a volume's catalog (see [`Repository::catalog`]).
+#[derive(Debug, Clone)]
+pub enum CatalogProblem {
+    /// A commit marker that cannot be read or parsed.
+    CorruptMarker {
+        seq: u64,
+        generation: u32,
+        key: String,
+        detail: String,
+    },
+    /// A complete archive object whose seq has no valid marker and that has no
+    /// tombstone: a lost or corrupt marker, or a run killed between upload and commit.
+    /// Its `commit` is the marker that would commit it.
+    Orphan(Arc<RemoteArchive>),
+}
+
+impl CatalogProblem {
+    /// The seq concerned.
+    pub fn seq(&self) -> u64 {
+        match self {
+            CatalogProblem::CorruptMarker { seq, .. } => *seq,
+            CatalogProblem::Orphan(a) => a.commit.seq,
+        }
+    }
+}
+
+impl std::fmt::Display for CatalogProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CatalogProblem::CorruptMarker { key, detail, .. } => write!(
+                f,
+                "commit marker {key} is corrupt ({detail}): run `thinarc repair` to set it aside and re-commit its archive if intact"
+            ),
+            CatalogProblem::Orphan(a) => write!(
+                f,
+                "archive {} is complete but not committed (its commit marker is lost or corrupt): run `thinarc repair` to re-commit it",
+                a.key()
+            ),
+        }
+    }
+}
+
+/// A volume's committed points and the problems of its catalog.
+#[derive(Debug, Clone, Default)]
+pub struct VolumeCatalog {
+    /// Committed points, oldest first.
+    pub commits: Vec<Commit>,
+    /// Corrupt markers, then complete orphan archives, each by seq.
+    pub problems: Vec<CatalogProblem>,
+    /// The highest seq any marker key (valid or not), set-aside marker or archive
+    /// object of the volume names: the next point gets a higher one.
+    pub max_seq: u64,
+}
+
+impl VolumeCatalog {
+    /// The seq of the next point: above every seq ever named, so none is reused.
+    pub fn next_seq(&self) -> u64 {
+        self.max_seq + 1
     }
 }
 
@@ -251,6 +314,18 @@ impl Repository {
         volume: &VolumeName,
         keys: Vec<MarkerKey>,
     ) -> Result<Vec<Commit>, RepoError> {
+        self.read_markers(volume, keys)
+            .await
+            .into_iter()
+            .collect()
+    }
+
+    /// Reads the commit markers `keys` of `volume`, each to its commit or its error.
+    async fn read_markers(
+        &self,
+        volume: &VolumeName,
+        keys: Vec<MarkerKey>,
+    ) -> Vec<Result<Commit, RepoError>> {
         futures::stream::iter(keys)
             .map(|k| async move {
                 let m = read_marker(self, &k.key).await?;
@@ -266,22 +341,90 @@ impl Repository {
                 })
             })
             .buffered(MARKER_READS)
-            .try_collect()
+            .collect()
             .await
     }
 
-    /// Committed points of `volume`, oldest first (empty for an unknown volume): for
-    /// each seq, the marker of the highest generation.
+    /// The catalog of `volume`: its committed points and what is wrong with its
+    /// markers. A marker that cannot be read or parsed is a problem of its seq, not a
+    /// failure of the volume: for each seq, the highest generation whose marker is
+    /// valid is the committed one. Archive objects whose seq has no valid marker and
+    /// no tombstone, and whose header, trailer and directory check out, are complete
+    /// orphans (a lost marker, or a run killed between upload and commit).
     ///
     /// # Errors
-    /// [`RepoError::Store`] or [`RepoError::BadCommit`].
+    /// [`RepoError::Store`] when listing fails (a marker or archive that cannot be
+    /// read is a problem, not an error).
+    pub async fn catalog(&self, volume: &VolumeName) -> Result<VolumeCatalog, RepoError> {
+        let keys = self.markers(volume).await?;
+        let mut max_seq = keys.last().map_or(0, |k| k.seq);
+        let mut commits: Vec<Commit> = Vec::new();
+        let mut problems = Vec::new();
+        for (key, read) in keys.clone().into_iter().zip(self.read_markers(volume, keys).await) {
+            match read {
+                Ok(c) => {
+                    if commits.last().is_some_and(|l| l.seq == c.seq) {
+                        commits.pop();
+                    }
+                    commits.push(c);
+                }
+                Err(e @ RepoError::Store { .. }) => return Err(e),
+                Err(e) => problems.push(CatalogProblem::CorruptMarker {
+                    seq: key.seq,
+                    generation: key.generation,
+                    key: key.key.to_string(),
+                    detail: match e {
+                        RepoError::BadCommit { detail, .. } => detail,
+                        e => e.to_string(),
+                    },
+                }),
+            }
+        }
+        let committed: HashSet<u64> = commits.iter().map(|c| c.seq).collect();
+        let tombstones: HashSet<String> = self
+            .list(&volume.tombstones_prefix())
+            .await?
+            .into_iter()
+            .filter_map(|m| m.location.filename().map(str::to_string))
+            .collect();
+        let mut orphans = Vec::new();
+        for m in self.list(&volume.archives_prefix()).await? {
+            let Some(name) = m.location.filename() else {
+                continue;
+            };
+            let Some((seq, _)) = parse_archive_name(name) else {
+                continue;
+            };
+            max_seq = max_seq.max(seq);
+            if committed.contains(&seq) || tombstones.contains(name) {
+                continue;
+            }
+            if let Ok(a) = RemoteArchive::open_uncommitted(self, volume, name, m.size).await {
+                orphans.push(a);
+            }
+        }
+        for m in self.list(&volume.damaged_prefix()).await? {
+            if let Some((seq, _)) = m.location.filename().and_then(parse_commit_key) {
+                max_seq = max_seq.max(seq);
+            }
+        }
+        orphans.sort_by_key(|a| a.commit.seq);
+        problems.extend(orphans.into_iter().map(|a| CatalogProblem::Orphan(Arc::new(a))));
+        Ok(VolumeCatalog {
+            commits,
+            problems,
+            max_seq,
+        })
+    }
+
+    /// Committed points of `volume`, oldest first (empty for an unknown volume): for
+    /// each seq, the valid marker of the highest generation (see
+    /// [`catalog`](Self::catalog), which also says what is wrong).
+    ///
+    /// # Errors
+    /// [`RepoError::Store`].
     pub async fn commits(&self, volume: &VolumeName) -> Result<Vec<Commit>, RepoError> {
-        let mut keys = self.markers(volume).await?;
-        // Sorted by (seq, generation): keep the last of each seq.
-        keys.reverse();
-        keys.dedup_by_key(|k| k.seq);
-        keys.reverse();
-        self.read_commits(volume, keys).await
+        Ok(self.catalog(volume).await?.commits)
     }
 
     /// Committed points of `volume`, failing when the volume does not exist.

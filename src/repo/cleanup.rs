@@ -159,10 +159,21 @@ impl Repository {
     ) -> Result<Cleaned, RepoError> {
         let cutoff = now - grace;
         let mut cleaned = Cleaned::default();
-        let committed = self.commits(volume).await?;
-        let listed: HashSet<String> = committed.iter().map(|c| c.object.clone()).collect();
-        let current: HashSet<(u64, u32)> =
+        // Damage is left for `repair`: corrupt markers are not read, and complete
+        // orphan archives (a lost marker) are kept like committed ones.
+        let catalog = self.catalog(volume).await?;
+        let committed = catalog.commits;
+        let mut listed: HashSet<String> = committed.iter().map(|c| c.object.clone()).collect();
+        let mut current: HashSet<(u64, u32)> =
             committed.iter().map(|c| (c.seq, c.generation)).collect();
+        for p in &catalog.problems {
+            match p {
+                super::CatalogProblem::CorruptMarker {
+                    seq, generation, ..
+                } => current.insert((*seq, *generation)),
+                super::CatalogProblem::Orphan(a) => listed.insert(a.commit.object.clone()),
+            };
+        }
         let superseded: Vec<_> = self
             .markers(volume)
             .await?
