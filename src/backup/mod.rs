@@ -28,8 +28,8 @@ use crate::format::{
 };
 use crate::progress::Progress;
 use crate::repo::{
-    ArchiveUpload, Chain, ChainCursor, Commit, DamageKind, LEFTOVER_GRACE, LockError,
-    PointSelector, RemoteArchive, RepairScope, RepoError, Repository, Resolved, VolumeName, new_id,
+    ArchiveUpload, Chain, ChainCursor, Commit, LEFTOVER_GRACE, LockError,
+    PointSelector, RemoteArchive, RepairScope, RepoError, Repository, VolumeName, chain_damage, new_id,
 };
 use crate::source::{RawSource, ReadPlan, SourceError};
 use crate::throttle::RateLimiter;
@@ -279,42 +279,22 @@ impl Base {
     /// What the damage records say about `chain`: `Some(why)` when an archive of it is
     /// structurally damaged (a new chain must start); else the blocks its tip takes
     /// from damaged archives become forced.
-    async fn damage(&mut self, repo: &Repository, chain: &Chain) -> Result<Option<String>, BackupError> {
+    async fn damage(
+        &mut self,
+        repo: &Repository,
+        chain: &Chain,
+    ) -> Result<Option<String>, BackupError> {
         let records = repo.damage_records(&chain.volume).await?;
-        let mut cursor = ChainCursor::new(chain);
-        let mut blocks: Vec<(u64, usize, &str)> = Vec::new();
-        for r in &records {
-            let Some(layer) = chain
-                .archives
-                .iter()
-                .position(|a| a.commit.archive_id == r.archive)
-            else {
-                continue; // an archive no longer in this chain
-            };
-            if r.kind == DamageKind::Archive {
-                return Ok(Some(format!(
-                    "archive {} seq {} is damaged: {}",
-                    r.archive, r.seq, r.detail
-                )));
-            }
-            blocks.extend(r.blocks.iter().map(|&b| (b, layer, r.archive.as_str())));
+        let damage = chain_damage(chain, &records).await?;
+        if damage.archive.is_some() {
+            return Ok(Some(damage.to_string()));
         }
-        blocks.sort_unstable();
-        let end = chain.tip().geometry().blocks();
-        for (b, layer, archive) in blocks {
-            if b >= end {
-                continue;
-            }
-            cursor.seek(b);
-            if let Some(Resolved::Data { layer: l, .. }) = cursor.next(b + 1).await?
-                && l == layer
-            {
-                if self.forced.insert(b) {
-                    self.warnings.push(format!(
-                        "block {b} of the parent is damaged in archive {archive}: stored again from the source"
-                    ));
-                }
-            }
+        if !damage.blocks.is_empty() {
+            self.warnings.push(format!(
+                "seq {} depends on {damage}: these blocks are read from the source and stored again",
+                chain.tip().commit.seq
+            ));
+            self.forced.extend(damage.blocks.iter().map(|b| b.0));
         }
         Ok(None)
     }

@@ -563,40 +563,169 @@ pub struct PointInfo {
     pub archive_digest: String,
     /// Source path recorded at backup.
     pub source: String,
+    /// Why the point cannot be restored (absent for an intact point).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub damage: Option<String>,
+}
+
+impl PointInfo {
+    /// A row for point `seq` of `volume` that is damaged as `damage` says.
+    fn damaged(volume: &VolumeName, seq: u64, id: &str, stored_bytes: u64, damage: String) -> Self {
+        PointInfo {
+            volume: volume.to_string(),
+            id: id.to_string(),
+            seq,
+            created: String::new(),
+            parent: None,
+            size: 0,
+            block_size: 0,
+            blocks: 0,
+            data_blocks: 0,
+            stored_bytes,
+            image_digest: String::new(),
+            archive_digest: String::new(),
+            source: String::new(),
+            damage: Some(damage),
+        }
+    }
+
+    fn of(a: &RemoteArchive) -> Self {
+        let (h, t) = (&a.header, &a.trailer);
+        PointInfo {
+            volume: h.volume_name.clone(),
+            id: h.archive_id.clone(),
+            seq: h.seq,
+            created: h.created.clone(),
+            parent: h.parent.as_ref().map(|p| p.id.clone()),
+            size: h.size,
+            block_size: h.block_size,
+            blocks: t.data_blocks + t.zero_blocks,
+            data_blocks: t.data_blocks,
+            stored_bytes: a.commit.size,
+            image_digest: t.image_digest.to_hex(),
+            archive_digest: t.trailer_sha256.to_hex(),
+            source: h.source.path.clone(),
+            damage: None,
+        }
+    }
 }
 
 impl Repository {
-    /// Describes every committed point of `volume`, oldest first, reading each
-    /// archive's header and trailer.
+    /// Describes every point of `volume`, oldest first, reading each archive's header
+    /// and trailer (and, for points whose chain holds an archive recorded damaged in
+    /// some blocks, the index segments of those blocks). A point that cannot be
+    /// restored says why in [`PointInfo::damage`]: its archive cannot be read, its
+    /// chain is broken, it depends on damaged data; so do rows for corrupt markers and
+    /// for complete archives whose marker is lost.
     ///
     /// # Errors
-    /// [`RepoError::VolumeNotFound`], or the first archive that cannot be read,
-    /// by name.
+    /// [`RepoError::VolumeNotFound`], or [`RepoError::Store`] when listing fails.
     pub async fn describe(&self, volume: &VolumeName) -> Result<Vec<PointInfo>, RepoError> {
-        let commits = self.existing_commits(volume).await?;
-        futures::stream::iter(commits)
-            .map(|c| async move {
-                let a = RemoteArchive::open(self, &c).await?;
-                let (h, t) = (&a.header, &a.trailer);
-                Ok(PointInfo {
-                    volume: h.volume_name.clone(),
-                    id: h.archive_id.clone(),
-                    seq: h.seq,
-                    created: h.created.clone(),
-                    parent: h.parent.as_ref().map(|p| p.id.clone()),
-                    size: h.size,
-                    block_size: h.block_size,
-                    blocks: t.data_blocks + t.zero_blocks,
-                    data_blocks: t.data_blocks,
-                    stored_bytes: c.size,
-                    image_digest: t.image_digest.to_hex(),
-                    archive_digest: t.trailer_sha256.to_hex(),
-                    source: h.source.path.clone(),
-                })
-            })
-            .buffered(MARKER_READS)
-            .try_collect()
-            .await
+        let catalog = self.catalog(volume).await?;
+        if catalog.commits.is_empty() && catalog.problems.is_empty() {
+            self.existing_commits(volume).await?;
+        }
+        let opened: Vec<Result<RemoteArchive, RepoError>> =
+            futures::stream::iter(catalog.commits.iter())
+                .map(|c| RemoteArchive::open(self, c))
+                .buffered(MARKER_READS)
+                .collect()
+                .await;
+        let records = self.damage_records(volume).await?;
+        let mut rows: Vec<PointInfo> = Vec::new();
+        // Per listed seq: the archive, if it opened and its chain holds.
+        let mut good: std::collections::HashMap<u64, &RemoteArchive> = Default::default();
+        for (c, a) in catalog.commits.iter().zip(&opened) {
+            let a = match a {
+                Ok(a) => a,
+                Err(e) => {
+                    rows.push(PointInfo::damaged(
+                        volume,
+                        c.seq,
+                        &c.archive_id,
+                        c.size,
+                        format!("{e}"),
+                    ));
+                    continue;
+                }
+            };
+            let mut row = PointInfo::of(a);
+            row.damage = match &a.header.parent {
+                None => None,
+                Some(p) => match good.get(&p.seq) {
+                    None if rows.iter().any(|r| r.seq == p.seq) => Some(format!(
+                        "depends on damaged seq {} (run `thinarc verify {volume}`)",
+                        p.seq
+                    )),
+                    None => Some(format!(
+                        "chain broken: parent seq {} (archive {}) is not committed",
+                        p.seq, p.id
+                    )),
+                    Some(pa) => {
+                        let same = pa.commit.archive_id == p.id && pa.commit.digest == p.digest;
+                        let image = p.image == Some(pa.trailer.image_digest);
+                        (!(same || image) || pa.header.volume_id != a.header.volume_id).then(|| {
+                            format!(
+                                "chain broken: parent seq {} is not archive {} it was built on",
+                                p.seq, p.id
+                            )
+                        })
+                    }
+                },
+            };
+            if row.damage.is_none() {
+                row.damage = self.record_damage_of(&catalog.commits, c, &records).await;
+            }
+            if row.damage.is_none() {
+                good.insert(c.seq, a);
+            }
+            rows.push(row);
+        }
+        for p in &catalog.problems {
+            match p {
+                CatalogProblem::CorruptMarker { seq, .. }
+                    if catalog.commits.iter().any(|c| c.seq == *seq) => {}
+                CatalogProblem::CorruptMarker { seq, .. } => {
+                    rows.push(PointInfo::damaged(volume, *seq, "?", 0, p.to_string()))
+                }
+                CatalogProblem::Orphan(a) => rows.push(PointInfo {
+                    damage: Some(p.to_string()),
+                    ..PointInfo::of(a)
+                }),
+            }
+        }
+        // A corrupt marker and the orphan archive of the same seq: one row.
+        rows.sort_by_key(|r| (r.seq, r.id == "?"));
+        rows.dedup_by(|b, a| a.seq == b.seq && b.id == "?");
+        Ok(rows)
+    }
+
+    /// What point `c` depends on among the damage `records`, if its chain holds a
+    /// recorded archive.
+    async fn record_damage_of(
+        &self,
+        commits: &[Commit],
+        c: &Commit,
+        records: &[super::DamageRecord],
+    ) -> Option<String> {
+        if records.is_empty() {
+            return None;
+        }
+        let chain = self.resolve(commits, &PointSelector::Seq(c.seq)).await.ok()?;
+        if !chain
+            .archives
+            .iter()
+            .any(|a| records.iter().any(|r| r.archive == a.commit.archive_id))
+        {
+            return None;
+        }
+        match super::chain_damage(&chain, records).await {
+            Ok(d) if d.is_empty() => None,
+            Ok(d) => Some(format!(
+                "depends on {d} (the next backup stores them again; see `thinarc verify`)"
+            )),
+            Err(e) => Some(e.to_string()),
+        }
     }
 }
 

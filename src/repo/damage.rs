@@ -131,3 +131,88 @@ impl Repository {
         self.delete("delete damage record", &key).await
     }
 }
+
+/// What damage the point a chain ends at depends on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChainDamage {
+    /// An archive of the chain recorded damaged as a whole: (archive id, seq, detail).
+    pub archive: Option<(String, u64, String)>,
+    /// Blocks the point takes from an archive recorded damaged in those blocks:
+    /// (block, archive id, seq), by block.
+    pub blocks: Vec<(u64, String, u64)>,
+}
+
+impl ChainDamage {
+    /// Whether the point depends on no recorded damage.
+    pub fn is_empty(&self) -> bool {
+        self.archive.is_none() && self.blocks.is_empty()
+    }
+}
+
+impl std::fmt::Display for ChainDamage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some((id, seq, detail)) = &self.archive {
+            return write!(f, "archive {id} (seq {seq}) is damaged: {detail}");
+        }
+        let mut archives: Vec<(&str, u64)> =
+            self.blocks.iter().map(|(_, a, s)| (a.as_str(), *s)).collect();
+        archives.sort_unstable();
+        archives.dedup();
+        let names: Vec<String> = archives
+            .iter()
+            .map(|(a, s)| format!("archive {a} (seq {s})"))
+            .collect();
+        write!(
+            f,
+            "{} damaged block(s) of {}, first block {}",
+            self.blocks.len(),
+            names.join(", "),
+            self.blocks.first().map_or(0, |b| b.0)
+        )
+    }
+}
+
+/// The damage of `records` that the point `chain` ends at depends on: an archive of the
+/// chain damaged as a whole, or damaged blocks the point takes from their archive (no
+/// newer archive of the chain holds them). Reads index segments, no block data.
+///
+/// # Errors
+/// [`RepoError`] when an index segment of the chain cannot be read.
+pub async fn chain_damage(
+    chain: &super::Chain,
+    records: &[DamageRecord],
+) -> Result<ChainDamage, RepoError> {
+    let mut out = ChainDamage::default();
+    let mut blocks: Vec<(u64, usize, &DamageRecord)> = Vec::new();
+    for r in records {
+        let Some(layer) = chain
+            .archives
+            .iter()
+            .position(|a| a.commit.archive_id == r.archive)
+        else {
+            continue;
+        };
+        match r.kind {
+            DamageKind::Archive => {
+                out.archive = Some((r.archive.clone(), r.seq, r.detail.clone()));
+                return Ok(out);
+            }
+            DamageKind::Blocks => blocks.extend(r.blocks.iter().map(|&b| (b, layer, r))),
+        }
+    }
+    blocks.sort_unstable_by_key(|(b, layer, _)| (*b, *layer));
+    let end = chain.tip().geometry().blocks();
+    let mut cursor = super::ChainCursor::new(chain);
+    for (b, layer, r) in blocks {
+        if b >= end || out.blocks.last().is_some_and(|l| l.0 == b) {
+            continue;
+        }
+        cursor.seek(b);
+        if let Some(super::Resolved::Data { layer: l, .. }) = cursor.next(b + 1).await?
+            && l == layer
+        {
+            out.blocks.push((b, r.archive.clone(), r.seq));
+        }
+    }
+    Ok(out)
+}

@@ -45,7 +45,7 @@ pub use catalog::{CatalogProblem, Chain, Commit, PointInfo, PointSelector, Volum
 pub use chain::{ChainCursor, Resolved};
 pub use cleanup::{Cleaned, LEFTOVER_GRACE};
 pub use config::RepoConfig;
-pub use damage::{DamageKind, DamageRecord, MAX_DAMAGED_BLOCKS};
+pub use damage::{ChainDamage, DamageKind, DamageRecord, MAX_DAMAGED_BLOCKS, chain_damage};
 pub use repair::{RepairAction, RepairScope};
 pub use layout::{VolumeName, new_id};
 pub use location::{Location, open_store, parse_location};

@@ -39,7 +39,7 @@ use crate::lvm::LvName;
 use crate::progress::Progress;
 use crate::repo::{
     CatalogProblem, ChainCursor, Commit, DamageKind, DamageRecord, PointSelector, RemoteArchive,
-    RepoError, Repository, Resolved, VolumeName,
+    RepoError, Repository, Resolved, VolumeName, chain_damage,
 };
 use crate::source::RawSource;
 use crate::source::lvm::ActiveBase;
@@ -403,35 +403,17 @@ async fn check_volume(
         let Ok(chain) = repo.resolve(&commits, &PointSelector::Seq(c.seq)).await else {
             continue; // named above
         };
-        for (layer, a) in chain.archives.iter().enumerate() {
-            let Some(r) = damage.get(&a.commit.archive_id) else {
-                continue;
-            };
-            if r.kind != DamageKind::Blocks {
-                continue;
-            }
-            let mut cursor = ChainCursor::new(&chain);
-            let mut needed = Vec::new();
-            for &b in &r.blocks {
-                cursor.seek(b);
-                if let Ok(Some(Resolved::Data { layer: l, .. })) = cursor.next(b + 1).await
-                    && l == layer
-                {
-                    needed.push(b);
-                }
-            }
-            if let Some(&first) = needed.first() {
-                rec.add(
-                    Some(c),
-                    Some(first),
-                    format!(
-                        "the point depends on {} damaged block(s) of archive {} (seq {}): it cannot be restored in full; the next backup stores these blocks again, or run `thinarc backup --full`",
-                        needed.len(),
-                        a.commit.archive_id,
-                        a.commit.seq
-                    ),
-                );
-            }
+        let records: Vec<DamageRecord> = damage.values().cloned().collect();
+        match chain_damage(&chain, &records).await {
+            Ok(d) if d.is_empty() => {}
+            Ok(d) => rec.add(
+                Some(c),
+                d.blocks.first().map(|b| b.0),
+                format!(
+                    "the point depends on {d}: it cannot be restored in full; the next backup stores these blocks again (or run `thinarc backup --full`)"
+                ),
+            ),
+            Err(e) => rec.add(Some(c), None, describe(&e)),
         }
     }
 
