@@ -264,11 +264,11 @@ impl Base {
         let mut base = Self::latest(repo, volume, full).await?;
         let notes = actions.iter().map(|a| match a.action {
             "recommit" => format!(
-                "seq {} archive {} was complete but not committed (lost marker): {}",
+                "seq {}: archive {} was complete but not committed (its commit marker was lost or corrupt): {}",
                 a.seq, a.object, a.detail
             ),
             _ => format!(
-                "seq {} archive {} is not committed and was not committed again: {}",
+                "seq {}: archive {} is complete but not committed, and was not committed again: {}",
                 a.seq, a.object, a.detail
             ),
         });

@@ -126,6 +126,7 @@ impl std::fmt::Display for PointSelector {
 pub enum CatalogProblem {
     /// A commit marker that cannot be read or parsed.
     CorruptMarker {
+        volume: VolumeName,
         seq: u64,
         generation: u32,
         key: String,
@@ -150,14 +151,20 @@ impl CatalogProblem {
 impl std::fmt::Display for CatalogProblem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            CatalogProblem::CorruptMarker { key, detail, .. } => write!(
+            CatalogProblem::CorruptMarker {
+                volume,
+                key,
+                detail,
+                ..
+            } => write!(
                 f,
-                "commit marker {key} is corrupt ({detail}): run `thinarc repair` to set it aside and re-commit its archive if intact"
+                "commit marker {key} is corrupt ({detail}): run `thinarc repair {volume}` to set it aside and re-commit its archive if intact"
             ),
             CatalogProblem::Orphan(a) => write!(
                 f,
-                "archive {} is complete but not committed (its commit marker is lost or corrupt): run `thinarc repair` to re-commit it",
-                a.key()
+                "archive {} is complete but not committed (its commit marker is lost or corrupt): run `thinarc repair {}` to re-commit it",
+                a.key(),
+                a.commit.volume
             ),
         }
     }
@@ -321,7 +328,7 @@ impl Repository {
     }
 
     /// Reads the commit markers `keys` of `volume`, each to its commit or its error.
-    async fn read_markers(
+    pub(crate) async fn read_markers(
         &self,
         volume: &VolumeName,
         keys: Vec<MarkerKey>,
@@ -370,6 +377,7 @@ impl Repository {
                 }
                 Err(e @ RepoError::Store { .. }) => return Err(e),
                 Err(e) => problems.push(CatalogProblem::CorruptMarker {
+                    volume: volume.clone(),
                     seq: key.seq,
                     generation: key.generation,
                     key: key.key.to_string(),
@@ -633,8 +641,9 @@ impl Repository {
                 .await;
         let records = self.damage_records(volume).await?;
         let mut rows: Vec<PointInfo> = Vec::new();
-        // Per listed seq: the archive, if it opened and its chain holds.
-        let mut good: std::collections::HashMap<u64, &RemoteArchive> = Default::default();
+        // Per listed seq: the archive, if it opened and its chain links hold (block
+        // damage does not break a chain: a child may hold those blocks again).
+        let mut linked: std::collections::HashMap<u64, &RemoteArchive> = Default::default();
         for (c, a) in catalog.commits.iter().zip(&opened) {
             let a = match a {
                 Ok(a) => a,
@@ -652,7 +661,7 @@ impl Repository {
             let mut row = PointInfo::of(a);
             row.damage = match &a.header.parent {
                 None => None,
-                Some(p) => match good.get(&p.seq) {
+                Some(p) => match linked.get(&p.seq) {
                     None if rows.iter().any(|r| r.seq == p.seq) => Some(format!(
                         "depends on damaged seq {} (run `thinarc verify {volume}`)",
                         p.seq
@@ -674,10 +683,8 @@ impl Repository {
                 },
             };
             if row.damage.is_none() {
+                linked.insert(c.seq, a);
                 row.damage = self.record_damage_of(&catalog.commits, c, &records).await;
-            }
-            if row.damage.is_none() {
-                good.insert(c.seq, a);
             }
             rows.push(row);
         }

@@ -127,12 +127,14 @@ impl Repository {
             .into_iter()
             .filter(|k| k.seq == seq)
             .collect();
-        let commits = self.read_commits(volume, keys).await?;
-        for c in &commits {
+        // A corrupt marker of the seq names no archive to tombstone: it is deleted
+        // with the others.
+        let read = self.read_markers(volume, keys.clone()).await;
+        for c in read.iter().flatten() {
             self.write_tombstone(volume, &c.object, reason).await?;
         }
-        for c in &commits {
-            self.delete("delete marker", &c.key).await?;
+        for k in &keys {
+            self.delete("delete marker", &k.key).await?;
         }
         Ok(())
     }

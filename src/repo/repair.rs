@@ -95,10 +95,7 @@ impl Repository {
                 key: volume.commit_key(a.commit.seq, generation),
                 ..a.commit.clone()
             };
-            action.detail = format!(
-                "complete and its parent link holds: committed again as {}",
-                commit.key
-            );
+            action.detail = format!("committed again as {}", commit.key);
             if !dry_run {
                 self.put_marker(&commit).await?;
             }
