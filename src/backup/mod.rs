@@ -28,7 +28,7 @@ use crate::format::{
 };
 use crate::progress::Progress;
 use crate::repo::{
-    ArchiveUpload, Chain, ChainCursor, Commit, LEFTOVER_GRACE, LockError,
+    ArchiveUpload, Chain, ChainCursor, Commit, DamageKind, DamageRecord, LEFTOVER_GRACE, LockError,
     PointSelector, RemoteArchive, RepairScope, RepoError, Repository, VolumeName, chain_damage, new_id,
 };
 use crate::source::{RawSource, ReadPlan, SourceError};
@@ -192,6 +192,8 @@ pub struct Base {
     forced: BTreeSet<u64>,
     /// What the backup must tell (re-commits, a new chain and why, damaged blocks).
     warnings: Vec<String>,
+    /// Damage found while choosing the parent, to be recorded.
+    found: Option<DamageRecord>,
 }
 
 impl Base {
@@ -213,8 +215,9 @@ impl Base {
             restart: None,
             forced: BTreeSet::new(),
             warnings: Vec::new(),
+            found: None,
         };
-        let Some(latest) = base.commits.last().cloned() else {
+        let Some(latest_seq) = base.commits.last().map(|c| c.seq) else {
             return Ok(base);
         };
         let why = if full {
@@ -228,19 +231,24 @@ impl Base {
                     }
                     some => some,
                 },
+                Err(e @ RepoError::Store { .. }) => return Err(e.into()),
                 Err(e) => Some(e.to_string()),
             }
         };
         if let Some(why) = why {
-            if let Ok(tip) = RemoteArchive::open(repo, &latest).await
-                && let Ok(g) = tip.header.geometry()
-            {
-                base.restart = Some((tip.header.volume_id.clone(), g.block_size()));
+            // The new chain keeps the volume's id and block size, from its newest
+            // archive that can be read.
+            for c in base.commits.iter().rev() {
+                if let Ok(a) = RemoteArchive::open(repo, c).await
+                    && let Ok(g) = a.header.geometry()
+                {
+                    base.restart = Some((a.header.volume_id.clone(), g.block_size()));
+                    break;
+                }
             }
             if !full {
                 base.warnings.push(format!(
-                    "seq {} cannot be built on ({why}): this backup writes a full archive starting a new chain",
-                    latest.seq
+                    "seq {latest_seq} cannot be built on ({why}): this backup writes a full archive starting a new chain"
                 ));
             }
         }
@@ -262,6 +270,12 @@ impl Base {
             .repair_catalog(volume, RepairScope::AboveNewest, false)
             .await?;
         let mut base = Self::latest(repo, volume, full).await?;
+        if let Some(r) = &base.found
+            && let Err(e) = repo.write_damage(volume, r).await
+        {
+            base.warnings
+                .push(format!("cannot write the damage record: {e}"));
+        }
         let notes = actions.iter().map(|a| match a.action {
             "recommit" => format!(
                 "seq {}: archive {} was complete but not committed (its commit marker was lost or corrupt): {}",
@@ -284,6 +298,29 @@ impl Base {
         repo: &Repository,
         chain: &Chain,
     ) -> Result<Option<String>, BackupError> {
+        // The whole index of the chain is read before it is built on (the backup reads
+        // it again as it compares blocks): damage found there starts a new chain now
+        // instead of failing this backup and every later one.
+        for a in &chain.archives {
+            for i in 0..a.directory().len() {
+                match a.segment(i).await {
+                    Ok(_) => {}
+                    Err(e @ RepoError::Store { .. }) => return Err(e.into()),
+                    Err(e) => {
+                        let c = &a.commit;
+                        self.found = Some(DamageRecord::new(
+                            &c.archive_id,
+                            c.seq,
+                            &c.object,
+                            DamageKind::Archive,
+                            e.to_string(),
+                            "backup",
+                        ));
+                        return Ok(Some(e.to_string()));
+                    }
+                }
+            }
+        }
         let records = repo.damage_records(&chain.volume).await?;
         let damage = chain_damage(chain, &records).await?;
         if damage.archive.is_some() {

@@ -3,6 +3,7 @@
 mod chain;
 mod cli;
 mod copy;
+mod damage;
 mod faults;
 mod format;
 mod lock;
