@@ -366,13 +366,15 @@ async fn check_volume(
     }
 
     // Points: parent links through the catalog, image digests from the indexes.
+    let mut resolved: Vec<u64> = Vec::new();
     for c in &commits {
         if !sound.iter().any(|a| a.commit.seq == c.seq) {
             continue; // the archive itself is reported above
         }
         rec.report.points += 1;
-        if let Err(problem) = check_point(repo, &commits, c).await {
-            rec.add(Some(c), None, problem);
+        match check_point(repo, &commits, c).await {
+            Ok(()) => resolved.push(c.seq),
+            Err(problem) => rec.add(Some(c), None, problem),
         }
     }
 
@@ -393,17 +395,18 @@ async fn check_volume(
         }
     }
 
-    // Points that depend on damaged blocks: their chain holds the archive and no newer
-    // archive of it holds the block. (A point whose chain holds a structurally damaged
-    // archive is named above: it does not resolve.)
-    for c in &commits {
-        if !sound.iter().any(|a| a.commit.seq == c.seq) {
-            continue;
-        }
+    // Points that depend on damaged data of an older archive: their chain holds it and
+    // no newer archive of the chain holds the damaged blocks. (A point whose chain does
+    // not resolve, or whose own archive is damaged, is named above.)
+    for c in commits.iter().filter(|c| resolved.contains(&c.seq)) {
         let Ok(chain) = repo.resolve(&commits, &PointSelector::Seq(c.seq)).await else {
-            continue; // named above
+            continue;
         };
-        let records: Vec<DamageRecord> = damage.values().cloned().collect();
+        let records: Vec<DamageRecord> = damage
+            .values()
+            .filter(|r| r.archive != c.archive_id)
+            .cloned()
+            .collect();
         match chain_damage(&chain, &records).await {
             Ok(d) if d.is_empty() => {}
             Ok(d) => rec.add(
