@@ -29,7 +29,8 @@ use crate::format::{
 use crate::progress::Progress;
 use crate::repo::{
     ArchiveUpload, Chain, ChainCursor, Commit, DamageKind, DamageRecord, LEFTOVER_GRACE, LockError,
-    PointSelector, RemoteArchive, RepairScope, RepoError, Repository, VolumeName, chain_damage, new_id,
+    PointSelector, RemoteArchive, RepairScope, RepoError, Repository, VolumeName, chain_damage,
+    new_id,
 };
 use crate::source::{RawSource, ReadPlan, SourceError};
 use crate::throttle::RateLimiter;

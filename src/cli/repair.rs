@@ -49,7 +49,10 @@ pub async fn run(args: RepairArgs, ctx: &Ctx) -> anyhow::Result<()> {
         }
         let result = lock
             .guard(async {
-                anyhow::Ok(repo.repair_catalog(&volume, RepairScope::All, false).await?)
+                anyhow::Ok(
+                    repo.repair_catalog(&volume, RepairScope::All, false)
+                        .await?,
+                )
             })
             .await;
         let released = lock.release().await;

@@ -166,29 +166,31 @@ struct Point {
     created: DateTime<Utc>,
 }
 
+/// A point's archive and its creation time.
+type Opened = (RemoteArchive, DateTime<Utc>);
+
 /// Reads every committed point of `volume`.
 async fn points(repo: &Repository, volume: &VolumeName) -> Result<Vec<Point>, PruneError> {
     let commits = repo.existing_commits(volume).await?;
-    let read: Vec<Result<Option<(RemoteArchive, DateTime<Utc>)>, PruneError>> =
-        futures::stream::iter(commits.clone())
-            .map(|c| async move {
-                let archive = match RemoteArchive::open(repo, &c).await {
-                    Ok(a) => a,
-                    Err(e @ RepoError::Store { .. }) => return Err(PruneError::Repo(e)),
-                    Err(_) => return Ok(None),
-                };
-                let created = DateTime::parse_from_rfc3339(&archive.header.created)
-                    .map_err(|_| PruneError::BadTime {
-                        volume: volume.to_string(),
-                        archive: archive.header.archive_id.clone(),
-                        created: archive.header.created.clone(),
-                    })?
-                    .with_timezone(&Utc);
-                Ok(Some((archive, created)))
-            })
-            .buffered(HEADER_READS)
-            .collect()
-            .await;
+    let read: Vec<Result<Option<Opened>, PruneError>> = futures::stream::iter(commits.clone())
+        .map(|c| async move {
+            let archive = match RemoteArchive::open(repo, &c).await {
+                Ok(a) => a,
+                Err(e @ RepoError::Store { .. }) => return Err(PruneError::Repo(e)),
+                Err(_) => return Ok(None),
+            };
+            let created = DateTime::parse_from_rfc3339(&archive.header.created)
+                .map_err(|_| PruneError::BadTime {
+                    volume: volume.to_string(),
+                    archive: archive.header.archive_id.clone(),
+                    created: archive.header.created.clone(),
+                })?
+                .with_timezone(&Utc);
+            Ok(Some((archive, created)))
+        })
+        .buffered(HEADER_READS)
+        .collect()
+        .await;
     let mut out: Vec<Point> = Vec::with_capacity(commits.len());
     for (commit, r) in commits.into_iter().zip(read) {
         let point = match r? {

@@ -169,9 +169,10 @@ impl MergeError {
                     | RepoError::Truncated { .. }
                     | RepoError::ChainBroken { .. }
                     | RepoError::BadCommit { .. }
-            ) | MergeError::Read(RestoreError::Corrupt { .. } | RestoreError::Repo(
-                RepoError::Corrupt { .. } | RepoError::Truncated { .. }
-            ))
+            ) | MergeError::Read(
+                RestoreError::Corrupt { .. }
+                    | RestoreError::Repo(RepoError::Corrupt { .. } | RepoError::Truncated { .. })
+            )
         )
     }
 }

@@ -268,7 +268,8 @@ async fn read_range(
         }
         Err(_) => true,
     };
-    if short && let Ok(meta) = repo.store().head(key).await
+    if short
+        && let Ok(meta) = repo.store().head(key).await
         && meta.size < size
     {
         return Err(RepoError::Truncated {
@@ -301,7 +302,13 @@ mod tests {
             parse_archive_name("000000000012-00ff.tarc"),
             Some((12, "00ff"))
         );
-        for bad in ["12-00ff.tarc", "000000000012-.tarc", "000000000012-zz.tarc", "000000000012-00ff.tarc#1", "x"] {
+        for bad in [
+            "12-00ff.tarc",
+            "000000000012-.tarc",
+            "000000000012-zz.tarc",
+            "000000000012-00ff.tarc#1",
+            "x",
+        ] {
             assert_eq!(parse_archive_name(bad), None, "{bad}");
         }
     }

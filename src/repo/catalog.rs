@@ -321,10 +321,7 @@ impl Repository {
         volume: &VolumeName,
         keys: Vec<MarkerKey>,
     ) -> Result<Vec<Commit>, RepoError> {
-        self.read_markers(volume, keys)
-            .await
-            .into_iter()
-            .collect()
+        self.read_markers(volume, keys).await.into_iter().collect()
     }
 
     /// Reads the commit markers `keys` of `volume`, each to its commit or its error.
@@ -367,7 +364,11 @@ impl Repository {
         let mut max_seq = keys.last().map_or(0, |k| k.seq);
         let mut commits: Vec<Commit> = Vec::new();
         let mut problems = Vec::new();
-        for (key, read) in keys.clone().into_iter().zip(self.read_markers(volume, keys).await) {
+        for (key, read) in keys
+            .clone()
+            .into_iter()
+            .zip(self.read_markers(volume, keys).await)
+        {
             match read {
                 Ok(c) => {
                     if commits.last().is_some_and(|l| l.seq == c.seq) {
@@ -417,7 +418,11 @@ impl Repository {
             }
         }
         orphans.sort_by_key(|a| a.commit.seq);
-        problems.extend(orphans.into_iter().map(|a| CatalogProblem::Orphan(Arc::new(a))));
+        problems.extend(
+            orphans
+                .into_iter()
+                .map(|a| CatalogProblem::Orphan(Arc::new(a))),
+        );
         Ok(VolumeCatalog {
             commits,
             problems,
@@ -718,7 +723,10 @@ impl Repository {
         if records.is_empty() {
             return None;
         }
-        let chain = self.resolve(commits, &PointSelector::Seq(c.seq)).await.ok()?;
+        let chain = self
+            .resolve(commits, &PointSelector::Seq(c.seq))
+            .await
+            .ok()?;
         if !chain
             .archives
             .iter()

@@ -91,11 +91,21 @@ impl Repository {
     ///
     /// # Errors
     /// [`RepoError::Store`] when listing fails.
-    pub async fn damage_records(&self, volume: &VolumeName) -> Result<Vec<DamageRecord>, RepoError> {
+    pub async fn damage_records(
+        &self,
+        volume: &VolumeName,
+    ) -> Result<Vec<DamageRecord>, RepoError> {
         let metas = self.list(&volume.damage_prefix()).await?;
         Ok(futures::stream::iter(metas)
             .map(|m| async move {
-                let bytes = self.store().get(&m.location).await.ok()?.bytes().await.ok()?;
+                let bytes = self
+                    .store()
+                    .get(&m.location)
+                    .await
+                    .ok()?
+                    .bytes()
+                    .await
+                    .ok()?;
                 serde_json::from_slice::<DamageRecord>(&bytes).ok()
             })
             .buffered(16)
@@ -154,8 +164,11 @@ impl std::fmt::Display for ChainDamage {
         if let Some((id, seq, detail)) = &self.archive {
             return write!(f, "archive {id} (seq {seq}) is damaged: {detail}");
         }
-        let mut archives: Vec<(&str, u64)> =
-            self.blocks.iter().map(|(_, a, s)| (a.as_str(), *s)).collect();
+        let mut archives: Vec<(&str, u64)> = self
+            .blocks
+            .iter()
+            .map(|(_, a, s)| (a.as_str(), *s))
+            .collect();
         archives.sort_unstable();
         archives.dedup();
         let names: Vec<String> = archives

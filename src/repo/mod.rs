@@ -46,7 +46,6 @@ pub use chain::{ChainCursor, Resolved};
 pub use cleanup::{Cleaned, LEFTOVER_GRACE};
 pub use config::RepoConfig;
 pub use damage::{ChainDamage, DamageKind, DamageRecord, MAX_DAMAGED_BLOCKS, chain_damage};
-pub use repair::{RepairAction, RepairScope};
 pub use layout::{VolumeName, new_id};
 pub use location::{Location, open_store, parse_location};
 pub use lock::{
@@ -54,6 +53,7 @@ pub use lock::{
     hostname, lock_ttl, settle_dropped_locks,
 };
 pub use publish::{ArchiveUpload, Published};
+pub use repair::{RepairAction, RepairScope};
 
 use crate::format::FormatError;
 

@@ -38,7 +38,11 @@ pub struct RepairAction {
 
 impl std::fmt::Display for RepairAction {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "seq {} {} {}: {}", self.seq, self.action, self.object, self.detail)
+        write!(
+            f,
+            "seq {} {} {}: {}",
+            self.seq, self.action, self.object, self.detail
+        )
     }
 }
 
@@ -184,8 +188,11 @@ impl Repository {
             mode: PutMode::Create,
             ..Default::default()
         };
-        match super::retry::retry(|| self.store().put_opts(&commit.key, body.clone(), opts.clone()))
-            .await
+        match super::retry::retry(|| {
+            self.store()
+                .put_opts(&commit.key, body.clone(), opts.clone())
+        })
+        .await
         {
             Ok(_) => Ok(()),
             Err(object_store::Error::AlreadyExists { .. }) => {

@@ -293,7 +293,14 @@ async fn check_volume(
     let mut damage: HashMap<String, DamageRecord> = HashMap::new();
     let mut damaged = |c: &Commit, kind: DamageKind, blocks: Option<u64>, detail: &str| {
         let r = damage.entry(c.archive_id.clone()).or_insert_with(|| {
-            DamageRecord::new(&c.archive_id, c.seq, &c.object, kind, detail.to_string(), "verify")
+            DamageRecord::new(
+                &c.archive_id,
+                c.seq,
+                &c.object,
+                kind,
+                detail.to_string(),
+                "verify",
+            )
         });
         if kind == DamageKind::Archive && r.kind != DamageKind::Archive {
             r.kind = DamageKind::Archive;
@@ -428,7 +435,10 @@ async fn check_volume(
         }
     }
     if opts.data == DataCheck::All {
-        for a in sound.iter().filter(|a| !damage.contains_key(&a.commit.archive_id)) {
+        for a in sound
+            .iter()
+            .filter(|a| !damage.contains_key(&a.commit.archive_id))
+        {
             let _ = repo.clear_damage(volume, &a.commit.archive_id).await;
         }
     }

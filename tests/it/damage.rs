@@ -148,7 +148,10 @@ impl Damage {
             Damage::IndexFlip => {
                 let rel = o.archive(2);
                 let bytes = o.get(&rel);
-                let dir = ArchiveReader::open(&bytes).unwrap().trailer.directory_offset as usize;
+                let dir = ArchiveReader::open(&bytes)
+                    .unwrap()
+                    .trailer
+                    .directory_offset as usize;
                 let first: [u8; DIR_ENTRY_LEN] =
                     bytes[dir..dir + DIR_ENTRY_LEN].try_into().unwrap();
                 let seg = DirEntry::decode(&first).unwrap().offset as usize;
@@ -267,7 +270,12 @@ fn damage_way_back(t: &TempRepo, damage: Damage) {
     write(&other, &make_image(MIB, 99));
     t.ok(&["backup", other.to_str().unwrap(), "--volume", "w"]);
     for &seq in damage.intact() {
-        restore_same(t, &seq.to_string(), &images[seq as usize - 1], "intact point");
+        restore_same(
+            t,
+            &seq.to_string(),
+            &images[seq as usize - 1],
+            "intact point",
+        );
     }
 
     // Verify names every point that depends on the damage, and exits 4.
@@ -286,7 +294,11 @@ fn damage_way_back(t: &TempRepo, damage: Damage) {
     let l = t.run(&["list"]);
     assert_eq!(l.code, Some(1), "{damage:?}: {}", l.show());
     assert!(l.stdout.contains("DAMAGED"), "{}", l.show());
-    assert!(l.stdout.lines().any(|r| r.starts_with("w ")), "{}", l.show());
+    assert!(
+        l.stdout.lines().any(|r| r.starts_with("w ")),
+        "{}",
+        l.show()
+    );
 
     // status exits 4 and its metrics say so.
     let prom = t.path("status.prom");
@@ -317,7 +329,11 @@ fn damage_way_back(t: &TempRepo, damage: Damage) {
     }
     write(&src, &img);
     let b = t.run(&["backup", src.to_str().unwrap(), "--volume", "v", "--json"]);
-    assert!(b.success, "{damage:?}: the nightly backup succeeds: {}", b.show());
+    assert!(
+        b.success,
+        "{damage:?}: the nightly backup succeeds: {}",
+        b.show()
+    );
     let report: serde_json::Value = serde_json::from_str(&b.stdout).unwrap();
     assert_eq!(report["seq"], 4, "{damage:?}: no seq is reused");
     restore_same(t, "latest", &img, "the newest point after the way back");
