@@ -419,3 +419,250 @@ fn damage_frame_flip_way_back_on_s3() {
 fn damage_deleted_newest_marker_way_back_on_s3() {
     damage_way_back(&TempRepo::s3(), Damage::NewestMarkerDeleted);
 }
+
+/// Case `damaged-delta-built-on.sh`: a flipped byte in a middle delta, and a backup
+/// that ran before anyone noticed built on it. Verify names every point that needs
+/// the block; status says damaged; the next backup stores the block again.
+#[test]
+fn damage_case_delta_built_on_is_named_and_stored_again() {
+    let t = TempRepo::new();
+    let o = Objects::new(&t);
+    let (images, src) = three_points(&t);
+    Damage::FrameFlip.apply(&o);
+    // Built on, unnoticed: nothing changed, nothing recorded yet.
+    let b = t.json(&["backup", src.to_str().unwrap(), "--volume", "v"]);
+    assert_eq!(
+        (b["seq"].as_u64(), b["blocks_changed"].as_u64()),
+        (Some(4), Some(0))
+    );
+    let v = t.run(&["verify", "--data"]);
+    assert_eq!(v.code, Some(4), "{}", v.show());
+    for seq in 2..=4 {
+        assert!(
+            v.stdout.contains(&format!("problem: v seq {seq}")),
+            "seq {seq} is named:\n{}",
+            v.show()
+        );
+    }
+    let s = t.run(&["status", "v", "--json"]);
+    assert_eq!(s.code, Some(4), "{}", s.show());
+    let status: serde_json::Value = serde_json::from_str(&s.stdout).unwrap();
+    assert_eq!(
+        status["volumes"][0]["damage"]["damaged_points"], 3,
+        "{status}"
+    );
+    restore_same(&t, "1", &images[0], "seq 1 is intact");
+    // The nightly backup stores the damaged blocks again, and says so.
+    let b = t.run(&["backup", src.to_str().unwrap(), "--volume", "v", "--json"]);
+    assert!(b.success, "{}", b.show());
+    let report: serde_json::Value = serde_json::from_str(&b.stdout).unwrap();
+    assert_eq!(report["seq"], 5);
+    assert_eq!(report["kind"], "delta");
+    assert!(report["blocks_changed"].as_u64().unwrap() > 0, "{report}");
+    let warnings = report["warnings"].to_string();
+    assert!(warnings.contains("damaged block(s)"), "{warnings}");
+    restore_same(&t, "latest", &images[2], "the newest point restores again");
+    // With --changed-blocks saying nothing changed, the blocks are read all the same.
+    let t2 = TempRepo::new();
+    let o2 = Objects::new(&t2);
+    let (images2, src2) = three_points(&t2);
+    Damage::FrameFlip.apply(&o2);
+    assert_eq!(t2.run(&["verify", "--data"]).code, Some(4));
+    let empty = t2.path("none.txt");
+    write(&empty, b"");
+    let b = t2.json(&[
+        "backup",
+        src2.to_str().unwrap(),
+        "--volume",
+        "v",
+        "--changed-blocks",
+        empty.to_str().unwrap(),
+    ]);
+    assert_eq!(b["method"], "changed-blocks");
+    assert!(b["blocks_changed"].as_u64().unwrap() > 0, "{b}");
+    restore_same(
+        &t2,
+        "latest",
+        &images2[2],
+        "re-stored under --changed-blocks",
+    );
+}
+
+/// Case `damaged-full-blocks-later-backups.sh`: a truncated full archive. Every later
+/// backup succeeds (the first one starts a new chain), prune works, `backup --full`
+/// is documented.
+#[test]
+fn damage_case_truncated_full_does_not_block_later_backups() {
+    let t = TempRepo::new();
+    let o = Objects::new(&t);
+    let (images, src) = three_points(&t);
+    let rel = o.archive(1);
+    let b = o.get(&rel);
+    o.put(&rel, &b[..1_000_000.min(b.len() / 2)]);
+    let v = t.run(&["verify"]);
+    assert_eq!(v.code, Some(4), "{}", v.show());
+    assert!(v.stdout.contains("is truncated: "), "{}", v.show());
+    let first = t.run(&["backup", src.to_str().unwrap(), "--volume", "v", "--json"]);
+    assert!(first.success, "{}", first.show());
+    let r: serde_json::Value = serde_json::from_str(&first.stdout).unwrap();
+    assert_eq!(
+        (r["seq"].as_u64(), r["kind"].as_str()),
+        (Some(4), Some("full"))
+    );
+    assert!(r["warnings"].to_string().contains("new chain"), "{r}");
+    for seq in 5..=6 {
+        let r = t.json(&["backup", src.to_str().unwrap(), "--volume", "v"]);
+        assert_eq!(
+            (r["seq"].as_u64(), r["kind"].as_str()),
+            (Some(seq), Some("delta"))
+        );
+    }
+    t.ok(&["prune", "v", "--keep-last", "1"]);
+    assert_eq!(t.run(&["list"]).code, Some(0));
+    assert_eq!(t.run(&["status"]).code, Some(0));
+    restore_same(&t, "latest", &images[2], "after prune");
+    let help = crate::util::thinarc(&["backup", "--help"]).stdout;
+    assert!(help.contains("--full"), "{help}");
+}
+
+/// Case `corrupt-marker.sh`: one corrupt marker. Intact points list and restore;
+/// backup, prune and verify go on; verify names the marker with its remedy.
+#[test]
+fn damage_case_corrupt_marker_is_contained() {
+    let t = TempRepo::new();
+    let o = Objects::new(&t);
+    let (images, src) = three_points(&t);
+    Damage::NewestMarkerCorrupt.apply(&o);
+    restore_same(&t, "1", &images[0], "seq 1");
+    restore_same(&t, "2", &images[1], "seq 2");
+    let l = t.run(&["list", "--json"]);
+    assert_eq!(l.code, Some(1), "{}", l.show());
+    let rows: serde_json::Value = serde_json::from_str(&l.stdout).unwrap();
+    assert_eq!(rows.as_array().unwrap().len(), 3, "{rows}");
+    assert!(
+        rows[2]["damage"]
+            .as_str()
+            .unwrap()
+            .contains("thinarc repair v"),
+        "{rows}"
+    );
+    let v = t.run(&["verify"]);
+    assert_eq!(v.code, Some(4), "{}", v.show());
+    assert!(
+        v.stdout
+            .contains("commit marker volumes/v/commits/000000000003 is corrupt"),
+        "{}",
+        v.show()
+    );
+    let b = t.json(&["backup", src.to_str().unwrap(), "--volume", "v"]);
+    assert_eq!(b["seq"], 4);
+    t.ok(&["prune", "v", "--keep-last", "1"]);
+    restore_same(&t, "latest", &images[2], "after prune");
+    assert_eq!(t.run(&["verify"]).code, Some(0));
+}
+
+/// Case `lost-newest-marker.sh`: the newest marker is lost. list, verify and status
+/// say so; the archive is never deleted as a leftover; the next backup re-commits it
+/// (seq 3 is not reused) and builds on it.
+#[test]
+fn damage_case_lost_newest_marker_is_reported_and_recommitted() {
+    let t = TempRepo::new();
+    let o = Objects::new(&t);
+    let (images, src) = three_points(&t);
+    let archive3 = o.archive(3);
+    Damage::NewestMarkerDeleted.apply(&o);
+    assert_eq!(t.run(&["list"]).code, Some(1));
+    let v = t.run(&["verify", "--data"]);
+    assert_eq!(v.code, Some(4), "{}", v.show());
+    assert!(
+        v.stdout.contains("is complete but not committed"),
+        "{}",
+        v.show()
+    );
+    let s = t.run(&["status", "v"]);
+    assert_eq!(s.code, Some(4), "{}", s.show());
+    assert!(
+        s.stdout
+            .contains("the last successful backup committed seq 3, which is not listed"),
+        "{}",
+        s.show()
+    );
+    // A prune (which cleans leftovers, here with no grace at all) keeps the archive.
+    t.ok(&["prune", "v", "--keep-last", "5", "--grace", "0"]);
+    assert!(
+        o.list("volumes/v/archives")
+            .iter()
+            .any(|n| archive3.ends_with(n.as_str()))
+    );
+    let b = t.run(&["backup", src.to_str().unwrap(), "--volume", "v", "--json"]);
+    assert!(b.success, "{}", b.show());
+    let r: serde_json::Value = serde_json::from_str(&b.stdout).unwrap();
+    assert_eq!(r["seq"], 4, "seq 3 is not reused");
+    assert!(r["warnings"].to_string().contains("committed again"), "{r}");
+    restore_same(&t, "3", &images[2], "the re-committed point");
+    assert_eq!(t.run(&["status", "v"]).code, Some(0));
+}
+
+/// A prune whose merge would need damaged data skips that segment with a warning and
+/// runs the rest of its plan.
+#[test]
+fn damage_prune_skips_a_merge_that_needs_damaged_data() {
+    let t = TempRepo::new();
+    let o = Objects::new(&t);
+    let (images, _src) = three_points(&t);
+    // Seq 2's first frame is damaged and seq 3 takes those blocks from it: dropping
+    // seq 2 needs them.
+    Damage::FrameFlip.apply(&o);
+    let p = t.run(&["prune", "v", "--keep-last", "1", "--grace", "0"]);
+    assert!(p.success, "{}", p.show());
+    assert!(
+        p.stderr
+            .contains("was not rewritten, it needs damaged data"),
+        "{}",
+        p.show()
+    );
+    let l = t.json(&["list", "v"]);
+    let seqs: Vec<u64> = l
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, [1, 2, 3], "nothing the merge needed was dropped");
+    restore_same(&t, "1", &images[0], "seq 1");
+}
+
+/// `repair --dry-run` changes nothing; `--json` reports the actions; a seq set aside
+/// is never reused.
+#[test]
+fn damage_repair_dry_run_json_and_set_aside_seq() {
+    let t = TempRepo::new();
+    let o = Objects::new(&t);
+    let (_images, src) = three_points(&t);
+    Damage::NewestMarkerCorrupt.apply(&o);
+    let before = o.list("volumes/v/commits");
+    let dry = t.json(&["repair", "v", "--dry-run"]);
+    assert_eq!(dry["dry_run"], true);
+    assert_eq!(
+        o.list("volumes/v/commits"),
+        before,
+        "a dry run writes nothing"
+    );
+    let r = t.json(&["repair", "v"]);
+    let actions: Vec<&str> = r["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["recommit", "set-aside"], "{r}");
+    assert_eq!(o.list("volumes/v/damaged"), ["000000000003"]);
+    assert_eq!(
+        o.list("volumes/v/commits"),
+        ["000000000001", "000000000002", "000000000003.000001"]
+    );
+    let b = t.json(&["backup", src.to_str().unwrap(), "--volume", "v"]);
+    assert_eq!(b["seq"], 4);
+    let again = t.json(&["repair", "v"]);
+    assert_eq!(again["actions"], serde_json::json!([]));
+}
