@@ -229,3 +229,25 @@ pub async fn chain_damage(
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn block_lists_are_sorted_deduplicated_and_bounded() {
+        let mut r = DamageRecord::new("ab", 2, "x.tarc", DamageKind::Blocks, "d".into(), "t");
+        r.add_blocks([9, 3, 9]);
+        assert_eq!((r.kind, r.blocks.clone()), (DamageKind::Blocks, vec![3, 9]));
+        r.add_blocks(0..=MAX_DAMAGED_BLOCKS as u64);
+        assert_eq!(
+            r.kind,
+            DamageKind::Archive,
+            "too many blocks: the whole archive"
+        );
+        assert!(r.blocks.is_empty());
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["kind"], "archive");
+        assert_eq!(json["found_by"], "t");
+    }
+}
