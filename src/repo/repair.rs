@@ -198,9 +198,12 @@ impl Repository {
             Err(object_store::Error::AlreadyExists { .. }) => {
                 match super::catalog::read_marker(self, &commit.key).await {
                     Ok(m) if m == marker => Ok(()),
-                    _ => Err(RepoError::Conflict {
-                        volume: commit.volume.to_string(),
-                        seq: commit.seq,
+                    _ => Err(RepoError::BadCommit {
+                        key: commit.key.to_string(),
+                        detail: format!(
+                            "was written meanwhile and does not name archive {} (run `thinarc repair {}` again)",
+                            commit.archive_id, commit.volume
+                        ),
                     }),
                 }
             }
