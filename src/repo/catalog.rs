@@ -272,8 +272,9 @@ impl Repository {
             .iter()
             .filter_map(|p| p.filename().and_then(|s| VolumeName::from_key(s).ok()))
             .collect();
-        // A volume exists once it has a committed point: an interrupted first backup
-        // may leave an empty folder or an uncommitted archive behind.
+        // A volume exists once it has a commit marker, or a complete archive whose
+        // marker is lost: an interrupted first backup may leave an empty folder or a
+        // partial archive behind.
         let mut names = Vec::new();
         for v in candidates {
             let commits = v.commits_prefix();
@@ -282,7 +283,7 @@ impl Repository {
                 .await?
                 .iter()
                 .any(|m| m.location.filename().and_then(parse_commit_key).is_some());
-            if has_point {
+            if has_point || !self.catalog(&v).await?.problems.is_empty() {
                 names.push(v);
             }
         }

@@ -666,3 +666,28 @@ fn damage_repair_dry_run_json_and_set_aside_seq() {
     let again = t.json(&["repair", "v"]);
     assert_eq!(again["actions"], serde_json::json!([]));
 }
+
+/// A volume whose only marker is lost is still listed as damaged, and its next backup
+/// commits the archive again (seq 1 is not reused).
+#[test]
+fn damage_lost_marker_of_a_volumes_only_point() {
+    let t = TempRepo::new();
+    let o = Objects::new(&t);
+    let src = t.path("v.img");
+    let img = make_image(2 * MIB, 5);
+    write(&src, &img);
+    t.ok(&["backup", src.to_str().unwrap(), "--volume", "v"]);
+    o.delete("volumes/v/commits/000000000001");
+    let l = t.run(&["list"]);
+    assert_eq!(l.code, Some(1), "{}", l.show());
+    assert!(
+        l.stdout.contains("is complete but not committed"),
+        "{}",
+        l.show()
+    );
+    assert_eq!(t.run(&["status"]).code, Some(4));
+    let b = t.json(&["backup", src.to_str().unwrap(), "--volume", "v"]);
+    assert_eq!(b["seq"], 2);
+    restore_same(&t, "1", &img, "the re-committed first point");
+    assert_eq!(t.run(&["list"]).code, Some(0));
+}
