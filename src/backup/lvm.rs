@@ -29,7 +29,7 @@ pub async fn backup_lvm(
     limits: PoolLimits,
     progress: Arc<Progress>,
 ) -> Result<BackupReport, BackupError> {
-    let base = Base::latest(repo, &opts.volume).await?;
+    let base = Base::for_backup(repo, &opts.volume, opts.full).await?;
     // The LVM commands block briefly; they run inline so that an interrupted run
     // unwinds through the snapshot guards before the process exits.
     let plan = LvmPlan::inspect(name, base.tip())?;
@@ -96,7 +96,7 @@ pub async fn lvm_snapshots(
     name: &LvName,
     volume: &VolumeName,
 ) -> Result<Vec<ThinarcSnapshot>, BackupError> {
-    let base = Base::latest(repo, volume).await?;
+    let base = Base::latest(repo, volume, false).await?;
     Ok(LvmPlan::inspect(name, base.tip())?.snapshots())
 }
 
@@ -110,7 +110,7 @@ pub async fn dry_run_lvm(
     opts: &BackupOptions,
     limits: PoolLimits,
 ) -> Result<DryRun, BackupError> {
-    let base = Base::latest(repo, &opts.volume).await?;
+    let base = Base::latest(repo, &opts.volume, opts.full).await?;
     let plan = LvmPlan::inspect(name, base.tip())?;
     let snapshots = plan.snapshots();
     let action = match &plan.base {

@@ -13,6 +13,7 @@ pub(crate) mod process;
 
 pub use lvm::{DryRun, backup_lvm, dry_run_lvm, lvm_snapshots};
 
+use std::collections::BTreeSet;
 use std::ops::Range;
 use std::sync::Arc;
 use std::time::Instant;
@@ -27,8 +28,9 @@ use crate::format::{
 };
 use crate::progress::Progress;
 use crate::repo::{
-    ArchiveUpload, Chain, ChainCursor, Commit, LEFTOVER_GRACE, LockError, PointSelector, RepoError,
-    Repository, VolumeName, clock_went_back, new_id,
+    ArchiveUpload, Chain, ChainCursor, Commit, DamageKind, DamageRecord, LEFTOVER_GRACE, LockError,
+    PointSelector, RemoteArchive, RepairScope, RepoError, Repository, VolumeName, chain_damage,
+    clock_went_back, new_id,
 };
 use crate::source::{RawSource, ReadPlan, SourceError};
 use crate::throttle::RateLimiter;
@@ -67,6 +69,8 @@ pub struct BackupOptions {
     /// The LVM thin snapshot being read: recorded in the header (key `lvm`), and the
     /// source is described as `lvm` at the origin LV's path.
     pub lvm: Option<LvmSnapshot>,
+    /// Start a new chain: a full archive even when the volume has points.
+    pub full: bool,
 }
 
 impl BackupOptions {
@@ -82,6 +86,7 @@ impl BackupOptions {
             created: None,
             archive_id: None,
             lvm: None,
+            full: false,
         }
     }
 }
@@ -173,29 +178,166 @@ pub enum BackupError {
     Task(String),
 }
 
-/// The point a backup builds on: the volume's commits and the chain of its latest
-/// point (none for a new volume).
+/// The point a backup builds on: the volume's commits, the chain of its latest point
+/// (none for a new volume, or when a new chain must start), the seq of the new point,
+/// and the blocks the parent takes from archives recorded damaged.
 #[derive(Debug)]
 pub struct Base {
     commits: Vec<Commit>,
     parent: Option<Chain>,
+    seq: u64,
+    /// A new chain of an existing volume: its volume id and block size, when the old
+    /// tip could be read.
+    restart: Option<(String, BlockSize)>,
+    /// Blocks to store again whatever the change detection says.
+    forced: BTreeSet<u64>,
+    /// What the backup must tell (re-commits, a new chain and why, damaged blocks).
+    warnings: Vec<String>,
+    /// Damage found while choosing the parent, to be recorded.
+    found: Option<DamageRecord>,
 }
 
 impl Base {
-    /// The latest point of `volume`.
+    /// The latest point of `volume`, as a backup would build on it; `full` starts a
+    /// new chain. Reads only.
+    ///
+    /// # Errors
+    /// [`BackupError::Repo`] when the repository cannot be listed.
+    pub async fn latest(
+        repo: &Repository,
+        volume: &VolumeName,
+        full: bool,
+    ) -> Result<Self, BackupError> {
+        let catalog = repo.catalog(volume).await?;
+        let mut base = Base {
+            seq: catalog.next_seq(),
+            commits: catalog.commits,
+            parent: None,
+            restart: None,
+            forced: BTreeSet::new(),
+            warnings: Vec::new(),
+            found: None,
+        };
+        let Some(latest_seq) = base.commits.last().map(|c| c.seq) else {
+            return Ok(base);
+        };
+        let why = if full {
+            Some("--full was given".to_string())
+        } else {
+            match repo.resolve(&base.commits, &PointSelector::Latest).await {
+                Ok(chain) => match base.damage(repo, &chain).await? {
+                    None => {
+                        base.parent = Some(chain);
+                        None
+                    }
+                    some => some,
+                },
+                Err(e @ RepoError::Store { .. }) => return Err(e.into()),
+                Err(e) => Some(e.to_string()),
+            }
+        };
+        if let Some(why) = why {
+            // The new chain keeps the volume's id and block size, from its newest
+            // archive that can be read.
+            for c in base.commits.iter().rev() {
+                if let Ok(a) = RemoteArchive::open(repo, c).await
+                    && let Ok(g) = a.header.geometry()
+                {
+                    base.restart = Some((a.header.volume_id.clone(), g.block_size()));
+                    break;
+                }
+            }
+            if !full {
+                base.warnings.push(format!(
+                    "seq {latest_seq} cannot be built on ({why}): this backup writes a full archive starting a new chain"
+                ));
+            }
+        }
+        Ok(base)
+    }
+
+    /// [`latest`](Self::latest) after committing again the complete orphan archives
+    /// above the newest committed seq (a lost newest marker), with a warning each.
+    /// The caller holds the volume's lock.
     ///
     /// # Errors
     /// [`BackupError::Repo`].
-    pub async fn latest(repo: &Repository, volume: &VolumeName) -> Result<Self, BackupError> {
-        let commits = repo.commits(volume).await?;
-        let parent = match commits.last() {
-            Some(_) => Some(repo.resolve(&commits, &PointSelector::Latest).await?),
-            None => None,
-        };
-        Ok(Base { commits, parent })
+    pub async fn for_backup(
+        repo: &Repository,
+        volume: &VolumeName,
+        full: bool,
+    ) -> Result<Self, BackupError> {
+        let actions = repo
+            .repair_catalog(volume, RepairScope::AboveNewest, false)
+            .await?;
+        let mut base = Self::latest(repo, volume, full).await?;
+        if let Some(r) = &base.found
+            && let Err(e) = repo.write_damage(volume, r).await
+        {
+            base.warnings
+                .push(format!("cannot write the damage record: {e}"));
+        }
+        let notes = actions.iter().map(|a| match a.action {
+            "recommit" => format!(
+                "seq {}: archive {} was complete but not committed (its commit marker was lost or corrupt): {}",
+                a.seq, a.object, a.detail
+            ),
+            _ => format!(
+                "seq {}: archive {} is complete but not committed, and was not committed again: {}",
+                a.seq, a.object, a.detail
+            ),
+        });
+        base.warnings.splice(0..0, notes);
+        Ok(base)
     }
 
-    /// The header of the latest point.
+    /// What the damage records say about `chain`: `Some(why)` when an archive of it is
+    /// structurally damaged (a new chain must start); else the blocks its tip takes
+    /// from damaged archives become forced.
+    async fn damage(
+        &mut self,
+        repo: &Repository,
+        chain: &Chain,
+    ) -> Result<Option<String>, BackupError> {
+        // The whole index of the chain is read before it is built on (the backup reads
+        // it again as it compares blocks): damage found there starts a new chain now
+        // instead of failing this backup and every later one.
+        for a in &chain.archives {
+            for i in 0..a.directory().len() {
+                match a.segment(i).await {
+                    Ok(_) => {}
+                    Err(e @ RepoError::Store { .. }) => return Err(e.into()),
+                    Err(e) => {
+                        let c = &a.commit;
+                        self.found = Some(DamageRecord::new(
+                            &c.archive_id,
+                            c.seq,
+                            &c.object,
+                            DamageKind::Archive,
+                            e.to_string(),
+                            "backup",
+                        ));
+                        return Ok(Some(e.to_string()));
+                    }
+                }
+            }
+        }
+        let records = repo.damage_records(&chain.volume).await?;
+        let damage = chain_damage(chain, &records).await?;
+        if damage.archive.is_some() {
+            return Ok(Some(damage.to_string()));
+        }
+        if !damage.blocks.is_empty() {
+            self.warnings.push(format!(
+                "seq {} depends on {damage}: these blocks are read from the source and stored again",
+                chain.tip().commit.seq
+            ));
+            self.forced.extend(damage.blocks.iter().map(|b| b.0));
+        }
+        Ok(None)
+    }
+
+    /// The header of the latest point this backup builds on.
     pub fn tip(&self) -> Option<&Header> {
         self.parent.as_ref().map(|p| &p.tip().header)
     }
@@ -212,7 +354,7 @@ pub async fn backup(
     opts: &BackupOptions,
     progress: Arc<Progress>,
 ) -> Result<BackupReport, BackupError> {
-    let base = Base::latest(repo, &opts.volume).await?;
+    let base = Base::for_backup(repo, &opts.volume, opts.full).await?;
     backup_from(repo, base, source, opts, progress).await
 }
 
@@ -230,7 +372,15 @@ pub async fn backup_from(
 ) -> Result<BackupReport, BackupError> {
     let started = Instant::now();
     let volume = &opts.volume;
-    let Base { commits, parent } = base;
+    let Base {
+        commits,
+        parent,
+        seq,
+        restart,
+        forced,
+        mut warnings,
+        ..
+    } = base;
     let block_size = match (&parent, opts.block_size) {
         (Some(p), Some(req)) if p.tip().header.block_size != req.get() => {
             return Err(BackupError::BlockSizeMismatch {
@@ -240,17 +390,23 @@ pub async fn backup_from(
             });
         }
         (Some(p), _) => p.tip().geometry().block_size(),
-        (None, req) => req.unwrap_or(BlockSize::new(DEFAULT_BLOCK_SIZE)?),
+        (None, req) => match (req, &restart) {
+            (Some(req), _) => req,
+            (None, Some((_, bs))) => *bs,
+            (None, None) => BlockSize::new(DEFAULT_BLOCK_SIZE)?,
+        },
     };
     let geometry = Geometry::new(source.size(), block_size);
-    let (plan, method) = read_plan(&parent, opts, geometry)?;
+    let (plan, method) = read_plan(&parent, opts, geometry, &forced, !commits.is_empty())?;
     let header = Header {
         volume_name: volume.to_string(),
-        volume_id: parent
-            .as_ref()
-            .map_or_else(new_id, |p| p.tip().header.volume_id.clone()),
+        volume_id: match (&parent, &restart) {
+            (Some(p), _) => p.tip().header.volume_id.clone(),
+            (None, Some((id, _))) => id.clone(),
+            (None, None) => new_id(),
+        },
         archive_id: opts.archive_id.clone().unwrap_or_else(new_id),
-        seq: commits.last().map_or(1, |c| c.seq + 1),
+        seq,
         parent: parent.as_ref().map(|p| {
             let t = p.tip();
             ParentRef {
@@ -298,7 +454,7 @@ pub async fn backup_from(
         geometry.max_archive_len(),
     )
     .await?;
-    let run = Run::new(&header, geometry, parent.as_ref(), opts);
+    let run = Run::new(&header, geometry, parent.as_ref(), opts, forced);
     match run.execute(source, plan, &mut upload, &progress).await {
         Ok((stats, digest)) => {
             let published = upload.commit(digest.trailer_sha256).await?;
@@ -329,16 +485,19 @@ pub async fn backup_from(
                 image_digest: digest.image_digest.to_hex(),
                 seconds: started.elapsed().as_secs_f64(),
                 leftovers_removed: leftovers.as_ref().map_or(0, |c| c.objects.len()),
-                warnings: parent
-                    .as_ref()
-                    .and_then(|p| clock_went_back(&header, &p.tip().header))
-                    .into_iter()
-                    .chain(
+                warnings: {
+                    warnings.extend(
+                        parent
+                            .as_ref()
+                            .and_then(|p| clock_went_back(&header, &p.tip().header)),
+                    );
+                    warnings.extend(
                         leftovers
                             .err()
                             .map(|e| format!("cleaning leftovers failed: {e}")),
-                    )
-                    .collect(),
+                    );
+                    warnings
+                },
             })
         }
         Err(e) => {
@@ -400,15 +559,18 @@ pub async fn source_image_digest(
     Ok(hasher.finish()?)
 }
 
-/// Decides which blocks to read, and names the method.
+/// Decides which blocks to read, and names the method. A new chain of an existing
+/// volume (`restarted`) reads everything, whatever `--changed-blocks` says.
 fn read_plan(
     parent: &Option<Chain>,
     opts: &BackupOptions,
     geometry: Geometry,
+    forced: &BTreeSet<u64>,
+    restarted: bool,
 ) -> Result<(ReadPlan, &'static str), BackupError> {
     let blocks = geometry.blocks();
     let (Some(parent), Some(changed)) = (parent, &opts.changed_blocks) else {
-        if opts.changed_blocks.is_some() {
+        if opts.changed_blocks.is_some() && !restarted {
             return Err(BackupError::NoParentForChangedBlocks {
                 volume: opts.volume.to_string(),
             });
@@ -439,6 +601,8 @@ fn read_plan(
         let min = old.blocks().min(blocks);
         ranges.push(min.saturating_sub(1)..blocks.max(min));
     }
+    // Blocks the parent takes from a damaged archive are read whatever the list says.
+    ranges.extend(forced.iter().map(|&b| b..b + 1));
     Ok((ReadPlan::from_ranges(ranges, blocks), "changed-blocks"))
 }
 
@@ -471,15 +635,18 @@ impl Run {
         geometry: Geometry,
         parent: Option<&Chain>,
         opts: &BackupOptions,
+        mut forced: BTreeSet<u64>,
     ) -> Self {
         let bs = u64::from(geometry.block_size().get());
-        let force_block = parent
-            .map(|p| p.tip().geometry())
-            .filter(|old| old.size() != geometry.size())
-            .and_then(|old| old.blocks().min(geometry.blocks()).checked_sub(1));
+        forced.extend(
+            parent
+                .map(|p| p.tip().geometry())
+                .filter(|old| old.size() != geometry.size())
+                .and_then(|old| old.blocks().min(geometry.blocks()).checked_sub(1)),
+        );
         let ctx = process::Context {
             geometry,
-            force_block,
+            forced,
             frame_blocks: (FRAME_BYTES / bs).max(1) as usize,
             level: opts.zstd_level,
             diff: parent.is_some(),

@@ -17,9 +17,9 @@ use crate::throttle::RateLimiter;
 #[derive(Debug)]
 pub(super) struct Context {
     pub geometry: Geometry,
-    /// A block the archive must hold even if unchanged (the boundary block of a volume
-    /// that changed size).
-    pub force_block: Option<u64>,
+    /// Blocks the archive must hold even if unchanged: the boundary block of a volume
+    /// that changed size, and blocks the parent takes from a damaged archive.
+    pub forced: std::collections::BTreeSet<u64>,
     pub frame_blocks: usize,
     pub level: i32,
     /// Whether blocks are compared with a previous point (a delta).
@@ -200,7 +200,7 @@ pub(super) fn process_batch(
         push_image(&mut image, digest);
         let changed = !ctx.diff
             || prev.get(i as usize).copied().flatten() != digest
-            || ctx.force_block == Some(b);
+            || ctx.forced.contains(&b);
         match (changed, digest) {
             (true, Some(d)) => {
                 if let Some((first, digests)) = &mut run

@@ -42,6 +42,12 @@ pub struct BackupArgs {
     /// nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Write a full archive starting a new chain, even when the volume has points
+    /// (the volume keeps its name and history; the new point does not depend on any
+    /// older archive). A backup does this by itself when the previous point's chain
+    /// is damaged.
+    #[arg(long)]
+    pub full: bool,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
@@ -91,6 +97,7 @@ pub async fn run(args: BackupArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let mut opts = BackupOptions::new(volume.clone());
     opts.threads = ctx.threads;
     opts.read_limit = ctx.read_limit.clone();
+    opts.full = args.full;
     if let Some(bs) = args.block_size {
         let bs = u32::try_from(bs).ok().map(BlockSize::new);
         opts.block_size = Some(bs.context("--block-size is too large")??);

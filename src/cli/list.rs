@@ -16,7 +16,7 @@ pub struct ListArgs {
 }
 
 /// Lists points. A volume that cannot be read is reported and the others are still
-/// listed; the exit code is then non-zero.
+/// listed; so are damaged points, marked as such. The exit code is then non-zero.
 pub async fn run(args: ListArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let repo = ctx.open().await?;
     let volumes = match &args.volume {
@@ -53,10 +53,25 @@ pub async fn run(args: ListArgs, ctx: &Ctx) -> anyhow::Result<()> {
                 human(p.stored_bytes),
                 p.parent.as_deref().unwrap_or("-")
             );
+            if let Some(d) = &p.damage {
+                println!("  DAMAGED: {d}");
+            }
         }
     }
     if !failed.is_empty() {
         anyhow::bail!("could not list volume(s) {}", failed.join(", "));
+    }
+    let mut damaged: Vec<&str> = points
+        .iter()
+        .filter(|p| p.damage.is_some())
+        .map(|p| p.volume.as_str())
+        .collect();
+    damaged.dedup();
+    if !damaged.is_empty() {
+        anyhow::bail!(
+            "volume(s) {} have damaged points: `thinarc verify VOLUME` names what depends on what, and the README's \"Damage and repair\" gives the way back",
+            damaged.join(", ")
+        );
     }
     Ok(())
 }

@@ -8,6 +8,7 @@ mod init;
 mod list;
 mod progress;
 mod prune;
+mod repair;
 mod restore;
 mod run;
 mod status;
@@ -94,6 +95,10 @@ pub enum Command {
     /// Check the repository (and optionally block data and a source); exit code 4
     /// when problems are found.
     Verify(verify::VerifyArgs),
+    /// Bring a damaged volume's catalog back: set corrupt commit markers aside,
+    /// commit again complete archives whose marker is lost, and (--drop-damaged) unlist
+    /// points that depend on damaged data.
+    Repair(repair::RepairArgs),
     /// Show each volume's last backups, failures, chain and stored bytes.
     Status(status::StatusArgs),
     /// Back up, prune and copy everything in the config file (the nightly job).
@@ -343,6 +348,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Prune(a) => prune::run(a, &ctx).await,
             Command::Verify(a) => verify::run(a, &ctx).await,
             Command::Copy(a) => copy::run(a, &ctx).await,
+            Command::Repair(a) => repair::run(a, &ctx).await,
         }
     };
     // On SIGINT or SIGTERM the command is dropped, which unwinds it like an error: a
@@ -378,6 +384,7 @@ impl Command {
             Command::Prune(_) => "prune",
             Command::Verify(_) => "verify",
             Command::Copy(_) => "copy",
+            Command::Repair(_) => "repair",
         }
     }
 }

@@ -62,6 +62,15 @@ pub async fn run(args: StatusArgs, ctx: &Ctx) -> anyhow::Result<()> {
         .filter(|v| !v.ok())
         .map(|v| v.volume.as_str())
         .collect();
+    let damaged = status.volumes.iter().filter(|v| v.damage.any()).count();
+    if damaged > 0 {
+        return Err(super::ProblemsFound {
+            by: "status",
+            count: damaged,
+            location: format!("{location} (damaged volumes: {})", failing.join(", ")),
+        }
+        .into());
+    }
     if !failing.is_empty() {
         anyhow::bail!("needs attention: {}", failing.join(", "));
     }
@@ -161,6 +170,21 @@ fn print_volume(v: &VolumeStatus) {
         } else {
             println!("  stray snapshot {}: the next backup removes it", snap.name);
         }
+    }
+    let d = &v.damage;
+    if d.any() {
+        println!(
+            "  DAMAGED: {} point(s) cannot be restored, {} corrupt commit marker(s), {} uncommitted complete archive(s){}; see `thinarc verify {}` and the README's \"Damage and repair\"",
+            d.damaged_points,
+            d.corrupt_markers,
+            d.orphans,
+            if d.lost_success {
+                ", the last successful backup's point is not listed"
+            } else {
+                ""
+            },
+            v.volume
+        );
     }
     for p in &v.problems {
         println!("  problem: {p}");

@@ -39,10 +39,12 @@ pub struct VerifyArgs {
     pub json: bool,
 }
 
-/// Verify found problems (exit code 4).
+/// Verify found problems, or status a damaged volume (exit code 4).
 #[derive(Debug, thiserror::Error)]
-#[error("verify found {count} problem{} in {location} (listed above)", if *count == 1 { "" } else { "s" })]
+#[error("{by} found {count} problem{} in {location} (listed above)", if *count == 1 { "" } else { "s" })]
 pub struct ProblemsFound {
+    /// The command that found them.
+    pub by: &'static str,
     /// How many.
     pub count: usize,
     /// The repository.
@@ -180,6 +182,7 @@ pub async fn run(args: VerifyArgs, ctx: &Ctx) -> anyhow::Result<()> {
         Ok(())
     } else {
         Err(ProblemsFound {
+            by: "verify",
             count: report.problems.len(),
             location: ctx.location()?.to_string(),
         }

@@ -15,7 +15,7 @@
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use serde::Serialize;
 
 use super::{
@@ -44,6 +44,8 @@ pub struct PruneOptions {
     pub grace: Duration,
     /// Units merged in parallel.
     pub threads: usize,
+    /// Points dropped whatever the policy says (`repair --drop-damaged`).
+    pub drop: Vec<u64>,
 }
 
 impl PruneOptions {
@@ -55,6 +57,7 @@ impl PruneOptions {
             dry_run: false,
             grace: LEFTOVER_GRACE,
             threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            drop: Vec::new(),
         }
     }
 }
@@ -154,19 +157,28 @@ pub enum PruneError {
     },
 }
 
-/// A committed point with its archive's header read.
+/// A committed point with its archive's header read (`None`: the archive cannot be
+/// read; the point is damaged, and counts as a full archive created with the point
+/// before it).
 struct Point {
     commit: Commit,
-    archive: RemoteArchive,
+    archive: Option<RemoteArchive>,
     created: DateTime<Utc>,
 }
+
+/// A point's archive and its creation time.
+type Opened = (RemoteArchive, DateTime<Utc>);
 
 /// Reads every committed point of `volume`.
 async fn points(repo: &Repository, volume: &VolumeName) -> Result<Vec<Point>, PruneError> {
     let commits = repo.existing_commits(volume).await?;
-    futures::stream::iter(commits)
+    let read: Vec<Result<Option<Opened>, PruneError>> = futures::stream::iter(commits.clone())
         .map(|c| async move {
-            let archive = RemoteArchive::open(repo, &c).await?;
+            let archive = match RemoteArchive::open(repo, &c).await {
+                Ok(a) => a,
+                Err(e @ RepoError::Store { .. }) => return Err(PruneError::Repo(e)),
+                Err(_) => return Ok(None),
+            };
             let created = DateTime::parse_from_rfc3339(&archive.header.created)
                 .map_err(|_| PruneError::BadTime {
                     volume: volume.to_string(),
@@ -174,15 +186,28 @@ async fn points(repo: &Repository, volume: &VolumeName) -> Result<Vec<Point>, Pr
                     created: archive.header.created.clone(),
                 })?
                 .with_timezone(&Utc);
-            Ok(Point {
-                commit: c,
-                archive,
-                created,
-            })
+            Ok(Some((archive, created)))
         })
         .buffered(HEADER_READS)
-        .try_collect()
-        .await
+        .collect()
+        .await;
+    let mut out: Vec<Point> = Vec::with_capacity(commits.len());
+    for (commit, r) in commits.into_iter().zip(read) {
+        let point = match r? {
+            Some((archive, created)) => Point {
+                commit,
+                archive: Some(archive),
+                created,
+            },
+            None => Point {
+                commit,
+                archive: None,
+                created: out.last().map_or(DateTime::UNIX_EPOCH, |p| p.created),
+            },
+        };
+        out.push(point);
+    }
+    Ok(out)
 }
 
 /// Prunes `volume` of `repo` by `opts`, holding the volume's lock (a dry run takes
@@ -229,17 +254,24 @@ async fn prune_locked(
             created: p.created,
         })
         .collect();
-    let decisions = opts.policy.apply(&times)?;
+    let mut decisions = opts.policy.apply(&times)?;
+    for d in decisions.iter_mut().filter(|d| opts.drop.contains(&d.seq)) {
+        d.keep = false;
+        d.reasons.clear();
+    }
     let nodes: Vec<Node> = pts
         .iter()
         .map(|p| Node {
             seq: p.commit.seq,
-            parent: p.archive.header.parent.as_ref().map(|q| q.seq),
+            parent: p
+                .archive
+                .as_ref()
+                .and_then(|a| a.header.parent.as_ref())
+                .map(|q| q.seq),
             parent_image: p
                 .archive
-                .header
-                .parent
                 .as_ref()
+                .and_then(|a| a.header.parent.as_ref())
                 .is_some_and(|q| q.image.is_some()),
             stored: p.commit.size,
         })
@@ -248,9 +280,10 @@ async fn prune_locked(
     let mut report = report(volume, &pts, &plan, opts.dry_run);
     // The policy goes by seq; say where a writer's clock ran backwards.
     report.warnings.extend(pts.iter().filter_map(|p| {
-        let parent = p.archive.header.parent.as_ref()?;
+        let archive = p.archive.as_ref()?;
+        let parent = archive.header.parent.as_ref()?;
         let parent = pts.iter().find(|q| q.commit.seq == parent.seq)?;
-        clock_went_back(&p.archive.header, &parent.archive.header)
+        clock_went_back(&archive.header, &parent.archive.as_ref()?.header)
     }));
     if opts.dry_run {
         report.seconds = started.elapsed().as_secs_f64();
@@ -258,24 +291,42 @@ async fn prune_locked(
     }
 
     // 1. Rewrites, in seq order; each sees the ones before it.
+    // A rewrite that needs damaged data is skipped: the points it would have merged
+    // stay, and the rest of the plan runs.
+    let mut spared: Vec<u64> = Vec::new();
     for p in plan.rewrites() {
-        let r = rewrite(repo, volume, p.seq, p.new_parent, p.rewrite, opts)
-            .await
-            .map_err(|source| PruneError::Merge {
-                volume: volume.to_string(),
-                seq: p.seq,
-                source,
-            })?;
+        let r = match rewrite(repo, volume, p.seq, p.new_parent, p.rewrite, opts).await {
+            Ok(r) => r,
+            Err(source) if source.is_damage() => {
+                report.warnings.push(format!(
+                    "seq {} was not rewritten, it needs damaged data ({source}); seq(s) {:?} stay listed (see `thinarc verify {volume}`)",
+                    p.seq, p.merged
+                ));
+                spared.extend(&p.merged);
+                continue;
+            }
+            Err(source) => {
+                return Err(PruneError::Merge {
+                    volume: volume.to_string(),
+                    seq: p.seq,
+                    source,
+                });
+            }
+        };
         report.bytes_read += r.bytes_read;
         report.bytes_written += r.stored_bytes;
         report.merges.push(r);
     }
 
     // 2. Drop: only points no remaining point names as parent.
-    let dropped: Vec<u64> = plan.dropped().map(|p| p.seq).collect();
+    let dropped: Vec<u64> = plan
+        .dropped()
+        .map(|p| p.seq)
+        .filter(|s| !spared.contains(s))
+        .collect();
     if !dropped.is_empty() {
         for p in points(repo, volume).await? {
-            if let Some(parent) = &p.archive.header.parent
+            if let Some(parent) = p.archive.as_ref().and_then(|a| a.header.parent.as_ref())
                 && !dropped.contains(&p.commit.seq)
                 && dropped.contains(&parent.seq)
             {
@@ -349,7 +400,10 @@ fn report(volume: &VolumeName, pts: &[Point], plan: &Plan, dry_run: bool) -> Pru
             PointReport {
                 seq: p.seq,
                 archive: pt.commit.archive_id.clone(),
-                created: pt.archive.header.created.clone(),
+                created: pt
+                    .archive
+                    .as_ref()
+                    .map_or_else(|| "(damaged)".to_string(), |a| a.header.created.clone()),
                 keep: p.keep,
                 reasons: p.reasons.clone(),
                 rewrite: p.rewrite,

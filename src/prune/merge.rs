@@ -158,6 +158,25 @@ pub enum MergeError {
     },
 }
 
+impl MergeError {
+    /// Whether the merge failed on damaged data (a corrupt, truncated or missing
+    /// archive or block, a broken chain) rather than on the store or a bug.
+    pub fn is_damage(&self) -> bool {
+        matches!(
+            self,
+            MergeError::Repo(
+                RepoError::Corrupt { .. }
+                    | RepoError::Truncated { .. }
+                    | RepoError::ChainBroken { .. }
+                    | RepoError::BadCommit { .. }
+            ) | MergeError::Read(
+                RestoreError::Corrupt { .. }
+                    | RestoreError::Repo(RepoError::Corrupt { .. } | RepoError::Truncated { .. })
+            )
+        )
+    }
+}
+
 /// Writes and commits one archive standing for the point at the tip of `chain`: a
 /// delta on `chain.archives[parent]` holding what the later archives decide, or with
 /// `parent` `None` a full archive. `src` is the repository `chain` was resolved in

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use object_store::ObjectStoreExt;
 use object_store::path::Path;
 
-use super::{Commit, RepoError, Repository};
+use super::{Commit, RepoError, Repository, VolumeName};
 use crate::format::{
     DIR_ENTRY_LEN, Digest, DirEntry, FormatError, Geometry, Header, IndexEntry, MAX_HEADER_LEN,
     PREAMBLE_LEN, Preamble, TRAILER_LEN, Trailer, decode_directory, decode_segment,
@@ -42,6 +42,48 @@ impl RemoteArchive {
     /// # Errors
     /// [`RepoError::Corrupt`] naming the archive, or [`RepoError::Store`].
     pub async fn open(repo: &Repository, commit: &Commit) -> Result<RemoteArchive, RepoError> {
+        Self::open_checked(repo, commit, true).await
+    }
+
+    /// Opens archive object `object` of `volume` that no valid commit marker names (a
+    /// lost or corrupt marker, or a run killed between upload and commit), `size` bytes
+    /// long as listed: the same checks as [`open`](Self::open), the archive digest taken
+    /// from its own trailer. The returned archive's `commit` is the marker that would
+    /// commit it (generation 0, key of generation 0).
+    ///
+    /// # Errors
+    /// As [`open`](Self::open); [`RepoError::BadCommit`] when the object name is not
+    /// `<seq>-<archive id>.tarc` or disagrees with the header.
+    pub async fn open_uncommitted(
+        repo: &Repository,
+        volume: &VolumeName,
+        object: &str,
+        size: u64,
+    ) -> Result<RemoteArchive, RepoError> {
+        let (seq, archive_id) = parse_archive_name(object).ok_or_else(|| RepoError::BadCommit {
+            key: volume.archives_prefix().join(object).to_string(),
+            detail: "not an archive object name (<seq>-<archive id>.tarc)".into(),
+        })?;
+        let commit = Commit {
+            volume: volume.clone(),
+            seq,
+            generation: 0,
+            archive_id: archive_id.to_string(),
+            object: object.to_string(),
+            size,
+            digest: Digest::default(),
+            key: volume.commit_key(seq, 0),
+        };
+        let mut archive = Self::open_checked(repo, &commit, false).await?;
+        archive.commit.digest = archive.trailer.trailer_sha256;
+        Ok(archive)
+    }
+
+    async fn open_checked(
+        repo: &Repository,
+        commit: &Commit,
+        check_digest: bool,
+    ) -> Result<RemoteArchive, RepoError> {
         let key = commit.archive_key();
         let corrupt = |source: FormatError| RepoError::Corrupt {
             key: key.to_string(),
@@ -60,13 +102,13 @@ impl RemoteArchive {
         // corrupt; the tail holds the trailer and usually the whole directory.
         let tail_start = size.saturating_sub(TAIL_READ);
         let (head, tail) = futures::try_join!(
-            read_range(repo, &key, 0..size.min(HEAD_READ)),
-            read_range(repo, &key, tail_start..size)
+            read_range(repo, &key, 0..size.min(HEAD_READ), size),
+            read_range(repo, &key, tail_start..size, size)
         )?;
         let pre = Preamble::decode(&head).map_err(corrupt)?;
         let trailer = Trailer::decode(&tail[tail.len() - TRAILER_LEN..]).map_err(corrupt)?;
         trailer.check_layout(size).map_err(corrupt)?;
-        if trailer.trailer_sha256 != commit.digest {
+        if check_digest && trailer.trailer_sha256 != commit.digest {
             return Err(RepoError::BadCommit {
                 key: commit.key.to_string(),
                 detail: format!(
@@ -90,12 +132,12 @@ impl RemoteArchive {
                 (dir_range.start - tail_start) as usize..(dir_range.end - tail_start) as usize,
             )
         } else {
-            read_range(repo, &key, dir_range).await?
+            read_range(repo, &key, dir_range, size).await?
         };
         let head = if trailer.body_offset <= head.len() as u64 {
             head.slice(..trailer.body_offset as usize)
         } else {
-            read_range(repo, &key, 0..trailer.body_offset).await?
+            read_range(repo, &key, 0..trailer.body_offset, size).await?
         };
         if PREAMBLE_LEN as u64 + u64::from(pre.header_len) != trailer.body_offset {
             return Err(corrupt(FormatError::corrupt(
@@ -156,7 +198,13 @@ impl RemoteArchive {
     /// [`RepoError::Corrupt`] or [`RepoError::Store`].
     pub async fn segment(&self, i: usize) -> Result<Vec<IndexEntry>, RepoError> {
         let d = &self.directory[i];
-        let bytes = read_range(&self.repo, &self.key, d.offset..d.offset + d.len()).await?;
+        let bytes = read_range(
+            &self.repo,
+            &self.key,
+            d.offset..d.offset + d.len(),
+            self.commit.size,
+        )
+        .await?;
         decode_segment(
             &bytes,
             d,
@@ -187,22 +235,50 @@ impl RemoteArchive {
                 ),
             });
         }
-        read_range(&self.repo, &self.key, range).await
+        read_range(&self.repo, &self.key, range, self.commit.size).await
     }
 }
 
-/// A ranged GET whose result must be exactly the requested length.
-async fn read_range(repo: &Repository, key: &Path, range: Range<u64>) -> Result<Bytes, RepoError> {
+/// `<seq>-<archive id>.tarc`: the seq and archive id of an archive object name.
+pub(crate) fn parse_archive_name(name: &str) -> Option<(u64, &str)> {
+    let (seq, rest) = name.strip_suffix(".tarc")?.split_once('-')?;
+    let digits = seq.len() == 12 && seq.bytes().all(|c| c.is_ascii_digit());
+    let id = !rest.is_empty() && rest.bytes().all(|c| c.is_ascii_hexdigit());
+    (digits && id).then(|| Some((seq.parse().ok()?, rest)))?
+}
+
+/// A ranged GET of archive `key`, which its commit marker says is `size` bytes long,
+/// whose result must be exactly the requested length. An object shorter than `size`
+/// is reported as [`RepoError::Truncated`], whatever the store said about the range.
+async fn read_range(
+    repo: &Repository,
+    key: &Path,
+    range: Range<u64>,
+    size: u64,
+) -> Result<Bytes, RepoError> {
     let want = range.end - range.start;
-    let bytes = super::retry::retry(|| repo.store().get_range(key, range.clone()))
-        .await
-        .map_err(|e| match e {
-            object_store::Error::NotFound { .. } => RepoError::Corrupt {
+    let result = super::retry::retry(|| repo.store().get_range(key, range.clone())).await;
+    let short = match &result {
+        Ok(bytes) => bytes.len() as u64 != want,
+        Err(object_store::Error::NotFound { .. }) => {
+            return Err(RepoError::Corrupt {
                 key: key.to_string(),
                 source: FormatError::corrupt("archive", "the archive object is missing"),
-            },
-            e => RepoError::store("read", key)(e),
-        })?;
+            });
+        }
+        Err(_) => true,
+    };
+    if short
+        && let Ok(meta) = repo.store().head(key).await
+        && meta.size < size
+    {
+        return Err(RepoError::Truncated {
+            key: key.to_string(),
+            actual: meta.size,
+            expected: size,
+        });
+    }
+    let bytes = result.map_err(RepoError::store("read", key))?;
     if bytes.len() as u64 != want {
         return Err(RepoError::Corrupt {
             key: key.to_string(),
@@ -214,4 +290,26 @@ async fn read_range(repo: &Repository, key: &Path, range: Range<u64>) -> Result<
         });
     }
     Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn archive_names_parse() {
+        assert_eq!(
+            parse_archive_name("000000000012-00ff.tarc"),
+            Some((12, "00ff"))
+        );
+        for bad in [
+            "12-00ff.tarc",
+            "000000000012-.tarc",
+            "000000000012-zz.tarc",
+            "000000000012-00ff.tarc#1",
+            "x",
+        ] {
+            assert_eq!(parse_archive_name(bad), None, "{bad}");
+        }
+    }
 }

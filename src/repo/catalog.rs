@@ -1,12 +1,14 @@
 //! The catalog, rebuilt from the repository on every call: volumes, their commits, and
 //! the chain of archives behind a point.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectStoreExt;
 use object_store::path::Path;
 
+use super::archive::parse_archive_name;
 use super::layout::{parse_commit_key, volumes_prefix};
 use super::publish::CommitMarker;
 use super::{RemoteArchive, RepoError, Repository, VolumeName};
@@ -119,6 +121,74 @@ impl std::fmt::Display for PointSelector {
     }
 }
 
+/// What is wrong with a volume's catalog (see [`Repository::catalog`]).
+#[derive(Debug, Clone)]
+pub enum CatalogProblem {
+    /// A commit marker that cannot be read or parsed.
+    CorruptMarker {
+        volume: VolumeName,
+        seq: u64,
+        generation: u32,
+        key: String,
+        detail: String,
+    },
+    /// A complete archive object whose seq has no valid marker and that has no
+    /// tombstone: a lost or corrupt marker, or a run killed between upload and commit.
+    /// Its `commit` is the marker that would commit it.
+    Orphan(Arc<RemoteArchive>),
+}
+
+impl CatalogProblem {
+    /// The seq concerned.
+    pub fn seq(&self) -> u64 {
+        match self {
+            CatalogProblem::CorruptMarker { seq, .. } => *seq,
+            CatalogProblem::Orphan(a) => a.commit.seq,
+        }
+    }
+}
+
+impl std::fmt::Display for CatalogProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CatalogProblem::CorruptMarker {
+                volume,
+                key,
+                detail,
+                ..
+            } => write!(
+                f,
+                "commit marker {key} is corrupt ({detail}): run `thinarc repair {volume}` to set it aside and re-commit its archive if intact"
+            ),
+            CatalogProblem::Orphan(a) => write!(
+                f,
+                "archive {} is complete but not committed (its commit marker is lost or corrupt): run `thinarc repair {}` to re-commit it",
+                a.key(),
+                a.commit.volume
+            ),
+        }
+    }
+}
+
+/// A volume's committed points and the problems of its catalog.
+#[derive(Debug, Clone, Default)]
+pub struct VolumeCatalog {
+    /// Committed points, oldest first.
+    pub commits: Vec<Commit>,
+    /// Corrupt markers, then complete orphan archives, each by seq.
+    pub problems: Vec<CatalogProblem>,
+    /// The highest seq any marker key (valid or not), set-aside marker or archive
+    /// object of the volume names: the next point gets a higher one.
+    pub max_seq: u64,
+}
+
+impl VolumeCatalog {
+    /// The seq of the next point: above every seq ever named, so none is reused.
+    pub fn next_seq(&self) -> u64 {
+        self.max_seq + 1
+    }
+}
+
 /// The key of one commit marker, not yet read.
 #[derive(Debug, Clone)]
 pub(crate) struct MarkerKey {
@@ -202,8 +272,9 @@ impl Repository {
             .iter()
             .filter_map(|p| p.filename().and_then(|s| VolumeName::from_key(s).ok()))
             .collect();
-        // A volume exists once it has a committed point: an interrupted first backup
-        // may leave an empty folder or an uncommitted archive behind.
+        // A volume exists once it has a commit marker, or a complete archive whose
+        // marker is lost: an interrupted first backup may leave an empty folder or a
+        // partial archive behind.
         let mut names = Vec::new();
         for v in candidates {
             let commits = v.commits_prefix();
@@ -212,7 +283,7 @@ impl Repository {
                 .await?
                 .iter()
                 .any(|m| m.location.filename().and_then(parse_commit_key).is_some());
-            if has_point {
+            if has_point || !self.catalog(&v).await?.problems.is_empty() {
                 names.push(v);
             }
         }
@@ -251,6 +322,15 @@ impl Repository {
         volume: &VolumeName,
         keys: Vec<MarkerKey>,
     ) -> Result<Vec<Commit>, RepoError> {
+        self.read_markers(volume, keys).await.into_iter().collect()
+    }
+
+    /// Reads the commit markers `keys` of `volume`, each to its commit or its error.
+    pub(crate) async fn read_markers(
+        &self,
+        volume: &VolumeName,
+        keys: Vec<MarkerKey>,
+    ) -> Vec<Result<Commit, RepoError>> {
         futures::stream::iter(keys)
             .map(|k| async move {
                 let m = read_marker(self, &k.key).await?;
@@ -266,22 +346,99 @@ impl Repository {
                 })
             })
             .buffered(MARKER_READS)
-            .try_collect()
+            .collect()
             .await
     }
 
-    /// Committed points of `volume`, oldest first (empty for an unknown volume): for
-    /// each seq, the marker of the highest generation.
+    /// The catalog of `volume`: its committed points and what is wrong with its
+    /// markers. A marker that cannot be read or parsed is a problem of its seq, not a
+    /// failure of the volume: for each seq, the highest generation whose marker is
+    /// valid is the committed one. Archive objects whose seq has no valid marker and
+    /// no tombstone, and whose header, trailer and directory check out, are complete
+    /// orphans (a lost marker, or a run killed between upload and commit).
     ///
     /// # Errors
-    /// [`RepoError::Store`] or [`RepoError::BadCommit`].
+    /// [`RepoError::Store`] when listing fails (a marker or archive that cannot be
+    /// read is a problem, not an error).
+    pub async fn catalog(&self, volume: &VolumeName) -> Result<VolumeCatalog, RepoError> {
+        let keys = self.markers(volume).await?;
+        let mut max_seq = keys.last().map_or(0, |k| k.seq);
+        let mut commits: Vec<Commit> = Vec::new();
+        let mut problems = Vec::new();
+        for (key, read) in keys
+            .clone()
+            .into_iter()
+            .zip(self.read_markers(volume, keys).await)
+        {
+            match read {
+                Ok(c) => {
+                    if commits.last().is_some_and(|l| l.seq == c.seq) {
+                        commits.pop();
+                    }
+                    commits.push(c);
+                }
+                Err(e @ RepoError::Store { .. }) => return Err(e),
+                Err(e) => problems.push(CatalogProblem::CorruptMarker {
+                    volume: volume.clone(),
+                    seq: key.seq,
+                    generation: key.generation,
+                    key: key.key.to_string(),
+                    detail: match e {
+                        RepoError::BadCommit { detail, .. } => detail,
+                        e => e.to_string(),
+                    },
+                }),
+            }
+        }
+        let committed: HashSet<u64> = commits.iter().map(|c| c.seq).collect();
+        let tombstones: HashSet<String> = self
+            .list(&volume.tombstones_prefix())
+            .await?
+            .into_iter()
+            .filter_map(|m| m.location.filename().map(str::to_string))
+            .collect();
+        let mut orphans = Vec::new();
+        for m in self.list(&volume.archives_prefix()).await? {
+            let Some(name) = m.location.filename() else {
+                continue;
+            };
+            let Some((seq, _)) = parse_archive_name(name) else {
+                continue;
+            };
+            max_seq = max_seq.max(seq);
+            if committed.contains(&seq) || tombstones.contains(name) {
+                continue;
+            }
+            if let Ok(a) = RemoteArchive::open_uncommitted(self, volume, name, m.size).await {
+                orphans.push(a);
+            }
+        }
+        for m in self.list(&volume.damaged_prefix()).await? {
+            if let Some((seq, _)) = m.location.filename().and_then(parse_commit_key) {
+                max_seq = max_seq.max(seq);
+            }
+        }
+        orphans.sort_by_key(|a| a.commit.seq);
+        problems.extend(
+            orphans
+                .into_iter()
+                .map(|a| CatalogProblem::Orphan(Arc::new(a))),
+        );
+        Ok(VolumeCatalog {
+            commits,
+            problems,
+            max_seq,
+        })
+    }
+
+    /// Committed points of `volume`, oldest first (empty for an unknown volume): for
+    /// each seq, the valid marker of the highest generation (see
+    /// [`catalog`](Self::catalog), which also says what is wrong).
+    ///
+    /// # Errors
+    /// [`RepoError::Store`].
     pub async fn commits(&self, volume: &VolumeName) -> Result<Vec<Commit>, RepoError> {
-        let mut keys = self.markers(volume).await?;
-        // Sorted by (seq, generation): keep the last of each seq.
-        keys.reverse();
-        keys.dedup_by_key(|k| k.seq);
-        keys.reverse();
-        self.read_commits(volume, keys).await
+        Ok(self.catalog(volume).await?.commits)
     }
 
     /// Committed points of `volume`, failing when the volume does not exist.
@@ -420,40 +577,171 @@ pub struct PointInfo {
     pub archive_digest: String,
     /// Source path recorded at backup.
     pub source: String,
+    /// Why the point cannot be restored (absent for an intact point).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub damage: Option<String>,
+}
+
+impl PointInfo {
+    /// A row for point `seq` of `volume` that is damaged as `damage` says.
+    fn damaged(volume: &VolumeName, seq: u64, id: &str, stored_bytes: u64, damage: String) -> Self {
+        PointInfo {
+            volume: volume.to_string(),
+            id: id.to_string(),
+            seq,
+            created: String::new(),
+            parent: None,
+            size: 0,
+            block_size: 0,
+            blocks: 0,
+            data_blocks: 0,
+            stored_bytes,
+            image_digest: String::new(),
+            archive_digest: String::new(),
+            source: String::new(),
+            damage: Some(damage),
+        }
+    }
+
+    fn of(a: &RemoteArchive) -> Self {
+        let (h, t) = (&a.header, &a.trailer);
+        PointInfo {
+            volume: h.volume_name.clone(),
+            id: h.archive_id.clone(),
+            seq: h.seq,
+            created: h.created.clone(),
+            parent: h.parent.as_ref().map(|p| p.id.clone()),
+            size: h.size,
+            block_size: h.block_size,
+            blocks: t.data_blocks + t.zero_blocks,
+            data_blocks: t.data_blocks,
+            stored_bytes: a.commit.size,
+            image_digest: t.image_digest.to_hex(),
+            archive_digest: t.trailer_sha256.to_hex(),
+            source: h.source.path.clone(),
+            damage: None,
+        }
+    }
 }
 
 impl Repository {
-    /// Describes every committed point of `volume`, oldest first, reading each
-    /// archive's header and trailer.
+    /// Describes every point of `volume`, oldest first, reading each archive's header
+    /// and trailer (and, for points whose chain holds an archive recorded damaged in
+    /// some blocks, the index segments of those blocks). A point that cannot be
+    /// restored says why in [`PointInfo::damage`]: its archive cannot be read, its
+    /// chain is broken, it depends on damaged data; so do rows for corrupt markers and
+    /// for complete archives whose marker is lost.
     ///
     /// # Errors
-    /// [`RepoError::VolumeNotFound`], or the first archive that cannot be read,
-    /// by name.
+    /// [`RepoError::VolumeNotFound`], or [`RepoError::Store`] when listing fails.
     pub async fn describe(&self, volume: &VolumeName) -> Result<Vec<PointInfo>, RepoError> {
-        let commits = self.existing_commits(volume).await?;
-        futures::stream::iter(commits)
-            .map(|c| async move {
-                let a = RemoteArchive::open(self, &c).await?;
-                let (h, t) = (&a.header, &a.trailer);
-                Ok(PointInfo {
-                    volume: h.volume_name.clone(),
-                    id: h.archive_id.clone(),
-                    seq: h.seq,
-                    created: h.created.clone(),
-                    parent: h.parent.as_ref().map(|p| p.id.clone()),
-                    size: h.size,
-                    block_size: h.block_size,
-                    blocks: t.data_blocks + t.zero_blocks,
-                    data_blocks: t.data_blocks,
-                    stored_bytes: c.size,
-                    image_digest: t.image_digest.to_hex(),
-                    archive_digest: t.trailer_sha256.to_hex(),
-                    source: h.source.path.clone(),
-                })
-            })
-            .buffered(MARKER_READS)
-            .try_collect()
+        let catalog = self.catalog(volume).await?;
+        if catalog.commits.is_empty() && catalog.problems.is_empty() {
+            self.existing_commits(volume).await?;
+        }
+        let opened: Vec<Result<RemoteArchive, RepoError>> =
+            futures::stream::iter(catalog.commits.iter())
+                .map(|c| RemoteArchive::open(self, c))
+                .buffered(MARKER_READS)
+                .collect()
+                .await;
+        let records = self.damage_records(volume).await?;
+        let mut rows: Vec<PointInfo> = Vec::new();
+        // Per listed seq: the archive, if it opened and its chain links hold (block
+        // damage does not break a chain: a child may hold those blocks again).
+        let mut linked: std::collections::HashMap<u64, &RemoteArchive> = Default::default();
+        for (c, a) in catalog.commits.iter().zip(&opened) {
+            let a = match a {
+                Ok(a) => a,
+                Err(e) => {
+                    rows.push(PointInfo::damaged(
+                        volume,
+                        c.seq,
+                        &c.archive_id,
+                        c.size,
+                        format!("{e}"),
+                    ));
+                    continue;
+                }
+            };
+            let mut row = PointInfo::of(a);
+            row.damage = match &a.header.parent {
+                None => None,
+                Some(p) => match linked.get(&p.seq) {
+                    None if rows.iter().any(|r| r.seq == p.seq) => Some(format!(
+                        "depends on damaged seq {} (run `thinarc verify {volume}`)",
+                        p.seq
+                    )),
+                    None => Some(format!(
+                        "chain broken: parent seq {} (archive {}) is not committed",
+                        p.seq, p.id
+                    )),
+                    Some(pa) => {
+                        let same = pa.commit.archive_id == p.id && pa.commit.digest == p.digest;
+                        let image = p.image == Some(pa.trailer.image_digest);
+                        (!(same || image) || pa.header.volume_id != a.header.volume_id).then(|| {
+                            format!(
+                                "chain broken: parent seq {} is not archive {} it was built on",
+                                p.seq, p.id
+                            )
+                        })
+                    }
+                },
+            };
+            if row.damage.is_none() {
+                linked.insert(c.seq, a);
+                row.damage = self.record_damage_of(&catalog.commits, c, &records).await;
+            }
+            rows.push(row);
+        }
+        for p in &catalog.problems {
+            match p {
+                CatalogProblem::CorruptMarker { seq, .. }
+                    if catalog.commits.iter().any(|c| c.seq == *seq) => {}
+                CatalogProblem::CorruptMarker { seq, .. } => {
+                    rows.push(PointInfo::damaged(volume, *seq, "?", 0, p.to_string()))
+                }
+                CatalogProblem::Orphan(a) => rows.push(PointInfo {
+                    damage: Some(p.to_string()),
+                    ..PointInfo::of(a)
+                }),
+            }
+        }
+        // A corrupt marker and the orphan archive of the same seq: one row.
+        rows.sort_by_key(|r| (r.seq, r.id == "?"));
+        rows.dedup_by(|b, a| a.seq == b.seq && b.id == "?");
+        Ok(rows)
+    }
+
+    /// What point `c` depends on among the damage `records`, if its chain holds a
+    /// recorded archive.
+    async fn record_damage_of(
+        &self,
+        commits: &[Commit],
+        c: &Commit,
+        records: &[super::DamageRecord],
+    ) -> Option<String> {
+        if records.is_empty() {
+            return None;
+        }
+        let chain = self
+            .resolve(commits, &PointSelector::Seq(c.seq))
             .await
+            .ok()?;
+        if !chain
+            .archives
+            .iter()
+            .any(|a| records.iter().any(|r| r.archive == a.commit.archive_id))
+        {
+            return None;
+        }
+        match super::chain_damage(&chain, records).await {
+            Ok(d) if d.is_empty() => None,
+            Ok(d) => Some(format!(
+                "depends on {d} (the next backup stores them again; see `thinarc verify`)"
+            )),
+            Err(e) => Some(e.to_string()),
+        }
     }
 }
 

@@ -127,12 +127,14 @@ impl Repository {
             .into_iter()
             .filter(|k| k.seq == seq)
             .collect();
-        let commits = self.read_commits(volume, keys).await?;
-        for c in &commits {
+        // A corrupt marker of the seq names no archive to tombstone: it is deleted
+        // with the others.
+        let read = self.read_markers(volume, keys.clone()).await;
+        for c in read.iter().flatten() {
             self.write_tombstone(volume, &c.object, reason).await?;
         }
-        for c in &commits {
-            self.delete("delete marker", &c.key).await?;
+        for k in &keys {
+            self.delete("delete marker", &k.key).await?;
         }
         Ok(())
     }
@@ -159,10 +161,21 @@ impl Repository {
     ) -> Result<Cleaned, RepoError> {
         let cutoff = now - grace;
         let mut cleaned = Cleaned::default();
-        let committed = self.commits(volume).await?;
-        let listed: HashSet<String> = committed.iter().map(|c| c.object.clone()).collect();
-        let current: HashSet<(u64, u32)> =
+        // Damage is left for `repair`: corrupt markers are not read, and complete
+        // orphan archives (a lost marker) are kept like committed ones.
+        let catalog = self.catalog(volume).await?;
+        let committed = catalog.commits;
+        let mut listed: HashSet<String> = committed.iter().map(|c| c.object.clone()).collect();
+        let mut current: HashSet<(u64, u32)> =
             committed.iter().map(|c| (c.seq, c.generation)).collect();
+        for p in &catalog.problems {
+            match p {
+                super::CatalogProblem::CorruptMarker {
+                    seq, generation, ..
+                } => current.insert((*seq, *generation)),
+                super::CatalogProblem::Orphan(a) => listed.insert(a.commit.object.clone()),
+            };
+        }
         let superseded: Vec<_> = self
             .markers(volume)
             .await?

@@ -9,6 +9,8 @@
 //! volumes/<volume>/commits/<seq>.<generation>         markers of replaced archives
 //! volumes/<volume>/tombstones/<archive object name>   when an archive was superseded
 //! volumes/<volume>/clock                              a probe for the store's clock
+//! volumes/<volume>/damaged/<marker name>              corrupt markers set aside by repair
+//! volumes/<volume>/damage/<archive-id>                damage records (JSON, derived)
 //! ```
 //! `<seq>` is the sequence number as 12 decimal digits so keys sort in history order;
 //! `<generation>` is 6 decimal digits from 000001 (a point whose archive was replaced
@@ -118,6 +120,16 @@ impl VolumeName {
     /// Key of the tombstone of archive object `object`.
     pub(crate) fn tombstone_key(&self, object: &str) -> Path {
         self.tombstones_prefix().join(object)
+    }
+
+    /// Where `repair` sets corrupt commit markers aside.
+    pub(crate) fn damaged_prefix(&self) -> Path {
+        self.prefix().join("damaged")
+    }
+
+    /// Where damage records are kept.
+    pub(crate) fn damage_prefix(&self) -> Path {
+        self.prefix().join("damage")
     }
 
     /// Key of the object written to read the store's clock.

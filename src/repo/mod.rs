@@ -29,10 +29,12 @@ mod chain;
 mod cleanup;
 mod clock;
 mod config;
+mod damage;
 mod layout;
 mod location;
 mod lock;
 mod publish;
+mod repair;
 mod retry;
 
 use std::sync::Arc;
@@ -40,11 +42,12 @@ use std::sync::Arc;
 use object_store::ObjectStore;
 
 pub use archive::RemoteArchive;
-pub use catalog::{Chain, Commit, PointInfo, PointSelector};
+pub use catalog::{CatalogProblem, Chain, Commit, PointInfo, PointSelector, VolumeCatalog};
 pub use chain::{ChainCursor, Resolved};
 pub use cleanup::{Cleaned, LEFTOVER_GRACE};
 pub use clock::clock_went_back;
 pub use config::RepoConfig;
+pub use damage::{ChainDamage, DamageKind, DamageRecord, MAX_DAMAGED_BLOCKS, chain_damage};
 pub use layout::{VolumeName, new_id};
 pub use location::{Location, open_store, parse_location};
 pub use lock::{
@@ -52,6 +55,7 @@ pub use lock::{
     hostname, lock_ttl, settle_dropped_locks,
 };
 pub use publish::{ArchiveUpload, Published};
+pub use repair::{RepairAction, RepairScope};
 
 use crate::format::FormatError;
 
@@ -83,6 +87,15 @@ pub enum RepoError {
         "archive {key} is corrupt: {source} (run `thinarc verify`; other volumes are unaffected)"
     )]
     Corrupt { key: String, source: FormatError },
+    /// An archive object is shorter than its commit marker says.
+    #[error(
+        "archive {key} is truncated: {actual} of {expected} bytes (run `thinarc verify`; other volumes are unaffected)"
+    )]
+    Truncated {
+        key: String,
+        actual: u64,
+        expected: u64,
+    },
     /// A commit marker is malformed or disagrees with its archive.
     #[error("commit {key} is invalid: {detail}")]
     BadCommit { key: String, detail: String },

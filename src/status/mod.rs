@@ -13,7 +13,9 @@ use serde::Serialize;
 use crate::backup::lvm_snapshots;
 use crate::format::LvmSnapshot;
 use crate::lvm::LvName;
-use crate::repo::{HeldLock, PointSelector, Repository, VolumeName, held_locks};
+use std::collections::HashSet;
+
+use crate::repo::{CatalogProblem, HeldLock, PointSelector, Repository, VolumeName, held_locks};
 use crate::source::lvm::ThinarcSnapshot;
 pub use record::{Operation, Outcome, Record, Records, Slot};
 pub use run_lock::{RunLock, RunLockError, RunLocked};
@@ -70,6 +72,30 @@ pub struct VolumeStatus {
     pub snapshots: Vec<ThinarcSnapshot>,
     /// Problems found while gathering the status (e.g. an unreadable archive).
     pub problems: Vec<String>,
+    /// Damage of the volume's catalog and archives (all zero for a sound volume).
+    pub damage: DamageCounts,
+}
+
+/// What is damaged in a volume, from its catalog and damage records (no block data is
+/// read).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct DamageCounts {
+    /// Commit markers that cannot be read or parsed.
+    pub corrupt_markers: usize,
+    /// Complete archives whose seq has no valid marker (a lost marker).
+    pub orphans: usize,
+    /// Listed points that cannot be restored: their archive or chain is damaged, or they
+    /// depend on recorded damaged data.
+    pub damaged_points: usize,
+    /// Whether the last successful backup's point is no longer listed.
+    pub lost_success: bool,
+}
+
+impl DamageCounts {
+    /// Whether anything is damaged.
+    pub fn any(&self) -> bool {
+        *self != DamageCounts::default()
+    }
 }
 
 impl VolumeStatus {
@@ -96,6 +122,7 @@ impl VolumeStatus {
     /// wrong with what is stored.
     pub fn ok(&self) -> bool {
         self.problems.is_empty()
+            && !self.damage.any()
             && self
                 .backup
                 .last
@@ -156,6 +183,7 @@ pub async fn gather(
             locks: Vec::new(),
             snapshots: Vec::new(),
             problems: unreachable.iter().cloned().collect(),
+            damage: DamageCounts::default(),
         };
         if let (Some(repo), Ok(v)) = (repo, VolumeName::new(&name)) {
             catalog(repo, &v, time, &mut s).await;
@@ -171,6 +199,7 @@ pub async fn gather(
             o.last_success = slot(Slot::Success).await;
             o.last_failure = slot(Slot::Failure).await;
         }
+        lost_success(&mut s);
         if volume.is_some() && s.points == 0 && s.backup.last.is_none() && repo.is_some() {
             anyhow::bail!("no volume named {name} in {location}, and no records of it");
         }
@@ -188,9 +217,25 @@ pub async fn gather(
 /// far less.
 const CLOCK_AHEAD_TOLERANCE: std::time::Duration = std::time::Duration::from_secs(300);
 
-/// Fills the catalog part of `s`: points, chain length, stored bytes, newest point.
+/// Reports a last successful backup whose point is no longer listed (its marker lost).
+fn lost_success(s: &mut VolumeStatus) {
+    let Some(seq) = s.backup.last_success.as_ref().and_then(|r| r.seq) else {
+        return;
+    };
+    if s.points > 0 && s.newest.as_ref().is_some_and(|n| n.seq < seq) {
+        s.damage.lost_success = true;
+        s.problems.push(format!(
+            "the last successful backup committed seq {seq}, which is not listed (newest listed: seq {}): its commit marker is lost or corrupt; run `thinarc repair {}`",
+            s.newest.as_ref().map_or(0, |n| n.seq),
+            s.volume
+        ));
+    }
+}
+
+/// Fills the catalog part of `s`: points, chain length, stored bytes, newest point,
+/// damage.
 async fn catalog(repo: &Repository, volume: &VolumeName, now: DateTime<Utc>, s: &mut VolumeStatus) {
-    let points = match repo.describe(volume).await {
+    let rows = match repo.describe(volume).await {
         Ok(p) => p,
         Err(crate::repo::RepoError::VolumeNotFound { .. }) => return,
         Err(e) => {
@@ -198,7 +243,34 @@ async fn catalog(repo: &Repository, volume: &VolumeName, now: DateTime<Utc>, s: 
             return;
         }
     };
-    s.points = points.len();
+    let mut listed: HashSet<u64> = HashSet::new();
+    match repo.catalog(volume).await {
+        Ok(c) => {
+            for p in &c.problems {
+                match p {
+                    CatalogProblem::CorruptMarker { .. } => s.damage.corrupt_markers += 1,
+                    CatalogProblem::Orphan(_) => s.damage.orphans += 1,
+                }
+            }
+            listed = c.commits.iter().map(|c| c.seq).collect();
+            for r in rows.iter().filter(|r| r.damage.is_some()) {
+                if listed.contains(&r.seq) {
+                    s.damage.damaged_points += 1;
+                }
+                s.problems.push(format!(
+                    "seq {}: {}",
+                    r.seq,
+                    r.damage.as_deref().unwrap_or_default()
+                ));
+            }
+            s.points = listed.len();
+        }
+        Err(e) => s.problems.push(e.to_string()),
+    }
+    let points: Vec<_> = rows
+        .into_iter()
+        .filter(|r| listed.contains(&r.seq) && !r.created.is_empty())
+        .collect();
     s.stored_bytes = points.iter().map(|p| p.stored_bytes).sum();
     if let Some(p) = points.last() {
         let created = DateTime::parse_from_rfc3339(&p.created)

@@ -122,6 +122,24 @@ const FAMILIES: &[Family] = &[
         value: |v| Some(v.snapshots.iter().filter(|s| !s.base).count() as f64),
     },
     Family {
+        name: "thinarc_damaged_points",
+        kind: "gauge",
+        help: "Listed points that cannot be restored (damaged archive or chain, or depending on recorded damaged data).",
+        value: |v| Some(v.damage.damaged_points as f64),
+    },
+    Family {
+        name: "thinarc_corrupt_markers",
+        kind: "gauge",
+        help: "Commit markers that cannot be read (`thinarc repair` sets them aside).",
+        value: |v| Some(v.damage.corrupt_markers as f64),
+    },
+    Family {
+        name: "thinarc_uncommitted_archives",
+        kind: "gauge",
+        help: "Complete archives whose commit marker is lost (`thinarc repair` commits them again).",
+        value: |v| Some(v.damage.orphans as f64),
+    },
+    Family {
         name: "thinarc_problems",
         kind: "gauge",
         help: "Problems found reading the volume's catalog (0 = none).",

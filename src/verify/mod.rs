@@ -15,9 +15,13 @@
 //!   snapshot, the one the latest archive was read from (the LV itself has changed
 //!   since): it must still exist unchanged, and is activated only for the read.
 //!
+//! - **Catalog**: corrupt commit markers and complete archives whose marker is lost.
+//!
 //! Every problem is recorded with the volume, archive and block it concerns, and the
-//! check goes on. Only a failure to run at all (no such volume, the store unreachable,
-//! an unreadable source) is an error. Nothing is written.
+//! check goes on; every point that depends on damaged data is named. Only a failure to
+//! run at all (no such volume, the store unreachable, an unreadable source) is an
+//! error. The only thing written is a damage record per damaged archive
+//! (`damage/<archive-id>`), which the next backup and `status` read.
 
 mod data;
 mod index;
@@ -34,8 +38,8 @@ use crate::format::ImageHasher;
 use crate::lvm::LvName;
 use crate::progress::Progress;
 use crate::repo::{
-    ChainCursor, Commit, PointSelector, RemoteArchive, RepoError, Repository, Resolved, VolumeName,
-    clock_went_back,
+    CatalogProblem, ChainCursor, Commit, DamageKind, DamageRecord, PointSelector, RemoteArchive,
+    RepoError, Repository, Resolved, VolumeName, chain_damage, clock_went_back,
 };
 use crate::source::RawSource;
 use crate::source::lvm::ActiveBase;
@@ -268,11 +272,46 @@ async fn check_volume(
     report: &mut VerifyReport,
 ) -> Option<Arc<RemoteArchive>> {
     let mut rec = Recorder { report, volume };
-    let commits = match repo.commits(volume).await {
-        Ok(c) => c,
+    let (commits, catalog_problems) = match repo.catalog(volume).await {
+        Ok(c) => (c.commits, c.problems),
         Err(e) => {
             rec.add(None, None, format!("cannot read the commit markers: {e}"));
             return None;
+        }
+    };
+    for p in &catalog_problems {
+        rec.report.problems.push(Problem {
+            volume: volume.to_string(),
+            seq: Some(p.seq()),
+            archive: match p {
+                CatalogProblem::Orphan(a) => Some(a.commit.archive_id.clone()),
+                CatalogProblem::CorruptMarker { .. } => None,
+            },
+            block: None,
+            problem: p.to_string(),
+        });
+    }
+    // What is found damaged, by archive id: recorded for later runs, and every point
+    // that depends on it is named.
+    let mut damage: HashMap<String, DamageRecord> = HashMap::new();
+    let mut damaged = |c: &Commit, kind: DamageKind, blocks: Option<u64>, detail: &str| {
+        let r = damage.entry(c.archive_id.clone()).or_insert_with(|| {
+            DamageRecord::new(
+                &c.archive_id,
+                c.seq,
+                &c.object,
+                kind,
+                detail.to_string(),
+                "verify",
+            )
+        });
+        if kind == DamageKind::Archive && r.kind != DamageKind::Archive {
+            r.kind = DamageKind::Archive;
+            r.blocks.clear();
+            r.detail = detail.to_string();
+        }
+        if let (DamageKind::Blocks, Some(b)) = (r.kind, blocks) {
+            r.add_blocks([b]);
         }
     };
     let objects: HashMap<String, u64> = match repo.list(&volume.archives_prefix()).await {
@@ -292,24 +331,27 @@ async fn check_volume(
         rec.report.archives += 1;
         match objects.get(&c.object) {
             None => {
-                rec.add(
-                    Some(c),
-                    None,
-                    format!("archive object {} is missing", c.archive_key()),
-                );
+                let problem = format!("archive object {} is missing", c.archive_key());
+                damaged(c, DamageKind::Archive, None, &problem);
+                rec.add(Some(c), None, problem);
                 continue;
             }
             Some(&size) if size != c.size => {
-                rec.add(
-                    Some(c),
-                    None,
+                let problem = if size < c.size {
+                    describe(&RepoError::Truncated {
+                        key: c.archive_key().to_string(),
+                        actual: size,
+                        expected: c.size,
+                    })
+                } else {
                     format!(
-                        "archive object {} has {size} bytes, its commit marker says {}{}",
+                        "archive object {} has {size} bytes, its commit marker says {}",
                         c.archive_key(),
-                        c.size,
-                        if size < c.size { " (truncated)" } else { "" }
-                    ),
-                );
+                        c.size
+                    )
+                };
+                damaged(c, DamageKind::Archive, None, &problem);
+                rec.add(Some(c), None, problem);
                 continue;
             }
             Some(_) => {}
@@ -317,6 +359,7 @@ async fn check_volume(
         let archive = match RemoteArchive::open(repo, c).await {
             Ok(a) => Arc::new(a),
             Err(e) => {
+                damaged(c, DamageKind::Archive, None, &describe(&e));
                 rec.add(Some(c), None, describe(&e));
                 continue;
             }
@@ -324,6 +367,7 @@ async fn check_volume(
         let found = index::check_index(&archive).await;
         let clean = found.is_empty();
         for (block, problem) in found {
+            damaged(c, DamageKind::Archive, None, &problem);
             rec.add(Some(c), block, problem);
         }
         if clean {
@@ -344,13 +388,15 @@ async fn check_volume(
     }
 
     // Points: parent links through the catalog, image digests from the indexes.
+    let mut resolved: Vec<u64> = Vec::new();
     for c in &commits {
         if !sound.iter().any(|a| a.commit.seq == c.seq) {
             continue; // the archive itself is reported above
         }
         rec.report.points += 1;
-        if let Err(problem) = check_point(repo, &commits, c).await {
-            rec.add(Some(c), None, problem);
+        match check_point(repo, &commits, c).await {
+            Ok(()) => resolved.push(c.seq),
+            Err(problem) => rec.add(Some(c), None, problem),
         }
     }
 
@@ -361,8 +407,54 @@ async fn check_volume(
             rec.report.data_blocks_checked += checked.blocks;
             rec.report.bytes_read += checked.bytes;
             for (block, problem) in checked.problems {
+                let kind = match block {
+                    Some(_) => DamageKind::Blocks,
+                    None => DamageKind::Archive,
+                };
+                damaged(&a.commit, kind, block, &problem);
                 rec.add(Some(&a.commit), block, problem);
             }
+        }
+    }
+
+    // Points that depend on damaged data of an older archive: their chain holds it and
+    // no newer archive of the chain holds the damaged blocks. (A point whose chain does
+    // not resolve, or whose own archive is damaged, is named above.)
+    for c in commits.iter().filter(|c| resolved.contains(&c.seq)) {
+        let Ok(chain) = repo.resolve(&commits, &PointSelector::Seq(c.seq)).await else {
+            continue;
+        };
+        let records: Vec<DamageRecord> = damage
+            .values()
+            .filter(|r| r.archive != c.archive_id)
+            .cloned()
+            .collect();
+        match chain_damage(&chain, &records).await {
+            Ok(d) if d.is_empty() => {}
+            Ok(d) => rec.add(
+                Some(c),
+                d.blocks.first().map(|b| b.0),
+                format!(
+                    "the point depends on {d}: it cannot be restored in full; the next backup stores these blocks again (or run `thinarc backup --full`)"
+                ),
+            ),
+            Err(e) => rec.add(Some(c), None, describe(&e)),
+        }
+    }
+
+    // Damage records for the next backup and status; a record of an archive now
+    // found whole (all of its data read) is removed.
+    for r in damage.values() {
+        if let Err(e) = repo.write_damage(volume, r).await {
+            rec.add(None, None, format!("cannot write the damage record: {e}"));
+        }
+    }
+    if opts.data == DataCheck::All {
+        for a in sound
+            .iter()
+            .filter(|a| !damage.contains_key(&a.commit.archive_id))
+        {
+            let _ = repo.clear_damage(volume, &a.commit.archive_id).await;
         }
     }
     let latest = commits.last()?;
@@ -407,6 +499,11 @@ async fn check_point(repo: &Repository, commits: &[Commit], c: &Commit) -> Resul
 pub(super) fn describe(e: &RepoError) -> String {
     match e {
         RepoError::Corrupt { key, source } => format!("archive {key} is corrupt: {source}"),
+        RepoError::Truncated {
+            key,
+            actual,
+            expected,
+        } => format!("archive {key} is truncated: {actual} of {expected} bytes"),
         e => e.to_string(),
     }
 }

@@ -459,18 +459,19 @@ async fn failed_commit_marker_put_lists_nothing_and_a_retry_succeeds() {
         f.repo.commits(&volume).await.unwrap().is_empty(),
         "nothing is listed"
     );
-    // The uploaded archive stays as an uncommitted leftover (the failure may have been
-    // ambiguous, so deleting it could break a marker that was in fact written).
+    // The uploaded archive stays (the failure may have been ambiguous, so deleting it
+    // could break a marker that was in fact written): it is complete, so the next
+    // backup commits it again as seq 1 before it writes seq 2.
     f.set(|x| x.fail_commits = false);
 
     let r = backup_file(&f.repo, &volume, &src, None)
         .await
         .expect("retry");
-    assert_eq!(r.seq, 1);
+    assert_eq!(r.seq, 2);
     let commits = f.assert_commits_name_existing_objects(&volume).await;
-    assert_eq!(seqs(&commits), [1]);
-    assert_eq!(commits[0].archive_id, r.archive);
-    restore_every_point(&f.repo, f.t.dir.path(), &volume, &[img]).await;
+    assert_eq!(seqs(&commits), [1, 2]);
+    assert_eq!(commits[1].archive_id, r.archive);
+    restore_every_point(&f.repo, f.t.dir.path(), &volume, &[img.clone(), img]).await;
 }
 
 /// The marker put reached the store but its response was lost (a transport error). The

@@ -5,6 +5,7 @@ mod cli;
 mod clock;
 mod copy;
 mod exit_codes;
+mod damage;
 mod faults;
 mod format;
 mod lock;

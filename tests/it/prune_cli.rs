@@ -163,18 +163,14 @@ fn bad_policies_unknown_volumes_and_corrupt_archives_are_refused() {
         .expect("seq 3 holds block 4");
     bytes[at] ^= 1;
     write(&dir.join(&name), &bytes);
+    // The fold into seq 5 needs the damaged block: it is skipped with a warning, and
+    // nothing it needs is dropped.
     let o = t.run(&["prune", "v", "--keep-last", "1"]);
-    assert_eq!(o.code, Some(1), "{}", o.show());
+    assert_eq!(o.code, Some(0), "{}", o.show());
     assert!(
-        o.stderr.starts_with(&format!(
-            "error: prune of v failed: cannot rewrite seq 5 of v: archive volumes/v/archives/{name}"
+        o.stderr.contains(&format!(
+            "seq 5 was not rewritten, it needs damaged data (archive volumes/v/archives/{name}"
         )),
-        "{}",
-        o.show()
-    );
-    assert!(
-        o.stderr
-            .ends_with("nothing was deleted, the points rewritten before it stand\n"),
         "{}",
         o.show()
     );

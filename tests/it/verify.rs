@@ -174,11 +174,29 @@ async fn data_flip_scenario(t: &TempRepo) {
     assert_eq!(verify(t, &[], 0)["problems"], json!([]), "no data read");
     for args in [&["--data"][..], &["--data-subset", "100%"]] {
         let (at_, texts) = problems(&verify(t, args, 4));
-        assert_eq!(at_, [at(c, Some(block))], "{texts:?}");
+        // The block, then every point that takes it from seq 1's archive.
+        assert_eq!(
+            at_,
+            [
+                at(c, Some(block)),
+                at(&commits[1], Some(block)),
+                at(&commits[2], Some(block))
+            ],
+            "{texts:?}"
+        );
         assert!(
             texts[0].starts_with(&format!("block {block} checksum mismatch (expected ")),
             "{texts:?}"
         );
+        for text in &texts[1..] {
+            assert!(
+                text.starts_with(&format!(
+                    "the point depends on 1 damaged block(s) of archive {} (seq 1), first block {block}: ",
+                    c.archive_id
+                )),
+                "{texts:?}"
+            );
+        }
     }
     // The human form: one line per problem, then the summary; exit code 4.
     let out = t.run(&["verify", "--data", "-q"]);
@@ -195,7 +213,7 @@ async fn data_flip_scenario(t: &TempRepo) {
     assert_eq!(
         out.stderr,
         format!(
-            "error: verify found 1 problem in {} (listed above)\n",
+            "error: verify found 3 problems in {} (listed above)\n",
             t.location()
         )
     );
@@ -285,9 +303,22 @@ async fn missing_parent_commit_breaks_the_points_above() {
     let (repo, commits) = chain(&t).await;
     repo.store().delete(&commits[1].key).await.unwrap();
     let (at_, texts) = problems(&verify(&t, &[], 4));
-    assert_eq!(at_, [at(&commits[2], None)], "{texts:?}");
+    // Seq 2's archive is complete and uncommitted (its marker lost): named with the
+    // way back, and seq 3 above it.
+    assert_eq!(
+        at_,
+        [at(&commits[1], None), at(&commits[2], None)],
+        "{texts:?}"
+    );
     assert_eq!(
         texts[0],
+        format!(
+            "archive {} is complete but not committed (its commit marker is lost or corrupt): run `thinarc repair {VOLUME}` to re-commit it",
+            commits[1].archive_key()
+        )
+    );
+    assert_eq!(
+        texts[1],
         format!(
             "the point cannot be restored: chain of {VOLUME} is broken at seq 3: parent seq 2 (archive {}) is not committed",
             commits[1].archive_id
@@ -329,7 +360,7 @@ async fn truncated_archive() {
     assert_eq!(
         texts[0],
         format!(
-            "archive object {} has {} bytes, its commit marker says {full} (truncated)",
+            "archive {} is truncated: {} of {full} bytes",
             c.archive_key(),
             full / 2
         )

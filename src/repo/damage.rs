@@ -1,0 +1,253 @@
+//! Damage records: what verify (or a failed read) found wrong with an archive, kept at
+//! `volumes/<v>/damage/<archive-id>` so that later runs act on it without reading block
+//! data again: the next backup stores damaged blocks again, or starts a new chain when
+//! an archive of its parent's chain is structurally damaged; `status` counts the points
+//! that depend on damage.
+//!
+//! A record is derived information: deleting it is safe (verify writes it again), and
+//! readers ignore it for the catalog. A record of an archive that no point names any
+//! more is ignored.
+
+use chrono::Utc;
+use futures::StreamExt;
+use object_store::{ObjectStoreExt, PutPayload};
+use serde::{Deserialize, Serialize};
+
+use super::{RepoError, Repository, VolumeName};
+
+/// Most block indexes one record lists; more damaged blocks make the record
+/// [`DamageKind::Archive`].
+pub const MAX_DAMAGED_BLOCKS: usize = 4096;
+
+/// How much of an archive is damaged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DamageKind {
+    /// Some data blocks (listed): the rest of the archive reads.
+    Blocks,
+    /// The archive as a whole: missing, truncated, or a bad header, index or trailer.
+    Archive,
+}
+
+/// One damage record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DamageRecord {
+    /// Archive id.
+    pub archive: String,
+    /// Seq of the point the archive belongs to.
+    pub seq: u64,
+    /// Archive object name.
+    pub object: String,
+    /// Blocks or the whole archive.
+    pub kind: DamageKind,
+    /// Damaged block indexes, sorted (kind `blocks`).
+    pub blocks: Vec<u64>,
+    /// What was found.
+    pub detail: String,
+    /// When, RFC 3339.
+    pub found_at: String,
+    /// Which command found it.
+    pub found_by: String,
+}
+
+impl DamageRecord {
+    /// A record of `kind` for archive `archive` (id), `object` at `seq`.
+    pub fn new(
+        archive: &str,
+        seq: u64,
+        object: &str,
+        kind: DamageKind,
+        detail: String,
+        found_by: &str,
+    ) -> Self {
+        DamageRecord {
+            archive: archive.to_string(),
+            seq,
+            object: object.to_string(),
+            kind,
+            blocks: Vec::new(),
+            detail,
+            found_at: Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            found_by: found_by.to_string(),
+        }
+    }
+
+    /// Adds damaged `blocks` (kind `blocks`); past [`MAX_DAMAGED_BLOCKS`] the record
+    /// becomes kind `archive`.
+    pub fn add_blocks(&mut self, blocks: impl IntoIterator<Item = u64>) {
+        self.blocks.extend(blocks);
+        self.blocks.sort_unstable();
+        self.blocks.dedup();
+        if self.blocks.len() > MAX_DAMAGED_BLOCKS {
+            self.kind = DamageKind::Archive;
+            self.blocks.clear();
+        }
+    }
+}
+
+impl Repository {
+    /// Every readable damage record of `volume` (an unreadable one is ignored: it is
+    /// derived information).
+    ///
+    /// # Errors
+    /// [`RepoError::Store`] when listing fails.
+    pub async fn damage_records(
+        &self,
+        volume: &VolumeName,
+    ) -> Result<Vec<DamageRecord>, RepoError> {
+        let metas = self.list(&volume.damage_prefix()).await?;
+        Ok(futures::stream::iter(metas)
+            .map(|m| async move {
+                let bytes = self
+                    .store()
+                    .get(&m.location)
+                    .await
+                    .ok()?
+                    .bytes()
+                    .await
+                    .ok()?;
+                serde_json::from_slice::<DamageRecord>(&bytes).ok()
+            })
+            .buffered(16)
+            .filter_map(|r| async move { r })
+            .collect()
+            .await)
+    }
+
+    /// Writes `record`, replacing any record of the same archive.
+    ///
+    /// # Errors
+    /// [`RepoError::Store`].
+    pub async fn write_damage(
+        &self,
+        volume: &VolumeName,
+        record: &DamageRecord,
+    ) -> Result<(), RepoError> {
+        let key = volume.damage_prefix().join(record.archive.as_str());
+        let body = serde_json::to_vec_pretty(record).expect("a damage record serialises");
+        self.store()
+            .put(&key, PutPayload::from(body))
+            .await
+            .map_err(RepoError::store("write damage record", &key))?;
+        Ok(())
+    }
+
+    /// Removes the damage record of archive `archive` (id), if any.
+    ///
+    /// # Errors
+    /// [`RepoError::Store`].
+    pub async fn clear_damage(&self, volume: &VolumeName, archive: &str) -> Result<(), RepoError> {
+        let key = volume.damage_prefix().join(archive);
+        self.delete("delete damage record", &key).await
+    }
+}
+
+/// What damage the point a chain ends at depends on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChainDamage {
+    /// An archive of the chain recorded damaged as a whole: (archive id, seq, detail).
+    pub archive: Option<(String, u64, String)>,
+    /// Blocks the point takes from an archive recorded damaged in those blocks:
+    /// (block, archive id, seq), by block.
+    pub blocks: Vec<(u64, String, u64)>,
+}
+
+impl ChainDamage {
+    /// Whether the point depends on no recorded damage.
+    pub fn is_empty(&self) -> bool {
+        self.archive.is_none() && self.blocks.is_empty()
+    }
+}
+
+impl std::fmt::Display for ChainDamage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some((id, seq, detail)) = &self.archive {
+            return write!(f, "archive {id} (seq {seq}) is damaged: {detail}");
+        }
+        let mut archives: Vec<(&str, u64)> = self
+            .blocks
+            .iter()
+            .map(|(_, a, s)| (a.as_str(), *s))
+            .collect();
+        archives.sort_unstable();
+        archives.dedup();
+        let names: Vec<String> = archives
+            .iter()
+            .map(|(a, s)| format!("archive {a} (seq {s})"))
+            .collect();
+        write!(
+            f,
+            "{} damaged block(s) of {}, first block {}",
+            self.blocks.len(),
+            names.join(", "),
+            self.blocks.first().map_or(0, |b| b.0)
+        )
+    }
+}
+
+/// The damage of `records` that the point `chain` ends at depends on: an archive of the
+/// chain damaged as a whole, or damaged blocks the point takes from their archive (no
+/// newer archive of the chain holds them). Reads index segments, no block data.
+///
+/// # Errors
+/// [`RepoError`] when an index segment of the chain cannot be read.
+pub async fn chain_damage(
+    chain: &super::Chain,
+    records: &[DamageRecord],
+) -> Result<ChainDamage, RepoError> {
+    let mut out = ChainDamage::default();
+    let mut blocks: Vec<(u64, usize, &DamageRecord)> = Vec::new();
+    for r in records {
+        let Some(layer) = chain
+            .archives
+            .iter()
+            .position(|a| a.commit.archive_id == r.archive)
+        else {
+            continue;
+        };
+        match r.kind {
+            DamageKind::Archive => {
+                out.archive = Some((r.archive.clone(), r.seq, r.detail.clone()));
+                return Ok(out);
+            }
+            DamageKind::Blocks => blocks.extend(r.blocks.iter().map(|&b| (b, layer, r))),
+        }
+    }
+    blocks.sort_unstable_by_key(|(b, layer, _)| (*b, *layer));
+    let end = chain.tip().geometry().blocks();
+    let mut cursor = super::ChainCursor::new(chain);
+    for (b, layer, r) in blocks {
+        if b >= end || out.blocks.last().is_some_and(|l| l.0 == b) {
+            continue;
+        }
+        cursor.seek(b);
+        if let Some(super::Resolved::Data { layer: l, .. }) = cursor.next(b + 1).await?
+            && l == layer
+        {
+            out.blocks.push((b, r.archive.clone(), r.seq));
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn block_lists_are_sorted_deduplicated_and_bounded() {
+        let mut r = DamageRecord::new("ab", 2, "x.tarc", DamageKind::Blocks, "d".into(), "t");
+        r.add_blocks([9, 3, 9]);
+        assert_eq!((r.kind, r.blocks.clone()), (DamageKind::Blocks, vec![3, 9]));
+        r.add_blocks(0..=MAX_DAMAGED_BLOCKS as u64);
+        assert_eq!(
+            r.kind,
+            DamageKind::Archive,
+            "too many blocks: the whole archive"
+        );
+        assert!(r.blocks.is_empty());
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["kind"], "archive");
+        assert_eq!(json["found_by"], "t");
+    }
+}
