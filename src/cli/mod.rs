@@ -345,14 +345,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Copy(a) => copy::run(a, &ctx).await,
         }
     };
-    // On SIGINT or SIGTERM the command is dropped, which unwinds it like an error: a
-    // backup's upload is left uncommitted (removed by a later run) and a new restore
-    // target's temporary file is deleted. The operation in progress is recorded as
+    // On SIGINT or SIGTERM the command is dropped, which unwinds it like an error: an
+    // upload in progress is aborted (what an abort misses is removed by a later run)
+    // and a new restore target's temporary file is deleted. The operation in progress is recorded as
     // failed.
     let result = tokio::select! {
         r = command => r,
         signal = interrupted() => {
-            let why = format!("interrupted by {signal}: nothing partial was committed or kept");
+            // The dropped command's uploads are being aborted: say only what happened.
+            let uploads = crate::repo::settle_dropped_uploads().await;
+            let why = format!(
+                "interrupted by {signal}: nothing partial was committed{}",
+                interrupted_uploads(&uploads)
+            );
             ctx.abandon(&why).await;
             Err(anyhow::anyhow!(why))
         }
@@ -363,6 +368,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         ctx.alert(name, e).await;
     }
     result
+}
+
+/// What the interrupted message says of the uploads the signal cut short.
+fn interrupted_uploads(u: &crate::repo::DroppedUploads) -> String {
+    match (u.aborted, u.failed.first()) {
+        (_, Some(e)) => format!(
+            "; a partial upload could not be removed ({e}): the next run of the volume removes it"
+        ),
+        (0, None) => String::new(),
+        (_, None) => ", and the partial upload was removed".into(),
+    }
 }
 
 impl Command {

@@ -49,7 +49,7 @@ pub use lock::{
     DEFAULT_LOCK_TTL, HeldLock, LOCK_TTL_ENV, LockError, LockInfo, VolumeLock, held_locks,
     hostname, lock_ttl, settle_dropped_locks,
 };
-pub use publish::{ArchiveUpload, Published};
+pub use publish::{ArchiveUpload, DroppedUploads, Published, settle_dropped_uploads};
 
 use crate::format::FormatError;
 
@@ -102,6 +102,14 @@ pub enum RepoError {
         "another backup of {volume} committed seq {seq} first; this run's archive was discarded (run it again)"
     )]
     Conflict { volume: String, seq: u64 },
+    /// The commit marker could not be written; this run's archive was removed, or is
+    /// left for the next run (`removed` says which).
+    #[error("commit {key} failed: {source}; {removed}")]
+    CommitFailed {
+        key: String,
+        removed: String,
+        source: object_store::Error,
+    },
     /// The commit marker exists but could not be read back: whether this run's archive
     /// was committed is unknown. Nothing is deleted; `list` tells.
     #[error(

@@ -14,6 +14,7 @@ mod prune_cli;
 mod run;
 mod s3;
 mod since;
+mod space;
 mod status;
 mod throttle;
 mod util;
