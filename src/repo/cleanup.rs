@@ -48,6 +48,9 @@ pub struct Cleaned {
     pub bytes: u64,
     /// Markers of superseded generations deleted.
     pub markers: usize,
+    /// Bytes of superseded archives kept for the grace period (a reader may be
+    /// reading them; `prune --no-grace` deletes them).
+    pub waiting_bytes: u64,
 }
 
 impl Repository {
@@ -205,6 +208,9 @@ impl Repository {
                 cleaned.bytes += m.size;
                 cleaned.objects.push(name);
             } else {
+                if !listed.contains(&name) && tombstones.contains_key(&name) {
+                    cleaned.waiting_bytes += m.size;
+                }
                 present.insert(name);
             }
         }

@@ -109,6 +109,21 @@ pub fn open_store(location: &str, create: bool) -> Result<OpenedStore, RepoError
     ))
 }
 
+impl super::Repository {
+    /// Bytes an unprivileged writer may still use on the file system of a local
+    /// repository (statvfs); `None` for an object store or when it cannot be read.
+    pub fn free_space(&self) -> Option<u64> {
+        let root = self.local_root.as_ref()?;
+        let path = std::ffi::CString::new(root.as_os_str().as_encoded_bytes()).ok()?;
+        // SAFETY: a zeroed statvfs is a valid out-parameter and `path` a valid C string.
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+            return None;
+        }
+        Some(st.f_bavail.saturating_mul(st.f_frsize))
+    }
+}
+
 /// Builds the S3 store for `bucket` and `prefix` from the environment.
 fn open_s3(bucket: &str, prefix: &str) -> Result<Arc<dyn ObjectStore>, String> {
     let retry_timeout = match std::env::var("THINARC_RETRY_TIMEOUT") {

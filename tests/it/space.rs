@@ -175,3 +175,113 @@ fn space_interrupted_backup_removes_its_partial_upload() {
     );
     assert_eq!(files(&dir), Vec::<String>::new());
 }
+
+/// Backs `img` up as point of volume `v` and returns the `--json` report.
+fn backup_v(t: &TempRepo, src: &Path, img: &[u8]) -> serde_json::Value {
+    write(src, img);
+    t.json(&["backup", src.to_str().unwrap(), "--volume", "v"])
+}
+
+/// `len` bytes of incompressible data.
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut v = vec![0u8; len];
+    Rng::new(seed).fill(&mut v);
+    v
+}
+
+fn restore_v(t: &TempRepo, seq: &str, expected: &[u8], what: &str) {
+    let out = t.path("out.img");
+    t.ok(&["restore", "v", out.to_str().unwrap(), "--at", seq]);
+    assert_same_image(&read(&out), expected, what);
+}
+
+/// full-disk-prune-frees-nothing.sh: a full disk, and a prune whose only way to drop
+/// a point is a merge that does not fit. The failed backup that filled the disk gave
+/// its space back; prune refuses before writing anything, with numbers and what to
+/// do, and the newest point still restores.
+#[test]
+fn space_full_disk_prune_refuses_a_merge_that_does_not_fit() {
+    let t = TempRepo::uninit();
+    let fs = SmallFs::mount(&t.repo(), "19m");
+    t.ok(&["init"]);
+    let src = t.path("d.img");
+    backup_v(&t, &src, &noise(8 * MIB, 80));
+    let img = noise(8 * MIB, 81);
+    backup_v(&t, &src, &img);
+    let before = fs.free();
+    let mut third = img.clone();
+    Rng::new(82).fill(&mut third[..4 * MIB]);
+    write(&src, &third);
+    let e = t.fails(&["backup", src.to_str().unwrap(), "--volume", "v"]);
+    assert!(e.contains("No space left on device"), "{e}");
+    assert!(
+        fs.free() + 64 * 1024 >= before,
+        "the failed backup gave its space back: {} free before, {} after",
+        before,
+        fs.free()
+    );
+
+    let o = t.run(&["prune", "v", "--keep-last", "1"]);
+    assert_eq!(o.code, Some(1), "{}", o.show());
+    let have = fs.free() >> 20;
+    let expected = format!(
+        "need 10 MiB free on {} for the merged archive of seq 2, have {have} MiB: nothing more can be deleted without these rewrites: free space on it or move the repository to a larger disk",
+        t.location()
+    );
+    assert!(
+        o.stderr.contains(&expected),
+        "{}\nexpected: {expected}",
+        o.stderr
+    );
+    let rows = t.json(&["list", "v"]);
+    assert_eq!(rows.as_array().unwrap().len(), 2, "{rows}");
+    restore_v(&t, "2", &img, "the newest point after the refused prune");
+}
+
+/// A full disk with points that need no rewrite to go: prune drops them first; their
+/// archives wait for the grace period, and `--no-grace` deletes them (and every other
+/// superseded archive) at once. The newest point still restores.
+#[test]
+fn space_no_grace_prune_frees_space_on_a_full_disk() {
+    let t = TempRepo::uninit();
+    let fs = SmallFs::mount(&t.repo(), "24m");
+    t.ok(&["init"]);
+    let src = t.path("d.img");
+    backup_v(&t, &src, &noise(4 * MIB, 83));
+    let img = noise(4 * MIB, 84);
+    backup_v(&t, &src, &img);
+    // Seq 2 becomes a full archive: seq 1 then has no dependent.
+    let r = t.json(&["prune", "v", "--keep-last", "2", "--max-chain-length", "1"]);
+    assert_eq!(r[0]["merges"].as_array().unwrap().len(), 1, "{r}");
+    let _ballast = fs.fill_until(256 << 10);
+
+    let r = t.json(&["prune", "v", "--keep-last", "1"]);
+    assert_eq!(r[0]["bytes_deleted"], 0, "{r}");
+    assert!(r[0]["merges"].as_array().unwrap().is_empty(), "{r}");
+    let waiting = r[0]["bytes_waiting"].as_u64().unwrap();
+    assert!(
+        waiting >= 8 * MIB as u64,
+        "seq 1 and the replaced seq 2 wait: {r}"
+    );
+    let text = t.ok(&["prune", "v", "--keep-last", "1"]);
+    assert!(
+        text.contains(
+            "of superseded archives kept for the grace period (`--no-grace` deletes them at once)"
+        ),
+        "{text}"
+    );
+
+    let free = fs.free();
+    let r = t.json(&["prune", "v", "--keep-last", "1", "--no-grace"]);
+    assert_eq!(r[0]["grace_seconds"], 0, "{r}");
+    assert_eq!(r[0]["bytes_deleted"].as_u64().unwrap(), waiting, "{r}");
+    assert_eq!(r[0]["bytes_waiting"], 0, "{r}");
+    assert!(
+        fs.free() >= free + waiting,
+        "{} free, was {free}",
+        fs.free()
+    );
+    let rows = t.json(&["list", "v"]);
+    assert_eq!(rows.as_array().unwrap().len(), 1, "{rows}");
+    restore_v(&t, "2", &img, "the newest point after prune --no-grace");
+}
