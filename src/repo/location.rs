@@ -5,7 +5,11 @@
 //!   standard `AWS_*` environment (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
 //!   `AWS_REGION`, `AWS_ENDPOINT_URL` or `AWS_ENDPOINT`, `AWS_ALLOW_HTTP`, ...).
 //!   Transient failures (timeouts, connection resets, 5xx, throttling) are retried with
-//!   exponential backoff for up to `THINARC_RETRY_TIMEOUT` seconds (default 180).
+//!   exponential backoff for up to `THINARC_RETRY_TIMEOUT` seconds (default 180). A
+//!   connection must open within 5 s and an answer must not stall for more than 20 s
+//!   (both at most `THINARC_RETRY_TIMEOUT`); a request that stalls twice in a row ends
+//!   the operation (see `s3http`), so a silent endpoint fails within about 45 s, or
+//!   `THINARC_RETRY_TIMEOUT` plus one timeout.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +23,12 @@ use super::RepoError;
 
 /// Default for `THINARC_RETRY_TIMEOUT`: how long one request is retried.
 const DEFAULT_RETRY_TIMEOUT: Duration = Duration::from_secs(180);
+/// How long opening a connection may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long an answer may stall (no byte received).
+const READ_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long one request may take in all (a backstop: stalls end at the read timeout).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// An opened store, and the directory behind it for a local repository.
 pub type OpenedStore = (Arc<dyn ObjectStore>, Option<std::path::PathBuf>);
@@ -144,15 +154,28 @@ fn open_s3(bucket: &str, prefix: &str) -> Result<Arc<dyn ObjectStore>, String> {
         max_retries: 10,
         retry_timeout,
     };
+    // Each timeout is bounded by the retry timeout too, so that the whole wait of one
+    // operation is at most about THINARC_RETRY_TIMEOUT plus one timeout.
+    let bounded = |d: Duration| d.min(retry_timeout).max(Duration::from_secs(1));
+    let (connect, read) = (bounded(CONNECT_TIMEOUT), bounded(READ_TIMEOUT));
+    let secs = |d: Duration| format!("{}ms", d.as_millis());
     // Timeouts go in as config keys: `with_client_options` would replace the client
     // settings read from the environment (AWS_ALLOW_HTTP among them).
     let mut builder = AmazonS3Builder::from_env()
         .with_bucket_name(bucket)
         .with_retry(retry)
-        .with_config(AmazonS3ConfigKey::Client(ClientConfigKey::Timeout), "120s")
+        .with_http_connector(super::s3http::GuardedConnector { connect, read })
+        .with_config(
+            AmazonS3ConfigKey::Client(ClientConfigKey::Timeout),
+            secs(REQUEST_TIMEOUT.max(read)),
+        )
         .with_config(
             AmazonS3ConfigKey::Client(ClientConfigKey::ConnectTimeout),
-            "10s",
+            secs(connect),
+        )
+        .with_config(
+            AmazonS3ConfigKey::Client(ClientConfigKey::ReadTimeout),
+            secs(read),
         );
     if std::env::var_os("AWS_REGION").is_none() && std::env::var_os("AWS_DEFAULT_REGION").is_none()
     {

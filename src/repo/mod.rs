@@ -33,6 +33,7 @@ mod location;
 mod lock;
 mod publish;
 mod retry;
+mod s3http;
 
 use std::sync::Arc;
 
@@ -121,6 +122,9 @@ pub enum RepoError {
         "{location} ignores create-if-absent writes (a second conditional create of one key succeeded): two backups of one volume could both commit the same point and one would be silently lost; use a store that honours `If-None-Match: *`, or pass --allow-unsafe-store to accept the risk"
     )]
     NoConditionalWrites { location: String },
+    /// The store answered HTTP 501 to a create-if-absent write.
+    #[error(transparent)]
+    ConditionalWritesUnsupported(s3http::ConditionalWritesUnsupported),
     /// A volume name that cannot be used.
     #[error("invalid volume name {name:?}: {reason}")]
     InvalidName { name: String, reason: &'static str },
@@ -132,10 +136,13 @@ impl RepoError {
         key: impl ToString,
     ) -> impl FnOnce(object_store::Error) -> RepoError {
         let key = key.to_string();
-        move |source| RepoError::Store {
-            action,
-            key,
-            source,
+        move |source| match s3http::conditional_unsupported(&source) {
+            Some(u) => RepoError::ConditionalWritesUnsupported(u.clone()),
+            None => RepoError::Store {
+                action,
+                key,
+                source,
+            },
         }
     }
 }

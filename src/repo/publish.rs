@@ -122,7 +122,10 @@ fn part_size(max_len: u64) -> usize {
 }
 
 impl Repository {
-    /// Creates `key` with `body` if it does not exist yet (`PutMode::Create`).
+    /// Creates `key` with `body` if it does not exist yet (`PutMode::Create`). On a
+    /// repository created with `--allow-unsafe-store`, a store that answers HTTP 501 to
+    /// the conditional put gets a HEAD check and an unconditional put instead (a race
+    /// between two writers is then not detected: the volume lock is the only guard).
     ///
     /// # Errors
     /// `AlreadyExists` if it does, or what the store returns.
@@ -135,7 +138,24 @@ impl Repository {
             mode: PutMode::Create,
             ..Default::default()
         };
-        self.store().put_opts(key, body, opts).await.map(|_| ())
+        match self.store().put_opts(key, body.clone(), opts).await {
+            Err(e)
+                if self.config().unsafe_store
+                    && super::s3http::conditional_unsupported(&e).is_some() =>
+            {
+                match self.store().head(key).await {
+                    Ok(_) => Err(object_store::Error::AlreadyExists {
+                        path: key.to_string(),
+                        source: "the object exists (checked with HEAD: the store cannot create conditionally)".into(),
+                    }),
+                    Err(object_store::Error::NotFound { .. }) => {
+                        self.store().put(key, body).await.map(|_| ())
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            r => r.map(|_| ()),
+        }
     }
 }
 
@@ -259,6 +279,10 @@ impl ArchiveUpload {
         // AlreadyExists and is recognised below.
         let put = super::retry::retry(|| self.repo.put_create(&commit_key, body.clone()));
         if let Err(e) = put.await {
+            if super::s3http::conditional_unsupported(&e).is_some() {
+                self.remove_object().await;
+                return Err(RepoError::store("commit", &commit_key)(e));
+            }
             // Either another writer won (AlreadyExists), or the create failed, or
             // it landed and its answer was lost. The marker decides: ours if it
             // names our archive object (a retried create, or a repair that

@@ -13,6 +13,7 @@ mod prune;
 mod prune_cli;
 mod run;
 mod s3;
+mod s3_faults;
 mod since;
 mod space;
 mod status;
