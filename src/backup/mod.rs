@@ -125,7 +125,8 @@ pub struct BackupReport {
     pub image_digest: String,
     /// Wall-clock seconds.
     pub seconds: f64,
-    /// Leftovers of interrupted runs removed after the commit.
+    /// Leftovers of interrupted runs removed after the commit (archive objects, staging
+    /// files, incomplete uploads).
     pub leftovers_removed: usize,
     /// Problems after the commit that did not affect it.
     pub warnings: Vec<String>,
@@ -328,12 +329,13 @@ pub async fn backup_from(
                 stored_bytes: published.size,
                 image_digest: digest.image_digest.to_hex(),
                 seconds: started.elapsed().as_secs_f64(),
-                leftovers_removed: leftovers.as_ref().map_or(0, |c| c.objects.len()),
-                warnings: leftovers
-                    .err()
-                    .map(|e| format!("cleaning leftovers failed: {e}"))
-                    .into_iter()
-                    .collect(),
+                leftovers_removed: leftovers
+                    .as_ref()
+                    .map_or(0, |c| c.objects.len() + c.uploads.len()),
+                warnings: match leftovers {
+                    Ok(c) => c.warnings,
+                    Err(e) => vec![format!("cleaning leftovers failed: {e}")],
+                },
             })
         }
         Err(e) => {

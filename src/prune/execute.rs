@@ -116,6 +116,8 @@ pub struct PruneReport {
     pub bytes_deleted: u64,
     /// Wall-clock seconds.
     pub seconds: f64,
+    /// Incomplete multipart uploads of killed runs aborted (S3).
+    pub uploads_aborted: usize,
     /// The grace period superseded archives were given (zero: deleted at once).
     #[serde(rename = "grace_seconds", serialize_with = "seconds")]
     pub grace: Duration,
@@ -369,6 +371,8 @@ async fn clean(
     report.objects_deleted += cleaned.objects.len();
     report.bytes_deleted += cleaned.bytes;
     report.bytes_waiting = cleaned.waiting_bytes;
+    report.uploads_aborted += cleaned.uploads.len();
+    report.warnings.extend(cleaned.warnings);
     Ok(())
 }
 
@@ -499,6 +503,7 @@ fn report(volume: &VolumeName, pts: &[Point], plan: &Plan, opts: &PruneOptions) 
         objects_deleted: 0,
         bytes_deleted: 0,
         bytes_waiting: 0,
+        uploads_aborted: 0,
         seconds: 0.0,
         warnings: Vec::new(),
     }

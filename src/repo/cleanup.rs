@@ -51,6 +51,11 @@ pub struct Cleaned {
     /// Bytes of superseded archives kept for the grace period (a reader may be
     /// reading them; `prune --no-grace` deletes them).
     pub waiting_bytes: u64,
+    /// Incomplete multipart uploads aborted (S3), by key.
+    pub uploads: Vec<String>,
+    /// Problems that did not stop the cleaning (incomplete uploads that could not be
+    /// listed or aborted).
+    pub warnings: Vec<String>,
 }
 
 impl Repository {
@@ -150,7 +155,9 @@ impl Repository {
     ///    delete the archive, then the tombstone;
     /// 3. partial leftovers (see the module docs): delete them now; orphans older than
     ///    `grace`: delete them;
-    /// 4. tombstones of archives a committed point names again, or that are gone.
+    /// 4. tombstones of archives a committed point names again, or that are gone;
+    /// 5. on S3, incomplete multipart uploads started before `now - grace` (left by
+    ///    killed runs) are aborted; a failure there is a warning.
     ///
     /// # Errors
     /// [`RepoError::Store`] if listing or deleting fails, [`RepoError::BadCommit`] if a
@@ -224,6 +231,10 @@ impl Repository {
             let (objects, bytes) = clean_staging(&root.join(prefix.as_ref()));
             cleaned.objects.extend(objects);
             cleaned.bytes += bytes;
+        }
+        match self.abort_stale_uploads(volume, cutoff).await {
+            Ok(keys) => cleaned.uploads = keys,
+            Err(e) => cleaned.warnings.push(e.to_string()),
         }
         Ok(cleaned)
     }

@@ -69,6 +69,7 @@ impl Repository {
             location: location.to_string(),
             config,
             local_root: None,
+            uploads: None,
         };
         match repo
             .put_create(&layout::config_key(), PutPayload::from(body))
@@ -130,6 +131,7 @@ impl Repository {
             location: location.to_string(),
             config,
             local_root: None,
+            uploads: None,
         })
     }
 }

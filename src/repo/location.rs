@@ -30,8 +30,15 @@ const READ_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long one request may take in all (a backstop: stalls end at the read timeout).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// An opened store, and the directory behind it for a local repository.
-pub type OpenedStore = (Arc<dyn ObjectStore>, Option<std::path::PathBuf>);
+/// An opened store, with what only its kind offers.
+pub struct OpenedStore {
+    /// The store.
+    pub store: Arc<dyn ObjectStore>,
+    /// The directory behind a local repository.
+    pub local_root: Option<std::path::PathBuf>,
+    /// Listing and aborting incomplete multipart uploads, on S3.
+    pub(crate) uploads: Option<Arc<super::uploads::S3Uploads>>,
+}
 
 /// Where a repository location points.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,7 +102,7 @@ pub fn open_store(location: &str, create: bool) -> Result<OpenedStore, RepoError
     };
     let path = match parse_location(location).map_err(bad)? {
         Location::S3 { bucket, prefix } => {
-            return open_s3(bucket, prefix).map_err(bad).map(|s| (s, None));
+            return open_s3(bucket, prefix).map_err(bad);
         }
         Location::Local(path) => path,
     };
@@ -113,10 +120,11 @@ pub fn open_store(location: &str, create: bool) -> Result<OpenedStore, RepoError
         Err(e) => return Err(bad(e.to_string())),
     }
     let store = LocalFileSystem::new_with_prefix(&path).map_err(|e| bad(e.to_string()))?;
-    Ok((
-        Arc::new(store.with_fsync(true).with_automatic_cleanup(true)),
-        Some(path),
-    ))
+    Ok(OpenedStore {
+        store: Arc::new(store.with_fsync(true).with_automatic_cleanup(true)),
+        local_root: Some(path),
+        uploads: None,
+    })
 }
 
 impl super::Repository {
@@ -135,7 +143,7 @@ impl super::Repository {
 }
 
 /// Builds the S3 store for `bucket` and `prefix` from the environment.
-fn open_s3(bucket: &str, prefix: &str) -> Result<Arc<dyn ObjectStore>, String> {
+fn open_s3(bucket: &str, prefix: &str) -> Result<OpenedStore, String> {
     let retry_timeout = match std::env::var("THINARC_RETRY_TIMEOUT") {
         Ok(v) => Duration::from_secs_f64(
             v.parse::<f64>()
@@ -181,10 +189,44 @@ fn open_s3(bucket: &str, prefix: &str) -> Result<Arc<dyn ObjectStore>, String> {
     {
         builder = builder.with_region("us-east-1");
     }
-    let s3 = builder.build().map_err(|e| e.to_string())?;
-    Ok(if prefix.is_empty() {
-        Arc::new(s3)
-    } else {
-        Arc::new(PrefixStore::new(s3, prefix))
+    // The client for the requests object_store lacks (see `uploads`): the same
+    // connector and client settings.
+    let mut options = object_store::ClientOptions::new();
+    for key in [
+        ClientConfigKey::AllowHttp,
+        ClientConfigKey::AllowInvalidCertificates,
+        ClientConfigKey::ConnectTimeout,
+        ClientConfigKey::ReadTimeout,
+        ClientConfigKey::Timeout,
+        ClientConfigKey::ProxyUrl,
+        ClientConfigKey::ProxyCaCertificate,
+        ClientConfigKey::ProxyExcludes,
+        ClientConfigKey::UserAgent,
+    ] {
+        if let Some(v) = builder.get_config_value(&AmazonS3ConfigKey::Client(key)) {
+            options = options.with_config(key, v);
+        }
+    }
+    let client = object_store::client::HttpConnector::connect(
+        &super::s3http::GuardedConnector { connect, read },
+        &options,
+    )
+    .map_err(|e| e.to_string())?;
+    let s3 = builder.clone().build().map_err(|e| e.to_string())?;
+    let uploads = super::uploads::s3_uploads(
+        |k| builder.get_config_value(&k),
+        s3.credentials().clone(),
+        client,
+        bucket,
+        prefix,
+    );
+    Ok(OpenedStore {
+        store: if prefix.is_empty() {
+            Arc::new(s3)
+        } else {
+            Arc::new(PrefixStore::new(s3, prefix))
+        },
+        local_root: None,
+        uploads: Some(uploads),
     })
 }

@@ -34,6 +34,7 @@ mod lock;
 mod publish;
 mod retry;
 mod s3http;
+mod uploads;
 
 use std::sync::Arc;
 
@@ -45,12 +46,13 @@ pub use chain::{ChainCursor, Resolved};
 pub use cleanup::{Cleaned, LEFTOVER_GRACE};
 pub use config::RepoConfig;
 pub use layout::{VolumeName, new_id};
-pub use location::{Location, open_store, parse_location};
+pub use location::{Location, OpenedStore, open_store, parse_location};
 pub use lock::{
     DEFAULT_LOCK_TTL, HeldLock, LOCK_TTL_ENV, LockError, LockInfo, VolumeLock, held_locks,
     hostname, lock_ttl, settle_dropped_locks,
 };
 pub use publish::{ArchiveUpload, DroppedUploads, Published, settle_dropped_uploads};
+pub use uploads::PendingUpload;
 
 use crate::format::FormatError;
 
@@ -125,6 +127,9 @@ pub enum RepoError {
     /// The store answered HTTP 501 to a create-if-absent write.
     #[error(transparent)]
     ConditionalWritesUnsupported(s3http::ConditionalWritesUnsupported),
+    /// Incomplete multipart uploads could not be listed or aborted.
+    #[error("incomplete uploads of {location}: {detail}")]
+    Uploads { location: String, detail: String },
     /// A volume name that cannot be used.
     #[error("invalid volume name {name:?}: {reason}")]
     InvalidName { name: String, reason: &'static str },
@@ -155,6 +160,8 @@ pub struct Repository {
     config: RepoConfig,
     /// The directory of a local repository (for file-system-only housekeeping).
     local_root: Option<std::path::PathBuf>,
+    /// Incomplete multipart uploads, on S3.
+    uploads: Option<Arc<uploads::S3Uploads>>,
 }
 
 impl std::fmt::Debug for Repository {
@@ -187,10 +194,12 @@ impl Repository {
     /// # Errors
     /// As [`open_store`] and [`Repository::open`].
     pub async fn open_location(location: &str) -> Result<Repository, RepoError> {
-        let (store, root) = open_store(location, false)?;
+        let opened = open_store(location, false)?;
+        let store = opened.store.clone();
         match Repository::open(store.clone(), location).await {
             Ok(repo) => Ok(Repository {
-                local_root: root,
+                local_root: opened.local_root,
+                uploads: opened.uploads,
                 ..repo
             }),
             // A missing bucket also looks like a missing config: tell them apart.
@@ -221,10 +230,11 @@ impl Repository {
         location: &str,
         check_conditional: bool,
     ) -> Result<Repository, RepoError> {
-        let (store, root) = open_store(location, true)?;
-        let repo = Repository::create_checked(store, location, check_conditional).await?;
+        let opened = open_store(location, true)?;
+        let repo = Repository::create_checked(opened.store, location, check_conditional).await?;
         Ok(Repository {
-            local_root: root,
+            local_root: opened.local_root,
+            uploads: opened.uploads,
             ..repo
         })
     }

@@ -68,6 +68,11 @@ pub struct VolumeStatus {
     /// thinarc's snapshots of an LVM source, when its volume group is on this host:
     /// the base of the next delta, and strays the next backup removes.
     pub snapshots: Vec<ThinarcSnapshot>,
+    /// Incomplete multipart uploads of the volume (S3): left by killed runs, aborted
+    /// by its next backup, prune or copy once older than the grace period.
+    pub incomplete_uploads: usize,
+    /// When the oldest of them was started.
+    pub oldest_upload: Option<DateTime<Utc>>,
     /// Problems found while gathering the status (e.g. an unreadable archive).
     pub problems: Vec<String>,
 }
@@ -155,6 +160,8 @@ pub async fn gather(
             verify: OperationStatus::default(),
             locks: Vec::new(),
             snapshots: Vec::new(),
+            incomplete_uploads: 0,
+            oldest_upload: None,
             problems: unreachable.iter().cloned().collect(),
         };
         if let (Some(repo), Ok(v)) = (repo, VolumeName::new(&name)) {
@@ -162,6 +169,13 @@ pub async fn gather(
             match held_locks(repo, &v).await {
                 Ok(locks) => s.locks = locks,
                 Err(e) => s.problems.push(format!("cannot list locks: {e}")),
+            }
+            match repo.pending_uploads(Some(&v)).await {
+                Ok(u) => {
+                    s.incomplete_uploads = u.len();
+                    s.oldest_upload = u.iter().map(|u| u.initiated).min();
+                }
+                Err(e) => s.problems.push(e.to_string()),
             }
         }
         for op in Operation::ALL {
