@@ -19,7 +19,7 @@ use object_store::client::{HttpClient, HttpRequest, HttpRequestBody};
 use super::{RepoError, Repository, VolumeName};
 
 /// An incomplete multipart upload under the repository.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct PendingUpload {
     /// Object key, relative to the repository.
     pub key: String,

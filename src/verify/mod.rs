@@ -149,6 +149,9 @@ pub struct VerifyReport {
     pub source: Option<SourceCheck>,
     /// Every problem found, in the order found.
     pub problems: Vec<Problem>,
+    /// Incomplete multipart uploads under the repository (S3): left by killed runs,
+    /// aborted by the volume's next backup, prune or copy; not a problem.
+    pub incomplete_uploads: Vec<crate::repo::PendingUpload>,
     /// Wall-clock seconds.
     pub seconds: f64,
 }
@@ -202,9 +205,14 @@ pub async fn verify(
         bytes_read: 0,
         source: None,
         problems: Vec::new(),
+        incomplete_uploads: Vec::new(),
         seconds: 0.0,
     };
     for volume in &volumes {
+        match repo.pending_uploads(Some(volume)).await {
+            Ok(u) => report.incomplete_uploads.extend(u),
+            Err(e) => tracing::warn!("{e}"),
+        }
         let good = check_volume(repo, volume, opts, &progress, &mut report).await;
         if opts.source.is_some() && good.is_none() {
             report.problems.push(Problem {

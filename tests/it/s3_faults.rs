@@ -322,6 +322,17 @@ fn uploads_left_by_killed_runs_are_reported_and_aborted_later() {
         "{}",
         status.show()
     );
+    let verify = t.ok(&["verify"]);
+    assert!(
+        verify.contains("1 incomplete upload(s) of killed runs, the oldest started "),
+        "{verify}"
+    );
+    let json = t.json(&["verify"]);
+    assert_eq!(
+        json["incomplete_uploads"].as_array().unwrap().len(),
+        1,
+        "{json}"
+    );
     // The killed run's lock goes stale only after its TTL: remove it for the test.
     moto().delete_under(t.bucket(), "repo/volumes/v/locks/");
     write(&src, &small);
