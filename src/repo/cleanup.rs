@@ -206,7 +206,9 @@ impl Repository {
                 _ if listed.contains(&name) => false,
                 Some(t) => *t < cutoff,
                 None if archive_seq(&name).is_some_and(|s| committed_seqs.contains(&s)) => true,
-                // An orphan: its seq has no marker.
+                // An orphan: its seq has no marker. It may be a complete point whose
+                // marker was lost (a lost-marker candidate that repair re-commits):
+                // that decision belongs here, not to the partial-leftover rule above.
                 None => m.last_modified < cutoff,
             };
             if expired {
