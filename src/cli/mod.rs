@@ -362,6 +362,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Err(anyhow::anyhow!(why))
         }
     };
+    // A command unwound by an error may have dropped an upload: let its abort finish.
+    crate::repo::settle_dropped_uploads().await;
     // A command unwound by an error or a signal drops its volume lock: delete it now.
     crate::repo::settle_dropped_locks().await;
     if let Err(e) = &result {
