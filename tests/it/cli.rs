@@ -475,8 +475,9 @@ fn leftovers_of_interrupted_runs_are_ignored_then_removed_after_the_grace_period
     let dir = t.repo().join("volumes/l.img/archives");
     let old_orphan = dir.join("000000000002-0123456789abcdef0123456789abcdef.tarc");
     let old_staging = dir.join("000000000002-0123456789abcdef0123456789abcdef.tarc#1");
-    let fresh_orphan = dir.join("000000000002-fedcba9876543210fedcba9876543210.tarc");
-    for f in [&old_orphan, &old_staging, &fresh_orphan] {
+    let fresh_partial = dir.join("000000000002-fedcba9876543210fedcba9876543210.tarc");
+    let fresh_orphan = dir.join("000000000009-fedcba9876543210fedcba9876543210.tarc");
+    for f in [&old_orphan, &old_staging, &fresh_partial, &fresh_orphan] {
         write(f, b"half an archive");
     }
     let two_hours_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
@@ -506,14 +507,18 @@ fn leftovers_of_interrupted_runs_are_ignored_then_removed_after_the_grace_period
 
     let r = t.json(&["backup", src.to_str().unwrap()]);
     assert_eq!(r["seq"], 2);
-    assert_eq!(r["leftovers_removed"], 2);
+    assert_eq!(r["leftovers_removed"], 3);
     assert!(
         !old_orphan.exists() && !old_staging.exists(),
         "old leftovers removed"
     );
     assert!(
+        !fresh_partial.exists(),
+        "under the lock, an archive of a seq committed under another one is a partial leftover"
+    );
+    assert!(
         fresh_orphan.exists(),
-        "an object younger than the grace period may be a running upload"
+        "an orphan (no marker for its seq) younger than the grace period may be a point whose marker was lost"
     );
     let out = t.path("o.img");
     t.ok(&["restore", "l.img", out.to_str().unwrap()]);
