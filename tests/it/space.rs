@@ -285,3 +285,54 @@ fn space_no_grace_prune_frees_space_on_a_full_disk() {
     assert_eq!(rows.as_array().unwrap().len(), 1, "{rows}");
     restore_v(&t, "2", &img, "the newest point after prune --no-grace");
 }
+
+/// SIGTERM in the middle of a prune's merge: the merged archive's upload is aborted
+/// before the run exits (no staging file stays), the message says so, and every point
+/// is still listed and the newest restores.
+#[test]
+fn space_interrupted_prune_removes_its_partial_merge() {
+    let t = TempRepo::new();
+    let src = t.path("d.img");
+    for seed in [94, 95, 96] {
+        backup_v(&t, &src, &noise(24 * MIB, seed));
+    }
+    let newest = read(&src);
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_thinarc"))
+        .args(["-q", "-r", t.location(), "--upload-limit", "4M"])
+        .args(["prune", "v", "--keep-last", "1"])
+        .env("THINARC_STATE_DIR", t.path("state"))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let dir = t.repo().join("volumes/v/archives");
+    let started = Instant::now();
+    while !files(&dir).iter().any(|f| f.contains(".tarc#")) {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no merge started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let o = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(
+            "interrupted by SIGTERM: nothing partial was committed, and the partial upload was removed"
+        ),
+        "{stderr}"
+    );
+    let left = files(&dir);
+    assert_eq!(left.len(), 3, "{left:?}");
+    assert!(!left.iter().any(|f| f.contains('#')), "{left:?}");
+    let rows = t.json(&["list", "v"]);
+    assert_eq!(rows.as_array().unwrap().len(), 3, "{rows}");
+    restore_v(
+        &t,
+        "3",
+        &newest,
+        "the newest point after the interrupted prune",
+    );
+}
