@@ -94,10 +94,9 @@ impl HttpService for Guarded {
         let uri = req.uri().clone();
         let id = format!("{} {uri}", req.method());
         let result = self.inner.execute(req).await;
-        let stalled = |seen: &mut HashSet<String>| seen.remove(&id);
         match result {
             Ok(r) => {
-                stalled(&mut self.stalled.lock().expect("not poisoned"));
+                self.stalled.lock().expect("not poisoned").remove(&id);
                 if conditional && r.status().as_u16() == 501 {
                     let endpoint = format!(
                         "{}://{}",
@@ -112,11 +111,12 @@ impl HttpService for Guarded {
                 Ok(r)
             }
             Err(e) if e.kind() == HttpErrorKind::Timeout => {
-                let again = !self
-                    .stalled
-                    .lock()
-                    .expect("not poisoned")
-                    .insert(id.clone());
+                // The first stall of a request is remembered, the second ends it (and
+                // is forgotten: a later operation on the same URL starts afresh).
+                let again = {
+                    let mut seen = self.stalled.lock().expect("not poisoned");
+                    !seen.insert(id.clone()) && seen.remove(&id)
+                };
                 let (method, url) = id.split_once(' ').unwrap_or((&id, ""));
                 let s = Stalled {
                     method: method.to_string(),
