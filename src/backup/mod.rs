@@ -130,7 +130,8 @@ pub struct BackupReport {
     pub image_digest: String,
     /// Wall-clock seconds.
     pub seconds: f64,
-    /// Leftovers of interrupted runs removed after the commit.
+    /// Leftovers of interrupted runs removed after the commit (archive objects, staging
+    /// files, incomplete uploads).
     pub leftovers_removed: usize,
     /// Problems after the commit that did not affect it.
     pub warnings: Vec<String>,
@@ -484,18 +485,19 @@ pub async fn backup_from(
                 stored_bytes: published.size,
                 image_digest: digest.image_digest.to_hex(),
                 seconds: started.elapsed().as_secs_f64(),
-                leftovers_removed: leftovers.as_ref().map_or(0, |c| c.objects.len()),
+                leftovers_removed: leftovers
+                    .as_ref()
+                    .map_or(0, |c| c.objects.len() + c.uploads.len()),
                 warnings: {
                     warnings.extend(
                         parent
                             .as_ref()
                             .and_then(|p| clock_went_back(&header, &p.tip().header)),
                     );
-                    warnings.extend(
-                        leftovers
-                            .err()
-                            .map(|e| format!("cleaning leftovers failed: {e}")),
-                    );
+                    match leftovers {
+                        Ok(c) => warnings.extend(c.warnings),
+                        Err(e) => warnings.push(format!("cleaning leftovers failed: {e}")),
+                    }
                     warnings
                 },
             })

@@ -351,24 +351,42 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Repair(a) => repair::run(a, &ctx).await,
         }
     };
-    // On SIGINT or SIGTERM the command is dropped, which unwinds it like an error: a
-    // backup's upload is left uncommitted (removed by a later run) and a new restore
-    // target's temporary file is deleted. The operation in progress is recorded as
+    // On SIGINT or SIGTERM the command is dropped, which unwinds it like an error: an
+    // upload in progress is aborted (what an abort misses is removed by a later run)
+    // and a new restore target's temporary file is deleted. The operation in progress is recorded as
     // failed.
     let result = tokio::select! {
         r = command => r,
         signal = interrupted() => {
-            let why = format!("interrupted by {signal}: nothing partial was committed or kept");
+            // The dropped command's uploads are being aborted: say only what happened.
+            let uploads = crate::repo::settle_dropped_uploads().await;
+            let why = format!(
+                "interrupted by {signal}: nothing partial was committed{}",
+                interrupted_uploads(&uploads)
+            );
             ctx.abandon(&why).await;
             Err(anyhow::anyhow!(why))
         }
     };
+    // A command unwound by an error may have dropped an upload: let its abort finish.
+    crate::repo::settle_dropped_uploads().await;
     // A command unwound by an error or a signal drops its volume lock: delete it now.
     crate::repo::settle_dropped_locks().await;
     if let Err(e) = &result {
         ctx.alert(name, e).await;
     }
     result
+}
+
+/// What the interrupted message says of the uploads the signal cut short.
+fn interrupted_uploads(u: &crate::repo::DroppedUploads) -> String {
+    match (u.aborted, u.failed.first()) {
+        (_, Some(e)) => format!(
+            "; a partial upload could not be removed ({e}): the next run of the volume removes it"
+        ),
+        (0, None) => String::new(),
+        (_, None) => ", and the partial upload was removed".into(),
+    }
 }
 
 impl Command {

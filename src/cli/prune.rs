@@ -53,6 +53,11 @@ pub struct PruneArgs {
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Delete superseded archives (dropped points, replaced archives) at once instead
+    /// of after the 1-hour grace period. Frees space on a full repository; use it only
+    /// when no restore, copy or verify is reading the volume.
+    #[arg(long, conflicts_with = "grace")]
+    pub no_grace: bool,
     /// Seconds superseded archives stay readable before deletion (tests).
     #[arg(long, hide = true, value_name = "SECONDS")]
     pub grace: Option<u64>,
@@ -81,6 +86,9 @@ pub async fn run(args: PruneArgs, ctx: &Ctx) -> anyhow::Result<()> {
     opts.dry_run = args.dry_run;
     if let Some(g) = args.grace {
         opts.grace = Duration::from_secs(g);
+    }
+    if args.no_grace {
+        opts.grace = Duration::ZERO;
     }
     let volume = args.volume.as_deref().map(VolumeName::new).transpose()?;
     let repo = ctx.open().await?;
@@ -175,10 +183,15 @@ fn print_human(r: &PruneReport) {
         );
     }
     println!(
-        "  {verb} read at most {}, write about {} (estimate), delete {} after the grace period",
+        "  {verb} read at most {}, write about {} (estimate), delete {} {}",
         human(r.read_estimate),
         human(r.write_estimate),
-        human(r.delete_bytes)
+        human(r.delete_bytes),
+        if r.grace.is_zero() {
+            "at once (--no-grace)"
+        } else {
+            "after the grace period"
+        }
     );
     if !r.dry_run {
         println!(
@@ -190,5 +203,11 @@ fn print_human(r: &PruneReport) {
             human(r.bytes_deleted),
             r.seconds
         );
+        if r.bytes_waiting > 0 {
+            println!(
+                "  {} of superseded archives kept for the grace period (`--no-grace` deletes them at once)",
+                human(r.bytes_waiting)
+            );
+        }
     }
 }

@@ -129,6 +129,13 @@ fn print_volume(v: &VolumeStatus) {
         v.chain_length,
         human(v.stored_bytes),
     );
+    if let Some(oldest) = v.oldest_upload {
+        println!(
+            "  {} incomplete upload(s), the oldest started {}: the next backup, prune or copy of the volume aborts them once they are 1 hour old",
+            v.incomplete_uploads,
+            oldest.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        );
+    }
     if let Some(f) = &v.backup.last_failure {
         println!(
             "  last failure {}: {}",

@@ -155,6 +155,13 @@ pub async fn run(args: VerifyArgs, ctx: &Ctx) -> anyhow::Result<()> {
         for p in &report.problems {
             println!("problem: {p}");
         }
+        if let Some(oldest) = report.incomplete_uploads.iter().map(|u| u.initiated).min() {
+            println!(
+                "{} incomplete upload(s) of killed runs, the oldest started {}: the next backup, prune or copy of the volume aborts them once they are 1 hour old",
+                report.incomplete_uploads.len(),
+                oldest.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            );
+        }
         if let Some(s) = &report.source {
             println!(
                 "source {} {} seq {} ({})",

@@ -205,20 +205,21 @@ pub async fn copy(
             committed_at: None,
         };
         let result = lock.guard(run.execute()).await;
-        let committed_at = run.committed_at;
-        if let Err(e) = lock.release().await {
-            report
-                .warnings
-                .push(format!("releasing the lock of {volume}: {e}"));
-        }
-        result?;
-        if let Some(now) = committed_at
+        // Cleaning needs the lock: it removes partial leftovers at once.
+        if result.is_ok()
+            && let Some(now) = run.committed_at
             && let Err(e) = dest.clean_leftovers(volume, now, LEFTOVER_GRACE).await
         {
             report
                 .warnings
                 .push(format!("cleaning leftovers of {volume} failed: {e}"));
         }
+        if let Err(e) = lock.release().await {
+            report
+                .warnings
+                .push(format!("releasing the lock of {volume}: {e}"));
+        }
+        result?;
     }
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)

@@ -1,16 +1,21 @@
 //! Running a prune on one volume: read the points, decide, plan, then apply the plan in
-//! the crash-safe order of FORMAT.md section 15:
+//! the crash-safe order of FORMAT.md section 15, freeing space before it needs any:
 //!
-//! 1. rewrite the kept points that need it, in seq order, each committed as the next
+//! 1. what needs no rewrite: dropped points that no kept point depends on are unlisted
+//!    (tombstoned, newest first), then leftovers and archives whose tombstone is older
+//!    than the grace period are deleted (with `--no-grace`, every superseded archive);
+//! 2. on a local repository, the space the rewrites need is checked against the free
+//!    space: a prune that cannot finish refuses before it writes an archive;
+//! 3. rewrite the kept points that need it, in seq order, each committed as the next
 //!    marker generation of its seq (the merge engine checks the image digest first);
-//! 2. only once every rewrite is committed: tombstone the archives of the dropped points
-//!    and the replaced archives, then delete their markers;
-//! 3. clean up: delete archives whose tombstone is older than the grace period (from
-//!    earlier prunes) and old leftovers.
+//! 4. only once every rewrite is committed: tombstone the archives of the other dropped
+//!    points and the replaced archives, then delete their markers;
+//! 5. clean up again, as in step 1.
 //!
-//! A crash before step 2 leaves every point listed (rewritten ones under their new
-//! archive); a crash in step 2 leaves tombstoned archives that are still there; the
-//! next prune, or the next backup's cleanup, finishes the job.
+//! A crash before step 4 leaves every point listed (rewritten ones under their new
+//! archive) except dropped ones nothing depended on; a crash in step 4 leaves
+//! tombstoned archives that are still there; the next prune, or the next backup's
+//! cleanup, finishes the job.
 
 use std::time::{Duration, Instant};
 
@@ -19,9 +24,10 @@ use futures::StreamExt;
 use serde::Serialize;
 
 use super::{
-    MergeError, MergeOptions, MergeReport, Node, Plan, PointTime, PolicyError, RetentionPolicy,
-    Rewrite, merge, plan,
+    MergeError, MergeOptions, MergeReport, Node, Plan, PointPlan, PointTime, PolicyError,
+    RetentionPolicy, Rewrite, merge, plan,
 };
+use crate::format::{BlockSize, Geometry};
 use crate::repo::{
     Commit, LEFTOVER_GRACE, LockError, PointSelector, RemoteArchive, RepoError, Repository,
     VolumeLock, VolumeName, clock_went_back,
@@ -40,7 +46,7 @@ pub struct PruneOptions {
     pub max_chain_length: Option<u32>,
     /// Only plan.
     pub dry_run: bool,
-    /// How long superseded archives stay readable.
+    /// How long superseded archives stay readable (zero: `--no-grace`).
     pub grace: Duration,
     /// Units merged in parallel.
     pub threads: usize,
@@ -113,6 +119,14 @@ pub struct PruneReport {
     pub bytes_deleted: u64,
     /// Wall-clock seconds.
     pub seconds: f64,
+    /// Incomplete multipart uploads of killed runs aborted (S3).
+    pub uploads_aborted: usize,
+    /// The grace period superseded archives were given (zero: deleted at once).
+    #[serde(rename = "grace_seconds", serialize_with = "seconds")]
+    pub grace: Duration,
+    /// Bytes of superseded archives still kept for the grace period after the prune
+    /// (`--no-grace` deletes them).
+    pub bytes_waiting: u64,
     /// Problems that did not stop the prune (stale locks broken, releasing the lock).
     pub warnings: Vec<String>,
 }
@@ -147,6 +161,19 @@ pub enum PruneError {
         volume: String,
         seq: u64,
         child: u64,
+    },
+    /// A local repository has too little free space for the rewrites; nothing was
+    /// rewritten (what needed no rewrite was done).
+    #[error(
+        "need {need} MiB free on {location} for the merged archive{plural} of {seqs}, have {have} MiB: {hint}"
+    )]
+    NoSpace {
+        location: String,
+        need: u64,
+        have: u64,
+        plural: &'static str,
+        seqs: String,
+        hint: String,
     },
     /// A creation time that is not RFC 3339.
     #[error("archive {archive} of {volume} has an unreadable creation time {created:?}")]
@@ -277,7 +304,7 @@ async fn prune_locked(
         })
         .collect();
     let plan = plan(&nodes, &decisions, opts.max_chain_length);
-    let mut report = report(volume, &pts, &plan, opts.dry_run);
+    let mut report = report(volume, &pts, &plan, opts);
     // The policy goes by seq; say where a writer's clock ran backwards.
     report.warnings.extend(pts.iter().filter_map(|p| {
         let archive = p.archive.as_ref()?;
@@ -290,7 +317,22 @@ async fn prune_locked(
         return Ok(report);
     }
 
-    // 1. Rewrites, in seq order; each sees the ones before it.
+    // 1. What needs no rewrite: dropped points no kept point depends on (newest first,
+    // so a listed point's ancestors stay listed), then expired and partial leftovers.
+    let early = independent_drops(&pts, &plan);
+    for &seq in early.iter().rev() {
+        repo.retire(volume, seq, &format!("seq {seq} dropped by prune"))
+            .await?;
+    }
+    clean(repo, volume, opts, &mut report).await?;
+
+    // 2. Room for the rewrites (their archives go up before anything they replace
+    // can be deleted).
+    if let Some(e) = check_space(repo, volume, &pts, &plan, &report) {
+        return Err(e);
+    }
+
+    // 3. Rewrites, in seq order; each sees the ones before it.
     // A rewrite that needs damaged data is skipped: the points it would have merged
     // stay, and the rest of the plan runs.
     let mut spared: Vec<u64> = Vec::new();
@@ -318,11 +360,11 @@ async fn prune_locked(
         report.merges.push(r);
     }
 
-    // 2. Drop: only points no remaining point names as parent.
+    // 4. Drop the rest: only points no remaining point names as parent.
     let dropped: Vec<u64> = plan
         .dropped()
         .map(|p| p.seq)
-        .filter(|s| !spared.contains(s))
+        .filter(|s| !early.contains(s) && !spared.contains(s))
         .collect();
     if !dropped.is_empty() {
         for p in points(repo, volume).await? {
@@ -338,20 +380,115 @@ async fn prune_locked(
             }
         }
     }
-    // Newest first: a child is unlisted before its parent, so a listed point's
-    // ancestors stay listed at every moment.
     for &seq in dropped.iter().rev() {
         repo.retire(volume, seq, &format!("seq {seq} dropped by prune"))
             .await?;
     }
 
-    // 3. Superseded generations (tombstoned first) and expired archives.
-    let now = repo.store_time(volume).await?;
-    let cleaned = repo.clean_leftovers(volume, now, opts.grace).await?;
-    report.objects_deleted = cleaned.objects.len();
-    report.bytes_deleted = cleaned.bytes;
+    // 5. Superseded generations (tombstoned first) and expired archives.
+    clean(repo, volume, opts, &mut report).await?;
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// Dropped points that no kept point depends on now (no kept point's chain goes
+/// through them): they are unlisted before any rewrite, freeing their space first.
+fn independent_drops(pts: &[Point], plan: &Plan) -> Vec<u64> {
+    // `None`: the point's archive could not be read, so its parent is unknown.
+    let parent = |seq: u64| -> Option<Option<u64>> {
+        let p = pts.iter().find(|p| p.commit.seq == seq)?;
+        Some(p.archive.as_ref().map(|a| a.header.parent.as_ref().map(|q| q.seq))?)
+    };
+    let mut needed = std::collections::HashSet::new();
+    // Below a needed point whose archive cannot be read, everything stays needed.
+    let mut unknown_below = 0;
+    for p in plan.points.iter().filter(|p| p.keep) {
+        let mut at = p.seq;
+        loop {
+            match parent(at) {
+                Some(Some(up)) if needed.insert(up) => at = up,
+                Some(_) => break,
+                None => {
+                    unknown_below = unknown_below.max(at);
+                    break;
+                }
+            }
+        }
+    }
+    plan.dropped()
+        .map(|p| p.seq)
+        .filter(|s| !needed.contains(s) && *s >= unknown_below)
+        .collect()
+}
+
+/// Cleans leftovers and superseded archives past `opts.grace`, adding to `report`.
+async fn clean(
+    repo: &Repository,
+    volume: &VolumeName,
+    opts: &PruneOptions,
+    report: &mut PruneReport,
+) -> Result<(), PruneError> {
+    let now = repo.store_time(volume).await?;
+    let cleaned = repo.clean_leftovers(volume, now, opts.grace).await?;
+    report.objects_deleted += cleaned.objects.len();
+    report.bytes_deleted += cleaned.bytes;
+    report.bytes_waiting = cleaned.waiting_bytes;
+    report.uploads_aborted += cleaned.uploads.len();
+    report.warnings.extend(cleaned.warnings);
+    Ok(())
+}
+
+/// Bytes the rewritten archive of `p` takes at most: the archives merged into it, and
+/// never more than the largest archive of its geometry.
+fn merged_size(pts: &[Point], p: &PointPlan) -> u64 {
+    let stored: u64 = pts
+        .iter()
+        .filter(|q| p.merged.contains(&q.commit.seq))
+        .map(|q| q.commit.size)
+        .sum();
+    let largest = pts.iter().find(|q| q.commit.seq == p.seq).and_then(|q| {
+        let h = &q.archive.as_ref()?.header;
+        BlockSize::new(h.block_size)
+            .ok()
+            .map(|b| Geometry::new(h.size, b).max_archive_len())
+    });
+    largest.map_or(stored, |l| stored.min(l))
+}
+
+/// On a local repository, the refusal of rewrites whose archives do not fit in the
+/// free space.
+fn check_space(
+    repo: &Repository,
+    volume: &VolumeName,
+    pts: &[Point],
+    plan: &Plan,
+    report: &PruneReport,
+) -> Option<PruneError> {
+    let rewrites: Vec<&PointPlan> = plan.rewrites().collect();
+    let need: u64 = rewrites.iter().map(|p| merged_size(pts, p)).sum();
+    let have = repo.free_space().filter(|&have| need > have)?;
+    const MIB: u64 = 1 << 20;
+    let seqs: Vec<String> = rewrites.iter().map(|p| p.seq.to_string()).collect();
+    let hint = if report.bytes_waiting > 0 {
+        format!(
+            "`thinarc prune {volume} --no-grace` with the same --keep options deletes the {} MiB of superseded archives kept for the grace period first (only when no restore is reading them); or free space on it",
+            report.bytes_waiting.div_ceil(MIB)
+        )
+    } else {
+        "nothing more can be deleted without these rewrites: free space on it or move the repository to a larger disk".to_string()
+    };
+    Some(PruneError::NoSpace {
+        location: repo.location().to_string(),
+        need: need.div_ceil(MIB),
+        have: have / MIB,
+        plural: if seqs.len() == 1 { "" } else { "s" },
+        seqs: format!(
+            "{} {}",
+            if seqs.len() == 1 { "seq" } else { "seqs" },
+            seqs.join(", ")
+        ),
+        hint,
+    })
 }
 
 /// Rewrites the archive of point `seq` onto the point `parent` (or as a full).
@@ -388,7 +525,11 @@ async fn rewrite(
     merge(repo, &chain, floor, repo, volume, &mopts).await
 }
 
-fn report(volume: &VolumeName, pts: &[Point], plan: &Plan, dry_run: bool) -> PruneReport {
+fn seconds<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(d.as_secs())
+}
+
+fn report(volume: &VolumeName, pts: &[Point], plan: &Plan, opts: &PruneOptions) -> PruneReport {
     let points = plan
         .points
         .iter()
@@ -415,7 +556,8 @@ fn report(volume: &VolumeName, pts: &[Point], plan: &Plan, dry_run: bool) -> Pru
         .collect();
     PruneReport {
         volume: volume.to_string(),
-        dry_run,
+        dry_run: opts.dry_run,
+        grace: opts.grace,
         points,
         read_estimate: plan.read_estimate,
         write_estimate: plan.write_estimate,
@@ -425,6 +567,8 @@ fn report(volume: &VolumeName, pts: &[Point], plan: &Plan, dry_run: bool) -> Pru
         bytes_written: 0,
         objects_deleted: 0,
         bytes_deleted: 0,
+        bytes_waiting: 0,
+        uploads_aborted: 0,
         seconds: 0.0,
         warnings: Vec::new(),
     }

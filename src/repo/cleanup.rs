@@ -5,10 +5,15 @@
 //! still be reading it. It gets a *tombstone* (`tombstones/<object>`), a small object
 //! whose last-modified time, taken from the store's clock, says when it was
 //! superseded; the archive is deleted by a later run once the tombstone is older than
-//! a grace period. Archive objects that no marker names and that have no tombstone are
-//! leftovers of interrupted or losing writers (and, on a local repository, staging
-//! files of interrupted uploads); they are deleted once they themselves are older than
-//! the grace period, so a writer that has not committed yet is never disturbed.
+//! a grace period (which `prune --no-grace` sets to zero).
+//!
+//! Archive objects that no marker names and that have no tombstone are leftovers of
+//! interrupted or failed writers. Cleaning runs under the volume's lock, so no other
+//! writer of the volume can be mid-upload, and *partial* leftovers go at once: an
+//! archive whose seq is committed under another archive (a losing writer, an
+//! interrupted merge, a failed commit) and, on a local repository, staging files of
+//! interrupted uploads. An *orphan*, an archive whose seq has no commit marker at all,
+//! may be a complete point whose marker was lost: it keeps the grace period.
 //!
 //! [`Repository::clean_leftovers`] also finishes an interrupted prune: markers of
 //! superseded generations get a tombstone for their archive and are then deleted.
@@ -17,7 +22,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use object_store::{ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 
 use super::{RepoError, Repository, VolumeName};
@@ -43,6 +48,14 @@ pub struct Cleaned {
     pub bytes: u64,
     /// Markers of superseded generations deleted.
     pub markers: usize,
+    /// Bytes of superseded archives kept for the grace period (a reader may be
+    /// reading them; `prune --no-grace` deletes them).
+    pub waiting_bytes: u64,
+    /// Incomplete multipart uploads aborted (S3), by key.
+    pub uploads: Vec<String>,
+    /// Problems that did not stop the cleaning (incomplete uploads that could not be
+    /// listed or aborted).
+    pub warnings: Vec<String>,
 }
 
 impl Repository {
@@ -83,12 +96,7 @@ impl Repository {
             reason: reason.to_string(),
         };
         let body = PutPayload::from(serde_json::to_vec(&t).expect("tombstone serialises"));
-        let opts = PutOptions {
-            mode: PutMode::Create,
-            ..Default::default()
-        };
-        match super::retry::retry(|| self.store().put_opts(&key, body.clone(), opts.clone())).await
-        {
+        match super::retry::retry(|| self.put_create(&key, body.clone())).await {
             Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => Ok(()),
             Err(e) => Err(RepoError::store("write tombstone", &key)(e)),
         }
@@ -141,14 +149,17 @@ impl Repository {
 
     /// Cleans `volume` relative to `now`, which should be a time read from the store
     /// itself (the last-modified time of an object just written, or
-    /// [`store_time`](Self::store_time)), so the local clock does not matter:
+    /// [`store_time`](Self::store_time)), so the local clock does not matter. The
+    /// caller must hold the volume's lock.
     ///
     /// 1. markers of superseded generations: tombstone their archive, then delete them;
     /// 2. archives with a tombstone older than `grace` that no committed point names:
     ///    delete the archive, then the tombstone;
-    /// 3. archives that no marker names, without tombstone, older than `grace`
-    ///    (leftovers), and local staging files older than `grace`: delete them;
-    /// 4. tombstones of archives a committed point names again, or that are gone.
+    /// 3. partial leftovers (see the module docs): delete them now; orphans older than
+    ///    `grace`: delete them;
+    /// 4. tombstones of archives a committed point names again, or that are gone;
+    /// 5. on S3, incomplete multipart uploads started before `now - grace` (left by
+    ///    killed runs) are aborted; a failure there is a warning.
     ///
     /// # Errors
     /// [`RepoError::Store`] if listing or deleting fails, [`RepoError::BadCommit`] if a
@@ -166,6 +177,7 @@ impl Repository {
         let catalog = self.catalog(volume).await?;
         let committed = catalog.commits;
         let mut listed: HashSet<String> = committed.iter().map(|c| c.object.clone()).collect();
+        let committed_seqs: HashSet<u64> = committed.iter().map(|c| c.seq).collect();
         let mut current: HashSet<(u64, u32)> =
             committed.iter().map(|c| (c.seq, c.generation)).collect();
         for p in &catalog.problems {
@@ -206,6 +218,10 @@ impl Repository {
             let expired = match tombstones.get(&name) {
                 _ if listed.contains(&name) => false,
                 Some(t) => *t < cutoff,
+                None if archive_seq(&name).is_some_and(|s| committed_seqs.contains(&s)) => true,
+                // An orphan: its seq has no marker. It may be a complete point whose
+                // marker was lost (a lost-marker candidate that repair re-commits):
+                // that decision belongs here, not to the partial-leftover rule above.
                 None => m.last_modified < cutoff,
             };
             if expired {
@@ -214,6 +230,9 @@ impl Repository {
                 cleaned.bytes += m.size;
                 cleaned.objects.push(name);
             } else {
+                if !listed.contains(&name) && tombstones.contains_key(&name) {
+                    cleaned.waiting_bytes += m.size;
+                }
                 present.insert(name);
             }
         }
@@ -224,33 +243,57 @@ impl Repository {
             }
         }
         if let Some(root) = &self.local_root {
-            cleaned
-                .objects
-                .extend(clean_staging(&root.join(prefix.as_ref()), cutoff));
+            let (objects, bytes) = clean_staging(&root.join(prefix.as_ref()));
+            cleaned.objects.extend(objects);
+            cleaned.bytes += bytes;
+        }
+        match self.abort_stale_uploads(volume, cutoff).await {
+            Ok(keys) => cleaned.uploads = keys,
+            Err(e) => cleaned.warnings.push(e.to_string()),
         }
         Ok(cleaned)
     }
 }
 
-/// Removes `*.tarc#N` staging files of the local store older than `cutoff`. Best
-/// effort: a file that cannot be removed is left for the next run.
-fn clean_staging(dir: &std::path::Path, cutoff: DateTime<Utc>) -> Vec<String> {
+/// The seq of archive object `name` (`<seq>-<archive id>.tarc`).
+fn archive_seq(name: &str) -> Option<u64> {
+    let (seq, _) = name.split_once('-')?;
+    (seq.len() == 12 && seq.bytes().all(|c| c.is_ascii_digit()))
+        .then(|| seq.parse().ok())
+        .flatten()
+}
+
+/// Removes the `*.tarc#N` staging files of the local store (the caller holds the
+/// volume's lock: no upload of it is in progress); returns their names and bytes.
+/// Best effort: a file that cannot be removed is left for the next run.
+fn clean_staging(dir: &std::path::Path) -> (Vec<String>, u64) {
     let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
+        return (Vec::new(), 0);
     };
-    let mut removed = Vec::new();
+    let (mut removed, mut bytes) = (Vec::new(), 0);
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         let staging = name
             .split_once(".tarc#")
             .is_some_and(|(_, n)| !n.is_empty() && n.bytes().all(|c| c.is_ascii_digit()));
-        let old = e
-            .metadata()
-            .and_then(|m| m.modified())
-            .is_ok_and(|t| DateTime::<Utc>::from(t) < cutoff);
-        if staging && old && std::fs::remove_file(e.path()).is_ok() {
+        let size = e.metadata().map_or(0, |m| m.len());
+        if staging && std::fs::remove_file(e.path()).is_ok() {
             removed.push(name);
+            bytes += size;
         }
     }
-    removed
+    (removed, bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn archive_names_give_their_seq() {
+        assert_eq!(archive_seq("000000000042-0123abcd.tarc"), Some(42));
+        assert_eq!(archive_seq("42-0123abcd.tarc"), None);
+        assert_eq!(archive_seq("00000000004x-0123abcd.tarc"), None);
+        assert_eq!(archive_seq("clock"), None);
+    }
 }

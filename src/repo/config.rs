@@ -21,6 +21,11 @@ pub struct RepoConfig {
     pub id: String,
     /// Creation time, RFC 3339.
     pub created: String,
+    /// Created with `init --allow-unsafe-store` on a store that may not implement
+    /// create-if-absent: where it answers HTTP 501, writers fall back to a HEAD check
+    /// and an unconditional put (safe only with one writer per volume at a time).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unsafe_store: bool,
 }
 
 impl Repository {
@@ -56,23 +61,22 @@ impl Repository {
             version: VERSION,
             id: new_id(),
             created: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            unsafe_store: !check_conditional,
         };
         let body = serde_json::to_vec_pretty(&config).expect("config serialises");
-        let opts = PutOptions {
-            mode: PutMode::Create,
-            ..Default::default()
+        let repo = Repository {
+            lock_store: store.clone(),
+            store,
+            location: location.to_string(),
+            config,
+            local_root: None,
+            uploads: None,
         };
-        match store
-            .put_opts(&layout::config_key(), PutPayload::from(body), opts)
+        match repo
+            .put_create(&layout::config_key(), PutPayload::from(body))
             .await
         {
-            Ok(_) => Ok(Repository {
-                lock_store: store.clone(),
-                store,
-                location: location.to_string(),
-                config,
-                local_root: None,
-            }),
+            Ok(_) => Ok(repo),
             Err(object_store::Error::AlreadyExists { .. }) => Err(RepoError::AlreadyInitialized {
                 location: location.to_string(),
             }),
@@ -129,6 +133,7 @@ impl Repository {
             location: location.to_string(),
             config,
             local_root: None,
+            uploads: None,
         })
     }
 }

@@ -5,7 +5,11 @@
 //!   standard `AWS_*` environment (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
 //!   `AWS_REGION`, `AWS_ENDPOINT_URL` or `AWS_ENDPOINT`, `AWS_ALLOW_HTTP`, ...).
 //!   Transient failures (timeouts, connection resets, 5xx, throttling) are retried with
-//!   exponential backoff for up to `THINARC_RETRY_TIMEOUT` seconds (default 180).
+//!   exponential backoff for up to `THINARC_RETRY_TIMEOUT` seconds (default 180). A
+//!   connection must open within 5 s and an answer must not stall for more than 20 s
+//!   (both at most `THINARC_RETRY_TIMEOUT`); a request that stalls twice in a row ends
+//!   the operation (see `s3http`), so a silent endpoint fails within about 45 s, or
+//!   `THINARC_RETRY_TIMEOUT` plus one timeout.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,9 +23,22 @@ use super::RepoError;
 
 /// Default for `THINARC_RETRY_TIMEOUT`: how long one request is retried.
 const DEFAULT_RETRY_TIMEOUT: Duration = Duration::from_secs(180);
+/// How long opening a connection may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long an answer may stall (no byte received).
+const READ_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long one request may take in all (a backstop: stalls end at the read timeout).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// An opened store, and the directory behind it for a local repository.
-pub type OpenedStore = (Arc<dyn ObjectStore>, Option<std::path::PathBuf>);
+/// An opened store, with what only its kind offers.
+pub struct OpenedStore {
+    /// The store.
+    pub store: Arc<dyn ObjectStore>,
+    /// The directory behind a local repository.
+    pub local_root: Option<std::path::PathBuf>,
+    /// Listing and aborting incomplete multipart uploads, on S3.
+    pub(crate) uploads: Option<Arc<super::uploads::S3Uploads>>,
+}
 
 /// Where a repository location points.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,7 +102,7 @@ pub fn open_store(location: &str, create: bool) -> Result<OpenedStore, RepoError
     };
     let path = match parse_location(location).map_err(bad)? {
         Location::S3 { bucket, prefix } => {
-            return open_s3(bucket, prefix).map_err(bad).map(|s| (s, None));
+            return open_s3(bucket, prefix).map_err(bad);
         }
         Location::Local(path) => path,
     };
@@ -103,14 +120,30 @@ pub fn open_store(location: &str, create: bool) -> Result<OpenedStore, RepoError
         Err(e) => return Err(bad(e.to_string())),
     }
     let store = LocalFileSystem::new_with_prefix(&path).map_err(|e| bad(e.to_string()))?;
-    Ok((
-        Arc::new(store.with_fsync(true).with_automatic_cleanup(true)),
-        Some(path),
-    ))
+    Ok(OpenedStore {
+        store: Arc::new(store.with_fsync(true).with_automatic_cleanup(true)),
+        local_root: Some(path),
+        uploads: None,
+    })
+}
+
+impl super::Repository {
+    /// Bytes an unprivileged writer may still use on the file system of a local
+    /// repository (statvfs); `None` for an object store or when it cannot be read.
+    pub fn free_space(&self) -> Option<u64> {
+        let root = self.local_root.as_ref()?;
+        let path = std::ffi::CString::new(root.as_os_str().as_encoded_bytes()).ok()?;
+        // SAFETY: a zeroed statvfs is a valid out-parameter and `path` a valid C string.
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+            return None;
+        }
+        Some(st.f_bavail.saturating_mul(st.f_frsize))
+    }
 }
 
 /// Builds the S3 store for `bucket` and `prefix` from the environment.
-fn open_s3(bucket: &str, prefix: &str) -> Result<Arc<dyn ObjectStore>, String> {
+fn open_s3(bucket: &str, prefix: &str) -> Result<OpenedStore, String> {
     let retry_timeout = match std::env::var("THINARC_RETRY_TIMEOUT") {
         Ok(v) => Duration::from_secs_f64(
             v.parse::<f64>()
@@ -129,24 +162,71 @@ fn open_s3(bucket: &str, prefix: &str) -> Result<Arc<dyn ObjectStore>, String> {
         max_retries: 10,
         retry_timeout,
     };
+    // Each timeout is bounded by the retry timeout too, so that the whole wait of one
+    // operation is at most about THINARC_RETRY_TIMEOUT plus one timeout.
+    let bounded = |d: Duration| d.min(retry_timeout).max(Duration::from_secs(1));
+    let (connect, read) = (bounded(CONNECT_TIMEOUT), bounded(READ_TIMEOUT));
+    let secs = |d: Duration| format!("{}ms", d.as_millis());
     // Timeouts go in as config keys: `with_client_options` would replace the client
     // settings read from the environment (AWS_ALLOW_HTTP among them).
     let mut builder = AmazonS3Builder::from_env()
         .with_bucket_name(bucket)
         .with_retry(retry)
-        .with_config(AmazonS3ConfigKey::Client(ClientConfigKey::Timeout), "120s")
+        .with_http_connector(super::s3http::GuardedConnector { connect, read })
+        .with_config(
+            AmazonS3ConfigKey::Client(ClientConfigKey::Timeout),
+            secs(REQUEST_TIMEOUT.max(read)),
+        )
         .with_config(
             AmazonS3ConfigKey::Client(ClientConfigKey::ConnectTimeout),
-            "10s",
+            secs(connect),
+        )
+        .with_config(
+            AmazonS3ConfigKey::Client(ClientConfigKey::ReadTimeout),
+            secs(read),
         );
     if std::env::var_os("AWS_REGION").is_none() && std::env::var_os("AWS_DEFAULT_REGION").is_none()
     {
         builder = builder.with_region("us-east-1");
     }
-    let s3 = builder.build().map_err(|e| e.to_string())?;
-    Ok(if prefix.is_empty() {
-        Arc::new(s3)
-    } else {
-        Arc::new(PrefixStore::new(s3, prefix))
+    // The client for the requests object_store lacks (see `uploads`): the same
+    // connector and client settings.
+    let mut options = object_store::ClientOptions::new();
+    for key in [
+        ClientConfigKey::AllowHttp,
+        ClientConfigKey::AllowInvalidCertificates,
+        ClientConfigKey::ConnectTimeout,
+        ClientConfigKey::ReadTimeout,
+        ClientConfigKey::Timeout,
+        ClientConfigKey::ProxyUrl,
+        ClientConfigKey::ProxyCaCertificate,
+        ClientConfigKey::ProxyExcludes,
+        ClientConfigKey::UserAgent,
+    ] {
+        if let Some(v) = builder.get_config_value(&AmazonS3ConfigKey::Client(key)) {
+            options = options.with_config(key, v);
+        }
+    }
+    let client = object_store::client::HttpConnector::connect(
+        &super::s3http::GuardedConnector { connect, read },
+        &options,
+    )
+    .map_err(|e| e.to_string())?;
+    let s3 = builder.clone().build().map_err(|e| e.to_string())?;
+    let uploads = super::uploads::s3_uploads(
+        |k| builder.get_config_value(&k),
+        s3.credentials().clone(),
+        client,
+        bucket,
+        prefix,
+    );
+    Ok(OpenedStore {
+        store: if prefix.is_empty() {
+            Arc::new(s3)
+        } else {
+            Arc::new(PrefixStore::new(s3, prefix))
+        },
+        local_root: None,
+        uploads: Some(uploads),
     })
 }

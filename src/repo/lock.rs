@@ -258,19 +258,15 @@ impl VolumeLock {
         );
         let key = volume.locks_prefix().join(name.as_str());
         let body = PutPayload::from(serde_json::to_vec_pretty(&info).expect("lock serialises"));
-        let create = PutOptions {
-            mode: PutMode::Create,
-            ..Default::default()
-        };
         // From here until the lock is held, a cancelled acquire (a signal) must still
         // remove the object it may have written. The write runs as its own task, so a
         // cancelled acquire cannot leave it half done; the deletion waits for it (else
         // the object could land after it was deleted).
         let (written_tx, written) = watch::channel(false);
         let put = tokio::spawn({
-            let (store, key, body) = (repo.lock_store().clone(), key.clone(), body.clone());
+            let (repo, key, body) = (repo.clone(), key.clone(), body.clone());
             async move {
-                let r = store.put_opts(&key, body, create).await;
+                let r = repo.put_create_in(repo.lock_store(), &key, body).await;
                 let _ = written_tx.send(true);
                 r
             }

@@ -36,6 +36,8 @@ mod lock;
 mod publish;
 mod repair;
 mod retry;
+mod s3http;
+mod uploads;
 
 use std::sync::Arc;
 
@@ -49,13 +51,14 @@ pub use clock::clock_went_back;
 pub use config::RepoConfig;
 pub use damage::{ChainDamage, DamageKind, DamageRecord, MAX_DAMAGED_BLOCKS, chain_damage};
 pub use layout::{VolumeName, new_id};
-pub use location::{Location, open_store, parse_location};
+pub use location::{Location, OpenedStore, open_store, parse_location};
 pub use lock::{
     DEFAULT_LOCK_TTL, HeldLock, LOCK_TTL_ENV, LockError, LockInfo, VolumeLock, held_locks,
     hostname, lock_ttl, settle_dropped_locks,
 };
-pub use publish::{ArchiveUpload, Published};
+pub use publish::{ArchiveUpload, DroppedUploads, Published, settle_dropped_uploads};
 pub use repair::{RepairAction, RepairScope};
+pub use uploads::PendingUpload;
 
 use crate::format::FormatError;
 
@@ -117,6 +120,14 @@ pub enum RepoError {
         "another backup of {volume} committed seq {seq} first; this run's archive was discarded (run it again)"
     )]
     Conflict { volume: String, seq: u64 },
+    /// The commit marker could not be written; this run's archive was removed, or is
+    /// left for the next run (`removed` says which).
+    #[error("commit {key} failed: {source}; {removed}")]
+    CommitFailed {
+        key: String,
+        removed: String,
+        source: object_store::Error,
+    },
     /// The commit marker exists but could not be read back: whether this run's archive
     /// was committed is unknown. Nothing is deleted; `list` tells.
     #[error(
@@ -128,6 +139,12 @@ pub enum RepoError {
         "{location} ignores create-if-absent writes (a second conditional create of one key succeeded): two backups of one volume could both commit the same point and one would be silently lost; use a store that honours `If-None-Match: *`, or pass --allow-unsafe-store to accept the risk"
     )]
     NoConditionalWrites { location: String },
+    /// The store answered HTTP 501 to a create-if-absent write.
+    #[error(transparent)]
+    ConditionalWritesUnsupported(s3http::ConditionalWritesUnsupported),
+    /// Incomplete multipart uploads could not be listed or aborted.
+    #[error("incomplete uploads of {location}: {detail}")]
+    Uploads { location: String, detail: String },
     /// A volume name that cannot be used.
     #[error("invalid volume name {name:?}: {reason}")]
     InvalidName { name: String, reason: &'static str },
@@ -139,10 +156,13 @@ impl RepoError {
         key: impl ToString,
     ) -> impl FnOnce(object_store::Error) -> RepoError {
         let key = key.to_string();
-        move |source| RepoError::Store {
-            action,
-            key,
-            source,
+        move |source| match s3http::conditional_unsupported(&source) {
+            Some(u) => RepoError::ConditionalWritesUnsupported(u.clone()),
+            None => RepoError::Store {
+                action,
+                key,
+                source,
+            },
         }
     }
 }
@@ -160,6 +180,8 @@ pub struct Repository {
     config: RepoConfig,
     /// The directory of a local repository (for file-system-only housekeeping).
     local_root: Option<std::path::PathBuf>,
+    /// Incomplete multipart uploads, on S3.
+    uploads: Option<Arc<uploads::S3Uploads>>,
 }
 
 impl std::fmt::Debug for Repository {
@@ -202,10 +224,12 @@ impl Repository {
     /// # Errors
     /// As [`open_store`] and [`Repository::open`].
     pub async fn open_location(location: &str) -> Result<Repository, RepoError> {
-        let (store, root) = open_store(location, false)?;
+        let opened = open_store(location, false)?;
+        let store = opened.store.clone();
         match Repository::open(store.clone(), location).await {
             Ok(repo) => Ok(Repository {
-                local_root: root,
+                local_root: opened.local_root,
+                uploads: opened.uploads,
                 ..repo
             }),
             // A missing bucket also looks like a missing config: tell them apart.
@@ -236,10 +260,11 @@ impl Repository {
         location: &str,
         check_conditional: bool,
     ) -> Result<Repository, RepoError> {
-        let (store, root) = open_store(location, true)?;
-        let repo = Repository::create_checked(store, location, check_conditional).await?;
+        let opened = open_store(location, true)?;
+        let repo = Repository::create_checked(opened.store, location, check_conditional).await?;
         Ok(Repository {
-            local_root: root,
+            local_root: opened.local_root,
+            uploads: opened.uploads,
             ..repo
         })
     }

@@ -6,10 +6,22 @@
 //! point. Two writers racing for the same seq both upload, exactly one creates the
 //! marker, and the loser deletes its object. Readers ignore archive objects that no
 //! marker names.
+//!
+//! A run gives back what it wrote: an upload that fails, or whose commit fails, is
+//! aborted and its object deleted before the error is returned; an upload dropped
+//! unfinished (the run was interrupted by a signal) is aborted in the background, and
+//! [`settle_dropped_uploads`] waits for those aborts and says how they went.
+
+use std::sync::Mutex;
 
 use object_store::path::Path;
-use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload, WriteMultipart};
+use std::sync::Arc;
+
+use object_store::{
+    ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, PutResult, WriteMultipart,
+};
 use serde::{Deserialize, Serialize};
+use tokio::task::JoinHandle;
 
 use super::{RepoError, Repository, VolumeName};
 use crate::format::Digest;
@@ -42,8 +54,56 @@ pub struct ArchiveUpload {
     generation: u32,
     archive_id: String,
     key: Path,
-    upload: WriteMultipart,
+    /// `None` once finished or aborted; an upload dropped while `Some` is aborted in
+    /// the background.
+    upload: Option<WriteMultipart>,
     written: u64,
+}
+
+/// Aborts of uploads dropped unfinished, for [`settle_dropped_uploads`].
+static DROPPED: Mutex<Vec<JoinHandle<Result<(), String>>>> = Mutex::new(Vec::new());
+
+/// What became of the uploads dropped unfinished (an interrupted run).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct DroppedUploads {
+    /// Uploads aborted: nothing of them is left on the store.
+    pub aborted: usize,
+    /// Uploads whose abort failed, with the reason: a later run of the volume removes
+    /// them.
+    pub failed: Vec<String>,
+}
+
+/// Waits for the aborts of uploads that were dropped unfinished (a command unwound by
+/// a signal) and says how they went.
+pub async fn settle_dropped_uploads() -> DroppedUploads {
+    let tasks = std::mem::take(&mut *DROPPED.lock().expect("dropped uploads"));
+    let mut out = DroppedUploads::default();
+    for t in tasks {
+        match t.await {
+            Ok(Ok(())) => out.aborted += 1,
+            Ok(Err(e)) => out.failed.push(e),
+            Err(e) => out.failed.push(e.to_string()),
+        }
+    }
+    out
+}
+
+impl Drop for ArchiveUpload {
+    fn drop(&mut self) {
+        let Some(upload) = self.upload.take() else {
+            return;
+        };
+        let key = self.key.clone();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let task = rt.spawn(async move {
+                upload
+                    .abort()
+                    .await
+                    .map_err(|e| format!("aborting the upload of {key}: {e}"))
+            });
+            DROPPED.lock().expect("dropped uploads").push(task);
+        }
+    }
 }
 
 /// A committed archive.
@@ -63,6 +123,56 @@ pub struct Published {
 fn part_size(max_len: u64) -> usize {
     let needed = max_len.div_ceil(MAX_PARTS).next_multiple_of(1 << 20);
     usize::try_from(PART_SIZE.max(needed)).unwrap_or(usize::MAX)
+}
+
+impl Repository {
+    /// Creates `key` with `body` if it does not exist yet (`PutMode::Create`). On a
+    /// repository created with `--allow-unsafe-store`, a store that answers HTTP 501 to
+    /// the conditional put gets a HEAD check and an unconditional put instead (a race
+    /// between two writers is then not detected: the volume lock is the only guard).
+    ///
+    /// # Errors
+    /// `AlreadyExists` if it does, or what the store returns.
+    pub(crate) async fn put_create(
+        &self,
+        key: &Path,
+        body: PutPayload,
+    ) -> Result<PutResult, object_store::Error> {
+        self.put_create_in(self.store(), key, body).await
+    }
+
+    /// [`put_create`](Self::put_create) through `store` (the repository's store, or
+    /// the unthrottled one for locks).
+    ///
+    /// # Errors
+    /// As [`put_create`](Self::put_create).
+    pub(crate) async fn put_create_in(
+        &self,
+        store: &Arc<dyn ObjectStore>,
+        key: &Path,
+        body: PutPayload,
+    ) -> Result<PutResult, object_store::Error> {
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        match store.put_opts(key, body.clone(), opts).await {
+            Err(e)
+                if self.config().unsafe_store
+                    && super::s3http::conditional_unsupported(&e).is_some() =>
+            {
+                match store.head(key).await {
+                    Ok(_) => Err(object_store::Error::AlreadyExists {
+                        path: key.to_string(),
+                        source: "the object exists (checked with HEAD: the store cannot create conditionally)".into(),
+                    }),
+                    Err(object_store::Error::NotFound { .. }) => store.put(key, body).await,
+                    Err(e) => Err(e),
+                }
+            }
+            r => r,
+        }
+    }
 }
 
 impl ArchiveUpload {
@@ -94,7 +204,10 @@ impl ArchiveUpload {
             generation: 0,
             archive_id: archive_id.to_string(),
             key,
-            upload: WriteMultipart::new_with_chunk_size(upload, part_size(max_len)),
+            upload: Some(WriteMultipart::new_with_chunk_size(
+                upload,
+                part_size(max_len),
+            )),
             written: 0,
         })
     }
@@ -112,19 +225,44 @@ impl ArchiveUpload {
     /// [`RepoError::Store`] when a part upload failed; the caller must then
     /// [`abort`](Self::abort).
     pub async fn write(&mut self, bytes: &[u8]) -> Result<(), RepoError> {
-        self.upload
+        let upload = self.upload.as_mut().expect("upload not finished");
+        upload
             .wait_for_capacity(PARTS_IN_FLIGHT)
             .await
             .map_err(RepoError::store("upload", &self.key))?;
-        self.upload.write(bytes);
+        upload.write(bytes);
         self.written += bytes.len() as u64;
         Ok(())
     }
 
     /// Abandons the upload and removes what was uploaded. Errors are ignored: what is
     /// left is never named by a commit marker and is removed by a later run.
-    pub async fn abort(self) {
-        let _ = self.upload.abort().await;
+    pub async fn abort(mut self) {
+        if let Some(upload) = self.upload.take() {
+            let _ = upload.abort().await;
+        }
+    }
+
+    /// Deletes the completed but uncommitted archive object; says whether it is gone.
+    async fn remove_object(&self) -> bool {
+        self.repo.delete("delete", &self.key).await.is_ok()
+    }
+
+    /// The error of a commit that failed after the archive object was completed:
+    /// the object is deleted first, and the error says whether that worked.
+    async fn uncommitted(&self, commit_key: &Path, source: object_store::Error) -> RepoError {
+        RepoError::CommitFailed {
+            key: commit_key.to_string(),
+            removed: if self.remove_object().await {
+                format!("this run's archive {} was removed", self.key)
+            } else {
+                format!(
+                    "this run's archive {} is left uncommitted; the next run of the volume removes it",
+                    self.key
+                )
+            },
+            source,
+        }
     }
 
     /// Completes the upload and commits it with a create-if-absent marker.
@@ -132,12 +270,19 @@ impl ArchiveUpload {
     /// # Errors
     /// [`RepoError::Conflict`] if another writer committed this seq first (our object
     /// is deleted), [`RepoError::Store`] if the upload or the commit failed.
-    pub async fn commit(self, digest: Digest) -> Result<Published, RepoError> {
+    pub async fn commit(mut self, digest: Digest) -> Result<Published, RepoError> {
         let store = self.repo.store().clone();
-        self.upload
-            .finish()
-            .await
-            .map_err(RepoError::store("complete upload of", &self.key))?;
+        let mut upload = self.upload.take().expect("upload not finished");
+        // Parts in flight fail here, while the upload can still be aborted.
+        if let Err(e) = upload.wait_for_capacity(0).await {
+            let _ = upload.abort().await;
+            return Err(RepoError::store("upload", &self.key)(e));
+        }
+        if let Err(e) = upload.finish().await {
+            // A completion whose answer was lost may have made the object: remove it.
+            self.remove_object().await;
+            return Err(RepoError::store("complete upload of", &self.key)(e));
+        }
         let marker = CommitMarker {
             archive: self.archive_id.clone(),
             object: self.key.filename().unwrap_or_default().to_string(),
@@ -148,38 +293,38 @@ impl ArchiveUpload {
         let body = PutPayload::from(serde_json::to_vec_pretty(&marker).expect("marker serialises"));
         // Retried on transient errors: a retry of a create that did land comes back as
         // AlreadyExists and is recognised below.
-        let put = super::retry::retry(|| {
-            let opts = PutOptions {
-                mode: PutMode::Create,
-                ..Default::default()
-            };
-            store.put_opts(&commit_key, body.clone(), opts)
-        });
-        match put.await {
-            Ok(_) => {}
-            Err(object_store::Error::AlreadyExists { .. }) => {
-                // A retried create whose first response was lost also lands here: it is
-                // ours if the marker names our archive. Only a marker that provably
-                // names another archive makes ours garbage; if it cannot be read, the
-                // outcome is unknown and our archive may be the committed one.
-                match super::catalog::read_marker(&self.repo, &commit_key).await {
-                    Ok(m) if m == marker => {}
-                    Ok(_) => {
-                        let _ = store.delete(&self.key).await;
-                        return Err(RepoError::Conflict {
-                            volume: self.volume.to_string(),
-                            seq: self.seq,
-                        });
-                    }
-                    Err(e) => {
-                        return Err(RepoError::CommitUnknown {
-                            key: commit_key.to_string(),
-                            detail: e.to_string(),
-                        });
-                    }
+        let put = super::retry::retry(|| self.repo.put_create(&commit_key, body.clone()));
+        if let Err(e) = put.await {
+            if super::s3http::conditional_unsupported(&e).is_some() {
+                self.remove_object().await;
+                return Err(RepoError::store("commit", &commit_key)(e));
+            }
+            // Either another writer won (AlreadyExists), or the create failed, or
+            // it landed and its answer was lost. The marker decides: ours if it
+            // names our archive object (a retried create, or a repair that
+            // re-committed it); another writer's if it names another; absent, the
+            // commit failed. If it cannot be read, the outcome is unknown and our
+            // archive may be the committed one: nothing is deleted.
+            match super::catalog::read_marker(&self.repo, &commit_key).await {
+                Ok(m) if m.object == marker.object => {}
+                Ok(_) => {
+                    self.remove_object().await;
+                    return Err(RepoError::Conflict {
+                        volume: self.volume.to_string(),
+                        seq: self.seq,
+                    });
+                }
+                Err(RepoError::Store {
+                    source: object_store::Error::NotFound { .. },
+                    ..
+                }) => return Err(self.uncommitted(&commit_key, e).await),
+                Err(read) => {
+                    return Err(RepoError::CommitUnknown {
+                        key: commit_key.to_string(),
+                        detail: format!("{e}; reading it back: {read}"),
+                    });
                 }
             }
-            Err(e) => return Err(RepoError::store("commit", &commit_key)(e)),
         }
         let committed_at = store.head(&commit_key).await.ok().map(|m| m.last_modified);
         Ok(Published {

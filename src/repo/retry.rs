@@ -12,12 +12,13 @@ use std::time::Duration;
 const ATTEMPTS: u32 = 3;
 
 /// Whether `e` may go away on its own. Answers from the store about the object
-/// (missing, exists, precondition, permission, unsupported) are final.
+/// (missing, exists, precondition, permission, unsupported, a 501 to a conditional
+/// write) are final.
 pub(crate) fn is_transient(e: &object_store::Error) -> bool {
     matches!(
         e,
         object_store::Error::Generic { .. } | object_store::Error::JoinError { .. }
-    )
+    ) && super::s3http::conditional_unsupported(e).is_none()
 }
 
 /// Runs `f` until it succeeds, fails permanently, or [`ATTEMPTS`] are used up, with

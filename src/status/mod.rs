@@ -70,6 +70,11 @@ pub struct VolumeStatus {
     /// thinarc's snapshots of an LVM source, when its volume group is on this host:
     /// the base of the next delta, and strays the next backup removes.
     pub snapshots: Vec<ThinarcSnapshot>,
+    /// Incomplete multipart uploads of the volume (S3): left by killed runs, aborted
+    /// by its next backup, prune or copy once older than the grace period.
+    pub incomplete_uploads: usize,
+    /// When the oldest of them was started.
+    pub oldest_upload: Option<DateTime<Utc>>,
     /// Problems found while gathering the status (e.g. an unreadable archive).
     pub problems: Vec<String>,
     /// Damage of the volume's catalog and archives (all zero for a sound volume).
@@ -182,6 +187,8 @@ pub async fn gather(
             verify: OperationStatus::default(),
             locks: Vec::new(),
             snapshots: Vec::new(),
+            incomplete_uploads: 0,
+            oldest_upload: None,
             problems: unreachable.iter().cloned().collect(),
             damage: DamageCounts::default(),
         };
@@ -190,6 +197,13 @@ pub async fn gather(
             match held_locks(repo, &v).await {
                 Ok(locks) => s.locks = locks,
                 Err(e) => s.problems.push(format!("cannot list locks: {e}")),
+            }
+            match repo.pending_uploads(Some(&v)).await {
+                Ok(u) => {
+                    s.incomplete_uploads = u.len();
+                    s.oldest_upload = u.iter().map(|u| u.initiated).min();
+                }
+                Err(e) => s.problems.push(e.to_string()),
             }
         }
         for op in Operation::ALL {

@@ -156,6 +156,9 @@ pub struct VerifyReport {
     pub problems: Vec<Problem>,
     /// Findings that are not damage (a writer's clock that went backwards).
     pub warnings: Vec<String>,
+    /// Incomplete multipart uploads under the repository (S3): left by killed runs,
+    /// aborted by the volume's next backup, prune or copy; not a problem.
+    pub incomplete_uploads: Vec<crate::repo::PendingUpload>,
     /// Wall-clock seconds.
     pub seconds: f64,
 }
@@ -210,9 +213,14 @@ pub async fn verify(
         source: None,
         problems: Vec::new(),
         warnings: Vec::new(),
+        incomplete_uploads: Vec::new(),
         seconds: 0.0,
     };
     for volume in &volumes {
+        match repo.pending_uploads(Some(volume)).await {
+            Ok(u) => report.incomplete_uploads.extend(u),
+            Err(e) => tracing::warn!("{e}"),
+        }
         let good = check_volume(repo, volume, opts, &progress, &mut report).await;
         if opts.source.is_some() && good.is_none() {
             report.problems.push(Problem {

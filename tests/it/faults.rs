@@ -459,9 +459,21 @@ async fn failed_commit_marker_put_lists_nothing_and_a_retry_succeeds() {
         f.repo.commits(&volume).await.unwrap().is_empty(),
         "nothing is listed"
     );
-    // The uploaded archive stays (the failure may have been ambiguous, so deleting it
-    // could break a marker that was in fact written): it is complete, so the next
-    // backup commits it again as seq 1 before it writes seq 2.
+    // The marker was read back and is absent: the run removed its archive, and says so.
+    assert!(
+        msg.contains("this run's archive") && msg.contains("was removed"),
+        "{msg}"
+    );
+    let left = f
+        .repo
+        .store()
+        .list(None)
+        .map(|m| m.unwrap().location.to_string());
+    let left: Vec<String> = left.collect().await;
+    assert!(
+        !left.iter().any(|k| k.contains("/archives/")),
+        "the uncommitted archive is gone: {left:?}"
+    );
     f.set(|x| x.fail_commits = false);
 
     let r = backup_file(&f.repo, &volume, &src, None)

@@ -320,7 +320,7 @@ fn guest_scenario() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(
-        err.contains("interrupted by SIGTERM: nothing partial was committed or kept"),
+        err.contains("interrupted by SIGTERM: nothing partial was committed"),
         "{err}"
     );
     assert_eq!(thinarc_snapshots(), before, "{err}");

@@ -315,9 +315,18 @@ async fn copy_all(from: &Arc<dyn ObjectStore>, to: &Arc<dyn ObjectStore>) {
     }
 }
 
-/// Kills a prune at every store operation in turn (`fresh` makes an empty store for
-/// each attempt), then checks the repository as described in the module doc.
-async fn kill_prune_everywhere(fresh: impl Fn() -> Arc<dyn ObjectStore>) {
+/// Which store operations of the prune to kill it at.
+enum KillPoints {
+    /// Every one in turn, until a prune finishes.
+    Every,
+    /// This many, drawn from all of them with a seed that rotates per run (printed;
+    /// `THINARC_TEST_SEED` replays it), plus the run that finishes.
+    Sample(usize),
+}
+
+/// Kills a prune at store operations chosen by `points` (`fresh` makes an empty store
+/// for each attempt), then checks the repository as described in the module doc.
+async fn kill_prune_everywhere(fresh: impl Fn() -> Arc<dyn ObjectStore>, points: KillPoints) {
     let scratch = tempfile::tempdir().unwrap();
     let volume = VolumeName::new("k").unwrap();
     let (steps, times, policy) = kill_scenario();
@@ -326,76 +335,152 @@ async fn kill_prune_everywhere(fresh: impl Fn() -> Arc<dyn ObjectStore>) {
         .await
         .unwrap();
     let models = timed_chain(&base, scratch.path(), &volume, 90_000, 4, &steps, &times).await;
-    let kept = [3, 5, 6];
     let mut opts = PruneOptions::new(policy);
     opts.threads = 2;
+    let kill = |k| {
+        kill_prune_at(
+            k,
+            &fresh,
+            &base_store,
+            scratch.path(),
+            &volume,
+            &models,
+            &opts,
+        )
+    };
 
-    let mut k = 0;
     let started = std::time::Instant::now();
-    loop {
-        let store = fresh();
-        copy_all(&base_store, &store).await;
-        let faults = Arc::new(Mutex::new(Faults {
-            crash_at: Some(k),
-            ..Faults::default()
-        }));
-        let faulty: Arc<dyn ObjectStore> = Arc::new(FaultyStore {
-            inner: store.clone(),
-            faults: faults.clone(),
-        });
-        let dying = Repository::open(faulty, "faulty").await;
-        let finished = match dying {
-            Ok(repo) => prune(&repo, &volume, &opts).await.is_ok(),
-            Err(_) => false,
-        };
-        // After the kill, through a healthy store: each point listed before is listed
-        // and restores, or was dropped and its merged successor restores.
-        let repo = Repository::open(store.clone(), "after").await.unwrap();
-        let listed = listed(&repo, &volume).await;
-        for seq in 1..=6u64 {
-            assert!(
-                listed.contains(&seq) || !kept.contains(&seq),
-                "kill at op {k}: kept seq {seq} is not listed ({listed:?})"
-            );
-        }
-        assert_points(&repo, scratch.path(), &volume, &models, &listed).await;
-        // The killed run's lock goes stale after its TTL (see the lock tests); here it
-        // is removed at once. Then a second prune completes the job.
-        let locks = object_store::path::Path::from("volumes/k/locks");
-        let stale: Vec<_> = store.list(Some(&locks)).try_collect().await.unwrap();
-        for m in stale {
-            store.delete(&m.location).await.unwrap();
-        }
-        prune(&repo, &volume, &opts)
-            .await
-            .unwrap_or_else(|e| panic!("kill at op {k}: second prune: {e}"));
-        assert_points(&repo, scratch.path(), &volume, &models, &kept).await;
-        assert_clean_after_grace(&repo, &volume).await;
-        if finished {
+    match points {
+        KillPoints::Every => {
+            let mut k = 0;
+            while !kill(k).await {
+                k += 1;
+            }
             assert!(k > 20, "the prune did {k} store operations");
             eprintln!("{k} kill points checked in {:?}", started.elapsed());
-            break;
         }
-        k += 1;
+        KillPoints::Sample(n) => {
+            // The store operations of a whole prune, counted on a copy.
+            let store = fresh();
+            copy_all(&base_store, &store).await;
+            let faults = Arc::new(Mutex::new(Faults::default()));
+            let counting: Arc<dyn ObjectStore> = Arc::new(FaultyStore {
+                inner: store,
+                faults: faults.clone(),
+            });
+            let repo = Repository::open(counting, "count").await.unwrap();
+            prune(&repo, &volume, &opts)
+                .await
+                .expect("uninterrupted prune");
+            let ops = faults.lock().unwrap().ops;
+            let seed = std::env::var("THINARC_TEST_SEED")
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or_else(|| {
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap()
+                        .as_secs()
+                });
+            let mut rng = crate::util::Rng::new(seed);
+            let mut ks: Vec<usize> = (0..n).map(|_| rng.below(ops as u64) as usize).collect();
+            ks.sort_unstable();
+            ks.dedup();
+            eprintln!(
+                "killing the prune at {ks:?} of {ops} store operations (THINARC_TEST_SEED={seed} replays them)"
+            );
+            for &k in &ks {
+                assert!(
+                    !kill(k).await,
+                    "kill at op {k} of {ops}: the prune finished"
+                );
+            }
+            assert!(
+                kill(ops).await,
+                "a prune with {ops} operations allowed finishes"
+            );
+            eprintln!(
+                "{} kill points checked in {:?}",
+                ks.len() + 1,
+                started.elapsed()
+            );
+        }
     }
+}
+
+/// One kill point: a copy of `base_store` whose prune dies at store operation `k`,
+/// checked after the kill and after a second prune. Returns whether the prune finished
+/// before operation `k`.
+async fn kill_prune_at(
+    k: usize,
+    fresh: &impl Fn() -> Arc<dyn ObjectStore>,
+    base_store: &Arc<dyn ObjectStore>,
+    scratch: &std::path::Path,
+    volume: &VolumeName,
+    models: &[Vec<u8>],
+    opts: &PruneOptions,
+) -> bool {
+    let kept = [3, 5, 6];
+    let store = fresh();
+    copy_all(base_store, &store).await;
+    let faults = Arc::new(Mutex::new(Faults {
+        crash_at: Some(k),
+        ..Faults::default()
+    }));
+    let faulty: Arc<dyn ObjectStore> = Arc::new(FaultyStore {
+        inner: store.clone(),
+        faults: faults.clone(),
+    });
+    let dying = Repository::open(faulty, "faulty").await;
+    let finished = match dying {
+        Ok(repo) => prune(&repo, volume, opts).await.is_ok(),
+        Err(_) => false,
+    };
+    // After the kill, through a healthy store: each point listed before is listed
+    // and restores, or was dropped and its merged successor restores.
+    let repo = Repository::open(store.clone(), "after").await.unwrap();
+    let listed = listed(&repo, volume).await;
+    for seq in 1..=6u64 {
+        assert!(
+            listed.contains(&seq) || !kept.contains(&seq),
+            "kill at op {k}: kept seq {seq} is not listed ({listed:?})"
+        );
+    }
+    assert_points(&repo, scratch, volume, models, &listed).await;
+    // The killed run's lock goes stale after its TTL (see the lock tests); here it
+    // is removed at once. Then a second prune completes the job.
+    let locks = object_store::path::Path::from("volumes/k/locks");
+    let stale: Vec<_> = store.list(Some(&locks)).try_collect().await.unwrap();
+    for m in stale {
+        store.delete(&m.location).await.unwrap();
+    }
+    prune(&repo, volume, opts)
+        .await
+        .unwrap_or_else(|e| panic!("kill at op {k}: second prune: {e}"));
+    assert_points(&repo, scratch, volume, models, &kept).await;
+    assert_clean_after_grace(&repo, volume).await;
+    finished
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_prune_keeps_every_point_restorable_locally() {
     let dirs = Mutex::new(Vec::new());
-    kill_prune_everywhere(|| {
-        let d = tempfile::tempdir().unwrap();
-        let store = local_store(d.path());
-        dirs.lock().unwrap().push(d);
-        store
-    })
+    kill_prune_everywhere(
+        || {
+            let d = tempfile::tempdir().unwrap();
+            let store = local_store(d.path());
+            dirs.lock().unwrap().push(d);
+            store
+        },
+        KillPoints::Every,
+    )
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_prune_keeps_every_point_restorable_on_s3() {
     let moto = crate::util::s3::moto();
-    kill_prune_everywhere(|| moto.store(&moto.bucket())).await;
+    kill_prune_everywhere(|| moto.store(&moto.bucket()), KillPoints::Sample(8)).await;
 }
 
 /// A dry run changes nothing and reports the plan; a corrupt archive in the middle of

@@ -254,9 +254,10 @@ fn an_interrupted_backup_is_recorded_as_failed() {
     assert!(!child.wait().unwrap().success());
     let done: Value = serde_json::from_slice(&std::fs::read(&last).unwrap()).unwrap();
     assert_eq!(done["result"], "failure");
-    assert_eq!(
-        done["error"],
-        "interrupted by SIGINT: nothing partial was committed or kept"
+    let error = done["error"].as_str().unwrap();
+    assert!(
+        error.starts_with("interrupted by SIGINT: nothing partial was committed"),
+        "{error}"
     );
     assert_eq!(done["started"], running["started"]);
 }

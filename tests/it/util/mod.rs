@@ -293,3 +293,69 @@ pub fn assert_same_image(actual: &[u8], expected: &[u8], what: &str) {
         );
     }
 }
+
+/// A small tmpfs mounted for one test (a disk that fills up), unmounted on drop. The
+/// tests run as root; a mount that fails fails the test.
+pub struct SmallFs(PathBuf);
+
+impl SmallFs {
+    /// Mounts a tmpfs of `size` (`mount -o size=`, e.g. `3m`) on `dir`, creating it.
+    pub fn mount(dir: &Path, size: &str) -> SmallFs {
+        std::fs::create_dir_all(dir).unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "cannot mount a {size} tmpfs on {} (the disk-full tests need root): {}",
+            dir.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        SmallFs(dir.to_path_buf())
+    }
+
+    /// Bytes an unprivileged writer may still use.
+    pub fn free(&self) -> u64 {
+        free_bytes(&self.0)
+    }
+
+    /// Fills the disk with a ballast file until `left` bytes are free.
+    pub fn fill_until(&self, left: u64) -> PathBuf {
+        let ballast = self.0.join("ballast");
+        let len = self.free().checked_sub(left).expect("not that much free");
+        let f = std::fs::File::create(&ballast).unwrap();
+        // SAFETY: fallocate on a descriptor we own.
+        let rc = unsafe {
+            libc::fallocate(
+                std::os::fd::AsRawFd::as_raw_fd(&f),
+                0,
+                0,
+                i64::try_from(len).unwrap(),
+            )
+        };
+        assert_eq!(
+            rc,
+            0,
+            "fallocate {len}: {}",
+            std::io::Error::last_os_error()
+        );
+        ballast
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// Free bytes of the file system holding `path` (statvfs).
+pub fn free_bytes(path: &Path) -> u64 {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a zeroed statvfs is a valid out-parameter; `c` is a valid C string.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut st) }, 0, "statvfs");
+    st.f_bavail * st.f_frsize
+}

@@ -134,6 +134,11 @@ fn start() -> Result<Moto, String> {
 
 /// Sends an unsigned request and returns the HTTP status.
 fn http(port: u16, method: &str, path: &str) -> Result<u16, String> {
+    request(port, method, path).map(|(status, _)| status)
+}
+
+/// Sends an unsigned request and returns the HTTP status and the whole answer.
+fn request(port: u16, method: &str, path: &str) -> Result<(u16, String), String> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
     let req = format!(
         "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
@@ -141,13 +146,40 @@ fn http(port: u16, method: &str, path: &str) -> Result<u16, String> {
     s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
     let mut resp = String::new();
     s.read_to_string(&mut resp).map_err(|e| e.to_string())?;
-    resp.split_whitespace()
+    let status = resp
+        .split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
-        .ok_or_else(|| format!("bad response {resp:?}"))
+        .ok_or_else(|| format!("bad response {resp:?}"))?;
+    Ok((status, resp))
 }
 
 impl Moto {
+    /// Deletes every object of `bucket` under `prefix` (e.g. the lock of a killed run).
+    pub fn delete_under(&self, bucket: &str, prefix: &str) {
+        use futures::TryStreamExt;
+        use object_store::ObjectStoreExt;
+        let store = self.store(bucket);
+        let prefix = object_store::path::Path::from(prefix);
+        tokio::runtime::Runtime::new().unwrap().block_on(async {
+            let found: Vec<_> = store.list(Some(&prefix)).try_collect().await.unwrap();
+            for m in found {
+                store.delete(&m.location).await.unwrap();
+            }
+        });
+    }
+
+    /// The keys of the incomplete multipart uploads in `bucket`.
+    pub fn pending_uploads(&self, bucket: &str) -> Vec<String> {
+        let (status, body) =
+            request(self.port, "GET", &format!("/{bucket}?uploads")).expect("list uploads");
+        assert_eq!(status, 200, "{body}");
+        body.split("<Key>")
+            .skip(1)
+            .filter_map(|k| k.split_once("</Key>").map(|(k, _)| k.to_string()))
+            .collect()
+    }
+
     /// Creates a new, uniquely named bucket and returns its name.
     pub fn bucket(&self) -> String {
         static N: AtomicU64 = AtomicU64::new(0);
