@@ -1,5 +1,6 @@
 //! All integration tests, built as one binary (see Cargo.toml `[[test]]`).
 
+mod campaign;
 mod chain;
 mod cli;
 mod clock;

@@ -53,6 +53,12 @@ impl TempRepo {
         }
     }
 
+    /// The environment every run of this repository gets (state directory, S3
+    /// credentials).
+    pub fn env_pairs(&self) -> Vec<(String, String)> {
+        self.env.clone()
+    }
+
     /// The repository location as given to `-r`.
     pub fn location(&self) -> &str {
         &self.location
