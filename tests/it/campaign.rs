@@ -205,7 +205,6 @@ fn kill_after(mut child: Child, delay: Duration) -> bool {
     // SAFETY: kill(2) on our own child's pid.
     unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGKILL) };
     child.wait().unwrap();
-    std::thread::sleep(Duration::from_millis(1300)); // TEMP until dead-pid locks
     landed
 }
 
