@@ -16,6 +16,7 @@ pub mod logging;
 pub mod lvm;
 pub mod progress;
 pub mod prune;
+pub mod quote;
 pub mod repo;
 pub mod restore;
 pub mod source;

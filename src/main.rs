@@ -23,6 +23,14 @@ fn main() -> ExitCode {
             }
         }
     }
+    // Before the runtime starts: its threads inherit the blocked signals.
+    if let Err(e) = thinarc::cli::signals::install(sink.error_prefix()) {
+        eprintln!(
+            "{}error: cannot set up signal handling: {e}",
+            sink.error_prefix()
+        );
+        return ExitCode::FAILURE;
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -36,7 +44,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    let result = runtime.block_on(run(cli));
+    // A blocking thread still stuck after a signal (a read from a slow device) must not
+    // keep the process alive.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!(

@@ -10,6 +10,7 @@ mod progress;
 mod prune;
 mod restore;
 mod run;
+pub mod signals;
 mod status;
 mod verify;
 
@@ -23,10 +24,12 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 use crate::config::Config;
+use crate::quote::excerpt;
 use crate::repo::{Repository, VolumeName};
 use crate::status::alert::Alert;
 use crate::status::{Operation, Record, Records};
 use crate::throttle::{RateLimiter, parse_rate};
+use signals::interrupted;
 
 /// Block-level backups of LVM thin volumes, block devices and image files.
 #[derive(Debug, Parser)]
@@ -345,10 +348,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Copy(a) => copy::run(a, &ctx).await,
         }
     };
-    // On SIGINT or SIGTERM the command is dropped, which unwinds it like an error: a
-    // backup's upload is left uncommitted (removed by a later run) and a new restore
-    // target's temporary file is deleted. The operation in progress is recorded as
-    // failed.
+    // On SIGINT or SIGTERM (see [`signals`]) the command is dropped, which unwinds it
+    // like an error: a backup's upload is left uncommitted (removed by a later run) and
+    // a new restore target's temporary file is deleted. The operation in progress is
+    // recorded as failed.
     let result = tokio::select! {
         r = command => r,
         signal = interrupted() => {
@@ -433,21 +436,6 @@ pub fn error_message(e: &anyhow::Error) -> String {
     out
 }
 
-/// Resolves with the name of the first SIGINT or SIGTERM received.
-async fn interrupted() -> &'static str {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut int), Ok(mut term)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = int.recv() => "SIGINT",
-        _ = term.recv() => "SIGTERM",
-    }
-}
-
 /// Parses a byte size: a number with an optional `K`, `M`, `G` or `T` suffix (powers
 /// of 1024; `KiB` etc. and a trailing `B` are accepted too).
 pub fn parse_size(s: &str) -> Result<u64, String> {
@@ -456,7 +444,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     let (num, unit) = t.split_at(split);
     let n: u64 = num
         .parse()
-        .map_err(|_| format!("{s:?} is not a size (e.g. 65536, 64K, 1M)"))?;
+        .map_err(|_| format!("{} is not a size (e.g. 65536, 64K, 1M)", excerpt(s)))?;
     let shift = match unit
         .trim()
         .to_ascii_uppercase()
@@ -468,10 +456,15 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "M" => 20,
         "G" => 30,
         "T" => 40,
-        _ => return Err(format!("{s:?} has an unknown unit (use K, M, G or T)")),
+        _ => {
+            return Err(format!(
+                "{} has an unknown unit (use K, M, G or T)",
+                excerpt(s)
+            ));
+        }
     };
     n.checked_mul(1 << shift)
-        .ok_or_else(|| format!("{s:?} is too large"))
+        .ok_or_else(|| format!("{} is too large", excerpt(s)))
 }
 
 /// Prints `value` as pretty JSON on stdout.

@@ -5,6 +5,8 @@ mod cli;
 mod copy;
 mod faults;
 mod format;
+mod honest;
+mod linger;
 mod lock;
 mod lvm;
 mod lvm_vm;
