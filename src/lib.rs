@@ -8,6 +8,7 @@
 //! [`backup`] and [`restore`] (the pipelines) ← `cli`.
 
 pub mod backup;
+pub mod cleanup;
 pub mod cli;
 pub mod config;
 pub mod copy;
