@@ -2,12 +2,12 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::Parser as _;
 use thinarc::cli::{Cli, run};
 use thinarc::logging::Sink;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::try_parse().unwrap_or_else(|e| usage_error(e));
     let sink = Sink::detect();
     thinarc::logging::init(sink, cli.verbosity());
     tune_malloc(&cli.command);
@@ -59,6 +59,20 @@ fn main() -> ExitCode {
             exit_code(&e)
         }
     }
+}
+
+/// Prints a command-line error and exits (code 2; 0 for `--help`). clap quotes an
+/// invalid value in full: a long one is cut to a short excerpt.
+fn usage_error(e: clap::Error) -> ! {
+    use clap::error::{ContextKind, ContextValue};
+    if let Some(ContextValue::String(value)) = e.get(ContextKind::InvalidValue)
+        && let Some((cut, _)) = value.char_indices().nth(thinarc::quote::EXCERPT_CHARS)
+    {
+        let short = format!("{}... ({} bytes)", &value[..cut], value.len());
+        eprint!("{}", e.render().to_string().replace(value.as_str(), &short));
+        std::process::exit(e.exit_code());
+    }
+    e.exit()
 }
 
 /// The exit code for a failure: 3 when the volume is locked by another run, 4 when

@@ -204,7 +204,24 @@ fn bad_input_is_quoted_as_a_short_excerpt_with_its_line() {
         )
     );
 
-    // A config value and a point selector.
+    // A point selector (a usage error, exit code 2) and a config value.
+    let long = "z".repeat(100_000);
+    let o = t.run(&[
+        "restore",
+        "v",
+        t.path("out.img").to_str().unwrap(),
+        "--at",
+        &long,
+    ]);
+    assert_eq!(o.code, Some(2), "{}", o.show());
+    assert!(o.stderr.len() < 400, "{} bytes of error", o.stderr.len());
+    assert_eq!(
+        o.stderr.lines().next().unwrap(),
+        format!(
+            "error: invalid value '{z}... (100000 bytes)' for '--at <AT>': \"{z}\"... (100000 bytes) is not `latest`, a sequence number or an archive id",
+            z = "z".repeat(60)
+        )
+    );
     let config = t.path("thinarc.toml");
     write(
         &config,
@@ -234,5 +251,63 @@ fn bad_input_is_quoted_as_a_short_excerpt_with_its_line() {
         "{} bytes of error: {}",
         e.len(),
         &e[..400.min(e.len())]
+    );
+}
+
+/// A loop device over a file, detached when dropped.
+struct Loop(String);
+
+impl Loop {
+    /// Attaches `file` (needs root and loop devices: a test that cannot run fails).
+    fn attach(file: &std::path::Path) -> Loop {
+        let o = std::process::Command::new("losetup")
+            .args(["-f", "--show"])
+            .arg(file)
+            .output()
+            .expect("run losetup (util-linux)");
+        assert!(
+            o.status.success(),
+            "cannot attach a loop device (this test needs root): {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        Loop(String::from_utf8_lossy(&o.stdout).trim().to_string())
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("losetup")
+            .args(["-d", &self.0])
+            .status();
+    }
+}
+
+#[test]
+fn restore_onto_a_longer_device_leaves_its_end_untouched_and_says_so() {
+    let t = TempRepo::new();
+    let (_, second) = two_points(&t);
+    let backing = t.path("device.img");
+    let mut garbage = vec![0u8; 6 * MIB];
+    Rng::new(73).fill(&mut garbage);
+    write(&backing, &garbage);
+    let dev = Loop::attach(&backing);
+    let out = t.ok(&["restore", "v", &dev.0]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    assert!(lines[0].contains(" verified in "), "{out}");
+    assert_eq!(
+        lines[1],
+        format!(
+            "{} is longer than the volume: its last {} bytes were left untouched",
+            dev.0,
+            2 * MIB
+        )
+    );
+    let now = read(std::path::Path::new(&dev.0));
+    assert_eq!(now.len(), 6 * MIB);
+    assert_same_image(&now[..4 * MIB], &second, "the restored image");
+    assert!(
+        now[4 * MIB..] == garbage[4 * MIB..],
+        "the end was not touched"
     );
 }
