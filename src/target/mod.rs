@@ -188,7 +188,13 @@ fn create_temp(path: &Path) -> std::io::Result<(File, PathBuf)> {
             .create_new(true)
             .open(&temp)?;
         if !try_lock(&file) {
-            return Err(std::io::Error::last_os_error());
+            match std::io::Error::last_os_error().raw_os_error() {
+                // Another restore's leftover cleaning holds it and removes it: start over.
+                Some(libc::EWOULDBLOCK) => continue,
+                // A file system without locks: the file stays unlocked, and leftover
+                // cleaning (whose lock fails the same way) leaves such files alone.
+                _ => return Ok((file, temp)),
+            }
         }
         let mine = file.metadata()?;
         match std::fs::symlink_metadata(&temp) {
