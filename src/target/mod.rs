@@ -136,7 +136,8 @@ fn remove_leftovers(path: &Path) -> Vec<String> {
         if !(n.starts_with(&prefix) && n.ends_with(".tmp")) {
             continue;
         }
-        let leftover = entry.path();
+        // Named as the target is (relative stays relative).
+        let leftover = path.with_file_name(&file_name);
         let Ok(file) = OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
