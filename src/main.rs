@@ -66,9 +66,9 @@ fn main() -> ExitCode {
 fn usage_error(e: clap::Error) -> ! {
     use clap::error::{ContextKind, ContextValue};
     if let Some(ContextValue::String(value)) = e.get(ContextKind::InvalidValue)
-        && let Some((cut, _)) = value.char_indices().nth(thinarc::quote::EXCERPT_CHARS)
+        && let Some(head) = thinarc::quote::head(value)
     {
-        let short = format!("{}... ({} bytes)", &value[..cut], value.len());
+        let short = format!("{head}... ({} bytes)", value.len());
         eprint!("{}", e.render().to_string().replace(value.as_str(), &short));
         std::process::exit(e.exit_code());
     }

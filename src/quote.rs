@@ -9,10 +9,18 @@ pub const EXCERPT_CHARS: usize = 60;
 /// [`EXCERPT_CHARS`] characters, else its first [`EXCERPT_CHARS`] characters quoted
 /// and followed by `... (N bytes)`.
 pub fn excerpt(value: &str) -> String {
-    match value.char_indices().nth(EXCERPT_CHARS) {
+    match head(value) {
         None => format!("{value:?}"),
-        Some((cut, _)) => format!("{:?}... ({} bytes)", &value[..cut], value.len()),
+        Some(head) => format!("{head:?}... ({} bytes)", value.len()),
     }
+}
+
+/// The first [`EXCERPT_CHARS`] characters of `value`, if it is longer than that.
+pub fn head(value: &str) -> Option<&str> {
+    value
+        .char_indices()
+        .nth(EXCERPT_CHARS)
+        .map(|(cut, _)| &value[..cut])
 }
 
 /// Characters of a message from another library (which may quote input in full)
