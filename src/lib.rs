@@ -8,6 +8,7 @@
 //! [`backup`] and [`restore`] (the pipelines) ← `cli`.
 
 pub mod backup;
+pub mod cleanup;
 pub mod cli;
 pub mod config;
 pub mod copy;
@@ -16,6 +17,7 @@ pub mod logging;
 pub mod lvm;
 pub mod progress;
 pub mod prune;
+pub mod quote;
 pub mod repo;
 pub mod restore;
 pub mod source;

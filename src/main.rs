@@ -2,12 +2,12 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::Parser as _;
 use thinarc::cli::{Cli, run};
 use thinarc::logging::Sink;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::try_parse().unwrap_or_else(|e| usage_error(e));
     let sink = Sink::detect();
     thinarc::logging::init(sink, cli.verbosity());
     tune_malloc(&cli.command);
@@ -23,6 +23,14 @@ fn main() -> ExitCode {
             }
         }
     }
+    // Before the runtime starts: its threads inherit the blocked signals.
+    if let Err(e) = thinarc::cli::signals::install(sink.error_prefix()) {
+        eprintln!(
+            "{}error: cannot set up signal handling: {e}",
+            sink.error_prefix()
+        );
+        return ExitCode::FAILURE;
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -36,7 +44,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    let result = runtime.block_on(run(cli));
+    // A blocking thread still stuck after a signal (a read from a slow device) must not
+    // keep the process alive.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!(
@@ -47,6 +59,20 @@ fn main() -> ExitCode {
             exit_code(&e)
         }
     }
+}
+
+/// Prints a command-line error and exits (code 2; 0 for `--help`). clap quotes an
+/// invalid value in full: a long one is cut to a short excerpt.
+fn usage_error(e: clap::Error) -> ! {
+    use clap::error::{ContextKind, ContextValue};
+    if let Some(ContextValue::String(value)) = e.get(ContextKind::InvalidValue)
+        && let Some(head) = thinarc::quote::head(value)
+    {
+        let short = format!("{head}... ({} bytes)", value.len());
+        eprint!("{}", e.render().to_string().replace(value.as_str(), &short));
+        std::process::exit(e.exit_code());
+    }
+    e.exit()
 }
 
 /// The exit code for a failure: 3 when the volume is locked by another run, 4 when

@@ -49,7 +49,7 @@ pub async fn backup_lvm(
     let mut prepared = plan.prepare(&archive_id, limits)?;
     opts.archive_id = Some(archive_id);
     opts.lvm = Some(prepared.record.clone());
-    opts.changed_blocks = prepared.changed.clone();
+    opts.changed_blocks = prepared.changed.clone().map(Into::into);
     let source = prepared.take_source();
     let mut report = backup_from(repo, base, source, &opts, progress).await?;
     warnings.extend(prepared.committed());

@@ -32,7 +32,7 @@ use crate::repo::{
     PointSelector, RemoteArchive, RepairScope, RepoError, Repository, VolumeName, chain_damage,
     clock_went_back, new_id,
 };
-use crate::source::{RawSource, ReadPlan, SourceError};
+use crate::source::{ChangedBlocks, RawSource, ReadPlan, SourceError};
 use crate::throttle::RateLimiter;
 use process::{Batch, Processed, process_batch};
 
@@ -53,7 +53,7 @@ pub struct BackupOptions {
     /// Block size for a new volume (an existing volume keeps its own).
     pub block_size: Option<BlockSize>,
     /// Byte ranges known to have changed since the last backup: only these are read.
-    pub changed_blocks: Option<Vec<Range<u64>>>,
+    pub changed_blocks: Option<ChangedBlocks>,
     /// zstd compression level.
     pub zstd_level: i32,
     /// Batches processed in parallel.
@@ -168,9 +168,15 @@ pub enum BackupError {
     /// A changed range lies past the end of the source: the list is probably for
     /// another device.
     #[error(
-        "--changed-blocks range {offset}+{len} lies past the end of the source ({size} bytes): is the list for this source? nothing was read or committed"
+        "{origin}: range {offset}+{len} lies past the end of the source ({size} bytes): is the list for this source? nothing was read or committed"
     )]
-    ChangedBlocksOutOfRange { offset: u64, len: u64, size: u64 },
+    ChangedBlocksOutOfRange {
+        /// `--changed-blocks FILE:LINE`.
+        origin: String,
+        offset: u64,
+        len: u64,
+        size: u64,
+    },
     /// The archive could not be built.
     #[error("building the archive: {0}")]
     Format(#[from] FormatError),
@@ -582,11 +588,14 @@ fn read_plan(
             if parent.is_some() { "scan" } else { "full" },
         ));
     };
-    if let Some(r) = changed
+    if let Some((i, r)) = changed
+        .ranges()
         .iter()
-        .find(|r| r.start >= geometry.size() && !r.is_empty())
+        .enumerate()
+        .find(|(_, r)| r.start >= geometry.size() && !r.is_empty())
     {
         return Err(BackupError::ChangedBlocksOutOfRange {
+            origin: changed.origin(i),
             offset: r.start,
             len: r.end - r.start,
             size: geometry.size(),
@@ -594,6 +603,7 @@ fn read_plan(
     }
     let bs = u64::from(geometry.block_size().get());
     let mut ranges: Vec<Range<u64>> = changed
+        .ranges()
         .iter()
         .map(|r| r.start / bs..r.end.div_ceil(bs))
         .collect();

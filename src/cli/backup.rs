@@ -103,7 +103,10 @@ pub async fn run(args: BackupArgs, ctx: &Ctx) -> anyhow::Result<()> {
         opts.block_size = Some(bs.context("--block-size is too large")??);
     }
     if let Some(file) = &args.changed_blocks {
-        let text = std::fs::read_to_string(file)
+        // Read on the blocking pool: a FIFO (`<(...)`) may wait for its writer, and a
+        // signal must still end the command.
+        let text = tokio::fs::read_to_string(file)
+            .await
             .with_context(|| format!("cannot read --changed-blocks {}", file.display()))?;
         opts.changed_blocks = Some(parse_changed_blocks(&text, &file.display().to_string())?);
     }
@@ -178,6 +181,17 @@ pub(super) async fn backup_volume(
 ) -> anyhow::Result<BackupReport> {
     let volume = opts.volume.clone();
     let lv = lvm_source(source)?;
+    if lv.is_none()
+        && let Err(e) = RawSource::check_kind(source)
+    {
+        // Refused before the repository is touched; the failure is recorded on this
+        // host only.
+        let failed = format!("backup of {} to volume {volume} failed", source.display());
+        let record = Record::start(Operation::Backup, &volume, location)
+            .finish(Err(format!("{failed}: {e}")));
+        ctx.write_record(location, None, record).await;
+        return Err(anyhow::Error::new(e).context(failed));
+    }
     let work = async |repo: &Repository| {
         let raw = match &lv {
             Some(_) => None,

@@ -11,6 +11,7 @@ mod prune;
 mod repair;
 mod restore;
 mod run;
+pub mod signals;
 mod status;
 mod verify;
 
@@ -24,10 +25,12 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 use crate::config::Config;
+use crate::quote::excerpt;
 use crate::repo::{Repository, VolumeName};
 use crate::status::alert::Alert;
 use crate::status::{Operation, Record, Records};
 use crate::throttle::{RateLimiter, parse_rate};
+use signals::interrupted;
 
 /// Block-level backups of LVM thin volumes, block devices and image files.
 #[derive(Debug, Parser)]
@@ -351,10 +354,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Repair(a) => repair::run(a, &ctx).await,
         }
     };
-    // On SIGINT or SIGTERM the command is dropped, which unwinds it like an error: an
-    // upload in progress is aborted (what an abort misses is removed by a later run)
-    // and a new restore target's temporary file is deleted. The operation in progress is recorded as
-    // failed.
+    // On SIGINT or SIGTERM (see [`signals`]) the command is dropped, which unwinds it
+    // like an error: an upload in progress is aborted (what an abort misses is removed
+    // by a later run) and a new restore target's temporary file is deleted. The
+    // operation in progress is recorded as failed.
     let result = tokio::select! {
         r = command => r,
         signal = interrupted() => {
@@ -461,21 +464,6 @@ pub fn error_message(e: &anyhow::Error) -> String {
     out
 }
 
-/// Resolves with the name of the first SIGINT or SIGTERM received.
-async fn interrupted() -> &'static str {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut int), Ok(mut term)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = int.recv() => "SIGINT",
-        _ = term.recv() => "SIGTERM",
-    }
-}
-
 /// Parses a byte size: a number with an optional `K`, `M`, `G` or `T` suffix (powers
 /// of 1024; `KiB` etc. and a trailing `B` are accepted too).
 pub fn parse_size(s: &str) -> Result<u64, String> {
@@ -484,7 +472,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     let (num, unit) = t.split_at(split);
     let n: u64 = num
         .parse()
-        .map_err(|_| format!("{s:?} is not a size (e.g. 65536, 64K, 1M)"))?;
+        .map_err(|_| format!("{} is not a size (e.g. 65536, 64K, 1M)", excerpt(s)))?;
     let shift = match unit
         .trim()
         .to_ascii_uppercase()
@@ -496,10 +484,15 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "M" => 20,
         "G" => 30,
         "T" => 40,
-        _ => return Err(format!("{s:?} has an unknown unit (use K, M, G or T)")),
+        _ => {
+            return Err(format!(
+                "{} has an unknown unit (use K, M, G or T)",
+                excerpt(s)
+            ));
+        }
     };
     n.checked_mul(1 << shift)
-        .ok_or_else(|| format!("{s:?} is too large"))
+        .ok_or_else(|| format!("{} is too large", excerpt(s)))
 }
 
 /// Prints `value` as pretty JSON on stdout.

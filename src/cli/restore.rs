@@ -10,7 +10,8 @@ use super::{Ctx, human, parse_size, print_json, progress::Display};
 use crate::lvm::LvName;
 use crate::progress::Progress;
 use crate::repo::{PointSelector, VolumeName};
-use crate::restore::{RestoreOptions, restore, restore_to_lv};
+use crate::restore::{RestoreOptions, RestoreReport, restore, restore_to_lv};
+use crate::target::BeyondVolume;
 use crate::target::lv::LvTargetOptions;
 
 /// Arguments of `restore`.
@@ -111,20 +112,52 @@ pub async fn run(args: RestoreArgs, ctx: &Ctx) -> anyhow::Result<()> {
     if args.json {
         print_json(&report)?;
     } else if !ctx.quiet {
-        let since = report
-            .since
-            .map(|s| format!(" (changes since seq {s})"))
-            .unwrap_or_default();
-        println!(
-            "restored {} seq {} archive {} to {}{since}: {} written, image digest {} verified in {:.1}s",
-            volume,
-            report.seq,
-            report.archive,
-            args.target.display(),
-            human(report.bytes_written),
-            report.image_digest,
-            report.seconds
-        );
+        println!("{}", summary(&report, &args.target.display().to_string()));
+        if let Some(beyond) = report.beyond_volume {
+            println!(
+                "{}",
+                beyond_line(beyond, &args.target.display().to_string())
+            );
+        }
     }
     Ok(())
+}
+
+/// The line that ends a restore: "verified" only when the image digest was established
+/// for the whole target.
+fn summary(report: &RestoreReport, target: &str) -> String {
+    let since = report
+        .since
+        .map(|s| format!(" (changes since seq {s})"))
+        .unwrap_or_default();
+    let head = format!(
+        "restored {} seq {} archive {} to {target}{since}: {} written",
+        report.volume,
+        report.seq,
+        report.archive,
+        human(report.bytes_written),
+    );
+    if report.image_verified {
+        format!(
+            "{head}, image digest {} verified in {:.1}s",
+            report.image_digest, report.seconds
+        )
+    } else {
+        format!(
+            "{head} in {:.1}s; written blocks checked; target not verified (--trust-target)",
+            report.seconds
+        )
+    }
+}
+
+/// What happened to the target's bytes past the volume's end.
+fn beyond_line(beyond: BeyondVolume, target: &str) -> String {
+    match beyond {
+        BeyondVolume::Trimmed { bytes } => format!(
+            "{target} was longer than the volume: its last {bytes} bytes were cut off, so it holds exactly the image"
+        ),
+        BeyondVolume::Untouched { bytes } => format!(
+            "{target} is longer than the volume: its last {bytes} bytes were left untouched"
+        ),
+    }
 }

@@ -248,7 +248,7 @@ impl Config {
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
             c.error(
                 e.span().unwrap_or(0..0),
-                e.message().trim_end().replace('\n', " "),
+                crate::quote::bounded(&e.message().trim_end().replace('\n', " ")),
             )
         })?;
         let mut repositories = BTreeMap::new();
@@ -257,8 +257,8 @@ impl Config {
                 c.error(
                     r.location.span(),
                     format!(
-                        "repository {name}: bad location {:?}: {e}",
-                        r.location.get_ref()
+                        "repository {name}: bad location {}: {e}",
+                        crate::quote::excerpt(r.location.get_ref())
                     ),
                 )
             })?;

@@ -72,6 +72,8 @@ pub(super) fn spawn(program: &str, args: &[&str]) -> Result<std::process::Child,
 /// [`LvmError::Spawn`], or [`LvmError::Command`] for a non-zero exit (any non-zero
 /// code: thin-provisioning-tools 0.9 exits 1 on error, 1.x exits 64).
 pub fn run_tool(program: &str, args: &[&str]) -> Result<String, LvmError> {
+    // A signal's forced exit waits for the command (see `crate::cleanup`).
+    let _section = crate::cleanup::guard();
     let started = std::time::Instant::now();
     let out = spawn(program, args)?
         .wait_with_output()

@@ -90,6 +90,7 @@ impl MetadataSnapshot {
 
 impl Drop for MetadataSnapshot {
     fn drop(&mut self) {
+        let _cleanup = crate::cleanup::guard();
         if self.held
             && let Err(e) = message(&self.tpool, "release_metadata_snap")
         {

@@ -351,6 +351,8 @@ pub fn thin_delta(meta: &str, old: u64, new: u64) -> Result<ThinDelta, LvmError>
 pub fn thin_dump_mapped(meta: &str, dev_id: u64) -> Result<Mapped, LvmError> {
     let id = dev_id.to_string();
     let args = ["-m", "--dev-id", &id, meta];
+    // A signal's forced exit waits for the command (see `crate::cleanup`).
+    let _section = crate::cleanup::guard();
     let started = std::time::Instant::now();
     let mut child = spawn("thin_dump", &args)?;
     let stdout = child.stdout.take().expect("stdout is piped");

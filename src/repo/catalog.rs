@@ -81,7 +81,8 @@ impl PointSelector {
             Ok(PointSelector::Id(s.to_ascii_lowercase()))
         } else {
             Err(format!(
-                "{s:?} is not `latest`, a sequence number or an archive id"
+                "{} is not `latest`, a sequence number or an archive id",
+                crate::quote::excerpt(s)
             ))
         }
     }

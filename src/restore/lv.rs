@@ -44,7 +44,7 @@ pub async fn restore_to_lv(
     let lv = LvTarget::prepare(name, geometry.size(), geometry.block_size().get(), target)?;
     let mut opts = opts.clone();
     opts.fresh_target = lv.fresh;
-    let report = restore(repo, volume, &lv.path, &opts, progress.clone()).await?;
+    let mut report = restore(repo, volume, &lv.path, &opts, progress.clone()).await?;
     if readback {
         let seq = report.seq;
         let actual = target_image_digest(&lv.path, geometry, seq, opts.threads, &progress)
@@ -57,6 +57,7 @@ pub async fn restore_to_lv(
                 actual,
             });
         }
+        report.image_verified = true;
     }
     let (device, sparse) = (lv.path.display().to_string(), lv.fresh);
     lv.keep();

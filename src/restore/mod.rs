@@ -25,7 +25,7 @@ use crate::format::{Digest, FormatError, Geometry, ImageHasher};
 use crate::progress::Progress;
 use crate::repo::{ChainCursor, PointSelector, RepoError, Repository, VolumeName};
 use crate::source::RawSource;
-use crate::target::{FileTarget, TargetError};
+use crate::target::{BeyondVolume, FileTarget, TargetError};
 use read::{BufferPool, Decoded, Span, read_units};
 
 /// Decoded units waiting for the writer.
@@ -91,6 +91,14 @@ pub struct RestoreReport {
     /// (false with `trust_target`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub target_checked: Option<bool>,
+    /// Whether the target is known to hold the image whose digest is `image_digest`:
+    /// every block was written and checked, or (incremental) the target was checked
+    /// before the changed blocks were, or an LV was read back. False after
+    /// `--trust-target` without a read-back: only the written blocks were checked.
+    pub image_verified: bool,
+    /// What was done with an existing target's bytes past the volume's size.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub beyond_volume: Option<BeyondVolume>,
     /// Things the user should know.
     pub warnings: Vec<String>,
     /// Wall-clock seconds.
@@ -214,6 +222,8 @@ pub async fn restore(
     if opts.fresh_target {
         out = out.assume_zeroed();
     }
+    let mut warnings = out.notices().to_vec();
+    let beyond_volume = out.beyond_volume();
     let out = Arc::new(out);
 
     // One thread writes, in block order: concurrent writes to one file contend on its
@@ -307,18 +317,18 @@ pub async fn restore(
         image_digest: actual.to_hex(),
         since: since.as_ref().map(|s| s.seq),
         target_checked: since.as_ref().map(|s| s.checked),
-        warnings: since
-            .as_ref()
-            .filter(|s| !s.checked)
-            .map(|s| {
+        image_verified: since.as_ref().is_none_or(|s| s.checked),
+        beyond_volume,
+        warnings: {
+            warnings.extend(since.as_ref().filter(|s| !s.checked).map(|s| {
                 format!(
                     "--trust-target: {} was assumed to hold seq {} without reading it; if it did not, the restored image is corrupt",
                     target.display(),
                     s.seq
                 )
-            })
-            .into_iter()
-            .collect(),
+            }));
+            warnings
+        },
         seconds: started.elapsed().as_secs_f64(),
     })
 }

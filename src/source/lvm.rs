@@ -482,6 +482,7 @@ impl ActiveBase {
 
 impl Drop for ActiveBase {
     fn drop(&mut self) {
+        let _cleanup = crate::cleanup::guard();
         if !self.was_active
             && let Err(e) = deactivate_snapshot(&self.vg, &self.name)
         {
@@ -543,6 +544,7 @@ impl Drop for SnapshotGuard {
         if self.keep {
             return;
         }
+        let _cleanup = crate::cleanup::guard();
         let started = std::time::Instant::now();
         let mut result = remove_snapshot(&self.vg, &self.name);
         let open = |r: &Result<(), LvmError>| {

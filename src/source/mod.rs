@@ -8,8 +8,8 @@ mod changed;
 pub mod lvm;
 mod raw;
 
-pub use changed::{ChangedBlocksError, parse_changed_blocks};
-pub use raw::{RawSource, SourceError};
+pub use changed::{ChangedBlocks, ChangedBlocksError, parse_changed_blocks};
+pub use raw::{RawSource, SourceError, file_kind};
 
 use std::ops::Range;
 

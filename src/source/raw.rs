@@ -4,7 +4,7 @@
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileExt, FileTypeExt};
+use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 /// Why a source could not be read.
@@ -17,9 +17,13 @@ pub enum SourceError {
         path: PathBuf,
         source: std::io::Error,
     },
-    /// The source is neither a regular file nor a block device.
-    #[error("source {path} is not an image file or block device")]
-    NotBlockSource { path: PathBuf },
+    /// The source is neither a regular file nor a block device (a FIFO, a socket, a
+    /// character device, a directory): it cannot be read at random offsets, and
+    /// opening some of them blocks.
+    #[error(
+        "{path} is a {kind}, not a regular file or block device: thinarc reads sources at random offsets"
+    )]
+    NotBlockSource { path: PathBuf, kind: &'static str },
     /// A read failed.
     #[error("reading source {path} at offset {offset}: {source}")]
     Read {
@@ -59,7 +63,25 @@ pub struct RawSource {
 }
 
 impl RawSource {
-    /// Opens `path` read-only and finds its size.
+    /// Refuses `path` if it exists and is neither a regular file nor a block device,
+    /// without opening it: callers check this before they write anything.
+    ///
+    /// # Errors
+    /// [`SourceError::NotBlockSource`], or [`SourceError::Open`] if it cannot be
+    /// examined (a missing path is left to [`open`](Self::open) to report).
+    pub fn check_kind(path: &Path) -> Result<(), SourceError> {
+        match std::fs::metadata(path) {
+            Ok(m) => check_type(path, m.file_type()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(SourceError::Open {
+                path: path.to_path_buf(),
+                source,
+            }),
+        }
+    }
+
+    /// Opens `path` read-only and finds its size. Opening never blocks: a FIFO or other
+    /// special file is refused, not waited on.
     ///
     /// # Errors
     /// [`SourceError::Open`] or [`SourceError::NotBlockSource`].
@@ -68,14 +90,26 @@ impl RawSource {
             path: path.to_path_buf(),
             source,
         };
-        let file = File::open(path).map_err(open_err)?;
+        Self::check_kind(path)?;
+        // O_NONBLOCK: a FIFO swapped in after the check must not block the open; the
+        // type is checked again on the descriptor, then blocking mode is restored.
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)
+            .map_err(open_err)?;
         let meta = file.metadata().map_err(open_err)?;
         let ft = meta.file_type();
+        check_type(path, ft)?;
         let is_device = ft.is_block_device();
-        if !is_device && !ft.is_file() {
-            return Err(SourceError::NotBlockSource {
-                path: path.to_path_buf(),
-            });
+        let fd = file.as_raw_fd();
+        // SAFETY: fcntl on a descriptor we own touches no memory.
+        let restored = unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFL);
+            flags >= 0 && libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) == 0
+        };
+        if !restored {
+            return Err(open_err(std::io::Error::last_os_error()));
         }
         let mut src = RawSource {
             file,
@@ -295,9 +329,72 @@ impl RawSource {
     }
 }
 
+/// What a file of type `ft` is, in words: `regular file`, `block device`, `fifo`,
+/// `socket`, `character device`, `directory` or `symlink`.
+pub fn file_kind(ft: std::fs::FileType) -> &'static str {
+    if ft.is_file() {
+        "regular file"
+    } else if ft.is_block_device() {
+        "block device"
+    } else if ft.is_fifo() {
+        "fifo"
+    } else if ft.is_socket() {
+        "socket"
+    } else if ft.is_char_device() {
+        "character device"
+    } else if ft.is_dir() {
+        "directory"
+    } else if ft.is_symlink() {
+        "symlink"
+    } else {
+        "special file"
+    }
+}
+
+/// Refuses a type that is neither a regular file nor a block device.
+fn check_type(path: &Path, ft: std::fs::FileType) -> Result<(), SourceError> {
+    if ft.is_file() || ft.is_block_device() {
+        Ok(())
+    } else {
+        Err(SourceError::NotBlockSource {
+            path: path.to_path_buf(),
+            kind: file_kind(ft),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn special_files_are_refused_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("f");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: mkfifo reads the NUL-terminated path we own.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let e = RawSource::open(&fifo).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "{} is a fifo, not a regular file or block device: thinarc reads sources at random offsets",
+                fifo.display()
+            )
+        );
+        let e = RawSource::open(dir.path()).unwrap_err();
+        assert!(
+            e.to_string().contains("is a directory, not a regular file"),
+            "{e}"
+        );
+        let e = RawSource::open(Path::new("/dev/null")).unwrap_err();
+        assert!(e.to_string().contains("is a character device, not"), "{e}");
+        let sock = dir.path().join("s");
+        let _l = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        let e = RawSource::check_kind(&sock).unwrap_err();
+        assert!(e.to_string().contains("is a socket, not"), "{e}");
+        assert!(RawSource::check_kind(&dir.path().join("missing")).is_ok());
+    }
 
     #[test]
     fn unmapped_ranges_read_as_zero_and_are_not_read() {

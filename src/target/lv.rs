@@ -137,6 +137,7 @@ impl LvTarget {
 impl Drop for LvTarget {
     /// A created LV is removed when the restore fails or is interrupted.
     fn drop(&mut self) {
+        let _cleanup = crate::cleanup::guard();
         if let Some(lv) = self.created.take()
             && let Err(e) = Lvm.run("lvremove", &[&lv])
         {

@@ -4,11 +4,21 @@
 //!
 //! A target only writes what it is given at the offsets it is given; it knows nothing
 //! of archives.
+//!
+//! The temporary file of a new target is named `.NAME.thinarc-XXXXXXXX.tmp` beside it
+//! and `flock`ed while it is written. A restore killed with SIGKILL leaves it behind;
+//! the next restore to that target removes every such file whose lock is free (its
+//! writer is gone) and leaves one that is locked (a restore still running) alone.
 
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::Serialize;
+
+use crate::source::file_kind;
 
 pub mod lv;
 
@@ -23,8 +33,8 @@ pub enum TargetError {
         source: std::io::Error,
     },
     /// The target is neither a regular file nor a block device.
-    #[error("target {path} is not an image file or block device")]
-    NotBlockTarget { path: PathBuf },
+    #[error("target {path} is a {kind}, not a regular file or block device")]
+    NotBlockTarget { path: PathBuf, kind: &'static str },
     /// The target is smaller than the volume.
     #[error(
         "target {path} is {have} bytes, the volume needs {need}; use a larger target or a new file name"
@@ -53,6 +63,22 @@ pub enum TargetKind {
     FreshDevice,
 }
 
+/// What a restore does with the bytes of an existing target past the volume's size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(tag = "action", rename_all = "lowercase")]
+pub enum BeyondVolume {
+    /// A file is cut to the volume's size: it then holds exactly the image.
+    Trimmed {
+        /// Bytes removed.
+        bytes: u64,
+    },
+    /// A device cannot shrink: its last bytes are not written.
+    Untouched {
+        /// Bytes past the volume's end.
+        bytes: u64,
+    },
+}
+
 /// An open restore target.
 #[derive(Debug)]
 pub struct FileTarget {
@@ -61,6 +87,122 @@ pub struct FileTarget {
     temp: Option<PathBuf>,
     kind: TargetKind,
     size: u64,
+    beyond: Option<BeyondVolume>,
+    notices: Vec<String>,
+}
+
+/// Temporary files of new targets not yet finished, removed by [`remove_unfinished`].
+static UNFINISHED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// Removes the temporary files of every unfinished new target of this process (on a
+/// signal, before the process exits, whatever its threads are doing).
+pub fn remove_unfinished() {
+    let temps = std::mem::take(&mut *UNFINISHED.lock().unwrap_or_else(|e| e.into_inner()));
+    for t in temps {
+        let _ = std::fs::remove_file(t);
+    }
+}
+
+fn forget_unfinished(temp: &Path) {
+    UNFINISHED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .retain(|t| t != temp);
+}
+
+/// The prefix of the temporary files of new target `name`.
+fn temp_prefix(name: &std::ffi::OsStr) -> String {
+    format!(".{}.thinarc-", name.to_string_lossy())
+}
+
+/// Removes the temporary files that killed restores to `path` left beside it (their
+/// `flock` is free) and describes what it found, one line each. A temporary file whose
+/// lock is held belongs to a restore still running, and is left alone.
+fn remove_leftovers(path: &Path) -> Vec<String> {
+    let (Some(name), dir) = (path.file_name(), path.parent()) else {
+        return Vec::new();
+    };
+    let dir = dir
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let prefix = temp_prefix(name);
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut notices = Vec::new();
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let n = file_name.to_string_lossy();
+        if !(n.starts_with(&prefix) && n.ends_with(".tmp")) {
+            continue;
+        }
+        // Named as the target is (relative stays relative).
+        let leftover = path.with_file_name(&file_name);
+        let Ok(file) = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(&leftover)
+        else {
+            continue;
+        };
+        let size = file.metadata().map_or(0, |m| m.len());
+        if try_lock(&file) {
+            if std::fs::remove_file(&leftover).is_ok() {
+                notices.push(format!(
+                    "removed {} ({size} bytes), the temporary file of an interrupted restore to {}",
+                    leftover.display(),
+                    path.display()
+                ));
+            }
+        } else {
+            notices.push(format!(
+                "{} is being written by another restore to {} (its lock is held): left alone; the restore that finishes last is kept",
+                leftover.display(),
+                path.display()
+            ));
+        }
+    }
+    notices
+}
+
+/// Takes an exclusive `flock` on `file` without waiting; false if another holds it.
+fn try_lock(file: &File) -> bool {
+    // SAFETY: flock on a descriptor we own touches no memory.
+    unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
+}
+
+/// Creates the locked temporary file of new target `path`: created, `flock`ed, and
+/// checked to still be in place (a concurrent restore's leftover cleaning could have
+/// removed it between the two steps, as its lock was still free).
+fn create_temp(path: &Path) -> std::io::Result<(File, PathBuf)> {
+    let name = path
+        .file_name()
+        .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    loop {
+        let temp = path.with_file_name(format!(
+            "{}{}.tmp",
+            temp_prefix(name),
+            &crate::repo::new_id()[..8]
+        ));
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&temp)?;
+        if !try_lock(&file) {
+            match std::io::Error::last_os_error().raw_os_error() {
+                // Another restore's leftover cleaning holds it and removes it: start over.
+                Some(libc::EWOULDBLOCK) => continue,
+                // A file system without locks: the file stays unlocked, and leftover
+                // cleaning (whose lock fails the same way) leaves such files alone.
+                _ => return Ok((file, temp)),
+            }
+        }
+        let mine = file.metadata()?;
+        match std::fs::symlink_metadata(&temp) {
+            Ok(m) if m.dev() == mine.dev() && m.ino() == mine.ino() => return Ok((file, temp)),
+            _ => continue,
+        }
+    }
 }
 
 /// `BLKZEROOUT` = `_IO(0x12, 127)`: zero a byte range of a block device.
@@ -92,27 +234,26 @@ impl FileTarget {
             path: path.to_path_buf(),
             source,
         };
-        match std::fs::metadata(path) {
+        let meta = std::fs::metadata(path);
+        let notices = match &meta {
+            Ok(m) if m.file_type().is_block_device() => Vec::new(),
+            _ => remove_leftovers(path),
+        };
+        match meta {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let name = path
-                    .file_name()
-                    .ok_or_else(|| open_err(std::io::ErrorKind::InvalidInput.into()))?;
-                let temp = path.with_file_name(format!(
-                    ".{}.thinarc-{}.tmp",
-                    name.to_string_lossy(),
-                    &crate::repo::new_id()[..8]
-                ));
-                let file = OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .open(&temp)
-                    .map_err(open_err)?;
+                let (file, temp) = create_temp(path).map_err(open_err)?;
+                UNFINISHED
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(temp.clone());
                 let t = FileTarget {
                     file,
                     path: path.to_path_buf(),
                     temp: Some(temp),
                     kind: TargetKind::NewFile,
                     size,
+                    beyond: None,
+                    notices,
                 };
                 t.file.set_len(size).map_err(|source| TargetError::Write {
                     path: path.to_path_buf(),
@@ -130,6 +271,7 @@ impl FileTarget {
                 } else {
                     return Err(TargetError::NotBlockTarget {
                         path: path.to_path_buf(),
+                        kind: file_kind(m.file_type()),
                     });
                 };
                 let file = OpenOptions::new()
@@ -150,15 +292,34 @@ impl FileTarget {
                         need: size,
                     });
                 }
+                let extra = have.saturating_sub(size);
                 Ok(FileTarget {
                     file,
                     path: path.to_path_buf(),
                     temp: None,
                     kind,
                     size,
+                    beyond: (extra > 0).then_some(if kind == TargetKind::ExistingFile {
+                        BeyondVolume::Trimmed { bytes: extra }
+                    } else {
+                        BeyondVolume::Untouched { bytes: extra }
+                    }),
+                    notices,
                 })
             }
         }
+    }
+
+    /// What [`finish`](Self::finish) does with the bytes of an existing target past
+    /// the volume's size, if it has any.
+    pub fn beyond_volume(&self) -> Option<BeyondVolume> {
+        self.beyond
+    }
+
+    /// What opening found beside the target: leftover temporary files of killed
+    /// restores removed, or another restore's left alone. One line each.
+    pub fn notices(&self) -> &[String] {
+        &self.notices
     }
 
     /// Declares a block device target to read zero everywhere (a new thin LV), so zero
@@ -254,6 +415,7 @@ impl FileTarget {
         }
         self.file.sync_all().map_err(self.write_err(0))?;
         if let Some(temp) = self.temp.take() {
+            forget_unfinished(&temp);
             if let Err(source) = std::fs::rename(&temp, &self.path) {
                 let _ = std::fs::remove_file(&temp);
                 return Err(TargetError::Open {
@@ -275,6 +437,7 @@ impl Drop for FileTarget {
     /// A new file that was not finished is removed: a failed restore leaves nothing.
     fn drop(&mut self) {
         if let Some(temp) = &self.temp {
+            forget_unfinished(temp);
             let _ = std::fs::remove_file(temp);
         }
     }

@@ -13,6 +13,8 @@ mod store;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::quote::excerpt;
+
 pub use store::ThrottledStore;
 
 /// How far ahead of the steady rate a caller may run (absorbs scheduling jitter
@@ -79,10 +81,11 @@ pub fn parse_rate(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let size = t.strip_suffix("/s").unwrap_or(t);
     match crate::cli::parse_size(size) {
-        Ok(0) => Err(format!("{s:?}: a rate limit must be more than 0")),
+        Ok(0) => Err(format!("{}: a rate limit must be more than 0", excerpt(s))),
         Ok(n) => Ok(n),
         Err(_) => Err(format!(
-            "{s:?} is not a rate (bytes per second, e.g. 50M or 50M/s)"
+            "{} is not a rate (bytes per second, e.g. 50M or 50M/s)",
+            excerpt(s)
         )),
     }
 }

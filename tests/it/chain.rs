@@ -89,7 +89,7 @@ pub(crate) async fn backup_file_at(
     let source = RawSource::open(path).expect("open source");
     let mut opts = BackupOptions::new(volume.clone());
     opts.block_size = Some(BlockSize::new(BS).expect("block size"));
-    opts.changed_blocks = changed;
+    opts.changed_blocks = changed.map(Into::into);
     opts.threads = 2;
     opts.created = created;
     backup(repo, source, &opts, Arc::default()).await

@@ -209,7 +209,10 @@ pub fn bad_input_scenario(t: &TempRepo) {
     );
 
     let e = t.fails(&["backup", t.dir.path().to_str().unwrap(), "--volume", "x"]);
-    assert!(e.contains("is not an image file or block device"), "{e}");
+    assert!(
+        e.contains("is a directory, not a regular file or block device"),
+        "{e}"
+    );
 
     let e = t.fails(&["backup", src.to_str().unwrap(), "--block-size", "3000"]);
     assert!(e.contains("block size 3000 is not a power of two"), "{e}");
@@ -251,7 +254,7 @@ pub fn bad_input_scenario(t: &TempRepo) {
         cb.to_str().unwrap(),
     ]);
     assert!(
-        e.contains(&format!("--changed-blocks range {MIB}+4096 lies past the end of the source ({MIB} bytes): is the list for this source?")),
+        e.contains(&format!("--changed-blocks {}:2: range {MIB}+4096 lies past the end of the source ({MIB} bytes): is the list for this source?", cb.display())),
         "{e}"
     );
     let e = t.fails(&["backup", src.to_str().unwrap(), "--block-size", "4K"]);

@@ -30,10 +30,18 @@ fn lvm_in_vm() {
         ),
     )
     .unwrap();
+    // The guest sees the host's root, but with its own /tmp and /run: the checkout
+    // (shared by run.sh) and the binaries (wherever the target dir is) are bound back.
+    let binaries = [
+        exe.as_path(),
+        std::path::Path::new(env!("CARGO_BIN_EXE_thinarc")),
+    ]
+    .map(|p| p.parent().unwrap().display().to_string());
     let started = std::time::Instant::now();
     let o = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/vm/run.sh"))
         .arg(&script)
         .env("PV_SIZE", "3G")
+        .env("VM_HOST_PATHS", binaries.join(" "))
         .output()
         .expect("run tests/vm/run.sh");
     let out = String::from_utf8_lossy(&o.stdout);

@@ -9,6 +9,8 @@ mod damage;
 mod exit_codes;
 mod faults;
 mod format;
+mod honest;
+mod linger;
 mod lock;
 mod lvm;
 mod lvm_vm;

@@ -5,9 +5,13 @@
 # the VM against real device-mapper and LVM. The guest sees:
 #   /dev/vda   an empty virtio disk of $PV_SIZE (sparse file on the host), for LVM
 #   /mnt       a writable 9p share holding guest.sh; results go there too
-#   /tmp, /run tmpfs
+#   /tmp, /run tmpfs, except that this checkout and every path in VM_HOST_PATHS stay
+#              visible at the same path (bound back from the host's root), so a
+#              checkout or target dir under /tmp works as well as one under /work
 # Usage: tests/vm/run.sh GUEST_SCRIPT      (runs `bash GUEST_SCRIPT` as root in the VM)
-# Env:   WORK (default target/vm), PV_SIZE (default 4G), VM_MEM (MiB, default 2048)
+# Env:   WORK (default target/vm), PV_SIZE (default 4G), VM_MEM (MiB, default 2048),
+#        VM_HOST_PATHS (space-separated host paths the guest needs besides the checkout,
+#        e.g. a target dir elsewhere)
 # Exit:  the guest script's exit code; its output is printed and left in $WORK/share.
 # The kernel package is downloaded once and cached under $WORK (never installed).
 set -euo pipefail
@@ -43,7 +47,7 @@ KV=$(ls kroot/lib/modules | head -1)
 
 # Initramfs: busybox, the modules and an init that chroots into the host's root.
 if [ ! -f initrd.img ] || [ "$0" -nt initrd.img ]; then
-  rm -rf initrd; mkdir -p initrd/{bin,etc,proc,sys,dev,host,share,lib/modules}
+  rm -rf initrd; mkdir -p initrd/{bin,etc,proc,sys,dev,host,hostro,share,lib/modules}
   cp /bin/busybox initrd/bin/busybox
   MODS="crc32c_generic virtio_pci virtio_blk 9pnet_virtio 9p dm-thin-pool dm-snapshot ext4"
   MD=initrd/lib/modules/$KV; mkdir -p "$MD"
@@ -63,9 +67,18 @@ mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
 modprobe -a $(cat /etc/modules)
 mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose,msize=262144 hostroot /host
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 share /share
+# A second view of the host's root, which the tmpfs and share mounts below do not cover.
+mount --bind /host /hostro
 mount -t tmpfs tmpfs /host/run; mount -t tmpfs tmpfs /host/tmp
 mount --bind /dev /host/dev; mount -t proc proc /host/proc; mount -t sysfs sys /host/sys
 mount --bind /share /host/mnt
+# Paths the guest needs (the checkout, the test binaries) that the mounts above hide:
+# bound back at the same path.
+while read -r p; do
+  case "$p" in
+    /tmp/*|/run/*|/mnt/*) mkdir -p "/host$p" && mount --bind "/hostro$p" "/host$p" ;;
+  esac
+done < /share/host-paths
 mkdir -p /host/run/lvm /host/run/lock/lvm /host/run/lvmconf
 # No udev in the guest; the host root is read-only, so LVM keeps no metadata backups.
 cat > /host/run/lvmconf/lvm.conf <<'CONF'
@@ -89,6 +102,7 @@ ts "kernel $KV and initramfs ready"
 
 rm -rf share; mkdir share
 cp "$SCRIPT" share/guest.sh
+for p in "$ROOT" ${VM_HOST_PATHS:-}; do readlink -f "$p"; done | sort -u > share/host-paths
 rm -f pv.img; truncate -s "${PV_SIZE:-4G}" pv.img
 set +e
 timeout "${VM_TIMEOUT:-900}" qemu-system-x86_64 -accel tcg -cpu max -m "${VM_MEM:-2048}" -smp 2 \
