@@ -17,10 +17,15 @@ pub const MAX_WAIT: Duration = Duration::from_secs(60);
 /// How long after the last section ended a forced exit waits for another to begin.
 pub const SETTLE: Duration = Duration::from_secs(1);
 
-/// Sections in progress.
-static ACTIVE: AtomicUsize = AtomicUsize::new(0);
-/// When the last section ended, in milliseconds since [`epoch`] (0: never).
-static LAST_END: AtomicU64 = AtomicU64::new(0);
+/// Sections in progress and the end of the last one; one per process ([`SECTIONS`]).
+struct Sections {
+    /// Sections in progress.
+    active: AtomicUsize,
+    /// When the last section ended, in milliseconds since [`epoch`] (0: never).
+    last_end: AtomicU64,
+}
+
+static SECTIONS: Sections = Sections::new();
 
 fn epoch() -> Instant {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
@@ -31,32 +36,54 @@ fn now_ms() -> u64 {
     u64::try_from(epoch().elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
+impl Sections {
+    const fn new() -> Self {
+        Sections {
+            active: AtomicUsize::new(0),
+            last_end: AtomicU64::new(0),
+        }
+    }
+
+    fn begin(&'static self) -> Guard {
+        epoch();
+        self.active.fetch_add(1, Ordering::SeqCst);
+        Guard(self)
+    }
+
+    fn busy(&self) -> bool {
+        if self.active.load(Ordering::SeqCst) > 0 {
+            return true;
+        }
+        let last = self.last_end.load(Ordering::SeqCst);
+        last > 0 && now_ms().saturating_sub(last) < SETTLE.as_millis() as u64
+    }
+}
+
 /// A section in progress, until dropped.
 #[must_use = "the section ends when the guard is dropped"]
-#[derive(Debug)]
-pub struct Guard(());
+pub struct Guard(&'static Sections);
+
+impl std::fmt::Debug for Guard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Guard")
+    }
+}
 
 /// Marks a section that a forced exit should wait for.
 pub fn guard() -> Guard {
-    epoch();
-    ACTIVE.fetch_add(1, Ordering::SeqCst);
-    Guard(())
+    SECTIONS.begin()
 }
 
 impl Drop for Guard {
     fn drop(&mut self) {
-        LAST_END.store(now_ms().max(1), Ordering::SeqCst);
-        ACTIVE.fetch_sub(1, Ordering::SeqCst);
+        self.0.last_end.store(now_ms().max(1), Ordering::SeqCst);
+        self.0.active.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
 /// Whether a section is in progress, or one ended less than [`SETTLE`] ago.
 pub fn busy() -> bool {
-    if ACTIVE.load(Ordering::SeqCst) > 0 {
-        return true;
-    }
-    let last = LAST_END.load(Ordering::SeqCst);
-    last > 0 && now_ms().saturating_sub(last) < SETTLE.as_millis() as u64
+    SECTIONS.busy()
 }
 
 #[cfg(test)]
@@ -65,11 +92,13 @@ mod tests {
 
     #[test]
     fn busy_while_a_section_runs_and_shortly_after() {
-        let g = guard();
-        assert!(busy());
+        // Its own set of sections: other tests run LVM commands in parallel.
+        static MINE: Sections = Sections::new();
+        let g = MINE.begin();
+        assert!(MINE.busy());
         drop(g);
-        assert!(busy(), "settling");
+        assert!(MINE.busy(), "settling");
         std::thread::sleep(SETTLE + Duration::from_millis(50));
-        assert!(!busy());
+        assert!(!MINE.busy());
     }
 }

@@ -64,14 +64,7 @@ impl Repository {
             unsafe_store: !check_conditional,
         };
         let body = serde_json::to_vec_pretty(&config).expect("config serialises");
-        let repo = Repository {
-            lock_store: store.clone(),
-            store,
-            location: location.to_string(),
-            config,
-            local_root: None,
-            uploads: None,
-        };
+        let repo = Repository::with_config(store, location, config);
         match repo
             .put_create(&layout::config_key(), PutPayload::from(body))
             .await
@@ -127,14 +120,20 @@ impl Repository {
                 config.version
             )));
         }
-        Ok(Repository {
+        Ok(Repository::with_config(store, location, config))
+    }
+
+    /// A handle on `store` holding `config`: no local root, no upload listing and no
+    /// upload limit yet (the openers in `location.rs` add them).
+    fn with_config(store: Arc<dyn ObjectStore>, location: &str, config: RepoConfig) -> Self {
+        Repository {
             lock_store: store.clone(),
             store,
             location: location.to_string(),
             config,
             local_root: None,
             uploads: None,
-        })
+        }
     }
 }
 
