@@ -397,11 +397,9 @@ fn independent_drops(pts: &[Point], plan: &Plan) -> Vec<u64> {
     // `None`: the point's archive could not be read, so its parent is unknown.
     let parent = |seq: u64| -> Option<Option<u64>> {
         let p = pts.iter().find(|p| p.commit.seq == seq)?;
-        Some(
-            p.archive
-                .as_ref()
-                .map(|a| a.header.parent.as_ref().map(|q| q.seq))?,
-        )
+        p.archive
+            .as_ref()
+            .map(|a| a.header.parent.as_ref().map(|q| q.seq))
     };
     let mut needed = std::collections::HashSet::new();
     // Below a needed point whose archive cannot be read, everything stays needed.

@@ -215,8 +215,12 @@ impl Chain {
     }
 }
 
-/// Reads a commit marker.
-pub(crate) async fn read_marker(repo: &Repository, key: &Path) -> Result<CommitMarker, RepoError> {
+/// Reads the commit marker `key` of `seq` and checks it (see [`check_marker`]).
+pub(crate) async fn read_marker(
+    repo: &Repository,
+    key: &Path,
+    seq: u64,
+) -> Result<CommitMarker, RepoError> {
     let bad = |detail: String| RepoError::BadCommit {
         key: key.to_string(),
         detail,
@@ -234,10 +238,48 @@ pub(crate) async fn read_marker(repo: &Repository, key: &Path) -> Result<CommitM
         )));
     }
     let m: CommitMarker = serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
-    if m.object.contains('/') || !m.object.ends_with(".tarc") {
-        return Err(bad(format!("object {:?} is not an archive name", m.object)));
-    }
+    check_marker(seq, &m).map_err(bad)?;
     Ok(m)
+}
+
+/// The consistency rules of a marker of `seq` that need no archive I/O: `archive` is
+/// 32 lowercase hex digits and `object` is `<seq>-<archive>.tarc`, so a flipped byte
+/// in either makes the pair disagree; `size` holds at least a preamble and a trailer.
+/// (`digest` is checked as it is parsed.)
+fn check_marker(seq: u64, m: &CommitMarker) -> Result<(), String> {
+    let id = m.archive.len() == 32
+        && m.archive
+            .bytes()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c));
+    if !id {
+        return Err(format!(
+            "archive {:?} is not 32 lowercase hex digits",
+            excerpt(&m.archive)
+        ));
+    }
+    let object = format!("{seq:012}-{}.tarc", m.archive);
+    if m.object != object {
+        return Err(format!(
+            "object {:?} is not {object:?}, the name of the archive it names",
+            excerpt(&m.object)
+        ));
+    }
+    let least = (crate::format::PREAMBLE_LEN + crate::format::TRAILER_LEN) as u64;
+    if m.size < least {
+        return Err(format!(
+            "size {} is smaller than any archive ({least} bytes)",
+            m.size
+        ));
+    }
+    Ok(())
+}
+
+/// At most 48 characters of `s`, for messages about bad input.
+fn excerpt(s: &str) -> String {
+    match s.char_indices().nth(48) {
+        Some((at, _)) => format!("{}...", &s[..at]),
+        None => s.to_string(),
+    }
 }
 
 impl Repository {
@@ -333,7 +375,7 @@ impl Repository {
     ) -> Vec<Result<Commit, RepoError>> {
         futures::stream::iter(keys)
             .map(|k| async move {
-                let m = read_marker(self, &k.key).await?;
+                let m = read_marker(self, &k.key, k.seq).await?;
                 Ok(Commit {
                     volume: volume.clone(),
                     seq: k.seq,
