@@ -539,7 +539,11 @@ impl Repository {
                 volume: volume.to_string(),
                 at: format!("{at} (ambiguous: give more digits of the archive id)"),
             })?
-            .ok_or_else(not_found)?;
+            .ok_or_else(not_found);
+        let tip = match tip {
+            Ok(tip) => tip,
+            Err(e) => return Err(self.corrupt_marker_of(&volume, at).await.unwrap_or(e)),
+        };
         let mut archives = vec![Arc::new(RemoteArchive::open(self, tip).await?)];
         while let Some(parent) = archives.last().expect("non-empty").header.parent.clone() {
             let child_seq = archives.last().expect("non-empty").header.seq;
@@ -587,6 +591,33 @@ impl Repository {
         }
         archives.reverse();
         Ok(Chain { volume, archives })
+    }
+}
+
+impl Repository {
+    /// The corrupt commit marker of the seq `at` names, as an error that names it and
+    /// the way back (a point that is not listed because its marker is corrupt).
+    async fn corrupt_marker_of(
+        &self,
+        volume: &VolumeName,
+        at: &PointSelector,
+    ) -> Option<RepoError> {
+        let seq = match at {
+            PointSelector::Seq(seq) | PointSelector::SeqOrId(seq, _) => *seq,
+            PointSelector::Latest | PointSelector::Id(_) => return None,
+        };
+        let catalog = self.catalog(volume).await.ok()?;
+        catalog.problems.into_iter().find_map(|p| match p {
+            CatalogProblem::CorruptMarker {
+                seq: s, key, detail, ..
+            } if s == seq => Some(RepoError::BadCommit {
+                key,
+                detail: format!(
+                    "{detail}; run `thinarc repair {volume}` to set it aside and re-commit its archive if intact"
+                ),
+            }),
+            _ => None,
+        })
     }
 }
 
@@ -743,10 +774,16 @@ impl Repository {
                 CatalogProblem::CorruptMarker { seq, .. } => {
                     rows.push(PointInfo::damaged(volume, *seq, "?", 0, p.to_string()))
                 }
-                CatalogProblem::Orphan(a) => rows.push(PointInfo {
-                    damage: Some(p.to_string()),
-                    ..PointInfo::of(a)
-                }),
+                // The archive of a corrupt marker: the row names the marker.
+                CatalogProblem::Orphan(a) => {
+                    let marker = catalog.problems.iter().find(|m| {
+                        matches!(m, CatalogProblem::CorruptMarker { .. }) && m.seq() == p.seq()
+                    });
+                    rows.push(PointInfo {
+                        damage: Some(marker.unwrap_or(p).to_string()),
+                        ..PointInfo::of(a)
+                    })
+                }
             }
         }
         // A corrupt marker and the orphan archive of the same seq: one row.

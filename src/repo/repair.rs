@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use super::catalog::VolumeCatalog;
 use super::publish::CommitMarker;
-use super::{CatalogProblem, Commit, RemoteArchive, RepoError, Repository, VolumeName};
+use super::{CatalogProblem, Commit, DamageKind, RemoteArchive, RepoError, Repository, VolumeName};
 
 /// Archives opened concurrently to check their markers.
 const MARKER_CHECKS: usize = 8;
@@ -73,6 +73,7 @@ impl Repository {
             self.check_markers(&mut commits, &mut problems).await?;
         }
         let newest = commits.last().map_or(0, |c| c.seq);
+        let records = self.damage_records(volume).await?;
         let mut actions = Vec::new();
         for p in &problems {
             let CatalogProblem::Orphan(a) = p else {
@@ -111,6 +112,14 @@ impl Repository {
             action.detail = format!("committed again as {}", commit.key);
             if !dry_run {
                 self.put_marker(&commit).await?;
+                // A record of the whole archive (written while its marker disagreed
+                // with it) is stale: the archive was just checked in full.
+                if records
+                    .iter()
+                    .any(|r| r.archive == commit.archive_id && r.kind == DamageKind::Archive)
+                {
+                    self.clear_damage(volume, &commit.archive_id).await?;
+                }
             }
             let at = commits.partition_point(|c| c.seq < commit.seq);
             commits.insert(at, commit);

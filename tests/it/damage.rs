@@ -691,3 +691,203 @@ fn damage_lost_marker_of_a_volumes_only_point() {
     restore_same(&t, "1", &img, "the re-committed first point");
     assert_eq!(t.run(&["list"]).code, Some(0));
 }
+
+/// Where in a commit marker a byte is flipped (the marker family).
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum MarkerFlip {
+    /// JSON syntax: the `:` after `"size"`, so the marker no longer parses.
+    Syntax,
+    /// The `archive` id: one hex digit turned into another (still valid JSON).
+    Archive,
+    /// The fifth byte of `archive` XOR 0x5a, as the fault campaign flips it.
+    ArchiveCampaign,
+    /// The `object` name: one hex digit of its archive id turned into another.
+    Object,
+    /// One digit of `object`'s seq turned into another.
+    ObjectSeq,
+    /// The last digit of `size` turned into another (a few bytes off).
+    SizeLast,
+    /// The first digit of `size` turned into another (far off).
+    SizeFirst,
+    /// One hex digit of `digest` turned into another.
+    Digest,
+    /// One letter of `digest` turned upper case (the same value, another spelling).
+    DigestCase,
+    /// The marker cut to zero bytes.
+    TruncatedEmpty,
+    /// The marker cut to half its length.
+    TruncatedHalf,
+}
+
+impl MarkerFlip {
+    /// Applies the damage to the marker of `seq`.
+    fn apply(self, o: &Objects, seq: u64) {
+        let rel = format!("volumes/v/commits/{seq:012}");
+        let mut b = o.get(&rel);
+        let text = String::from_utf8(b.clone()).unwrap();
+        // The offset of the first byte of member `name`'s value (after `": "` and any
+        // opening quote).
+        let value = |name: &str| {
+            let at = text.find(&format!("\"{name}\": ")).unwrap() + name.len() + 4;
+            at + usize::from(text.as_bytes()[at] == b'"')
+        };
+        let other_hex = |c: u8| if c == b'0' { b'1' } else { b'0' };
+        let other_digit = |c: u8| if c == b'9' { b'8' } else { c + 1 };
+        match self {
+            MarkerFlip::Syntax => {
+                let at = value("size") - 2;
+                b[at] ^= 0x5a;
+            }
+            MarkerFlip::Archive => {
+                let at = value("archive") + 7;
+                b[at] = other_hex(b[at]);
+            }
+            MarkerFlip::ArchiveCampaign => {
+                assert_eq!(value("archive"), 16);
+                b[20] ^= 0x5a;
+            }
+            MarkerFlip::Object => {
+                let at = value("object") + 13 + 9;
+                b[at] = other_hex(b[at]);
+            }
+            MarkerFlip::ObjectSeq => {
+                let at = value("object") + 11;
+                b[at] = other_digit(b[at]);
+            }
+            MarkerFlip::SizeLast => {
+                let start = value("size");
+                let at = start + text[start..].find(',').unwrap() - 1;
+                b[at] = other_digit(b[at]);
+            }
+            MarkerFlip::SizeFirst => {
+                let at = value("size");
+                b[at] = other_digit(b[at]);
+            }
+            MarkerFlip::Digest => {
+                let at = value("digest") + 30;
+                b[at] = other_hex(b[at]);
+            }
+            MarkerFlip::DigestCase => {
+                let start = value("digest");
+                let at = start
+                    + text[start..]
+                        .find(|c: char| c.is_ascii_lowercase())
+                        .unwrap();
+                b[at] = b[at].to_ascii_uppercase();
+            }
+            MarkerFlip::TruncatedEmpty => b.clear(),
+            MarkerFlip::TruncatedHalf => b.truncate(b.len() / 2),
+        }
+        assert_ne!(o.get(&rel), b, "{self:?} changes the marker");
+        o.put(&rel, &b);
+    }
+}
+
+/// A damaged marker of `seq` (2: a middle point, 3: the newest) of a three-point
+/// volume: verify exits 4 naming the marker, list exits 1, the points below restore,
+/// the damaged point does not restore but names the marker and the way back, `repair`
+/// brings every point back byte for byte, and the next backup gets a new seq.
+fn marker_flip_way_back(t: &TempRepo, flip: MarkerFlip, seq: u64) {
+    let what = format!("{flip:?} of seq {seq}");
+    let o = Objects::new(t);
+    let (images, src) = three_points(t);
+    flip.apply(&o, seq);
+    let marker = format!("volumes/v/commits/{seq:012}");
+
+    let v = t.run(&["verify"]);
+    assert_eq!(v.code, Some(4), "{what}: {}", v.show());
+    assert!(
+        v.stdout.contains(&format!("problem: v seq {seq}")) && v.stdout.contains(&marker),
+        "{what}: verify names the marker:\n{}",
+        v.show()
+    );
+    let l = t.run(&["list"]);
+    assert_eq!(l.code, Some(1), "{what}: {}", l.show());
+    assert!(
+        l.stdout.contains(&marker) && l.stdout.contains("thinarc repair v"),
+        "{what}: list names the marker and the way back:\n{}",
+        l.show()
+    );
+    for below in 1..seq {
+        restore_same(t, &below.to_string(), &images[below as usize - 1], &what);
+    }
+    let out = t.path("damaged.img");
+    let r = t.run(&[
+        "restore",
+        "v",
+        out.to_str().unwrap(),
+        "--at",
+        &seq.to_string(),
+    ]);
+    assert_eq!(r.code, Some(1), "{what}: {}", r.show());
+    assert!(
+        r.stderr.contains("thinarc repair v"),
+        "{what}: restore says the way back:\n{}",
+        r.show()
+    );
+
+    let fixed = t.ok(&["repair", "v"]);
+    assert!(
+        fixed.contains(&format!("seq {seq} recommit"))
+            && fixed.contains(&format!("seq {seq} set-aside {marker}")),
+        "{what}: {fixed}"
+    );
+    for s in 1..=3u64 {
+        restore_same(t, &s.to_string(), &images[s as usize - 1], &what);
+    }
+    let v = t.run(&["verify"]);
+    assert_eq!(v.code, Some(0), "{what}: {}", v.show());
+    let l = t.run(&["list"]);
+    assert_eq!(l.code, Some(0), "{what}: {}", l.show());
+    let b = t.json(&["backup", src.to_str().unwrap(), "--volume", "v"]);
+    assert_eq!(b["seq"], 4, "{what}: a new seq");
+    assert_eq!(b["kind"], "delta", "{what}: built on the repaired chain");
+    restore_same(t, "latest", &images[2], &what);
+}
+
+fn marker_flips(flip: MarkerFlip) {
+    for seq in [2, 3] {
+        marker_flip_way_back(&TempRepo::new(), flip, seq);
+    }
+}
+
+#[test]
+fn marker_flip_syntax_way_back() {
+    marker_flips(MarkerFlip::Syntax);
+}
+
+#[test]
+fn marker_flip_archive_way_back() {
+    marker_flips(MarkerFlip::Archive);
+    marker_flips(MarkerFlip::ArchiveCampaign);
+}
+
+#[test]
+fn marker_flip_object_way_back() {
+    marker_flips(MarkerFlip::Object);
+    marker_flips(MarkerFlip::ObjectSeq);
+}
+
+#[test]
+fn marker_flip_size_way_back() {
+    marker_flips(MarkerFlip::SizeLast);
+    marker_flips(MarkerFlip::SizeFirst);
+}
+
+#[test]
+fn marker_flip_digest_way_back() {
+    marker_flips(MarkerFlip::Digest);
+    marker_flips(MarkerFlip::DigestCase);
+}
+
+#[test]
+fn marker_truncated_way_back() {
+    marker_flips(MarkerFlip::TruncatedEmpty);
+    marker_flips(MarkerFlip::TruncatedHalf);
+}
+
+#[test]
+fn marker_flip_digest_way_back_on_s3() {
+    marker_flip_way_back(&TempRepo::s3(), MarkerFlip::Digest, 2);
+    marker_flip_way_back(&TempRepo::s3(), MarkerFlip::SizeLast, 3);
+}
