@@ -381,7 +381,7 @@ async fn commit_marker_digest_mismatch() {
     assert_eq!(
         texts[0],
         format!(
-            "commit {} is invalid: names archive digest {wrong}, archive {} has {}",
+            "commit {} is invalid: names archive digest {wrong}, archive {} has {} (run `thinarc repair {VOLUME}` to re-commit the archive if it is intact)",
             c.key,
             c.archive_key(),
             c.digest
