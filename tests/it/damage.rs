@@ -80,7 +80,9 @@ impl<'a> Objects<'a> {
                 .block_on(store.put(&key, bytes.to_vec().into()))
                 .unwrap();
         } else {
-            write(&self.t.repo().join(rel), bytes);
+            let path = self.t.repo().join(rel);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            write(&path, bytes);
         }
     }
 
@@ -890,4 +892,175 @@ fn marker_truncated_way_back() {
 fn marker_flip_digest_way_back_on_s3() {
     marker_flip_way_back(&TempRepo::s3(), MarkerFlip::Digest, 2);
     marker_flip_way_back(&TempRepo::s3(), MarkerFlip::SizeLast, 3);
+}
+
+/// How a lock object of another run is damaged.
+#[derive(Debug, Clone, Copy)]
+enum LockDamage {
+    /// One byte XOR 0x5a (inside the host name: the JSON no longer parses).
+    Flip,
+    /// Cut to half its length.
+    TruncatedHalf,
+    /// Cut to zero bytes.
+    TruncatedEmpty,
+}
+
+/// The key of a planted lock object of volume `v` (an old start time, so that a new
+/// run's own lock is the newer one and the refusal comes at once).
+const PLANTED_LOCK: &str = "volumes/v/locks/20200101T000000.000000Z-00000000deadbeef";
+
+/// A readable lock object of a run on another host, just written.
+fn ghost_lock() -> Vec<u8> {
+    serde_json::to_vec_pretty(&serde_json::json!({
+        "volume": "v",
+        "host": "ghost",
+        "pid": 4242,
+        "operation": "backup",
+        "started": "2020-01-01T00:00:00Z",
+        "ttl_seconds": 600.0,
+    }))
+    .unwrap()
+}
+
+/// A damaged lock object keeps the volume locked (exit 3) with a refusal that names
+/// the object and the way back; `repair --break-lock` (after a dry run that changes
+/// nothing) removes it, saying what it was, and the next backup succeeds.
+fn lock_damage_way_back(t: &TempRepo, damage: LockDamage) {
+    let what = format!("{damage:?}");
+    let o = Objects::new(t);
+    let src = t.path("v.img");
+    let img = make_image(MIB, 3);
+    write(&src, &img);
+    t.ok(&["backup", src.to_str().unwrap(), "--volume", "v"]);
+    let mut lock = ghost_lock();
+    match damage {
+        LockDamage::Flip => {
+            let at = String::from_utf8(lock.clone())
+                .unwrap()
+                .find("ghost")
+                .unwrap();
+            lock[at + 2] ^= 0x5a;
+            lock[at + 6] ^= 0x5a; // the closing quote: no longer a string
+        }
+        LockDamage::TruncatedHalf => lock.truncate(lock.len() / 2),
+        LockDamage::TruncatedEmpty => lock.clear(),
+    }
+    o.put(PLANTED_LOCK, &lock);
+
+    let refused = t.run(&["backup", src.to_str().unwrap(), "--volume", "v"]);
+    assert_eq!(refused.code, Some(3), "{what}: {}", refused.show());
+    let prefix = format!(
+        "error: v is locked by an unreadable lock object {PLANTED_LOCK} ({} bytes that are not a lock: ",
+        lock.len()
+    );
+    let suffix = "); if no run of v is going, remove it with `thinarc repair v --break-lock`, else wait: it is broken as stale once it is 600s old\n";
+    assert!(
+        refused.stderr.starts_with(&prefix) && refused.stderr.ends_with(suffix),
+        "{what}: {}",
+        refused.show()
+    );
+
+    let dry = t.ok(&["repair", "v", "--break-lock", "--dry-run"]);
+    assert!(
+        dry.starts_with(&format!(
+            "would remove unreadable lock object {PLANTED_LOCK} ("
+        )),
+        "{what}: {dry}"
+    );
+    assert_eq!(o.list("volumes/v/locks").len(), 1, "{what}: a dry run");
+    let done = t.ok(&["repair", "v", "--break-lock"]);
+    assert!(
+        done.starts_with(&format!("remove unreadable lock object {PLANTED_LOCK} (")),
+        "{what}: {done}"
+    );
+    assert!(o.list("volumes/v/locks").is_empty(), "{what}");
+    let b = t.json(&["backup", src.to_str().unwrap(), "--volume", "v"]);
+    assert_eq!(b["seq"], 2, "{what}");
+    restore_same(t, "latest", &img, &what);
+}
+
+#[test]
+fn lock_object_damage_way_back() {
+    for damage in [
+        LockDamage::Flip,
+        LockDamage::TruncatedHalf,
+        LockDamage::TruncatedEmpty,
+    ] {
+        lock_damage_way_back(&TempRepo::new(), damage);
+    }
+}
+
+#[test]
+fn lock_object_damage_way_back_on_s3() {
+    lock_damage_way_back(&TempRepo::s3(), LockDamage::Flip);
+}
+
+/// `repair --break-lock` leaves a readable lock of a run that may be alive (another
+/// host, fresh): refused with exit 3 naming the holder, the lock stays.
+#[test]
+fn lock_break_refuses_a_live_readable_lock() {
+    let t = TempRepo::new();
+    let o = Objects::new(&t);
+    let src = t.path("v.img");
+    write(&src, &make_image(MIB, 3));
+    t.ok(&["backup", src.to_str().unwrap(), "--volume", "v"]);
+    o.put(PLANTED_LOCK, &ghost_lock());
+    let r = t.run(&["repair", "v", "--break-lock"]);
+    assert_eq!(r.code, Some(3), "{}", r.show());
+    assert!(
+        r.stderr.starts_with(
+            "error: v is locked by ghost pid 4242 since 2020-01-01T00:00:00Z (backup)"
+        ),
+        "{}",
+        r.show()
+    );
+    assert_eq!(o.list("volumes/v/locks").len(), 1);
+}
+
+/// The lock object of a live holder that gets damaged: on a local repository the
+/// holder's next refresh rewrites it in place; on S3 the conditional refresh fails
+/// and the holder stops with "lost the lock" (it never overwrites what it did not
+/// write).
+async fn live_lock_damage(t: &TempRepo) {
+    use thinarc::repo::{LockError, LockInfo, VolumeLock, VolumeName};
+    let repo = crate::lock::lib_repo(t).await;
+    let volume = VolumeName::new("v").unwrap();
+    let lock = VolumeLock::acquire_with_ttl(
+        &repo,
+        &volume,
+        "backup",
+        std::time::Duration::from_millis(800),
+    )
+    .await
+    .unwrap();
+    let get = || async {
+        let r = repo.store().get(lock.key()).await.unwrap();
+        r.bytes().await.unwrap().to_vec()
+    };
+    let mut b = get().await;
+    b.truncate(b.len() / 2);
+    repo.store().put(lock.key(), b.into()).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    if t.location().starts_with("s3://") {
+        assert!(
+            matches!(lock.check(), Err(LockError::Lost { .. })),
+            "{:?}",
+            lock.check()
+        );
+    } else {
+        lock.check().unwrap();
+        let info: LockInfo = serde_json::from_slice(&get().await).expect("rewritten");
+        assert_eq!(&info, lock.info());
+    }
+    let _ = lock.release().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lock_object_of_a_live_holder_damaged() {
+    live_lock_damage(&TempRepo::new()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lock_object_of_a_live_holder_damaged_on_s3() {
+    live_lock_damage(&TempRepo::s3()).await;
 }
