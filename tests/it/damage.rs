@@ -1064,3 +1064,50 @@ async fn lock_object_of_a_live_holder_damaged() {
 async fn lock_object_of_a_live_holder_damaged_on_s3() {
     live_lock_damage(&TempRepo::s3()).await;
 }
+
+/// Every byte of a middle marker, flipped with each of four masks (a low bit, the
+/// case bit, the campaign's 0x5a, the high bit): each flip is found, as a corrupt
+/// marker of seq 2 at read time or as a marker that disagrees with its intact archive,
+/// and `repair` (dry run) would set that marker aside and commit seq 2's archive
+/// again. No flip is silently taken for a valid marker.
+#[tokio::test(flavor = "multi_thread")]
+async fn marker_every_byte_flip_is_found_and_repairable() {
+    use thinarc::repo::{CatalogProblem, RemoteArchive, RepairScope, RepoError, VolumeName};
+    let t = TempRepo::new();
+    tokio::task::block_in_place(|| three_points(&t));
+    let repo = crate::lock::lib_repo(&t).await;
+    let volume = VolumeName::new("v").unwrap();
+    let file = t.repo().join("volumes/v/commits/000000000002");
+    let intact = read(&file);
+    let mut found = 0;
+    for at in 0..intact.len() {
+        for mask in [0x01u8, 0x20, 0x5a, 0x80] {
+            let mut b = intact.clone();
+            b[at] ^= mask;
+            write(&file, &b);
+            let what = format!("byte {at} ^ {mask:#04x}");
+            let catalog = repo.catalog(&volume).await.unwrap();
+            let corrupt = catalog
+                .problems
+                .iter()
+                .any(|p| matches!(p, CatalogProblem::CorruptMarker { seq: 2, .. }));
+            if !corrupt {
+                let c = catalog.commits.iter().find(|c| c.seq == 2).expect(&what);
+                let e = RemoteArchive::open(&repo, c).await.err();
+                assert!(
+                    matches!(&e, Some(RepoError::BadCommit { key, .. }) if key.ends_with("commits/000000000002")),
+                    "{what}: a flipped marker is taken as valid: {e:?}"
+                );
+            }
+            let actions = repo
+                .repair_catalog(&volume, RepairScope::All, true)
+                .await
+                .unwrap();
+            let acts: Vec<(u64, &str)> = actions.iter().map(|a| (a.seq, a.action)).collect();
+            assert_eq!(acts, [(2, "recommit"), (2, "set-aside")], "{what}");
+            found += 1;
+        }
+    }
+    write(&file, &intact);
+    assert_eq!(found, intact.len() * 4);
+}
