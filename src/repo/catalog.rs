@@ -260,7 +260,8 @@ fn check_marker(seq: u64, m: &CommitMarker) -> Result<(), String> {
     let object = format!("{seq:012}-{}.tarc", m.archive);
     if m.object != object {
         return Err(format!(
-            "object {:?} is not {object:?}, the name of the archive it names",
+            "archive {} and object {:?} disagree: the object of seq {seq} and that archive is {object:?}",
+            m.archive,
             excerpt(&m.object)
         ));
     }
@@ -274,9 +275,9 @@ fn check_marker(seq: u64, m: &CommitMarker) -> Result<(), String> {
     Ok(())
 }
 
-/// At most 48 characters of `s`, for messages about bad input.
+/// At most 64 characters of `s`, for messages about bad input.
 fn excerpt(s: &str) -> String {
-    match s.char_indices().nth(48) {
+    match s.char_indices().nth(64) {
         Some((at, _)) => format!("{}...", &s[..at]),
         None => s.to_string(),
     }
