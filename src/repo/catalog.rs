@@ -554,8 +554,13 @@ impl Repository {
                 detail,
             };
             let Some(commit) = commits.iter().find(|c| c.seq == parent.seq) else {
+                let why = self
+                    .problem_of(&volume, parent.seq)
+                    .await
+                    .map(|p| format!(": {p}"))
+                    .unwrap_or_default();
                 return Err(broken(format!(
-                    "parent seq {} (archive {}) is not committed",
+                    "parent seq {} (archive {}) is not committed{why}",
                     parent.seq, parent.id
                 )));
             };
@@ -607,19 +612,33 @@ impl Repository {
             PointSelector::Seq(seq) | PointSelector::SeqOrId(seq, _) => *seq,
             PointSelector::Latest | PointSelector::Id(_) => return None,
         };
-        let catalog = self.catalog(volume).await.ok()?;
-        catalog.problems.into_iter().find_map(|p| match p {
-            CatalogProblem::CorruptMarker {
-                seq: s, key, detail, ..
-            } if s == seq => Some(RepoError::BadCommit {
+        match self.problem_of(volume, seq).await? {
+            CatalogProblem::CorruptMarker { key, detail, .. } => Some(RepoError::BadCommit {
                 key,
                 detail: format!(
                     "{detail}; run `thinarc repair {volume}` to set it aside and re-commit its archive if intact"
                 ),
             }),
-            _ => None,
-        })
+            CatalogProblem::Orphan(_) => None,
+        }
     }
+
+    /// What is wrong with the catalog at `seq` of `volume`, if anything: its corrupt
+    /// marker, else its complete orphan archive.
+    async fn problem_of(&self, volume: &VolumeName, seq: u64) -> Option<CatalogProblem> {
+        let problems = self.catalog(volume).await.ok()?.problems;
+        problem_at(&problems, seq).cloned()
+    }
+}
+
+/// Among `problems`, the corrupt marker of `seq`, else its complete orphan archive.
+fn problem_at(problems: &[CatalogProblem], seq: u64) -> Option<&CatalogProblem> {
+    let at = |p: &&CatalogProblem| p.seq() == seq;
+    problems
+        .iter()
+        .filter(at)
+        .find(|p| matches!(p, CatalogProblem::CorruptMarker { .. }))
+        .or_else(|| problems.iter().find(at))
 }
 
 /// One point of a volume as `list` shows it.
@@ -747,8 +766,12 @@ impl Repository {
                         p.seq
                     )),
                     None => Some(format!(
-                        "chain broken: parent seq {} (archive {}) is not committed",
-                        p.seq, p.id
+                        "chain broken: parent seq {} (archive {}) is not committed{}",
+                        p.seq,
+                        p.id,
+                        problem_at(&catalog.problems, p.seq)
+                            .map(|p| format!(": {p}"))
+                            .unwrap_or_default()
                     )),
                     Some(pa) => {
                         let same = pa.commit.archive_id == p.id && pa.commit.digest == p.digest;
@@ -776,15 +799,10 @@ impl Repository {
                     rows.push(PointInfo::damaged(volume, *seq, "?", 0, p.to_string()))
                 }
                 // The archive of a corrupt marker: the row names the marker.
-                CatalogProblem::Orphan(a) => {
-                    let marker = catalog.problems.iter().find(|m| {
-                        matches!(m, CatalogProblem::CorruptMarker { .. }) && m.seq() == p.seq()
-                    });
-                    rows.push(PointInfo {
-                        damage: Some(marker.unwrap_or(p).to_string()),
-                        ..PointInfo::of(a)
-                    })
-                }
+                CatalogProblem::Orphan(a) => rows.push(PointInfo {
+                    damage: problem_at(&catalog.problems, p.seq()).map(|p| p.to_string()),
+                    ..PointInfo::of(a)
+                }),
             }
         }
         // A corrupt marker and the orphan archive of the same seq: one row.

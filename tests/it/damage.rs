@@ -828,6 +828,16 @@ fn marker_flip_way_back(t: &TempRepo, flip: MarkerFlip, seq: u64) {
         r.show()
     );
 
+    if seq == 2 {
+        let r = t.run(&["restore", "v", out.to_str().unwrap(), "--at", "3"]);
+        assert!(
+            r.code == Some(1)
+                && r.stderr.contains(&marker)
+                && r.stderr.contains("thinarc repair v"),
+            "{what}: a point above names the marker and the way back:\n{}",
+            r.show()
+        );
+    }
     let fixed = t.ok(&["repair", "v"]);
     assert!(
         fixed.contains(&format!("seq {seq} recommit"))
