@@ -1121,3 +1121,38 @@ async fn marker_every_byte_flip_is_found_and_repairable() {
     write(&file, &intact);
     assert_eq!(found, intact.len() * 4);
 }
+
+/// A record of the whole archive written while its marker disagreed with it (by an
+/// older verify) goes with the repair that commits the archive again.
+#[test]
+fn marker_repair_clears_a_stale_whole_archive_record() {
+    let t = TempRepo::new();
+    let o = Objects::new(&t);
+    let (images, _src) = three_points(&t);
+    MarkerFlip::Digest.apply(&o, 2);
+    let object = o.archive(2);
+    let name = object.rsplit('/').next().unwrap();
+    let id = name
+        .trim_end_matches(".tarc")
+        .split_once('-')
+        .unwrap()
+        .1
+        .to_string();
+    let record = serde_json::json!({
+        "archive": id, "seq": 2, "object": name, "kind": "archive", "blocks": [],
+        "detail": "commit volumes/v/commits/000000000002 is invalid: names archive digest ...",
+        "found_at": "2026-11-30T00:00:00Z", "found_by": "verify",
+    });
+    o.put(
+        &format!("volumes/v/damage/{id}"),
+        &serde_json::to_vec(&record).unwrap(),
+    );
+    let v = t.run(&["verify"]);
+    assert_eq!(v.code, Some(4), "{}", v.show());
+    t.ok(&["repair", "v"]);
+    assert!(o.list("volumes/v/damage").is_empty());
+    let l = t.run(&["list"]);
+    assert_eq!(l.code, Some(0), "{}", l.show());
+    assert_eq!(t.run(&["status", "v"]).code, Some(0));
+    restore_same(&t, "3", &images[2], "after repair");
+}
