@@ -14,6 +14,10 @@
 //!   with another start time) is *dead*: it is deleted at once and reported. Locks of
 //!   other hosts, and locks of older versions that do not record the process start
 //!   time and boot id, wait for their TTL;
+//! - an object that cannot be parsed (a flipped byte, a truncated write) counts as a
+//!   live lock of an unknown run until it is stale; the refusal
+//!   ([`LockError::Unreadable`]) names it, and [`break_locks`] (`thinarc repair
+//!   VOLUME --break-lock`) removes it at once when the operator knows no run is going;
 //! - if no other live lock is listed, the lock is held;
 //! - if another live lock has an older key, this run lost: it deletes its own object
 //!   and fails with [`LockError::Held`];

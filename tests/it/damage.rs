@@ -3,6 +3,9 @@
 //! point that depends on the damage and exits 4, status exits 4 and its metrics show
 //! it, and the documented way back (README "Damage and repair") brings the newest
 //! point and the nightly backup back without renaming the volume or reusing a seq.
+//! The marker family flips every class of byte of a commit marker (syntax, `archive`,
+//! `object`, `size`, `digest`, truncation) and every byte with four masks; the lock
+//! family damages lock objects of dead and of live holders.
 
 use object_store::ObjectStoreExt;
 use object_store::path::Path as Key;
