@@ -430,7 +430,7 @@ pub fn is_locked(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
         matches!(
             c.downcast_ref::<crate::repo::LockError>(),
-            Some(crate::repo::LockError::Held { .. })
+            Some(crate::repo::LockError::Held { .. } | crate::repo::LockError::Unreadable { .. })
         ) || matches!(
             c.downcast_ref::<crate::status::RunLockError>(),
             Some(crate::status::RunLockError::Locked(_))

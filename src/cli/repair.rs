@@ -4,7 +4,7 @@ use clap::Args;
 
 use super::{Ctx, print_json};
 use crate::prune::{PruneOptions, RetentionPolicy, prune};
-use crate::repo::{RepairAction, RepairScope, Repository, VolumeLock, VolumeName};
+use crate::repo::{RepairAction, RepairScope, Repository, VolumeLock, VolumeName, break_locks};
 
 /// Arguments of `repair`.
 #[derive(Debug, Args)]
@@ -16,6 +16,12 @@ pub struct RepairArgs {
     /// itself depends on damage: run a backup first.
     #[arg(long)]
     pub drop_damaged: bool,
+    /// First remove the volume's lock objects that cannot be read or parsed, and locks
+    /// of provably dead runs on this host, printing what they were. Use it only when
+    /// you know no run of the volume is going; a readable lock of a live run is still
+    /// refused (exit code 3).
+    #[arg(long)]
+    pub break_lock: bool,
     /// Print what would be done; change nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -30,16 +36,24 @@ struct RepairReport {
     volume: String,
     dry_run: bool,
     actions: Vec<RepairAction>,
+    /// Lock objects removed by `--break-lock`, one sentence each.
+    locks_removed: Vec<String>,
     /// Points unlisted by `--drop-damaged`.
     dropped: Vec<u64>,
 }
 
-/// Sets corrupt commit markers aside and commits again the complete archives whose
-/// marker is lost (holding the volume's lock); with `--drop-damaged`, unlists the points
+/// With `--break-lock`, first removes unreadable and dead lock objects; then sets
+/// corrupt commit markers aside and commits again the complete archives whose marker is
+/// lost or wrong (holding the volume's lock); with `--drop-damaged`, unlists the points
 /// that depend on damaged data.
 pub async fn run(args: RepairArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let volume = VolumeName::new(&args.volume)?;
     let repo = ctx.open().await?;
+    let locks_removed = if args.break_lock {
+        break_locks(&repo, &volume, args.dry_run).await?
+    } else {
+        Vec::new()
+    };
     let actions = if args.dry_run {
         repo.repair_catalog(&volume, RepairScope::All, true).await?
     } else {
@@ -71,19 +85,27 @@ pub async fn run(args: RepairArgs, ctx: &Ctx) -> anyhow::Result<()> {
         volume: volume.to_string(),
         dry_run: args.dry_run,
         actions,
+        locks_removed,
         dropped,
     };
     if args.json {
         return print_json(&report);
     }
     let verb = if args.dry_run { "would " } else { "" };
+    for l in &report.locks_removed {
+        println!("{verb}remove {l}");
+    }
     for a in &report.actions {
         println!("{verb}{a}");
     }
     for seq in &report.dropped {
         println!("{verb}drop seq {seq}: it depends on damaged data");
     }
-    if !ctx.quiet && report.actions.is_empty() && report.dropped.is_empty() {
+    if !ctx.quiet
+        && report.actions.is_empty()
+        && report.dropped.is_empty()
+        && report.locks_removed.is_empty()
+    {
         println!("volume {volume}: nothing to repair in the catalog");
     }
     Ok(())

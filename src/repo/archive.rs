@@ -42,7 +42,39 @@ impl RemoteArchive {
     /// # Errors
     /// [`RepoError::Corrupt`] naming the archive, or [`RepoError::Store`].
     pub async fn open(repo: &Repository, commit: &Commit) -> Result<RemoteArchive, RepoError> {
-        Self::open_checked(repo, commit, true).await
+        match Self::open_checked(repo, commit, true).await {
+            Err(e @ (RepoError::Truncated { .. } | RepoError::Corrupt { .. })) => {
+                // A marker whose size is wrong makes an intact archive look truncated
+                // or corrupt: then the marker is named, not the archive.
+                match Self::intact_at_listed_size(repo, commit).await {
+                    Some(a) if a.commit.size != commit.size => Err(RepoError::BadCommit {
+                        key: commit.key.to_string(),
+                        detail: format!(
+                            "names size {}, archive {} is {} bytes and intact (run `thinarc repair {}` to re-commit it)",
+                            commit.size,
+                            commit.archive_key(),
+                            a.commit.size,
+                            commit.volume
+                        ),
+                    }),
+                    _ => Err(e),
+                }
+            }
+            r => r,
+        }
+    }
+
+    /// The archive object `commit` names, opened at its listed size as an uncommitted
+    /// archive (see [`open_uncommitted`](Self::open_uncommitted)), if it is intact
+    /// there: then a marker that disagrees with it is at fault, not the archive.
+    pub(crate) async fn intact_at_listed_size(
+        repo: &Repository,
+        commit: &Commit,
+    ) -> Option<RemoteArchive> {
+        let size = repo.store().head(&commit.archive_key()).await.ok()?.size;
+        Self::open_uncommitted(repo, &commit.volume, &commit.object, size)
+            .await
+            .ok()
     }
 
     /// Opens archive object `object` of `volume` that no valid commit marker names (a
@@ -112,8 +144,8 @@ impl RemoteArchive {
             return Err(RepoError::BadCommit {
                 key: commit.key.to_string(),
                 detail: format!(
-                    "names archive digest {}, archive {key} has {}",
-                    commit.digest, trailer.trailer_sha256
+                    "names archive digest {}, archive {key} has {} (run `thinarc repair {}` to re-commit the archive if it is intact)",
+                    commit.digest, trailer.trailer_sha256, commit.volume
                 ),
             });
         }
@@ -158,8 +190,8 @@ impl RemoteArchive {
             return Err(RepoError::BadCommit {
                 key: commit.key.to_string(),
                 detail: format!(
-                    "names archive {} seq {}, the archive is {} seq {}",
-                    commit.archive_id, commit.seq, header.archive_id, header.seq
+                    "names archive {} seq {}, the archive is {} seq {} (run `thinarc repair {}`)",
+                    commit.archive_id, commit.seq, header.archive_id, header.seq, commit.volume
                 ),
             });
         }

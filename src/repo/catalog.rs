@@ -216,8 +216,12 @@ impl Chain {
     }
 }
 
-/// Reads a commit marker.
-pub(crate) async fn read_marker(repo: &Repository, key: &Path) -> Result<CommitMarker, RepoError> {
+/// Reads the commit marker `key` of `seq` and checks it (see [`check_marker`]).
+pub(crate) async fn read_marker(
+    repo: &Repository,
+    key: &Path,
+    seq: u64,
+) -> Result<CommitMarker, RepoError> {
     let bad = |detail: String| RepoError::BadCommit {
         key: key.to_string(),
         detail,
@@ -235,10 +239,49 @@ pub(crate) async fn read_marker(repo: &Repository, key: &Path) -> Result<CommitM
         )));
     }
     let m: CommitMarker = serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
-    if m.object.contains('/') || !m.object.ends_with(".tarc") {
-        return Err(bad(format!("object {:?} is not an archive name", m.object)));
-    }
+    check_marker(seq, &m).map_err(bad)?;
     Ok(m)
+}
+
+/// The consistency rules of a marker of `seq` that need no archive I/O: `archive` is
+/// 32 lowercase hex digits and `object` is `<seq>-<archive>.tarc`, so a flipped byte
+/// in either makes the pair disagree; `size` holds at least a preamble and a trailer.
+/// (`digest` is checked as it is parsed.)
+fn check_marker(seq: u64, m: &CommitMarker) -> Result<(), String> {
+    let id = m.archive.len() == 32
+        && m.archive
+            .bytes()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c));
+    if !id {
+        return Err(format!(
+            "archive {:?} is not 32 lowercase hex digits",
+            excerpt(&m.archive)
+        ));
+    }
+    let object = format!("{seq:012}-{}.tarc", m.archive);
+    if m.object != object {
+        return Err(format!(
+            "archive {} and object {:?} disagree: the object of seq {seq} and that archive is {object:?}",
+            m.archive,
+            excerpt(&m.object)
+        ));
+    }
+    let least = (crate::format::PREAMBLE_LEN + crate::format::TRAILER_LEN) as u64;
+    if m.size < least {
+        return Err(format!(
+            "size {} is smaller than any archive ({least} bytes)",
+            m.size
+        ));
+    }
+    Ok(())
+}
+
+/// At most 64 characters of `s`, for messages about bad input.
+fn excerpt(s: &str) -> String {
+    match s.char_indices().nth(64) {
+        Some((at, _)) => format!("{}...", &s[..at]),
+        None => s.to_string(),
+    }
 }
 
 impl Repository {
@@ -334,7 +377,7 @@ impl Repository {
     ) -> Vec<Result<Commit, RepoError>> {
         futures::stream::iter(keys)
             .map(|k| async move {
-                let m = read_marker(self, &k.key).await?;
+                let m = read_marker(self, &k.key, k.seq).await?;
                 Ok(Commit {
                     volume: volume.clone(),
                     seq: k.seq,
@@ -498,7 +541,11 @@ impl Repository {
                 volume: volume.to_string(),
                 at: format!("{at} (ambiguous: give more digits of the archive id)"),
             })?
-            .ok_or_else(not_found)?;
+            .ok_or_else(not_found);
+        let tip = match tip {
+            Ok(tip) => tip,
+            Err(e) => return Err(self.corrupt_marker_of(&volume, at).await.unwrap_or(e)),
+        };
         let mut archives = vec![Arc::new(RemoteArchive::open(self, tip).await?)];
         while let Some(parent) = archives.last().expect("non-empty").header.parent.clone() {
             let child_seq = archives.last().expect("non-empty").header.seq;
@@ -508,8 +555,13 @@ impl Repository {
                 detail,
             };
             let Some(commit) = commits.iter().find(|c| c.seq == parent.seq) else {
+                let why = self
+                    .problem_of(&volume, parent.seq)
+                    .await
+                    .map(|p| format!(": {p}"))
+                    .unwrap_or_default();
                 return Err(broken(format!(
-                    "parent seq {} (archive {}) is not committed",
+                    "parent seq {} (archive {}) is not committed{why}",
                     parent.seq, parent.id
                 )));
             };
@@ -547,6 +599,47 @@ impl Repository {
         archives.reverse();
         Ok(Chain { volume, archives })
     }
+}
+
+impl Repository {
+    /// The corrupt commit marker of the seq `at` names, as an error that names it and
+    /// the way back (a point that is not listed because its marker is corrupt).
+    async fn corrupt_marker_of(
+        &self,
+        volume: &VolumeName,
+        at: &PointSelector,
+    ) -> Option<RepoError> {
+        let seq = match at {
+            PointSelector::Seq(seq) | PointSelector::SeqOrId(seq, _) => *seq,
+            PointSelector::Latest | PointSelector::Id(_) => return None,
+        };
+        match self.problem_of(volume, seq).await? {
+            CatalogProblem::CorruptMarker { key, detail, .. } => Some(RepoError::BadCommit {
+                key,
+                detail: format!(
+                    "{detail}; run `thinarc repair {volume}` to set it aside and re-commit its archive if intact"
+                ),
+            }),
+            CatalogProblem::Orphan(_) => None,
+        }
+    }
+
+    /// What is wrong with the catalog at `seq` of `volume`, if anything: its corrupt
+    /// marker, else its complete orphan archive.
+    async fn problem_of(&self, volume: &VolumeName, seq: u64) -> Option<CatalogProblem> {
+        let problems = self.catalog(volume).await.ok()?.problems;
+        problem_at(&problems, seq).cloned()
+    }
+}
+
+/// Among `problems`, the corrupt marker of `seq`, else its complete orphan archive.
+fn problem_at(problems: &[CatalogProblem], seq: u64) -> Option<&CatalogProblem> {
+    let at = |p: &&CatalogProblem| p.seq() == seq;
+    problems
+        .iter()
+        .filter(at)
+        .find(|p| matches!(p, CatalogProblem::CorruptMarker { .. }))
+        .or_else(|| problems.iter().find(at))
 }
 
 /// One point of a volume as `list` shows it.
@@ -674,8 +767,12 @@ impl Repository {
                         p.seq
                     )),
                     None => Some(format!(
-                        "chain broken: parent seq {} (archive {}) is not committed",
-                        p.seq, p.id
+                        "chain broken: parent seq {} (archive {}) is not committed{}",
+                        p.seq,
+                        p.id,
+                        problem_at(&catalog.problems, p.seq)
+                            .map(|p| format!(": {p}"))
+                            .unwrap_or_default()
                     )),
                     Some(pa) => {
                         let same = pa.commit.archive_id == p.id && pa.commit.digest == p.digest;
@@ -702,8 +799,9 @@ impl Repository {
                 CatalogProblem::CorruptMarker { seq, .. } => {
                     rows.push(PointInfo::damaged(volume, *seq, "?", 0, p.to_string()))
                 }
+                // The archive of a corrupt marker: the row names the marker.
                 CatalogProblem::Orphan(a) => rows.push(PointInfo {
-                    damage: Some(p.to_string()),
+                    damage: problem_at(&catalog.problems, p.seq()).map(|p| p.to_string()),
                     ..PointInfo::of(a)
                 }),
             }

@@ -14,6 +14,10 @@
 //!   with another start time) is *dead*: it is deleted at once and reported. Locks of
 //!   other hosts, and locks of older versions that do not record the process start
 //!   time and boot id, wait for their TTL;
+//! - an object that cannot be parsed (a flipped byte, a truncated write) counts as a
+//!   live lock of an unknown run until it is stale; the refusal
+//!   ([`LockError::Unreadable`]) names it, and [`break_locks`] (`thinarc repair
+//!   VOLUME --break-lock`) removes it at once when the operator knows no run is going;
 //! - if no other live lock is listed, the lock is held;
 //! - if another live lock has an older key, this run lost: it deletes its own object
 //!   and fails with [`LockError::Held`];
@@ -169,6 +173,17 @@ pub enum LockError {
         pid: u32,
         since: String,
         operation: String,
+        ttl: u64,
+    },
+    /// A lock object of the volume cannot be read or parsed (a flipped byte, a
+    /// truncated write): it counts as held by an unknown run until it is stale.
+    #[error(
+        "{volume} is locked by an unreadable lock object {key} ({detail}); if no run of {volume} is going, remove it with `thinarc repair {volume} --break-lock`, else wait: it is broken as stale once it is {ttl}s old"
+    )]
+    Unreadable {
+        volume: String,
+        key: String,
+        detail: String,
         ttl: u64,
     },
     /// The lock was removed or could not be refreshed while the operation ran.
@@ -491,14 +506,15 @@ async fn contend(
         };
         // The store's clock: when it wrote our own lock.
         let store_now = mine.last_modified;
-        let mut live: Vec<(Path, LockInfo)> = Vec::new();
+        let mut live: Vec<(Path, Result<LockInfo, String>)> = Vec::new();
         for m in metas.iter().filter(|m| &m.location != own) {
-            let Some(info) = read_lock(repo, &m.location, volume).await? else {
+            let Some(read) = read_lock(repo, &m.location).await? else {
                 continue; // released meanwhile
             };
             let age = age(store_now, m.last_modified);
-            let why = if age > info.ttl() {
-                format!(
+            let ttl = read.as_ref().map_or(DEFAULT_LOCK_TTL, LockInfo::ttl);
+            let why = match &read {
+                Ok(info) if age > ttl => format!(
                     "stale lock of {} held by {} pid {} since {} ({}): not refreshed for {}s, longer than its TTL of {}s",
                     info.volume,
                     info.host,
@@ -506,16 +522,28 @@ async fn contend(
                     info.started,
                     info.operation,
                     age.as_secs(),
-                    info.ttl().as_secs()
-                )
-            } else if let Some(gone) = info.gone_on_this_host() {
-                format!(
-                    "lock of {} held by {} pid {} since {} ({}) at once: {gone}, so its run is dead",
-                    info.volume, info.host, info.pid, info.started, info.operation,
-                )
-            } else {
-                live.push((m.location.clone(), info));
-                continue;
+                    ttl.as_secs()
+                ),
+                Err(detail) if age > ttl => format!(
+                    "stale unreadable lock object {} ({detail}): not written for {}s, longer than the default TTL of {}s",
+                    m.location,
+                    age.as_secs(),
+                    ttl.as_secs()
+                ),
+                Ok(info) => match info.gone_on_this_host() {
+                    Some(gone) => format!(
+                        "lock of {} held by {} pid {} since {} ({}) at once: {gone}, so its run is dead",
+                        info.volume, info.host, info.pid, info.started, info.operation,
+                    ),
+                    None => {
+                        live.push((m.location.clone(), read));
+                        continue;
+                    }
+                },
+                Err(_) => {
+                    live.push((m.location.clone(), read));
+                    continue;
+                }
             };
             match repo.lock_store().delete(&m.location).await {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
@@ -529,13 +557,21 @@ async fn contend(
             return Ok(());
         };
         if oldest < *own || Instant::now() >= deadline {
-            return Err(LockError::Held {
-                volume: volume.to_string(),
-                ttl: holder.ttl().as_secs(),
-                host: holder.host,
-                pid: holder.pid,
-                since: holder.started,
-                operation: holder.operation,
+            return Err(match holder {
+                Ok(holder) => LockError::Held {
+                    volume: volume.to_string(),
+                    ttl: holder.ttl().as_secs(),
+                    host: holder.host,
+                    pid: holder.pid,
+                    since: holder.started,
+                    operation: holder.operation,
+                },
+                Err(detail) => LockError::Unreadable {
+                    volume: volume.to_string(),
+                    key: oldest.to_string(),
+                    detail,
+                    ttl: DEFAULT_LOCK_TTL.as_secs(),
+                },
             });
         }
         // Ours is older: the newer contenders will see it and back off.
@@ -571,7 +607,21 @@ pub async fn held_locks(
     let now = Utc::now();
     let mut out = Vec::new();
     for m in repo.list(&volume.locks_prefix()).await? {
-        if let Some(info) = read_lock(repo, &m.location, volume).await? {
+        if let Some(read) = read_lock(repo, &m.location).await? {
+            let info = read.unwrap_or_else(|detail| LockInfo {
+                volume: volume.to_string(),
+                host: format!(
+                    "an unknown host (unreadable lock object {}: {detail})",
+                    m.location
+                ),
+                pid: 0,
+                operation: "unknown".into(),
+                started: "an unknown time".into(),
+                ttl_seconds: DEFAULT_LOCK_TTL.as_secs_f64(),
+                boot_id: None,
+                pid_namespace: None,
+                process_start: None,
+            });
             let age = age(now, m.last_modified);
             let dead = info.gone_on_this_host();
             out.push(HeldLock {
@@ -590,34 +640,69 @@ fn age(now: DateTime<Utc>, then: DateTime<Utc>) -> Duration {
     (now - then).to_std().unwrap_or_default()
 }
 
-/// Reads another run's lock object; `None` if it is gone. An unreadable object still
-/// counts as a lock, held by an unknown run with the default TTL.
+/// Reads another run's lock object: `None` if it is gone, `Some(Err(why))` if it
+/// cannot be parsed (it still counts as a lock, held by an unknown run with the
+/// default TTL).
 async fn read_lock(
     repo: &Repository,
     key: &Path,
-    volume: &VolumeName,
-) -> Result<Option<LockInfo>, RepoError> {
+) -> Result<Option<Result<LockInfo, String>>, RepoError> {
     let bytes = match repo.lock_store().get(key).await {
         Ok(r) => r.bytes().await,
         Err(e) => Err(e),
     };
     match bytes {
-        Ok(b) => Ok(Some(serde_json::from_slice(&b).unwrap_or_else(|_| {
-            LockInfo {
-                volume: volume.to_string(),
-                host: format!("an unknown host (unreadable lock object {key})"),
-                pid: 0,
-                operation: "unknown".into(),
-                started: "an unknown time".into(),
-                ttl_seconds: DEFAULT_LOCK_TTL.as_secs_f64(),
-                boot_id: None,
-                pid_namespace: None,
-                process_start: None,
-            }
-        }))),
+        Ok(b) => {
+            Ok(Some(serde_json::from_slice(&b).map_err(|e| {
+                format!("{} bytes that are not a lock: {e}", b.len())
+            })))
+        }
         Err(object_store::Error::NotFound { .. }) => Ok(None),
         Err(e) => Err(RepoError::store("read lock", key)(e)),
     }
+}
+
+/// Removes the lock objects of `volume` that keep it locked although no run can hold
+/// them: objects that cannot be read or parsed, and locks of provably dead holders on
+/// this host (`thinarc repair VOLUME --break-lock`, for an operator who knows no run
+/// of the volume is going). A readable lock of a holder that may be alive is left for
+/// the next acquire to refuse. Returns one sentence per removed object (nothing is
+/// removed with `dry_run`).
+///
+/// # Errors
+/// [`RepoError::Store`] when listing, reading or deleting fails.
+pub async fn break_locks(
+    repo: &Repository,
+    volume: &VolumeName,
+    dry_run: bool,
+) -> Result<Vec<String>, RepoError> {
+    let mut removed = Vec::new();
+    for m in repo.list(&volume.locks_prefix()).await? {
+        let why = match read_lock(repo, &m.location).await? {
+            None => continue,
+            Some(Err(detail)) => format!(
+                "unreadable lock object {} ({detail}, last written {})",
+                m.location,
+                m.last_modified
+                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            ),
+            Some(Ok(info)) => match info.gone_on_this_host() {
+                Some(gone) => format!(
+                    "lock object {} of {} pid {} since {} ({}): {gone}",
+                    m.location, info.host, info.pid, info.started, info.operation
+                ),
+                None => continue,
+            },
+        };
+        if !dry_run {
+            match repo.lock_store().delete(&m.location).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(RepoError::store("break lock", &m.location)(e)),
+            }
+        }
+        removed.push(why);
+    }
+    Ok(removed)
 }
 
 /// How the holder refreshes its lock object (a new last-modified time) so that a

@@ -53,8 +53,8 @@ pub use damage::{ChainDamage, DamageKind, DamageRecord, MAX_DAMAGED_BLOCKS, chai
 pub use layout::{VolumeName, new_id};
 pub use location::{Location, OpenedStore, open_store, parse_location};
 pub use lock::{
-    DEFAULT_LOCK_TTL, HeldLock, LOCK_TTL_ENV, LockError, LockInfo, VolumeLock, held_locks,
-    hostname, lock_ttl, settle_dropped_locks,
+    DEFAULT_LOCK_TTL, HeldLock, LOCK_TTL_ENV, LockError, LockInfo, VolumeLock, break_locks,
+    held_locks, hostname, lock_ttl, settle_dropped_locks,
 };
 pub use publish::{ArchiveUpload, DroppedUploads, Published, settle_dropped_uploads};
 pub use repair::{RepairAction, RepairScope};

@@ -42,8 +42,21 @@ pub struct CommitMarker {
     pub object: String,
     /// Size of the archive object in bytes.
     pub size: u64,
-    /// Archive digest (the trailer checksum).
+    /// Archive digest (the trailer checksum), 64 lowercase hex digits as written.
+    #[serde(deserialize_with = "lowercase_digest")]
     pub digest: Digest,
+}
+
+/// A marker's digest exactly as writers write it: 64 lowercase hex digits (a flipped
+/// byte that turns a letter upper case is damage too, not another spelling).
+fn lowercase_digest<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Digest, D::Error> {
+    let s = String::deserialize(d)?;
+    if s.bytes().any(|c| c.is_ascii_uppercase()) {
+        return Err(serde::de::Error::custom(
+            "digest is not 64 lowercase hex digits",
+        ));
+    }
+    Digest::from_hex(&s).map_err(serde::de::Error::custom)
 }
 
 /// An archive being uploaded.
@@ -305,7 +318,7 @@ impl ArchiveUpload {
             // re-committed it); another writer's if it names another; absent, the
             // commit failed. If it cannot be read, the outcome is unknown and our
             // archive may be the committed one: nothing is deleted.
-            match super::catalog::read_marker(&self.repo, &commit_key).await {
+            match super::catalog::read_marker(&self.repo, &commit_key, self.seq).await {
                 Ok(m) if m.object == marker.object => {}
                 Ok(_) => {
                     self.remove_object().await;

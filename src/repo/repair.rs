@@ -1,17 +1,23 @@
-//! Repairing a volume's catalog: corrupt commit markers are set aside, and complete
-//! orphan archives (a lost or corrupt marker, or a run killed between upload and
-//! commit) whose parent link holds are committed again.
+//! Repairing a volume's catalog: corrupt commit markers (those that do not parse or
+//! break the consistency rules, and those that disagree with an intact archive in
+//! size or digest) are set aside, and complete orphan archives (a lost or corrupt
+//! marker, or a run killed between upload and commit) whose parent link holds are
+//! committed again.
 //!
 //! Nothing here deletes an archive or rewrites block data. A re-commit writes a new
 //! create-if-absent marker at a generation above every marker key of its seq, so it
 //! never races with or replaces a valid marker.
 
+use futures::StreamExt;
 use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use serde::Serialize;
 
 use super::catalog::VolumeCatalog;
 use super::publish::CommitMarker;
-use super::{CatalogProblem, Commit, RemoteArchive, RepoError, Repository, VolumeName};
+use super::{CatalogProblem, Commit, DamageKind, RemoteArchive, RepoError, Repository, VolumeName};
+
+/// Archives opened concurrently to check their markers.
+const MARKER_CHECKS: usize = 8;
 
 /// Which orphans to re-commit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,10 +66,14 @@ impl Repository {
     ) -> Result<Vec<RepairAction>, RepoError> {
         let VolumeCatalog {
             mut commits,
-            problems,
+            mut problems,
             ..
         } = self.catalog(volume).await?;
+        if scope == RepairScope::All {
+            self.check_markers(&mut commits, &mut problems).await?;
+        }
         let newest = commits.last().map_or(0, |c| c.seq);
+        let records = self.damage_records(volume).await?;
         let mut actions = Vec::new();
         for p in &problems {
             let CatalogProblem::Orphan(a) = p else {
@@ -102,6 +112,14 @@ impl Repository {
             action.detail = format!("committed again as {}", commit.key);
             if !dry_run {
                 self.put_marker(&commit).await?;
+                // A record of the whole archive (written while its marker disagreed
+                // with it) is stale: the archive was just checked in full.
+                if records
+                    .iter()
+                    .any(|r| r.archive == commit.archive_id && r.kind == DamageKind::Archive)
+                {
+                    self.clear_damage(volume, &commit.archive_id).await?;
+                }
             }
             let at = commits.partition_point(|c| c.seq < commit.seq);
             commits.insert(at, commit);
@@ -131,6 +149,53 @@ impl Repository {
         }
         actions.sort_by_key(|a| a.seq);
         Ok(actions)
+    }
+
+    /// Checks every committed marker against its archive (header and trailer reads).
+    /// A marker that disagrees with an archive that is intact at its listed size (a
+    /// flipped byte in `size` or `digest`) is moved from `commits` to `problems` as a
+    /// corrupt marker, and its archive becomes an orphan to commit again.
+    async fn check_markers(
+        &self,
+        commits: &mut Vec<Commit>,
+        problems: &mut Vec<CatalogProblem>,
+    ) -> Result<(), RepoError> {
+        let opened: Vec<_> = futures::stream::iter(commits.iter())
+            .map(|c| RemoteArchive::open(self, c))
+            .buffered(MARKER_CHECKS)
+            .collect()
+            .await;
+        let mut bad = Vec::new();
+        for (c, opened) in commits.iter().zip(opened) {
+            let e = match opened {
+                Ok(_) => continue,
+                Err(e @ RepoError::Store { .. }) => return Err(e),
+                Err(e) => e,
+            };
+            let Some(a) = RemoteArchive::intact_at_listed_size(self, c).await else {
+                continue; // the archive is damaged: verify and backup deal with that
+            };
+            if a.commit.size == c.size && a.commit.digest == c.digest {
+                continue;
+            }
+            let detail = match e {
+                RepoError::BadCommit { detail, .. } => detail,
+                e => e.to_string(),
+            };
+            problems.push(CatalogProblem::CorruptMarker {
+                volume: c.volume.clone(),
+                seq: c.seq,
+                generation: c.generation,
+                key: c.key.to_string(),
+                detail,
+            });
+            problems.push(CatalogProblem::Orphan(std::sync::Arc::new(a)));
+            bad.push(c.seq);
+        }
+        commits.retain(|c| !bad.contains(&c.seq));
+        // Orphans oldest first, so that a parent is committed again before its child.
+        problems.sort_by_key(|p| (matches!(p, CatalogProblem::Orphan(_)), p.seq()));
+        Ok(())
     }
 
     /// Checks an orphan in full before it is committed again: every index segment, a
@@ -196,7 +261,7 @@ impl Repository {
         {
             Ok(_) => Ok(()),
             Err(object_store::Error::AlreadyExists { .. }) => {
-                match super::catalog::read_marker(self, &commit.key).await {
+                match super::catalog::read_marker(self, &commit.key, commit.seq).await {
                     Ok(m) if m == marker => Ok(()),
                     _ => Err(RepoError::BadCommit {
                         key: commit.key.to_string(),

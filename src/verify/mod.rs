@@ -344,7 +344,13 @@ async fn check_volume(
                 rec.add(Some(c), None, problem);
                 continue;
             }
-            Some(&size) if size != c.size => {
+            // A marker whose size is wrong for an intact archive: `open` names it.
+            Some(&size)
+                if size != c.size
+                    && RemoteArchive::intact_at_listed_size(repo, c)
+                        .await
+                        .is_none() =>
+            {
                 let problem = if size < c.size {
                     describe(&RepoError::Truncated {
                         key: c.archive_key().to_string(),
@@ -367,7 +373,11 @@ async fn check_volume(
         let archive = match RemoteArchive::open(repo, c).await {
             Ok(a) => Arc::new(a),
             Err(e) => {
-                damaged(c, DamageKind::Archive, None, &describe(&e));
+                // A marker that disagrees with its archive is no damage of the
+                // archive: `repair` sets it aside, and no record outlives it.
+                if !matches!(e, RepoError::BadCommit { .. }) {
+                    damaged(c, DamageKind::Archive, None, &describe(&e));
+                }
                 rec.add(Some(c), None, describe(&e));
                 continue;
             }

@@ -3,6 +3,9 @@
 //! point that depends on the damage and exits 4, status exits 4 and its metrics show
 //! it, and the documented way back (README "Damage and repair") brings the newest
 //! point and the nightly backup back without renaming the volume or reusing a seq.
+//! The marker family flips every class of byte of a commit marker (syntax, `archive`,
+//! `object`, `size`, `digest`, truncation) and every byte with four masks; the lock
+//! family damages lock objects of dead and of live holders.
 
 use object_store::ObjectStoreExt;
 use object_store::path::Path as Key;
@@ -80,7 +83,9 @@ impl<'a> Objects<'a> {
                 .block_on(store.put(&key, bytes.to_vec().into()))
                 .unwrap();
         } else {
-            write(&self.t.repo().join(rel), bytes);
+            let path = self.t.repo().join(rel);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            write(&path, bytes);
         }
     }
 
@@ -690,4 +695,467 @@ fn damage_lost_marker_of_a_volumes_only_point() {
     assert_eq!(b["seq"], 2);
     restore_same(&t, "1", &img, "the re-committed first point");
     assert_eq!(t.run(&["list"]).code, Some(0));
+}
+
+/// Where in a commit marker a byte is flipped (the marker family).
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum MarkerFlip {
+    /// JSON syntax: the `:` after `"size"`, so the marker no longer parses.
+    Syntax,
+    /// The `archive` id: one hex digit turned into another (still valid JSON).
+    Archive,
+    /// The fifth byte of `archive` XOR 0x5a, as the fault campaign flips it.
+    ArchiveCampaign,
+    /// The `object` name: one hex digit of its archive id turned into another.
+    Object,
+    /// One digit of `object`'s seq turned into another.
+    ObjectSeq,
+    /// The last digit of `size` turned into another (a few bytes off).
+    SizeLast,
+    /// The first digit of `size` turned into another (far off).
+    SizeFirst,
+    /// One hex digit of `digest` turned into another.
+    Digest,
+    /// One letter of `digest` turned upper case (the same value, another spelling).
+    DigestCase,
+    /// The marker cut to zero bytes.
+    TruncatedEmpty,
+    /// The marker cut to half its length.
+    TruncatedHalf,
+}
+
+impl MarkerFlip {
+    /// Applies the damage to the marker of `seq`.
+    fn apply(self, o: &Objects, seq: u64) {
+        let rel = format!("volumes/v/commits/{seq:012}");
+        let mut b = o.get(&rel);
+        let text = String::from_utf8(b.clone()).unwrap();
+        // The offset of the first byte of member `name`'s value (after `": "` and any
+        // opening quote).
+        let value = |name: &str| {
+            let at = text.find(&format!("\"{name}\": ")).unwrap() + name.len() + 4;
+            at + usize::from(text.as_bytes()[at] == b'"')
+        };
+        let other_hex = |c: u8| if c == b'0' { b'1' } else { b'0' };
+        let other_digit = |c: u8| if c == b'9' { b'8' } else { c + 1 };
+        match self {
+            MarkerFlip::Syntax => {
+                let at = value("size") - 2;
+                b[at] ^= 0x5a;
+            }
+            MarkerFlip::Archive => {
+                let at = value("archive") + 7;
+                b[at] = other_hex(b[at]);
+            }
+            MarkerFlip::ArchiveCampaign => {
+                assert_eq!(value("archive"), 16);
+                b[20] ^= 0x5a;
+            }
+            MarkerFlip::Object => {
+                let at = value("object") + 13 + 9;
+                b[at] = other_hex(b[at]);
+            }
+            MarkerFlip::ObjectSeq => {
+                let at = value("object") + 11;
+                b[at] = other_digit(b[at]);
+            }
+            MarkerFlip::SizeLast => {
+                let start = value("size");
+                let at = start + text[start..].find(',').unwrap() - 1;
+                b[at] = other_digit(b[at]);
+            }
+            MarkerFlip::SizeFirst => {
+                let at = value("size");
+                b[at] = other_digit(b[at]);
+            }
+            MarkerFlip::Digest => {
+                let at = value("digest") + 30;
+                b[at] = other_hex(b[at]);
+            }
+            MarkerFlip::DigestCase => {
+                let start = value("digest");
+                let at = start
+                    + text[start..]
+                        .find(|c: char| c.is_ascii_lowercase())
+                        .unwrap();
+                b[at] = b[at].to_ascii_uppercase();
+            }
+            MarkerFlip::TruncatedEmpty => b.clear(),
+            MarkerFlip::TruncatedHalf => b.truncate(b.len() / 2),
+        }
+        assert_ne!(o.get(&rel), b, "{self:?} changes the marker");
+        o.put(&rel, &b);
+    }
+}
+
+/// A damaged marker of `seq` (2: a middle point, 3: the newest) of a three-point
+/// volume: verify exits 4 naming the marker, list exits 1, the points below restore,
+/// the damaged point does not restore but names the marker and the way back, `repair`
+/// brings every point back byte for byte, and the next backup gets a new seq.
+fn marker_flip_way_back(t: &TempRepo, flip: MarkerFlip, seq: u64) {
+    let what = format!("{flip:?} of seq {seq}");
+    let o = Objects::new(t);
+    let (images, src) = three_points(t);
+    flip.apply(&o, seq);
+    let marker = format!("volumes/v/commits/{seq:012}");
+
+    let v = t.run(&["verify"]);
+    assert_eq!(v.code, Some(4), "{what}: {}", v.show());
+    assert!(
+        v.stdout.contains(&format!("problem: v seq {seq}")) && v.stdout.contains(&marker),
+        "{what}: verify names the marker:\n{}",
+        v.show()
+    );
+    let l = t.run(&["list"]);
+    assert_eq!(l.code, Some(1), "{what}: {}", l.show());
+    assert!(
+        l.stdout.contains(&marker) && l.stdout.contains("thinarc repair v"),
+        "{what}: list names the marker and the way back:\n{}",
+        l.show()
+    );
+    for below in 1..seq {
+        restore_same(t, &below.to_string(), &images[below as usize - 1], &what);
+    }
+    let out = t.path("damaged.img");
+    let r = t.run(&[
+        "restore",
+        "v",
+        out.to_str().unwrap(),
+        "--at",
+        &seq.to_string(),
+    ]);
+    assert_eq!(r.code, Some(1), "{what}: {}", r.show());
+    assert!(
+        r.stderr.contains("thinarc repair v"),
+        "{what}: restore says the way back:\n{}",
+        r.show()
+    );
+
+    if seq == 2 {
+        let r = t.run(&["restore", "v", out.to_str().unwrap(), "--at", "3"]);
+        assert!(
+            r.code == Some(1)
+                && r.stderr.contains(&marker)
+                && r.stderr.contains("thinarc repair v"),
+            "{what}: a point above names the marker and the way back:\n{}",
+            r.show()
+        );
+    }
+    let fixed = t.ok(&["repair", "v"]);
+    assert!(
+        fixed.contains(&format!("seq {seq} recommit"))
+            && fixed.contains(&format!("seq {seq} set-aside {marker}")),
+        "{what}: {fixed}"
+    );
+    for s in 1..=3u64 {
+        restore_same(t, &s.to_string(), &images[s as usize - 1], &what);
+    }
+    let v = t.run(&["verify"]);
+    assert_eq!(v.code, Some(0), "{what}: {}", v.show());
+    let l = t.run(&["list"]);
+    assert_eq!(l.code, Some(0), "{what}: {}", l.show());
+    let b = t.json(&["backup", src.to_str().unwrap(), "--volume", "v"]);
+    assert_eq!(b["seq"], 4, "{what}: a new seq");
+    assert_eq!(b["kind"], "delta", "{what}: built on the repaired chain");
+    restore_same(t, "latest", &images[2], &what);
+}
+
+fn marker_flips(flip: MarkerFlip) {
+    for seq in [2, 3] {
+        marker_flip_way_back(&TempRepo::new(), flip, seq);
+    }
+}
+
+#[test]
+fn marker_flip_syntax_way_back() {
+    marker_flips(MarkerFlip::Syntax);
+}
+
+#[test]
+fn marker_flip_archive_way_back() {
+    marker_flips(MarkerFlip::Archive);
+    marker_flips(MarkerFlip::ArchiveCampaign);
+}
+
+#[test]
+fn marker_flip_object_way_back() {
+    marker_flips(MarkerFlip::Object);
+    marker_flips(MarkerFlip::ObjectSeq);
+}
+
+#[test]
+fn marker_flip_size_way_back() {
+    marker_flips(MarkerFlip::SizeLast);
+    marker_flips(MarkerFlip::SizeFirst);
+}
+
+#[test]
+fn marker_flip_digest_way_back() {
+    marker_flips(MarkerFlip::Digest);
+    marker_flips(MarkerFlip::DigestCase);
+}
+
+#[test]
+fn marker_truncated_way_back() {
+    marker_flips(MarkerFlip::TruncatedEmpty);
+    marker_flips(MarkerFlip::TruncatedHalf);
+}
+
+#[test]
+fn marker_flip_digest_way_back_on_s3() {
+    marker_flip_way_back(&TempRepo::s3(), MarkerFlip::Digest, 2);
+    marker_flip_way_back(&TempRepo::s3(), MarkerFlip::SizeLast, 3);
+}
+
+/// How a lock object of another run is damaged.
+#[derive(Debug, Clone, Copy)]
+enum LockDamage {
+    /// One byte XOR 0x5a (inside the host name: the JSON no longer parses).
+    Flip,
+    /// Cut to half its length.
+    TruncatedHalf,
+    /// Cut to zero bytes.
+    TruncatedEmpty,
+}
+
+/// The key of a planted lock object of volume `v` (an old start time, so that a new
+/// run's own lock is the newer one and the refusal comes at once).
+const PLANTED_LOCK: &str = "volumes/v/locks/20200101T000000.000000Z-00000000deadbeef";
+
+/// A readable lock object of a run on another host, just written.
+fn ghost_lock() -> Vec<u8> {
+    serde_json::to_vec_pretty(&serde_json::json!({
+        "volume": "v",
+        "host": "ghost",
+        "pid": 4242,
+        "operation": "backup",
+        "started": "2020-01-01T00:00:00Z",
+        "ttl_seconds": 600.0,
+    }))
+    .unwrap()
+}
+
+/// A damaged lock object keeps the volume locked (exit 3) with a refusal that names
+/// the object and the way back; `repair --break-lock` (after a dry run that changes
+/// nothing) removes it, saying what it was, and the next backup succeeds.
+fn lock_damage_way_back(t: &TempRepo, damage: LockDamage) {
+    let what = format!("{damage:?}");
+    let o = Objects::new(t);
+    let src = t.path("v.img");
+    let img = make_image(MIB, 3);
+    write(&src, &img);
+    t.ok(&["backup", src.to_str().unwrap(), "--volume", "v"]);
+    let mut lock = ghost_lock();
+    match damage {
+        LockDamage::Flip => {
+            let at = String::from_utf8(lock.clone())
+                .unwrap()
+                .find("ghost")
+                .unwrap();
+            lock[at + 2] ^= 0x5a;
+            lock[at + 6] ^= 0x5a; // the closing quote: no longer a string
+        }
+        LockDamage::TruncatedHalf => lock.truncate(lock.len() / 2),
+        LockDamage::TruncatedEmpty => lock.clear(),
+    }
+    o.put(PLANTED_LOCK, &lock);
+
+    let refused = t.run(&["backup", src.to_str().unwrap(), "--volume", "v"]);
+    assert_eq!(refused.code, Some(3), "{what}: {}", refused.show());
+    let prefix = format!(
+        "error: v is locked by an unreadable lock object {PLANTED_LOCK} ({} bytes that are not a lock: ",
+        lock.len()
+    );
+    let suffix = "); if no run of v is going, remove it with `thinarc repair v --break-lock`, else wait: it is broken as stale once it is 600s old\n";
+    assert!(
+        refused.stderr.starts_with(&prefix) && refused.stderr.ends_with(suffix),
+        "{what}: {}",
+        refused.show()
+    );
+
+    let dry = t.ok(&["repair", "v", "--break-lock", "--dry-run"]);
+    assert!(
+        dry.starts_with(&format!(
+            "would remove unreadable lock object {PLANTED_LOCK} ("
+        )),
+        "{what}: {dry}"
+    );
+    assert_eq!(o.list("volumes/v/locks").len(), 1, "{what}: a dry run");
+    let done = t.ok(&["repair", "v", "--break-lock"]);
+    assert!(
+        done.starts_with(&format!("remove unreadable lock object {PLANTED_LOCK} (")),
+        "{what}: {done}"
+    );
+    assert!(o.list("volumes/v/locks").is_empty(), "{what}");
+    let b = t.json(&["backup", src.to_str().unwrap(), "--volume", "v"]);
+    assert_eq!(b["seq"], 2, "{what}");
+    restore_same(t, "latest", &img, &what);
+}
+
+#[test]
+fn lock_object_damage_way_back() {
+    for damage in [
+        LockDamage::Flip,
+        LockDamage::TruncatedHalf,
+        LockDamage::TruncatedEmpty,
+    ] {
+        lock_damage_way_back(&TempRepo::new(), damage);
+    }
+}
+
+#[test]
+fn lock_object_damage_way_back_on_s3() {
+    lock_damage_way_back(&TempRepo::s3(), LockDamage::Flip);
+}
+
+/// `repair --break-lock` leaves a readable lock of a run that may be alive (another
+/// host, fresh): refused with exit 3 naming the holder, the lock stays.
+#[test]
+fn lock_break_refuses_a_live_readable_lock() {
+    let t = TempRepo::new();
+    let o = Objects::new(&t);
+    let src = t.path("v.img");
+    write(&src, &make_image(MIB, 3));
+    t.ok(&["backup", src.to_str().unwrap(), "--volume", "v"]);
+    o.put(PLANTED_LOCK, &ghost_lock());
+    let r = t.run(&["repair", "v", "--break-lock"]);
+    assert_eq!(r.code, Some(3), "{}", r.show());
+    assert!(
+        r.stderr.starts_with(
+            "error: v is locked by ghost pid 4242 since 2020-01-01T00:00:00Z (backup)"
+        ),
+        "{}",
+        r.show()
+    );
+    assert_eq!(o.list("volumes/v/locks").len(), 1);
+}
+
+/// The lock object of a live holder that gets damaged: on a local repository the
+/// holder's next refresh rewrites it in place; on S3 the conditional refresh fails
+/// and the holder stops with "lost the lock" (it never overwrites what it did not
+/// write).
+async fn live_lock_damage(t: &TempRepo) {
+    use thinarc::repo::{LockError, LockInfo, VolumeLock, VolumeName};
+    let repo = crate::lock::lib_repo(t).await;
+    let volume = VolumeName::new("v").unwrap();
+    let lock = VolumeLock::acquire_with_ttl(
+        &repo,
+        &volume,
+        "backup",
+        std::time::Duration::from_millis(800),
+    )
+    .await
+    .unwrap();
+    let get = || async {
+        let r = repo.store().get(lock.key()).await.unwrap();
+        r.bytes().await.unwrap().to_vec()
+    };
+    let mut b = get().await;
+    b.truncate(b.len() / 2);
+    repo.store().put(lock.key(), b.into()).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    if t.location().starts_with("s3://") {
+        assert!(
+            matches!(lock.check(), Err(LockError::Lost { .. })),
+            "{:?}",
+            lock.check()
+        );
+    } else {
+        lock.check().unwrap();
+        let info: LockInfo = serde_json::from_slice(&get().await).expect("rewritten");
+        assert_eq!(&info, lock.info());
+    }
+    let _ = lock.release().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lock_object_of_a_live_holder_damaged() {
+    live_lock_damage(&TempRepo::new()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lock_object_of_a_live_holder_damaged_on_s3() {
+    live_lock_damage(&TempRepo::s3()).await;
+}
+
+/// Every byte of a middle marker, flipped with each of four masks (a low bit, the
+/// case bit, the campaign's 0x5a, the high bit): each flip is found, as a corrupt
+/// marker of seq 2 at read time or as a marker that disagrees with its intact archive,
+/// and `repair` (dry run) would set that marker aside and commit seq 2's archive
+/// again. No flip is silently taken for a valid marker.
+#[tokio::test(flavor = "multi_thread")]
+async fn marker_every_byte_flip_is_found_and_repairable() {
+    use thinarc::repo::{CatalogProblem, RemoteArchive, RepairScope, RepoError, VolumeName};
+    let t = TempRepo::new();
+    tokio::task::block_in_place(|| three_points(&t));
+    let repo = crate::lock::lib_repo(&t).await;
+    let volume = VolumeName::new("v").unwrap();
+    let file = t.repo().join("volumes/v/commits/000000000002");
+    let intact = read(&file);
+    let mut found = 0;
+    for at in 0..intact.len() {
+        for mask in [0x01u8, 0x20, 0x5a, 0x80] {
+            let mut b = intact.clone();
+            b[at] ^= mask;
+            write(&file, &b);
+            let what = format!("byte {at} ^ {mask:#04x}");
+            let catalog = repo.catalog(&volume).await.unwrap();
+            let corrupt = catalog
+                .problems
+                .iter()
+                .any(|p| matches!(p, CatalogProblem::CorruptMarker { seq: 2, .. }));
+            if !corrupt {
+                let c = catalog.commits.iter().find(|c| c.seq == 2).expect(&what);
+                let e = RemoteArchive::open(&repo, c).await.err();
+                assert!(
+                    matches!(&e, Some(RepoError::BadCommit { key, .. }) if key.ends_with("commits/000000000002")),
+                    "{what}: a flipped marker is taken as valid: {e:?}"
+                );
+            }
+            let actions = repo
+                .repair_catalog(&volume, RepairScope::All, true)
+                .await
+                .unwrap();
+            let acts: Vec<(u64, &str)> = actions.iter().map(|a| (a.seq, a.action)).collect();
+            assert_eq!(acts, [(2, "recommit"), (2, "set-aside")], "{what}");
+            found += 1;
+        }
+    }
+    write(&file, &intact);
+    assert_eq!(found, intact.len() * 4);
+}
+
+/// A record of the whole archive written while its marker disagreed with it (by an
+/// older verify) goes with the repair that commits the archive again.
+#[test]
+fn marker_repair_clears_a_stale_whole_archive_record() {
+    let t = TempRepo::new();
+    let o = Objects::new(&t);
+    let (images, _src) = three_points(&t);
+    MarkerFlip::Digest.apply(&o, 2);
+    let object = o.archive(2);
+    let name = object.rsplit('/').next().unwrap();
+    let id = name
+        .trim_end_matches(".tarc")
+        .split_once('-')
+        .unwrap()
+        .1
+        .to_string();
+    let record = serde_json::json!({
+        "archive": id, "seq": 2, "object": name, "kind": "archive", "blocks": [],
+        "detail": "commit volumes/v/commits/000000000002 is invalid: names archive digest ...",
+        "found_at": "2026-11-30T00:00:00Z", "found_by": "verify",
+    });
+    o.put(
+        &format!("volumes/v/damage/{id}"),
+        &serde_json::to_vec(&record).unwrap(),
+    );
+    let v = t.run(&["verify"]);
+    assert_eq!(v.code, Some(4), "{}", v.show());
+    t.ok(&["repair", "v"]);
+    assert!(o.list("volumes/v/damage").is_empty());
+    let l = t.run(&["list"]);
+    assert_eq!(l.code, Some(0), "{}", l.show());
+    assert_eq!(t.run(&["status", "v"]).code, Some(0));
+    restore_same(&t, "3", &images[2], "after repair");
 }

@@ -320,8 +320,8 @@ async fn missing_parent_commit_breaks_the_points_above() {
     assert_eq!(
         texts[1],
         format!(
-            "the point cannot be restored: chain of {VOLUME} is broken at seq 3: parent seq 2 (archive {}) is not committed",
-            commits[1].archive_id
+            "the point cannot be restored: chain of {VOLUME} is broken at seq 3: parent seq 2 (archive {}) is not committed: {}",
+            commits[1].archive_id, texts[0]
         )
     );
 }
@@ -381,7 +381,7 @@ async fn commit_marker_digest_mismatch() {
     assert_eq!(
         texts[0],
         format!(
-            "commit {} is invalid: names archive digest {wrong}, archive {} has {}",
+            "commit {} is invalid: names archive digest {wrong}, archive {} has {} (run `thinarc repair {VOLUME}` to re-commit the archive if it is intact)",
             c.key,
             c.archive_key(),
             c.digest
