@@ -49,6 +49,9 @@ pub(crate) struct Faults {
     pub(crate) lose_commit_response: Option<Lost>,
     /// Commit-marker puts wait here first (to line up racing writers).
     pub(crate) commit_barrier: Option<Arc<Barrier>>,
+    /// Multipart uploads wait here before they start (so that racing writers have both
+    /// chosen their seq before either archive exists).
+    pub(crate) upload_barrier: Option<Arc<Barrier>>,
     /// The next read of the commit marker whose key ends with this fails.
     pub(crate) fail_marker_read: Option<String>,
     /// Ranged archive reads longer than this fail (frame fetches, not header reads).
@@ -155,6 +158,10 @@ impl ObjectStore for FaultyStore {
         opts: PutMultipartOptions,
     ) -> object_store::Result<Box<dyn MultipartUpload>> {
         self.faults.lock().unwrap().tick()?;
+        let barrier = self.faults.lock().unwrap().upload_barrier.clone();
+        if let Some(b) = barrier {
+            b.wait().await;
+        }
         let inner = self.inner.put_multipart_opts(location, opts).await?;
         Ok(Box::new(FaultyUpload {
             inner,
@@ -606,9 +613,14 @@ async fn two_writers_racing_for_one_seq_one_wins_the_loser_cleans_up() {
     write(&a, &img_a);
     write(&b, &img_b);
 
-    // Both compute seq 2 and upload; the barrier lets neither commit before the other
-    // has its archive uploaded.
-    f.set(|x| x.commit_barrier = Some(Arc::new(Barrier::new(2))));
+    // Both compute seq 2 and upload (a writer takes a seq above every archive object,
+    // so the first barrier holds both uploads back until both have chosen); the second
+    // lets neither commit before the other has its archive uploaded. (Writers take the
+    // volume lock; this is the guard behind it.)
+    f.set(|x| {
+        x.upload_barrier = Some(Arc::new(Barrier::new(2)));
+        x.commit_barrier = Some(Arc::new(Barrier::new(2)));
+    });
     let both = async {
         tokio::join!(
             backup_file(&f.repo, &volume, &a, None),
@@ -618,7 +630,10 @@ async fn two_writers_racing_for_one_seq_one_wins_the_loser_cleans_up() {
     let (ra, rb) = tokio::time::timeout(Duration::from_secs(60), both)
         .await
         .expect("both writers reach the commit");
-    f.set(|x| x.commit_barrier = None);
+    f.set(|x| {
+        x.upload_barrier = None;
+        x.commit_barrier = None;
+    });
 
     let (winner, loser_err, winner_img) = match (ra, rb) {
         (Ok(w), Err(e)) => (w, e, &img_a),
