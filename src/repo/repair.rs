@@ -9,7 +9,7 @@
 //! never races with or replaces a valid marker.
 
 use futures::StreamExt;
-use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use object_store::{ObjectStoreExt, PutPayload};
 use serde::Serialize;
 
 use super::catalog::VolumeCatalog;
@@ -249,16 +249,9 @@ impl Repository {
             digest: commit.digest,
         };
         let body = PutPayload::from(serde_json::to_vec_pretty(&marker).expect("marker serialises"));
-        let opts = PutOptions {
-            mode: PutMode::Create,
-            ..Default::default()
-        };
-        match super::retry::retry(|| {
-            self.store()
-                .put_opts(&commit.key, body.clone(), opts.clone())
-        })
-        .await
-        {
+        // Through `put_create`, like every commit: a store without conditional writes
+        // falls back as `init --allow-unsafe-store` allowed.
+        match super::retry::retry(|| self.put_create(&commit.key, body.clone())).await {
             Ok(_) => Ok(()),
             Err(object_store::Error::AlreadyExists { .. }) => {
                 match super::catalog::read_marker(self, &commit.key, commit.seq).await {
