@@ -9,7 +9,7 @@ use object_store::ObjectStoreExt;
 use object_store::path::Path;
 
 use super::archive::parse_archive_name;
-use super::layout::{parse_commit_key, volumes_prefix};
+use super::layout::{archive_object, parse_commit_key, volumes_prefix};
 use super::publish::CommitMarker;
 use super::{RemoteArchive, RepoError, Repository, VolumeName};
 use crate::format::Digest;
@@ -258,7 +258,7 @@ fn check_marker(seq: u64, m: &CommitMarker) -> Result<(), String> {
             excerpt(&m.archive)
         ));
     }
-    let object = format!("{seq:012}-{}.tarc", m.archive);
+    let object = archive_object(seq, &m.archive);
     if m.object != object {
         return Err(format!(
             "archive {} and object {:?} disagree: the object of seq {seq} and that archive is {object:?}",

@@ -25,6 +25,7 @@ use chrono::{DateTime, Utc};
 use object_store::{ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 
+use super::archive::parse_archive_name;
 use super::{RepoError, Repository, VolumeName};
 
 /// How old a tombstone or an uncommitted object must be before its archive is removed.
@@ -218,7 +219,11 @@ impl Repository {
             let expired = match tombstones.get(&name) {
                 _ if listed.contains(&name) => false,
                 Some(t) => *t < cutoff,
-                None if archive_seq(&name).is_some_and(|s| committed_seqs.contains(&s)) => true,
+                None if parse_archive_name(&name)
+                    .is_some_and(|(s, _)| committed_seqs.contains(&s)) =>
+                {
+                    true
+                }
                 // An orphan: its seq has no marker. It may be a complete point whose
                 // marker was lost (a lost-marker candidate that repair re-commits):
                 // that decision belongs here, not to the partial-leftover rule above.
@@ -255,14 +260,6 @@ impl Repository {
     }
 }
 
-/// The seq of archive object `name` (`<seq>-<archive id>.tarc`).
-fn archive_seq(name: &str) -> Option<u64> {
-    let (seq, _) = name.split_once('-')?;
-    (seq.len() == 12 && seq.bytes().all(|c| c.is_ascii_digit()))
-        .then(|| seq.parse().ok())
-        .flatten()
-}
-
 /// Removes the `*.tarc#N` staging files of the local store (the caller holds the
 /// volume's lock: no upload of it is in progress); returns their names and bytes.
 /// Best effort: a file that cannot be removed is left for the next run.
@@ -283,17 +280,4 @@ fn clean_staging(dir: &std::path::Path) -> (Vec<String>, u64) {
         }
     }
     (removed, bytes)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn archive_names_give_their_seq() {
-        assert_eq!(archive_seq("000000000042-0123abcd.tarc"), Some(42));
-        assert_eq!(archive_seq("42-0123abcd.tarc"), None);
-        assert_eq!(archive_seq("00000000004x-0123abcd.tarc"), None);
-        assert_eq!(archive_seq("clock"), None);
-    }
 }

@@ -139,7 +139,7 @@ impl VolumeName {
 
     pub(crate) fn archive_key(&self, seq: u64, archive_id: &str) -> Path {
         self.archives_prefix()
-            .join(format!("{seq:012}-{archive_id}.tarc"))
+            .join(archive_object(seq, archive_id).as_str())
     }
 }
 
@@ -147,6 +147,13 @@ impl std::fmt::Display for VolumeName {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)
     }
+}
+
+/// The name of archive `archive_id` of point `seq` under a volume's `archives/`:
+/// `<seq as 12 digits>-<archive id>.tarc` (FORMAT.md 15); parsed by
+/// `archive::parse_archive_name`.
+pub(crate) fn archive_object(seq: u64, archive_id: &str) -> String {
+    format!("{seq:012}-{archive_id}.tarc")
 }
 
 /// A new random 128-bit id as 32 lowercase hex digits (archive and volume ids).
