@@ -9,17 +9,18 @@
 
 pub mod backup;
 pub mod cleanup;
-pub mod cli;
 pub mod config;
 pub mod copy;
 pub mod format;
 pub mod logging;
 pub mod lvm;
+pub mod point;
 pub mod progress;
 pub mod prune;
 pub mod quote;
 pub mod repo;
 pub mod restore;
+pub mod size;
 pub mod source;
 pub mod status;
 pub mod target;

@@ -2,8 +2,10 @@
 
 use std::process::ExitCode;
 
+mod cli;
+
 use clap::Parser as _;
-use thinarc::cli::{Cli, run};
+use cli::{Cli, run};
 use thinarc::logging::Sink;
 
 fn main() -> ExitCode {
@@ -11,8 +13,8 @@ fn main() -> ExitCode {
     let sink = Sink::detect();
     thinarc::logging::init(sink, cli.verbosity());
     tune_malloc(&cli.command);
-    let low_priority = cli.low_priority
-        || matches!(&cli.command, thinarc::cli::Command::Run(run) if run.low_priority());
+    let low_priority =
+        cli.low_priority || matches!(&cli.command, cli::Command::Run(run) if run.low_priority());
     if low_priority {
         // Before the runtime starts: its threads inherit the priorities.
         match thinarc::throttle::priority::lower() {
@@ -24,7 +26,7 @@ fn main() -> ExitCode {
         }
     }
     // Before the runtime starts: its threads inherit the blocked signals.
-    if let Err(e) = thinarc::cli::signals::install(sink.error_prefix()) {
+    if let Err(e) = cli::signals::install(sink.error_prefix()) {
         eprintln!(
             "{}error: cannot set up signal handling: {e}",
             sink.error_prefix()
@@ -51,11 +53,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!(
-                "{}error: {}",
-                sink.error_prefix(),
-                thinarc::cli::error_message(&e)
-            );
+            eprintln!("{}error: {}", sink.error_prefix(), cli::error_message(&e));
             exit_code(&e)
         }
     }
@@ -79,10 +77,10 @@ fn usage_error(e: clap::Error) -> ! {
 /// verify found problems, else 1. (Usage errors exit with 2 from clap before this
 /// point.)
 fn exit_code(e: &anyhow::Error) -> ExitCode {
-    if e.downcast_ref::<thinarc::cli::ProblemsFound>().is_some() {
+    if e.downcast_ref::<cli::ProblemsFound>().is_some() {
         return ExitCode::from(4);
     }
-    let locked = thinarc::cli::is_locked(e);
+    let locked = cli::is_locked(e);
     if locked {
         ExitCode::from(3)
     } else {
@@ -99,12 +97,12 @@ fn exit_code(e: &anyhow::Error) -> ExitCode {
 ///   heap: a 5-archive chain restored in 3.7-4.0 s at 59-65 MB instead of 4.6 s at
 ///   74 MB. Backup keeps the default: its 1 MiB batches are reused from the heap, and
 ///   mapping them afresh cost page faults.
-fn tune_malloc(command: &thinarc::cli::Command) {
+fn tune_malloc(command: &cli::Command) {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes allocator tunables; no other thread exists yet.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);
-        if matches!(command, thinarc::cli::Command::Restore(_)) {
+        if matches!(command, cli::Command::Restore(_)) {
             libc::mallopt(libc::M_MMAP_THRESHOLD, 2 << 20);
         }
     }

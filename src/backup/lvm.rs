@@ -7,7 +7,7 @@ use serde::Serialize;
 use super::{BackupError, BackupOptions, BackupReport, Base, backup_from};
 use crate::lvm::{LvName, PoolLimits};
 use crate::progress::Progress;
-use crate::repo::{Repository, VolumeName, new_id};
+use crate::repo::{Repository, new_id};
 use crate::source::lvm::{
     BaseState, LvmPlan, ThinarcSnapshot, block_size_for_chunk, snapshot_name,
 };
@@ -82,22 +82,6 @@ pub struct DryRun {
     /// The snapshot the run would create (the name's last part depends on the new
     /// archive id).
     pub snapshot: String,
-}
-
-/// thinarc's snapshots of the thin LV `name`, whose backups go to `volume`: which
-/// one is the current base (the latest archive of `volume` was read from it and it is
-/// intact) and which are strays the next backup removes. Creates and changes nothing.
-///
-/// # Errors
-/// [`BackupError`]: the repository or LVM could not be read (also when the LV's
-/// pool is not active).
-pub async fn lvm_snapshots(
-    repo: &Repository,
-    name: &LvName,
-    volume: &VolumeName,
-) -> Result<Vec<ThinarcSnapshot>, BackupError> {
-    let base = Base::latest(repo, volume, false).await?;
-    Ok(LvmPlan::inspect(name, base.tip())?.snapshots())
 }
 
 /// Inspects what `backup_lvm` would do, creating nothing.

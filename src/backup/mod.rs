@@ -9,9 +9,9 @@
 //! volume size. Nothing is committed unless every stage succeeded.
 
 mod lvm;
-pub(crate) mod process;
+mod process;
 
-pub use lvm::{DryRun, backup_lvm, dry_run_lvm, lvm_snapshots};
+pub use lvm::{DryRun, backup_lvm, dry_run_lvm};
 
 use std::collections::BTreeSet;
 use std::ops::Range;
@@ -23,8 +23,8 @@ use futures::stream::FuturesOrdered;
 use serde::Serialize;
 
 use crate::format::{
-    ArchiveWriter, BlockSize, Compression, FormatError, Geometry, Header, ImageHasher, LvmSnapshot,
-    ParentRef, SourceInfo,
+    ArchivePart, ArchiveWriter, BlockSize, Compression, DEFAULT_BLOCK_SIZE, DEFAULT_ZSTD_LEVEL,
+    FRAME_BYTES, FormatError, Geometry, Header, ImageHasher, LvmSnapshot, ParentRef, SourceInfo,
 };
 use crate::progress::Progress;
 use crate::repo::{
@@ -32,18 +32,11 @@ use crate::repo::{
     PointSelector, RemoteArchive, RepairScope, RepoError, Repository, VolumeName, chain_damage,
     clock_went_back, new_id,
 };
-use crate::source::{ChangedBlocks, RawSource, ReadPlan, SourceError};
+use crate::source::{
+    BATCH_BYTES, Batch, ChangedBlocks, RawSource, ReadPlan, SourceError, read_batches,
+};
 use crate::throttle::RateLimiter;
-use process::{Batch, Processed, process_batch};
-
-/// Default block size: 64 KiB (see the README's block size benchmark).
-pub const DEFAULT_BLOCK_SIZE: u32 = 64 << 10;
-/// Default zstd level.
-pub const DEFAULT_ZSTD_LEVEL: i32 = 1;
-/// Uncompressed bytes per read batch.
-const BATCH_BYTES: u64 = 1 << 20;
-/// Uncompressed bytes per frame (at least one block).
-pub(crate) const FRAME_BYTES: u64 = 256 << 10;
+use process::process_batch;
 
 /// What to back up and how.
 #[derive(Debug, Clone)]
@@ -515,58 +508,6 @@ pub async fn backup_from(
     }
 }
 
-/// The image digest of `source` read in full with `block_size` blocks, as a full
-/// backup would record it (verify `--source`): the backup's reader and block hashing,
-/// without compression or upload.
-///
-/// # Errors
-/// [`BackupError::Source`] when the source cannot be read or changes size.
-pub async fn source_image_digest(
-    source: RawSource,
-    block_size: BlockSize,
-    threads: usize,
-    progress: Arc<Progress>,
-) -> Result<crate::format::Digest, BackupError> {
-    let geometry = Geometry::new(source.size(), block_size);
-    progress.set_total(geometry.size());
-    let threads = threads.max(1);
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Batch>(threads);
-    let batch_blocks = (BATCH_BYTES / u64::from(block_size.get())).max(1);
-    let reader = tokio::task::spawn_blocking(move || {
-        process::read_batches(
-            &source,
-            &ReadPlan::all(geometry.blocks()),
-            geometry,
-            batch_blocks,
-            None,
-            &tx,
-        )
-    });
-    let mut hasher = ImageHasher::new(geometry);
-    let mut inflight = FuturesOrdered::new();
-    let mut reading = true;
-    loop {
-        while reading && inflight.len() < threads + 1 {
-            match rx.recv().await {
-                Some(batch) => inflight.push_back(tokio::task::spawn_blocking(move || {
-                    (batch.count, batch.image(&geometry))
-                })),
-                None => reading = false,
-            }
-        }
-        let Some(done) = inflight.next().await else {
-            break;
-        };
-        let (count, image) = done.map_err(|e| BackupError::Task(e.to_string()))?;
-        progress.add(count * u64::from(block_size.get()));
-        image.iter().for_each(|run| hasher.feed(run));
-    }
-    reader
-        .await
-        .map_err(|e| BackupError::Task(e.to_string()))??;
-    Ok(hasher.finish()?)
-}
-
 /// Decides which blocks to read, and names the method. A new chain of an existing
 /// volume (`restarted`) reads everything, whatever `--changed-blocks` says.
 fn read_plan(
@@ -685,7 +626,7 @@ impl Run {
         let geometry = self.geometry;
         let read_limit = self.read_limit.clone();
         let reader = tokio::task::spawn_blocking(move || {
-            process::read_batches(
+            read_batches(
                 &source,
                 &plan,
                 geometry,
@@ -721,7 +662,7 @@ impl Run {
             let Some(done) = inflight.next().await else {
                 break;
             };
-            let done: Processed = done.map_err(|e| BackupError::Task(e.to_string()))??;
+            let done: ArchivePart = done.map_err(|e| BackupError::Task(e.to_string()))??;
             if let Some(g) = gaps.as_mut() {
                 g.feed(&mut hasher, done.first).await?;
             }

@@ -6,14 +6,15 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::Args;
 
-use super::{Ctx, context_unless_locked, human, parse_size, print_json, progress::Display};
-use crate::backup::{BackupOptions, BackupReport, backup, backup_lvm, dry_run_lvm};
-use crate::format::BlockSize;
-use crate::lvm::{LvName, PoolLimits};
-use crate::progress::Progress;
-use crate::repo::{Repository, VolumeLock, VolumeName};
-use crate::source::{RawSource, parse_changed_blocks};
-use crate::status::{Operation, Record};
+use super::{Ctx, context_unless_locked, human, print_json, progress::Display};
+use thinarc::backup::{BackupOptions, BackupReport, backup, backup_lvm, dry_run_lvm};
+use thinarc::format::BlockSize;
+use thinarc::lvm::{LvName, PoolLimits};
+use thinarc::progress::Progress;
+use thinarc::repo::{Repository, VolumeLock, VolumeName};
+use thinarc::size::parse_size;
+use thinarc::source::{RawSource, parse_changed_blocks};
+use thinarc::status::{Operation, Record};
 
 /// Arguments of `backup`.
 #[derive(Debug, Args)]
@@ -155,8 +156,8 @@ pub async fn run(args: BackupArgs, ctx: &Ctx) -> anyhow::Result<()> {
             "{} {} seq {} archive {}: {} blocks recorded, read {}, stored {} in {:.1}s",
             volume,
             match report.kind {
-                crate::backup::ArchiveKind::Full => "full",
-                crate::backup::ArchiveKind::Delta => "delta",
+                thinarc::backup::ArchiveKind::Full => "full",
+                thinarc::backup::ArchiveKind::Delta => "delta",
             },
             report.seq,
             report.archive,

@@ -6,10 +6,10 @@ use anyhow::Context as _;
 use clap::Args;
 
 use super::{Ctx, human, print_json, progress::Display};
-use crate::copy::{CopyError, CopyKind, CopyOptions, CopyReport, copy, open_or_init};
-use crate::progress::Progress;
-use crate::repo::{PointSelector, Repository, VolumeName};
-use crate::status::{Operation, Record};
+use thinarc::copy::{CopyError, CopyKind, CopyOptions, CopyReport, copy, open_or_init};
+use thinarc::progress::Progress;
+use thinarc::repo::{PointSelector, Repository, VolumeName};
+use thinarc::status::{Operation, Record};
 
 /// Arguments of `copy`.
 #[derive(Debug, Args)]

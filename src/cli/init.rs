@@ -3,7 +3,7 @@
 use clap::Args;
 
 use super::Ctx;
-use crate::repo::Repository;
+use thinarc::repo::Repository;
 
 /// Arguments of `init`.
 #[derive(Debug, Args)]

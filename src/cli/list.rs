@@ -3,7 +3,7 @@
 use clap::Args;
 
 use super::{Ctx, human, print_json};
-use crate::repo::{PointInfo, VolumeName};
+use thinarc::repo::{PointInfo, VolumeName};
 
 /// Arguments of `list`.
 #[derive(Debug, Args)]

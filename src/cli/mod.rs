@@ -24,13 +24,12 @@ use std::sync::{Arc, Mutex};
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
-use crate::config::Config;
-use crate::quote::excerpt;
-use crate::repo::{Repository, VolumeName};
-use crate::status::alert::Alert;
-use crate::status::{Operation, Record, Records};
-use crate::throttle::{RateLimiter, parse_rate};
 use signals::interrupted;
+use thinarc::config::Config;
+use thinarc::repo::{Repository, VolumeName};
+use thinarc::status::alert::Alert;
+use thinarc::status::{Operation, Record, Records};
+use thinarc::throttle::{RateLimiter, parse_rate};
 
 /// Block-level backups of LVM thin volumes, block devices and image files.
 #[derive(Debug, Parser)]
@@ -241,7 +240,7 @@ impl Ctx {
     }
 
     /// Runs `work` on the repository at `location` as `operation` on `volume`,
-    /// recording its start and outcome (see [`crate::status::record`]); `describe`
+    /// recording its start and outcome (see [`thinarc::status::record`]); `describe`
     /// adds the result's details to the success record.
     async fn recorded<T>(
         &self,
@@ -283,7 +282,7 @@ impl Ctx {
     /// Writes a finished `record` of an operation on the repository at `location`
     /// (`repo` if it could be opened); a failure is also kept for the on-failure hook.
     async fn write_record(&self, location: &str, repo: Option<&Repository>, record: Record) {
-        if record.result == crate::status::Outcome::Failure {
+        if record.result == thinarc::status::Outcome::Failure {
             self.shared
                 .failures
                 .lock()
@@ -362,7 +361,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         r = command => r,
         signal = interrupted() => {
             // The dropped command's uploads are being aborted: say only what happened.
-            let uploads = crate::repo::settle_dropped_uploads().await;
+            let uploads = thinarc::repo::settle_dropped_uploads().await;
             let why = format!(
                 "interrupted by {signal}: nothing partial was committed{}",
                 interrupted_uploads(&uploads)
@@ -372,9 +371,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     };
     // A command unwound by an error may have dropped an upload: let its abort finish.
-    crate::repo::settle_dropped_uploads().await;
+    thinarc::repo::settle_dropped_uploads().await;
     // A command unwound by an error or a signal drops its volume lock: delete it now.
-    crate::repo::settle_dropped_locks().await;
+    thinarc::repo::settle_dropped_locks().await;
     if let Err(e) = &result {
         ctx.alert(name, e).await;
     }
@@ -382,7 +381,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 /// What the interrupted message says of the uploads the signal cut short.
-fn interrupted_uploads(u: &crate::repo::DroppedUploads) -> String {
+fn interrupted_uploads(u: &thinarc::repo::DroppedUploads) -> String {
     match (u.aborted, u.failed.first()) {
         (_, Some(e)) => format!(
             "; a partial upload could not be removed ({e}): the next run of the volume removes it"
@@ -415,7 +414,7 @@ impl Command {
 fn default_state_dir() -> PathBuf {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {
-        return PathBuf::from(crate::config::DEFAULT_STATE_DIR);
+        return PathBuf::from(thinarc::config::DEFAULT_STATE_DIR);
     }
     std::env::var_os("XDG_STATE_HOME")
         .map(PathBuf::from)
@@ -429,12 +428,14 @@ fn default_state_dir() -> PathBuf {
 pub fn is_locked(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
         matches!(
-            c.downcast_ref::<crate::repo::LockError>(),
-            Some(crate::repo::LockError::Held { .. } | crate::repo::LockError::Unreadable { .. })
+            c.downcast_ref::<thinarc::repo::LockError>(),
+            Some(
+                thinarc::repo::LockError::Held { .. } | thinarc::repo::LockError::Unreadable { .. }
+            )
         ) || matches!(
-            c.downcast_ref::<crate::status::RunLockError>(),
-            Some(crate::status::RunLockError::Locked(_))
-        ) || c.is::<crate::status::RunLocked>()
+            c.downcast_ref::<thinarc::status::RunLockError>(),
+            Some(thinarc::status::RunLockError::Locked(_))
+        ) || c.is::<thinarc::status::RunLocked>()
     })
 }
 
@@ -464,37 +465,6 @@ pub fn error_message(e: &anyhow::Error) -> String {
     out
 }
 
-/// Parses a byte size: a number with an optional `K`, `M`, `G` or `T` suffix (powers
-/// of 1024; `KiB` etc. and a trailing `B` are accepted too).
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{} is not a size (e.g. 65536, 64K, 1M)", excerpt(s)))?;
-    let shift = match unit
-        .trim()
-        .to_ascii_uppercase()
-        .trim_end_matches('B')
-        .trim_end_matches('I')
-    {
-        "" => 0,
-        "K" => 10,
-        "M" => 20,
-        "G" => 30,
-        "T" => 40,
-        _ => {
-            return Err(format!(
-                "{} has an unknown unit (use K, M, G or T)",
-                excerpt(s)
-            ));
-        }
-    };
-    n.checked_mul(1 << shift)
-        .ok_or_else(|| format!("{} is too large", excerpt(s)))
-}
-
 /// Prints `value` as pretty JSON on stdout.
 fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
@@ -520,17 +490,6 @@ fn human(bytes: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sizes() {
-        assert_eq!(parse_size("65536"), Ok(65536));
-        assert_eq!(parse_size("64K"), Ok(65536));
-        assert_eq!(parse_size("64KiB"), Ok(65536));
-        assert_eq!(parse_size("1m"), Ok(1 << 20));
-        assert_eq!(parse_size("2G"), Ok(2 << 30));
-        assert!(parse_size("12Q").is_err());
-        assert!(parse_size("K").is_err());
-    }
 
     #[test]
     fn parses_commands() {

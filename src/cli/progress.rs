@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::progress::Progress;
+use thinarc::progress::Progress;
 
 /// How to show progress.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -5,9 +5,9 @@ use std::time::Duration;
 use clap::Args;
 
 use super::{Ctx, human, print_json};
-use crate::prune::{PruneError, PruneOptions, PruneReport, RetentionPolicy, Within, prune};
-use crate::repo::{Repository, VolumeName};
-use crate::status::{Operation, Record};
+use thinarc::prune::{PruneError, PruneOptions, PruneReport, RetentionPolicy, Within, prune};
+use thinarc::repo::{Repository, VolumeName};
+use thinarc::status::{Operation, Record};
 
 /// Arguments of `prune`. At least one `--keep-*` option is required: a policy
 /// without any would keep only the newest point.

@@ -3,8 +3,8 @@
 use clap::Args;
 
 use super::{Ctx, print_json};
-use crate::prune::{PruneOptions, RetentionPolicy, prune};
-use crate::repo::{RepairAction, RepairScope, Repository, VolumeLock, VolumeName, break_locks};
+use thinarc::prune::{PruneOptions, RetentionPolicy, prune};
+use thinarc::repo::{RepairAction, RepairScope, Repository, VolumeLock, VolumeName, break_locks};
 
 /// Arguments of `repair`.
 #[derive(Debug, Args)]

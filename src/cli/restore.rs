@@ -6,13 +6,14 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::Args;
 
-use super::{Ctx, human, parse_size, print_json, progress::Display};
-use crate::lvm::LvName;
-use crate::progress::Progress;
-use crate::repo::{PointSelector, VolumeName};
-use crate::restore::{RestoreOptions, RestoreReport, restore, restore_to_lv};
-use crate::target::BeyondVolume;
-use crate::target::lv::LvTargetOptions;
+use super::{Ctx, human, print_json, progress::Display};
+use thinarc::lvm::LvName;
+use thinarc::progress::Progress;
+use thinarc::repo::{PointSelector, VolumeName};
+use thinarc::restore::{RestoreOptions, RestoreReport, restore, restore_to_lv};
+use thinarc::size::parse_size;
+use thinarc::target::BeyondVolume;
+use thinarc::target::lv::LvTargetOptions;
 
 /// Arguments of `restore`.
 #[derive(Debug, Args)]

@@ -9,12 +9,12 @@ use clap::Args;
 use serde::Serialize;
 
 use super::{Ctx, error_message, human, print_json};
-use crate::backup::BackupOptions;
-use crate::config::{Config, DEFAULT_PATH, Retention};
-use crate::lvm::PoolLimits;
-use crate::prune::PruneOptions;
-use crate::repo::{Repository, VolumeName};
-use crate::status::{Operation, Records, RunLock, gather, prometheus};
+use thinarc::backup::BackupOptions;
+use thinarc::config::{Config, DEFAULT_PATH, Retention};
+use thinarc::lvm::PoolLimits;
+use thinarc::prune::PruneOptions;
+use thinarc::repo::{Repository, VolumeName};
+use thinarc::status::{Operation, Records, RunLock, gather, prometheus};
 
 /// Arguments of `run`.
 #[derive(Debug, Args)]

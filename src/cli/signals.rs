@@ -9,7 +9,7 @@
 //! [`interrupted`], and the command is dropped, which unwinds it: its lock is deleted,
 //! its upload left uncommitted, and it exits with code 1 and one `error:` line. If the
 //! unwinding has not finished within [`GRACE`], the process exits with code 1 anyway
-//! (once the sections of [`crate::cleanup`] in progress are done: an LVM command, the
+//! (once the sections of [`thinarc::cleanup`] in progress are done: an LVM command, the
 //! removal of an LVM snapshot); a second signal exits at once with 128 + its number
 //! (130 for SIGINT, 143 for SIGTERM). What a forced exit leaves (a lock, an upload) is
 //! removed by a later run.
@@ -77,10 +77,12 @@ fn watch(set: &libc::sigset_t, error_prefix: &str) {
     let name = signal_name(first);
     let _ = RECEIVED.set(name);
     WOKEN.notify_waiters();
-    crate::target::remove_unfinished();
+    thinarc::target::remove_unfinished();
     let mut second = wait(set, Some(GRACE));
     let waited = std::time::Instant::now();
-    while second.is_none() && crate::cleanup::busy() && waited.elapsed() < crate::cleanup::MAX_WAIT
+    while second.is_none()
+        && thinarc::cleanup::busy()
+        && waited.elapsed() < thinarc::cleanup::MAX_WAIT
     {
         second = wait(set, Some(Duration::from_millis(100)));
     }

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use clap::Args;
 
 use super::{Ctx, error_message, human, print_json};
-use crate::repo::VolumeName;
-use crate::status::{Outcome, Record, Records, Status, VolumeStatus, gather, prometheus};
+use thinarc::repo::VolumeName;
+use thinarc::status::{Outcome, Record, Records, Status, VolumeStatus, gather, prometheus};
 
 /// Arguments of `status`.
 #[derive(Debug, Args)]
@@ -144,9 +144,9 @@ fn print_volume(v: &VolumeStatus) {
         );
     }
     for op in [
-        crate::status::Operation::Prune,
-        crate::status::Operation::Copy,
-        crate::status::Operation::Verify,
+        thinarc::status::Operation::Prune,
+        thinarc::status::Operation::Copy,
+        thinarc::status::Operation::Verify,
     ] {
         if let Some(r) = &v.operation(op).last {
             let what = match r.result {

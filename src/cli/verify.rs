@@ -8,10 +8,10 @@ use clap::Args;
 
 use super::backup::lvm_source;
 use super::{Ctx, human, print_json, progress::Display};
-use crate::progress::Progress;
-use crate::repo::{Repository, VolumeName};
-use crate::status::{Operation, Record};
-use crate::verify::{
+use thinarc::progress::Progress;
+use thinarc::repo::{Repository, VolumeName};
+use thinarc::status::{Operation, Record};
+use thinarc::verify::{
     DataCheck, Problem, VerifyError, VerifyOptions, VerifyReport, VerifySource, verify,
 };
 

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Deserializer, de};
 
-use crate::cli::parse_size;
+use crate::size::parse_size;
 use crate::throttle::parse_rate;
 
 /// A byte size: `65536`, `"64K"`, `"1M"`.

@@ -9,7 +9,7 @@
 //!   interrupted copy leaves every destination point restorable or absent, and the next
 //!   copy carries on.
 //! - **`--consolidate`** writes one full archive of the chosen point into the
-//!   destination with the merge engine ([`crate::prune::merge`]): the blocks are read
+//!   destination with the merge engine ([`crate::point::merge`]): the blocks are read
 //!   from the chain once each and recompressed, no access to the source volume.
 //! - A point the destination already holds (the same archive, or another archive of
 //!   the same point: same seq and image digest, such as a consolidated full) is not
@@ -31,8 +31,8 @@ use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 
 use crate::format::Digest;
+use crate::point::{MergeError, MergeOptions, merge};
 use crate::progress::Progress;
-use crate::prune::{MergeError, MergeOptions, merge};
 use crate::repo::{
     ArchiveUpload, Chain, Commit, LEFTOVER_GRACE, LockError, PointSelector, RemoteArchive,
     RepoError, Repository, VolumeLock, VolumeName,

@@ -2,6 +2,9 @@
 
 use super::FormatError;
 
+/// Default block size: 64 KiB (see the README's block size benchmark).
+pub const DEFAULT_BLOCK_SIZE: u32 = 64 << 10;
+
 /// A block size: a power of two from 4 KiB to 16 MiB.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct BlockSize(u32);

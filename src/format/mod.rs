@@ -6,6 +6,7 @@
 //! used by readers. It must not do I/O, spawn tasks or know about repositories:
 //! `format-spec/FORMAT.md` is its contract, and the two change together.
 
+mod build;
 mod digest;
 mod frame;
 mod geometry;
@@ -16,12 +17,13 @@ mod reader;
 mod trailer;
 mod writer;
 
+pub use build::{ArchivePart, DEFAULT_ZSTD_LEVEL, FRAME_BYTES, Op, compress, push_image};
 pub use digest::{Digest, ImageHasher, ImageRun, zero_block_digest};
 pub use frame::{
     FrameDecoder, FrameKind, compress_frame, decompress_frame,
     frame_content_len as stored_frame_content_len,
 };
-pub use geometry::{BlockSize, Geometry};
+pub use geometry::{BlockSize, DEFAULT_BLOCK_SIZE, Geometry};
 #[cfg(test)]
 pub(crate) use header::test_header;
 pub use header::{Compression, Header, LvmSnapshot, ParentRef, Preamble, SourceInfo};

@@ -23,11 +23,9 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use serde::Serialize;
 
-use super::{
-    MergeError, MergeOptions, MergeReport, Node, Plan, PointPlan, PointTime, PolicyError,
-    RetentionPolicy, Rewrite, merge, plan,
-};
+use super::{Node, Plan, PointPlan, PointTime, PolicyError, RetentionPolicy, Rewrite, plan};
 use crate::format::{BlockSize, Geometry};
+use crate::point::{MergeError, MergeOptions, MergeReport, merge};
 use crate::repo::{
     Commit, LEFTOVER_GRACE, LockError, PointSelector, RemoteArchive, RepoError, Repository,
     VolumeLock, VolumeName, clock_went_back,

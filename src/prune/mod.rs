@@ -11,11 +11,9 @@
 //! This module must not read sources or write restore targets.
 
 mod execute;
-mod merge;
 mod plan;
 mod policy;
 
 pub use execute::{PointReport, PruneError, PruneOptions, PruneReport, prune};
-pub use merge::{MergeError, MergeOptions, MergeReport, merge};
 pub use plan::{Node, Plan, PointPlan, Rewrite, plan};
 pub use policy::{Decision, PointTime, PolicyError, RetentionPolicy, Within};

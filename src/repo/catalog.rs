@@ -5,12 +5,11 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use futures::{StreamExt, TryStreamExt};
-use object_store::ObjectStoreExt;
 use object_store::path::Path;
 
 use super::archive::parse_archive_name;
-use super::layout::{archive_object, parse_commit_key, volumes_prefix};
-use super::publish::CommitMarker;
+use super::layout::{parse_commit_key, volumes_prefix};
+use super::marker::read_marker;
 use super::{RemoteArchive, RepoError, Repository, VolumeName};
 use crate::format::Digest;
 
@@ -213,74 +212,6 @@ impl Chain {
         self.archives
             .last()
             .expect("a chain holds at least one archive")
-    }
-}
-
-/// Reads the commit marker `key` of `seq` and checks it (see [`check_marker`]).
-pub(crate) async fn read_marker(
-    repo: &Repository,
-    key: &Path,
-    seq: u64,
-) -> Result<CommitMarker, RepoError> {
-    let bad = |detail: String| RepoError::BadCommit {
-        key: key.to_string(),
-        detail,
-    };
-    let bytes = repo
-        .store()
-        .get(key)
-        .await
-        .map_err(RepoError::store("read", key))?;
-    let bytes = bytes.bytes().await.map_err(RepoError::store("read", key))?;
-    if bytes.len() > 4096 {
-        return Err(bad(format!(
-            "{} bytes is too large for a commit marker",
-            bytes.len()
-        )));
-    }
-    let m: CommitMarker = serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
-    check_marker(seq, &m).map_err(bad)?;
-    Ok(m)
-}
-
-/// The consistency rules of a marker of `seq` that need no archive I/O: `archive` is
-/// 32 lowercase hex digits and `object` is `<seq>-<archive>.tarc`, so a flipped byte
-/// in either makes the pair disagree; `size` holds at least a preamble and a trailer.
-/// (`digest` is checked as it is parsed.)
-fn check_marker(seq: u64, m: &CommitMarker) -> Result<(), String> {
-    let id = m.archive.len() == 32
-        && m.archive
-            .bytes()
-            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c));
-    if !id {
-        return Err(format!(
-            "archive {:?} is not 32 lowercase hex digits",
-            excerpt(&m.archive)
-        ));
-    }
-    let object = archive_object(seq, &m.archive);
-    if m.object != object {
-        return Err(format!(
-            "archive {} and object {:?} disagree: the object of seq {seq} and that archive is {object:?}",
-            m.archive,
-            excerpt(&m.object)
-        ));
-    }
-    let least = (crate::format::PREAMBLE_LEN + crate::format::TRAILER_LEN) as u64;
-    if m.size < least {
-        return Err(format!(
-            "size {} is smaller than any archive ({least} bytes)",
-            m.size
-        ));
-    }
-    Ok(())
-}
-
-/// At most 64 characters of `s`, for messages about bad input.
-fn excerpt(s: &str) -> String {
-    match s.char_indices().nth(64) {
-        Some((at, _)) => format!("{}...", &s[..at]),
-        None => s.to_string(),
     }
 }
 

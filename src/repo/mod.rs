@@ -33,6 +33,7 @@ mod damage;
 mod layout;
 mod location;
 mod lock;
+mod marker;
 mod publish;
 mod repair;
 mod retry;

@@ -20,9 +20,9 @@ use std::sync::Arc;
 use object_store::{
     ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, PutResult, WriteMultipart,
 };
-use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 
+use super::marker::{CommitMarker, read_marker};
 use super::{RepoError, Repository, VolumeName};
 use crate::format::Digest;
 
@@ -32,32 +32,6 @@ const PART_SIZE: u64 = 8 << 20;
 const MAX_PARTS: u64 = 9_000;
 /// Parts uploaded concurrently; with [`PART_SIZE`] this bounds upload memory.
 const PARTS_IN_FLIGHT: usize = 2;
-
-/// Contents of a commit marker.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CommitMarker {
-    /// Archive id.
-    pub archive: String,
-    /// Object name of the archive under the volume's `archives/` folder.
-    pub object: String,
-    /// Size of the archive object in bytes.
-    pub size: u64,
-    /// Archive digest (the trailer checksum), 64 lowercase hex digits as written.
-    #[serde(deserialize_with = "lowercase_digest")]
-    pub digest: Digest,
-}
-
-/// A marker's digest exactly as writers write it: 64 lowercase hex digits (a flipped
-/// byte that turns a letter upper case is damage too, not another spelling).
-fn lowercase_digest<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Digest, D::Error> {
-    let s = String::deserialize(d)?;
-    if s.bytes().any(|c| c.is_ascii_uppercase()) {
-        return Err(serde::de::Error::custom(
-            "digest is not 64 lowercase hex digits",
-        ));
-    }
-    Digest::from_hex(&s).map_err(serde::de::Error::custom)
-}
 
 /// An archive being uploaded.
 pub struct ArchiveUpload {
@@ -318,7 +292,7 @@ impl ArchiveUpload {
             // re-committed it); another writer's if it names another; absent, the
             // commit failed. If it cannot be read, the outcome is unknown and our
             // archive may be the committed one: nothing is deleted.
-            match super::catalog::read_marker(&self.repo, &commit_key, self.seq).await {
+            match read_marker(&self.repo, &commit_key, self.seq).await {
                 Ok(m) if m.object == marker.object => {}
                 Ok(_) => {
                     self.remove_object().await;

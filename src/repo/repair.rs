@@ -13,7 +13,7 @@ use object_store::{ObjectStoreExt, PutPayload};
 use serde::Serialize;
 
 use super::catalog::VolumeCatalog;
-use super::publish::CommitMarker;
+use super::marker::{CommitMarker, read_marker};
 use super::{CatalogProblem, Commit, DamageKind, RemoteArchive, RepoError, Repository, VolumeName};
 
 /// Archives opened concurrently to check their markers.
@@ -254,7 +254,7 @@ impl Repository {
         match super::retry::retry(|| self.put_create(&commit.key, body.clone())).await {
             Ok(_) => Ok(()),
             Err(object_store::Error::AlreadyExists { .. }) => {
-                match super::catalog::read_marker(self, &commit.key, commit.seq).await {
+                match read_marker(self, &commit.key, commit.seq).await {
                     Ok(m) if m == marker => Ok(()),
                     _ => Err(RepoError::BadCommit {
                         key: commit.key.to_string(),

@@ -8,8 +8,6 @@
 //! recomputed in block order from the digests of the blocks actually written.
 
 mod lv;
-mod plan;
-pub(crate) mod read;
 
 pub use lv::{LvRestoreReport, restore_to_lv};
 
@@ -20,13 +18,13 @@ use std::time::Instant;
 use futures::TryStreamExt;
 use serde::Serialize;
 
-use crate::backup::source_image_digest;
 use crate::format::{Digest, FormatError, Geometry, ImageHasher};
+use crate::point::ReadError;
+use crate::point::read::{BufferPool, Decoded, Span, read_units};
 use crate::progress::Progress;
 use crate::repo::{ChainCursor, PointSelector, RepoError, Repository, VolumeName};
-use crate::source::RawSource;
+use crate::source::{RawSource, SourceError, source_image_digest};
 use crate::target::{BeyondVolume, FileTarget, TargetError};
-use read::{BufferPool, Decoded, Span, read_units};
 
 /// Decoded units waiting for the writer.
 const WRITE_QUEUE: usize = 2;
@@ -115,6 +113,9 @@ pub enum RestoreError {
     /// The target failed.
     #[error(transparent)]
     Target(#[from] TargetError),
+    /// Reading the point's blocks failed (the archive is named).
+    #[error(transparent)]
+    Read(#[from] ReadError),
     /// A block or frame did not check out.
     #[error("archive {key}: {source}")]
     Corrupt { key: String, source: FormatError },
@@ -162,7 +163,7 @@ pub enum RestoreError {
     TargetUnreadable {
         target: String,
         seq: u64,
-        source: Box<crate::backup::BackupError>,
+        source: SourceError,
     },
     /// A pipeline task died.
     #[error("restore task failed: {0}")]
@@ -423,11 +424,11 @@ async fn target_image_digest(
     let unreadable = |source| RestoreError::TargetUnreadable {
         target: target.display().to_string(),
         seq,
-        source: Box::new(source),
+        source,
     };
     let source = RawSource::open(target)
         .and_then(|s| s.prefix(geometry.size()))
-        .map_err(|e| unreadable(e.into()))?;
+        .map_err(unreadable)?;
     source_image_digest(source, geometry.block_size(), threads, progress.clone())
         .await
         .map_err(unreadable)

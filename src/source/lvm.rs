@@ -53,7 +53,7 @@ pub fn snapshot_name(lv: &str, archive_id: &str) -> String {
 /// number of blocks, so a changed chunk never drags in a neighbour's blocks.
 pub fn block_size_for_chunk(chunk: u64) -> u32 {
     if chunk == 0 {
-        return crate::backup::DEFAULT_BLOCK_SIZE;
+        return crate::format::DEFAULT_BLOCK_SIZE;
     }
     (1u64 << chunk.trailing_zeros()).clamp(4 << 10, 16 << 20) as u32
 }
@@ -622,7 +622,7 @@ mod tests {
         assert_eq!(block_size_for_chunk(192 << 10), 64 << 10);
         assert_eq!(block_size_for_chunk(1 << 20), 1 << 20);
         assert_eq!(block_size_for_chunk(1 << 30), 16 << 20);
-        assert_eq!(block_size_for_chunk(0), crate::backup::DEFAULT_BLOCK_SIZE);
+        assert_eq!(block_size_for_chunk(0), crate::format::DEFAULT_BLOCK_SIZE);
     }
 
     #[test]

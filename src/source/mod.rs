@@ -4,10 +4,12 @@
 //!
 //! A source only reads; it knows nothing of archives or repositories.
 
+mod blocks;
 mod changed;
 pub mod lvm;
 mod raw;
 
+pub use blocks::{BATCH_BYTES, Batch, is_zero, read_batches, source_image_digest};
 pub use changed::{ChangedBlocks, ChangedBlocksError, parse_changed_blocks};
 pub use raw::{RawSource, SourceError, file_kind};
 

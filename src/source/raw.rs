@@ -47,6 +47,9 @@ pub enum SourceError {
         before: u64,
         after: u64,
     },
+    /// A reading or hashing task died.
+    #[error("source reading task failed: {0}")]
+    Task(String),
 }
 
 /// An opened image file or block device.

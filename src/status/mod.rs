@@ -10,13 +10,12 @@ mod run_lock;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::backup::lvm_snapshots;
-use crate::format::LvmSnapshot;
+use crate::format::{Header, LvmSnapshot};
 use crate::lvm::LvName;
 use std::collections::HashSet;
 
 use crate::repo::{CatalogProblem, HeldLock, PointSelector, Repository, VolumeName, held_locks};
-use crate::source::lvm::ThinarcSnapshot;
+use crate::source::lvm::{LvmPlan, ThinarcSnapshot};
 pub use record::{Operation, Outcome, Record, Records, Slot};
 pub use run_lock::{RunLock, RunLockError, RunLocked};
 
@@ -316,22 +315,19 @@ async fn catalog(repo: &Repository, volume: &VolumeName, now: DateTime<Utc>, s: 
     match chain {
         Ok(chain) => {
             s.chain_length = chain.archives.len();
-            if let Some(rec) = &chain.tip().header.lvm {
-                snapshots(repo, volume, rec, s).await;
+            let tip = &chain.tip().header;
+            if let Some(rec) = &tip.lvm {
+                snapshots(tip, rec, s);
             }
         }
         Err(e) => s.problems.push(e.to_string()),
     }
 }
 
-/// Lists thinarc's snapshots of the LV `rec` names, if its volume group is active on
-/// this host (a monitoring host that only reads the repository has no LVM to ask).
-async fn snapshots(
-    repo: &Repository,
-    volume: &VolumeName,
-    rec: &LvmSnapshot,
-    s: &mut VolumeStatus,
-) {
+/// Lists thinarc's snapshots of the LV `rec` names, `tip` being the latest point's
+/// header, if its volume group is active on this host (a monitoring host that only
+/// reads the repository has no LVM to ask).
+fn snapshots(tip: &Header, rec: &LvmSnapshot, s: &mut VolumeStatus) {
     if !std::path::Path::new("/dev").join(&rec.vg).is_dir() {
         return;
     }
@@ -339,7 +335,7 @@ async fn snapshots(
         vg: rec.vg.clone(),
         lv: rec.lv.clone(),
     };
-    match lvm_snapshots(repo, &lv, volume).await {
+    match LvmPlan::inspect(&lv, Some(tip)).map(|plan| plan.snapshots()) {
         Ok(list) => s.snapshots = list,
         Err(e) => s
             .problems

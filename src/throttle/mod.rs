@@ -72,7 +72,7 @@ impl RateLimiter {
     }
 }
 
-/// Parses a rate: a size (see [`crate::cli::parse_size`]) optionally followed by `/s`,
+/// Parses a rate: a size (see [`crate::size::parse_size`]) optionally followed by `/s`,
 /// e.g. `50M`, `50M/s`, `1G/s`.
 ///
 /// # Errors
@@ -80,7 +80,7 @@ impl RateLimiter {
 pub fn parse_rate(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let size = t.strip_suffix("/s").unwrap_or(t);
-    match crate::cli::parse_size(size) {
+    match crate::size::parse_size(size) {
         Ok(0) => Err(format!("{}: a rate limit must be more than 0", excerpt(s))),
         Ok(n) => Ok(n),
         Err(_) => Err(format!(

@@ -9,10 +9,10 @@ use futures::StreamExt;
 
 use super::{DataCheck, VerifyOptions};
 use crate::format::Digest;
+use crate::point::ReadError;
+use crate::point::read::{BufferPool, Decoded, FrameFilter, OnBad, ReadMode, read_units_with};
 use crate::progress::Progress;
 use crate::repo::{Chain, ChainCursor, RemoteArchive, Repository, VolumeName};
-use crate::restore::RestoreError;
-use crate::restore::read::{BufferPool, Decoded, FrameFilter, OnBad, ReadMode, read_units_with};
 
 /// What a data check of one archive found.
 pub(super) struct Checked {
@@ -74,7 +74,7 @@ pub(super) async fn check_data(
         opts.threads,
         pool,
         mode,
-        move |d: Decoded| -> Result<_, RestoreError> {
+        move |d: Decoded| -> Result<_, ReadError> {
             let bytes: u64 = d.buf.len() as u64;
             let seen = (d.digests.len() + d.bad.len()) as u64;
             recycle.give(d.buf);

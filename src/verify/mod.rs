@@ -33,7 +33,6 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::backup::{BackupError, source_image_digest};
 use crate::format::ImageHasher;
 use crate::lvm::LvName;
 use crate::progress::Progress;
@@ -43,6 +42,8 @@ use crate::repo::{
 };
 use crate::source::RawSource;
 use crate::source::lvm::ActiveBase;
+use crate::source::lvm::LvmSourceError;
+use crate::source::source_image_digest;
 
 /// How much block data to read.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -173,7 +174,10 @@ pub enum VerifyError {
     Repo(#[from] RepoError),
     /// `--source` could not be read.
     #[error("reading --source {path}: {source}")]
-    Source { path: String, source: BackupError },
+    Source {
+        path: String,
+        source: LvmSourceError,
+    },
     /// `--source` without a volume.
     #[error("--source needs the VOLUME to compare it with")]
     SourceWithoutVolume,
@@ -534,7 +538,7 @@ async fn compare_source(
     opts: &VerifyOptions,
     progress: &Arc<Progress>,
 ) -> Result<SourceCheck, VerifyError> {
-    let failed = |source: BackupError| VerifyError::Source {
+    let failed = |source: LvmSourceError| VerifyError::Source {
         path: src.to_string(),
         source,
     };
@@ -545,8 +549,7 @@ async fn compare_source(
             src.to_string(),
         ),
         VerifySource::Lvm(lv) => {
-            let (active, source) =
-                ActiveBase::open(lv, &latest.header).map_err(|e| failed(e.into()))?;
+            let (active, source) = ActiveBase::open(lv, &latest.header).map_err(failed)?;
             let label = format!("{src} (snapshot {})", active.snapshot());
             (source, Some(active), label)
         }
@@ -558,7 +561,7 @@ async fn compare_source(
         progress.clone(),
     )
     .await
-    .map_err(failed)?;
+    .map_err(|e| failed(e.into()))?;
     let expected = latest.trailer.image_digest;
     Ok(SourceCheck {
         source: label,

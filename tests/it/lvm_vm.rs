@@ -8,10 +8,9 @@
 
 use std::process::Command;
 
-use thinarc::backup::lvm_snapshots;
 use thinarc::lvm::LvName;
-use thinarc::repo::{Repository, VolumeName};
-use thinarc::source::lvm::ThinarcSnapshot;
+use thinarc::repo::{PointSelector, Repository, VolumeName};
+use thinarc::source::lvm::{LvmPlan, ThinarcSnapshot};
 
 use crate::chain::runtime;
 use crate::util::TempRepo;
@@ -118,17 +117,23 @@ fn step(t0: std::time::Instant, what: &str) {
     eprintln!("[{:6.1}s] {what}", t0.elapsed().as_secs_f64());
 }
 
-/// `thinarc::backup::lvm_snapshots` of vg/data (volume vg/data) in `t`'s repository.
+/// thinarc's snapshots of vg/data as the library sees them against the latest point of
+/// volume vg/data in `t`'s repository.
 fn snapshots_api(t: &TempRepo) -> Vec<ThinarcSnapshot> {
     runtime().block_on(async {
         let repo = Repository::open_location(t.location()).await.unwrap();
-        lvm_snapshots(
-            &repo,
+        let volume = VolumeName::new("vg/data").unwrap();
+        let commits = repo.commits(&volume).await.unwrap();
+        let chain = repo
+            .resolve(&commits, &PointSelector::Latest)
+            .await
+            .unwrap();
+        LvmPlan::inspect(
             &LvName::parse("vg/data").unwrap(),
-            &VolumeName::new("vg/data").unwrap(),
+            Some(&chain.tip().header),
         )
-        .await
         .unwrap()
+        .snapshots()
     })
 }
 

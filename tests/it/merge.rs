@@ -13,7 +13,8 @@ use proptest::prelude::*;
 use thinarc::backup::{BackupOptions, backup};
 use thinarc::copy::{CopyOptions, copy};
 use thinarc::format::{ArchiveReader, BlockSize, EntryKind, Header, LvmSnapshot};
-use thinarc::prune::{MergeOptions, PruneOptions, RetentionPolicy, merge, prune};
+use thinarc::point::{MergeOptions, merge};
+use thinarc::prune::{PruneOptions, RetentionPolicy, prune};
 use thinarc::repo::{PointSelector, Repository, VolumeName};
 use thinarc::source::RawSource;
 

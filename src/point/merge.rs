@@ -29,7 +29,7 @@
 //!
 //! ```no_run
 //! # async fn demo(repo: &thinarc::repo::Repository) -> Result<(), Box<dyn std::error::Error>> {
-//! use thinarc::prune::{MergeOptions, merge};
+//! use thinarc::point::{MergeOptions, merge};
 //! use thinarc::repo::{PointSelector, VolumeName};
 //!
 //! let volume = VolumeName::new("vg0/web")?;
@@ -49,15 +49,14 @@ use std::time::Instant;
 use futures::TryStreamExt;
 use serde::Serialize;
 
-use crate::backup::process::{Op, Processed, compress};
-use crate::backup::{DEFAULT_ZSTD_LEVEL, FRAME_BYTES};
+use super::ReadError;
+use super::read::{BufferPool, Decoded, ReadMode, Span, read_units_with};
 use crate::format::{
-    ArchiveWriter, Compression, Digest, EncodedFrame, FormatError, Geometry, Header, ImageHasher,
-    ImageRun, ParentRef, SourceInfo, stored_frame_content_len,
+    ArchivePart, ArchiveWriter, Compression, DEFAULT_ZSTD_LEVEL, Digest, EncodedFrame, FRAME_BYTES,
+    FormatError, Geometry, Header, ImageHasher, ImageRun, Op, ParentRef, SourceInfo, compress,
+    stored_frame_content_len,
 };
 use crate::repo::{ArchiveUpload, Chain, ChainCursor, RepoError, Repository, VolumeName, new_id};
-use crate::restore::RestoreError;
-use crate::restore::read::{BufferPool, Decoded, ReadMode, Span, read_units_with};
 
 /// How to write a merged archive.
 #[derive(Debug, Clone)]
@@ -138,7 +137,7 @@ pub enum MergeError {
     Repo(#[from] RepoError),
     /// Reading or checking blocks failed (the archive is named).
     #[error(transparent)]
-    Read(#[from] RestoreError),
+    Read(#[from] ReadError),
     /// The archive could not be built.
     #[error("building the merged archive: {0}")]
     Format(#[from] FormatError),
@@ -170,8 +169,8 @@ impl MergeError {
                     | RepoError::ChainBroken { .. }
                     | RepoError::BadCommit { .. }
             ) | MergeError::Read(
-                RestoreError::Corrupt { .. }
-                    | RestoreError::Repo(RepoError::Corrupt { .. } | RepoError::Truncated { .. })
+                ReadError::Corrupt { .. }
+                    | ReadError::Repo(RepoError::Corrupt { .. } | RepoError::Truncated { .. })
             )
         )
     }
@@ -367,7 +366,7 @@ fn encode_unit(
     frame_blocks: u64,
     level: i32,
     pool: &BufferPool,
-) -> Result<(Vec<Processed>, Stats), MergeError> {
+) -> Result<(Vec<ArchivePart>, Stats), MergeError> {
     let bs = u64::from(g.block_size().get()) as usize;
     let mut stats = Stats {
         bytes_read: d.fetched,
@@ -433,7 +432,7 @@ fn encode_unit(
                 );
             }
         }
-        out.push(Processed {
+        out.push(ArchivePart {
             first,
             count: 0,
             bytes_read: 0,

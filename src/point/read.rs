@@ -16,7 +16,7 @@ use futures::stream::BoxStream;
 use futures::{StreamExt, TryFutureExt, TryStreamExt};
 use tokio::task::JoinHandle;
 
-use super::RestoreError;
+use super::ReadError;
 pub(crate) use super::plan::FrameFilter;
 use super::plan::{Item, UnitLimits, Work, plan_works};
 use crate::format::{Digest, FrameDecoder, FrameKind, block_from_frame, stored_frame_content_len};
@@ -94,7 +94,7 @@ pub(crate) struct StoredFrames {
 /// How a decode treats a block that does not check out.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) enum OnBad {
-    /// Fail the stream with [`RestoreError::Corrupt`] (restore, merges).
+    /// Fail the stream with [`ReadError::Corrupt`] (restore, merges).
     #[default]
     Fail,
     /// Record it in [`Decoded::bad`] and go on (verify).
@@ -148,7 +148,7 @@ pub(crate) struct Units<T, E> {
     /// The units, each passed through the caller's step.
     pub stream: BoxStream<'static, Result<T, E>>,
     /// The planner; its error (an unreadable index) is reported by [`finish`](Self::finish).
-    planner: JoinHandle<Result<(), RestoreError>>,
+    planner: JoinHandle<Result<(), ReadError>>,
 }
 
 impl<T, E> Units<T, E> {
@@ -156,11 +156,11 @@ impl<T, E> Units<T, E> {
     ///
     /// # Errors
     /// The planner's error.
-    pub(crate) async fn finish(self) -> Result<(), RestoreError> {
+    pub(crate) async fn finish(self) -> Result<(), ReadError> {
         drop(self.stream);
         self.planner
             .await
-            .map_err(|e| RestoreError::Task(e.to_string()))?
+            .map_err(|e| ReadError::Task(e.to_string()))?
     }
 }
 
@@ -178,7 +178,7 @@ pub(crate) fn read_units<T, E, F>(
 ) -> Units<T, E>
 where
     T: Send + 'static,
-    E: From<RestoreError> + Send + 'static,
+    E: From<ReadError> + Send + 'static,
     F: Fn(Decoded) -> Result<T, E> + Send + Sync + 'static,
 {
     read_units_with(
@@ -209,7 +209,7 @@ pub(crate) fn read_units_with<T, E, F>(
 ) -> Units<T, E>
 where
     T: Send + 'static,
-    E: From<RestoreError> + Send + 'static,
+    E: From<ReadError> + Send + 'static,
     F: Fn(Decoded) -> Result<T, E> + Send + Sync + 'static,
 {
     let (on_bad, stored) = (mode.on_bad, mode.stored);
@@ -230,7 +230,7 @@ where
                     step(decode(&chain, w, bytes, &pool, on_bad, stored)?)
                 })
                 .await
-                .map_err(|e| E::from(RestoreError::Task(e.to_string())))?
+                .map_err(|e| E::from(ReadError::Task(e.to_string())))?
             }
         })
         .try_buffered(threads.max(1))
@@ -239,7 +239,7 @@ where
 }
 
 /// Reads the byte ranges of a work unit.
-async fn fetch(chain: Arc<Chain>, w: Work) -> Result<(Work, Vec<Bytes>), RestoreError> {
+async fn fetch(chain: Arc<Chain>, w: Work) -> Result<(Work, Vec<Bytes>), ReadError> {
     let reads = w
         .fetches
         .iter()
@@ -269,12 +269,12 @@ fn decode(
     pool: &BufferPool,
     on_bad: OnBad,
     stored: bool,
-) -> Result<Decoded, RestoreError> {
+) -> Result<Decoded, ReadError> {
     SCRATCH.with_borrow_mut(|slot| {
         let scratch = match slot {
             Some(s) => s,
             None => slot.insert(Scratch {
-                decoder: FrameDecoder::new().map_err(|source| RestoreError::Corrupt {
+                decoder: FrameDecoder::new().map_err(|source| ReadError::Corrupt {
                     key: String::new(),
                     source,
                 })?,
@@ -293,12 +293,12 @@ fn decode_with(
     scratch: &mut Scratch,
     on_bad: OnBad,
     stored: bool,
-) -> Result<Decoded, RestoreError> {
+) -> Result<Decoded, ReadError> {
     let geometry = chain.tip().geometry();
     // Names the archive only when there is an error: this sits on the per-block path.
     let (fetches, frames) = (&w.fetches, &w.frames);
     let corrupt = |frame: usize| {
-        move |source| RestoreError::Corrupt {
+        move |source| ReadError::Corrupt {
             key: chain.archives[fetches[frames[frame].fetch].layer]
                 .key()
                 .to_string(),

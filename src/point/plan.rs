@@ -10,7 +10,7 @@ use std::ops::Range;
 
 use tokio::sync::mpsc::Sender;
 
-use super::RestoreError;
+use super::ReadError;
 use crate::format::{Digest, EntryKind, FrameKind};
 use crate::repo::{ChainCursor, Resolved};
 
@@ -130,7 +130,7 @@ pub(crate) type FrameFilter = std::sync::Arc<dyn Fn(usize, u64) -> bool + Send +
 /// blocks of the frames `keep` accepts (all of them without a filter).
 ///
 /// # Errors
-/// [`RestoreError`] if an index segment fails; the receiver sees the channel close.
+/// [`ReadError`] if an index segment fails; the receiver sees the channel close.
 pub(super) async fn plan_works(
     mut cursor: ChainCursor,
     blocks: u64,
@@ -138,7 +138,7 @@ pub(super) async fn plan_works(
     limits: UnitLimits,
     keep: Option<FrameFilter>,
     tx: Sender<Work>,
-) -> Result<(), RestoreError> {
+) -> Result<(), ReadError> {
     let mut w = Work::default();
     while let Some(r) = cursor.next(blocks).await? {
         match r {
