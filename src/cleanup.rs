@@ -7,6 +7,9 @@
 //! until no section has ended for [`SETTLE`], so the unwinding that starts when a
 //! command returns is not cut before its own section begins. A second signal still
 //! exits at once.
+//!
+//! Ground floor. Imports nothing of the crate; `lvm`, `source` and `target` mark their
+//! sections with it, and the binary's signal handling waits on it.
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};

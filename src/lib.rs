@@ -2,10 +2,22 @@
 //! chains of immutable, self-describing delta archives in a local or object-store
 //! repository.
 //!
-//! Layers, with dependencies pointing one way: [`format`] (bytes in, bytes out) ←
-//! [`repo`] (the repository on `object_store`: layout, publish, catalog, chains) ←
-//! [`source`] (where blocks come from) and [`target`] (where restored blocks go) ←
-//! [`backup`] and [`restore`] (the pipelines) ← `cli`.
+//! Floors, from the top down; imports point down, and no command imports another:
+//!
+//! - the binary: `main.rs` and `cli` (argument parsing and printing; not part of the
+//!   library, which never names `clap`);
+//! - the nightly job (`nightly`, to come from `src/cli/run.rs`);
+//! - [`config`] (what the nightly job is told to do);
+//! - the commands: [`backup`], [`restore`], [`prune`], [`verify`], [`copy`], [`status`];
+//! - [`point`]: reading a point of a chain and rebuilding its archive;
+//! - the nouns: [`repo`] (the repository on `object_store`), [`source`] (where blocks
+//!   come from), [`target`] (where restored blocks go);
+//! - tools: [`lvm`] (command wrappers), [`throttle`] (rate limits, low priority);
+//! - ground: [`format`] (bytes in, bytes out), [`size`], [`quote`], [`cleanup`],
+//!   [`logging`], [`progress`].
+//!
+//! Each module opens with what it owns and what it must not import; the integration
+//! test `floors` holds the same table and fails on an import that points up.
 
 pub mod backup;
 pub mod cleanup;

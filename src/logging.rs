@@ -10,6 +10,8 @@
 //! - Otherwise (cron, pipes, files): RFC 3339 timestamp, level, message; default `info`.
 //!
 //! `-v` raises the level by one step per use, `-q` lowers it to `warn`.
+//!
+//! Ground floor. Imports nothing of the crate; only the binary sets it up.
 
 use std::fmt;
 use std::io::IsTerminal;

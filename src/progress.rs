@@ -1,4 +1,6 @@
 //! Progress counters shared between a running operation and whoever displays it.
+//!
+//! Ground floor. Imports nothing of the crate.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 

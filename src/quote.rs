@@ -1,6 +1,8 @@
 //! Quoting input in messages: a value the user gave (a line of a file, a config value,
 //! an argument) is quoted in full when it is short, and as a short excerpt with its
 //! length when it is not, so one bad 50 MB line cannot flood a log or a terminal.
+//!
+//! Ground floor. Imports nothing of the crate.
 
 /// Characters of a long value that are quoted.
 pub const EXCERPT_CHARS: usize = 60;

@@ -1,5 +1,8 @@
 //! Sizes as people write them on the command line and in the config file
 //! (`64K`, `1M`, `2GiB`). One parser, so the CLI, the config and rate limits agree.
+//!
+//! Ground floor. Imports only `quote`; must not import `throttle`, `config` or anything
+//! else that uses it.
 
 use crate::quote::excerpt;
 

@@ -7,6 +7,10 @@
 //! order to one task that feeds the sans-IO [`ArchiveWriter`] and the multipart upload.
 //! Queues are bounded, so memory is a few batches plus a few upload parts whatever the
 //! volume size. Nothing is committed unless every stage succeeded.
+//!
+//! Commands floor. Imports only `format`, `lvm`, `progress`, `repo`, `source` and
+//! `throttle`; must not import `point`, `target`, another command module (`restore`,
+//! `prune`, `verify`, `copy`, `status`), `config` or `cli`.
 
 mod lvm;
 mod process;

@@ -1,6 +1,9 @@
 //! Command-line parsing and output. One file per subcommand; each validates its
 //! arguments, calls the library and prints human-readable text or `--json`. No format
 //! or storage logic lives here.
+//!
+//! A module of the binary, not of the library: the library cannot import it, and only
+//! here and in `main.rs` is `clap` named. Imports any module of the library.
 
 mod backup;
 mod copy;

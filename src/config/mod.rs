@@ -5,6 +5,11 @@
 //! keys, wrong types, bad sizes, rates and durations, repository locations that do not
 //! parse, references to repositories or volumes that are not defined. Each error names
 //! the file, the line and column, and what is wrong.
+//!
+//! Above the commands, below the nightly job that reads it: it turns the file into the
+//! types the commands take (`prune`'s retention policy). Imports only `format`,
+//! `prune`, `quote`, `repo`, `size` and `throttle`; must not import another command
+//! module or `cli`.
 
 mod value;
 

@@ -22,6 +22,10 @@
 //! read and is not locked: a prune of the source keeps superseded archives for a
 //! grace period, and if an archive vanishes mid-copy the copy fails before committing
 //! that point.
+//!
+//! Commands floor. Imports only `format`, `point`, `progress` and `repo`; must not read
+//! sources or write targets, nor import another command module (`backup`, `restore`,
+//! `prune`, `verify`, `status`), `config` or `cli`.
 
 use std::collections::HashMap;
 use std::sync::Arc;

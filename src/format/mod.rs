@@ -5,6 +5,8 @@
 //! compression, a streaming sans-IO [`ArchiveWriter`] and the validating decoders
 //! used by readers. It must not do I/O, spawn tasks or know about repositories:
 //! `format-spec/FORMAT.md` is its contract, and the two change together.
+//!
+//! Ground floor. Imports nothing of the crate; every module above may import it.
 
 mod build;
 mod digest;

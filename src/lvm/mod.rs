@@ -5,7 +5,11 @@
 //! Every command asks for machine-readable output; a failed command is reported with
 //! its argv, exit status and trimmed stderr. Parsers are pure functions tested on real
 //! tool output. This module knows nothing of archives or repositories: the LVM source
-//! (`crate::source::lvm`) and the LV restore target (`crate::target`) use it.
+//! (`crate::source::lvm`), the LV restore target (`crate::target`) and the commands
+//! that name LVs use it.
+//!
+//! Tools floor (with `throttle`). Imports only `cleanup`; must not import `format`,
+//! `repo`, `source`, `target` nor anything else above it.
 
 mod cmd;
 mod dm;

@@ -1,14 +1,15 @@
-//! Thinning a volume's history: the retention policy, merging chains, and prune.
+//! Thinning a volume's history: the retention policy, planning, and prune.
 //!
 //! - [`RetentionPolicy`] (pure) decides which points to keep, by restic's and Proxmox
 //!   Backup Server's rules;
 //! - [`plan`] (pure) decides which kept points' archives are rewritten, onto which
 //!   parent, merging which dropped points;
-//! - [`merge`] synthesizes the archive of one point from a segment of its chain (used
-//!   by prune, and by consolidated copies into another repository);
-//! - [`prune`] runs it all on a volume in a crash-safe order.
+//! - [`prune`] runs it all on a volume in a crash-safe order, rewriting archives with
+//!   the merge engine of [`crate::point::merge`].
 //!
-//! This module must not read sources or write restore targets.
+//! Commands floor. Imports only `format`, `point` and `repo`; must not read sources or
+//! write restore targets (`source`, `target`), nor import another command module
+//! (`backup`, `restore`, `verify`, `copy`, `status`), `config` or `cli`.
 
 mod execute;
 mod plan;

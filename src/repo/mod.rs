@@ -6,6 +6,9 @@
 //! archives and their commit markers are the truth; nothing here keeps local state.
 //! This module must not read sources or write targets.
 //!
+//! Nouns floor (with `source` and `target`). Imports only `format`, `quote` and
+//! `throttle`; must not import `source`, `target`, `point`, a command module or `cli`.
+//!
 //! ```
 //! use std::sync::Arc;
 //! use thinarc::repo::{Repository, RepoError, VolumeName};

@@ -2,10 +2,15 @@
 //!
 //! The chain is resolved first; a streaming merge of its indexes ([`ChainCursor`])
 //! says where each block comes from, so every block is read once, from the newest
-//! archive holding it. Blocks are grouped into [`Work`] units (see [`plan`]): runs of
-//! nearby frames of one archive become one range read. Range reads run concurrently,
-//! decoding, checking and writing run on the blocking pool, and the image digest is
+//! archive holding it. The point reader ([`crate::point`]) groups blocks into work
+//! units, runs of nearby frames of one archive read with one range read, fetches them
+//! concurrently and decodes and checks them on the blocking pool; one blocking thread
+//! writes them in block order to the target ([`crate::target`]), and the image digest is
 //! recomputed in block order from the digests of the blocks actually written.
+//!
+//! Commands floor. Imports only `format`, `lvm`, `point`, `progress`, `repo`, `source`
+//! and `target`; must not import another command module (`backup`, `prune`, `verify`,
+//! `copy`, `status`), `config` or `cli`.
 
 mod lv;
 

@@ -3,6 +3,10 @@
 //! (everything, or a changed-block list).
 //!
 //! A source only reads; it knows nothing of archives or repositories.
+//!
+//! Nouns floor (with `repo` and `target`). Imports only `cleanup`, `format`, `lvm`,
+//! `progress`, `quote` and `throttle`; must not import `repo`, `target`, `point`, a
+//! command module or `cli`.
 
 mod blocks;
 mod changed;

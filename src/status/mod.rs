@@ -1,6 +1,10 @@
 //! `status`: per volume, what is stored and how the last runs went — from the
 //! repository's catalog and the result records ([`record`]) — as text, JSON or a
 //! Prometheus textfile ([`prometheus`]).
+//!
+//! Commands floor. Imports only `format`, `lvm`, `repo` and `source`; must not import
+//! `point`, `target`, another command module (`backup`, `restore`, `prune`, `verify`,
+//! `copy`), `config` or `cli`.
 
 pub mod alert;
 pub mod prometheus;

@@ -9,6 +9,10 @@
 //! and `flock`ed while it is written. A restore killed with SIGKILL leaves it behind;
 //! the next restore to that target removes every such file whose lock is free (its
 //! writer is gone) and leaves one that is locked (a restore still running) alone.
+//!
+//! Nouns floor (with `repo` and `source`). Imports only `cleanup`, `lvm`, `repo` and
+//! `source` (for fresh ids and the names of file kinds, nothing of archives); must not
+//! import `point`, a command module or `cli`.
 
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;

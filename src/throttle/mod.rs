@@ -6,6 +6,9 @@
 //! next `n / rate` seconds of the budget and sleeps until the reservation starts, less a
 //! small burst allowance. Callers may ask for any amount at once; a large request
 //! simply waits longer, so the long-run rate is exact whatever the request sizes.
+//!
+//! Tools floor (with `lvm`). Imports only `quote` and `size`; must not import `repo`,
+//! which wraps its stores with the limiter, nor anything else above it.
 
 pub mod priority;
 mod store;

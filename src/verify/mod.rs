@@ -9,7 +9,7 @@
 //!   [`ImageHasher`]), equals the one its archive records.
 //! - **Data** (`--data`, or `--data-subset`): every data block of every archive (or of
 //!   a sample of its frames) is read, decoded and checked against its SHA-256 through
-//!   restore's own fetch and decode pipeline.
+//!   the point reader that restore uses ([`crate::point`]).
 //! - **Source** (`--source`): the image digest of the current source, read in full,
 //!   against the latest point's. For `lvm:VG/LV` the source is the volume's base
 //!   snapshot, the one the latest archive was read from (the LV itself has changed
@@ -22,6 +22,10 @@
 //! run at all (no such volume, the store unreachable, an unreadable source) is an
 //! error. The only thing written is a damage record per damaged archive
 //! (`damage/<archive-id>`), which the next backup and `status` read.
+//!
+//! Commands floor. Imports only `format`, `lvm`, `point`, `progress`, `repo` and
+//! `source`; must not import `target`, another command module (`backup`, `restore`,
+//! `prune`, `copy`, `status`), `config` or `cli`.
 
 mod data;
 mod index;

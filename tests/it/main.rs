@@ -8,6 +8,7 @@ mod copy;
 mod damage;
 mod exit_codes;
 mod faults;
+mod floors;
 mod format;
 mod honest;
 mod linger;
