@@ -13,7 +13,7 @@
 //! - the nouns: [`repo`] (the repository on `object_store`), [`source`] (where blocks
 //!   come from), [`target`] (where restored blocks go);
 //! - tools: [`lvm`] (command wrappers), [`throttle`] (rate limits, low priority);
-//! - ground: [`format`] (bytes in, bytes out), [`size`], [`quote`], [`cleanup`],
+//! - ground: [`format`](mod@format) (bytes in, bytes out), [`size`], [`quote`], [`cleanup`],
 //!   [`logging`], [`progress`].
 //!
 //! Each module opens with what it owns and what it must not import; the integration

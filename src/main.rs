@@ -1,6 +1,6 @@
 //! The `thinarc` binary: parse arguments, run, print the error chain once, exit.
 //!
-//! Top floor, above [`cli`]. Imports any module of the library; nothing imports it.
+//! Top floor, above `cli`. Imports any module of the library; nothing imports it.
 
 use std::process::ExitCode;
 

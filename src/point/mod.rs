@@ -1,9 +1,9 @@
 //! Reading a point of a volume, and rebuilding its archive: the machinery every reader
 //! of points shares (restore, verify `--data`, prune's merges, consolidated copies).
 //!
-//! - [`plan`] groups a [`ChainCursor`](crate::repo::ChainCursor)'s runs into work units
+//! - `plan` groups a [`ChainCursor`](crate::repo::ChainCursor)'s runs into work units
 //!   (coalesced range reads of frames);
-//! - [`read`] fetches units concurrently, decodes each frame once and checks every
+//! - `read` fetches units concurrently, decodes each frame once and checks every
 //!   block against its digest, and hands the units back in block order;
 //! - [`merge`] writes one archive standing for a point from a segment of its chain.
 //!
