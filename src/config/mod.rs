@@ -7,9 +7,9 @@
 //! the file, the line and column, and what is wrong.
 //!
 //! Above the commands, below the nightly job that reads it: it turns the file into the
-//! types the commands take (`prune`'s retention policy). Imports only `format`,
-//! `prune`, `quote`, `repo`, `size` and `throttle`; must not import another command
-//! module or `cli`.
+//! types the commands take (`prune`'s retention policy, `source`'s source specs).
+//! Imports only `format`, `prune`, `quote`, `repo`, `size`, `source` and `throttle`;
+//! must not import another command module or `cli`.
 
 mod value;
 

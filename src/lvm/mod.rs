@@ -8,8 +8,8 @@
 //! (`crate::source::lvm`), the LV restore target (`crate::target`) and the commands
 //! that name LVs use it.
 //!
-//! Tools floor (with `throttle`). Imports only `cleanup`; must not import `format`,
-//! `repo`, `source`, `target` nor anything else above it.
+//! Tools floor (with `throttle`). Imports only `cleanup` and `quote`; must not import
+//! `format`, `repo`, `source`, `target` nor anything else above it.
 
 mod cmd;
 mod dm;

@@ -45,7 +45,7 @@ const ROOMS: &[Room] = &[
     room("logging", 0, Only(&[])),
     room("progress", 0, Only(&[])),
     // Tools: the LVM commands, rate limits.
-    room("lvm", 1, Only(&["cleanup"])),
+    room("lvm", 1, Only(&["cleanup", "quote"])),
     room("throttle", 1, Only(&["quote", "size"])),
     // The nouns: where archives live, where blocks come from, where they go.
     room("repo", 2, Only(&["format", "quote", "throttle"])),
@@ -90,7 +90,9 @@ const ROOMS: &[Room] = &[
     room(
         "config",
         5,
-        Only(&["format", "prune", "quote", "repo", "size", "throttle"]),
+        Only(&[
+            "format", "prune", "quote", "repo", "size", "source", "throttle",
+        ]),
     ),
     // The nightly job (to come from `src/cli/run.rs`), then the binary.
     room("nightly", 6, AnyBelow),
