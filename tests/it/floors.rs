@@ -369,10 +369,36 @@ fn imports(file: &SourceFile) -> BTreeMap<String, usize> {
 }
 
 #[test]
+fn reader_sees_only_code() {
+    let code = code_only(
+        "use crate::{repo::{A, B}, source::C};\n\
+         /* crate::backup /* nested */ crate::copy */ let s = \"crate::verify \\\" crate::cli\";\n\
+         let r = r#\"crate::prune\"#; let c = '\\''; let q = '\"'; fn f<'a>(x: &'a u8) { crate::lvm::W }\n\
+         // crate::status\n\
+         let t = $crate::target::X; let u = crate::point::Y; crate::format::Z",
+    );
+    let found: Vec<(usize, String)> = references(&code, "crate::");
+    let expect = [
+        (1, "repo"),
+        (1, "source"),
+        (3, "lvm"),
+        (5, "target"),
+        (5, "point"),
+        (5, "format"),
+    ];
+    assert_eq!(
+        found,
+        expect.map(|(l, n)| (l, n.to_owned())).to_vec(),
+        "in {code:?}"
+    );
+}
+
+#[test]
 fn imports_point_down() {
     let rooms = rooms();
     let mut problems = Vec::new();
     let mut unplaced = BTreeSet::new();
+    let mut seen = 0;
     for file in source_files() {
         let Some(from) = rooms.get(file.module.as_str()) else {
             if unplaced.insert(file.module.clone()) {
@@ -385,6 +411,7 @@ fn imports_point_down() {
             continue;
         };
         for (name, line) in imports(&file) {
+            seen += 1;
             let rel = &file.rel;
             match rooms.get(name.as_str()) {
                 None => problems.push(format!(
@@ -403,6 +430,10 @@ fn imports_point_down() {
             }
         }
     }
+    assert!(
+        seen > 100,
+        "found only {seen} imports in src/: is the reader broken?"
+    );
     assert!(
         problems.is_empty(),
         "imports must point down the floors (README, Development). Move what both sides \
