@@ -204,7 +204,7 @@ impl Header {
             return Err(FormatError::corrupt("header", "not a CBOR map"));
         }
         let mut rest = cbor;
-        let h: Header = ciborium::from_reader(&mut rest)
+        let value: ciborium::Value = ciborium::from_reader(&mut rest)
             .map_err(|e| FormatError::corrupt("header", format!("bad CBOR: {e}")))?;
         if !rest.is_empty() {
             return Err(FormatError::corrupt(
@@ -212,6 +212,10 @@ impl Header {
                 format!("{} bytes after the CBOR map", rest.len()),
             ));
         }
+        check_text_keys(&value)?;
+        let h: Header = value
+            .deserialized()
+            .map_err(|e| FormatError::corrupt("header", format!("bad field: {e}")))?;
         h.geometry()?;
         for (name, id) in [("volume_id", &h.volume_id), ("archive_id", &h.archive_id)] {
             if id.len() != 32 || !id.bytes().all(|c| c.is_ascii_hexdigit()) {
@@ -237,6 +241,37 @@ impl Header {
         }
         Ok(h)
     }
+}
+
+/// The maps whose keys FORMAT.md 5.1 defines, besides the header map itself.
+const KNOWN_MAPS: [&str; 4] = ["parent", "compression", "source", "lvm"];
+
+/// Checks that the header map and the maps of 5.1 in it have only text keys (FORMAT.md
+/// 5): serde would take an integer key for a field's position. The values of unknown
+/// keys are not looked at: they may be anything, maps with other keys included.
+fn check_text_keys(value: &ciborium::Value) -> Result<(), FormatError> {
+    let text_keys = |m: &[(ciborium::Value, ciborium::Value)], what: &str| match m
+        .iter()
+        .find(|(k, _)| !k.is_text())
+    {
+        Some((k, _)) => Err(FormatError::corrupt(
+            "header",
+            format!("{what} has a key that is not a text string: {k:?}"),
+        )),
+        None => Ok(()),
+    };
+    let ciborium::Value::Map(top) = value else {
+        return Err(FormatError::corrupt("header", "not a CBOR map"));
+    };
+    text_keys(top, "the header map")?;
+    for (k, v) in top {
+        if let (Some(name), ciborium::Value::Map(m)) = (k.as_text(), v)
+            && KNOWN_MAPS.contains(&name)
+        {
+            text_keys(m, name)?;
+        }
+    }
+    Ok(())
 }
 
 /// A fixed header for unit tests: volume `v`, 4 KiB blocks, `size` bytes.
@@ -473,6 +508,37 @@ mod tests {
             Header::decode(&cbor(&ciborium::Value::Map(missing))).is_err(),
             "missing key"
         );
+    }
+
+    #[test]
+    fn keys_of_the_header_and_its_maps_are_text() {
+        use ciborium::Value as C;
+        // An integer key would otherwise stand for a field by position (0: volume_name).
+        let mut m = map(&sample());
+        m[0].0 = C::Integer(0.into());
+        assert!(matches!(
+            Header::decode(&cbor(&C::Map(m))),
+            Err(FormatError::Corrupt { .. })
+        ));
+        let mut m = map(&sample());
+        for (k, v) in m.iter_mut() {
+            if k.as_text() == Some("parent")
+                && let C::Map(p) = v
+            {
+                p.push((C::Integer(9.into()), C::Bool(true)));
+            }
+        }
+        assert!(matches!(
+            Header::decode(&cbor(&C::Map(m))),
+            Err(FormatError::Corrupt { .. })
+        ));
+        // Inside the value of an unknown key, any key goes.
+        let mut m = map(&sample());
+        m.push((
+            C::Text("x_future".into()),
+            C::Map(vec![(C::Integer(1.into()), C::Bool(true))]),
+        ));
+        assert_eq!(Header::decode(&cbor(&C::Map(m))).expect("decode"), sample());
     }
 
     #[test]
