@@ -14,6 +14,9 @@
 //! delta, also the point in time its chain restores). `invalid/NAME.tarc` must be
 //! rejected with the error kind named in `invalid/NAME.json`.
 
+mod parts;
+mod rules;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -29,6 +32,9 @@ const BSU: usize = BS as usize;
 const VOLUME_ID: &str = "7468696e6172632d766f6c756d652d31";
 const CREATED: &str = "2026-11-22T00:00:00Z";
 const LEVEL: i32 = 3;
+
+/// An invalid vector: name, bytes, error kind, stage and description.
+type Case = (String, Vec<u8>, &'static str, &'static str, String);
 
 fn main() {
     let out = std::env::args_os()
@@ -439,7 +445,7 @@ impl Generator {
             &z,
         );
 
-        self.invalid(&ba, &be);
+        self.invalid(&ba, &be, rules::cases(&ba, &bb, &bm));
     }
 
     /// Writes `valid/NAME.tarc` and its description. `chain` names the ancestors, oldest
@@ -563,8 +569,9 @@ impl Generator {
         self.write_json(&format!("valid/{name}.json"), &v);
     }
 
-    /// Writes the invalid vectors, derived from `full-small` (`a`) and `empty` (`e`).
-    fn invalid(&mut self, a: &[u8], e: &[u8]) {
+    /// Writes the invalid vectors, derived from `full-small` (`a`) and `empty` (`e`), and
+    /// those of [`rules::cases`] (`more`).
+    fn invalid(&mut self, a: &[u8], e: &[u8], more: Vec<Case>) {
         let t = Trailer::decode(&a[a.len() - TRAILER_LEN..]).expect("trailer");
         let r = ArchiveReader::open(a).expect("open");
         let entries = r.entries().expect("entries");
@@ -583,7 +590,7 @@ impl Generator {
         let seg = u64::from_le_bytes(a[dir..dir + 8].try_into().expect("8 bytes")) as usize;
         let trl = a.len() - TRAILER_LEN;
         let body = t.body_offset as usize;
-        let mut cases: Vec<(String, Vec<u8>, &str, &str, String)> = Vec::new();
+        let mut cases: Vec<Case> = Vec::new();
         let mut case =
             |name: &str, bytes: Vec<u8>, error: &'static str, stage: &'static str, d: String| {
                 cases.push((name.to_string(), bytes, error, stage, d));
@@ -754,6 +761,7 @@ impl Generator {
             "the empty archive with one byte after the CBOR header map, inside the header length; offsets and checksums recomputed".into(),
         );
 
+        cases.extend(more);
         let mut index = BTreeMap::new();
         for (name, bytes, error, stage, description) in cases {
             self.write(&format!("invalid/{name}.tarc"), &bytes);
@@ -764,14 +772,30 @@ impl Generator {
                 "stage": stage,
             });
             self.write_json(&format!("invalid/{name}.json"), &v);
-            index.insert(name, error);
+            assert!(
+                index.insert(name, (error, stage)).is_none(),
+                "two invalid vectors of one name"
+            );
         }
         // Every invalid vector must be rejected by the reference reader as described.
-        for name in index.keys() {
+        for (name, want) in &index {
             let bytes =
                 std::fs::read(self.out.join(format!("invalid/{name}.tarc"))).expect("read back");
-            let res = ArchiveReader::open(&bytes).and_then(|r| r.entries().and(r.verify()));
-            assert!(res.is_err(), "invalid/{name} was accepted");
+            let got = match ArchiveReader::open(&bytes) {
+                Err(e) => ("open", e),
+                Ok(r) => match r.entries().and_then(|_| r.verify()) {
+                    Err(e) if r.entries().is_err() => ("entries", e),
+                    Err(e) => ("verify", e),
+                    Ok(()) => panic!("invalid/{name} was accepted"),
+                },
+            };
+            let kind = format!("{:?}", got.1);
+            assert!(
+                kind.starts_with(want.0) && got.0 == want.1,
+                "invalid/{name}: expected {want:?}, got {} {}",
+                got.0,
+                got.1
+            );
         }
     }
 }
