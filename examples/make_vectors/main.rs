@@ -15,6 +15,7 @@
 //! rejected with the error kind named in `invalid/NAME.json`.
 
 mod parts;
+mod repository;
 mod rules;
 
 use std::collections::BTreeMap;
@@ -369,6 +370,31 @@ impl Generator {
             &f,
         );
 
+        // (j) delta-relinked (version 1.1): delta-regrow's point written as a child of
+        // delta-shrink, with `parent.image`, in a repository where a merge then replaced
+        // delta-shrink's archive by delta-merged. Its link holds only through
+        // `parent.image` (section 11.4): id and digest name delta-shrink, the chain is
+        // full-small, delta-merged.
+        let hj = header(
+            "c1000000000000000000000000000009",
+            4,
+            Some(ParentRef {
+                image: Some(tf.image_digest),
+                ..parent_of(&hf, &tf)
+            }),
+            gi.size,
+        );
+        let (bj, _) = self.build(&hj, &gi, &[Item::Frame(2, 1)]);
+        self.valid(
+            "delta-relinked",
+            "format 1.1: delta-regrow's point as a child of delta-shrink with `parent.image`; \
+             delta-shrink's archive was replaced by delta-merged, so the link holds only \
+             through `parent.image`",
+            &bj,
+            &["full-small", "delta-merged"],
+            &gi,
+        );
+
         // (c) full-segments: 4400 blocks (the last one short) in more than 4096 entries,
         // so the index has two segments; every 50th block is zero, data blocks are
         // grouped in frames of up to 32 blocks, and one frame's entries straddle the
@@ -446,6 +472,7 @@ impl Generator {
         );
 
         self.invalid(&ba, &be, rules::cases(&ba, &bb, &bm));
+        self.repository(&a, &b, &f, &gi);
     }
 
     /// Writes `valid/NAME.tarc` and its description. `chain` names the ancestors, oldest
