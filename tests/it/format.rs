@@ -121,7 +121,7 @@ fn spec_image_digest(size: u64, block_size: u32, blocks: &[Vec<u8>]) -> String {
 /// The point in time of the last archive of `chain` (oldest first), by the chain rule:
 /// a block comes from the newest archive holding it, unless an archive newer than that
 /// holder has the block past its end (the volume shrank); blocks nobody holds are zero.
-fn chain_point(chain: &[ArchiveReader<'_>]) -> Vec<Vec<u8>> {
+pub(crate) fn chain_point(chain: &[ArchiveReader<'_>]) -> Vec<Vec<u8>> {
     let last = chain.last().expect("non-empty chain").geometry();
     let indexes: Vec<Vec<IndexEntry>> = chain
         .iter()
