@@ -106,6 +106,17 @@ fn with_window(stored: &[u8], window_byte: u8) -> Vec<u8> {
     v
 }
 
+/// The zstd frame `stored` with a one-byte `Dictionary_ID` field naming dictionary 1.
+fn with_dictionary(stored: &[u8]) -> Vec<u8> {
+    let h = zstd_frame_header(stored).expect("zstd header");
+    let window = if h.single_segment { 5 } else { 6 };
+    let mut v = stored[..window].to_vec();
+    v[4] |= 0x01;
+    v.push(1);
+    v.extend(&stored[window..]);
+    v
+}
+
 /// The two segments of `two` (an archive of two segments) swapped in the body; `by_block`
 /// lists the directory in block order (so offsets decrease), otherwise in offset order
 /// (so blocks decrease).
@@ -358,6 +369,13 @@ pub fn cases(a: &[u8], grow: &[u8], merged: &[u8]) -> Vec<Case> {
         "body_offset one above 16 + header_len; checksum recomputed",
     );
     case(
+        "body-after-directory",
+        with_trailer(a, |t| t.body_offset = t.directory_offset + 1),
+        "Corrupt",
+        "open",
+        "body_offset one past directory_offset; checksum recomputed",
+    );
+    case(
         "trailer-counts-span",
         with_trailer(a, |t| t.data_blocks += 5),
         "Corrupt",
@@ -603,6 +621,23 @@ pub fn cases(a: &[u8], grow: &[u8], merged: &[u8]) -> Vec<Case> {
         "zstd-window-too-large",
         with_window(&zstd_frame, 15 << 3),
         "declares a 32 MiB window (Window_Descriptor 0x78, no single-segment flag); zstd itself decodes it",
+    );
+    zstd_case(
+        "zstd-skippable-first",
+        [skippable.to_vec(), zstd_frame.clone()].concat(),
+        "is preceded by a skippable frame inside frame_len",
+    );
+    let mut bit = zstd_frame.clone();
+    bit[4] |= 0x08;
+    zstd_case(
+        "zstd-reserved-bit",
+        bit,
+        "has the reserved bit of its Frame_Header_Descriptor set",
+    );
+    zstd_case(
+        "zstd-dictionary",
+        with_dictionary(&zstd_frame),
+        "names dictionary 1 (a one-byte Dictionary_ID field)",
     );
     let mut reserved = zstd_frame.clone();
     reserved[zstd_frame_header(&zstd_frame).expect("header").header_len] |= 0x06;
