@@ -472,6 +472,7 @@ impl Generator {
         );
 
         self.invalid(&ba, &be, rules::cases(&ba, &bb, &bm));
+        self.chains(rules::chain_cases(&ba, &bb, &bj));
         self.repository(&a, &b, &f, &gi);
     }
 
@@ -594,6 +595,23 @@ impl Generator {
         v["image_digest"] = json!(image.image_digest().to_hex());
         self.write(&format!("valid/{name}.tarc"), bytes);
         self.write_json(&format!("valid/{name}.json"), &v);
+    }
+
+    /// Writes `chains/NAME.tarc` and `chains/NAME.json`: deltas that each break a chain
+    /// rule against the valid vectors they name. Each must be a valid archive on its own.
+    fn chains(&mut self, cases: Vec<rules::ChainCase>) {
+        for (name, bytes, error, description, chain) in cases {
+            let r = ArchiveReader::open(&bytes).unwrap_or_else(|e| panic!("chains/{name}: {e}"));
+            r.verify().unwrap_or_else(|e| panic!("chains/{name}: {e}"));
+            let v = json!({
+                "description": description,
+                "file": format!("{name}.tarc"),
+                "error": error,
+                "chain": chain.iter().map(|c| format!("valid/{c}.tarc")).collect::<Vec<_>>(),
+            });
+            self.write(&format!("chains/{name}.tarc"), &bytes);
+            self.write_json(&format!("chains/{name}.json"), &v);
+        }
     }
 
     /// Writes the invalid vectors, derived from `full-small` (`a`) and `empty` (`e`), and

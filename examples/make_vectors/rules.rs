@@ -678,3 +678,90 @@ pub fn cases(a: &[u8], grow: &[u8], merged: &[u8]) -> Vec<Case> {
     );
     out
 }
+
+/// A chain vector: name, the delta's bytes, error kind, description and its chain
+/// (valid vectors, oldest first).
+pub type ChainCase = (
+    &'static str,
+    Vec<u8>,
+    &'static str,
+    &'static str,
+    &'static [&'static str],
+);
+
+/// Deltas that are valid archives on their own but break a chain rule of FORMAT.md 13.3
+/// against the valid vectors they name: `a` is `full-small`, `grow` `delta-grow` and
+/// `relinked` `delta-relinked`.
+pub fn chain_cases(a: &[u8], grow: &[u8], relinked: &[u8]) -> Vec<ChainCase> {
+    let full: &[&str] = &["full-small"];
+    let merged: &[&str] = &["full-small", "delta-merged"];
+    let digest = |m: &mut Vec<(C, C)>| {
+        edit(m, &["parent", "digest"], Some(C::Text("0f".repeat(32))));
+    };
+    // A delta of full-small in 8 KiB blocks, holding nothing.
+    let block_size = {
+        let t = trailer(a);
+        let mut h = header("b2000000000000000000000000000010", 2, None, 17384);
+        h.parent = Some(thinarc::format::ParentRef {
+            id: "a0000000000000000000000000000001".into(),
+            digest: t.trailer_sha256,
+            seq: 1,
+            image: None,
+        });
+        h.block_size = 8192;
+        let mut out = Vec::new();
+        let w = ArchiveWriter::new(&h, &mut out).expect("header");
+        w.finish(t.image_digest, &mut out);
+        out
+    };
+    vec![
+        (
+            "chain-parent-digest",
+            with_header(grow, digest),
+            "Corrupt",
+            "delta-grow whose parent.digest is not full-small's (no parent.image): the link does not hold",
+            full,
+        ),
+        (
+            "chain-parent-image",
+            with_header(relinked, |m| {
+                edit(m, &["parent", "image"], Some(C::Text("0f".repeat(32))));
+            }),
+            "Corrupt",
+            "delta-relinked whose parent.image is not delta-merged's image digest: neither id and digest nor image link it",
+            merged,
+        ),
+        (
+            "chain-parent-seq",
+            with_header(grow, |m| {
+                edit(m, &["parent", "seq"], Some(C::Integer(0.into())))
+            }),
+            "Corrupt",
+            "delta-grow whose parent.seq is 0, not full-small's seq 1",
+            full,
+        ),
+        (
+            "chain-volume-id",
+            with_header(grow, |m| {
+                edit(m, &["volume_id"], Some(C::Text("0f".repeat(16))));
+            }),
+            "Corrupt",
+            "delta-grow with another volume_id than its parent full-small",
+            full,
+        ),
+        (
+            "chain-block-size",
+            block_size,
+            "Corrupt",
+            "a delta of full-small (4 KiB blocks) in 8 KiB blocks, holding no block",
+            full,
+        ),
+        (
+            "chain-image-digest",
+            with_trailer(grow, |t| t.image_digest.0[0] ^= 1),
+            "ChecksumMismatch",
+            "delta-grow whose trailer image digest differs from that of the point its chain resolves to; checksum recomputed",
+            full,
+        ),
+    ]
+}

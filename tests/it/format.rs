@@ -92,7 +92,7 @@ fn held_blocks(r: &ArchiveReader<'_>) -> BTreeMap<u64, Vec<u8>> {
 
 /// The image digest exactly as FORMAT.md defines it, from the image's blocks: a record
 /// per maximal run of all-zero blocks and one per other block.
-fn spec_image_digest(size: u64, block_size: u32, blocks: &[Vec<u8>]) -> String {
+pub(crate) fn spec_image_digest(size: u64, block_size: u32, blocks: &[Vec<u8>]) -> String {
     let mut h = Sha256::new();
     h.update(b"thinarc-image-v1");
     h.update(size.to_le_bytes());

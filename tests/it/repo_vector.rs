@@ -265,3 +265,103 @@ fn repository_vector_lists_and_restores_in_an_object_store() {
     );
     check_thinarc(&t);
 }
+
+/// Commits archive `bytes` into the local repository at `repo` under volume key `key`:
+/// the archive object at its header's seq and id, and its marker (FORMAT.md 15).
+fn commit(repo: &Path, key: &str, bytes: &[u8]) -> u64 {
+    let r = ArchiveReader::open(bytes).expect("a valid archive");
+    let (seq, id) = (r.header.seq, r.header.archive_id.clone());
+    let object = format!("{seq:012}-{id}.tarc");
+    let dir = repo.join("volumes").join(key);
+    std::fs::create_dir_all(dir.join("archives")).expect("mkdir");
+    std::fs::create_dir_all(dir.join("commits")).expect("mkdir");
+    std::fs::write(dir.join("archives").join(&object), bytes).expect("write archive");
+    let marker = json!({"archive": id, "object": object, "size": bytes.len(),
+        "digest": r.trailer.trailer_sha256.to_hex()});
+    std::fs::write(
+        dir.join("commits").join(format!("{seq:012}")),
+        marker.to_string(),
+    )
+    .expect("write marker");
+    seq
+}
+
+/// The first chain rule of FORMAT.md 13.3 that `delta` breaks against `chain` (oldest
+/// first, each committed at its seq), as an error kind of 13.1.
+fn spec_chain_error(chain: &[Vec<u8>], delta: &[u8]) -> Option<&'static str> {
+    let mut readers: Vec<ArchiveReader<'_>> = chain
+        .iter()
+        .map(|b| ArchiveReader::open(b).expect("chain member"))
+        .collect();
+    readers.push(ArchiveReader::open(delta).expect("the delta opens alone"));
+    for i in 1..readers.len() {
+        let child = &readers[i].header;
+        let link = child.parent.as_ref().expect("a delta");
+        let parent = &readers[i - 1];
+        let by_id =
+            parent.header.archive_id == link.id && parent.trailer.trailer_sha256 == link.digest;
+        let by_image = link.image == Some(parent.trailer.image_digest);
+        if link.seq != parent.header.seq
+            || !(by_id || by_image)
+            || parent.header.volume_id != child.volume_id
+            || parent.header.block_size != child.block_size
+        {
+            return Some("Corrupt");
+        }
+    }
+    let g = readers.last().expect("delta").geometry();
+    let point = chain_point(&readers);
+    let digest = crate::format::spec_image_digest(g.size(), g.block_size().get(), &point);
+    (digest != readers.last().expect("delta").trailer.image_digest.to_hex())
+        .then_some("ChecksumMismatch")
+}
+
+/// Every `chains/NAME.tarc` is a valid archive alone, breaks the chain rule its json
+/// names against its chain, and is refused by `thinarc verify --data` (exit 4) and
+/// `thinarc restore` (exit 1) in a repository holding its chain.
+#[test]
+fn chain_vectors_break_their_chain() {
+    let vectors = root().parent().expect("vectors/").to_path_buf();
+    let mut n = 0;
+    for e in std::fs::read_dir(vectors.join("chains")).expect("chains/") {
+        let path = e.expect("entry").path();
+        if path.extension().is_none_or(|x| x != "tarc") {
+            continue;
+        }
+        n += 1;
+        let name = path
+            .file_stem()
+            .expect("stem")
+            .to_string_lossy()
+            .into_owned();
+        let j: Value =
+            serde_json::from_slice(&std::fs::read(path.with_extension("json")).expect("json"))
+                .expect("json parses");
+        let delta = std::fs::read(&path).expect("vector");
+        let r = ArchiveReader::open(&delta).expect("valid alone");
+        r.verify().unwrap_or_else(|e| panic!("{name}: {e}"));
+        let chain: Vec<Vec<u8>> = j["chain"]
+            .as_array()
+            .expect("chain")
+            .iter()
+            .map(|c| std::fs::read(vectors.join(c.as_str().expect("path"))).expect("chain member"))
+            .collect();
+        assert_eq!(
+            spec_chain_error(&chain, &delta),
+            j["error"].as_str(),
+            "{name}"
+        );
+
+        let t = TempRepo::new();
+        chain.iter().for_each(|b| {
+            commit(&t.repo(), "v", b);
+        });
+        let seq = commit(&t.repo(), "v", &delta).to_string();
+        let v = t.run(&["verify", "v", "--data"]);
+        assert_eq!(v.code, Some(4), "{name}: verify --data\n{}", v.show());
+        let out = t.path("out.img");
+        let r = t.run(&["restore", "v", out.to_str().expect("utf-8"), "--at", &seq]);
+        assert_eq!(r.code, Some(1), "{name}: restore\n{}", r.show());
+    }
+    assert!(n >= 6, "chain vectors missing");
+}
