@@ -12,7 +12,10 @@
 //! `valid/NAME.tarc` must decode and verify, and `valid/NAME.json` gives every decoded
 //! field, every index entry, the digest of every block and the image digest (for a
 //! delta, also the point in time its chain restores). `invalid/NAME.tarc` must be
-//! rejected with the error kind named in `invalid/NAME.json`.
+//! rejected with the error kind named in `invalid/NAME.json`; `rules.rs` makes those that
+//! break one rule each (with `parts.rs`, which lays an archive out again). `chains/`
+//! holds deltas valid alone that break a chain rule, and `repository.rs` writes
+//! `repository/`, a repository tree with its expected listing (`tests/it/repo_vector.rs`).
 
 mod parts;
 mod repository;
