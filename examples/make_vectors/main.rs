@@ -21,6 +21,8 @@ mod parts;
 mod repository;
 mod rules;
 
+use parts::Parts;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -918,26 +920,15 @@ fn zero_data_block(a: &[u8], raw_frame: usize) -> Vec<u8> {
 /// The empty archive with one byte appended to its CBOR header (inside the header
 /// length), every offset and checksum adjusted.
 fn header_trailing_byte(e: &[u8]) -> Vec<u8> {
-    let t = Trailer::decode(&e[e.len() - TRAILER_LEN..]).expect("trailer");
-    assert_eq!(t.directory_entries, 0, "the empty archive has no segments");
-    let body = t.body_offset as usize;
-    let mut v = e[..body].to_vec();
-    v.push(0);
-    let len = u32::from_le_bytes(v[12..16].try_into().expect("4 bytes")) + 1;
-    v[12..16].copy_from_slice(&len.to_le_bytes());
-    let mut nt = t;
-    nt.body_offset += 1;
-    nt.directory_offset += 1;
-    nt.encode(&mut v);
-    reseal_header(&mut v);
-    v
+    let mut p = Parts::of(e);
+    p.header.push(0);
+    p.assemble()
 }
 
-/// Rewrites an archive of only zero runs as format version 1.1 with header keys that
-/// version 1.0 does not define, shifting every offset and recomputing every checksum.
+/// Rewrites an archive as format version 1.1 with header keys that version 1.0 does not
+/// define, every offset and checksum adjusted.
 fn with_future_header(bytes: &[u8], h: &Header) -> Vec<u8> {
     use ciborium::Value as C;
-    let t = Trailer::decode(&bytes[bytes.len() - TRAILER_LEN..]).expect("trailer");
     let mut map = match C::serialized(h).expect("header value") {
         C::Map(m) => m,
         _ => unreachable!("a header is a map"),
@@ -957,28 +948,9 @@ fn with_future_header(bytes: &[u8], h: &Header) -> Vec<u8> {
         C::Text("x_future_map".into()),
         C::Map(vec![(C::Integer(1.into()), C::Bool(true))]),
     ));
-    let mut cbor = Vec::new();
-    ciborium::into_writer(&C::Map(map), &mut cbor).expect("cbor");
-    let mut v = Vec::new();
-    v.extend_from_slice(&bytes[..8]);
-    v.extend_from_slice(&1u16.to_le_bytes());
-    v.extend_from_slice(&1u16.to_le_bytes());
-    v.extend_from_slice(&(cbor.len() as u32).to_le_bytes());
-    v.extend_from_slice(&cbor);
-    let shift = v.len() as u64 - t.body_offset;
-    // Zero entries carry no offsets: only the directory entries and the trailer move.
-    v.extend_from_slice(&bytes[t.body_offset as usize..t.directory_offset as usize]);
-    let dir_start = v.len();
-    v.extend_from_slice(&bytes[t.directory_offset as usize..bytes.len() - TRAILER_LEN]);
-    for d in v[dir_start..].chunks_exact_mut(64) {
-        let off = u64::from_le_bytes(d[..8].try_into().expect("8 bytes")) + shift;
-        d[..8].copy_from_slice(&off.to_le_bytes());
-    }
-    let mut nt = t;
-    nt.body_offset += shift;
-    nt.directory_offset += shift;
-    nt.header_sha256 = Digest::of(&v[..nt.body_offset as usize]);
-    nt.directory_sha256 = Digest::of(&v[dir_start..]);
-    nt.encode(&mut v);
-    v
+    let mut p = Parts::of(bytes);
+    p.minor = 1;
+    p.header.clear();
+    ciborium::into_writer(&C::Map(map), &mut p.header).expect("cbor");
+    p.assemble()
 }
