@@ -203,8 +203,11 @@ impl Header {
         if cbor.first().is_none_or(|b| b >> 5 != 5) {
             return Err(FormatError::corrupt("header", "not a CBOR map"));
         }
+        // Keys first (streamed: values are skipped, nothing is built), then the fields.
+        ciborium::from_reader::<TextKeys, _>(cbor)
+            .map_err(|e| FormatError::corrupt("header", format!("bad CBOR: {e}")))?;
         let mut rest = cbor;
-        let value: ciborium::Value = ciborium::from_reader(&mut rest)
+        let h: Header = ciborium::from_reader(&mut rest)
             .map_err(|e| FormatError::corrupt("header", format!("bad CBOR: {e}")))?;
         if !rest.is_empty() {
             return Err(FormatError::corrupt(
@@ -212,10 +215,6 @@ impl Header {
                 format!("{} bytes after the CBOR map", rest.len()),
             ));
         }
-        check_text_keys(&value)?;
-        let h: Header = value
-            .deserialized()
-            .map_err(|e| FormatError::corrupt("header", format!("bad field: {e}")))?;
         h.geometry()?;
         for (name, id) in [("volume_id", &h.volume_id), ("archive_id", &h.archive_id)] {
             if id.len() != 32 || !id.bytes().all(|c| c.is_ascii_hexdigit()) {
@@ -246,32 +245,123 @@ impl Header {
 /// The maps whose keys FORMAT.md 5.1 defines, besides the header map itself.
 const KNOWN_MAPS: [&str; 4] = ["parent", "compression", "source", "lvm"];
 
-/// Checks that the header map and the maps of 5.1 in it have only text keys (FORMAT.md
-/// 5): serde would take an integer key for a field's position. The values of unknown
-/// keys are not looked at: they may be anything, maps with other keys included.
-fn check_text_keys(value: &ciborium::Value) -> Result<(), FormatError> {
-    let text_keys = |m: &[(ciborium::Value, ciborium::Value)], what: &str| match m
-        .iter()
-        .find(|(k, _)| !k.is_text())
-    {
-        Some((k, _)) => Err(FormatError::corrupt(
-            "header",
-            format!("{what} has a key that is not a text string: {k:?}"),
-        )),
-        None => Ok(()),
-    };
-    let ciborium::Value::Map(top) = value else {
-        return Err(FormatError::corrupt("header", "not a CBOR map"));
-    };
-    text_keys(top, "the header map")?;
-    for (k, v) in top {
-        if let (Some(name), ciborium::Value::Map(m)) = (k.as_text(), v)
-            && KNOWN_MAPS.contains(&name)
-        {
-            text_keys(m, name)?;
+/// A header map whose keys, and those of the maps of 5.1 in it, are text (FORMAT.md 5):
+/// serde would take an integer key for a field's position. The values of unknown keys
+/// are skipped unread: they may be anything, maps with other keys included.
+struct TextKeys;
+
+/// A map key that must be a text string.
+struct TextKey(String);
+
+/// The value of a known key: if it is a map, its keys must be text.
+struct KnownValue;
+
+fn not_text<E: serde::de::Error>(what: &str) -> E {
+    E::custom(format!("a map key is {what}, not a text string"))
+}
+
+impl<'de> Deserialize<'de> for TextKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = TextKey;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a text key")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<TextKey, E> {
+                Ok(TextKey(v.to_string()))
+            }
+            fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<TextKey, E> {
+                Err(not_text("an integer"))
+            }
+            fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<TextKey, E> {
+                Err(not_text("an integer"))
+            }
+            fn visit_bytes<E: serde::de::Error>(self, _: &[u8]) -> Result<TextKey, E> {
+                Err(not_text("a byte string"))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Reads a map whose keys must be text; `nested` checks the known maps inside it too.
+fn text_key_map<'de, A: serde::de::MapAccess<'de>>(
+    mut map: A,
+    nested: bool,
+) -> Result<(), A::Error> {
+    while let Some(TextKey(key)) = map.next_key()? {
+        if nested && KNOWN_MAPS.contains(&key.as_str()) {
+            map.next_value::<KnownValue>()?;
+        } else {
+            map.next_value::<serde::de::IgnoredAny>()?;
         }
     }
     Ok(())
+}
+
+impl<'de> Deserialize<'de> for KnownValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = KnownValue;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a header value")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<KnownValue, A::Error> {
+                text_key_map(map, false).map(|()| KnownValue)
+            }
+            // Anything else: the field's own type check reports it.
+            fn visit_unit<E: serde::de::Error>(self) -> Result<KnownValue, E> {
+                Ok(KnownValue)
+            }
+            fn visit_none<E: serde::de::Error>(self) -> Result<KnownValue, E> {
+                Ok(KnownValue)
+            }
+            fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<KnownValue, E> {
+                Ok(KnownValue)
+            }
+            fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<KnownValue, E> {
+                Ok(KnownValue)
+            }
+            fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<KnownValue, E> {
+                Ok(KnownValue)
+            }
+            fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<KnownValue, E> {
+                Ok(KnownValue)
+            }
+            fn visit_bytes<E: serde::de::Error>(self, _: &[u8]) -> Result<KnownValue, E> {
+                Ok(KnownValue)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<KnownValue, A::Error> {
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(KnownValue)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for TextKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = TextKeys;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a CBOR map")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<TextKeys, A::Error> {
+                text_key_map(map, true).map(|()| TextKeys)
+            }
+        }
+        d.deserialize_map(V)
+    }
 }
 
 /// A fixed header for unit tests: volume `v`, 4 KiB blocks, `size` bytes.
