@@ -203,6 +203,9 @@ impl Header {
         if cbor.first().is_none_or(|b| b >> 5 != 5) {
             return Err(FormatError::corrupt("header", "not a CBOR map"));
         }
+        // Keys first (streamed: values are skipped, nothing is built), then the fields.
+        ciborium::from_reader::<TextKeys, _>(cbor)
+            .map_err(|e| FormatError::corrupt("header", format!("bad CBOR: {e}")))?;
         let mut rest = cbor;
         let h: Header = ciborium::from_reader(&mut rest)
             .map_err(|e| FormatError::corrupt("header", format!("bad CBOR: {e}")))?;
@@ -236,6 +239,128 @@ impl Header {
             ));
         }
         Ok(h)
+    }
+}
+
+/// The maps whose keys FORMAT.md 5.1 defines, besides the header map itself.
+const KNOWN_MAPS: [&str; 4] = ["parent", "compression", "source", "lvm"];
+
+/// A header map whose keys, and those of the maps of 5.1 in it, are text (FORMAT.md 5):
+/// serde would take an integer key for a field's position. The values of unknown keys
+/// are skipped unread: they may be anything, maps with other keys included.
+struct TextKeys;
+
+/// A map key that must be a text string.
+struct TextKey(String);
+
+/// The value of a known key: if it is a map, its keys must be text.
+struct KnownValue;
+
+fn not_text<E: serde::de::Error>(what: &str) -> E {
+    E::custom(format!("a map key is {what}, not a text string"))
+}
+
+impl<'de> Deserialize<'de> for TextKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = TextKey;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a text key")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<TextKey, E> {
+                Ok(TextKey(v.to_string()))
+            }
+            fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<TextKey, E> {
+                Err(not_text("an integer"))
+            }
+            fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<TextKey, E> {
+                Err(not_text("an integer"))
+            }
+            fn visit_bytes<E: serde::de::Error>(self, _: &[u8]) -> Result<TextKey, E> {
+                Err(not_text("a byte string"))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Reads a map whose keys must be text; `nested` checks the known maps inside it too.
+fn text_key_map<'de, A: serde::de::MapAccess<'de>>(
+    mut map: A,
+    nested: bool,
+) -> Result<(), A::Error> {
+    while let Some(TextKey(key)) = map.next_key()? {
+        if nested && KNOWN_MAPS.contains(&key.as_str()) {
+            map.next_value::<KnownValue>()?;
+        } else {
+            map.next_value::<serde::de::IgnoredAny>()?;
+        }
+    }
+    Ok(())
+}
+
+impl<'de> Deserialize<'de> for KnownValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = KnownValue;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a header value")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<KnownValue, A::Error> {
+                text_key_map(map, false).map(|()| KnownValue)
+            }
+            // Anything else: the field's own type check reports it.
+            fn visit_unit<E: serde::de::Error>(self) -> Result<KnownValue, E> {
+                Ok(KnownValue)
+            }
+            fn visit_none<E: serde::de::Error>(self) -> Result<KnownValue, E> {
+                Ok(KnownValue)
+            }
+            fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<KnownValue, E> {
+                Ok(KnownValue)
+            }
+            fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<KnownValue, E> {
+                Ok(KnownValue)
+            }
+            fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<KnownValue, E> {
+                Ok(KnownValue)
+            }
+            fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<KnownValue, E> {
+                Ok(KnownValue)
+            }
+            fn visit_bytes<E: serde::de::Error>(self, _: &[u8]) -> Result<KnownValue, E> {
+                Ok(KnownValue)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<KnownValue, A::Error> {
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(KnownValue)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for TextKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = TextKeys;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a CBOR map")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<TextKeys, A::Error> {
+                text_key_map(map, true).map(|()| TextKeys)
+            }
+        }
+        d.deserialize_map(V)
     }
 }
 
@@ -473,6 +598,37 @@ mod tests {
             Header::decode(&cbor(&ciborium::Value::Map(missing))).is_err(),
             "missing key"
         );
+    }
+
+    #[test]
+    fn keys_of_the_header_and_its_maps_are_text() {
+        use ciborium::Value as C;
+        // An integer key would otherwise stand for a field by position (0: volume_name).
+        let mut m = map(&sample());
+        m[0].0 = C::Integer(0.into());
+        assert!(matches!(
+            Header::decode(&cbor(&C::Map(m))),
+            Err(FormatError::Corrupt { .. })
+        ));
+        let mut m = map(&sample());
+        for (k, v) in m.iter_mut() {
+            if k.as_text() == Some("parent")
+                && let C::Map(p) = v
+            {
+                p.push((C::Integer(9.into()), C::Bool(true)));
+            }
+        }
+        assert!(matches!(
+            Header::decode(&cbor(&C::Map(m))),
+            Err(FormatError::Corrupt { .. })
+        ));
+        // Inside the value of an unknown key, any key goes.
+        let mut m = map(&sample());
+        m.push((
+            C::Text("x_future".into()),
+            C::Map(vec![(C::Integer(1.into()), C::Bool(true))]),
+        ));
+        assert_eq!(Header::decode(&cbor(&C::Map(m))).expect("decode"), sample());
     }
 
     #[test]

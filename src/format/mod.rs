@@ -22,8 +22,8 @@ mod writer;
 pub use build::{ArchivePart, DEFAULT_ZSTD_LEVEL, FRAME_BYTES, Op, compress, push_image};
 pub use digest::{Digest, ImageHasher, ImageRun, zero_block_digest};
 pub use frame::{
-    FrameDecoder, FrameKind, compress_frame, decompress_frame,
-    frame_content_len as stored_frame_content_len,
+    FrameDecoder, FrameKind, MAX_ZSTD_WINDOW, ZstdFrameHeader, check_zstd_frame, compress_frame,
+    decompress_frame, frame_content_len as stored_frame_content_len, zstd_frame_header,
 };
 pub use geometry::{BlockSize, DEFAULT_BLOCK_SIZE, Geometry};
 #[cfg(test)]

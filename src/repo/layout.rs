@@ -15,7 +15,8 @@
 //! `<seq>` is the sequence number as 12 decimal digits so keys sort in history order;
 //! `<generation>` is 6 decimal digits from 000001 (a point whose archive was replaced
 //! by a merge; the highest generation of a seq wins); `<volume>` is the volume name
-//! with `/` written as `~`.
+//! with `/` written as `~`, which object_store percent-encodes: the key (and the
+//! directory of a local store) is `vg0%7Eweb` (FORMAT.md 15).
 
 use object_store::path::Path;
 

@@ -92,7 +92,7 @@ fn held_blocks(r: &ArchiveReader<'_>) -> BTreeMap<u64, Vec<u8>> {
 
 /// The image digest exactly as FORMAT.md defines it, from the image's blocks: a record
 /// per maximal run of all-zero blocks and one per other block.
-fn spec_image_digest(size: u64, block_size: u32, blocks: &[Vec<u8>]) -> String {
+pub(crate) fn spec_image_digest(size: u64, block_size: u32, blocks: &[Vec<u8>]) -> String {
     let mut h = Sha256::new();
     h.update(b"thinarc-image-v1");
     h.update(size.to_le_bytes());
@@ -121,7 +121,7 @@ fn spec_image_digest(size: u64, block_size: u32, blocks: &[Vec<u8>]) -> String {
 /// The point in time of the last archive of `chain` (oldest first), by the chain rule:
 /// a block comes from the newest archive holding it, unless an archive newer than that
 /// holder has the block past its end (the volume shrank); blocks nobody holds are zero.
-fn chain_point(chain: &[ArchiveReader<'_>]) -> Vec<Vec<u8>> {
+pub(crate) fn chain_point(chain: &[ArchiveReader<'_>]) -> Vec<Vec<u8>> {
     let last = chain.last().expect("non-empty chain").geometry();
     let indexes: Vec<Vec<IndexEntry>> = chain
         .iter()
@@ -308,10 +308,15 @@ fn check_valid(name: &str, bytes: &[u8], j: &Value) {
     );
     if let Some(parent) = &r.header.parent {
         let p = chain.last().expect("parent");
-        assert_eq!(parent.id, p.header.archive_id, "{name}: parent id");
+        // The link rule (11.4): by id and digest, or through `parent.image` when the
+        // parent's archive was replaced by another archive of the same point.
+        let by_id = parent.id == p.header.archive_id && parent.digest == p.trailer.trailer_sha256;
+        let by_image = parent.image == Some(p.trailer.image_digest);
+        assert!(by_id || by_image, "{name}: parent link");
         assert_eq!(
-            parent.digest, p.trailer.trailer_sha256,
-            "{name}: parent digest"
+            by_id,
+            name != "delta-relinked",
+            "{name}: only delta-relinked links through parent.image alone"
         );
         assert_eq!(parent.seq, p.header.seq, "{name}: parent seq");
         assert_eq!(p.header.volume_id, r.header.volume_id, "{name}: volume id");
@@ -385,6 +390,7 @@ fn valid_vectors_decode_as_described() {
         "delta-shrink",
         "delta-regrow",
         "delta-merged",
+        "delta-relinked",
         "full-segments",
         "empty",
         "minor-version",

@@ -18,6 +18,7 @@ mod lvm_vm;
 mod merge;
 mod prune;
 mod prune_cli;
+mod repo_vector;
 mod run;
 mod s3;
 mod s3_faults;

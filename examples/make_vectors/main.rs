@@ -12,7 +12,16 @@
 //! `valid/NAME.tarc` must decode and verify, and `valid/NAME.json` gives every decoded
 //! field, every index entry, the digest of every block and the image digest (for a
 //! delta, also the point in time its chain restores). `invalid/NAME.tarc` must be
-//! rejected with the error kind named in `invalid/NAME.json`.
+//! rejected with the error kind named in `invalid/NAME.json`; `rules.rs` makes those that
+//! break one rule each (with `parts.rs`, which lays an archive out again). `chains/`
+//! holds deltas valid alone that break a chain rule, and `repository.rs` writes
+//! `repository/`, a repository tree with its expected listing (`tests/it/repo_vector.rs`).
+
+mod parts;
+mod repository;
+mod rules;
+
+use parts::Parts;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -29,6 +38,9 @@ const BSU: usize = BS as usize;
 const VOLUME_ID: &str = "7468696e6172632d766f6c756d652d31";
 const CREATED: &str = "2026-11-22T00:00:00Z";
 const LEVEL: i32 = 3;
+
+/// An invalid vector: name, bytes, error kind, stage and description.
+type Case = (String, Vec<u8>, &'static str, &'static str, String);
 
 fn main() {
     let out = std::env::args_os()
@@ -363,6 +375,31 @@ impl Generator {
             &f,
         );
 
+        // (j) delta-relinked (version 1.1): delta-regrow's point written as a child of
+        // delta-shrink, with `parent.image`, in a repository where a merge then replaced
+        // delta-shrink's archive by delta-merged. Its link holds only through
+        // `parent.image` (section 11.4): id and digest name delta-shrink, the chain is
+        // full-small, delta-merged.
+        let hj = header(
+            "c1000000000000000000000000000009",
+            4,
+            Some(ParentRef {
+                image: Some(tf.image_digest),
+                ..parent_of(&hf, &tf)
+            }),
+            gi.size,
+        );
+        let (bj, _) = self.build(&hj, &gi, &[Item::Frame(2, 1)]);
+        self.valid(
+            "delta-relinked",
+            "format 1.1: delta-regrow's point as a child of delta-shrink with `parent.image`; \
+             delta-shrink's archive was replaced by delta-merged, so the link holds only \
+             through `parent.image`",
+            &bj,
+            &["full-small", "delta-merged"],
+            &gi,
+        );
+
         // (c) full-segments: 4400 blocks (the last one short) in more than 4096 entries,
         // so the index has two segments; every 50th block is zero, data blocks are
         // grouped in frames of up to 32 blocks, and one frame's entries straddle the
@@ -439,7 +476,9 @@ impl Generator {
             &z,
         );
 
-        self.invalid(&ba, &be);
+        self.invalid(&ba, &be, rules::cases(&ba, &bb, &bm));
+        self.chains(rules::chain_cases(&ba, &bb, &bj));
+        self.repository(&a, &b, &f, &gi);
     }
 
     /// Writes `valid/NAME.tarc` and its description. `chain` names the ancestors, oldest
@@ -563,8 +602,26 @@ impl Generator {
         self.write_json(&format!("valid/{name}.json"), &v);
     }
 
-    /// Writes the invalid vectors, derived from `full-small` (`a`) and `empty` (`e`).
-    fn invalid(&mut self, a: &[u8], e: &[u8]) {
+    /// Writes `chains/NAME.tarc` and `chains/NAME.json`: deltas that each break a chain
+    /// rule against the valid vectors they name. Each must be a valid archive on its own.
+    fn chains(&mut self, cases: Vec<rules::ChainCase>) {
+        for (name, bytes, error, description, chain) in cases {
+            let r = ArchiveReader::open(&bytes).unwrap_or_else(|e| panic!("chains/{name}: {e}"));
+            r.verify().unwrap_or_else(|e| panic!("chains/{name}: {e}"));
+            let v = json!({
+                "description": description,
+                "file": format!("{name}.tarc"),
+                "error": error,
+                "chain": chain.iter().map(|c| format!("valid/{c}.tarc")).collect::<Vec<_>>(),
+            });
+            self.write(&format!("chains/{name}.tarc"), &bytes);
+            self.write_json(&format!("chains/{name}.json"), &v);
+        }
+    }
+
+    /// Writes the invalid vectors, derived from `full-small` (`a`) and `empty` (`e`), and
+    /// those of [`rules::cases`] (`more`).
+    fn invalid(&mut self, a: &[u8], e: &[u8], more: Vec<Case>) {
         let t = Trailer::decode(&a[a.len() - TRAILER_LEN..]).expect("trailer");
         let r = ArchiveReader::open(a).expect("open");
         let entries = r.entries().expect("entries");
@@ -583,7 +640,7 @@ impl Generator {
         let seg = u64::from_le_bytes(a[dir..dir + 8].try_into().expect("8 bytes")) as usize;
         let trl = a.len() - TRAILER_LEN;
         let body = t.body_offset as usize;
-        let mut cases: Vec<(String, Vec<u8>, &str, &str, String)> = Vec::new();
+        let mut cases: Vec<Case> = Vec::new();
         let mut case =
             |name: &str, bytes: Vec<u8>, error: &'static str, stage: &'static str, d: String| {
                 cases.push((name.to_string(), bytes, error, stage, d));
@@ -754,6 +811,7 @@ impl Generator {
             "the empty archive with one byte after the CBOR header map, inside the header length; offsets and checksums recomputed".into(),
         );
 
+        cases.extend(more);
         let mut index = BTreeMap::new();
         for (name, bytes, error, stage, description) in cases {
             self.write(&format!("invalid/{name}.tarc"), &bytes);
@@ -764,14 +822,30 @@ impl Generator {
                 "stage": stage,
             });
             self.write_json(&format!("invalid/{name}.json"), &v);
-            index.insert(name, error);
+            assert!(
+                index.insert(name, (error, stage)).is_none(),
+                "two invalid vectors of one name"
+            );
         }
         // Every invalid vector must be rejected by the reference reader as described.
-        for name in index.keys() {
+        for (name, want) in &index {
             let bytes =
                 std::fs::read(self.out.join(format!("invalid/{name}.tarc"))).expect("read back");
-            let res = ArchiveReader::open(&bytes).and_then(|r| r.entries().and(r.verify()));
-            assert!(res.is_err(), "invalid/{name} was accepted");
+            let got = match ArchiveReader::open(&bytes) {
+                Err(e) => ("open", e),
+                Ok(r) => match r.entries().and_then(|_| r.verify()) {
+                    Err(e) if r.entries().is_err() => ("entries", e),
+                    Err(e) => ("verify", e),
+                    Ok(()) => panic!("invalid/{name} was accepted"),
+                },
+            };
+            let kind = format!("{:?}", got.1);
+            assert!(
+                kind.starts_with(want.0) && got.0 == want.1,
+                "invalid/{name}: expected {want:?}, got {} {}",
+                got.0,
+                got.1
+            );
         }
     }
 }
@@ -846,26 +920,15 @@ fn zero_data_block(a: &[u8], raw_frame: usize) -> Vec<u8> {
 /// The empty archive with one byte appended to its CBOR header (inside the header
 /// length), every offset and checksum adjusted.
 fn header_trailing_byte(e: &[u8]) -> Vec<u8> {
-    let t = Trailer::decode(&e[e.len() - TRAILER_LEN..]).expect("trailer");
-    assert_eq!(t.directory_entries, 0, "the empty archive has no segments");
-    let body = t.body_offset as usize;
-    let mut v = e[..body].to_vec();
-    v.push(0);
-    let len = u32::from_le_bytes(v[12..16].try_into().expect("4 bytes")) + 1;
-    v[12..16].copy_from_slice(&len.to_le_bytes());
-    let mut nt = t;
-    nt.body_offset += 1;
-    nt.directory_offset += 1;
-    nt.encode(&mut v);
-    reseal_header(&mut v);
-    v
+    let mut p = Parts::of(e);
+    p.header.push(0);
+    p.assemble()
 }
 
-/// Rewrites an archive of only zero runs as format version 1.1 with header keys that
-/// version 1.0 does not define, shifting every offset and recomputing every checksum.
+/// Rewrites an archive as format version 1.1 with header keys that version 1.0 does not
+/// define, every offset and checksum adjusted.
 fn with_future_header(bytes: &[u8], h: &Header) -> Vec<u8> {
     use ciborium::Value as C;
-    let t = Trailer::decode(&bytes[bytes.len() - TRAILER_LEN..]).expect("trailer");
     let mut map = match C::serialized(h).expect("header value") {
         C::Map(m) => m,
         _ => unreachable!("a header is a map"),
@@ -885,28 +948,9 @@ fn with_future_header(bytes: &[u8], h: &Header) -> Vec<u8> {
         C::Text("x_future_map".into()),
         C::Map(vec![(C::Integer(1.into()), C::Bool(true))]),
     ));
-    let mut cbor = Vec::new();
-    ciborium::into_writer(&C::Map(map), &mut cbor).expect("cbor");
-    let mut v = Vec::new();
-    v.extend_from_slice(&bytes[..8]);
-    v.extend_from_slice(&1u16.to_le_bytes());
-    v.extend_from_slice(&1u16.to_le_bytes());
-    v.extend_from_slice(&(cbor.len() as u32).to_le_bytes());
-    v.extend_from_slice(&cbor);
-    let shift = v.len() as u64 - t.body_offset;
-    // Zero entries carry no offsets: only the directory entries and the trailer move.
-    v.extend_from_slice(&bytes[t.body_offset as usize..t.directory_offset as usize]);
-    let dir_start = v.len();
-    v.extend_from_slice(&bytes[t.directory_offset as usize..bytes.len() - TRAILER_LEN]);
-    for d in v[dir_start..].chunks_exact_mut(64) {
-        let off = u64::from_le_bytes(d[..8].try_into().expect("8 bytes")) + shift;
-        d[..8].copy_from_slice(&off.to_le_bytes());
-    }
-    let mut nt = t;
-    nt.body_offset += shift;
-    nt.directory_offset += shift;
-    nt.header_sha256 = Digest::of(&v[..nt.body_offset as usize]);
-    nt.directory_sha256 = Digest::of(&v[dir_start..]);
-    nt.encode(&mut v);
-    v
+    let mut p = Parts::of(bytes);
+    p.minor = 1;
+    p.header.clear();
+    ciborium::into_writer(&C::Map(map), &mut p.header).expect("cbor");
+    p.assemble()
 }
