@@ -27,23 +27,21 @@ mod data;
 mod index;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
 use serde::Serialize;
 
 use crate::format::ImageHasher;
-use crate::lvm::LvName;
 use crate::progress::Progress;
 use crate::repo::{
     CatalogProblem, ChainCursor, Commit, DamageKind, DamageRecord, PointSelector, RemoteArchive,
     RepoError, Repository, Resolved, VolumeName, chain_damage, clock_went_back,
 };
-use crate::source::RawSource;
 use crate::source::lvm::ActiveBase;
 use crate::source::lvm::LvmSourceError;
 use crate::source::source_image_digest;
+use crate::source::{RawSource, SourceSpec};
 
 /// How much block data to read.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -65,27 +63,9 @@ pub struct VerifyOptions {
     /// Block data to read.
     pub data: DataCheck,
     /// Compare this source with the latest point of `volume`.
-    pub source: Option<VerifySource>,
+    pub source: Option<SourceSpec>,
     /// Blocks decoded in parallel.
     pub threads: usize,
-}
-
-/// What `--source` names.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum VerifySource {
-    /// An image file or block device, read as it is now.
-    Path(PathBuf),
-    /// A thin LV (`lvm:VG/LV`): its thinarc base snapshot is read.
-    Lvm(LvName),
-}
-
-impl std::fmt::Display for VerifySource {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            VerifySource::Path(p) => write!(f, "{}", p.display()),
-            VerifySource::Lvm(lv) => write!(f, "lvm:{lv}"),
-        }
-    }
 }
 
 /// One problem found.
@@ -533,7 +513,7 @@ pub(super) fn describe(e: &RepoError) -> String {
 /// Reads `src` in full and compares its image digest with `latest`'s. An LVM source
 /// is read through its base snapshot, activated for the read only.
 async fn compare_source(
-    src: &VerifySource,
+    src: &SourceSpec,
     latest: &RemoteArchive,
     opts: &VerifyOptions,
     progress: &Arc<Progress>,
@@ -543,12 +523,12 @@ async fn compare_source(
         source,
     };
     let (source, _active, label) = match src {
-        VerifySource::Path(p) => (
+        SourceSpec::Path(p) => (
             RawSource::open(p).map_err(|e| failed(e.into()))?,
             None,
             src.to_string(),
         ),
-        VerifySource::Lvm(lv) => {
+        SourceSpec::Lvm(lv) => {
             let (active, source) = ActiveBase::open(lv, &latest.header).map_err(failed)?;
             let label = format!("{src} (snapshot {})", active.snapshot());
             (source, Some(active), label)
