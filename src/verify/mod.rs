@@ -35,8 +35,8 @@ use serde::Serialize;
 use crate::format::ImageHasher;
 use crate::progress::Progress;
 use crate::repo::{
-    CatalogProblem, ChainCursor, Commit, DamageKind, DamageRecord, PointSelector, RemoteArchive,
-    RepoError, Repository, Resolved, VolumeName, chain_damage, clock_went_back,
+    ArchiveId, CatalogProblem, ChainCursor, Commit, DamageKind, DamageRecord, PointSelector,
+    RemoteArchive, RepoError, Repository, Resolved, VolumeName, chain_damage, clock_went_back,
 };
 use crate::source::lvm::ActiveBase;
 use crate::source::lvm::LvmSourceError;
@@ -76,7 +76,7 @@ pub struct Problem {
     /// Sequence number of the point or archive concerned.
     pub seq: Option<u64>,
     /// Archive id concerned.
-    pub archive: Option<String>,
+    pub archive: Option<ArchiveId>,
     /// First block concerned.
     pub block: Option<u64>,
     /// What is wrong.
@@ -107,7 +107,7 @@ pub struct SourceCheck {
     /// The point compared with.
     pub seq: u64,
     /// Its archive id.
-    pub archive: String,
+    pub archive: ArchiveId,
     /// The point's image digest.
     pub expected: String,
     /// The source's image digest.
@@ -285,7 +285,7 @@ async fn check_volume(
     }
     // What is found damaged, by archive id: recorded for later runs, and every point
     // that depends on it is named.
-    let mut damage: HashMap<String, DamageRecord> = HashMap::new();
+    let mut damage: HashMap<ArchiveId, DamageRecord> = HashMap::new();
     let mut damaged = |c: &Commit, kind: DamageKind, blocks: Option<u64>, detail: &str| {
         let r = damage.entry(c.archive_id.clone()).or_insert_with(|| {
             DamageRecord::new(
