@@ -210,3 +210,91 @@ fn bad_retention_is_refused_with_one_message_from_prune_and_from_the_config() {
     }
     assert!(!t.repo().join("volumes").exists(), "nothing was backed up");
 }
+
+/// Archive ids are checked where they enter: a commit marker whose id is not 32
+/// lowercase hex digits is a corrupt marker (named, with the way back); a damage record
+/// naming no valid archive id is not taken for one; a point selector that is no seq and
+/// no id prefix is a usage error.
+#[test]
+fn bad_archive_ids_are_refused_where_they_enter() {
+    let t = TempRepo::new();
+    let img = t.path("v.img");
+    write(&img, &crate::util::make_image(1 << 16, 11));
+    let img = img.display().to_string();
+    t.ok(&["-q", "backup", &img, "--volume", "v"]);
+    t.ok(&["-q", "backup", &img, "--volume", "v"]);
+    let marker = t.repo().join("volumes/v/commits/000000000002");
+    let text = String::from_utf8(crate::util::read(&marker)).unwrap();
+    let m: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let id = m["archive"].as_str().unwrap().to_string();
+
+    // A damage record whose archive is no id: ignored (records are derived).
+    let record = serde_json::json!({
+        "archive": "not-an-id", "seq": 2, "object": m["object"], "kind": "archive",
+        "blocks": [], "detail": "d", "found_at": "2026-11-30T00:00:00Z", "found_by": "verify",
+    });
+    let damage = t.repo().join("volumes/v/damage");
+    std::fs::create_dir_all(&damage).unwrap();
+    write(
+        &damage.join("not-an-id"),
+        &serde_json::to_vec(&record).unwrap(),
+    );
+    let l = t.run(&["list", "v"]);
+    assert_eq!(l.code, Some(0), "{}", l.show());
+    assert!(!l.stdout.contains("DAMAGED"), "{}", l.show());
+    std::fs::remove_dir_all(&damage).unwrap();
+
+    // The id of the marker spelled in upper case: corrupt, not another spelling.
+    let upper = id.to_ascii_uppercase();
+    write(
+        &marker,
+        text.replacen(
+            &format!("\"archive\": \"{id}\""),
+            &format!("\"archive\": \"{upper}\""),
+            1,
+        )
+        .as_bytes(),
+    );
+    let l = t.run(&["list", "v"]);
+    assert_eq!(l.code, Some(1), "{}", l.show());
+    assert!(
+        l.stdout.contains(&format!(
+            "DAMAGED: commit marker volumes/v/commits/000000000002 is corrupt (archive \"{upper}\" is not 32 lowercase hex digits at line 2 column 47): run `thinarc repair v`"
+        )),
+        "{}",
+        l.show()
+    );
+    let v = t.run(&["verify", "v"]);
+    assert_eq!(v.code, Some(4), "{}", v.show());
+    assert!(
+        v.stdout.contains(&format!(
+            "archive \"{upper}\" is not 32 lowercase hex digits"
+        )),
+        "{}",
+        v.show()
+    );
+
+    let out = t.run(&[
+        "restore",
+        "v",
+        t.path("x.img").to_str().unwrap(),
+        "--at",
+        "12345g",
+    ]);
+    assert_eq!(out.code, Some(2), "{}", out.show());
+    assert_eq!(
+        out.stderr.lines().next().unwrap(),
+        "error: invalid value '12345g' for '--at <AT>': \"12345g\" is not `latest`, a sequence number or an archive id"
+    );
+    // An id prefix typed in upper case still names the point.
+    t.ok(&["repair", "v"]);
+    let at = id[..8].to_ascii_uppercase();
+    let out = t.run(&[
+        "restore",
+        "v",
+        t.path("y.img").to_str().unwrap(),
+        "--at",
+        &at,
+    ]);
+    assert_eq!(out.code, Some(0), "{}", out.show());
+}
