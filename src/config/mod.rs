@@ -3,7 +3,9 @@
 //!
 //! Everything is checked when the file is loaded, before any work starts: unknown
 //! keys, wrong types, bad sizes, rates and durations, repository locations that do not
-//! parse, references to repositories or volumes that are not defined. Each error names
+//! parse, references to repositories or volumes that are not defined. Sources and
+//! retention tables go through the parsers `backup SOURCE` and `prune --keep-*` use
+//! ([`SourceSpec::parse`], [`crate::prune::RetentionSpec::check`]). Each error names
 //! the file, the line and column, and what is wrong.
 
 mod value;
@@ -15,11 +17,11 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
+/// A volume's or copy's retention: the type `prune`'s options build, by the same check.
+pub use crate::prune::Retention;
 pub use value::{Rate, Size};
 
 use crate::format::BlockSize;
-/// A volume's or copy's retention: the same type `prune`'s options build.
-pub use crate::prune::Retention;
 use crate::prune::RetentionSpec;
 use crate::repo::{VolumeName, parse_location};
 use crate::source::SourceSpec;
