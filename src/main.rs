@@ -6,12 +6,11 @@ use std::process::ExitCode;
 
 mod cli;
 
-use clap::Parser as _;
 use cli::{Cli, run};
 use thinarc::logging::Sink;
 
 fn main() -> ExitCode {
-    let cli = Cli::try_parse().unwrap_or_else(|e| usage_error(e));
+    let cli = Cli::parse_checked().unwrap_or_else(|e| usage_error(e));
     let sink = Sink::detect();
     thinarc::logging::init(sink, cli.verbosity());
     tune_malloc(&cli.command);

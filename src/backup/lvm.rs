@@ -7,7 +7,7 @@ use serde::Serialize;
 use super::{BackupError, BackupOptions, BackupReport, Base, backup_from};
 use crate::lvm::{LvName, PoolLimits};
 use crate::progress::Progress;
-use crate::repo::{Repository, new_id};
+use crate::repo::{Repository, new_archive_id};
 use crate::source::lvm::{
     BaseState, LvmPlan, ThinarcSnapshot, block_size_for_chunk, snapshot_name,
 };
@@ -45,7 +45,7 @@ pub async fn backup_lvm(
             plan.pool.chunk_size,
         ))?);
     }
-    let archive_id = new_id();
+    let archive_id = new_archive_id();
     let mut prepared = plan.prepare(&archive_id, limits)?;
     opts.archive_id = Some(archive_id);
     opts.lvm = Some(prepared.record.clone());

@@ -32,9 +32,9 @@ use crate::format::{
 };
 use crate::progress::Progress;
 use crate::repo::{
-    ArchiveUpload, Chain, ChainCursor, Commit, DamageKind, DamageRecord, LEFTOVER_GRACE, LockError,
-    PointSelector, RemoteArchive, RepairScope, RepoError, Repository, VolumeName, chain_damage,
-    clock_went_back, new_id,
+    ArchiveId, ArchiveUpload, Chain, ChainCursor, Commit, DamageKind, DamageRecord, LEFTOVER_GRACE,
+    LockError, PointSelector, RemoteArchive, RepairScope, RepoError, Repository, VolumeName,
+    chain_damage, clock_went_back, new_archive_id, new_id,
 };
 use crate::source::{
     BATCH_BYTES, Batch, ChangedBlocks, RawSource, ReadPlan, SourceError, read_batches,
@@ -62,7 +62,7 @@ pub struct BackupOptions {
     pub created: Option<chrono::DateTime<chrono::Utc>>,
     /// The new archive's id, when the caller needs it before the backup (the LVM
     /// source tags its snapshot with it); a new id if `None`.
-    pub archive_id: Option<String>,
+    pub archive_id: Option<ArchiveId>,
     /// The LVM thin snapshot being read: recorded in the header (key `lvm`), and the
     /// source is described as `lvm` at the origin LV's path.
     pub lvm: Option<LvmSnapshot>,
@@ -104,13 +104,13 @@ pub struct BackupReport {
     /// Volume name.
     pub volume: String,
     /// Archive id.
-    pub archive: String,
+    pub archive: ArchiveId,
     /// Sequence number.
     pub seq: u64,
     /// Full or delta.
     pub kind: ArchiveKind,
     /// Parent archive id.
-    pub parent: Option<String>,
+    pub parent: Option<ArchiveId>,
     /// How changed blocks were found: `full`, `scan` or `changed-blocks`.
     pub method: String,
     /// Volume size in bytes.
@@ -402,6 +402,8 @@ pub async fn backup_from(
     };
     let geometry = Geometry::new(source.size(), block_size);
     let (plan, method) = read_plan(&parent, opts, geometry, &forced, !commits.is_empty())?;
+    let archive_id = opts.archive_id.clone().unwrap_or_else(new_archive_id);
+    let parent_id = parent.as_ref().map(|p| p.tip().commit.archive_id.clone());
     let header = Header {
         volume_name: volume.to_string(),
         volume_id: match (&parent, &restart) {
@@ -409,12 +411,12 @@ pub async fn backup_from(
             (None, Some((id, _))) => id.clone(),
             (None, None) => new_id(),
         },
-        archive_id: opts.archive_id.clone().unwrap_or_else(new_id),
+        archive_id: archive_id.to_string(),
         seq,
         parent: parent.as_ref().map(|p| {
             let t = p.tip();
             ParentRef {
-                id: t.header.archive_id.clone(),
+                id: t.commit.archive_id.to_string(),
                 digest: t.trailer.trailer_sha256,
                 seq: t.header.seq,
                 image: Some(t.trailer.image_digest),
@@ -454,7 +456,7 @@ pub async fn backup_from(
         repo,
         volume,
         header.seq,
-        &header.archive_id,
+        &archive_id,
         geometry.max_archive_len(),
     )
     .await?;
@@ -472,14 +474,14 @@ pub async fn backup_from(
             };
             Ok(BackupReport {
                 volume: volume.to_string(),
-                archive: header.archive_id.clone(),
+                archive: archive_id,
                 seq: header.seq,
                 kind: if header.parent.is_some() {
                     ArchiveKind::Delta
                 } else {
                     ArchiveKind::Full
                 },
-                parent: header.parent.as_ref().map(|p| p.id.clone()),
+                parent: parent_id,
                 method: method.into(),
                 size: geometry.size(),
                 block_size: block_size.get(),

@@ -1,19 +1,19 @@
 //! `thinarc backup`: back up an image file or block device.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::Args;
 
-use super::{Ctx, context_unless_locked, human, print_json, progress::Display};
+use super::{Ctx, context_unless_locked, human, print_json, progress::Display, source_spec};
 use thinarc::backup::{BackupOptions, BackupReport, backup, backup_lvm, dry_run_lvm};
 use thinarc::format::BlockSize;
-use thinarc::lvm::{LvName, PoolLimits};
+use thinarc::lvm::PoolLimits;
 use thinarc::progress::Progress;
 use thinarc::repo::{Repository, VolumeLock, VolumeName};
 use thinarc::size::parse_size;
-use thinarc::source::{RawSource, parse_changed_blocks};
+use thinarc::source::{RawSource, SourceSpec, parse_changed_blocks};
 use thinarc::status::{Operation, Record};
 
 /// Arguments of `backup`.
@@ -21,7 +21,8 @@ use thinarc::status::{Operation, Record};
 pub struct BackupArgs {
     /// Image file or block device to back up, or `lvm:VG/LV` for a thin LV (read
     /// through a thin snapshot; changed blocks from the pool's metadata).
-    pub source: PathBuf,
+    #[arg(value_parser = source_spec())]
+    pub source: SourceSpec,
     /// Volume name (default: the source's file name; `VG/LV` for `lvm:VG/LV`).
     #[arg(long)]
     pub volume: Option<String>,
@@ -61,36 +62,22 @@ fn percent(s: &str) -> Result<f64, String> {
     }
 }
 
-/// The thin LV of an `lvm:VG/LV` source, `None` for a file or device.
-///
-/// # Errors
-/// A malformed `lvm:` source.
-pub(super) fn lvm_source(source: &Path) -> anyhow::Result<Option<LvName>> {
-    match source.to_str().and_then(|s| s.strip_prefix("lvm:")) {
-        Some(spec) => Ok(Some(
-            LvName::parse(spec).map_err(|e| anyhow::anyhow!("source lvm:{e}"))?,
-        )),
-        None => Ok(None),
-    }
-}
-
 /// Runs a backup.
 pub async fn run(args: BackupArgs, ctx: &Ctx) -> anyhow::Result<()> {
-    let lv = lvm_source(&args.source)?;
+    let lv = args.source.lv();
     if lv.is_none() && args.dry_run {
         anyhow::bail!("--dry-run applies to lvm:VG/LV sources only");
     }
-    let name = match (&args.volume, &lv) {
+    let name = match (&args.volume, &args.source) {
         (Some(v), _) => v.clone(),
-        (None, Some(lv)) => lv.to_string(),
-        (None, None) => args
-            .source
+        (None, SourceSpec::Lvm(lv)) => lv.to_string(),
+        (None, SourceSpec::Path(path)) => path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .with_context(|| {
                 format!(
                     "cannot derive a volume name from {}: pass --volume",
-                    args.source.display()
+                    path.display()
                 )
             })?,
     };
@@ -115,7 +102,7 @@ pub async fn run(args: BackupArgs, ctx: &Ctx) -> anyhow::Result<()> {
         max_data: args.max_pool_data,
         max_metadata: args.max_pool_metadata,
     };
-    if let (Some(lv), true) = (&lv, args.dry_run) {
+    if let (Some(lv), true) = (lv, args.dry_run) {
         let repo = ctx.open().await?;
         let plan = dry_run_lvm(&repo, lv, &opts, limits).await?;
         if args.json {
@@ -176,27 +163,26 @@ pub async fn run(args: BackupArgs, ctx: &Ctx) -> anyhow::Result<()> {
 pub(super) async fn backup_volume(
     ctx: &Ctx,
     location: &str,
-    source: &Path,
+    source: &SourceSpec,
     opts: BackupOptions,
     limits: PoolLimits,
 ) -> anyhow::Result<BackupReport> {
     let volume = opts.volume.clone();
-    let lv = lvm_source(source)?;
-    if lv.is_none()
-        && let Err(e) = RawSource::check_kind(source)
+    if let SourceSpec::Path(path) = source
+        && let Err(e) = RawSource::check_kind(path)
     {
         // Refused before the repository is touched; the failure is recorded on this
         // host only.
-        let failed = format!("backup of {} to volume {volume} failed", source.display());
+        let failed = format!("backup of {source} to volume {volume} failed");
         let record = Record::start(Operation::Backup, &volume, location)
             .finish(Err(format!("{failed}: {e}")));
         ctx.write_record(location, None, record).await;
         return Err(anyhow::Error::new(e).context(failed));
     }
     let work = async |repo: &Repository| {
-        let raw = match &lv {
-            Some(_) => None,
-            None => Some(RawSource::open(source)?),
+        let raw = match source {
+            SourceSpec::Lvm(_) => None,
+            SourceSpec::Path(path) => Some(RawSource::open(path)?),
         };
         let lock = VolumeLock::acquire(repo, &volume, "backup").await?;
         for w in lock.broken() {
@@ -208,14 +194,18 @@ pub(super) async fn backup_volume(
             format!("backup {volume}"),
             progress.clone(),
         );
-        tracing::info!(volume = %volume, source = %source.display(), "backup started");
-        let result = match (&lv, raw) {
-            (Some(lv), _) => {
+        tracing::info!(volume = %volume, source = %source, "backup started");
+        let result = match (source, raw) {
+            (SourceSpec::Lvm(lv), _) => {
                 lock.guard(backup_lvm(repo, lv, &opts, limits, progress))
                     .await
             }
-            (None, Some(raw)) => lock.guard(backup(repo, raw, &opts, progress)).await,
-            (None, None) => unreachable!("a file or device source was opened above"),
+            (SourceSpec::Path(_), Some(raw)) => {
+                lock.guard(backup(repo, raw, &opts, progress)).await
+            }
+            (SourceSpec::Path(_), None) => {
+                unreachable!("a file or device source was opened above")
+            }
         };
         display.finish().await;
         let released = lock.release().await;
@@ -238,7 +228,7 @@ pub(super) async fn backup_volume(
         .await
         .map_err(|e| {
             context_unless_locked(e, || {
-                format!("backup of {} to volume {volume} failed", source.display())
+                format!("backup of {source} to volume {volume} failed")
             })
         })?;
     tracing::info!(

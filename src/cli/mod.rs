@@ -30,6 +30,7 @@ use clap::{Parser, Subcommand};
 use signals::interrupted;
 use thinarc::config::Config;
 use thinarc::repo::{Repository, VolumeName};
+use thinarc::source::SourceSpec;
 use thinarc::status::alert::Alert;
 use thinarc::status::{Operation, Record, Records};
 use thinarc::throttle::{RateLimiter, parse_rate};
@@ -111,6 +112,27 @@ pub enum Command {
 }
 
 impl Cli {
+    /// Parses the command line and checks what clap alone cannot (the retention a
+    /// prune's options give, by the library's check that a config's retention table
+    /// also goes through), so that every usage error exits with 2 before any work.
+    ///
+    /// # Errors
+    /// A clap error naming what is wrong.
+    pub fn parse_checked() -> Result<Cli, clap::Error> {
+        let cli = Cli::try_parse()?;
+        if let Command::Prune(p) = &cli.command
+            && let Err(e) = p.retention()
+        {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            cmd.build();
+            let prune = cmd
+                .find_subcommand_mut("prune")
+                .expect("prune is a subcommand");
+            return Err(prune.error(clap::error::ErrorKind::ValueValidation, e));
+        }
+        Ok(cli)
+    }
+
     /// The log verbosity: uses of `-v`, or -1 for `-q`.
     pub fn verbosity(&self) -> i8 {
         if self.quiet {
@@ -466,6 +488,14 @@ pub fn error_message(e: &anyhow::Error) -> String {
         }
     }
     out
+}
+
+/// clap's parser of a source (`backup SOURCE`, `verify --source`): the library's one
+/// [`SourceSpec::parse`], on the raw argument so that a path need not be UTF-8. A bad
+/// name is a usage error (exit 2).
+fn source_spec() -> impl clap::builder::TypedValueParser<Value = SourceSpec> {
+    use clap::builder::TypedValueParser as _;
+    clap::builder::OsStringValueParser::new().try_map(SourceSpec::parse)
 }
 
 /// Prints `value` as pretty JSON on stdout.

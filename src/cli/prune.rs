@@ -5,47 +5,44 @@ use std::time::Duration;
 use clap::Args;
 
 use super::{Ctx, human, print_json};
-use thinarc::prune::{PruneError, PruneOptions, PruneReport, RetentionPolicy, Within, prune};
+use thinarc::prune::{
+    PolicyError, PruneError, PruneOptions, PruneReport, Retention, RetentionSpec, prune,
+};
 use thinarc::repo::{Repository, VolumeName};
 use thinarc::status::{Operation, Record};
 
 /// Arguments of `prune`. At least one `--keep-*` option is required: a policy
-/// without any would keep only the newest point.
+/// without any would keep only the newest point. The options are checked by the
+/// library, as a config's `retention` table is ([`RetentionSpec::check`]).
 #[derive(Debug, Args)]
-#[command(group(
-    clap::ArgGroup::new("policy")
-        .multiple(true)
-        .required(true)
-        .args(["keep_last", "keep_hourly", "keep_daily", "keep_weekly", "keep_monthly", "keep_yearly", "keep_within"])
-))]
 pub struct PruneArgs {
     /// Only this volume (default: every volume).
     pub volume: Option<String>,
     /// Keep the N newest points.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, value_name = "N")]
     pub keep_last: Option<u32>,
     /// Keep the newest point of each of the N newest hours (UTC) that have points.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, value_name = "N")]
     pub keep_hourly: Option<u32>,
     /// Keep the newest point of each of the N newest days (UTC) that have points.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, value_name = "N")]
     pub keep_daily: Option<u32>,
     /// Keep the newest point of each of the N newest ISO weeks that have points.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, value_name = "N")]
     pub keep_weekly: Option<u32>,
     /// Keep the newest point of each of the N newest months that have points.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, value_name = "N")]
     pub keep_monthly: Option<u32>,
     /// Keep the newest point of each of the N newest years that have points.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, value_name = "N")]
     pub keep_yearly: Option<u32>,
     /// Keep every point created within DURATION before the newest one (e.g. 7d, 1y6m,
     /// 36h; units y, m, w, d, h).
-    #[arg(long, value_name = "DURATION", value_parser = Within::parse)]
-    pub keep_within: Option<Within>,
+    #[arg(long, value_name = "DURATION")]
+    pub keep_within: Option<String>,
     /// Rewrite a kept point as a full archive when its chain would hold more than N
     /// archives (reads and writes a whole image: see the README's cost model).
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, value_name = "N")]
     pub max_chain_length: Option<u32>,
     /// Print what would be kept, dropped and rewritten; change nothing.
     #[arg(long)]
@@ -64,25 +61,31 @@ pub struct PruneArgs {
 }
 
 impl PruneArgs {
-    fn policy(&self) -> anyhow::Result<RetentionPolicy> {
-        let policy = RetentionPolicy {
-            last: self.keep_last,
-            hourly: self.keep_hourly,
-            daily: self.keep_daily,
-            weekly: self.keep_weekly,
-            monthly: self.keep_monthly,
-            yearly: self.keep_yearly,
-            within: self.keep_within,
-        };
-        policy.check()?;
-        Ok(policy)
+    /// The retention the options give, checked as a config's retention table is.
+    ///
+    /// # Errors
+    /// [`PolicyError`] naming the option.
+    pub(super) fn retention(&self) -> Result<Retention, PolicyError> {
+        RetentionSpec {
+            keep_last: self.keep_last,
+            keep_hourly: self.keep_hourly,
+            keep_daily: self.keep_daily,
+            keep_weekly: self.keep_weekly,
+            keep_monthly: self.keep_monthly,
+            keep_yearly: self.keep_yearly,
+            keep_within: self.keep_within.clone(),
+            max_chain_length: self.max_chain_length,
+        }
+        .check()
     }
 }
 
 /// Runs a prune over one or every volume.
 pub async fn run(args: PruneArgs, ctx: &Ctx) -> anyhow::Result<()> {
-    let mut opts = PruneOptions::new(args.policy()?);
-    opts.max_chain_length = args.max_chain_length;
+    // Checked by Cli::parse_checked already.
+    let retention = args.retention()?;
+    let mut opts = PruneOptions::new(retention.policy);
+    opts.max_chain_length = retention.max_chain_length;
     opts.dry_run = args.dry_run;
     if let Some(g) = args.grace {
         opts.grace = Duration::from_secs(g);

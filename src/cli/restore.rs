@@ -73,7 +73,9 @@ pub async fn run(args: RestoreArgs, ctx: &Ctx) -> anyhow::Result<()> {
         progress.clone(),
     );
     let lv = match args.target.to_str().and_then(|s| s.strip_prefix("lvm:")) {
-        Some(spec) => Some(LvName::parse(spec).map_err(|e| anyhow::anyhow!("target lvm:{e}"))?),
+        Some(spec) => {
+            Some(LvName::parse(spec).map_err(|e| anyhow::anyhow!("target lvm:{spec}: {e}"))?)
+        }
         None => None,
     };
     if lv.is_none()

@@ -116,8 +116,7 @@ async fn steps(args: &RunArgs, ctx: &Ctx, config: &Config) -> anyhow::Result<()>
             max_data: v.max_pool_data.map_or(defaults.max_data, f64::from),
             max_metadata: v.max_pool_metadata.map_or(defaults.max_metadata, f64::from),
         };
-        let source = std::path::Path::new(&v.source);
-        let result = super::backup::backup_volume(ctx, location, source, opts, limits).await;
+        let result = super::backup::backup_volume(ctx, location, &v.source, opts, limits).await;
         let backed_up = result.is_ok();
         report(Step {
             operation: Operation::Backup,

@@ -1,19 +1,16 @@
 //! `thinarc verify`: check the repository's structure, and optionally its block data
 //! and a source, listing every problem.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use clap::Args;
 
-use super::backup::lvm_source;
-use super::{Ctx, human, print_json, progress::Display};
+use super::{Ctx, human, print_json, progress::Display, source_spec};
 use thinarc::progress::Progress;
 use thinarc::repo::{Repository, VolumeName};
+use thinarc::source::SourceSpec;
 use thinarc::status::{Operation, Record};
-use thinarc::verify::{
-    DataCheck, Problem, VerifyError, VerifyOptions, VerifyReport, VerifySource, verify,
-};
+use thinarc::verify::{DataCheck, Problem, VerifyError, VerifyOptions, VerifyReport, verify};
 
 /// Arguments of `verify`.
 #[derive(Debug, Args)]
@@ -32,8 +29,8 @@ pub struct VerifyArgs {
     pub seed: Option<u64>,
     /// Compare this image file or block device with the latest point of VOLUME; for
     /// `lvm:VG/LV`, the LV's thinarc base snapshot (what the latest point was read from).
-    #[arg(long, value_name = "SOURCE", requires = "volume")]
-    pub source: Option<PathBuf>,
+    #[arg(long, value_name = "SOURCE", requires = "volume", value_parser = source_spec())]
+    pub source: Option<SourceSpec>,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -125,15 +122,7 @@ pub async fn run(args: VerifyArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let opts = VerifyOptions {
         volume,
         data,
-        source: args
-            .source
-            .map(|p| {
-                anyhow::Ok(match lvm_source(&p)? {
-                    Some(lv) => VerifySource::Lvm(lv),
-                    None => VerifySource::Path(p),
-                })
-            })
-            .transpose()?,
+        source: args.source,
         threads: ctx.threads,
     };
     let only = opts.volume.clone();

@@ -3,7 +3,9 @@
 //!
 //! Everything is checked when the file is loaded, before any work starts: unknown
 //! keys, wrong types, bad sizes, rates and durations, repository locations that do not
-//! parse, references to repositories or volumes that are not defined. Each error names
+//! parse, references to repositories or volumes that are not defined. Sources and
+//! retention tables go through the parsers `backup SOURCE` and `prune --keep-*` use
+//! ([`SourceSpec::parse`], [`crate::prune::RetentionSpec::check`]). Each error names
 //! the file, the line and column, and what is wrong.
 //!
 //! Above the commands, below the nightly job that reads it: it turns the file into the
@@ -20,11 +22,14 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
+/// A volume's or copy's retention: the type `prune`'s options build, by the same check.
+pub use crate::prune::Retention;
 pub use value::{Rate, Size};
 
 use crate::format::BlockSize;
-use crate::prune::{PolicyError, RetentionPolicy, Within};
+use crate::prune::RetentionSpec;
 use crate::repo::{VolumeName, parse_location};
+use crate::source::SourceSpec;
 
 /// Where `thinarc run` looks for its config without `--config`.
 pub const DEFAULT_PATH: &str = "/etc/thinarc/thinarc.toml";
@@ -88,8 +93,9 @@ pub struct Config {
 pub struct Volume {
     /// Volume name in the repository.
     pub name: VolumeName,
-    /// What to back up: `lvm:VG/LV`, a block device or an image file.
-    pub source: String,
+    /// What to back up: `lvm:VG/LV`, or the absolute path of a block device or an
+    /// image file.
+    pub source: SourceSpec,
     /// Repository name (a key of [`Config::repositories`]).
     pub repository: String,
     /// Block size of a new volume.
@@ -115,50 +121,6 @@ pub struct Copy {
     pub consolidate: bool,
     /// Retention applied to the destination after copying.
     pub retention: Option<Retention>,
-}
-
-/// A retention policy from the config: the rules of `prune`'s `--keep-*` flags, and
-/// `--max-chain-length`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Retention {
-    /// What to keep.
-    pub policy: RetentionPolicy,
-    /// Consolidate a chain longer than this.
-    pub max_chain_length: Option<u32>,
-}
-
-/// A retention table as written.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRetention {
-    keep_last: Option<u32>,
-    keep_hourly: Option<u32>,
-    keep_daily: Option<u32>,
-    keep_weekly: Option<u32>,
-    keep_monthly: Option<u32>,
-    keep_yearly: Option<u32>,
-    keep_within: Option<String>,
-    max_chain_length: Option<u32>,
-}
-
-impl RawRetention {
-    /// The policy, checked as `prune` checks its flags.
-    fn parse(&self) -> Result<Retention, PolicyError> {
-        let policy = RetentionPolicy {
-            last: self.keep_last,
-            hourly: self.keep_hourly,
-            daily: self.keep_daily,
-            weekly: self.keep_weekly,
-            monthly: self.keep_monthly,
-            yearly: self.keep_yearly,
-            within: self.keep_within.as_deref().map(Within::parse).transpose()?,
-        };
-        policy.check()?;
-        Ok(Retention {
-            policy,
-            max_chain_length: self.max_chain_length.filter(|&n| n > 0),
-        })
-    }
 }
 
 #[derive(Deserialize)]
@@ -196,7 +158,7 @@ struct RawVolume {
     block_size: Option<Spanned<Size>>,
     max_pool_data: Option<Spanned<u8>>,
     max_pool_metadata: Option<Spanned<u8>>,
-    retention: Option<Spanned<RawRetention>>,
+    retention: Option<Spanned<RetentionSpec>>,
 }
 
 #[derive(Deserialize)]
@@ -208,7 +170,7 @@ struct RawCopy {
     volumes: Vec<Spanned<String>>,
     #[serde(default)]
     consolidate: bool,
-    retention: Option<Spanned<RawRetention>>,
+    retention: Option<Spanned<RetentionSpec>>,
 }
 
 /// Checks one value, keeping its span for the error.
@@ -293,10 +255,10 @@ impl Config {
                 ),
             )),
         };
-        let retention = |r: &Option<Spanned<RawRetention>>, what: &str| match r {
+        let retention = |r: &Option<Spanned<RetentionSpec>>, what: &str| match r {
             Some(r) => r
                 .get_ref()
-                .parse()
+                .check()
                 .map(Some)
                 .map_err(|e| c.error(r.span(), format!("{what}: retention: {e}"))),
             None => Ok(None),
@@ -327,7 +289,8 @@ impl Config {
                     format!("volume {name} is configured twice for repository {repository}"),
                 ));
             }
-            check_source(v.source.get_ref()).map_err(|e| c.error(v.source.span(), e))?;
+            let source = parse_source(v.source.get_ref())
+                .map_err(|e| c.error(v.source.span(), format!("{what}: {e}")))?;
             let block_size = match &v.block_size {
                 Some(s) => Some(
                     u32::try_from(s.get_ref().0)
@@ -346,7 +309,7 @@ impl Config {
                 None => None,
             };
             volumes.push(Volume {
-                source: v.source.get_ref().clone(),
+                source,
                 repository,
                 block_size,
                 max_pool_data: percent(&v.max_pool_data, "max_pool_data")?,
@@ -430,21 +393,16 @@ impl Config {
     }
 }
 
-/// Checks a volume source: `lvm:VG/LV` or an absolute path.
-fn check_source(source: &str) -> Result<(), String> {
-    if let Some(lv) = source.strip_prefix("lvm:") {
-        match lv.split_once('/') {
-            Some((vg, lv)) if !vg.is_empty() && !lv.is_empty() && !lv.contains('/') => Ok(()),
-            _ => Err(format!(
-                "source {source:?}: an LVM source is written lvm:VG/LV"
-            )),
-        }
-    } else if Path::new(source).is_absolute() {
-        Ok(())
-    } else {
-        Err(format!(
-            "source {source:?}: use lvm:VG/LV or an absolute path to a device or image file"
-        ))
+/// A volume source: `lvm:VG/LV` (by the same parser as `backup SOURCE`), or an absolute
+/// path (a run does not depend on its working directory).
+fn parse_source(source: &str) -> Result<SourceSpec, String> {
+    let quoted = crate::quote::excerpt(source);
+    match SourceSpec::parse(source) {
+        Ok(SourceSpec::Path(p)) if !p.is_absolute() => Err(format!(
+            "source {quoted}: use lvm:VG/LV or an absolute path to a device or image file"
+        )),
+        Ok(spec) => Ok(spec),
+        Err(e) => Err(format!("source {quoted}: {e}")),
     }
 }
 

@@ -139,12 +139,22 @@ fn each_mistake_names_file_line_and_problem() {
     bad(
         "source = \"lvm:vg0/web\"",
         "source = \"lvm:web\"",
-        "/etc/thinarc/t.toml:17:10: source \"lvm:web\": an LVM source is written lvm:VG/LV",
+        "/etc/thinarc/t.toml:17:10: volume vg0/web: source \"lvm:web\": an LVM source is written lvm:VG/LV",
+    );
+    bad(
+        "source = \"lvm:vg0/web\"",
+        "source = \"lvm:vg0/-web\"",
+        "/etc/thinarc/t.toml:17:10: volume vg0/web: source \"lvm:vg0/-web\": LV name \"-web\" starts with '-' (lvm(8), VALID NAMES)",
+    );
+    bad(
+        "retention = { keep_weekly = 6 }",
+        "retention = { keep_weekly = 6, max_chain_length = 0 }",
+        "/etc/thinarc/t.toml:33:13: copy to /mnt/offline/thinarc: retention: --max-chain-length must be at least 1 (leave the option out to not use it)",
     );
     bad(
         "source = \"/srv/images/db.img\"",
         "source = \"db.img\"",
-        "/etc/thinarc/t.toml:25:10: source \"db.img\": use lvm:VG/LV or an absolute path to a device or image file",
+        "/etc/thinarc/t.toml:25:10: volume images/db: source \"db.img\": use lvm:VG/LV or an absolute path to a device or image file",
     );
     bad(
         "name = \"images/db\"\nsource = \"/srv/images/db.img\"\n",

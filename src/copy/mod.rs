@@ -38,8 +38,8 @@ use crate::format::Digest;
 use crate::point::{MergeError, MergeOptions, merge};
 use crate::progress::Progress;
 use crate::repo::{
-    ArchiveUpload, Chain, Commit, LEFTOVER_GRACE, LockError, PointSelector, RemoteArchive,
-    RepoError, Repository, VolumeLock, VolumeName,
+    ArchiveId, ArchiveUpload, Chain, Commit, LEFTOVER_GRACE, LockError, PointSelector,
+    RemoteArchive, RepoError, Repository, VolumeLock, VolumeName,
 };
 
 /// Bytes of one ranged read of an archive being copied.
@@ -85,7 +85,7 @@ pub struct CopiedPoint {
     /// Sequence number.
     pub seq: u64,
     /// The archive id in the destination.
-    pub archive: String,
+    pub archive: ArchiveId,
     /// How.
     pub kind: CopyKind,
     /// Size of the archive object written.
@@ -425,7 +425,7 @@ impl VolumeCopy<'_> {
     async fn committed(
         &mut self,
         seq: u64,
-        archive: String,
+        archive: ArchiveId,
         kind: CopyKind,
         stored_bytes: u64,
         at: Option<chrono::DateTime<chrono::Utc>>,

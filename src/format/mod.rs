@@ -13,6 +13,7 @@ mod digest;
 mod frame;
 mod geometry;
 mod header;
+mod id;
 mod index;
 mod magic;
 mod reader;
@@ -29,6 +30,7 @@ pub use geometry::{BlockSize, DEFAULT_BLOCK_SIZE, Geometry};
 #[cfg(test)]
 pub(crate) use header::test_header;
 pub use header::{Compression, Header, LvmSnapshot, ParentRef, Preamble, SourceInfo};
+pub use id::{ArchiveId, ArchiveIdPrefix, InvalidArchiveId};
 pub use index::{DirEntry, EntryKind, IndexEntry, decode_segment};
 pub use magic::*;
 pub use reader::{ArchiveReader, block_from_frame, decode_directory, frame_content_len};

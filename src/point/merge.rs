@@ -56,7 +56,9 @@ use crate::format::{
     FormatError, Geometry, Header, ImageHasher, ImageRun, Op, ParentRef, SourceInfo, compress,
     stored_frame_content_len,
 };
-use crate::repo::{ArchiveUpload, Chain, ChainCursor, RepoError, Repository, VolumeName, new_id};
+use crate::repo::{
+    ArchiveId, ArchiveUpload, Chain, ChainCursor, RepoError, Repository, VolumeName, new_archive_id,
+};
 
 /// How to write a merged archive.
 #[derive(Debug, Clone)]
@@ -102,11 +104,11 @@ pub struct MergeReport {
     /// Marker generation it was committed under.
     pub generation: u32,
     /// The new archive's id.
-    pub archive: String,
+    pub archive: ArchiveId,
     /// The archive it replaces or copies (X's archive id).
-    pub replaces: String,
+    pub replaces: ArchiveId,
     /// The new parent's archive id (`None`: a full archive).
-    pub parent: Option<String>,
+    pub parent: Option<ArchiveId>,
     /// Archives of the chain whose blocks were merged (those after the parent).
     pub merged_archives: usize,
     /// Blocks the new archive holds (data and zero).
@@ -210,11 +212,13 @@ pub async fn merge(
             .then(|| old.blocks().min(geometry.blocks()).checked_sub(1))
             .flatten()
     });
+    let archive_id = new_archive_id();
+    let parent_id = parent_archive.as_ref().map(|p| p.commit.archive_id.clone());
     let header = Header {
         volume_name: volume.to_string(),
-        archive_id: new_id(),
+        archive_id: archive_id.to_string(),
         parent: parent_archive.as_ref().map(|p| ParentRef {
-            id: p.header.archive_id.clone(),
+            id: p.commit.archive_id.to_string(),
             digest: p.trailer.trailer_sha256,
             seq: p.header.seq,
             image: Some(p.trailer.image_digest),
@@ -235,7 +239,7 @@ pub async fn merge(
         dest,
         volume,
         header.seq,
-        &header.archive_id,
+        &archive_id,
         geometry.max_archive_len(),
     )
     .await?
@@ -263,9 +267,9 @@ pub async fn merge(
         volume: volume.to_string(),
         seq: header.seq,
         generation: opts.generation,
-        archive: header.archive_id,
-        replaces: tip.header.archive_id.clone(),
-        parent: header.parent.map(|p| p.id),
+        archive: archive_id,
+        replaces: tip.commit.archive_id.clone(),
+        parent: parent_id,
         merged_archives: chain.archives.len() - floor,
         blocks: stats.blocks,
         bytes_read: stats.bytes_read,

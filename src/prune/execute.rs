@@ -27,8 +27,8 @@ use super::{Node, Plan, PointPlan, PointTime, PolicyError, RetentionPolicy, Rewr
 use crate::format::{BlockSize, Geometry};
 use crate::point::{MergeError, MergeOptions, MergeReport, merge};
 use crate::repo::{
-    Commit, LEFTOVER_GRACE, LockError, PointSelector, RemoteArchive, RepoError, Repository,
-    VolumeLock, VolumeName, clock_went_back,
+    ArchiveId, Commit, LEFTOVER_GRACE, LockError, PointSelector, RemoteArchive, RepoError,
+    Repository, VolumeLock, VolumeName, clock_went_back,
 };
 
 /// Archive headers read concurrently while planning.
@@ -72,7 +72,7 @@ pub struct PointReport {
     /// Sequence number.
     pub seq: u64,
     /// Archive id before the prune.
-    pub archive: String,
+    pub archive: ArchiveId,
     /// Creation time.
     pub created: String,
     /// Whether the point stays.
@@ -177,7 +177,7 @@ pub enum PruneError {
     #[error("archive {archive} of {volume} has an unreadable creation time {created:?}")]
     BadTime {
         volume: String,
-        archive: String,
+        archive: ArchiveId,
         created: String,
     },
 }
@@ -207,7 +207,7 @@ async fn points(repo: &Repository, volume: &VolumeName) -> Result<Vec<Point>, Pr
             let created = DateTime::parse_from_rfc3339(&archive.header.created)
                 .map_err(|_| PruneError::BadTime {
                     volume: volume.to_string(),
-                    archive: archive.header.archive_id.clone(),
+                    archive: c.archive_id.clone(),
                     created: archive.header.created.clone(),
                 })?
                 .with_timezone(&Utc);

@@ -1,7 +1,8 @@
 //! Thinning a volume's history: the retention policy, planning, and prune.
 //!
 //! - [`RetentionPolicy`] (pure) decides which points to keep, by restic's and Proxmox
-//!   Backup Server's rules;
+//!   Backup Server's rules; [`RetentionSpec`] is a retention as written (prune's
+//!   options, a config's table), checked into a [`Retention`] in one place;
 //! - [`plan`] (pure) decides which kept points' archives are rewritten, onto which
 //!   parent, merging which dropped points;
 //! - [`prune`] runs it all on a volume in a crash-safe order, rewriting archives with
@@ -17,4 +18,6 @@ mod policy;
 
 pub use execute::{PointReport, PruneError, PruneOptions, PruneReport, prune};
 pub use plan::{Node, Plan, PointPlan, Rewrite, plan};
-pub use policy::{Decision, PointTime, PolicyError, RetentionPolicy, Within};
+pub use policy::{
+    Decision, PointTime, PolicyError, Retention, RetentionPolicy, RetentionSpec, Within,
+};

@@ -26,7 +26,7 @@
 //! every point in one period, whose newest by seq is kept.
 
 use chrono::{DateTime, Datelike, Months, Timelike, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// How many points to keep, by rule. `None` = the rule is not used.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -62,6 +62,69 @@ pub enum PolicyError {
     /// A count of 0.
     #[error("--keep-{0} must be at least 1 (leave the option out to not use it)")]
     ZeroCount(&'static str),
+    /// A `--max-chain-length` of 0.
+    #[error("--max-chain-length must be at least 1 (leave the option out to not use it)")]
+    ZeroChainLength,
+}
+
+/// A retention as the user writes it: `prune`'s `--keep-*` and `--max-chain-length`
+/// options, or a config's `retention` table (the same names with `_`). Both become a
+/// [`Retention`] through [`RetentionSpec::check`], with the same messages.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionSpec {
+    /// `--keep-last`.
+    pub keep_last: Option<u32>,
+    /// `--keep-hourly`.
+    pub keep_hourly: Option<u32>,
+    /// `--keep-daily`.
+    pub keep_daily: Option<u32>,
+    /// `--keep-weekly`.
+    pub keep_weekly: Option<u32>,
+    /// `--keep-monthly`.
+    pub keep_monthly: Option<u32>,
+    /// `--keep-yearly`.
+    pub keep_yearly: Option<u32>,
+    /// `--keep-within`, as written (`7d`, `1y6m`).
+    pub keep_within: Option<String>,
+    /// `--max-chain-length`.
+    pub max_chain_length: Option<u32>,
+}
+
+/// A checked retention: what to keep, and how long a chain may grow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retention {
+    /// What to keep.
+    pub policy: RetentionPolicy,
+    /// Consolidate a chain longer than this.
+    pub max_chain_length: Option<u32>,
+}
+
+impl RetentionSpec {
+    /// The retention, checked: a `keep_within` span that parses, no count of 0, at
+    /// least one rule.
+    ///
+    /// # Errors
+    /// [`PolicyError`] naming the option.
+    pub fn check(&self) -> Result<Retention, PolicyError> {
+        let policy = RetentionPolicy {
+            last: self.keep_last,
+            hourly: self.keep_hourly,
+            daily: self.keep_daily,
+            weekly: self.keep_weekly,
+            monthly: self.keep_monthly,
+            yearly: self.keep_yearly,
+            within: self.keep_within.as_deref().map(Within::parse).transpose()?,
+        };
+        policy.check()?;
+        if self.max_chain_length == Some(0) {
+            return Err(PolicyError::ZeroChainLength);
+        }
+        Ok(Retention {
+            policy,
+            max_chain_length: self.max_chain_length,
+        })
+    }
 }
 
 /// A calendar span for `--keep-within`: years and months are calendar months, days are
@@ -313,6 +376,57 @@ mod tests {
             }
         }
         points(&v.iter().map(String::as_str).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn one_check_for_every_retention_spec() {
+        let spec = |f: fn(&mut RetentionSpec)| {
+            let mut s = RetentionSpec::default();
+            f(&mut s);
+            s.check().map_err(|e| e.to_string())
+        };
+        assert_eq!(
+            spec(|s| s.max_chain_length = Some(3)),
+            Err(PolicyError::Empty.to_string())
+        );
+        assert_eq!(
+            spec(|s| s.keep_within = Some("7x".into())),
+            Err("invalid duration \"7x\": use numbers with units y, m, w, d, h (e.g. 7d, 1y6m, 36h)".into())
+        );
+        for (f, option) in [
+            (
+                (|s: &mut RetentionSpec| s.keep_last = Some(0)) as fn(&mut RetentionSpec),
+                "--keep-last",
+            ),
+            (|s| s.keep_hourly = Some(0), "--keep-hourly"),
+            (|s| s.keep_daily = Some(0), "--keep-daily"),
+            (|s| s.keep_weekly = Some(0), "--keep-weekly"),
+            (|s| s.keep_monthly = Some(0), "--keep-monthly"),
+            (|s| s.keep_yearly = Some(0), "--keep-yearly"),
+            (
+                |s| {
+                    s.keep_last = Some(1);
+                    s.max_chain_length = Some(0);
+                },
+                "--max-chain-length",
+            ),
+        ] {
+            assert_eq!(
+                spec(f),
+                Err(format!(
+                    "{option} must be at least 1 (leave the option out to not use it)"
+                ))
+            );
+        }
+        let r = spec(|s| {
+            s.keep_daily = Some(7);
+            s.keep_within = Some("1y6m".into());
+            s.max_chain_length = Some(60);
+        })
+        .unwrap();
+        assert_eq!(r.policy.daily, Some(7));
+        assert_eq!(r.policy.within.unwrap().to_string(), "1y6m");
+        assert_eq!(r.max_chain_length, Some(60));
     }
 
     #[test]

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use object_store::ObjectStoreExt;
 use object_store::path::Path;
 
-use super::{Commit, RepoError, Repository, VolumeName};
+use super::{ArchiveId, Commit, RepoError, Repository, VolumeName};
 use crate::format::{
     DIR_ENTRY_LEN, Digest, DirEntry, FormatError, Geometry, Header, IndexEntry, MAX_HEADER_LEN,
     PREAMBLE_LEN, Preamble, TRAILER_LEN, Trailer, decode_directory, decode_segment,
@@ -92,7 +92,9 @@ impl RemoteArchive {
         object: &str,
         size: u64,
     ) -> Result<RemoteArchive, RepoError> {
-        let (seq, archive_id) = parse_archive_name(object).ok_or_else(|| RepoError::BadCommit {
+        let parsed = parse_archive_name(object)
+            .and_then(|(seq, id)| Some((seq, ArchiveId::parse(id).ok()?)));
+        let (seq, archive_id) = parsed.ok_or_else(|| RepoError::BadCommit {
             key: volume.archives_prefix().join(object).to_string(),
             detail: "not an archive object name (<seq>-<archive id>.tarc)".into(),
         })?;
@@ -100,7 +102,7 @@ impl RemoteArchive {
             volume: volume.clone(),
             seq,
             generation: 0,
-            archive_id: archive_id.to_string(),
+            archive_id,
             object: object.to_string(),
             size,
             digest: Digest::default(),
@@ -186,7 +188,7 @@ impl RemoteArchive {
             }));
         }
         let header = Header::decode(&head[PREAMBLE_LEN..]).map_err(corrupt)?;
-        if header.archive_id != commit.archive_id || header.seq != commit.seq {
+        if commit.archive_id != header.archive_id || header.seq != commit.seq {
             return Err(RepoError::BadCommit {
                 key: commit.key.to_string(),
                 detail: format!(

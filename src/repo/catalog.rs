@@ -8,7 +8,7 @@ use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 
 use super::archive::parse_archive_name;
-use super::layout::{parse_commit_key, volumes_prefix};
+use super::layout::{ArchiveId, ArchiveIdPrefix, parse_commit_key, volumes_prefix};
 use super::marker::read_marker;
 use super::{RemoteArchive, RepoError, Repository, VolumeName};
 use crate::format::Digest;
@@ -27,7 +27,7 @@ pub struct Commit {
     /// replaced it (the highest generation of a seq is the committed one).
     pub generation: u32,
     /// Archive id.
-    pub archive_id: String,
+    pub archive_id: ArchiveId,
     /// Archive object name (under the volume's `archives/`).
     pub object: String,
     /// Archive object size.
@@ -53,10 +53,10 @@ pub enum PointSelector {
     /// The point with this sequence number.
     Seq(u64),
     /// The point whose archive id starts with these hex digits (at least 6).
-    Id(String),
+    Id(ArchiveIdPrefix),
     /// Six to twelve digits: a sequence number or an archive id prefix, whichever
     /// matches (refused if they match different points).
-    SeqOrId(u64, String),
+    SeqOrId(u64, ArchiveIdPrefix),
 }
 
 impl PointSelector {
@@ -71,13 +71,15 @@ impl PointSelector {
             Ok(PointSelector::Latest)
         } else if digits && s.len() < 6 {
             s.parse().map(PointSelector::Seq).map_err(|e| e.to_string())
-        } else if digits && s.len() <= 12 {
-            let seq = s
-                .parse()
-                .map_err(|e: std::num::ParseIntError| e.to_string())?;
-            Ok(PointSelector::SeqOrId(seq, s.to_string()))
-        } else if (6..=32).contains(&s.len()) && s.bytes().all(|c| c.is_ascii_hexdigit()) {
-            Ok(PointSelector::Id(s.to_ascii_lowercase()))
+        } else if let Some(prefix) = ArchiveIdPrefix::parse(s) {
+            if digits && s.len() <= 12 {
+                let seq = s
+                    .parse()
+                    .map_err(|e: std::num::ParseIntError| e.to_string())?;
+                Ok(PointSelector::SeqOrId(seq, prefix))
+            } else {
+                Ok(PointSelector::Id(prefix))
+            }
         } else {
             Err(format!(
                 "{} is not `latest`, a sequence number or an archive id",
@@ -90,11 +92,11 @@ impl PointSelector {
     /// matches several.
     fn select<'a>(&self, commits: &'a [Commit]) -> Result<Option<&'a Commit>, ()> {
         let by_seq = |seq: u64| commits.iter().filter(move |c| c.seq == seq);
-        let by_id = |prefix: &str| {
-            let prefix = prefix.to_string();
+        let by_id = |prefix: &ArchiveIdPrefix| {
+            let prefix = prefix.clone();
             commits
                 .iter()
-                .filter(move |c| c.archive_id.starts_with(prefix.as_str()))
+                .filter(move |c| prefix.matches(&c.archive_id))
         };
         let mut hits: Vec<&Commit> = match self {
             PointSelector::Latest => commits.last().into_iter().collect(),
@@ -116,7 +118,7 @@ impl std::fmt::Display for PointSelector {
         match self {
             PointSelector::Latest => f.write_str("latest"),
             PointSelector::Seq(seq) => write!(f, "{seq}"),
-            PointSelector::Id(s) | PointSelector::SeqOrId(_, s) => f.write_str(s),
+            PointSelector::Id(s) | PointSelector::SeqOrId(_, s) => f.write_str(s.as_str()),
         }
     }
 }
@@ -682,7 +684,7 @@ impl Repository {
                     rows.push(PointInfo::damaged(
                         volume,
                         c.seq,
-                        &c.archive_id,
+                        c.archive_id.as_str(),
                         c.size,
                         format!("{e}"),
                     ));
@@ -786,7 +788,7 @@ mod tests {
             volume,
             seq,
             generation: 0,
-            archive_id: id.to_string(),
+            archive_id: ArchiveId::parse(id).unwrap(),
             object: format!("{seq:012}-{id}.tarc"),
             size: 0,
             digest: Digest::default(),

@@ -13,7 +13,7 @@ use futures::StreamExt;
 use object_store::{ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 
-use super::{RepoError, Repository, VolumeName};
+use super::{ArchiveId, RepoError, Repository, VolumeName};
 
 /// Most block indexes one record lists; more damaged blocks make the record
 /// [`DamageKind::Archive`].
@@ -33,7 +33,7 @@ pub enum DamageKind {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DamageRecord {
     /// Archive id.
-    pub archive: String,
+    pub archive: ArchiveId,
     /// Seq of the point the archive belongs to.
     pub seq: u64,
     /// Archive object name.
@@ -53,7 +53,7 @@ pub struct DamageRecord {
 impl DamageRecord {
     /// A record of `kind` for archive `archive` (id), `object` at `seq`.
     pub fn new(
-        archive: &str,
+        archive: &ArchiveId,
         seq: u64,
         object: &str,
         kind: DamageKind,
@@ -61,7 +61,7 @@ impl DamageRecord {
         found_by: &str,
     ) -> Self {
         DamageRecord {
-            archive: archive.to_string(),
+            archive: archive.clone(),
             seq,
             object: object.to_string(),
             kind,
@@ -136,8 +136,12 @@ impl Repository {
     ///
     /// # Errors
     /// [`RepoError::Store`].
-    pub async fn clear_damage(&self, volume: &VolumeName, archive: &str) -> Result<(), RepoError> {
-        let key = volume.damage_prefix().join(archive);
+    pub async fn clear_damage(
+        &self,
+        volume: &VolumeName,
+        archive: &ArchiveId,
+    ) -> Result<(), RepoError> {
+        let key = volume.damage_prefix().join(archive.as_str());
         self.delete("delete damage record", &key).await
     }
 }
@@ -146,10 +150,10 @@ impl Repository {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ChainDamage {
     /// An archive of the chain recorded damaged as a whole: (archive id, seq, detail).
-    pub archive: Option<(String, u64, String)>,
+    pub archive: Option<(ArchiveId, u64, String)>,
     /// Blocks the point takes from an archive recorded damaged in those blocks:
     /// (block, archive id, seq), by block.
-    pub blocks: Vec<(u64, String, u64)>,
+    pub blocks: Vec<(u64, ArchiveId, u64)>,
 }
 
 impl ChainDamage {
@@ -164,11 +168,8 @@ impl std::fmt::Display for ChainDamage {
         if let Some((id, seq, detail)) = &self.archive {
             return write!(f, "archive {id} (seq {seq}) is damaged: {detail}");
         }
-        let mut archives: Vec<(&str, u64)> = self
-            .blocks
-            .iter()
-            .map(|(_, a, s)| (a.as_str(), *s))
-            .collect();
+        let mut archives: Vec<(&ArchiveId, u64)> =
+            self.blocks.iter().map(|(_, a, s)| (a, *s)).collect();
         archives.sort_unstable();
         archives.dedup();
         let names: Vec<String> = archives
@@ -236,7 +237,8 @@ mod tests {
 
     #[test]
     fn block_lists_are_sorted_deduplicated_and_bounded() {
-        let mut r = DamageRecord::new("ab", 2, "x.tarc", DamageKind::Blocks, "d".into(), "t");
+        let id = crate::repo::new_archive_id();
+        let mut r = DamageRecord::new(&id, 2, "x.tarc", DamageKind::Blocks, "d".into(), "t");
         r.add_blocks([9, 3, 9]);
         assert_eq!((r.kind, r.blocks.clone()), (DamageKind::Blocks, vec![3, 9]));
         r.add_blocks(0..=MAX_DAMAGED_BLOCKS as u64);

@@ -21,6 +21,7 @@
 use object_store::path::Path;
 
 use super::RepoError;
+pub use crate::format::{ArchiveId, ArchiveIdPrefix, InvalidArchiveId};
 
 /// Key of the repository config.
 pub(crate) fn config_key() -> Path {
@@ -138,7 +139,7 @@ impl VolumeName {
         self.prefix().join("clock")
     }
 
-    pub(crate) fn archive_key(&self, seq: u64, archive_id: &str) -> Path {
+    pub(crate) fn archive_key(&self, seq: u64, archive_id: &ArchiveId) -> Path {
         self.archives_prefix()
             .join(archive_object(seq, archive_id).as_str())
     }
@@ -153,8 +154,13 @@ impl std::fmt::Display for VolumeName {
 /// The name of archive `archive_id` of point `seq` under a volume's `archives/`:
 /// `<seq as 12 digits>-<archive id>.tarc` (FORMAT.md 15); parsed by
 /// `archive::parse_archive_name`.
-pub(crate) fn archive_object(seq: u64, archive_id: &str) -> String {
+pub(crate) fn archive_object(seq: u64, archive_id: &ArchiveId) -> String {
     format!("{seq:012}-{archive_id}.tarc")
+}
+
+/// A new random archive id.
+pub fn new_archive_id() -> ArchiveId {
+    ArchiveId::parse(&new_id()).expect("new_id gives 32 lowercase hex digits")
 }
 
 /// A new random 128-bit id as 32 lowercase hex digits (archive and volume ids).
@@ -186,6 +192,16 @@ pub(crate) fn parse_commit_key(seg: &str) -> Option<(u64, u32)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn archive_object_names() {
+        let id = ArchiveId::parse("0123456789abcdef0123456789abcdef").unwrap();
+        assert_eq!(
+            archive_object(7, &id),
+            "000000000007-0123456789abcdef0123456789abcdef.tarc"
+        );
+        assert_ne!(new_archive_id(), new_archive_id());
+    }
 
     #[test]
     fn commit_keys_round_trip() {

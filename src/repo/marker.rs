@@ -5,7 +5,7 @@ use object_store::ObjectStoreExt;
 use object_store::path::Path;
 use serde::{Deserialize, Serialize};
 
-use super::layout::archive_object;
+use super::layout::{ArchiveId, archive_object};
 use super::{RepoError, Repository};
 use crate::format::Digest;
 use crate::quote::excerpt;
@@ -13,8 +13,8 @@ use crate::quote::excerpt;
 /// Contents of a commit marker.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CommitMarker {
-    /// Archive id.
-    pub archive: String,
+    /// Archive id (checked as it is parsed).
+    pub archive: ArchiveId,
     /// Object name of the archive under the volume's `archives/` folder.
     pub object: String,
     /// Size of the archive object in bytes.
@@ -63,21 +63,11 @@ pub(crate) async fn read_marker(
     Ok(m)
 }
 
-/// The consistency rules of a marker of `seq` that need no archive I/O: `archive` is
-/// 32 lowercase hex digits and `object` is `<seq>-<archive>.tarc`, so a flipped byte
-/// in either makes the pair disagree; `size` holds at least a preamble and a trailer.
-/// (`digest` is checked as it is parsed.)
+/// The consistency rules of a marker of `seq` that need no archive I/O: `object` is
+/// `<seq>-<archive>.tarc`, so a flipped byte in either makes the pair disagree; `size`
+/// holds at least a preamble and a trailer. (`archive`, 32 lowercase hex digits, and
+/// `digest` are checked as they are parsed.)
 fn check_marker(seq: u64, m: &CommitMarker) -> Result<(), String> {
-    let id = m.archive.len() == 32
-        && m.archive
-            .bytes()
-            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c));
-    if !id {
-        return Err(format!(
-            "archive {} is not 32 lowercase hex digits",
-            excerpt(&m.archive)
-        ));
-    }
     let object = archive_object(seq, &m.archive);
     if m.object != object {
         return Err(format!(

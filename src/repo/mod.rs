@@ -54,7 +54,9 @@ pub use cleanup::{Cleaned, LEFTOVER_GRACE};
 pub use clock::clock_went_back;
 pub use config::RepoConfig;
 pub use damage::{ChainDamage, DamageKind, DamageRecord, MAX_DAMAGED_BLOCKS, chain_damage};
-pub use layout::{VolumeName, new_id};
+pub use layout::{
+    ArchiveId, ArchiveIdPrefix, InvalidArchiveId, VolumeName, new_archive_id, new_id,
+};
 pub use location::{Location, OpenedStore, open_store, parse_location};
 pub use lock::{
     DEFAULT_LOCK_TTL, HeldLock, LOCK_TTL_ENV, LockError, LockInfo, VolumeLock, break_locks,

@@ -23,7 +23,7 @@ use object_store::{
 use tokio::task::JoinHandle;
 
 use super::marker::{CommitMarker, read_marker};
-use super::{RepoError, Repository, VolumeName};
+use super::{ArchiveId, RepoError, Repository, VolumeName};
 use crate::format::Digest;
 
 /// Size of one multipart part.
@@ -39,7 +39,7 @@ pub struct ArchiveUpload {
     volume: VolumeName,
     seq: u64,
     generation: u32,
-    archive_id: String,
+    archive_id: ArchiveId,
     key: Path,
     /// `None` once finished or aborted; an upload dropped while `Some` is aborted in
     /// the background.
@@ -175,7 +175,7 @@ impl ArchiveUpload {
         repo: &Repository,
         volume: &VolumeName,
         seq: u64,
-        archive_id: &str,
+        archive_id: &ArchiveId,
         max_len: u64,
     ) -> Result<Self, RepoError> {
         let key = volume.archive_key(seq, archive_id);
@@ -189,7 +189,7 @@ impl ArchiveUpload {
             volume: volume.clone(),
             seq,
             generation: 0,
-            archive_id: archive_id.to_string(),
+            archive_id: archive_id.clone(),
             key,
             upload: Some(WriteMultipart::new_with_chunk_size(
                 upload,

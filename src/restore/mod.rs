@@ -27,7 +27,7 @@ use crate::format::{Digest, FormatError, Geometry, ImageHasher};
 use crate::point::ReadError;
 use crate::point::read::{BufferPool, Decoded, Span, read_units};
 use crate::progress::Progress;
-use crate::repo::{ChainCursor, PointSelector, RepoError, Repository, VolumeName};
+use crate::repo::{ArchiveId, ChainCursor, PointSelector, RepoError, Repository, VolumeName};
 use crate::source::{RawSource, SourceError, source_image_digest};
 use crate::target::{BeyondVolume, FileTarget, TargetError};
 
@@ -73,7 +73,7 @@ pub struct RestoreReport {
     /// Volume name.
     pub volume: String,
     /// Archive id of the point.
-    pub archive: String,
+    pub archive: ArchiveId,
     /// Sequence number of the point.
     pub seq: u64,
     /// Volume size in bytes.
@@ -129,7 +129,7 @@ pub enum RestoreError {
         "restored image digest {actual} does not match archive {archive} ({expected}); the target is not a faithful copy"
     )]
     ImageMismatch {
-        archive: String,
+        archive: ArchiveId,
         expected: Digest,
         actual: Digest,
     },
@@ -304,7 +304,7 @@ pub async fn restore(
     })?;
     if actual != tip.trailer.image_digest {
         return Err(RestoreError::ImageMismatch {
-            archive: tip.header.archive_id.clone(),
+            archive: tip.commit.archive_id.clone(),
             expected: tip.trailer.image_digest,
             actual,
         });
@@ -314,7 +314,7 @@ pub async fn restore(
         .finish()?;
     Ok(RestoreReport {
         volume: volume.to_string(),
-        archive: tip.header.archive_id.clone(),
+        archive: tip.commit.archive_id.clone(),
         seq: tip.header.seq,
         size: geometry.size(),
         chain_length: chain.archives.len(),

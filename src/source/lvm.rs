@@ -20,7 +20,7 @@ use std::ops::Range;
 
 use serde::Serialize;
 
-use crate::format::{Header, LvmSnapshot};
+use crate::format::{ArchiveId, Header, LvmSnapshot};
 use crate::lvm::{
     LvInfo, LvName, Lvm, LvmError, MetadataSnapshot, NO_ARCHIVE, PoolLimits, PoolLock, PoolProblem,
     PoolStatus, check_pool, dm_name, parse_pool_status, run_tool, thin_delta, thin_dump_mapped,
@@ -236,7 +236,7 @@ impl LvmPlan {
     /// [`LvmSourceError`]; anything created is removed again.
     pub fn prepare(
         self,
-        archive_id: &str,
+        archive_id: &ArchiveId,
         limits: PoolLimits,
     ) -> Result<PreparedLvm, LvmSourceError> {
         self.check_pool(limits)?;
@@ -251,8 +251,11 @@ impl LvmPlan {
                 Err(e) => warnings.push(format!("could not remove stray thinarc snapshot {what}: {e}")),
             }
         }
-        let snap_name = snapshot_name(&self.name.lv, archive_id);
-        let (t_origin, t_archive) = (origin_tag(&self.origin.lv_uuid), archive_tag(archive_id));
+        let snap_name = snapshot_name(&self.name.lv, archive_id.as_str());
+        let (t_origin, t_archive) = (
+            origin_tag(&self.origin.lv_uuid),
+            archive_tag(archive_id.as_str()),
+        );
         Lvm.run(
             "lvcreate",
             &[

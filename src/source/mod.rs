@@ -1,6 +1,7 @@
 //! Where blocks come from: an image file or block device read in block order, an LVM
 //! thin LV read through a snapshot ([`lvm`]), and the plan of which blocks to read
-//! (everything, or a changed-block list).
+//! (everything, or a changed-block list); and what a user names as a source
+//! ([`SourceSpec`]: `lvm:VG/LV` or a path), parsed in one place.
 //!
 //! A source only reads; it knows nothing of archives or repositories.
 //!
@@ -12,10 +13,12 @@ mod blocks;
 mod changed;
 pub mod lvm;
 mod raw;
+mod spec;
 
 pub use blocks::{BATCH_BYTES, Batch, is_zero, read_batches, source_image_digest};
 pub use changed::{ChangedBlocks, ChangedBlocksError, parse_changed_blocks};
 pub use raw::{RawSource, SourceError, file_kind};
+pub use spec::{SourceSpec, SourceSpecError};
 
 use std::ops::Range;
 

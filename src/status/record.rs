@@ -25,7 +25,7 @@ use object_store::ObjectStoreExt;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
-use crate::repo::{RepoError, Repository, VolumeName, hostname};
+use crate::repo::{ArchiveId, RepoError, Repository, VolumeName, hostname};
 
 /// The operation a record is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -94,7 +94,7 @@ pub struct Record {
     pub result: Outcome,
     /// The archive written or checked (backup: the new point's archive id).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub archive: Option<String>,
+    pub archive: Option<ArchiveId>,
     /// Sequence number of that point.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seq: Option<u64>,

@@ -48,7 +48,7 @@ pub(super) async fn check_data(
         DataCheck::Sample { percent, seed } => {
             let id = archive.commit.archive_id.clone();
             Some(Arc::new(move |_, offset| {
-                sampled(seed, percent, &id, offset)
+                sampled(seed, percent, id.as_str(), offset)
             }))
         }
         _ => None,

@@ -31,23 +31,21 @@ mod data;
 mod index;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
 use serde::Serialize;
 
 use crate::format::ImageHasher;
-use crate::lvm::LvName;
 use crate::progress::Progress;
 use crate::repo::{
-    CatalogProblem, ChainCursor, Commit, DamageKind, DamageRecord, PointSelector, RemoteArchive,
-    RepoError, Repository, Resolved, VolumeName, chain_damage, clock_went_back,
+    ArchiveId, CatalogProblem, ChainCursor, Commit, DamageKind, DamageRecord, PointSelector,
+    RemoteArchive, RepoError, Repository, Resolved, VolumeName, chain_damage, clock_went_back,
 };
-use crate::source::RawSource;
 use crate::source::lvm::ActiveBase;
 use crate::source::lvm::LvmSourceError;
 use crate::source::source_image_digest;
+use crate::source::{RawSource, SourceSpec};
 
 /// How much block data to read.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -69,27 +67,9 @@ pub struct VerifyOptions {
     /// Block data to read.
     pub data: DataCheck,
     /// Compare this source with the latest point of `volume`.
-    pub source: Option<VerifySource>,
+    pub source: Option<SourceSpec>,
     /// Blocks decoded in parallel.
     pub threads: usize,
-}
-
-/// What `--source` names.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum VerifySource {
-    /// An image file or block device, read as it is now.
-    Path(PathBuf),
-    /// A thin LV (`lvm:VG/LV`): its thinarc base snapshot is read.
-    Lvm(LvName),
-}
-
-impl std::fmt::Display for VerifySource {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            VerifySource::Path(p) => write!(f, "{}", p.display()),
-            VerifySource::Lvm(lv) => write!(f, "lvm:{lv}"),
-        }
-    }
 }
 
 /// One problem found.
@@ -100,7 +80,7 @@ pub struct Problem {
     /// Sequence number of the point or archive concerned.
     pub seq: Option<u64>,
     /// Archive id concerned.
-    pub archive: Option<String>,
+    pub archive: Option<ArchiveId>,
     /// First block concerned.
     pub block: Option<u64>,
     /// What is wrong.
@@ -131,7 +111,7 @@ pub struct SourceCheck {
     /// The point compared with.
     pub seq: u64,
     /// Its archive id.
-    pub archive: String,
+    pub archive: ArchiveId,
     /// The point's image digest.
     pub expected: String,
     /// The source's image digest.
@@ -309,7 +289,7 @@ async fn check_volume(
     }
     // What is found damaged, by archive id: recorded for later runs, and every point
     // that depends on it is named.
-    let mut damage: HashMap<String, DamageRecord> = HashMap::new();
+    let mut damage: HashMap<ArchiveId, DamageRecord> = HashMap::new();
     let mut damaged = |c: &Commit, kind: DamageKind, blocks: Option<u64>, detail: &str| {
         let r = damage.entry(c.archive_id.clone()).or_insert_with(|| {
             DamageRecord::new(
@@ -537,7 +517,7 @@ pub(super) fn describe(e: &RepoError) -> String {
 /// Reads `src` in full and compares its image digest with `latest`'s. An LVM source
 /// is read through its base snapshot, activated for the read only.
 async fn compare_source(
-    src: &VerifySource,
+    src: &SourceSpec,
     latest: &RemoteArchive,
     opts: &VerifyOptions,
     progress: &Arc<Progress>,
@@ -547,12 +527,12 @@ async fn compare_source(
         source,
     };
     let (source, _active, label) = match src {
-        VerifySource::Path(p) => (
+        SourceSpec::Path(p) => (
             RawSource::open(p).map_err(|e| failed(e.into()))?,
             None,
             src.to_string(),
         ),
-        VerifySource::Lvm(lv) => {
+        SourceSpec::Lvm(lv) => {
             let (active, source) = ActiveBase::open(lv, &latest.header).map_err(failed)?;
             let label = format!("{src} (snapshot {})", active.snapshot());
             (source, Some(active), label)

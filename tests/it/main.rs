@@ -1,5 +1,6 @@
 //! All integration tests, built as one binary (see Cargo.toml `[[test]]`).
 
+mod bad_names;
 mod campaign;
 mod chain;
 mod cli;

@@ -448,11 +448,12 @@ fn source_matches_the_latest_point_until_it_changes() {
         "{}",
         out.show()
     );
+    // A malformed lvm: source is a usage error (every class: tests/it/bad_names.rs).
     let out = t.run(&["verify", VOLUME, "--source", "lvm:vg0"]);
-    assert_eq!(out.code, Some(1));
+    assert_eq!(out.code, Some(2));
     assert_eq!(
-        out.stderr.trim(),
-        "error: source lvm:\"vg0\" is not VG/LV (names of letters, digits and + _ . -)",
+        out.stderr.lines().next().unwrap(),
+        "error: invalid value 'lvm:vg0' for '--source <SOURCE>': an LVM source is written lvm:VG/LV",
         "{}",
         out.show()
     );
