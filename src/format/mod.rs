@@ -6,7 +6,8 @@
 //! used by readers. It must not do I/O, spawn tasks or know about repositories:
 //! `format-spec/FORMAT.md` is its contract, and the two change together.
 //!
-//! Ground floor. Imports nothing of the crate; every module above may import it.
+//! Ground floor. Imports only `quote` (to cite bad input briefly); must not import
+//! anything else of the crate; every module above may import it.
 
 mod build;
 mod digest;

@@ -38,7 +38,7 @@ const COMMANDS: u8 = 4;
 /// command). Change a list together with the module's opening comment.
 const ROOMS: &[Room] = &[
     // Ground: no I/O of the repository, nothing above them.
-    room("format", 0, Only(&[])),
+    room("format", 0, Only(&["quote"])),
     room("quote", 0, Only(&[])),
     room("size", 0, Only(&["quote"])),
     room("cleanup", 0, Only(&[])),
