@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 use super::ReadError;
 pub(crate) use super::plan::FrameFilter;
 use super::plan::{Item, UnitLimits, Work, plan_works};
-use crate::format::{Digest, FrameDecoder, FrameKind, block_from_frame, stored_frame_content_len};
+use crate::format::{BlockCheck, Digest, FrameDecoder, FrameKind, stored_frame_content_len};
 use crate::repo::{Chain, ChainCursor, Repository};
 
 /// Work unit size and range reads in flight, by store. Bigger reads matter most: a
@@ -166,7 +166,9 @@ impl<T, E> Units<T, E> {
 
 /// Streams the runs `cursor` yields over `chain` (whose tip is the point read), up to
 /// block `end`, as decoded units passed through `step` on the blocking pool; `threads`
-/// units are decoded at a time. Every data block is checked against its digest.
+/// units are decoded at a time. Every data block is checked with the format's
+/// [`BlockCheck`], and the index of every archive read in full with its `IndexCheck`
+/// ([`ChainCursor::checked`]).
 pub(crate) fn read_units<T, E, F>(
     repo: &Repository,
     chain: Arc<Chain>,
@@ -216,7 +218,14 @@ where
     let (limits, fetches) = tuning(repo);
     let (tx, rx) = tokio::sync::mpsc::channel::<Work>(2 * fetches);
     let block_size = u64::from(chain.tip().geometry().block_size().get());
-    let planner = tokio::spawn(plan_works(cursor, end, block_size, limits, mode.keep, tx));
+    let planner = tokio::spawn(plan_works(
+        cursor.checked(),
+        end,
+        block_size,
+        limits,
+        mode.keep,
+        tx,
+    ));
     let works = futures::stream::unfold(rx, |mut rx| async { rx.recv().await.map(|w| (w, rx)) });
     let step = Arc::new(step);
     let fetch_chain = chain.clone();
@@ -249,10 +258,12 @@ async fn fetch(chain: Arc<Chain>, w: Work) -> Result<(Work, Vec<Bytes>), ReadErr
 }
 
 /// Per-thread decoding state, reused across work units so that steady-state decoding
-/// allocates nothing: a zstd context, and per archive of the chain the index of the
-/// frame it holds decoded and that frame's content.
+/// allocates nothing: a zstd context, the block check of the chain's geometry, and per
+/// archive of the chain the index of the frame it holds decoded and that frame's
+/// content.
 struct Scratch {
     decoder: FrameDecoder,
+    check: Option<BlockCheck>,
     frames: Vec<(Option<usize>, Vec<u8>)>,
 }
 
@@ -278,6 +289,7 @@ fn decode(
                     key: String::new(),
                     source,
                 })?,
+                check: None,
                 frames: Vec::new(),
             }),
         };
@@ -295,6 +307,10 @@ fn decode_with(
     stored: bool,
 ) -> Result<Decoded, ReadError> {
     let geometry = chain.tip().geometry();
+    let check = match scratch.check {
+        Some(c) if c.geometry() == geometry => c,
+        _ => *scratch.check.insert(BlockCheck::new(geometry)),
+    };
     // Names the archive only when there is an error: this sits on the per-block path.
     let (fetches, frames) = (&w.fetches, &w.frames);
     let corrupt = |frame: usize| {
@@ -366,7 +382,7 @@ fn decode_with(
                         (Err(e), OnBad::Fail) => return Err(corrupt(f)(e)),
                     }
                 }
-                let data = match block_from_frame(&geometry, content, block, slot, digest) {
+                let data = match check.block(content, block, slot, digest) {
                     Ok(data) => data,
                     Err(error) if on_bad == OnBad::Record => {
                         d.bad.push(BadBlock { block, error });
