@@ -76,21 +76,7 @@ pub fn check_ends(head: &[u8], tail: &[u8], len: u64) -> Result<(Preamble, Trail
 /// [`FormatError::ChecksumMismatch`], or [`FormatError::Corrupt`] for a header that
 /// breaks a rule of §5.2.
 pub fn check_header(head: &[u8], trailer: &Trailer) -> Result<(Header, Geometry), FormatError> {
-    if head.len() as u64 != trailer.body_offset {
-        return Err(FormatError::Truncated {
-            what: "header",
-            needed: trailer.body_offset,
-            available: head.len() as u64,
-        });
-    }
-    let actual = Digest::of(head);
-    if actual != trailer.header_sha256 {
-        return Err(FormatError::ChecksumMismatch {
-            what: "header".into(),
-            expected: trailer.header_sha256,
-            actual,
-        });
-    }
+    check_sum("header", head, trailer.body_offset, trailer.header_sha256)?;
     let header = Header::decode(&head[PREAMBLE_LEN..])?;
     let geometry = header.geometry()?;
     Ok((header, geometry))
@@ -139,6 +125,31 @@ impl Trailer {
     }
 }
 
+/// Checks that `bytes`, the `what` of an archive, are `len` bytes with SHA-256 `sha256`.
+fn check_sum(
+    what: &'static str,
+    bytes: &[u8],
+    len: u64,
+    sha256: Digest,
+) -> Result<(), FormatError> {
+    if bytes.len() as u64 != len {
+        return Err(FormatError::Truncated {
+            what,
+            needed: len,
+            available: bytes.len() as u64,
+        });
+    }
+    let actual = Digest::of(bytes);
+    if actual != sha256 {
+        return Err(FormatError::ChecksumMismatch {
+            what: what.into(),
+            expected: sha256,
+            actual,
+        });
+    }
+    Ok(())
+}
+
 /// Decodes and validates the directory: checksum, segments in block order, inside the
 /// body and not overlapping.
 ///
@@ -150,21 +161,7 @@ pub fn decode_directory(
     geometry: &Geometry,
 ) -> Result<Vec<DirEntry>, FormatError> {
     let expected_len = u64::from(trailer.directory_entries) * DIR_ENTRY_LEN as u64;
-    if bytes.len() as u64 != expected_len {
-        return Err(FormatError::Truncated {
-            what: "directory",
-            needed: expected_len,
-            available: bytes.len() as u64,
-        });
-    }
-    let actual = Digest::of(bytes);
-    if actual != trailer.directory_sha256 {
-        return Err(FormatError::ChecksumMismatch {
-            what: "directory".into(),
-            expected: trailer.directory_sha256,
-            actual,
-        });
-    }
+    check_sum("directory", bytes, expected_len, trailer.directory_sha256)?;
     let mut out: Vec<DirEntry> = Vec::with_capacity(trailer.directory_entries as usize);
     let (mut next_block, mut next_offset) = (0u64, trailer.body_offset);
     let mut blocks = 0u64;

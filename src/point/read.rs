@@ -253,11 +253,9 @@ where
         .map_ok(move |(w, bytes)| {
             let (chain, pool, step) = (chain.clone(), pool.clone(), step.clone());
             async move {
-                tokio::task::spawn_blocking(move || {
-                    step(decode(&chain, w, bytes, &pool, flags)?)
-                })
-                .await
-                .map_err(|e| E::from(ReadError::Task(e.to_string())))?
+                tokio::task::spawn_blocking(move || step(decode(&chain, w, bytes, &pool, flags)?))
+                    .await
+                    .map_err(|e| E::from(ReadError::Task(e.to_string())))?
             }
         })
         .try_buffered(threads.max(1))

@@ -5,42 +5,15 @@
 //! valid one (with its `chain`) verifies and restores byte for byte to its `point`.
 //! The directory is iterated, so vectors added later are covered too.
 
-use std::path::{Path, PathBuf};
-
 use object_store::ObjectStoreExt;
 use object_store::path::Path as Key;
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 use thinarc::format::{Header, PREAMBLE_LEN, Preamble, TRAILER_LEN};
 
+use crate::format::{vector_dir, vectors};
 use crate::util::TempRepo;
 use crate::util::s3::moto;
-
-fn vector_dir(kind: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("format-spec/vectors")
-        .join(kind)
-}
-
-/// Every `NAME.tarc` of `valid/` or `invalid/`, with its parsed `NAME.json`.
-fn vectors(kind: &str) -> Vec<(String, Vec<u8>, Value)> {
-    let dir = vector_dir(kind);
-    let mut out: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.expect("dir entry").path())
-        .filter(|p| p.extension().is_some_and(|e| e == "tarc"))
-        .map(|p| {
-            let name = p.file_stem().expect("stem").to_string_lossy().into_owned();
-            let json = std::fs::read_to_string(p.with_extension("json"))
-                .unwrap_or_else(|e| panic!("{name}.json: {e}"));
-            let json = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{name}.json: {e}"));
-            (name, std::fs::read(&p).expect("read vector"), json)
-        })
-        .collect();
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    assert!(!out.is_empty(), "no vectors in {}", dir.display());
-    out
-}
 
 /// A repository of the vectors: one volume per vector, written straight into the
 /// local directory or the S3 bucket.
