@@ -873,4 +873,90 @@ mod tests {
             Err(FormatError::Truncated { .. })
         ));
     }
+
+    #[test]
+    fn frames_and_segments_must_tile_the_body() {
+        let mut t = Tiling::default();
+        t.add(300, 100).expect("segment");
+        t.add(100, 100).expect("frame");
+        assert!(t.add(150, 10).is_err(), "inside a frame");
+        assert!(t.add(250, 60).is_err(), "overlapping a segment");
+        assert!(t.finish(100..400).is_err(), "a gap at 200");
+        t.add(200, 100).expect("the gap filled");
+        assert_eq!(t.0.len(), 1, "runs merge");
+        t.finish(100..400).expect("tiled");
+        assert!(t.finish(100..401).is_err(), "short of the directory");
+        Tiling::default().finish(50..50).expect("an empty body");
+    }
+
+    #[test]
+    fn a_zero_block_stored_as_data_is_corrupt() {
+        let g = Geometry::new(4096 + 100, BlockSize::new(4096).expect("valid"));
+        let check = BlockCheck::new(g);
+        let zeros = vec![0u8; 4096];
+        let full = Digest::of(&zeros);
+        assert!(matches!(
+            check.block(&zeros, 0, 0, full),
+            Err(FormatError::Corrupt { what: "index", .. })
+        ));
+        let short = Digest::of(&zeros[..100]);
+        assert!(matches!(
+            check.block(&zeros[..100], 1, 0, short),
+            Err(FormatError::Corrupt { what: "index", .. })
+        ));
+        let mut one = zeros.clone();
+        one[7] = 1;
+        assert_eq!(
+            check.block(&one, 0, 0, Digest::of(&one)).expect("data"),
+            &one[..]
+        );
+        assert!(matches!(
+            check.block(&one, 0, 0, full),
+            Err(FormatError::ChecksumMismatch { .. })
+        ));
+        assert!(
+            check.block(&one, 0, 1, Digest::of(&one)).is_err(),
+            "slot outside"
+        );
+    }
+
+    #[test]
+    fn the_index_check_finds_counts_gaps_and_image() {
+        let a = small_archive();
+        let r = ArchiveReader::open(&a).expect("open");
+        let e = r.entries().expect("entries");
+        let run = |trailer: &Trailer, entries: &[IndexEntry]| {
+            let mut c = IndexCheck::new(&r.header, trailer, r.geometry(), &r.directory);
+            entries.iter().try_for_each(|x| c.push(x))?;
+            c.finish()
+        };
+        run(&r.trailer, &e).expect("the archive as written");
+        let counts = Trailer {
+            zero_blocks: 2,
+            ..r.trailer
+        };
+        assert!(matches!(
+            run(&counts, &e),
+            Err(FormatError::Corrupt {
+                what: "trailer",
+                ..
+            })
+        ));
+        let image = Trailer {
+            image_digest: Digest::default(),
+            ..r.trailer
+        };
+        assert!(matches!(
+            run(&image, &e),
+            Err(FormatError::ChecksumMismatch { .. })
+        ));
+        assert!(
+            matches!(
+                run(&r.trailer, &e[1..]),
+                Err(FormatError::Corrupt { what: "index", .. })
+            ),
+            "a full archive without block 0"
+        );
+        assert!(run(&r.trailer, &e[..2]).is_err(), "nor its last block");
+    }
 }
