@@ -218,9 +218,9 @@ pub struct IndexCheck {
     zero_blocks: u64,
     frame_bytes: u64,
     body: Tiling,
-    /// A full archive's image digest, while its entries follow each other.
+    /// A full archive's image digest, while its entries follow each other (none for
+    /// a delta, or after a gap, which `push` reports).
     image: Option<ImageHasher>,
-    full: bool,
 }
 
 impl IndexCheck {
@@ -237,7 +237,6 @@ impl IndexCheck {
             // The directory's own rules keep segments apart and inside the body.
             let _ = body.add(d.offset, d.len());
         }
-        let full = header.parent.is_none();
         IndexCheck {
             geometry,
             trailer: *trailer,
@@ -246,8 +245,7 @@ impl IndexCheck {
             zero_blocks: 0,
             frame_bytes: 0,
             body,
-            image: full.then(|| ImageHasher::new(geometry)),
-            full,
+            image: header.parent.is_none().then(|| ImageHasher::new(geometry)),
         }
     }
 
@@ -333,11 +331,8 @@ impl IndexCheck {
             ));
         }
         self.body.finish(t.body_offset..t.directory_offset)?;
-        if !self.full {
-            return Ok(());
-        }
         let Some(h) = self.image else {
-            return Ok(()); // a gap, reported by `push`
+            return Ok(());
         };
         let actual = h.finish().map_err(|e| {
             FormatError::corrupt(
