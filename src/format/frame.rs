@@ -91,6 +91,20 @@ impl FrameDecoder {
             // zstd writes at most the capacity reserved here, and a frame whose content
             // exceeds it is an error: a hostile frame cannot balloon memory.
             FrameKind::Zstd => {
+                // Exactly one zstd frame fills the stored bytes (FORMAT.md 6.1): no
+                // skippable frame after it, which zstd itself would pass over.
+                match zstd::zstd_safe::find_frame_compressed_size(stored) {
+                    Ok(n) if n == stored.len() => {}
+                    _ => {
+                        return Err(FormatError::corrupt(
+                            "frame",
+                            format!(
+                                "the {} stored bytes are not exactly one zstd frame",
+                                stored.len()
+                            ),
+                        ));
+                    }
+                }
                 out.reserve_exact(content_len);
                 self.dctx
                     .decompress_to_buffer(stored, out)
@@ -187,6 +201,24 @@ mod tests {
         assert_eq!(frame_content_len(kind, &stored).expect("len"), 4096);
         assert_eq!(decompress_frame(kind, &stored, 4096).expect("raw"), content);
         assert!(decompress_frame(kind, &stored, 4095).is_err());
+    }
+
+    #[test]
+    fn zstd_data_fills_the_frame_exactly() {
+        let mut c = zstd::bulk::Compressor::new(3).expect("zstd");
+        let content = b"thinarc ".repeat(1024);
+        let (kind, stored) = compress_frame(&content, &mut c).expect("compress");
+        let skippable = [0x50, 0x2a, 0x4d, 0x18, 4, 0, 0, 0, 1, 2, 3, 4];
+        for tail in [&skippable[..], &[0, 0, 0, 0], &stored] {
+            let mut s = stored.clone();
+            s.extend_from_slice(tail);
+            assert!(
+                decompress_frame(kind, &s, content.len()).is_err(),
+                "{} bytes after the frame",
+                tail.len()
+            );
+        }
+        assert!(decompress_frame(kind, &stored[..stored.len() - 1], content.len()).is_err());
     }
 
     #[test]
