@@ -293,6 +293,24 @@ mod tests {
     }
 
     #[test]
+    fn zstd_data_fills_the_frame_exactly() {
+        let mut c = zstd::bulk::Compressor::new(3).expect("zstd");
+        let content = b"thinarc ".repeat(1024);
+        let (kind, stored) = compress_frame(&content, &mut c).expect("compress");
+        let skippable = [0x50, 0x2a, 0x4d, 0x18, 4, 0, 0, 0, 1, 2, 3, 4];
+        for tail in [&skippable[..], &[0, 0, 0, 0], &stored] {
+            let mut s = stored.clone();
+            s.extend_from_slice(tail);
+            assert!(
+                decompress_frame(kind, &s, content.len()).is_err(),
+                "{} bytes after the frame",
+                tail.len()
+            );
+        }
+        assert!(decompress_frame(kind, &stored[..stored.len() - 1], content.len()).is_err());
+    }
+
+    #[test]
     fn limits_are_enforced() {
         let mut c = zstd::bulk::Compressor::new(1).expect("zstd");
         let big = vec![1u8; MAX_FRAME_CONTENT as usize + 1];

@@ -1,10 +1,86 @@
-//! Validating decoders for whole archives and for the pieces a ranged reader fetches.
+//! The validating reader: every rule of FORMAT.md §13, once, as sans-IO stages over the
+//! byte ranges a caller fetched (§13.2), in the order a reader meets them:
+//!
+//! 1. [`check_ends`]: the preamble and the trailer (from the first and the last bytes
+//!    of the file) and the layout they describe;
+//! 2. [`check_header`]: the header, bytes `0 .. body_offset`;
+//! 3. [`decode_directory`]: the directory;
+//! 4. [`decode_segment`](super::decode_segment): each index segment;
+//! 5. [`IndexCheck`]: the whole index, fed entry by entry in block order: frames,
+//!    trailer counts, the tiling of the body, and a full archive's coverage and image
+//!    digest;
+//! 6. [`check_frame_content`] and [`BlockCheck`]: each decoded frame and block.
+//!
+//! Readers that fetch ranges (`repo::RemoteArchive`, the point reader) and
+//! [`ArchiveReader`] (a whole archive in memory: tests, vectors, tools) drive these same
+//! functions, so a new reader of points plugs in by driving them too.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
 
 use super::{
     DIR_ENTRY_LEN, Digest, DirEntry, END_MAGIC, EntryKind, FormatError, Geometry, Header,
     ImageHasher, IndexEntry, PREAMBLE_LEN, Preamble, TRAILER_LEN, Trailer, decode_segment,
     decompress_frame, zero_block_digest,
 };
+
+/// Stages 2 to 4 of §13.2: the preamble from `head` (the first bytes of the file, at
+/// least [`PREAMBLE_LEN`] unless the file is shorter), the trailer from `tail` (the
+/// last bytes, at least [`TRAILER_LEN`] unless the file is shorter) and the layout of a
+/// file of `len` bytes. Magic and version are reported before anything else.
+///
+/// # Errors
+/// [`FormatError::BadMagic`], [`FormatError::UnsupportedVersion`],
+/// [`FormatError::Truncated`] (also for a file without its end magic),
+/// [`FormatError::ChecksumMismatch`] or [`FormatError::Corrupt`].
+pub fn check_ends(head: &[u8], tail: &[u8], len: u64) -> Result<(Preamble, Trailer), FormatError> {
+    let pre = Preamble::decode(head)?;
+    let min = (PREAMBLE_LEN + TRAILER_LEN) as u64 + u64::from(pre.header_len);
+    if len < min || tail.len() < TRAILER_LEN {
+        return Err(FormatError::Truncated {
+            what: "archive",
+            needed: min,
+            available: len,
+        });
+    }
+    let tail = &tail[tail.len() - TRAILER_LEN..];
+    if tail[TRAILER_LEN - END_MAGIC.len()..] != END_MAGIC {
+        // The preamble is fine, so this is an archive whose end is missing: most
+        // often an interrupted write, which must be reported as such, not as "not
+        // an archive". Its real length is unknown; it needs at least one more byte.
+        return Err(FormatError::Truncated {
+            what: "archive without end magic",
+            needed: len + 1,
+            available: len,
+        });
+    }
+    let trailer = Trailer::decode(tail)?;
+    trailer.check_layout(len)?;
+    let head_end = PREAMBLE_LEN as u64 + u64::from(pre.header_len);
+    if trailer.body_offset != head_end {
+        return Err(FormatError::corrupt(
+            "trailer",
+            format!(
+                "body offset {} but header ends at {head_end}",
+                trailer.body_offset
+            ),
+        ));
+    }
+    Ok((pre, trailer))
+}
+
+/// Stage 5 of §13.2: the header from `head`, bytes `0 .. trailer.body_offset` of the
+/// file, against `header_sha256`; returns it with its geometry.
+///
+/// # Errors
+/// [`FormatError::ChecksumMismatch`], or [`FormatError::Corrupt`] for a header that
+/// breaks a rule of §5.2.
+pub fn check_header(head: &[u8], trailer: &Trailer) -> Result<(Header, Geometry), FormatError> {
+    check_sum("header", head, trailer.body_offset, trailer.header_sha256)?;
+    let header = Header::decode(&head[PREAMBLE_LEN..])?;
+    let geometry = header.geometry()?;
+    Ok((header, geometry))
+}
 
 impl Trailer {
     /// Checks that the trailer's offsets describe a file of exactly `len` bytes.
@@ -49,6 +125,31 @@ impl Trailer {
     }
 }
 
+/// Checks that `bytes`, the `what` of an archive, are `len` bytes with SHA-256 `sha256`.
+fn check_sum(
+    what: &'static str,
+    bytes: &[u8],
+    len: u64,
+    sha256: Digest,
+) -> Result<(), FormatError> {
+    if bytes.len() as u64 != len {
+        return Err(FormatError::Truncated {
+            what,
+            needed: len,
+            available: bytes.len() as u64,
+        });
+    }
+    let actual = Digest::of(bytes);
+    if actual != sha256 {
+        return Err(FormatError::ChecksumMismatch {
+            what: what.into(),
+            expected: sha256,
+            actual,
+        });
+    }
+    Ok(())
+}
+
 /// Decodes and validates the directory: checksum, segments in block order, inside the
 /// body and not overlapping.
 ///
@@ -60,21 +161,7 @@ pub fn decode_directory(
     geometry: &Geometry,
 ) -> Result<Vec<DirEntry>, FormatError> {
     let expected_len = u64::from(trailer.directory_entries) * DIR_ENTRY_LEN as u64;
-    if bytes.len() as u64 != expected_len {
-        return Err(FormatError::Truncated {
-            what: "directory",
-            needed: expected_len,
-            available: bytes.len() as u64,
-        });
-    }
-    let actual = Digest::of(bytes);
-    if actual != trailer.directory_sha256 {
-        return Err(FormatError::ChecksumMismatch {
-            what: "directory".into(),
-            expected: trailer.directory_sha256,
-            actual,
-        });
-    }
+    check_sum("directory", bytes, expected_len, trailer.directory_sha256)?;
     let mut out: Vec<DirEntry> = Vec::with_capacity(trailer.directory_entries as usize);
     let (mut next_block, mut next_offset) = (0u64, trailer.body_offset);
     let mut blocks = 0u64;
@@ -116,10 +203,302 @@ pub fn decode_directory(
     Ok(out)
 }
 
-/// Reads a whole archive held in memory, checking everything it touches.
+/// Stage 5 of §13.3 over the whole index: fed every entry of an archive in block order
+/// (segment after segment), it checks the entries of each frame against each other,
+/// that frames and segments tile the body exactly, the trailer's counts and, for a full
+/// archive, that the index covers the volume and gives the trailer's image digest.
+/// Memory: one frame's entries, and the runs of the body covered so far (one run for
+/// an archive written in order).
+pub struct IndexCheck {
+    geometry: Geometry,
+    trailer: Trailer,
+    /// Entries of the frame being collected (a frame's entries may span two segments).
+    frame: Vec<IndexEntry>,
+    data_blocks: u64,
+    zero_blocks: u64,
+    frame_bytes: u64,
+    body: Tiling,
+    /// A full archive's image digest, while its entries follow each other (none for
+    /// a delta, or after a gap, which `push` reports).
+    image: Option<ImageHasher>,
+}
+
+impl IndexCheck {
+    /// A check of the archive with `header`, `trailer`, `geometry` and the (decoded)
+    /// `directory`.
+    pub fn new(
+        header: &Header,
+        trailer: &Trailer,
+        geometry: Geometry,
+        directory: &[DirEntry],
+    ) -> Self {
+        let mut body = Tiling::default();
+        for d in directory {
+            // The directory's own rules keep segments apart and inside the body.
+            let _ = body.add(d.offset, d.len());
+        }
+        IndexCheck {
+            geometry,
+            trailer: *trailer,
+            frame: Vec::new(),
+            data_blocks: 0,
+            zero_blocks: 0,
+            frame_bytes: 0,
+            body,
+            image: header.parent.is_none().then(|| ImageHasher::new(geometry)),
+        }
+    }
+
+    /// Takes the next entry of the index.
+    ///
+    /// # Errors
+    /// [`FormatError::Corrupt`] for a frame whose entries disagree or that overlaps
+    /// another frame or a segment (reported as its entries end), or a full archive
+    /// with blocks no entry covers. The check can go on after an error.
+    pub fn push(&mut self, e: &IndexEntry) -> Result<(), FormatError> {
+        let closed = match e.kind {
+            EntryKind::Data { frame_offset, .. } => {
+                let same = matches!(
+                    self.frame.first().map(|h| h.kind),
+                    Some(EntryKind::Data { frame_offset: o, .. }) if o == frame_offset
+                );
+                let closed = if same { Ok(()) } else { self.close_frame() };
+                self.frame.push(*e);
+                closed
+            }
+            EntryKind::Zero { .. } => {
+                self.zero_blocks += e.count();
+                self.close_frame()
+            }
+        };
+        if let Some(at) = self.image.as_ref().map(ImageHasher::position)
+            && at != e.block
+        {
+            self.image = None;
+            closed?;
+            return Err(FormatError::corrupt(
+                "index",
+                format!("full archive holds no entry for blocks {at}..{}", e.block),
+            ));
+        }
+        if let Some(h) = &mut self.image {
+            match e.kind {
+                EntryKind::Data { digest, .. } => h.data(&digest),
+                EntryKind::Zero { .. } => h.zeros(e.count()),
+            }
+        }
+        closed
+    }
+
+    fn close_frame(&mut self) -> Result<(), FormatError> {
+        let group = std::mem::take(&mut self.frame);
+        let Some(&IndexEntry {
+            kind:
+                EntryKind::Data {
+                    frame_offset,
+                    frame_len,
+                    ..
+                },
+            ..
+        }) = group.first()
+        else {
+            return Ok(());
+        };
+        self.data_blocks += group.len() as u64;
+        self.frame_bytes += u64::from(frame_len);
+        frame_content_len(&self.geometry, &group, frame_offset)?;
+        self.body.add(frame_offset, u64::from(frame_len))
+    }
+
+    /// Ends the check once every entry was pushed.
+    ///
+    /// # Errors
+    /// The first of: a problem with the last frame, trailer counts that differ from
+    /// the index ([`FormatError::Corrupt`]), frames and segments that do not tile the
+    /// body, a full archive that does not cover the volume, or whose image digest
+    /// differs ([`FormatError::ChecksumMismatch`]).
+    pub fn finish(mut self) -> Result<(), FormatError> {
+        self.close_frame()?;
+        let t = &self.trailer;
+        let (data, zero, bytes) = (self.data_blocks, self.zero_blocks, self.frame_bytes);
+        if (data, zero, bytes) != (t.data_blocks, t.zero_blocks, t.frame_bytes) {
+            return Err(FormatError::corrupt(
+                "trailer",
+                format!(
+                    "counts {} data blocks, {} zero blocks, {} frame bytes; the index has {data}, {zero}, {bytes}",
+                    t.data_blocks, t.zero_blocks, t.frame_bytes
+                ),
+            ));
+        }
+        self.body.finish(t.body_offset..t.directory_offset)?;
+        let Some(h) = self.image else {
+            return Ok(());
+        };
+        let actual = h.finish().map_err(|e| {
+            FormatError::corrupt(
+                "index",
+                format!("full archive does not cover the volume: {e}"),
+            )
+        })?;
+        if actual != t.image_digest {
+            return Err(FormatError::ChecksumMismatch {
+                what: "image".into(),
+                expected: t.image_digest,
+                actual,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The runs of an archive's body covered by frames and segments so far, keyed by start.
+#[derive(Default)]
+struct Tiling(BTreeMap<u64, u64>);
+
+impl Tiling {
+    /// Adds bytes `offset .. offset + len`, merging with the runs it touches.
+    fn add(&mut self, offset: u64, len: u64) -> Result<(), FormatError> {
+        let end = offset.saturating_add(len);
+        let before = self.0.range(..=offset).next_back().map(|(&s, &e)| (s, e));
+        let after = self.0.range(offset + 1..).next().map(|(&s, &e)| (s, e));
+        if before.is_some_and(|(_, e)| e > offset) || after.is_some_and(|(s, _)| s < end) {
+            return Err(FormatError::corrupt(
+                "body",
+                format!("frame or segment at offset {offset} overlaps another"),
+            ));
+        }
+        let (mut start, mut stop) = (offset, end);
+        if let Some((s, _)) = before.filter(|&(_, e)| e == offset) {
+            self.0.remove(&s);
+            start = s;
+        }
+        if let Some((s, e)) = after.filter(|&(s, _)| s == end) {
+            self.0.remove(&s);
+            stop = e;
+        }
+        self.0.insert(start, stop);
+        Ok(())
+    }
+
+    /// Checks that the runs are exactly `body`.
+    fn finish(&self, body: Range<u64>) -> Result<(), FormatError> {
+        let mut at = body.start;
+        for (&offset, &end) in &self.0 {
+            if offset != at {
+                return Err(FormatError::corrupt(
+                    "body",
+                    format!("gap or overlap at offset {at} (next frame or segment at {offset})"),
+                ));
+            }
+            at = end;
+        }
+        if at != body.end {
+            return Err(FormatError::corrupt(
+                "body",
+                format!(
+                    "frames and segments end at {at}, directory starts at {}",
+                    body.end
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Checks a frame's content length as the frame declares it (its `frame_len` when raw,
+/// its zstd `Frame_Content_Size`) against what the blocks of its index entries need
+/// (§6.1), when all of them are known.
 ///
-/// Used by tests, the test vectors and tools; the repository reads the same structures
-/// with range reads.
+/// # Errors
+/// [`FormatError::Corrupt`] naming the frame.
+pub fn check_frame_content(
+    frame_offset: u64,
+    declared: usize,
+    needed: usize,
+) -> Result<(), FormatError> {
+    if declared != needed {
+        return Err(FormatError::corrupt(
+            "frame",
+            format!(
+                "frame at {frame_offset} declares {declared} content bytes, its blocks need {needed}"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The check of each block cut out of a decoded frame (§13.3, frames and blocks): it
+/// lies inside the frame, its SHA-256 is its entry's digest, and it is not all zero.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockCheck {
+    geometry: Geometry,
+    /// The digest of an all-zero block of full length.
+    zero: Digest,
+}
+
+impl BlockCheck {
+    /// The check for blocks of a volume with `geometry`.
+    pub fn new(geometry: Geometry) -> Self {
+        BlockCheck {
+            geometry,
+            zero: zero_block_digest(u64::from(geometry.block_size().get())),
+        }
+    }
+
+    /// The geometry checked against.
+    pub fn geometry(&self) -> Geometry {
+        self.geometry
+    }
+
+    /// Cuts block `block` (at `slot`) out of the decoded frame `content` and checks it
+    /// against `digest`.
+    ///
+    /// # Errors
+    /// [`FormatError::ChecksumMismatch`] naming the block, or [`FormatError::Corrupt`]
+    /// for a block outside the frame or stored as data though all zero.
+    pub fn block<'a>(
+        &self,
+        content: &'a [u8],
+        block: u64,
+        slot: u16,
+        digest: Digest,
+    ) -> Result<&'a [u8], FormatError> {
+        let bs = u64::from(self.geometry.block_size().get());
+        let start = u64::from(slot) * bs;
+        let len = self.geometry.block_len(block);
+        let Some(data) = content.get(start as usize..(start + len) as usize) else {
+            return Err(FormatError::corrupt(
+                "frame",
+                format!("block {block} at slot {slot} lies outside the frame"),
+            ));
+        };
+        let actual = Digest::of(data);
+        if actual != digest {
+            return Err(FormatError::ChecksumMismatch {
+                what: format!("block {block}"),
+                expected: digest,
+                actual,
+            });
+        }
+        // Only the volume's last block can be short: its zero digest is computed then.
+        let zero = if len == bs {
+            self.zero
+        } else {
+            zero_block_digest(len)
+        };
+        if digest == zero {
+            return Err(FormatError::corrupt(
+                "index",
+                format!("block {block} is stored as data but is all zero"),
+            ));
+        }
+        Ok(data)
+    }
+}
+
+/// Reads a whole archive held in memory through the same stages as a ranged reader.
+///
+/// Used by tests, the test vectors and tools.
 pub struct ArchiveReader<'a> {
     bytes: &'a [u8],
     /// The decoded header.
@@ -131,60 +510,15 @@ pub struct ArchiveReader<'a> {
 }
 
 impl<'a> ArchiveReader<'a> {
-    /// Opens an archive: preamble (magic, version), trailer, layout, header checksum,
-    /// header, directory.
+    /// Opens an archive: [`check_ends`], [`check_header`], [`decode_directory`].
     ///
     /// # Errors
     /// The first [`FormatError`] found.
     pub fn open(bytes: &'a [u8]) -> Result<Self, FormatError> {
-        let pre = Preamble::decode(bytes)?;
-        let min = (PREAMBLE_LEN + TRAILER_LEN) as u64 + u64::from(pre.header_len);
-        if (bytes.len() as u64) < min {
-            return Err(FormatError::Truncated {
-                what: "archive",
-                needed: min,
-                available: bytes.len() as u64,
-            });
-        }
-        let tail = &bytes[bytes.len() - TRAILER_LEN..];
-        if tail[TRAILER_LEN - END_MAGIC.len()..] != END_MAGIC {
-            // The preamble is fine, so this is an archive whose end is missing: most
-            // often an interrupted write, which must be reported as such, not as "not
-            // an archive". Its real length is unknown; it needs at least one more byte.
-            return Err(FormatError::Truncated {
-                what: "archive without end magic",
-                needed: bytes.len() as u64 + 1,
-                available: bytes.len() as u64,
-            });
-        }
-        let trailer = Trailer::decode(tail)?;
-        trailer.check_layout(bytes.len() as u64)?;
-        let head_end = PREAMBLE_LEN + pre.header_len as usize;
-        if trailer.body_offset != head_end as u64 {
-            return Err(FormatError::corrupt(
-                "trailer",
-                format!(
-                    "body offset {} but header ends at {head_end}",
-                    trailer.body_offset
-                ),
-            ));
-        }
-        let actual = Digest::of(&bytes[..head_end]);
-        if actual != trailer.header_sha256 {
-            return Err(FormatError::ChecksumMismatch {
-                what: "header".into(),
-                expected: trailer.header_sha256,
-                actual,
-            });
-        }
-        let header = Header::decode(&bytes[PREAMBLE_LEN..head_end])?;
-        let geometry = header.geometry()?;
-        let dir_start = trailer.directory_offset as usize;
-        let directory = decode_directory(
-            &bytes[dir_start..bytes.len() - TRAILER_LEN],
-            &trailer,
-            &geometry,
-        )?;
+        let (_, trailer) = check_ends(bytes, bytes, bytes.len() as u64)?;
+        let (header, geometry) = check_header(&bytes[..trailer.body_offset as usize], &trailer)?;
+        let dir = trailer.directory_offset as usize..bytes.len() - TRAILER_LEN;
+        let directory = decode_directory(&bytes[dir], &trailer, &geometry)?;
         Ok(ArchiveReader {
             bytes,
             header,
@@ -199,6 +533,10 @@ impl<'a> ArchiveReader<'a> {
         self.geometry
     }
 
+    fn stored(&self, offset: u64, len: u32) -> &'a [u8] {
+        &self.bytes[offset as usize..(offset + u64::from(len)) as usize]
+    }
+
     /// All index entries, in block order.
     ///
     /// # Errors
@@ -207,13 +545,13 @@ impl<'a> ArchiveReader<'a> {
         let body = self.trailer.body_offset..self.trailer.directory_offset;
         let mut out = Vec::new();
         for d in &self.directory {
-            let seg = &self.bytes[d.offset as usize..(d.offset + d.len()) as usize];
+            let seg = self.stored(d.offset, d.len() as u32);
             out.extend(decode_segment(seg, d, &self.geometry, body.clone())?);
         }
         Ok(out)
     }
 
-    /// Content of the data block described by `entry`, checked against its digest.
+    /// Content of the data block described by `entry`, checked with [`BlockCheck`].
     ///
     /// # Errors
     /// [`FormatError::Corrupt`] if the frame does not decode,
@@ -233,135 +571,57 @@ impl<'a> ArchiveReader<'a> {
         else {
             return Ok(vec![0; self.geometry.block_len(entry.block) as usize]);
         };
-        let stored =
-            &self.bytes[frame_offset as usize..(frame_offset + u64::from(frame_len)) as usize];
         let content = decompress_frame(
             frame,
-            stored,
+            self.stored(frame_offset, frame_len),
             frame_content_len(&self.geometry, frame_entries, frame_offset)?,
         )?;
-        block_from_frame(&self.geometry, &content, entry.block, slot, digest).map(<[u8]>::to_vec)
+        BlockCheck::new(self.geometry)
+            .block(&content, entry.block, slot, digest)
+            .map(<[u8]>::to_vec)
     }
 
-    /// Checks every block of the archive against its digest (decoding each frame once),
-    /// that no data block is all zero, that the trailer's counts match the index, that
-    /// frames and segments tile the body exactly and, for a full archive, that the image
-    /// digest recomputed from the blocks matches the trailer.
+    /// A full verification: the whole index through [`IndexCheck`], and every frame
+    /// decoded once with each of its blocks through [`BlockCheck`].
     ///
     /// # Errors
     /// The first problem found.
     pub fn verify(&self) -> Result<(), FormatError> {
         let entries = self.entries()?;
-        let bs = u64::from(self.geometry.block_size().get());
-        let zero_full = zero_block_digest(bs);
-        let mut hasher = ImageHasher::new(self.geometry);
-        // Byte ranges of segments and frames: together they must tile the body.
-        let mut pieces: Vec<(u64, u64)> =
-            self.directory.iter().map(|d| (d.offset, d.len())).collect();
-        let (mut data_blocks, mut zero_blocks, mut frame_bytes) = (0u64, 0u64, 0u64);
+        let blocks = BlockCheck::new(self.geometry);
+        let mut index =
+            IndexCheck::new(&self.header, &self.trailer, self.geometry, &self.directory);
         let mut i = 0;
         while i < entries.len() {
-            let e = entries[i];
             let EntryKind::Data {
                 frame,
                 frame_offset,
                 frame_len,
                 ..
-            } = e.kind
+            } = entries[i].kind
             else {
-                hasher.zeros(e.count());
-                zero_blocks += e.count();
+                index.push(&entries[i])?;
                 i += 1;
                 continue;
             };
             let group = frame_group(&entries[i..], frame_offset);
-            let stored =
-                &self.bytes[frame_offset as usize..(frame_offset + u64::from(frame_len)) as usize];
-            let content_len = frame_content_len(&self.geometry, group, frame_offset)?;
-            // Ranged readers size a frame from its own header (the zstd content size),
-            // so it must agree with what the index implies.
-            let declared = super::frame::frame_content_len(frame, stored)?;
-            if declared != content_len {
-                return Err(FormatError::corrupt(
-                    "frame",
-                    format!(
-                        "frame at {frame_offset} declares {declared} content bytes, its blocks need {content_len}"
-                    ),
-                ));
+            for e in group {
+                index.push(e)?;
             }
-            let content = decompress_frame(frame, stored, content_len)?;
+            let stored = self.stored(frame_offset, frame_len);
+            let needed = frame_content_len(&self.geometry, group, frame_offset)?;
+            let declared = super::frame::frame_content_len(frame, stored)?;
+            check_frame_content(frame_offset, declared, needed)?;
+            let content = decompress_frame(frame, stored, needed)?;
             for g in group {
                 let EntryKind::Data { slot, digest, .. } = g.kind else {
                     unreachable!("frame_group only returns data entries");
                 };
-                let block = block_from_frame(&self.geometry, &content, g.block, slot, digest)?;
-                let len = block.len() as u64;
-                if digest
-                    == if len == bs {
-                        zero_full
-                    } else {
-                        zero_block_digest(len)
-                    }
-                {
-                    return Err(FormatError::corrupt(
-                        "index",
-                        format!("block {} is stored as data but is all zero", g.block),
-                    ));
-                }
-                hasher.data(&digest);
+                blocks.block(&content, g.block, slot, digest)?;
             }
-            pieces.push((frame_offset, u64::from(frame_len)));
-            data_blocks += group.len() as u64;
-            frame_bytes += u64::from(frame_len);
             i += group.len();
         }
-        let t = &self.trailer;
-        if (data_blocks, zero_blocks, frame_bytes) != (t.data_blocks, t.zero_blocks, t.frame_bytes)
-        {
-            return Err(FormatError::corrupt(
-                "trailer",
-                format!(
-                    "counts {} data blocks, {} zero blocks, {} frame bytes; the index has {data_blocks}, {zero_blocks}, {frame_bytes}",
-                    t.data_blocks, t.zero_blocks, t.frame_bytes
-                ),
-            ));
-        }
-        pieces.sort_unstable();
-        let mut at = t.body_offset;
-        for (offset, len) in pieces {
-            if offset != at {
-                return Err(FormatError::corrupt(
-                    "body",
-                    format!("gap or overlap at offset {at} (next frame or segment at {offset})"),
-                ));
-            }
-            at = offset + len;
-        }
-        if at != t.directory_offset {
-            return Err(FormatError::corrupt(
-                "body",
-                format!(
-                    "frames and segments end at {at}, directory starts at {}",
-                    t.directory_offset
-                ),
-            ));
-        }
-        if self.header.parent.is_none() {
-            let actual = hasher.finish().map_err(|e| {
-                FormatError::corrupt(
-                    "index",
-                    format!("full archive does not cover the volume: {e}"),
-                )
-            })?;
-            if actual != self.trailer.image_digest {
-                return Err(FormatError::ChecksumMismatch {
-                    what: "image".into(),
-                    expected: self.trailer.image_digest,
-                    actual,
-                });
-            }
-        }
-        Ok(())
+        index.finish()
     }
 }
 
@@ -428,37 +688,6 @@ pub fn frame_content_len(
         }
     }
     Ok(len as usize)
-}
-
-/// Cuts block `block` (at `slot`) out of a decoded frame and checks its digest.
-///
-/// # Errors
-/// [`FormatError::ChecksumMismatch`] naming the block.
-pub fn block_from_frame<'a>(
-    geometry: &Geometry,
-    content: &'a [u8],
-    block: u64,
-    slot: u16,
-    digest: Digest,
-) -> Result<&'a [u8], FormatError> {
-    let bs = u64::from(geometry.block_size().get());
-    let start = u64::from(slot) * bs;
-    let end = start + geometry.block_len(block);
-    let Some(data) = content.get(start as usize..end as usize) else {
-        return Err(FormatError::corrupt(
-            "frame",
-            format!("block {block} at slot {slot} lies outside the frame"),
-        ));
-    };
-    let actual = Digest::of(data);
-    if actual != digest {
-        return Err(FormatError::ChecksumMismatch {
-            what: format!("block {block}"),
-            expected: digest,
-            actual,
-        });
-    }
-    Ok(data)
 }
 
 #[cfg(test)]
@@ -638,5 +867,91 @@ mod tests {
             decode_directory(&ok[..10], &t, &g),
             Err(FormatError::Truncated { .. })
         ));
+    }
+
+    #[test]
+    fn frames_and_segments_must_tile_the_body() {
+        let mut t = Tiling::default();
+        t.add(300, 100).expect("segment");
+        t.add(100, 100).expect("frame");
+        assert!(t.add(150, 10).is_err(), "inside a frame");
+        assert!(t.add(250, 60).is_err(), "overlapping a segment");
+        assert!(t.finish(100..400).is_err(), "a gap at 200");
+        t.add(200, 100).expect("the gap filled");
+        assert_eq!(t.0.len(), 1, "runs merge");
+        t.finish(100..400).expect("tiled");
+        assert!(t.finish(100..401).is_err(), "short of the directory");
+        Tiling::default().finish(50..50).expect("an empty body");
+    }
+
+    #[test]
+    fn a_zero_block_stored_as_data_is_corrupt() {
+        let g = Geometry::new(4096 + 100, BlockSize::new(4096).expect("valid"));
+        let check = BlockCheck::new(g);
+        let zeros = vec![0u8; 4096];
+        let full = Digest::of(&zeros);
+        assert!(matches!(
+            check.block(&zeros, 0, 0, full),
+            Err(FormatError::Corrupt { what: "index", .. })
+        ));
+        let short = Digest::of(&zeros[..100]);
+        assert!(matches!(
+            check.block(&zeros[..100], 1, 0, short),
+            Err(FormatError::Corrupt { what: "index", .. })
+        ));
+        let mut one = zeros.clone();
+        one[7] = 1;
+        assert_eq!(
+            check.block(&one, 0, 0, Digest::of(&one)).expect("data"),
+            &one[..]
+        );
+        assert!(matches!(
+            check.block(&one, 0, 0, full),
+            Err(FormatError::ChecksumMismatch { .. })
+        ));
+        assert!(
+            check.block(&one, 0, 1, Digest::of(&one)).is_err(),
+            "slot outside"
+        );
+    }
+
+    #[test]
+    fn the_index_check_finds_counts_gaps_and_image() {
+        let a = small_archive();
+        let r = ArchiveReader::open(&a).expect("open");
+        let e = r.entries().expect("entries");
+        let run = |trailer: &Trailer, entries: &[IndexEntry]| {
+            let mut c = IndexCheck::new(&r.header, trailer, r.geometry(), &r.directory);
+            entries.iter().try_for_each(|x| c.push(x))?;
+            c.finish()
+        };
+        run(&r.trailer, &e).expect("the archive as written");
+        let counts = Trailer {
+            zero_blocks: 2,
+            ..r.trailer
+        };
+        assert!(matches!(
+            run(&counts, &e),
+            Err(FormatError::Corrupt {
+                what: "trailer",
+                ..
+            })
+        ));
+        let image = Trailer {
+            image_digest: Digest::default(),
+            ..r.trailer
+        };
+        assert!(matches!(
+            run(&image, &e),
+            Err(FormatError::ChecksumMismatch { .. })
+        ));
+        assert!(
+            matches!(
+                run(&r.trailer, &e[1..]),
+                Err(FormatError::Corrupt { what: "index", .. })
+            ),
+            "a full archive without block 0"
+        );
+        assert!(run(&r.trailer, &e[..2]).is_err(), "nor its last block");
     }
 }

@@ -19,7 +19,9 @@ use tokio::task::JoinHandle;
 use super::ReadError;
 pub(crate) use super::plan::FrameFilter;
 use super::plan::{Item, UnitLimits, Work, plan_works};
-use crate::format::{Digest, FrameDecoder, FrameKind, block_from_frame, stored_frame_content_len};
+use crate::format::{
+    BlockCheck, Digest, FrameDecoder, FrameKind, check_frame_content, stored_frame_content_len,
+};
 use crate::repo::{Chain, ChainCursor, Repository};
 
 /// Work unit size and range reads in flight, by store. Bigger reads matter most: a
@@ -119,6 +121,18 @@ pub(crate) struct ReadMode {
     pub on_bad: OnBad,
     /// Keep the stored frames in [`Decoded::stored`] (merges).
     pub stored: bool,
+    /// The point is one archive whose frames are read whole (verify): each frame's
+    /// content length as the frame declares it is checked against its blocks
+    /// ([`check_frame_content`]).
+    pub whole_frames: bool,
+}
+
+/// The part of a [`ReadMode`] a decode needs.
+#[derive(Clone, Copy)]
+struct Flags {
+    on_bad: OnBad,
+    stored: bool,
+    whole_frames: bool,
 }
 
 /// Unit buffers handed back for reuse.
@@ -166,7 +180,9 @@ impl<T, E> Units<T, E> {
 
 /// Streams the runs `cursor` yields over `chain` (whose tip is the point read), up to
 /// block `end`, as decoded units passed through `step` on the blocking pool; `threads`
-/// units are decoded at a time. Every data block is checked against its digest.
+/// units are decoded at a time. Every data block is checked with the format's
+/// [`BlockCheck`], and the index of every archive read in full with its `IndexCheck`
+/// ([`ChainCursor::checked`]).
 pub(crate) fn read_units<T, E, F>(
     repo: &Repository,
     chain: Arc<Chain>,
@@ -212,11 +228,22 @@ where
     E: From<ReadError> + Send + 'static,
     F: Fn(Decoded) -> Result<T, E> + Send + Sync + 'static,
 {
-    let (on_bad, stored) = (mode.on_bad, mode.stored);
+    let flags = Flags {
+        on_bad: mode.on_bad,
+        stored: mode.stored,
+        whole_frames: mode.whole_frames,
+    };
     let (limits, fetches) = tuning(repo);
     let (tx, rx) = tokio::sync::mpsc::channel::<Work>(2 * fetches);
     let block_size = u64::from(chain.tip().geometry().block_size().get());
-    let planner = tokio::spawn(plan_works(cursor, end, block_size, limits, mode.keep, tx));
+    let planner = tokio::spawn(plan_works(
+        cursor.checked(),
+        end,
+        block_size,
+        limits,
+        mode.keep,
+        tx,
+    ));
     let works = futures::stream::unfold(rx, |mut rx| async { rx.recv().await.map(|w| (w, rx)) });
     let step = Arc::new(step);
     let fetch_chain = chain.clone();
@@ -226,11 +253,9 @@ where
         .map_ok(move |(w, bytes)| {
             let (chain, pool, step) = (chain.clone(), pool.clone(), step.clone());
             async move {
-                tokio::task::spawn_blocking(move || {
-                    step(decode(&chain, w, bytes, &pool, on_bad, stored)?)
-                })
-                .await
-                .map_err(|e| E::from(ReadError::Task(e.to_string())))?
+                tokio::task::spawn_blocking(move || step(decode(&chain, w, bytes, &pool, flags)?))
+                    .await
+                    .map_err(|e| E::from(ReadError::Task(e.to_string())))?
             }
         })
         .try_buffered(threads.max(1))
@@ -249,10 +274,12 @@ async fn fetch(chain: Arc<Chain>, w: Work) -> Result<(Work, Vec<Bytes>), ReadErr
 }
 
 /// Per-thread decoding state, reused across work units so that steady-state decoding
-/// allocates nothing: a zstd context, and per archive of the chain the index of the
-/// frame it holds decoded and that frame's content.
+/// allocates nothing: a zstd context, the block check of the chain's geometry, and per
+/// archive of the chain the index of the frame it holds decoded and that frame's
+/// content.
 struct Scratch {
     decoder: FrameDecoder,
+    check: Option<BlockCheck>,
     frames: Vec<(Option<usize>, Vec<u8>)>,
 }
 
@@ -267,8 +294,7 @@ fn decode(
     w: Work,
     bytes: Vec<Bytes>,
     pool: &BufferPool,
-    on_bad: OnBad,
-    stored: bool,
+    flags: Flags,
 ) -> Result<Decoded, ReadError> {
     SCRATCH.with_borrow_mut(|slot| {
         let scratch = match slot {
@@ -278,10 +304,11 @@ fn decode(
                     key: String::new(),
                     source,
                 })?,
+                check: None,
                 frames: Vec::new(),
             }),
         };
-        decode_with(chain, w, bytes, pool.take(), scratch, on_bad, stored)
+        decode_with(chain, w, bytes, pool.take(), scratch, flags)
     })
 }
 
@@ -291,10 +318,18 @@ fn decode_with(
     bytes: Vec<Bytes>,
     buf: Vec<u8>,
     scratch: &mut Scratch,
-    on_bad: OnBad,
-    stored: bool,
+    flags: Flags,
 ) -> Result<Decoded, ReadError> {
+    let Flags {
+        on_bad,
+        stored,
+        whole_frames,
+    } = flags;
     let geometry = chain.tip().geometry();
+    let check = match scratch.check {
+        Some(c) if c.geometry() == geometry => c,
+        _ => *scratch.check.insert(BlockCheck::new(geometry)),
+    };
     // Names the archive only when there is an error: this sits on the per-block path.
     let (fetches, frames) = (&w.fetches, &w.frames);
     let corrupt = |frame: usize| {
@@ -336,6 +371,12 @@ fn decode_with(
     }
     // A frame that did not decode (Record mode): its first block was recorded.
     let mut failed = None;
+    // With whole frames: per frame, its first block, the content its blocks need and
+    // the content length it declares.
+    let mut sizes: Vec<(u64, usize, Option<usize>)> = Vec::new();
+    if whole_frames {
+        sizes.resize(w.frames.len(), (0, 0, None));
+    }
     for item in &w.items {
         match *item {
             Item::Zero { first, count } => d.spans.push(Span::Zero { first, count }),
@@ -345,6 +386,12 @@ fn decode_with(
                 slot,
                 digest,
             } => {
+                if let Some((first, needed, _)) = sizes.get_mut(f) {
+                    if *needed == 0 {
+                        *first = block;
+                    }
+                    *needed += geometry.block_len(block) as usize;
+                }
                 if failed == Some(f) {
                     continue;
                 }
@@ -357,7 +404,12 @@ fn decode_with(
                     let done = stored_frame_content_len(r.kind, stored)
                         .and_then(|len| scratch.decoder.decode_into(r.kind, stored, len, content));
                     match (done, on_bad) {
-                        (Ok(_), _) => *decoded = Some(f),
+                        (Ok(_), _) => {
+                            *decoded = Some(f);
+                            if let Some(size) = sizes.get_mut(f) {
+                                size.2 = Some(content.len());
+                            }
+                        }
                         (Err(error), OnBad::Record) => {
                             d.bad.push(BadBlock { block, error });
                             failed = Some(f);
@@ -366,7 +418,7 @@ fn decode_with(
                         (Err(e), OnBad::Fail) => return Err(corrupt(f)(e)),
                     }
                 }
-                let data = match block_from_frame(&geometry, content, block, slot, digest) {
+                let data = match check.block(content, block, slot, digest) {
                     Ok(data) => data,
                     Err(error) if on_bad == OnBad::Record => {
                         d.bad.push(BadBlock { block, error });
@@ -397,6 +449,14 @@ fn decode_with(
                     }),
                 }
             }
+        }
+    }
+    for (f, &(block, needed, declared)) in sizes.iter().enumerate() {
+        let Some(declared) = declared else { continue };
+        match check_frame_content(w.frames[f].offset, declared, needed) {
+            Ok(()) => {}
+            Err(error) if on_bad == OnBad::Record => d.bad.push(BadBlock { block, error }),
+            Err(e) => return Err(corrupt(f)(e)),
         }
     }
     Ok(d)

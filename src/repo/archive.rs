@@ -9,8 +9,9 @@ use object_store::path::Path;
 
 use super::{ArchiveId, Commit, RepoError, Repository, VolumeName};
 use crate::format::{
-    DIR_ENTRY_LEN, Digest, DirEntry, FormatError, Geometry, Header, IndexEntry, MAX_HEADER_LEN,
-    PREAMBLE_LEN, Preamble, TRAILER_LEN, Trailer, decode_directory, decode_segment,
+    DIR_ENTRY_LEN, Digest, DirEntry, FormatError, Geometry, Header, IndexCheck, IndexEntry,
+    PREAMBLE_LEN, Preamble, TRAILER_LEN, Trailer, check_ends, check_header, decode_directory,
+    decode_segment,
 };
 
 /// Bytes read from the end of an archive at open: the trailer and, usually, the whole
@@ -131,17 +132,20 @@ impl RemoteArchive {
                 available: size,
             }));
         }
-        // Head and tail in parallel: the preamble is checked first (magic, then
-        // version), so an archive of a newer major version says so instead of looking
-        // corrupt; the tail holds the trailer and usually the whole directory.
+        // Head and tail in parallel (FORMAT.md §13.2): the preamble is checked first
+        // (magic, then version), so an archive of a newer major version, or an object
+        // that is no archive at all, says so instead of looking corrupt or short; the
+        // tail holds the trailer and usually the whole directory.
         let tail_start = size.saturating_sub(TAIL_READ);
-        let (head, tail) = futures::try_join!(
+        let reads = futures::try_join!(
             read_range(repo, &key, 0..size.min(HEAD_READ), size),
             read_range(repo, &key, tail_start..size, size)
-        )?;
-        let pre = Preamble::decode(&head).map_err(corrupt)?;
-        let trailer = Trailer::decode(&tail[tail.len() - TRAILER_LEN..]).map_err(corrupt)?;
-        trailer.check_layout(size).map_err(corrupt)?;
+        );
+        let (head, tail) = match reads {
+            Ok(r) => r,
+            Err(e) => return Err(not_an_archive(repo, &key, &e).await.map_or(e, corrupt)),
+        };
+        let (_, trailer) = check_ends(&head, &tail, size).map_err(corrupt)?;
         if check_digest && trailer.trailer_sha256 != commit.digest {
             return Err(RepoError::BadCommit {
                 key: commit.key.to_string(),
@@ -150,15 +154,6 @@ impl RemoteArchive {
                     commit.digest, trailer.trailer_sha256, commit.volume
                 ),
             });
-        }
-        if trailer.body_offset > (PREAMBLE_LEN as u64 + u64::from(MAX_HEADER_LEN)) {
-            return Err(corrupt(FormatError::corrupt(
-                "trailer",
-                format!(
-                    "body offset {} implies an oversized header",
-                    trailer.body_offset
-                ),
-            )));
         }
         let dir_range = trailer.directory_offset..size - TRAILER_LEN as u64;
         let dir_bytes = if dir_range.start >= tail_start {
@@ -173,21 +168,7 @@ impl RemoteArchive {
         } else {
             read_range(repo, &key, 0..trailer.body_offset, size).await?
         };
-        if PREAMBLE_LEN as u64 + u64::from(pre.header_len) != trailer.body_offset {
-            return Err(corrupt(FormatError::corrupt(
-                "trailer",
-                "body offset does not follow the header",
-            )));
-        }
-        let actual = Digest::of(&head);
-        if actual != trailer.header_sha256 {
-            return Err(corrupt(FormatError::ChecksumMismatch {
-                what: "header".into(),
-                expected: trailer.header_sha256,
-                actual,
-            }));
-        }
-        let header = Header::decode(&head[PREAMBLE_LEN..]).map_err(corrupt)?;
+        let (header, geometry) = check_header(&head, &trailer).map_err(corrupt)?;
         if commit.archive_id != header.archive_id || header.seq != commit.seq {
             return Err(RepoError::BadCommit {
                 key: commit.key.to_string(),
@@ -197,7 +178,6 @@ impl RemoteArchive {
                 ),
             });
         }
-        let geometry = header.geometry().map_err(corrupt)?;
         let directory = decode_directory(&dir_bytes, &trailer, &geometry).map_err(corrupt)?;
         debug_assert_eq!(dir_bytes.len(), directory.len() * DIR_ENTRY_LEN);
         Ok(RemoteArchive {
@@ -226,6 +206,20 @@ impl RemoteArchive {
         &self.directory
     }
 
+    /// The whole-index check of this archive (FORMAT.md §13.3), to be fed its entries
+    /// in block order.
+    pub fn index_check(&self) -> IndexCheck {
+        IndexCheck::new(&self.header, &self.trailer, self.geometry, &self.directory)
+    }
+
+    /// `source` as the corruption of this archive.
+    pub(crate) fn corrupt(&self, source: FormatError) -> RepoError {
+        RepoError::Corrupt {
+            key: self.key.to_string(),
+            source,
+        }
+    }
+
     /// Reads and checks index segment `i`.
     ///
     /// # Errors
@@ -245,10 +239,7 @@ impl RemoteArchive {
             &self.geometry,
             self.trailer.body_offset..self.trailer.directory_offset,
         )
-        .map_err(|source| RepoError::Corrupt {
-            key: self.key.to_string(),
-            source,
-        })
+        .map_err(|source| self.corrupt(source))
     }
 
     /// Reads bytes `range` of the archive (checked to lie inside it and to come back
@@ -270,6 +261,21 @@ impl RemoteArchive {
             });
         }
         read_range(&self.repo, &self.key, range, self.commit.size).await
+    }
+}
+
+/// When `e` says archive `key` is shorter than its marker: the reason if what the
+/// object holds is no archive at all, or one of another major version, which a reader
+/// reports before anything else (FORMAT.md §13.1).
+async fn not_an_archive(repo: &Repository, key: &Path, e: &RepoError) -> Option<FormatError> {
+    let &RepoError::Truncated { actual, .. } = e else {
+        return None;
+    };
+    let start = actual.min(PREAMBLE_LEN as u64);
+    let bytes = read_range(repo, key, 0..start, actual).await.ok()?;
+    match Preamble::decode(&bytes) {
+        Err(e @ (FormatError::BadMagic { .. } | FormatError::UnsupportedVersion { .. })) => Some(e),
+        _ => None,
     }
 }
 

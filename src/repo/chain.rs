@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use super::{Chain, RemoteArchive, RepoError};
-use crate::format::{Digest, EntryKind, ImageHasher, IndexEntry};
+use crate::format::{Digest, EntryKind, ImageHasher, IndexCheck, IndexEntry};
 
 /// Where a run of blocks of a point comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +54,9 @@ struct Layer {
     next_segment: usize,
     entries: Vec<IndexEntry>,
     pos: usize,
+    /// The whole-index check of this archive ([`ChainCursor::checked`]), while every
+    /// segment is read in order; dropped when one is skipped.
+    check: Option<IndexCheck>,
 }
 
 impl Layer {
@@ -70,11 +73,19 @@ impl Layer {
             let dir = self.archive.directory();
             while self.next_segment < dir.len() && dir[self.next_segment].end_block <= p {
                 self.next_segment += 1;
+                self.check = None;
             }
             if self.next_segment == dir.len() {
                 return Ok(None);
             }
             self.entries = self.archive.segment(self.next_segment).await?;
+            if let Some(check) = &mut self.check {
+                for e in &self.entries {
+                    check
+                        .push(e)
+                        .map_err(|source| self.archive.corrupt(source))?;
+                }
+            }
             self.pos = 0;
             self.next_segment += 1;
         }
@@ -111,6 +122,7 @@ impl ChainCursor {
                     next_segment: 0,
                     entries: Vec::new(),
                     pos: 0,
+                    check: None,
                 }
             })
             .collect();
@@ -152,6 +164,32 @@ impl ChainCursor {
         }
     }
 
+    /// This cursor checking the whole index of each archive whose segments it reads
+    /// all, in order (FORMAT.md §13.3: a reader checks what it reads): the entries of
+    /// each frame, the trailer's counts, the tiling of the body and a full archive's
+    /// image digest. The last checks run when the cursor reaches its end.
+    pub fn checked(mut self) -> Self {
+        for layer in &mut self.layers {
+            layer.check = Some(layer.archive.index_check());
+        }
+        self
+    }
+
+    /// Ends the checks of [`checked`](Self::checked) for the archives whose segments
+    /// were all read.
+    fn finish_checks(&mut self) -> Result<(), RepoError> {
+        for layer in &mut self.layers {
+            if layer.next_segment == layer.archive.directory().len()
+                && let Some(check) = layer.check.take()
+            {
+                check
+                    .finish()
+                    .map_err(|source| layer.archive.corrupt(source))?;
+            }
+        }
+        Ok(())
+    }
+
     /// Moves forward to block `p` (never backwards).
     pub fn seek(&mut self, p: u64) {
         self.pos = self.pos.max(p);
@@ -167,6 +205,7 @@ impl ChainCursor {
         loop {
             let p = self.pos;
             if p >= end {
+                self.finish_checks()?;
                 return Ok(None);
             }
             let (r, skip) = self.step(p, end).await?;

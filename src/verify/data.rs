@@ -64,6 +64,7 @@ pub(super) async fn check_data(
         keep,
         on_bad: OnBad::Record,
         stored: false,
+        whole_frames: true,
     };
     let blocks = archive.geometry().blocks();
     let mut units = read_units_with(

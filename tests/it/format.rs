@@ -14,14 +14,14 @@ use thinarc::format::{
     SourceInfo, TRAILER_LEN, compress_frame,
 };
 
-fn vector_dir(kind: &str) -> PathBuf {
+pub(crate) fn vector_dir(kind: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("format-spec/vectors")
         .join(kind)
 }
 
 /// Every `NAME.tarc` of `valid/` or `invalid/` with its parsed `NAME.json`.
-fn vectors(kind: &str) -> Vec<(String, Vec<u8>, Value)> {
+pub(crate) fn vectors(kind: &str) -> Vec<(String, Vec<u8>, Value)> {
     let dir = vector_dir(kind);
     let mut out = Vec::new();
     for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {

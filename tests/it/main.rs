@@ -28,4 +28,5 @@ mod space;
 mod status;
 mod throttle;
 mod util;
+mod vectors_repo;
 mod verify;
