@@ -35,8 +35,8 @@ pub use id::{ArchiveId, ArchiveIdPrefix, InvalidArchiveId};
 pub use index::{DirEntry, EntryKind, IndexEntry, decode_segment};
 pub use magic::*;
 pub use reader::{
-    ArchiveReader, BlockCheck, IndexCheck, check_ends, check_frame_content, check_header,
-    decode_directory, frame_content_len,
+    ArchiveReader, BlockCheck, IndexCheck, check_ends, check_frame_content, check_frame_extent,
+    check_header, decode_directory, frame_content_len,
 };
 pub use trailer::Trailer;
 pub use writer::{ArchiveWriter, EncodedFrame};

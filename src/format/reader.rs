@@ -19,8 +19,8 @@ use std::collections::BTreeMap;
 use std::ops::Range;
 
 use super::{
-    DIR_ENTRY_LEN, Digest, DirEntry, END_MAGIC, EntryKind, FormatError, Geometry, Header,
-    ImageHasher, IndexEntry, PREAMBLE_LEN, Preamble, TRAILER_LEN, Trailer, decode_segment,
+    DIR_ENTRY_LEN, Digest, DirEntry, END_MAGIC, EntryKind, FormatError, FrameKind, Geometry,
+    Header, ImageHasher, IndexEntry, PREAMBLE_LEN, Preamble, TRAILER_LEN, Trailer, decode_segment,
     decompress_frame, zero_block_digest,
 };
 
@@ -295,6 +295,7 @@ impl IndexCheck {
         let Some(&IndexEntry {
             kind:
                 EntryKind::Data {
+                    frame,
                     frame_offset,
                     frame_len,
                     ..
@@ -306,7 +307,12 @@ impl IndexCheck {
         };
         self.data_blocks += group.len() as u64;
         self.frame_bytes += u64::from(frame_len);
-        frame_content_len(&self.geometry, &group, frame_offset)?;
+        let needed = frame_content_len(&self.geometry, &group, frame_offset)?;
+        // A raw frame's content is its stored bytes: the index alone shows a wrong
+        // length (a zstd frame's content size is checked as it is decoded).
+        if frame == FrameKind::Raw {
+            check_frame_content(frame_offset, frame_len as usize, needed)?;
+        }
         self.body.add(frame_offset, u64::from(frame_len))
     }
 
@@ -421,6 +427,34 @@ pub fn check_frame_content(
             "frame",
             format!(
                 "frame at {frame_offset} declares {declared} content bytes, its blocks need {needed}"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks that a decoded frame holding block `block` at `slot`, of an archive with
+/// `geometry`, is whole blocks from its first block (§6.1: a frame's content is its
+/// blocks' bytes in order), as far as one block shows it: its content ends on a block
+/// boundary, or at the end of the volume. For a reader that decodes a frame without
+/// every entry of it at hand (a restore reading part of an older archive).
+///
+/// # Errors
+/// [`FormatError::Corrupt`] naming the frame's first block.
+pub fn check_frame_extent(
+    geometry: &Geometry,
+    content_len: usize,
+    block: u64,
+    slot: u16,
+) -> Result<(), FormatError> {
+    let first = block.saturating_sub(u64::from(slot));
+    let end = geometry.offset(first).saturating_add(content_len as u64);
+    let bs = u64::from(geometry.block_size().get());
+    if end > geometry.size() || (end % bs != 0 && end != geometry.size()) {
+        return Err(FormatError::corrupt(
+            "frame",
+            format!(
+                "the frame from block {first} declares {content_len} content bytes, not whole blocks of the volume"
             ),
         ));
     }

@@ -20,7 +20,8 @@ use super::ReadError;
 pub(crate) use super::plan::FrameFilter;
 use super::plan::{Item, UnitLimits, Work, plan_works};
 use crate::format::{
-    BlockCheck, Digest, FrameDecoder, FrameKind, check_frame_content, stored_frame_content_len,
+    BlockCheck, Digest, FrameDecoder, FrameKind, check_frame_content, check_frame_extent,
+    stored_frame_content_len,
 };
 use crate::repo::{Chain, ChainCursor, Repository};
 
@@ -401,8 +402,11 @@ fn decode_with(
                     let start = (r.offset - w.fetches[r.fetch].range.start) as usize;
                     let stored = &bytes[r.fetch][start..start + r.len as usize];
                     *decoded = None;
-                    let done = stored_frame_content_len(r.kind, stored)
-                        .and_then(|len| scratch.decoder.decode_into(r.kind, stored, len, content));
+                    let layer = &chain.archives[w.fetches[r.fetch].layer];
+                    let done = stored_frame_content_len(r.kind, stored).and_then(|len| {
+                        check_frame_extent(&layer.geometry(), len, block, slot)?;
+                        scratch.decoder.decode_into(r.kind, stored, len, content)
+                    });
                     match (done, on_bad) {
                         (Ok(_), _) => {
                             *decoded = Some(f);

@@ -25,14 +25,35 @@ struct VectorRepo {
 /// The seq and archive id a marker names for `bytes`: the header's when it decodes, or
 /// seq 1 and a made-up id (the reader fails before it compares them).
 fn identity(bytes: &[u8]) -> (u64, String) {
-    let header = Preamble::decode(bytes).ok().and_then(|p| {
-        let end = PREAMBLE_LEN + p.header_len as usize;
-        Header::decode(bytes.get(PREAMBLE_LEN..end)?).ok()
-    });
-    match header {
+    match header(bytes) {
         Some(h) => (h.seq, h.archive_id),
         None => (1, "0badbadbadbadbadbadbadbadbadbad1".into()),
     }
+}
+
+/// The header of an archive, if its preamble and header decode.
+fn header(bytes: &[u8]) -> Option<Header> {
+    Preamble::decode(bytes).ok().and_then(|p| {
+        let end = PREAMBLE_LEN + p.header_len as usize;
+        Header::decode(bytes.get(PREAMBLE_LEN..end)?).ok()
+    })
+}
+
+/// The valid vectors a delta (an invalid vector derived from a valid delta) builds on,
+/// oldest first, found by the parent ids of their headers.
+fn ancestors(bytes: &[u8]) -> Vec<Vec<u8>> {
+    let valid: Vec<Vec<u8>> = vectors("valid").into_iter().map(|(_, b, _)| b).collect();
+    let mut chain = Vec::new();
+    let mut parent = header(bytes).and_then(|h| h.parent).map(|p| p.id);
+    while let Some(id) = parent {
+        let Some(b) = valid.iter().find(|b| identity(b).1 == id) else {
+            break;
+        };
+        parent = header(b).and_then(|h| h.parent).map(|p| p.id);
+        chain.push(b.clone());
+    }
+    chain.reverse();
+    chain
 }
 
 impl VectorRepo {
@@ -106,6 +127,9 @@ fn invalid_vectors_rejected(r: &VectorRepo, only: Option<&[&str]>) {
             continue;
         }
         let volume = format!("bad-{name}");
+        for a in ancestors(&bytes) {
+            r.commit(&volume, &a);
+        }
         r.commit(&volume, &bytes);
         let kind = json["error"].as_str().expect("error kind");
         let words = kind_words(kind);
