@@ -450,7 +450,7 @@ pub fn check_frame_extent(
     let first = block.saturating_sub(u64::from(slot));
     let end = geometry.offset(first).saturating_add(content_len as u64);
     let bs = u64::from(geometry.block_size().get());
-    if end > geometry.size() || (end % bs != 0 && end != geometry.size()) {
+    if end > geometry.size() || (!end.is_multiple_of(bs) && end != geometry.size()) {
         return Err(FormatError::corrupt(
             "frame",
             format!(
