@@ -14,6 +14,7 @@ pub mod copy;
 pub mod format;
 pub mod logging;
 pub mod lvm;
+pub mod nightly;
 pub mod point;
 pub mod progress;
 pub mod prune;

@@ -29,8 +29,8 @@ use crate::format::{
 use crate::progress::Progress;
 use crate::repo::{
     ArchiveUpload, Chain, ChainCursor, Commit, DamageKind, DamageRecord, LEFTOVER_GRACE, LockError,
-    PointSelector, RemoteArchive, RepairScope, RepoError, Repository, VolumeName, chain_damage,
-    clock_went_back, new_id,
+    PointSelector, RemoteArchive, RepairScope, RepoError, Repository, VolumeLock, VolumeName,
+    chain_damage, clock_went_back, new_id,
 };
 use crate::source::{
     BATCH_BYTES, Batch, ChangedBlocks, RawSource, ReadPlan, SourceError, read_batches,
@@ -140,7 +140,8 @@ pub enum BackupError {
     /// The source failed.
     #[error(transparent)]
     Source(#[from] SourceError),
-    /// The volume's lock was lost mid-run (see [`crate::repo::VolumeLock::guard`]).
+    /// The volume is locked by another run, or its lock was lost mid-run (see
+    /// [`crate::repo::VolumeLock::guard`]).
     #[error(transparent)]
     Lock(#[from] LockError),
     /// The LVM source failed (nothing was committed; a new snapshot was removed).
@@ -182,7 +183,7 @@ pub enum BackupError {
 /// (none for a new volume, or when a new chain must start), the seq of the new point,
 /// and the blocks the parent takes from archives recorded damaged.
 #[derive(Debug)]
-pub struct Base {
+struct Base {
     commits: Vec<Commit>,
     parent: Option<Chain>,
     seq: u64,
@@ -203,7 +204,7 @@ impl Base {
     ///
     /// # Errors
     /// [`BackupError::Repo`] when the repository cannot be listed.
-    pub async fn latest(
+    async fn latest(
         repo: &Repository,
         volume: &VolumeName,
         full: bool,
@@ -262,7 +263,7 @@ impl Base {
     ///
     /// # Errors
     /// [`BackupError::Repo`].
-    pub async fn for_backup(
+    async fn for_backup(
         repo: &Repository,
         volume: &VolumeName,
         full: bool,
@@ -338,32 +339,67 @@ impl Base {
     }
 
     /// The header of the latest point this backup builds on.
-    pub fn tip(&self) -> Option<&Header> {
+    fn tip(&self) -> Option<&Header> {
         self.parent.as_ref().map(|p| &p.tip().header)
     }
 }
 
 /// Backs `source` up into `repo` as a new point of `opts.volume`: a full archive for a
-/// new volume, else a delta against the latest point.
+/// new volume, else a delta against the latest point. Holds the volume's lock
+/// throughout (see [`locked`]).
 ///
 /// # Errors
-/// [`BackupError`]; nothing is committed on error and the partial upload is aborted.
+/// [`BackupError`]; [`BackupError::Lock`] with [`LockError::Held`] when another run
+/// holds the volume. Nothing is committed on error and the partial upload is aborted.
 pub async fn backup(
     repo: &Repository,
     source: RawSource,
     opts: &BackupOptions,
     progress: Arc<Progress>,
 ) -> Result<BackupReport, BackupError> {
-    let base = Base::for_backup(repo, &opts.volume, opts.full).await?;
-    backup_from(repo, base, source, opts, progress).await
+    let path = source.path().display().to_string();
+    locked(repo, &opts.volume, &path, async {
+        let base = Base::for_backup(repo, &opts.volume, opts.full).await?;
+        backup_from(repo, base, source, opts, progress).await
+    })
+    .await
+}
+
+/// Runs the backup `work` of `source` on `volume` holding the volume's lock: a backup
+/// cannot run without it. Stale locks broken to take it are logged as warnings at once
+/// (the backup may still fail), then the start; if the lock is lost, `work` is dropped and
+/// [`BackupError::Lock`] returned; a failed release is a warning of the report.
+///
+/// # Errors
+/// [`BackupError::Lock`] when the lock cannot be taken or is lost, else `work`'s.
+async fn locked(
+    repo: &Repository,
+    volume: &VolumeName,
+    source: &str,
+    work: impl Future<Output = Result<BackupReport, BackupError>>,
+) -> Result<BackupReport, BackupError> {
+    let lock = VolumeLock::acquire(repo, volume, "backup").await?;
+    for w in lock.broken() {
+        tracing::warn!("{w}");
+    }
+    tracing::info!(volume = %volume, source, "backup started");
+    let result = lock.guard(work).await;
+    let released = lock.release().await;
+    let mut report = result?;
+    if let Err(e) = released {
+        report
+            .warnings
+            .push(format!("releasing the lock failed: {e}"));
+    }
+    Ok(report)
 }
 
 /// [`backup`] on a base the caller already looked up (and based its changed-block
-/// list on).
+/// list on), holding the volume's lock.
 ///
 /// # Errors
 /// [`BackupError`]; nothing is committed on error and the partial upload is aborted.
-pub async fn backup_from(
+async fn backup_from(
     repo: &Repository,
     base: Base,
     source: RawSource,
