@@ -82,7 +82,7 @@ pub async fn backup_volume(
     let work = async |repo: &Repository| {
         let raw = match &lv {
             Some(_) => None,
-            None => Some(RawSource::open(source).map_err(|e| failed(e.into()))?),
+            None => Some(RawSource::open(source)?),
         };
         let progress = Arc::new(Progress::default());
         let shown = observer.show(format!("backup {volume}"), progress.clone());
@@ -92,7 +92,7 @@ pub async fn backup_volume(
             (None, None) => unreachable!("a file or device source was opened above"),
         };
         shown.finish().await;
-        result.map_err(failed)
+        result
     };
     let describe = |r: &BackupReport, rec: &mut Record| {
         rec.archive = Some(r.archive.clone());
@@ -100,17 +100,18 @@ pub async fn backup_volume(
         rec.bytes_read = Some(r.bytes_read);
         rec.bytes_written = Some(r.stored_bytes);
     };
-    let unopened = |e| failed(BackupError::Repo(e));
+    // The record says what failed; the error also names the backup.
     let report = job
         .recorded(
             location,
             Operation::Backup,
             &volume,
             work,
-            unopened,
+            BackupError::Repo,
             describe,
         )
-        .await?;
+        .await
+        .map_err(failed)?;
     tracing::info!(
         volume = %volume,
         seq = report.seq,

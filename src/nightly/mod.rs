@@ -281,16 +281,17 @@ impl Job {
     /// Runs `work` on the repository at `location` as `operation` on `volume`,
     /// recording its start and outcome (see [`crate::status::record`]); `describe`
     /// adds the result's details to the success record. A repository that cannot be
-    /// opened fails the operation with `unopened`'s error.
-    async fn recorded<T>(
+    /// opened fails the operation with `unopened`'s error. The record holds the
+    /// message of `work`'s error.
+    async fn recorded<T, E: std::error::Error + 'static>(
         &self,
         location: &str,
         operation: Operation,
         volume: &VolumeName,
-        work: impl AsyncFnOnce(&Repository) -> Result<T, JobError>,
-        unopened: impl FnOnce(RepoError) -> JobError,
+        work: impl AsyncFnOnce(&Repository) -> Result<T, E>,
+        unopened: impl FnOnce(RepoError) -> E,
         describe: impl FnOnce(&T, &mut Record),
-    ) -> Result<T, JobError> {
+    ) -> Result<T, E> {
         let records = self.records(location);
         let record = Record::start(operation, volume, location);
         let repo = self.open(location).await;

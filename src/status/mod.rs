@@ -248,7 +248,15 @@ fn lost_success(s: &mut VolumeStatus) {
 /// Fills the catalog part of `s`: points, chain length, stored bytes, newest point,
 /// damage.
 async fn catalog(repo: &Repository, volume: &VolumeName, now: DateTime<Utc>, s: &mut VolumeStatus) {
-    let rows = match repo.describe(volume).await {
+    // Listed once: the rows, the counts and the newest chain all come from it.
+    let catalog = match repo.catalog(volume).await {
+        Ok(c) => c,
+        Err(e) => {
+            s.problems.push(e.to_string());
+            return;
+        }
+    };
+    let rows = match repo.describe_catalog(volume, &catalog).await {
         Ok(p) => p,
         Err(crate::repo::RepoError::VolumeNotFound { .. }) => return,
         Err(e) => {
@@ -256,30 +264,24 @@ async fn catalog(repo: &Repository, volume: &VolumeName, now: DateTime<Utc>, s: 
             return;
         }
     };
-    let mut listed: HashSet<u64> = HashSet::new();
-    match repo.catalog(volume).await {
-        Ok(c) => {
-            for p in &c.problems {
-                match p {
-                    CatalogProblem::CorruptMarker { .. } => s.damage.corrupt_markers += 1,
-                    CatalogProblem::Orphan(_) => s.damage.orphans += 1,
-                }
-            }
-            listed = c.commits.iter().map(|c| c.seq).collect();
-            for r in rows.iter().filter(|r| r.damage.is_some()) {
-                if listed.contains(&r.seq) {
-                    s.damage.damaged_points += 1;
-                }
-                s.problems.push(format!(
-                    "seq {}: {}",
-                    r.seq,
-                    r.damage.as_deref().unwrap_or_default()
-                ));
-            }
-            s.points = listed.len();
+    for p in &catalog.problems {
+        match p {
+            CatalogProblem::CorruptMarker { .. } => s.damage.corrupt_markers += 1,
+            CatalogProblem::Orphan(_) => s.damage.orphans += 1,
         }
-        Err(e) => s.problems.push(e.to_string()),
     }
+    let listed: HashSet<u64> = catalog.commits.iter().map(|c| c.seq).collect();
+    for r in rows.iter().filter(|r| r.damage.is_some()) {
+        if listed.contains(&r.seq) {
+            s.damage.damaged_points += 1;
+        }
+        s.problems.push(format!(
+            "seq {}: {}",
+            r.seq,
+            r.damage.as_deref().unwrap_or_default()
+        ));
+    }
+    s.points = listed.len();
     let points: Vec<_> = rows
         .into_iter()
         .filter(|r| listed.contains(&r.seq) && !r.created.is_empty())
@@ -308,11 +310,7 @@ async fn catalog(repo: &Repository, volume: &VolumeName, now: DateTime<Utc>, s: 
             age_seconds: age.max(0.0),
         });
     }
-    let chain = match repo.commits(volume).await {
-        Ok(commits) => repo.resolve(&commits, &PointSelector::Latest).await,
-        Err(e) => Err(e),
-    };
-    match chain {
+    match repo.resolve(&catalog.commits, &PointSelector::Latest).await {
         Ok(chain) => {
             s.chain_length = chain.archives.len();
             let tip = &chain.tip().header;

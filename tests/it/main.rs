@@ -11,6 +11,7 @@ mod faults;
 mod format;
 mod honest;
 mod linger;
+mod listings;
 mod lock;
 mod lvm;
 mod lvm_vm;
