@@ -2,10 +2,39 @@
 //! chains of immutable, self-describing delta archives in a local or object-store
 //! repository.
 //!
-//! Layers, with dependencies pointing one way: [`format`] (bytes in, bytes out) ←
-//! [`repo`] (the repository on `object_store`: layout, publish, catalog, chains) ←
-//! [`source`] (where blocks come from) and [`target`] (where restored blocks go) ←
-//! [`backup`] and [`restore`] (the pipelines) ← `cli`.
+//! # Floors
+//!
+//! Imports point down, never up or sideways between commands:
+//!
+//! ```text
+//! main (the binary: src/main.rs)
+//!  └ cli            argument parsing (clap) and printing; one file per subcommand
+//!     └ nightly     the job floor: each command as an operator runs it (records,
+//!                   alerts, lock errors, messages) and the nightly run
+//!        └ commands backup, restore, prune, copy, verify, status (none imports another)
+//!           └ point reading a point of a chain, and the merge engine
+//!              └ repo, source, target   the repository; where blocks come from and go
+//!                 └ format              the archive format: sans-IO, bytes in and out
+//! ```
+//!
+//! Beside them sit small leaves every floor may use (`size`, `quote`, `progress`,
+//! `logging`, `lvm`, `throttle`, `cleanup`); `config` reads `thinarc.toml` into the
+//! nouns of the floors below it.
+//!
+//! # The library and the binary
+//!
+//! `cli` is a module of the binary, not of this library: the library does not import
+//! `clap` and prints nothing. An embedder calls the same functions the binary does:
+//! [`nightly`] for a command as `thinarc` runs it, or a command module directly. The
+//! rules a command must keep are inside the library: [`backup::backup`] and
+//! [`backup::backup_lvm`] take the volume's lock themselves (a second backup of the
+//! volume gets [`repo::LockError::Held`]), as [`prune::prune`], [`copy::copy`] and
+//! [`nightly::repair`] do. (`clap` is still a dependency of the package: Cargo cannot
+//! make a dependency binary-only inside one package, and splitting the binary into a
+//! workspace member is not worth it; the library simply never names it.)
+//!
+//! A command lists each volume's catalog once and passes it down
+//! ([`repo::Repository::catalog_listings`] counts the listings).
 
 pub mod backup;
 pub mod cleanup;

@@ -7,6 +7,11 @@
 //! order to one task that feeds the sans-IO [`ArchiveWriter`] and the multipart upload.
 //! Queues are bounded, so memory is a few batches plus a few upload parts whatever the
 //! volume size. Nothing is committed unless every stage succeeded.
+//!
+//! The volume's lock is taken here: [`backup`] and [`backup_lvm`] hold it for the whole
+//! run, so no caller can back up without it. A command module: it must not import
+//! another command (`restore`, `prune`, `copy`, `verify`, `status`), `nightly` or the
+//! binary's `cli`.
 
 mod lvm;
 mod process;
@@ -346,7 +351,7 @@ impl Base {
 
 /// Backs `source` up into `repo` as a new point of `opts.volume`: a full archive for a
 /// new volume, else a delta against the latest point. Holds the volume's lock
-/// throughout (see [`locked`]).
+/// throughout: a second backup of the volume gets [`LockError::Held`].
 ///
 /// # Errors
 /// [`BackupError`]; [`BackupError::Lock`] with [`LockError::Held`] when another run

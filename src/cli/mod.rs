@@ -218,36 +218,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     // operation in progress is recorded as failed.
     let result = tokio::select! {
         r = command => r,
-        signal = interrupted() => {
-            // The dropped command's uploads are being aborted: say only what happened.
-            let uploads = thinarc::repo::settle_dropped_uploads().await;
-            let why = format!(
-                "interrupted by {signal}: nothing partial was committed{}",
-                interrupted_uploads(&uploads)
-            );
-            ctx.abandon(&why).await;
-            Err(anyhow::anyhow!(why))
-        }
+        signal = interrupted() => Err(ctx.interrupted(signal).await.into()),
     };
-    // A command unwound by an error may have dropped an upload: let its abort finish.
-    thinarc::repo::settle_dropped_uploads().await;
-    // A command unwound by an error or a signal drops its volume lock: delete it now.
-    thinarc::repo::settle_dropped_locks().await;
-    if let Err(e) = &result {
-        ctx.alert(name, &error_message(e)).await;
-    }
+    ctx.finish(name, result.as_ref().err().map(error_message))
+        .await;
     result
-}
-
-/// What the interrupted message says of the uploads the signal cut short.
-fn interrupted_uploads(u: &thinarc::repo::DroppedUploads) -> String {
-    match (u.aborted, u.failed.first()) {
-        (_, Some(e)) => format!(
-            "; a partial upload could not be removed ({e}): the next run of the volume removes it"
-        ),
-        (0, None) => String::new(),
-        (_, None) => ", and the partial upload was removed".into(),
-    }
 }
 
 impl Command {

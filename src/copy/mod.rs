@@ -21,7 +21,10 @@
 //! The destination's volume lock is held while copying into it. The source is only
 //! read and is not locked: a prune of the source keeps superseded archives for a
 //! grace period, and if an archive vanishes mid-copy the copy fails before committing
-//! that point.
+//! that point. Each source volume's catalog is listed once.
+//!
+//! A command module: it must not import another command, `nightly` or the binary's
+//! `cli` (the merge engine it shares with prune lives in [`crate::point`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;

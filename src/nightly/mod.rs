@@ -96,6 +96,9 @@ pub enum JobError {
         "the newest point of {volume} (seq {seq}) depends on damaged data: run `thinarc backup` first (it stores damaged blocks again, or starts a new chain), then `thinarc repair {volume} --drop-damaged`"
     )]
     NewestDamaged { volume: String, seq: u64 },
+    /// A signal stopped the command (see [`Job::interrupted`]).
+    #[error("{0}")]
+    Interrupted(String),
     /// Steps of a nightly run failed (each was recorded and reported).
     #[error("{failed} of {total} steps failed: {what}")]
     StepsFailed {
@@ -342,7 +345,7 @@ impl Job {
 
     /// Finishes the operation in progress, if any, as failed with `why` (a signal
     /// stopped the command).
-    pub async fn abandon(&self, why: &str) {
+    async fn abandon(&self, why: &str) {
         let current = self.shared.current.lock().expect("not poisoned").take();
         if let Some((repo, records, record)) = current {
             let record = record.finish(Err(why.to_string()));
@@ -351,9 +354,38 @@ impl Job {
         }
     }
 
+    /// The command was stopped by `signal` (it was dropped, which unwinds it like an
+    /// error: an upload in progress is aborted, a new restore target's temporary file
+    /// deleted): waits for the dropped uploads' aborts, finishes the operation in
+    /// progress as failed, and returns the error that says what happened.
+    pub async fn interrupted(&self, signal: &str) -> JobError {
+        let uploads = crate::repo::settle_dropped_uploads().await;
+        let cut = match (uploads.aborted, uploads.failed.first()) {
+            (_, Some(e)) => format!(
+                "; a partial upload could not be removed ({e}): the next run of the volume removes it"
+            ),
+            (0, None) => String::new(),
+            (_, None) => ", and the partial upload was removed".into(),
+        };
+        let why = format!("interrupted by {signal}: nothing partial was committed{cut}");
+        self.abandon(&why).await;
+        JobError::Interrupted(why)
+    }
+
+    /// Ends `command`, which failed with the message `error` if any: lets the aborts
+    /// of uploads and the deletions of locks that an error or a signal dropped finish,
+    /// then runs the on-failure hook.
+    pub async fn finish(&self, command: &str, error: Option<String>) {
+        crate::repo::settle_dropped_uploads().await;
+        crate::repo::settle_dropped_locks().await;
+        if let Some(error) = error {
+            self.alert(command, &error).await;
+        }
+    }
+
     /// Runs the on-failure hook, if any, for `command` which failed with `error`,
     /// telling it the failures recorded so far.
-    pub async fn alert(&self, command: &str, error: &str) {
+    async fn alert(&self, command: &str, error: &str) {
         let Some(hook) = self.shared.on_failure.lock().expect("not poisoned").clone() else {
             return;
         };

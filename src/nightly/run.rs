@@ -163,7 +163,7 @@ pub async fn run(
                 .map(|e| format!("repository unreachable: {e}"));
             match gather(repo.as_ref().ok(), location, &records, None, unreachable).await {
                 Ok(s) => statuses.push(s),
-                Err(e) => tracing::warn!("status of {location}: {}", error_message(e.as_ref())),
+                Err(e) => tracing::warn!("status of {location}: {}", error_message(&e)),
             }
         }
         if let Err(e) = prometheus::write(path, &statuses) {

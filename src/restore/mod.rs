@@ -6,6 +6,11 @@
 //! nearby frames of one archive become one range read. Range reads run concurrently,
 //! decoding, checking and writing run on the blocking pool, and the image digest is
 //! recomputed in block order from the digests of the blocks actually written.
+//!
+//! The volume's catalog is listed and the chain resolved once per restore (onto an LV
+//! too; `--since` is resolved from the same list). Restore only reads the repository
+//! and takes no lock. A command module: it must not import another command, `nightly`
+//! or the binary's `cli`.
 
 mod lv;
 

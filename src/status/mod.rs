@@ -1,6 +1,9 @@
 //! `status`: per volume, what is stored and how the last runs went — from the
 //! repository's catalog and the result records ([`record`]) — as text, JSON or a
-//! Prometheus textfile ([`prometheus`]).
+//! Prometheus textfile ([`prometheus`]). Each volume's catalog is listed once.
+//!
+//! A command module: it must not import another command, `nightly` or the binary's
+//! `cli`; it reads, and renders nothing but data (the binary prints).
 
 pub mod alert;
 pub mod prometheus;
@@ -146,19 +149,32 @@ pub struct Status {
     pub volumes: Vec<VolumeStatus>,
 }
 
+/// Why the status could not be gathered.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StatusError {
+    /// The repository's volumes cannot be listed.
+    #[error(transparent)]
+    Repo(#[from] crate::repo::RepoError),
+    /// The volume asked for is neither in the repository nor in the records.
+    #[error("no volume named {name} in {location}, and no records of it")]
+    UnknownVolume { name: String, location: String },
+}
+
 /// Gathers the status of `volume` (or every volume) of `repo`, reading `records`.
 /// `repo` is `None` when the repository cannot be opened: the local records still tell
 /// what happened.
 ///
 /// # Errors
-/// Only for an unknown `volume` with no records anywhere.
+/// [`StatusError::UnknownVolume`] for an unknown `volume` with no records anywhere;
+/// [`StatusError::Repo`] when the volumes cannot be listed.
 pub async fn gather(
     repo: Option<&Repository>,
     location: &str,
     records: &Records,
     volume: Option<&VolumeName>,
     unreachable: Option<String>,
-) -> anyhow::Result<Status> {
+) -> Result<Status, StatusError> {
     let time = Utc::now();
     let mut names: Vec<String> = match volume {
         Some(v) => vec![v.to_string()],
@@ -214,7 +230,10 @@ pub async fn gather(
         }
         lost_success(&mut s);
         if volume.is_some() && s.points == 0 && s.backup.last.is_none() && repo.is_some() {
-            anyhow::bail!("no volume named {name} in {location}, and no records of it");
+            return Err(StatusError::UnknownVolume {
+                name,
+                location: location.to_string(),
+            });
         }
         volumes.push(s);
     }
