@@ -6,15 +6,14 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use super::{Job, JobError, Observer};
+use super::{Job, JobError, Observer, held};
 use crate::backup::{BackupError, BackupOptions, BackupReport, backup, backup_lvm};
 use crate::copy::{CopyError, CopyOptions, CopyReport, open_or_init};
 use crate::lvm::{LvName, PoolLimits};
 use crate::progress::Progress;
 use crate::prune::{PruneError, PruneOptions, PruneReport, RetentionPolicy};
 use crate::repo::{
-    LockError, PointSelector, RepairAction, RepairScope, Repository, VolumeLock, VolumeName,
-    break_locks,
+    PointSelector, RepairAction, RepairScope, Repository, VolumeLock, VolumeName, break_locks,
 };
 use crate::source::RawSource;
 use crate::status::{Operation, Record};
@@ -27,15 +26,6 @@ pub fn lvm_source(source: &Path) -> Result<Option<LvName>, JobError> {
     match source.to_str().and_then(|s| s.strip_prefix("lvm:")) {
         Some(spec) => Ok(Some(LvName::parse(spec).map_err(JobError::LvmSource)?)),
         None => Ok(None),
-    }
-}
-
-/// The error of a failed lock: a lock held by another run keeps its own message.
-fn lock_error(e: LockError, named: impl FnOnce(LockError) -> JobError) -> JobError {
-    if matches!(e, LockError::Held { .. } | LockError::Unreadable { .. }) {
-        JobError::Lock(e)
-    } else {
-        named(e)
     }
 }
 
@@ -57,11 +47,7 @@ pub async fn backup_volume(
     let volume = opts.volume.clone();
     let lv = lvm_source(source)?;
     let failed = |error: BackupError| match error {
-        BackupError::Lock(e) => lock_error(e, |e| JobError::Backup {
-            path: source.display().to_string(),
-            volume: volume.to_string(),
-            error: Box::new(BackupError::Lock(e)),
-        }),
+        BackupError::Lock(e) if held(&e) => JobError::Lock(e),
         error => JobError::Backup {
             path: source.display().to_string(),
             volume: volume.to_string(),
@@ -166,15 +152,15 @@ pub async fn prune_volume(
     opts: &PruneOptions,
 ) -> Result<PruneReport, JobError> {
     let work = async |repo: &Repository| {
-        let named = |error| JobError::Prune {
-            volume: volume.to_string(),
-            error: Box::new(error),
-        };
-        match crate::prune::prune(repo, volume, opts).await {
-            Ok(r) => Ok(r),
-            Err(PruneError::Lock(e)) => Err(lock_error(e, |e| named(PruneError::Lock(e)))),
-            Err(e) => Err(named(e)),
-        }
+        crate::prune::prune(repo, volume, opts)
+            .await
+            .map_err(|error| match error {
+                PruneError::Lock(e) if held(&e) => JobError::Lock(e),
+                error => JobError::Prune {
+                    volume: volume.to_string(),
+                    error: Box::new(error),
+                },
+            })
     };
     let report = if opts.dry_run {
         work(&job.open(location).await?).await?

@@ -113,14 +113,19 @@ pub enum JobError {
 /// `thinarc run` going on: such errors keep their own message and exit with code 3.
 pub fn is_locked(e: &(dyn std::error::Error + 'static)) -> bool {
     std::iter::successors(Some(e), |c| c.source()).any(|c| {
-        matches!(
-            c.downcast_ref::<LockError>(),
-            Some(LockError::Held { .. } | LockError::Unreadable { .. })
-        ) || matches!(
-            c.downcast_ref::<RunLockError>(),
-            Some(RunLockError::Locked(_))
-        ) || c.is::<RunLocked>()
+        c.downcast_ref::<LockError>().is_some_and(held)
+            || matches!(
+                c.downcast_ref::<RunLockError>(),
+                Some(RunLockError::Locked(_))
+            )
+            || c.is::<RunLocked>()
     })
+}
+
+/// Whether `e` says another run holds the volume (or its lock cannot be read): its
+/// message is complete as it is, and the command exits with code 3.
+fn held(e: &LockError) -> bool {
+    matches!(e, LockError::Held { .. } | LockError::Unreadable { .. })
 }
 
 /// The error and its causes on one line, skipping a cause whose text the message
