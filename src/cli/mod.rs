@@ -1,6 +1,8 @@
-//! Command-line parsing and output. One file per subcommand; each validates its
-//! arguments, calls the library and prints human-readable text or `--json`. No format
-//! or storage logic lives here.
+//! Command-line parsing and output: a module of the binary, not of the library. One
+//! file per subcommand; each validates its arguments, calls one library function (a
+//! [`thinarc::nightly`] one for the commands that record, lock and alert) and prints
+//! human-readable text or `--json`. No decision, format or storage logic lives here;
+//! signals are caught here and handed to the job ([`thinarc::nightly::Job::interrupted`]).
 
 mod backup;
 mod copy;
