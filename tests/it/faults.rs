@@ -263,14 +263,14 @@ impl ObjectStore for FaultyStore {
 /// locks (as a store with stale listings would): the volume lock no longer keeps two
 /// writers apart, so the commit guard behind it is what is left.
 #[derive(Debug)]
-struct OwnLocksOnly {
+pub(crate) struct OwnLocksOnly {
     inner: Arc<dyn ObjectStore>,
     /// Lock objects this writer put.
     own: Mutex<std::collections::HashSet<Key>>,
 }
 
 impl OwnLocksOnly {
-    fn new(inner: Arc<dyn ObjectStore>) -> Self {
+    pub(crate) fn new(inner: Arc<dyn ObjectStore>) -> Self {
         OwnLocksOnly {
             inner,
             own: Mutex::default(),
