@@ -34,8 +34,8 @@ use crate::format::{
 use crate::progress::Progress;
 use crate::repo::{
     ArchiveUpload, Chain, ChainCursor, Commit, DamageKind, DamageRecord, LEFTOVER_GRACE, LockError,
-    PointSelector, RemoteArchive, RepairScope, RepoError, Repository, VolumeLock, VolumeName,
-    chain_damage, clock_went_back, new_id,
+    PointSelector, RemoteArchive, RepairScope, RepoError, Repository, VolumeCatalog, VolumeLock,
+    VolumeName, chain_damage, clock_went_back, new_id,
 };
 use crate::source::{
     BATCH_BYTES, Batch, ChangedBlocks, RawSource, ReadPlan, SourceError, read_batches,
@@ -214,7 +214,18 @@ impl Base {
         volume: &VolumeName,
         full: bool,
     ) -> Result<Self, BackupError> {
-        let catalog = repo.catalog(volume).await?;
+        Self::listed(repo, repo.catalog(volume).await?, full).await
+    }
+
+    /// [`latest`](Self::latest) from `catalog`, the volume's catalog as listed.
+    ///
+    /// # Errors
+    /// [`BackupError::Repo`] when the repository cannot be read.
+    async fn listed(
+        repo: &Repository,
+        catalog: VolumeCatalog,
+        full: bool,
+    ) -> Result<Self, BackupError> {
         let mut base = Base {
             seq: catalog.next_seq(),
             commits: catalog.commits,
@@ -273,10 +284,12 @@ impl Base {
         volume: &VolumeName,
         full: bool,
     ) -> Result<Self, BackupError> {
-        let actions = repo
-            .repair_catalog(volume, RepairScope::AboveNewest, false)
+        // Listed once: the repair returns the catalog it leaves.
+        let catalog = repo.catalog(volume).await?;
+        let (actions, catalog) = repo
+            .repair_listed(volume, catalog, RepairScope::AboveNewest, false)
             .await?;
-        let mut base = Self::latest(repo, volume, full).await?;
+        let mut base = Self::listed(repo, catalog, full).await?;
         if let Some(r) = &base.found
             && let Err(e) = repo.write_damage(volume, r).await
         {

@@ -105,3 +105,20 @@ async fn copy_lists_each_source_catalog_once() {
         }
     }
 }
+
+/// A backup lists the volume's catalog once to choose its base (the check for a lost
+/// newest marker returns the catalog it leaves), and once more after its commit, for
+/// the cleanup of leftovers.
+#[tokio::test(flavor = "multi_thread")]
+async fn backup_lists_the_catalog_once_before_it_writes() {
+    let t = TempRepo::new();
+    two_volumes(&t);
+    let repo = open(&t).await;
+    let opts = thinarc::backup::BackupOptions::new(VolumeName::new("a").unwrap());
+    let source = thinarc::source::RawSource::open(&t.path("a.img")).unwrap();
+    let report = thinarc::backup::backup(&repo, source, &opts, Arc::default())
+        .await
+        .unwrap();
+    assert_eq!(report.seq, 4);
+    assert_eq!(repo.catalog_listings(), 2);
+}
