@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use super::{BackupError, BackupOptions, BackupReport, Base, backup_from};
+use super::{BackupError, BackupOptions, BackupReport, Base, backup_from, locked};
 use crate::lvm::{LvName, PoolLimits};
 use crate::progress::Progress;
 use crate::repo::{Repository, new_archive_id};
@@ -19,10 +19,25 @@ use crate::source::lvm::{
 /// run falls back to a full scan against the latest archive's digests and says so in
 /// the report's warnings.
 ///
+/// The volume's lock is held throughout, as by [`super::backup`].
+///
 /// # Errors
-/// [`BackupError`]; nothing is committed, the new snapshot is removed and the old base
-/// is kept.
+/// [`BackupError`] ([`BackupError::Lock`] when another run holds the volume); nothing
+/// is committed, the new snapshot is removed and the old base is kept.
 pub async fn backup_lvm(
+    repo: &Repository,
+    name: &LvName,
+    opts: &BackupOptions,
+    limits: PoolLimits,
+    progress: Arc<Progress>,
+) -> Result<BackupReport, BackupError> {
+    let source = format!("lvm:{name}");
+    let work = backup_lvm_locked(repo, name, opts, limits, progress);
+    locked(repo, &opts.volume, &source, work).await
+}
+
+/// [`backup_lvm`] under the volume's lock.
+async fn backup_lvm_locked(
     repo: &Repository,
     name: &LvName,
     opts: &BackupOptions,

@@ -8,6 +8,9 @@
 //! Queues are bounded, so memory is a few batches plus a few upload parts whatever the
 //! volume size. Nothing is committed unless every stage succeeded.
 //!
+//! The volume's lock is taken here: [`backup`] and [`backup_lvm`] hold it for the whole
+//! run, so no caller can back up without it.
+//!
 //! Commands floor. Imports only `format`, `lvm`, `progress`, `repo`, `source` and
 //! `throttle`; must not import `point`, `target`, another command module (`restore`,
 //! `prune`, `verify`, `copy`, `status`), `config` or `cli`.
@@ -33,8 +36,8 @@ use crate::format::{
 use crate::progress::Progress;
 use crate::repo::{
     ArchiveId, ArchiveUpload, Chain, ChainCursor, Commit, DamageKind, DamageRecord, LEFTOVER_GRACE,
-    LockError, PointSelector, RemoteArchive, RepairScope, RepoError, Repository, VolumeName,
-    chain_damage, clock_went_back, new_archive_id, new_id,
+    LockError, PointSelector, RemoteArchive, RepairScope, RepoError, Repository, VolumeCatalog,
+    VolumeLock, VolumeName, chain_damage, clock_went_back, new_archive_id, new_id,
 };
 use crate::source::{
     BATCH_BYTES, Batch, ChangedBlocks, RawSource, ReadPlan, SourceError, read_batches,
@@ -144,7 +147,8 @@ pub enum BackupError {
     /// The source failed.
     #[error(transparent)]
     Source(#[from] SourceError),
-    /// The volume's lock was lost mid-run (see [`crate::repo::VolumeLock::guard`]).
+    /// The volume is locked by another run, or its lock was lost mid-run (see
+    /// [`crate::repo::VolumeLock::guard`]).
     #[error(transparent)]
     Lock(#[from] LockError),
     /// The LVM source failed (nothing was committed; a new snapshot was removed).
@@ -186,7 +190,7 @@ pub enum BackupError {
 /// (none for a new volume, or when a new chain must start), the seq of the new point,
 /// and the blocks the parent takes from archives recorded damaged.
 #[derive(Debug)]
-pub struct Base {
+struct Base {
     commits: Vec<Commit>,
     parent: Option<Chain>,
     seq: u64,
@@ -207,12 +211,23 @@ impl Base {
     ///
     /// # Errors
     /// [`BackupError::Repo`] when the repository cannot be listed.
-    pub async fn latest(
+    async fn latest(
         repo: &Repository,
         volume: &VolumeName,
         full: bool,
     ) -> Result<Self, BackupError> {
-        let catalog = repo.catalog(volume).await?;
+        Self::listed(repo, repo.catalog(volume).await?, full).await
+    }
+
+    /// [`latest`](Self::latest) from `catalog`, the volume's catalog as listed.
+    ///
+    /// # Errors
+    /// [`BackupError::Repo`] when the repository cannot be read.
+    async fn listed(
+        repo: &Repository,
+        catalog: VolumeCatalog,
+        full: bool,
+    ) -> Result<Self, BackupError> {
         let mut base = Base {
             seq: catalog.next_seq(),
             commits: catalog.commits,
@@ -266,15 +281,17 @@ impl Base {
     ///
     /// # Errors
     /// [`BackupError::Repo`].
-    pub async fn for_backup(
+    async fn for_backup(
         repo: &Repository,
         volume: &VolumeName,
         full: bool,
     ) -> Result<Self, BackupError> {
-        let actions = repo
-            .repair_catalog(volume, RepairScope::AboveNewest, false)
+        // Listed once: the repair returns the catalog it leaves.
+        let catalog = repo.catalog(volume).await?;
+        let (actions, catalog) = repo
+            .repair_listed(volume, catalog, RepairScope::AboveNewest, false)
             .await?;
-        let mut base = Self::latest(repo, volume, full).await?;
+        let mut base = Self::listed(repo, catalog, full).await?;
         if let Some(r) = &base.found
             && let Err(e) = repo.write_damage(volume, r).await
         {
@@ -342,32 +359,67 @@ impl Base {
     }
 
     /// The header of the latest point this backup builds on.
-    pub fn tip(&self) -> Option<&Header> {
+    fn tip(&self) -> Option<&Header> {
         self.parent.as_ref().map(|p| &p.tip().header)
     }
 }
 
 /// Backs `source` up into `repo` as a new point of `opts.volume`: a full archive for a
-/// new volume, else a delta against the latest point.
+/// new volume, else a delta against the latest point. Holds the volume's lock
+/// throughout: a second backup of the volume gets [`LockError::Held`].
 ///
 /// # Errors
-/// [`BackupError`]; nothing is committed on error and the partial upload is aborted.
+/// [`BackupError`]; [`BackupError::Lock`] with [`LockError::Held`] when another run
+/// holds the volume. Nothing is committed on error and the partial upload is aborted.
 pub async fn backup(
     repo: &Repository,
     source: RawSource,
     opts: &BackupOptions,
     progress: Arc<Progress>,
 ) -> Result<BackupReport, BackupError> {
-    let base = Base::for_backup(repo, &opts.volume, opts.full).await?;
-    backup_from(repo, base, source, opts, progress).await
+    let path = source.path().display().to_string();
+    locked(repo, &opts.volume, &path, async {
+        let base = Base::for_backup(repo, &opts.volume, opts.full).await?;
+        backup_from(repo, base, source, opts, progress).await
+    })
+    .await
+}
+
+/// Runs the backup `work` of `source` on `volume` holding the volume's lock: a backup
+/// cannot run without it. Stale locks broken to take it are logged as warnings at once
+/// (the backup may still fail), then the start; if the lock is lost, `work` is dropped and
+/// [`BackupError::Lock`] returned; a failed release is a warning of the report.
+///
+/// # Errors
+/// [`BackupError::Lock`] when the lock cannot be taken or is lost, else `work`'s.
+async fn locked(
+    repo: &Repository,
+    volume: &VolumeName,
+    source: &str,
+    work: impl Future<Output = Result<BackupReport, BackupError>>,
+) -> Result<BackupReport, BackupError> {
+    let lock = VolumeLock::acquire(repo, volume, "backup").await?;
+    for w in lock.broken() {
+        tracing::warn!("{w}");
+    }
+    tracing::info!(volume = %volume, source, "backup started");
+    let result = lock.guard(work).await;
+    let released = lock.release().await;
+    let mut report = result?;
+    if let Err(e) = released {
+        report
+            .warnings
+            .push(format!("releasing the lock failed: {e}"));
+    }
+    Ok(report)
 }
 
 /// [`backup`] on a base the caller already looked up (and based its changed-block
-/// list on).
+/// list on), holding the volume's lock.
 ///
 /// # Errors
 /// [`BackupError`]; nothing is committed on error and the partial upload is aborted.
-pub async fn backup_from(
+async fn backup_from(
     repo: &Repository,
     base: Base,
     source: RawSource,

@@ -1,20 +1,18 @@
 //! `thinarc backup`: back up an image file or block device.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::Args;
 
-use super::{Ctx, context_unless_locked, human, print_json, progress::Display, source_spec};
-use thinarc::backup::{BackupOptions, BackupReport, backup, backup_lvm, dry_run_lvm};
+use super::{Ctx, human, print_json, source_spec};
+use thinarc::backup::{BackupOptions, dry_run_lvm};
 use thinarc::format::BlockSize;
 use thinarc::lvm::PoolLimits;
-use thinarc::progress::Progress;
-use thinarc::repo::{Repository, VolumeLock, VolumeName};
+use thinarc::nightly::backup_volume;
+use thinarc::repo::VolumeName;
 use thinarc::size::parse_size;
-use thinarc::source::{RawSource, SourceSpec, parse_changed_blocks};
-use thinarc::status::{Operation, Record};
+use thinarc::source::{SourceSpec, parse_changed_blocks};
 
 /// Arguments of `backup`.
 #[derive(Debug, Args)]
@@ -135,7 +133,7 @@ pub async fn run(args: BackupArgs, ctx: &Ctx) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    let report = backup_volume(ctx, ctx.location()?, &args.source, opts, limits).await?;
+    let report = backup_volume(ctx, ctx.location()?, &args.source, opts, limits, ctx).await?;
     if args.json {
         print_json(&report)?;
     } else if !ctx.quiet {
@@ -155,93 +153,4 @@ pub async fn run(args: BackupArgs, ctx: &Ctx) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-/// Backs `source` (a file, a device or `lvm:VG/LV`) up as `opts.volume` into the
-/// repository at `location`, holding the volume's lock: the part of `backup` that
-/// `run` shares. Records the outcome and logs it.
-pub(super) async fn backup_volume(
-    ctx: &Ctx,
-    location: &str,
-    source: &SourceSpec,
-    opts: BackupOptions,
-    limits: PoolLimits,
-) -> anyhow::Result<BackupReport> {
-    let volume = opts.volume.clone();
-    if let SourceSpec::Path(path) = source
-        && let Err(e) = RawSource::check_kind(path)
-    {
-        // Refused before the repository is touched; the failure is recorded on this
-        // host only.
-        let failed = format!("backup of {source} to volume {volume} failed");
-        let record = Record::start(Operation::Backup, &volume, location)
-            .finish(Err(format!("{failed}: {e}")));
-        ctx.write_record(location, None, record).await;
-        return Err(anyhow::Error::new(e).context(failed));
-    }
-    let work = async |repo: &Repository| {
-        let raw = match source {
-            SourceSpec::Lvm(_) => None,
-            SourceSpec::Path(path) => Some(RawSource::open(path)?),
-        };
-        let lock = VolumeLock::acquire(repo, &volume, "backup").await?;
-        for w in lock.broken() {
-            tracing::warn!("{w}");
-        }
-        let progress = Arc::new(Progress::default());
-        let display = Display::start(
-            ctx.progress_mode(),
-            format!("backup {volume}"),
-            progress.clone(),
-        );
-        tracing::info!(volume = %volume, source = %source, "backup started");
-        let result = match (source, raw) {
-            (SourceSpec::Lvm(lv), _) => {
-                lock.guard(backup_lvm(repo, lv, &opts, limits, progress))
-                    .await
-            }
-            (SourceSpec::Path(_), Some(raw)) => {
-                lock.guard(backup(repo, raw, &opts, progress)).await
-            }
-            (SourceSpec::Path(_), None) => {
-                unreachable!("a file or device source was opened above")
-            }
-        };
-        display.finish().await;
-        let released = lock.release().await;
-        let mut report = result?;
-        if let Err(e) = released {
-            report
-                .warnings
-                .push(format!("releasing the lock failed: {e}"));
-        }
-        Ok(report)
-    };
-    let describe = |r: &BackupReport, rec: &mut Record| {
-        rec.archive = Some(r.archive.clone());
-        rec.seq = Some(r.seq);
-        rec.bytes_read = Some(r.bytes_read);
-        rec.bytes_written = Some(r.stored_bytes);
-    };
-    let report = ctx
-        .recorded(location, Operation::Backup, &volume, work, describe)
-        .await
-        .map_err(|e| {
-            context_unless_locked(e, || {
-                format!("backup of {source} to volume {volume} failed")
-            })
-        })?;
-    tracing::info!(
-        volume = %volume,
-        seq = report.seq,
-        archive = %report.archive,
-        bytes_read = report.bytes_read,
-        stored_bytes = report.stored_bytes,
-        seconds = report.seconds,
-        "backup committed"
-    );
-    for w in &report.warnings {
-        tracing::warn!(volume = %volume, "{w}");
-    }
-    Ok(report)
 }

@@ -1,9 +1,10 @@
-//! Command-line parsing and output. One file per subcommand; each validates its
-//! arguments, calls the library and prints human-readable text or `--json`. No format
-//! or storage logic lives here.
+//! Command-line parsing and output: a module of the binary, not of the library. One
+//! file per subcommand; each validates its arguments, calls one library function (a
+//! [`thinarc::nightly`] one for the commands that record, lock and alert) and prints
+//! human-readable text or `--json`. No decision, format or storage logic lives here;
+//! signals are caught here and handed to the job ([`thinarc::nightly::Job::interrupted`]).
 //!
-//! A module of the binary, not of the library: the library cannot import it, and only
-//! here and in `main.rs` is `clap` named. Imports any module of the library.
+//! Only here and in `main.rs` is `clap` named. Imports any module of the library.
 
 mod backup;
 mod copy;
@@ -22,18 +23,19 @@ pub use verify::ProblemsFound;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 use signals::interrupted;
 use thinarc::config::Config;
-use thinarc::repo::{Repository, VolumeName};
+use thinarc::nightly::{Given, Job, Observer, Shown};
+use thinarc::progress::Progress;
+use thinarc::repo::Repository;
+use thinarc::size::human;
 use thinarc::source::SourceSpec;
-use thinarc::status::alert::Alert;
-use thinarc::status::{Operation, Record, Records};
-use thinarc::throttle::{RateLimiter, parse_rate};
+use thinarc::throttle::parse_rate;
 
 /// Block-level backups of LVM thin volumes, block devices and image files.
 #[derive(Debug, Parser)]
@@ -143,99 +145,29 @@ impl Cli {
     }
 }
 
-/// Settings given on the command line, which win over a config file's.
-#[derive(Debug, Clone, Default)]
-struct Given {
-    read_limit: Option<u64>,
-    upload_limit: Option<u64>,
-    threads: Option<u16>,
-    state_dir: Option<PathBuf>,
-    on_failure: Option<String>,
-}
-
-/// What every subcommand gets besides its own arguments.
+/// What every subcommand gets besides its own arguments: the repository, `--quiet`,
+/// and the library's [`Job`] (settings, records, alerts), which it derefs to.
 pub struct Ctx {
     repo: Option<String>,
     quiet: bool,
-    given: Given,
-    threads: usize,
-    read_limit: Option<Arc<RateLimiter>>,
-    upload_limit: Option<Arc<RateLimiter>>,
-    state_dir: PathBuf,
-    shared: Arc<Shared>,
+    job: Job,
 }
 
-/// State of the command shared by a context and those derived from it by
-/// [`Ctx::with_config`], so that an interruption and the final alert see it.
-#[derive(Default)]
-struct Shared {
-    /// The on-failure hook.
-    on_failure: Mutex<Option<String>>,
-    /// The record of the operation in progress, finished as interrupted if a signal
-    /// stops the command.
-    current: Mutex<Option<(Option<Repository>, Records, Record)>>,
-    /// Failures of the command, for the on-failure hook.
-    failures: Mutex<Vec<Record>>,
+impl std::ops::Deref for Ctx {
+    type Target = Job;
+
+    fn deref(&self) -> &Job {
+        &self.job
+    }
 }
 
 impl Ctx {
-    /// The context for `given` command-line settings, completed by `config`'s.
-    fn new(
-        repo: Option<String>,
-        quiet: bool,
-        given: Given,
-        config: Option<&Config>,
-        shared: Arc<Shared>,
-    ) -> Ctx {
-        let limit = |rate: Option<u64>| rate.map(|r| Arc::new(RateLimiter::new(r)));
-        Ctx {
-            repo,
-            quiet,
-            threads: given
-                .threads
-                .or(config.and_then(|c| c.threads))
-                .map_or_else(
-                    || std::thread::available_parallelism().map_or(2, |n| n.get()),
-                    usize::from,
-                ),
-            read_limit: limit(given.read_limit.or(config.and_then(|c| c.read_limit))),
-            upload_limit: limit(given.upload_limit.or(config.and_then(|c| c.upload_limit))),
-            state_dir: given
-                .state_dir
-                .clone()
-                .or(config.map(|c| c.state_dir.clone()))
-                .unwrap_or_else(default_state_dir),
-            given,
-            shared,
-        }
-    }
-
     /// This context with `config`'s settings where the command line gave none.
     fn with_config(&self, config: &Config) -> Ctx {
-        if self.given.on_failure.is_none() {
-            *self.shared.on_failure.lock().expect("not poisoned") = config.on_failure.clone();
-        }
-        Ctx::new(
-            self.repo.clone(),
-            self.quiet,
-            self.given.clone(),
-            Some(config),
-            self.shared.clone(),
-        )
-    }
-
-    /// Runs the on-failure hook, if any, for `command` which failed with `error`.
-    async fn alert(&self, command: &str, error: &anyhow::Error) {
-        let Some(hook) = self.shared.on_failure.lock().expect("not poisoned").clone() else {
-            return;
-        };
-        let alert = Alert {
-            command: command.to_string(),
-            error: error_message(error),
-            failures: std::mem::take(&mut *self.shared.failures.lock().expect("not poisoned")),
-        };
-        if let Err(h) = alert.send(&hook).await {
-            tracing::warn!("on-failure command: {h}");
+        Ctx {
+            repo: self.repo.clone(),
+            quiet: self.quiet,
+            job: self.job.with_config(config),
         }
     }
 
@@ -248,90 +180,7 @@ impl Ctx {
 
     /// Opens the repository (with the upload limit, if any).
     async fn open(&self) -> anyhow::Result<Repository> {
-        self.open_at(self.location()?).await
-    }
-
-    /// Opens the repository at `location` (with the upload limit, if any).
-    async fn open_at(&self, location: &str) -> anyhow::Result<Repository> {
-        Ok(self.limit_uploads(Repository::open_location(location).await?))
-    }
-
-    /// `repo` with this command's upload limit, if any.
-    fn limit_uploads(&self, repo: Repository) -> Repository {
-        match &self.upload_limit {
-            Some(limit) => repo.with_upload_limit(limit.clone()),
-            None => repo,
-        }
-    }
-
-    /// Runs `work` on the repository at `location` as `operation` on `volume`,
-    /// recording its start and outcome (see [`thinarc::status::record`]); `describe`
-    /// adds the result's details to the success record.
-    async fn recorded<T>(
-        &self,
-        location: &str,
-        operation: Operation,
-        volume: &VolumeName,
-        work: impl AsyncFnOnce(&Repository) -> anyhow::Result<T>,
-        describe: impl FnOnce(&T, &mut Record),
-    ) -> anyhow::Result<T> {
-        let records = Records::new(location, Some(self.state_dir.clone()));
-        let record = Record::start(operation, volume, location);
-        let repo = self.open_at(location).await;
-        for w in records.write(repo.as_ref().ok(), &record).await {
-            tracing::warn!("{w}");
-        }
-        *self.shared.current.lock().expect("not poisoned") =
-            Some((repo.as_ref().ok().cloned(), records.clone(), record.clone()));
-        let result = match &repo {
-            Ok(repo) => work(repo).await,
-            Err(e) => Err(anyhow::anyhow!("{}", error_message(e))),
-        };
-        self.shared.current.lock().expect("not poisoned").take();
-        let mut record = record.finish(result.as_ref().map(|_| ()).map_err(error_message));
-        if let Ok(value) = &result {
-            describe(value, &mut record);
-        } else {
-            self.shared
-                .failures
-                .lock()
-                .expect("not poisoned")
-                .push(record.clone());
-        }
-        for w in records.write(repo.as_ref().ok(), &record).await {
-            tracing::warn!("{w}");
-        }
-        result
-    }
-
-    /// Writes a finished `record` of an operation on the repository at `location`
-    /// (`repo` if it could be opened); a failure is also kept for the on-failure hook.
-    async fn write_record(&self, location: &str, repo: Option<&Repository>, record: Record) {
-        if record.result == thinarc::status::Outcome::Failure {
-            self.shared
-                .failures
-                .lock()
-                .expect("not poisoned")
-                .push(record.clone());
-        }
-        let records = Records::new(location, Some(self.state_dir.clone()));
-        for w in records.write(repo, &record).await {
-            tracing::warn!("{w}");
-        }
-    }
-
-    /// Finishes the operation in progress, if any, as failed with `why`.
-    async fn abandon(&self, why: &str) {
-        let current = self.shared.current.lock().expect("not poisoned").take();
-        if let Some((repo, records, record)) = current {
-            let record = record.finish(Err(why.to_string()));
-            self.shared
-                .failures
-                .lock()
-                .expect("not poisoned")
-                .push(record.clone());
-            records.write(repo.as_ref(), &record).await;
-        }
+        Ok(self.job.open(self.location()?).await?)
     }
 
     /// Whether to draw progress bars (stderr is a terminal) or print progress lines.
@@ -343,6 +192,17 @@ impl Ctx {
         } else {
             progress::Mode::Lines
         }
+    }
+}
+
+/// Shows the progress of a job's operations (see [`progress::Display`]).
+impl Observer for Ctx {
+    fn show(&self, what: String, progress: Arc<Progress>) -> Box<dyn Shown> {
+        Box::new(progress::Display::start(
+            self.progress_mode(),
+            what,
+            progress,
+        ))
     }
 }
 
@@ -358,11 +218,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         state_dir: cli.state_dir,
         on_failure: cli.on_failure,
     };
-    let shared = Arc::new(Shared {
-        on_failure: Mutex::new(given.on_failure.clone()),
-        ..Shared::default()
-    });
-    let ctx = Ctx::new(cli.repo, cli.quiet, given, None, shared);
+    let ctx = Ctx {
+        repo: cli.repo,
+        quiet: cli.quiet,
+        job: Job::new(given),
+    };
     let name = cli.command.name();
     let command = async {
         match cli.command {
@@ -384,36 +244,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     // operation in progress is recorded as failed.
     let result = tokio::select! {
         r = command => r,
-        signal = interrupted() => {
-            // The dropped command's uploads are being aborted: say only what happened.
-            let uploads = thinarc::repo::settle_dropped_uploads().await;
-            let why = format!(
-                "interrupted by {signal}: nothing partial was committed{}",
-                interrupted_uploads(&uploads)
-            );
-            ctx.abandon(&why).await;
-            Err(anyhow::anyhow!(why))
-        }
+        signal = interrupted() => Err(ctx.interrupted(signal).await.into()),
     };
-    // A command unwound by an error may have dropped an upload: let its abort finish.
-    thinarc::repo::settle_dropped_uploads().await;
-    // A command unwound by an error or a signal drops its volume lock: delete it now.
-    thinarc::repo::settle_dropped_locks().await;
-    if let Err(e) = &result {
-        ctx.alert(name, e).await;
-    }
+    ctx.finish(name, result.as_ref().err().map(error_message))
+        .await;
     result
-}
-
-/// What the interrupted message says of the uploads the signal cut short.
-fn interrupted_uploads(u: &thinarc::repo::DroppedUploads) -> String {
-    match (u.aborted, u.failed.first()) {
-        (_, Some(e)) => format!(
-            "; a partial upload could not be removed ({e}): the next run of the volume removes it"
-        ),
-        (0, None) => String::new(),
-        (_, None) => ", and the partial upload was removed".into(),
-    }
 }
 
 impl Command {
@@ -434,60 +269,15 @@ impl Command {
     }
 }
 
-/// Where result records are kept by default: `/var/lib/thinarc` for root, else
-/// `$XDG_STATE_HOME/thinarc` or `~/.local/state/thinarc`.
-fn default_state_dir() -> PathBuf {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return PathBuf::from(thinarc::config::DEFAULT_STATE_DIR);
-    }
-    std::env::var_os("XDG_STATE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
-        .unwrap_or_else(std::env::temp_dir)
-        .join("thinarc")
-}
-
 /// Whether `e` is (or was caused by) a volume locked by another run, or another
-/// `thinarc run` going on: such errors keep their own message and exit with code 3.
+/// `thinarc run` going on (see [`thinarc::nightly::is_locked`]): exit code 3.
 pub fn is_locked(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| {
-        matches!(
-            c.downcast_ref::<thinarc::repo::LockError>(),
-            Some(
-                thinarc::repo::LockError::Held { .. } | thinarc::repo::LockError::Unreadable { .. }
-            )
-        ) || matches!(
-            c.downcast_ref::<thinarc::status::RunLockError>(),
-            Some(thinarc::status::RunLockError::Locked(_))
-        ) || c.is::<thinarc::status::RunLocked>()
-    })
+    thinarc::nightly::is_locked(e.as_ref())
 }
 
-/// Adds `context` to `e`, unless `e` says the volume is locked: that message is complete
-/// as it is.
-fn context_unless_locked(e: anyhow::Error, context: impl FnOnce() -> String) -> anyhow::Error {
-    if is_locked(&e) {
-        e
-    } else {
-        e.context(context())
-    }
-}
-
-/// The error and its causes on one line, skipping a cause whose text the message
-/// already holds (object_store errors repeat their sources in their own text).
+/// The error and its causes on one line (see [`thinarc::nightly::error_message`]).
 pub fn error_message(e: &anyhow::Error) -> String {
-    let mut out = String::new();
-    for cause in e.chain() {
-        let text = cause.to_string();
-        if !out.contains(&text) {
-            if !out.is_empty() {
-                out.push_str(": ");
-            }
-            out.push_str(&text);
-        }
-    }
-    out
+    thinarc::nightly::error_message(e.as_ref())
 }
 
 /// clap's parser of a source (`backup SOURCE`, `verify --source`): the library's one
@@ -502,22 +292,6 @@ fn source_spec() -> impl clap::builder::TypedValueParser<Value = SourceSpec> {
 fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
-}
-
-/// Formats bytes for people.
-fn human(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = bytes as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
 }
 
 #[cfg(test)]

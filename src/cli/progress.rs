@@ -92,3 +92,10 @@ async fn lines(what: String, progress: Arc<Progress>, stop: Arc<tokio::sync::Not
         );
     }
 }
+
+/// A job's operation shows its progress through a [`Display`].
+impl thinarc::nightly::Shown for Display {
+    fn finish(self: Box<Self>) -> futures::future::BoxFuture<'static, ()> {
+        Box::pin(Display::finish(*self))
+    }
+}

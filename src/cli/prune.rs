@@ -5,11 +5,9 @@ use std::time::Duration;
 use clap::Args;
 
 use super::{Ctx, human, print_json};
-use thinarc::prune::{
-    PolicyError, PruneError, PruneOptions, PruneReport, Retention, RetentionSpec, prune,
-};
-use thinarc::repo::{Repository, VolumeName};
-use thinarc::status::{Operation, Record};
+use thinarc::nightly::Observer;
+use thinarc::prune::{PolicyError, PruneOptions, PruneReport, Retention, RetentionSpec};
+use thinarc::repo::VolumeName;
 
 /// Arguments of `prune`. At least one `--keep-*` option is required: a policy
 /// without any would keep only the newest point. The options are checked by the
@@ -94,61 +92,32 @@ pub async fn run(args: PruneArgs, ctx: &Ctx) -> anyhow::Result<()> {
         opts.grace = Duration::ZERO;
     }
     let volume = args.volume.as_deref().map(VolumeName::new).transpose()?;
-    let repo = ctx.open().await?;
-    let volumes = match volume {
-        Some(v) => vec![v],
-        None => repo.volumes().await?,
-    };
-    let mut reports = Vec::new();
-    for v in &volumes {
-        let r = prune_volume(ctx, ctx.location()?, v, &opts).await?;
-        if !args.json && !ctx.quiet {
-            print_human(&r);
-        }
-        reports.push(r);
-    }
+    let reports = thinarc::nightly::prune(
+        ctx,
+        ctx.location()?,
+        volume,
+        &opts,
+        &Printer { args: &args, ctx },
+    )
+    .await?;
     if args.json {
         print_json(&reports)?;
     }
     Ok(())
 }
 
-/// Prunes `volume` of the repository at `location`, recording the outcome (a dry run is
-/// not recorded): the part of `prune` that `run` shares.
-pub(super) async fn prune_volume(
-    ctx: &Ctx,
-    location: &str,
-    volume: &VolumeName,
-    opts: &PruneOptions,
-) -> anyhow::Result<PruneReport> {
-    let work = async |repo: &Repository| {
-        let context = format!("prune of {volume} failed");
-        match prune(repo, volume, opts).await {
-            Ok(r) => Ok(r),
-            // The lock error itself in the chain: `main` exits with 3 for a held lock,
-            // whose message is complete as it is (as backup's and copy's).
-            Err(PruneError::Lock(e)) => {
-                Err(super::context_unless_locked(anyhow::Error::new(e), || {
-                    context
-                }))
-            }
-            Err(e) => Err(anyhow::Error::new(e).context(context)),
+/// Prints each volume's prune as it ends (unless `--json` or `--quiet`).
+struct Printer<'a> {
+    args: &'a PruneArgs,
+    ctx: &'a Ctx,
+}
+
+impl Observer for Printer<'_> {
+    fn pruned(&self, report: &PruneReport) {
+        if !self.args.json && !self.ctx.quiet {
+            print_human(report);
         }
-    };
-    let report = if opts.dry_run {
-        work(&ctx.open_at(location).await?).await?
-    } else {
-        let describe = |r: &PruneReport, rec: &mut Record| {
-            rec.bytes_read = Some(r.bytes_read);
-            rec.bytes_written = Some(r.bytes_written);
-        };
-        ctx.recorded(location, Operation::Prune, volume, work, describe)
-            .await?
-    };
-    for w in &report.warnings {
-        tracing::warn!(volume = %volume, "{w}");
     }
-    Ok(report)
 }
 
 fn print_human(r: &PruneReport) {

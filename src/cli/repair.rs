@@ -3,8 +3,8 @@
 use clap::Args;
 
 use super::{Ctx, print_json};
-use thinarc::prune::{PruneOptions, RetentionPolicy, prune};
-use thinarc::repo::{RepairAction, RepairScope, Repository, VolumeLock, VolumeName, break_locks};
+use thinarc::nightly::{RepairOptions, repair};
+use thinarc::repo::VolumeName;
 
 /// Arguments of `repair`.
 #[derive(Debug, Args)]
@@ -30,64 +30,18 @@ pub struct RepairArgs {
     pub json: bool,
 }
 
-/// What `repair` did.
-#[derive(Debug, serde::Serialize)]
-struct RepairReport {
-    volume: String,
-    dry_run: bool,
-    actions: Vec<RepairAction>,
-    /// Lock objects removed by `--break-lock`, one sentence each.
-    locks_removed: Vec<String>,
-    /// Points unlisted by `--drop-damaged`.
-    dropped: Vec<u64>,
-}
-
 /// With `--break-lock`, first removes unreadable and dead lock objects; then sets
 /// corrupt commit markers aside and commits again the complete archives whose marker is
 /// lost or wrong (holding the volume's lock); with `--drop-damaged`, unlists the points
 /// that depend on damaged data.
 pub async fn run(args: RepairArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let volume = VolumeName::new(&args.volume)?;
-    let repo = ctx.open().await?;
-    let locks_removed = if args.break_lock {
-        break_locks(&repo, &volume, args.dry_run).await?
-    } else {
-        Vec::new()
-    };
-    let actions = if args.dry_run {
-        repo.repair_catalog(&volume, RepairScope::All, true).await?
-    } else {
-        let lock = VolumeLock::acquire(&repo, &volume, "repair").await?;
-        for w in lock.broken() {
-            tracing::warn!("{w}");
-        }
-        let result = lock
-            .guard(async {
-                anyhow::Ok(
-                    repo.repair_catalog(&volume, RepairScope::All, false)
-                        .await?,
-                )
-            })
-            .await;
-        let released = lock.release().await;
-        let actions = result?;
-        if let Err(e) = released {
-            tracing::warn!("releasing the lock failed: {e}");
-        }
-        actions
-    };
-    let dropped = if args.drop_damaged {
-        drop_damaged(&repo, &volume, args.dry_run, ctx).await?
-    } else {
-        Vec::new()
-    };
-    let report = RepairReport {
-        volume: volume.to_string(),
+    let opts = RepairOptions {
+        break_lock: args.break_lock,
+        drop_damaged: args.drop_damaged,
         dry_run: args.dry_run,
-        actions,
-        locks_removed,
-        dropped,
     };
+    let report = repair(ctx, ctx.location()?, &volume, opts).await?;
     if args.json {
         return print_json(&report);
     }
@@ -109,54 +63,4 @@ pub async fn run(args: RepairArgs, ctx: &Ctx) -> anyhow::Result<()> {
         println!("volume {volume}: nothing to repair in the catalog");
     }
     Ok(())
-}
-
-/// Unlists the points of `volume` that depend on damaged data, through prune with
-/// those points as a forced drop set (everything else is kept).
-async fn drop_damaged(
-    repo: &Repository,
-    volume: &VolumeName,
-    dry_run: bool,
-    ctx: &Ctx,
-) -> anyhow::Result<Vec<u64>> {
-    let rows = repo.describe(volume).await?;
-    let listed = repo.commits(volume).await?;
-    let damaged: Vec<u64> = rows
-        .iter()
-        .filter(|r| r.damage.is_some() && listed.iter().any(|c| c.seq == r.seq))
-        .map(|r| r.seq)
-        .collect();
-    if let Some(newest) = listed.last()
-        && damaged.contains(&newest.seq)
-    {
-        anyhow::bail!(
-            "the newest point of {volume} (seq {}) depends on damaged data: run `thinarc backup` first (it stores damaged blocks again, or starts a new chain), then `thinarc repair {volume} --drop-damaged`",
-            newest.seq
-        );
-    }
-    if damaged.is_empty() {
-        return Ok(damaged);
-    }
-    let mut opts = PruneOptions::new(RetentionPolicy {
-        last: Some(u32::MAX),
-        ..RetentionPolicy::default()
-    });
-    opts.drop = damaged;
-    opts.dry_run = dry_run;
-    opts.threads = ctx.threads;
-    let report = prune(repo, volume, &opts).await?;
-    for w in &report.warnings {
-        tracing::warn!(volume = %volume, "{w}");
-    }
-    let listed: Vec<u64> = if dry_run {
-        Vec::new()
-    } else {
-        repo.commits(volume).await?.iter().map(|c| c.seq).collect()
-    };
-    Ok(report
-        .points
-        .iter()
-        .filter(|p| !p.keep && !listed.contains(&p.seq))
-        .map(|p| p.seq)
-        .collect())
 }

@@ -21,7 +21,7 @@
 //! The destination's volume lock is held while copying into it. The source is only
 //! read and is not locked: a prune of the source keeps superseded archives for a
 //! grace period, and if an archive vanishes mid-copy the copy fails before committing
-//! that point.
+//! that point. Each source volume's catalog is listed once.
 //!
 //! Commands floor. Imports only `format`, `point`, `progress` and `repo`; must not read
 //! sources or write targets, nor import another command module (`backup`, `restore`,
@@ -368,6 +368,7 @@ impl VolumeCopy<'_> {
             CopyKind::Copied,
             published.size,
             published.committed_at,
+            Some(published.commit),
         )
         .await
     }
@@ -416,12 +417,13 @@ impl VolumeCopy<'_> {
         .await
         .map_err(Box::new)?;
         self.report.bytes_read += r.bytes_read;
-        self.committed(r.seq, r.archive, kind, r.stored_bytes, r.committed_at)
+        self.committed(r.seq, r.archive, kind, r.stored_bytes, r.committed_at, None)
             .await
     }
 
     /// Records a point committed in the destination and opens it there (its parent for
-    /// the next delta).
+    /// the next delta): by its `commit`, or (after a merge) found in the destination's
+    /// catalog.
     async fn committed(
         &mut self,
         seq: u64,
@@ -429,6 +431,7 @@ impl VolumeCopy<'_> {
         kind: CopyKind,
         stored_bytes: u64,
         at: Option<chrono::DateTime<chrono::Utc>>,
+        commit: Option<Commit>,
     ) -> Result<(), CopyError> {
         self.committed_at = at.or(self.committed_at);
         self.report.bytes_written += stored_bytes;
@@ -439,16 +442,19 @@ impl VolumeCopy<'_> {
             kind,
             stored_bytes,
         });
-        let commit = self
-            .dest
-            .commits(self.volume)
-            .await?
-            .into_iter()
-            .find(|c| c.seq == seq && c.archive_id == archive)
-            .ok_or_else(|| RepoError::CommitUnknown {
-                key: self.volume.commit_key(seq, 0).to_string(),
-                detail: "the marker just written is not listed".into(),
-            })?;
+        let commit = match commit {
+            Some(c) => c,
+            None => self
+                .dest
+                .commits(self.volume)
+                .await?
+                .into_iter()
+                .find(|c| c.seq == seq && c.archive_id == archive)
+                .ok_or_else(|| RepoError::CommitUnknown {
+                    key: self.volume.commit_key(seq, 0).to_string(),
+                    detail: "the marker just written is not listed".into(),
+                })?,
+        };
         let opened = RemoteArchive::open(self.dest, &commit).await?;
         self.dest_points.insert(seq, Arc::new(opened));
         Ok(())

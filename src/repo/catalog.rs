@@ -338,6 +338,8 @@ impl Repository {
     /// [`RepoError::Store`] when listing fails (a marker or archive that cannot be
     /// read is a problem, not an error).
     pub async fn catalog(&self, volume: &VolumeName) -> Result<VolumeCatalog, RepoError> {
+        self.catalog_listings
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let keys = self.markers(volume).await?;
         let mut max_seq = keys.last().map_or(0, |k| k.seq);
         let mut commits: Vec<Commit> = Vec::new();
@@ -426,23 +428,31 @@ impl Repository {
     pub async fn existing_commits(&self, volume: &VolumeName) -> Result<Vec<Commit>, RepoError> {
         let commits = self.commits(volume).await?;
         if commits.is_empty() {
-            let known: Vec<String> = self
-                .volumes()
-                .await?
-                .iter()
-                .map(|v| v.to_string())
-                .collect();
-            let known = if known.is_empty() {
-                "none".to_string()
-            } else {
-                known.join(", ")
-            };
-            return Err(RepoError::VolumeNotFound {
-                name: volume.to_string(),
-                known,
-            });
+            return Err(self.volume_not_found(volume).await?);
         }
         Ok(commits)
+    }
+
+    /// [`RepoError::VolumeNotFound`] for `volume`, listing the known volumes.
+    ///
+    /// # Errors
+    /// [`RepoError::Store`] when the volumes cannot be listed.
+    async fn volume_not_found(&self, volume: &VolumeName) -> Result<RepoError, RepoError> {
+        let known: Vec<String> = self
+            .volumes()
+            .await?
+            .iter()
+            .map(|v| v.to_string())
+            .collect();
+        let known = if known.is_empty() {
+            "none".to_string()
+        } else {
+            known.join(", ")
+        };
+        Ok(RepoError::VolumeNotFound {
+            name: volume.to_string(),
+            known,
+        })
     }
 
     /// Resolves the chain of archives behind the point `at` of `commits` (as returned
@@ -662,9 +672,22 @@ impl Repository {
     /// # Errors
     /// [`RepoError::VolumeNotFound`], or [`RepoError::Store`] when listing fails.
     pub async fn describe(&self, volume: &VolumeName) -> Result<Vec<PointInfo>, RepoError> {
-        let catalog = self.catalog(volume).await?;
+        self.describe_catalog(volume, &self.catalog(volume).await?)
+            .await
+    }
+
+    /// [`describe`](Self::describe) from `catalog`, the volume's catalog the caller
+    /// already listed (and uses for more: it is listed once).
+    ///
+    /// # Errors
+    /// As [`describe`](Self::describe).
+    pub async fn describe_catalog(
+        &self,
+        volume: &VolumeName,
+        catalog: &VolumeCatalog,
+    ) -> Result<Vec<PointInfo>, RepoError> {
         if catalog.commits.is_empty() && catalog.problems.is_empty() {
-            self.existing_commits(volume).await?;
+            return Err(self.volume_not_found(volume).await?);
         }
         let opened: Vec<Result<RemoteArchive, RepoError>> =
             futures::stream::iter(catalog.commits.iter())

@@ -133,6 +133,7 @@ impl Repository {
             config,
             local_root: None,
             uploads: None,
+            catalog_listings: Arc::default(),
         }
     }
 }

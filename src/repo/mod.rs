@@ -188,6 +188,9 @@ pub struct Repository {
     local_root: Option<std::path::PathBuf>,
     /// Incomplete multipart uploads, on S3.
     uploads: Option<Arc<uploads::S3Uploads>>,
+    /// Volume catalogs listed through this handle and its clones (see
+    /// [`catalog_listings`](Repository::catalog_listings)).
+    catalog_listings: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for Repository {
@@ -218,6 +221,14 @@ impl Repository {
     /// reached over the network).
     pub fn is_local(&self) -> bool {
         self.local_root.is_some()
+    }
+
+    /// How many times a volume's catalog (its commit markers, archives, tombstones
+    /// and set-aside markers) was listed through this handle and its clones. A
+    /// command lists each volume's catalog once and passes it down; tests check it.
+    pub fn catalog_listings(&self) -> u64 {
+        self.catalog_listings
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The location as the user gave it.

@@ -23,7 +23,7 @@ use object_store::{
 use tokio::task::JoinHandle;
 
 use super::marker::{CommitMarker, read_marker};
-use super::{ArchiveId, RepoError, Repository, VolumeName};
+use super::{ArchiveId, Commit, RepoError, Repository, VolumeName};
 use crate::format::Digest;
 
 /// Size of one multipart part.
@@ -103,6 +103,8 @@ pub struct Published {
     /// When the store says the commit marker was written (`None` if it could not be
     /// read back); the store's clock, for grace periods.
     pub committed_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// The committed point, as its marker says (no need to list the catalog again).
+    pub commit: Commit,
 }
 
 /// Part size for an archive of at most `max_len` bytes: 8 MiB, or more (in whole MiB)
@@ -318,6 +320,16 @@ impl ArchiveUpload {
             key: self.key.to_string(),
             size: self.written,
             committed_at,
+            commit: Commit {
+                volume: self.volume.clone(),
+                seq: self.seq,
+                generation: self.generation,
+                archive_id: marker.archive,
+                object: marker.object,
+                size: marker.size,
+                digest,
+                key: commit_key,
+            },
         })
     }
 }

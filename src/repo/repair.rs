@@ -64,11 +64,28 @@ impl Repository {
         scope: RepairScope,
         dry_run: bool,
     ) -> Result<Vec<RepairAction>, RepoError> {
+        let catalog = self.catalog(volume).await?;
+        Ok(self.repair_listed(volume, catalog, scope, dry_run).await?.0)
+    }
+
+    /// [`repair_catalog`](Self::repair_catalog) of `catalog`, the volume's catalog the
+    /// caller listed; also returns it as repaired (points committed again are listed;
+    /// the problems are those found), so that the caller need not list it again.
+    ///
+    /// # Errors
+    /// As [`repair_catalog`](Self::repair_catalog).
+    pub async fn repair_listed(
+        &self,
+        volume: &VolumeName,
+        catalog: VolumeCatalog,
+        scope: RepairScope,
+        dry_run: bool,
+    ) -> Result<(Vec<RepairAction>, VolumeCatalog), RepoError> {
         let VolumeCatalog {
             mut commits,
             mut problems,
-            ..
-        } = self.catalog(volume).await?;
+            max_seq,
+        } = catalog;
         if scope == RepairScope::All {
             self.check_markers(&mut commits, &mut problems).await?;
         }
@@ -148,7 +165,12 @@ impl Repository {
             }
         }
         actions.sort_by_key(|a| a.seq);
-        Ok(actions)
+        let repaired = VolumeCatalog {
+            commits,
+            problems,
+            max_seq,
+        };
+        Ok((actions, repaired))
     }
 
     /// Checks every committed marker against its archive (header and trailer reads).

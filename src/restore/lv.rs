@@ -2,10 +2,11 @@
 //! (a new thin LV gets only its data blocks), then read it back.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use serde::Serialize;
 
-use super::{RestoreError, RestoreOptions, RestoreReport, restore, target_image_digest};
+use super::{RestoreError, RestoreOptions, RestoreReport, restore_chain, target_image_digest};
 use crate::lvm::LvName;
 use crate::progress::Progress;
 use crate::repo::{Repository, VolumeName};
@@ -38,13 +39,23 @@ pub async fn restore_to_lv(
     readback: bool,
     progress: Arc<Progress>,
 ) -> Result<LvRestoreReport, RestoreError> {
+    let started = Instant::now();
     let commits = repo.existing_commits(volume).await?;
     let chain = repo.resolve(&commits, &opts.at).await?;
     let geometry = chain.tip().geometry();
     let lv = LvTarget::prepare(name, geometry.size(), geometry.block_size().get(), target)?;
     let mut opts = opts.clone();
     opts.fresh_target = lv.fresh;
-    let mut report = restore(repo, volume, &lv.path, &opts, progress.clone()).await?;
+    let mut report = restore_chain(
+        repo,
+        &commits,
+        chain,
+        &lv.path,
+        &opts,
+        progress.clone(),
+        started,
+    )
+    .await?;
     if readback {
         let seq = report.seq;
         let actual = target_image_digest(&lv.path, geometry, seq, opts.threads, &progress)

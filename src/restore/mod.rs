@@ -8,6 +8,10 @@
 //! writes them in block order to the target ([`crate::target`]), and the image digest is
 //! recomputed in block order from the digests of the blocks actually written.
 //!
+//! The volume's catalog is listed and the chain resolved once per restore (onto an LV
+//! too; `--since` is resolved from the same list). Restore only reads the repository
+//! and takes no lock.
+//!
 //! Commands floor. Imports only `format`, `lvm`, `point`, `progress`, `repo`, `source`
 //! and `target`; must not import another command module (`backup`, `prune`, `verify`,
 //! `copy`, `status`), `config` or `cli`.
@@ -27,7 +31,9 @@ use crate::format::{Digest, FormatError, Geometry, ImageHasher};
 use crate::point::ReadError;
 use crate::point::read::{BufferPool, Decoded, Span, read_units};
 use crate::progress::Progress;
-use crate::repo::{ArchiveId, ChainCursor, PointSelector, RepoError, Repository, VolumeName};
+use crate::repo::{
+    ArchiveId, Chain, ChainCursor, Commit, PointSelector, RepoError, Repository, VolumeName,
+};
 use crate::source::{RawSource, SourceError, source_image_digest};
 use crate::target::{BeyondVolume, FileTarget, TargetError};
 
@@ -201,6 +207,25 @@ pub async fn restore(
     let started = Instant::now();
     let commits = repo.existing_commits(volume).await?;
     let chain = repo.resolve(&commits, &opts.at).await?;
+    restore_chain(repo, &commits, chain, target, opts, progress, started).await
+}
+
+/// [`restore`] of `chain`, the point `opts.at` of the volume whose committed points
+/// are `commits`, which the caller listed and resolved (once: `--since` is resolved
+/// from the same list).
+///
+/// # Errors
+/// As [`restore`].
+async fn restore_chain(
+    repo: &Repository,
+    commits: &[Commit],
+    chain: Chain,
+    target: &Path,
+    opts: &RestoreOptions,
+    progress: Arc<Progress>,
+    started: Instant,
+) -> Result<RestoreReport, RestoreError> {
+    let volume = chain.volume.clone();
     let tip = chain.tip().clone();
     if !opts.force
         && let Some(id) = FileTarget::identity(target)
@@ -216,7 +241,7 @@ pub async fn restore(
     }
     let geometry = tip.geometry();
     let since = match &opts.since {
-        Some(at) => Some(since_point(repo, &commits, &chain, at, target, opts, &progress).await?),
+        Some(at) => Some(since_point(repo, commits, &chain, at, target, opts, &progress).await?),
         None => None,
     };
     progress.set_total(geometry.size());

@@ -1,6 +1,7 @@
 //! `status`: per volume, what is stored and how the last runs went — from the
 //! repository's catalog and the result records ([`record`]) — as text, JSON or a
-//! Prometheus textfile ([`prometheus`]).
+//! Prometheus textfile ([`prometheus`]). Each volume's catalog is listed once; status
+//! reads, and renders nothing but data (the binary prints).
 //!
 //! Commands floor. Imports only `format`, `lvm`, `repo` and `source`; must not import
 //! `point`, `target`, another command module (`backup`, `restore`, `prune`, `verify`,
@@ -150,19 +151,32 @@ pub struct Status {
     pub volumes: Vec<VolumeStatus>,
 }
 
+/// Why the status could not be gathered.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StatusError {
+    /// The repository's volumes cannot be listed.
+    #[error(transparent)]
+    Repo(#[from] crate::repo::RepoError),
+    /// The volume asked for is neither in the repository nor in the records.
+    #[error("no volume named {name} in {location}, and no records of it")]
+    UnknownVolume { name: String, location: String },
+}
+
 /// Gathers the status of `volume` (or every volume) of `repo`, reading `records`.
 /// `repo` is `None` when the repository cannot be opened: the local records still tell
 /// what happened.
 ///
 /// # Errors
-/// Only for an unknown `volume` with no records anywhere.
+/// [`StatusError::UnknownVolume`] for an unknown `volume` with no records anywhere;
+/// [`StatusError::Repo`] when the volumes cannot be listed.
 pub async fn gather(
     repo: Option<&Repository>,
     location: &str,
     records: &Records,
     volume: Option<&VolumeName>,
     unreachable: Option<String>,
-) -> anyhow::Result<Status> {
+) -> Result<Status, StatusError> {
     let time = Utc::now();
     let mut names: Vec<String> = match volume {
         Some(v) => vec![v.to_string()],
@@ -218,7 +232,10 @@ pub async fn gather(
         }
         lost_success(&mut s);
         if volume.is_some() && s.points == 0 && s.backup.last.is_none() && repo.is_some() {
-            anyhow::bail!("no volume named {name} in {location}, and no records of it");
+            return Err(StatusError::UnknownVolume {
+                name,
+                location: location.to_string(),
+            });
         }
         volumes.push(s);
     }
@@ -252,7 +269,15 @@ fn lost_success(s: &mut VolumeStatus) {
 /// Fills the catalog part of `s`: points, chain length, stored bytes, newest point,
 /// damage.
 async fn catalog(repo: &Repository, volume: &VolumeName, now: DateTime<Utc>, s: &mut VolumeStatus) {
-    let rows = match repo.describe(volume).await {
+    // Listed once: the rows, the counts and the newest chain all come from it.
+    let catalog = match repo.catalog(volume).await {
+        Ok(c) => c,
+        Err(e) => {
+            s.problems.push(e.to_string());
+            return;
+        }
+    };
+    let rows = match repo.describe_catalog(volume, &catalog).await {
         Ok(p) => p,
         Err(crate::repo::RepoError::VolumeNotFound { .. }) => return,
         Err(e) => {
@@ -260,30 +285,24 @@ async fn catalog(repo: &Repository, volume: &VolumeName, now: DateTime<Utc>, s: 
             return;
         }
     };
-    let mut listed: HashSet<u64> = HashSet::new();
-    match repo.catalog(volume).await {
-        Ok(c) => {
-            for p in &c.problems {
-                match p {
-                    CatalogProblem::CorruptMarker { .. } => s.damage.corrupt_markers += 1,
-                    CatalogProblem::Orphan(_) => s.damage.orphans += 1,
-                }
-            }
-            listed = c.commits.iter().map(|c| c.seq).collect();
-            for r in rows.iter().filter(|r| r.damage.is_some()) {
-                if listed.contains(&r.seq) {
-                    s.damage.damaged_points += 1;
-                }
-                s.problems.push(format!(
-                    "seq {}: {}",
-                    r.seq,
-                    r.damage.as_deref().unwrap_or_default()
-                ));
-            }
-            s.points = listed.len();
+    for p in &catalog.problems {
+        match p {
+            CatalogProblem::CorruptMarker { .. } => s.damage.corrupt_markers += 1,
+            CatalogProblem::Orphan(_) => s.damage.orphans += 1,
         }
-        Err(e) => s.problems.push(e.to_string()),
     }
+    let listed: HashSet<u64> = catalog.commits.iter().map(|c| c.seq).collect();
+    for r in rows.iter().filter(|r| r.damage.is_some()) {
+        if listed.contains(&r.seq) {
+            s.damage.damaged_points += 1;
+        }
+        s.problems.push(format!(
+            "seq {}: {}",
+            r.seq,
+            r.damage.as_deref().unwrap_or_default()
+        ));
+    }
+    s.points = listed.len();
     let points: Vec<_> = rows
         .into_iter()
         .filter(|r| listed.contains(&r.seq) && !r.created.is_empty())
@@ -312,11 +331,7 @@ async fn catalog(repo: &Repository, volume: &VolumeName, now: DateTime<Utc>, s: 
             age_seconds: age.max(0.0),
         });
     }
-    let chain = match repo.commits(volume).await {
-        Ok(commits) => repo.resolve(&commits, &PointSelector::Latest).await,
-        Err(e) => Err(e),
-    };
-    match chain {
+    match repo.resolve(&catalog.commits, &PointSelector::Latest).await {
         Ok(chain) => {
             s.chain_length = chain.archives.len();
             let tip = &chain.tip().header;

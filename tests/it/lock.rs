@@ -657,3 +657,62 @@ fn an_interrupted_backup_removes_its_lock() {
     // The next run is not refused.
     t.ok(&["backup", src.to_str().unwrap(), "--volume", "big", "-q"]);
 }
+
+/// The library's `backup` takes the volume's lock itself: an embedder cannot back up
+/// without it. While one backup of a volume runs (its reads throttled so that it
+/// lasts), a second one in the same process is refused with `LockError::Held` and
+/// commits nothing; no lock object is left. `repair` refuses a held volume the same
+/// way, as a lock error (exit code 3 for the binary).
+#[tokio::test(flavor = "multi_thread")]
+async fn library_backup_takes_its_own_lock() {
+    use thinarc::backup::{BackupError, BackupOptions, backup};
+    use thinarc::nightly::{Given, Job, JobError, RepairOptions, is_locked, repair};
+    use thinarc::source::RawSource;
+    use thinarc::throttle::RateLimiter;
+
+    let t = TempRepo::new();
+    let repo = lib_repo(&t).await;
+    let volume = VolumeName::new("vm/twice").unwrap();
+    let img = t.path("disk.img");
+    write(&img, &make_image(8 << 20, 41));
+    let mut slow = BackupOptions::new(volume.clone());
+    slow.read_limit = Some(Arc::new(RateLimiter::new(8 << 20)));
+    let first = backup(&repo, RawSource::open(&img).unwrap(), &slow, Arc::default());
+    let second = async {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while lock_keys(&repo, "vm~twice").await.is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "the first backup never took its lock"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let opts = BackupOptions::new(volume.clone());
+        backup(&repo, RawSource::open(&img).unwrap(), &opts, Arc::default()).await
+    };
+    let (done, refused) = tokio::join!(first, second);
+    let (done, refused) = (done.unwrap(), refused.unwrap_err());
+    assert_eq!(done.seq, 1);
+    match &refused {
+        BackupError::Lock(LockError::Held { volume, .. }) => assert_eq!(volume, "vm/twice"),
+        e => panic!("expected LockError::Held, got {e:?}"),
+    }
+    assert_eq!(repo.commits(&volume).await.unwrap().len(), 1);
+    assert!(lock_keys(&repo, "vm~twice").await.is_empty());
+
+    let held = VolumeLock::acquire(&repo, &volume, "prune").await.unwrap();
+    let job = Job::new(Given {
+        state_dir: Some(t.path("state")),
+        ..Given::default()
+    });
+    let e = repair(&job, t.location(), &volume, RepairOptions::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(e, JobError::Lock(LockError::Held { .. })), "{e:?}");
+    assert!(is_locked(&e));
+    held.release().await.unwrap();
+    let report = repair(&job, t.location(), &volume, RepairOptions::default())
+        .await
+        .unwrap();
+    assert!(report.actions.is_empty(), "{report:?}");
+}

@@ -13,6 +13,7 @@ mod floors;
 mod format;
 mod honest;
 mod linger;
+mod listings;
 mod lock;
 mod lvm;
 mod lvm_vm;

@@ -13,7 +13,7 @@ use thinarc::repo::{RepoError, Repository, VolumeName};
 use tokio::sync::Barrier;
 
 use crate::chain::{backup_file, restore_every_point};
-use crate::faults::{Faults, FaultyStore};
+use crate::faults::{Faults, FaultyStore, OwnLocksOnly};
 use crate::util::s3::moto;
 use crate::util::{Rng, TempRepo, assert_same_image, make_image, read, write};
 
@@ -201,10 +201,17 @@ async fn two_writers_racing_on_s3_exactly_one_commits() {
     write(&a, &img_a);
     write(&b, &img_b);
 
+    // Each writer's lock listings miss the other's lock (see `OwnLocksOnly`): the
+    // commit guard behind the volume lock decides.
+    let writer = async || {
+        let store = Arc::new(OwnLocksOnly::new(repo.store().clone()));
+        Repository::open(store, "s3://race").await.unwrap()
+    };
+    let (writer_a, writer_b) = (writer().await, writer().await);
     faults.lock().unwrap().commit_barrier = Some(Arc::new(Barrier::new(2)));
     let (ra, rb) = tokio::join!(
-        backup_file(&repo, &volume, &a, None),
-        backup_file(&repo, &volume, &b, None)
+        backup_file(&writer_a, &volume, &a, None),
+        backup_file(&writer_b, &volume, &b, None)
     );
     faults.lock().unwrap().commit_barrier = None;
     let (winner, loser, img) = match (ra, rb) {
