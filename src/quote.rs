@@ -30,7 +30,7 @@ pub fn head(value: &str) -> Option<&str> {
 const MESSAGE_CHARS: usize = 240;
 
 /// A message from another library that may quote input in full (a TOML parser's, for
-/// example), cut to its first [`MESSAGE_CHARS`] characters when it is longer.
+/// example), cut to its first `MESSAGE_CHARS` (240) characters when it is longer.
 pub fn bounded(message: &str) -> String {
     match message.char_indices().nth(MESSAGE_CHARS) {
         None => message.to_string(),
