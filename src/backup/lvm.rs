@@ -8,8 +8,9 @@ use super::{BackupError, BackupOptions, BackupReport, Base, backup_from, locked}
 use crate::lvm::{LvName, PoolLimits};
 use crate::progress::Progress;
 use crate::repo::{Repository, new_archive_id};
+use crate::source::consistent::{Consistency, HookEnv};
 use crate::source::lvm::{
-    BaseState, LvmPlan, ThinarcSnapshot, block_size_for_chunk, snapshot_name,
+    BaseState, LvmPlan, LvmSourceError, ThinarcSnapshot, block_size_for_chunk, snapshot_name,
 };
 
 /// Backs up the thin LV `name` as a new point of `opts.volume`.
@@ -61,7 +62,30 @@ async fn backup_lvm_locked(
         ))?);
     }
     let archive_id = new_archive_id();
-    let mut prepared = plan.prepare(&archive_id, limits)?;
+    // The pool is checked before the pre-command, so that a full pool does not
+    // quiesce the application for nothing.
+    plan.check_pool(limits).map_err(LvmSourceError::from)?;
+    let env = HookEnv {
+        volume: opts.volume.to_string(),
+        source: format!("lvm:{name}"),
+        snapshot: format!(
+            "{}/{}",
+            name.vg,
+            snapshot_name(&name.lv, archive_id.as_str())
+        ),
+    };
+    let after = opts.hooks.before(&env).await?;
+    let quiesced = after.quiesced();
+    // The post-command runs once the snapshot exists or its creation failed (`after`
+    // is dropped on error): not after the upload.
+    let prepared = plan.prepare(&archive_id, limits, opts.freeze.as_ref(), after);
+    let (mut prepared, post_warning) = prepared?;
+    warnings.extend(post_warning);
+    let consistency = if quiesced || prepared.frozen {
+        Consistency::Application
+    } else {
+        Consistency::Crash
+    };
     opts.archive_id = Some(archive_id);
     opts.lvm = Some(prepared.record.clone());
     opts.changed_blocks = prepared.changed.clone().map(Into::into);
@@ -70,6 +94,7 @@ async fn backup_lvm_locked(
     warnings.extend(prepared.committed());
     warnings.append(&mut report.warnings);
     report.warnings = warnings;
+    report.consistency = consistency;
     Ok(report)
 }
 

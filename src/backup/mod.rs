@@ -39,6 +39,7 @@ use crate::repo::{
     LockError, PointSelector, RemoteArchive, RepairScope, RepoError, Repository, VolumeCatalog,
     VolumeLock, VolumeName, chain_damage, clock_went_back, new_archive_id, new_id,
 };
+use crate::source::consistent::{Consistency, ConsistencyError, Freeze, HookEnv, Hooks};
 use crate::source::{
     BATCH_BYTES, Batch, ChangedBlocks, RawSource, ReadPlan, SourceError, read_batches,
 };
@@ -71,6 +72,11 @@ pub struct BackupOptions {
     pub lvm: Option<LvmSnapshot>,
     /// Start a new chain: a full archive even when the volume has points.
     pub full: bool,
+    /// The operator's commands around the snapshot (around the read for a file or
+    /// device source).
+    pub hooks: Hooks,
+    /// The built-in freeze around the snapshot (`lvm:` sources only).
+    pub freeze: Option<Freeze>,
 }
 
 impl BackupOptions {
@@ -87,6 +93,8 @@ impl BackupOptions {
             archive_id: None,
             lvm: None,
             full: false,
+            hooks: Hooks::default(),
+            freeze: None,
         }
     }
 }
@@ -133,6 +141,9 @@ pub struct BackupReport {
     /// Leftovers of interrupted runs removed after the commit (archive objects, staging
     /// files, incomplete uploads).
     pub leftovers_removed: usize,
+    /// `application` when a pre-snapshot command or a freeze quiesced the source for
+    /// the snapshot (the read, for a file or device), else `crash`.
+    pub consistency: Consistency,
     /// Problems after the commit that did not affect it.
     pub warnings: Vec<String>,
 }
@@ -154,6 +165,9 @@ pub enum BackupError {
     /// The LVM source failed (nothing was committed; a new snapshot was removed).
     #[error(transparent)]
     Lvm(#[from] crate::source::lvm::LvmSourceError),
+    /// The pre-snapshot command failed, or a required freeze; nothing was created.
+    #[error(transparent)]
+    Consistency(#[from] ConsistencyError),
     /// The requested block size differs from the volume's.
     #[error("volume {volume} uses block size {stored}; --block-size {requested} cannot change it")]
     BlockSizeMismatch {
@@ -378,9 +392,25 @@ pub async fn backup(
     progress: Arc<Progress>,
 ) -> Result<BackupReport, BackupError> {
     let path = source.path().display().to_string();
+    let env = HookEnv {
+        volume: opts.volume.to_string(),
+        source: path.clone(),
+        snapshot: String::new(),
+    };
     locked(repo, &opts.volume, &path, async {
+        // No snapshot: the hooks run around the whole read.
+        let after = opts.hooks.before(&env).await?;
         let base = Base::for_backup(repo, &opts.volume, opts.full).await?;
-        backup_from(repo, base, source, opts, progress).await
+        let mut report = backup_from(repo, base, source, opts, progress).await;
+        let quiesced = after.quiesced();
+        let warning = after.finish(report.is_ok());
+        if let Ok(report) = &mut report {
+            if quiesced {
+                report.consistency = Consistency::Application;
+            }
+            report.warnings.extend(warning);
+        }
+        report
     })
     .await
 }
@@ -545,6 +575,7 @@ async fn backup_from(
                 leftovers_removed: leftovers
                     .as_ref()
                     .map_or(0, |c| c.objects.len() + c.uploads.len()),
+                consistency: Consistency::Crash,
                 warnings: {
                     warnings.extend(
                         parent

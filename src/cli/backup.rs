@@ -48,6 +48,14 @@ pub struct BackupArgs {
     /// is damaged.
     #[arg(long)]
     pub full: bool,
+    /// Run CMD with `sh -c` before the snapshot (before the read, for a file or
+    /// device); its failure stops the backup. Killed after 5 minutes.
+    #[arg(long, value_name = "CMD")]
+    pub pre_snapshot: Option<String>,
+    /// Run CMD with `sh -c` once the snapshot is taken (after the read, for a file or
+    /// device), whatever happened, when --pre-snapshot succeeded.
+    #[arg(long, value_name = "CMD")]
+    pub post_snapshot: Option<String>,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
@@ -84,6 +92,8 @@ pub async fn run(args: BackupArgs, ctx: &Ctx) -> anyhow::Result<()> {
     opts.threads = ctx.threads;
     opts.read_limit = ctx.read_limit.clone();
     opts.full = args.full;
+    opts.hooks.pre = args.pre_snapshot.clone();
+    opts.hooks.post = args.post_snapshot.clone();
     if let Some(bs) = args.block_size {
         let bs = u32::try_from(bs).ok().map(BlockSize::new);
         opts.block_size = Some(bs.context("--block-size is too large")??);

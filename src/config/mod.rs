@@ -18,6 +18,7 @@ mod value;
 use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 use toml::Spanned;
@@ -30,6 +31,9 @@ use crate::format::BlockSize;
 use crate::prune::RetentionSpec;
 use crate::repo::{VolumeName, parse_location};
 use crate::source::SourceSpec;
+use crate::source::consistent::{
+    DEFAULT_FREEZE_TIMEOUT, DEFAULT_HOOK_TIMEOUT, Freeze, FreezeTarget, Hooks,
+};
 
 /// Where `thinarc run` looks for its config without `--config`.
 pub const DEFAULT_PATH: &str = "/etc/thinarc/thinarc.toml";
@@ -106,6 +110,11 @@ pub struct Volume {
     pub max_pool_metadata: Option<u8>,
     /// Retention applied by a prune after the backup; none = keep everything.
     pub retention: Option<Retention>,
+    /// `pre_snapshot`, `post_snapshot` and `hook_timeout` (seconds).
+    pub hooks: Hooks,
+    /// `freeze` (`lvm:` sources only), `freeze_timeout` (seconds) and
+    /// `freeze_required` (default true).
+    pub freeze: Option<Freeze>,
 }
 
 /// One offline copy target.
@@ -159,6 +168,12 @@ struct RawVolume {
     max_pool_data: Option<Spanned<u8>>,
     max_pool_metadata: Option<Spanned<u8>>,
     retention: Option<Spanned<RetentionSpec>>,
+    pre_snapshot: Option<String>,
+    post_snapshot: Option<String>,
+    hook_timeout: Option<Spanned<u64>>,
+    freeze: Option<Spanned<String>>,
+    freeze_timeout: Option<Spanned<u64>>,
+    freeze_required: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -308,7 +323,37 @@ impl Config {
                 ),
                 None => None,
             };
+            let seconds = |v: &Option<Spanned<u64>>, key: &str, default: Duration| match v {
+                Some(t) if *t.get_ref() == 0 => Err(c.error(
+                    t.span(),
+                    format!("{what}: {key} = 0: give the limit in seconds, at least 1"),
+                )),
+                Some(t) => Ok(Duration::from_secs(*t.get_ref())),
+                None => Ok(default),
+            };
+            let hooks = Hooks {
+                pre: v.pre_snapshot.clone(),
+                post: v.post_snapshot.clone(),
+                timeout: seconds(&v.hook_timeout, "hook_timeout", DEFAULT_HOOK_TIMEOUT)?,
+            };
+            let freeze = match &v.freeze {
+                Some(f) if source.lv().is_none() => {
+                    return Err(c.error(
+                        f.span(),
+                        format!("{what}: freeze applies to lvm:VG/LV sources only (it covers the snapshot; a file or device source has none: use pre_snapshot and post_snapshot)"),
+                    ));
+                }
+                Some(f) => Some(Freeze {
+                    target: FreezeTarget::parse(f.get_ref())
+                        .map_err(|e| c.error(f.span(), format!("{what}: freeze: {e}")))?,
+                    timeout: seconds(&v.freeze_timeout, "freeze_timeout", DEFAULT_FREEZE_TIMEOUT)?,
+                    required: v.freeze_required.unwrap_or(true),
+                }),
+                None => None,
+            };
             volumes.push(Volume {
+                hooks,
+                freeze,
                 source,
                 repository,
                 block_size,

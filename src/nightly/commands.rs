@@ -73,6 +73,7 @@ pub async fn backup_volume(
         rec.seq = Some(r.seq);
         rec.bytes_read = Some(r.bytes_read);
         rec.bytes_written = Some(r.stored_bytes);
+        rec.consistency = Some(r.consistency);
     };
     // The record says what failed; the error also names the backup.
     let report = job

@@ -92,6 +92,8 @@ pub async fn run(
         opts.block_size = v.block_size;
         opts.threads = job.threads;
         opts.read_limit = job.read_limit.clone();
+        opts.hooks = v.hooks.clone();
+        opts.freeze = v.freeze.clone();
         let defaults = PoolLimits::default();
         let limits = PoolLimits {
             max_data: v.max_pool_data.map_or(defaults.max_data, f64::from),

@@ -25,6 +25,7 @@ use crate::lvm::{
     LvInfo, LvName, Lvm, LvmError, MetadataSnapshot, NO_ARCHIVE, PoolLimits, PoolLock, PoolProblem,
     PoolStatus, check_pool, dm_name, parse_pool_status, run_tool, thin_delta, thin_dump_mapped,
 };
+use crate::source::consistent::{After, ConsistencyError, Freeze, Frozen};
 use crate::source::{RawSource, SourceError};
 
 /// Tag on every snapshot thinarc creates.
@@ -87,6 +88,9 @@ pub enum LvmSourceError {
     /// The snapshot could not be opened.
     #[error(transparent)]
     Source(#[from] SourceError),
+    /// The freeze is refused or failed (and is required); nothing was created.
+    #[error(transparent)]
+    Consistency(#[from] ConsistencyError),
 }
 
 /// A thinarc snapshot of an LV and its role (`status`, `backup --dry-run`).
@@ -230,15 +234,20 @@ impl LvmPlan {
     }
 
     /// Checks the pool, removes strays, takes and opens the new snapshot for archive
-    /// `archive_id`, and finds what to read.
+    /// `archive_id` (with `freeze` around `lvcreate` only, and `after`'s post-command
+    /// run once the snapshot exists or its creation failed), and finds what to read.
+    /// Returns the post-command's failure as a warning.
     ///
     /// # Errors
-    /// [`LvmSourceError`]; anything created is removed again.
+    /// [`LvmSourceError`]; anything created is removed again, and anything frozen
+    /// thawed.
     pub fn prepare(
         self,
         archive_id: &ArchiveId,
         limits: PoolLimits,
-    ) -> Result<PreparedLvm, LvmSourceError> {
+        freeze: Option<&Freeze>,
+        after: After,
+    ) -> Result<(PreparedLvm, Option<String>), LvmSourceError> {
         self.check_pool(limits)?;
         let vg = &self.name.vg;
         let mut warnings = Vec::new();
@@ -256,7 +265,15 @@ impl LvmPlan {
             origin_tag(&self.origin.lv_uuid),
             archive_tag(archive_id.as_str()),
         );
-        Lvm.run(
+        let frozen = match freeze {
+            Some(f) => {
+                let origin = format!("/dev/mapper/{}", dm_name(vg, &self.name.lv));
+                f.check(&self.name.to_string(), std::path::Path::new(&origin))?;
+                f.freeze(&mut warnings)?
+            }
+            None => None,
+        };
+        let created = Lvm.run(
             "lvcreate",
             &[
                 "--config",
@@ -274,7 +291,17 @@ impl LvmPlan {
                 &t_archive,
                 &self.name.to_string(),
             ],
-        )?;
+        );
+        let frozen = match frozen.map(Frozen::thaw) {
+            Some(Ok(())) => true,
+            Some(Err(w)) => {
+                warnings.push(w);
+                false
+            }
+            None => false,
+        };
+        let post_warning = after.finish(created.is_ok());
+        created?;
         let guard = SnapshotGuard {
             vg: vg.clone(),
             name: snap_name.clone(),
@@ -300,7 +327,8 @@ impl LvmPlan {
             BaseState::Trusted { snapshot, .. } => Some(snapshot.lv_name.clone()),
             _ => None,
         };
-        Ok(PreparedLvm {
+        let prepared = PreparedLvm {
+            frozen,
             source: Some(source),
             changed,
             record: LvmSnapshot {
@@ -316,7 +344,8 @@ impl LvmPlan {
             warnings,
             old_base,
             guard,
-        })
+        };
+        Ok((prepared, post_warning))
     }
 
     /// Under the pool lock: releases a metadata snapshot left reserved by a killed run,
@@ -577,6 +606,8 @@ pub struct PreparedLvm {
     pub record: LvmSnapshot,
     /// Things done or found along the way, for the report.
     pub warnings: Vec<String>,
+    /// Whether the file systems were frozen for the snapshot (and thawed in time).
+    pub frozen: bool,
     old_base: Option<String>,
     guard: SnapshotGuard,
 }

@@ -5,12 +5,13 @@
 //!
 //! A source only reads; it knows nothing of archives or repositories.
 //!
-//! Nouns floor (with `repo` and `target`). Imports only `cleanup`, `format`, `lvm`,
-//! `progress`, `quote` and `throttle`; must not import `repo`, `target`, `point`, a
+//! Nouns floor (with `repo` and `target`). Imports only `cleanup`, `format`, `hook`,
+//! `lvm`, `progress`, `quote` and `throttle`; must not import `repo`, `target`, `point`, a
 //! command module or `cli`.
 
 mod blocks;
 mod changed;
+pub mod consistent;
 pub mod lvm;
 mod raw;
 mod spec;

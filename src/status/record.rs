@@ -104,6 +104,9 @@ pub struct Record {
     /// Bytes written to the repository.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bytes_written: Option<u64>,
+    /// A backup's point: `crash` or `application` consistent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consistency: Option<crate::source::consistent::Consistency>,
     /// What went wrong.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -125,6 +128,7 @@ impl Record {
             seq: None,
             bytes_read: None,
             bytes_written: None,
+            consistency: None,
             error: None,
         }
     }

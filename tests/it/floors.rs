@@ -47,12 +47,15 @@ const ROOMS: &[Room] = &[
     // Tools: the LVM commands, rate limits.
     room("lvm", 1, Only(&["cleanup", "quote"])),
     room("throttle", 1, Only(&["quote", "size"])),
+    room("hook", 1, Only(&["cleanup", "quote"])),
     // The nouns: where archives live, where blocks come from, where they go.
     room("repo", 2, Only(&["format", "quote", "throttle"])),
     room(
         "source",
         2,
-        Only(&["cleanup", "format", "lvm", "progress", "quote", "throttle"]),
+        Only(&[
+            "cleanup", "format", "hook", "lvm", "progress", "quote", "throttle",
+        ]),
     ),
     room("target", 2, Only(&["cleanup", "lvm", "repo", "source"])),
     // Reading and rebuilding a point: what every reader of points shares.
