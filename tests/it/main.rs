@@ -12,6 +12,7 @@ mod faults;
 mod floors;
 mod format;
 mod honest;
+mod hooks;
 mod linger;
 mod listings;
 mod lock;

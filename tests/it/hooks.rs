@@ -1,0 +1,175 @@
+//! Issue 15, item 1: the pre- and post-snapshot commands, on real runs of the binary
+//! with file sources (their hooks run around the whole read): ordering against the
+//! lock and the commit, the `THINARC_*` environment, a failing pre-command, a hanging
+//! one killed after `hook_timeout` (the run goes on with the next volume), the
+//! post-command after a SIGTERM, and `consistency` in `backup --json` and the record.
+//! `libvirt:` freezing runs a fake `virsh` on PATH.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::util::{TempRepo, make_image, thinarc_env, write};
+
+const MIB: usize = 1 << 20;
+
+/// A hook that appends `TAG volume source snapshot status locks commits` to `log`.
+fn logger(t: &TempRepo, tag: &str, volume: &str) -> String {
+    let vol = t.repo().join("volumes").join(volume);
+    format!(
+        "echo \"{tag} $THINARC_EVENT $THINARC_VOLUME $THINARC_SOURCE [$THINARC_SNAPSHOT] [$THINARC_STATUS] locks=$(ls {v}/locks 2>/dev/null | wc -l) commits=$(ls {v}/commits 2>/dev/null | wc -l)\" >> {log}",
+        v = vol.display(),
+        log = t.path("hooks.log").display()
+    )
+}
+
+fn log(t: &TempRepo) -> Vec<String> {
+    std::fs::read_to_string(t.path("hooks.log"))
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn hooks_run_in_order_with_their_environment_and_make_the_point_application_consistent() {
+    let t = TempRepo::new();
+    let src = t.path("db.img");
+    write(&src, &make_image(MIB, 1));
+    let s = src.to_str().unwrap();
+    let plain = t.json(&["backup", s]);
+    assert_eq!(plain["consistency"], "crash");
+    let (pre, post) = (logger(&t, "pre", "db.img"), logger(&t, "post", "db.img"));
+    let report = t.json(&["backup", s, "--pre-snapshot", &pre, "--post-snapshot", &post]);
+    assert_eq!(report["consistency"], "application");
+    // Under the volume's lock, before the commit; the post-command after it.
+    assert_eq!(
+        log(&t),
+        [
+            format!("pre pre-snapshot db.img {s} [] [] locks=1 commits=1"),
+            format!("post post-snapshot db.img {s} [] [ok] locks=1 commits=2"),
+        ]
+    );
+    let state = t.path("state");
+    let records = std::process::Command::new("grep")
+        .args(["-rh", "\"consistency\"", state.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let records = String::from_utf8_lossy(&records.stdout);
+    assert!(records.contains("\"consistency\": \"application\""), "{records}");
+}
+
+#[test]
+fn a_failing_pre_command_stops_the_backup_with_its_stderr() {
+    let t = TempRepo::new();
+    let src = t.path("db.img");
+    write(&src, &make_image(MIB, 2));
+    let s = src.to_str().unwrap();
+    let post = logger(&t, "post", "db.img");
+    let o = t.run(&[
+        "backup",
+        s,
+        "--pre-snapshot",
+        "echo 'no lock:' >&2; echo 'server gone' >&2; exit 7",
+        "--post-snapshot",
+        &post,
+    ]);
+    assert_eq!(o.code, Some(1), "{}", o.show());
+    assert_eq!(
+        o.stderr.trim_end().lines().last().unwrap(),
+        format!(
+            "error: backup of {s} to volume db.img failed: pre-snapshot command \"echo 'no lock:' >&2; echo 'server gone' >&2; exit 7\" failed (exit status: 7): \"no lock: server gone\"; the backup did not start"
+        )
+    );
+    assert!(log(&t).is_empty(), "no post-command without a pre-command");
+    assert!(!t.repo().join("volumes/db.img/commits").exists() || std::fs::read_dir(t.repo().join("volumes/db.img/commits")).unwrap().count() == 0);
+}
+
+#[test]
+fn a_hanging_pre_command_is_killed_after_hook_timeout_and_the_run_goes_on() {
+    let t = TempRepo::new();
+    write(&t.path("a.img"), &make_image(MIB, 3));
+    write(&t.path("b.img"), &make_image(MIB, 4));
+    let marker = t.path("child-alive");
+    let cfg = t.path("thinarc.toml");
+    let text = format!(
+        r#"state_dir = "{state}"
+[repositories.main]
+location = "{repo}"
+
+[[volumes]]
+name = "a"
+source = "{a}"
+pre_snapshot = "(sleep 3; touch {marker}) & sleep 60"
+hook_timeout = 1
+
+[[volumes]]
+name = "b"
+source = "{b}"
+"#,
+        state = t.path("state").display(),
+        repo = t.location(),
+        a = t.path("a.img").display(),
+        b = t.path("b.img").display(),
+        marker = marker.display(),
+    );
+    write(&cfg, text.as_bytes());
+    let started = Instant::now();
+    let o = thinarc_env(
+        &["run", "--config", cfg.to_str().unwrap(), "--json"],
+        &[("THINARC_STATE_DIR".into(), t.path("state").display().to_string())],
+    );
+    assert!(started.elapsed() < Duration::from_secs(20), "took {:?}", started.elapsed());
+    assert_eq!(o.code, Some(1), "{}", o.show());
+    let report: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
+    let steps = report.as_array().unwrap();
+    let a = steps.iter().find(|s| s["volume"] == "a").unwrap();
+    assert_eq!(a["ok"], false);
+    assert_eq!(
+        a["detail"],
+        format!(
+            "backup of {} to volume a failed: pre-snapshot command \"(sleep 3; touch {}) & sleep 60\" did not finish within 1s and was killed with its process group; the backup did not start",
+            t.path("a.img").display(),
+            marker.display()
+        ),
+        "{a}"
+    );
+    let b = steps.iter().find(|s| s["volume"] == "b" && s["operation"] == "backup").unwrap();
+    assert_eq!(b["ok"], true, "{b}");
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(!marker.exists(), "the hook's whole process group was killed");
+}
+
+#[test]
+fn the_post_command_runs_when_sigterm_stops_the_backup() {
+    let t = TempRepo::new();
+    let src = t.path("big.img");
+    write(&src, &make_image(32 * MIB, 5));
+    let (pre, post) = (logger(&t, "pre", "big"), logger(&t, "post", "big"));
+    let child = Command::new(env!("CARGO_BIN_EXE_thinarc"))
+        .args(["-r", t.location(), "-q", "--read-limit", "1M", "backup"])
+        .arg(&src)
+        .args(["--volume", "big", "--pre-snapshot", &pre, "--post-snapshot", &post])
+        .env("THINARC_STATE_DIR", t.path("state"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while log(&t).is_empty() {
+        assert!(Instant::now() < deadline, "the pre-command never ran");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) }, 0);
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let s = src.to_str().unwrap();
+    assert_eq!(
+        log(&t),
+        [
+            format!("pre pre-snapshot big {s} [] [] locks=1 commits=0"),
+            format!("post post-snapshot big {s} [] [failed] locks=1 commits=0"),
+        ]
+    );
+}
