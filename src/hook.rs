@@ -35,7 +35,7 @@ pub enum HookError {
     Failed {
         what: String,
         status: String,
-        /// Its stderr (else stdout), trimmed and bounded.
+        /// Its stderr (else stdout) on one line, cut to 240 characters.
         stderr: String,
     },
     /// It outlived its timeout and was killed with its process group.
@@ -192,7 +192,7 @@ impl Command {
                     stderr: if said.is_empty() {
                         "no output".into()
                     } else {
-                        crate::quote::excerpt(&said)
+                        crate::quote::bounded(&said)
                     },
                 })
             }
@@ -235,7 +235,7 @@ mod tests {
         let e = Command::shell("hook", "echo 'no such table'  >&2; exit 3", t)
             .run_blocking()
             .unwrap_err();
-        assert_eq!(e.to_string(), "hook failed (exit status: 3): \"no such table\"");
+        assert_eq!(e.to_string(), "hook failed (exit status: 3): no such table");
         let started = Instant::now();
         let e = Command::shell("hook", "sleep 30 & sleep 30", Duration::from_millis(300))
             .run_blocking()

@@ -337,18 +337,16 @@ impl Frozen {
             .watchdog
             .take()
             .is_some_and(|w| w.join().unwrap_or(false));
-        let thawed = self
-            .thaw
-            .run_blocking()
-            .map(drop)
-            .map_err(|e| e.to_string());
         if timed_out {
             return Err(format!(
-                "the freeze outlived freeze_timeout ({}s) and was thawed before the snapshot was taken: the point is crash-consistent only",
+                "the freeze outlived freeze_timeout ({}s) and was thawed before the snapshot was complete: the point is crash-consistent only",
                 self.thaw.timeout().as_secs_f64()
             ));
         }
-        thawed
+        self.thaw
+            .run_blocking()
+            .map(drop)
+            .map_err(|e| e.to_string())
     }
 }
 

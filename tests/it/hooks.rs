@@ -39,7 +39,14 @@ fn hooks_run_in_order_with_their_environment_and_make_the_point_application_cons
     let plain = t.json(&["backup", s]);
     assert_eq!(plain["consistency"], "crash");
     let (pre, post) = (logger(&t, "pre", "db.img"), logger(&t, "post", "db.img"));
-    let report = t.json(&["backup", s, "--pre-snapshot", &pre, "--post-snapshot", &post]);
+    let report = t.json(&[
+        "backup",
+        s,
+        "--pre-snapshot",
+        &pre,
+        "--post-snapshot",
+        &post,
+    ]);
     assert_eq!(report["consistency"], "application");
     // Under the volume's lock, before the commit; the post-command after it.
     assert_eq!(
@@ -55,7 +62,10 @@ fn hooks_run_in_order_with_their_environment_and_make_the_point_application_cons
         .output()
         .unwrap();
     let records = String::from_utf8_lossy(&records.stdout);
-    assert!(records.contains("\"consistency\": \"application\""), "{records}");
+    assert!(
+        records.contains("\"consistency\": \"application\""),
+        "{records}"
+    );
 }
 
 #[test]
@@ -77,11 +87,17 @@ fn a_failing_pre_command_stops_the_backup_with_its_stderr() {
     assert_eq!(
         o.stderr.trim_end().lines().last().unwrap(),
         format!(
-            "error: backup of {s} to volume db.img failed: pre-snapshot command \"echo 'no lock:' >&2; echo 'server gone' >&2; exit 7\" failed (exit status: 7): \"no lock: server gone\"; the backup did not start"
+            "error: backup of {s} to volume db.img failed: pre-snapshot command \"echo 'no lock:' >&2; echo 'server gone' >&2; exit 7\" failed (exit status: 7): no lock: server gone; the backup did not start"
         )
     );
     assert!(log(&t).is_empty(), "no post-command without a pre-command");
-    assert!(!t.repo().join("volumes/db.img/commits").exists() || std::fs::read_dir(t.repo().join("volumes/db.img/commits")).unwrap().count() == 0);
+    assert!(
+        !t.repo().join("volumes/db.img/commits").exists()
+            || std::fs::read_dir(t.repo().join("volumes/db.img/commits"))
+                .unwrap()
+                .count()
+                == 0
+    );
 }
 
 #[test]
@@ -116,9 +132,16 @@ source = "{b}"
     let started = Instant::now();
     let o = thinarc_env(
         &["run", "--config", cfg.to_str().unwrap(), "--json"],
-        &[("THINARC_STATE_DIR".into(), t.path("state").display().to_string())],
+        &[(
+            "THINARC_STATE_DIR".into(),
+            t.path("state").display().to_string(),
+        )],
     );
-    assert!(started.elapsed() < Duration::from_secs(20), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        started.elapsed()
+    );
     assert_eq!(o.code, Some(1), "{}", o.show());
     let report: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
     let steps = report.as_array().unwrap();
@@ -133,10 +156,16 @@ source = "{b}"
         ),
         "{a}"
     );
-    let b = steps.iter().find(|s| s["volume"] == "b" && s["operation"] == "backup").unwrap();
+    let b = steps
+        .iter()
+        .find(|s| s["volume"] == "b" && s["operation"] == "backup")
+        .unwrap();
     assert_eq!(b["ok"], true, "{b}");
     std::thread::sleep(Duration::from_secs(4));
-    assert!(!marker.exists(), "the hook's whole process group was killed");
+    assert!(
+        !marker.exists(),
+        "the hook's whole process group was killed"
+    );
 }
 
 #[test]
@@ -148,7 +177,14 @@ fn the_post_command_runs_when_sigterm_stops_the_backup() {
     let child = Command::new(env!("CARGO_BIN_EXE_thinarc"))
         .args(["-r", t.location(), "-q", "--read-limit", "1M", "backup"])
         .arg(&src)
-        .args(["--volume", "big", "--pre-snapshot", &pre, "--post-snapshot", &post])
+        .args([
+            "--volume",
+            "big",
+            "--pre-snapshot",
+            &pre,
+            "--post-snapshot",
+            &post,
+        ])
         .env("THINARC_STATE_DIR", t.path("state"))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -161,7 +197,10 @@ fn the_post_command_runs_when_sigterm_stops_the_backup() {
     }
     std::thread::sleep(Duration::from_millis(300));
     // SAFETY: kill(2) on our own child's pid.
-    assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) }, 0);
+    assert_eq!(
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) },
+        0
+    );
     let o = child.wait_with_output().unwrap();
     assert_eq!(o.status.code(), Some(1));
     let s = src.to_str().unwrap();
@@ -171,5 +210,115 @@ fn the_post_command_runs_when_sigterm_stops_the_backup() {
             format!("pre pre-snapshot big {s} [] [] locks=1 commits=0"),
             format!("post post-snapshot big {s} [] [failed] locks=1 commits=0"),
         ]
+    );
+}
+
+/// A fake `virsh`: `domfsfreeze`/`domfsthaw` of domain `web1` succeed and are logged
+/// to `$VIRSH_LOG`; domain `mute` has a guest agent that never answers; domain `gone`
+/// has none.
+const FAKE_VIRSH: &str = r#"#!/bin/sh
+echo "$1 $2" >> "$VIRSH_LOG"
+case "$2" in
+  web1) echo "Froze 2 filesystem(s)" ;;
+  mute) exec sleep 60 ;;
+  *) echo "error: Guest agent is not responding: QEMU guest agent is not connected" >&2; exit 1 ;;
+esac
+"#;
+
+#[test]
+fn libvirt_freeze_through_a_fake_virsh() {
+    // The fake goes first on PATH of a child test process (this test binary itself),
+    // never of this one: other tests run in parallel here.
+    let dir = tempfile::tempdir().unwrap();
+    let virsh = dir.path().join("virsh");
+    write(&virsh, FAKE_VIRSH.as_bytes());
+    std::fs::set_permissions(&virsh, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        dir.path().display(),
+        std::env::var("PATH").unwrap()
+    );
+    let o = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "hooks::libvirt_freeze_child",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env("PATH", path)
+        .env("VIRSH_LOG", dir.path().join("virsh.log"))
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(String::from_utf8_lossy(&o.stdout).contains("1 passed"));
+}
+
+/// The body of [`libvirt_freeze_through_a_fake_virsh`], run by it in a child process
+/// with the fake `virsh` on PATH (it fails when run otherwise).
+#[test]
+#[ignore = "run by libvirt_freeze_through_a_fake_virsh with a fake virsh on PATH"]
+fn libvirt_freeze_child() {
+    use thinarc::source::consistent::{Freeze, FreezeTarget};
+    let log_path = std::env::var("VIRSH_LOG").expect("run by libvirt_freeze_through_a_fake_virsh");
+    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let freeze = |domain: &str, required: bool| Freeze {
+        target: FreezeTarget::Libvirt(domain.into()),
+        timeout: Duration::from_secs(1),
+        required,
+    };
+    // An answering agent: frozen, then thawed.
+    let mut warnings = Vec::new();
+    let frozen = freeze("web1", true).freeze(&mut warnings).unwrap().unwrap();
+    assert_eq!(log(), "domfsfreeze web1\n");
+    frozen.thaw().unwrap();
+    assert_eq!(log(), "domfsfreeze web1\ndomfsthaw web1\n");
+    assert!(warnings.is_empty());
+
+    // A freeze that outlives freeze_timeout is thawed by the watchdog, and the point is
+    // reported crash-consistent.
+    let frozen = freeze("web1", true).freeze(&mut warnings).unwrap().unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        log().ends_with("domfsfreeze web1\ndomfsthaw web1\n"),
+        "{}",
+        log()
+    );
+    assert_eq!(
+        frozen.thaw().unwrap_err(),
+        "the freeze outlived freeze_timeout (1s) and was thawed before the snapshot was complete: the point is crash-consistent only"
+    );
+
+    // No agent: with freeze_required = false, a warning and a crash-consistent snapshot.
+    let none = freeze("gone", false).freeze(&mut warnings).unwrap();
+    assert!(none.is_none());
+    assert_eq!(
+        warnings,
+        [
+            "virsh domfsfreeze gone failed (exit status: 1): error: Guest agent is not responding: QEMU guest agent is not connected; the snapshot is crash-consistent only (freeze_required = false)"
+        ]
+    );
+    // ... required: the backup stops before the snapshot.
+    let e = freeze("gone", true).freeze(&mut Vec::new()).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "virsh domfsfreeze gone failed (exit status: 1): error: Guest agent is not responding: QEMU guest agent is not connected; freeze_required is set, so no snapshot was taken"
+    );
+    // An agent that never answers is killed after freeze_timeout, and thawed anyway.
+    let started = Instant::now();
+    let e = freeze("mute", true).freeze(&mut Vec::new()).unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(
+        e.to_string(),
+        "virsh domfsfreeze mute did not finish within 1s and was killed with its process group; freeze_required is set, so no snapshot was taken"
+    );
+    assert!(
+        log().ends_with("domfsfreeze mute\ndomfsthaw mute\n"),
+        "{}",
+        log()
     );
 }
