@@ -94,7 +94,7 @@ fn each_mistake_names_file_line_and_problem() {
     bad(
         "max_pool_data = 85",
         "max_pool_dat = 85",
-        "/etc/thinarc/t.toml:20:1: unknown field `max_pool_dat`, expected one of `name`, `source`, `repository`, `block_size`, `max_pool_data`, `max_pool_metadata`, `retention`",
+        "/etc/thinarc/t.toml:20:1: unknown field `max_pool_dat`, expected one of `name`, `source`, `repository`, `block_size`, `max_pool_data`, `max_pool_metadata`, `retention`, `pre_snapshot`, `post_snapshot`, `hook_timeout`, `freeze`, `freeze_timeout`, `freeze_required`",
     );
     bad(
         "keep_weekly = 6",
@@ -242,4 +242,40 @@ fn the_example_config_is_valid() {
     assert_eq!(c.repositories.len(), 2);
     assert_eq!(c.copies[0].volumes.len(), 2);
     assert!(c.on_failure.as_deref().unwrap().starts_with("mail "));
+}
+
+#[test]
+fn hooks_and_freeze() {
+    let text = GOOD.replacen(
+        "max_pool_data = 85",
+        "max_pool_data = 85\npre_snapshot = \"mysql -e 'FLUSH TABLES'\"\npost_snapshot = \"true\"\nhook_timeout = 60\nfreeze = \"fs:/var/lib/mysql\"\nfreeze_required = false",
+        1,
+    );
+    let c = parse(&text).unwrap();
+    let web = &c.volumes[0];
+    assert_eq!(web.hooks.pre.as_deref(), Some("mysql -e 'FLUSH TABLES'"));
+    assert_eq!(web.hooks.post.as_deref(), Some("true"));
+    assert_eq!(web.hooks.timeout, Duration::from_secs(60));
+    let f = web.freeze.as_ref().unwrap();
+    assert_eq!(f.target, FreezeTarget::Fs("/var/lib/mysql".into()));
+    assert_eq!((f.timeout, f.required), (DEFAULT_FREEZE_TIMEOUT, false));
+    let db = &c.volumes[1];
+    assert_eq!(db.hooks, Hooks::default());
+    assert_eq!(db.freeze, None);
+
+    bad(
+        "max_pool_data = 85",
+        "freeze = \"zfs:tank\"",
+        "/etc/thinarc/t.toml:20:10: volume vg0/web: freeze: \"zfs:tank\" is not `fs:/MOUNT/POINT` or `libvirt:DOMAIN`",
+    );
+    bad(
+        "max_pool_data = 85",
+        "hook_timeout = 0",
+        "/etc/thinarc/t.toml:20:16: volume vg0/web: hook_timeout = 0: give the limit in seconds, at least 1",
+    );
+    bad(
+        "repository = \"main\"\n\n[[copies]]",
+        "repository = \"main\"\nfreeze = \"libvirt:db\"\n\n[[copies]]",
+        "/etc/thinarc/t.toml:27:10: volume images/db: freeze applies to lvm:VG/LV sources only (it covers the snapshot; a file or device source has none: use pre_snapshot and post_snapshot)",
+    );
 }
