@@ -3,8 +3,10 @@
 //! `virsh domfsfreeze`).
 //!
 //! Each command runs in a process group of its own, with stdin from `/dev/null` and
-//! its stdout and stderr captured. When it outlives its timeout the whole group is
-//! killed (SIGKILL), so a hook's children (`mysql`, `sleep`, …) go with it. The core,
+//! its stdout and stderr captured. When it ends, or outlives its timeout, the whole
+//! group is killed (SIGKILL), so a hook's children (`mysql`, `sleep`, …) go with it and
+//! none is left holding the output pipes; a helper that must outlive the command
+//! leaves the group with `setsid`. The core,
 //! [`Command::run_blocking`], is synchronous, so that a guard's `Drop` (a post-command
 //! or a thaw during unwinding) can run it; [`Command::run`] runs it on the blocking pool
 //! and kills the group if the future is dropped (SIGINT, SIGTERM).
@@ -18,6 +20,9 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
+
+/// How long the output of a finished command is waited for.
+const PIPE_WAIT: Duration = Duration::from_secs(1);
 
 /// Why a command failed.
 #[derive(Debug, thiserror::Error)]
@@ -144,13 +149,15 @@ impl Command {
         let pid = i32::try_from(child.id()).unwrap_or(0);
         group.store(pid, Ordering::SeqCst);
         let drain = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+            let (tx, rx) = std::sync::mpsc::channel();
             std::thread::spawn(move || {
                 let mut text = Vec::new();
                 if let Some(mut p) = pipe {
                     let _ = p.read_to_end(&mut text);
                 }
-                String::from_utf8_lossy(&text).into_owned()
-            })
+                let _ = tx.send(String::from_utf8_lossy(&text).into_owned());
+            });
+            rx
         };
         let out = drain(child.stdout.take().map(|p| Box::new(p) as _));
         let err = drain(child.stderr.take().map(|p| Box::new(p) as _));
@@ -163,15 +170,18 @@ impl Command {
                 Err(_) => break child.wait().ok(),
             }
         };
-        // Whatever the command left behind in its group goes too: its pipes then close.
+        // Whatever the command left running in its group goes too (a helper that must
+        // outlive it starts with `setsid`): its pipes then close.
         kill_group(pid);
         if status.is_none() {
             let _ = child.wait();
         }
         group.store(0, Ordering::SeqCst);
+        // A helper that left the group (`setsid`) may still hold a pipe: its output is
+        // not waited for.
         let output = Output {
-            stdout: out.join().unwrap_or_default(),
-            stderr: err.join().unwrap_or_default(),
+            stdout: out.recv_timeout(PIPE_WAIT).unwrap_or_default(),
+            stderr: err.recv_timeout(PIPE_WAIT).unwrap_or_default(),
         };
         match status {
             None => Err(HookError::Timeout {
