@@ -176,6 +176,106 @@ fn held_metadata_root() -> String {
         .to_string()
 }
 
+/// Issue 15: `thinarc run` with `freeze = "fs:..."` and hooks on the mounted ext4 of
+/// vg/data. A path that is not a mount of the LV is refused before anything is frozen
+/// or created; the real mount is frozen around `lvcreate` only (a writer blocks during
+/// the freeze and goes on after it), between the pre- and post-commands, and the point
+/// is recorded `application`-consistent. Leaves one new point.
+fn freeze_scenario(t: &TempRepo) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let hooks = t.path("hooks.log");
+    let config = |freeze: &str| {
+        let path = t.path("freeze.toml");
+        let text = format!(
+            "state_dir = \"{state}\"\n[repositories.r]\nlocation = \"{repo}\"\n[[volumes]]\nname = \"vg/data\"\nsource = \"lvm:vg/data\"\nfreeze = \"{freeze}\"\npre_snapshot = \"echo pre $THINARC_SNAPSHOT >> {log}\"\npost_snapshot = \"echo post $THINARC_STATUS >> {log}\"\n",
+            state = t.path("state").display(),
+            repo = t.location(),
+            log = hooks.display(),
+        );
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    let run = |freeze: &str| {
+        Command::new(env!("CARGO_BIN_EXE_thinarc"))
+            .args(["run", "--config", &config(freeze)])
+            .output()
+            .unwrap()
+    };
+    // /tmp is not a mount of vg/data.
+    let before = thinarc_snapshots();
+    let o = run("fs:/tmp");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("freeze fs:/tmp: ") && err.contains(", not a mount of vg/data (device "),
+        "{err}"
+    );
+    assert!(err.contains("nothing was frozen or created"), "{err}");
+    assert_eq!(thinarc_snapshots(), before);
+    let log = std::fs::read_to_string(&hooks).unwrap();
+    assert!(
+        log.starts_with("pre vg/data-thinarc-") && log.ends_with("post failed\n"),
+        "{log}"
+    );
+    std::fs::remove_file(&hooks).unwrap();
+
+    // A writer that fsyncs every few milliseconds blocks while the fs is frozen.
+    let stop = Arc::new(AtomicBool::new(false));
+    let longest = Arc::new(AtomicU64::new(0));
+    let writes = Arc::new(AtomicU64::new(0));
+    let writer = {
+        let (stop, longest, writes) = (stop.clone(), longest.clone(), writes.clone());
+        std::thread::spawn(move || {
+            use std::io::Write as _;
+            let mut f = std::fs::File::create("/tmp/fs/ticker").unwrap();
+            while !stop.load(Ordering::SeqCst) {
+                let started = std::time::Instant::now();
+                f.write_all(&[7u8; 4096]).unwrap();
+                f.sync_data().unwrap();
+                let ms = started.elapsed().as_millis() as u64;
+                longest.fetch_max(ms, Ordering::SeqCst);
+                writes.fetch_add(1, Ordering::SeqCst);
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let quiet = longest.swap(0, Ordering::SeqCst);
+    let o = run("fs:/tmp/fs");
+    let blocked = longest.load(Ordering::SeqCst);
+    let after_run = writes.load(Ordering::SeqCst);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(
+        writes.load(Ordering::SeqCst) > after_run,
+        "the writer goes on after the thaw"
+    );
+    stop.store(true, Ordering::SeqCst);
+    writer.join().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    eprintln!("longest fsync: {quiet} ms before the run, {blocked} ms during it");
+    assert!(
+        blocked >= 200,
+        "a write blocked during the freeze: {blocked} ms"
+    );
+    let log = std::fs::read_to_string(&hooks).unwrap();
+    assert!(
+        log.starts_with("pre vg/data-thinarc-") && log.ends_with("post ok\n"),
+        "{log}"
+    );
+    let record = sh(&format!(
+        "cat $(find {} -path '*/records/*' -name 'backup.last.json')",
+        t.location()
+    ));
+    assert!(
+        record.contains("\"consistency\": \"application\""),
+        "{record}"
+    );
+    // Not left frozen: a write completes at once.
+    sh("timeout 5 sh -c 'echo x > /tmp/fs/after && sync'");
+}
+
 #[test]
 #[ignore = "runs inside the VM that lvm_in_vm boots"]
 fn guest_scenario() {
@@ -240,6 +340,9 @@ fn guest_scenario() {
             base: true
         }]
     );
+
+    freeze_scenario(&t);
+    hashes.push(snapshot_sha256(SIZE));
 
     // Delete files and trim: discarded chunks become zero without being read.
     sh("rm /tmp/fs/file2 /tmp/fs/file3 && sync && fstrim -v /tmp/fs");
@@ -371,7 +474,7 @@ fn guest_scenario() {
         "{d}"
     );
     hashes.push(snapshot_sha256(SIZE));
-    verify_lvm_source(&t, 6);
+    verify_lvm_source(&t, 7);
 
     // A pool above the threshold is refused before anything is created.
     let pct: f64 = sh("lvs --noheadings -o data_percent vg/pool")
