@@ -1,6 +1,6 @@
 //! Running an operator's command (`sh -c`) or a helper tool with a hard time limit:
-//! the `pre_snapshot`/`post_snapshot` hooks and the freeze commands (`fsfreeze`,
-//! `virsh domfsfreeze`).
+//! the `pre_snapshot`/`post_snapshot` hooks and the freeze commands (`virsh
+//! domfsfreeze`, `domfsthaw`).
 //!
 //! Each command runs in a process group of its own, with stdin from `/dev/null` and
 //! its stdout and stderr captured. When it ends, or outlives its timeout, the whole
@@ -91,11 +91,6 @@ impl Command {
             env: Vec::new(),
             timeout,
         }
-    }
-
-    /// Its time limit.
-    pub fn timeout(&self) -> Duration {
-        self.timeout
     }
 
     /// Sets an environment variable of the command.

@@ -1,6 +1,7 @@
 //! Consistent snapshots: the operator's `pre_snapshot`/`post_snapshot` commands and
-//! the built-in freeze (`fs:/mount` with `fsfreeze`, `libvirt:DOMAIN` with `virsh
-//! domfsfreeze`), and what the point is: [`Consistency::Crash`] or
+//! the built-in freeze (`fs:/mount`, checked to be a mount of the LV and frozen by the
+//! kernel while `lvcreate` suspends it; `libvirt:DOMAIN` with `virsh domfsfreeze`),
+//! and what the point is: [`Consistency::Crash`] or
 //! [`Consistency::Application`].
 //!
 //! For `lvm:VG/LV` the pre-command runs just before the snapshot is taken, the freeze
@@ -202,41 +203,27 @@ pub struct Freeze {
 }
 
 impl Freeze {
-    fn commands(&self) -> (Command, Command) {
+    /// `virsh domfsfreeze`/`domfsthaw` of a libvirt target; none for `fs:` (the
+    /// kernel freezes it, see [`Freeze::freeze`]).
+    fn commands(&self) -> Option<(Command, Command)> {
+        let FreezeTarget::Libvirt(d) = &self.target else {
+            return None;
+        };
         let t = self.timeout;
-        match &self.target {
-            FreezeTarget::Fs(p) => {
-                let p = p.to_string_lossy();
-                (
-                    Command::tool(
-                        format!("fsfreeze --freeze {p}"),
-                        "fsfreeze",
-                        &["--freeze", &p],
-                        t,
-                    ),
-                    Command::tool(
-                        format!("fsfreeze --unfreeze {p}"),
-                        "fsfreeze",
-                        &["--unfreeze", &p],
-                        t,
-                    ),
-                )
-            }
-            FreezeTarget::Libvirt(d) => (
-                Command::tool(
-                    format!("virsh domfsfreeze {d}"),
-                    "virsh",
-                    &["domfsfreeze", d],
-                    t,
-                ),
-                Command::tool(
-                    format!("virsh domfsthaw {d}"),
-                    "virsh",
-                    &["domfsthaw", d],
-                    t,
-                ),
+        Some((
+            Command::tool(
+                format!("virsh domfsfreeze {d}"),
+                "virsh",
+                &["domfsfreeze", d],
+                t,
             ),
-        }
+            Command::tool(
+                format!("virsh domfsthaw {d}"),
+                "virsh",
+                &["domfsthaw", d],
+                t,
+            ),
+        ))
     }
 
     /// Checks that an `fs:` target is a mount of the LV whose device is `lv_dev`,
@@ -281,8 +268,22 @@ impl Freeze {
     ///
     /// # Errors
     /// [`ConsistencyError::Freeze`] when it failed and is required.
+    ///
+    /// An `fs:` target (checked by [`Freeze::check`] to be a mount of the LV itself) is
+    /// frozen by the kernel: `lvcreate` suspends the origin with its file system frozen
+    /// (device-mapper's `lockfs`, the freeze `fsfreeze` asks for: dirty data written,
+    /// writers held) exactly while the snapshot is taken. An `fsfreeze --freeze` before
+    /// it would make that suspend fail with EBUSY (a frozen file system cannot be
+    /// frozen again), so nothing is run for it.
     pub fn freeze(&self, warnings: &mut Vec<String>) -> Result<Option<Frozen>, ConsistencyError> {
-        let (freeze, thaw) = self.commands();
+        let Some((freeze, thaw)) = self.commands() else {
+            return Ok(Some(Frozen {
+                thaw: None,
+                timeout: self.timeout,
+                stop: None,
+                watchdog: None,
+            }));
+        };
         if let Err(e) = freeze.run_blocking() {
             // A freeze that timed out may have frozen part of it: thaw anyway.
             let _ = thaw.run_blocking();
@@ -305,7 +306,8 @@ impl Freeze {
             _ => false,
         });
         Ok(Some(Frozen {
-            thaw,
+            thaw: Some(thaw),
+            timeout,
             stop: Some(stop),
             watchdog: Some(watchdog),
         }))
@@ -316,7 +318,9 @@ impl Freeze {
 /// watchdog once the freeze timeout has passed.
 #[derive(Debug)]
 pub struct Frozen {
-    thaw: Command,
+    /// The thaw command (none: the kernel thaws when `lvcreate` resumes the origin).
+    thaw: Option<Command>,
+    timeout: Duration,
     stop: Option<mpsc::Sender<()>>,
     watchdog: Option<std::thread::JoinHandle<bool>>,
 }
@@ -340,13 +344,13 @@ impl Frozen {
         if timed_out {
             return Err(format!(
                 "the freeze outlived freeze_timeout ({}s) and was thawed before the snapshot was complete: the point is crash-consistent only",
-                self.thaw.timeout().as_secs_f64()
+                self.timeout.as_secs_f64()
             ));
         }
-        self.thaw
-            .run_blocking()
-            .map(drop)
-            .map_err(|e| e.to_string())
+        match &self.thaw {
+            Some(thaw) => thaw.run_blocking().map(drop).map_err(|e| e.to_string()),
+            None => Ok(()),
+        }
     }
 }
 
