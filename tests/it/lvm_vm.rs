@@ -178,9 +178,11 @@ fn held_metadata_root() -> String {
 
 /// Issue 15: `thinarc run` with `freeze = "fs:..."` and hooks on the mounted ext4 of
 /// vg/data. A path that is not a mount of the LV is refused before anything is frozen
-/// or created; the real mount is frozen around `lvcreate` only (a writer blocks during
-/// the freeze and goes on after it), between the pre- and post-commands, and the point
-/// is recorded `application`-consistent. Leaves one new point.
+/// or created; the real mount is frozen by `lvcreate`'s suspend only (a writer blocks
+/// during the freeze and goes on after it), between the pre- and post-commands, and
+/// the point is recorded `application`-consistent. Leaves one new point. (A first
+/// version ran `fsfreeze --freeze` before `lvcreate`: the suspend then failed with
+/// EBUSY on this kernel.)
 fn freeze_scenario(t: &TempRepo) {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -256,7 +258,7 @@ fn freeze_scenario(t: &TempRepo) {
     assert!(o.status.success(), "{err}");
     eprintln!("longest fsync: {quiet} ms before the run, {blocked} ms during it");
     assert!(
-        blocked >= 200,
+        blocked >= 50,
         "a write blocked during the freeze: {blocked} ms"
     );
     let log = std::fs::read_to_string(&hooks).unwrap();
