@@ -111,6 +111,10 @@ pub enum RepoError {
     /// No volume of that name.
     #[error("no volume named {name:?} in the repository (known: {known})")]
     VolumeNotFound { name: String, known: String },
+    /// The volume exists but none of its points is committed intact (its markers are
+    /// corrupt, or its archives are not committed).
+    #[error("volume {volume} has no intact point: {problem}")]
+    NoIntactPoint { volume: String, problem: String },
     /// The requested point does not exist.
     #[error("volume {volume} has no archive matching {at:?} (see `thinarc list {volume}`)")]
     PointNotFound { volume: String, at: String },

@@ -731,6 +731,45 @@ fn damage_lost_marker_of_a_volumes_only_point() {
     assert_eq!(t.run(&["list"]).code, Some(0));
 }
 
+/// A volume whose only marker is corrupt is a volume with a damaged point, not a
+/// missing volume: verify names the marker (exit 4), restore and the other commands
+/// say there is no intact point and what to run, status shows no placeholder.
+#[test]
+fn damage_corrupt_marker_of_a_volumes_only_point() {
+    let t = TempRepo::new();
+    let o = Objects::new(&t);
+    let src = t.path("v.img");
+    let img = make_image(2 * MIB, 5);
+    write(&src, &img);
+    t.ok(&["backup", src.to_str().unwrap(), "--volume", "v"]);
+    MarkerFlip::Syntax.apply(&o, 1);
+    let v = t.run(&["verify", "v", "--data"]);
+    assert_eq!(v.code, Some(4), "{}", v.show());
+    assert!(v.stdout.contains("commit marker"), "{}", v.show());
+    let out = t.path("r.img");
+    for args in [
+        vec!["restore", "v", out.to_str().unwrap()],
+        vec!["prune", "v", "--keep-last", "1"],
+        vec!["copy", "--to", t.path("dest").to_str().unwrap(), "v"],
+    ] {
+        let r = t.run(&args);
+        assert_eq!(r.code, Some(1), "{args:?}: {}", r.show());
+        assert!(
+            r.stderr
+                .contains("volume v has no intact point: commit marker")
+                && r.stderr.contains("run `thinarc repair v`"),
+            "{args:?}: {}",
+            r.show()
+        );
+    }
+    assert!(!out.exists());
+    let s = t.run(&["status", "v"]);
+    assert_eq!(s.code, Some(4), "{}", s.show());
+    assert!(!s.stdout.contains("volume ?"), "{}", s.show());
+    t.ok(&["repair", "v"]);
+    restore_same(&t, "latest", &img, "the repaired point");
+}
+
 /// Where in a commit marker a byte is flipped (the marker family).
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum MarkerFlip {
