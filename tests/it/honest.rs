@@ -222,6 +222,22 @@ fn bad_input_is_quoted_as_a_short_excerpt_with_its_line() {
             z = "z".repeat(60)
         )
     );
+    // A volume name, on a command that takes one and on one that looks it up.
+    let long_volume = "v".repeat(5000);
+    for args in [
+        vec!["backup", s, "--volume", long_volume.as_str()],
+        vec!["list", long_volume.as_str()],
+        vec!["restore", long_volume.as_str(), "/tmp/never.img"],
+    ] {
+        let o = t.run(&args);
+        assert!(!o.success, "{}", o.show());
+        assert!(
+            o.stderr.len() < 400 && o.stderr.contains("... (5000 bytes)"),
+            "{} bytes of error: {}",
+            o.stderr.len(),
+            &o.stderr[..o.stderr.len().min(300)]
+        );
+    }
     let config = t.path("thinarc.toml");
     write(
         &config,
