@@ -82,7 +82,7 @@ impl PointSelector {
             }
         } else {
             Err(format!(
-                "{} is not `latest`, a sequence number or an archive id",
+                "{} is not `latest`, a sequence number or an archive id (in full, or a unique prefix of at least 6 hex digits)",
                 crate::quote::excerpt(s)
             ))
         }

@@ -218,7 +218,7 @@ fn bad_input_is_quoted_as_a_short_excerpt_with_its_line() {
     assert_eq!(
         o.stderr.lines().next().unwrap(),
         format!(
-            "error: invalid value '{z}... (100000 bytes)' for '--at <AT>': \"{z}\"... (100000 bytes) is not `latest`, a sequence number or an archive id",
+            "error: invalid value '{z}... (100000 bytes)' for '--at <AT>': \"{z}\"... (100000 bytes) is not `latest`, a sequence number or an archive id (in full, or a unique prefix of at least 6 hex digits)",
             z = "z".repeat(60)
         )
     );
