@@ -123,6 +123,11 @@ fn each_mistake_names_file_line_and_problem() {
     );
     bad(
         "location = \"s3://backups/thinarc\"",
+        "location = \"s3:/backups/thinarc\"",
+        "/etc/thinarc/t.toml:10:12: repository main: bad location \"s3:/backups/thinarc\": \"s3\" looks like a URL scheme without \"//\" (use s3://BUCKET/PREFIX, file:///PATH, or ./s3:/backups/thinarc for a local directory with a colon in its name)",
+    );
+    bad(
+        "location = \"s3://backups/thinarc\"",
         "location = \"s3:///thinarc\"",
         "/etc/thinarc/t.toml:10:12: repository main: bad location \"s3:///thinarc\": no bucket name (use s3://BUCKET/PREFIX)",
     );

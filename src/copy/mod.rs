@@ -38,8 +38,8 @@ use crate::format::Digest;
 use crate::point::{MergeError, MergeOptions, merge};
 use crate::progress::Progress;
 use crate::repo::{
-    ArchiveId, ArchiveUpload, Chain, Commit, LEFTOVER_GRACE, LockError, PointSelector,
-    RemoteArchive, RepoError, Repository, VolumeLock, VolumeName,
+    ArchiveId, ArchiveUpload, Chain, Commit, DamageRecord, LEFTOVER_GRACE, LockError,
+    PointSelector, RemoteArchive, RepoError, Repository, VolumeLock, VolumeName,
 };
 
 /// Bytes of one ranged read of an archive being copied.
@@ -195,6 +195,7 @@ pub async fn copy(
     };
     for volume in &volumes {
         let commits = src.existing_commits(volume).await?;
+        let damage = src.damage_records(volume).await?;
         let lock = VolumeLock::acquire(dest, volume, "copy").await?;
         report.warnings.extend(lock.broken().iter().cloned());
         let mut run = VolumeCopy {
@@ -202,6 +203,7 @@ pub async fn copy(
             dest,
             volume,
             commits: &commits,
+            damage: &damage,
             dest_points: HashMap::new(),
             report: &mut report,
             progress: &progress,
@@ -235,6 +237,8 @@ struct VolumeCopy<'a> {
     dest: &'a Repository,
     volume: &'a VolumeName,
     commits: &'a [Commit],
+    /// The source's damage records of the volume: a plain copy carries them along.
+    damage: &'a [DamageRecord],
     /// The destination's points by seq, opened on demand.
     dest_points: HashMap<u64, Arc<RemoteArchive>>,
     report: &'a mut CopyReport,
@@ -362,6 +366,15 @@ impl VolumeCopy<'_> {
         };
         self.report.bytes_read += read;
         let published = upload.commit(c.digest).await?;
+        // The bytes are copied as they are: known damage goes with them, so the
+        // destination's verify and status report it instead of a clean copy.
+        if let Some(record) = self.damage.iter().find(|r| r.archive == c.archive_id) {
+            self.dest.write_damage(self.volume, record).await?;
+            self.report.warnings.push(format!(
+                "seq {} (archive {}) is recorded damaged in the source ({}): copied as it is, with its damage record; the destination reports it until a new backup or `thinarc repair {} --drop-damaged` there",
+                c.seq, c.archive_id, record.detail, self.volume
+            ));
+        }
         self.committed(
             c.seq,
             c.archive_id.clone(),

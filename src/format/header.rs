@@ -204,11 +204,9 @@ impl Header {
             return Err(FormatError::corrupt("header", "not a CBOR map"));
         }
         // Keys first (streamed: values are skipped, nothing is built), then the fields.
-        ciborium::from_reader::<TextKeys, _>(cbor)
-            .map_err(|e| FormatError::corrupt("header", format!("bad CBOR: {e}")))?;
+        ciborium::from_reader::<TextKeys, _>(cbor).map_err(cbor_error)?;
         let mut rest = cbor;
-        let h: Header = ciborium::from_reader(&mut rest)
-            .map_err(|e| FormatError::corrupt("header", format!("bad CBOR: {e}")))?;
+        let h: Header = ciborium::from_reader(&mut rest).map_err(cbor_error)?;
         if !rest.is_empty() {
             return Err(FormatError::corrupt(
                 "header",
@@ -365,6 +363,18 @@ impl<'de> Deserialize<'de> for TextKeys {
 }
 
 /// A fixed header for unit tests: volume `v`, 4 KiB blocks, `size` bytes.
+/// A header decoding error in words (ciborium's own Display shows its Debug form).
+fn cbor_error<E: std::fmt::Display>(e: ciborium::de::Error<E>) -> FormatError {
+    use ciborium::de::Error;
+    let detail = match e {
+        Error::Semantic(_, msg) => msg,
+        Error::Syntax(at) => format!("malformed CBOR at byte {at}"),
+        Error::Io(e) => format!("CBOR ends early: {e}"),
+        Error::RecursionLimitExceeded => "CBOR nested too deeply".into(),
+    };
+    FormatError::corrupt("header", detail)
+}
+
 #[cfg(test)]
 pub(crate) fn test_header(size: u64) -> Header {
     Header {

@@ -82,7 +82,7 @@ impl PointSelector {
             }
         } else {
             Err(format!(
-                "{} is not `latest`, a sequence number or an archive id",
+                "{} is not `latest`, a sequence number or an archive id (in full, or a unique prefix of at least 6 hex digits)",
                 crate::quote::excerpt(s)
             ))
         }
@@ -423,14 +423,21 @@ impl Repository {
     /// Committed points of `volume`, failing when the volume does not exist.
     ///
     /// # Errors
-    /// [`RepoError::VolumeNotFound`] listing the known volumes, or what
-    /// [`commits`](Self::commits) returns.
+    /// [`RepoError::VolumeNotFound`] listing the known volumes,
+    /// [`RepoError::NoIntactPoint`] naming the first catalog problem of a volume that
+    /// exists without an intact commit, or what [`commits`](Self::commits) returns.
     pub async fn existing_commits(&self, volume: &VolumeName) -> Result<Vec<Commit>, RepoError> {
-        let commits = self.commits(volume).await?;
-        if commits.is_empty() {
-            return Err(self.volume_not_found(volume).await?);
+        let catalog = self.catalog(volume).await?;
+        if !catalog.commits.is_empty() {
+            return Ok(catalog.commits);
         }
-        Ok(commits)
+        match catalog.problems.first() {
+            Some(problem) => Err(RepoError::NoIntactPoint {
+                volume: volume.to_string(),
+                problem: problem.to_string(),
+            }),
+            None => Err(self.volume_not_found(volume).await?),
+        }
     }
 
     /// [`RepoError::VolumeNotFound`] for `volume`, listing the known volumes.
@@ -472,7 +479,7 @@ impl Repository {
                 .map(|c| c.volume.clone())
                 .ok_or_else(|| RepoError::PointNotFound {
                     volume: "?".into(),
-                    at: format!("{at:?}"),
+                    at: at.to_string(),
                 })?;
         let not_found = || RepoError::PointNotFound {
             volume: volume.to_string(),

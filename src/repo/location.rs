@@ -80,9 +80,26 @@ pub fn parse_location(location: &str) -> Result<Location<'_>, String> {
         ))
     } else if location.is_empty() {
         Err("empty location (use a path, file:// or s3:// URL)".into())
+    } else if let Some(scheme) = url_scheme(location) {
+        // `s3:/bucket` or `file:dir` is a mistyped URL, not a directory to create
+        // here: a copy meant for object storage must not land on the local disk.
+        Err(format!(
+            "{scheme:?} looks like a URL scheme without \"//\" (use s3://BUCKET/PREFIX, file:///PATH, or ./{} for a local directory with a colon in its name)",
+            crate::quote::head(location).unwrap_or(location)
+        ))
     } else {
         Ok(Location::Local(std::path::PathBuf::from(location)))
     }
+}
+
+/// The scheme of a location written like a URL without `//` (`s3:/bucket`,
+/// `file:dir`): letters, digits, `+`, `-` or `.` after a letter, then a colon.
+fn url_scheme(location: &str) -> Option<&str> {
+    let (scheme, _) = location.split_once(':')?;
+    let mut chars = scheme.chars();
+    let url_like = chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c));
+    url_like.then_some(scheme)
 }
 
 /// Opens the object store for `location`.

@@ -109,8 +109,12 @@ pub enum RepoError {
     #[error("commit {key} is invalid: {detail}")]
     BadCommit { key: String, detail: String },
     /// No volume of that name.
-    #[error("no volume named {name:?} in the repository (known: {known})")]
+    #[error("no volume named {} in the repository (known: {known})", crate::quote::excerpt(.name))]
     VolumeNotFound { name: String, known: String },
+    /// The volume exists but none of its points is committed intact (its markers are
+    /// corrupt, or its archives are not committed).
+    #[error("volume {volume} has no intact point: {problem}")]
+    NoIntactPoint { volume: String, problem: String },
     /// The requested point does not exist.
     #[error("volume {volume} has no archive matching {at:?} (see `thinarc list {volume}`)")]
     PointNotFound { volume: String, at: String },
@@ -152,7 +156,7 @@ pub enum RepoError {
     #[error("incomplete uploads of {location}: {detail}")]
     Uploads { location: String, detail: String },
     /// A volume name that cannot be used.
-    #[error("invalid volume name {name:?}: {reason}")]
+    #[error("invalid volume name {}: {reason}", crate::quote::excerpt(.name))]
     InvalidName { name: String, reason: &'static str },
 }
 

@@ -331,6 +331,10 @@ async fn catalog(repo: &Repository, volume: &VolumeName, now: DateTime<Utc>, s: 
             age_seconds: age.max(0.0),
         });
     }
+    if catalog.commits.is_empty() {
+        // Nothing committed intact: the catalog's problems above say why.
+        return;
+    }
     match repo.resolve(&catalog.commits, &PointSelector::Latest).await {
         Ok(chain) => {
             s.chain_length = chain.archives.len();

@@ -284,7 +284,7 @@ fn bad_archive_ids_are_refused_where_they_enter() {
     assert_eq!(out.code, Some(2), "{}", out.show());
     assert_eq!(
         out.stderr.lines().next().unwrap(),
-        "error: invalid value '12345g' for '--at <AT>': \"12345g\" is not `latest`, a sequence number or an archive id"
+        "error: invalid value '12345g' for '--at <AT>': \"12345g\" is not `latest`, a sequence number or an archive id (in full, or a unique prefix of at least 6 hex digits)"
     );
     // An id prefix typed in upper case still names the point.
     t.ok(&["repair", "v"]);

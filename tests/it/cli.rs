@@ -348,6 +348,31 @@ fn repository_errors_name_the_location() {
         o.show()
     );
 
+    // A URL mistyped without "//" is refused, never taken as a local directory.
+    let dir = tempfile::tempdir().expect("tempdir");
+    for location in ["s3:/bucket/x", "s3:bucket", "file:relative", "S3:/bucket"] {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_thinarc"))
+            .current_dir(dir.path())
+            .args(["-r", location, "init"])
+            .env("THINARC_STATE_DIR", dir.path().join("state"))
+            .output()
+            .expect("run thinarc");
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{location}: {stderr}");
+        assert!(
+            stderr.contains("looks like a URL scheme without \"//\""),
+            "{location}: {stderr}"
+        );
+        assert_eq!(
+            std::fs::read_dir(dir.path())
+                .expect("list")
+                .filter(|e| e.as_ref().is_ok_and(|e| e.file_name() != "state"))
+                .count(),
+            0,
+            "{location}: no repository directory is created"
+        );
+    }
+
     let o = crate::util::thinarc(&["-r", "ftp://x/y", "list"]);
     assert!(
         !o.success && o.stderr.contains("unsupported scheme \"ftp\""),

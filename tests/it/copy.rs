@@ -284,6 +284,14 @@ fn bad_destinations_and_locked_destinations() {
     let o = t.run(&["copy", "--to", "ftp://x/y"]);
     assert_eq!(o.code, Some(1));
     assert!(o.stderr.starts_with("error: cannot open or create the destination ftp://x/y: cannot open repository ftp://x/y: unsupported scheme"), "{}", o.show());
+    let o = t.run(&["copy", "--to", "s3:/offsite/x"]);
+    assert_eq!(o.code, Some(1), "{}", o.show());
+    assert!(
+        o.stderr
+            .contains("\"s3\" looks like a URL scheme without \"//\""),
+        "{}",
+        o.show()
+    );
     let o = t.run(&["copy", "--to", "/tmp/x", "--at", "1"]);
     assert_eq!(o.code, Some(2), "--at needs a volume: {}", o.show());
     // Another volume under the same name in the destination.

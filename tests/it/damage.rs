@@ -493,6 +493,40 @@ fn damage_case_delta_built_on_is_named_and_stored_again() {
     );
 }
 
+/// A plain copy of a volume with recorded damage is not a clean copy: the damaged
+/// archive goes with its damage record and the copy says so, so the destination's
+/// status and verify report it (a consolidated copy refuses to merge damaged data).
+#[test]
+fn damage_is_carried_by_a_plain_copy_and_reported_there() {
+    let t = TempRepo::new();
+    let o = Objects::new(&t);
+    let (images, _) = three_points(&t);
+    Damage::FrameFlip.apply(&o);
+    assert_eq!(t.run(&["verify", "--data"]).code, Some(4));
+    let dest = TempRepo::new();
+    let c = t.run(&["copy", "--to", dest.location()]);
+    assert!(c.success, "{}", c.show());
+    assert!(
+        c.stderr.contains("is recorded damaged in the source")
+            && c.stderr.contains("copied as it is, with its damage record"),
+        "the copy says what it carried:\n{}",
+        c.show()
+    );
+    let s = dest.run(&["status", "v", "--json"]);
+    assert_eq!(s.code, Some(4), "the destination reports it: {}", s.show());
+    let status: serde_json::Value = serde_json::from_str(&s.stdout).unwrap();
+    assert_eq!(
+        status["volumes"][0]["damage"]["damaged_points"], 2,
+        "{status}"
+    );
+    assert_eq!(dest.run(&["verify", "--data"]).code, Some(4));
+    // The intact point is intact in the copy too.
+    restore_same(&dest, "1", &images[0], "seq 1 of the copy");
+    let consolidated = TempRepo::new();
+    let c = t.run(&["copy", "--to", consolidated.location(), "--consolidate"]);
+    assert_eq!(c.code, Some(1), "{}", c.show());
+}
+
 /// Case `damaged-full-blocks-later-backups.sh`: a truncated full archive. Every later
 /// backup succeeds (the first one starts a new chain), prune works, `backup --full`
 /// is documented.
@@ -695,6 +729,45 @@ fn damage_lost_marker_of_a_volumes_only_point() {
     assert_eq!(b["seq"], 2);
     restore_same(&t, "1", &img, "the re-committed first point");
     assert_eq!(t.run(&["list"]).code, Some(0));
+}
+
+/// A volume whose only marker is corrupt is a volume with a damaged point, not a
+/// missing volume: verify names the marker (exit 4), restore and the other commands
+/// say there is no intact point and what to run, status shows no placeholder.
+#[test]
+fn damage_corrupt_marker_of_a_volumes_only_point() {
+    let t = TempRepo::new();
+    let o = Objects::new(&t);
+    let src = t.path("v.img");
+    let img = make_image(2 * MIB, 5);
+    write(&src, &img);
+    t.ok(&["backup", src.to_str().unwrap(), "--volume", "v"]);
+    MarkerFlip::Syntax.apply(&o, 1);
+    let v = t.run(&["verify", "v", "--data"]);
+    assert_eq!(v.code, Some(4), "{}", v.show());
+    assert!(v.stdout.contains("commit marker"), "{}", v.show());
+    let out = t.path("r.img");
+    for args in [
+        vec!["restore", "v", out.to_str().unwrap()],
+        vec!["prune", "v", "--keep-last", "1"],
+        vec!["copy", "--to", t.path("dest").to_str().unwrap(), "v"],
+    ] {
+        let r = t.run(&args);
+        assert_eq!(r.code, Some(1), "{args:?}: {}", r.show());
+        assert!(
+            r.stderr
+                .contains("volume v has no intact point: commit marker")
+                && r.stderr.contains("run `thinarc repair v`"),
+            "{args:?}: {}",
+            r.show()
+        );
+    }
+    assert!(!out.exists());
+    let s = t.run(&["status", "v"]);
+    assert_eq!(s.code, Some(4), "{}", s.show());
+    assert!(!s.stdout.contains("volume ?"), "{}", s.show());
+    t.ok(&["repair", "v"]);
+    restore_same(&t, "latest", &img, "the repaired point");
 }
 
 /// Where in a commit marker a byte is flipped (the marker family).

@@ -218,10 +218,26 @@ fn bad_input_is_quoted_as_a_short_excerpt_with_its_line() {
     assert_eq!(
         o.stderr.lines().next().unwrap(),
         format!(
-            "error: invalid value '{z}... (100000 bytes)' for '--at <AT>': \"{z}\"... (100000 bytes) is not `latest`, a sequence number or an archive id",
+            "error: invalid value '{z}... (100000 bytes)' for '--at <AT>': \"{z}\"... (100000 bytes) is not `latest`, a sequence number or an archive id (in full, or a unique prefix of at least 6 hex digits)",
             z = "z".repeat(60)
         )
     );
+    // A volume name, on a command that takes one and on one that looks it up.
+    let long_volume = "v".repeat(5000);
+    for args in [
+        vec!["backup", s, "--volume", long_volume.as_str()],
+        vec!["list", long_volume.as_str()],
+        vec!["restore", long_volume.as_str(), "/tmp/never.img"],
+    ] {
+        let o = t.run(&args);
+        assert!(!o.success, "{}", o.show());
+        assert!(
+            o.stderr.len() < 400 && o.stderr.contains("... (5000 bytes)"),
+            "{} bytes of error: {}",
+            o.stderr.len(),
+            &o.stderr[..o.stderr.len().min(300)]
+        );
+    }
     let config = t.path("thinarc.toml");
     write(
         &config,
