@@ -208,7 +208,7 @@ fn help_man_pages_one_per_command_render_with_man_l() {
             "REPOSITORY",
             "LIMITS",
             "LOGGING AND ALERTS",
-            "EXTRA",
+            "EXAMPLES",
         ],
     );
     assert!(
