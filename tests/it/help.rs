@@ -4,7 +4,7 @@
 
 use std::process::Command;
 
-use crate::util::thinarc;
+use crate::util::{ensure_tool, thinarc};
 
 /// The commands `thinarc --help` lists, in order (without `help`).
 pub fn commands() -> Vec<String> {
@@ -160,16 +160,22 @@ fn help_completions_parse_with_bash_n_and_complete_the_commands() {
     assert_eq!(o.code, Some(2), "{}", o.show());
 }
 
-/// Renders `page` with `man -l` (package man-db; .ci/run installs it) and returns the
+/// Renders `page` with `man -l` (package man-db, installed if missing) and returns the
 /// text, asserting man said nothing on stderr.
 pub fn man_l(page: &std::path::Path) -> String {
+    ensure_tool(
+        "man",
+        &["--version"],
+        "man-db",
+        "the man pages are rendered with man -l",
+    );
     let o = Command::new("man")
         .arg("-l")
         .arg(page)
         .env("MANWIDTH", "100")
         .env("MANPAGER", "cat")
         .output()
-        .expect("man (package man-db; .ci/run installs it)");
+        .expect("run man -l");
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(
         o.status.success() && stderr.is_empty(),
