@@ -8,7 +8,7 @@
 
 mod backup;
 mod copy;
-pub mod docs;
+mod docs;
 mod init;
 mod list;
 mod progress;
@@ -375,5 +375,24 @@ mod tests {
         let c = Cli::try_parse_from(["thinarc", "restore", "v", "/t", "--at", "3"]).unwrap();
         assert!(matches!(c.command, Command::Restore(_)));
         assert!(Cli::try_parse_from(["thinarc", "restore", "v"]).is_err());
+    }
+
+    #[test]
+    fn help_examples_parse() {
+        use clap::CommandFactory as _;
+        let top = Cli::command();
+        let mut examples = 0;
+        for cmd in std::iter::once(&top).chain(top.get_subcommands()) {
+            let after = cmd.get_after_help().map(ToString::to_string);
+            let after = after.unwrap_or_else(|| panic!("{} has no example", cmd.get_name()));
+            for line in after.lines().filter(|l| l.starts_with("  thinarc ")) {
+                // A shell redirection is not an argument.
+                let line = line.split(" > ").next().unwrap();
+                let parsed = Cli::try_parse_from(line.split_whitespace());
+                assert!(parsed.is_ok(), "{line}: {}", parsed.unwrap_err());
+                examples += 1;
+            }
+        }
+        assert!(examples > top.get_subcommands().count(), "{examples}");
     }
 }
