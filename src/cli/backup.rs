@@ -21,10 +21,10 @@ pub struct BackupArgs {
     /// through a thin snapshot; changed blocks from the pool's metadata).
     #[arg(value_parser = source_spec())]
     pub source: SourceSpec,
-    /// Volume name (default: the source's file name; `VG/LV` for `lvm:VG/LV`).
+    /// Volume name [default: the source's file name; `VG/LV` for `lvm:VG/LV`].
     #[arg(long)]
     pub volume: Option<String>,
-    /// Block size of a new volume: a power of two from 4K to 16M (default 64K). An
+    /// Block size of a new volume: a power of two from 4K to 16M [default: 64K]. An
     /// existing volume keeps its block size.
     #[arg(long, value_parser = parse_size)]
     pub block_size: Option<u64>,

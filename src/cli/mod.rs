@@ -8,6 +8,7 @@
 
 mod backup;
 mod copy;
+mod docs;
 mod init;
 mod list;
 mod progress;
@@ -37,9 +38,27 @@ use thinarc::size::human;
 use thinarc::source::SourceSpec;
 use thinarc::throttle::parse_rate;
 
+/// The help headings of the global options, shown after each command's own options in
+/// this order (`--help` and the man pages alike).
+const REPOSITORY: &str = "Repository";
+const LIMITS: &str = "Limits";
+const LOGGING: &str = "Logging and alerts";
+
 /// Block-level backups of LVM thin volumes, block devices and image files.
 #[derive(Debug, Parser)]
-#[command(name = "thinarc", version, about, long_about = None)]
+#[command(
+    name = "thinarc",
+    version,
+    about,
+    long_about = None,
+    after_help = "Examples:
+  thinarc -r /srv/backup init
+  thinarc -r /srv/backup backup lvm:vg0/web
+  thinarc -r /srv/backup restore vg0/web /var/tmp/web.img
+  thinarc run --config /etc/thinarc/thinarc.toml
+
+Each command has its own --help, and its man page: thinarc-COMMAND(1)."
+)]
 pub struct Cli {
     /// Repository: a directory path, file:// or s3:// URL.
     #[arg(
@@ -47,70 +66,97 @@ pub struct Cli {
         long = "repo",
         env = "THINARC_REPO",
         global = true,
-        value_name = "REPO"
+        value_name = "REPO",
+        help_heading = REPOSITORY
     )]
     pub repo: Option<String>,
-    /// No progress output, and only warnings and errors in the log.
-    #[arg(short, long, global = true)]
-    pub quiet: bool,
-    /// More log detail (repeat for more).
-    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
-    pub verbose: u8,
     /// Limit source reads and uploads, each to RATE bytes per second (e.g. 50M).
-    #[arg(long, global = true, value_name = "RATE", value_parser = parse_rate)]
+    #[arg(long, global = true, value_name = "RATE", value_parser = parse_rate, help_heading = LIMITS)]
     pub rate_limit: Option<u64>,
     /// Limit source reads to RATE bytes per second (overrides --rate-limit).
-    #[arg(long, global = true, value_name = "RATE", value_parser = parse_rate)]
+    #[arg(long, global = true, value_name = "RATE", value_parser = parse_rate, help_heading = LIMITS)]
     pub read_limit: Option<u64>,
     /// Limit uploads to RATE bytes per second (overrides --rate-limit).
-    #[arg(long, global = true, value_name = "RATE", value_parser = parse_rate)]
+    #[arg(long, global = true, value_name = "RATE", value_parser = parse_rate, help_heading = LIMITS)]
     pub upload_limit: Option<u64>,
-    /// Worker threads for hashing, compression and decoding (default: one per core).
-    #[arg(long, global = true, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    /// Worker threads for hashing, compression and decoding [default: one per core].
+    #[arg(long, global = true, value_name = "N", value_parser = clap::value_parser!(u16).range(1..), help_heading = LIMITS)]
     pub threads: Option<u16>,
     /// Run at the lowest CPU priority (nice 19) and the idle I/O class.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = LIMITS)]
     pub low_priority: bool,
-    /// Where result records are kept on this host (default /var/lib/thinarc for root,
-    /// else ~/.local/state/thinarc).
-    #[arg(long, global = true, env = "THINARC_STATE_DIR", value_name = "DIR")]
+    /// No progress output, and only warnings and errors in the log.
+    #[arg(short, long, global = true, help_heading = LOGGING)]
+    pub quiet: bool,
+    /// More log detail (repeat for more).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, help_heading = LOGGING)]
+    pub verbose: u8,
+    /// Where result records are kept on this host [default: /var/lib/thinarc for root,
+    /// else ~/.local/state/thinarc].
+    #[arg(long, global = true, env = "THINARC_STATE_DIR", value_name = "DIR", help_heading = LOGGING)]
     pub state_dir: Option<PathBuf>,
     /// Run CMD with `sh -c` when the command fails: the failure summary is on its
     /// stdin and in THINARC_* environment variables.
-    #[arg(long, global = true, value_name = "CMD")]
+    #[arg(long, global = true, value_name = "CMD", help_heading = LOGGING)]
     pub on_failure: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
 
-/// The subcommands.
+/// The subcommands, each with an example line under its `--help`.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Create a repository.
+    #[command(after_help = "Example:\n  thinarc -r s3://backups/thinarc init")]
     Init(init::InitArgs),
     /// Back up an image file, block device or thin LV (lvm:VG/LV) as a new point of a
     /// volume.
+    #[command(after_help = "Examples:
+  thinarc -r /srv/backup backup lvm:vg0/web
+  thinarc -r /srv/backup backup disk.img --changed-blocks cb.txt")]
     Backup(backup::BackupArgs),
     /// Restore a point of a volume onto a file, block device or LV (lvm:VG/LV).
+    #[command(after_help = "Examples:
+  thinarc -r /srv/backup restore vg0/web /var/tmp/web.img --at 12
+  thinarc -r /srv/backup restore vg0/web lvm:vg1/web --create --pool vg1/pool")]
     Restore(restore::RestoreArgs),
     /// List volumes and their points.
+    #[command(after_help = "Example:\n  thinarc -r /srv/backup list vg0/web --json")]
     List(list::ListArgs),
     /// Thin the history of volumes by a retention policy, merging what is dropped.
+    #[command(
+        after_help = "Example:\n  thinarc -r /srv/backup prune --keep-daily 7 --keep-weekly 4 --dry-run"
+    )]
     Prune(prune::PruneArgs),
     /// Copy points to another repository (created on first use), or consolidate one
     /// point there as a full archive.
+    #[command(
+        after_help = "Example:\n  thinarc -r /srv/backup copy --to /mnt/offline vg0/web --consolidate"
+    )]
     Copy(copy::CopyArgs),
     /// Check the repository (and optionally block data and a source); exit code 4
     /// when problems are found.
+    #[command(after_help = "Example:\n  thinarc -r /srv/backup verify vg0/web --data-subset 5%")]
     Verify(verify::VerifyArgs),
     /// Bring a damaged volume's catalog back: set corrupt commit markers aside,
     /// commit again complete archives whose marker is lost, and (--drop-damaged) unlist
     /// points that depend on damaged data.
+    #[command(after_help = "Example:\n  thinarc -r /srv/backup repair vg0/web --dry-run")]
     Repair(repair::RepairArgs),
     /// Show each volume's last backups, failures, chain and stored bytes.
+    #[command(
+        after_help = "Example:\n  thinarc -r /srv/backup status --prometheus /var/lib/prometheus/node-exporter/thinarc.prom"
+    )]
     Status(status::StatusArgs),
     /// Back up, prune and copy everything in the config file (the nightly job).
+    #[command(after_help = "Example:\n  thinarc run --config /etc/thinarc/thinarc.toml")]
     Run(run::RunArgs),
+    /// Print a shell completion script on stdout.
+    #[command(after_help = "Example:\n  thinarc completions bash > /etc/bash_completion.d/thinarc")]
+    Completions(docs::CompletionsArgs),
+    /// Write the man pages (thinarc.1 and thinarc-COMMAND.1) into DIR.
+    #[command(hide = true, after_help = "Example:\n  thinarc man target/man")]
+    Man(docs::ManArgs),
 }
 
 impl Cli {
@@ -236,6 +282,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Verify(a) => verify::run(a, &ctx).await,
             Command::Copy(a) => copy::run(a, &ctx).await,
             Command::Repair(a) => repair::run(a, &ctx).await,
+            Command::Completions(a) => {
+                docs::completions(&a);
+                Ok(())
+            }
+            Command::Man(a) => docs::man(&a),
         }
     };
     // On SIGINT or SIGTERM (see [`signals`]) the command is dropped, which unwinds it
@@ -265,6 +316,8 @@ impl Command {
             Command::Verify(_) => "verify",
             Command::Copy(_) => "copy",
             Command::Repair(_) => "repair",
+            Command::Completions(_) => "completions",
+            Command::Man(_) => "man",
         }
     }
 }
@@ -322,5 +375,24 @@ mod tests {
         let c = Cli::try_parse_from(["thinarc", "restore", "v", "/t", "--at", "3"]).unwrap();
         assert!(matches!(c.command, Command::Restore(_)));
         assert!(Cli::try_parse_from(["thinarc", "restore", "v"]).is_err());
+    }
+
+    #[test]
+    fn help_examples_parse() {
+        use clap::CommandFactory as _;
+        let top = Cli::command();
+        let mut examples = 0;
+        for cmd in std::iter::once(&top).chain(top.get_subcommands()) {
+            let after = cmd.get_after_help().map(ToString::to_string);
+            let after = after.unwrap_or_else(|| panic!("{} has no example", cmd.get_name()));
+            for line in after.lines().filter(|l| l.starts_with("  thinarc ")) {
+                // A shell redirection is not an argument.
+                let line = line.split(" > ").next().unwrap();
+                let parsed = Cli::try_parse_from(line.split_whitespace());
+                assert!(parsed.is_ok(), "{line}: {}", parsed.unwrap_err());
+                examples += 1;
+            }
+        }
+        assert!(examples > top.get_subcommands().count(), "{examples}");
     }
 }
