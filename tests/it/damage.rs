@@ -256,6 +256,16 @@ fn restore_same(t: &TempRepo, at: &str, expected: &[u8], what: &str) {
     std::fs::remove_file(&out).unwrap();
 }
 
+/// The damaged points `status v --json` reports (it must exit 4).
+fn damaged_points(t: &TempRepo) -> u64 {
+    let s = t.run(&["status", "v", "--json"]);
+    assert_eq!(s.code, Some(4), "{}", s.show());
+    let status: serde_json::Value = serde_json::from_str(&s.stdout).unwrap();
+    status["volumes"][0]["damage"]["damaged_points"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no damaged_points in {status}"))
+}
+
 /// The metric `name` of volume v in `text`.
 fn metric(text: &str, name: &str) -> f64 {
     text.lines()
@@ -449,13 +459,7 @@ fn damage_case_delta_built_on_is_named_and_stored_again() {
             v.show()
         );
     }
-    let s = t.run(&["status", "v", "--json"]);
-    assert_eq!(s.code, Some(4), "{}", s.show());
-    let status: serde_json::Value = serde_json::from_str(&s.stdout).unwrap();
-    assert_eq!(
-        status["volumes"][0]["damage"]["damaged_points"], 3,
-        "{status}"
-    );
+    assert_eq!(damaged_points(&t), 3);
     restore_same(&t, "1", &images[0], "seq 1 is intact");
     // The nightly backup stores the damaged blocks again, and says so.
     let b = t.run(&["backup", src.to_str().unwrap(), "--volume", "v", "--json"]);
@@ -512,13 +516,7 @@ fn damage_is_carried_by_a_plain_copy_and_reported_there() {
         "the copy says what it carried:\n{}",
         c.show()
     );
-    let s = dest.run(&["status", "v", "--json"]);
-    assert_eq!(s.code, Some(4), "the destination reports it: {}", s.show());
-    let status: serde_json::Value = serde_json::from_str(&s.stdout).unwrap();
-    assert_eq!(
-        status["volumes"][0]["damage"]["damaged_points"], 2,
-        "{status}"
-    );
+    assert_eq!(damaged_points(&dest), 2, "the destination reports it");
     assert_eq!(dest.run(&["verify", "--data"]).code, Some(4));
     // The intact point is intact in the copy too.
     restore_same(&dest, "1", &images[0], "seq 1 of the copy");
