@@ -23,7 +23,7 @@ pub struct BackupArgs {
     pub source: SourceSpec,
     /// Volume name [default: the source's file name; `VG/LV` for `lvm:VG/LV`].
     #[arg(long)]
-    pub volume: Option<String>,
+    pub volume: Option<VolumeName>,
     /// Block size of a new volume: a power of two from 4K to 16M [default: 64K]. An
     /// existing volume keeps its block size.
     #[arg(long, value_parser = parse_size)]
@@ -74,20 +74,22 @@ pub async fn run(args: BackupArgs, ctx: &Ctx) -> anyhow::Result<()> {
     if lv.is_none() && args.dry_run {
         anyhow::bail!("--dry-run applies to lvm:VG/LV sources only");
     }
-    let name = match (&args.volume, &args.source) {
+    let volume = match (&args.volume, &args.source) {
         (Some(v), _) => v.clone(),
-        (None, SourceSpec::Lvm(lv)) => lv.to_string(),
-        (None, SourceSpec::Path(path)) => path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .with_context(|| {
-                format!(
-                    "cannot derive a volume name from {}: pass --volume",
-                    path.display()
-                )
-            })?,
+        (None, SourceSpec::Lvm(lv)) => VolumeName::new(&lv.to_string())?,
+        (None, SourceSpec::Path(path)) => {
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .with_context(|| {
+                    format!(
+                        "cannot derive a volume name from {}: pass --volume",
+                        path.display()
+                    )
+                })?;
+            VolumeName::new(&name).context("pass a valid --volume")?
+        }
     };
-    let volume = VolumeName::new(&name).context("pass a valid --volume")?;
     let mut opts = BackupOptions::new(volume.clone());
     opts.threads = ctx.threads;
     opts.read_limit = ctx.read_limit.clone();

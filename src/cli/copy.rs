@@ -14,7 +14,7 @@ pub struct CopyArgs {
     #[arg(long, value_name = "DEST")]
     pub to: String,
     /// Volume to copy (default: every volume).
-    pub volume: Option<String>,
+    pub volume: Option<VolumeName>,
     /// Copy only this point (and the archives it is built on): an archive id (or
     /// unique prefix), a sequence number, or `latest`.
     #[arg(long, value_parser = PointSelector::parse, requires = "volume")]
@@ -30,7 +30,7 @@ pub struct CopyArgs {
 
 /// Runs a copy, volume by volume.
 pub async fn run(args: CopyArgs, ctx: &Ctx) -> anyhow::Result<()> {
-    let volume = args.volume.as_deref().map(VolumeName::new).transpose()?;
+    let volume = args.volume.clone();
     let report = thinarc::nightly::copy(
         ctx,
         ctx.location()?,

@@ -9,7 +9,7 @@ use thinarc::repo::{PointInfo, VolumeName};
 #[derive(Debug, Args)]
 pub struct ListArgs {
     /// Only this volume.
-    pub volume: Option<String>,
+    pub volume: Option<VolumeName>,
     /// Print a JSON array of points.
     #[arg(long)]
     pub json: bool,
@@ -20,7 +20,7 @@ pub struct ListArgs {
 pub async fn run(args: ListArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let repo = ctx.open().await?;
     let volumes = match &args.volume {
-        Some(v) => vec![VolumeName::new(v)?],
+        Some(v) => vec![v.clone()],
         None => repo.volumes().await?,
     };
     let mut points: Vec<PointInfo> = Vec::new();

@@ -369,7 +369,7 @@ mod tests {
         let Command::Backup(b) = c.command else {
             panic!("not backup")
         };
-        assert_eq!(b.volume.as_deref(), Some("vg/x"));
+        assert_eq!(b.volume.as_ref().map(|v| v.as_str()), Some("vg/x"));
         assert_eq!(b.block_size, Some(16384));
         assert!(b.json);
         let c = Cli::try_parse_from(["thinarc", "restore", "v", "/t", "--at", "3"]).unwrap();

@@ -15,7 +15,7 @@ use thinarc::repo::VolumeName;
 #[derive(Debug, Args)]
 pub struct PruneArgs {
     /// Only this volume (default: every volume).
-    pub volume: Option<String>,
+    pub volume: Option<VolumeName>,
     /// Keep the N newest points.
     #[arg(long, value_name = "N")]
     pub keep_last: Option<u32>,
@@ -91,7 +91,7 @@ pub async fn run(args: PruneArgs, ctx: &Ctx) -> anyhow::Result<()> {
     if args.no_grace {
         opts.grace = Duration::ZERO;
     }
-    let volume = args.volume.as_deref().map(VolumeName::new).transpose()?;
+    let volume = args.volume.clone();
     let reports = thinarc::nightly::prune(
         ctx,
         ctx.location()?,

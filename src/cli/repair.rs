@@ -10,7 +10,7 @@ use thinarc::repo::VolumeName;
 #[derive(Debug, Args)]
 pub struct RepairArgs {
     /// The volume to repair.
-    pub volume: String,
+    pub volume: VolumeName,
     /// Also unlist every point that depends on damaged data (through prune: what a
     /// kept point needs is merged into it first). Refused while the newest point
     /// itself depends on damage: run a backup first.
@@ -35,7 +35,7 @@ pub struct RepairArgs {
 /// lost or wrong (holding the volume's lock); with `--drop-damaged`, unlists the points
 /// that depend on damaged data.
 pub async fn run(args: RepairArgs, ctx: &Ctx) -> anyhow::Result<()> {
-    let volume = VolumeName::new(&args.volume)?;
+    let volume = args.volume.clone();
     let opts = RepairOptions {
         break_lock: args.break_lock,
         drop_damaged: args.drop_damaged,

@@ -19,7 +19,7 @@ use thinarc::target::lv::LvTargetOptions;
 #[derive(Debug, Args)]
 pub struct RestoreArgs {
     /// Volume to restore.
-    pub volume: String,
+    pub volume: VolumeName,
     /// Target: a new file, an existing file (overwritten), a block device, or
     /// `lvm:VG/LV`.
     pub target: PathBuf,
@@ -58,7 +58,7 @@ pub struct RestoreArgs {
 
 /// Runs a restore.
 pub async fn run(args: RestoreArgs, ctx: &Ctx) -> anyhow::Result<()> {
-    let volume = VolumeName::new(&args.volume)?;
+    let volume = args.volume.clone();
     let repo = ctx.open().await?;
     let opts = RestoreOptions {
         force: args.force,

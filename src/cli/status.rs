@@ -14,7 +14,7 @@ use thinarc::status::{Outcome, Record, Records, Status, VolumeStatus, gather, pr
 #[derive(Debug, Args)]
 pub struct StatusArgs {
     /// Only this volume.
-    pub volume: Option<String>,
+    pub volume: Option<VolumeName>,
     /// Print the status as JSON.
     #[arg(long)]
     pub json: bool,
@@ -27,7 +27,7 @@ pub struct StatusArgs {
 /// last backup failed, so that the command itself can serve as a check.
 pub async fn run(args: StatusArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let location = ctx.location()?;
-    let volume = args.volume.as_deref().map(VolumeName::new).transpose()?;
+    let volume = args.volume.clone();
     let records = Records::new(location, Some(ctx.state_dir.clone()));
     let (repo, unreachable) = match ctx.open().await {
         Ok(r) => (Some(r), None),

@@ -16,7 +16,7 @@ use thinarc::verify::{DataCheck, Problem, VerifyError, VerifyOptions, VerifyRepo
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
     /// Volume to verify (default: every volume).
-    pub volume: Option<String>,
+    pub volume: Option<VolumeName>,
     /// Also read every data block and check its SHA-256.
     #[arg(long, conflicts_with = "data_subset")]
     pub data: bool,
@@ -106,7 +106,7 @@ fn parse_percent(s: &str) -> Result<f64, String> {
 
 /// Runs verify.
 pub async fn run(args: VerifyArgs, ctx: &Ctx) -> anyhow::Result<()> {
-    let volume = args.volume.as_deref().map(VolumeName::new).transpose()?;
+    let volume = args.volume.clone();
     let data = match (args.data, args.data_subset) {
         (true, _) => DataCheck::All,
         (false, Some(percent)) => DataCheck::Sample {

@@ -145,6 +145,15 @@ impl VolumeName {
     }
 }
 
+impl std::str::FromStr for VolumeName {
+    type Err = RepoError;
+
+    /// As [`VolumeName::new`] (so a command-line argument is checked as it is parsed).
+    fn from_str(name: &str) -> Result<Self, RepoError> {
+        VolumeName::new(name)
+    }
+}
+
 impl std::fmt::Display for VolumeName {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)
