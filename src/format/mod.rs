@@ -16,6 +16,7 @@ mod geometry;
 mod header;
 mod id;
 mod index;
+mod keys;
 mod magic;
 mod reader;
 mod trailer;
@@ -33,6 +34,7 @@ pub(crate) use header::test_header;
 pub use header::{Compression, Header, LvmSnapshot, ParentRef, Preamble, SourceInfo};
 pub use id::{ArchiveId, ArchiveIdPrefix, InvalidArchiveId};
 pub use index::{DirEntry, EntryKind, IndexEntry, decode_segment};
+pub use keys::{DigestKey, ENCRYPTION_SCHEME, KeyId, Keys, RepoKey, WriterKey};
 pub use magic::*;
 pub use reader::{
     ArchiveReader, BlockCheck, IndexCheck, check_ends, check_frame_content, check_frame_extent,

@@ -8,7 +8,11 @@ use serde::{Deserialize, Serialize};
 use super::{RepoError, Repository, layout, new_id};
 
 const KIND: &str = "thinarc-repository";
+/// Layout version of an unencrypted repository.
 const VERSION: u32 = 1;
+/// Layout version of an encrypted repository (FORMAT.md section 18): builds that
+/// predate encryption refuse it by version.
+const VERSION_ENCRYPTED: u32 = 2;
 
 /// Contents of the `config` object.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -26,6 +30,22 @@ pub struct RepoConfig {
     /// and an unconditional put (safe only with one writer per volume at a time).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub unsafe_store: bool,
+    /// Present in an encrypted repository (version 2), absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<EncryptionConfig>,
+}
+
+/// The `encryption` member of an encrypted repository's config (FORMAT.md section 18).
+/// Informational for key holders (they derive the recipient from the key) and a
+/// cross-check for writers: a writer key for another key id is refused.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct EncryptionConfig {
+    /// [`ENCRYPTION_SCHEME`](crate::format::ENCRYPTION_SCHEME).
+    pub scheme: String,
+    /// The repository key pair's id, 32 hex digits.
+    pub key_id: String,
+    /// The repository's public key, `age1…`.
+    pub recipient: String,
 }
 
 impl Repository {
@@ -62,6 +82,7 @@ impl Repository {
             id: new_id(),
             created: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             unsafe_store: !check_conditional,
+            encryption: None,
         };
         let body = serde_json::to_vec_pretty(&config).expect("config serialises");
         let repo = Repository::with_config(store, location, config);
@@ -114,9 +135,13 @@ impl Repository {
         if config.kind != KIND {
             return Err(not_thinarc(format!("config kind is {:?}", config.kind)));
         }
-        if config.version != VERSION {
+        let expected = match config.encryption {
+            Some(_) => VERSION_ENCRYPTED,
+            None => VERSION,
+        };
+        if config.version != expected {
             return Err(not_thinarc(format!(
-                "repository version {} is not supported by this build (supports {VERSION})",
+                "repository version {} is not supported by this build (supports {VERSION}, and {VERSION_ENCRYPTED} with an `encryption` member)",
                 config.version
             )));
         }
@@ -134,6 +159,7 @@ impl Repository {
             local_root: None,
             uploads: None,
             catalog_listings: Arc::default(),
+            keys: Arc::default(),
         }
     }
 }

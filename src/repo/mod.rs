@@ -52,7 +52,7 @@ pub use catalog::{CatalogProblem, Chain, Commit, PointInfo, PointSelector, Volum
 pub use chain::{ChainCursor, Resolved};
 pub use cleanup::{Cleaned, LEFTOVER_GRACE};
 pub use clock::clock_went_back;
-pub use config::RepoConfig;
+pub use config::{EncryptionConfig, RepoConfig};
 pub use damage::{ChainDamage, DamageKind, DamageRecord, MAX_DAMAGED_BLOCKS, chain_damage};
 pub use layout::{
     ArchiveId, ArchiveIdPrefix, InvalidArchiveId, VolumeName, new_archive_id, new_id,
@@ -66,7 +66,7 @@ pub use publish::{ArchiveUpload, DroppedUploads, Published, settle_dropped_uploa
 pub use repair::{RepairAction, RepairScope};
 pub use uploads::PendingUpload;
 
-use crate::format::FormatError;
+use crate::format::{FormatError, Keys, RepoKey, WriterKey};
 
 /// Why a repository operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -158,6 +158,24 @@ pub enum RepoError {
     /// A volume name that cannot be used.
     #[error("invalid volume name {}: {reason}", crate::quote::excerpt(.name))]
     InvalidName { name: String, reason: &'static str },
+    /// An operation on an encrypted repository needs key material this handle lacks
+    /// (no key at all, or only a writer key where plaintext is needed).
+    #[error("{action} needs {need} of encrypted repository {location}: {hint}")]
+    NeedsKey {
+        action: String,
+        need: &'static str,
+        location: String,
+        hint: &'static str,
+    },
+    /// The key given belongs to another repository key pair.
+    #[error(
+        "the key given for {location} is key {given}, but the repository's key is {expected}: use a passphrase, identity or writer key of this repository"
+    )]
+    WrongKey {
+        location: String,
+        given: String,
+        expected: String,
+    },
 }
 
 impl RepoError {
@@ -195,6 +213,9 @@ pub struct Repository {
     /// Volume catalogs listed through this handle and its clones (see
     /// [`catalog_listings`](Repository::catalog_listings)).
     catalog_listings: Arc<std::sync::atomic::AtomicU64>,
+    /// Key material given with [`with_keys`](Repository::with_keys) (encrypted
+    /// repositories only).
+    keys: Arc<Keys>,
 }
 
 impl std::fmt::Debug for Repository {
@@ -293,6 +314,96 @@ impl Repository {
     /// The repository config.
     pub fn config(&self) -> &RepoConfig {
         &self.config
+    }
+
+    /// Whether the repository is encrypted (its config has an `encryption` member).
+    pub fn is_encrypted(&self) -> bool {
+        self.config.encryption.is_some()
+    }
+
+    /// The same repository holding `keys`.
+    ///
+    /// # Errors
+    /// [`RepoError::WrongKey`] when the keys belong to another key pair than the
+    /// config's `encryption.key_id`. Keys given for an unencrypted repository are
+    /// ignored.
+    pub fn with_keys(self, keys: Keys) -> Result<Repository, RepoError> {
+        let Some(enc) = &self.config.encryption else {
+            return Ok(self);
+        };
+        if let Some(given) = keys.key_id()
+            && given.to_string() != enc.key_id
+        {
+            return Err(RepoError::WrongKey {
+                location: self.location.clone(),
+                given: given.to_string(),
+                expected: enc.key_id.clone(),
+            });
+        }
+        Ok(Repository {
+            keys: Arc::new(keys),
+            ..self
+        })
+    }
+
+    /// The key material this handle holds ([`Keys::Locked`] unless given).
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// The key that decrypts, for `action` (e.g. `"restore"`): `None` for an
+    /// unencrypted repository.
+    ///
+    /// # Errors
+    /// [`RepoError::NeedsKey`] when the repository is encrypted and this handle holds
+    /// no repository key (only a writer key, or nothing).
+    pub fn read_key(&self, action: &str) -> Result<Option<&RepoKey>, RepoError> {
+        if !self.is_encrypted() {
+            return Ok(None);
+        }
+        match &*self.keys {
+            Keys::Owner(key) => Ok(Some(key)),
+            Keys::Writer(_) => Err(self.needs_key(
+                action,
+                "the repository key (a writer key only encrypts)",
+                "a key holder must run it, with a passphrase or identity of the repository",
+            )),
+            Keys::Locked => Err(self.needs_key(
+                action,
+                "the repository key",
+                "give a passphrase (--password-file, --password-command, THINARC_PASSWORD) or an identity (--identity)",
+            )),
+        }
+    }
+
+    /// The key that writes archives, for `action` (e.g. `"backup"`): `None` for an
+    /// unencrypted repository.
+    ///
+    /// # Errors
+    /// [`RepoError::NeedsKey`] when the repository is encrypted and this handle holds
+    /// no key at all.
+    pub fn write_key(&self, action: &str) -> Result<Option<&WriterKey>, RepoError> {
+        if !self.is_encrypted() {
+            return Ok(None);
+        }
+        match &*self.keys {
+            Keys::Owner(key) => Ok(Some(key.writer())),
+            Keys::Writer(writer) => Ok(Some(writer)),
+            Keys::Locked => Err(self.needs_key(
+                action,
+                "a key",
+                "give a passphrase (--password-file, --password-command, THINARC_PASSWORD), an identity (--identity) or a writer key (--writer-key)",
+            )),
+        }
+    }
+
+    fn needs_key(&self, action: &str, need: &'static str, hint: &'static str) -> RepoError {
+        RepoError::NeedsKey {
+            action: action.to_string(),
+            need,
+            location: self.location.clone(),
+            hint,
+        }
     }
 
     /// The same repository with uploads limited to `limit`'s rate (all writers of
