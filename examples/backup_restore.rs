@@ -14,7 +14,7 @@ use thinarc::source::RawSource;
 async fn main() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let location = dir.path().join("repo").display().to_string();
-    let repo = Repository::create_location(&location, true).await?;
+    let repo = Repository::create_location(&location, true, None).await?;
     let volume = VolumeName::new("demo/disk")?;
 
     // An 8 MiB image: some text, the rest zero.

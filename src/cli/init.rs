@@ -18,7 +18,7 @@ pub struct InitArgs {
 /// Creates the repository at the context's location.
 pub async fn run(args: InitArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let location = ctx.location()?;
-    let repo = Repository::create_location(location, !args.allow_unsafe_store).await?;
+    let repo = Repository::create_location(location, !args.allow_unsafe_store, None).await?;
     if !ctx.quiet {
         eprintln!(
             "created thinarc repository {} at {}",

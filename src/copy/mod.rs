@@ -159,9 +159,10 @@ pub enum CopyError {
 pub async fn open_or_init(location: &str) -> Result<(Repository, bool), RepoError> {
     match Repository::open_location(location).await {
         Ok(r) => Ok((r, false)),
-        Err(RepoError::NotARepository { .. }) => {
-            Ok((Repository::create_location(location, true).await?, true))
-        }
+        Err(RepoError::NotARepository { .. }) => Ok((
+            Repository::create_location(location, true, None).await?,
+            true,
+        )),
         Err(e) => Err(e),
     }
 }

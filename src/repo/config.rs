@@ -6,6 +6,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload}
 use serde::{Deserialize, Serialize};
 
 use super::{RepoError, Repository, layout, new_id};
+use crate::format::{ENCRYPTION_SCHEME, WriterKey};
 
 const KIND: &str = "thinarc-repository";
 /// Layout version of an unencrypted repository.
@@ -59,11 +60,13 @@ impl Repository {
         store: Arc<dyn ObjectStore>,
         location: &str,
     ) -> Result<Repository, RepoError> {
-        Self::create_checked(store, location, true).await
+        Self::create_checked(store, location, true, None).await
     }
 
     /// Like [`create`](Self::create); with `check_conditional`, first proves that the
-    /// store honours create-if-absent (commits depend on it).
+    /// store honours create-if-absent (commits depend on it). With `encryption`, the
+    /// repository is encrypted (config version 2, FORMAT.md section 18) for that key
+    /// pair; its key slots are written by the caller.
     ///
     /// # Errors
     /// [`RepoError::NoConditionalWrites`] if it does not, and what
@@ -72,17 +75,27 @@ impl Repository {
         store: Arc<dyn ObjectStore>,
         location: &str,
         check_conditional: bool,
+        encryption: Option<&WriterKey>,
     ) -> Result<Repository, RepoError> {
         if check_conditional {
             check_create_if_absent(&store, location).await?;
         }
+        let encryption = encryption.map(|key| EncryptionConfig {
+            scheme: ENCRYPTION_SCHEME.to_string(),
+            key_id: key.key_id().to_string(),
+            recipient: key.recipient.to_string(),
+        });
         let config = RepoConfig {
             kind: KIND.into(),
-            version: VERSION,
+            version: if encryption.is_some() {
+                VERSION_ENCRYPTED
+            } else {
+                VERSION
+            },
             id: new_id(),
             created: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             unsafe_store: !check_conditional,
-            encryption: None,
+            encryption,
         };
         let body = serde_json::to_vec_pretty(&config).expect("config serialises");
         let repo = Repository::with_config(store, location, config);

@@ -294,16 +294,19 @@ impl Repository {
 
     /// Creates a repository at `location` (a path or URL), creating a missing local
     /// directory; with `check_conditional`, refuses a store that ignores
-    /// create-if-absent.
+    /// create-if-absent; with `encryption`, an encrypted repository for that key pair.
     ///
     /// # Errors
     /// As [`open_store`] and [`Repository::create_checked`].
     pub async fn create_location(
         location: &str,
         check_conditional: bool,
+        encryption: Option<&WriterKey>,
     ) -> Result<Repository, RepoError> {
         let opened = open_store(location, true)?;
-        let repo = Repository::create_checked(opened.store, location, check_conditional).await?;
+        let repo =
+            Repository::create_checked(opened.store, location, check_conditional, encryption)
+                .await?;
         Ok(Repository {
             local_root: opened.local_root,
             uploads: opened.uploads,

@@ -160,7 +160,7 @@ async fn init_refuses_a_store_that_ignores_create_if_absent() {
         inner: moto.store(&bucket),
         faults: faults.clone(),
     });
-    let e = Repository::create_checked(store.clone(), "s3://unsafe", true)
+    let e = Repository::create_checked(store.clone(), "s3://unsafe", true, None)
         .await
         .unwrap_err();
     assert!(matches!(e, RepoError::NoConditionalWrites { .. }), "{e:?}");
@@ -171,11 +171,11 @@ async fn init_refuses_a_store_that_ignores_create_if_absent() {
         .unwrap_err();
     assert!(matches!(open, RepoError::NotARepository { .. }), "{open:?}");
     // The operator may accept the risk.
-    Repository::create_checked(store, "s3://unsafe", false)
+    Repository::create_checked(store, "s3://unsafe", false, None)
         .await
         .expect("init with the risk accepted");
     // moto itself honours If-None-Match: the check passes.
-    Repository::create_checked(moto.store(&moto.bucket()), "s3://safe", true)
+    Repository::create_checked(moto.store(&moto.bucket()), "s3://safe", true, None)
         .await
         .expect("moto honours create-if-absent");
 }
