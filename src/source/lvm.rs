@@ -28,8 +28,8 @@ use crate::lvm::{
 use crate::source::consistent::{After, ConsistencyError, Freeze, Frozen};
 use crate::source::{RawSource, SourceError};
 
-/// Tag on every snapshot thinarc creates.
-pub const TAG: &str = "thinarc";
+/// Tag on every snapshot thinarc creates (discovery never selects an LV carrying it).
+pub const TAG: &str = crate::lvm::SNAPSHOT_TAG;
 
 /// Tag naming the origin LV (by uuid) of a thinarc snapshot.
 pub fn origin_tag(lv_uuid: &str) -> String {
