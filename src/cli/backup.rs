@@ -145,7 +145,7 @@ pub async fn run(args: BackupArgs, ctx: &Ctx) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    let report = backup_volume(ctx, ctx.location()?, &args.source, opts, limits, ctx).await?;
+    let report = backup_volume(ctx, ctx.location()?, &args.source, opts, limits, None, ctx).await?;
     if args.json {
         print_json(&report)?;
     } else if !ctx.quiet {

@@ -83,6 +83,9 @@ pub struct VolumeStatus {
     pub problems: Vec<String>,
     /// Damage of the volume's catalog and archives (all zero for a sound volume).
     pub damage: DamageCounts,
+    /// The volume was backed up by a discovery pattern that no longer selects its LV
+    /// (its last backup record is `gone`): not backed up any more, not a failure.
+    pub gone: bool,
 }
 
 /// What is damaged in a volume, from its catalog and damage records (no block data is
@@ -208,6 +211,7 @@ pub async fn gather(
             oldest_upload: None,
             problems: unreachable.iter().cloned().collect(),
             damage: DamageCounts::default(),
+            gone: false,
         };
         if let (Some(repo), Ok(v)) = (repo, VolumeName::new(&name)) {
             catalog(repo, &v, time, &mut s).await;
@@ -231,6 +235,11 @@ pub async fn gather(
             o.last_failure = slot(Slot::Failure).await;
         }
         lost_success(&mut s);
+        s.gone = s
+            .backup
+            .last
+            .as_ref()
+            .is_some_and(|r| r.result == Outcome::Gone);
         if volume.is_some() && s.points == 0 && s.backup.last.is_none() && repo.is_some() {
             return Err(StatusError::UnknownVolume {
                 name,

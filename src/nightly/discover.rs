@@ -1,0 +1,182 @@
+//! Whole-pool discovery in a run: a pattern volume of the config expanded into the
+//! thin LVs it selects now (`lvs`, through [`crate::lvm::LvPattern::select`]), a
+//! pattern that selects nothing reported as a warning, and the volumes a pattern
+//! backed up whose LV is no longer selected recorded once as `gone`.
+
+use std::collections::HashSet;
+
+use super::run::{Action, Step};
+use super::{Job, error_message};
+use crate::config::Discovery;
+use crate::lvm::{LvInfo, Lvm};
+use crate::repo::VolumeName;
+use crate::status::{Operation, Outcome, Record, Slot};
+
+/// The volumes `d` selects now (config order is kept by the caller; these are sorted
+/// by LV name), and the steps that say what discovery found: a failure (the VG cannot
+/// be listed, the pool is not a thin pool), the warning that nothing matched, and
+/// each volume gone since the last run (recorded `gone` unless `dry_run`). `skip`
+/// leaves out volumes another entry backs up (by name, or an earlier pattern).
+pub(super) async fn discover(
+    job: &Job,
+    location: &str,
+    d: &Discovery,
+    skip: impl Fn(&VolumeName) -> bool,
+    dry_run: bool,
+) -> (Vec<VolumeName>, Vec<Step>) {
+    let source = d.source();
+    let step = |ok: bool, detail: String| Step {
+        operation: Action::Discover,
+        volume: source.clone(),
+        repository: location.to_string(),
+        ok,
+        warning: false,
+        detail,
+        source: None,
+        discovered_by: None,
+        kind: None,
+    };
+    // Listed blocking, like every LVM command of a backup: it takes milliseconds.
+    let lvs = match Lvm.lvs(&[&d.pattern.vg]) {
+        Ok(lvs) => lvs,
+        Err(e) => {
+            let detail = format!("cannot list the LVs of VG {}: {e}", d.pattern.vg);
+            return (Vec::new(), vec![step(false, detail)]);
+        }
+    };
+    let selected = match d.pattern.select(&lvs, &d.exclude) {
+        Ok(s) => s,
+        Err(e) => return (Vec::new(), vec![step(false, e.to_string())]),
+    };
+    let mut steps = Vec::new();
+    let mut names = Vec::new();
+    for lv in &selected {
+        match VolumeName::new(&lv.to_string()) {
+            Ok(name) => names.push(name),
+            Err(e) => steps.push(step(
+                false,
+                format!("LV {lv} cannot be a volume: {e}; exclude it, or back it up under a name of its own"),
+            )),
+        }
+    }
+    if selected.is_empty() {
+        steps.push(Step {
+            warning: true,
+            ..step(
+                true,
+                format!(
+                    "{source} matches no thin LV (thinarc's snapshots and the LVs restore created never match): nothing was backed up for it"
+                ),
+            )
+        });
+    }
+    steps.extend(gone(job, location, d, &names, &lvs, &skip, dry_run).await);
+    names.retain(|n| !skip(n));
+    (names, steps)
+}
+
+/// The volumes of the repository at `location` whose last backup came from `d` and
+/// whose LV is not among `selected` (`lvs` being the VG's LVs now) and that no other
+/// entry backs up (`skip`): each is recorded as `gone` (unless `dry_run`) and
+/// reported as a step, once: a volume whose last record is already `gone` is left
+/// alone.
+async fn gone(
+    job: &Job,
+    location: &str,
+    d: &Discovery,
+    selected: &[VolumeName],
+    lvs: &[LvInfo],
+    skip: &dyn Fn(&VolumeName) -> bool,
+    dry_run: bool,
+) -> Vec<Step> {
+    let source = d.source();
+    let failed = |detail: String| Step {
+        operation: Action::Discover,
+        volume: source.clone(),
+        repository: location.to_string(),
+        ok: false,
+        warning: false,
+        detail,
+        source: None,
+        discovered_by: None,
+        kind: None,
+    };
+    let repo = match job.open(location).await {
+        Ok(r) => r,
+        Err(e) => {
+            return vec![failed(format!(
+                "cannot look for volumes that are gone: {}",
+                error_message(&e)
+            ))];
+        }
+    };
+    let records = job.records(location);
+    let mut candidates: Vec<String> = match repo.volumes().await {
+        Ok(v) => v.iter().map(ToString::to_string).collect(),
+        Err(e) => {
+            return vec![failed(format!(
+                "cannot look for volumes that are gone: {}",
+                error_message(&e)
+            ))];
+        }
+    };
+    candidates.extend(records.local_volumes());
+    let selected: HashSet<&str> = selected.iter().map(VolumeName::as_str).collect();
+    let mut seen = HashSet::new();
+    let mut steps = Vec::new();
+    for name in candidates {
+        if !d.pattern.matches_name(&name) || selected.contains(name.as_str()) {
+            continue;
+        }
+        if !seen.insert(name.clone()) {
+            continue;
+        }
+        let Some(last) = records
+            .read(Some(&repo), &name, Operation::Backup, Slot::Last)
+            .await
+        else {
+            continue;
+        };
+        if last.discovered_by.as_deref() != Some(source.as_str()) || last.result == Outcome::Gone {
+            continue;
+        }
+        let Ok(volume) = VolumeName::new(&name) else {
+            continue;
+        };
+        if skip(&volume) {
+            continue;
+        }
+        let exists = lvs
+            .iter()
+            .any(|l| name == format!("{}/{}", l.vg_name, l.lv_name));
+        let why = if exists {
+            format!(
+                "LV {name} is no longer selected by {source} (excluded, not a thin LV of the pool, or made by thinarc)"
+            )
+        } else {
+            format!("LV {name} no longer exists")
+        };
+        let detail = if dry_run {
+            format!("{why}: would be recorded as gone (its points are kept)")
+        } else {
+            let record =
+                Record::start(Operation::Backup, &volume, location).gone(&source, why.clone());
+            job.write_record(location, Some(&repo), record).await;
+            format!(
+                "{why}: recorded as gone; its points are kept, and it is reported once (a later run backs it up again if the pattern selects it again)"
+            )
+        };
+        steps.push(Step {
+            operation: Action::Gone,
+            volume: name,
+            repository: location.to_string(),
+            ok: true,
+            warning: false,
+            detail,
+            source: Some(format!("lvm:{volume}")),
+            discovered_by: Some(source.clone()),
+            kind: None,
+        });
+    }
+    steps
+}
