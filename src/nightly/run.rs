@@ -364,7 +364,10 @@ async fn plan_backup(
                 }
             }
             SourceSpec::Path(path) => {
+                // Opened (not read) to find what the backup would fail on: the kind
+                // is checked first, so a FIFO is never opened.
                 RawSource::check_kind(path).map_err(|e| error_message(&e))?;
+                drop(RawSource::open(path).map_err(|e| error_message(&e))?);
                 crate::backup::dry_run(&repo, &opts)
                     .await
                     .map_err(|e| error_message(&e))
