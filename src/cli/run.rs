@@ -46,6 +46,7 @@ pub async fn run(args: RunArgs, ctx: &Ctx) -> anyhow::Result<()> {
         ctx: &ctx,
     };
     let report = if args.dry_run {
+        ctx.without_alerts();
         thinarc::nightly::dry_run(&ctx, &config, &printer).await
     } else {
         thinarc::nightly::run(&ctx, &config, &printer).await?

@@ -9,7 +9,8 @@ use super::run::{Action, Step};
 use super::{Job, error_message};
 use crate::config::Discovery;
 use crate::lvm::{LvInfo, Lvm};
-use crate::repo::VolumeName;
+use crate::repo::{PointSelector, Repository, VolumeName};
+use crate::source::lvm::{remove_snapshot, snapshots_of};
 use crate::status::{Operation, Outcome, Record, Slot};
 
 /// The volumes `d` selects now (config order is kept by the caller; these are sorted
@@ -156,14 +157,15 @@ async fn gone(
         } else {
             format!("LV {name} no longer exists")
         };
+        let snapshots = stale_snapshots(&repo, &volume, lvs, dry_run).await;
         let detail = if dry_run {
-            format!("{why}: would be recorded as gone (its points are kept)")
+            format!("{why}: would be recorded as gone (its points are kept){snapshots}")
         } else {
             let record =
                 Record::start(Operation::Backup, &volume, location).gone(&source, why.clone());
             job.write_record(location, Some(&repo), record).await;
             format!(
-                "{why}: recorded as gone; its points are kept, and it is reported once (a later run backs it up again if the pattern selects it again)"
+                "{why}: recorded as gone; its points are kept, and it is reported once (a later run backs it up again if the pattern selects it again){snapshots}"
             )
         };
         steps.push(Step {
@@ -179,4 +181,44 @@ async fn gone(
         });
     }
     steps
+}
+
+/// Removes (unless `dry_run`) thinarc's snapshots of the gone `volume`'s LV, found by
+/// the LV uuid its newest point records: they only served its next delta, and would
+/// hold pool space for ever (the LV's data, when the LV itself was removed). Returns
+/// what to add to the step's line: what was (or would be) removed, or why not.
+async fn stale_snapshots(
+    repo: &Repository,
+    volume: &VolumeName,
+    lvs: &[LvInfo],
+    dry_run: bool,
+) -> String {
+    let newest = async {
+        let commits = repo.commits(volume).await.ok()?;
+        let chain = repo.resolve(&commits, &PointSelector::Latest).await.ok()?;
+        chain.tip().header.lvm.clone()
+    };
+    let Some(rec) = newest.await else {
+        return String::new();
+    };
+    let snapshots = snapshots_of(lvs, &rec.lv_uuid);
+    if snapshots.is_empty() {
+        return String::new();
+    }
+    let names: Vec<String> = snapshots
+        .iter()
+        .map(|l| format!("{}/{}", l.vg_name, l.lv_name))
+        .collect();
+    if dry_run {
+        return format!("; would remove its thinarc snapshot {}", names.join(", "));
+    }
+    for l in &snapshots {
+        if let Err(e) = remove_snapshot(&l.vg_name, &l.lv_name) {
+            return format!(
+                "; its thinarc snapshot {}/{} could not be removed ({e}): remove it with lvremove",
+                l.vg_name, l.lv_name
+            );
+        }
+    }
+    format!("; removed its thinarc snapshot {}", names.join(", "))
 }

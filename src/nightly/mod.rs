@@ -241,6 +241,12 @@ impl Job {
         Job::settle(self.given.clone(), Some(config), self.shared.clone())
     }
 
+    /// A dry run alerts no one: the on-failure hook (of the command line or a config)
+    /// is not run when it fails.
+    pub fn without_alerts(&self) {
+        *self.shared.on_failure.lock().expect("not poisoned") = None;
+    }
+
     fn settle(given: Given, config: Option<&Config>, shared: Arc<Shared>) -> Job {
         let limit = |rate: Option<u64>| rate.map(|r| Arc::new(RateLimiter::new(r)));
         Job {

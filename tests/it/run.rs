@@ -358,7 +358,9 @@ fn dry_run_touches_nothing() {
             format!(
                 "backup vg0/a: from {a}: would write a full archive: the volume has no point yet: reads the whole source"
             ),
-            format!("backup vg0/b: FAILED: from {b}: cannot open source {b}: No such file or directory (os error 2)"),
+            format!(
+                "backup vg0/b: FAILED: from {b}: cannot open source {b}: No such file or directory (os error 2)"
+            ),
             format!(
                 "backup vg0/c: from {}: would write a full archive: the volume has no point yet: reads the whole source",
                 t.path("c.img").display()
@@ -368,12 +370,14 @@ fn dry_run_touches_nothing() {
         o.show()
     );
     assert!(
-        o.stderr.contains("error: 1 of 3 steps failed: backup vg0/b"),
+        o.stderr
+            .contains("error: 1 of 3 steps failed: backup vg0/b"),
         "{}",
         o.show()
     );
     assert!(!t.path("state").join("run.lock").exists());
     assert!(!t.path("state").join("records").exists());
+    assert!(!t.path("hook.out").exists(), "a dry run alerts no one");
     assert!(!t.repo().join("volumes").exists(), "nothing was written");
 
     thinarc(&t, &["run", "--config", cfg]);
@@ -482,11 +486,17 @@ fn pattern_matching_nothing_is_a_warning() {
     let o = run(&[]);
     assert_eq!(o.code, Some(1), "{}", o.show());
     assert!(
-        o.stdout.contains("discover lvm:novg/*: FAILED: cannot list the LVs of VG novg: `lvs --reportformat json"),
+        o.stdout.contains(
+            "discover lvm:novg/*: FAILED: cannot list the LVs of VG novg: `lvs --reportformat json"
+        ),
         "{}",
         o.show()
     );
-    assert!(o.stdout.contains("Volume group \"novg\" not found"), "{}", o.show());
+    assert!(
+        o.stdout.contains("Volume group \"novg\" not found"),
+        "{}",
+        o.show()
+    );
 }
 
 /// Issue 15: a bad pattern is a config error naming the file, line, column and key,
@@ -503,7 +513,10 @@ fn bad_pattern_is_a_config_error() {
         )
         .as_bytes(),
     );
-    let o = thinarc(&t, &["run", "--config", path.to_str().unwrap(), "--dry-run"]);
+    let o = thinarc(
+        &t,
+        &["run", "--config", path.to_str().unwrap(), "--dry-run"],
+    );
     assert_eq!(o.code, Some(1), "{}", o.show());
     assert_eq!(
         o.stderr,
