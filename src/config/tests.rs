@@ -243,7 +243,8 @@ fn no_volumes_and_no_repository() {
 #[test]
 fn the_example_config_is_valid() {
     let c = parse(include_str!("../../examples/thinarc.toml")).unwrap();
-    assert_eq!(c.volumes.len(), 3);
+    assert_eq!(c.volumes.len(), 4);
+    assert_eq!(c.volumes[2].label(), "lvm:vg0/pool/*");
     assert_eq!(c.repositories.len(), 2);
     assert_eq!(c.copies[0].volumes.len(), 2);
     assert!(c.on_failure.as_deref().unwrap().starts_with("mail "));
