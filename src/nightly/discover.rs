@@ -8,13 +8,12 @@ use std::collections::HashSet;
 use super::run::{Action, Step};
 use super::{Job, error_message};
 use crate::config::Discovery;
-use crate::lvm::{LvInfo, Lvm};
+use crate::lvm::{LvInfo, LvName, Lvm};
 use crate::repo::{PointSelector, Repository, VolumeName};
 use crate::source::lvm::{remove_snapshot, snapshots_of};
 use crate::status::{Operation, Outcome, Record, Slot};
 
-/// The volumes `d` selects now (config order is kept by the caller; these are sorted
-/// by LV name), and the steps that say what discovery found: a failure (the VG cannot
+/// The volumes `d` selects now, each with its LV (sorted by LV name), and the steps that say what discovery found: a failure (the VG cannot
 /// be listed, the pool is not a thin pool), the warning that nothing matched, and
 /// each volume gone since the last run (recorded `gone` unless `dry_run`). `skip`
 /// leaves out volumes another entry backs up (by name, or an earlier pattern).
@@ -24,7 +23,7 @@ pub(super) async fn discover(
     d: &Discovery,
     skip: impl Fn(&VolumeName) -> bool,
     dry_run: bool,
-) -> (Vec<VolumeName>, Vec<Step>) {
+) -> (Vec<(VolumeName, LvName)>, Vec<Step>) {
     let source = d.source();
     let step = |ok: bool, detail: String| Step {
         operation: Action::Discover,
@@ -50,10 +49,10 @@ pub(super) async fn discover(
         Err(e) => return (Vec::new(), vec![step(false, e.to_string())]),
     };
     let mut steps = Vec::new();
-    let mut names = Vec::new();
-    for lv in &selected {
+    let mut found = Vec::new();
+    for lv in selected.iter().cloned() {
         match VolumeName::new(&lv.to_string()) {
-            Ok(name) => names.push(name),
+            Ok(name) => found.push((name, lv)),
             Err(e) => steps.push(step(
                 false,
                 format!("LV {lv} cannot be a volume: {e}; exclude it, or back it up under a name of its own"),
@@ -71,9 +70,10 @@ pub(super) async fn discover(
             )
         });
     }
+    let names: Vec<&VolumeName> = found.iter().map(|(n, _)| n).collect();
     steps.extend(gone(job, location, d, &names, &lvs, &skip, dry_run).await);
-    names.retain(|n| !skip(n));
-    (names, steps)
+    found.retain(|(n, _)| !skip(n));
+    (found, steps)
 }
 
 /// The volumes of the repository at `location` whose last backup came from `d` and
@@ -85,7 +85,7 @@ async fn gone(
     job: &Job,
     location: &str,
     d: &Discovery,
-    selected: &[VolumeName],
+    selected: &[&VolumeName],
     lvs: &[LvInfo],
     skip: &dyn Fn(&VolumeName) -> bool,
     dry_run: bool,
@@ -122,7 +122,7 @@ async fn gone(
         }
     };
     candidates.extend(records.local_volumes());
-    let selected: HashSet<&str> = selected.iter().map(VolumeName::as_str).collect();
+    let selected: HashSet<&str> = selected.iter().map(|n| n.as_str()).collect();
     let mut seen = HashSet::new();
     let mut steps = Vec::new();
     for name in candidates {

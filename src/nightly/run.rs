@@ -202,10 +202,7 @@ async fn steps(job: &Job, config: &Config, observer: &dyn Observer, dry: bool) -
                 }
                 names
                     .into_iter()
-                    .filter_map(|n| {
-                        let lv = crate::lvm::LvName::parse(n.as_str()).ok()?;
-                        Some((n, SourceSpec::Lvm(lv), Some(d.source())))
-                    })
+                    .map(|(n, lv)| (n, SourceSpec::Lvm(lv), Some(d.source())))
                     .collect()
             }
         };

@@ -414,7 +414,8 @@ fn dry_run_touches_nothing() {
     assert_eq!(records(), before, "a dry run writes no record");
 }
 
-/// A fake `lvs` on PATH printing the captured report of a Proxmox-like VG `pve`.
+/// A fake `lvs` on PATH printing the captured report of a Proxmox-like VG `pve`, and
+/// a fake `dmsetup` reporting its pools healthy.
 fn fake_lvs(t: &TempRepo) -> (String, String) {
     let bin = t.path("bin");
     std::fs::create_dir_all(&bin).unwrap();
@@ -427,8 +428,16 @@ fn fake_lvs(t: &TempRepo) -> (String, String) {
         )
         .as_bytes(),
     );
+    // Every pool is active and healthy.
+    let dmsetup = bin.join("dmsetup");
+    write(
+        &dmsetup,
+        b"#!/bin/sh\necho '0 16777216 thin-pool 2 112/20480 32/131072 - rw discard_passdown queue_if_no_space - 256'\n",
+    );
     use std::os::unix::fs::PermissionsExt as _;
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    for s in [&script, &dmsetup] {
+        std::fs::set_permissions(s, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
     (
         "PATH".to_string(),
         format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()),
@@ -524,5 +533,52 @@ fn bad_pattern_is_a_config_error() {
             "error: {}:4:10: source \"lvm:pve/vm-[0-9]*\": LV pattern \"vm-[0-9]*\" contains '[': use letters, digits, + _ . - and the wildcards * and ?\n",
             path.display()
         )
+    );
+}
+
+/// Issue 15: patterns are expanded against `lvs` in config order: a volume configured
+/// by name is backed up by its own entry, an LV two patterns select by the first;
+/// thinarc's snapshot, the restored LV, `exclude`d and non-thin LVs never appear.
+#[test]
+fn discovery_expands_patterns_and_named_volumes_win() {
+    let t = TempRepo::new();
+    let img = t.path("disk1.img");
+    write(&img, &make_image(MIB, 63));
+    let path = t.path("p.toml");
+    write(
+        &path,
+        format!(
+            "state_dir = \"{}\"\n[repositories.r]\nlocation = \"{}\"\n[[volumes]]\nsource = \"lvm:pve/vm-*-disk-*\"\n[[volumes]]\nname = \"pve/vm-100-disk-1\"\nsource = \"{}\"\n[[volumes]]\nsource = \"lvm:pve/data/*\"\nexclude = [\"snap_*\"]\n",
+            t.path("state").display(),
+            t.location(),
+            img.display()
+        )
+        .as_bytes(),
+    );
+    let o = thinarc_env(
+        &["run", "--config", path.to_str().unwrap(), "--dry-run"],
+        &[fake_lvs(&t)],
+    );
+    assert_eq!(o.code, Some(0), "{}", o.show());
+    let lv = |name: &str, pattern: &str, block: u32| {
+        format!(
+            "backup pve/{name}: from lvm:pve/{name} (selected by {pattern}): would write a full archive: full backup of the chunks mapped in a new snapshot (block size {block})"
+        )
+    };
+    let vms = "lvm:pve/vm-*-disk-*";
+    assert_eq!(
+        o.stdout.lines().collect::<Vec<_>>(),
+        [
+            lv("vm-100-disk-0", vms, 65536),
+            lv("vm-101-disk-0", vms, 65536),
+            lv("vm-200-disk-0", vms, 131072),
+            format!(
+                "backup pve/vm-100-disk-1: from {}: would write a full archive: the volume has no point yet: reads the whole source",
+                img.display()
+            ),
+            lv("base-102-disk-0", "lvm:pve/data/*", 65536),
+        ],
+        "{}",
+        o.show()
     );
 }
