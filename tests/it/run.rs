@@ -582,3 +582,112 @@ fn discovery_expands_patterns_and_named_volumes_win() {
         o.show()
     );
 }
+
+/// Issue 15: a volume whose last backup came from a pattern that no longer selects its
+/// LV is reported `gone` once (recorded, so later runs say nothing), keeps its points,
+/// and `status` shows it as gone, not as a failure; the textfile says
+/// `thinarc_volume_gone 1` and leaves out its last-success time.
+#[test]
+fn gone_is_reported_once_and_status_is_not_red() {
+    let t = TempRepo::new();
+    let img = t.path("disk.img");
+    write(&img, &make_image(MIB, 64));
+    let state = (
+        "THINARC_STATE_DIR".to_string(),
+        t.path("state").display().to_string(),
+    );
+    let env = [state.clone(), fake_lvs(&t)];
+    let volume = "pve/vm-300-disk-0";
+    let o = thinarc_env(
+        &[
+            "-r",
+            t.location(),
+            "backup",
+            img.to_str().unwrap(),
+            "--volume",
+            volume,
+        ],
+        &env,
+    );
+    assert_eq!(o.code, Some(0), "{}", o.show());
+    // As if that backup had been of the LV pve/vm-300-disk-0, selected by the pattern
+    // (the LV is not in the captured report: it was removed since).
+    let pattern = "lvm:pve/vm-3*";
+    let dir = t.path("").display().to_string();
+    let found = std::process::Command::new("sh")
+        .args([
+            "-c",
+            &format!(
+                "find {dir} -name backup.last.json | grep vm-300 | while read f; do sed -i 's|^{{|{{\"discovered_by\": \"{pattern}\",|' \"$f\"; echo \"$f\"; done"
+            ),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&found.stdout).lines().count(),
+        2,
+        "the local and the repository record"
+    );
+    let path = t.path("p.toml");
+    write(
+        &path,
+        format!(
+            "state_dir = \"{}\"\n[repositories.r]\nlocation = \"{}\"\n[[volumes]]\nsource = \"{pattern}\"\n",
+            t.path("state").display(),
+            t.location(),
+        )
+        .as_bytes(),
+    );
+    let run = || thinarc_env(&["run", "--config", path.to_str().unwrap()], &env);
+    let o = run();
+    assert_eq!(o.code, Some(4), "nothing matches now: {}", o.show());
+    assert!(
+        o.stdout.contains(&format!(
+            "gone {volume}: LV {volume} no longer exists: recorded as gone; its points are kept, and it is reported once"
+        )),
+        "{}",
+        o.show()
+    );
+    let o = run();
+    assert!(!o.stdout.contains("gone "), "reported once: {}", o.show());
+
+    let prom = t.path("t.prom");
+    let o = thinarc_env(
+        &[
+            "-r",
+            t.location(),
+            "status",
+            volume,
+            "--prometheus",
+            prom.to_str().unwrap(),
+        ],
+        &env,
+    );
+    assert_eq!(o.code, Some(0), "{}", o.show());
+    assert!(o.stdout.contains("gone since "), "{}", o.show());
+    assert!(
+        o.stdout.contains(&format!(
+            "  gone: LV {volume} no longer exists; it was backed up by the pattern {pattern}, which no longer selects it"
+        )),
+        "{}",
+        o.show()
+    );
+    let text = read(&prom);
+    let text = String::from_utf8_lossy(&text);
+    assert!(
+        text.lines().any(
+            |l| l.starts_with(&format!("thinarc_volume_gone{{volume=\"{volume}\""))
+                && l.ends_with("} 1")
+        ),
+        "{text}"
+    );
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.starts_with("thinarc_last_success_timestamp_seconds{")),
+        "{text}"
+    );
+    let listed = thinarc_env(&["-r", t.location(), "list", volume, "--json"], &env);
+    let points: Value = serde_json::from_str(&listed.stdout).unwrap();
+    assert_eq!(points.as_array().unwrap().len(), 1, "its points are kept");
+}
