@@ -143,9 +143,9 @@ pub struct LvPattern {
 
 impl LvPattern {
     /// Whether `s` (the part after `lvm:`) is a pattern rather than one `VG/LV`: it
-    /// holds a wildcard, or names a pool (`VG/POOL/LV`).
+    /// holds a wildcard (`*`, `?`). Anything else is parsed as `VG/LV`.
     pub fn is_pattern(s: &str) -> bool {
-        s.contains(['*', '?']) || s.matches('/').count() == 2
+        s.contains(['*', '?'])
     }
 
     /// Parses `VG/GLOB` or `VG/POOL/GLOB` (the part after `lvm:`); the VG and pool are
@@ -288,8 +288,9 @@ mod tests {
         let p = LvPattern::parse("vg0/pool/*").unwrap();
         assert_eq!(p.pool.as_deref(), Some("pool"));
         assert_eq!(p.to_string(), "vg0/pool/*");
-        assert!(LvPattern::is_pattern("vg0/pool/web"));
+        assert!(LvPattern::is_pattern("vg0/pool/*"));
         assert!(LvPattern::is_pattern("vg0/web-?"));
+        assert!(!LvPattern::is_pattern("vg0/pool/web"));
         assert!(!LvPattern::is_pattern("vg0/web"));
         for (given, message) in [
             ("vg0", "\"vg0\" is not VG/LV-PATTERN or VG/POOL/LV-PATTERN"),

@@ -13,10 +13,11 @@ use crate::repo::{PointSelector, Repository, VolumeName};
 use crate::source::lvm::{remove_snapshot, snapshots_of};
 use crate::status::{Operation, Outcome, Record, Slot};
 
-/// The volumes `d` selects now, each with its LV (sorted by LV name), and the steps that say what discovery found: a failure (the VG cannot
-/// be listed, the pool is not a thin pool), the warning that nothing matched, and
-/// each volume gone since the last run (recorded `gone` unless `dry_run`). `skip`
-/// leaves out volumes another entry backs up (by name, or an earlier pattern).
+/// The volumes `d` selects now, each with its LV (sorted by LV name), and the steps
+/// that say what discovery found: a failure (the VG cannot be listed, the pool is not
+/// a thin pool), the warning that nothing matched, and each volume gone since the last
+/// run (recorded `gone` unless `dry_run`). `skip` leaves out volumes another entry
+/// backs up (by name, or an earlier pattern).
 pub(super) async fn discover(
     job: &Job,
     location: &str,
@@ -25,49 +26,35 @@ pub(super) async fn discover(
     dry_run: bool,
 ) -> (Vec<(VolumeName, LvName)>, Vec<Step>) {
     let source = d.source();
-    let step = |ok: bool, detail: String| Step {
-        operation: Action::Discover,
-        volume: source.clone(),
-        repository: location.to_string(),
-        ok,
-        warning: false,
-        detail,
-        source: None,
-        discovered_by: None,
-        kind: None,
-    };
+    let step = |result| Step::new(Action::Discover, &source, location, result);
     // Listed blocking, like every LVM command of a backup: it takes milliseconds.
     let lvs = match Lvm.lvs(&[&d.pattern.vg]) {
         Ok(lvs) => lvs,
         Err(e) => {
             let detail = format!("cannot list the LVs of VG {}: {e}", d.pattern.vg);
-            return (Vec::new(), vec![step(false, detail)]);
+            return (Vec::new(), vec![step(Err(detail))]);
         }
     };
     let selected = match d.pattern.select(&lvs, &d.exclude) {
         Ok(s) => s,
-        Err(e) => return (Vec::new(), vec![step(false, e.to_string())]),
+        Err(e) => return (Vec::new(), vec![step(Err(e.to_string()))]),
     };
     let mut steps = Vec::new();
     let mut found = Vec::new();
     for lv in selected.iter().cloned() {
         match VolumeName::new(&lv.to_string()) {
             Ok(name) => found.push((name, lv)),
-            Err(e) => steps.push(step(
-                false,
-                format!("LV {lv} cannot be a volume: {e}; exclude it, or back it up under a name of its own"),
-            )),
+            Err(e) => steps.push(step(Err(format!(
+                "LV {lv} cannot be a volume: {e}; exclude it, or back it up under a name of its own"
+            )))),
         }
     }
     if selected.is_empty() {
         steps.push(Step {
             warning: true,
-            ..step(
-                true,
-                format!(
-                    "{source} matches no thin LV (thinarc's snapshots and the LVs restore created never match): nothing was backed up for it"
-                ),
-            )
+            ..step(Ok(format!(
+                "{source} matches no thin LV (thinarc's snapshots and the LVs restore created never match): nothing was backed up for it"
+            )))
         });
     }
     let names: Vec<&VolumeName> = found.iter().map(|(n, _)| n).collect();
@@ -91,35 +78,21 @@ async fn gone(
     dry_run: bool,
 ) -> Vec<Step> {
     let source = d.source();
-    let failed = |detail: String| Step {
-        operation: Action::Discover,
-        volume: source.clone(),
-        repository: location.to_string(),
-        ok: false,
-        warning: false,
-        detail,
-        source: None,
-        discovered_by: None,
-        kind: None,
+    let failed = |e: &(dyn std::error::Error + 'static)| {
+        let detail = format!(
+            "cannot look for volumes that are gone: {}",
+            error_message(e)
+        );
+        Step::new(Action::Discover, &source, location, Err(detail))
     };
     let repo = match job.open(location).await {
         Ok(r) => r,
-        Err(e) => {
-            return vec![failed(format!(
-                "cannot look for volumes that are gone: {}",
-                error_message(&e)
-            ))];
-        }
+        Err(e) => return vec![failed(&e)],
     };
     let records = job.records(location);
     let mut candidates: Vec<String> = match repo.volumes().await {
         Ok(v) => v.iter().map(ToString::to_string).collect(),
-        Err(e) => {
-            return vec![failed(format!(
-                "cannot look for volumes that are gone: {}",
-                error_message(&e)
-            ))];
-        }
+        Err(e) => return vec![failed(&e)],
     };
     candidates.extend(records.local_volumes());
     let selected: HashSet<&str> = selected.iter().map(|n| n.as_str()).collect();
@@ -169,15 +142,9 @@ async fn gone(
             )
         };
         steps.push(Step {
-            operation: Action::Gone,
-            volume: name,
-            repository: location.to_string(),
-            ok: true,
-            warning: false,
-            detail,
             source: Some(format!("lvm:{volume}")),
             discovered_by: Some(source.clone()),
-            kind: None,
+            ..Step::new(Action::Gone, &volume, location, Ok(detail))
         });
     }
     steps

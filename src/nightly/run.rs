@@ -78,6 +78,29 @@ pub struct Step {
     pub kind: Option<ArchiveKind>,
 }
 
+impl Step {
+    /// A step of `operation` on `volume` in `repository` that did `Ok(what)` or failed
+    /// with `Err(error)`; no warning, source, pattern or kind.
+    pub(super) fn new(
+        operation: Action,
+        volume: impl ToString,
+        repository: &str,
+        result: Result<String, String>,
+    ) -> Step {
+        Step {
+            operation,
+            volume: volume.to_string(),
+            repository: repository.to_string(),
+            ok: result.is_ok(),
+            warning: false,
+            detail: result.unwrap_or_else(|e| e),
+            source: None,
+            discovered_by: None,
+            kind: None,
+        }
+    }
+}
+
 /// The steps of a run, in order.
 #[derive(Debug, Clone, Default, Serialize)]
 #[serde(transparent)]
@@ -245,28 +268,19 @@ async fn steps(job: &Job, config: &Config, observer: &dyn Observer, dry: bool) -
         for volume in &volumes {
             let result = copy_volume(job, from, &c.to, volume, None, c.consolidate, observer).await;
             let copied = result.is_ok();
-            step(Step {
-                operation: Action::Copy,
-                volume: volume.to_string(),
-                repository: c.to.clone(),
-                ok: result.is_ok(),
-                warning: false,
-                detail: match &result {
-                    Ok(r) if r.copied.is_empty() => format!("{} already holds it", c.to),
-                    Ok(r) => format!(
-                        "{} point(s) to {}{}: wrote {} in {:.1}s",
-                        r.copied.len(),
-                        c.to,
-                        if c.consolidate { " (consolidated)" } else { "" },
-                        human(r.bytes_written),
-                        r.seconds
-                    ),
-                    Err(e) => error_message(e),
-                },
-                source: None,
-                discovered_by: None,
-                kind: None,
-            });
+            let detail = match &result {
+                Ok(r) if r.copied.is_empty() => Ok(format!("{} already holds it", c.to)),
+                Ok(r) => Ok(format!(
+                    "{} point(s) to {}{}: wrote {} in {:.1}s",
+                    r.copied.len(),
+                    c.to,
+                    if c.consolidate { " (consolidated)" } else { "" },
+                    human(r.bytes_written),
+                    r.seconds
+                )),
+                Err(e) => Err(error_message(e)),
+            };
+            step(Step::new(Action::Copy, volume, &c.to, detail));
             if let (true, Some(retention)) = (copied, &c.retention) {
                 step(prune_step(job, &c.to, volume, retention).await);
             }
@@ -313,26 +327,21 @@ async fn backup_step(
         observer,
     )
     .await;
+    let detail = match &result {
+        Ok(r) => Ok(format!(
+            "seq {} archive {}: read {}, stored {} in {:.1}s",
+            r.seq,
+            r.archive,
+            human(r.bytes_read),
+            human(r.stored_bytes),
+            r.seconds
+        )),
+        Err(e) => Err(error_message(e)),
+    };
     Step {
-        operation: Action::Backup,
-        volume: name.to_string(),
-        repository: location.to_string(),
-        ok: result.is_ok(),
-        warning: false,
-        detail: match &result {
-            Ok(r) => format!(
-                "seq {} archive {}: read {}, stored {} in {:.1}s",
-                r.seq,
-                r.archive,
-                human(r.bytes_read),
-                human(r.stored_bytes),
-                r.seconds
-            ),
-            Err(e) => error_message(e),
-        },
         source: Some(source.to_string()),
         discovered_by: pattern,
-        kind: None,
+        ..Step::new(Action::Backup, name, location, detail)
     }
 }
 
@@ -376,25 +385,21 @@ async fn plan_backup(
         Some(p) => format!("from {source} (selected by {p})"),
         None => format!("from {source}"),
     };
+    let detail = match &planned {
+        Ok((kind, why)) => Ok(format!(
+            "{from}: would write a {} archive: {why}",
+            match kind {
+                ArchiveKind::Full => "full",
+                ArchiveKind::Delta => "delta",
+            }
+        )),
+        Err(e) => Err(format!("{from}: {e}")),
+    };
     Step {
-        operation: Action::Backup,
-        volume: name.to_string(),
-        repository: location.to_string(),
-        ok: planned.is_ok(),
-        warning: false,
-        detail: match &planned {
-            Ok((kind, why)) => format!(
-                "{from}: would write a {} archive: {why}",
-                match kind {
-                    ArchiveKind::Full => "full",
-                    ArchiveKind::Delta => "delta",
-                }
-            ),
-            Err(e) => format!("{from}: {e}"),
-        },
         source: Some(source.to_string()),
         discovered_by: pattern,
         kind: planned.ok().map(|(k, _)| k),
+        ..Step::new(Action::Backup, name, location, detail)
     }
 }
 
@@ -403,26 +408,17 @@ async fn prune_step(job: &Job, location: &str, volume: &VolumeName, retention: &
     let mut opts = PruneOptions::new(retention.policy.clone());
     opts.max_chain_length = retention.max_chain_length;
     let result = prune_volume(job, location, volume, &opts).await;
-    Step {
-        operation: Action::Prune,
-        volume: volume.to_string(),
-        repository: location.to_string(),
-        ok: result.is_ok(),
-        warning: false,
-        source: None,
-        discovered_by: None,
-        kind: None,
-        detail: match &result {
-            Ok(r) => format!(
-                "kept {} of {} point(s), {} rewritten: read {}, wrote {} in {:.1}s",
-                r.points.iter().filter(|p| p.keep).count(),
-                r.points.len(),
-                r.merges.len(),
-                human(r.bytes_read),
-                human(r.bytes_written),
-                r.seconds
-            ),
-            Err(e) => error_message(e),
-        },
-    }
+    let detail = match &result {
+        Ok(r) => Ok(format!(
+            "kept {} of {} point(s), {} rewritten: read {}, wrote {} in {:.1}s",
+            r.points.iter().filter(|p| p.keep).count(),
+            r.points.len(),
+            r.merges.len(),
+            human(r.bytes_read),
+            human(r.bytes_written),
+            r.seconds
+        )),
+        Err(e) => Err(error_message(e)),
+    };
+    Step::new(Action::Prune, volume, location, detail)
 }
