@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use super::{BackupError, BackupOptions, BackupReport, Base, backup_from, locked};
+use super::{ArchiveKind, BackupError, BackupOptions, BackupReport, Base, backup_from, locked};
 use crate::lvm::{LvName, PoolLimits};
 use crate::progress::Progress;
 use crate::repo::{Repository, new_archive_id};
@@ -117,6 +117,9 @@ pub struct DryRun {
     pub strays: Vec<String>,
     /// Every thinarc snapshot of the LV and its role.
     pub snapshots: Vec<ThinarcSnapshot>,
+    /// What the run would write: `full`, or `delta` (of the changed chunks, or of a
+    /// scan against the latest archive's digests when the base cannot be trusted).
+    pub kind: ArchiveKind,
     /// What the run would do.
     pub action: String,
     /// The snapshot the run would create (the name's last part depends on the new
@@ -137,6 +140,10 @@ pub async fn dry_run_lvm(
     let base = Base::latest(repo, &opts.volume, opts.full).await?;
     let plan = LvmPlan::inspect(name, base.tip())?;
     let snapshots = plan.snapshots();
+    let kind = match &plan.base {
+        BaseState::NewVolume => ArchiveKind::Full,
+        BaseState::Trusted { .. } | BaseState::Untrusted { .. } => ArchiveKind::Delta,
+    };
     let action = match &plan.base {
         BaseState::NewVolume => format!(
             "full backup of the chunks mapped in a new snapshot (block size {})",
@@ -164,6 +171,7 @@ pub async fn dry_run_lvm(
             .map(|s| s.name.clone())
             .collect(),
         snapshots,
+        kind,
         action,
         snapshot: format!("{}/{}", name.vg, snapshot_name(&name.lv, "<archive id>")),
     })

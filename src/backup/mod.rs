@@ -378,6 +378,39 @@ impl Base {
     }
 }
 
+/// What a backup of a file or device source into `opts.volume` would write, and why,
+/// from the catalog alone: nothing is read from the source, locked or written (`run
+/// --dry-run`).
+///
+/// # Errors
+/// [`BackupError::Repo`] when the repository cannot be read.
+pub async fn dry_run(
+    repo: &Repository,
+    opts: &BackupOptions,
+) -> Result<(ArchiveKind, String), BackupError> {
+    let base = Base::latest(repo, &opts.volume, opts.full).await?;
+    let latest = base.commits.last().map(|c| c.seq);
+    Ok(match (&base.parent, latest) {
+        (Some(_), Some(seq)) => (
+            ArchiveKind::Delta,
+            format!(
+                "reads the whole source and stores the blocks whose digest differs from seq {seq}'s"
+            ),
+        ),
+        (_, None) => (
+            ArchiveKind::Full,
+            "the volume has no point yet: reads the whole source".into(),
+        ),
+        (None, Some(_)) => (
+            ArchiveKind::Full,
+            base.warnings
+                .last()
+                .cloned()
+                .unwrap_or_else(|| "a new chain starts".into()),
+        ),
+    })
+}
+
 /// Backs `source` up into `repo` as a new point of `opts.volume`: a full archive for a
 /// new volume, else a delta against the latest point. Holds the volume's lock
 /// throughout: a second backup of the volume gets [`LockError::Held`].

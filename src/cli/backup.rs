@@ -12,6 +12,7 @@ use thinarc::lvm::PoolLimits;
 use thinarc::nightly::backup_volume;
 use thinarc::repo::VolumeName;
 use thinarc::size::parse_size;
+use thinarc::source::consistent::Consistency;
 use thinarc::source::{SourceSpec, parse_changed_blocks};
 
 /// Arguments of `backup`.
@@ -145,12 +146,12 @@ pub async fn run(args: BackupArgs, ctx: &Ctx) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    let report = backup_volume(ctx, ctx.location()?, &args.source, opts, limits, ctx).await?;
+    let report = backup_volume(ctx, ctx.location()?, &args.source, opts, limits, None, ctx).await?;
     if args.json {
         print_json(&report)?;
     } else if !ctx.quiet {
         println!(
-            "{} {} seq {} archive {}: {} blocks recorded, read {}, stored {} in {:.1}s",
+            "{} {} seq {} archive {}: {} blocks recorded, read {}, stored {} in {:.1}s, {}-consistent",
             volume,
             match report.kind {
                 thinarc::backup::ArchiveKind::Full => "full",
@@ -161,7 +162,11 @@ pub async fn run(args: BackupArgs, ctx: &Ctx) -> anyhow::Result<()> {
             report.blocks_changed,
             human(report.bytes_read),
             human(report.stored_bytes),
-            report.seconds
+            report.seconds,
+            match report.consistency {
+                Consistency::Crash => "crash",
+                Consistency::Application => "application",
+            }
         );
     }
     Ok(())

@@ -148,8 +148,11 @@ pub enum Command {
         after_help = "Example:\n  thinarc -r /srv/backup status --prometheus /var/lib/prometheus/node-exporter/thinarc.prom"
     )]
     Status(status::StatusArgs),
-    /// Back up, prune and copy everything in the config file (the nightly job).
-    #[command(after_help = "Example:\n  thinarc run --config /etc/thinarc/thinarc.toml")]
+    /// Back up, prune and copy everything in the config file (the nightly job), thin
+    /// LVs of whole pools included (source patterns).
+    #[command(after_help = "Examples:
+  thinarc run --config /etc/thinarc/thinarc.toml
+  thinarc run --dry-run")]
     Run(run::RunArgs),
     /// Print a shell completion script on stdout.
     #[command(after_help = "Example:\n  thinarc completions bash > /etc/bash_completion.d/thinarc")]

@@ -1,5 +1,7 @@
 //! `thinarc run`: the nightly job ([`thinarc::nightly::run`]) on the config file's
-//! volumes, printing each step; the exit code says whether every step succeeded.
+//! volumes, printing each step; the exit code says whether every step succeeded (1
+//! if one failed, 4 if none failed but one warned). `--dry-run` prints what it would
+//! back up ([`thinarc::nightly::dry_run`]).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -20,6 +22,11 @@ pub struct RunArgs {
     /// Print the steps as JSON.
     #[arg(long)]
     pub json: bool,
+    /// List what would be backed up (every volume, patterns expanded, with its source,
+    /// full or delta and why; patterns that match nothing; volumes that are gone),
+    /// touching nothing: no lock, no snapshot, no record.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 impl RunArgs {
@@ -34,19 +41,30 @@ impl RunArgs {
 pub async fn run(args: RunArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let config = Config::load(&args.config)?;
     let ctx = ctx.with_config(&config);
-    let report = thinarc::nightly::run(
-        &ctx,
-        &config,
-        &Printer {
-            args: &args,
-            ctx: &ctx,
-        },
-    )
-    .await?;
+    let printer = Printer {
+        args: &args,
+        ctx: &ctx,
+    };
+    let report = if args.dry_run {
+        ctx.without_alerts();
+        thinarc::nightly::dry_run(&ctx, &config, &printer).await
+    } else {
+        thinarc::nightly::run(&ctx, &config, &printer).await?
+    };
     if args.json {
         print_json(&report)?;
     }
-    Ok(report.check()?)
+    report.check()?;
+    let warnings = report.warnings();
+    if !warnings.is_empty() {
+        return Err(super::ProblemsFound {
+            by: "run",
+            count: warnings.len(),
+            location: config.path.display().to_string(),
+        }
+        .into());
+    }
+    Ok(())
 }
 
 /// Prints each step of the run as it ends (unless `--json` or `--quiet`), and shows
@@ -67,7 +85,11 @@ impl Observer for Printer<'_> {
                 "{} {}: {}{}",
                 step.operation.name(),
                 step.volume,
-                if step.ok { "" } else { "FAILED: " },
+                match (step.ok, step.warning) {
+                    (false, _) => "FAILED: ",
+                    (true, true) => "WARNING: ",
+                    (true, false) => "",
+                },
                 step.detail
             );
         }

@@ -112,6 +112,7 @@ fn print_volume(v: &VolumeStatus) {
     let last = match &v.backup.last {
         Some(r) if r.result == Outcome::Running => format!("running since {}", when(r)),
         Some(r) if r.result == Outcome::Failure => "FAILED".to_string(),
+        Some(r) if r.result == Outcome::Gone => format!("gone since {}", when(r)),
         Some(_) => "ok".to_string(),
         None => "-".to_string(),
     };
@@ -136,6 +137,13 @@ fn print_volume(v: &VolumeStatus) {
             oldest.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
         );
     }
+    if let Some(r) = v.backup.last.as_ref().filter(|r| r.result == Outcome::Gone) {
+        println!(
+            "  gone: {}; it was backed up by the pattern {}, which no longer selects it: its points are kept, and it is backed up no more",
+            r.error.as_deref().unwrap_or("no longer selected"),
+            r.discovered_by.as_deref().unwrap_or("?")
+        );
+    }
     if let Some(f) = &v.backup.last_failure {
         println!(
             "  last failure {}: {}",
@@ -153,6 +161,7 @@ fn print_volume(v: &VolumeStatus) {
                 Outcome::Running => "running".to_string(),
                 Outcome::Success => "ok".to_string(),
                 Outcome::Failure => format!("FAILED: {}", r.error.as_deref().unwrap_or("")),
+                Outcome::Gone => "gone".to_string(),
             };
             println!("  last {} {}: {what}", op.name(), when(r));
         }

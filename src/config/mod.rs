@@ -8,9 +8,14 @@
 //! ([`SourceSpec::parse`], [`crate::prune::RetentionSpec::check`]). Each error names
 //! the file, the line and column, and what is wrong.
 //!
+//! A volume's source may be a discovery pattern (`lvm:VG/GLOB`, `lvm:VG/POOL/GLOB`,
+//! with `exclude` globs: [`Select::Pattern`]); the run expands it against `lvs`, each
+//! thin LV becoming the volume named by its `VG/LV`. The pattern is checked here.
+//!
 //! Above the commands, below the nightly job that reads it: it turns the file into the
 //! types the commands take (`prune`'s retention policy, `source`'s source specs).
-//! Imports only `format`, `prune`, `quote`, `repo`, `size`, `source` and `throttle`;
+//! Imports only `format`, `lvm`, `prune`, `quote`, `repo`, `size`, `source` and
+//! `throttle`;
 //! must not import another command module or `cli`.
 
 mod value;
@@ -28,6 +33,7 @@ pub use crate::prune::Retention;
 pub use value::{Rate, Size};
 
 use crate::format::BlockSize;
+use crate::lvm::{LvGlob, LvPattern};
 use crate::prune::RetentionSpec;
 use crate::repo::{VolumeName, parse_location};
 use crate::source::SourceSpec;
@@ -92,14 +98,11 @@ pub struct Config {
     pub copies: Vec<Copy>,
 }
 
-/// One configured volume.
+/// One configured volume, or the volumes a pattern discovers.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Volume {
-    /// Volume name in the repository.
-    pub name: VolumeName,
-    /// What to back up: `lvm:VG/LV`, or the absolute path of a block device or an
-    /// image file.
-    pub source: SourceSpec,
+    /// What to back up, and under which name.
+    pub select: Select,
     /// Repository name (a key of [`Config::repositories`]).
     pub repository: String,
     /// Block size of a new volume.
@@ -117,6 +120,48 @@ pub struct Volume {
     pub freeze: Option<Freeze>,
 }
 
+/// What a `[[volumes]]` entry backs up.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Select {
+    /// One source, backed up as `name`.
+    One {
+        /// Volume name in the repository.
+        name: VolumeName,
+        /// `lvm:VG/LV`, or the absolute path of a block device or an image file.
+        source: SourceSpec,
+    },
+    /// Every thin LV the pattern selects when the run starts, each backed up as the
+    /// volume named by its `VG/LV`.
+    Pattern(Discovery),
+}
+
+/// A discovery pattern and its exclusions.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Discovery {
+    /// `VG/GLOB` or `VG/POOL/GLOB`.
+    pub pattern: LvPattern,
+    /// LV-name globs left out.
+    pub exclude: Vec<LvGlob>,
+}
+
+impl Discovery {
+    /// The source as written: `lvm:VG/GLOB` or `lvm:VG/POOL/GLOB`.
+    pub fn source(&self) -> String {
+        format!("lvm:{}", self.pattern)
+    }
+}
+
+impl Volume {
+    /// The volume's name, or for a pattern its source (`lvm:VG/POOL/*`): what
+    /// messages call it.
+    pub fn label(&self) -> String {
+        match &self.select {
+            Select::One { name, .. } => name.to_string(),
+            Select::Pattern(d) => d.source(),
+        }
+    }
+}
+
 /// One offline copy target.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Copy {
@@ -124,8 +169,12 @@ pub struct Copy {
     pub from: String,
     /// Destination location (path or URL).
     pub to: String,
-    /// Volumes to copy (all volumes of `from` in the config when empty in the file).
+    /// Volumes to copy: those named in the file, or when it names none, every volume
+    /// of `from` with a name in the config (see `discovered`).
     pub volumes: Vec<VolumeName>,
+    /// The file names no volumes: also copy every volume the run discovered for
+    /// `from` by a pattern.
+    pub discovered: bool,
     /// Write one full archive of the latest point instead of the chain.
     pub consolidate: bool,
     /// Retention applied to the destination after copying.
@@ -161,7 +210,7 @@ struct RawRepository {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawVolume {
-    name: Spanned<String>,
+    name: Option<Spanned<String>>,
     source: Spanned<String>,
     repository: Option<Spanned<String>>,
     block_size: Option<Spanned<Size>>,
@@ -174,6 +223,7 @@ struct RawVolume {
     freeze: Option<Spanned<String>>,
     freeze_timeout: Option<Spanned<u64>>,
     freeze_required: Option<bool>,
+    exclude: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 #[derive(Deserialize)]
@@ -291,21 +341,23 @@ impl Config {
         for v in &raw.volumes {
             let span = v.span();
             let v = v.get_ref();
-            let name = VolumeName::new(v.name.get_ref())
-                .map_err(|e| c.error(v.name.span(), e.to_string()))?;
-            let what = format!("volume {name}");
+            let select = select(&c, v)?;
+            let what = match &select {
+                Select::One { name, .. } => format!("volume {name}"),
+                Select::Pattern(d) => format!("volume {}", d.source()),
+            };
             let repository = repository(v.repository.as_ref(), span.clone(), &what)?;
-            if volumes
-                .iter()
-                .any(|o| o.name == name && o.repository == repository)
+            if let (Select::One { name, .. }, Some(at)) = (&select, &v.name)
+                && volumes.iter().any(|o| {
+                    matches!(&o.select, Select::One { name: n, .. } if n == name)
+                        && o.repository == repository
+                })
             {
                 return Err(c.error(
-                    v.name.span(),
+                    at.span(),
                     format!("volume {name} is configured twice for repository {repository}"),
                 ));
             }
-            let source = parse_source(v.source.get_ref())
-                .map_err(|e| c.error(v.source.span(), format!("{what}: {e}")))?;
             let block_size = match &v.block_size {
                 Some(s) => Some(
                     u32::try_from(s.get_ref().0)
@@ -336,8 +388,18 @@ impl Config {
                 post: v.post_snapshot.clone(),
                 timeout: seconds(&v.hook_timeout, "hook_timeout", DEFAULT_HOOK_TIMEOUT)?,
             };
+            let one_lv = match &select {
+                Select::One { source, .. } => source.lv().is_some(),
+                Select::Pattern(_) => false,
+            };
             let freeze = match &v.freeze {
-                Some(f) if source.lv().is_none() => {
+                Some(f) if matches!(select, Select::Pattern(_)) => {
+                    return Err(c.error(
+                        f.span(),
+                        format!("{what}: freeze names the file system or guest of one LV, and a pattern selects many: give each such LV its own [[volumes]] entry (its name then wins over the pattern), or quiesce with pre_snapshot and post_snapshot ($THINARC_VOLUME says which LV)"),
+                    ));
+                }
+                Some(f) if !one_lv => {
                     return Err(c.error(
                         f.span(),
                         format!("{what}: freeze applies to lvm:VG/LV sources only (it covers the snapshot; a file or device source has none: use pre_snapshot and post_snapshot)"),
@@ -354,19 +416,18 @@ impl Config {
             volumes.push(Volume {
                 hooks,
                 freeze,
-                source,
+                select,
                 repository,
                 block_size,
                 max_pool_data: percent(&v.max_pool_data, "max_pool_data")?,
                 max_pool_metadata: percent(&v.max_pool_metadata, "max_pool_metadata")?,
                 retention: retention(&v.retention, &what)?,
-                name,
             });
         }
         if volumes.is_empty() {
             return Err(c.error(
                 0..0,
-                "no volumes configured (add a [[volumes]] table with name and source)",
+                "no volumes configured (add a [[volumes]] table with name and source, or a source pattern)",
             ));
         }
 
@@ -388,28 +449,39 @@ impl Config {
             for n in &k.volumes {
                 let name =
                     VolumeName::new(n.get_ref()).map_err(|e| c.error(n.span(), e.to_string()))?;
-                if !volumes
-                    .iter()
-                    .any(|v| v.name == name && v.repository == from)
-                {
+                let configured = |v: &Volume| {
+                    v.repository == from
+                        && match &v.select {
+                            Select::One { name: n, .. } => *n == name,
+                            Select::Pattern(d) => d.pattern.matches_name(name.as_str()),
+                        }
+                };
+                if !volumes.iter().any(configured) {
                     return Err(c.error(
                         n.span(),
-                        format!("{what}: volume {name} is not configured for repository {from}"),
+                        format!(
+                            "{what}: volume {name} is not configured for repository {from} (by name or by a source pattern)"
+                        ),
                     ));
                 }
                 names.push(name);
             }
-            if names.is_empty() {
+            let discovered = names.is_empty();
+            if discovered {
                 names = volumes
                     .iter()
                     .filter(|v| v.repository == from)
-                    .map(|v| v.name.clone())
+                    .filter_map(|v| match &v.select {
+                        Select::One { name, .. } => Some(name.clone()),
+                        Select::Pattern(_) => None,
+                    })
                     .collect();
             }
             copies.push(Copy {
                 from,
                 to: k.to.get_ref().clone(),
                 volumes: names,
+                discovered,
                 consolidate: k.consolidate,
                 retention: retention(&k.retention, &what)?,
             });
@@ -436,6 +508,73 @@ impl Config {
             copies,
         })
     }
+}
+
+/// What a `[[volumes]]` entry selects: one `name` and `source`, or a pattern source
+/// (`lvm:VG/GLOB`, `lvm:VG/POOL/GLOB`) with its `exclude` globs and no `name`.
+fn select(c: &Checker<'_>, v: &RawVolume) -> Result<Select, ConfigError> {
+    let source = v.source.get_ref();
+    let pattern = source
+        .strip_prefix("lvm:")
+        .filter(|s| LvPattern::is_pattern(s));
+    let Some(pattern) = pattern else {
+        let Some(name) = &v.name else {
+            return Err(c.error(
+                v.source.span(),
+                format!(
+                    "volume with source {}: give it a name (only a pattern source, lvm:VG/LV-PATTERN or lvm:VG/POOL/LV-PATTERN, names its volumes itself)",
+                    crate::quote::excerpt(source)
+                ),
+            ));
+        };
+        let name =
+            VolumeName::new(name.get_ref()).map_err(|e| c.error(name.span(), e.to_string()))?;
+        let source = parse_source(source)
+            .map_err(|e| c.error(v.source.span(), format!("volume {name}: {e}")))?;
+        if let Some(x) = &v.exclude {
+            return Err(c.error(
+                x.span(),
+                format!("volume {name}: exclude applies to a pattern source (lvm:VG/LV-PATTERN or lvm:VG/POOL/LV-PATTERN) only"),
+            ));
+        }
+        return Ok(Select::One { name, source });
+    };
+    let quoted = crate::quote::excerpt(source);
+    let pattern = LvPattern::parse(pattern)
+        .map_err(|e| c.error(v.source.span(), format!("source {quoted}: {e}")))?;
+    let what = format!("volume lvm:{pattern}");
+    if let Some(name) = &v.name {
+        return Err(c.error(
+            name.span(),
+            format!("{what}: a pattern source names each volume by its LV's VG/LV: remove name"),
+        ));
+    }
+    let mut exclude = Vec::new();
+    for x in v.exclude.iter().flat_map(|x| x.get_ref()) {
+        let given = x.get_ref();
+        let glob = match given.split_once('/') {
+            Some((vg, lv)) if vg == pattern.vg => lv,
+            Some(_) => {
+                return Err(c.error(
+                    x.span(),
+                    format!(
+                        "{what}: exclude {}: not in VG {} (exclude LV names of the pattern's VG, as GLOB or {}/GLOB)",
+                        crate::quote::excerpt(given),
+                        pattern.vg,
+                        pattern.vg
+                    ),
+                ));
+            }
+            None => given.as_str(),
+        };
+        exclude.push(LvGlob::parse(glob).map_err(|e| {
+            c.error(
+                x.span(),
+                format!("{what}: exclude {}: {e}", crate::quote::excerpt(given)),
+            )
+        })?);
+    }
+    Ok(Select::Pattern(Discovery { pattern, exclude }))
 }
 
 /// A volume source: `lvm:VG/LV` (by the same parser as `backup SOURCE`), or an absolute

@@ -49,7 +49,7 @@ fn a_full_config() {
     assert_eq!(c.repositories["main"], "s3://backups/thinarc");
     assert_eq!(c.volumes.len(), 2);
     let web = &c.volumes[0];
-    assert_eq!(web.name.as_str(), "vg0/web");
+    assert_eq!(web.label(), "vg0/web");
     assert_eq!(web.block_size.map(|b| b.get()), Some(65536));
     assert_eq!(web.max_pool_data, Some(85));
     assert_eq!(web.max_pool_metadata, None);
@@ -94,7 +94,7 @@ fn each_mistake_names_file_line_and_problem() {
     bad(
         "max_pool_data = 85",
         "max_pool_dat = 85",
-        "/etc/thinarc/t.toml:20:1: unknown field `max_pool_dat`, expected one of `name`, `source`, `repository`, `block_size`, `max_pool_data`, `max_pool_metadata`, `retention`, `pre_snapshot`, `post_snapshot`, `hook_timeout`, `freeze`, `freeze_timeout`, `freeze_required`",
+        "/etc/thinarc/t.toml:20:1: unknown field `max_pool_dat`, expected one of `name`, `source`, `repository`, `block_size`, `max_pool_data`, `max_pool_metadata`, `retention`, `pre_snapshot`, `post_snapshot`, `hook_timeout`, `freeze`, `freeze_timeout`, `freeze_required`, `... (248 bytes)",
     );
     bad(
         "keep_weekly = 6",
@@ -179,7 +179,7 @@ fn each_mistake_names_file_line_and_problem() {
     bad(
         "volumes = [\"vg0/web\"]",
         "volumes = [\"vg0/mail\"]",
-        "/etc/thinarc/t.toml:32:12: copy to /mnt/offline/thinarc: volume vg0/mail is not configured for repository main",
+        "/etc/thinarc/t.toml:32:12: copy to /mnt/offline/thinarc: volume vg0/mail is not configured for repository main (by name or by a source pattern)",
     );
     bad(
         "to = \"/mnt/offline/thinarc\"",
@@ -232,7 +232,7 @@ fn each_mistake_names_file_line_and_problem() {
 fn no_volumes_and_no_repository() {
     assert_eq!(
         parse("[repositories.r]\nlocation = \"/r\"\n").unwrap_err(),
-        "/etc/thinarc/t.toml:1:1: no volumes configured (add a [[volumes]] table with name and source)"
+        "/etc/thinarc/t.toml:1:1: no volumes configured (add a [[volumes]] table with name and source, or a source pattern)"
     );
     assert_eq!(
         parse("[[volumes]]\nname = \"a\"\nsource = \"/dev/sda\"\n").unwrap_err(),
@@ -243,7 +243,8 @@ fn no_volumes_and_no_repository() {
 #[test]
 fn the_example_config_is_valid() {
     let c = parse(include_str!("../../examples/thinarc.toml")).unwrap();
-    assert_eq!(c.volumes.len(), 3);
+    assert_eq!(c.volumes.len(), 4);
+    assert_eq!(c.volumes[2].label(), "lvm:vg0/pool/*");
     assert_eq!(c.repositories.len(), 2);
     assert_eq!(c.copies[0].volumes.len(), 2);
     assert!(c.on_failure.as_deref().unwrap().starts_with("mail "));
@@ -282,5 +283,91 @@ fn hooks_and_freeze() {
         "repository = \"main\"\n\n[[copies]]",
         "repository = \"main\"\nfreeze = \"libvirt:db\"\n\n[[copies]]",
         "/etc/thinarc/t.toml:27:10: volume images/db: freeze applies to lvm:VG/LV sources only (it covers the snapshot; a file or device source has none: use pre_snapshot and post_snapshot)",
+    );
+}
+
+#[test]
+fn pattern_sources() {
+    let text = "[repositories.r]\nlocation = \"/srv/r\"\n[[volumes]]\nname = \"vg0/db\"\nsource = \"lvm:vg0/db\"\n[[volumes]]\nsource = \"lvm:vg0/pool/*\"\nexclude = [\"scratch-*\", \"vg0/tmp?\"]\npre_snapshot = \"sync\"\n[[volumes]]\nsource = \"lvm:pve/vm-*-disk-*\"\n[[copies]]\nto = \"/mnt/x\"\n[[copies]]\nto = \"/mnt/y\"\nvolumes = [\"pve/vm-100-disk-0\", \"vg0/db\"]\n";
+    let c = parse(text).unwrap();
+    assert_eq!(c.volumes.len(), 3);
+    let Select::Pattern(d) = &c.volumes[1].select else {
+        panic!("{:?}", c.volumes[1]);
+    };
+    assert_eq!(d.source(), "lvm:vg0/pool/*");
+    assert_eq!(d.pattern.pool.as_deref(), Some("pool"));
+    let ex: Vec<&str> = d.exclude.iter().map(LvGlob::as_str).collect();
+    assert_eq!(ex, ["scratch-*", "tmp?"]);
+    assert_eq!(c.volumes[1].hooks.pre.as_deref(), Some("sync"));
+    assert_eq!(c.volumes[2].label(), "lvm:pve/vm-*-disk-*");
+    // A copy naming no volumes takes the named ones now and the discovered ones at
+    // run time; a discovered volume may be named when a pattern can select it.
+    assert_eq!(c.copies[0].volumes.len(), 1);
+    assert!(c.copies[0].discovered);
+    assert_eq!(c.copies[1].volumes.len(), 2);
+    assert!(!c.copies[1].discovered);
+
+    let bad = |from: &str, to: &str, error: &str| {
+        assert!(text.contains(from), "{from}");
+        assert_eq!(
+            parse(&text.replacen(from, to, 1)).unwrap_err(),
+            error,
+            "{to}"
+        );
+    };
+    bad(
+        "source = \"lvm:vg0/pool/*\"",
+        "source = \"lvm:vg0/pool/vm-[1-3]*\"",
+        "/etc/thinarc/t.toml:7:10: source \"lvm:vg0/pool/vm-[1-3]*\": LV pattern \"vm-[1-3]*\" contains '[': use letters, digits, + _ . - and the wildcards * and ?",
+    );
+    bad(
+        "source = \"lvm:vg0/pool/*\"",
+        "source = \"lvm:vg*/pool/*\"",
+        "/etc/thinarc/t.toml:7:10: source \"lvm:vg*/pool/*\": VG name \"vg*\" contains '*': only letters, digits and + _ . - are allowed (lvm(8), VALID NAMES)",
+    );
+    bad(
+        "source = \"lvm:vg0/pool/*\"",
+        "source = \"lvm:vg0/a/b/*\"",
+        "/etc/thinarc/t.toml:7:10: source \"lvm:vg0/a/b/*\": \"vg0/a/b/*\" is not VG/LV-PATTERN or VG/POOL/LV-PATTERN",
+    );
+    bad(
+        "\"vg0/tmp?\"",
+        "\"vg1/tmp?\"",
+        "/etc/thinarc/t.toml:8:25: volume lvm:vg0/pool/*: exclude \"vg1/tmp?\": not in VG vg0 (exclude LV names of the pattern's VG, as GLOB or vg0/GLOB)",
+    );
+    bad(
+        "\"scratch-*\"",
+        "\"scratch/*\"",
+        "/etc/thinarc/t.toml:8:12: volume lvm:vg0/pool/*: exclude \"scratch/*\": not in VG vg0 (exclude LV names of the pattern's VG, as GLOB or vg0/GLOB)",
+    );
+    bad(
+        "\"scratch-*\"",
+        "\"scr@tch\"",
+        "/etc/thinarc/t.toml:8:12: volume lvm:vg0/pool/*: exclude \"scr@tch\": LV pattern \"scr@tch\" contains '@': use letters, digits, + _ . - and the wildcards * and ?",
+    );
+    bad(
+        "[[volumes]]\nsource = \"lvm:pve",
+        "[[volumes]]\nname = \"x\"\nsource = \"lvm:pve",
+        "/etc/thinarc/t.toml:11:8: volume lvm:pve/vm-*-disk-*: a pattern source names each volume by its LV's VG/LV: remove name",
+    );
+    bad(
+        "name = \"vg0/db\"\n",
+        "",
+        "/etc/thinarc/t.toml:4:10: volume with source \"lvm:vg0/db\": give it a name (only a pattern source, lvm:VG/LV-PATTERN or lvm:VG/POOL/LV-PATTERN, names its volumes itself)",
+    );
+    bad(
+        "source = \"lvm:vg0/db\"\n",
+        "source = \"lvm:vg0/db\"\nexclude = [\"a\"]\n",
+        "/etc/thinarc/t.toml:6:11: volume vg0/db: exclude applies to a pattern source (lvm:VG/LV-PATTERN or lvm:VG/POOL/LV-PATTERN) only",
+    );
+    bad(
+        "pre_snapshot = \"sync\"",
+        "freeze = \"fs:/srv\"",
+        "/etc/thinarc/t.toml:9:10: volume lvm:vg0/pool/*: freeze names the file system or guest of one LV, and a pattern selects many: give each such LV its own [[volumes]] entry (its name then wins over the pattern), or quiesce with pre_snapshot and post_snapshot ($THINARC_VOLUME says which LV)",
+    );
+    bad(
+        "\"pve/vm-100-disk-0\"",
+        "\"pve/base-100-disk-0\"",
+        "/etc/thinarc/t.toml:16:12: copy to /mnt/y: volume pve/base-100-disk-0 is not configured for repository r (by name or by a source pattern)",
     );
 }

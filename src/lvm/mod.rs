@@ -1,7 +1,8 @@
 //! Wrappers around the LVM (`lvs`, `lvcreate`, `lvchange`, `lvremove`), device-mapper
 //! (`dmsetup`) and thin-provisioning-tools (`thin_delta`, `thin_dump`) commands, and
 //! pure parsers of their output; and the one parser of `VG/LV` names as users write
-//! them ([`LvName::parse`], by lvm(8)'s naming rules).
+//! them ([`LvName::parse`], by lvm(8)'s naming rules); and discovery, the thin LVs a
+//! pattern (`VG/GLOB`, `VG/POOL/GLOB`) selects, never thinarc's own ([`LvPattern`]).
 //!
 //! Every command asks for machine-readable output; a failed command is reported with
 //! its argv, exit status and trimmed stderr. Parsers are pure functions tested on real
@@ -13,6 +14,7 @@
 //! `format`, `repo`, `source`, `target` nor anything else above it.
 
 mod cmd;
+mod discover;
 mod dm;
 mod health;
 mod lvs;
@@ -21,6 +23,7 @@ mod name;
 mod thin;
 
 pub use cmd::{Lvm, NO_ARCHIVE, run_tool};
+pub use discover::{LvGlob, LvPattern, PatternError, RESTORED_TAG, SNAPSHOT_TAG, made_by_thinarc};
 pub use dm::{PoolMode, PoolStatus, dm_name, parse_pool_status};
 pub use health::{PoolLimits, PoolProblem, check_pool};
 pub use lvs::{LvInfo, parse_lvs};

@@ -119,7 +119,7 @@ impl LvName {
 }
 
 /// The first rule of lvm(8) that the non-empty `name` breaks, if any.
-fn broken_rule(part: NamePart, name: &str) -> Option<NameRule> {
+pub(super) fn broken_rule(part: NamePart, name: &str) -> Option<NameRule> {
     if let Some(c) = name
         .chars()
         .find(|&c| !(c.is_ascii_alphanumeric() || "+_.-".contains(c)))

@@ -19,7 +19,8 @@ use crate::status::{Operation, Record};
 
 /// Backs `source` (a file, a device or `lvm:VG/LV`) up as `opts.volume` into the
 /// repository at `location`, holding the volume's lock (the backup takes it); records
-/// the outcome and logs it. `thinarc backup` and `run` call it.
+/// the outcome (with the pattern that selected the LV, `discovered_by`, if any) and
+/// logs it. `thinarc backup` and `run` call it.
 ///
 /// # Errors
 /// [`JobError::Lock`] when another run holds the volume, else [`JobError::Backup`].
@@ -29,9 +30,12 @@ pub async fn backup_volume(
     source: &SourceSpec,
     opts: BackupOptions,
     limits: PoolLimits,
+    discovered_by: Option<&str>,
     observer: &dyn Observer,
 ) -> Result<BackupReport, JobError> {
     let volume = opts.volume.clone();
+    let mut started = Record::start(Operation::Backup, &volume, location);
+    started.discovered_by = discovered_by.map(str::to_string);
     let failed = |error: BackupError| match error {
         BackupError::Lock(e) if held(&e) => JobError::Lock(e),
         error => JobError::Backup {
@@ -46,8 +50,7 @@ pub async fn backup_volume(
         // Refused before the repository is touched; the failure is recorded on this
         // host only.
         let e = failed(e.into());
-        let record = Record::start(Operation::Backup, &volume, location)
-            .finish(Err(super::error_message(&e)));
+        let record = started.finish(Err(super::error_message(&e)));
         job.write_record(location, None, record).await;
         return Err(e);
     }
@@ -77,14 +80,7 @@ pub async fn backup_volume(
     };
     // The record says what failed; the error also names the backup.
     let report = job
-        .recorded(
-            location,
-            Operation::Backup,
-            &volume,
-            work,
-            BackupError::Repo,
-            describe,
-        )
+        .recorded(location, started, work, BackupError::Repo, describe)
         .await
         .map_err(failed)?;
     tracing::info!(
@@ -160,8 +156,7 @@ pub async fn prune_volume(
         };
         job.recorded(
             location,
-            Operation::Prune,
-            volume,
+            Record::start(Operation::Prune, volume, location),
             work,
             JobError::Repo,
             describe,
@@ -274,8 +269,7 @@ pub async fn copy_volume(
     };
     job.recorded(
         location,
-        Operation::Copy,
-        volume,
+        Record::start(Operation::Copy, volume, location),
         work,
         JobError::Repo,
         describe,

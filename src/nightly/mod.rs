@@ -17,12 +17,13 @@
 //! Nightly floor. Imports any module of the library; must not import `cli`.
 
 mod commands;
+mod discover;
 mod run;
 
 pub use commands::{
     RepairOptions, RepairReport, backup_volume, copy, copy_volume, prune, prune_volume, repair,
 };
-pub use run::{RunReport, Step, run};
+pub use run::{Action, RunReport, Step, dry_run, run};
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -34,9 +35,9 @@ use crate::config::Config;
 use crate::copy::CopyError;
 use crate::progress::Progress;
 use crate::prune::{PruneError, PruneReport};
-use crate::repo::{LockError, RepoError, Repository, VolumeName};
+use crate::repo::{LockError, RepoError, Repository};
 use crate::status::alert::Alert;
-use crate::status::{Operation, Outcome, Record, Records, RunLockError, RunLocked};
+use crate::status::{Outcome, Record, Records, RunLockError, RunLocked};
 use crate::throttle::RateLimiter;
 
 /// Why a job's operation failed. The message names the operation (`backup of … to
@@ -240,6 +241,12 @@ impl Job {
         Job::settle(self.given.clone(), Some(config), self.shared.clone())
     }
 
+    /// A dry run alerts no one: the on-failure hook (of the command line or a config)
+    /// is not run when it fails.
+    pub fn without_alerts(&self) {
+        *self.shared.on_failure.lock().expect("not poisoned") = None;
+    }
+
     fn settle(given: Given, config: Option<&Config>, shared: Arc<Shared>) -> Job {
         let limit = |rate: Option<u64>| rate.map(|r| Arc::new(RateLimiter::new(r)));
         Job {
@@ -284,22 +291,20 @@ impl Job {
         Records::new(location, Some(self.state_dir.clone()))
     }
 
-    /// Runs `work` on the repository at `location` as `operation` on `volume`,
-    /// recording its start and outcome (see [`crate::status::record`]); `describe`
+    /// Runs `work` on the repository at `location` as the operation `record` (just
+    /// started) is about, recording its start and outcome (see [`crate::status::record`]); `describe`
     /// adds the result's details to the success record. A repository that cannot be
     /// opened fails the operation with `unopened`'s error. The record holds the
     /// message of `work`'s error.
     async fn recorded<T, E: std::error::Error + 'static>(
         &self,
         location: &str,
-        operation: Operation,
-        volume: &VolumeName,
+        record: Record,
         work: impl AsyncFnOnce(&Repository) -> Result<T, E>,
         unopened: impl FnOnce(RepoError) -> E,
         describe: impl FnOnce(&T, &mut Record),
     ) -> Result<T, E> {
         let records = self.records(location);
-        let record = Record::start(operation, volume, location);
         let repo = self.open(location).await;
         for w in records.write(repo.as_ref().ok(), &record).await {
             tracing::warn!("{w}");

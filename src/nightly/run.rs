@@ -1,33 +1,104 @@
 //! The nightly job (`thinarc run`): backs up every configured volume one after
-//! another, prunes each by its retention, then makes the offline copies and prunes
-//! them, and writes the Prometheus textfile. A failed step is recorded and reported,
-//! and the run goes on with the next; [`RunReport::check`] says whether every step
-//! succeeded.
+//! another (a pattern volume expanded into the thin LVs it selects now: see
+//! [`super::discover`]), prunes each by its retention, then makes the offline copies
+//! and prunes them, and writes the Prometheus textfile. A failed step is recorded and
+//! reported, and the run goes on with the next; [`RunReport::check`] says whether
+//! every step succeeded, [`RunReport::warnings`] what it warns of. [`dry_run`] says
+//! what a run would back up, touching nothing.
+
+use std::collections::{BTreeMap, HashSet};
 
 use serde::Serialize;
 
+use super::discover::discover;
 use super::{Job, JobError, Observer, backup_volume, copy_volume, error_message, prune_volume};
-use crate::backup::BackupOptions;
-use crate::config::{Config, Retention};
+use crate::backup::{ArchiveKind, BackupOptions, dry_run_lvm};
+use crate::config::{Config, Retention, Select, Volume};
 use crate::lvm::PoolLimits;
 use crate::prune::PruneOptions;
 use crate::repo::{Repository, VolumeName};
 use crate::size::human;
-use crate::status::{Operation, RunLock, gather, prometheus};
+use crate::source::{RawSource, SourceSpec};
+use crate::status::{RunLock, gather, prometheus};
+
+/// What a step of a run did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// A backup (in a dry run: what it would write).
+    Backup,
+    /// A prune after a backup or a copy.
+    Prune,
+    /// A copy to another repository.
+    Copy,
+    /// A pattern's discovery, when it failed or matched nothing.
+    Discover,
+    /// A volume a pattern backed up whose LV is no longer selected.
+    Gone,
+}
+
+impl Action {
+    /// The lowercase name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Action::Backup => "backup",
+            Action::Prune => "prune",
+            Action::Copy => "copy",
+            Action::Discover => "discover",
+            Action::Gone => "gone",
+        }
+    }
+}
 
 /// One step of a run and how it went.
 #[derive(Debug, Clone, Serialize)]
 pub struct Step {
-    /// `backup`, `prune` or `copy`.
-    pub operation: Operation,
-    /// The volume.
+    /// `backup`, `prune`, `copy`, `discover` or `gone`.
+    pub operation: Action,
+    /// The volume (a `discover` step: the pattern, `lvm:VG/POOL/GLOB`).
     pub volume: String,
     /// The repository written (the destination for a copy).
     pub repository: String,
     /// Whether it succeeded.
     pub ok: bool,
+    /// It succeeded but warns (a pattern that matched nothing): the run exits with
+    /// code 4 if no step failed.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub warning: bool,
     /// What it did, or the error.
     pub detail: String,
+    /// A backup's source (`lvm:VG/LV` or a path).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// The pattern that selected the LV, for a backup of a discovered volume.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub discovered_by: Option<String>,
+    /// In a dry run: the archive a backup would write, `full` or `delta`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<ArchiveKind>,
+}
+
+impl Step {
+    /// A step of `operation` on `volume` in `repository` that did `Ok(what)` or failed
+    /// with `Err(error)`; no warning, source, pattern or kind.
+    pub(super) fn new(
+        operation: Action,
+        volume: impl ToString,
+        repository: &str,
+        result: Result<String, String>,
+    ) -> Step {
+        Step {
+            operation,
+            volume: volume.to_string(),
+            repository: repository.to_string(),
+            ok: result.is_ok(),
+            warning: false,
+            detail: result.unwrap_or_else(|e| e),
+            source: None,
+            discovered_by: None,
+            kind: None,
+        }
+    }
 }
 
 /// The steps of a run, in order.
@@ -59,6 +130,11 @@ impl RunReport {
             what: failed.join(", "),
         })
     }
+
+    /// The steps that succeeded with a warning.
+    pub fn warnings(&self) -> Vec<&Step> {
+        self.steps.iter().filter(|s| s.warning).collect()
+    }
 }
 
 /// Runs every step of `config` (whose settings `job` holds: see
@@ -75,84 +151,7 @@ pub async fn run(
 ) -> Result<RunReport, JobError> {
     let _lock = RunLock::acquire(&job.state_dir).map_err(JobError::RunLock)?;
     tracing::info!(config = %config.path.display(), volumes = config.volumes.len(), "run started");
-    let mut report = RunReport::default();
-    let mut step = |step: Step| {
-        if step.ok {
-            tracing::info!(operation = step.operation.name(), volume = %step.volume, "{}", step.detail);
-        } else {
-            tracing::error!(operation = step.operation.name(), volume = %step.volume, "{}", step.detail);
-        }
-        observer.step(&step);
-        report.steps.push(step);
-    };
-
-    for v in &config.volumes {
-        let location = &config.repositories[&v.repository];
-        let mut opts = BackupOptions::new(v.name.clone());
-        opts.block_size = v.block_size;
-        opts.threads = job.threads;
-        opts.read_limit = job.read_limit.clone();
-        opts.hooks = v.hooks.clone();
-        opts.freeze = v.freeze.clone();
-        let defaults = PoolLimits::default();
-        let limits = PoolLimits {
-            max_data: v.max_pool_data.map_or(defaults.max_data, f64::from),
-            max_metadata: v.max_pool_metadata.map_or(defaults.max_metadata, f64::from),
-        };
-        let result = backup_volume(job, location, &v.source, opts, limits, observer).await;
-        let backed_up = result.is_ok();
-        step(Step {
-            operation: Operation::Backup,
-            volume: v.name.to_string(),
-            repository: location.clone(),
-            ok: result.is_ok(),
-            detail: match &result {
-                Ok(r) => format!(
-                    "seq {} archive {}: read {}, stored {} in {:.1}s",
-                    r.seq,
-                    r.archive,
-                    human(r.bytes_read),
-                    human(r.stored_bytes),
-                    r.seconds
-                ),
-                Err(e) => error_message(e),
-            },
-        });
-        // Pruning follows a good backup; after a failed one the history is left as is.
-        if let (true, Some(retention)) = (backed_up, &v.retention) {
-            step(prune_step(job, location, &v.name, retention).await);
-        }
-    }
-
-    for c in &config.copies {
-        let from = &config.repositories[&c.from];
-        for volume in &c.volumes {
-            let result = copy_volume(job, from, &c.to, volume, None, c.consolidate, observer).await;
-            let copied = result.is_ok();
-            step(Step {
-                operation: Operation::Copy,
-                volume: volume.to_string(),
-                repository: c.to.clone(),
-                ok: result.is_ok(),
-                detail: match &result {
-                    Ok(r) if r.copied.is_empty() => format!("{} already holds it", c.to),
-                    Ok(r) => format!(
-                        "{} point(s) to {}{}: wrote {} in {:.1}s",
-                        r.copied.len(),
-                        c.to,
-                        if c.consolidate { " (consolidated)" } else { "" },
-                        human(r.bytes_written),
-                        r.seconds
-                    ),
-                    Err(e) => error_message(e),
-                },
-            });
-            if let (true, Some(retention)) = (copied, &c.retention) {
-                step(prune_step(job, &c.to, volume, retention).await);
-            }
-        }
-    }
-
+    let report = steps(job, config, observer, false).await;
     if let Some(path) = &config.prometheus {
         let mut statuses = Vec::new();
         for location in config.repositories.values() {
@@ -176,27 +175,250 @@ pub async fn run(
     Ok(report)
 }
 
+/// What [`run`] would back up, as its steps: each volume (patterns expanded) with its
+/// source and the archive it would write (`full` or `delta`) and why, the patterns
+/// that match nothing, and the volumes that would be recorded as gone. Takes no lock,
+/// creates no snapshot, writes no record; prunes and copies are not planned.
+pub async fn dry_run(job: &Job, config: &Config, observer: &dyn Observer) -> RunReport {
+    steps(job, config, observer, true).await
+}
+
+/// The steps of a run (or of a dry run: backups planned only).
+async fn steps(job: &Job, config: &Config, observer: &dyn Observer, dry: bool) -> RunReport {
+    let mut report = RunReport::default();
+    let mut step = |step: Step| {
+        if !step.ok {
+            tracing::error!(operation = step.operation.name(), volume = %step.volume, "{}", step.detail);
+        } else if step.warning {
+            tracing::warn!(operation = step.operation.name(), volume = %step.volume, "{}", step.detail);
+        } else {
+            tracing::info!(operation = step.operation.name(), volume = %step.volume, "{}", step.detail);
+        }
+        observer.step(&step);
+        report.steps.push(step);
+    };
+
+    // A volume configured by name is backed up by its own entry, whatever patterns
+    // also select its LV; among patterns, the first that selects an LV backs it up.
+    let named: HashSet<(&str, &VolumeName)> = config
+        .volumes
+        .iter()
+        .filter_map(|v| match &v.select {
+            Select::One { name, .. } => Some((v.repository.as_str(), name)),
+            Select::Pattern(_) => None,
+        })
+        .collect();
+    let mut taken: HashSet<(String, VolumeName)> = HashSet::new();
+    let mut discovered: BTreeMap<&str, Vec<VolumeName>> = BTreeMap::new();
+    for v in &config.volumes {
+        let location = &config.repositories[&v.repository];
+        let targets: Vec<(VolumeName, SourceSpec, Option<String>)> = match &v.select {
+            Select::One { name, source } => vec![(name.clone(), source.clone(), None)],
+            Select::Pattern(d) => {
+                let skip = |n: &VolumeName| {
+                    named.contains(&(v.repository.as_str(), n))
+                        || taken.contains(&(v.repository.clone(), n.clone()))
+                };
+                let (names, notes) = discover(job, location, d, skip, dry).await;
+                for n in notes {
+                    step(n);
+                }
+                names
+                    .into_iter()
+                    .map(|(n, lv)| (n, SourceSpec::Lvm(lv), Some(d.source())))
+                    .collect()
+            }
+        };
+        for (name, source, pattern) in targets {
+            taken.insert((v.repository.clone(), name.clone()));
+            if pattern.is_some() {
+                discovered
+                    .entry(v.repository.as_str())
+                    .or_default()
+                    .push(name.clone());
+            }
+            if dry {
+                step(plan_backup(job, location, v, &name, &source, pattern).await);
+                continue;
+            }
+            let backed_up = backup_step(job, location, v, &name, &source, pattern, observer).await;
+            let ok = backed_up.ok;
+            step(backed_up);
+            // Pruning follows a good backup; after a failed one the history is left as
+            // is.
+            if let (true, Some(retention)) = (ok, &v.retention) {
+                step(prune_step(job, location, &name, retention).await);
+            }
+        }
+    }
+    if dry {
+        return report;
+    }
+
+    for c in &config.copies {
+        let from = &config.repositories[&c.from];
+        let mut volumes = c.volumes.clone();
+        if c.discovered {
+            for n in discovered.get(c.from.as_str()).into_iter().flatten() {
+                if !volumes.contains(n) {
+                    volumes.push(n.clone());
+                }
+            }
+        }
+        for volume in &volumes {
+            let result = copy_volume(job, from, &c.to, volume, None, c.consolidate, observer).await;
+            let copied = result.is_ok();
+            let detail = match &result {
+                Ok(r) if r.copied.is_empty() => Ok(format!("{} already holds it", c.to)),
+                Ok(r) => Ok(format!(
+                    "{} point(s) to {}{}: wrote {} in {:.1}s",
+                    r.copied.len(),
+                    c.to,
+                    if c.consolidate { " (consolidated)" } else { "" },
+                    human(r.bytes_written),
+                    r.seconds
+                )),
+                Err(e) => Err(error_message(e)),
+            };
+            step(Step::new(Action::Copy, volume, &c.to, detail));
+            if let (true, Some(retention)) = (copied, &c.retention) {
+                step(prune_step(job, &c.to, volume, retention).await);
+            }
+        }
+    }
+    report
+}
+
+/// The backup options and pool limits of `v`'s settings for the volume `name`.
+fn options(job: &Job, v: &Volume, name: &VolumeName) -> (BackupOptions, PoolLimits) {
+    let mut opts = BackupOptions::new(name.clone());
+    opts.block_size = v.block_size;
+    opts.threads = job.threads;
+    opts.read_limit = job.read_limit.clone();
+    opts.hooks = v.hooks.clone();
+    opts.freeze = v.freeze.clone();
+    let defaults = PoolLimits::default();
+    let limits = PoolLimits {
+        max_data: v.max_pool_data.map_or(defaults.max_data, f64::from),
+        max_metadata: v.max_pool_metadata.map_or(defaults.max_metadata, f64::from),
+    };
+    (opts, limits)
+}
+
+/// Backs `source` up as `name` of the repository at `location` with `v`'s settings,
+/// as a step.
+async fn backup_step(
+    job: &Job,
+    location: &str,
+    v: &Volume,
+    name: &VolumeName,
+    source: &SourceSpec,
+    pattern: Option<String>,
+    observer: &dyn Observer,
+) -> Step {
+    let (opts, limits) = options(job, v, name);
+    let result = backup_volume(
+        job,
+        location,
+        source,
+        opts,
+        limits,
+        pattern.as_deref(),
+        observer,
+    )
+    .await;
+    let detail = match &result {
+        Ok(r) => Ok(format!(
+            "seq {} archive {}: read {}, stored {} in {:.1}s",
+            r.seq,
+            r.archive,
+            human(r.bytes_read),
+            human(r.stored_bytes),
+            r.seconds
+        )),
+        Err(e) => Err(error_message(e)),
+    };
+    Step {
+        source: Some(source.to_string()),
+        discovered_by: pattern,
+        ..Step::new(Action::Backup, name, location, detail)
+    }
+}
+
+/// What a backup of `source` as `name` would write, and why, as a step: read from the
+/// catalog and (for an LV) `lvs` and the pool's status; nothing is locked, created or
+/// recorded.
+async fn plan_backup(
+    job: &Job,
+    location: &str,
+    v: &Volume,
+    name: &VolumeName,
+    source: &SourceSpec,
+    pattern: Option<String>,
+) -> Step {
+    let (opts, limits) = options(job, v, name);
+    let planned: Result<(ArchiveKind, String), String> = async {
+        let repo = job.open(location).await.map_err(|e| error_message(&e))?;
+        match source {
+            SourceSpec::Lvm(lv) => {
+                let plan = dry_run_lvm(&repo, lv, &opts, limits)
+                    .await
+                    .map_err(|e| error_message(&e))?;
+                match plan.pool_problem {
+                    Some(problem) => Err(format!("would be refused: {problem}")),
+                    None => Ok((plan.kind, plan.action)),
+                }
+            }
+            SourceSpec::Path(path) => {
+                // Opened (not read) to find what the backup would fail on: the kind
+                // is checked first, so a FIFO is never opened.
+                RawSource::check_kind(path).map_err(|e| error_message(&e))?;
+                drop(RawSource::open(path).map_err(|e| error_message(&e))?);
+                crate::backup::dry_run(&repo, &opts)
+                    .await
+                    .map_err(|e| error_message(&e))
+            }
+        }
+    }
+    .await;
+    let from = match &pattern {
+        Some(p) => format!("from {source} (selected by {p})"),
+        None => format!("from {source}"),
+    };
+    let detail = match &planned {
+        Ok((kind, why)) => Ok(format!(
+            "{from}: would write a {} archive: {why}",
+            match kind {
+                ArchiveKind::Full => "full",
+                ArchiveKind::Delta => "delta",
+            }
+        )),
+        Err(e) => Err(format!("{from}: {e}")),
+    };
+    Step {
+        source: Some(source.to_string()),
+        discovered_by: pattern,
+        kind: planned.ok().map(|(k, _)| k),
+        ..Step::new(Action::Backup, name, location, detail)
+    }
+}
+
 /// Prunes `volume` of the repository at `location` by `retention`, as a step.
 async fn prune_step(job: &Job, location: &str, volume: &VolumeName, retention: &Retention) -> Step {
     let mut opts = PruneOptions::new(retention.policy.clone());
     opts.max_chain_length = retention.max_chain_length;
     let result = prune_volume(job, location, volume, &opts).await;
-    Step {
-        operation: Operation::Prune,
-        volume: volume.to_string(),
-        repository: location.to_string(),
-        ok: result.is_ok(),
-        detail: match &result {
-            Ok(r) => format!(
-                "kept {} of {} point(s), {} rewritten: read {}, wrote {} in {:.1}s",
-                r.points.iter().filter(|p| p.keep).count(),
-                r.points.len(),
-                r.merges.len(),
-                human(r.bytes_read),
-                human(r.bytes_written),
-                r.seconds
-            ),
-            Err(e) => error_message(e),
-        },
-    }
+    let detail = match &result {
+        Ok(r) => Ok(format!(
+            "kept {} of {} point(s), {} rewritten: read {}, wrote {} in {:.1}s",
+            r.points.iter().filter(|p| p.keep).count(),
+            r.points.len(),
+            r.merges.len(),
+            human(r.bytes_read),
+            human(r.bytes_written),
+            r.seconds
+        )),
+        Err(e) => Err(error_message(e)),
+    };
+    Step::new(Action::Prune, volume, location, detail)
 }

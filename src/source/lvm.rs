@@ -28,8 +28,8 @@ use crate::lvm::{
 use crate::source::consistent::{After, ConsistencyError, Freeze, Frozen};
 use crate::source::{RawSource, SourceError};
 
-/// Tag on every snapshot thinarc creates.
-pub const TAG: &str = "thinarc";
+/// Tag on every snapshot thinarc creates (discovery never selects an LV carrying it).
+pub const TAG: &str = crate::lvm::SNAPSHOT_TAG;
 
 /// Tag naming the origin LV (by uuid) of a thinarc snapshot.
 pub fn origin_tag(lv_uuid: &str) -> String {
@@ -547,8 +547,20 @@ fn deactivate_snapshot(vg: &str, name: &str) -> Result<(), LvmError> {
     )
 }
 
+/// thinarc's snapshots, among `lvs`, of the LV whose uuid is `lv_uuid` (tagged
+/// `thinarc` and `thinarc-origin-<uuid>`), whether that LV still exists or not.
+pub fn snapshots_of<'a>(lvs: &'a [LvInfo], lv_uuid: &str) -> Vec<&'a LvInfo> {
+    let origin = origin_tag(lv_uuid);
+    lvs.iter()
+        .filter(|l| l.has_tag(TAG) && l.has_tag(&origin))
+        .collect()
+}
+
 /// Removes a thinarc snapshot (active or not).
-fn remove_snapshot(vg: &str, name: &str) -> Result<(), LvmError> {
+///
+/// # Errors
+/// [`LvmError`] of `lvremove`.
+pub fn remove_snapshot(vg: &str, name: &str) -> Result<(), LvmError> {
     Lvm.run(
         "lvremove",
         &["--config", NO_ARCHIVE, &format!("{vg}/{name}")],

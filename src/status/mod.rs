@@ -83,6 +83,9 @@ pub struct VolumeStatus {
     pub problems: Vec<String>,
     /// Damage of the volume's catalog and archives (all zero for a sound volume).
     pub damage: DamageCounts,
+    /// The volume was backed up by a discovery pattern that no longer selects its LV
+    /// (its last backup record is `gone`): not backed up any more, not a failure.
+    pub gone: bool,
 }
 
 /// What is damaged in a volume, from its catalog and damage records (no block data is
@@ -208,7 +211,20 @@ pub async fn gather(
             oldest_upload: None,
             problems: unreachable.iter().cloned().collect(),
             damage: DamageCounts::default(),
+            gone: false,
         };
+        for op in Operation::ALL {
+            let slot = |slot| records.read(repo, &name, op, slot);
+            let o = s.operation_mut(op);
+            o.last = slot(Slot::Last).await;
+            o.last_success = slot(Slot::Success).await;
+            o.last_failure = slot(Slot::Failure).await;
+        }
+        s.gone = s
+            .backup
+            .last
+            .as_ref()
+            .is_some_and(|r| r.result == Outcome::Gone);
         if let (Some(repo), Ok(v)) = (repo, VolumeName::new(&name)) {
             catalog(repo, &v, time, &mut s).await;
             match held_locks(repo, &v).await {
@@ -222,13 +238,6 @@ pub async fn gather(
                 }
                 Err(e) => s.problems.push(e.to_string()),
             }
-        }
-        for op in Operation::ALL {
-            let slot = |slot| records.read(repo, &name, op, slot);
-            let o = s.operation_mut(op);
-            o.last = slot(Slot::Last).await;
-            o.last_success = slot(Slot::Success).await;
-            o.last_failure = slot(Slot::Failure).await;
         }
         lost_success(&mut s);
         if volume.is_some() && s.points == 0 && s.backup.last.is_none() && repo.is_some() {
@@ -339,7 +348,9 @@ async fn catalog(repo: &Repository, volume: &VolumeName, now: DateTime<Utc>, s: 
         Ok(chain) => {
             s.chain_length = chain.archives.len();
             let tip = &chain.tip().header;
-            if let Some(rec) = &tip.lvm {
+            // A gone volume's LV is no longer backed up (and may not exist): its
+            // snapshots were removed when it went.
+            if let (Some(rec), false) = (&tip.lvm, s.gone) {
                 snapshots(tip, rec, s);
             }
         }

@@ -27,8 +27,12 @@ const FAMILIES: &[Family] = &[
     Family {
         name: "thinarc_last_success_timestamp_seconds",
         kind: "gauge",
-        help: "End time of the last successful backup.",
-        value: |v| v.backup.last_success.as_ref().map(|r| ts(r.time())),
+        help: "End time of the last successful backup (left out once the volume is gone).",
+        value: |v| {
+            (!v.gone)
+                .then_some(v.backup.last_success.as_ref())?
+                .map(|r| ts(r.time()))
+        },
     },
     Family {
         name: "thinarc_last_failure_timestamp_seconds",
@@ -47,6 +51,12 @@ const FAMILIES: &[Family] = &[
                 .max_by_key(|r| r.time())?;
             Some(f64::from(u8::from(last.result == Outcome::Success)))
         },
+    },
+    Family {
+        name: "thinarc_volume_gone",
+        kind: "gauge",
+        help: "1 once a discovery pattern no longer selects the volume's LV (no longer backed up; its points kept).",
+        value: |v| Some(f64::from(u8::from(v.gone))),
     },
     Family {
         name: "thinarc_backup_running",

@@ -71,6 +71,10 @@ pub enum Outcome {
     Success,
     /// Failed; `error` says why.
     Failure,
+    /// A backup's volume was discovered by a pattern (`discovered_by`) whose LV is no
+    /// longer selected: the run reported it once and backs it up no more; its points
+    /// are kept. Stored as the `last` record only.
+    Gone,
 }
 
 /// One operation's outcome.
@@ -107,9 +111,13 @@ pub struct Record {
     /// A backup's point: `crash` or `application` consistent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub consistency: Option<crate::source::consistent::Consistency>,
-    /// What went wrong.
+    /// What went wrong (for `gone`: why the LV is no longer selected).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// A backup of an LV a pattern selected: the pattern, `lvm:VG/GLOB` or
+    /// `lvm:VG/POOL/GLOB`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discovered_by: Option<String>,
 }
 
 impl Record {
@@ -130,6 +138,7 @@ impl Record {
             bytes_written: None,
             consistency: None,
             error: None,
+            discovered_by: None,
         }
     }
 
@@ -146,6 +155,16 @@ impl Record {
         self
     }
 
+    /// The record finished now as `gone`: the LV the pattern `discovered_by` selected
+    /// is no longer selected, for the reason `why`.
+    pub fn gone(mut self, discovered_by: &str, why: String) -> Record {
+        self.finished = Some(Utc::now());
+        self.result = Outcome::Gone;
+        self.discovered_by = Some(discovered_by.to_string());
+        self.error = Some(why);
+        self
+    }
+
     /// When the record was last updated: its end, or its start while running.
     pub fn time(&self) -> DateTime<Utc> {
         self.finished.unwrap_or(self.started)
@@ -155,7 +174,7 @@ impl Record {
     /// `failure` once finished.
     fn slots(&self) -> &'static [Slot] {
         match self.result {
-            Outcome::Running => &[Slot::Last],
+            Outcome::Running | Outcome::Gone => &[Slot::Last],
             Outcome::Success => &[Slot::Last, Slot::Success],
             Outcome::Failure => &[Slot::Last, Slot::Failure],
         }

@@ -1,5 +1,7 @@
 //! Restore target `lvm:VG/LV`: an existing LV (with `--force`), or one created for the
-//! restore (`--create`): a thin LV in `--pool`, or a plain LV of `--size`.
+//! restore (`--create`): a thin LV in `--pool`, or a plain LV of `--size`. A created
+//! LV is tagged `thinarc-restored` by the `lvcreate` itself, so whole-pool discovery
+//! never backs it up as a new volume ([`crate::lvm::RESTORED_TAG`]).
 //!
 //! A new thin LV reads zero everywhere, so only data blocks are written (writing zeros
 //! would allocate pool space). That holds when the pool zeroes newly provisioned
@@ -8,7 +10,7 @@
 
 use std::path::PathBuf;
 
-use crate::lvm::{LvName, Lvm, LvmError, dm_name};
+use crate::lvm::{LvName, Lvm, LvmError, RESTORED_TAG, dm_name};
 
 /// How to get the target LV.
 #[derive(Debug, Clone, Default)]
@@ -107,6 +109,8 @@ impl LvTarget {
                         &format!("{}/{pool}", name.vg),
                         "-n",
                         &name.lv,
+                        "--addtag",
+                        RESTORED_TAG,
                     ],
                 )?;
                 info.zeroes_new_chunks()
@@ -117,7 +121,18 @@ impl LvTarget {
                     "{}b",
                     opts.size.unwrap_or(size).max(size).next_multiple_of(512)
                 );
-                Lvm.run("lvcreate", &["-L", &lsize, "-n", &name.lv, &name.vg])?;
+                Lvm.run(
+                    "lvcreate",
+                    &[
+                        "-L",
+                        &lsize,
+                        "-n",
+                        &name.lv,
+                        "--addtag",
+                        RESTORED_TAG,
+                        &name.vg,
+                    ],
+                )?;
                 false
             }
         };

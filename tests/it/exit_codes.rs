@@ -1,6 +1,8 @@
 //! Every documented exit code, asserted by number for each command that documents one
 //! (README, *Using it*): 0 success, 1 failure, 2 usage, 3 a volume locked by another
 //! run (backup, prune, copy) or another `thinarc run` going, 4 verify found problems.
+//! (`run`'s 4, a discovery pattern that matched nothing, needs a fake `lvs`: it is
+//! asserted in `run::pattern_matching_nothing_is_a_warning`.)
 
 use std::time::{Duration, Instant};
 

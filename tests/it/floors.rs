@@ -94,7 +94,7 @@ const ROOMS: &[Room] = &[
         "config",
         5,
         Only(&[
-            "format", "prune", "quote", "repo", "size", "source", "throttle",
+            "format", "lvm", "prune", "quote", "repo", "size", "source", "throttle",
         ]),
     ),
     // The nightly job (to come from `src/cli/run.rs`), then the binary.

@@ -322,3 +322,146 @@ fn libvirt_freeze_child() {
         log()
     );
 }
+
+/// Fakes of the LVM tools and `virsh` on PATH for a backup of `lvm:pve/vm-101-disk-0`
+/// (from the captured `lvs` report of VG `pve`, pool `data`) up to its `lvcreate`,
+/// which fails (`lvcreate_delay` seconds later: a slow snapshot). `virsh` and the
+/// hooks log to `events.log`, so their order shows. Returns the config file and the
+/// environment of the run.
+fn fake_lvm(t: &TempRepo, lvcreate_delay: u32) -> (String, Vec<(String, String)>) {
+    use std::os::unix::fs::PermissionsExt as _;
+    let bin = t.path("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let events = t.path("events.log");
+    let fakes = [
+        (
+            "lvs",
+            format!(
+                "cat {}",
+                concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/lvm/lvs-discovery.json")
+            ),
+        ),
+        (
+            "dmsetup",
+            "echo '0 16777216 thin-pool 2 112/20480 32/131072 - rw discard_passdown queue_if_no_space - 256'".to_string(),
+        ),
+        (
+            "lvcreate",
+            format!(
+                "echo lvcreate >> {}; sleep {lvcreate_delay}; echo '  Volume group \"pve\" has insufficient free space (0 extents): 1 required.' >&2; exit 5",
+                events.display()
+            ),
+        ),
+        ("virsh", format!("echo \"$1 $2\" >> {}", events.display())),
+    ];
+    for (name, body) in fakes {
+        let path = bin.join(name);
+        write(&path, format!("#!/bin/sh\n{body}\n").as_bytes());
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let config = t.path("fake.toml");
+    write(
+        &config,
+        format!(
+            "state_dir = \"{state}\"\n[repositories.r]\nlocation = \"{repo}\"\n[[volumes]]\nname = \"pve/vm-101-disk-0\"\nsource = \"lvm:pve/vm-101-disk-0\"\nfreeze = \"libvirt:web1\"\nfreeze_timeout = 60\npre_snapshot = \"echo pre >> {log}\"\npost_snapshot = \"echo post $THINARC_STATUS >> {log}\"\n",
+            state = t.path("state").display(),
+            repo = t.location(),
+            log = events.display()
+        )
+        .as_bytes(),
+    );
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    (
+        config.display().to_string(),
+        vec![("PATH".to_string(), path)],
+    )
+}
+
+fn events(t: &TempRepo) -> Vec<String> {
+    std::fs::read_to_string(t.path("events.log"))
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Issue 15: a failed `lvcreate` still thaws the guest and runs the post-snapshot
+/// command (with `THINARC_STATUS=failed`), in that order; the backup fails with
+/// lvcreate's error.
+#[test]
+fn post_snapshot_runs_after_a_failed_lvcreate() {
+    let t = TempRepo::new();
+    let (config, env) = fake_lvm(&t, 0);
+    let o = thinarc_env(&["run", "--config", &config], &env);
+    assert_eq!(o.code, Some(1), "{}", o.show());
+    assert!(
+        o.stdout.contains("backup pve/vm-101-disk-0: FAILED: backup of lvm:pve/vm-101-disk-0 to volume pve/vm-101-disk-0 failed: `lvcreate -y --config backup { archive = 0 } -s -n vm-101-disk-0-thinarc-"),
+        "{}",
+        o.show()
+    );
+    assert!(
+        o.stdout.contains("failed (exit status: 5): Volume group \"pve\" has insufficient free space (0 extents): 1 required."),
+        "{}",
+        o.show()
+    );
+    assert_eq!(
+        events(&t),
+        [
+            "pre",
+            "domfsfreeze web1",
+            "lvcreate",
+            "domfsthaw web1",
+            "post failed"
+        ]
+    );
+}
+
+/// Issue 15: SIGTERM while the guest is frozen (a slow `lvcreate`, longer than the 4 s
+/// the unwinding gets) thaws first, runs the post-command, then exits with code 1;
+/// the thaw is the unwinding's, not the watchdog's (`freeze_timeout` is 60 s).
+#[test]
+fn sigterm_while_frozen_thaws_first_then_exits() {
+    let t = TempRepo::new();
+    let (config, env) = fake_lvm(&t, 6);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_thinarc"));
+    cmd.args(["run", "--config", &config])
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = cmd.spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !events(&t).iter().any(|e| e == "lvcreate") {
+        assert!(
+            Instant::now() < deadline,
+            "lvcreate never ran: {:?}",
+            events(&t)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let signalled = Instant::now();
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) },
+        0
+    );
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        signalled.elapsed() < Duration::from_secs(20),
+        "ended {:?} after the signal",
+        signalled.elapsed()
+    );
+    assert!(err.contains("error: "), "{err}");
+    assert_eq!(
+        events(&t),
+        [
+            "pre",
+            "domfsfreeze web1",
+            "lvcreate",
+            "domfsthaw web1",
+            "post failed"
+        ],
+        "{err}"
+    );
+}

@@ -552,4 +552,196 @@ fn guest_scenario() {
         "300M",
     ]);
     assert_eq!(sha256_of("/dev/vg/plain", SIZE), hashes.last().unwrap().0);
+    discovery_scenario(&t);
+}
+
+/// Issue 15, whole-pool discovery: `lvm:vg/pool/*` with `exclude` on a pool that also
+/// holds vg/data (excluded), thinarc's snapshot of it, the LVs restored above (r1..r7,
+/// tagged `thinarc-restored`: their names match `*`) and a plain LV. `run --dry-run`
+/// lists exactly the two VM disks, touching nothing; `run` backs up exactly those; a
+/// removed LV is reported `gone` once (status shows it, not as a failure), a new one
+/// is backed up as a full; a pattern that matches nothing warns (exit 4).
+fn discovery_scenario(t: &TempRepo) {
+    use crate::util::{Output, thinarc_env};
+    let lvcreate = |lv: &str| {
+        sh(&format!(
+            "lvcreate -q -y -V 16M -T vg/pool -n {lv} && dd if=/dev/urandom of=/dev/vg/{lv} bs=1M count=2 oflag=direct status=none"
+        ));
+    };
+    for lv in ["vm-1-disk-0", "vm-2-disk-0", "scratch"] {
+        lvcreate(lv);
+    }
+    let state = t.path("state-discovery");
+    let config = |source: &str| {
+        let path = t.path("discovery.toml");
+        let text = format!(
+            "state_dir = \"{}\"\n[repositories.r]\nlocation = \"{}\"\n[[volumes]]\nsource = \"{source}\"\nexclude = [\"data\", \"vg/scr*\"]\n",
+            state.display(),
+            t.location(),
+        );
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    let run = |source: &str, args: &[&str]| -> Output {
+        let cfg = config(source);
+        let mut all = vec!["run", "--config", cfg.as_str()];
+        all.extend_from_slice(args);
+        thinarc_env(&all, &[])
+    };
+    let steps = |o: &Output| -> Vec<(String, String, bool)> {
+        assert!(o.success, "{}", o.show());
+        let v: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                (
+                    s["operation"].as_str().unwrap().to_string(),
+                    s["volume"].as_str().unwrap().to_string(),
+                    s["ok"].as_bool().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let step = |op: &str, volume: &str| (op.to_string(), volume.to_string(), true);
+    let pool = "lvm:vg/pool/*";
+
+    let before = thinarc_snapshots();
+    let o = run(pool, &["--dry-run", "--json"]);
+    assert_eq!(
+        steps(&o),
+        [
+            step("backup", "vg/vm-1-disk-0"),
+            step("backup", "vg/vm-2-disk-0")
+        ]
+    );
+    let dry: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
+    for s in dry.as_array().unwrap() {
+        assert_eq!(s["kind"], "full", "{s}");
+        assert_eq!(s["discovered_by"], pool, "{s}");
+        assert!(
+            s["detail"].as_str().unwrap().contains(
+                "would write a full archive: full backup of the chunks mapped in a new snapshot"
+            ),
+            "{s}"
+        );
+    }
+    let o = run(pool, &["--dry-run"]);
+    assert!(o.success, "{}", o.show());
+    assert!(
+        o.stdout.starts_with(&format!(
+            "backup vg/vm-1-disk-0: from lvm:vg/vm-1-disk-0 (selected by {pool}): would write a full archive: "
+        )),
+        "{}",
+        o.show()
+    );
+    assert_eq!(thinarc_snapshots(), before, "a dry run creates nothing");
+    assert!(!state.join("records").exists(), "a dry run records nothing");
+
+    // The run backs up exactly the two VM disks, as new volumes (full archives).
+    let o = run(pool, &["--json"]);
+    assert_eq!(
+        steps(&o),
+        [
+            step("backup", "vg/vm-1-disk-0"),
+            step("backup", "vg/vm-2-disk-0")
+        ]
+    );
+    let listed = |volume: &str| t.json(&["list", volume]);
+    let points = listed("vg/vm-2-disk-0");
+    assert_eq!(points.as_array().unwrap().len(), 1, "{points}");
+    assert!(points[0]["parent"].is_null(), "{points}");
+    let snaps = thinarc_snapshots();
+    for lv in ["vm-1-disk-0", "vm-2-disk-0"] {
+        assert!(
+            snaps
+                .iter()
+                .any(|s| s.starts_with(&format!("{lv}-thinarc-"))),
+            "{snaps:?}"
+        );
+    }
+    let record = std::fs::read_to_string(
+        std::fs::read_dir(state.join("records"))
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path()
+            .join("vg~vm-1-disk-0/backup.last.json"),
+    )
+    .unwrap();
+    assert!(
+        record.contains(&format!("\"discovered_by\": \"{pool}\"")),
+        "{record}"
+    );
+
+    // vm-2 goes, vm-3 comes: gone once, a full of the new one, a delta of vm-1.
+    sh("lvremove -q -y vg/vm-2-disk-0");
+    lvcreate("vm-3-disk-0");
+    let o = run(pool, &[]);
+    assert!(o.success, "{}", o.show());
+    assert!(
+        o.stdout.contains("gone vg/vm-2-disk-0: LV vg/vm-2-disk-0 no longer exists: recorded as gone; its points are kept"),
+        "{}",
+        o.show()
+    );
+    assert!(
+        o.stdout
+            .contains("; removed its thinarc snapshot vg/vm-2-disk-0-thinarc-"),
+        "{}",
+        o.show()
+    );
+    assert!(
+        !thinarc_snapshots()
+            .iter()
+            .any(|s| s.starts_with("vm-2-disk-0-")),
+        "the gone LV's base snapshot is removed"
+    );
+    let o = run(pool, &["--json"]);
+    assert_eq!(
+        steps(&o),
+        [
+            step("backup", "vg/vm-1-disk-0"),
+            step("backup", "vg/vm-3-disk-0")
+        ],
+        "gone is reported once"
+    );
+    let points = listed("vg/vm-3-disk-0");
+    assert!(points[0]["parent"].is_null(), "{points}");
+    let points = listed("vg/vm-1-disk-0");
+    assert_eq!(points.as_array().unwrap().len(), 3, "{points}");
+    assert!(!points[1]["parent"].is_null(), "{points}");
+    assert_eq!(
+        listed("vg/vm-2-disk-0").as_array().unwrap().len(),
+        1,
+        "the history of a gone volume is kept"
+    );
+    let status = thinarc_env(
+        &[
+            "-r",
+            t.location(),
+            "--state-dir",
+            &state.display().to_string(),
+            "status",
+            "vg/vm-2-disk-0",
+        ],
+        &[],
+    );
+    assert!(status.success, "{}", status.show());
+    assert!(status.stdout.contains("gone since "), "{}", status.show());
+    assert!(
+        status.stdout.contains("  gone: LV vg/vm-2-disk-0 no longer exists; it was backed up by the pattern lvm:vg/pool/*"),
+        "{}",
+        status.show()
+    );
+
+    // A pattern that matches nothing: a warning, exit 4.
+    let o = run("lvm:vg/ct-*", &["--dry-run"]);
+    assert_eq!(o.code, Some(4), "{}", o.show());
+    assert!(
+        o.stdout
+            .contains("discover lvm:vg/ct-*: WARNING: lvm:vg/ct-* matches no thin LV"),
+        "{}",
+        o.show()
+    );
 }

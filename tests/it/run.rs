@@ -337,3 +337,357 @@ retention = {{ keep_last = 1 }}
     assert_eq!(v["copy"]["last"]["seq"], 3);
     assert_eq!(v["points"], 2);
 }
+
+/// Issue 15: `run --dry-run` says, per volume, the source and whether a full or a
+/// delta would be written and why, and touches nothing: no run lock, no record, no
+/// archive. A volume that cannot be backed up fails its line (exit 1).
+#[test]
+fn dry_run_touches_nothing() {
+    let t = TempRepo::new();
+    write(&t.path("a.img"), &make_image(2 * MIB, 60));
+    write(&t.path("c.img"), &make_image(MIB, 61));
+    let cfg = config(&t, "");
+    let cfg = cfg.to_str().unwrap();
+    let o = thinarc(&t, &["run", "--config", cfg, "--dry-run"]);
+    assert_eq!(o.code, Some(1), "{}", o.show());
+    let a = t.path("a.img").display().to_string();
+    let b = t.path("b.img").display().to_string();
+    assert_eq!(
+        o.stdout.lines().collect::<Vec<_>>(),
+        [
+            format!(
+                "backup vg0/a: from {a}: would write a full archive: the volume has no point yet: reads the whole source"
+            ),
+            format!(
+                "backup vg0/b: FAILED: from {b}: cannot open source {b}: No such file or directory (os error 2)"
+            ),
+            format!(
+                "backup vg0/c: from {}: would write a full archive: the volume has no point yet: reads the whole source",
+                t.path("c.img").display()
+            ),
+        ],
+        "{}",
+        o.show()
+    );
+    assert!(
+        o.stderr
+            .contains("error: 1 of 3 steps failed: backup vg0/b"),
+        "{}",
+        o.show()
+    );
+    assert!(!t.path("state").join("run.lock").exists());
+    assert!(!t.path("state").join("records").exists());
+    assert!(!t.path("hook.out").exists(), "a dry run alerts no one");
+    assert!(!t.repo().join("volumes").exists(), "nothing was written");
+
+    thinarc(&t, &["run", "--config", cfg]);
+    let o = thinarc(&t, &["run", "--config", cfg, "--dry-run", "--json"]);
+    let steps: Value = serde_json::from_str(&o.stdout).unwrap();
+    let a = &steps[0];
+    assert_eq!(
+        (a["volume"].as_str(), a["kind"].as_str(), a["ok"].as_bool()),
+        (Some("vg0/a"), Some("delta"), Some(true)),
+        "{a}"
+    );
+    assert_eq!(a["source"], t.path("a.img").display().to_string());
+    assert!(
+        a["detail"]
+            .as_str()
+            .unwrap()
+            .ends_with("would write a delta archive: reads the whole source and stores the blocks whose digest differs from seq 1's"),
+        "{a}"
+    );
+    let records = || {
+        std::fs::read_to_string(
+            std::fs::read_dir(t.path("state").join("records"))
+                .unwrap()
+                .next()
+                .unwrap()
+                .unwrap()
+                .path()
+                .join("vg0~a/backup.last.json"),
+        )
+        .unwrap()
+    };
+    let before = records();
+    thinarc(&t, &["run", "--config", cfg, "--dry-run"]);
+    assert_eq!(records(), before, "a dry run writes no record");
+}
+
+/// A fake `lvs` on PATH printing the captured report of a Proxmox-like VG `pve`, and
+/// a fake `dmsetup` reporting its pools healthy.
+fn fake_lvs(t: &TempRepo) -> (String, String) {
+    let bin = t.path("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let script = bin.join("lvs");
+    write(
+        &script,
+        format!(
+            "#!/bin/sh\ncase \"$*\" in *pve*) cat {};; *) echo '  Volume group \"'\"$(eval echo \\${{$#}})\"'\" not found' >&2; exit 5;; esac\n",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/lvm/lvs-discovery.json")
+        )
+        .as_bytes(),
+    );
+    // Every pool is active and healthy.
+    let dmsetup = bin.join("dmsetup");
+    write(
+        &dmsetup,
+        b"#!/bin/sh\necho '0 16777216 thin-pool 2 112/20480 32/131072 - rw discard_passdown queue_if_no_space - 256'\n",
+    );
+    use std::os::unix::fs::PermissionsExt as _;
+    for s in [&script, &dmsetup] {
+        std::fs::set_permissions(s, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    (
+        "PATH".to_string(),
+        format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()),
+    )
+}
+
+/// Issue 15: a discovery pattern that matches no thin LV is a warning, not a silent
+/// success: the run backs up the rest, says so, and exits with code 4; a pattern on a
+/// VG that does not exist fails its step (exit 1).
+#[test]
+fn pattern_matching_nothing_is_a_warning() {
+    let t = TempRepo::new();
+    write(&t.path("a.img"), &make_image(MIB, 62));
+    let path = t.path("p.toml");
+    let text = format!(
+        "state_dir = \"{}\"\n[repositories.r]\nlocation = \"{}\"\n[[volumes]]\nname = \"a\"\nsource = \"{}\"\n[[volumes]]\nsource = \"lvm:pve/data/ct-*\"\n",
+        t.path("state").display(),
+        t.location(),
+        t.path("a.img").display()
+    );
+    write(&path, text.as_bytes());
+    let env = [fake_lvs(&t)];
+    let run = |args: &[&str]| {
+        let mut all = vec!["run", "--config", path.to_str().unwrap()];
+        all.extend_from_slice(args);
+        thinarc_env(&all, &env)
+    };
+    for dry in [true, false] {
+        let o = run(if dry { &["--dry-run"] } else { &[] });
+        assert_eq!(o.code, Some(4), "{}", o.show());
+        assert!(
+            o.stdout.contains("discover lvm:pve/data/ct-*: WARNING: lvm:pve/data/ct-* matches no thin LV (thinarc's snapshots and the LVs restore created never match): nothing was backed up for it\n"),
+            "{}",
+            o.show()
+        );
+        assert!(
+            o.stderr.ends_with(&format!(
+                "error: run found 1 problem in {} (listed above)\n",
+                path.display()
+            )),
+            "{}",
+            o.show()
+        );
+    }
+    assert!(t.repo().join("volumes").exists(), "a was backed up");
+    let o = run(&["--json"]);
+    let steps: Value = serde_json::from_str(&o.stdout).unwrap();
+    assert_eq!(steps[1]["operation"], "discover");
+    assert_eq!(steps[1]["warning"], true);
+
+    write(
+        &path,
+        text.replace("lvm:pve/data/ct-*", "lvm:novg/*").as_bytes(),
+    );
+    let o = run(&[]);
+    assert_eq!(o.code, Some(1), "{}", o.show());
+    assert!(
+        o.stdout.contains(
+            "discover lvm:novg/*: FAILED: cannot list the LVs of VG novg: `lvs --reportformat json"
+        ),
+        "{}",
+        o.show()
+    );
+    assert!(
+        o.stdout.contains("Volume group \"novg\" not found"),
+        "{}",
+        o.show()
+    );
+}
+
+/// Issue 15: a bad pattern is a config error naming the file, line, column and key,
+/// before any work.
+#[test]
+fn bad_pattern_is_a_config_error() {
+    let t = TempRepo::new();
+    let path = t.path("p.toml");
+    write(
+        &path,
+        format!(
+            "[repositories.r]\nlocation = \"{}\"\n[[volumes]]\nsource = \"lvm:pve/vm-[0-9]*\"\n",
+            t.location()
+        )
+        .as_bytes(),
+    );
+    let o = thinarc(
+        &t,
+        &["run", "--config", path.to_str().unwrap(), "--dry-run"],
+    );
+    assert_eq!(o.code, Some(1), "{}", o.show());
+    assert_eq!(
+        o.stderr,
+        format!(
+            "error: {}:4:10: source \"lvm:pve/vm-[0-9]*\": LV pattern \"vm-[0-9]*\" contains '[': use letters, digits, + _ . - and the wildcards * and ?\n",
+            path.display()
+        )
+    );
+}
+
+/// Issue 15: patterns are expanded against `lvs` in config order: a volume configured
+/// by name is backed up by its own entry, an LV two patterns select by the first;
+/// thinarc's snapshot, the restored LV, `exclude`d and non-thin LVs never appear.
+#[test]
+fn discovery_expands_patterns_and_named_volumes_win() {
+    let t = TempRepo::new();
+    let img = t.path("disk1.img");
+    write(&img, &make_image(MIB, 63));
+    let path = t.path("p.toml");
+    write(
+        &path,
+        format!(
+            "state_dir = \"{}\"\n[repositories.r]\nlocation = \"{}\"\n[[volumes]]\nsource = \"lvm:pve/vm-*-disk-*\"\n[[volumes]]\nname = \"pve/vm-100-disk-1\"\nsource = \"{}\"\n[[volumes]]\nsource = \"lvm:pve/data/*\"\nexclude = [\"snap_*\"]\n",
+            t.path("state").display(),
+            t.location(),
+            img.display()
+        )
+        .as_bytes(),
+    );
+    let o = thinarc_env(
+        &["run", "--config", path.to_str().unwrap(), "--dry-run"],
+        &[fake_lvs(&t)],
+    );
+    assert_eq!(o.code, Some(0), "{}", o.show());
+    let lv = |name: &str, pattern: &str, block: u32| {
+        format!(
+            "backup pve/{name}: from lvm:pve/{name} (selected by {pattern}): would write a full archive: full backup of the chunks mapped in a new snapshot (block size {block})"
+        )
+    };
+    let vms = "lvm:pve/vm-*-disk-*";
+    assert_eq!(
+        o.stdout.lines().collect::<Vec<_>>(),
+        [
+            lv("vm-100-disk-0", vms, 65536),
+            lv("vm-101-disk-0", vms, 65536),
+            lv("vm-200-disk-0", vms, 131072),
+            format!(
+                "backup pve/vm-100-disk-1: from {}: would write a full archive: the volume has no point yet: reads the whole source",
+                img.display()
+            ),
+            lv("base-102-disk-0", "lvm:pve/data/*", 65536),
+        ],
+        "{}",
+        o.show()
+    );
+}
+
+/// Issue 15: a volume whose last backup came from a pattern that no longer selects its
+/// LV is reported `gone` once (recorded, so later runs say nothing), keeps its points,
+/// and `status` shows it as gone, not as a failure; the textfile says
+/// `thinarc_volume_gone 1` and leaves out its last-success time.
+#[test]
+fn gone_is_reported_once_and_status_is_not_red() {
+    let t = TempRepo::new();
+    let img = t.path("disk.img");
+    write(&img, &make_image(MIB, 64));
+    let state = (
+        "THINARC_STATE_DIR".to_string(),
+        t.path("state").display().to_string(),
+    );
+    let env = [state.clone(), fake_lvs(&t)];
+    let volume = "pve/vm-300-disk-0";
+    let o = thinarc_env(
+        &[
+            "-r",
+            t.location(),
+            "backup",
+            img.to_str().unwrap(),
+            "--volume",
+            volume,
+        ],
+        &env,
+    );
+    assert_eq!(o.code, Some(0), "{}", o.show());
+    // As if that backup had been of the LV pve/vm-300-disk-0, selected by the pattern
+    // (the LV is not in the captured report: it was removed since).
+    let pattern = "lvm:pve/vm-3*";
+    let dir = t.path("").display().to_string();
+    let found = std::process::Command::new("sh")
+        .args([
+            "-c",
+            &format!(
+                "find {dir} -name backup.last.json | grep vm-300 | while read f; do sed -i 's|^{{|{{\"discovered_by\": \"{pattern}\",|' \"$f\"; echo \"$f\"; done"
+            ),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&found.stdout).lines().count(),
+        2,
+        "the local and the repository record"
+    );
+    let path = t.path("p.toml");
+    write(
+        &path,
+        format!(
+            "state_dir = \"{}\"\n[repositories.r]\nlocation = \"{}\"\n[[volumes]]\nsource = \"{pattern}\"\n",
+            t.path("state").display(),
+            t.location(),
+        )
+        .as_bytes(),
+    );
+    let run = || thinarc_env(&["run", "--config", path.to_str().unwrap()], &env);
+    let o = run();
+    assert_eq!(o.code, Some(4), "nothing matches now: {}", o.show());
+    assert!(
+        o.stdout.contains(&format!(
+            "gone {volume}: LV {volume} no longer exists: recorded as gone; its points are kept, and it is reported once"
+        )),
+        "{}",
+        o.show()
+    );
+    let o = run();
+    assert!(!o.stdout.contains("gone "), "reported once: {}", o.show());
+
+    let prom = t.path("t.prom");
+    let o = thinarc_env(
+        &[
+            "-r",
+            t.location(),
+            "status",
+            volume,
+            "--prometheus",
+            prom.to_str().unwrap(),
+        ],
+        &env,
+    );
+    assert_eq!(o.code, Some(0), "{}", o.show());
+    assert!(o.stdout.contains("gone since "), "{}", o.show());
+    assert!(
+        o.stdout.contains(&format!(
+            "  gone: LV {volume} no longer exists; it was backed up by the pattern {pattern}, which no longer selects it"
+        )),
+        "{}",
+        o.show()
+    );
+    let text = read(&prom);
+    let text = String::from_utf8_lossy(&text);
+    assert!(
+        text.lines().any(
+            |l| l.starts_with(&format!("thinarc_volume_gone{{volume=\"{volume}\""))
+                && l.ends_with("} 1")
+        ),
+        "{text}"
+    );
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.starts_with("thinarc_last_success_timestamp_seconds{")),
+        "{text}"
+    );
+    let listed = thinarc_env(&["-r", t.location(), "list", volume, "--json"], &env);
+    let points: Value = serde_json::from_str(&listed.stdout).unwrap();
+    assert_eq!(points.as_array().unwrap().len(), 1, "its points are kept");
+}
