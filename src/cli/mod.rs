@@ -16,6 +16,7 @@ mod prune;
 mod repair;
 mod restore;
 mod run;
+mod serve;
 pub mod signals;
 mod status;
 mod verify;
@@ -120,6 +121,12 @@ pub enum Command {
   thinarc -r /srv/backup restore vg0/web /var/tmp/web.img --at 12
   thinarc -r /srv/backup restore vg0/web lvm:vg1/web --create --pool vg1/pool")]
     Restore(restore::RestoreArgs),
+    /// Serve a point of a volume as a read-only NBD export (no restore needed).
+    #[command(after_help = "Examples:
+  thinarc -r /srv/backup serve vg0/web --at 12 --socket /run/web.sock
+  qemu-img convert nbd+unix:///?socket=/run/web.sock web.img
+  thinarc -r /srv/backup serve vg0/web --listen 10809     # nbd://127.0.0.1:10809/")]
+    Serve(serve::ServeArgs),
     /// List volumes and their points.
     #[command(after_help = "Example:\n  thinarc -r /srv/backup list vg0/web --json")]
     List(list::ListArgs),
@@ -275,6 +282,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Init(a) => init::run(a, &ctx).await,
             Command::Backup(a) => backup::run(a, &ctx).await,
             Command::Restore(a) => restore::run(a, &ctx).await,
+            Command::Serve(a) => serve::run(a, &ctx).await,
             Command::List(a) => list::run(a, &ctx).await,
             Command::Status(a) => status::run(a, &ctx).await,
             Command::Run(a) => run::run(a, &ctx).await,
@@ -293,9 +301,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     // like an error: an upload in progress is aborted (what an abort misses is removed
     // by a later run) and a new restore target's temporary file is deleted. The
     // operation in progress is recorded as failed.
-    let result = tokio::select! {
-        r = command => r,
-        signal = interrupted() => Err(ctx.interrupted(signal).await.into()),
+    // `serve` runs until a signal: it ends itself then, cleanly.
+    let result = if name == "serve" {
+        command.await
+    } else {
+        tokio::select! {
+            r = command => r,
+            signal = interrupted() => Err(ctx.interrupted(signal).await.into()),
+        }
     };
     ctx.finish(name, result.as_ref().err().map(error_message))
         .await;
@@ -309,6 +322,7 @@ impl Command {
             Command::Init(_) => "init",
             Command::Backup(_) => "backup",
             Command::Restore(_) => "restore",
+            Command::Serve(_) => "serve",
             Command::List(_) => "list",
             Command::Status(_) => "status",
             Command::Run(_) => "run",
