@@ -29,6 +29,12 @@ pub struct ServeArgs {
     /// volume.
     #[arg(long, value_name = "[HOST:]PORT")]
     pub listen: Option<String>,
+    /// Accept writes, trims and zeroes into this copy-on-write overlay file (created
+    /// sparse; its map of written ranges is kept beside it as FILE.map, so a later
+    /// serve of the same point with the same FILE goes on from there). The repository
+    /// is never written.
+    #[arg(long, value_name = "FILE")]
+    pub overlay: Option<PathBuf>,
     /// Decoded data kept in memory for repeated reads.
     #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "256MiB")]
     pub cache: u64,
@@ -49,6 +55,7 @@ pub async fn run(args: ServeArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let opts = ServeOptions {
         at: args.at.clone(),
         cache: args.cache,
+        overlay: args.overlay.clone(),
     };
     let export = Export::open(&repo, &args.volume, &opts)
         .await
@@ -63,11 +70,15 @@ pub async fn run(args: ServeArgs, ctx: &Ctx) -> anyhow::Result<()> {
         .with_context(|| format!("cannot serve {}", args.volume))?;
     if !ctx.quiet {
         println!(
-            "serving {} seq {} archive {} ({}, read-only) at {}",
+            "serving {} seq {} archive {} ({}, {}) at {}",
             export.name,
             export.seq,
             export.archive,
             human(export.size()),
+            match &args.overlay {
+                Some(o) => format!("writes go to the overlay {}", o.display()),
+                None => "read-only".to_owned(),
+            },
             listener.uri
         );
     } else {

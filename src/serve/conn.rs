@@ -12,13 +12,12 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, WriteHalf};
 use tokio::sync::{Mutex, Semaphore};
 use tokio::task::JoinSet;
 
-use super::Export;
+use super::{Export, OverlayError};
 use crate::nbd::{
     self, BASE_ALLOCATION, ClientFlags, MAX_PAYLOAD, OPTION_HEADER_LEN, Opt, OptionHeader,
     ProtoError, REQUEST_LEN, Request, STATE_HOLE, STATE_ZERO, cflag, cmd, errno, info, opt, rep,
     tflag,
 };
-use crate::point::RandomError;
 
 /// Requests served at once on one connection.
 const IN_FLIGHT: usize = 16;
@@ -97,7 +96,7 @@ async fn handshake<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
                         export.name
                     )));
                 }
-                let flags = transmission_flags(&s);
+                let flags = transmission_flags(export);
                 nbd::export_name_reply(export.size(), flags, client.no_zeroes, &mut out);
                 wr.write_all(&out).await?;
                 return Ok(Some(s));
@@ -125,7 +124,7 @@ async fn handshake<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
                     );
                     nbd::option_error(h.option, rep::ERR_UNKNOWN, &msg, &mut out);
                 } else {
-                    let flags = transmission_flags(&s);
+                    let flags = transmission_flags(export);
                     nbd::option_reply(
                         h.option,
                         rep::INFO,
@@ -197,10 +196,16 @@ async fn handshake<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     }
 }
 
-/// "Transmission flags" of the export.
-fn transmission_flags(s: &Session) -> u16 {
-    let _ = s;
-    tflag::HAS_FLAGS | tflag::READ_ONLY | tflag::CAN_MULTI_CONN
+/// "Transmission flags" of the export: read-only, or with an overlay, writes, trims,
+/// zeroes and flushes. Every connection sees one overlay and a flush syncs all of it,
+/// so several connections are consistent either way.
+fn transmission_flags(export: &Export) -> u16 {
+    let base = tflag::HAS_FLAGS | tflag::CAN_MULTI_CONN;
+    if export.writable() {
+        base | tflag::SEND_FLUSH | tflag::SEND_FUA | tflag::SEND_TRIM | tflag::SEND_WRITE_ZEROES
+    } else {
+        base | tflag::READ_ONLY
+    }
 }
 
 /// "Transmission": requests until `NBD_CMD_DISC` or the client goes away.
@@ -226,16 +231,17 @@ async fn transmission<R: AsyncRead + Unpin>(
             Ok(r) => r,
             Err(e) => break Err(e.into()),
         };
+        let mut payload = Vec::new();
         if r.has_payload() {
-            // Read (and drop: the export is read-only) the payload to stay in sync;
-            // one too large to skip safely ends the connection.
+            // The payload is read whatever the answer, to stay in sync; one larger
+            // than the maximum ends the connection.
             if r.length > MAX_PAYLOAD {
                 break Err(ConnError::Refused(format!(
                     "write of {} bytes is larger than the {MAX_PAYLOAD} accepted",
                     r.length
                 )));
             }
-            let mut payload = vec![0; r.length as usize];
+            payload.resize(r.length as usize, 0);
             if let Err(e) = rd.read_exact(&mut payload).await {
                 break Err(e.into());
             }
@@ -247,7 +253,7 @@ async fn transmission<R: AsyncRead + Unpin>(
         let permit = slots.clone().acquire_owned().await.expect("semaphore open");
         let (export, session, wr) = (export.clone(), session.clone(), wr.clone());
         tasks.spawn(async move {
-            let out = answer(&export, &session, r).await;
+            let out = answer(&export, &session, r, payload).await;
             drop(permit);
             // A client gone mid-reply: its reader sees the end too.
             let _ = wr.lock().await.write_all(&out).await;
@@ -258,14 +264,21 @@ async fn transmission<R: AsyncRead + Unpin>(
     result
 }
 
-/// The reply to request `r`, whole.
-async fn answer(export: &Export, s: &Session, r: Request) -> Vec<u8> {
+/// The reply to request `r` (with its payload), whole.
+async fn answer(export: &Export, s: &Session, r: Request, payload: Vec<u8>) -> Vec<u8> {
     let mut out = Vec::new();
     let fail = |out: &mut Vec<u8>, error: u32, msg: &str| {
         if s.structured {
             nbd::error_chunk(r.cookie, error, msg, out);
         } else {
             nbd::simple_reply(r.cookie, error, out);
+        }
+    };
+    let ok = |out: &mut Vec<u8>| {
+        if s.structured {
+            nbd::none_chunk(r.cookie, out);
+        } else {
+            nbd::simple_reply(r.cookie, 0, out);
         }
     };
     let Some(range) = r.range_within(export.size()) else {
@@ -285,7 +298,7 @@ async fn answer(export: &Export, s: &Session, r: Request) -> Vec<u8> {
                 return out;
             }
             let mut data = vec![0; r.length as usize];
-            match export.reader.read(r.offset, &mut data).await {
+            match export.read(r.offset, &mut data).await {
                 Ok(()) => {
                     if s.structured {
                         nbd::offset_data_header(r.cookie, r.offset, r.length, true, &mut out);
@@ -306,7 +319,7 @@ async fn answer(export: &Export, s: &Session, r: Request) -> Vec<u8> {
             } else {
                 MAX_EXTENTS
             };
-            match export.reader.extents(range.clone(), max).await {
+            match export.extents(range.clone(), max).await {
                 Ok(runs) => {
                     let extents: Vec<(u32, u32)> = runs
                         .iter()
@@ -328,26 +341,49 @@ async fn answer(export: &Export, s: &Session, r: Request) -> Vec<u8> {
             errno::EINVAL,
             "block status needs the base:allocation context and a length",
         ),
-        cmd::WRITE | cmd::TRIM | cmd::WRITE_ZEROES => fail(
-            &mut out,
-            errno::EPERM,
-            "the export is read-only (serve it with --overlay FILE to accept writes)",
-        ),
-        // Nothing is ever buffered: a flush or a cache hint has nothing to do.
-        cmd::FLUSH | cmd::CACHE => {
-            if s.structured {
-                nbd::none_chunk(r.cookie, &mut out);
-            } else {
-                nbd::simple_reply(r.cookie, 0, &mut out);
+        cmd::WRITE | cmd::TRIM | cmd::WRITE_ZEROES | cmd::FLUSH => {
+            let Some(overlay) = &export.overlay else {
+                let msg = "the export is read-only (serve it with --overlay FILE to accept writes)";
+                fail(&mut out, errno::EPERM, msg);
+                return out;
+            };
+            let sync = r.flags & cflag::FUA != 0;
+            let done = match r.kind {
+                cmd::WRITE => {
+                    overlay
+                        .write(
+                            &export.reader,
+                            r.offset,
+                            u64::from(r.length),
+                            Some(&payload),
+                            sync,
+                        )
+                        .await
+                }
+                cmd::FLUSH => export.flush().await,
+                _ => {
+                    overlay
+                        .write(&export.reader, r.offset, u64::from(r.length), None, sync)
+                        .await
+                }
+            };
+            match done {
+                Ok(()) => ok(&mut out),
+                Err(e) => {
+                    tracing::error!(volume = %export.name, "overlay: {e}");
+                    fail(&mut out, errno::EIO, &e.to_string());
+                }
             }
         }
+        // Nothing is cached ahead of a read: a cache hint has nothing to do.
+        cmd::CACHE => ok(&mut out),
         other => fail(&mut out, errno::EINVAL, &format!("unknown command {other}")),
     }
     out
 }
 
 /// The log line of a failed read: a damaged block names archive and block.
-fn log_read_error(export: &Export, range: &std::ops::Range<u64>, e: &RandomError) {
+fn log_read_error(export: &Export, range: &std::ops::Range<u64>, e: &OverlayError) {
     tracing::error!(
         volume = %export.name,
         seq = export.seq,

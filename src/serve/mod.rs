@@ -4,12 +4,16 @@
 //! The chain is resolved once when the export opens; reads go through the point
 //! floor's [`RandomReader`] (only the frames holding the blocks asked for, decoded
 //! once into a bounded cache, every block checked). `conn` speaks the protocol of
-//! [`crate::nbd`] on one connection. The repository is never written.
+//! [`crate::nbd`] on one connection; `overlay` keeps what clients write, with
+//! `--overlay`. The repository is never written.
 //!
 //! Commands floor. Imports only `nbd`, `point` and `repo`; must not import another
 //! command, `config`, `nightly` or `cli`.
 
 mod conn;
+mod overlay;
+
+pub use overlay::{GRANULE, Overlay, OverlayError};
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -29,6 +33,9 @@ pub enum ServeError {
     /// error).
     #[error(transparent)]
     Repo(#[from] RepoError),
+    /// The overlay cannot be opened.
+    #[error(transparent)]
+    Overlay(#[from] OverlayError),
     /// The socket path is taken by a server that answers, or by something that is not
     /// a socket.
     #[error("socket {path}: {detail}")]
@@ -58,11 +65,14 @@ pub struct ServeOptions {
     pub at: PointSelector,
     /// Bytes of decoded chunks kept in the cache.
     pub cache: u64,
+    /// Accept writes into this copy-on-write overlay file.
+    pub overlay: Option<PathBuf>,
 }
 
 /// One point of a volume, open for random reads.
 pub struct Export {
     reader: RandomReader,
+    overlay: Option<Overlay>,
     /// The volume's name: the export's name (the empty name, a client's default,
     /// names it too).
     pub name: String,
@@ -73,10 +83,11 @@ pub struct Export {
 }
 
 impl Export {
-    /// Opens the point `opts.at` of `volume`: its chain is resolved now, once.
+    /// Opens the point `opts.at` of `volume`: its chain is resolved now, once; and
+    /// its overlay, if any.
     ///
     /// # Errors
-    /// [`ServeError::Repo`].
+    /// [`ServeError::Repo`], [`ServeError::Overlay`].
     pub async fn open(
         repo: &Repository,
         volume: &VolumeName,
@@ -85,12 +96,80 @@ impl Export {
         let commits = repo.existing_commits(volume).await?;
         let chain = repo.resolve(&commits, &opts.at).await?;
         let tip = chain.tip().clone();
+        let reader = RandomReader::new(repo, chain, opts.cache);
+        let overlay = match &opts.overlay {
+            Some(path) => {
+                let identity = format!(
+                    "thinarc overlay 1: volume {volume} seq {} archive {} size {}",
+                    tip.header.seq,
+                    tip.commit.archive_id,
+                    reader.size()
+                );
+                Some(Overlay::open(path, identity, reader.size())?)
+            }
+            None => None,
+        };
         Ok(Export {
-            reader: RandomReader::new(repo, chain, opts.cache),
+            reader,
+            overlay,
             name: volume.to_string(),
             seq: tip.header.seq,
             archive: tip.commit.archive_id.clone(),
         })
+    }
+
+    /// Whether writes are accepted (into the overlay).
+    pub fn writable(&self) -> bool {
+        self.overlay.is_some()
+    }
+
+    /// Fills `out` with the export's bytes from `offset`.
+    async fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), OverlayError> {
+        match &self.overlay {
+            Some(o) => o.read(&self.reader, offset, out).await,
+            None => Ok(self.reader.read(offset, out).await?),
+        }
+    }
+
+    /// The runs of `range` that read as zero (`true`) or data, at most `max`: the
+    /// point's, with what the overlay wrote as data.
+    async fn extents(
+        &self,
+        range: std::ops::Range<u64>,
+        max: usize,
+    ) -> Result<Vec<(u64, bool)>, OverlayError> {
+        let Some(o) = &self.overlay else {
+            return Ok(self.reader.extents(range, max).await?);
+        };
+        let written = o.written().await;
+        let mut runs: Vec<(u64, bool)> = Vec::new();
+        for (part, w) in written.split(range) {
+            let parts = if w {
+                vec![(part.end - part.start, false)]
+            } else {
+                self.reader.extents(part, max).await?
+            };
+            for (len, zero) in parts {
+                let full = runs.len() == max.max(1);
+                match runs.last_mut() {
+                    Some((l, z)) if *z == zero => *l += len,
+                    _ if full => return Ok(runs),
+                    _ => runs.push((len, zero)),
+                }
+            }
+        }
+        Ok(runs)
+    }
+
+    /// Saves the overlay (data and map), if any.
+    ///
+    /// # Errors
+    /// [`OverlayError::Io`].
+    pub async fn flush(&self) -> Result<(), OverlayError> {
+        match &self.overlay {
+            Some(o) => o.flush().await,
+            None => Ok(()),
+        }
     }
 
     /// The export's size in bytes.
@@ -237,6 +316,7 @@ pub async fn serve(
     }
     conns.shutdown().await;
     drop(listener);
+    export.flush().await?;
     Ok(())
 }
 

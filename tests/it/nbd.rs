@@ -519,3 +519,121 @@ fn serve_refuses_a_socket_in_use_and_unknown_points() {
     let (code, _) = again.stop(libc::SIGINT);
     assert_eq!(code, Some(0));
 }
+
+/// Every file of the local repository and its bytes.
+fn repo_files(t: &TempRepo) -> Vec<(PathBuf, Vec<u8>)> {
+    fn walk(dir: &Path, out: &mut Vec<(PathBuf, Vec<u8>)>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else {
+                out.push((p.clone(), read(&p)));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(&t.repo(), &mut out);
+    out.sort();
+    out
+}
+
+#[test]
+fn serve_overlay_keeps_writes_off_the_repository() {
+    ensure_clients();
+    let t = TempRepo::new();
+    let size = 3 * MIB;
+    let newest = two_points(&t, size);
+    let before = repo_files(&t);
+    let overlay = t.path("overlay");
+    let overlay_s = overlay.to_str().unwrap().to_owned();
+    let server = Server::start(&t, &["v", "--overlay", &overlay_s]);
+    assert!(
+        server
+            .banner
+            .contains(&format!("writes go to the overlay {overlay_s}")),
+        "{}",
+        server.banner
+    );
+    let uri = server.uri();
+    run(
+        "qemu-io",
+        &[
+            "-f",
+            "raw",
+            "-c",
+            "write -P 0xab 1000 5000",
+            "-c",
+            "write -z 70000 100000",
+            "-c",
+            "discard 300000 8192",
+            "-c",
+            "write -P 0xcd 3145000 728",
+            "-c",
+            "flush",
+            &uri,
+        ],
+    );
+    let mut expected = newest.clone();
+    expected[1000..6000].fill(0xab);
+    expected[70000..170000].fill(0);
+    expected[300000..308192].fill(0);
+    expected[3145000..3145728].fill(0xcd);
+    let copy = t.path("copy.img");
+    run("nbdcopy", &[&uri, copy.to_str().unwrap()]);
+    assert_same_image(
+        &read(&copy),
+        &expected,
+        "the export with the overlay's writes",
+    );
+    let (code, err) = server.stop(libc::SIGTERM);
+    assert_eq!(code, Some(0), "{err}");
+
+    // The writes outlive the server; the repository never saw them.
+    let server = Server::start(&t, &["v", "--overlay", &overlay_s]);
+    run("nbdcopy", &[&server.uri(), copy.to_str().unwrap()]);
+    assert_same_image(&read(&copy), &expected, "the overlay served again");
+    server.stop(libc::SIGINT);
+    assert!(repo_files(&t) == before, "the repository changed");
+    let out = t.ok(&["verify", "v", "--data"]);
+    assert!(out.contains("0 problem(s)"), "{out}");
+    assert_same_image(
+        &restored(&t, "latest"),
+        &newest,
+        "restore after the overlay",
+    );
+
+    // The overlay belongs to its point.
+    let o = t.run(&[
+        "serve",
+        "v",
+        "--at",
+        "1",
+        "--overlay",
+        &overlay_s,
+        "--socket",
+        "/tmp/unused.sock",
+    ]);
+    assert_eq!(o.code, Some(1), "{}", o.show());
+    let first = o.stderr.lines().next().unwrap_or_default().to_owned();
+    assert!(
+        first.starts_with(&format!("error: cannot serve v: overlay {overlay_s}: was made for another point (\"thinarc overlay 1: volume v seq 2 archive ")),
+        "{}",
+        o.show()
+    );
+    std::fs::remove_file(format!("{overlay_s}.map")).unwrap();
+    let o = t.run(&[
+        "serve",
+        "v",
+        "--overlay",
+        &overlay_s,
+        "--socket",
+        "/tmp/unused.sock",
+    ]);
+    assert_eq!(
+        o.stderr.trim_end(),
+        format!(
+            "error: cannot serve v: overlay {overlay_s}: holds data but its map {overlay_s}.map is missing: name a new overlay file"
+        ),
+    );
+}
