@@ -121,10 +121,12 @@ pub enum Command {
   thinarc -r /srv/backup restore vg0/web /var/tmp/web.img --at 12
   thinarc -r /srv/backup restore vg0/web lvm:vg1/web --create --pool vg1/pool")]
     Restore(restore::RestoreArgs),
-    /// Serve a point of a volume as a read-only NBD export (no restore needed).
+    /// Serve a point of a volume as an NBD export, read-only or with writes kept in a
+    /// local overlay (no restore needed).
     #[command(after_help = "Examples:
   thinarc -r /srv/backup serve vg0/web --at 12 --socket /run/web.sock
   qemu-img convert nbd+unix:///?socket=/run/web.sock web.img
+  thinarc -r /srv/backup serve vg0/web --socket /run/web.sock --overlay /var/tmp/web.ovl
   thinarc -r /srv/backup serve vg0/web --listen 10809     # nbd://127.0.0.1:10809/")]
     Serve(serve::ServeArgs),
     /// List volumes and their points.

@@ -637,3 +637,46 @@ fn serve_overlay_keeps_writes_off_the_repository() {
         ),
     );
 }
+
+#[test]
+fn serve_listens_on_tcp_and_prints_the_uri() {
+    ensure_clients();
+    let t = TempRepo::new();
+    let img = image(MIB, 6);
+    let src = t.path("src.img");
+    write(&src, &img);
+    t.ok(&["backup", src.to_str().unwrap(), "--volume", "v"]);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_thinarc"))
+        .args([
+            "-r",
+            t.location(),
+            "-q",
+            "serve",
+            "v",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .envs(t.env_pairs())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut uri = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut uri)
+        .unwrap();
+    let uri = uri.trim_end().to_owned();
+    assert!(
+        uri.starts_with("nbd://127.0.0.1:") && uri.ends_with('/'),
+        "{uri}"
+    );
+    let info = run("nbdinfo", &[&uri]);
+    assert!(info.contains("export-size: 1048576"), "{info}");
+    assert!(info.contains("is_read_only: true"), "{info}");
+    let copy = t.path("copy.img");
+    run("nbdcopy", &[&uri, copy.to_str().unwrap()]);
+    assert_same_image(&read(&copy), &img, "copy over TCP");
+    // SAFETY: kill(2) on the pid of our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+}
