@@ -56,6 +56,21 @@ pub(super) async fn handle(stream: Box<dyn Io>, export: Arc<Export>) -> Result<(
     transmission(rd, wr, export, session).await
 }
 
+/// Serves the kernel's NBD client on a socket it was handed with `NBD_SET_SOCK`: the
+/// ioctl interface skips the handshake (the size and flags were set by ioctls) and
+/// expects simple replies.
+pub(super) async fn handle_kernel(
+    stream: Box<dyn Io>,
+    export: Arc<Export>,
+) -> Result<(), ConnError> {
+    let (rd, wr) = tokio::io::split(stream);
+    let session = Session {
+        structured: false,
+        allocation: false,
+    };
+    transmission(rd, wr, export, session).await
+}
+
 /// "Fixed newstyle negotiation": the greeting, then options until one starts
 /// transmission (`Some`) or the client aborts (`None`).
 async fn handshake<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
@@ -199,7 +214,7 @@ async fn handshake<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
 /// "Transmission flags" of the export: read-only, or with an overlay, writes, trims,
 /// zeroes and flushes. Every connection sees one overlay and a flush syncs all of it,
 /// so several connections are consistent either way.
-fn transmission_flags(export: &Export) -> u16 {
+pub(super) fn transmission_flags(export: &Export) -> u16 {
     let base = tflag::HAS_FLAGS | tflag::CAN_MULTI_CONN;
     if export.writable() {
         base | tflag::SEND_FLUSH | tflag::SEND_FUA | tflag::SEND_TRIM | tflag::SEND_WRITE_ZEROES

@@ -1,5 +1,6 @@
-//! `thinarc serve`: one point of a volume as a read-only NBD export, served until
-//! stopped, to any number of clients at once.
+//! `thinarc serve`, `mount` and `umount`: one point of a volume as an NBD export,
+//! served until stopped to any number of clients at once, or attached to a kernel NBD
+//! device and mounted (`mount`).
 //!
 //! The chain is resolved once when the export opens; reads go through the point
 //! floor's [`RandomReader`] (only the frames holding the blocks asked for, decoded
@@ -11,8 +12,10 @@
 //! command, `config`, `nightly` or `cli`.
 
 mod conn;
+mod mount;
 mod overlay;
 
+pub use mount::{MountError, MountOptions, Mounted, mount, umount};
 pub use overlay::{GRANULE, Overlay, OverlayError};
 
 use std::future::Future;
