@@ -22,7 +22,7 @@ use tokio::sync::OnceCell;
 use super::ReadError;
 use super::read::{BufferPool, Decoded, OnBad, ReadMode, Span, read_units_with};
 use crate::format::Geometry;
-use crate::repo::{Chain, ChainCursor, Repository, Resolved};
+use crate::repo::{Chain, ChainCursor, Repository, Resolved, SegmentCache};
 
 /// The size of a cache chunk: large enough that a sequential reader's chunks cost
 /// a handful of range reads, small enough that a random 4 KiB read does not
@@ -81,6 +81,9 @@ pub struct RandomReader {
     chunk_blocks: u64,
     cache_limit: u64,
     lru: Mutex<Lru>,
+    /// Decoded index segments: a read's cursor finds its blocks without reading the
+    /// index again.
+    segments: Arc<SegmentCache>,
 }
 
 impl RandomReader {
@@ -89,7 +92,11 @@ impl RandomReader {
     pub fn new(repo: &Repository, chain: Chain, cache_limit: u64) -> RandomReader {
         let geometry = chain.tip().geometry();
         let bs = u64::from(geometry.block_size().get());
+        // A segment holds up to 4096 entries (256 KiB decoded): a few per archive
+        // keep a sequential reader and a working set from re-reading the index.
+        let segments = Arc::new(SegmentCache::new(16 + 4 * chain.archives.len()));
         RandomReader {
+            segments,
             repo: repo.clone(),
             chain: Arc::new(chain),
             geometry,
@@ -202,7 +209,7 @@ impl RandomReader {
     /// Reads and checks the blocks of the chunk starting at block `first`.
     async fn load(&self, first: u64) -> Result<Chunk, RandomError> {
         let end = (first + self.chunk_blocks).min(self.geometry.blocks());
-        let mut cursor = ChainCursor::new(&self.chain);
+        let mut cursor = ChainCursor::new(&self.chain).with_segments(&self.segments);
         cursor.seek(first);
         let mode = ReadMode {
             on_bad: OnBad::Record,
@@ -239,7 +246,7 @@ impl RandomReader {
     ) -> Result<Vec<(u64, bool)>, RandomError> {
         self.check_range(&range)?;
         let bs = u64::from(self.geometry.block_size().get());
-        let mut cursor = ChainCursor::new(&self.chain);
+        let mut cursor = ChainCursor::new(&self.chain).with_segments(&self.segments);
         cursor.seek(range.start / bs);
         let end = range.end.div_ceil(bs);
         let mut runs: Vec<(u64, bool)> = Vec::new();
