@@ -11,14 +11,15 @@
 //!  └ cli            argument parsing (clap) and printing; one file per subcommand
 //!     └ nightly     the job floor: each command as an operator runs it (records,
 //!                   alerts, lock errors, messages) and the nightly run
-//!        └ commands backup, restore, prune, copy, verify, status (none imports another)
+//!        └ commands backup, restore, prune, copy, verify, status, serve (none imports
+//!                   another)
 //!           └ point reading a point of a chain, and the merge engine
 //!              └ repo, source, target   the repository; where blocks come from and go
 //!                 └ format              the archive format: sans-IO, bytes in and out
 //! ```
 //!
 //! Beside them sit small leaves every floor may use (`size`, `quote`, `progress`,
-//! `logging`, `lvm`, `throttle`, `cleanup`, `hook`); [`config`] reads `thinarc.toml` into the
+//! `logging`, `lvm`, `throttle`, `cleanup`, `hook`, `nbd`); [`config`] reads `thinarc.toml` into the
 //! nouns of the floors below it, on a floor of its own between `nightly` and the
 //! commands. Each module opens with what it owns and what it must not import; the
 //! integration test `floors` holds the same table and fails on an import that points up.
@@ -46,6 +47,7 @@ pub mod format;
 pub mod hook;
 pub mod logging;
 pub mod lvm;
+pub mod nbd;
 pub mod nightly;
 pub mod point;
 pub mod progress;
@@ -53,6 +55,7 @@ pub mod prune;
 pub mod quote;
 pub mod repo;
 pub mod restore;
+pub mod serve;
 pub mod size;
 pub mod source;
 pub mod status;

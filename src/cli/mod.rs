@@ -11,11 +11,13 @@ mod copy;
 mod docs;
 mod init;
 mod list;
+mod mount;
 mod progress;
 mod prune;
 mod repair;
 mod restore;
 mod run;
+mod serve;
 pub mod signals;
 mod status;
 mod verify;
@@ -120,6 +122,25 @@ pub enum Command {
   thinarc -r /srv/backup restore vg0/web /var/tmp/web.img --at 12
   thinarc -r /srv/backup restore vg0/web lvm:vg1/web --create --pool vg1/pool")]
     Restore(restore::RestoreArgs),
+    /// Serve a point of a volume as an NBD export, read-only or with writes kept in a
+    /// local overlay (no restore needed).
+    #[command(after_help = "Examples:
+  thinarc -r /srv/backup serve vg0/web --at 12 --socket /run/web.sock
+  qemu-img convert nbd+unix:///?socket=/run/web.sock web.img
+  thinarc -r /srv/backup serve vg0/web --socket /run/web.sock --overlay /var/tmp/web.ovl
+  thinarc -r /srv/backup serve vg0/web --listen 10809     # nbd://127.0.0.1:10809/")]
+    Serve(serve::ServeArgs),
+    /// Mount a point's file system through a kernel NBD device (read-only, or
+    /// read-write with an overlay), until `thinarc umount`.
+    #[command(after_help = "Examples:
+  thinarc -r /srv/backup mount vg0/web /mnt/web --at 12 &
+  thinarc umount /mnt/web")]
+    Mount(mount::MountArgs),
+    /// Unmount a `thinarc mount` and disconnect its NBD device.
+    #[command(after_help = "Examples:
+  thinarc umount /mnt/web
+  thinarc umount /dev/nbd0     # a device left by a mount that was killed")]
+    Umount(mount::UmountArgs),
     /// List volumes and their points.
     #[command(after_help = "Example:\n  thinarc -r /srv/backup list vg0/web --json")]
     List(list::ListArgs),
@@ -278,6 +299,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Init(a) => init::run(a, &ctx).await,
             Command::Backup(a) => backup::run(a, &ctx).await,
             Command::Restore(a) => restore::run(a, &ctx).await,
+            Command::Serve(a) => serve::run(a, &ctx).await,
+            Command::Mount(a) => mount::run(a, &ctx).await,
+            Command::Umount(a) => mount::run_umount(a, &ctx).await,
             Command::List(a) => list::run(a, &ctx).await,
             Command::Status(a) => status::run(a, &ctx).await,
             Command::Run(a) => run::run(a, &ctx).await,
@@ -296,9 +320,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     // like an error: an upload in progress is aborted (what an abort misses is removed
     // by a later run) and a new restore target's temporary file is deleted. The
     // operation in progress is recorded as failed.
-    let result = tokio::select! {
-        r = command => r,
-        signal = interrupted() => Err(ctx.interrupted(signal).await.into()),
+    // `serve` and `mount` run until a signal: they end themselves then, cleanly.
+    let result = if matches!(name, "serve" | "mount") {
+        command.await
+    } else {
+        tokio::select! {
+            r = command => r,
+            signal = interrupted() => Err(ctx.interrupted(signal).await.into()),
+        }
     };
     ctx.finish(name, result.as_ref().err().map(error_message))
         .await;
@@ -312,6 +341,9 @@ impl Command {
             Command::Init(_) => "init",
             Command::Backup(_) => "backup",
             Command::Restore(_) => "restore",
+            Command::Serve(_) => "serve",
+            Command::Mount(_) => "mount",
+            Command::Umount(_) => "umount",
             Command::List(_) => "list",
             Command::Status(_) => "status",
             Command::Run(_) => "run",

@@ -5,7 +5,9 @@
 //!   (coalesced range reads of frames);
 //! - `read` fetches units concurrently, decodes each frame once and checks every
 //!   block against its digest, and hands the units back in block order;
-//! - [`merge`] writes one archive standing for a point from a segment of its chain.
+//! - [`merge`] writes one archive standing for a point from a segment of its chain;
+//! - [`random`] reads any byte range of a point through a bounded cache of decoded
+//!   chunks (the NBD export).
 //!
 //! Point floor, below the commands and above the nouns. Imports only `format` and
 //! `repo`; must not read sources or write targets (`source`, `target`), nor import a
@@ -14,9 +16,11 @@
 
 mod merge;
 mod plan;
+pub mod random;
 pub(crate) mod read;
 
 pub use merge::{MergeError, MergeOptions, MergeReport, merge};
+pub use random::{RandomError, RandomReader};
 
 use crate::format::FormatError;
 use crate::repo::RepoError;

@@ -66,6 +66,7 @@ pub(crate) enum Span {
 }
 
 /// A decoded and checked work unit.
+#[derive(Default)]
 pub(crate) struct Decoded {
     /// The unit's block data, consecutive blocks adjacent.
     pub buf: Vec<u8>,
@@ -109,6 +110,8 @@ pub(crate) enum OnBad {
 pub(crate) struct BadBlock {
     /// The block (the first of its frame when the frame itself does not decode).
     pub block: u64,
+    /// The archive holding it.
+    pub key: String,
     /// What is wrong.
     pub error: crate::format::FormatError,
 }
@@ -333,11 +336,14 @@ fn decode_with(
     };
     // Names the archive only when there is an error: this sits on the per-block path.
     let (fetches, frames) = (&w.fetches, &w.frames);
+    let key_of = |frame: usize| {
+        chain.archives[fetches[frames[frame].fetch].layer]
+            .key()
+            .to_string()
+    };
     let corrupt = |frame: usize| {
         move |source| ReadError::Corrupt {
-            key: chain.archives[fetches[frames[frame].fetch].layer]
-                .key()
-                .to_string(),
+            key: key_of(frame),
             source,
         }
     };
@@ -415,7 +421,8 @@ fn decode_with(
                             }
                         }
                         (Err(error), OnBad::Record) => {
-                            d.bad.push(BadBlock { block, error });
+                            let key = key_of(f);
+                            d.bad.push(BadBlock { block, key, error });
                             failed = Some(f);
                             continue;
                         }
@@ -425,7 +432,11 @@ fn decode_with(
                 let data = match check.block(content, block, slot, digest) {
                     Ok(data) => data,
                     Err(error) if on_bad == OnBad::Record => {
-                        d.bad.push(BadBlock { block, error });
+                        d.bad.push(BadBlock {
+                            block,
+                            key: key_of(f),
+                            error,
+                        });
                         continue;
                     }
                     Err(e) => return Err(corrupt(f)(e)),
@@ -459,7 +470,11 @@ fn decode_with(
         let Some(declared) = declared else { continue };
         match check_frame_content(w.frames[f].offset, declared, needed) {
             Ok(()) => {}
-            Err(error) if on_bad == OnBad::Record => d.bad.push(BadBlock { block, error }),
+            Err(error) if on_bad == OnBad::Record => d.bad.push(BadBlock {
+                block,
+                key: key_of(f),
+                error,
+            }),
             Err(e) => return Err(corrupt(f)(e)),
         }
     }

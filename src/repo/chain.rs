@@ -7,7 +7,8 @@
 //! above a floor): that is what a merged archive replacing those archives must hold
 //! (see [`ChainCursor::segment`]).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use super::{Chain, RemoteArchive, RepoError};
 use crate::format::{Digest, EntryKind, ImageHasher, IndexCheck, IndexEntry};
@@ -52,11 +53,67 @@ struct Layer {
     /// this one to the tip had a smaller volume.
     limit: u64,
     next_segment: usize,
-    entries: Vec<IndexEntry>,
+    entries: Arc<Vec<IndexEntry>>,
     pos: usize,
     /// The whole-index check of this archive ([`ChainCursor::checked`]), while every
     /// segment is read in order; dropped when one is skipped.
     check: Option<IndexCheck>,
+    /// Where decoded segments are kept between cursors ([`ChainCursor::with_segments`]).
+    segments: Option<Arc<SegmentCache>>,
+}
+
+/// Decoded index segments kept for the cursors of one chain that come back to them
+/// (random reads start a cursor per read): at most `limit` segments, the least
+/// recently used dropped first. Keyed by the archive's address: use one only with
+/// archives that live as long as it does (the chain it was made for).
+pub struct SegmentCache {
+    limit: usize,
+    #[allow(clippy::type_complexity)]
+    inner: Mutex<(u64, HashMap<(usize, usize), (Arc<Vec<IndexEntry>>, u64)>)>,
+}
+
+impl SegmentCache {
+    /// A cache of at most `limit` segments (at least one).
+    pub fn new(limit: usize) -> SegmentCache {
+        SegmentCache {
+            limit: limit.max(1),
+            inner: Mutex::new((0, HashMap::new())),
+        }
+    }
+
+    /// Segment `i` of `archive`, read and checked on a miss.
+    async fn get(
+        &self,
+        archive: &Arc<RemoteArchive>,
+        i: usize,
+    ) -> Result<Arc<Vec<IndexEntry>>, RepoError> {
+        let key = (Arc::as_ptr(archive) as usize, i);
+        {
+            let mut inner = self.inner.lock().expect("segment cache lock");
+            inner.0 += 1;
+            let tick = inner.0;
+            if let Some((entries, used)) = inner.1.get_mut(&key) {
+                *used = tick;
+                return Ok(entries.clone());
+            }
+        }
+        let entries = Arc::new(archive.segment(i).await?);
+        let mut inner = self.inner.lock().expect("segment cache lock");
+        inner.0 += 1;
+        let tick = inner.0;
+        inner.1.insert(key, (entries.clone(), tick));
+        while inner.1.len() > self.limit {
+            let oldest = inner
+                .1
+                .iter()
+                .min_by_key(|(_, (_, used))| *used)
+                .map(|(k, _)| *k);
+            if let Some(k) = oldest {
+                inner.1.remove(&k);
+            }
+        }
+        Ok(entries)
+    }
 }
 
 impl Layer {
@@ -78,9 +135,12 @@ impl Layer {
             if self.next_segment == dir.len() {
                 return Ok(None);
             }
-            self.entries = self.archive.segment(self.next_segment).await?;
+            self.entries = match &self.segments {
+                Some(cache) => cache.get(&self.archive, self.next_segment).await?,
+                None => Arc::new(self.archive.segment(self.next_segment).await?),
+            };
             if let Some(check) = &mut self.check {
-                for e in &self.entries {
+                for e in self.entries.iter() {
                     check
                         .push(e)
                         .map_err(|source| self.archive.corrupt(source))?;
@@ -120,9 +180,10 @@ impl ChainCursor {
                     archive: a.clone(),
                     limit,
                     next_segment: 0,
-                    entries: Vec::new(),
+                    entries: Arc::default(),
                     pos: 0,
                     check: None,
+                    segments: None,
                 }
             })
             .collect();
@@ -162,6 +223,15 @@ impl ChainCursor {
             floor_end: end,
             ..self
         }
+    }
+
+    /// This cursor reading index segments through `cache`, which keeps them for the
+    /// next cursor over the same chain.
+    pub fn with_segments(mut self, cache: &Arc<SegmentCache>) -> Self {
+        for layer in &mut self.layers {
+            layer.segments = Some(cache.clone());
+        }
+        self
     }
 
     /// This cursor checking the whole index of each archive whose segments it reads

@@ -49,7 +49,7 @@ use object_store::ObjectStore;
 
 pub use archive::RemoteArchive;
 pub use catalog::{CatalogProblem, Chain, Commit, PointInfo, PointSelector, VolumeCatalog};
-pub use chain::{ChainCursor, Resolved};
+pub use chain::{ChainCursor, Resolved, SegmentCache};
 pub use cleanup::{Cleaned, LEFTOVER_GRACE};
 pub use clock::clock_went_back;
 pub use config::{EncryptionConfig, RepoConfig};

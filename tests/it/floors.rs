@@ -44,6 +44,7 @@ const ROOMS: &[Room] = &[
     room("cleanup", 0, Only(&[])),
     room("logging", 0, Only(&[])),
     room("progress", 0, Only(&[])),
+    room("nbd", 0, Only(&[])),
     // Tools: the LVM commands, rate limits.
     room("lvm", 1, Only(&["cleanup", "quote"])),
     room("throttle", 1, Only(&["quote", "size"])),
@@ -84,6 +85,7 @@ const ROOMS: &[Room] = &[
         COMMANDS,
         Only(&["format", "point", "progress", "repo"]),
     ),
+    room("serve", COMMANDS, Only(&["nbd", "point", "repo"])),
     room(
         "status",
         COMMANDS,

@@ -4,7 +4,9 @@
 //! VM over 9p with `THINARC_IN_VM=1`, selecting `guest_scenario`: a thin pool and a
 //! thin LV with ext4 and real files, backed up with the thinarc binary built for
 //! these tests, changed, trimmed, backed up again, interrupted, refused, and restored
-//! onto new LVs. `guest_scenario` is `#[ignore]`d on the host: it needs the VM.
+//! onto new LVs; then `thinarc mount` of an ext4 point through the kernel's NBD
+//! device (`nbd_mount_scenario`). `guest_scenario` is `#[ignore]`d on the host: it
+//! needs the VM.
 
 use std::process::Command;
 
@@ -553,6 +555,7 @@ fn guest_scenario() {
     ]);
     assert_eq!(sha256_of("/dev/vg/plain", SIZE), hashes.last().unwrap().0);
     discovery_scenario(&t);
+    nbd_mount_scenario();
 }
 
 /// Issue 15, whole-pool discovery: `lvm:vg/pool/*` with `exclude` on a pool that also
@@ -744,4 +747,132 @@ fn discovery_scenario(t: &TempRepo) {
         "{}",
         o.show()
     );
+}
+
+/// A running `thinarc mount` and the line it printed once mounted.
+fn start_mount(t: &TempRepo, args: &[&str]) -> (std::process::Child, String) {
+    use std::io::BufRead;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_thinarc"))
+        .args(["-r", t.location(), "mount"])
+        .args(args)
+        .envs(t.env_pairs())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    (child, line)
+}
+
+/// Whether `path` is a mountpoint.
+fn is_mounted(path: &str) -> bool {
+    Command::new("mountpoint")
+        .args(["-q", path])
+        .status()
+        .unwrap()
+        .success()
+}
+
+/// `thinarc mount` of an ext4 point: read a file and compare it, refuse a mountpoint
+/// in use, `umount`; with `--overlay` write, unmount, and the repository is unchanged
+/// (verify --data clean); a killed mount is cleaned up by `umount`; an image without a
+/// file system is refused and leaves no device attached.
+fn nbd_mount_scenario() {
+    let t = TempRepo::new();
+    sh(
+        "mkdir -p /tmp/nbd-src /tmp/nbd-mnt && head -c 3M /dev/urandom > /tmp/nbd-src/data.bin && echo hello > /tmp/nbd-src/hello.txt",
+    );
+    sh("truncate -s 32M /tmp/nbd.img && mkfs.ext4 -q -d /tmp/nbd-src /tmp/nbd.img");
+    t.ok(&["backup", "/tmp/nbd.img", "--volume", "img"]);
+    let repo_state = || {
+        sh(&format!(
+            "cd {} && find . -type f | sort | xargs sha256sum",
+            t.repo().display()
+        ))
+    };
+    let before = repo_state();
+
+    // Read-only: the file's bytes, a mountpoint in use refused, umount.
+    let (mut child, line) = start_mount(&t, &["img", "/tmp/nbd-mnt"]);
+    assert!(
+        line.starts_with("mounted img (ro) on /tmp/nbd-mnt from /dev/nbd0 (/dev/nbd0); end with `thinarc umount /tmp/nbd-mnt`"),
+        "{line}"
+    );
+    assert_eq!(
+        sh("sha256sum < /tmp/nbd-mnt/data.bin"),
+        sh("sha256sum < /tmp/nbd-src/data.bin")
+    );
+    assert_eq!(sh("cat /tmp/nbd-mnt/hello.txt"), "hello\n");
+    assert!(
+        Command::new("touch")
+            .arg("/tmp/nbd-mnt/x")
+            .status()
+            .is_ok_and(|s| !s.success())
+    );
+    let o = t.run(&["mount", "img", "/tmp/nbd-mnt"]);
+    assert_eq!(o.code, Some(1), "{}", o.show());
+    assert_eq!(
+        o.stderr.trim_end(),
+        "error: cannot mount img on /tmp/nbd-mnt: mountpoint /tmp/nbd-mnt: is in use: /dev/nbd0 is mounted there (unmount it first)"
+    );
+    assert_eq!(
+        t.ok(&["umount", "/tmp/nbd-mnt"]),
+        "unmounted /tmp/nbd-mnt and disconnected /dev/nbd0\n"
+    );
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    assert!(!is_mounted("/tmp/nbd-mnt"));
+    assert!(!std::path::Path::new("/sys/block/nbd0/pid").exists());
+
+    // With an overlay: read-write; SIGTERM unmounts; the writes stay in the overlay.
+    let (child, line) = start_mount(&t, &["img", "/tmp/nbd-mnt", "--overlay", "/tmp/nbd.ovl"]);
+    assert!(
+        line.starts_with("mounted img (rw) on /tmp/nbd-mnt"),
+        "{line}"
+    );
+    sh("echo changed > /tmp/nbd-mnt/new.txt && rm /tmp/nbd-mnt/data.bin && sync");
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(!is_mounted("/tmp/nbd-mnt"));
+    let (mut child, _) = start_mount(&t, &["img", "/tmp/nbd-mnt", "--overlay", "/tmp/nbd.ovl"]);
+    assert_eq!(sh("cat /tmp/nbd-mnt/new.txt"), "changed\n");
+    assert!(!std::path::Path::new("/tmp/nbd-mnt/data.bin").exists());
+    t.ok(&["umount", "/tmp/nbd-mnt"]);
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    assert_eq!(repo_state(), before, "the repository changed");
+    let v = t.ok(&["verify", "img", "--data"]);
+    assert!(v.contains("0 problem(s)"), "{v}");
+
+    // A mount process killed hard: umount of its mountpoint cleans up, and the next
+    // mount works.
+    let (mut child, _) = start_mount(&t, &["img", "/tmp/nbd-mnt"]);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    t.ok(&["umount", "/tmp/nbd-mnt"]);
+    assert!(!is_mounted("/tmp/nbd-mnt"));
+    let (mut child, line) = start_mount(&t, &["img", "/tmp/nbd-mnt"]);
+    assert!(line.starts_with("mounted img (ro)"), "{line}");
+    t.ok(&["umount", "/tmp/nbd-mnt"]);
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+
+    // No file system: refused, nothing left attached or mounted.
+    sh("head -c 8M /dev/urandom > /tmp/noise.img");
+    t.ok(&["backup", "/tmp/noise.img", "--volume", "noise"]);
+    let o = t.run(&["mount", "noise", "/tmp/nbd-mnt"]);
+    assert_eq!(o.code, Some(1), "{}", o.show());
+    assert!(
+        o.stderr.starts_with(
+            "error: cannot mount noise on /tmp/nbd-mnt: cannot mount /dev/nbd0 on /tmp/nbd-mnt: "
+        ) && o
+            .stderr
+            .contains("(does the image hold a file system this kernel knows?)"),
+        "{}",
+        o.show()
+    );
+    assert!(!is_mounted("/tmp/nbd-mnt"));
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(!std::path::Path::new("/sys/block/nbd0/pid").exists());
 }

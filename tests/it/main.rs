@@ -20,6 +20,7 @@ mod lock;
 mod lvm;
 mod lvm_vm;
 mod merge;
+mod nbd;
 mod package;
 mod prune;
 mod prune_cli;

@@ -19,6 +19,7 @@ T0=$(date +%s.%N)
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 WORK=${WORK:-$ROOT/target/vm}
 SCRIPT=$(readlink -f "$1")
+SELF=$(readlink -f "$0")   # before the cd below: $0 may be relative
 ts() { printf '[vm host %6.2fs] %s\n' "$(echo "$(date +%s.%N) - $T0" | bc)" "$*" >&2; }
 
 need=()
@@ -46,10 +47,10 @@ KV=$(ls kroot/lib/modules | head -1)
 [ -f "kroot/lib/modules/$KV/modules.dep" ] || depmod -b "$WORK/kroot" "$KV"
 
 # Initramfs: busybox, the modules and an init that chroots into the host's root.
-if [ ! -f initrd.img ] || [ "$0" -nt initrd.img ]; then
+if [ ! -f initrd.img ] || [ "$SELF" -nt initrd.img ]; then
   rm -rf initrd; mkdir -p initrd/{bin,etc,proc,sys,dev,host,hostro,share,lib/modules}
   cp /bin/busybox initrd/bin/busybox
-  MODS="crc32c_generic virtio_pci virtio_blk 9pnet_virtio 9p dm-thin-pool dm-snapshot ext4"
+  MODS="crc32c_generic virtio_pci virtio_blk 9pnet_virtio 9p dm-thin-pool dm-snapshot ext4 nbd"
   MD=initrd/lib/modules/$KV; mkdir -p "$MD"
   for m in $MODS; do
     for f in $(modprobe -d "$WORK/kroot" -S "$KV" --show-depends "$m" | awk '$1=="insmod"{print $2}'); do
