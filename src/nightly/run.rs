@@ -6,7 +6,11 @@
 
 use serde::Serialize;
 
-use super::{Job, JobError, Observer, backup_volume, copy_volume, error_message, prune_volume};
+use std::collections::BTreeMap;
+
+use super::{
+    Job, JobError, Need, Observer, backup_volume, copy_volume, error_message, prune_volume,
+};
 use crate::backup::BackupOptions;
 use crate::config::{Config, Retention};
 use crate::lvm::PoolLimits;
@@ -75,6 +79,7 @@ pub async fn run(
 ) -> Result<RunReport, JobError> {
     let _lock = RunLock::acquire(&job.state_dir).map_err(JobError::RunLock)?;
     tracing::info!(config = %config.path.display(), volumes = config.volumes.len(), "run started");
+    unlock_all(job, config, observer).await?;
     let mut report = RunReport::default();
     let mut step = |step: Step| {
         if step.ok {
@@ -174,6 +179,48 @@ pub async fn run(
     let failed = report.steps.iter().filter(|s| !s.ok).count();
     tracing::info!(steps = report.steps.len(), failed, "run finished");
     Ok(report)
+}
+
+/// Unlocks each encrypted repository of `config` once, before any work, for what the
+/// run does with it: backups need a writer key; prunes (a volume with retention) and
+/// copies (source and destination) the repository key. Each repository's key
+/// sources are its table's, else the command line's; a copy's destination is tried
+/// with its source's.
+///
+/// # Errors
+/// As [`Job::unlock`]: the run stops before any work.
+async fn unlock_all<'a>(
+    job: &Job,
+    config: &'a Config,
+    observer: &dyn Observer,
+) -> Result<(), JobError> {
+    let mut needs: BTreeMap<&str, (Need, &str)> = BTreeMap::new();
+    let mut need = |repository: &'a str, need: Need, action: &'static str| {
+        let e = needs.entry(repository).or_insert((need, action));
+        if need > e.0 {
+            *e = (need, action);
+        }
+    };
+    for v in &config.volumes {
+        need(&v.repository, Need::Write, "backup");
+        if v.retention.is_some() {
+            need(&v.repository, Need::Read, "prune");
+        }
+    }
+    for c in &config.copies {
+        need(&c.from, Need::Read, "copy");
+    }
+    let sources = |name: &str| config.keys.get(name).unwrap_or(job.key_sources());
+    for (name, (need, action)) in needs {
+        let location = &config.repositories[name];
+        job.unlock(location, sources(name), need, action, observer)
+            .await?;
+    }
+    for c in &config.copies {
+        job.unlock_destination(&c.to, sources(&c.from), observer)
+            .await?;
+    }
+    Ok(())
 }
 
 /// Prunes `volume` of the repository at `location` by `retention`, as a step.
