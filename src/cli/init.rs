@@ -6,7 +6,7 @@ use clap::Args;
 use super::Ctx;
 use thinarc::format::RepoKey;
 use thinarc::nightly::new_passphrase;
-use thinarc::repo::{Repository, parse_recipient};
+use thinarc::repo::{RepoError, Repository, parse_recipient};
 
 /// Arguments of `init`.
 #[derive(Debug, Args)]
@@ -45,6 +45,17 @@ pub async fn run(args: InitArgs, ctx: &Ctx) -> anyhow::Result<()> {
             );
         }
         return Ok(());
+    }
+    // A repository that exists is refused before the passphrase is asked for.
+    match Repository::open_location(location).await {
+        Ok(_) => {
+            return Err(RepoError::AlreadyInitialized {
+                location: location.to_string(),
+            }
+            .into());
+        }
+        Err(RepoError::NotARepository { .. }) => {}
+        Err(e) => return Err(e.into()),
     }
     let first = match args.recipient.as_deref() {
         Some(r) => First::Recipient(parse_recipient(r)?),

@@ -78,8 +78,8 @@ pub async fn run(
     observer: &dyn Observer,
 ) -> Result<RunReport, JobError> {
     let _lock = RunLock::acquire(&job.state_dir).map_err(JobError::RunLock)?;
-    tracing::info!(config = %config.path.display(), volumes = config.volumes.len(), "run started");
     unlock_all(job, config, observer).await?;
+    tracing::info!(config = %config.path.display(), volumes = config.volumes.len(), "run started");
     let mut report = RunReport::default();
     let mut step = |step: Step| {
         if step.ok {

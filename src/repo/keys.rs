@@ -51,16 +51,24 @@ pub enum KeyError {
         "{location} is not encrypted: key slots belong to encrypted repositories (`thinarc init` creates one)"
     )]
     NotEncrypted { location: String },
-    /// The passphrase opens no passphrase slot.
+    /// The passphrase opens no passphrase slot (`skipped`: the corrupt slots, if any).
     #[error(
-        "wrong passphrase for {location} (tried {tried} passphrase slots; `thinarc key list` shows them)"
+        "wrong passphrase for {location} (tried {tried} passphrase slots; `thinarc key list` shows them){skipped}"
     )]
-    WrongPassphrase { location: String, tried: usize },
-    /// The identities open no recipient slot.
+    WrongPassphrase {
+        location: String,
+        tried: usize,
+        skipped: String,
+    },
+    /// The identities open no recipient slot (`skipped`: the corrupt slots, if any).
     #[error(
-        "the identity given opens none of the {tried} recipient slots of {location} (`thinarc key list` shows their recipients)"
+        "the identity given opens none of the {tried} recipient slots of {location} (`thinarc key list` shows their recipients){skipped}"
     )]
-    WrongIdentity { location: String, tried: usize },
+    WrongIdentity {
+        location: String,
+        tried: usize,
+        skipped: String,
+    },
     /// A slot object that cannot be used (reported, and skipped when unlocking).
     #[error(
         "key slot {key} of {location} is corrupt: {detail} (remove it with `thinarc key remove`)"
@@ -89,7 +97,7 @@ pub enum KeyError {
     #[error("{what}: {detail}")]
     Source { what: String, detail: String },
     /// The recipient of `key add --recipient` or `init --recipient` is not one.
-    #[error("{given:?} is not an age X25519 recipient (age1…)")]
+    #[error("{given} is not an age X25519 recipient (age1…)")]
     BadRecipient { given: String },
     /// A passphrase that cannot be used.
     #[error("{0}")]
@@ -347,6 +355,17 @@ impl Repository {
                 detail: detail.to_string(),
             }
         }));
+        let skipped = || match problems.len() {
+            0 => String::new(),
+            _ => format!(
+                "; skipped: {}",
+                problems
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
+        };
         match found {
             Some((key, slot)) => Ok(Unlocked {
                 key,
@@ -354,10 +373,12 @@ impl Repository {
                 problems,
             }),
             None if has_passphrase => Err(KeyError::WrongPassphrase {
+                skipped: skipped(),
                 location,
                 tried: passphrases,
             }),
             None => Err(KeyError::WrongIdentity {
+                skipped: skipped(),
                 location,
                 tried: recipients,
             }),
