@@ -201,6 +201,10 @@ fn help_man_pages_one_per_command_render_with_man_l() {
         .map(|c| format!("thinarc-{c}.1"))
         .collect();
     want.push("thinarc.1".into());
+    // `key` has subcommands of its own, each with its page.
+    for k in ["add", "list", "remove", "passwd", "export-writer"] {
+        want.push(format!("thinarc-key-{k}.1"));
+    }
     want.sort();
     assert_eq!(pages, want);
     let text = man_l(&man.join("thinarc-backup.1"));

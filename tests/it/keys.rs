@@ -141,7 +141,9 @@ fn passphrase_sources_are_tried_in_the_documented_order() {
         t.location()
     );
     let echo_good = format!("echo '{PASS}'; echo second line");
-    let cases: &[(&[&str], &[(&str, &str)], bool)] = &[
+    // (arguments, environment, whether the passphrase that opens is the one used)
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], bool);
+    let cases: &[Case] = &[
         // --password-file wins over everything.
         (
             &["--password-file", &good],
