@@ -33,7 +33,7 @@ pub struct CopyArgs {
 pub async fn run(args: CopyArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let volume = args.volume.clone();
     ctx.unlock(Need::Read, "copy").await?;
-    ctx.unlock_destination(&args.to, ctx.key_sources(), ctx)
+    ctx.unlock_destination(ctx.location()?, &args.to, ctx.key_sources(), ctx)
         .await?;
     let report = thinarc::nightly::copy(
         ctx,

@@ -217,7 +217,8 @@ async fn unlock_all<'a>(
             .await?;
     }
     for c in &config.copies {
-        job.unlock_destination(&c.to, sources(&c.from), observer)
+        let from = &config.repositories[&c.from];
+        job.unlock_destination(from, &c.to, sources(&c.from), observer)
             .await?;
     }
     Ok(())

@@ -20,8 +20,17 @@ use crate::repo::{KeyError, RepoError, Repository, Secrets, WriterKeyFile, parse
 /// command, before the prompt).
 pub const PASSWORD_ENV: &str = "THINARC_PASSWORD";
 
-/// Keys unlocked for a location, and the slot that opened them.
-pub(super) type Unlocked = (Arc<Keys>, Option<String>);
+/// What [`Job::unlock`] keeps for a location until the command ends.
+#[derive(Clone, Default)]
+pub(super) struct Unlocked {
+    /// The keys.
+    keys: Arc<Keys>,
+    /// The slot that opened the repository key, if one did.
+    slot: Option<String>,
+    /// The passphrase that opened it, if one did: a copy's new destination gets a
+    /// passphrase slot with it.
+    passphrase: Option<Zeroizing<String>>,
+}
 
 /// What a command does with an encrypted repository.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -54,18 +63,18 @@ impl Job {
         if !repo.is_encrypted() {
             return Ok(());
         }
-        let (keys, slot) = match self.shared.keys.lock().expect("not poisoned").get(location) {
-            Some(cached) => cached.clone(),
-            None => (Arc::new(Keys::Locked), None),
+        let cached = self
+            .shared
+            .keys
+            .lock()
+            .expect("not poisoned")
+            .get(location)
+            .cloned();
+        let unlocked = match cached {
+            Some(u) if !matches!(*u.keys, Keys::Locked) => u,
+            _ => read_keys(&repo, sources, need, observer).await?,
         };
-        let (keys, slot) = match *keys {
-            Keys::Locked => {
-                let (keys, slot) = read_keys(&repo, sources, need, observer).await?;
-                (Arc::new(keys), slot)
-            }
-            _ => (keys, slot),
-        };
-        let repo = repo.with_shared_keys(keys.clone())?;
+        let repo = repo.with_shared_keys(unlocked.keys.clone())?;
         match need {
             Need::Write => repo.write_key(action).map(drop)?,
             Need::Read => repo.read_key(action).map(drop)?,
@@ -74,31 +83,72 @@ impl Job {
             .keys
             .lock()
             .expect("not poisoned")
-            .insert(location.to_string(), (keys, slot));
+            .insert(location.to_string(), unlocked);
         Ok(())
     }
 
     /// The id of the key slot that unlocked `location`, if a slot did.
     pub fn unlocked_slot(&self, location: &str) -> Option<String> {
         let keys = self.shared.keys.lock().expect("not poisoned");
-        keys.get(location).and_then(|(_, slot)| slot.clone())
+        keys.get(location).and_then(|u| u.slot.clone())
     }
 
-    /// Unlocks the destination of a copy, `to`, with the source's `sources`, if it
-    /// exists (a destination created by the copy is created by it).
+    /// Unlocks the destination of a copy from `from` (unlocked first), `to`, with the
+    /// source's `sources`. A destination that does not exist yet, of an encrypted
+    /// source, is created encrypted with the source's key (so that archives copy as
+    /// they are): its slots are the source's recipient slots and, when a passphrase
+    /// unlocked the source, a passphrase slot with it.
     ///
     /// # Errors
-    /// As [`Job::unlock`].
+    /// As [`Job::unlock`]; [`JobError::Destination`] when the destination cannot be
+    /// created.
     pub async fn unlock_destination(
         &self,
+        from: &str,
         to: &str,
         sources: &KeySources,
         observer: &dyn Observer,
     ) -> Result<(), JobError> {
         match self.unlock(to, sources, Need::Read, "copy", observer).await {
-            Err(JobError::Repo(RepoError::NotARepository { .. })) => Ok(()),
-            r => r,
+            Err(JobError::Repo(RepoError::NotARepository { .. })) => {}
+            r => return r,
         }
+        let Some(source) = self
+            .shared
+            .keys
+            .lock()
+            .expect("not poisoned")
+            .get(from)
+            .cloned()
+        else {
+            return Ok(());
+        };
+        let src = self.keyed(from, Repository::open_location(from).await?)?;
+        let created = src
+            .create_sharing_key(to, source.passphrase.clone())
+            .await
+            .map_err(|e| JobError::Destination {
+                to: to.to_string(),
+                error: Box::new(match e {
+                    KeyError::Repo(e) => e,
+                    e => RepoError::BadLocation {
+                        location: to.to_string(),
+                        detail: e.to_string(),
+                    },
+                }),
+            })?;
+        tracing::info!(
+            "created encrypted thinarc repository {} at {to} with the key of {from}",
+            created.config().id
+        );
+        self.shared.keys.lock().expect("not poisoned").insert(
+            to.to_string(),
+            Unlocked {
+                slot: None,
+                ..source
+            },
+        );
+        Ok(())
     }
 
     /// The command line's key sources.
@@ -124,7 +174,7 @@ impl Job {
             .lock()
             .expect("not poisoned")
             .get(location)
-            .map(|(keys, _)| keys.clone())
+            .map(|u| u.keys.clone())
     }
 }
 
@@ -137,7 +187,7 @@ async fn read_keys(
     sources: &KeySources,
     need: Need,
     observer: &dyn Observer,
-) -> Result<(Keys, Option<String>), KeyError> {
+) -> Result<Unlocked, KeyError> {
     let writer = match &sources.writer_key_file {
         Some(path) => Some(
             WriterKeyFile::parse(&path.display().to_string(), &read(path, "writer key file")?)?.key,
@@ -145,7 +195,10 @@ async fn read_keys(
         None => None,
     };
     if let (Need::Write, Some(writer)) = (need, &writer) {
-        return Ok((Keys::Writer(writer.clone()), None));
+        return Ok(Unlocked {
+            keys: Arc::new(Keys::Writer(writer.clone())),
+            ..Unlocked::default()
+        });
     }
     let mut secrets = Secrets::default();
     if let Some(path) = &sources.identity_file {
@@ -156,13 +209,21 @@ async fn read_keys(
     let ask = format!("Passphrase for {}: ", repo.location());
     secrets.passphrase = passphrase(sources, prompt.then_some((observer, ask.as_str()))).await?;
     if secrets.is_empty() {
-        return Ok((writer.map_or(Keys::Locked, Keys::Writer), None));
+        return Ok(Unlocked {
+            keys: Arc::new(writer.map_or(Keys::Locked, Keys::Writer)),
+            ..Unlocked::default()
+        });
     }
+    let passphrase = secrets.passphrase.clone();
     let unlocked = repo.unlock(secrets).await?;
     for p in &unlocked.problems {
         tracing::warn!("{p}");
     }
-    Ok((Keys::Owner(unlocked.key), Some(unlocked.slot)))
+    Ok(Unlocked {
+        keys: Arc::new(Keys::Owner(unlocked.key)),
+        slot: Some(unlocked.slot),
+        passphrase,
+    })
 }
 
 /// The passphrase from `sources`, in order: the password file, the password command,

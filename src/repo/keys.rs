@@ -481,6 +481,50 @@ impl Repository {
         Ok(slot.cloned())
     }
 
+    /// Creates a repository at `location` encrypted with this repository's key (a
+    /// copy's new destination: archives copy as they are): its slots are this
+    /// repository's recipient slots and, with `passphrase`, a passphrase slot.
+    ///
+    /// # Errors
+    /// [`RepoError::NeedsKey`] (in [`KeyError::Repo`]) without the repository key;
+    /// [`KeyError::BadPassphrase`] when there would be no slot; as
+    /// [`Repository::create_location`].
+    pub async fn create_sharing_key(
+        &self,
+        location: &str,
+        passphrase: Option<Zeroizing<String>>,
+    ) -> Result<Repository, KeyError> {
+        let key = self
+            .read_key("copy")?
+            .ok_or_else(|| KeyError::NotEncrypted {
+                location: self.location.clone(),
+            })?;
+        let recipients: Vec<KeySlot> = self
+            .key_slots()
+            .await?
+            .slots
+            .into_iter()
+            .filter(|s| s.kind == SlotKind::Recipient)
+            .collect();
+        if recipients.is_empty() && passphrase.is_none() {
+            return Err(KeyError::BadPassphrase(
+                "a new destination of an encrypted repository gets its key slots from the passphrase or recipient slots of the source: unlock the source with a passphrase, or add a recipient slot to it",
+            ));
+        }
+        let check = !self.config.unsafe_store;
+        let dest = Repository::create_location(location, check, Some(key.writer())).await?;
+        for slot in recipients {
+            let recipient = slot.recipient.as_deref().unwrap_or_default();
+            dest.add_recipient_slot(key, &parse_recipient(recipient)?, slot.label)
+                .await?;
+        }
+        if let Some(p) = passphrase {
+            let label = format!("copied from {}", self.config.id);
+            dest.add_passphrase_slot(key, p, Some(label)).await?;
+        }
+        Ok(dest)
+    }
+
     /// The writer key file for this repository's `key` (see [`WriterKeyFile`]).
     ///
     /// # Errors

@@ -659,3 +659,50 @@ fn s3_encrypted_repository_keys() {
     let list = t.json(&["key", "list"]);
     assert_eq!(list["slots"].as_array().unwrap().len(), 1, "{list}");
 }
+
+#[test]
+fn copy_creates_an_encrypted_destination_with_the_source_key() {
+    let t = encrypted(TempRepo::uninit());
+    let pass = t.path("pass.txt").display().to_string();
+    assert!(backup(&t, 11, &["--password-file", &pass]).success);
+    let to = t.path("offline");
+    let tos = to.display().to_string();
+    t.ok(&["copy", "--to", &tos, "--password-file", &pass]);
+    let dest: Value = serde_json::from_slice(&read(&to.join("config"))).unwrap();
+    assert_eq!(dest["version"], 2, "{dest}");
+    assert_eq!(dest["encryption"], config(&t)["encryption"]);
+    // The destination opens with the same passphrase, alone.
+    let out = t.path("from-copy.img");
+    let o = thinarc_env(
+        &[
+            "-r",
+            &tos,
+            "restore",
+            "v",
+            out.to_str().unwrap(),
+            "--password-file",
+            &pass,
+        ],
+        &t.env_pairs(),
+    );
+    assert!(o.success, "{}", o.show());
+    assert_eq!(read(&out), make_image(MIB, 11));
+    let o = thinarc_env(&["-r", &tos, "key", "list", "--json"], &t.env_pairs());
+    let list: Value = serde_json::from_str(&o.stdout).unwrap();
+    assert_eq!(list["slots"][0]["kind"], "passphrase", "{list}");
+    // A second copy unlocks the existing destination with the same sources.
+    t.ok(&["copy", "--to", &tos, "--password-file", &pass]);
+    // An existing destination under another passphrase: refused before any work.
+    let other = TempRepo::uninit();
+    let opass = file(&other, "pass.txt", "another one\n");
+    other.ok(&["init", "--password-file", &opass]);
+    let o = t.run(&["copy", "--to", other.location(), "--password-file", &pass]);
+    fails_with(
+        &o,
+        &format!(
+            "error: wrong passphrase for {} (tried 1 passphrase slots; `thinarc key list` shows them)",
+            other.location()
+        ),
+    );
+    assert!(!other.repo().join("volumes").exists());
+}
