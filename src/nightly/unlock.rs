@@ -48,8 +48,7 @@ impl Job {
     /// keys. Unlocks once per location; a second call only checks `need`.
     ///
     /// # Errors
-    /// [`JobError::Repo`] when the repository cannot be opened, its key is
-    /// `NeedsKey` (no key material, or only a writer key where the repository key is
+    /// [`JobError::Repo`] when its key is `NeedsKey` (no key material, or only a writer key where the repository key is
     /// needed) or `WrongKey`; [`JobError::Keys`] when a source fails or no slot opens.
     pub async fn unlock(
         &self,
@@ -59,7 +58,11 @@ impl Job {
         action: &str,
         observer: &dyn Observer,
     ) -> Result<(), JobError> {
-        let repo = Repository::open_location(location).await?;
+        // A repository that cannot be opened is left to the command, which reports
+        // (and records) it as it always has.
+        let Ok(repo) = Repository::open_location(location).await else {
+            return Ok(());
+        };
         if !repo.is_encrypted() {
             return Ok(());
         }
@@ -109,9 +112,14 @@ impl Job {
         sources: &KeySources,
         observer: &dyn Observer,
     ) -> Result<(), JobError> {
-        match self.unlock(to, sources, Need::Read, "copy", observer).await {
-            Err(JobError::Repo(RepoError::NotARepository { .. })) => {}
-            r => return r,
+        let destination = |error| JobError::Destination {
+            to: to.to_string(),
+            error: Box::new(error),
+        };
+        match Repository::open_location(to).await {
+            Ok(_) => return self.unlock(to, sources, Need::Read, "copy", observer).await,
+            Err(RepoError::NotARepository { .. }) => {}
+            Err(e) => return Err(destination(e)),
         }
         let Some(source) = self
             .shared
@@ -127,15 +135,14 @@ impl Job {
         let created = src
             .create_sharing_key(to, source.passphrase.clone())
             .await
-            .map_err(|e| JobError::Destination {
-                to: to.to_string(),
-                error: Box::new(match e {
+            .map_err(|e| {
+                destination(match e {
                     KeyError::Repo(e) => e,
                     e => RepoError::BadLocation {
                         location: to.to_string(),
                         detail: e.to_string(),
                     },
-                }),
+                })
             })?;
         tracing::info!(
             "created encrypted thinarc repository {} at {to} with the key of {from}",
