@@ -61,7 +61,7 @@ backup_loop() {
     start=$(date +%s.%N)
     while [[ ! -e $WORK/stop ]]; do
         n=$((n + 1))
-        rm -rf "$WORK/repo" && "$BIN" -r "$WORK/repo" init -q 2>/dev/null
+        rm -rf "$WORK/repo" && "$BIN" -r "$WORK/repo" init --no-encryption -q 2>/dev/null
         "$BIN" -r "$WORK/repo" backup "$WORK/img" -q "$@" >/dev/null 2>&1 || true
         bytes=$((bytes + MIB))
     done
@@ -100,13 +100,13 @@ echo
 echo "| limit | measured | ratio |"
 echo "|---|---:|---:|"
 for limit in 50M 200M; do
-    rm -rf "$WORK/repo" && "$BIN" -r "$WORK/repo" init -q
+    rm -rf "$WORK/repo" && "$BIN" -r "$WORK/repo" init --no-encryption -q
     out=$("$BIN" -r "$WORK/repo" backup "$WORK/img" --read-limit "$limit" --json 2>/dev/null)
     rate=$(python3 -c 'import json,sys; r=json.load(sys.stdin); print(r["bytes_read"]/r["seconds"]/1048576)' <<<"$out")
     printf '| --read-limit %s | %.1f MiB/s | %.3f |\n' "$limit" "$rate" "$(awk -v r="$rate" -v l="${limit%M}" 'BEGIN{print r/l}')"
 done
 for limit in 50M; do
-    rm -rf "$WORK/repo" && "$BIN" -r "$WORK/repo" init -q
+    rm -rf "$WORK/repo" && "$BIN" -r "$WORK/repo" init --no-encryption -q
     out=$("$BIN" -r "$WORK/repo" backup "$WORK/img" --upload-limit "$limit" --json 2>/dev/null)
     rate=$(python3 -c 'import json,sys; r=json.load(sys.stdin); print(r["stored_bytes"]/r["seconds"]/1048576)' <<<"$out")
     printf '| --upload-limit %s | %.1f MiB/s | %.3f |\n' "$limit" "$rate" "$(awk -v r="$rate" -v l="${limit%M}" 'BEGIN{print r/l}')"

@@ -61,7 +61,7 @@ for size in 1 8; do
   for i in $(seq 0 63); do
     dd if=/dev/urandom of=/dev/vg/lv$size bs=1M count=1 seek=$(( i * size * 16 )) conv=notrunc,fsync status=none
   done
-  $T -q -r /tmp/repo$size init
+  $T -q -r /tmp/repo$size init --no-encryption
   $T -q -r /tmp/repo$size backup lvm:vg/lv$size --json > /tmp/full$size.json
   echo "full backup of lv$size: read $(field bytes_read /tmp/full$size.json) bytes"
 done

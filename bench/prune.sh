@@ -41,7 +41,7 @@ with open(path, "wb") as f:
             line = ("block %d of a compressible file %d\n" % (i, rnd.random())).encode()
             f.write((line * ((1 << 20) // len(line) + 1))[: 1 << 20])
 EOF
-"$BIN" -q -r "$REPO" init >/dev/null
+"$BIN" -q -r "$REPO" init --no-encryption >/dev/null
 "$BIN" -q -r "$REPO" backup "$IMG" --volume bench >/dev/null
 mkdir -p "$WORK/points"
 sha256sum "$IMG" | cut -d' ' -f1 > "$WORK/points/1"

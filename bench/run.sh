@@ -303,7 +303,7 @@ rm -f "$WORK/unzstd.img" "$WORK/image.zst"
 
 R=$WORK/repo
 T=("$THINARC" -q -r "$R")
-"${T[@]}" init > "$LOGS/init.out"
+"${T[@]}" init --no-encryption > "$LOGS/init.out"
 
 declare -a POINT_SHA=()
 record_point() { POINT_SHA+=("$(sha256sum "$IMG" | cut -d' ' -f1)"); }
@@ -404,7 +404,7 @@ if [[ $BIG == 1 ]]; then
     truncate -s "${BIG_GIB}G" "$BIGIMG"
     dd if="$IMG" of="$BIGIMG" bs=1M conv=notrunc,sparse status=none
     BIG_SZ=$(stat -c %s "$BIGIMG")
-    "$THINARC" -q -r "$BR" init > /dev/null
+    "$THINARC" -q -r "$BR" init --no-encryption > /dev/null
     drop_caches "$BIGIMG"
     measure "full backup, ${BIG_GIB} GiB sparse" "$BIG_SZ" "full backup" "" -- \
         "$THINARC" -q -r "$BR" backup "$BIGIMG" --volume big --json
@@ -441,7 +441,7 @@ if [[ $BLOCK_SIZES == 1 ]]; then
     for bs in $BLOCK_SIZE_LIST; do
         BR=$WORK/repo-bs
         rm -rf "$BR" "$WORK/restore.img"
-        "$THINARC" -q -r "$BR" init > /dev/null
+        "$THINARC" -q -r "$BR" init --no-encryption > /dev/null
         drop_caches "$IMG"
         measure "bs $bs: full backup" "$IMG_SZ" "zstd -1 -T2 (compress)" "" -- \
             "$THINARC" -q -r "$BR" backup "$IMG" --volume bs --block-size "$bs" --json
@@ -520,8 +520,8 @@ if [[ $S3 == 1 ]]; then
         SR="s3://$S3_BUCKET/repo"
         LR=$WORK/repo-s3-local
         rm -rf "$LR"
-        "$THINARC" -q -r "$LR" init > /dev/null
-        "${S3ENV[@]}" "$THINARC" -q -r "$SR" init > "$LOGS/s3-init-$server.out"
+        "$THINARC" -q -r "$LR" init --no-encryption > /dev/null
+        "${S3ENV[@]}" "$THINARC" -q -r "$SR" init --no-encryption > "$LOGS/s3-init-$server.out"
         label="$server, $(mib "$SSZ") MiB image"
         drop_caches "$SIMG"
         measure "$label: local full backup" "$SSZ" - "" -- \

@@ -27,7 +27,9 @@ cd "$TMP"
 REPO=$TMP/repo          # the main repository (a directory here; s3://... works too)
 USB=$TMP/usb/thinarc    # the offline disk: created by the first copy
 
-"$THINARC" -r "$REPO" init
+# Unencrypted here; from an encrypted repository the copy creates its destination
+# encrypted with the same key (README, "Copies").
+"$THINARC" -r "$REPO" init --no-encryption
 head -c $((32 << 20)) /dev/urandom > disk.img    # the volume (32 MiB)
 
 for week in 1 2 3 4 5 6 7 8; do

@@ -39,7 +39,8 @@ mke2fs -F -q -t ext4 -d files disk.img
 cp disk.img point1.img                  # what the first backup must give back
 
 # --- repository and a full backup
-step "thinarc init"
+step "thinarc init   (encrypted: the passphrase comes from THINARC_PASSWORD here, a prompt on a terminal)"
+export THINARC_PASSWORD="quickstart passphrase"   # or --password-file FILE / --password-command CMD
 "$THINARC" init
 
 step "thinarc backup disk.img --volume demo   (first backup of a volume: full)"

@@ -9,6 +9,7 @@ use super::{Ctx, human, print_json, source_spec};
 use thinarc::backup::{BackupOptions, dry_run_lvm};
 use thinarc::format::BlockSize;
 use thinarc::lvm::PoolLimits;
+use thinarc::nightly::Need;
 use thinarc::nightly::backup_volume;
 use thinarc::repo::VolumeName;
 use thinarc::size::parse_size;
@@ -146,6 +147,7 @@ pub async fn run(args: BackupArgs, ctx: &Ctx) -> anyhow::Result<()> {
         }
         return Ok(());
     }
+    ctx.unlock(Need::Write, "backup").await?;
     let report = backup_volume(ctx, ctx.location()?, &args.source, opts, limits, None, ctx).await?;
     if args.json {
         print_json(&report)?;

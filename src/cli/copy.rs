@@ -4,6 +4,7 @@ use clap::Args;
 
 use super::{Ctx, human, print_json};
 use thinarc::copy::CopyKind;
+use thinarc::nightly::Need;
 use thinarc::repo::{PointSelector, VolumeName};
 
 /// Arguments of `copy`.
@@ -31,6 +32,9 @@ pub struct CopyArgs {
 /// Runs a copy, volume by volume.
 pub async fn run(args: CopyArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let volume = args.volume.clone();
+    ctx.unlock(Need::Read, "copy").await?;
+    ctx.unlock_destination(ctx.location()?, &args.to, ctx.key_sources(), ctx)
+        .await?;
     let report = thinarc::nightly::copy(
         ctx,
         ctx.location()?,

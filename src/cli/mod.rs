@@ -10,6 +10,7 @@ mod backup;
 mod copy;
 mod docs;
 mod init;
+mod key;
 mod list;
 mod mount;
 mod progress;
@@ -32,8 +33,8 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 use signals::interrupted;
-use thinarc::config::Config;
-use thinarc::nightly::{Given, Job, Observer, Shown};
+use thinarc::config::{Config, KeySources};
+use thinarc::nightly::{Given, Job, Need, Observer, Shown};
 use thinarc::progress::Progress;
 use thinarc::repo::Repository;
 use thinarc::size::human;
@@ -72,6 +73,19 @@ pub struct Cli {
         help_heading = REPOSITORY
     )]
     pub repo: Option<String>,
+    /// Read the passphrase of an encrypted repository from the first line of FILE.
+    #[arg(long, global = true, env = "THINARC_PASSWORD_FILE", value_name = "FILE", help_heading = REPOSITORY)]
+    pub password_file: Option<PathBuf>,
+    /// Run CMD with `sh -c` for the passphrase (the first line of its output, e.g.
+    /// `pass show thinarc`); after it THINARC_PASSWORD, then a prompt on a terminal.
+    #[arg(long, global = true, value_name = "CMD", help_heading = REPOSITORY)]
+    pub password_command: Option<String>,
+    /// An age identity file that opens a recipient key slot (`key add --recipient`).
+    #[arg(long, global = true, env = "THINARC_IDENTITY_FILE", value_name = "FILE", help_heading = REPOSITORY)]
+    pub identity: Option<PathBuf>,
+    /// A writer key file (`key export-writer`): enough to back up, never to read.
+    #[arg(long, global = true, env = "THINARC_WRITER_KEY_FILE", value_name = "FILE", help_heading = REPOSITORY)]
+    pub writer_key: Option<PathBuf>,
     /// Limit source reads and uploads, each to RATE bytes per second (e.g. 50M).
     #[arg(long, global = true, value_name = "RATE", value_parser = parse_rate, help_heading = LIMITS)]
     pub rate_limit: Option<u64>,
@@ -111,6 +125,12 @@ pub enum Command {
     /// Create a repository.
     #[command(after_help = "Example:\n  thinarc -r s3://backups/thinarc init")]
     Init(init::InitArgs),
+    /// Manage the key slots of an encrypted repository, and export a writer key for
+    /// write-only hosts.
+    #[command(
+        after_help = "Examples:\n  thinarc -r /srv/backup key add --label laptop\n  thinarc -r /srv/backup key export-writer -o /etc/thinarc/writer.key"
+    )]
+    Key(key::KeyArgs),
     /// Back up an image file, block device or thin LV (lvm:VG/LV) as a new point of a
     /// volume.
     #[command(after_help = "Examples:
@@ -253,6 +273,16 @@ impl Ctx {
         Ok(self.job.open(self.location()?).await?)
     }
 
+    /// Unlocks the repository for `action` if it is encrypted (see [`Job::unlock`]),
+    /// before any work.
+    async fn unlock(&self, need: Need, action: &str) -> anyhow::Result<()> {
+        let sources = self.job.key_sources();
+        Ok(self
+            .job
+            .unlock(self.location()?, sources, need, action, self)
+            .await?)
+    }
+
     /// Whether to draw progress bars (stderr is a terminal) or print progress lines.
     fn progress_mode(&self) -> progress::Mode {
         if self.quiet {
@@ -274,6 +304,26 @@ impl Observer for Ctx {
             progress,
         ))
     }
+
+    /// Prompts on the terminal (rpassword reads it without echo); `None` when stdin is
+    /// not a terminal.
+    fn passphrase(
+        &self,
+        prompt: &str,
+        confirm: bool,
+    ) -> Option<std::io::Result<zeroize::Zeroizing<String>>> {
+        if !std::io::stdin().is_terminal() {
+            return None;
+        }
+        let ask = |p: &str| rpassword::prompt_password(p).map(zeroize::Zeroizing::new);
+        Some((|| {
+            let first = ask(prompt)?;
+            if confirm && *ask("Repeat it: ")? != *first {
+                return Err(std::io::Error::other("the two passphrases differ"));
+            }
+            Ok(first)
+        })())
+    }
 }
 
 /// Runs the parsed command line.
@@ -287,6 +337,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         threads: cli.threads,
         state_dir: cli.state_dir,
         on_failure: cli.on_failure,
+        keys: KeySources {
+            password_file: cli.password_file,
+            password_command: cli.password_command,
+            identity_file: cli.identity,
+            writer_key_file: cli.writer_key,
+        },
     };
     let ctx = Ctx {
         repo: cli.repo,
@@ -297,6 +353,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let command = async {
         match cli.command {
             Command::Init(a) => init::run(a, &ctx).await,
+            Command::Key(a) => key::run(a, &ctx).await,
             Command::Backup(a) => backup::run(a, &ctx).await,
             Command::Restore(a) => restore::run(a, &ctx).await,
             Command::Serve(a) => serve::run(a, &ctx).await,
@@ -339,6 +396,7 @@ impl Command {
     fn name(&self) -> &'static str {
         match self {
             Command::Init(_) => "init",
+            Command::Key(_) => "key",
             Command::Backup(_) => "backup",
             Command::Restore(_) => "restore",
             Command::Serve(_) => "serve",

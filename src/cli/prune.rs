@@ -5,6 +5,7 @@ use std::time::Duration;
 use clap::Args;
 
 use super::{Ctx, human, print_json};
+use thinarc::nightly::Need;
 use thinarc::nightly::Observer;
 use thinarc::prune::{PolicyError, PruneOptions, PruneReport, Retention, RetentionSpec};
 use thinarc::repo::VolumeName;
@@ -92,6 +93,7 @@ pub async fn run(args: PruneArgs, ctx: &Ctx) -> anyhow::Result<()> {
         opts.grace = Duration::ZERO;
     }
     let volume = args.volume.clone();
+    ctx.unlock(Need::Read, "prune").await?;
     let reports = thinarc::nightly::prune(
         ctx,
         ctx.location()?,

@@ -8,6 +8,7 @@ use clap::Args;
 
 use super::{Ctx, human, print_json, progress::Display};
 use thinarc::lvm::LvName;
+use thinarc::nightly::Need;
 use thinarc::progress::Progress;
 use thinarc::repo::{PointSelector, VolumeName};
 use thinarc::restore::{RestoreOptions, RestoreReport, restore, restore_to_lv};
@@ -59,6 +60,7 @@ pub struct RestoreArgs {
 /// Runs a restore.
 pub async fn run(args: RestoreArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let volume = args.volume.clone();
+    ctx.unlock(Need::Read, "restore").await?;
     let repo = ctx.open().await?;
     let opts = RestoreOptions {
         force: args.force,

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use clap::Args;
 
 use super::{Ctx, human, print_json, progress::Display, source_spec};
+use thinarc::nightly::Need;
 use thinarc::progress::Progress;
 use thinarc::repo::{Repository, VolumeName};
 use thinarc::source::SourceSpec;
@@ -128,6 +129,10 @@ pub async fn run(args: VerifyArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let only = opts.volume.clone();
     let started = chrono::Utc::now();
     let location = ctx.location()?;
+    // The structure is checked without a key; block data and a source need one.
+    if opts.data != DataCheck::Off || opts.source.is_some() {
+        ctx.unlock(Need::Read, "verify of block data").await?;
+    }
     let repo = ctx.open().await?;
     let progress = Arc::new(Progress::default());
     let display = Display::start(ctx.progress_mode(), "verify".into(), progress.clone());

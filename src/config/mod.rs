@@ -92,6 +92,9 @@ pub struct Config {
     pub low_priority: bool,
     /// Repositories by name.
     pub repositories: BTreeMap<String, String>,
+    /// Where the key material of a repository comes from, by repository name (only
+    /// repositories whose table names a source; the others use the command line's).
+    pub keys: BTreeMap<String, KeySources>,
     /// Volumes, in the order they are backed up.
     pub volumes: Vec<Volume>,
     /// Offline copies, made after all backups and prunes.
@@ -201,10 +204,30 @@ struct RawConfig {
     copies: Vec<Spanned<RawCopy>>,
 }
 
+/// Where the key material of an encrypted repository comes from: the command line's
+/// global options (and their environment variables), or a repository table of the
+/// config (`password_file`, `password_command`, `identity_file`, `writer_key_file`).
+/// The job floor reads them, once per command, when the command needs a key.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeySources {
+    /// A file whose first line is the passphrase.
+    pub password_file: Option<PathBuf>,
+    /// A command (`sh -c`) that prints the passphrase.
+    pub password_command: Option<String>,
+    /// An age identity file that opens a recipient slot.
+    pub identity_file: Option<PathBuf>,
+    /// A writer key file (`thinarc key export-writer`): backups only.
+    pub writer_key_file: Option<PathBuf>,
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRepository {
     location: Spanned<String>,
+    password_file: Option<PathBuf>,
+    password_command: Option<String>,
+    identity_file: Option<PathBuf>,
+    writer_key_file: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -284,6 +307,7 @@ impl Config {
             )
         })?;
         let mut repositories = BTreeMap::new();
+        let mut keys = BTreeMap::new();
         for (name, r) in &raw.repositories {
             parse_location(r.location.get_ref()).map_err(|e| {
                 c.error(
@@ -295,6 +319,15 @@ impl Config {
                 )
             })?;
             repositories.insert(name.clone(), r.location.get_ref().clone());
+            let sources = KeySources {
+                password_file: r.password_file.clone(),
+                password_command: r.password_command.clone(),
+                identity_file: r.identity_file.clone(),
+                writer_key_file: r.writer_key_file.clone(),
+            };
+            if sources != KeySources::default() {
+                keys.insert(name.clone(), sources);
+            }
         }
         let repository = |given: Option<&Spanned<String>>, at: Range<usize>, what: &str| match given
         {
@@ -504,6 +537,7 @@ impl Config {
             threads: raw.threads.map(|t| *t.get_ref()),
             low_priority: raw.low_priority,
             repositories,
+            keys,
             volumes,
             copies,
         })

@@ -246,6 +246,11 @@ fn the_example_config_is_valid() {
     assert_eq!(c.volumes.len(), 4);
     assert_eq!(c.volumes[2].label(), "lvm:vg0/pool/*");
     assert_eq!(c.repositories.len(), 2);
+    assert_eq!(
+        c.keys["offsite"].password_file.as_deref(),
+        Some(std::path::Path::new("/etc/thinarc/offsite.pass"))
+    );
+    assert!(!c.keys.contains_key("local"));
     assert_eq!(c.copies[0].volumes.len(), 2);
     assert!(c.on_failure.as_deref().unwrap().starts_with("mail "));
 }

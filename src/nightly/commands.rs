@@ -238,7 +238,7 @@ pub async fn copy_volume(
                 location: location.to_string(),
             });
         }
-        let dest = job.limit_uploads(dest);
+        let dest = job.limit_uploads(job.keyed(to, dest)?);
         let opts = CopyOptions {
             volume: Some(volume.clone()),
             at,

@@ -19,11 +19,13 @@
 mod commands;
 mod discover;
 mod run;
+mod unlock;
 
 pub use commands::{
     RepairOptions, RepairReport, backup_volume, copy, copy_volume, prune, prune_volume, repair,
 };
 pub use run::{Action, RunReport, Step, dry_run, run};
+pub use unlock::{Need, PASSWORD_ENV, new_passphrase, passphrase};
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -35,7 +37,7 @@ use crate::config::Config;
 use crate::copy::CopyError;
 use crate::progress::Progress;
 use crate::prune::{PruneError, PruneReport};
-use crate::repo::{LockError, RepoError, Repository};
+use crate::repo::{KeyError, LockError, RepoError, Repository};
 use crate::status::alert::Alert;
 use crate::status::{Outcome, Record, Records, RunLockError, RunLocked};
 use crate::throttle::RateLimiter;
@@ -55,6 +57,9 @@ pub enum JobError {
     /// The repository failed.
     #[error(transparent)]
     Repo(#[from] RepoError),
+    /// The key material could not be read, or opens no key slot.
+    #[error(transparent)]
+    Keys(#[from] KeyError),
     /// A backup failed; nothing was committed.
     #[error("backup of {path} to volume {volume} failed")]
     Backup {
@@ -160,6 +165,16 @@ pub trait Observer {
     fn step(&self, step: &Step) {
         let _ = step;
     }
+    /// Asks for a passphrase, `prompt` (twice with `confirm`): `None` when there is
+    /// no one to ask (no terminal).
+    fn passphrase(
+        &self,
+        prompt: &str,
+        confirm: bool,
+    ) -> Option<std::io::Result<zeroize::Zeroizing<String>>> {
+        let _ = (prompt, confirm);
+        None
+    }
 }
 
 /// A display started by [`Observer::show`].
@@ -193,6 +208,9 @@ pub struct Given {
     pub state_dir: Option<PathBuf>,
     /// The on-failure hook.
     pub on_failure: Option<String>,
+    /// Where key material comes from (a config's repository table overrides them for
+    /// that repository).
+    pub keys: crate::config::KeySources,
 }
 
 /// State of a job shared by a job and those derived from it by
@@ -206,6 +224,9 @@ struct Shared {
     current: Mutex<Option<(Option<Repository>, Records, Record)>>,
     /// Failures of the command, for the on-failure hook.
     failures: Mutex<Vec<Record>>,
+    /// Keys unlocked by [`Job::unlock`] and the slot that opened them, by repository
+    /// location.
+    keys: Mutex<std::collections::HashMap<String, unlock::Unlocked>>,
 }
 
 /// One command's job: its settings, and the records and failures of its operations.
@@ -269,12 +290,14 @@ impl Job {
         }
     }
 
-    /// Opens the repository at `location` (with the upload limit, if any).
+    /// Opens the repository at `location` (with the upload limit, if any, and the keys
+    /// [`Job::unlock`] unlocked for it).
     ///
     /// # Errors
     /// [`RepoError`] as [`Repository::open_location`].
     pub async fn open(&self, location: &str) -> Result<Repository, RepoError> {
-        Ok(self.limit_uploads(Repository::open_location(location).await?))
+        let repo = Repository::open_location(location).await?;
+        Ok(self.limit_uploads(self.keyed(location, repo)?))
     }
 
     /// `repo` with this job's upload limit, if any.

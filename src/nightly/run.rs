@@ -11,7 +11,9 @@ use std::collections::{BTreeMap, HashSet};
 use serde::Serialize;
 
 use super::discover::discover;
-use super::{Job, JobError, Observer, backup_volume, copy_volume, error_message, prune_volume};
+use super::{
+    Job, JobError, Need, Observer, backup_volume, copy_volume, error_message, prune_volume,
+};
 use crate::backup::{ArchiveKind, BackupOptions, dry_run_lvm};
 use crate::config::{Config, Retention, Select, Volume};
 use crate::lvm::PoolLimits;
@@ -150,6 +152,7 @@ pub async fn run(
     observer: &dyn Observer,
 ) -> Result<RunReport, JobError> {
     let _lock = RunLock::acquire(&job.state_dir).map_err(JobError::RunLock)?;
+    unlock_all(job, config, observer).await?;
     tracing::info!(config = %config.path.display(), volumes = config.volumes.len(), "run started");
     let report = steps(job, config, observer, false).await;
     if let Some(path) = &config.prometheus {
@@ -401,6 +404,49 @@ async fn plan_backup(
         kind: planned.ok().map(|(k, _)| k),
         ..Step::new(Action::Backup, name, location, detail)
     }
+}
+
+/// Unlocks each encrypted repository of `config` once, before any work, for what the
+/// run does with it: backups need a writer key; prunes (a volume with retention) and
+/// copies (source and destination) the repository key. Each repository's key
+/// sources are its table's, else the command line's; a copy's destination is tried
+/// with its source's.
+///
+/// # Errors
+/// As [`Job::unlock`]: the run stops before any work.
+async fn unlock_all<'a>(
+    job: &Job,
+    config: &'a Config,
+    observer: &dyn Observer,
+) -> Result<(), JobError> {
+    let mut needs: BTreeMap<&str, (Need, &str)> = BTreeMap::new();
+    let mut need = |repository: &'a str, need: Need, action: &'static str| {
+        let e = needs.entry(repository).or_insert((need, action));
+        if need > e.0 {
+            *e = (need, action);
+        }
+    };
+    for v in &config.volumes {
+        need(&v.repository, Need::Write, "backup");
+        if v.retention.is_some() {
+            need(&v.repository, Need::Read, "prune");
+        }
+    }
+    for c in &config.copies {
+        need(&c.from, Need::Read, "copy");
+    }
+    let sources = |name: &str| config.keys.get(name).unwrap_or(job.key_sources());
+    for (name, (need, action)) in needs {
+        let location = &config.repositories[name];
+        job.unlock(location, sources(name), need, action, observer)
+            .await?;
+    }
+    for c in &config.copies {
+        let from = &config.repositories[&c.from];
+        job.unlock_destination(from, &c.to, sources(&c.from), observer)
+            .await?;
+    }
+    Ok(())
 }
 
 /// Prunes `volume` of the repository at `location` by `retention`, as a step.

@@ -33,6 +33,7 @@ mod cleanup;
 mod clock;
 mod config;
 mod damage;
+mod keys;
 mod layout;
 mod location;
 mod lock;
@@ -54,6 +55,10 @@ pub use cleanup::{Cleaned, LEFTOVER_GRACE};
 pub use clock::clock_went_back;
 pub use config::{EncryptionConfig, RepoConfig};
 pub use damage::{ChainDamage, DamageKind, DamageRecord, MAX_DAMAGED_BLOCKS, chain_damage};
+pub use keys::{
+    ARGON2_M_COST, ARGON2_P_COST, ARGON2_T_COST, Kdf, KeyError, KeySlot, Secrets, SlotKind, Slots,
+    Unlocked, WriterKeyFile, parse_identities, parse_recipient,
+};
 pub use layout::{
     ArchiveId, ArchiveIdPrefix, InvalidArchiveId, VolumeName, new_archive_id, new_id,
 };
@@ -331,22 +336,7 @@ impl Repository {
     /// config's `encryption.key_id`. Keys given for an unencrypted repository are
     /// ignored.
     pub fn with_keys(self, keys: Keys) -> Result<Repository, RepoError> {
-        let Some(enc) = &self.config.encryption else {
-            return Ok(self);
-        };
-        if let Some(given) = keys.key_id()
-            && given.to_string() != enc.key_id
-        {
-            return Err(RepoError::WrongKey {
-                location: self.location.clone(),
-                given: given.to_string(),
-                expected: enc.key_id.clone(),
-            });
-        }
-        Ok(Repository {
-            keys: Arc::new(keys),
-            ..self
-        })
+        self.with_shared_keys(Arc::new(keys))
     }
 
     /// The key material this handle holds ([`Keys::Locked`] unless given).

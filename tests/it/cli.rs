@@ -320,7 +320,7 @@ pub fn bad_input_scenario(t: &TempRepo) {
         "{e}"
     );
 
-    let e = t.fails(&["init"]);
+    let e = t.fails(&["init", "--no-encryption"]);
     assert!(e.contains("a thinarc repository already exists at"), "{e}");
 }
 
@@ -353,7 +353,7 @@ fn repository_errors_name_the_location() {
     for location in ["s3:/bucket/x", "s3:bucket", "file:relative", "S3:/bucket"] {
         let o = std::process::Command::new(env!("CARGO_BIN_EXE_thinarc"))
             .current_dir(dir.path())
-            .args(["-r", location, "init"])
+            .args(["-r", location, "init", "--no-encryption"])
             .env("THINARC_STATE_DIR", dir.path().join("state"))
             .output()
             .expect("run thinarc");
@@ -570,7 +570,7 @@ fn leftovers_of_interrupted_runs_are_ignored_then_removed_after_the_grace_period
 fn disk_full_during_backup_keeps_the_repository_valid() {
     let t = TempRepo::uninit();
     let _fs = crate::util::SmallFs::mount(&t.repo(), "3m");
-    t.ok(&["init"]);
+    t.ok(&["init", "--no-encryption"]);
     let src = t.path("d.img");
     let mut img = make_image(MIB, 13);
     write(&src, &img);

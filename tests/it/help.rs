@@ -8,18 +8,36 @@ use crate::util::{ensure_tool, thinarc};
 
 /// The commands `thinarc --help` lists, in order (without `help`).
 pub fn commands() -> Vec<String> {
-    let o = thinarc(&["--help"]);
+    subcommands(&[])
+}
+
+/// The subcommands `thinarc ARGS... --help` lists, in order (without `help`); none
+/// when it has no Commands section.
+fn subcommands(args: &[&str]) -> Vec<String> {
+    let o = thinarc(&[args, &["--help"]].concat());
     assert!(o.success, "{}", o.show());
-    let (_, rest) = o
-        .stdout
-        .split_once("Commands:\n")
-        .expect("a Commands section");
+    let Some((_, rest)) = o.stdout.split_once("Commands:\n") else {
+        return Vec::new();
+    };
     rest.lines()
         .take_while(|l| l.starts_with("  "))
         .filter_map(|l| l.split_whitespace().next())
         .filter(|c| *c != "help")
         .map(str::to_owned)
         .collect()
+}
+
+/// The man pages' names without `.1`: `thinarc-COMMAND` for each command, and
+/// `thinarc-COMMAND-SUB` for each subcommand of one (as `key add`).
+pub fn man_pages() -> Vec<String> {
+    let mut pages = Vec::new();
+    for c in commands() {
+        for sub in subcommands(&[&c]) {
+            pages.push(format!("thinarc-{c}-{sub}"));
+        }
+        pages.push(format!("thinarc-{c}"));
+    }
+    pages
 }
 
 /// Asserts that `headings` appear in `help` in this order, each on a line of its own.
@@ -196,10 +214,7 @@ fn help_man_pages_one_per_command_render_with_man_l() {
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
     pages.sort();
-    let mut want: Vec<String> = commands()
-        .iter()
-        .map(|c| format!("thinarc-{c}.1"))
-        .collect();
+    let mut want: Vec<String> = man_pages().iter().map(|c| format!("{c}.1")).collect();
     want.push("thinarc.1".into());
     want.sort();
     assert_eq!(pages, want);

@@ -14,6 +14,7 @@ mod format;
 mod help;
 mod honest;
 mod hooks;
+mod keys;
 mod linger;
 mod listings;
 mod lock;

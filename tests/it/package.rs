@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::help::{commands, man_l};
+use crate::help::{man_l, man_pages};
 
 fn run(cmd: &mut Command) -> String {
     let o = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
@@ -78,9 +78,9 @@ fn package_deb_holds_binary_man_pages_completions_units_and_docs_but_nothing_in_
     .map(str::to_owned)
     .into();
     want.extend(
-        commands()
+        man_pages()
             .iter()
-            .map(|c| format!("./usr/share/man/man1/thinarc-{c}.1.gz")),
+            .map(|c| format!("./usr/share/man/man1/{c}.1.gz")),
     );
     want.sort();
     assert_eq!(files, want, "{listing}");

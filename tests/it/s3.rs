@@ -79,7 +79,11 @@ fn bad_buckets_endpoints_and_prefixes_fail_early_with_clear_errors() {
         "{}",
         o.show()
     );
-    let o = run("s3://no-such-bucket-thinarc/repo", &["init"], &env);
+    let o = run(
+        "s3://no-such-bucket-thinarc/repo",
+        &["init", "--no-encryption"],
+        &env,
+    );
     assert!(
         !o.success && o.stderr.contains("no-such-bucket-thinarc"),
         "{}",
@@ -112,7 +116,11 @@ fn bad_buckets_endpoints_and_prefixes_fail_early_with_clear_errors() {
         "{}",
         o.show()
     );
-    let o = run(&format!("s3://{bucket}/other"), &["init"], &env);
+    let o = run(
+        &format!("s3://{bucket}/other"),
+        &["init", "--no-encryption"],
+        &env,
+    );
     assert!(
         o.stderr.contains("a thinarc repository already exists")
             || o.stderr.contains("not a thinarc repository"),

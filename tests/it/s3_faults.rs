@@ -185,7 +185,11 @@ fn conditional_writes_501_is_named_at_once_and_allow_unsafe_store_works() {
     let bucket = moto().bucket();
 
     let started = Instant::now();
-    let o = run(&format!("s3://{bucket}/a"), &["init"], &env);
+    let o = run(
+        &format!("s3://{bucket}/a"),
+        &["init", "--no-encryption"],
+        &env,
+    );
     assert_eq!(o.code, Some(1), "{}", o.show());
     assert!(
         started.elapsed() < Duration::from_secs(3),
@@ -199,7 +203,11 @@ fn conditional_writes_501_is_named_at_once_and_allow_unsafe_store_works() {
     assert_eq!(o.stderr.trim().lines().count(), 1, "one line: {}", o.stderr);
 
     let loc = format!("s3://{bucket}/b");
-    let o = run(&loc, &["init", "--allow-unsafe-store"], &env);
+    let o = run(
+        &loc,
+        &["init", "--no-encryption", "--allow-unsafe-store"],
+        &env,
+    );
     assert!(o.success, "{}", o.show());
     let src = dir.path().join("u.img");
     let mut img = make_image(2 * MIB, 90);

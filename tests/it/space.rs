@@ -57,7 +57,7 @@ fn space_failed_commit_gives_back_its_archive() {
     let mut img = make_image(8 * MIB, 70);
     write(&src, &img);
     let fs = SmallFs::mount(&t.repo(), "40m");
-    t.ok(&["init"]);
+    t.ok(&["init", "--no-encryption"]);
     t.ok(&["backup", src.to_str().unwrap(), "--volume", "v"]);
     let first = img.clone();
     Rng::new(71).fill(&mut img[..4 * MIB]);
@@ -203,7 +203,7 @@ fn restore_v(t: &TempRepo, seq: &str, expected: &[u8], what: &str) {
 fn space_full_disk_prune_refuses_a_merge_that_does_not_fit() {
     let t = TempRepo::uninit();
     let fs = SmallFs::mount(&t.repo(), "19m");
-    t.ok(&["init"]);
+    t.ok(&["init", "--no-encryption"]);
     let src = t.path("d.img");
     backup_v(&t, &src, &noise(8 * MIB, 80));
     let img = noise(8 * MIB, 81);
@@ -245,7 +245,7 @@ fn space_full_disk_prune_refuses_a_merge_that_does_not_fit() {
 fn space_no_grace_prune_frees_space_on_a_full_disk() {
     let t = TempRepo::uninit();
     let fs = SmallFs::mount(&t.repo(), "24m");
-    t.ok(&["init"]);
+    t.ok(&["init", "--no-encryption"]);
     let src = t.path("d.img");
     backup_v(&t, &src, &noise(4 * MIB, 83));
     let img = noise(4 * MIB, 84);

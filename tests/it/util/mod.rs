@@ -20,7 +20,7 @@ impl TempRepo {
     /// A new directory with an initialised repository.
     pub fn new() -> Self {
         let t = TempRepo::uninit();
-        t.ok(&["init"]);
+        t.ok(&["init", "--no-encryption"]);
         t
     }
 
@@ -35,7 +35,7 @@ impl TempRepo {
     /// An initialised repository at `s3://BUCKET/repo` on the S3 test server.
     pub fn s3() -> Self {
         let t = TempRepo::s3_uninit();
-        t.ok(&["init"]);
+        t.ok(&["init", "--no-encryption"]);
         t
     }
 

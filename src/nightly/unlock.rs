@@ -1,0 +1,351 @@
+//! Unlocking an encrypted repository, once per command and before any work: the key
+//! material comes from its sources (FORMAT.md 15.3, README "Encryption"), in this
+//! order: a password file, a password command, `THINARC_PASSWORD`, a prompt on a
+//! terminal (through the [`Observer`]); an age identity file; a writer key file. The
+//! keys unlocked are kept by the job, and every repository handle it opens afterwards
+//! for that location holds them. An unencrypted repository is never unlocked, and a
+//! command that needs no key (list, status, structural verify) never asks for one.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use zeroize::Zeroizing;
+
+use super::{Job, JobError, Observer};
+use crate::config::KeySources;
+use crate::format::Keys;
+use crate::repo::{KeyError, RepoError, Repository, Secrets, WriterKeyFile, parse_identities};
+
+/// The environment variable that holds a passphrase (after the password file and
+/// command, before the prompt).
+pub const PASSWORD_ENV: &str = "THINARC_PASSWORD";
+
+/// What [`Job::unlock`] keeps for a location until the command ends.
+#[derive(Clone, Default)]
+pub(super) struct Unlocked {
+    /// The keys.
+    keys: Arc<Keys>,
+    /// The slot that opened the repository key, if one did.
+    slot: Option<String>,
+    /// The passphrase that opened it, if one did: a copy's new destination gets a
+    /// passphrase slot with it.
+    passphrase: Option<Zeroizing<String>>,
+}
+
+/// What a command does with an encrypted repository.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Need {
+    /// Writes archives (backup): a writer key is enough.
+    Write,
+    /// Reads archives (restore, verify --data/--source, prune, copy, key commands):
+    /// the repository key.
+    Read,
+}
+
+impl Job {
+    /// Unlocks the repository at `location` for `action` (e.g. `"restore"`) if it is
+    /// encrypted, from `sources`: afterwards [`Job::open`] gives handles holding the
+    /// keys. Unlocks once per location; a second call only checks `need`.
+    ///
+    /// # Errors
+    /// [`JobError::Repo`] when its key is `NeedsKey` (no key material, or only a writer key where the repository key is
+    /// needed) or `WrongKey`; [`JobError::Keys`] when a source fails or no slot opens.
+    pub async fn unlock(
+        &self,
+        location: &str,
+        sources: &KeySources,
+        need: Need,
+        action: &str,
+        observer: &dyn Observer,
+    ) -> Result<(), JobError> {
+        // A repository that cannot be opened is left to the command, which reports
+        // (and records) it as it always has.
+        let Ok(repo) = Repository::open_location(location).await else {
+            return Ok(());
+        };
+        if !repo.is_encrypted() {
+            return Ok(());
+        }
+        let cached = self
+            .shared
+            .keys
+            .lock()
+            .expect("not poisoned")
+            .get(location)
+            .cloned();
+        let unlocked = match cached {
+            Some(u) if !matches!(*u.keys, Keys::Locked) => u,
+            _ => read_keys(&repo, sources, need, observer).await?,
+        };
+        let repo = repo.with_shared_keys(unlocked.keys.clone())?;
+        match need {
+            Need::Write => repo.write_key(action).map(drop)?,
+            Need::Read => repo.read_key(action).map(drop)?,
+        }
+        self.shared
+            .keys
+            .lock()
+            .expect("not poisoned")
+            .insert(location.to_string(), unlocked);
+        Ok(())
+    }
+
+    /// The id of the key slot that unlocked `location`, if a slot did.
+    pub fn unlocked_slot(&self, location: &str) -> Option<String> {
+        let keys = self.shared.keys.lock().expect("not poisoned");
+        keys.get(location).and_then(|u| u.slot.clone())
+    }
+
+    /// Unlocks the destination of a copy from `from` (unlocked first), `to`, with the
+    /// source's `sources`. A destination that does not exist yet, of an encrypted
+    /// source, is created encrypted with the source's key (so that archives copy as
+    /// they are): its slots are the source's recipient slots and, when a passphrase
+    /// unlocked the source, a passphrase slot with it.
+    ///
+    /// # Errors
+    /// As [`Job::unlock`]; [`JobError::Destination`] when the destination cannot be
+    /// created.
+    pub async fn unlock_destination(
+        &self,
+        from: &str,
+        to: &str,
+        sources: &KeySources,
+        observer: &dyn Observer,
+    ) -> Result<(), JobError> {
+        let destination = |error| JobError::Destination {
+            to: to.to_string(),
+            error: Box::new(error),
+        };
+        match Repository::open_location(to).await {
+            Ok(_) => return self.unlock(to, sources, Need::Read, "copy", observer).await,
+            Err(RepoError::NotARepository { .. }) => {}
+            Err(e) => return Err(destination(e)),
+        }
+        let Some(source) = self
+            .shared
+            .keys
+            .lock()
+            .expect("not poisoned")
+            .get(from)
+            .cloned()
+        else {
+            return Ok(());
+        };
+        let src = self.keyed(from, Repository::open_location(from).await?)?;
+        let created = src
+            .create_sharing_key(to, source.passphrase.clone())
+            .await
+            .map_err(|e| {
+                destination(match e {
+                    KeyError::Repo(e) => e,
+                    e => RepoError::BadLocation {
+                        location: to.to_string(),
+                        detail: e.to_string(),
+                    },
+                })
+            })?;
+        tracing::info!(
+            "created encrypted thinarc repository {} at {to} with the key of {from}",
+            created.config().id
+        );
+        self.shared.keys.lock().expect("not poisoned").insert(
+            to.to_string(),
+            Unlocked {
+                slot: None,
+                ..source
+            },
+        );
+        Ok(())
+    }
+
+    /// The command line's key sources.
+    pub fn key_sources(&self) -> &KeySources {
+        &self.given.keys
+    }
+
+    /// `repo`, opened at `location`, holding the keys unlocked for it.
+    ///
+    /// # Errors
+    /// [`RepoError::WrongKey`] (the location now holds another repository).
+    pub(super) fn keyed(&self, location: &str, repo: Repository) -> Result<Repository, RepoError> {
+        match self.keys_of(location) {
+            Some(keys) => repo.with_shared_keys(keys),
+            None => Ok(repo),
+        }
+    }
+
+    /// The keys unlocked for `location`, if any.
+    fn keys_of(&self, location: &str) -> Option<Arc<Keys>> {
+        self.shared
+            .keys
+            .lock()
+            .expect("not poisoned")
+            .get(location)
+            .map(|u| u.keys.clone())
+    }
+}
+
+/// The keys `sources` give for `repo`: a writer key when writing and one is given;
+/// else the repository key from the identity and passphrase sources (the prompt only
+/// when neither an identity nor a writer key is given); else the writer key, or
+/// nothing. With the repository key, the id of the slot that opened it.
+async fn read_keys(
+    repo: &Repository,
+    sources: &KeySources,
+    need: Need,
+    observer: &dyn Observer,
+) -> Result<Unlocked, KeyError> {
+    let writer = match &sources.writer_key_file {
+        Some(path) => Some(
+            WriterKeyFile::parse(&path.display().to_string(), &read(path, "writer key file")?)?.key,
+        ),
+        None => None,
+    };
+    if let (Need::Write, Some(writer)) = (need, &writer) {
+        return Ok(Unlocked {
+            keys: Arc::new(Keys::Writer(writer.clone())),
+            ..Unlocked::default()
+        });
+    }
+    let mut secrets = Secrets::default();
+    if let Some(path) = &sources.identity_file {
+        let text = Zeroizing::new(read(path, "identity file")?);
+        secrets.identities = parse_identities(&path.display().to_string(), &text)?;
+    }
+    let prompt = secrets.identities.is_empty() && writer.is_none();
+    let ask = format!("Passphrase for {}: ", repo.location());
+    secrets.passphrase = passphrase(sources, prompt.then_some((observer, ask.as_str()))).await?;
+    if secrets.is_empty() {
+        return Ok(Unlocked {
+            keys: Arc::new(writer.map_or(Keys::Locked, Keys::Writer)),
+            ..Unlocked::default()
+        });
+    }
+    let passphrase = secrets.passphrase.clone();
+    let unlocked = repo.unlock(secrets).await?;
+    for p in &unlocked.problems {
+        tracing::warn!("{p}");
+    }
+    Ok(Unlocked {
+        keys: Arc::new(Keys::Owner(unlocked.key)),
+        slot: Some(unlocked.slot),
+        passphrase,
+    })
+}
+
+/// The passphrase from `sources`, in order: the password file, the password command,
+/// `THINARC_PASSWORD`, then (with `prompt`) the observer's prompt. `None` when none
+/// gives one.
+///
+/// # Errors
+/// [`KeyError::Source`] when the file cannot be read, the command fails, or the prompt
+/// fails.
+pub async fn passphrase(
+    sources: &KeySources,
+    prompt: Option<(&dyn Observer, &str)>,
+) -> Result<Option<Zeroizing<String>>, KeyError> {
+    if let Some(path) = &sources.password_file {
+        return Ok(Some(first_line(Zeroizing::new(read(
+            path,
+            "password file",
+        )?))));
+    }
+    if let Some(cmd) = &sources.password_command {
+        return password_command(cmd).await.map(Some);
+    }
+    if let Ok(p) = std::env::var(PASSWORD_ENV) {
+        return Ok(Some(Zeroizing::new(p)));
+    }
+    match prompt {
+        Some((observer, text)) => ask(observer, text, false),
+        None => Ok(None),
+    }
+}
+
+/// A new passphrase (for `init`, `key add`, `key passwd`): from `file`, else from the
+/// global `sources` when `use_sources`, else a prompt asking twice.
+///
+/// # Errors
+/// [`KeyError::Source`] as [`passphrase`]; [`KeyError::BadPassphrase`] when none is
+/// available or it is empty.
+pub async fn new_passphrase(
+    file: Option<&Path>,
+    sources: Option<&KeySources>,
+    observer: &dyn Observer,
+    what: &str,
+) -> Result<Zeroizing<String>, KeyError> {
+    let given = match (file, sources) {
+        (Some(path), _) => Some(first_line(Zeroizing::new(read(path, "password file")?))),
+        (None, Some(sources)) => passphrase(sources, None).await?,
+        (None, None) => None,
+    };
+    let p = match given {
+        Some(p) => p,
+        None => ask(observer, &format!("New passphrase for {what}: "), true)?.ok_or(
+            KeyError::BadPassphrase(
+                "no passphrase given and no terminal to ask on: give --password-file, --password-command or THINARC_PASSWORD (for a new passphrase, --new-password-file)",
+            ),
+        )?,
+    };
+    if p.is_empty() {
+        return Err(KeyError::BadPassphrase("the passphrase is empty"));
+    }
+    Ok(p)
+}
+
+/// Asks the observer (a terminal prompt; `None` without a terminal).
+fn ask(
+    observer: &dyn Observer,
+    text: &str,
+    confirm: bool,
+) -> Result<Option<Zeroizing<String>>, KeyError> {
+    observer
+        .passphrase(text, confirm)
+        .transpose()
+        .map_err(|e| KeyError::Source {
+            what: "passphrase prompt".into(),
+            detail: e.to_string(),
+        })
+}
+
+fn read(path: &Path, what: &str) -> Result<String, KeyError> {
+    std::fs::read_to_string(path).map_err(|e| KeyError::Source {
+        what: format!("cannot read {what} {}", path.display()),
+        detail: e.to_string(),
+    })
+}
+
+/// The passphrase of a password file or command's output: its first line, without
+/// the line end.
+fn first_line(text: Zeroizing<String>) -> Zeroizing<String> {
+    let line = text.split('\n').next().unwrap_or_default();
+    Zeroizing::new(line.strip_suffix('\r').unwrap_or(line).to_string())
+}
+
+/// Runs `cmd` with `sh -c`; its stdout's first line is the passphrase.
+async fn password_command(cmd: &str) -> Result<Zeroizing<String>, KeyError> {
+    let what = format!("password command {}", crate::quote::excerpt(cmd));
+    let out = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .map_err(|e| KeyError::Source {
+            what: what.clone(),
+            detail: format!("cannot run it: {e}"),
+        })?;
+    let stdout = Zeroizing::new(out.stdout);
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        return Err(KeyError::Source {
+            what,
+            detail: format!("{} ({})", out.status, crate::quote::bounded(stderr.trim())),
+        });
+    }
+    let text = std::str::from_utf8(&stdout).map_err(|_| KeyError::Source {
+        what,
+        detail: "its output is not UTF-8".into(),
+    })?;
+    Ok(first_line(Zeroizing::new(text.to_string())))
+}
