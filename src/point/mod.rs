@@ -7,10 +7,10 @@
 //!   block against its digest, and hands the units back in block order;
 //! - [`merge`] writes one archive standing for a point from a segment of its chain.
 //!
-//! Point floor, below the commands and above the nouns. Imports only `format` and
-//! `repo`; must not read sources or write targets (`source`, `target`), nor import a
-//! command module (`backup`, `restore`, `prune`, `verify`, `copy`, `status`), `config`
-//! or `cli`.
+//! Point floor, below the commands and above the nouns. Imports only `buffers`,
+//! `format` and `repo`; must not read sources or write targets (`source`, `target`),
+//! nor import a command module (`backup`, `restore`, `prune`, `verify`, `copy`,
+//! `status`), `config` or `cli`.
 
 mod merge;
 mod plan;
