@@ -314,7 +314,7 @@ async fn write(
         archives: chain.archives[..floor].to_vec(),
     });
     let mut gaps = parent_chain.as_ref().map(ChainCursor::new);
-    let pool = unit_buffers();
+    let pool = unit_buffers(opts.threads);
     let encode = {
         let (pool, level) = (pool.clone(), opts.zstd_level);
         let frame_blocks = (FRAME_BYTES / u64::from(geometry.block_size().get())).max(1);

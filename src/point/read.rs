@@ -138,10 +138,11 @@ struct Flags {
 
 pub(crate) use crate::buffers::BufferPool;
 
-/// The pool of unit buffers a reader's last stage hands back: as many as units in
-/// flight.
-pub(crate) fn unit_buffers() -> Arc<BufferPool> {
-    Arc::new(BufferPool::new(8))
+/// The pool of unit buffers a reader of `threads` decoding threads hands back: as many
+/// as units in flight (decoding, queued and being written), so that on any number of
+/// cores the steady state allocates none.
+pub(crate) fn unit_buffers(threads: usize) -> Arc<BufferPool> {
+    Arc::new(BufferPool::new(threads.max(1) + 6))
 }
 
 /// The decoded units of a point, in block order.

@@ -263,7 +263,7 @@ async fn restore_chain(
     // One thread writes, in block order: concurrent writes to one file contend on its
     // lock, and sequential writes are what devices like best.
     let (wtx, mut wrx) = tokio::sync::mpsc::channel::<Decoded>(WRITE_QUEUE);
-    let pool = unit_buffers();
+    let pool = unit_buffers(opts.threads);
     // Another thread starts the disk on what was written (in block order, so up to an
     // offset) while the restore goes on: the fsync at the end then has little left.
     let (ftx, frx) = std::sync::mpsc::channel::<std::ops::Range<u64>>();

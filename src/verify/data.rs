@@ -58,7 +58,7 @@ pub(super) async fn check_data(
         volume: volume.clone(),
         archives: vec![archive.clone()],
     });
-    let pool = unit_buffers();
+    let pool = unit_buffers(opts.threads);
     let recycle = pool.clone();
     let mode = ReadMode {
         keep,
