@@ -19,7 +19,7 @@
 //! ```
 //!
 //! Beside them sit small leaves every floor may use (`size`, `quote`, `progress`,
-//! `logging`, `lvm`, `throttle`, `cleanup`, `hook`, `nbd`); [`config`] reads `thinarc.toml` into the
+//! `buffers`, `logging`, `lvm`, `throttle`, `cleanup`, `hook`, `nbd`); [`config`] reads `thinarc.toml` into the
 //! nouns of the floors below it, on a floor of its own between `nightly` and the
 //! commands. Each module opens with what it owns and what it must not import; the
 //! integration test `floors` holds the same table and fails on an import that points up.
@@ -40,6 +40,7 @@
 //! ([`repo::Repository::catalog_listings`] counts the listings).
 
 pub mod backup;
+pub mod buffers;
 pub mod cleanup;
 pub mod config;
 pub mod copy;

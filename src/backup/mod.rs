@@ -41,7 +41,8 @@ use crate::repo::{
 };
 use crate::source::consistent::{Consistency, ConsistencyError, Freeze, HookEnv, Hooks};
 use crate::source::{
-    BATCH_BYTES, Batch, ChangedBlocks, RawSource, ReadPlan, SourceError, read_batches,
+    BATCH_BYTES, Batch, ChangedBlocks, RawSource, ReadPlan, SourceError, batch_buffers,
+    read_batches,
 };
 use crate::throttle::RateLimiter;
 use process::process_batch;
@@ -747,16 +748,21 @@ impl Run {
         let batch_blocks = (BATCH_BYTES / u64::from(self.geometry.block_size().get())).max(1);
         let geometry = self.geometry;
         let read_limit = self.read_limit.clone();
-        let reader = tokio::task::spawn_blocking(move || {
-            read_batches(
-                &source,
-                &plan,
-                geometry,
-                batch_blocks,
-                read_limit.as_deref(),
-                &tx,
-            )
-        });
+        let buffers = Arc::new(batch_buffers(self.threads));
+        let reader = {
+            let buffers = buffers.clone();
+            tokio::task::spawn_blocking(move || {
+                read_batches(
+                    &source,
+                    &plan,
+                    geometry,
+                    batch_blocks,
+                    read_limit.as_deref(),
+                    &buffers,
+                    &tx,
+                )
+            })
+        };
 
         let mut out = Vec::with_capacity(1 << 20);
         let mut writer = ArchiveWriter::new(&self.header, &mut out)?;
@@ -776,9 +782,11 @@ impl Run {
                     Some(c) => c.digests(batch.first, batch.count).await?,
                     None => Vec::new(),
                 };
-                let ctx = self.ctx.clone();
+                let (ctx, buffers) = (self.ctx.clone(), buffers.clone());
                 inflight.push_back(tokio::task::spawn_blocking(move || {
-                    process_batch(&ctx, batch, prev)
+                    let part = process_batch(&ctx, &batch, prev);
+                    buffers.give(batch.buf);
+                    part
                 }));
             }
             let Some(done) = inflight.next().await else {

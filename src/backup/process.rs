@@ -23,7 +23,7 @@ pub(super) struct Context {
 /// digests, empty for a full backup) and compresses changed data blocks into frames.
 pub(super) fn process_batch(
     ctx: &Context,
-    batch: Batch,
+    batch: &Batch,
     prev: Vec<Option<Digest>>,
 ) -> Result<ArchivePart, BackupError> {
     let g = &ctx.geometry;

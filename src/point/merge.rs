@@ -50,7 +50,7 @@ use futures::TryStreamExt;
 use serde::Serialize;
 
 use super::ReadError;
-use super::read::{BufferPool, Decoded, ReadMode, Span, read_units_with};
+use super::read::{BufferPool, Decoded, ReadMode, Span, read_units_with, unit_buffers};
 use crate::format::{
     ArchivePart, ArchiveWriter, Compression, DEFAULT_ZSTD_LEVEL, Digest, EncodedFrame, FRAME_BYTES,
     FormatError, Geometry, Header, ImageHasher, ImageRun, Op, ParentRef, SourceInfo, compress,
@@ -314,7 +314,7 @@ async fn write(
         archives: chain.archives[..floor].to_vec(),
     });
     let mut gaps = parent_chain.as_ref().map(ChainCursor::new);
-    let pool = Arc::new(BufferPool::default());
+    let pool = unit_buffers(opts.threads);
     let encode = {
         let (pool, level) = (pool.clone(), opts.zstd_level);
         let frame_blocks = (FRAME_BYTES / u64::from(geometry.block_size().get())).max(1);

@@ -9,10 +9,10 @@
 //! - [`random`] reads any byte range of a point through a bounded cache of decoded
 //!   chunks (the NBD export).
 //!
-//! Point floor, below the commands and above the nouns. Imports only `format` and
-//! `repo`; must not read sources or write targets (`source`, `target`), nor import a
-//! command module (`backup`, `restore`, `prune`, `verify`, `copy`, `status`), `config`
-//! or `cli`.
+//! Point floor, below the commands and above the nouns. Imports only `buffers`,
+//! `format` and `repo`; must not read sources or write targets (`source`, `target`),
+//! nor import a command module (`backup`, `restore`, `prune`, `verify`, `copy`,
+//! `status`), `config` or `cli`.
 
 mod merge;
 mod plan;

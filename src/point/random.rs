@@ -20,7 +20,7 @@ use futures::TryStreamExt;
 use tokio::sync::OnceCell;
 
 use super::ReadError;
-use super::read::{BufferPool, Decoded, OnBad, ReadMode, Span, read_units_with};
+use super::read::{Decoded, OnBad, ReadMode, Span, read_units_with, unit_buffers};
 use crate::format::Geometry;
 use crate::repo::{Chain, ChainCursor, Repository, Resolved, SegmentCache};
 
@@ -221,7 +221,7 @@ impl RandomReader {
             cursor,
             end,
             1,
-            Arc::new(BufferPool::default()),
+            unit_buffers(1),
             mode,
             Ok::<Decoded, ReadError>,
         );

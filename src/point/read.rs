@@ -9,7 +9,7 @@
 
 use std::cell::RefCell;
 use std::ops::Range;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::stream::BoxStream;
@@ -139,26 +139,13 @@ struct Flags {
     whole_frames: bool,
 }
 
-/// Unit buffers handed back for reuse.
-#[derive(Default)]
-pub(crate) struct BufferPool(Mutex<Vec<Vec<u8>>>);
+pub(crate) use crate::buffers::BufferPool;
 
-impl BufferPool {
-    /// Buffers kept at most: as many as units in flight.
-    const KEEP: usize = 8;
-
-    fn take(&self) -> Vec<u8> {
-        self.0.lock().expect("pool lock").pop().unwrap_or_default()
-    }
-
-    /// Hands a unit buffer back.
-    pub(crate) fn give(&self, mut buf: Vec<u8>) {
-        buf.clear();
-        let mut pool = self.0.lock().expect("pool lock");
-        if pool.len() < Self::KEEP {
-            pool.push(buf);
-        }
-    }
+/// The pool of unit buffers a reader of `threads` decoding threads hands back: as many
+/// as units in flight (decoding, queued and being written), so that on any number of
+/// cores the steady state allocates none.
+pub(crate) fn unit_buffers(threads: usize) -> Arc<BufferPool> {
+    Arc::new(BufferPool::new(threads.max(1) + 6))
 }
 
 /// The decoded units of a point, in block order.
@@ -312,7 +299,9 @@ fn decode(
                 frames: Vec::new(),
             }),
         };
-        decode_with(chain, w, bytes, pool.take(), scratch, flags)
+        let mut buf = pool.take();
+        buf.clear();
+        decode_with(chain, w, bytes, buf, scratch, flags)
     })
 }
 

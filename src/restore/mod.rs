@@ -29,7 +29,7 @@ use serde::Serialize;
 
 use crate::format::{Digest, FormatError, Geometry, ImageHasher};
 use crate::point::ReadError;
-use crate::point::read::{BufferPool, Decoded, Span, read_units};
+use crate::point::read::{BufferPool, Decoded, Span, read_units, unit_buffers};
 use crate::progress::Progress;
 use crate::repo::{
     ArchiveId, Chain, ChainCursor, Commit, PointSelector, RepoError, Repository, VolumeName,
@@ -39,6 +39,9 @@ use crate::target::{BeyondVolume, FileTarget, TargetError};
 
 /// Decoded units waiting for the writer.
 const WRITE_QUEUE: usize = 2;
+
+/// Bytes written between two starts of writeback ([`FileTarget::start_writeback`]).
+const WRITEBACK_BYTES: u64 = 32 << 20;
 
 /// Which point to restore and how.
 #[derive(Debug, Clone)]
@@ -260,13 +263,31 @@ async fn restore_chain(
     // One thread writes, in block order: concurrent writes to one file contend on its
     // lock, and sequential writes are what devices like best.
     let (wtx, mut wrx) = tokio::sync::mpsc::channel::<Decoded>(WRITE_QUEUE);
-    let pool = Arc::new(BufferPool::default());
+    let pool = unit_buffers(opts.threads);
+    // Another thread starts the disk on what was written (in block order, so up to an
+    // offset) while the restore goes on: the fsync at the end then has little left.
+    let (ftx, frx) = std::sync::mpsc::channel::<std::ops::Range<u64>>();
+    let flusher = {
+        let out = out.clone();
+        tokio::task::spawn_blocking(move || {
+            frx.iter()
+                .for_each(|r| out.start_writeback(r.start, r.end - r.start))
+        })
+    };
     let writer = {
         let (out, pool) = (out.clone(), pool.clone());
         tokio::task::spawn_blocking(move || -> Result<u64, RestoreError> {
-            let mut written = 0;
+            let (mut written, mut flushed) = (0, 0);
             while let Some(d) = wrx.blocking_recv() {
+                let end = d.spans.last().map_or(flushed, |s| {
+                    geometry.offset(span_first(s)) + span_bytes(s, &geometry)
+                });
                 written += write_unit(d, &out, &geometry, &pool)?;
+                if end >= flushed + WRITEBACK_BYTES {
+                    // The flusher is gone only if it panicked; the fsync still runs.
+                    let _ = ftx.send(flushed..end);
+                    flushed = end;
+                }
             }
             Ok(written)
         })
@@ -318,9 +339,12 @@ async fn restore_chain(
     }
     .await;
     drop(wtx);
-    let written = writer
-        .await
-        .map_err(|e| RestoreError::Task(e.to_string()))??;
+    let written = writer.await;
+    // Before any error returns: the flusher holds the target, whose drop removes a new
+    // file's temporary name.
+    let flushed = flusher.await;
+    let written = written.map_err(|e| RestoreError::Task(e.to_string()))??;
+    flushed.map_err(|e| RestoreError::Task(e.to_string()))?;
     streamed?;
     units.finish().await?;
     let actual = hasher.finish().map_err(|source| RestoreError::Corrupt {

@@ -9,6 +9,7 @@ use futures::stream::FuturesOrdered;
 use tokio::sync::mpsc::Sender;
 
 use super::{RawSource, ReadPlan, SourceError};
+use crate::buffers::BufferPool;
 use crate::format::{BlockSize, Digest, Geometry, ImageHasher, ImageRun, push_image};
 use crate::progress::Progress;
 use crate::throttle::RateLimiter;
@@ -25,12 +26,19 @@ pub struct Batch {
     pub bytes_read: u64,
 }
 
+/// The pool of batch buffers for a pipeline of `threads` hashing threads: the
+/// channel's and the hashers' batches, and the one being read.
+pub fn batch_buffers(threads: usize) -> BufferPool {
+    BufferPool::new(2 * threads + 3)
+}
+
 /// Most blocks in one batch of hole blocks (bounds the previous point's digests
 /// fetched for it).
 const MAX_HOLE_BATCH: u64 = 1 << 16;
 
 /// Reads the blocks of `plan` in batches of `batch_blocks` and sends them in order,
-/// at most at `read_limit`'s rate (bytes actually read; holes are free).
+/// at most at `read_limit`'s rate (bytes actually read; holes are free), into buffers
+/// taken from `buffers` (which the last stage hands back: every byte is overwritten).
 /// Stops quietly when the receiver is gone (the pipeline failed elsewhere). Checks at
 /// the end that the source did not change size.
 pub fn read_batches(
@@ -39,6 +47,7 @@ pub fn read_batches(
     geometry: Geometry,
     batch_blocks: u64,
     read_limit: Option<&RateLimiter>,
+    buffers: &BufferPool,
     tx: &Sender<Batch>,
 ) -> Result<(), SourceError> {
     for range in plan.ranges() {
@@ -71,7 +80,8 @@ pub fn read_batches(
             let count = batch_blocks.min(range.end - first);
             let offset = geometry.offset(first);
             let len = geometry.offset(first + count).min(geometry.size()) - offset;
-            let mut buf = vec![0u8; len as usize];
+            let mut buf = buffers.take();
+            buf.resize(len as usize, 0);
             let bytes_read = source.read_at(offset, &mut buf)?;
             if let Some(limit) = read_limit {
                 limit.acquire_blocking(bytes_read);
@@ -139,25 +149,35 @@ pub async fn source_image_digest(
     let threads = threads.max(1);
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Batch>(threads);
     let batch_blocks = (BATCH_BYTES / u64::from(block_size.get())).max(1);
-    let reader = tokio::task::spawn_blocking(move || {
-        read_batches(
-            &source,
-            &ReadPlan::all(geometry.blocks()),
-            geometry,
-            batch_blocks,
-            None,
-            &tx,
-        )
-    });
+    let buffers = Arc::new(batch_buffers(threads));
+    let reader = {
+        let buffers = buffers.clone();
+        tokio::task::spawn_blocking(move || {
+            read_batches(
+                &source,
+                &ReadPlan::all(geometry.blocks()),
+                geometry,
+                batch_blocks,
+                None,
+                &buffers,
+                &tx,
+            )
+        })
+    };
     let mut hasher = ImageHasher::new(geometry);
     let mut inflight = FuturesOrdered::new();
     let mut reading = true;
     loop {
         while reading && inflight.len() < threads + 1 {
             match rx.recv().await {
-                Some(batch) => inflight.push_back(tokio::task::spawn_blocking(move || {
-                    (batch.count, batch.image(&geometry))
-                })),
+                Some(batch) => {
+                    let buffers = buffers.clone();
+                    inflight.push_back(tokio::task::spawn_blocking(move || {
+                        let image = batch.image(&geometry);
+                        buffers.give(batch.buf);
+                        (batch.count, image)
+                    }))
+                }
                 None => reading = false,
             }
         }

@@ -5,8 +5,8 @@
 //!
 //! A source only reads; it knows nothing of archives or repositories.
 //!
-//! Nouns floor (with `repo` and `target`). Imports only `cleanup`, `format`, `hook`,
-//! `lvm`, `progress`, `quote` and `throttle`; must not import `repo`, `target`, `point`, a
+//! Nouns floor (with `repo` and `target`). Imports only `buffers`, `cleanup`, `format`,
+//! `hook`, `lvm`, `progress`, `quote` and `throttle`; must not import `repo`, `target`, `point`, a
 //! command module or `cli`.
 
 mod blocks;
@@ -16,7 +16,7 @@ pub mod lvm;
 mod raw;
 mod spec;
 
-pub use blocks::{BATCH_BYTES, Batch, is_zero, read_batches, source_image_digest};
+pub use blocks::{BATCH_BYTES, Batch, batch_buffers, is_zero, read_batches, source_image_digest};
 pub use changed::{ChangedBlocks, ChangedBlocksError, parse_changed_blocks};
 pub use raw::{RawSource, SourceError, file_kind};
 pub use spec::{SourceSpec, SourceSpecError};

@@ -10,7 +10,7 @@ use futures::StreamExt;
 use super::{DataCheck, VerifyOptions};
 use crate::format::Digest;
 use crate::point::ReadError;
-use crate::point::read::{BufferPool, Decoded, FrameFilter, OnBad, ReadMode, read_units_with};
+use crate::point::read::{Decoded, FrameFilter, OnBad, ReadMode, read_units_with, unit_buffers};
 use crate::progress::Progress;
 use crate::repo::{Chain, ChainCursor, RemoteArchive, Repository, VolumeName};
 
@@ -58,7 +58,7 @@ pub(super) async fn check_data(
         volume: volume.clone(),
         archives: vec![archive.clone()],
     });
-    let pool = Arc::new(BufferPool::default());
+    let pool = unit_buffers(opts.threads);
     let recycle = pool.clone();
     let mode = ReadMode {
         keep,

@@ -45,6 +45,7 @@ const ROOMS: &[Room] = &[
     room("logging", 0, Only(&[])),
     room("progress", 0, Only(&[])),
     room("nbd", 0, Only(&[])),
+    room("buffers", 0, Only(&[])),
     // Tools: the LVM commands, rate limits.
     room("lvm", 1, Only(&["cleanup", "quote"])),
     room("throttle", 1, Only(&["quote", "size"])),
@@ -55,12 +56,12 @@ const ROOMS: &[Room] = &[
         "source",
         2,
         Only(&[
-            "cleanup", "format", "hook", "lvm", "progress", "quote", "throttle",
+            "buffers", "cleanup", "format", "hook", "lvm", "progress", "quote", "throttle",
         ]),
     ),
     room("target", 2, Only(&["cleanup", "lvm", "repo", "source"])),
     // Reading and rebuilding a point: what every reader of points shares.
-    room("point", 3, Only(&["format", "repo"])),
+    room("point", 3, Only(&["buffers", "format", "repo"])),
     // The commands.
     room(
         "backup",
