@@ -148,18 +148,18 @@ pub enum Command {
   thinarc -r /srv/backup serve vg0/web --at 12 --socket /run/web.sock
   qemu-img convert nbd+unix:///?socket=/run/web.sock web.img
   thinarc -r /srv/backup serve vg0/web --socket /run/web.sock --overlay /var/tmp/web.ovl
-  thinarc -r /srv/backup serve vg0/web --listen 10809     # nbd://127.0.0.1:10809/")]
+  thinarc -r /srv/backup serve vg0/web --listen 10809")]
     Serve(serve::ServeArgs),
     /// Mount a point's file system through a kernel NBD device (read-only, or
     /// read-write with an overlay), until `thinarc umount`.
     #[command(after_help = "Examples:
-  thinarc -r /srv/backup mount vg0/web /mnt/web --at 12 &
+  thinarc -r /srv/backup mount vg0/web /mnt/web --at 12
   thinarc umount /mnt/web")]
     Mount(mount::MountArgs),
     /// Unmount a `thinarc mount` and disconnect its NBD device.
     #[command(after_help = "Examples:
   thinarc umount /mnt/web
-  thinarc umount /dev/nbd0     # a device left by a mount that was killed")]
+  thinarc umount /dev/nbd0")]
     Umount(mount::UmountArgs),
     /// List volumes and their points.
     #[command(after_help = "Example:\n  thinarc -r /srv/backup list vg0/web --json")]

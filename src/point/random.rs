@@ -28,6 +28,10 @@ use crate::repo::{Chain, ChainCursor, Repository, Resolved, SegmentCache};
 /// a handful of range reads, small enough that a random 4 KiB read does not
 /// fetch much more than its frame.
 pub const CHUNK_BYTES: u64 = 1 << 20;
+/// Chunks read at once: each holds its fetched and its decoded bytes until it is
+/// cached, so concurrent misses (a client with many requests in flight) are bounded
+/// here, not by the cache.
+const LOADS: usize = 4;
 
 /// Why a random read failed.
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +88,8 @@ pub struct RandomReader {
     /// Decoded index segments: a read's cursor finds its blocks without reading the
     /// index again.
     segments: Arc<SegmentCache>,
+    /// Bounds the chunks being read ([`LOADS`]).
+    loads: tokio::sync::Semaphore,
 }
 
 impl RandomReader {
@@ -97,6 +103,7 @@ impl RandomReader {
         let segments = Arc::new(SegmentCache::new(16 + 4 * chain.archives.len()));
         RandomReader {
             segments,
+            loads: tokio::sync::Semaphore::new(LOADS),
             repo: repo.clone(),
             chain: Arc::new(chain),
             geometry,
@@ -176,6 +183,7 @@ impl RandomReader {
         let chunk = slot
             .get_or_try_init(|| async {
                 loaded = true;
+                let _permit = self.loads.acquire().await.expect("never closed");
                 self.load(first).await.map(Arc::new)
             })
             .await?

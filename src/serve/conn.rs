@@ -268,10 +268,13 @@ async fn transmission<R: AsyncRead + Unpin>(
         let permit = slots.clone().acquire_owned().await.expect("semaphore open");
         let (export, session, wr) = (export.clone(), session.clone(), wr.clone());
         tasks.spawn(async move {
-            let out = answer(&export, &session, r, payload).await;
+            let (head, data) = answer(&export, &session, r, payload).await;
             drop(permit);
             // A client gone mid-reply: its reader sees the end too.
-            let _ = wr.lock().await.write_all(&out).await;
+            let mut wr = wr.lock().await;
+            if wr.write_all(&head).await.is_ok() && !data.is_empty() {
+                let _ = wr.write_all(&data).await;
+            }
         });
     };
     while tasks.join_next().await.is_some() {}
@@ -279,8 +282,22 @@ async fn transmission<R: AsyncRead + Unpin>(
     result
 }
 
-/// The reply to request `r` (with its payload), whole.
-async fn answer(export: &Export, s: &Session, r: Request, payload: Vec<u8>) -> Vec<u8> {
+/// The reply to request `r` (with its payload), whole: its header, and the data of
+/// a read (sent as is, not copied behind the header).
+async fn answer(export: &Export, s: &Session, r: Request, payload: Vec<u8>) -> (Vec<u8>, Vec<u8>) {
+    let mut data = Vec::new();
+    let out = reply(export, s, r, payload, &mut data).await;
+    (out, data)
+}
+
+/// The reply to `r` without a read's data, which goes to `data`.
+async fn reply(
+    export: &Export,
+    s: &Session,
+    r: Request,
+    payload: Vec<u8>,
+    data: &mut Vec<u8>,
+) -> Vec<u8> {
     let mut out = Vec::new();
     let fail = |out: &mut Vec<u8>, error: u32, msg: &str| {
         if s.structured {
@@ -312,17 +329,18 @@ async fn answer(export: &Export, s: &Session, r: Request, payload: Vec<u8>) -> V
                 fail(&mut out, errno::EINVAL, "read longer than 32 MiB");
                 return out;
             }
-            let mut data = vec![0; r.length as usize];
-            match export.read(r.offset, &mut data).await {
+            data.resize(r.length as usize, 0);
+            match export.read(r.offset, data).await {
                 Ok(()) => {
                     if s.structured {
                         nbd::offset_data_header(r.cookie, r.offset, r.length, true, &mut out);
                     } else {
                         nbd::simple_reply(r.cookie, 0, &mut out);
                     }
-                    out.extend_from_slice(&data);
                 }
                 Err(e) => {
+                    // Never bytes after an error reply.
+                    data.clear();
                     log_read_error(export, &range, &e);
                     fail(&mut out, errno::EIO, &e.to_string());
                 }

@@ -391,6 +391,25 @@ fn serve_bad_input_gets_protocol_errors() {
     assert_eq!(c.take(1000), img[100..1100]);
     c.request(cmd::DISC, 0, 0);
 
+    // NBD_OPT_LIST names the export; NBD_OPT_EXPORT_NAME (the oldest way in) answers
+    // size and flags (no 124 zero bytes: both sides set NO_ZEROES); NBD_OPT_ABORT is
+    // acknowledged.
+    let mut c = Raw::connect(&server.socket);
+    c.option(opt::LIST, &[]);
+    assert_eq!(c.reply(), (opt::LIST, rep::SERVER, nbd::rep_server("v")));
+    assert_eq!(c.reply().1, rep::ACK);
+    c.option(opt::EXPORT_NAME, b"v");
+    let h = c.take(10);
+    assert_eq!(h[..8], (size as u64).to_be_bytes());
+    let flags = u16::from_be_bytes([h[8], h[9]]);
+    assert_ne!(flags & nbd::tflag::READ_ONLY, 0, "read-only export");
+    c.request(cmd::READ, 0, 512);
+    assert_eq!(c.simple_error(), 0);
+    assert_eq!(c.take(512), img[..512]);
+    let mut c = Raw::connect(&server.socket);
+    c.option(opt::ABORT, &[]);
+    assert_eq!(c.reply().1, rep::ACK);
+
     // A client that disconnects mid-reply: four reads of the whole export, and it
     // hangs up before reading the replies.
     let mut c = Raw::connect(&server.socket);
