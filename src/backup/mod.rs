@@ -31,7 +31,8 @@ use serde::Serialize;
 
 use crate::format::{
     ArchivePart, ArchiveWriter, BlockSize, Compression, DEFAULT_BLOCK_SIZE, DEFAULT_ZSTD_LEVEL,
-    FRAME_BYTES, FormatError, Geometry, Header, ImageHasher, LvmSnapshot, ParentRef, SourceInfo,
+    Digester, FRAME_BYTES, FormatError, Geometry, Header, ImageHasher, Keys, LvmSnapshot,
+    ParentRef, SourceInfo, WriterKey,
 };
 use crate::progress::Progress;
 use crate::repo::{
@@ -256,6 +257,12 @@ impl Base {
         };
         let why = if full {
             Some("--full was given".to_string())
+        } else if matches!(repo.keys(), Keys::Writer(_)) && repo.is_encrypted() {
+            // A write-only host cannot read the index of the point it would build on.
+            Some(
+                "this host holds only a writer key, which cannot read the last point's index"
+                    .to_string(),
+            )
         } else {
             match repo.resolve(&base.commits, &PointSelector::Latest).await {
                 Ok(chain) => match base.damage(repo, &chain).await? {
@@ -428,6 +435,8 @@ async fn locked(
     source: &str,
     work: impl Future<Output = Result<BackupReport, BackupError>>,
 ) -> Result<BackupReport, BackupError> {
+    // An encrypted repository needs a key to write to, before any work.
+    repo.write_key("backup")?;
     let lock = VolumeLock::acquire(repo, volume, "backup").await?;
     for w in lock.broken() {
         tracing::warn!("{w}");
@@ -531,6 +540,7 @@ async fn backup_from(
             method: method.into(),
         },
         lvm: opts.lvm.clone(),
+        encryption: None,
     };
     progress.set_total(plan.blocks() * u64::from(block_size.get()));
 
@@ -542,7 +552,8 @@ async fn backup_from(
         geometry.max_archive_len(),
     )
     .await?;
-    let run = Run::new(&header, geometry, parent.as_ref(), opts, forced);
+    let key = repo.write_key("backup")?.cloned();
+    let run = Run::new(&header, geometry, parent.as_ref(), opts, forced, key);
     match run.execute(source, plan, &mut upload, &progress).await {
         Ok((stats, digest)) => {
             let published = upload.commit(digest.trailer_sha256).await?;
@@ -664,6 +675,8 @@ struct Finished {
 /// One backup run's pipeline state.
 struct Run {
     header: Header,
+    /// The writer key of an encrypted repository.
+    key: Option<WriterKey>,
     geometry: Geometry,
     parent: Option<Chain>,
     ctx: Arc<process::Context>,
@@ -678,6 +691,7 @@ impl Run {
         parent: Option<&Chain>,
         opts: &BackupOptions,
         mut forced: BTreeSet<u64>,
+        key: Option<WriterKey>,
     ) -> Self {
         let bs = u64::from(geometry.block_size().get());
         forced.extend(
@@ -688,6 +702,7 @@ impl Run {
         );
         let ctx = process::Context {
             geometry,
+            digester: Digester::for_key(key.as_ref().map(|k| &k.digest_key)),
             forced,
             frame_blocks: (FRAME_BYTES / bs).max(1) as usize,
             level: opts.zstd_level,
@@ -695,6 +710,7 @@ impl Run {
         };
         Run {
             header: header.clone(),
+            key,
             geometry,
             parent: parent.cloned(),
             ctx: Arc::new(ctx),
@@ -726,8 +742,8 @@ impl Run {
         });
 
         let mut out = Vec::with_capacity(1 << 20);
-        let mut writer = ArchiveWriter::new(&self.header, &mut out)?;
-        let mut hasher = ImageHasher::new(self.geometry);
+        let mut writer = ArchiveWriter::new(&self.header, self.key.as_ref(), &mut out)?;
+        let mut hasher = ImageHasher::with(self.geometry, writer.digester());
         let mut parents = self.parent.as_ref().map(ChainCursor::new);
         let mut gaps = self.parent.as_ref().map(ChainCursor::new);
         let mut stats = Stats::default();
