@@ -27,11 +27,13 @@ pub async fn backup_volume(
     job: &Job,
     location: &str,
     source: &SourceSpec,
-    opts: BackupOptions,
+    mut opts: BackupOptions,
     limits: PoolLimits,
     observer: &dyn Observer,
 ) -> Result<BackupReport, JobError> {
     let volume = opts.volume.clone();
+    // A write-only host keeps the digests of its last point there.
+    opts.state_dir.get_or_insert_with(|| job.state_dir.clone());
     let failed = |error: BackupError| match error {
         BackupError::Lock(e) if held(&e) => JobError::Lock(e),
         error => JobError::Backup {

@@ -10,10 +10,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use proptest::prelude::*;
+use thinarc::backup::{ArchiveKind, BackupError, BackupOptions, BackupReport, backup};
 use thinarc::copy::{CopyError, CopyOptions, copy};
-use thinarc::format::{ArchiveReader, Digest, EntryKind, Keys, RepoKey};
+use thinarc::format::{ArchiveReader, BlockSize, Digest, EntryKind, Keys, RepoKey};
 use thinarc::point::{MergeOptions, merge};
 use thinarc::repo::{PointSelector, Repository, VolumeName};
+use thinarc::source::RawSource;
 use thinarc::verify::{DataCheck, VerifyOptions, verify};
 
 use crate::chain::{
@@ -285,12 +287,12 @@ async fn tampered_archives_are_named_and_nothing_is_restored() {
     // length: the same content in a new chain).
     write(a, &original);
     let volume = VolumeName::new("v").unwrap();
-    let mut opts = thinarc::backup::BackupOptions::new(volume.clone());
+    let mut opts = BackupOptions::new(volume.clone());
     opts.full = true;
-    opts.block_size = Some(thinarc::format::BlockSize::new(4096).unwrap());
-    thinarc::backup::backup(
+    opts.block_size = Some(BlockSize::new(4096).unwrap());
+    backup(
         &t.repo,
-        thinarc::source::RawSource::open(&src).unwrap(),
+        RawSource::open(&src).unwrap(),
         &opts,
         Arc::default(),
     )
@@ -356,31 +358,91 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-/// A host with only the writer key backs up (a full each time: it cannot read the
-/// last point's index) and reads nothing back; a key holder restores its points.
+/// A backup of `path` by a host with state directory `state` (`None`: none).
+async fn backup_host(
+    repo: &Repository,
+    volume: &VolumeName,
+    path: &Path,
+    changed: Option<Vec<std::ops::Range<u64>>>,
+    state: Option<&Path>,
+) -> Result<BackupReport, BackupError> {
+    let mut opts = BackupOptions::new(volume.clone());
+    opts.block_size = Some(BlockSize::new(4096).unwrap());
+    opts.changed_blocks = changed.map(Into::into);
+    opts.threads = 2;
+    opts.state_dir = state.map(Path::to_path_buf);
+    backup(repo, RawSource::open(path).unwrap(), &opts, Arc::default()).await
+}
+
+/// A host with only the writer key backs up deltas on the digests it kept of its
+/// last point (a full, saying why, when they are missing or stale) and reads
+/// nothing back; a key holder restores every point.
 #[tokio::test(flavor = "multi_thread")]
-async fn write_only_host_backs_up_but_cannot_read() {
+async fn write_only_host_backs_up_deltas_but_cannot_read() {
     let (t, key) = owned().await;
     let writer = reopen(&t, Keys::Writer(key.writer().clone())).await;
+    let state = t.path("state");
     let volume = VolumeName::new("wo").unwrap();
     let src = t.path("wo.img");
     let mut img = make_image(200_000, 11);
+    let mut points = Vec::new();
     write(&src, &img);
-    let r = backup_file(&writer, &volume, &src, None)
+    let r = backup_host(&writer, &volume, &src, None, Some(&state))
         .await
-        .expect("full");
-    assert!(r.warnings.is_empty(), "{:?}", r.warnings);
-    Rng::new(3).fill(&mut img[0..5000]);
-    write(&src, &img);
-    let r = backup_file(&writer, &volume, &src, None)
-        .await
-        .expect("second");
-    assert_eq!(r.seq, 2);
-    assert!(
-        r.warnings.iter().any(|w| w.contains("writer key")),
+        .unwrap();
+    points.push(img.clone());
+    assert_eq!(
+        (r.kind, r.warnings.len()),
+        (ArchiveKind::Full, 0),
         "{:?}",
         r.warnings
     );
+    let mut step = async |img: &mut Vec<u8>, at: usize, changed: bool, state: Option<&Path>| {
+        Rng::new(at as u64).fill(&mut img[at..at + 5000]);
+        write(&src, img);
+        let list = changed.then(|| std::iter::once(at as u64..at as u64 + 5000).collect());
+        let r = backup_host(&writer, &volume, &src, list, state)
+            .await
+            .expect("backup by the writer");
+        points.push(img.clone());
+        r
+    };
+    let r = step(&mut img, 0, false, Some(&state)).await;
+    assert_eq!(
+        (r.kind, r.method.as_str()),
+        (ArchiveKind::Delta, "scan"),
+        "{:?}",
+        r.warnings
+    );
+    assert!(r.warnings.is_empty(), "{:?}", r.warnings);
+    let r = step(&mut img, 50_000, true, Some(&state)).await;
+    assert_eq!(
+        (r.kind, r.method.as_str()),
+        (ArchiveKind::Delta, "changed-blocks")
+    );
+    assert_eq!(r.bytes_read, 8192, "only the listed blocks are read");
+    // Without its state directory: a full, and why.
+    let r = step(&mut img, 100_000, false, None).await;
+    assert_eq!(r.kind, ArchiveKind::Full);
+    assert_eq!(r.warnings.len(), 1, "{:?}", r.warnings);
+    assert!(
+        r.warnings[0].contains("no state directory"),
+        "{:?}",
+        r.warnings
+    );
+    // Its state is now stale (seq 3, the newest point is 4): a full, and why.
+    let r = step(&mut img, 150_000, false, Some(&state)).await;
+    assert_eq!(r.kind, ArchiveKind::Full);
+    assert_eq!(r.warnings.len(), 1, "{:?}", r.warnings);
+    assert!(
+        r.warnings[0].contains("its state")
+            && r.warnings[0].contains("is of seq 3, not of the newest point seq 4"),
+        "{:?}",
+        r.warnings
+    );
+    let r = step(&mut img, 20_000, false, Some(&state)).await;
+    assert_eq!(r.kind, ArchiveKind::Delta, "{:?}", r.warnings);
+    // Nothing of the index or the data can be read back.
     let e = restore_fails(&writer, "wo", 2, t.dir.path()).await;
     assert!(
         e.contains("restore needs the repository key (a writer key only encrypts)"),
@@ -413,11 +475,7 @@ async fn write_only_host_backs_up_but_cannot_read() {
             .starts_with("backup needs a key of encrypted repository"),
         "{e}"
     );
-    let out = t.path("wo-out.img");
-    restore_seq(&t.repo, &volume, 2, &out)
-        .await
-        .expect("restore with the key");
-    assert_eq!(read(&out), img);
+    restore_every_point(&t.repo, t.dir.path(), &volume, &points).await;
 }
 
 /// A plain copy needs the same key material on both sides; a consolidated copy
