@@ -16,7 +16,10 @@
 //! break one rule each (with `parts.rs`, which lays an archive out again). `chains/`
 //! holds deltas valid alone that break a chain rule, and `repository.rs` writes
 //! `repository/`, a repository tree with its expected listing (`tests/it/repo_vector.rs`).
+//! `encrypted.rs` writes `encrypted/`: format 2.0 vectors under a published test key
+//! (`tests/it/crypt.rs`).
 
+mod encrypted;
 mod parts;
 mod repository;
 mod rules;
@@ -480,6 +483,7 @@ impl Generator {
         self.invalid(&ba, &be, rules::cases(&ba, &bb, &bm));
         self.chains(rules::chain_cases(&ba, &bb, &bj));
         self.repository(&a, &b, &f, &gi);
+        self.encrypted();
     }
 
     /// Writes `valid/NAME.tarc` and its description. `chain` names the ancestors, oldest

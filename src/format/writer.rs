@@ -57,14 +57,42 @@ impl ArchiveWriter {
         key: Option<&WriterKey>,
         out: &mut Vec<u8>,
     ) -> Result<Self, FormatError> {
-        let geometry = header
-            .geometry()
-            .map_err(|e| FormatError::InvalidInput(e.to_string()))?;
         let mut header = header.clone();
         header.encryption = None;
         let key = key
             .map(|k| ArchiveKey::create(k, &mut header))
             .transpose()?;
+        Self::start(&header, key, out)
+    }
+
+    /// Starts an encrypted archive with `header`, which holds the `encryption` map of
+    /// the data key `key` was made from ([`ArchiveKey::new`]): for test vectors, whose
+    /// data key is fixed. [`new`](Self::new) draws a fresh one.
+    ///
+    /// # Errors
+    /// [`FormatError::InvalidInput`] if the header is invalid, too large, or has no
+    /// `encryption` map.
+    pub fn with_key(
+        header: &Header,
+        key: ArchiveKey,
+        out: &mut Vec<u8>,
+    ) -> Result<Self, FormatError> {
+        if header.encryption.is_none() {
+            return Err(FormatError::InvalidInput(
+                "an archive key needs a header with its encryption map".into(),
+            ));
+        }
+        Self::start(header, Some(key), out)
+    }
+
+    fn start(
+        header: &Header,
+        key: Option<ArchiveKey>,
+        out: &mut Vec<u8>,
+    ) -> Result<Self, FormatError> {
+        let geometry = header
+            .geometry()
+            .map_err(|e| FormatError::InvalidInput(e.to_string()))?;
         let digester = key
             .as_ref()
             .map_or(Digester::Plain, |k| k.digester().clone());
