@@ -295,4 +295,45 @@ mod tests {
             "another key pair"
         );
     }
+
+    #[test]
+    fn a_sealed_segment_is_bound_to_its_directory_entry_and_the_wrapped_key_checked() {
+        let owner = RepoKey::generate();
+        let mut h = test_header(8192);
+        let key = ArchiveKey::create(owner.writer(), &mut h).expect("create");
+        let dir = DirEntry {
+            offset: 500,
+            entries: 1,
+            first_block: 0,
+            end_block: 2,
+            sha256: crate::format::Digest::default(),
+            sealed: true,
+        };
+        let sealed = key.seal_segment(&dir, &[7; 64]);
+        assert_eq!(sealed.len(), 64 + TAG_LEN);
+        assert_eq!(key.open_segment(&dir, &sealed).expect("open"), vec![7; 64]);
+        for moved in [
+            DirEntry { offset: 564, ..dir },
+            DirEntry {
+                end_block: 1,
+                ..dir
+            },
+            DirEntry {
+                first_block: 1,
+                ..dir
+            },
+        ] {
+            assert!(key.open_segment(&moved, &sealed).is_err(), "{moved:?}");
+        }
+        assert!(
+            key.open_frame(500, 0, &sealed).is_err(),
+            "a segment is no frame at the same offset"
+        );
+        let mut bad = h.clone();
+        if let Some(e) = bad.encryption.as_mut() {
+            e.wrapped_key[40] ^= 1;
+        }
+        let e = ArchiveKey::open(&owner, &bad).expect_err("damaged wrapped key");
+        assert!(e.to_string().contains("does not unwrap"), "{e}");
+    }
 }
