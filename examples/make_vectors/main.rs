@@ -16,7 +16,10 @@
 //! break one rule each (with `parts.rs`, which lays an archive out again). `chains/`
 //! holds deltas valid alone that break a chain rule, and `repository.rs` writes
 //! `repository/`, a repository tree with its expected listing (`tests/it/repo_vector.rs`).
+//! `encrypted.rs` writes `encrypted/`: format 2.0 vectors under a published test key
+//! (`tests/it/crypt.rs`).
 
+mod encrypted;
 mod parts;
 mod repository;
 mod rules;
@@ -163,6 +166,7 @@ fn header(archive_id: &str, seq: u64, parent: Option<ParentRef>, size: u64) -> H
             },
         },
         lvm: None,
+        encryption: None,
     }
 }
 
@@ -200,7 +204,7 @@ impl Generator {
     /// Writes an archive holding `items` of `image` and returns its bytes and trailer.
     fn build(&mut self, h: &Header, image: &Image, items: &[Item]) -> (Vec<u8>, Trailer) {
         let mut out = Vec::new();
-        let mut w = thinarc::format::ArchiveWriter::new(h, &mut out).expect("header");
+        let mut w = thinarc::format::ArchiveWriter::new(h, None, &mut out).expect("header");
         for item in items {
             match *item {
                 Item::Zeros(first, count) => w.push_zeros(first, count, &mut out).expect("zeros"),
@@ -479,6 +483,7 @@ impl Generator {
         self.invalid(&ba, &be, rules::cases(&ba, &bb, &bm));
         self.chains(rules::chain_cases(&ba, &bb, &bj));
         self.repository(&a, &b, &f, &gi);
+        self.encrypted();
     }
 
     /// Writes `valid/NAME.tarc` and its description. `chain` names the ancestors, oldest
@@ -663,13 +668,13 @@ impl Generator {
             "a text file".into(),
         );
         let mut v = a.to_vec();
-        v[8..10].copy_from_slice(&2u16.to_le_bytes());
+        v[8..10].copy_from_slice(&3u16.to_le_bytes());
         case(
-            "version-2",
+            "version-3",
             v,
             "UnsupportedVersion",
             "open",
-            "full-small with major version 2 (checked before any checksum)".into(),
+            "full-small with major version 3 (checked before any checksum)".into(),
         );
         let mut v = a.to_vec();
         v[12..16].copy_from_slice(&(2u32 << 20).to_le_bytes());

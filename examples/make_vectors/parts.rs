@@ -123,6 +123,7 @@ impl Parts {
                 first_block: chunk[0].block,
                 end_block: chunk[chunk.len() - 1].end(),
                 sha256: Digest::of(&seg),
+                sealed: false,
             }
             .encode(&mut directory);
             v.extend(seg);

@@ -152,7 +152,7 @@ fn big_blocks() -> Vec<u8> {
     h.block_size = bs;
     let data = text("big", 100);
     let mut out = Vec::new();
-    let mut w = ArchiveWriter::new(&h, &mut out).expect("header");
+    let mut w = ArchiveWriter::new(&h, None, &mut out).expect("header");
     w.push_zeros(0, 1, &mut out).expect("zeros");
     let frame = EncodedFrame {
         first_block: 1,
@@ -710,7 +710,7 @@ pub fn chain_cases(a: &[u8], grow: &[u8], relinked: &[u8]) -> Vec<ChainCase> {
         });
         h.block_size = 8192;
         let mut out = Vec::new();
-        let w = ArchiveWriter::new(&h, &mut out).expect("header");
+        let w = ArchiveWriter::new(&h, None, &mut out).expect("header");
         w.finish(t.image_digest, &mut out);
         out
     };

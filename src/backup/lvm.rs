@@ -45,7 +45,7 @@ async fn backup_lvm_locked(
     limits: PoolLimits,
     progress: Arc<Progress>,
 ) -> Result<BackupReport, BackupError> {
-    let base = Base::for_backup(repo, &opts.volume, opts.full).await?;
+    let base = Base::for_backup(repo, &opts.volume, opts.full, opts.state_dir.as_deref()).await?;
     // The LVM commands block briefly; they run inline so that an interrupted run
     // unwinds through the snapshot guards before the process exits.
     let plan = LvmPlan::inspect(name, base.tip())?;
@@ -137,7 +137,7 @@ pub async fn dry_run_lvm(
     opts: &BackupOptions,
     limits: PoolLimits,
 ) -> Result<DryRun, BackupError> {
-    let base = Base::latest(repo, &opts.volume, opts.full).await?;
+    let base = Base::latest(repo, &opts.volume, opts.full, opts.state_dir.as_deref()).await?;
     let plan = LvmPlan::inspect(name, base.tip())?;
     let snapshots = plan.snapshots();
     let kind = match &plan.base {

@@ -17,11 +17,13 @@
 
 mod lvm;
 mod process;
+mod state;
 
 pub use lvm::{DryRun, backup_lvm, dry_run_lvm};
 
 use std::collections::BTreeSet;
 use std::ops::Range;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -31,7 +33,8 @@ use serde::Serialize;
 
 use crate::format::{
     ArchivePart, ArchiveWriter, BlockSize, Compression, DEFAULT_BLOCK_SIZE, DEFAULT_ZSTD_LEVEL,
-    FRAME_BYTES, FormatError, Geometry, Header, ImageHasher, LvmSnapshot, ParentRef, SourceInfo,
+    Digest, Digester, FRAME_BYTES, FormatError, Geometry, Header, ImageHasher, Keys, LvmSnapshot,
+    ParentRef, SourceInfo, WriterKey,
 };
 use crate::progress::Progress;
 use crate::repo::{
@@ -46,6 +49,7 @@ use crate::source::{
 };
 use crate::throttle::RateLimiter;
 use process::process_batch;
+use state::{StateCursor, StateMeta, StateWriter};
 
 /// What to back up and how.
 #[derive(Debug, Clone)]
@@ -78,6 +82,10 @@ pub struct BackupOptions {
     pub hooks: Hooks,
     /// The built-in freeze around the snapshot (`lvm:` sources only).
     pub freeze: Option<Freeze>,
+    /// This host's state directory: a write-only host (writer key of an encrypted
+    /// repository) keeps there the block digests of the last point it wrote, to write
+    /// deltas on it (see `state.rs`). Without it, such a host writes fulls.
+    pub state_dir: Option<PathBuf>,
 }
 
 impl BackupOptions {
@@ -96,6 +104,7 @@ impl BackupOptions {
             full: false,
             hooks: Hooks::default(),
             freeze: None,
+            state_dir: None,
         }
     }
 }
@@ -199,6 +208,12 @@ pub enum BackupError {
     /// A pipeline task died.
     #[error("backup task failed: {0}")]
     Task(String),
+    /// A write-only host's state of the last point could not be read or written.
+    #[error("state of the last point {path}: {source} (remove it: the next backup is then a full)")]
+    State {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 /// The point a backup builds on: the volume's commits, the chain of its latest point
@@ -218,6 +233,9 @@ struct Base {
     warnings: Vec<String>,
     /// Damage found while choosing the parent, to be recorded.
     found: Option<DamageRecord>,
+    /// A write-only host: the state file of the volume's last point (written after
+    /// the commit), and whether `parent`'s digests are read from it.
+    state: Option<(PathBuf, bool)>,
 }
 
 impl Base {
@@ -230,8 +248,9 @@ impl Base {
         repo: &Repository,
         volume: &VolumeName,
         full: bool,
+        state_dir: Option<&std::path::Path>,
     ) -> Result<Self, BackupError> {
-        Self::listed(repo, repo.catalog(volume).await?, full).await
+        Self::listed(repo, (volume, repo.catalog(volume).await?), full, state_dir).await
     }
 
     /// [`latest`](Self::latest) from `catalog`, the volume's catalog as listed.
@@ -240,9 +259,18 @@ impl Base {
     /// [`BackupError::Repo`] when the repository cannot be read.
     async fn listed(
         repo: &Repository,
-        catalog: VolumeCatalog,
+        (volume, catalog): (&VolumeName, VolumeCatalog),
         full: bool,
+        state_dir: Option<&std::path::Path>,
     ) -> Result<Self, BackupError> {
+        // A write-only host cannot read an archive's index: it keeps its own record
+        // of the last point it wrote.
+        let writer = match repo.keys() {
+            Keys::Writer(w) if repo.is_encrypted() => Some(w.key_id()),
+            _ => None,
+        };
+        let state =
+            writer.and_then(|_| state_dir.map(|d| (state::state_path(d, repo, volume), false)));
         let mut base = Base {
             seq: catalog.next_seq(),
             commits: catalog.commits,
@@ -251,6 +279,7 @@ impl Base {
             forced: BTreeSet::new(),
             warnings: Vec::new(),
             found: None,
+            state,
         };
         let Some(latest_seq) = base.commits.last().map(|c| c.seq) else {
             return Ok(base);
@@ -259,12 +288,15 @@ impl Base {
             Some("--full was given".to_string())
         } else {
             match repo.resolve(&base.commits, &PointSelector::Latest).await {
-                Ok(chain) => match base.damage(repo, &chain).await? {
-                    None => {
-                        base.parent = Some(chain);
-                        None
-                    }
-                    some => some,
+                Ok(chain) => match writer {
+                    Some(key) => base.writer_parent(repo, chain, key).await?,
+                    None => match base.damage(repo, &chain).await? {
+                        None => {
+                            base.parent = Some(chain);
+                            None
+                        }
+                        some => some,
+                    },
                 },
                 Err(e @ RepoError::Store { .. }) => return Err(e.into()),
                 Err(e) => Some(e.to_string()),
@@ -300,13 +332,14 @@ impl Base {
         repo: &Repository,
         volume: &VolumeName,
         full: bool,
+        state_dir: Option<&std::path::Path>,
     ) -> Result<Self, BackupError> {
         // Listed once: the repair returns the catalog it leaves.
         let catalog = repo.catalog(volume).await?;
         let (actions, catalog) = repo
             .repair_listed(volume, catalog, RepairScope::AboveNewest, false)
             .await?;
-        let mut base = Self::listed(repo, catalog, full).await?;
+        let mut base = Self::listed(repo, (volume, catalog), full, state_dir).await?;
         if let Some(r) = &base.found
             && let Err(e) = repo.write_damage(volume, r).await
         {
@@ -325,6 +358,39 @@ impl Base {
         });
         base.warnings.splice(0..0, notes);
         Ok(base)
+    }
+
+    /// A write-only host builds on `chain` when its state is that of the chain's tip
+    /// and no archive of the chain is recorded damaged; else `Some(why)`.
+    async fn writer_parent(
+        &mut self,
+        repo: &Repository,
+        chain: Chain,
+        key: crate::format::KeyId,
+    ) -> Result<Option<String>, BackupError> {
+        let Some((path, from_state)) = &mut self.state else {
+            return Ok(Some(
+                "this host holds only a writer key and has no state directory to keep the last point's digests in".into(),
+            ));
+        };
+        if let Some(why) = state::stale(path, &chain, key) {
+            return Ok(Some(why));
+        }
+        let records = repo.damage_records(&chain.volume).await?;
+        if let Some(r) = records.iter().find(|r| {
+            chain
+                .archives
+                .iter()
+                .any(|a| a.commit.archive_id == r.archive)
+        }) {
+            return Ok(Some(format!(
+                "seq {} is recorded damaged ({})",
+                r.seq, r.detail
+            )));
+        }
+        *from_state = true;
+        self.parent = Some(chain);
+        Ok(None)
     }
 
     /// What the damage records say about `chain`: `Some(why)` when an archive of it is
@@ -389,7 +455,7 @@ pub async fn dry_run(
     repo: &Repository,
     opts: &BackupOptions,
 ) -> Result<(ArchiveKind, String), BackupError> {
-    let base = Base::latest(repo, &opts.volume, opts.full).await?;
+    let base = Base::latest(repo, &opts.volume, opts.full, opts.state_dir.as_deref()).await?;
     let latest = base.commits.last().map(|c| c.seq);
     Ok(match (&base.parent, latest) {
         (Some(_), Some(seq)) => (
@@ -434,7 +500,8 @@ pub async fn backup(
     locked(repo, &opts.volume, &path, async {
         // No snapshot: the hooks run around the whole read.
         let after = opts.hooks.before(&env).await?;
-        let base = Base::for_backup(repo, &opts.volume, opts.full).await?;
+        let base =
+            Base::for_backup(repo, &opts.volume, opts.full, opts.state_dir.as_deref()).await?;
         let mut report = backup_from(repo, base, source, opts, progress).await;
         let quiesced = after.quiesced();
         let warning = after.finish(report.is_ok());
@@ -462,6 +529,8 @@ async fn locked(
     source: &str,
     work: impl Future<Output = Result<BackupReport, BackupError>>,
 ) -> Result<BackupReport, BackupError> {
+    // An encrypted repository needs a key to write to, before any work.
+    repo.write_key("backup")?;
     let lock = VolumeLock::acquire(repo, volume, "backup").await?;
     for w in lock.broken() {
         tracing::warn!("{w}");
@@ -499,6 +568,7 @@ async fn backup_from(
         restart,
         forced,
         mut warnings,
+        state,
         ..
     } = base;
     let block_size = match (&parent, opts.block_size) {
@@ -565,6 +635,7 @@ async fn backup_from(
             method: method.into(),
         },
         lvm: opts.lvm.clone(),
+        encryption: None,
     };
     progress.set_total(plan.blocks() * u64::from(block_size.get()));
 
@@ -576,10 +647,47 @@ async fn backup_from(
         geometry.max_archive_len(),
     )
     .await?;
-    let run = Run::new(&header, geometry, parent.as_ref(), opts, forced);
-    match run.execute(source, plan, &mut upload, &progress).await {
-        Ok((stats, digest)) => {
-            let published = upload.commit(digest.trailer_sha256).await?;
+    let key = repo.write_key("backup")?.cloned();
+    let run = Run::new(
+        &header,
+        geometry,
+        parent.as_ref(),
+        opts,
+        forced,
+        key.clone(),
+    );
+    match run
+        .execute(source, plan, state.as_ref(), &mut upload, &progress)
+        .await
+    {
+        Ok((stats, digest, record)) => {
+            let published = match upload.commit(digest.trailer_sha256).await {
+                Ok(p) => p,
+                Err(e) => {
+                    if let Some(r) = record {
+                        r.abort();
+                    }
+                    return Err(e.into());
+                }
+            };
+            // A write-only host's record of the point just committed.
+            if let (Some(record), Some(key), Some((path, _))) = (record, &key, &state) {
+                let meta = StateMeta {
+                    version: 1,
+                    key_id: key.key_id().to_string(),
+                    seq: header.seq,
+                    archive_id: archive_id.to_string(),
+                    image_digest: digest.image_digest,
+                    size: geometry.size(),
+                    block_size: block_size.get(),
+                };
+                if let Err(e) = record.commit(&meta) {
+                    warnings.push(format!(
+                        "cannot keep the digests of this point in {}: {e} (the next backup is a full)",
+                        path.display()
+                    ));
+                }
+            }
             // The point is committed; housekeeping problems are reported, not fatal.
             let leftovers = match published.committed_at {
                 Some(now) => repo
@@ -689,6 +797,53 @@ struct Stats {
     blocks_changed: u64,
 }
 
+/// Where a delta's parent digests come from: the parent chain's index, or (a
+/// write-only host) its state of the last point.
+enum Previous {
+    Index(ChainCursor),
+    State(StateCursor, PathBuf),
+}
+
+impl Previous {
+    async fn digests(
+        &mut self,
+        first: u64,
+        count: u64,
+    ) -> Result<Vec<Option<Digest>>, BackupError> {
+        match self {
+            Previous::Index(c) => Ok(c.digests(first, count).await?),
+            Previous::State(c, path) => {
+                c.digests(first, count)
+                    .map_err(|source| BackupError::State {
+                        path: path.display().to_string(),
+                        source,
+                    })
+            }
+        }
+    }
+
+    /// Feeds `hasher` (and a write-only host's `record`) with the parent's blocks up
+    /// to `end`.
+    async fn feed(
+        &mut self,
+        hasher: &mut ImageHasher,
+        record: Option<&mut StateWriter>,
+        end: u64,
+    ) -> Result<(), BackupError> {
+        match (self, record) {
+            (Previous::Index(c), _) => Ok(c.feed(hasher, end).await?),
+            (Previous::State(c, path), Some(record)) => {
+                c.feed(hasher, record, end)
+                    .map_err(|source| BackupError::State {
+                        path: path.display().to_string(),
+                        source,
+                    })
+            }
+            (Previous::State(..), None) => unreachable!("a state parent is read while recording"),
+        }
+    }
+}
+
 /// Digests that finish a run.
 struct Finished {
     image_digest: crate::format::Digest,
@@ -698,6 +853,8 @@ struct Finished {
 /// One backup run's pipeline state.
 struct Run {
     header: Header,
+    /// The writer key of an encrypted repository.
+    key: Option<WriterKey>,
     geometry: Geometry,
     parent: Option<Chain>,
     ctx: Arc<process::Context>,
@@ -712,6 +869,7 @@ impl Run {
         parent: Option<&Chain>,
         opts: &BackupOptions,
         mut forced: BTreeSet<u64>,
+        key: Option<WriterKey>,
     ) -> Self {
         let bs = u64::from(geometry.block_size().get());
         forced.extend(
@@ -722,6 +880,7 @@ impl Run {
         );
         let ctx = process::Context {
             geometry,
+            digester: Digester::for_key(key.as_ref().map(|k| &k.digest_key)),
             forced,
             frame_blocks: (FRAME_BYTES / bs).max(1) as usize,
             level: opts.zstd_level,
@@ -729,6 +888,7 @@ impl Run {
         };
         Run {
             header: header.clone(),
+            key,
             geometry,
             parent: parent.cloned(),
             ctx: Arc::new(ctx),
@@ -737,10 +897,45 @@ impl Run {
         }
     }
 
+    /// Runs the pipeline; a write-only host (`state`: its state file, and whether the
+    /// parent's digests come from it) also records the new point's digests, returned
+    /// to be committed with the point.
     async fn execute(
         self,
         source: RawSource,
         plan: ReadPlan,
+        state: Option<&(PathBuf, bool)>,
+        upload: &mut ArchiveUpload,
+        progress: &Progress,
+    ) -> Result<(Stats, Finished, Option<StateWriter>), BackupError> {
+        let state_error = |path: &std::path::Path| {
+            let path = path.display().to_string();
+            move |source| BackupError::State { path, source }
+        };
+        let mut record = match state {
+            Some((path, _)) => Some(StateWriter::create(path).map_err(state_error(path))?),
+            None => None,
+        };
+        let result = self
+            .pipeline(source, plan, state, record.as_mut(), upload, progress)
+            .await;
+        match result {
+            Ok((stats, finished)) => Ok((stats, finished, record)),
+            Err(e) => {
+                if let Some(r) = record {
+                    r.abort();
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn pipeline(
+        self,
+        source: RawSource,
+        plan: ReadPlan,
+        state: Option<&(PathBuf, bool)>,
+        mut record: Option<&mut StateWriter>,
         upload: &mut ArchiveUpload,
         progress: &Progress,
     ) -> Result<(Stats, Finished), BackupError> {
@@ -765,10 +960,23 @@ impl Run {
         };
 
         let mut out = Vec::with_capacity(1 << 20);
-        let mut writer = ArchiveWriter::new(&self.header, &mut out)?;
-        let mut hasher = ImageHasher::new(self.geometry);
-        let mut parents = self.parent.as_ref().map(ChainCursor::new);
-        let mut gaps = self.parent.as_ref().map(ChainCursor::new);
+        let mut writer = ArchiveWriter::new(&self.header, self.key.as_ref(), &mut out)?;
+        let mut hasher = ImageHasher::with(self.geometry, writer.digester());
+        let previous = || -> Result<Option<Previous>, BackupError> {
+            Ok(match (&self.parent, state) {
+                (None, _) => None,
+                (Some(p), None | Some((_, false))) => Some(Previous::Index(ChainCursor::new(p))),
+                (Some(_), Some((path, true))) => Some(Previous::State(
+                    StateCursor::open(path).map_err(|source| BackupError::State {
+                        path: path.display().to_string(),
+                        source,
+                    })?,
+                    path.clone(),
+                )),
+            })
+        };
+        let mut parents = previous()?;
+        let mut gaps = previous()?;
         let mut stats = Stats::default();
         let mut inflight = FuturesOrdered::new();
         let mut reading = true;
@@ -779,7 +987,7 @@ impl Run {
                     break;
                 };
                 let prev = match parents.as_mut() {
-                    Some(c) => c.digests(batch.first, batch.count).await?,
+                    Some(p) => p.digests(batch.first, batch.count).await?,
                     None => Vec::new(),
                 };
                 let (ctx, buffers) = (self.ctx.clone(), buffers.clone());
@@ -794,7 +1002,16 @@ impl Run {
             };
             let done: ArchivePart = done.map_err(|e| BackupError::Task(e.to_string()))??;
             if let Some(g) = gaps.as_mut() {
-                g.feed(&mut hasher, done.first).await?;
+                g.feed(&mut hasher, record.as_deref_mut(), done.first)
+                    .await?;
+            }
+            if let (Some(r), Some((path, _))) = (record.as_deref_mut(), state) {
+                for run in &done.image {
+                    r.push(run).map_err(|source| BackupError::State {
+                        path: path.display().to_string(),
+                        source,
+                    })?;
+                }
             }
             stats.bytes_read += done.bytes_read;
             progress.add(done.count * u64::from(self.geometry.block_size().get()));
@@ -807,7 +1024,7 @@ impl Run {
             .await
             .map_err(|e| BackupError::Task(e.to_string()))??;
         if let Some(g) = gaps.as_mut() {
-            g.feed(&mut hasher, self.geometry.blocks()).await?;
+            g.feed(&mut hasher, record, self.geometry.blocks()).await?;
         }
         let image_digest = hasher.finish()?;
         let trailer = writer.finish(image_digest, &mut out);

@@ -3,13 +3,17 @@
 //! pool, several batches at once).
 
 use super::BackupError;
-use crate::format::{ArchivePart, Digest, EncodedFrame, Geometry, Op, compress, push_image};
+use crate::format::{
+    ArchivePart, Digest, Digester, EncodedFrame, Geometry, Op, compress, push_image,
+};
 use crate::source::Batch;
 
 /// Settings shared by every batch of a run.
 #[derive(Debug)]
 pub(super) struct Context {
     pub geometry: Geometry,
+    /// The archive's block digest function (keyed in an encrypted repository).
+    pub digester: Digester,
     /// Blocks the archive must hold even if unchanged: the boundary block of a volume
     /// that changed size, and blocks the parent takes from a damaged archive.
     pub forced: std::collections::BTreeSet<u64>,
@@ -53,7 +57,7 @@ pub(super) fn process_batch(
         };
     for i in 0..batch.count {
         let b = batch.first + i;
-        let digest = batch.digest(g, b);
+        let digest = batch.digest(g, &ctx.digester, b);
         push_image(&mut image, digest);
         let changed = !ctx.diff
             || prev.get(i as usize).copied().flatten() != digest

@@ -7,6 +7,7 @@ use anyhow::Context as _;
 use clap::Args;
 
 use super::{Ctx, signals::interrupted};
+use thinarc::nightly::Need;
 use thinarc::repo::{PointSelector, VolumeName};
 use thinarc::serve::{MountOptions, ServeOptions, mount, umount};
 use thinarc::size::parse_size;
@@ -44,6 +45,7 @@ pub struct UmountArgs {
 
 /// Mounts and serves until `thinarc umount` or a signal; both end it cleanly.
 pub async fn run(args: MountArgs, ctx: &Ctx) -> anyhow::Result<()> {
+    ctx.unlock(Need::Read, "mount").await?;
     let repo = ctx.open().await?;
     let opts = MountOptions {
         serve: ServeOptions {

@@ -8,6 +8,7 @@ use anyhow::Context as _;
 use clap::Args;
 
 use super::{Ctx, signals::interrupted};
+use thinarc::nightly::Need;
 use thinarc::repo::{PointSelector, VolumeName};
 use thinarc::serve::{Address, Export, Listener, ServeOptions, serve};
 use thinarc::size::{human, parse_size};
@@ -51,6 +52,7 @@ fn tcp_address(listen: &str) -> String {
 
 /// Serves until interrupted; an interruption is a clean end (exit 0).
 pub async fn run(args: ServeArgs, ctx: &Ctx) -> anyhow::Result<()> {
+    ctx.unlock(Need::Read, "serve").await?;
     let repo = ctx.open().await?;
     let opts = ServeOptions {
         at: args.at.clone(),

@@ -137,6 +137,16 @@ pub enum CopyError {
         dest_id: String,
         src_id: String,
     },
+    /// A plain copy between repositories that do not share the key material: the
+    /// archives would not open there (FORMAT.md section 18).
+    #[error(
+        "{destination} is {dest_keys}, this repository is {src_keys}: archives cannot be copied as they are between them; use `thinarc copy --consolidate` (it re-encrypts the point for the destination)"
+    )]
+    KeysDiffer {
+        destination: String,
+        src_keys: String,
+        dest_keys: String,
+    },
     /// The destination holds another point under the same seq.
     #[error(
         "{destination} volume {volume} seq {seq} is a different point (image digest {dest_image}, here {src_image}); it was not written by copying from this repository"
@@ -180,6 +190,22 @@ pub async fn copy(
     progress: Arc<Progress>,
 ) -> Result<CopyReport, CopyError> {
     let started = Instant::now();
+    let keys = |r: &Repository| r.config().encryption.as_ref().map(|e| e.key_id.clone());
+    if opts.consolidate {
+        // Before any work: reading needs the source's key, writing the destination's.
+        src.read_key("copy --consolidate")?;
+        dest.write_key("copy --consolidate")?;
+    } else if keys(src) != keys(dest) {
+        let describe = |k: Option<String>| match k {
+            Some(k) => format!("encrypted under key {k}"),
+            None => "not encrypted".to_string(),
+        };
+        return Err(CopyError::KeysDiffer {
+            destination: dest.location().to_string(),
+            src_keys: describe(keys(src)),
+            dest_keys: describe(keys(dest)),
+        });
+    }
     let volumes = match &opts.volume {
         Some(v) => vec![v.clone()],
         None => src.volumes().await?,
@@ -325,7 +351,11 @@ impl VolumeCopy<'_> {
         let Some(d) = self.dest_points.get(&a.commit.seq) else {
             return Ok(false);
         };
-        if d.trailer.image_digest != a.trailer.image_digest {
+        // Image digests under different digest keys (a consolidation into an
+        // encrypted repository with other keys, or out of one) cannot be compared:
+        // the point is taken as present.
+        let comparable = d.digester() == a.digester();
+        if comparable && d.trailer.image_digest != a.trailer.image_digest {
             return Err(CopyError::Diverged {
                 destination: self.dest.location().to_string(),
                 volume: self.volume.to_string(),

@@ -1,10 +1,95 @@
-//! SHA-256 block digests and the image digest of a point in time.
+//! Block digests and the image digest of a point in time: SHA-256 in format 1, keyed
+//! (HMAC-SHA256 under the repository's digest key) in format 2 (FORMAT.md section 18).
 
 use std::fmt;
 
+use hmac::{Hmac, Mac};
 use sha2::{Digest as _, Sha256};
 
-use super::{FormatError, Geometry, IMAGE_DIGEST_DOMAIN};
+use super::{DigestKey, FormatError, Geometry, IMAGE_DIGEST_DOMAIN, IMAGE_DIGEST_DOMAIN_KEYED};
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// The digest function of an archive's blocks and image: plain SHA-256 (format 1.x,
+/// unencrypted repositories) or HMAC-SHA256 under the repository's digest key (format
+/// 2.0), so that stored digests reveal nothing about content to someone without it.
+/// Writers, readers and the source hashers all take one.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Digester {
+    /// SHA-256.
+    #[default]
+    Plain,
+    /// HMAC-SHA256 under the digest key.
+    Keyed(DigestKey),
+}
+
+impl Digester {
+    /// The digest function of an archive written with `key` (`None`: unencrypted).
+    pub fn for_key(key: Option<&DigestKey>) -> Digester {
+        key.map_or(Digester::Plain, |k| Digester::Keyed(k.clone()))
+    }
+
+    /// Whether the digests are keyed.
+    pub fn is_keyed(&self) -> bool {
+        matches!(self, Digester::Keyed(_))
+    }
+
+    fn state(&self) -> DigestState {
+        match self {
+            Digester::Plain => DigestState::Plain(Sha256::new()),
+            Digester::Keyed(k) => DigestState::Keyed(
+                HmacSha256::new_from_slice(k.as_bytes()).expect("HMAC takes any key length"),
+            ),
+        }
+    }
+
+    /// The digest of one block's bytes.
+    pub fn block(&self, data: &[u8]) -> Digest {
+        match self {
+            Digester::Plain => Digest::of(data),
+            Digester::Keyed(_) => {
+                let mut s = self.state();
+                s.update(data);
+                s.finish()
+            }
+        }
+    }
+
+    /// The digest of an all-zero block of `len` bytes (what a zero entry stands for).
+    pub fn zero_block(&self, len: u64) -> Digest {
+        static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+        let mut s = self.state();
+        let mut left = len;
+        while left > 0 {
+            let n = left.min(ZEROS.len() as u64) as usize;
+            s.update(&ZEROS[..n]);
+            left -= n as u64;
+        }
+        s.finish()
+    }
+}
+
+/// A running plain or keyed digest.
+enum DigestState {
+    Plain(Sha256),
+    Keyed(HmacSha256),
+}
+
+impl DigestState {
+    fn update(&mut self, data: &[u8]) {
+        match self {
+            DigestState::Plain(h) => h.update(data),
+            DigestState::Keyed(h) => h.update(data),
+        }
+    }
+
+    fn finish(self) -> Digest {
+        match self {
+            DigestState::Plain(h) => Digest(h.finalize().into()),
+            DigestState::Keyed(h) => Digest(h.finalize().into_bytes().into()),
+        }
+    }
+}
 
 /// A SHA-256 digest, shown as 64 lowercase hex digits.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
@@ -59,17 +144,10 @@ impl<'de> serde::Deserialize<'de> for Digest {
     }
 }
 
-/// The digest of an all-zero block of `len` bytes (what a zero entry stands for).
+/// The SHA-256 of an all-zero block of `len` bytes (what a zero entry stands for in
+/// format 1).
 pub fn zero_block_digest(len: u64) -> Digest {
-    static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
-    let mut h = Sha256::new();
-    let mut left = len;
-    while left > 0 {
-        let n = left.min(ZEROS.len() as u64) as usize;
-        h.update(&ZEROS[..n]);
-        left -= n as u64;
-    }
-    Digest(h.finalize().into())
+    Digester::Plain.zero_block(len)
 }
 
 /// A stretch of a point's blocks as the image digest sees it: a run of zero blocks,
@@ -89,21 +167,32 @@ pub enum ImageRun {
 /// per data block (`0x01 || sha256(block)`). It only needs the per-block digests, so a
 /// delta computes it without reading unchanged data, and a zero run costs O(1) whatever
 /// its length. Consecutive zero runs fed separately are merged, so the result does not
-/// depend on how an index happened to split them.
+/// depend on how an index happened to split them. Keyed (format 2): HMAC-SHA256 under
+/// the digest key over the same stream, with domain `"thinarc-image-v2"` and keyed
+/// block digests.
 pub struct ImageHasher {
-    sha: Sha256,
+    sha: DigestState,
     zero_run: u64,
     next_block: u64,
     blocks: u64,
 }
 
 impl ImageHasher {
-    /// Starts the digest of an image with `geometry`.
+    /// Starts the plain (format 1) digest of an image with `geometry`.
     pub fn new(geometry: Geometry) -> Self {
-        let mut sha = Sha256::new();
-        sha.update(IMAGE_DIGEST_DOMAIN);
-        sha.update(geometry.size().to_le_bytes());
-        sha.update(geometry.block_size().get().to_le_bytes());
+        Self::with(geometry, &Digester::Plain)
+    }
+
+    /// Starts the digest of an image with `geometry` under `digester`.
+    pub fn with(geometry: Geometry, digester: &Digester) -> Self {
+        let mut sha = digester.state();
+        sha.update(if digester.is_keyed() {
+            IMAGE_DIGEST_DOMAIN_KEYED
+        } else {
+            IMAGE_DIGEST_DOMAIN
+        });
+        sha.update(&geometry.size().to_le_bytes());
+        sha.update(&geometry.block_size().get().to_le_bytes());
         ImageHasher {
             sha,
             zero_run: 0,
@@ -126,8 +215,8 @@ impl ImageHasher {
     /// Adds one data block by its digest.
     pub fn data(&mut self, digest: &Digest) {
         self.flush_zeros();
-        self.sha.update([1u8]);
-        self.sha.update(digest.0);
+        self.sha.update(&[1u8]);
+        self.sha.update(&digest.0);
         self.next_block += 1;
     }
 
@@ -141,8 +230,8 @@ impl ImageHasher {
 
     fn flush_zeros(&mut self) {
         if self.zero_run > 0 {
-            self.sha.update([0u8]);
-            self.sha.update(self.zero_run.to_le_bytes());
+            self.sha.update(&[0u8]);
+            self.sha.update(&self.zero_run.to_le_bytes());
             self.zero_run = 0;
         }
     }
@@ -159,7 +248,7 @@ impl ImageHasher {
             )));
         }
         self.flush_zeros();
-        Ok(Digest(self.sha.finalize().into()))
+        Ok(self.sha.finish())
     }
 }
 
@@ -231,6 +320,33 @@ mod tests {
         };
         assert_eq!(run(&[5]), run(&[2, 3]));
         assert_eq!(run(&[5]), run(&[1, 0, 1, 1, 2]));
+    }
+
+    #[test]
+    fn keyed_digests_are_hmac_sha256_under_the_digest_key() {
+        let key = DigestKey::from_bytes([7; 32]);
+        let keyed = Digester::Keyed(key.clone());
+        let mac = |data: &[u8]| {
+            let mut m = HmacSha256::new_from_slice(key.as_bytes()).expect("key");
+            m.update(data);
+            Digest(m.finalize().into_bytes().into())
+        };
+        assert_eq!(keyed.block(b"block"), mac(b"block"));
+        assert_ne!(keyed.block(b"block"), Digest::of(b"block"));
+        assert_eq!(keyed.zero_block(70_000), mac(&[0; 70_000]));
+        let d = keyed.block(b"block");
+        let mut h = ImageHasher::with(geometry(2 * 4096), &keyed);
+        h.data(&d);
+        h.zeros(1);
+        let mut want = Vec::new();
+        want.extend_from_slice(b"thinarc-image-v2");
+        want.extend_from_slice(&8192u64.to_le_bytes());
+        want.extend_from_slice(&4096u32.to_le_bytes());
+        want.push(1);
+        want.extend_from_slice(&d.0);
+        want.push(0);
+        want.extend_from_slice(&1u64.to_le_bytes());
+        assert_eq!(h.finish().expect("2 blocks"), mac(&want));
     }
 
     #[test]

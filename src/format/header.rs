@@ -3,8 +3,9 @@
 use serde::{Deserialize, Serialize};
 
 use super::{
-    BlockSize, Digest, FormatError, Geometry, MAGIC, MAX_HEADER_LEN, PREAMBLE_LEN, VERSION_MAJOR,
-    VERSION_MINOR, le,
+    BlockSize, Digest, ENCRYPTION_SCHEME, FormatError, Geometry, KeyId, MAGIC, MAX_HEADER_LEN,
+    MAX_WRAPPED_KEY_LEN, PREAMBLE_LEN, VERSION_MAJOR, VERSION_MAJOR_ENCRYPTED, VERSION_MINOR,
+    VERSION_MINOR_ENCRYPTED, le,
 };
 
 /// The fixed 16 bytes every archive starts with.
@@ -48,11 +49,11 @@ impl Preamble {
         }
         let major = u16::from_le_bytes(le(b, 8));
         let minor = u16::from_le_bytes(le(b, 10));
-        if major != VERSION_MAJOR {
+        if major != VERSION_MAJOR && major != VERSION_MAJOR_ENCRYPTED {
             return Err(FormatError::UnsupportedVersion {
                 major,
                 minor,
-                supported: VERSION_MAJOR,
+                supported: VERSION_MAJOR_ENCRYPTED,
             });
         }
         let header_len = u32::from_le_bytes(le(b, 12));
@@ -133,6 +134,44 @@ pub struct Header {
     /// was read from, kept as the base of the next delta.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lvm: Option<LvmSnapshot>,
+    /// Format 2.0 (encrypted archives, FORMAT.md section 18): the scheme, the key pair
+    /// and the archive's wrapped data key. Required in 2.0, absent in 1.x.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<EncryptionInfo>,
+}
+
+/// The header map `encryption` of a format 2.0 archive.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EncryptionInfo {
+    /// [`ENCRYPTION_SCHEME`].
+    pub scheme: String,
+    /// The repository key pair the data key is wrapped to, 32 hex digits.
+    pub key_id: String,
+    /// The archive's data key, wrapped with age to the repository's recipient (the age
+    /// binary format, a CBOR byte string of at most 1 KiB).
+    #[serde(with = "cbor_bytes")]
+    pub wrapped_key: Vec<u8>,
+}
+
+/// A `Vec<u8>` as a CBOR byte string (serde would write an array of integers).
+mod cbor_bytes {
+    pub fn serialize<S: serde::Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(v)
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Vec<u8>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a byte string")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+                Ok(v.to_vec())
+            }
+        }
+        d.deserialize_bytes(V)
+    }
 }
 
 /// The LVM thin snapshot an archive was read from (header key `lvm`, format 1.1). The
@@ -183,9 +222,14 @@ impl Header {
             .ok_or_else(|| {
                 FormatError::InvalidInput(format!("header of {} bytes is too large", cbor.len()))
             })?;
+        let (major, minor) = if self.encryption.is_some() {
+            (VERSION_MAJOR_ENCRYPTED, VERSION_MINOR_ENCRYPTED)
+        } else {
+            (VERSION_MAJOR, VERSION_MINOR)
+        };
         Preamble {
-            major: VERSION_MAJOR,
-            minor: VERSION_MINOR,
+            major,
+            minor,
             header_len,
         }
         .encode(out);
@@ -193,11 +237,27 @@ impl Header {
         Ok(())
     }
 
-    /// Decodes the CBOR header bytes (after the preamble) and checks its fields.
+    /// The key id of an encrypted (2.0) archive's `encryption` map.
+    pub fn key_id(&self) -> Option<KeyId> {
+        self.encryption.as_ref().and_then(|e| e.key_id.parse().ok())
+    }
+
+    /// Decodes the CBOR header bytes (after the preamble) of a format 1 archive and
+    /// checks its fields.
     ///
     /// # Errors
     /// [`FormatError::Corrupt`] when the CBOR is malformed or a field is invalid.
     pub fn decode(cbor: &[u8]) -> Result<Self, FormatError> {
+        Self::decode_format(cbor, VERSION_MAJOR)
+    }
+
+    /// Decodes the CBOR header bytes (after the preamble) of an archive of format
+    /// `major` and checks its fields: a 2.0 header needs a well-formed `encryption`
+    /// map, a 1.x header must not have one.
+    ///
+    /// # Errors
+    /// [`FormatError::Corrupt`] when the CBOR is malformed or a field is invalid.
+    pub fn decode_format(cbor: &[u8], major: u16) -> Result<Self, FormatError> {
         // The header is exactly one CBOR map filling the header length: serde would also
         // accept an array of fields and ignore trailing bytes, independent readers would not.
         if cbor.first().is_none_or(|b| b >> 5 != 5) {
@@ -236,12 +296,52 @@ impl Header {
                 format!("parent seq {} is not below seq {}", p.seq, h.seq),
             ));
         }
+        match (&h.encryption, major == VERSION_MAJOR_ENCRYPTED) {
+            (None, false) => {}
+            (Some(_), false) => {
+                return Err(FormatError::corrupt(
+                    "header",
+                    format!(
+                        "format {major} archive with an encryption map (only format 2 is encrypted)"
+                    ),
+                ));
+            }
+            (None, true) => {
+                return Err(FormatError::corrupt(
+                    "header",
+                    "format 2 archive without its encryption map",
+                ));
+            }
+            (Some(e), true) => {
+                if e.scheme != ENCRYPTION_SCHEME {
+                    return Err(FormatError::corrupt(
+                        "header",
+                        format!("unknown encryption scheme {:?}", e.scheme),
+                    ));
+                }
+                if e.key_id.len() != 32 || e.key_id.parse::<KeyId>().is_err() {
+                    return Err(FormatError::corrupt(
+                        "header",
+                        format!("encryption key_id {:?} is not 32 hex digits", e.key_id),
+                    ));
+                }
+                if e.wrapped_key.is_empty() || e.wrapped_key.len() > MAX_WRAPPED_KEY_LEN {
+                    return Err(FormatError::corrupt(
+                        "header",
+                        format!(
+                            "wrapped data key of {} bytes (1..={MAX_WRAPPED_KEY_LEN})",
+                            e.wrapped_key.len()
+                        ),
+                    ));
+                }
+            }
+        }
         Ok(h)
     }
 }
 
 /// The maps whose keys FORMAT.md 5.1 defines, besides the header map itself.
-const KNOWN_MAPS: [&str; 4] = ["parent", "compression", "source", "lvm"];
+const KNOWN_MAPS: [&str; 5] = ["parent", "compression", "source", "lvm", "encryption"];
 
 /// A header map whose keys, and those of the maps of 5.1 in it, are text (FORMAT.md 5):
 /// serde would take an integer key for a field's position. The values of unknown keys
@@ -396,6 +496,7 @@ pub(crate) fn test_header(size: u64) -> Header {
             method: "full".into(),
         },
         lvm: None,
+        encryption: None,
     }
 }
 
@@ -428,6 +529,7 @@ mod tests {
                 method: "scan".into(),
             },
             lvm: None,
+            encryption: None,
         }
     }
 
@@ -505,12 +607,12 @@ mod tests {
             Preamble::decode(&bad),
             Err(FormatError::BadMagic { .. })
         ));
-        let mut v2 = b.clone();
-        v2[8] = 2;
-        v2[12..16].copy_from_slice(&0u32.to_le_bytes()); // the version before the length
+        let mut v3 = b.clone();
+        v3[8] = 3;
+        v3[12..16].copy_from_slice(&0u32.to_le_bytes()); // the version before the length
         assert!(matches!(
-            Preamble::decode(&v2),
-            Err(FormatError::UnsupportedVersion { major: 2, .. })
+            Preamble::decode(&v3),
+            Err(FormatError::UnsupportedVersion { major: 3, .. })
         ));
         for len in [0, MAX_HEADER_LEN + 1, u32::MAX] {
             let mut l = b.clone();

@@ -2,8 +2,8 @@
 //! locates the segments.
 
 use super::{
-    DIR_ENTRY_LEN, Digest, ENTRY_LEN, FormatError, FrameKind, Geometry, MAX_FRAME_CONTENT,
-    MAX_FRAME_LEN, SEGMENT_MAX_ENTRIES, le,
+    ArchiveKey, DIR_ENTRY_LEN, Digest, ENTRY_LEN, FormatError, FrameKind, Geometry,
+    MAX_FRAME_CONTENT, MAX_FRAME_LEN, SEGMENT_MAX_ENTRIES, TAG_LEN, le,
 };
 
 /// What an index entry holds.
@@ -143,13 +143,21 @@ pub struct DirEntry {
     pub first_block: u64,
     /// One past the last block covered by the segment.
     pub end_block: u64,
-    /// SHA-256 of the segment bytes.
+    /// SHA-256 of the segment bytes (as stored: sealed in format 2).
     pub sha256: Digest,
+    /// Whether the segment is sealed (format 2.0: its stored bytes end with the AEAD
+    /// tag). Not encoded: the archive's format says it.
+    pub sealed: bool,
 }
 
 impl DirEntry {
-    /// Length of the segment in bytes.
+    /// Length of the stored segment in bytes.
     pub fn len(&self) -> u64 {
+        self.plain_len() + if self.sealed { TAG_LEN as u64 } else { 0 }
+    }
+
+    /// Length of the segment's plain entries in bytes.
+    pub fn plain_len(&self) -> u64 {
         u64::from(self.entries) * ENTRY_LEN as u64
     }
 
@@ -179,6 +187,7 @@ impl DirEntry {
             first_block: u64::from_le_bytes(le(b, 16)),
             end_block: u64::from_le_bytes(le(b, 24)),
             sha256: Digest(le(b, 32)),
+            sealed: false,
         };
         if b[12..16] != [0; 4] {
             return Err(FormatError::corrupt(
@@ -202,20 +211,12 @@ impl DirEntry {
     }
 }
 
-/// Decodes and validates one index segment against its directory entry.
-///
-/// Checks the segment checksum, that entries are sorted and non-overlapping, lie in
-/// `dir.first_block..dir.end_block` and within the volume, that data frames lie inside
-/// `body` (the byte range holding frames) and that a frame's slots fit its content.
+/// Checks one stored index segment's length and checksum against its directory entry:
+/// all a reader without the key can check of a sealed segment.
 ///
 /// # Errors
-/// [`FormatError::ChecksumMismatch`] or [`FormatError::Corrupt`].
-pub fn decode_segment(
-    bytes: &[u8],
-    dir: &DirEntry,
-    geometry: &Geometry,
-    body: std::ops::Range<u64>,
-) -> Result<Vec<IndexEntry>, FormatError> {
+/// [`FormatError::Truncated`] or [`FormatError::ChecksumMismatch`].
+pub fn check_segment_sum(bytes: &[u8], dir: &DirEntry) -> Result<(), FormatError> {
     if bytes.len() as u64 != dir.len() {
         return Err(FormatError::Truncated {
             what: "index segment",
@@ -231,6 +232,42 @@ pub fn decode_segment(
             actual,
         });
     }
+    Ok(())
+}
+
+/// Decodes and validates one index segment against its directory entry, opening it
+/// with `key` when it is sealed.
+///
+/// Checks the segment checksum, that entries are sorted and non-overlapping, lie in
+/// `dir.first_block..dir.end_block` and within the volume, that data frames lie inside
+/// `body` (the byte range holding frames) and that a frame's slots fit its content.
+///
+/// # Errors
+/// [`FormatError::ChecksumMismatch`] or [`FormatError::Corrupt`] (also a sealed
+/// segment that fails authentication); [`FormatError::InvalidInput`] for a sealed
+/// segment without its archive's key.
+pub fn decode_segment(
+    bytes: &[u8],
+    dir: &DirEntry,
+    geometry: &Geometry,
+    body: std::ops::Range<u64>,
+    key: Option<&ArchiveKey>,
+) -> Result<Vec<IndexEntry>, FormatError> {
+    check_segment_sum(bytes, dir)?;
+    let opened;
+    let bytes = match (dir.sealed, key) {
+        (false, _) => bytes,
+        (true, Some(key)) => {
+            opened = key.open_segment(dir, bytes)?;
+            &opened[..]
+        }
+        (true, None) => {
+            return Err(FormatError::InvalidInput(format!(
+                "the sealed index segment at offset {} needs the archive's key",
+                dir.offset
+            )));
+        }
+    };
     let blocks = geometry.blocks();
     let max_slots = MAX_FRAME_CONTENT / u64::from(geometry.block_size().get());
     let mut next = dir.first_block;
@@ -384,6 +421,7 @@ mod tests {
             first_block: entries[0].block,
             end_block: entries[entries.len() - 1].end(),
             sha256: Digest::of(&bytes),
+            sealed: false,
         };
         (d, bytes)
     }
@@ -429,17 +467,17 @@ mod tests {
         let good = [zero(0, 2), data(2, 100, 0), data(3, 100, 1), zero(5, 1)];
         let (d, b) = dir_entry(4000, &good);
         assert_eq!(
-            decode_segment(&b, &d, &g, body.clone()).expect("good"),
+            decode_segment(&b, &d, &g, body.clone(), None).expect("good"),
             good
         );
         assert!(matches!(
-            decode_segment(&b[..64], &d, &g, body.clone()),
+            decode_segment(&b[..64], &d, &g, body.clone(), None),
             Err(FormatError::Truncated { .. })
         ));
         let mut flipped = b.clone();
         flipped[70] ^= 1;
         assert!(matches!(
-            decode_segment(&flipped, &d, &g, body.clone()),
+            decode_segment(&flipped, &d, &g, body.clone(), None),
             Err(FormatError::ChecksumMismatch { .. })
         ));
 
@@ -463,7 +501,7 @@ mod tests {
             };
             assert!(
                 matches!(
-                    decode_segment(&b, &d, g, body.clone()),
+                    decode_segment(&b, &d, g, body.clone(), None),
                     Err(FormatError::Corrupt { .. })
                 ),
                 "{what}"
@@ -473,14 +511,14 @@ mod tests {
         let (mut d, b) = dir_entry(4000, &good);
         d.end_block = 7;
         assert!(matches!(
-            decode_segment(&b, &d, &g, body.clone()),
+            decode_segment(&b, &d, &g, body.clone(), None),
             Err(FormatError::Corrupt { .. })
         ));
         let shifted = [zero(1, 1), data(2, 100, 0)];
         let (mut d, b) = dir_entry(4000, &shifted);
         d.first_block = 0;
         assert!(
-            decode_segment(&b, &d, &g, body).is_err(),
+            decode_segment(&b, &d, &g, body, None).is_err(),
             "first entry after first_block"
         );
     }

@@ -30,6 +30,14 @@ pub const MAX_FRAME_CONTENT: u64 = 16 << 20;
 pub const MAX_FRAME_LEN: u64 = MAX_FRAME_CONTENT + (1 << 16);
 /// Domain separation prefix of the image digest stream.
 pub const IMAGE_DIGEST_DOMAIN: &[u8; 16] = b"thinarc-image-v1";
+/// Major format version of encrypted archives (FORMAT.md section 18).
+pub const VERSION_MAJOR_ENCRYPTED: u16 = 2;
+/// Minor format version of encrypted archives written by this build.
+pub const VERSION_MINOR_ENCRYPTED: u16 = 0;
+/// Largest wrapped data key in a format 2 header.
+pub const MAX_WRAPPED_KEY_LEN: usize = 1024;
+/// Domain separation prefix of the keyed image digest stream (format 2).
+pub const IMAGE_DIGEST_DOMAIN_KEYED: &[u8; 16] = b"thinarc-image-v2";
 
 #[cfg(test)]
 mod tests {

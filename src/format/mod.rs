@@ -1,4 +1,4 @@
-//! The thinarc archive format, version 1: bytes in, bytes out.
+//! The thinarc archive format, versions 1 (plain) and 2 (encrypted): bytes in, bytes out.
 //!
 //! This module owns every on-disk structure of an archive (preamble, header, index
 //! segments, directory, trailer), the block digests and the image digest, frame
@@ -19,11 +19,12 @@ mod index;
 mod keys;
 mod magic;
 mod reader;
+mod seal;
 mod trailer;
 mod writer;
 
 pub use build::{ArchivePart, DEFAULT_ZSTD_LEVEL, FRAME_BYTES, Op, compress, push_image};
-pub use digest::{Digest, ImageHasher, ImageRun, zero_block_digest};
+pub use digest::{Digest, Digester, ImageHasher, ImageRun, zero_block_digest};
 pub use frame::{
     FrameDecoder, FrameKind, MAX_ZSTD_WINDOW, ZstdFrameHeader, check_zstd_frame, compress_frame,
     decompress_frame, frame_content_len as stored_frame_content_len, zstd_frame_header,
@@ -31,15 +32,18 @@ pub use frame::{
 pub use geometry::{BlockSize, DEFAULT_BLOCK_SIZE, Geometry};
 #[cfg(test)]
 pub(crate) use header::test_header;
-pub use header::{Compression, Header, LvmSnapshot, ParentRef, Preamble, SourceInfo};
+pub use header::{
+    Compression, EncryptionInfo, Header, LvmSnapshot, ParentRef, Preamble, SourceInfo,
+};
 pub use id::{ArchiveId, ArchiveIdPrefix, InvalidArchiveId};
-pub use index::{DirEntry, EntryKind, IndexEntry, decode_segment};
+pub use index::{DirEntry, EntryKind, IndexEntry, check_segment_sum, decode_segment};
 pub use keys::{DigestKey, ENCRYPTION_SCHEME, KeyId, Keys, RepoKey, WriterKey};
 pub use magic::*;
 pub use reader::{
     ArchiveReader, BlockCheck, IndexCheck, check_ends, check_frame_content, check_frame_extent,
     check_header, decode_directory, frame_content_len,
 };
+pub use seal::{ArchiveKey, TAG_LEN};
 pub use trailer::Trailer;
 pub use writer::{ArchiveWriter, EncodedFrame};
 
@@ -50,9 +54,10 @@ pub enum FormatError {
     /// The file does not start (or end) with the thinarc magic: it is not an archive.
     #[error("bad magic: expected {expected}, found {found} (not a thinarc archive)")]
     BadMagic { expected: String, found: String },
-    /// The archive was written by a newer, incompatible format version.
+    /// The archive was written by a newer, incompatible format version (this build
+    /// reads major versions 1, plain, and 2, encrypted).
     #[error(
-        "unsupported format version {major}.{minor} (this build reads major version {supported})"
+        "unsupported format version {major}.{minor} (this build reads major versions 1 to {supported})"
     )]
     UnsupportedVersion {
         major: u16,

@@ -19,9 +19,9 @@ use std::collections::BTreeMap;
 use std::ops::Range;
 
 use super::{
-    DIR_ENTRY_LEN, Digest, DirEntry, END_MAGIC, EntryKind, FormatError, FrameKind, Geometry,
-    Header, ImageHasher, IndexEntry, PREAMBLE_LEN, Preamble, TRAILER_LEN, Trailer, decode_segment,
-    decompress_frame, zero_block_digest,
+    ArchiveKey, DIR_ENTRY_LEN, Digest, Digester, DirEntry, END_MAGIC, EntryKind, FormatError,
+    FrameKind, Geometry, Header, ImageHasher, IndexEntry, PREAMBLE_LEN, Preamble, RepoKey, TAG_LEN,
+    TRAILER_LEN, Trailer, decode_segment, decompress_frame,
 };
 
 /// Stages 2 to 4 of §13.2: the preamble from `head` (the first bytes of the file, at
@@ -77,7 +77,8 @@ pub fn check_ends(head: &[u8], tail: &[u8], len: u64) -> Result<(Preamble, Trail
 /// breaks a rule of §5.2.
 pub fn check_header(head: &[u8], trailer: &Trailer) -> Result<(Header, Geometry), FormatError> {
     check_sum("header", head, trailer.body_offset, trailer.header_sha256)?;
-    let header = Header::decode(&head[PREAMBLE_LEN..])?;
+    let pre = Preamble::decode(head)?;
+    let header = Header::decode_format(&head[PREAMBLE_LEN..], pre.major)?;
     let geometry = header.geometry()?;
     Ok((header, geometry))
 }
@@ -150,14 +151,15 @@ fn check_sum(
     Ok(())
 }
 
-/// Decodes and validates the directory: checksum, segments in block order, inside the
-/// body and not overlapping.
+/// Decodes and validates the directory of the archive with `header`: checksum,
+/// segments in block order, inside the body and not overlapping.
 ///
 /// # Errors
 /// [`FormatError::ChecksumMismatch`] or [`FormatError::Corrupt`].
 pub fn decode_directory(
     bytes: &[u8],
     trailer: &Trailer,
+    header: &Header,
     geometry: &Geometry,
 ) -> Result<Vec<DirEntry>, FormatError> {
     let expected_len = u64::from(trailer.directory_entries) * DIR_ENTRY_LEN as u64;
@@ -166,7 +168,10 @@ pub fn decode_directory(
     let (mut next_block, mut next_offset) = (0u64, trailer.body_offset);
     let mut blocks = 0u64;
     for chunk in bytes.chunks_exact(DIR_ENTRY_LEN) {
-        let d = DirEntry::decode(chunk.try_into().expect("chunks_exact"))?;
+        let d = DirEntry {
+            sealed: header.encryption.is_some(),
+            ..DirEntry::decode(chunk.try_into().expect("chunks_exact"))?
+        };
         if d.first_block < next_block || d.end_block > geometry.blocks() {
             return Err(FormatError::corrupt(
                 "directory",
@@ -211,6 +216,8 @@ pub fn decode_directory(
 /// an archive written in order).
 pub struct IndexCheck {
     geometry: Geometry,
+    /// Bytes sealing adds to each stored frame (format 2).
+    tag_len: u32,
     trailer: Trailer,
     /// Entries of the frame being collected (a frame's entries may span two segments).
     frame: Vec<IndexEntry>,
@@ -225,12 +232,13 @@ pub struct IndexCheck {
 
 impl IndexCheck {
     /// A check of the archive with `header`, `trailer`, `geometry` and the (decoded)
-    /// `directory`.
+    /// `directory`, whose digests `digester` computes.
     pub fn new(
         header: &Header,
         trailer: &Trailer,
         geometry: Geometry,
         directory: &[DirEntry],
+        digester: &Digester,
     ) -> Self {
         let mut body = Tiling::default();
         for d in directory {
@@ -239,13 +247,21 @@ impl IndexCheck {
         }
         IndexCheck {
             geometry,
+            tag_len: if header.encryption.is_some() {
+                TAG_LEN as u32
+            } else {
+                0
+            },
             trailer: *trailer,
             frame: Vec::new(),
             data_blocks: 0,
             zero_blocks: 0,
             frame_bytes: 0,
             body,
-            image: header.parent.is_none().then(|| ImageHasher::new(geometry)),
+            image: header
+                .parent
+                .is_none()
+                .then(|| ImageHasher::with(geometry, digester)),
         }
     }
 
@@ -311,7 +327,8 @@ impl IndexCheck {
         // A raw frame's content is its stored bytes: the index alone shows a wrong
         // length (a zstd frame's content size is checked as it is decoded).
         if frame == FrameKind::Raw {
-            check_frame_content(frame_offset, frame_len as usize, needed)?;
+            let inner = frame_len.checked_sub(self.tag_len).unwrap_or(u32::MAX);
+            check_frame_content(frame_offset, inner as usize, needed)?;
         }
         self.body.add(frame_offset, u64::from(frame_len))
     }
@@ -462,26 +479,35 @@ pub fn check_frame_extent(
 }
 
 /// The check of each block cut out of a decoded frame (§13.3, frames and blocks): it
-/// lies inside the frame, its SHA-256 is its entry's digest, and it is not all zero.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// lies inside the frame, its digest (plain or keyed) is its entry's digest, and it is
+/// not all zero.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BlockCheck {
     geometry: Geometry,
+    digester: Digester,
     /// The digest of an all-zero block of full length.
     zero: Digest,
 }
 
 impl BlockCheck {
-    /// The check for blocks of a volume with `geometry`.
-    pub fn new(geometry: Geometry) -> Self {
+    /// The check for blocks of a volume with `geometry` whose digests `digester`
+    /// computes.
+    pub fn new(geometry: Geometry, digester: &Digester) -> Self {
         BlockCheck {
             geometry,
-            zero: zero_block_digest(u64::from(geometry.block_size().get())),
+            zero: digester.zero_block(u64::from(geometry.block_size().get())),
+            digester: digester.clone(),
         }
     }
 
     /// The geometry checked against.
     pub fn geometry(&self) -> Geometry {
         self.geometry
+    }
+
+    /// The digest function checked with.
+    pub fn digester(&self) -> &Digester {
+        &self.digester
     }
 
     /// Cuts block `block` (at `slot`) out of the decoded frame `content` and checks it
@@ -506,7 +532,7 @@ impl BlockCheck {
                 format!("block {block} at slot {slot} lies outside the frame"),
             ));
         };
-        let actual = Digest::of(data);
+        let actual = self.digester.block(data);
         if actual != digest {
             return Err(FormatError::ChecksumMismatch {
                 what: format!("block {block}"),
@@ -518,7 +544,7 @@ impl BlockCheck {
         let zero = if len == bs {
             self.zero
         } else {
-            zero_block_digest(len)
+            self.digester.zero_block(len)
         };
         if digest == zero {
             return Err(FormatError::corrupt(
@@ -541,25 +567,68 @@ pub struct ArchiveReader<'a> {
     pub trailer: Trailer,
     directory: Vec<DirEntry>,
     geometry: Geometry,
+    /// The key of an encrypted archive, when the repository key was given.
+    key: Option<ArchiveKey>,
 }
 
 impl<'a> ArchiveReader<'a> {
     /// Opens an archive: [`check_ends`], [`check_header`], [`decode_directory`].
+    /// An encrypted archive opens too, but only its structure can be read.
     ///
     /// # Errors
     /// The first [`FormatError`] found.
     pub fn open(bytes: &'a [u8]) -> Result<Self, FormatError> {
+        Self::open_with(bytes, None)
+    }
+
+    /// Opens an archive as [`open`](Self::open) does, and an encrypted one with `key`
+    /// (its data key unwrapped, so that its index and frames can be read).
+    ///
+    /// # Errors
+    /// The first [`FormatError`] found; [`FormatError::Corrupt`] (`"encryption"`) for
+    /// an encrypted archive whose data key `key` does not unwrap.
+    pub fn open_with(bytes: &'a [u8], key: Option<&RepoKey>) -> Result<Self, FormatError> {
         let (_, trailer) = check_ends(bytes, bytes, bytes.len() as u64)?;
         let (header, geometry) = check_header(&bytes[..trailer.body_offset as usize], &trailer)?;
         let dir = trailer.directory_offset as usize..bytes.len() - TRAILER_LEN;
-        let directory = decode_directory(&bytes[dir], &trailer, &geometry)?;
+        let directory = decode_directory(&bytes[dir], &trailer, &header, &geometry)?;
+        let key = match key {
+            Some(k) if header.encryption.is_some() => Some(ArchiveKey::open(k, &header)?),
+            _ => None,
+        };
         Ok(ArchiveReader {
             bytes,
             header,
             trailer,
             directory,
             geometry,
+            key,
         })
+    }
+
+    /// The digest function of the archive's blocks (keyed in format 2; plain when the
+    /// key was not given).
+    pub fn digester(&self) -> Digester {
+        self.key
+            .as_ref()
+            .map_or(Digester::Plain, |k| k.digester().clone())
+    }
+
+    /// The stored frame at `frame_offset` opened (format 2) as the 1.x frame it seals.
+    fn frame(
+        &self,
+        frame_offset: u64,
+        frame_len: u32,
+        first_block: u64,
+    ) -> Result<std::borrow::Cow<'a, [u8]>, FormatError> {
+        let stored = self.stored(frame_offset, frame_len);
+        match (&self.header.encryption, &self.key) {
+            (None, _) => Ok(stored.into()),
+            (Some(_), Some(k)) => Ok(k.open_frame(frame_offset, first_block, stored)?.into()),
+            (Some(_), None) => Err(FormatError::InvalidInput(format!(
+                "the sealed frame at offset {frame_offset} needs the archive's key"
+            ))),
+        }
     }
 
     /// The volume geometry.
@@ -580,7 +649,13 @@ impl<'a> ArchiveReader<'a> {
         let mut out = Vec::new();
         for d in &self.directory {
             let seg = self.stored(d.offset, d.len() as u32);
-            out.extend(decode_segment(seg, d, &self.geometry, body.clone())?);
+            out.extend(decode_segment(
+                seg,
+                d,
+                &self.geometry,
+                body.clone(),
+                self.key.as_ref(),
+            )?);
         }
         Ok(out)
     }
@@ -605,12 +680,13 @@ impl<'a> ArchiveReader<'a> {
         else {
             return Ok(vec![0; self.geometry.block_len(entry.block) as usize]);
         };
+        let first = entry.block - u64::from(slot);
         let content = decompress_frame(
             frame,
-            self.stored(frame_offset, frame_len),
+            &self.frame(frame_offset, frame_len, first)?,
             frame_content_len(&self.geometry, frame_entries, frame_offset)?,
         )?;
-        BlockCheck::new(self.geometry)
+        BlockCheck::new(self.geometry, &self.digester())
             .block(&content, entry.block, slot, digest)
             .map(<[u8]>::to_vec)
     }
@@ -622,9 +698,15 @@ impl<'a> ArchiveReader<'a> {
     /// The first problem found.
     pub fn verify(&self) -> Result<(), FormatError> {
         let entries = self.entries()?;
-        let blocks = BlockCheck::new(self.geometry);
-        let mut index =
-            IndexCheck::new(&self.header, &self.trailer, self.geometry, &self.directory);
+        let digester = self.digester();
+        let blocks = BlockCheck::new(self.geometry, &digester);
+        let mut index = IndexCheck::new(
+            &self.header,
+            &self.trailer,
+            self.geometry,
+            &self.directory,
+            &digester,
+        );
         let mut i = 0;
         while i < entries.len() {
             let EntryKind::Data {
@@ -642,11 +724,11 @@ impl<'a> ArchiveReader<'a> {
             for e in group {
                 index.push(e)?;
             }
-            let stored = self.stored(frame_offset, frame_len);
+            let stored = self.frame(frame_offset, frame_len, entries[i].block)?;
             let needed = frame_content_len(&self.geometry, group, frame_offset)?;
-            let declared = super::frame::frame_content_len(frame, stored)?;
+            let declared = super::frame::frame_content_len(frame, &stored)?;
             check_frame_content(frame_offset, declared, needed)?;
-            let content = decompress_frame(frame, stored, needed)?;
+            let content = decompress_frame(frame, &stored, needed)?;
             for g in group {
                 let EntryKind::Data { slot, digest, .. } = g.kind else {
                     unreachable!("frame_group only returns data entries");
@@ -732,7 +814,7 @@ mod tests {
     fn small_archive() -> Vec<u8> {
         let h = crate::format::header::test_header(3 * 4096);
         let mut out = Vec::new();
-        let mut w = ArchiveWriter::new(&h, &mut out).expect("header");
+        let mut w = ArchiveWriter::new(&h, None, &mut out).expect("header");
         let blocks = [vec![1u8; 4096], vec![2u8; 4096]];
         let mut c = zstd::bulk::Compressor::new(1).expect("zstd");
         let (kind, bytes) = compress_frame(&blocks.concat(), &mut c).expect("compress");
@@ -852,6 +934,7 @@ mod tests {
     #[test]
     fn directory_offsets_that_overflow_are_corrupt() {
         let g = Geometry::new(4096, BlockSize::new(4096).expect("valid"));
+        let h = crate::format::header::test_header(4096);
         let mut dir = Vec::new();
         DirEntry {
             offset: u64::MAX - 10,
@@ -859,6 +942,7 @@ mod tests {
             first_block: 0,
             end_block: 1,
             sha256: Digest::default(),
+            sealed: false,
         }
         .encode(&mut dir);
         let t = Trailer {
@@ -874,7 +958,7 @@ mod tests {
             trailer_sha256: Digest::default(),
         };
         assert!(matches!(
-            decode_directory(&dir, &t, &g),
+            decode_directory(&dir, &t, &h, &g),
             Err(FormatError::Corrupt { .. })
         ));
         let mut ok = Vec::new();
@@ -884,6 +968,7 @@ mod tests {
             first_block: 0,
             end_block: 1,
             sha256: Digest::default(),
+            sealed: false,
         }
         .encode(&mut ok);
         let t = Trailer {
@@ -892,13 +977,13 @@ mod tests {
         };
         assert!(
             matches!(
-                decode_directory(&ok, &t, &g),
+                decode_directory(&ok, &t, &h, &g),
                 Err(FormatError::Corrupt { .. })
             ),
             "counts overflow"
         );
         assert!(matches!(
-            decode_directory(&ok[..10], &t, &g),
+            decode_directory(&ok[..10], &t, &h, &g),
             Err(FormatError::Truncated { .. })
         ));
     }
@@ -921,7 +1006,7 @@ mod tests {
     #[test]
     fn a_zero_block_stored_as_data_is_corrupt() {
         let g = Geometry::new(4096 + 100, BlockSize::new(4096).expect("valid"));
-        let check = BlockCheck::new(g);
+        let check = BlockCheck::new(g, &Digester::Plain);
         let zeros = vec![0u8; 4096];
         let full = Digest::of(&zeros);
         assert!(matches!(
@@ -955,7 +1040,13 @@ mod tests {
         let r = ArchiveReader::open(&a).expect("open");
         let e = r.entries().expect("entries");
         let run = |trailer: &Trailer, entries: &[IndexEntry]| {
-            let mut c = IndexCheck::new(&r.header, trailer, r.geometry(), &r.directory);
+            let mut c = IndexCheck::new(
+                &r.header,
+                trailer,
+                r.geometry(),
+                &r.directory,
+                &Digester::Plain,
+            );
             entries.iter().try_for_each(|x| c.push(x))?;
             c.finish()
         };

@@ -3,8 +3,8 @@
 use sha2::{Digest as _, Sha256};
 
 use super::{
-    Digest, DirEntry, EntryKind, FormatError, FrameKind, Geometry, Header, IndexEntry,
-    MAX_FRAME_CONTENT, MAX_FRAME_LEN, SEGMENT_MAX_ENTRIES, Trailer, zero_block_digest,
+    ArchiveKey, Digest, Digester, DirEntry, EntryKind, FormatError, FrameKind, Geometry, Header,
+    IndexEntry, MAX_FRAME_CONTENT, MAX_FRAME_LEN, SEGMENT_MAX_ENTRIES, Trailer, WriterKey,
 };
 
 /// A compressed frame ready to be appended: consecutive data blocks from `first_block`.
@@ -14,9 +14,9 @@ pub struct EncodedFrame {
     pub first_block: u64,
     /// How `bytes` are stored.
     pub kind: FrameKind,
-    /// The stored frame.
+    /// The stored frame (format 1.x; the writer seals it in format 2).
     pub bytes: Vec<u8>,
-    /// SHA-256 of each block of the frame, in order.
+    /// Digest of each block of the frame, in order (the archive's [`Digester`]).
     pub digests: Vec<Digest>,
 }
 
@@ -26,7 +26,11 @@ pub struct EncodedFrame {
 /// to the archive to `out`; the caller sends them wherever the archive goes. Frames are
 /// followed by an index segment every [`SEGMENT_MAX_ENTRIES`] entries, and
 /// [`finish`](Self::finish) appends the last segment, the directory and the trailer.
+/// Given a writer key, it writes format 2.0: frames and segments sealed under a fresh
+/// data key, digests keyed.
 pub struct ArchiveWriter {
+    key: Option<ArchiveKey>,
+    digester: Digester,
     geometry: Geometry,
     offset: u64,
     body_offset: u64,
@@ -42,18 +46,63 @@ pub struct ArchiveWriter {
 }
 
 impl ArchiveWriter {
-    /// Starts an archive with `header`; appends preamble and header to `out`.
+    /// Starts an archive with `header`, encrypted (format 2.0) when given `key`;
+    /// appends preamble and header to `out`. The header written is `header` with the
+    /// `encryption` map of the archive's fresh data key.
     ///
     /// # Errors
     /// [`FormatError::InvalidInput`] if the header is invalid or too large.
-    pub fn new(header: &Header, out: &mut Vec<u8>) -> Result<Self, FormatError> {
+    pub fn new(
+        header: &Header,
+        key: Option<&WriterKey>,
+        out: &mut Vec<u8>,
+    ) -> Result<Self, FormatError> {
+        let mut header = header.clone();
+        header.encryption = None;
+        let key = key
+            .map(|k| ArchiveKey::create(k, &mut header))
+            .transpose()?;
+        Self::start(&header, key, out)
+    }
+
+    /// Starts an encrypted archive with `header`, which holds the `encryption` map of
+    /// the data key `key` was made from ([`ArchiveKey::new`]): for test vectors, whose
+    /// data key is fixed. [`new`](Self::new) draws a fresh one.
+    ///
+    /// # Errors
+    /// [`FormatError::InvalidInput`] if the header is invalid, too large, or has no
+    /// `encryption` map.
+    pub fn with_key(
+        header: &Header,
+        key: ArchiveKey,
+        out: &mut Vec<u8>,
+    ) -> Result<Self, FormatError> {
+        if header.encryption.is_none() {
+            return Err(FormatError::InvalidInput(
+                "an archive key needs a header with its encryption map".into(),
+            ));
+        }
+        Self::start(header, Some(key), out)
+    }
+
+    fn start(
+        header: &Header,
+        key: Option<ArchiveKey>,
+        out: &mut Vec<u8>,
+    ) -> Result<Self, FormatError> {
         let geometry = header
             .geometry()
             .map_err(|e| FormatError::InvalidInput(e.to_string()))?;
+        let digester = key
+            .as_ref()
+            .map_or(Digester::Plain, |k| k.digester().clone());
         let start = out.len();
         header.encode(out)?;
         let head = &out[start..];
         Ok(ArchiveWriter {
+            zero_full: digester.zero_block(u64::from(geometry.block_size().get())),
+            key,
+            digester,
             geometry,
             offset: head.len() as u64,
             body_offset: head.len() as u64,
@@ -65,8 +114,12 @@ impl ArchiveWriter {
             data_blocks: 0,
             zero_blocks: 0,
             frame_bytes: 0,
-            zero_full: zero_block_digest(u64::from(geometry.block_size().get())),
         })
+    }
+
+    /// The digest function of this archive's blocks and image.
+    pub fn digester(&self) -> &Digester {
+        &self.digester
     }
 
     /// Bytes emitted so far.
@@ -180,7 +233,7 @@ impl ArchiveWriter {
             let zero = if len == u64::from(self.geometry.block_size().get()) {
                 self.zero_full
             } else {
-                zero_block_digest(len)
+                self.digester.zero_block(len)
             };
             if *d == zero {
                 return Err(FormatError::InvalidInput(format!(
@@ -189,7 +242,26 @@ impl ArchiveWriter {
             }
         }
         let frame_offset = self.offset;
-        out.extend_from_slice(&frame.bytes);
+        let frame_len = match &self.key {
+            None => {
+                out.extend_from_slice(&frame.bytes);
+                frame_len
+            }
+            Some(key) => {
+                let sealed = key.seal_frame(frame_offset, frame.first_block, &frame.bytes);
+                out.extend_from_slice(&sealed);
+                u32::try_from(sealed.len())
+                    .ok()
+                    .filter(|&n| u64::from(n) <= MAX_FRAME_LEN)
+                    .ok_or_else(|| {
+                        FormatError::InvalidInput(format!(
+                            "sealed frame at block {} of {} bytes is too large",
+                            frame.first_block,
+                            sealed.len()
+                        ))
+                    })?
+            }
+        };
         self.offset += u64::from(frame_len);
         self.frame_bytes += u64::from(frame_len);
         self.data_blocks += count;
@@ -228,13 +300,20 @@ impl ArchiveWriter {
         for e in &self.pending {
             e.encode(out);
         }
-        let dir = DirEntry {
+        let mut dir = DirEntry {
             offset: self.offset,
             entries: self.pending.len() as u32,
             first_block: first.block,
             end_block: last.end(),
-            sha256: Digest::of(&out[start..]),
+            sha256: Digest::default(),
+            sealed: self.key.is_some(),
         };
+        if let Some(key) = &self.key {
+            let sealed = key.seal_segment(&dir, &out[start..]);
+            out.truncate(start);
+            out.extend_from_slice(&sealed);
+        }
+        dir.sha256 = Digest::of(&out[start..]);
         self.offset += (out.len() - start) as u64;
         dir.encode(&mut self.directory);
         self.directory_entries += 1;
@@ -283,7 +362,7 @@ mod tests {
     fn adjacent_zero_runs_merge_and_segments_hold_4096_entries() {
         let blocks = 2 * SEGMENT_MAX_ENTRIES as u64 + 10;
         let mut out = Vec::new();
-        let mut w = ArchiveWriter::new(&header(blocks * 4096), &mut out).expect("header");
+        let mut w = ArchiveWriter::new(&header(blocks * 4096), None, &mut out).expect("header");
         w.push_zeros(0, 2, &mut out).expect("zeros");
         w.push_zeros(2, 3, &mut out).expect("zeros");
         let block = [1u8; 4096];
@@ -312,7 +391,7 @@ mod tests {
     fn zero_runs_longer_than_u32_are_split() {
         let blocks = u64::from(u32::MAX) + 10;
         let mut out = Vec::new();
-        let mut w = ArchiveWriter::new(&header(blocks * 4096), &mut out).expect("header");
+        let mut w = ArchiveWriter::new(&header(blocks * 4096), None, &mut out).expect("header");
         w.push_zeros(0, blocks, &mut out).expect("zeros");
         let t = w.finish(Digest::default(), &mut out);
         let r = ArchiveReader::open(&out).expect("open");
@@ -326,7 +405,7 @@ mod tests {
     #[test]
     fn bad_input_is_refused() {
         let mut out = Vec::new();
-        let mut w = ArchiveWriter::new(&header(3 * 4096 + 100), &mut out).expect("header");
+        let mut w = ArchiveWriter::new(&header(3 * 4096 + 100), None, &mut out).expect("header");
         let full = [9u8; 4096];
         let zero = [0u8; 4096];
         assert!(
@@ -386,6 +465,7 @@ mod tests {
                     block_size: 100,
                     ..header(1)
                 },
+                None,
                 &mut Vec::new()
             )
             .is_err()

@@ -28,7 +28,7 @@ pub async fn backup_volume(
     job: &Job,
     location: &str,
     source: &SourceSpec,
-    opts: BackupOptions,
+    mut opts: BackupOptions,
     limits: PoolLimits,
     discovered_by: Option<&str>,
     observer: &dyn Observer,
@@ -36,6 +36,8 @@ pub async fn backup_volume(
     let volume = opts.volume.clone();
     let mut started = Record::start(Operation::Backup, &volume, location);
     started.discovered_by = discovered_by.map(str::to_string);
+    // A write-only host keeps the digests of its last point there.
+    opts.state_dir.get_or_insert_with(|| job.state_dir.clone());
     let failed = |error: BackupError| match error {
         BackupError::Lock(e) if held(&e) => JobError::Lock(e),
         error => JobError::Backup {

@@ -300,6 +300,8 @@ fn options(job: &Job, v: &Volume, name: &VolumeName) -> (BackupOptions, PoolLimi
     opts.read_limit = job.read_limit.clone();
     opts.hooks = v.hooks.clone();
     opts.freeze = v.freeze.clone();
+    // A write-only host keeps the digests of its last point there (a dry run reads it).
+    opts.state_dir = Some(job.state_dir.clone());
     let defaults = PoolLimits::default();
     let limits = PoolLimits {
         max_data: v.max_pool_data.map_or(defaults.max_data, f64::from),

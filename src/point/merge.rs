@@ -27,6 +27,14 @@
 //! Before committing, the image digest of the new archive's point (its blocks on top
 //! of P's point) is recomputed and must equal X's; otherwise nothing is committed.
 //!
+//! Encryption (FORMAT.md section 18): reading needs the source repository's key, and
+//! the new archive is written for the destination's: sealed under a fresh data key in
+//! an encrypted one, plain in an unencrypted one. Copied frames are opened on read and
+//! sealed again. When the destination's digest function differs from the source's
+//! (another key, or none), every block's digest and the image digest are computed
+//! again (a full archive only), and X's image digest is checked over the source's
+//! digests.
+//!
 //! ```no_run
 //! # async fn demo(repo: &thinarc::repo::Repository) -> Result<(), Box<dyn std::error::Error>> {
 //! use thinarc::point::{MergeOptions, merge};
@@ -52,9 +60,9 @@ use serde::Serialize;
 use super::ReadError;
 use super::read::{BufferPool, Decoded, ReadMode, Span, read_units_with, unit_buffers};
 use crate::format::{
-    ArchivePart, ArchiveWriter, Compression, DEFAULT_ZSTD_LEVEL, Digest, EncodedFrame, FRAME_BYTES,
-    FormatError, Geometry, Header, ImageHasher, ImageRun, Op, ParentRef, SourceInfo, compress,
-    stored_frame_content_len,
+    ArchivePart, ArchiveWriter, Compression, DEFAULT_ZSTD_LEVEL, Digest, Digester, EncodedFrame,
+    FRAME_BYTES, FormatError, Geometry, Header, ImageHasher, ImageRun, Op, ParentRef, SourceInfo,
+    WriterKey, compress, stored_frame_content_len,
 };
 use crate::repo::{
     ArchiveId, ArchiveUpload, Chain, ChainCursor, RepoError, Repository, VolumeName, new_archive_id,
@@ -196,6 +204,8 @@ pub async fn merge(
     opts: &MergeOptions,
 ) -> Result<MergeReport, MergeError> {
     let started = Instant::now();
+    src.read_key(&opts.method)?;
+    let key = dest.write_key(&opts.method)?.cloned();
     let tip = chain.tip().clone();
     let tip_index = chain.archives.len() - 1;
     if let Some(p) = parent.filter(|&p| p >= tip_index) {
@@ -245,7 +255,16 @@ pub async fn merge(
     .await?
     .with_generation(opts.generation);
     let floor = parent.map_or(0, |p| p + 1);
-    let written = write(src, chain, floor, boundary, &header, &mut upload, opts).await;
+    let written = write(
+        src,
+        chain,
+        floor,
+        boundary,
+        (&header, key.as_ref()),
+        &mut upload,
+        opts,
+    )
+    .await;
     let (stats, image, trailer_sha256) = match written {
         Ok(w) => w,
         Err(e) => {
@@ -298,15 +317,27 @@ async fn write(
     chain: &Chain,
     floor: usize,
     boundary: Option<u64>,
-    header: &Header,
+    (header, key): (&Header, Option<&WriterKey>),
     upload: &mut ArchiveUpload,
     opts: &MergeOptions,
 ) -> Result<(Stats, Digest, Digest), MergeError> {
     let geometry = chain.tip().geometry();
     let blocks = geometry.blocks();
     let mut out = Vec::with_capacity(1 << 20);
-    let mut writer = ArchiveWriter::new(header, &mut out)?;
-    let mut hasher = ImageHasher::new(geometry);
+    let mut writer = ArchiveWriter::new(header, key, &mut out)?;
+    let mut hasher = ImageHasher::with(geometry, writer.digester());
+    // Another digest function in the destination: digests are computed again, and
+    // the point's image digest is checked over the source's digests.
+    let redigest = (writer.digester() != chain.tip().digester()).then(|| writer.digester().clone());
+    if redigest.is_some() && floor > 0 {
+        return Err(FormatError::InvalidInput(
+            "a delta cannot be written into a repository with other keys (consolidate into a full archive)".into(),
+        )
+        .into());
+    }
+    let mut src_hasher = redigest
+        .as_ref()
+        .map(|_| ImageHasher::with(geometry, chain.tip().digester()));
     // The blocks the new archive does not hold are the parent's point's: their digests
     // come from the parent chain's index.
     let parent_chain = (floor > 0).then(|| Chain {
@@ -318,7 +349,8 @@ async fn write(
     let encode = {
         let (pool, level) = (pool.clone(), opts.zstd_level);
         let frame_blocks = (FRAME_BYTES / u64::from(geometry.block_size().get())).max(1);
-        move |d: Decoded| encode_unit(d, geometry, frame_blocks, level, &pool)
+        let redigest = redigest.clone();
+        move |d: Decoded| encode_unit(d, geometry, frame_blocks, level, redigest.as_ref(), &pool)
     };
     let chain = Arc::new(chain.clone());
     let mode = ReadMode {
@@ -336,7 +368,10 @@ async fn write(
         encode,
     );
     let mut stats = Stats::default();
-    while let Some((spans, unit)) = units.stream.try_next().await? {
+    while let Some((spans, src_image, unit)) = units.stream.try_next().await? {
+        if let Some(h) = src_hasher.as_mut() {
+            src_image.iter().for_each(|run| h.feed(run));
+        }
         stats.bytes_read += unit.bytes_read;
         stats.frames_reused += unit.frames_reused;
         stats.frames_compressed += unit.frames_compressed;
@@ -355,22 +390,51 @@ async fn write(
         g.feed(&mut hasher, blocks).await?;
     }
     let image = hasher.finish()?;
+    // The image digest the caller checks: over the source's digests.
+    let checked = match src_hasher {
+        Some(h) => h.finish()?,
+        None => image,
+    };
     let trailer = writer.finish(image, &mut out);
     upload.write(&out).await?;
-    Ok((stats, image, trailer.trailer_sha256))
+    Ok((stats, checked, trailer.trailer_sha256))
 }
 
 /// Turns a decoded unit into archive operations, one batch per span (the blocks
 /// between spans are the parent's): zero runs, the stored frames that survive whole
 /// copied as they are, and the other data blocks cut into frames of at most
-/// `frame_blocks` blocks and recompressed. Returns the batches and the unit's counters.
+/// `frame_blocks` blocks and recompressed. With `redigest`, every data block's digest
+/// is computed again with it. Returns the batches, the unit's runs of the image
+/// digest over the source's digests (with `redigest` only) and the unit's counters.
 fn encode_unit(
-    d: Decoded,
+    mut d: Decoded,
     g: Geometry,
     frame_blocks: u64,
     level: i32,
+    redigest: Option<&Digester>,
     pool: &BufferPool,
-) -> Result<(Vec<ArchivePart>, Stats), MergeError> {
+) -> Result<(Vec<ArchivePart>, Vec<ImageRun>, Stats), MergeError> {
+    let mut src_image = Vec::new();
+    if let Some(digester) = redigest {
+        for span in &d.spans {
+            match span {
+                Span::Zero { count, .. } => src_image.push(ImageRun::Zeros(*count)),
+                Span::Data {
+                    first,
+                    bytes,
+                    digests,
+                } => {
+                    let mut at = bytes.start;
+                    for (j, i) in digests.clone().enumerate() {
+                        src_image.push(ImageRun::Data(d.digests[i]));
+                        let len = g.block_len(first + j as u64) as usize;
+                        d.digests[i] = digester.block(&d.buf[at..at + len]);
+                        at += len;
+                    }
+                }
+            }
+        }
+    }
     let bs = u64::from(g.block_size().get()) as usize;
     let mut stats = Stats {
         bytes_read: d.fetched,
@@ -445,7 +509,7 @@ fn encode_unit(
         });
     }
     pool.give(d.buf);
-    Ok((out, stats))
+    Ok((out, src_image, stats))
 }
 
 /// The stored frame holding block `i` of the data span of `d` from block `first` with

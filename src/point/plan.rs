@@ -33,13 +33,15 @@ pub(super) struct Fetch {
     pub range: Range<u64>,
 }
 
-/// A frame to decode: where it lies in which fetch.
+/// A frame to decode: where it lies in which fetch, and its slot 0's block (a sealed
+/// frame's associated data names it).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct FrameRef {
     pub fetch: usize,
     pub offset: u64,
     pub len: u32,
     pub kind: FrameKind,
+    pub first_block: u64,
 }
 
 /// One block or zero run of a work unit, in block order.
@@ -94,7 +96,14 @@ impl Work {
 
     /// Adds frame `offset` of `layer`, extending a nearby fetch of that archive or
     /// starting a new one; returns its index.
-    fn add_frame(&mut self, layer: usize, offset: u64, len: u32, kind: FrameKind) -> usize {
+    fn add_frame(
+        &mut self,
+        layer: usize,
+        offset: u64,
+        len: u32,
+        kind: FrameKind,
+        first_block: u64,
+    ) -> usize {
         let end = offset + u64::from(len);
         let near = self.fetches.iter().rposition(|f| {
             f.layer == layer && offset >= f.range.end && offset - f.range.end <= MAX_GAP
@@ -117,6 +126,7 @@ impl Work {
             offset,
             len,
             kind,
+            first_block,
         });
         self.frames.len() - 1
     }
@@ -180,7 +190,13 @@ pub(super) async fn plan_works(
                 }
                 let index = match w.frame(layer, frame_offset) {
                     Some(i) => i,
-                    None => w.add_frame(layer, frame_offset, frame_len, frame),
+                    None => w.add_frame(
+                        layer,
+                        frame_offset,
+                        frame_len,
+                        frame,
+                        entry.block.saturating_sub(u64::from(slot)),
+                    ),
                 };
                 w.items.push(Item::Block {
                     frame: index,

@@ -319,9 +319,13 @@ fn decode_with(
         whole_frames,
     } = flags;
     let geometry = chain.tip().geometry();
-    let check = match scratch.check {
-        Some(c) if c.geometry() == geometry => c,
-        _ => *scratch.check.insert(BlockCheck::new(geometry)),
+    let digester = chain.tip().digester();
+    let check = match &scratch.check {
+        Some(c) if c.geometry() == geometry && c.digester() == digester => c.clone(),
+        _ => scratch
+            .check
+            .insert(BlockCheck::new(geometry, digester))
+            .clone(),
     };
     // Names the archive only when there is an error: this sits on the per-block path.
     let (fetches, frames) = (&w.fetches, &w.frames);
@@ -345,13 +349,24 @@ fn decode_with(
         stored: StoredFrames::default(),
     };
     if stored {
+        // A merge copies frames as 1.x frames: a sealed one is opened here (and
+        // sealed again by the writer of the merged archive).
         d.stored.frames = frames
             .iter()
-            .map(|r| {
+            .enumerate()
+            .map(|(f, r)| {
                 let start = (r.offset - fetches[r.fetch].range.start) as usize;
-                (r.kind, bytes[r.fetch].slice(start..start + r.len as usize))
+                let raw = bytes[r.fetch].slice(start..start + r.len as usize);
+                let layer = &chain.archives[fetches[r.fetch].layer];
+                if !layer.is_encrypted() {
+                    return Ok((r.kind, raw));
+                }
+                let opened = layer
+                    .open_frame(r.offset, r.first_block, &raw)
+                    .map_err(corrupt(f))?;
+                Ok((r.kind, Bytes::from(opened.into_owned())))
             })
-            .collect();
+            .collect::<Result<_, ReadError>>()?;
         d.stored.blocks.reserve(w.data_blocks as usize);
     }
     d.buf
@@ -398,9 +413,18 @@ fn decode_with(
                     let stored = &bytes[r.fetch][start..start + r.len as usize];
                     *decoded = None;
                     let layer = &chain.archives[w.fetches[r.fetch].layer];
-                    let done = stored_frame_content_len(r.kind, stored).and_then(|len| {
+                    let decoder = &mut scratch.decoder;
+                    // The decrypt, right before the frame is decoded (merges opened
+                    // their stored frames above).
+                    let opened = if flags.stored {
+                        Ok(std::borrow::Cow::Borrowed(&d.stored.frames[f].1[..]))
+                    } else {
+                        layer.open_frame(r.offset, r.first_block, stored)
+                    };
+                    let done = opened.and_then(|stored| {
+                        let len = stored_frame_content_len(r.kind, &stored)?;
                         check_frame_extent(&layer.geometry(), len, block, slot)?;
-                        scratch.decoder.decode_into(r.kind, stored, len, content)
+                        decoder.decode_into(r.kind, &stored, len, content)
                     });
                     match (done, on_bad) {
                         (Ok(_), _) => {

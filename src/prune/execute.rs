@@ -315,6 +315,12 @@ async fn prune_locked(
         return Ok(report);
     }
 
+    // Merges read block data: in an encrypted repository they need its key, which is
+    // asked for before anything is changed.
+    if plan.rewrites().next().is_some() {
+        repo.read_key("prune (to merge points)")?;
+    }
+
     // 1. What needs no rewrite: dropped points no kept point depends on (newest first,
     // so a listed point's ancestors stay listed), then expired and partial leftovers.
     let early = independent_drops(&pts, &plan);

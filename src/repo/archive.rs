@@ -2,6 +2,7 @@
 //! header from the start, index segments and frames on demand.
 
 use std::ops::Range;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use object_store::ObjectStoreExt;
@@ -9,9 +10,9 @@ use object_store::path::Path;
 
 use super::{ArchiveId, Commit, RepoError, Repository, VolumeName};
 use crate::format::{
-    DIR_ENTRY_LEN, Digest, DirEntry, FormatError, Geometry, Header, IndexCheck, IndexEntry,
-    PREAMBLE_LEN, Preamble, TRAILER_LEN, Trailer, check_ends, check_header, decode_directory,
-    decode_segment,
+    ArchiveKey, DIR_ENTRY_LEN, Digest, Digester, DirEntry, FormatError, Geometry, Header,
+    IndexCheck, IndexEntry, Keys, PREAMBLE_LEN, Preamble, TRAILER_LEN, Trailer, check_ends,
+    check_header, check_segment_sum, decode_directory, decode_segment,
 };
 
 /// Bytes read from the end of an archive at open: the trailer and, usually, the whole
@@ -34,6 +35,12 @@ pub struct RemoteArchive {
     pub trailer: Trailer,
     directory: Vec<DirEntry>,
     geometry: Geometry,
+    /// An encrypted archive's key, when the repository handle holds the repository
+    /// key.
+    sealing: Option<Arc<ArchiveKey>>,
+    /// The digest function of the archive's blocks: keyed for an encrypted archive
+    /// when the handle holds a key (repository or writer key), plain otherwise.
+    digester: Digester,
 }
 
 impl RemoteArchive {
@@ -178,8 +185,10 @@ impl RemoteArchive {
                 ),
             });
         }
-        let directory = decode_directory(&dir_bytes, &trailer, &geometry).map_err(corrupt)?;
+        let directory =
+            decode_directory(&dir_bytes, &trailer, &header, &geometry).map_err(corrupt)?;
         debug_assert_eq!(dir_bytes.len(), directory.len() * DIR_ENTRY_LEN);
+        let (sealing, digester) = check_encryption(repo, commit, &header).map_err(corrupt)?;
         Ok(RemoteArchive {
             repo: repo.clone(),
             commit: commit.clone(),
@@ -188,7 +197,50 @@ impl RemoteArchive {
             trailer,
             directory,
             geometry,
+            sealing,
+            digester,
         })
+    }
+
+    /// Whether the archive is encrypted (format 2).
+    pub fn is_encrypted(&self) -> bool {
+        self.header.encryption.is_some()
+    }
+
+    /// Whether the index and frames can be read: a plain archive, or an encrypted one
+    /// opened with the repository key.
+    pub fn is_readable(&self) -> bool {
+        !self.is_encrypted() || self.sealing.is_some()
+    }
+
+    /// The digest function of the archive's blocks and image.
+    pub fn digester(&self) -> &Digester {
+        &self.digester
+    }
+
+    /// The 1.x frame (zstd or raw) the stored frame at `offset`, whose slot 0 is block
+    /// `first_block`, holds: the stored bytes themselves in a plain archive, opened
+    /// in an encrypted one.
+    ///
+    /// # Errors
+    /// [`FormatError::Corrupt`] when a sealed frame fails authentication;
+    /// [`FormatError::InvalidInput`] for a sealed frame without the key (a reader
+    /// asks [`Repository::read_key`] first).
+    pub fn open_frame<'a>(
+        &self,
+        offset: u64,
+        first_block: u64,
+        stored: &'a [u8],
+    ) -> Result<std::borrow::Cow<'a, [u8]>, FormatError> {
+        if !self.is_encrypted() {
+            return Ok(stored.into());
+        }
+        match &self.sealing {
+            Some(k) => Ok(k.open_frame(offset, first_block, stored)?.into()),
+            None => Err(FormatError::InvalidInput(format!(
+                "the sealed frame at offset {offset} needs the repository key"
+            ))),
+        }
     }
 
     /// The key of the archive object.
@@ -209,7 +261,13 @@ impl RemoteArchive {
     /// The whole-index check of this archive (FORMAT.md §13.3), to be fed its entries
     /// in block order.
     pub fn index_check(&self) -> IndexCheck {
-        IndexCheck::new(&self.header, &self.trailer, self.geometry, &self.directory)
+        IndexCheck::new(
+            &self.header,
+            &self.trailer,
+            self.geometry,
+            &self.directory,
+            &self.digester,
+        )
     }
 
     /// `source` as the corruption of this archive.
@@ -220,26 +278,45 @@ impl RemoteArchive {
         }
     }
 
-    /// Reads and checks index segment `i`.
+    /// Reads and checks index segment `i` (opening it, in an encrypted archive).
+    ///
+    /// # Errors
+    /// [`RepoError::Corrupt`] or [`RepoError::Store`]; [`RepoError::NeedsKey`] for an
+    /// encrypted archive when the handle holds no repository key.
+    pub async fn segment(&self, i: usize) -> Result<Vec<IndexEntry>, RepoError> {
+        if self.is_encrypted() && self.sealing.is_none() {
+            self.repo.read_key("reading an archive's index")?;
+        }
+        let bytes = self.segment_bytes(i).await?;
+        decode_segment(
+            &bytes,
+            &self.directory[i],
+            &self.geometry,
+            self.trailer.body_offset..self.trailer.directory_offset,
+            self.sealing.as_deref(),
+        )
+        .map_err(|source| self.corrupt(source))
+    }
+
+    /// Reads index segment `i` and checks it against its checksum only: what can be
+    /// checked of an encrypted archive without its key.
     ///
     /// # Errors
     /// [`RepoError::Corrupt`] or [`RepoError::Store`].
-    pub async fn segment(&self, i: usize) -> Result<Vec<IndexEntry>, RepoError> {
+    pub async fn check_segment_sum(&self, i: usize) -> Result<(), RepoError> {
+        let bytes = self.segment_bytes(i).await?;
+        check_segment_sum(&bytes, &self.directory[i]).map_err(|source| self.corrupt(source))
+    }
+
+    async fn segment_bytes(&self, i: usize) -> Result<Bytes, RepoError> {
         let d = &self.directory[i];
-        let bytes = read_range(
+        read_range(
             &self.repo,
             &self.key,
             d.offset..d.offset + d.len(),
             self.commit.size,
         )
-        .await?;
-        decode_segment(
-            &bytes,
-            d,
-            &self.geometry,
-            self.trailer.body_offset..self.trailer.directory_offset,
-        )
-        .map_err(|source| self.corrupt(source))
+        .await
     }
 
     /// Reads bytes `range` of the archive (checked to lie inside it and to come back
@@ -261,6 +338,56 @@ impl RemoteArchive {
             });
         }
         read_range(&self.repo, &self.key, range, self.commit.size).await
+    }
+}
+
+/// The reader rules of FORMAT.md section 18 for the archive `commit` names, with
+/// `header`, in `repo`: an encrypted repository holds only encrypted (format 2)
+/// archives under its own key, stored under the volume their header names; a plain
+/// one only format 1 archives. Returns the archive's key (its data key unwrapped when
+/// the handle holds the repository key) and the digest function of its blocks.
+fn check_encryption(
+    repo: &Repository,
+    commit: &Commit,
+    header: &Header,
+) -> Result<(Option<Arc<ArchiveKey>>, Digester), FormatError> {
+    let bad = |detail: String| FormatError::corrupt("encryption", detail);
+    let (enc, expected) = match (&header.encryption, &repo.config.encryption) {
+        (None, None) => return Ok((None, Digester::Plain)),
+        (Some(_), None) => {
+            return Err(bad(
+                "the archive is encrypted (format 2), the repository is not: it was copied from an encrypted repository (remove it, or copy with `thinarc copy --consolidate`)".into(),
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(bad(
+                "the archive is not encrypted (format 1), the repository is: it was copied from an unencrypted repository (remove it, or copy with `thinarc copy --consolidate`)".into(),
+            ));
+        }
+        (Some(enc), Some(expected)) => (enc, expected),
+    };
+    if enc.key_id != expected.key_id {
+        return Err(bad(format!(
+            "archive {} is encrypted under key {}, which this repository does not list (its key is {})",
+            header.archive_id, enc.key_id, expected.key_id
+        )));
+    }
+    if header.volume_name != commit.volume.as_str() {
+        return Err(bad(format!(
+            "archive {} belongs to volume {}, not to {} it is stored under",
+            header.archive_id,
+            crate::quote::excerpt(&header.volume_name),
+            commit.volume
+        )));
+    }
+    match repo.keys() {
+        Keys::Locked => Ok((None, Digester::Plain)),
+        Keys::Writer(w) => Ok((None, Digester::Keyed(w.digest_key.clone()))),
+        Keys::Owner(k) => {
+            let key = ArchiveKey::open(k, header)?;
+            let digester = key.digester().clone();
+            Ok((Some(Arc::new(key)), digester))
+        }
     }
 }
 

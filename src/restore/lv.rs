@@ -40,9 +40,11 @@ pub async fn restore_to_lv(
     progress: Arc<Progress>,
 ) -> Result<LvRestoreReport, RestoreError> {
     let started = Instant::now();
+    repo.read_key("restore")?;
     let commits = repo.existing_commits(volume).await?;
     let chain = repo.resolve(&commits, &opts.at).await?;
     let geometry = chain.tip().geometry();
+    let digester = chain.tip().digester().clone();
     let lv = LvTarget::prepare(name, geometry.size(), geometry.block_size().get(), target)?;
     let mut opts = opts.clone();
     opts.fresh_target = lv.fresh;
@@ -58,9 +60,15 @@ pub async fn restore_to_lv(
     .await?;
     if readback {
         let seq = report.seq;
-        let actual = target_image_digest(&lv.path, geometry, seq, opts.threads, &progress)
-            .await?
-            .to_hex();
+        let actual = target_image_digest(
+            &lv.path,
+            (geometry, &digester),
+            seq,
+            opts.threads,
+            &progress,
+        )
+        .await?
+        .to_hex();
         if actual != report.image_digest {
             return Err(RestoreError::ReadbackMismatch {
                 target: lv.path.display().to_string(),

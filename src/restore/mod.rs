@@ -27,7 +27,7 @@ use std::time::Instant;
 use futures::TryStreamExt;
 use serde::Serialize;
 
-use crate::format::{Digest, FormatError, Geometry, ImageHasher};
+use crate::format::{Digest, Digester, FormatError, Geometry, ImageHasher};
 use crate::point::ReadError;
 use crate::point::read::{BufferPool, Decoded, Span, read_units, unit_buffers};
 use crate::progress::Progress;
@@ -208,6 +208,7 @@ pub async fn restore(
     progress: Arc<Progress>,
 ) -> Result<RestoreReport, RestoreError> {
     let started = Instant::now();
+    repo.read_key("restore")?;
     let commits = repo.existing_commits(volume).await?;
     let chain = repo.resolve(&commits, &opts.at).await?;
     restore_chain(repo, &commits, chain, target, opts, progress, started).await
@@ -308,7 +309,7 @@ async fn restore_chain(
         pool,
         Ok::<_, RestoreError>,
     );
-    let mut hasher = ImageHasher::new(geometry);
+    let mut hasher = ImageHasher::with(geometry, chain.tip().digester());
     // Incremental: blocks not written keep the --since point's content, which is the
     // restored point's too; their recorded digests fill the gaps.
     let mut unchanged = since.as_ref().map(|_| ChainCursor::new(&chain));
@@ -441,8 +442,14 @@ async fn since_point(
     let (old, new) = (base.geometry(), tip.geometry());
     let checked = !opts.trust_target;
     if checked {
-        let actual =
-            target_image_digest(target, old, base.header.seq, opts.threads, progress).await?;
+        let actual = target_image_digest(
+            target,
+            (old, base.digester()),
+            base.header.seq,
+            opts.threads,
+            progress,
+        )
+        .await?;
         if actual != base.trailer.image_digest {
             return Err(RestoreError::TargetNotAtSince {
                 target: target.display().to_string(),
@@ -470,7 +477,7 @@ async fn since_point(
 /// [`RestoreError::TargetUnreadable`].
 async fn target_image_digest(
     target: &Path,
-    geometry: Geometry,
+    (geometry, digester): (Geometry, &Digester),
     seq: u64,
     threads: usize,
     progress: &Arc<Progress>,
@@ -483,9 +490,15 @@ async fn target_image_digest(
     let source = RawSource::open(target)
         .and_then(|s| s.prefix(geometry.size()))
         .map_err(unreadable)?;
-    source_image_digest(source, geometry.block_size(), threads, progress.clone())
-        .await
-        .map_err(unreadable)
+    source_image_digest(
+        source,
+        geometry.block_size(),
+        digester,
+        threads,
+        progress.clone(),
+    )
+    .await
+    .map_err(unreadable)
 }
 
 /// The first block a span covers.

@@ -10,7 +10,7 @@ use tokio::sync::mpsc::Sender;
 
 use super::{RawSource, ReadPlan, SourceError};
 use crate::buffers::BufferPool;
-use crate::format::{BlockSize, Digest, Geometry, ImageHasher, ImageRun, push_image};
+use crate::format::{BlockSize, Digest, Digester, Geometry, ImageHasher, ImageRun, push_image};
 use crate::progress::Progress;
 use crate::throttle::RateLimiter;
 
@@ -104,21 +104,21 @@ pub fn read_batches(
 }
 
 impl Batch {
-    /// The digest of block `b` of the batch, `None` for a zero block.
-    pub fn digest(&self, g: &Geometry, b: u64) -> Option<Digest> {
+    /// The digest of block `b` of the batch under `digester`, `None` for a zero block.
+    pub fn digest(&self, g: &Geometry, digester: &Digester, b: u64) -> Option<Digest> {
         if self.buf.is_empty() {
             return None; // a hole
         }
         let start = (g.offset(b) - g.offset(self.first)) as usize;
         let data = &self.buf[start..start + g.block_len(b) as usize];
-        (!is_zero(data)).then(|| Digest::of(data))
+        (!is_zero(data)).then(|| digester.block(data))
     }
 
-    /// The batch's blocks as the image digest sees them.
-    pub fn image(&self, g: &Geometry) -> Vec<ImageRun> {
+    /// The batch's blocks as the image digest under `digester` sees them.
+    pub fn image(&self, g: &Geometry, digester: &Digester) -> Vec<ImageRun> {
         let mut image = Vec::new();
         for b in self.first..self.first + self.count {
-            push_image(&mut image, self.digest(g, b));
+            push_image(&mut image, self.digest(g, digester, b));
         }
         image
     }
@@ -132,15 +132,16 @@ pub fn is_zero(data: &[u8]) -> bool {
     head.iter().all(|&b| b == 0) && mid.iter().all(|&w| w == 0) && tail.iter().all(|&b| b == 0)
 }
 
-/// The image digest of `source` read in full with `block_size` blocks, as a full
-/// backup would record it (verify `--source`): the backup's reader and block hashing,
-/// without compression or upload.
+/// The image digest of `source` read in full with `block_size` blocks under
+/// `digester`, as a full backup would record it (verify `--source`): the backup's
+/// reader and block hashing, without compression or upload.
 ///
 /// # Errors
 /// [`SourceError`] when the source cannot be read or changes size.
 pub async fn source_image_digest(
     source: RawSource,
     block_size: BlockSize,
+    digester: &Digester,
     threads: usize,
     progress: Arc<Progress>,
 ) -> Result<Digest, SourceError> {
@@ -164,7 +165,7 @@ pub async fn source_image_digest(
             )
         })
     };
-    let mut hasher = ImageHasher::new(geometry);
+    let mut hasher = ImageHasher::with(geometry, digester);
     let mut inflight = FuturesOrdered::new();
     let mut reading = true;
     loop {
@@ -172,8 +173,9 @@ pub async fn source_image_digest(
             match rx.recv().await {
                 Some(batch) => {
                     let buffers = buffers.clone();
+                    let digester = digester.clone();
                     inflight.push_back(tokio::task::spawn_blocking(move || {
-                        let image = batch.image(&geometry);
+                        let image = batch.image(&geometry, &digester);
                         buffers.give(batch.buf);
                         (batch.count, image)
                     }))

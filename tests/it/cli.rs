@@ -624,12 +624,12 @@ fn archive_of_a_newer_major_version_is_reported_as_such() {
         .unwrap()
         .path();
     let mut bytes = read(&archive);
-    bytes[8..10].copy_from_slice(&2u16.to_le_bytes());
+    bytes[8..10].copy_from_slice(&3u16.to_le_bytes());
     bytes[10..12].copy_from_slice(&0u16.to_le_bytes());
     write(&archive, &bytes);
     let e = t.fails(&["restore", "n.img", t.path("o.img").to_str().unwrap()]);
     assert!(
-        e.contains("unsupported format version 2.0 (this build reads major version 1)"),
+        e.contains("unsupported format version 3.0 (this build reads major versions 1 to 2)"),
         "{e}"
     );
 }

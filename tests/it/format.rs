@@ -523,6 +523,7 @@ fn header_for(size: u64, block_size: u32, parent: Option<ParentRef>) -> Header {
             method: "full".into(),
         },
         lvm: None,
+        encryption: None,
     }
 }
 
@@ -538,7 +539,8 @@ fn write_archive(
 ) -> Vec<u8> {
     let geometry = Geometry::new(size, BlockSize::new(block_size).expect("block size"));
     let mut out = Vec::new();
-    let mut w = ArchiveWriter::new(&header_for(size, block_size, None), &mut out).expect("header");
+    let mut w =
+        ArchiveWriter::new(&header_for(size, block_size, None), None, &mut out).expect("header");
     let mut compressor = zstd::bulk::Compressor::new(1).expect("zstd");
     let mut hasher = ImageHasher::new(geometry);
     let mut frame: Vec<u64> = Vec::new();
@@ -707,7 +709,7 @@ fn writer_refuses_what_readers_reject() {
     let size = 4 * 4096;
     let h = header_for(size, 4096, None);
     let mut out = Vec::new();
-    let mut w = ArchiveWriter::new(&h, &mut out).expect("header");
+    let mut w = ArchiveWriter::new(&h, None, &mut out).expect("header");
     let zero = EncodedFrame {
         first_block: 0,
         kind: FrameKind::Raw,
@@ -751,7 +753,7 @@ fn writer_refuses_what_readers_reject() {
     let mut bad = h.clone();
     bad.block_size = 3000;
     assert!(
-        ArchiveWriter::new(&bad, &mut Vec::new()).is_err(),
+        ArchiveWriter::new(&bad, None, &mut Vec::new()).is_err(),
         "block size not a power of two"
     );
 }

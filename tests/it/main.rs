@@ -6,6 +6,7 @@ mod chain;
 mod cli;
 mod clock;
 mod copy;
+mod crypt;
 mod damage;
 mod exit_codes;
 mod faults;
