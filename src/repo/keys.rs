@@ -550,7 +550,7 @@ impl KeySlot {
             kind,
             id: hex::encode(random::<8>()),
             key_id: key.key_id().to_string(),
-            created: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            created: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             label,
             kdf: None,
             nonce: None,
