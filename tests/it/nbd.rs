@@ -262,6 +262,35 @@ fn serve_clients_read_the_point() {
     serve_scenario(&TempRepo::new());
 }
 
+/// An encrypted repository serves as a plain one does while the serve process holds
+/// its key (from `THINARC_PASSWORD` here); without key material, serve refuses before
+/// it listens, naming what to give.
+#[test]
+fn serve_reads_an_encrypted_repository_with_its_key() {
+    let t = TempRepo::uninit().with_env("THINARC_PASSWORD", "serve test passphrase");
+    t.ok(&["init"]);
+    serve_scenario(&t);
+    let socket = t.path("nokey.sock");
+    let o = Command::new(env!("CARGO_BIN_EXE_thinarc"))
+        .args(["-r", t.location(), "serve", "v", "--socket"])
+        .arg(&socket)
+        .envs(
+            t.env_pairs()
+                .into_iter()
+                .filter(|(k, _)| k != "THINARC_PASSWORD"),
+        )
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("error: serve needs the repository key of encrypted repository"),
+        "{err}"
+    );
+    assert!(!socket.exists(), "nothing listened");
+}
+
 #[test]
 fn serve_clients_read_the_point_on_s3() {
     serve_scenario(&TempRepo::s3());

@@ -55,6 +55,12 @@ impl TempRepo {
 
     /// The environment every run of this repository gets (state directory, S3
     /// credentials).
+    /// The same directory with `key=value` in the environment of every command.
+    pub fn with_env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_string(), value.to_string()));
+        self
+    }
+
     pub fn env_pairs(&self) -> Vec<(String, String)> {
         self.env.clone()
     }
