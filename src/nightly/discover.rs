@@ -5,7 +5,7 @@
 
 use std::collections::HashSet;
 
-use super::run::{Action, Step};
+use super::step::{Action, Step};
 use super::{Job, error_message};
 use crate::config::Discovery;
 use crate::lvm::{LvInfo, LvName, Lvm};

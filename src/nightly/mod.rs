@@ -19,12 +19,14 @@
 mod commands;
 mod discover;
 mod run;
+mod step;
 mod unlock;
 
 pub use commands::{
     RepairOptions, RepairReport, backup_volume, copy, copy_volume, prune, prune_volume, repair,
 };
-pub use run::{Action, RunReport, Step, dry_run, run};
+pub use run::{dry_run, run};
+pub use step::{Action, RunReport, Step};
 pub use unlock::{Need, PASSWORD_ENV, new_passphrase, passphrase};
 
 use std::path::PathBuf;
