@@ -21,7 +21,7 @@ use thinarc::verify::{DataCheck, VerifyOptions, verify};
 use crate::chain::{
     LibRepo, MAX_SIZE, Op, backup_file, local_store, op, restore_every_point, restore_seq, runtime,
 };
-use crate::merge::build_chain;
+use crate::merge::{build_chain, grow_and_shrink_steps};
 use crate::util::s3::moto;
 use crate::util::{Rng, make_image, read, write};
 
@@ -90,34 +90,11 @@ fn archives(t: &LibRepo, volume: &str) -> Vec<PathBuf> {
     a
 }
 
-fn steps() -> Vec<(Op, bool)> {
-    vec![
-        (
-            Op::Write {
-                at: 1 << 30,
-                len: 9000,
-                seed: 1,
-            },
-            true,
-        ),
-        (
-            Op::Grow {
-                by: 30_000,
-                seed: Some(2),
-                announce: false,
-            },
-            false,
-        ),
-        (Op::Zero { at: 0, len: 5000 }, true),
-        (Op::Shrink { keep: 3 << 30 }, false),
-    ]
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn encrypted_chain_restores_byte_for_byte() {
     let (t, key) = owned().await;
     let volume = VolumeName::new("enc").unwrap();
-    let points = build_chain(&t, &volume, 200_000, 3, &steps()).await;
+    let points = build_chain(&t, &volume, 200_000, 3, &grow_and_shrink_steps()).await;
     restore_every_point(&t.repo, t.dir.path(), &volume, &points).await;
     for a in archives(&t, "enc") {
         let bytes = read(&a);
@@ -176,7 +153,7 @@ async fn encrypted_chain_restores_byte_for_byte_on_s3() {
         repo,
     };
     let volume = VolumeName::new("enc").unwrap();
-    let points = build_chain(&t, &volume, 150_000, 4, &steps()).await;
+    let points = build_chain(&t, &volume, 150_000, 4, &grow_and_shrink_steps()).await;
     restore_every_point(&t.repo, t.dir.path(), &volume, &points).await;
 }
 
@@ -484,7 +461,7 @@ async fn write_only_host_backs_up_deltas_but_cannot_read() {
 async fn copies_between_keys() {
     let (t, key) = owned().await;
     let volume = VolumeName::new("c").unwrap();
-    let points = build_chain(&t, &volume, 150_000, 8, &steps()).await;
+    let points = build_chain(&t, &volume, 150_000, 8, &grow_and_shrink_steps()).await;
     let plain = LibRepo::new().await;
     let (other, _) = owned().await;
     let all = |consolidate| CopyOptions {

@@ -48,6 +48,31 @@ pub(crate) async fn build_chain(
     points
 }
 
+/// Steps that write past the first GiB, grow the volume unannounced, zero its start and
+/// shrink it: every geometry change a chain can see (`true`: changed blocks listed).
+pub(crate) fn grow_and_shrink_steps() -> Vec<(Op, bool)> {
+    vec![
+        (
+            Op::Write {
+                at: 1 << 30,
+                len: 9000,
+                seed: 1,
+            },
+            true,
+        ),
+        (
+            Op::Grow {
+                by: 30_000,
+                seed: Some(2),
+                announce: false,
+            },
+            false,
+        ),
+        (Op::Zero { at: 0, len: 5000 }, true),
+        (Op::Shrink { keep: 3 << 30 }, false),
+    ]
+}
+
 /// Merges point `x` (1-based seq) of `volume` onto the point at seq `parent` (`None`:
 /// a full) into its own repository as the next generation.
 async fn merge_in_place(repo: &Repository, volume: &VolumeName, x: u64, parent: Option<u64>) {
@@ -128,26 +153,7 @@ proptest! {
 async fn consolidation_into_another_repository_restores_alone() {
     let t = LibRepo::new().await;
     let volume = VolumeName::new("c").unwrap();
-    let steps = vec![
-        (
-            Op::Write {
-                at: 1 << 30,
-                len: 9000,
-                seed: 1,
-            },
-            true,
-        ),
-        (
-            Op::Grow {
-                by: 30_000,
-                seed: Some(2),
-                announce: false,
-            },
-            false,
-        ),
-        (Op::Zero { at: 0, len: 5000 }, true),
-        (Op::Shrink { keep: 3 << 30 }, false),
-    ];
+    let steps = grow_and_shrink_steps();
     let points = build_chain(&t, &volume, 200_000, 9, &steps).await;
     let other = LibRepo::new().await;
     let commits = t.repo.commits(&volume).await.unwrap();
