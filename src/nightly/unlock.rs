@@ -322,30 +322,81 @@ fn first_line(text: Zeroizing<String>) -> Zeroizing<String> {
     Zeroizing::new(line.strip_suffix('\r').unwrap_or(line).to_string())
 }
 
-/// Runs `cmd` with `sh -c`; its stdout's first line is the passphrase.
+/// Longest a password command may run (it may ask a pinentry or an agent).
+const PASSWORD_COMMAND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+/// Most a password command may print on stdout, and the stderr kept for its error.
+const PASSWORD_COMMAND_OUTPUT: u64 = 64 << 10;
+
+/// Runs `cmd` with `sh -c`; its stdout's first line is the passphrase. A command that
+/// prints more than 64 KiB, runs longer than 2 minutes or prints no passphrase is an
+/// error (it is killed), so a broken command cannot hang or exhaust a nightly run.
 async fn password_command(cmd: &str) -> Result<Zeroizing<String>, KeyError> {
+    use tokio::io::AsyncReadExt as _;
     let what = format!("password command {}", crate::quote::excerpt(cmd));
-    let out = tokio::process::Command::new("sh")
+    let fail = |detail: String| KeyError::Source {
+        what: what.clone(),
+        detail,
+    };
+    let mut child = tokio::process::Command::new("sh")
         .arg("-c")
         .arg(cmd)
         .stdin(std::process::Stdio::null())
-        .output()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| fail(format!("cannot run it: {e}")))?;
+    let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
+        return Err(fail("its output could not be read".into()));
+    };
+    let ran = async {
+        let mut out = Zeroizing::new(Vec::new());
+        stdout
+            .take(PASSWORD_COMMAND_OUTPUT + 1)
+            .read_to_end(&mut out)
+            .await
+            .map_err(|e| fail(format!("cannot read its output: {e}")))?;
+        if out.len() as u64 > PASSWORD_COMMAND_OUTPUT {
+            let _ = child.kill().await;
+            return Err(fail(format!(
+                "it printed more than {} KiB (a passphrase is one line); it was stopped",
+                PASSWORD_COMMAND_OUTPUT >> 10
+            )));
+        }
+        let mut err = Vec::new();
+        let _ = stderr
+            .take(PASSWORD_COMMAND_OUTPUT)
+            .read_to_end(&mut err)
+            .await;
+        let status = child
+            .wait()
+            .await
+            .map_err(|e| fail(format!("cannot wait for it: {e}")))?;
+        Ok((out, err, status))
+    };
+    let (out, err, status) = tokio::time::timeout(PASSWORD_COMMAND_TIMEOUT, ran)
         .await
-        .map_err(|e| KeyError::Source {
-            what: what.clone(),
-            detail: format!("cannot run it: {e}"),
-        })?;
-    let stdout = Zeroizing::new(out.stdout);
-    if !out.status.success() {
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        return Err(KeyError::Source {
-            what,
-            detail: format!("{} ({})", out.status, crate::quote::bounded(stderr.trim())),
-        });
+        .map_err(|_| {
+            fail(format!(
+                "it did not finish within {} s; it was stopped",
+                PASSWORD_COMMAND_TIMEOUT.as_secs()
+            ))
+        })??;
+    if !status.success() {
+        let stderr = String::from_utf8_lossy(&err);
+        let stderr = stderr.trim();
+        return Err(fail(if stderr.is_empty() {
+            status.to_string()
+        } else {
+            format!("{status} ({})", crate::quote::bounded(stderr))
+        }));
     }
-    let text = std::str::from_utf8(&stdout).map_err(|_| KeyError::Source {
-        what,
-        detail: "its output is not UTF-8".into(),
-    })?;
-    Ok(first_line(Zeroizing::new(text.to_string())))
+    let text = std::str::from_utf8(&out).map_err(|_| fail("its output is not UTF-8".into()))?;
+    let line = first_line(Zeroizing::new(text.to_string()));
+    if line.is_empty() {
+        return Err(fail(
+            "it printed no passphrase (its first line is empty)".into(),
+        ));
+    }
+    Ok(line)
 }

@@ -38,6 +38,10 @@ const MAX_SLOT_BYTES: usize = 16 << 10;
 /// Largest Argon2id memory a slot may ask for, KiB (4 GiB): a bigger one is corrupt,
 /// not a reason to exhaust the host's memory.
 const MAX_M_COST: u32 = 4 << 20;
+/// Most Argon2id passes and lanes a slot may ask for: far above what `key add`
+/// writes (3 and 1), low enough that a tampered slot cannot hang every unlock.
+const MAX_T_COST: u32 = 64;
+const MAX_P_COST: u32 = 64;
 
 /// Why a key operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +62,16 @@ pub enum KeyError {
     WrongPassphrase {
         location: String,
         tried: usize,
+        skipped: String,
+    },
+    /// No slot of the kind the key material needs could be tried: none exists, or every
+    /// one is corrupt (`skipped`).
+    #[error(
+        "{location} has no usable {kind} slot to try{skipped}: unlock with another kind of key, or put back a slot object from a copy of keys/"
+    )]
+    NoUsableSlot {
+        location: String,
+        kind: &'static str,
         skipped: String,
     },
     /// The identities open no recipient slot (`skipped`: the corrupt slots, if any).
@@ -372,6 +386,19 @@ impl Repository {
                 slot,
                 problems,
             }),
+            None if (has_passphrase && passphrases == 0)
+                || (!has_passphrase && recipients == 0) =>
+            {
+                Err(KeyError::NoUsableSlot {
+                    skipped: skipped(),
+                    location,
+                    kind: if has_passphrase {
+                        "passphrase"
+                    } else {
+                        "recipient"
+                    },
+                })
+            }
             None if has_passphrase => Err(KeyError::WrongPassphrase {
                 skipped: skipped(),
                 location,
@@ -586,7 +613,10 @@ impl KeySlot {
                         kdf.algorithm, kdf.version
                     ));
                 }
-                if kdf.m_cost > MAX_M_COST || kdf.t_cost == 0 || kdf.p_cost == 0 {
+                if kdf.m_cost > MAX_M_COST
+                    || !(1..=MAX_T_COST).contains(&kdf.t_cost)
+                    || !(1..=MAX_P_COST).contains(&kdf.p_cost)
+                {
                     return Err(format!(
                         "kdf parameters m_cost {} t_cost {} p_cost {} are out of range",
                         kdf.m_cost, kdf.t_cost, kdf.p_cost

@@ -706,3 +706,41 @@ fn copy_creates_an_encrypted_destination_with_the_source_key() {
     );
     assert!(!other.repo().join("volumes").exists());
 }
+
+/// A password command that prints without end, hangs or prints nothing, and a key slot
+/// whose Argon2 passes were raised to hang every unlock: each is one clear error, and
+/// nothing hangs (the hanging command is stopped; the test's own bound is generous).
+#[test]
+fn broken_password_commands_and_tampered_slot_costs_fail_fast() {
+    let t = encrypted(TempRepo::uninit());
+    let pass = t.path("pass.txt").display().to_string();
+    assert!(backup(&t, 5, &["--password-file", &pass]).success);
+    let o = restore(&t, &["--password-command", "yes"], &[]);
+    fails_with(
+        &o,
+        "error: password command \"yes\": it printed more than 64 KiB (a passphrase is one line); it was stopped",
+    );
+    let o = restore(&t, &["--password-command", "true"], &[]);
+    fails_with(
+        &o,
+        "error: password command \"true\": it printed no passphrase (its first line is empty)",
+    );
+    let o = restore(&t, &["--password-command", "exit 7"], &[]);
+    fails_with(&o, "error: password command \"exit 7\": exit status: 7");
+    // A slot asking for three million passes is corrupt, not a reason to hang.
+    let slots = slot_files(&t);
+    let text = String::from_utf8(read(&slots[0])).unwrap();
+    assert!(text.contains("\"t_cost\": 3"), "{text}");
+    write(
+        &slots[0],
+        text.replace("\"t_cost\": 3", "\"t_cost\": 3000000")
+            .as_bytes(),
+    );
+    let o = restore(&t, &["--password-file", &pass], &[]);
+    assert!(!o.success, "{}", o.show());
+    assert!(
+        o.stderr.contains("out of range") && o.stderr.contains("has no usable passphrase slot"),
+        "{}",
+        o.show()
+    );
+}
