@@ -64,6 +64,12 @@ impl Job {
             return Ok(());
         };
         if !repo.is_encrypted() {
+            // A host given a writer key expects its backups encrypted: say they are not.
+            if matches!(need, Need::Write) && sources.writer_key_file.is_some() {
+                tracing::warn!(
+                    "{location} is not encrypted: the writer key given is not used, and {action} writes its archive in clear"
+                );
+            }
             return Ok(());
         }
         let cached = self

@@ -744,3 +744,21 @@ fn broken_password_commands_and_tampered_slot_costs_fail_fast() {
         o.show()
     );
 }
+
+/// A host given a writer key expects encrypted backups: on an unencrypted repository
+/// the backup still runs, and says in a warning that the key is not used.
+#[test]
+fn writer_key_on_an_unencrypted_repository_is_warned_about() {
+    let enc = encrypted(TempRepo::uninit());
+    let pass = enc.path("pass.txt").display().to_string();
+    let key = enc.path("writer.key").display().to_string();
+    enc.ok(&["key", "export-writer", "-o", &key, "--password-file", &pass]);
+    let plain = TempRepo::new();
+    let o = backup(&plain, 1, &["--writer-key", &key]);
+    assert!(o.success, "{}", o.show());
+    let warning = format!(
+        "{} is not encrypted: the writer key given is not used, and backup writes its archive in clear",
+        plain.location()
+    );
+    assert!(o.stderr.contains(&warning), "{}", o.show());
+}
