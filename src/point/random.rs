@@ -2,12 +2,12 @@
 //!
 //! The chain is resolved once, by the caller. A read is cut into *chunks* (aligned runs
 //! of blocks, [`CHUNK_BYTES`] or one block); a chunk not in the cache is read with
-//! the same pipeline restore uses ([`read_units_with`]: ranged reads of the frames
+//! the same pipeline restore uses (`read_units_with`: ranged reads of the frames
 //! that hold its blocks, each frame decoded once, every block checked against its
 //! digest with the format's `BlockCheck`) and kept, decoded, in a bounded LRU cache.
 //! Concurrent reads of one chunk wait for one fetch. A block that does not check out
 //! fails the reads that touch it ([`RandomError::Damaged`], naming archive and block)
-//! and no other read: its chunk is decoded in record mode ([`OnBad::Record`]).
+//! and no other read: its chunk is decoded in record mode (`OnBad::Record`).
 //!
 //! [`RandomReader::extents`] answers which runs read as zero from the index alone
 //! (a [`ChainCursor`]), without reading block data.
