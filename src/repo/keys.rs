@@ -597,7 +597,7 @@ impl KeySlot {
         }
         if self.key_id != key_id {
             return Err(format!(
-                "it wraps key {}, not the repository's key {key_id}",
+                "it wraps key {}, but the repository config names key {key_id} (the slot comes from another repository, or `config` is damaged: compare it with a copy before removing any slot)",
                 self.key_id
             ));
         }
