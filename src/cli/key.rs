@@ -10,6 +10,7 @@ use clap::{Args, Subcommand};
 use serde::Serialize;
 
 use super::{Ctx, print_json};
+use thinarc::format::RepoKey;
 use thinarc::nightly::{Need, new_passphrase};
 use thinarc::repo::{KeyError, KeySlot, Repository, SlotKind, parse_recipient};
 
@@ -153,6 +154,12 @@ async fn unlocked(ctx: &Ctx, need: Need, action: &str) -> anyhow::Result<Reposit
     ctx.open().await
 }
 
+/// The repository key `unlocked` gave for `action`.
+fn repository_key<'a>(repo: &'a Repository, action: &str) -> anyhow::Result<&'a RepoKey> {
+    repo.read_key(action)?
+        .context("the repository is encrypted")
+}
+
 async fn list(args: ListArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let repo = ctx.open().await?;
     let slots = repo.key_slots().await?;
@@ -183,9 +190,7 @@ async fn list(args: ListArgs, ctx: &Ctx) -> anyhow::Result<()> {
 
 async fn add(args: AddArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let repo = unlocked(ctx, Need::Read, "key add").await?;
-    let key = repo
-        .read_key("key add")?
-        .context("the repository is encrypted")?;
+    let key = repository_key(&repo, "key add")?;
     let slot = match &args.recipient {
         Some(r) => {
             repo.add_recipient_slot(key, &parse_recipient(r)?, args.label)
@@ -210,9 +215,7 @@ async fn add(args: AddArgs, ctx: &Ctx) -> anyhow::Result<()> {
 
 async fn passwd(args: PasswdArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let repo = unlocked(ctx, Need::Read, "key passwd").await?;
-    let key = repo
-        .read_key("key passwd")?
-        .context("the repository is encrypted")?;
+    let key = repository_key(&repo, "key passwd")?;
     let old = match args.id.or_else(|| ctx.unlocked_slot(repo.location())) {
         Some(id) => id,
         None => anyhow::bail!(
