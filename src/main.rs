@@ -74,12 +74,15 @@ fn usage_error(e: clap::Error) -> ! {
     e.exit()
 }
 
-/// The exit code for a failure: 3 when the volume is locked by another run, 4 when
-/// verify found problems, else 1. (Usage errors exit with 2 from clap before this
-/// point.)
+/// The exit code for a failure: 2 for bad input found while running (clap's usage
+/// errors exit with 2 before this point), 3 when the volume is locked by another run,
+/// 4 when verify found problems, else 1.
 fn exit_code(e: &anyhow::Error) -> ExitCode {
     if e.downcast_ref::<cli::ProblemsFound>().is_some() {
         return ExitCode::from(4);
+    }
+    if cli::is_usage(e) {
+        return ExitCode::from(2);
     }
     let locked = cli::is_locked(e);
     if locked {

@@ -28,8 +28,8 @@ pub struct BackupArgs {
     pub volume: Option<VolumeName>,
     /// Block size of a new volume: a power of two from 4K to 16M [default: 64K]. An
     /// existing volume keeps its block size.
-    #[arg(long, value_parser = parse_size)]
-    pub block_size: Option<u64>,
+    #[arg(long, value_name = "SIZE", value_parser = block_size)]
+    pub block_size: Option<BlockSize>,
     /// File listing the byte ranges changed since the last backup, one `OFFSET LENGTH`
     /// per line: only those are read.
     #[arg(long, value_name = "FILE")]
@@ -70,12 +70,28 @@ fn percent(s: &str) -> Result<f64, String> {
     }
 }
 
+/// clap's parser of `--block-size`: a size (`64K`) that is a block size.
+fn block_size(s: &str) -> Result<BlockSize, String> {
+    let bytes = parse_size(s)?;
+    u32::try_from(bytes)
+        .ok()
+        .and_then(|b| BlockSize::new(b).ok())
+        .ok_or_else(|| format!("{s:?} is not a power of two from 4K to 16M"))
+}
+
+impl BackupArgs {
+    /// What clap alone cannot check (see [`super::Cli::parse_checked`]).
+    pub(super) fn check(&self) -> Result<(), String> {
+        if self.source.lv().is_none() && self.dry_run {
+            return Err("--dry-run applies to lvm:VG/LV sources only".into());
+        }
+        Ok(())
+    }
+}
+
 /// Runs a backup.
 pub async fn run(args: BackupArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let lv = args.source.lv();
-    if lv.is_none() && args.dry_run {
-        anyhow::bail!("--dry-run applies to lvm:VG/LV sources only");
-    }
     let volume = match (&args.volume, &args.source) {
         (Some(v), _) => v.clone(),
         (None, SourceSpec::Lvm(lv)) => VolumeName::new(&lv.to_string())?,
@@ -98,10 +114,7 @@ pub async fn run(args: BackupArgs, ctx: &Ctx) -> anyhow::Result<()> {
     opts.full = args.full;
     opts.hooks.pre = args.pre_snapshot.clone();
     opts.hooks.post = args.post_snapshot.clone();
-    if let Some(bs) = args.block_size {
-        let bs = u32::try_from(bs).ok().map(BlockSize::new);
-        opts.block_size = Some(bs.context("--block-size is too large")??);
-    }
+    opts.block_size = args.block_size;
     if let Some(file) = &args.changed_blocks {
         // Read on the blocking pool: a FIFO (`<(...)`) may wait for its writer, and a
         // signal must still end the command.

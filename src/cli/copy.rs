@@ -12,7 +12,7 @@ use thinarc::repo::{PointSelector, VolumeName};
 pub struct CopyArgs {
     /// Destination repository: a directory, file:// or s3:// URL (created on first
     /// use).
-    #[arg(long, value_name = "DEST")]
+    #[arg(long, value_name = "DEST", value_parser = super::location)]
     pub to: String,
     /// Volume to copy (default: every volume).
     pub volume: Option<VolumeName>,

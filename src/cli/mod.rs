@@ -33,12 +33,12 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 use signals::interrupted;
-use thinarc::config::{Config, KeySources};
-use thinarc::nightly::{Given, Job, Need, Observer, Shown};
+use thinarc::config::{Config, ConfigError, KeySources};
+use thinarc::nightly::{Given, Job, JobError, Need, Observer, Shown};
 use thinarc::progress::Progress;
-use thinarc::repo::Repository;
+use thinarc::repo::{KeyError, Repository};
 use thinarc::size::human;
-use thinarc::source::SourceSpec;
+use thinarc::source::{ChangedBlocksError, SourceSpec};
 use thinarc::throttle::parse_rate;
 
 /// The help headings of the global options, shown after each command's own options in
@@ -70,6 +70,7 @@ pub struct Cli {
         env = "THINARC_REPO",
         global = true,
         value_name = "REPO",
+        value_parser = location,
         help_heading = REPOSITORY
     )]
     pub repo: Option<String>,
@@ -206,21 +207,26 @@ pub enum Command {
 impl Cli {
     /// Parses the command line and checks what clap alone cannot (the retention a
     /// prune's options give, by the library's check that a config's retention table
-    /// also goes through), so that every usage error exits with 2 before any work.
+    /// also goes through; options that apply to `lvm:` sources or targets only), so
+    /// that every usage error exits with 2 before any work.
     ///
     /// # Errors
     /// A clap error naming what is wrong.
     pub fn parse_checked() -> Result<Cli, clap::Error> {
         let cli = Cli::try_parse()?;
-        if let Command::Prune(p) = &cli.command
-            && let Err(e) = p.retention()
-        {
+        let problem = match &cli.command {
+            Command::Prune(p) => p.retention().err().map(|e| e.to_string()),
+            Command::Backup(b) => b.check().err(),
+            Command::Restore(r) => r.check().err(),
+            _ => None,
+        };
+        if let Some(problem) = problem {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             cmd.build();
-            let prune = cmd
-                .find_subcommand_mut("prune")
-                .expect("prune is a subcommand");
-            return Err(prune.error(clap::error::ErrorKind::ValueValidation, e));
+            let sub = cmd
+                .find_subcommand_mut(cli.command.name())
+                .expect("a subcommand");
+            return Err(sub.error(clap::error::ErrorKind::ValueValidation, problem));
         }
         Ok(cli)
     }
@@ -421,6 +427,37 @@ pub fn is_locked(e: &anyhow::Error) -> bool {
     thinarc::nightly::is_locked(e.as_ref())
 }
 
+/// Whether `e` is (or was caused by) bad input found once the command runs: a config
+/// file that does not check out, a `--changed-blocks` line, a key file or recipient
+/// that is not one. Exit code 2, as for the usage errors clap finds; input that is
+/// well formed but names nothing that exists (a missing file, volume or point) is a
+/// failure (1).
+pub fn is_usage(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<ConfigError>(),
+            Some(ConfigError::Invalid { .. })
+        ) || c.is::<ChangedBlocksError>()
+            || c.downcast_ref::<KeyError>().is_some_and(bad_key_input)
+            // A job's key error is transparent: its source is the key error's source.
+            || matches!(c.downcast_ref::<JobError>(), Some(JobError::Keys(k)) if bad_key_input(k))
+    })
+}
+
+/// Whether a key error is about key material given that is not key material.
+fn bad_key_input(e: &KeyError) -> bool {
+    matches!(
+        e,
+        KeyError::BadKeyFile { .. } | KeyError::BadRecipient { .. }
+    )
+}
+
+/// clap's parser of a repository location (`-r`, `copy --to`): the library's
+/// [`thinarc::repo::parse_location`], touching nothing.
+fn location(s: &str) -> Result<String, String> {
+    thinarc::repo::parse_location(s).map(|_| s.to_owned())
+}
+
 /// The error and its causes on one line (see [`thinarc::nightly::error_message`]).
 pub fn error_message(e: &anyhow::Error) -> String {
     thinarc::nightly::error_message(e.as_ref())
@@ -463,7 +500,7 @@ mod tests {
             panic!("not backup")
         };
         assert_eq!(b.volume.as_ref().map(|v| v.as_str()), Some("vg/x"));
-        assert_eq!(b.block_size, Some(16384));
+        assert_eq!(b.block_size.map(|b| b.get()), Some(16384));
         assert!(b.json);
         let c = Cli::try_parse_from(["thinarc", "restore", "v", "/t", "--at", "3"]).unwrap();
         assert!(matches!(c.command, Command::Restore(_)));

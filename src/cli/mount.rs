@@ -28,7 +28,7 @@ pub struct MountArgs {
     pub overlay: Option<PathBuf>,
     /// The partition to mount, for a partitioned image (they are listed when none is
     /// named).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub partition: Option<u32>,
     /// Decoded data kept in memory for repeated reads.
     #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "256MiB")]

@@ -1,18 +1,18 @@
 //! `thinarc restore`: restore a point onto a file or block device.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::Args;
 
 use super::{Ctx, human, print_json, progress::Display};
-use thinarc::lvm::LvName;
+use thinarc::lvm::{LvName, check_lv_name};
 use thinarc::nightly::Need;
 use thinarc::progress::Progress;
 use thinarc::repo::{PointSelector, VolumeName};
 use thinarc::restore::{RestoreOptions, RestoreReport, restore, restore_to_lv};
 use thinarc::size::parse_size;
+use thinarc::source::{SourceSpec, SourceSpecError};
 use thinarc::target::BeyondVolume;
 use thinarc::target::lv::LvTargetOptions;
 
@@ -23,7 +23,8 @@ pub struct RestoreArgs {
     pub volume: VolumeName,
     /// Target: a new file, an existing file (overwritten), a block device, or
     /// `lvm:VG/LV`.
-    pub target: PathBuf,
+    #[arg(value_parser = target_spec())]
+    pub target: SourceSpec,
     /// Point to restore: an archive id (or unique prefix), a sequence number, or
     /// `latest`.
     #[arg(long, default_value = "latest", value_parser = PointSelector::parse)]
@@ -36,7 +37,7 @@ pub struct RestoreArgs {
     #[arg(long)]
     pub create: bool,
     /// lvm: thin pool for a created LV (`POOL` or `VG/POOL`).
-    #[arg(long, value_name = "POOL")]
+    #[arg(long, value_name = "POOL", value_parser = pool_name)]
     pub pool: Option<String>,
     /// lvm: size of a created LV (default: the volume's size).
     #[arg(long, value_parser = parse_size)]
@@ -57,6 +58,44 @@ pub struct RestoreArgs {
     pub json: bool,
 }
 
+/// clap's parser of TARGET: [`SourceSpec::parse`]'s rules (`lvm:VG/LV` or a path),
+/// its messages speaking of a target.
+fn target_spec() -> impl clap::builder::TypedValueParser<Value = SourceSpec> {
+    use clap::builder::TypedValueParser as _;
+    clap::builder::OsStringValueParser::new().try_map(|s| {
+        SourceSpec::parse(s).map_err(|e| match e {
+            SourceSpecError::Empty => {
+                "an empty target: use lvm:VG/LV or the path of a file or block device".into()
+            }
+            SourceSpecError::LvmShape => "an LVM target is written lvm:VG/LV".into(),
+            e => e.to_string(),
+        })
+    })
+}
+
+/// clap's parser of `--pool`: `POOL` or `VG/POOL`, by LVM's naming rules.
+fn pool_name(s: &str) -> Result<String, String> {
+    match s.split_once('/') {
+        Some(_) => LvName::parse(s).map(|_| s.to_owned()),
+        None => check_lv_name(s).map(|()| s.to_owned()),
+    }
+    .map_err(|e| e.to_string())
+}
+
+impl RestoreArgs {
+    /// What clap alone cannot check (see [`super::Cli::parse_checked`]).
+    pub(super) fn check(&self) -> Result<(), String> {
+        if self.target.lv().is_none()
+            && (self.create || self.pool.is_some() || self.size.is_some() || self.no_readback)
+        {
+            return Err(
+                "--create, --pool, --size and --no-readback apply to lvm:VG/LV targets only".into(),
+            );
+        }
+        Ok(())
+    }
+}
+
 /// Runs a restore.
 pub async fn run(args: RestoreArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let volume = args.volume.clone();
@@ -74,20 +113,8 @@ pub async fn run(args: RestoreArgs, ctx: &Ctx) -> anyhow::Result<()> {
         format!("restore {volume}"),
         progress.clone(),
     );
-    let lv = match args.target.to_str().and_then(|s| s.strip_prefix("lvm:")) {
-        Some(spec) => {
-            Some(LvName::parse(spec).map_err(|e| anyhow::anyhow!("target lvm:{spec}: {e}"))?)
-        }
-        None => None,
-    };
-    if lv.is_none()
-        && (args.create || args.pool.is_some() || args.size.is_some() || args.no_readback)
-    {
-        display.finish().await;
-        anyhow::bail!("--create, --pool, --size and --no-readback apply to lvm:VG/LV targets only");
-    }
-    let result = match &lv {
-        Some(lv) => {
+    let result = match &args.target {
+        SourceSpec::Lvm(lv) => {
             let target = LvTargetOptions {
                 create: args.create,
                 pool: args.pool.clone(),
@@ -106,23 +133,20 @@ pub async fn run(args: RestoreArgs, ctx: &Ctx) -> anyhow::Result<()> {
             .await
             .map(|r| r.restore)
         }
-        None => restore(&repo, &volume, &args.target, &opts, progress).await,
+        SourceSpec::Path(path) => restore(&repo, &volume, path, &opts, progress).await,
     };
     display.finish().await;
-    let report = result
-        .with_context(|| format!("restore of {volume} to {} failed", args.target.display()))?;
+    let report =
+        result.with_context(|| format!("restore of {volume} to {} failed", args.target))?;
     for w in &report.warnings {
         eprintln!("warning: {w}");
     }
     if args.json {
         print_json(&report)?;
     } else if !ctx.quiet {
-        println!("{}", summary(&report, &args.target.display().to_string()));
+        println!("{}", summary(&report, &args.target.to_string()));
         if let Some(beyond) = report.beyond_volume {
-            println!(
-                "{}",
-                beyond_line(beyond, &args.target.display().to_string())
-            );
+            println!("{}", beyond_line(beyond, &args.target.to_string()));
         }
     }
     Ok(())

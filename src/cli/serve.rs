@@ -28,7 +28,7 @@ pub struct ServeArgs {
     /// Listen on TCP: `PORT` (on 127.0.0.1) or `HOST:PORT`. NBD has no
     /// authentication and no encryption: anyone who can reach the port reads the
     /// volume.
-    #[arg(long, value_name = "[HOST:]PORT")]
+    #[arg(long, value_name = "[HOST:]PORT", value_parser = tcp_address)]
     pub listen: Option<String>,
     /// Accept writes, trims and zeroes into this copy-on-write overlay file (created
     /// sparse; its map of written ranges is kept beside it as FILE.map, so a later
@@ -41,12 +41,16 @@ pub struct ServeArgs {
     pub cache: u64,
 }
 
-/// The TCP address of `--listen`: a bare port listens on loopback.
-fn tcp_address(listen: &str) -> String {
-    if listen.parse::<u16>().is_ok() {
-        format!("127.0.0.1:{listen}")
-    } else {
-        listen.to_owned()
+/// clap's parser of `--listen`: the TCP address, `HOST:PORT`, a bare port listening
+/// on loopback. A host name is resolved when binding.
+fn tcp_address(listen: &str) -> Result<String, String> {
+    let port = |p: &str| p.parse::<u16>().is_ok();
+    match listen.rsplit_once(':') {
+        None if port(listen) => Ok(format!("127.0.0.1:{listen}")),
+        Some((host, p)) if !host.is_empty() && port(p) => Ok(listen.to_owned()),
+        _ => Err(format!(
+            "{listen:?} is not PORT or HOST:PORT (a port from 0 to 65535)"
+        )),
     }
 }
 
@@ -64,7 +68,7 @@ pub async fn run(args: ServeArgs, ctx: &Ctx) -> anyhow::Result<()> {
         .with_context(|| format!("cannot serve {}", args.volume))?;
     let address = match (&args.socket, &args.listen) {
         (Some(path), _) => Address::Unix(path.clone()),
-        (None, Some(listen)) => Address::Tcp(tcp_address(listen)),
+        (None, Some(listen)) => Address::Tcp(listen.clone()),
         (None, None) => unreachable!("clap requires --socket or --listen"),
     };
     let listener = Listener::bind(&address)
@@ -101,8 +105,11 @@ mod tests {
 
     #[test]
     fn a_bare_port_listens_on_loopback() {
-        assert_eq!(tcp_address("10809"), "127.0.0.1:10809");
-        assert_eq!(tcp_address("0.0.0.0:10809"), "0.0.0.0:10809");
-        assert_eq!(tcp_address("[::1]:10809"), "[::1]:10809");
+        assert_eq!(tcp_address("10809").unwrap(), "127.0.0.1:10809");
+        assert_eq!(tcp_address("0.0.0.0:10809").unwrap(), "0.0.0.0:10809");
+        assert_eq!(tcp_address("[::1]:10809").unwrap(), "[::1]:10809");
+        for bad in ["foo", "99999", "host:", ":10809", "host:x"] {
+            assert!(tcp_address(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -28,7 +28,7 @@ pub use dm::{PoolMode, PoolStatus, dm_name, parse_pool_status};
 pub use health::{PoolLimits, PoolProblem, check_pool};
 pub use lvs::{LvInfo, parse_lvs};
 pub use metasnap::{MetadataSnapshot, PoolLock};
-pub use name::{LvName, LvNameError, MAX_NAME_LEN, NamePart, NameRule};
+pub use name::{LvName, LvNameError, MAX_NAME_LEN, NamePart, NameRule, check_lv_name};
 pub use thin::{
     DeltaKind, DeltaRange, Mapped, ThinDelta, parse_thin_delta, parse_thin_dump, thin_delta,
     thin_dump_mapped,

@@ -97,15 +97,8 @@ impl LvName {
             Some((vg, lv)) if !vg.is_empty() && !lv.is_empty() && !lv.contains('/') => (vg, lv),
             _ => return Err(LvNameError::Shape(s.to_string())),
         };
-        for (part, name) in [(NamePart::Vg, vg), (NamePart::Lv, lv)] {
-            if let Some(rule) = broken_rule(part, name) {
-                return Err(LvNameError::Invalid {
-                    part,
-                    name: name.to_string(),
-                    rule,
-                });
-            }
-        }
+        check(NamePart::Vg, vg)?;
+        check(NamePart::Lv, lv)?;
         Ok(LvName {
             vg: vg.into(),
             lv: lv.into(),
@@ -115,6 +108,29 @@ impl LvName {
     /// The device node `/dev/VG/LV`.
     pub fn dev_path(&self) -> std::path::PathBuf {
         std::path::PathBuf::from(format!("/dev/{}/{}", self.vg, self.lv))
+    }
+}
+
+/// Checks one LV name (a thin pool's, `--pool POOL`) by the rules of [`LvName::parse`].
+///
+/// # Errors
+/// [`LvNameError`] naming the rule it breaks; an empty name is not `VG/LV`'s shape.
+pub fn check_lv_name(name: &str) -> Result<(), LvNameError> {
+    if name.is_empty() {
+        return Err(LvNameError::Shape(name.to_string()));
+    }
+    check(NamePart::Lv, name)
+}
+
+/// Checks the non-empty `name` of a `part` by lvm(8)'s rules.
+fn check(part: NamePart, name: &str) -> Result<(), LvNameError> {
+    match broken_rule(part, name) {
+        Some(rule) => Err(LvNameError::Invalid {
+            part,
+            name: name.to_string(),
+            rule,
+        }),
+        None => Ok(()),
     }
 }
 

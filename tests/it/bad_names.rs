@@ -1,7 +1,7 @@
 //! Bad nouns where they enter: `lvm:VG/LV` names that LVM would refuse and retention
 //! policies that keep nothing or cannot be read are refused by the same parser from
-//! the command line (a usage error, exit 2) and from the config (exit 1, `thinarc run`
-//! before any work), with the same message.
+//! the command line and from the config (`thinarc run`, before any work), with the same
+//! message; both are usage errors (exit 2).
 
 use crate::util::{TempRepo, thinarc_env, write};
 
@@ -137,7 +137,7 @@ fn bad_lvm_names_stop_run_at_config_load_before_any_work() {
     let t = TempRepo::new();
     for (source, why) in bad_lvm_sources() {
         let (cfg, out) = run_config(&t, &source, "");
-        assert_eq!(out.code, Some(1), "{source}: {}", out.show());
+        assert_eq!(out.code, Some(2), "{source}: {}", out.show());
         assert_eq!(
             out.stderr.trim_end(),
             format!(
@@ -199,7 +199,7 @@ fn bad_retention_is_refused_with_one_message_from_prune_and_from_the_config() {
             &img.display().to_string(),
             &format!("retention = {{ {table} }}"),
         );
-        assert_eq!(out.code, Some(1), "{table}: {}", out.show());
+        assert_eq!(out.code, Some(2), "{table}: {}", out.show());
         assert_eq!(
             out.stderr.trim_end(),
             format!("error: {cfg}:7:13: volume vg0/web: retention: {why}"),

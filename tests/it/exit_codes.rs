@@ -1,6 +1,7 @@
 //! Every documented exit code, asserted by number for each command that documents one
 //! (README, *Using it*): 0 success, 1 failure, 2 usage, 3 a volume locked by another
-//! run (backup, prune, copy) or another `thinarc run` going, 4 verify found problems.
+//! run (backup, prune, copy) or another `thinarc run` going, 4 verify found problems;
+//! bad input, wherever it is found, 2 (`bad_input_exits_2_naming_the_value`).
 //! (`run`'s 4, a discovery pattern that matched nothing, needs a fake `lvs`: it is
 //! asserted in `run::pattern_matching_nothing_is_a_warning`.)
 
@@ -204,4 +205,294 @@ fn exit_4_when_verify_finds_problems() {
         "{}",
         out.show()
     );
+}
+
+/// Bad input, everywhere the binary takes some: each value that cannot be what its
+/// option asks for is a usage error (exit 2) whose first line names the value and what
+/// is accepted, whether clap finds it (sizes, block sizes, selectors, names, targets,
+/// addresses, locations, partitions) or the command does once it reads a file the
+/// user wrote (a config, a changed-blocks list, a key file). Nothing runs.
+#[test]
+fn bad_input_exits_2_naming_the_value() {
+    let (t, img) = one_point();
+    let restored = t.path("r.img").display().to_string();
+    let mnt = t.path("mnt").display().to_string();
+    let cb = t.path("cb.txt");
+    write(&cb, b"0 4096\n4096 lots\n");
+    let cb = cb.display().to_string();
+    let config = |name: &str, text: &str| {
+        let p = t.path(name);
+        write(&p, text.as_bytes());
+        p.display().to_string()
+    };
+    let toml_syntax = config("syntax.toml", "[repositories\n");
+    let unknown_key = config(
+        "key.toml",
+        "[repositories.main]\nlocation = \"/srv/r\"\ncolour = \"blue\"\n",
+    );
+    let bad_rate = config(
+        "rate.toml",
+        "read_limit = \"fast\"\n[repositories.main]\nlocation = \"/srv/r\"\n",
+    );
+    let bad_pattern = config(
+        "pattern.toml",
+        "[repositories.main]\nlocation = \"/srv/r\"\n[[volumes]]\nsource = \"lvm:vg0/web*[\"\n",
+    );
+    let invalid = |value: &str, arg: &str, why: &str| {
+        format!("error: invalid value '{value}' for '{arg}': {why}")
+    };
+    let cases: Vec<(Vec<&str>, String)> = vec![
+        (
+            vec!["backup", &img, "--block-size", "3K"],
+            invalid(
+                "3K",
+                "--block-size <SIZE>",
+                "\"3K\" is not a power of two from 4K to 16M",
+            ),
+        ),
+        (
+            vec!["backup", &img, "--block-size", "32M"],
+            invalid(
+                "32M",
+                "--block-size <SIZE>",
+                "\"32M\" is not a power of two from 4K to 16M",
+            ),
+        ),
+        (
+            vec!["backup", &img, "--block-size", "64Q"],
+            invalid(
+                "64Q",
+                "--block-size <SIZE>",
+                "\"64Q\" has an unknown unit (use K, M, G or T)",
+            ),
+        ),
+        (
+            vec!["backup", &img, "--dry-run"],
+            "error: --dry-run applies to lvm:VG/LV sources only".into(),
+        ),
+        (
+            vec!["backup", &img, "--changed-blocks", &cb],
+            format!("error: {cb}:2: length \"lots\" is not a number"),
+        ),
+        (
+            vec!["restore", "v", "lvm:vg0/-x"],
+            invalid(
+                "lvm:vg0/-x",
+                "<TARGET>",
+                "LV name \"-x\" starts with '-' (lvm(8), VALID NAMES)",
+            ),
+        ),
+        (
+            vec!["restore", "v", "lvm:vg0"],
+            invalid("lvm:vg0", "<TARGET>", "an LVM target is written lvm:VG/LV"),
+        ),
+        (
+            vec!["restore", "v", "lvm:vg0/r", "--create", "--pool", "vg0//p"],
+            invalid("vg0//p", "--pool <POOL>", "\"vg0//p\" is not VG/LV"),
+        ),
+        (
+            vec!["restore", "v", "lvm:vg0/r", "--create", "--pool", "p_tdata"],
+            invalid(
+                "p_tdata",
+                "--pool <POOL>",
+                "LV name \"p_tdata\" contains \"_tdata\", which LVM reserves for its internal LVs (lvm(8), VALID NAMES)",
+            ),
+        ),
+        (
+            vec!["restore", "v", &restored, "--pool", "p"],
+            "error: --create, --pool, --size and --no-readback apply to lvm:VG/LV targets only"
+                .into(),
+        ),
+        (
+            vec!["restore", "v", &restored, "--at", "v1"],
+            invalid(
+                "v1",
+                "--at <AT>",
+                "\"v1\" is not `latest`, a sequence number or an archive id (in full, or a unique prefix of at least 6 hex digits)",
+            ),
+        ),
+        (
+            vec!["serve", "v", "--listen", "localhost"],
+            invalid(
+                "localhost",
+                "--listen <[HOST:]PORT>",
+                "\"localhost\" is not PORT or HOST:PORT (a port from 0 to 65535)",
+            ),
+        ),
+        (
+            vec!["serve", "v", "--listen", "65536"],
+            invalid(
+                "65536",
+                "--listen <[HOST:]PORT>",
+                "\"65536\" is not PORT or HOST:PORT (a port from 0 to 65535)",
+            ),
+        ),
+        (
+            vec!["serve", "v", "--socket", "/tmp/never.sock", "--cache", "lots"],
+            invalid(
+                "lots",
+                "--cache <SIZE>",
+                "\"lots\" is not a size (e.g. 65536, 64K, 1M)",
+            ),
+        ),
+        (
+            vec!["mount", "v", &mnt, "--partition", "0"],
+            invalid("0", "--partition <N>", "0 is not in 1..=4294967295"),
+        ),
+        (
+            vec!["copy", "--to", "s3://"],
+            invalid(
+                "s3://",
+                "--to <DEST>",
+                "no bucket name (use s3://BUCKET/PREFIX)",
+            ),
+        ),
+        (
+            vec!["--read-limit", "fast", "list"],
+            invalid(
+                "fast",
+                "--read-limit <RATE>",
+                "\"fast\" is not a rate (bytes per second, e.g. 50M or 50M/s)",
+            ),
+        ),
+        (
+            vec!["prune", "--keep-within", "7x"],
+            "error: invalid duration \"7x\": use numbers with units y, m, w, d, h (e.g. 7d, 1y6m, 36h)"
+                .into(),
+        ),
+        (
+            vec!["run", "--config", &toml_syntax],
+            format!("error: {toml_syntax}:1:14: unclosed table, expected `]`"),
+        ),
+        (
+            vec!["run", "--config", &unknown_key],
+            format!(
+                "error: {unknown_key}:3:1: unknown field `colour`, expected one of `location`, `password_file`, `password_command`, `identity_file`, `writer_key_file`"
+            ),
+        ),
+        (
+            vec!["run", "--config", &bad_rate],
+            format!("error: {bad_rate}:1:14: \"fast\" is not a rate (bytes per second, e.g. 50M or 50M/s)"),
+        ),
+        (
+            vec!["run", "--config", &bad_pattern],
+            format!(
+                "error: {bad_pattern}:4:10: source \"lvm:vg0/web*[\": LV pattern \"web*[\" contains '[': use letters, digits, + _ . - and the wildcards * and ?"
+            ),
+        ),
+    ];
+    let wrong: Vec<String> = cases
+        .iter()
+        .filter_map(|(args, first_line)| {
+            let out = t.run(args);
+            let line = out.stderr.lines().next().unwrap_or_default();
+            (out.code != Some(2) || line != first_line).then(|| {
+                format!(
+                    "{args:?}\n  expected 2: {first_line}\n  got {:?}: {line}",
+                    out.code
+                )
+            })
+        })
+        .collect();
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    assert_eq!(
+        t.json(&["list", "v"]).as_array().map(Vec::len),
+        Some(1),
+        "no bad input wrote a point"
+    );
+    // The repository's location (TempRepo passes its own -r).
+    let out = crate::util::thinarc(&["-r", "ftp://host/repo", "list"]);
+    assert_eq!(out.code, Some(2), "{}", out.show());
+    assert_eq!(
+        out.stderr.lines().next(),
+        Some(
+            invalid(
+                "ftp://host/repo",
+                "--repo <REPO>",
+                "unsupported scheme \"ftp\" (use a path, file:// or s3:// URL)",
+            )
+            .as_str()
+        ),
+        "{}",
+        out.show()
+    );
+
+    // Key material given that is not key material.
+    let e = crate::util::TempRepo::uninit().with_env("THINARC_PASSWORD", "pw");
+    e.ok(&["init"]);
+    let not_a_key = config("not-a-key.txt", "hello\n");
+    for (args, first_line) in [
+        (
+            vec!["--identity", &not_a_key, "restore", "v", &restored],
+            format!(
+                "error: identity file {not_a_key}: line 1 is not an age X25519 identity (AGE-SECRET-KEY-1…)"
+            ),
+        ),
+        (
+            vec!["--writer-key", &not_a_key, "backup", &img, "--volume", "v"],
+            format!("error: writer key file {not_a_key}: line 1 is not `name = value`"),
+        ),
+        (
+            vec!["key", "add", "--recipient", "age1nope"],
+            "error: \"age1nope\" is not an age X25519 recipient (age1…)".into(),
+        ),
+    ] {
+        let out = assert_exit(&e, &args, 2);
+        assert_eq!(
+            out.stderr.lines().next(),
+            Some(first_line.as_str()),
+            "{args:?}: {}",
+            out.show()
+        );
+    }
+}
+
+/// Input that is well formed but names nothing that exists is a failure (exit 1), not
+/// a usage error: the command could not find what it was told to use.
+#[test]
+fn well_formed_input_naming_nothing_exits_1() {
+    let (t, img) = one_point();
+    let restored = t.path("r.img").display().to_string();
+    let missing = t.path("missing").display().to_string();
+    for (args, first_line) in [
+        (
+            vec!["restore", "v", &restored, "--at", "99"],
+            format!(
+                "error: restore of v to {restored} failed: volume v has no archive matching \"99\" (see `thinarc list v`)"
+            ),
+        ),
+        (
+            vec!["restore", "nope", &restored],
+            format!(
+                "error: restore of nope to {restored} failed: no volume named \"nope\" in the repository (known: v)"
+            ),
+        ),
+        (
+            vec!["run", "--config", &missing],
+            format!("error: cannot read config {missing}: No such file or directory (os error 2)"),
+        ),
+        (
+            vec![
+                "backup",
+                &img,
+                "--volume",
+                "v",
+                "--changed-blocks",
+                &missing,
+            ],
+            format!(
+                "error: cannot read --changed-blocks {missing}: No such file or directory (os error 2)"
+            ),
+        ),
+        (
+            vec!["backup", &img, "--volume", "v", "--block-size", "8K"],
+            format!(
+                "error: backup of {img} to volume v failed: volume v uses block size 65536; --block-size 8192 cannot change it"
+            ),
+        ),
+    ] {
+        let out = assert_exit(&t, &args, 1);
+        let error = out.stderr.lines().find(|l| l.starts_with("error: "));
+        assert_eq!(error, Some(first_line.as_str()), "{args:?}: {}", out.show());
+    }
 }

@@ -512,13 +512,17 @@ fn recipient_slot_unlocks_with_its_identity_only() {
             t.location()
         ),
     );
+    // A file that is not an identity file is bad input (exit 2).
     let bad = file(&t, "bad.txt", "AGE-SECRET-KEY-1NOTAKEY\n");
     let o = restore(&t, &["--identity", &bad], &[]);
-    fails_with(
-        &o,
-        &format!(
+    assert_eq!(o.code, Some(2), "{}", o.show());
+    assert_eq!(
+        o.stderr.trim_end(),
+        format!(
             "error: identity file {bad}: line 1 is not an age X25519 identity (AGE-SECRET-KEY-1…)"
         ),
+        "{}",
+        o.show()
     );
 
     // A passphrase slot added by the identity holder; a recipient slot on a passphrase
@@ -616,10 +620,10 @@ repository = "b"
     // The command line's sources serve a repository whose table names none.
     let o = thinarc_env(&["run", "--config", &path, "--password-file", &apass], &env);
     assert!(o.success, "{}", o.show());
-    // An unknown key in a repository table is a config error.
+    // An unknown key in a repository table is a config error (exit 2).
     let path = conf("passphrase = \"x\"");
     let o = thinarc_env(&["run", "--config", &path], &env);
-    assert_eq!(o.code, Some(1), "{}", o.show());
+    assert_eq!(o.code, Some(2), "{}", o.show());
     assert!(
         o.stderr.contains("unknown field `passphrase`"),
         "{}",

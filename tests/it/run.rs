@@ -158,7 +158,7 @@ fn a_bad_config_is_refused_before_any_work() {
     write(&t.path("a.img"), &make_image(MIB, 53));
     let cfg = config(&t, "rate_limt = \"10M\"\n");
     let o = thinarc(&t, &["run", "--config", cfg.to_str().unwrap()]);
-    assert_eq!(o.code, Some(1), "{}", o.show());
+    assert_eq!(o.code, Some(2), "{}", o.show());
     assert!(
         o.stderr.contains(&format!(
             "error: {}:4:1: unknown field `rate_limt`, expected one of",
@@ -526,7 +526,7 @@ fn bad_pattern_is_a_config_error() {
         &t,
         &["run", "--config", path.to_str().unwrap(), "--dry-run"],
     );
-    assert_eq!(o.code, Some(1), "{}", o.show());
+    assert_eq!(o.code, Some(2), "{}", o.show());
     assert_eq!(
         o.stderr,
         format!(
