@@ -116,6 +116,11 @@ pub enum KeyError {
     /// A passphrase that cannot be used.
     #[error("{0}")]
     BadPassphrase(&'static str),
+    /// A new passphrase that a passphrase slot already opens with.
+    #[error(
+        "the new passphrase already opens key slot {id} of {location}: choose another passphrase (`thinarc key list` shows the slots)"
+    )]
+    PassphraseInUse { location: String, id: String },
     /// The writer key file exists.
     #[error("{path} exists: give another file (a writer key is never overwritten)")]
     Exists { path: String },
@@ -195,6 +200,9 @@ pub struct Slots {
     pub slots: Vec<KeySlot>,
     /// Slot objects that cannot be used.
     pub problems: Vec<KeyError>,
+    /// Of those, the slots that wrap another key than the config names: each object
+    /// name and the key id it names.
+    pub other_key: Vec<(String, String)>,
 }
 
 /// The key unlocked by [`Repository::unlock`], the slot that opened it, and the slots
@@ -300,7 +308,13 @@ impl Repository {
                 .bytes()
                 .await
                 .map_err(RepoError::store("read", &name))?;
-            match serde_json::from_slice::<KeySlot>(&bytes)
+            let parsed = serde_json::from_slice::<KeySlot>(&bytes);
+            if let Ok(slot) = &parsed
+                && slot.key_id != key_id
+            {
+                out.other_key.push((name.clone(), slot.key_id.clone()));
+            }
+            match parsed
                 .map_err(|e| e.to_string())
                 .and_then(|s| s.check(meta.location.filename(), &key_id).map(|()| s))
             {
@@ -324,6 +338,7 @@ impl Repository {
         let Slots {
             slots,
             mut problems,
+            ..
         } = self.key_slots().await?;
         let repo_id = self.config.id.clone();
         let location = self.location.clone();
@@ -413,11 +428,14 @@ impl Repository {
     }
 
     /// Adds a passphrase slot for `key` (Argon2id with the default parameters, on a
-    /// blocking thread).
+    /// blocking thread), unless a passphrase slot already opens with `passphrase`
+    /// (each is tried first, as an unlock would: a second slot of one passphrase adds
+    /// no way in, and removing one would not revoke it).
     ///
     /// # Errors
-    /// [`KeyError::BadPassphrase`] for an empty passphrase; [`KeyError::Repo`] when the
-    /// slot cannot be written.
+    /// [`KeyError::BadPassphrase`] for an empty passphrase;
+    /// [`KeyError::PassphraseInUse`]; [`KeyError::Repo`] when the slots cannot be
+    /// listed or the slot cannot be written.
     pub async fn add_passphrase_slot(
         &self,
         key: &RepoKey,
@@ -427,16 +445,35 @@ impl Repository {
         if passphrase.is_empty() {
             return Err(KeyError::BadPassphrase("the passphrase is empty"));
         }
+        let existing: Vec<KeySlot> = self
+            .key_slots()
+            .await?
+            .slots
+            .into_iter()
+            .filter(|s| s.kind == SlotKind::Passphrase)
+            .collect();
         let mut slot = KeySlot::new(SlotKind::Passphrase, key, label);
         let secret = key.to_secret_bytes();
         let repo_id = self.config.id.clone();
-        slot = tokio::task::spawn_blocking(move || {
+        let sealed = tokio::task::spawn_blocking(move || {
+            if let Some(s) = existing
+                .iter()
+                .find(|s| s.open_passphrase(&repo_id, passphrase.as_bytes()).is_some())
+            {
+                return Err(s.id.clone());
+            }
             slot.seal_passphrase(&repo_id, passphrase.as_bytes(), &secret);
-            slot
+            Ok(slot)
         })
         .await
         .expect("the key derivation thread does not panic");
-        self.write_slot(slot).await
+        match sealed {
+            Ok(slot) => self.write_slot(slot).await,
+            Err(id) => Err(KeyError::PassphraseInUse {
+                location: self.location.clone(),
+                id,
+            }),
+        }
     }
 
     /// Adds a slot that `recipient`'s identity opens.
@@ -477,7 +514,9 @@ impl Repository {
     /// [`KeyError::SlotNotFound`], [`KeyError::LastSlot`], or [`KeyError::Repo`] when
     /// the store fails.
     pub async fn remove_slot(&self, id: &str) -> Result<Option<KeySlot>, KeyError> {
-        let Slots { slots, problems } = self.key_slots().await?;
+        let Slots {
+            slots, problems, ..
+        } = self.key_slots().await?;
         let object = slot_key(id).to_string();
         let slot = slots.iter().find(|s| s.id == id);
         match slot {

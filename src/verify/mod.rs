@@ -39,8 +39,9 @@ use serde::Serialize;
 use crate::format::ImageHasher;
 use crate::progress::Progress;
 use crate::repo::{
-    ArchiveId, CatalogProblem, ChainCursor, Commit, DamageKind, DamageRecord, PointSelector,
-    RemoteArchive, RepoError, Repository, Resolved, VolumeName, chain_damage, clock_went_back,
+    ArchiveId, CatalogProblem, ChainCursor, Commit, DamageKind, DamageRecord, KeyError,
+    PointSelector, RemoteArchive, RepoError, Repository, Resolved, VolumeName, chain_damage,
+    clock_went_back,
 };
 use crate::source::lvm::ActiveBase;
 use crate::source::lvm::LvmSourceError;
@@ -75,7 +76,7 @@ pub struct VerifyOptions {
 /// One problem found.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Problem {
-    /// The volume.
+    /// The volume, or [`CONFIG`] for a problem of the repository itself.
     pub volume: String,
     /// Sequence number of the point or archive concerned.
     pub seq: Option<u64>,
@@ -162,6 +163,9 @@ pub enum VerifyError {
         path: String,
         source: LvmSourceError,
     },
+    /// The key slots could not be listed.
+    #[error(transparent)]
+    Keys(#[from] KeyError),
     /// `--source` without a volume.
     #[error("--source needs the VOLUME to compare it with")]
     SourceWithoutVolume,
@@ -199,6 +203,7 @@ pub async fn verify(
         }
         None => repo.volumes().await?,
     };
+    let key_problem = key_slots_problem(repo).await?;
     let mut report = VerifyReport {
         volumes: volumes.iter().map(ToString::to_string).collect(),
         archives: 0,
@@ -216,6 +221,7 @@ pub async fn verify(
         incomplete_uploads: Vec::new(),
         seconds: 0.0,
     };
+    report.problems.extend(key_problem);
     for volume in &volumes {
         match repo.pending_uploads(Some(volume)).await {
             Ok(u) => report.incomplete_uploads.extend(u),
@@ -251,6 +257,52 @@ pub async fn verify(
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
 }
+
+/// An encrypted repository whose `config` names a key that no key slot wraps (each
+/// slot names the key id it wraps): nothing can unlock it, whether `config` or the
+/// slots are what changed. A problem of the repository, reported as volume
+/// [`CONFIG`]; no key is needed to see it.
+///
+/// # Errors
+/// [`VerifyError::Keys`] when the slots cannot be listed.
+async fn key_slots_problem(repo: &Repository) -> Result<Option<Problem>, VerifyError> {
+    let Some(enc) = &repo.config().encryption else {
+        return Ok(None);
+    };
+    let slots = repo.key_slots().await?;
+    if !slots.slots.is_empty() {
+        return Ok(None);
+    }
+    let corrupt = slots.problems.len() - slots.other_key.len();
+    let mut found: Vec<String> = slots
+        .other_key
+        .iter()
+        .map(|(object, key)| format!("{object} wraps key {key}"))
+        .collect();
+    if corrupt > 0 {
+        found.push(format!(
+            "{corrupt} slot object(s) are corrupt (`thinarc key list --json`)"
+        ));
+    }
+    if found.is_empty() {
+        found.push("keys/ holds no slot".into());
+    }
+    Ok(Some(Problem {
+        volume: CONFIG.into(),
+        seq: None,
+        archive: None,
+        block: None,
+        problem: format!(
+            "config names key {}, but no key slot wraps it ({}): nothing can unlock the repository; compare config and keys/ with a copy and put back the one that changed",
+            enc.key_id,
+            found.join("; ")
+        ),
+    }))
+}
+
+/// The volume a problem of the repository itself (its config and key slots) is
+/// reported as.
+pub const CONFIG: &str = "config";
 
 /// Records problems of one archive or point.
 struct Recorder<'a> {

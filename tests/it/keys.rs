@@ -766,3 +766,159 @@ fn writer_key_on_an_unencrypted_repository_is_warned_about() {
     );
     assert!(o.stderr.contains(&warning), "{}", o.show());
 }
+
+/// A passphrase that a slot already opens with is refused as a new one, by `key add`
+/// and by `key passwd` (the same passphrase again, or another slot's): one `error:`
+/// line naming the slot, exit 1, and no slot is written or removed.
+#[test]
+fn a_passphrase_already_in_a_slot_is_refused_by_key_add_and_key_passwd() {
+    let t = encrypted(TempRepo::uninit());
+    let pass = t.path("pass.txt").display().to_string();
+    let second = file(&t, "second.txt", "second passphrase\n");
+    t.ok(&[
+        "key",
+        "add",
+        "--new-password-file",
+        &second,
+        "--password-file",
+        &pass,
+    ]);
+    let ids = |t: &TempRepo| -> Vec<String> {
+        t.json(&["key", "list"])["slots"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let before = ids(&t);
+    let (first, other) = (&before[0], &before[1]);
+    let in_use = |id: &str| {
+        format!(
+            "error: the new passphrase already opens key slot {id} of {}: choose another passphrase (`thinarc key list` shows the slots)",
+            t.location()
+        )
+    };
+    for (args, id) in [
+        (
+            vec![
+                "key",
+                "add",
+                "--new-password-file",
+                &pass,
+                "--password-file",
+                &pass,
+            ],
+            first,
+        ),
+        (
+            vec![
+                "key",
+                "add",
+                "--new-password-file",
+                &second,
+                "--password-file",
+                &pass,
+            ],
+            other,
+        ),
+        (
+            vec![
+                "key",
+                "passwd",
+                "--new-password-file",
+                &pass,
+                "--password-file",
+                &pass,
+            ],
+            first,
+        ),
+        (
+            vec![
+                "key",
+                "passwd",
+                "--new-password-file",
+                &second,
+                "--password-file",
+                &pass,
+            ],
+            other,
+        ),
+    ] {
+        fails_with(&t.run(&args), &in_use(id));
+        assert_eq!(ids(&t), before, "{args:?} changed no slot");
+    }
+    // A passphrase no slot uses is taken.
+    let third = file(&t, "third.txt", "third passphrase\n");
+    t.ok(&[
+        "key",
+        "passwd",
+        "--new-password-file",
+        &third,
+        "--password-file",
+        &pass,
+    ]);
+    let after = ids(&t);
+    assert!(
+        after.len() == 2 && after.contains(other) && !after.contains(first),
+        "{after:?}"
+    );
+    t.ok(&["verify", "--data", "--password-file", &third]);
+}
+
+/// Structural `verify` (no key given) checks that some key slot wraps the key the
+/// config names: when none does (the config's key id changed, or every slot names
+/// another key), nothing can unlock the repository, and verify says so naming config
+/// and the slots (exit 4). With a slot that matches, nothing is reported.
+#[test]
+fn verify_reports_a_config_whose_key_no_slot_wraps() {
+    let t = encrypted(TempRepo::uninit());
+    let pass = t.path("pass.txt").display().to_string();
+    assert!(backup(&t, 9, &["--password-file", &pass]).success);
+    let o = t.run(&["verify"]);
+    assert_eq!(o.code, Some(0), "{}", o.show());
+    let key_id = config(&t)["encryption"]["key_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let other = "0123456789abcdef0123456789abcdef";
+    let slot = slot_files(&t).remove(0);
+    let slot_name = format!("keys/{}", slot.file_name().unwrap().to_str().unwrap());
+    let original = read(&slot);
+    // Every slot names another key.
+    let text = String::from_utf8(original.clone()).unwrap();
+    write(&slot, text.replace(&key_id, other).as_bytes());
+    let o = t.run(&["verify", "v", "--json"]);
+    assert_eq!(o.code, Some(4), "{}", o.show());
+    let report: Value = serde_json::from_str(&o.stdout).unwrap();
+    assert_eq!(
+        report["problems"][0],
+        serde_json::json!({
+            "volume": "config",
+            "seq": null,
+            "archive": null,
+            "block": null,
+            "problem": format!(
+                "config names key {key_id}, but no key slot wraps it ({slot_name} wraps key {other}): nothing can unlock the repository; compare config and keys/ with a copy and put back the one that changed"
+            ),
+        }),
+        "{}",
+        o.show()
+    );
+    write(&slot, &original);
+    // The config names another key: the same problem, from the other side.
+    let config_path = t.repo().join("config");
+    let config_text = String::from_utf8(read(&config_path)).unwrap();
+    write(&config_path, config_text.replace(&key_id, other).as_bytes());
+    let o = t.run(&["verify"]);
+    assert_eq!(o.code, Some(4), "{}", o.show());
+    assert!(
+        o.stdout.starts_with(&format!(
+            "problem: config: config names key {other}, but no key slot wraps it ({slot_name} wraps key {key_id}): nothing can unlock"
+        )),
+        "{}",
+        o.show()
+    );
+    write(&config_path, config_text.as_bytes());
+    assert_eq!(t.run(&["verify"]).code, Some(0));
+}
