@@ -102,6 +102,20 @@ pub enum JobError {
         "the newest point of {volume} (seq {seq}) depends on damaged data: run `thinarc backup` first (it stores damaged blocks again, or starts a new chain), then `thinarc repair {volume} --drop-damaged`"
     )]
     NewestDamaged { volume: String, seq: u64 },
+    /// `thinarc run` cannot unlock a repository of its config: nothing was done.
+    #[error("cannot unlock repository {repository} ({location}) for the {what}")]
+    Unlock {
+        /// The repository's name in the config.
+        repository: String,
+        /// Its location.
+        location: String,
+        /// What the run does there: `backup of VOLUME`, `copy to DEST`...
+        what: String,
+        /// Why (a `JobError`: boxed as a trait object, so that it is itself in the
+        /// error's chain, as the exit code's checks need).
+        #[source]
+        error: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// A signal stopped the command (see [`Job::interrupted`]).
     #[error("{0}")]
     Interrupted(String),

@@ -304,32 +304,53 @@ async fn unlock_all<'a>(
     config: &'a Config,
     observer: &dyn Observer,
 ) -> Result<(), JobError> {
-    let mut needs: BTreeMap<&str, (Need, &str)> = BTreeMap::new();
-    let mut need = |repository: &'a str, need: Need, action: &'static str| {
-        let e = needs.entry(repository).or_insert((need, action));
+    // What each repository is unlocked for: the strongest need, the action that
+    // needs it, and what the run does there (named when unlocking fails).
+    let mut needs: BTreeMap<&str, (Need, &str, Vec<String>)> = BTreeMap::new();
+    let mut need = |repository: &'a str, need: Need, action: &'static str, what: String| {
+        let e = needs
+            .entry(repository)
+            .or_insert((need, action, Vec::new()));
         if need > e.0 {
-            *e = (need, action);
+            (e.0, e.1) = (need, action);
         }
+        e.2.push(what);
     };
     for v in &config.volumes {
-        need(&v.repository, Need::Write, "backup");
-        if v.retention.is_some() {
-            need(&v.repository, Need::Read, "prune");
-        }
+        let what = match v.retention {
+            Some(_) => {
+                need(&v.repository, Need::Read, "prune", String::new());
+                format!("backup and prune of {}", v.label())
+            }
+            None => format!("backup of {}", v.label()),
+        };
+        need(&v.repository, Need::Write, "backup", what);
     }
     for c in &config.copies {
-        need(&c.from, Need::Read, "copy");
+        need(&c.from, Need::Read, "copy", format!("copy to {}", c.to));
     }
     let sources = |name: &str| config.keys.get(name).unwrap_or(job.key_sources());
-    for (name, (need, action)) in needs {
+    let failed = |name: &str, what: Vec<String>, error: JobError| JobError::Unlock {
+        repository: name.to_string(),
+        location: config.repositories[name].clone(),
+        what: what
+            .into_iter()
+            .filter(|w| !w.is_empty())
+            .collect::<Vec<_>>()
+            .join(", "),
+        error: Box::new(error),
+    };
+    for (name, (need, action, what)) in needs {
         let location = &config.repositories[name];
         job.unlock(location, sources(name), need, action, observer)
-            .await?;
+            .await
+            .map_err(|e| failed(name, what, e))?;
     }
     for c in &config.copies {
         let from = &config.repositories[&c.from];
         job.unlock_destination(from, &c.to, sources(&c.from), observer)
-            .await?;
+            .await
+            .map_err(|e| failed(&c.from, vec![format!("copy to {}", c.to)], e))?;
     }
     Ok(())
 }

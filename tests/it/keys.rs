@@ -606,17 +606,39 @@ repository = "b"
     assert!(o.success, "{}", o.show());
     assert_eq!(a.json(&["list", "v"]).as_array().map(Vec::len), Some(1));
 
-    // Without a's key: the run stops before any work (b is not backed up either).
+    // Without a's key: the run stops before any work (b is not backed up either),
+    // naming the repository and what the run does there.
     let path = conf("");
     let o = thinarc_env(&["run", "--config", &path], &env);
     fails_with(
         &o,
         &format!(
-            "error: prune needs the repository key of encrypted repository {}: give a passphrase (--password-file, --password-command, THINARC_PASSWORD) or an identity (--identity)",
-            a.location()
+            "error: cannot unlock repository a ({a}) for the backup and prune of v: prune needs the repository key of encrypted repository {a}: give a passphrase (--password-file, --password-command, THINARC_PASSWORD) or an identity (--identity)",
+            a = a.location()
         ),
     );
     assert_eq!(b.json(&["list", "v"]).as_array().map(Vec::len), Some(1));
+    // A wrong passphrase, and a copy of b's: b named, with its volume and the copy.
+    let wrong = file(&t, "wrong.txt", "wrong\n");
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace(&format!("cat {bpass}"), &format!("cat {wrong}"));
+    let copy = t.path("copy").display().to_string();
+    let path = file(
+        &t,
+        "thinarc.toml",
+        &format!("{text}\n[[copies]]\nfrom = \"b\"\nto = \"{copy}\"\n"),
+    );
+    let o = thinarc_env(&["run", "--config", &path, "--password-file", &apass], &env);
+    fails_with(
+        &o,
+        &format!(
+            "error: cannot unlock repository b ({b}) for the backup of v, copy to {copy}: wrong passphrase for {b} (tried 1 passphrase slots; `thinarc key list` shows them)",
+            b = b.location()
+        ),
+    );
+    assert_eq!(b.json(&["list", "v"]).as_array().map(Vec::len), Some(1));
+    let path = conf("");
     // The command line's sources serve a repository whose table names none.
     let o = thinarc_env(&["run", "--config", &path, "--password-file", &apass], &env);
     assert!(o.success, "{}", o.show());
