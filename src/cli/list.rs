@@ -38,7 +38,7 @@ pub async fn run(args: ListArgs, ctx: &Ctx) -> anyhow::Result<()> {
         print_json(&points)?;
     } else {
         println!(
-            "{:<20} {:>5} {:<32} {:<24} {:>10} {:>8} {:>10}  PARENT",
+            "{:<20} {:>5} {:<32} {:<24} {:>10} {:>8} {:>10}  PARENT (SEQ ARCHIVE)",
             "VOLUME", "SEQ", "ARCHIVE", "CREATED", "SIZE", "BLOCKS", "STORED"
         );
         for p in &points {
@@ -51,8 +51,12 @@ pub async fn run(args: ListArgs, ctx: &Ctx) -> anyhow::Result<()> {
                 human(p.size),
                 p.blocks,
                 human(p.stored_bytes),
-                p.parent.as_deref().unwrap_or("-")
+                match (p.parent_seq, &p.parent) {
+                    (Some(seq), Some(id)) => format!("{seq} {id}"),
+                    _ => "-".into(),
+                }
             );
+
             if let Some(d) = &p.damage {
                 println!("  DAMAGED: {d}");
             }

@@ -603,8 +603,16 @@ pub struct PointInfo {
     pub seq: u64,
     /// Creation time, RFC 3339.
     pub created: String,
-    /// Parent archive id (`null` for a full archive).
+    /// The parent as it resolves now, the archive a restore reads (`null` for a full
+    /// archive): after a prune merged into the parent, its new archive, not the one
+    /// this point was built on.
     pub parent: Option<String>,
+    /// The parent's sequence number.
+    pub parent_seq: Option<u64>,
+    /// The archive this point was built on (its header's parent), when a prune has
+    /// replaced the parent's archive since.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub built_on: Option<String>,
     /// Volume size in bytes.
     pub size: u64,
     /// Block size in bytes.
@@ -635,6 +643,8 @@ impl PointInfo {
             seq,
             created: String::new(),
             parent: None,
+            parent_seq: None,
+            built_on: None,
             size: 0,
             block_size: 0,
             blocks: 0,
@@ -655,6 +665,8 @@ impl PointInfo {
             seq: h.seq,
             created: h.created.clone(),
             parent: h.parent.as_ref().map(|p| p.id.clone()),
+            parent_seq: h.parent.as_ref().map(|p| p.seq),
+            built_on: None,
             size: h.size,
             block_size: h.block_size,
             blocks: t.data_blocks + t.zero_blocks,
@@ -749,6 +761,13 @@ impl Repository {
                     }
                 },
             };
+            // The parent as it resolves now (a prune may have replaced its archive).
+            if let Some(pa) = a.header.parent.as_ref().and_then(|p| linked.get(&p.seq)) {
+                let now = pa.commit.archive_id.to_string();
+                if row.parent.as_ref() != Some(&now) {
+                    row.built_on = row.parent.replace(now);
+                }
+            }
             if row.damage.is_none() {
                 linked.insert(c.seq, a);
                 row.damage = self.record_damage_of(&catalog.commits, c, &records).await;

@@ -201,3 +201,42 @@ fn a_held_lock_stops_prune_with_exit_code_3() {
     // A dry run needs no lock.
     t.ok(&["prune", "v", "--keep-last", "1", "--dry-run"]);
 }
+
+/// After a prune merged into a kept point (a new archive for its seq), `list` shows
+/// a later point's parent as it resolves now, the one `restore` reads: the parent's
+/// seq and its new archive, text and JSON; `built_on` keeps the archive the point was
+/// built on.
+#[test]
+fn list_after_a_merging_prune_shows_the_parent_as_it_resolves_now() {
+    let t = TempRepo::new();
+    let points = five_points(&t);
+    let before = t.json(&["list", "v"]);
+    let old_four = before[3]["id"].as_str().unwrap().to_string();
+    t.ok(&["prune", "v", "--keep-last", "2"]);
+    let list = t.json(&["list", "v"]);
+    let (four, five) = (&list[0], &list[1]);
+    let new_four = four["id"].as_str().unwrap();
+    assert_ne!(new_four, old_four, "the merge rewrote seq 4: {list}");
+    assert_eq!(four["seq"], 4);
+    assert_eq!(four["parent"], serde_json::Value::Null);
+    assert_eq!(four["parent_seq"], serde_json::Value::Null);
+    assert!(four.get("built_on").is_none(), "{list}");
+    assert_eq!(five["seq"], 5);
+    assert_eq!(five["parent"], new_four, "{list}");
+    assert_eq!(five["parent_seq"], 4, "{list}");
+    assert_eq!(five["built_on"], old_four.as_str(), "{list}");
+    // Before the prune the parent was the archive it was built on: no `built_on`.
+    assert_eq!(before[4]["parent"], old_four.as_str());
+    assert_eq!(before[4]["parent_seq"], 4);
+    assert!(before[4].get("built_on").is_none(), "{before}");
+
+    let text = t.ok(&["list", "v"]);
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines[0].ends_with("  PARENT (SEQ ARCHIVE)"), "{text}");
+    assert!(lines[1].ends_with("  -"), "{text}");
+    assert!(lines[2].ends_with(&format!("  4 {new_four}")), "{text}");
+    assert!(!text.contains(&old_four), "{text}");
+    assert_eq!(lines.len(), 3, "{text}");
+    // What list names is what restore reads.
+    restore_matches(&t, 5, &points[4]);
+}
