@@ -258,9 +258,9 @@ pub async fn verify(
     Ok(report)
 }
 
-/// An encrypted repository whose `config` names a key that no key slot wraps (each
-/// slot names the key id it wraps): nothing can unlock it, whether `config` or the
-/// slots are what changed. A problem of the repository, reported as volume
+/// An encrypted repository with key slot objects of which none wraps the key
+/// `config` names (each slot names the key id it wraps): nothing can unlock it,
+/// whether `config` or the slots are what changed. A problem of the repository, reported as volume
 /// [`CONFIG`]; no key is needed to see it.
 ///
 /// # Errors
@@ -270,7 +270,8 @@ async fn key_slots_problem(repo: &Repository) -> Result<Option<Problem>, VerifyE
         return Ok(None);
     };
     let slots = repo.key_slots().await?;
-    if !slots.slots.is_empty() {
+    // No slot object at all is how a repository made through the library starts.
+    if !slots.slots.is_empty() || slots.problems.is_empty() {
         return Ok(None);
     }
     let corrupt = slots.problems.len() - slots.other_key.len();
@@ -283,9 +284,6 @@ async fn key_slots_problem(repo: &Repository) -> Result<Option<Problem>, VerifyE
         found.push(format!(
             "{corrupt} slot object(s) are corrupt (`thinarc key list --json`)"
         ));
-    }
-    if found.is_empty() {
-        found.push("keys/ holds no slot".into());
     }
     Ok(Some(Problem {
         volume: CONFIG.into(),

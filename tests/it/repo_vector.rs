@@ -199,7 +199,8 @@ fn check_thinarc(t: &TempRepo) {
                 .unwrap_or_else(|| panic!("{name} seq {} not listed: {listed:?}", p["seq"]));
             for (field, key) in [
                 ("id", "archive"),
-                ("parent", "parent"),
+                ("parent", "parent_archive"),
+                ("parent_seq", "parent_seq"),
                 ("created", "created"),
                 ("size", "size"),
                 ("block_size", "block_size"),
@@ -208,6 +209,9 @@ fn check_thinarc(t: &TempRepo) {
             ] {
                 assert_eq!(got[field], p[key], "{name} seq {}: {field}", p["seq"]);
             }
+            // The archive a point was built on, when a prune has replaced it since.
+            let built_on = (p["parent"] != p["parent_archive"]).then(|| &p["parent"]);
+            assert_eq!(got.get("built_on"), built_on, "{name} seq {}", p["seq"]);
             let out = t.path(&format!("{}-{}.img", name.replace('/', "-"), p["seq"]));
             let seq = p["seq"].to_string();
             t.ok(&["restore", name, out.to_str().expect("utf-8"), "--at", &seq]);
