@@ -360,6 +360,13 @@ fn damage_way_back(t: &TempRepo, damage: Damage) {
         restore_same(t, "3", &images[2], "the re-committed newest point");
     }
 
+    // Until then the old points that depend on damaged data keep status DAMAGED
+    // (exit 4), though the newest point restores (README, "Damage and repair").
+    if !damage.marker() {
+        let s = t.run(&["status", "v"]);
+        assert_eq!(s.code, Some(4), "{damage:?}: {}", s.show());
+        assert!(s.stdout.contains("  DAMAGED: "), "{}", s.show());
+    }
     // What still depends on damage is unlisted; the volume is healthy again.
     if !damage.marker() || damage == Damage::NewestMarkerCorrupt {
         t.ok(&["repair", "v", "--drop-damaged"]);
