@@ -150,8 +150,10 @@ async fn unlocked(ctx: &Ctx, need: Need, action: &str) -> anyhow::Result<Reposit
         }
         .into());
     }
-    ctx.unlock(need, action).await?;
-    ctx.open().await
+    let location = ctx.location()?;
+    Ok(ctx
+        .unlock_opened(location, repo, ctx.key_sources(), need, action, ctx)
+        .await?)
 }
 
 /// The repository key `unlocked` gave for `action`.

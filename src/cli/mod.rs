@@ -279,8 +279,20 @@ impl Ctx {
         Ok(self.job.open(self.location()?).await?)
     }
 
+    /// Opens the repository and unlocks it for `action` if it is encrypted (see
+    /// [`Job::unlock_opened`]), before any work: one read of its config.
+    async fn open_unlocked(&self, need: Need, action: &str) -> anyhow::Result<Repository> {
+        let location = self.location()?;
+        let repo = self.open().await?;
+        let sources = self.job.key_sources();
+        Ok(self
+            .job
+            .unlock_opened(location, repo, sources, need, action, self)
+            .await?)
+    }
+
     /// Unlocks the repository for `action` if it is encrypted (see [`Job::unlock`]),
-    /// before any work.
+    /// before any work, for a command the job opens the repository for itself.
     async fn unlock(&self, need: Need, action: &str) -> anyhow::Result<()> {
         let sources = self.job.key_sources();
         Ok(self

@@ -45,8 +45,7 @@ pub struct UmountArgs {
 
 /// Mounts and serves until `thinarc umount` or a signal; both end it cleanly.
 pub async fn run(args: MountArgs, ctx: &Ctx) -> anyhow::Result<()> {
-    ctx.unlock(Need::Read, "mount").await?;
-    let repo = ctx.open().await?;
+    let repo = ctx.open_unlocked(Need::Read, "mount").await?;
     let opts = MountOptions {
         serve: ServeOptions {
             at: args.at.clone(),

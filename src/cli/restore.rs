@@ -99,8 +99,7 @@ impl RestoreArgs {
 /// Runs a restore.
 pub async fn run(args: RestoreArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let volume = args.volume.clone();
-    ctx.unlock(Need::Read, "restore").await?;
-    let repo = ctx.open().await?;
+    let repo = ctx.open_unlocked(Need::Read, "restore").await?;
     let opts = RestoreOptions {
         force: args.force,
         since: args.since.clone(),

@@ -56,8 +56,7 @@ fn tcp_address(listen: &str) -> Result<String, String> {
 
 /// Serves until interrupted; an interruption is a clean end (exit 0).
 pub async fn run(args: ServeArgs, ctx: &Ctx) -> anyhow::Result<()> {
-    ctx.unlock(Need::Read, "serve").await?;
-    let repo = ctx.open().await?;
+    let repo = ctx.open_unlocked(Need::Read, "serve").await?;
     let opts = ServeOptions {
         at: args.at.clone(),
         cache: args.cache,

@@ -130,10 +130,12 @@ pub async fn run(args: VerifyArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let started = chrono::Utc::now();
     let location = ctx.location()?;
     // The structure is checked without a key; block data and a source need one.
-    if opts.data != DataCheck::Off || opts.source.is_some() {
-        ctx.unlock(Need::Read, "verify of block data").await?;
-    }
-    let repo = ctx.open().await?;
+    let repo = if opts.data != DataCheck::Off || opts.source.is_some() {
+        ctx.open_unlocked(Need::Read, "verify of block data")
+            .await?
+    } else {
+        ctx.open().await?
+    };
     let progress = Arc::new(Progress::default());
     let display = Display::start(ctx.progress_mode(), "verify".into(), progress.clone());
     let result = verify(&repo, &opts, progress).await;

@@ -123,17 +123,24 @@ async fn steps(job: &Job, config: &Config, observer: &dyn Observer, dry: bool) -
                     .or_default()
                     .push(name.clone());
             }
+            let target = Target {
+                location,
+                volume: v,
+                name,
+                source,
+                pattern,
+            };
             if dry {
-                step(plan_backup(job, location, v, &name, &source, pattern).await);
+                step(plan_backup(job, &target).await);
                 continue;
             }
-            let backed_up = backup_step(job, location, v, &name, &source, pattern, observer).await;
+            let backed_up = backup_step(job, &target, observer).await;
             let ok = backed_up.ok;
             step(backed_up);
             // Pruning follows a good backup; after a failed one the history is left as
             // is.
             if let (true, Some(retention)) = (ok, &v.retention) {
-                step(prune_step(job, location, &name, retention).await);
+                step(prune_step(job, location, &target.name, retention).await);
             }
         }
     }
@@ -175,47 +182,62 @@ async fn steps(job: &Job, config: &Config, observer: &dyn Observer, dry: bool) -
     report
 }
 
-/// The backup options and pool limits of `v`'s settings for the volume `name`.
-fn options(job: &Job, v: &Volume, name: &VolumeName) -> (BackupOptions, PoolLimits) {
-    let mut opts = BackupOptions::new(name.clone());
-    opts.block_size = v.block_size;
-    opts.threads = job.threads;
-    opts.read_limit = job.read_limit.clone();
-    opts.hooks = v.hooks.clone();
-    opts.freeze = v.freeze.clone();
-    // A write-only host keeps the digests of its last point there (a dry run reads it).
-    opts.state_dir = Some(job.state_dir.clone());
-    let defaults = PoolLimits::default();
-    let limits = PoolLimits {
-        max_data: v.max_pool_data.map_or(defaults.max_data, f64::from),
-        max_metadata: v.max_pool_metadata.map_or(defaults.max_metadata, f64::from),
-    };
-    (opts, limits)
+/// One backup of a run: a configured volume's settings (`volume`) applied to the
+/// volume `name` (itself, or an LV its pattern selected: `pattern`), read from
+/// `source`, into the repository at `location`.
+struct Target<'a> {
+    location: &'a str,
+    volume: &'a Volume,
+    name: VolumeName,
+    source: SourceSpec,
+    pattern: Option<String>,
 }
 
-/// Backs `source` up as `name` of the repository at `location` with `v`'s settings,
-/// as a step.
-async fn backup_step(
-    job: &Job,
-    location: &str,
-    v: &Volume,
-    name: &VolumeName,
-    source: &SourceSpec,
-    pattern: Option<String>,
-    observer: &dyn Observer,
-) -> Step {
-    let (opts, limits) = options(job, v, name);
+impl Target<'_> {
+    /// The backup options and pool limits of the volume's settings.
+    fn options(&self, job: &Job) -> (BackupOptions, PoolLimits) {
+        let v = self.volume;
+        let mut opts = BackupOptions::new(self.name.clone());
+        opts.block_size = v.block_size;
+        opts.threads = job.threads;
+        opts.read_limit = job.read_limit.clone();
+        opts.hooks = v.hooks.clone();
+        opts.freeze = v.freeze.clone();
+        // A write-only host keeps the digests of its last point there (a dry run reads
+        // it).
+        opts.state_dir = Some(job.state_dir.clone());
+        let defaults = PoolLimits::default();
+        let limits = PoolLimits {
+            max_data: v.max_pool_data.map_or(defaults.max_data, f64::from),
+            max_metadata: v.max_pool_metadata.map_or(defaults.max_metadata, f64::from),
+        };
+        (opts, limits)
+    }
+
+    /// The backup step of this target with `detail`.
+    fn step(&self, detail: Result<String, String>) -> Step {
+        Step {
+            source: Some(self.source.to_string()),
+            discovered_by: self.pattern.clone(),
+            ..Step::new(Action::Backup, &self.name, self.location, detail)
+        }
+    }
+}
+
+/// Backs `target` up, as a step.
+async fn backup_step(job: &Job, target: &Target<'_>, observer: &dyn Observer) -> Step {
+    let (opts, limits) = target.options(job);
     let result = backup_volume(
         job,
-        location,
-        source,
+        target.location,
+        &target.source,
         opts,
         limits,
-        pattern.as_deref(),
+        target.pattern.as_deref(),
         observer,
     )
     .await;
-    let detail = match &result {
+    target.step(match &result {
         Ok(r) => Ok(format!(
             "seq {} archive {}: read {}, stored {} in {:.1}s",
             r.seq,
@@ -225,28 +247,20 @@ async fn backup_step(
             r.seconds
         )),
         Err(e) => Err(error_message(e)),
-    };
-    Step {
-        source: Some(source.to_string()),
-        discovered_by: pattern,
-        ..Step::new(Action::Backup, name, location, detail)
-    }
+    })
 }
 
-/// What a backup of `source` as `name` would write, and why, as a step: read from the
-/// catalog and (for an LV) `lvs` and the pool's status; nothing is locked, created or
+/// What a backup of `target` would write, and why, as a step: read from the catalog
+/// and (for an LV) `lvs` and the pool's status; nothing is locked, created or
 /// recorded.
-async fn plan_backup(
-    job: &Job,
-    location: &str,
-    v: &Volume,
-    name: &VolumeName,
-    source: &SourceSpec,
-    pattern: Option<String>,
-) -> Step {
-    let (opts, limits) = options(job, v, name);
+async fn plan_backup(job: &Job, target: &Target<'_>) -> Step {
+    let (opts, limits) = target.options(job);
+    let source = &target.source;
     let planned: Result<(ArchiveKind, String), String> = async {
-        let repo = job.open(location).await.map_err(|e| error_message(&e))?;
+        let repo = job
+            .open(target.location)
+            .await
+            .map_err(|e| error_message(&e))?;
         match source {
             SourceSpec::Lvm(lv) => {
                 let plan = dry_run_lvm(&repo, lv, &opts, limits)
@@ -269,7 +283,7 @@ async fn plan_backup(
         }
     }
     .await;
-    let from = match &pattern {
+    let from = match &target.pattern {
         Some(p) => format!("from {source} (selected by {p})"),
         None => format!("from {source}"),
     };
@@ -284,10 +298,8 @@ async fn plan_backup(
         Err(e) => Err(format!("{from}: {e}")),
     };
     Step {
-        source: Some(source.to_string()),
-        discovered_by: pattern,
         kind: planned.ok().map(|(k, _)| k),
-        ..Step::new(Action::Backup, name, location, detail)
+        ..target.step(detail)
     }
 }
 

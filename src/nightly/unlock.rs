@@ -45,11 +45,12 @@ pub enum Need {
 impl Job {
     /// Unlocks the repository at `location` for `action` (e.g. `"restore"`) if it is
     /// encrypted, from `sources`: afterwards [`Job::open`] gives handles holding the
-    /// keys. Unlocks once per location; a second call only checks `need`.
+    /// keys. Unlocks once per location; a second call only checks `need`. A command
+    /// that has the repository open already unlocks that handle instead
+    /// ([`Job::unlock_opened`]).
     ///
     /// # Errors
-    /// [`JobError::Repo`] when its key is `NeedsKey` (no key material, or only a writer key where the repository key is
-    /// needed) or `WrongKey`; [`JobError::Keys`] when a source fails or no slot opens.
+    /// As [`Job::unlock_opened`].
     pub async fn unlock(
         &self,
         location: &str,
@@ -63,6 +64,26 @@ impl Job {
         let Ok(repo) = Repository::open_location(location).await else {
             return Ok(());
         };
+        self.unlock_opened(location, repo, sources, need, action, observer)
+            .await
+            .map(drop)
+    }
+
+    /// [`Job::unlock`] on `repo`, just opened at `location`: no second read of its
+    /// config. Returns the handle holding the keys (as is, unencrypted).
+    ///
+    /// # Errors
+    /// [`JobError::Repo`] when its key is `NeedsKey` (no key material, or only a writer key where the repository key is
+    /// needed) or `WrongKey`; [`JobError::Keys`] when a source fails or no slot opens.
+    pub async fn unlock_opened(
+        &self,
+        location: &str,
+        repo: Repository,
+        sources: &KeySources,
+        need: Need,
+        action: &str,
+        observer: &dyn Observer,
+    ) -> Result<Repository, JobError> {
         if !repo.is_encrypted() {
             // A host given a writer key expects its backups encrypted: say they are not.
             if matches!(need, Need::Write) && sources.writer_key_file.is_some() {
@@ -70,7 +91,7 @@ impl Job {
                     "{location} is not encrypted: the writer key given is not used, and {action} writes its archive in clear"
                 );
             }
-            return Ok(());
+            return Ok(repo);
         }
         let cached = self
             .shared
@@ -93,7 +114,7 @@ impl Job {
             .lock()
             .expect("not poisoned")
             .insert(location.to_string(), unlocked);
-        Ok(())
+        Ok(repo)
     }
 
     /// The id of the key slot that unlocked `location`, if a slot did.
