@@ -21,7 +21,7 @@ mod state;
 
 pub use lvm::{DryRun, backup_lvm, dry_run_lvm};
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -236,6 +236,9 @@ struct Base {
     /// A write-only host: the state file of the volume's last point (written after
     /// the commit), and whether `parent`'s digests are read from it.
     state: Option<(PathBuf, bool)>,
+    /// A write-only host: the recorded damaged blocks the new point's chain holds
+    /// again (see [`StateMeta::stored_again`]), for its state.
+    stored_again: BTreeMap<String, Vec<u64>>,
 }
 
 impl Base {
@@ -280,6 +283,7 @@ impl Base {
             warnings: Vec::new(),
             found: None,
             state,
+            stored_again: BTreeMap::new(),
         };
         let Some(latest_seq) = base.commits.last().map(|c| c.seq) else {
             return Ok(base);
@@ -361,7 +365,11 @@ impl Base {
     }
 
     /// A write-only host builds on `chain` when its state is that of the chain's tip
-    /// and no archive of the chain is recorded damaged; else `Some(why)`.
+    /// and no archive of the chain is recorded damaged as a whole; else `Some(why)`.
+    /// Blocks recorded damaged (damage records are clear JSON) are stored again, as a
+    /// key holder's backup does, unless this host's state says the chain holds them
+    /// again already. (It cannot read an index to tell whether the tip still takes a
+    /// block from the damaged archive: it stores every recorded block once.)
     async fn writer_parent(
         &mut self,
         repo: &Repository,
@@ -373,21 +381,50 @@ impl Base {
                 "this host holds only a writer key and has no state directory to keep the last point's digests in".into(),
             ));
         };
-        if let Some(why) = state::stale(path, &chain, key) {
-            return Ok(Some(why));
-        }
+        let meta = match state::usable(path, &chain, key) {
+            Ok(meta) => meta,
+            Err(why) => return Ok(Some(why)),
+        };
         let records = repo.damage_records(&chain.volume).await?;
-        if let Some(r) = records.iter().find(|r| {
+        let end = chain.tip().geometry().blocks();
+        let mut stored_again = BTreeMap::new();
+        let mut forced: Vec<(u64, &DamageRecord)> = Vec::new();
+        for r in records.iter().filter(|r| {
             chain
                 .archives
                 .iter()
                 .any(|a| a.commit.archive_id == r.archive)
         }) {
-            return Ok(Some(format!(
-                "seq {} is recorded damaged ({})",
-                r.seq, r.detail
-            )));
+            if r.kind == DamageKind::Archive {
+                return Ok(Some(format!(
+                    "seq {} is recorded damaged ({})",
+                    r.seq, r.detail
+                )));
+            }
+            let done = meta.stored_again.get(r.archive.as_str());
+            forced.extend(
+                r.blocks
+                    .iter()
+                    .filter(|b| **b < end && !done.is_some_and(|d| d.contains(b)))
+                    .map(|&b| (b, r)),
+            );
+            stored_again.insert(r.archive.to_string(), r.blocks.clone());
         }
+        if let Some((first, _)) = forced.iter().min_by_key(|(b, _)| *b) {
+            let mut archives: Vec<String> = forced
+                .iter()
+                .map(|(_, r)| format!("{} (seq {})", r.archive, r.seq))
+                .collect();
+            archives.dedup();
+            self.warnings.push(format!(
+                "seq {} depends on {} damaged block(s) of {}, first block {first}, as recorded: these blocks are read from the source and stored again",
+                chain.tip().commit.seq,
+                forced.len(),
+                archives.join(", ")
+            ));
+            self.forced.extend(forced.iter().map(|(b, _)| *b));
+        }
+        self.stored_again = stored_again;
         *from_state = true;
         self.parent = Some(chain);
         Ok(None)
@@ -569,6 +606,7 @@ async fn backup_from(
         forced,
         mut warnings,
         state,
+        stored_again,
         ..
     } = base;
     let block_size = match (&parent, opts.block_size) {
@@ -680,6 +718,7 @@ async fn backup_from(
                     image_digest: digest.image_digest,
                     size: geometry.size(),
                     block_size: block_size.get(),
+                    stored_again,
                 };
                 if let Err(e) = record.commit(&meta) {
                     warnings.push(format!(

@@ -12,6 +12,7 @@
 //! Written to a temporary file and renamed once the point is committed. Read and
 //! written streaming: memory does not grow with the volume.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
@@ -34,6 +35,11 @@ pub(super) struct StateMeta {
     pub image_digest: Digest,
     pub size: u64,
     pub block_size: u32,
+    /// Blocks recorded damaged (`damage/<archive id>`, kind `blocks`) that this point's
+    /// chain holds again, stored by this host since: by damaged archive id. A later
+    /// delta on this state does not store them again. (Absent in older files.)
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub stored_again: BTreeMap<String, Vec<u64>>,
 }
 
 /// Where the state of `volume` of `repo` lives under `state_dir`.
@@ -44,19 +50,19 @@ pub(super) fn state_path(state_dir: &Path, repo: &Repository, volume: &VolumeNam
         .join(format!("{}.state", volume.as_str().replace('/', "~")))
 }
 
-/// Why the state at `path` cannot stand for the tip of `chain` (written under
-/// `key`), or `None` when it can.
-pub(super) fn stale(path: &Path, chain: &Chain, key: KeyId) -> Option<String> {
+/// The state at `path` when it stands for the tip of `chain` (written under `key`),
+/// else why not.
+pub(super) fn usable(path: &Path, chain: &Chain, key: KeyId) -> Result<StateMeta, String> {
     let meta = match read_meta(path) {
         Ok((meta, _)) => meta,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Some(format!(
+            return Err(format!(
                 "this host holds only a writer key and has no state of the last point ({} is missing)",
                 path.display()
             ));
         }
         Err(e) => {
-            return Some(format!(
+            return Err(format!(
                 "this host holds only a writer key and its state of the last point ({}) cannot be read: {e}",
                 path.display()
             ));
@@ -69,14 +75,15 @@ pub(super) fn stale(path: &Path, chain: &Chain, key: KeyId) -> Option<String> {
         && meta.image_digest == tip.trailer.image_digest
         && meta.size == tip.geometry().size()
         && meta.block_size == tip.header.block_size;
-    (!matches).then(|| {
-        format!(
+    if !matches {
+        return Err(format!(
             "this host holds only a writer key and its state ({}) is of seq {}, not of the newest point seq {}",
             path.display(),
             meta.seq,
             tip.commit.seq
-        )
-    })
+        ));
+    }
+    Ok(meta)
 }
 
 fn read_meta(path: &Path) -> std::io::Result<(StateMeta, BufReader<File>)> {
@@ -289,6 +296,7 @@ mod tests {
             image_digest: d(9),
             size: 9 * 4096,
             block_size: 4096,
+            stored_again: BTreeMap::from([("d".into(), vec![1, 4])]),
         };
         w.commit(&meta).unwrap();
         assert_eq!(read_meta(&path).unwrap().0, meta);

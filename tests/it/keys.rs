@@ -944,3 +944,105 @@ fn verify_reports_a_config_whose_key_no_slot_wraps() {
     write(&config_path, config_text.as_bytes());
     assert_eq!(t.run(&["verify"]).code, Some(0));
 }
+
+/// A write-only host and blocks recorded damaged: damage records are clear JSON, so
+/// the host reads them as a key holder's backup does. Blocks recorded damaged in its
+/// parent chain are read from the source and stored again in its next delta (not a
+/// full), once: its state remembers them, so the delta after stores nothing again.
+#[test]
+fn write_only_host_stores_recorded_damaged_blocks_again_in_a_delta() {
+    let t = encrypted(TempRepo::uninit());
+    let pass = t.path("pass.txt").display().to_string();
+    let wk = t.path("writer.key").display().to_string();
+    t.ok(&["key", "export-writer", "-o", &wk, "--password-file", &pass]);
+    let src = t.path("w.img");
+    let mut img = make_image(2 * MIB, 21);
+    write(&src, &img);
+    let src = src.display().to_string();
+    // 256 KiB blocks: one block per frame, so the flipped byte below damages one
+    // block, which verify records in full. (A frame of several blocks that fails is
+    // recorded by its first block only: see the report.)
+    let writer_backup = || {
+        let o = t.run(&[
+            "backup",
+            &src,
+            "--volume",
+            "v",
+            "--block-size",
+            "256K",
+            "--writer-key",
+            &wk,
+            "--json",
+        ]);
+        assert!(o.success, "{}", o.show());
+        (serde_json::from_str::<Value>(&o.stdout).unwrap(), o)
+    };
+    assert_eq!(writer_backup().0["kind"], "full");
+    img[100_000..100_010].fill(7);
+    write(&t.path("w.img"), &img);
+    assert_eq!(writer_backup().0["kind"], "delta");
+
+    // A key holder's scrub finds a flipped byte in the data of seq 1.
+    let archive = std::fs::read_dir(t.repo().join("volumes/v/archives"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with("000000000001-")
+        })
+        .unwrap();
+    let mut bytes = read(&archive);
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x40;
+    write(&archive, &bytes);
+    let o = t.run(&["verify", "--data", "--password-file", &pass]);
+    assert_eq!(o.code, Some(4), "{}", o.show());
+    let records: Vec<Value> = std::fs::read_dir(t.repo().join("volumes/v/damage"))
+        .unwrap()
+        .map(|e| serde_json::from_slice(&read(&e.unwrap().path())).unwrap())
+        .collect();
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0]["kind"], "blocks", "{records:?}");
+    let damaged = records[0]["blocks"].as_array().unwrap().len();
+
+    // The writer's next backup is a delta storing those blocks again.
+    let (report, o) = writer_backup();
+    assert_eq!(report["kind"], "delta", "{}", o.show());
+    assert_eq!(report["blocks_changed"], damaged as u64, "{}", o.show());
+    let warned = format!(
+        "seq 2 depends on {damaged} damaged block(s) of {} (seq 1), first block {}, as recorded: these blocks are read from the source and stored again",
+        records[0]["archive"].as_str().unwrap(),
+        records[0]["blocks"][0]
+    );
+    assert!(
+        report["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w == warned.as_str()),
+        "{}",
+        o.show()
+    );
+    let out = t.path("out.img");
+    t.ok(&[
+        "restore",
+        "v",
+        out.to_str().unwrap(),
+        "--password-file",
+        &pass,
+    ]);
+    assert_eq!(read(&out), img, "the newest point restores byte for byte");
+
+    // Once: the delta after stores nothing again.
+    let (report, o) = writer_backup();
+    assert_eq!(report["kind"], "delta", "{}", o.show());
+    assert_eq!(report["blocks_changed"], 0, "{}", o.show());
+    assert!(
+        !o.stdout.contains("damaged block(s)") && !o.stderr.contains("damaged block(s)"),
+        "{}",
+        o.show()
+    );
+}
