@@ -281,11 +281,17 @@ fn bad_destinations_and_locked_destinations() {
             t.location()
         )
     );
+    // A destination that is not a location is a usage error (exit 2).
     let o = t.run(&["copy", "--to", "ftp://x/y"]);
-    assert_eq!(o.code, Some(1));
-    assert!(o.stderr.starts_with("error: cannot open or create the destination ftp://x/y: cannot open repository ftp://x/y: unsupported scheme"), "{}", o.show());
+    assert_eq!(o.code, Some(2));
+    assert!(
+        o.stderr
+            .starts_with("error: invalid value 'ftp://x/y' for '--to <DEST>': unsupported scheme"),
+        "{}",
+        o.show()
+    );
     let o = t.run(&["copy", "--to", "s3:/offsite/x"]);
-    assert_eq!(o.code, Some(1), "{}", o.show());
+    assert_eq!(o.code, Some(2), "{}", o.show());
     assert!(
         o.stderr
             .contains("\"s3\" looks like a URL scheme without \"//\""),
