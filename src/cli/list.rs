@@ -3,6 +3,7 @@
 use clap::Args;
 
 use super::{Ctx, human, print_json};
+use thinarc::nightly::Need;
 use thinarc::repo::{PointInfo, VolumeName};
 
 /// Arguments of `list`.
@@ -18,7 +19,7 @@ pub struct ListArgs {
 /// Lists points. A volume that cannot be read is reported and the others are still
 /// listed; so are damaged points, marked as such. The exit code is then non-zero.
 pub async fn run(args: ListArgs, ctx: &Ctx) -> anyhow::Result<()> {
-    let repo = ctx.open().await?;
+    let repo = ctx.open_unlocked(Need::IfGiven, "list").await?;
     let volumes = match &args.volume {
         Some(v) => vec![v.clone()],
         None => repo.volumes().await?,

@@ -291,6 +291,21 @@ impl Ctx {
             .await?)
     }
 
+    /// `repo`, just opened, unlocked for `action` when it is encrypted and a key source
+    /// is given ([`Need::IfGiven`]: never prompts; without one it stays locked).
+    async fn with_key_if_given(
+        &self,
+        repo: Repository,
+        action: &str,
+    ) -> anyhow::Result<Repository> {
+        let location = self.location()?;
+        let sources = self.job.key_sources();
+        Ok(self
+            .job
+            .unlock_opened(location, repo, sources, Need::IfGiven, action, self)
+            .await?)
+    }
+
     /// Unlocks the repository for `action` if it is encrypted (see [`Job::unlock`]),
     /// before any work, for a command the job opens the repository for itself.
     async fn unlock(&self, need: Need, action: &str) -> anyhow::Result<()> {

@@ -3,7 +3,7 @@
 use clap::Args;
 
 use super::{Ctx, print_json};
-use thinarc::nightly::{RepairOptions, repair};
+use thinarc::nightly::{Need, RepairOptions, repair};
 use thinarc::repo::VolumeName;
 
 /// Arguments of `repair`.
@@ -41,6 +41,13 @@ pub async fn run(args: RepairArgs, ctx: &Ctx) -> anyhow::Result<()> {
         drop_damaged: args.drop_damaged,
         dry_run: args.dry_run,
     };
+    // Dropping what depends on damaged blocks reads the indexes that hold them again.
+    let need = if args.drop_damaged {
+        Need::Read
+    } else {
+        Need::IfGiven
+    };
+    ctx.unlock(need, "repair").await?;
     let report = repair(ctx, ctx.location()?, &volume, opts).await?;
     if args.json {
         return print_json(&report);

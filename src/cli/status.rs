@@ -30,7 +30,7 @@ pub async fn run(args: StatusArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let volume = args.volume.clone();
     let records = Records::new(location, Some(ctx.state_dir.clone()));
     let (repo, unreachable) = match ctx.open().await {
-        Ok(r) => (Some(r), None),
+        Ok(r) => (Some(ctx.with_key_if_given(r, "status").await?), None),
         Err(e) => (
             None,
             Some(format!("repository unreachable: {}", error_message(&e))),

@@ -35,6 +35,10 @@ pub(super) struct Unlocked {
 /// What a command does with an encrypted repository.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Need {
+    /// Reads indexes only when a key is given (list, status and repair tell which
+    /// points depend on recorded damaged blocks from them): never prompts, and without
+    /// a key source the handle stays locked.
+    IfGiven,
     /// Writes archives (backup): a writer key is enough.
     Write,
     /// Reads archives (restore, verify --data/--source, prune, copy, key commands):
@@ -106,6 +110,7 @@ impl Job {
         };
         let repo = repo.with_shared_keys(unlocked.keys.clone())?;
         match need {
+            Need::IfGiven => {}
             Need::Write => repo.write_key(action).map(drop)?,
             Need::Read => repo.read_key(action).map(drop)?,
         }
@@ -239,7 +244,7 @@ async fn read_keys(
         let text = Zeroizing::new(read(path, "identity file")?);
         secrets.identities = parse_identities(&path.display().to_string(), &text)?;
     }
-    let prompt = secrets.identities.is_empty() && writer.is_none();
+    let prompt = secrets.identities.is_empty() && writer.is_none() && need != Need::IfGiven;
     let ask = format!("Passphrase for {}: ", repo.location());
     secrets.passphrase = passphrase(sources, prompt.then_some((observer, ask.as_str()))).await?;
     if secrets.is_empty() {

@@ -282,11 +282,11 @@ fn merge_units(parts: Vec<Decoded>) -> Chunk {
     let mut parts = parts.into_iter();
     let mut d = parts.next().unwrap_or_default();
     let mut take_bad = |d: &mut Decoded| {
-        bad.extend(
-            d.bad
-                .drain(..)
-                .map(|b| (b.block, b.key, b.error.to_string())),
-        )
+        for b in d.bad.drain(..) {
+            let error = b.error.to_string();
+            bad.extend(b.also.iter().map(|&x| (x, b.key.clone(), error.clone())));
+            bad.push((b.block, b.key, error));
+        }
     };
     take_bad(&mut d);
     for mut p in parts {
@@ -349,8 +349,8 @@ fn copy_out(chunk: &Chunk, bs: u64, range: Range<u64>, out: &mut [u8]) -> Result
         let (key, detail) = chunk
             .bad
             .iter()
-            .rev()
-            .find(|(b, _, _)| *b <= block)
+            .find(|(b, _, _)| *b == block)
+            .or(chunk.bad.iter().rev().find(|(b, _, _)| *b <= block))
             .or(chunk.bad.first())
             .map(|(_, k, d)| (k.clone(), d.clone()))
             .unwrap_or_else(|| (String::new(), "block missing from its chunk".into()));

@@ -110,6 +110,9 @@ pub(crate) enum OnBad {
 pub(crate) struct BadBlock {
     /// The block (the first of its frame when the frame itself does not decode).
     pub block: u64,
+    /// When the frame itself does not decode: the frame's other blocks the read
+    /// needed, which are lost with it (in block order).
+    pub also: Vec<u64>,
     /// The archive holding it.
     pub key: String,
     /// What is wrong.
@@ -380,8 +383,9 @@ fn decode_with(
     for (decoded, _) in &mut scratch.frames {
         *decoded = None;
     }
-    // A frame that did not decode (Record mode): its first block was recorded.
-    let mut failed = None;
+    // A frame that did not decode (Record mode), and where its first block was
+    // recorded in `d.bad`: its other blocks are added there.
+    let mut failed: Option<(usize, usize)> = None;
     // With whole frames: per frame, its first block, the content its blocks need and
     // the content length it declares.
     let mut sizes: Vec<(u64, usize, Option<usize>)> = Vec::new();
@@ -403,7 +407,8 @@ fn decode_with(
                     }
                     *needed += geometry.block_len(block) as usize;
                 }
-                if failed == Some(f) {
+                if let Some((_, at)) = failed.filter(|&(frame, _)| frame == f) {
+                    d.bad[at].also.push(block);
                     continue;
                 }
                 let r = &w.frames[f];
@@ -435,8 +440,13 @@ fn decode_with(
                         }
                         (Err(error), OnBad::Record) => {
                             let key = key_of(f);
-                            d.bad.push(BadBlock { block, key, error });
-                            failed = Some(f);
+                            failed = Some((f, d.bad.len()));
+                            d.bad.push(BadBlock {
+                                block,
+                                also: Vec::new(),
+                                key,
+                                error,
+                            });
                             continue;
                         }
                         (Err(e), OnBad::Fail) => return Err(corrupt(f)(e)),
@@ -447,6 +457,7 @@ fn decode_with(
                     Err(error) if on_bad == OnBad::Record => {
                         d.bad.push(BadBlock {
                             block,
+                            also: Vec::new(),
                             key: key_of(f),
                             error,
                         });
@@ -485,6 +496,7 @@ fn decode_with(
             Ok(()) => {}
             Err(error) if on_bad == OnBad::Record => d.bad.push(BadBlock {
                 block,
+                also: Vec::new(),
                 key: key_of(f),
                 error,
             }),

@@ -20,8 +20,8 @@ pub(super) struct Checked {
     pub blocks: u64,
     /// Bytes read.
     pub bytes: u64,
-    /// (first block concerned, description).
-    pub problems: Vec<(Option<u64>, String)>,
+    /// (blocks concerned, in block order; none for the whole archive, description).
+    pub problems: Vec<(Vec<u64>, String)>,
 }
 
 /// Whether the sample with `seed` covering `percent` % takes the frame at
@@ -77,7 +77,8 @@ pub(super) async fn check_data(
         mode,
         move |d: Decoded| -> Result<_, ReadError> {
             let bytes: u64 = d.buf.len() as u64;
-            let seen = (d.digests.len() + d.bad.len()) as u64;
+            let bad: usize = d.bad.iter().map(|b| 1 + b.also.len()).sum();
+            let seen = (d.digests.len() + bad) as u64;
             recycle.give(d.buf);
             Ok((seen, bytes, d.fetched, d.bad))
         },
@@ -94,13 +95,27 @@ pub(super) async fn check_data(
                 checked.bytes += fetched;
                 progress.add(bytes);
                 for b in bad {
-                    checked.problems.push((Some(b.block), b.error.to_string()));
+                    let problem = match b.also.as_slice() {
+                        [] => b.error.to_string(),
+                        also => format!(
+                            "{} (its frame also holds block{} {}, lost with it)",
+                            b.error,
+                            if also.len() == 1 { "" } else { "s" },
+                            also.iter()
+                                .map(u64::to_string)
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    };
+                    let mut blocks = vec![b.block];
+                    blocks.extend(b.also);
+                    checked.problems.push((blocks, problem));
                 }
             }
             Err(e) => {
                 checked
                     .problems
-                    .push((None, format!("reading block data stopped: {e}")));
+                    .push((Vec::new(), format!("reading block data stopped: {e}")));
                 break;
             }
         }
@@ -108,7 +123,7 @@ pub(super) async fn check_data(
     if let Err(e) = units.finish().await {
         checked
             .problems
-            .push((None, format!("reading the index: {e}")));
+            .push((Vec::new(), format!("reading the index: {e}")));
     }
     checked
 }

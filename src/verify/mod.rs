@@ -352,7 +352,7 @@ async fn check_volume(
     // What is found damaged, by archive id: recorded for later runs, and every point
     // that depends on it is named.
     let mut damage: HashMap<ArchiveId, DamageRecord> = HashMap::new();
-    let mut damaged = |c: &Commit, kind: DamageKind, blocks: Option<u64>, detail: &str| {
+    let mut damaged = |c: &Commit, kind: DamageKind, blocks: &[u64], detail: &str| {
         let r = damage.entry(c.archive_id.clone()).or_insert_with(|| {
             DamageRecord::new(
                 &c.archive_id,
@@ -368,8 +368,8 @@ async fn check_volume(
             r.blocks.clear();
             r.detail = detail.to_string();
         }
-        if let (DamageKind::Blocks, Some(b)) = (r.kind, blocks) {
-            r.add_blocks([b]);
+        if r.kind == DamageKind::Blocks {
+            r.add_blocks(blocks.iter().copied());
         }
     };
     let objects: HashMap<String, u64> = match repo.list(&volume.archives_prefix()).await {
@@ -390,7 +390,7 @@ async fn check_volume(
         match objects.get(&c.object) {
             None => {
                 let problem = format!("archive object {} is missing", c.archive_key());
-                damaged(c, DamageKind::Archive, None, &problem);
+                damaged(c, DamageKind::Archive, &[], &problem);
                 rec.add(Some(c), None, problem);
                 continue;
             }
@@ -407,7 +407,7 @@ async fn check_volume(
                     c.archive_key(),
                     c.size
                 );
-                damaged(c, DamageKind::Archive, None, &problem);
+                damaged(c, DamageKind::Archive, &[], &problem);
                 rec.add(Some(c), None, problem);
                 continue;
             }
@@ -419,7 +419,7 @@ async fn check_volume(
                 // A marker that disagrees with its archive is no damage of the
                 // archive: `repair` sets it aside, and no record outlives it.
                 if !matches!(e, RepoError::BadCommit { .. }) {
-                    damaged(c, DamageKind::Archive, None, &describe(&e));
+                    damaged(c, DamageKind::Archive, &[], &describe(&e));
                 }
                 rec.add(Some(c), None, describe(&e));
                 continue;
@@ -428,7 +428,7 @@ async fn check_volume(
         let found = index::check_index(&archive).await;
         let clean = found.is_empty();
         for (block, problem) in found {
-            damaged(c, DamageKind::Archive, None, &problem);
+            damaged(c, DamageKind::Archive, &[], &problem);
             rec.add(Some(c), block, problem);
         }
         if clean {
@@ -467,13 +467,13 @@ async fn check_volume(
             let checked = data::check_data(repo, volume, a, opts, progress).await;
             rec.report.data_blocks_checked += checked.blocks;
             rec.report.bytes_read += checked.bytes;
-            for (block, problem) in checked.problems {
-                let kind = match block {
-                    Some(_) => DamageKind::Blocks,
-                    None => DamageKind::Archive,
+            for (blocks, problem) in checked.problems {
+                let kind = match blocks.is_empty() {
+                    false => DamageKind::Blocks,
+                    true => DamageKind::Archive,
                 };
-                damaged(&a.commit, kind, block, &problem);
-                rec.add(Some(&a.commit), block, problem);
+                damaged(&a.commit, kind, &blocks, &problem);
+                rec.add(Some(&a.commit), blocks.first().copied(), problem);
             }
         }
     }

@@ -116,6 +116,9 @@ impl<'a> Objects<'a> {
 enum Damage {
     /// A flipped byte in a data frame of seq 2.
     FrameFlip,
+    /// The first byte of seq 2's first data frame flipped: the frame no longer decodes
+    /// (opens, in an encrypted repository), so every block it holds is lost with it.
+    FrameUndecodable,
     /// A flipped byte in the first index segment of seq 2.
     IndexFlip,
     /// A flipped byte in the header of seq 1 (the full).
@@ -149,6 +152,12 @@ impl Damage {
                 let bytes = o.get(&rel);
                 let body = ArchiveReader::open(&bytes).unwrap().trailer.body_offset as usize;
                 flip(&rel, body + 100);
+            }
+            Damage::FrameUndecodable => {
+                let rel = o.archive(2);
+                let bytes = o.get(&rel);
+                let body = ArchiveReader::open(&bytes).unwrap().trailer.body_offset as usize;
+                flip(&rel, body);
             }
             Damage::IndexFlip => {
                 let rel = o.archive(2);
@@ -189,7 +198,10 @@ impl Damage {
     /// Points that restore byte for byte while the damage is there.
     fn intact(self) -> &'static [u64] {
         match self {
-            Damage::FrameFlip | Damage::IndexFlip | Damage::Truncated => &[1],
+            Damage::FrameFlip
+            | Damage::FrameUndecodable
+            | Damage::IndexFlip
+            | Damage::Truncated => &[1],
             Damage::HeaderFlip => &[],
             Damage::TrailerFlip | Damage::ArchiveDeleted => &[1, 2],
             Damage::MiddleMarkerCorrupt | Damage::MiddleMarkerDeleted => &[1],
@@ -200,7 +212,10 @@ impl Damage {
     /// Points verify must name (`volume seq N`).
     fn named(self) -> &'static [u64] {
         match self {
-            Damage::FrameFlip | Damage::IndexFlip | Damage::Truncated => &[2, 3],
+            Damage::FrameFlip
+            | Damage::FrameUndecodable
+            | Damage::IndexFlip
+            | Damage::Truncated => &[2, 3],
             Damage::HeaderFlip => &[1, 2, 3],
             Damage::TrailerFlip | Damage::ArchiveDeleted => &[3],
             Damage::MiddleMarkerCorrupt | Damage::MiddleMarkerDeleted => &[2, 3],
@@ -385,6 +400,21 @@ fn damage_way_back(t: &TempRepo, damage: Damage) {
 #[test]
 fn damage_frame_flip_way_back() {
     damage_way_back(&TempRepo::new(), Damage::FrameFlip);
+}
+
+/// A frame that does not decode loses all its blocks: verify records each of them,
+/// so the next backup stores them all again (not only the frame's first block).
+#[test]
+fn damage_undecodable_frame_way_back() {
+    damage_way_back(&TempRepo::new(), Damage::FrameUndecodable);
+}
+
+/// In an encrypted repository any flipped byte of a frame fails its seal: the same.
+#[test]
+fn damage_undecodable_frame_way_back_encrypted() {
+    let t = TempRepo::uninit().with_env("THINARC_PASSWORD", "damage test");
+    t.ok(&["init"]);
+    damage_way_back(&t, Damage::FrameUndecodable);
 }
 
 #[test]
