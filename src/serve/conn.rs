@@ -2,7 +2,8 @@
 //! newstyle negotiation" and "Transmission" in the protocol document), bytes decoded
 //! and encoded by [`crate::nbd`].
 //!
-//! Requests are served concurrently (up to [`IN_FLIGHT`] at a time) and each reply is
+//! Requests are served concurrently (up to [`IN_FLIGHT`] at a time, holding at most
+//! [`IN_FLIGHT_BYTES`] of data, until their replies are sent) and each reply is
 //! written whole under the writer's lock, so replies of different requests never
 //! interleave. A client that goes away mid-reply ends its connection, nothing else.
 
@@ -18,9 +19,13 @@ use crate::nbd::{
     ProtoError, REQUEST_LEN, Request, STATE_HOLE, STATE_ZERO, cflag, cmd, errno, info, opt, rep,
     tflag,
 };
+use crate::point::ReadStream;
 
 /// Requests served at once on one connection.
 const IN_FLIGHT: usize = 16;
+/// Bytes of read and write data in flight on one connection; a larger request waits
+/// until it is alone.
+const IN_FLIGHT_BYTES: u32 = 4 << 20;
 /// The id of `base:allocation` ("Metadata querying": chosen by the server).
 const ALLOCATION_ID: u32 = 1;
 /// Most extents in one block status reply.
@@ -233,7 +238,9 @@ async fn transmission<R: AsyncRead + Unpin>(
     let wr = Arc::new(Mutex::new(wr));
     let session = Arc::new(session);
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+    let bytes = Arc::new(Semaphore::new(IN_FLIGHT_BYTES as usize));
     let mut tasks = JoinSet::new();
+    let mut stream = ReadStream::default();
     let result = loop {
         let mut head = [0; REQUEST_LEN];
         match rd.read_exact(&mut head).await {
@@ -246,6 +253,13 @@ async fn transmission<R: AsyncRead + Unpin>(
             Ok(r) => r,
             Err(e) => break Err(e.into()),
         };
+        let data = if r.kind == cmd::READ || r.has_payload() {
+            r.length.min(IN_FLIGHT_BYTES)
+        } else {
+            0
+        };
+        let held = bytes.clone().acquire_many_owned(data).await;
+        let held = held.expect("semaphore open");
         let mut payload = Vec::new();
         if r.has_payload() {
             // The payload is read whatever the answer, to stay in sync; one larger
@@ -264,17 +278,24 @@ async fn transmission<R: AsyncRead + Unpin>(
         if r.kind == cmd::DISC {
             break Ok(());
         }
+        if r.kind == cmd::READ
+            && let Some(range) = r.range_within(export.size())
+        {
+            export.read_ahead(&mut stream, range);
+        }
         while tasks.try_join_next().is_some() {}
         let permit = slots.clone().acquire_owned().await.expect("semaphore open");
         let (export, session, wr) = (export.clone(), session.clone(), wr.clone());
         tasks.spawn(async move {
             let (head, data) = answer(&export, &session, r, payload).await;
-            drop(permit);
             // A client gone mid-reply: its reader sees the end too.
             let mut wr = wr.lock().await;
             if wr.write_all(&head).await.is_ok() && !data.is_empty() {
                 let _ = wr.write_all(&data).await;
             }
+            // Held until the reply is sent: a reply waiting for the writer counts
+            // against the requests in flight, so their buffers stay bounded.
+            drop((permit, held));
         });
     };
     while tasks.join_next().await.is_some() {}
@@ -408,8 +429,11 @@ async fn reply(
                 }
             }
         }
-        // Nothing is cached ahead of a read: a cache hint has nothing to do.
-        cmd::CACHE => ok(&mut out),
+        // A hint that the range is read soon: loaded on other tasks.
+        cmd::CACHE => {
+            export.reader.prefetch(range);
+            ok(&mut out)
+        }
         other => fail(&mut out, errno::EINVAL, &format!("unknown command {other}")),
     }
     out

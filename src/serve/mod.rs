@@ -25,7 +25,7 @@ use std::sync::Arc;
 use tokio::net::{TcpListener, UnixListener};
 use tokio::task::JoinSet;
 
-use crate::point::RandomReader;
+use crate::point::{RandomReader, ReadStream};
 use crate::repo::{ArchiveId, PointSelector, RepoError, Repository, VolumeName};
 
 /// Why serving failed.
@@ -74,7 +74,7 @@ pub struct ServeOptions {
 
 /// One point of a volume, open for random reads.
 pub struct Export {
-    reader: RandomReader,
+    reader: Arc<RandomReader>,
     overlay: Option<Overlay>,
     /// The volume's name: the export's name (the empty name, a client's default,
     /// names it too).
@@ -99,7 +99,7 @@ impl Export {
         let commits = repo.existing_commits(volume).await?;
         let chain = repo.resolve(&commits, &opts.at).await?;
         let tip = chain.tip().clone();
-        let reader = RandomReader::new(repo, chain, opts.cache);
+        let reader = Arc::new(RandomReader::new(repo, chain, opts.cache));
         let overlay = match &opts.overlay {
             Some(path) => {
                 let identity = format!(
@@ -132,6 +132,12 @@ impl Export {
             Some(o) => o.read(&self.reader, offset, out).await,
             None => Ok(self.reader.read(offset, out).await?),
         }
+    }
+
+    /// Notes that a client (`stream`) reads `range`: a sequential reader gets the
+    /// point's next chunks loaded ahead.
+    fn read_ahead(&self, stream: &mut ReadStream, range: std::ops::Range<u64>) {
+        self.reader.read_ahead(stream, range);
     }
 
     /// The runs of `range` that read as zero (`true`) or data, at most `max`: the

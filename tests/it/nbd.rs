@@ -728,3 +728,74 @@ fn serve_listens_on_tcp_and_prints_the_uri() {
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     assert_eq!(child.wait().unwrap().code(), Some(0));
 }
+
+/// Read-ahead: a sequential reader gets the next chunks loaded before it asks (they
+/// count against the cache), a random reader only the chunks it reads, and a
+/// sequential read over what was loaded ahead returns the image.
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_reads_ahead_only_for_sequential_readers() {
+    use std::sync::Arc;
+    use thinarc::point::{CHUNK_BYTES, RandomReader, ReadStream};
+    use thinarc::repo::{PointSelector, VolumeName};
+
+    let lib = crate::chain::LibRepo::new().await;
+    let volume = VolumeName::new("v").expect("volume name");
+    // Random data: every chunk costs its 1 MiB in the cache.
+    let mut img = vec![0; 24 * MIB];
+    Rng::new(21).fill(&mut img);
+    write(&lib.path("img"), &img);
+    crate::chain::backup_file(&lib.repo, &volume, &lib.path("img"), None)
+        .await
+        .expect("backup");
+    let open = || async {
+        let commits = lib.repo.existing_commits(&volume).await.expect("commits");
+        let chain = lib
+            .repo
+            .resolve(&commits, &PointSelector::Latest)
+            .await
+            .expect("resolve");
+        Arc::new(RandomReader::new(&lib.repo, chain, 64 << 20))
+    };
+    let chunk = CHUNK_BYTES;
+    let settle = || tokio::time::sleep(Duration::from_millis(300));
+
+    // Random: three 4 KiB reads in three chunks load those three chunks only.
+    let reader = open().await;
+    let mut stream = ReadStream::default();
+    for at in [5, 2, 9] {
+        let range = at * chunk..at * chunk + 4096;
+        reader.read_ahead(&mut stream, range.clone());
+        let mut out = vec![0; 4096];
+        reader.read(range.start, &mut out).await.expect("read");
+        assert_eq!(out, img[range.start as usize..range.end as usize]);
+    }
+    settle().await;
+    let held = reader.cached();
+    assert!(
+        held <= 3 * chunk + 3 * 4096,
+        "random reads held {held} bytes"
+    );
+
+    // Sequential: from the third 256 KiB read on, the next 8 chunks are loaded ahead.
+    let reader = open().await;
+    let mut stream = ReadStream::default();
+    let step = 256 << 10;
+    for i in 0..3 {
+        let range = i * step..(i + 1) * step;
+        reader.read_ahead(&mut stream, range.clone());
+        let mut out = vec![0; step as usize];
+        reader.read(range.start, &mut out).await.expect("read");
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while reader.cached() < 9 * chunk && Instant::now() < deadline {
+        settle().await;
+    }
+    let held = reader.cached();
+    assert!(
+        (9 * chunk..=10 * chunk).contains(&held),
+        "a sequential reader held {held} bytes (9 chunks expected)"
+    );
+    let mut out = vec![0; 9 * MIB];
+    reader.read(0, &mut out).await.expect("read");
+    assert_eq!(out, img[..9 * MIB]);
+}
