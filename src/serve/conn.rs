@@ -19,7 +19,7 @@ use crate::nbd::{
     ProtoError, REQUEST_LEN, Request, STATE_HOLE, STATE_ZERO, cflag, cmd, errno, info, opt, rep,
     tflag,
 };
-use crate::point::ReadStream;
+use crate::point::{RandomError, ReadStream};
 
 /// Requests served at once on one connection.
 const IN_FLIGHT: usize = 16;
@@ -362,8 +362,8 @@ async fn reply(
                 Err(e) => {
                     // Never bytes after an error reply.
                     data.clear();
-                    log_read_error(export, &range, &e);
-                    fail(&mut out, errno::EIO, &e.to_string());
+                    let msg = read_error(export, &range, &e).await;
+                    fail(&mut out, errno::EIO, &msg);
                 }
             }
         }
@@ -385,8 +385,8 @@ async fn reply(
                     nbd::block_status_chunk(r.cookie, ALLOCATION_ID, &extents, &mut out);
                 }
                 Err(e) => {
-                    log_read_error(export, &range, &e);
-                    fail(&mut out, errno::EIO, &e.to_string());
+                    let msg = read_error(export, &range, &e).await;
+                    fail(&mut out, errno::EIO, &msg);
                 }
             }
         }
@@ -439,13 +439,20 @@ async fn reply(
     out
 }
 
-/// The log line of a failed read: a damaged block names archive and block.
-fn log_read_error(export: &Export, range: &std::ops::Range<u64>, e: &OverlayError) {
+/// Logs a failed read and returns what the client is told: a damaged block names
+/// archive and block; a store error of a point pruned since serving began says so.
+async fn read_error(export: &Export, range: &std::ops::Range<u64>, e: &OverlayError) -> String {
+    let pruned = match e {
+        OverlayError::Read(RandomError::Read(_)) => export.pruned().await,
+        _ => None,
+    };
+    let msg = pruned.unwrap_or_else(|| e.to_string());
     tracing::error!(
         volume = %export.name,
         seq = export.seq,
-        "read of bytes {}..{} failed: {e}",
+        "read of bytes {}..{} failed: {msg}",
         range.start,
         range.end
     );
+    msg
 }

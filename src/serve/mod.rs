@@ -76,6 +76,8 @@ pub struct ServeOptions {
 pub struct Export {
     reader: Arc<RandomReader>,
     overlay: Option<Overlay>,
+    repo: Repository,
+    volume: VolumeName,
     /// The volume's name: the export's name (the empty name, a client's default,
     /// names it too).
     pub name: String,
@@ -115,6 +117,8 @@ impl Export {
         Ok(Export {
             reader,
             overlay,
+            repo: repo.clone(),
+            volume: volume.clone(),
             name: volume.to_string(),
             seq: tip.header.seq,
             archive: tip.commit.archive_id.clone(),
@@ -131,6 +135,35 @@ impl Export {
         match &self.overlay {
             Some(o) => o.read(&self.reader, offset, out).await,
             None => Ok(self.reader.read(offset, out).await?),
+        }
+    }
+
+    /// Why reads fail when the point is gone since serving began: pruned, or
+    /// rewritten by a prune's merge, and its archives deleted past the grace period
+    /// (`prune --no-grace`). `None` while the point is committed as it is served (the
+    /// error is then the store's or the data's), or when the catalog cannot be read.
+    async fn pruned(&self) -> Option<String> {
+        let commits = match self.repo.existing_commits(&self.volume).await {
+            Ok(c) => c,
+            Err(RepoError::VolumeNotFound { .. } | RepoError::NoIntactPoint { .. }) => Vec::new(),
+            Err(_) => return None,
+        };
+        let point = format!(
+            "point {} seq {} (archive {})",
+            self.name, self.seq, self.archive
+        );
+        match commits.iter().find(|c| c.seq == self.seq) {
+            Some(c) if c.archive_id == self.archive => None,
+            Some(c) => Some(format!(
+                "{point} was rewritten by a prune while it was served (it is now archive {}) \
+                 and the archives it was served from are deleted: serve it again",
+                c.archive_id
+            )),
+            None => Some(format!(
+                "{point} was pruned while it was served and its archives are deleted \
+                 (past the grace period): serve a point that exists (see `thinarc list {}`)",
+                self.name
+            )),
         }
     }
 

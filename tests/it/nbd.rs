@@ -799,3 +799,62 @@ async fn serve_reads_ahead_only_for_sequential_readers() {
     reader.read(0, &mut out).await.expect("read");
     assert_eq!(out, img[..9 * MIB]);
 }
+
+impl Raw {
+    /// A read on a connection past `go`: its bytes, or the error of its simple reply.
+    fn read(&mut self, offset: u64, length: u32) -> Result<Vec<u8>, u32> {
+        self.request(cmd::READ, offset, length);
+        match self.simple_error() {
+            0 => Ok(self.take(length as usize)),
+            e => Err(e),
+        }
+    }
+}
+
+/// A point pruned while it is served: within the grace period its superseded
+/// archives are kept and reads go on; once `prune --no-grace` deleted them, a read
+/// is an I/O error and the log names the point and says it was pruned.
+#[test]
+fn serve_point_pruned_while_served_names_the_point() {
+    let t = TempRepo::new();
+    let size = 4 * MIB;
+    let mut first = vec![0u8; size];
+    Rng::new(31).fill(&mut first);
+    let src = t.path("src.img");
+    write(&src, &first);
+    t.ok(&["backup", src.to_str().unwrap(), "--volume", "v"]);
+    let mut second = first.clone();
+    second[..MIB].fill(7);
+    write(&src, &second);
+    t.ok(&["backup", src.to_str().unwrap(), "--volume", "v"]);
+
+    // One chunk of cache: every read below is fetched from the repository.
+    let server = Server::start(&t, &["v", "--at", "1", "--cache", "1MiB"]);
+    // "serving v seq 1 archive ID (…"
+    let archive = server.banner.split_whitespace().nth(5).unwrap().to_owned();
+    let mut c = Raw::connect(&server.socket);
+    c.go();
+    let at = |mib: usize| &first[mib * MIB..mib * MIB + 65536];
+    assert_eq!(c.read(0, 65536).as_deref(), Ok(at(0)));
+
+    t.ok(&["prune", "v", "--keep-last", "1"]);
+    let listed = t.ok(&["list", "v"]);
+    assert!(!listed.contains(" 1 "), "seq 1 is still listed:\n{listed}");
+    assert_eq!(
+        c.read(2 * MIB as u64, 65536).as_deref(),
+        Ok(at(2)),
+        "a read within the grace period"
+    );
+
+    t.ok(&["prune", "v", "--keep-last", "1", "--no-grace"]);
+    assert_eq!(c.read(3 * MIB as u64, 65536), Err(errno::EIO));
+    drop(c);
+    let (code, err) = server.stop(libc::SIGTERM);
+    assert_eq!(code, Some(0), "{err}");
+    let expected = format!(
+        "read of bytes 3145728..3211264 failed: point v seq 1 (archive {archive}) was pruned \
+         while it was served and its archives are deleted (past the grace period): serve a \
+         point that exists (see `thinarc list v`)"
+    );
+    assert!(err.contains(&expected), "{err}\nexpected: {expected}");
+}
