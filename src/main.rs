@@ -75,11 +75,15 @@ fn usage_error(e: clap::Error) -> ! {
 }
 
 /// The exit code for a failure: 3 when the volume is locked by another run, 4 when
-/// verify found problems, else 1. (Usage errors exit with 2 from clap before this
+/// verify found problems, 2 when `mount` of a partitioned image needs (another)
+/// `--partition`, else 1. (Other usage errors exit with 2 from clap before this
 /// point.)
 fn exit_code(e: &anyhow::Error) -> ExitCode {
     if e.downcast_ref::<cli::ProblemsFound>().is_some() {
         return ExitCode::from(4);
+    }
+    if let Some(thinarc::serve::MountError::Partition { .. }) = e.downcast_ref() {
+        return ExitCode::from(2);
     }
     let locked = cli::is_locked(e);
     if locked {

@@ -50,6 +50,10 @@ pub(super) enum ConnError {
 struct Session {
     structured: bool,
     allocation: bool,
+    /// The size the client was told: the export's, or for the kernel the export's
+    /// rounded up to whole sectors ([`Export::device_size`]), the padding read as
+    /// zeros.
+    size: u64,
 }
 
 /// Serves one connection until the client disconnects.
@@ -72,6 +76,7 @@ pub(super) async fn handle_kernel(
     let session = Session {
         structured: false,
         allocation: false,
+        size: export.device_size(),
     };
     transmission(rd, wr, export, session).await
 }
@@ -90,6 +95,7 @@ async fn handshake<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     let mut s = Session {
         structured: false,
         allocation: false,
+        size: export.size(),
     };
     loop {
         let mut head = [0; OPTION_HEADER_LEN];
@@ -279,7 +285,7 @@ async fn transmission<R: AsyncRead + Unpin>(
             break Ok(());
         }
         if r.kind == cmd::READ
-            && let Some(range) = r.range_within(export.size())
+            && let Some(range) = r.range_within(session.size)
         {
             export.read_ahead(&mut stream, range);
         }
@@ -334,12 +340,12 @@ async fn reply(
             nbd::simple_reply(r.cookie, 0, out);
         }
     };
-    let Some(range) = r.range_within(export.size()) else {
+    let Some(range) = r.range_within(s.size) else {
         let msg = format!(
             "bytes {}..{} lie past the end of the {}-byte export",
             r.offset,
             u128::from(r.offset) + u128::from(r.length),
-            export.size()
+            s.size
         );
         fail(&mut out, errno::EINVAL, &msg);
         return out;
@@ -351,7 +357,13 @@ async fn reply(
                 return out;
             }
             data.resize(r.length as usize, 0);
-            match export.read(r.offset, data).await {
+            // Past the export's end (the kernel's last sector): zeros.
+            let within = range.end.min(export.size()).saturating_sub(r.offset) as usize;
+            let read = match within {
+                0 => Ok(()),
+                n => export.read(r.offset, &mut data[..n]).await,
+            };
+            match read {
                 Ok(()) => {
                     if s.structured {
                         nbd::offset_data_header(r.cookie, r.offset, r.length, true, &mut out);
@@ -401,6 +413,16 @@ async fn reply(
                 fail(&mut out, errno::EPERM, msg);
                 return out;
             };
+            if range.end > export.size() {
+                let msg = format!(
+                    "bytes {}..{} lie past the end of the {}-byte volume",
+                    range.start,
+                    range.end,
+                    export.size()
+                );
+                fail(&mut out, errno::EINVAL, &msg);
+                return out;
+            }
             let sync = r.flags & cflag::FUA != 0;
             let done = match r.kind {
                 cmd::WRITE => {

@@ -28,6 +28,10 @@ use tokio::task::JoinSet;
 use crate::point::{RandomReader, ReadStream};
 use crate::repo::{ArchiveId, PointSelector, RepoError, Repository, VolumeName};
 
+/// The logical block size of a kernel NBD device: 512 bytes, so that a file system
+/// with 1 KiB blocks (a small ext4) mounts too.
+const SECTOR: u64 = 512;
+
 /// Why serving failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -217,6 +221,13 @@ impl Export {
     /// The export's size in bytes.
     pub fn size(&self) -> u64 {
         self.reader.size()
+    }
+
+    /// The size of the kernel's device: whole sectors of [`SECTOR`] bytes, the
+    /// export's size rounded up (the padding reads as zeros), so that a volume whose
+    /// size is not a multiple of the sector shows its last bytes too.
+    fn device_size(&self) -> u64 {
+        self.size().next_multiple_of(SECTOR)
     }
 
     /// The volume's block size: the preferred request size.

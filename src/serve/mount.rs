@@ -19,7 +19,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Export, ServeError, ServeOptions, conn};
+use super::{Export, SECTOR, ServeError, ServeOptions, conn};
 use crate::repo::{Repository, VolumeName};
 
 /// `linux/nbd.h`: `_IO(0xab, n)`.
@@ -168,17 +168,23 @@ fn free_device() -> Result<String, MountError> {
     })
 }
 
+/// Opens the NBD device at `device` for its ioctls.
+fn open_device(device: &str) -> Result<File, MountError> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(device)
+        .map_err(|source| MountError::Io {
+            what: "cannot open",
+            device: device.to_owned(),
+            source,
+        })
+}
+
 /// Disconnects device `name` and clears its socket.
 fn disconnect(name: &str) -> Result<(), MountError> {
     let device = format!("/dev/{name}");
-    let f = OpenOptions::new()
-        .read(true)
-        .open(&device)
-        .map_err(|source| MountError::Io {
-            what: "cannot open",
-            device: device.clone(),
-            source,
-        })?;
+    let f = open_device(&device)?;
     // Either may fail on a device already (half) torn down: what matters is the
     // state afterwards.
     let _ = ioctl(&f, NBD_DISCONNECT, 0, &device, "disconnect");
@@ -232,15 +238,7 @@ pub async fn mount(
     let export = Arc::new(Export::open(repo, volume, &opts.serve).await?);
     let name = free_device()?;
     let device = format!("/dev/{name}");
-    let dev = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&device)
-        .map_err(|source| MountError::Io {
-            what: "cannot open",
-            device: device.clone(),
-            source,
-        })?;
+    let dev = open_device(&device)?;
     let (kernel, ours) =
         std::os::unix::net::UnixStream::pair().map_err(|source| MountError::Io {
             what: "cannot make a socket pair for",
@@ -248,19 +246,17 @@ pub async fn mount(
             source,
         })?;
     let flags = u64::from(conn::transmission_flags(&export));
-    // 512-byte logical blocks: a file system with 1 KiB blocks (a small ext4) cannot
-    // be mounted from a device whose logical blocks are larger.
     ioctl(
         &dev,
         NBD_SET_BLKSIZE,
-        512,
+        SECTOR,
         &device,
         "cannot set the block size of",
     )?;
     ioctl(
         &dev,
         NBD_SET_SIZE,
-        export.size(),
+        export.device_size(),
         &device,
         "cannot set the size of",
     )?;
