@@ -559,6 +559,21 @@ fn guest_scenario() {
     nbd_partition_scenario();
 }
 
+/// The NBD mount scenarios alone, for a quicker VM run while working on `mount`:
+/// `tests/vm/run.sh` with a guest script that runs this test (`--exact
+/// lvm_vm::guest_nbd_scenarios --ignored`), as `lvm_in_vm` does `guest_scenario`.
+#[test]
+#[ignore = "runs inside the VM that tests/vm/run.sh boots"]
+fn guest_nbd_scenarios() {
+    assert_eq!(
+        std::env::var("THINARC_IN_VM").as_deref(),
+        Ok("1"),
+        "run in the VM"
+    );
+    nbd_mount_scenario();
+    nbd_partition_scenario();
+}
+
 /// Issue 15, whole-pool discovery: `lvm:vg/pool/*` with `exclude` on a pool that also
 /// holds vg/data (excluded), thinarc's snapshot of it, the LVs restored above (r1..r7,
 /// tagged `thinarc-restored`: their names match `*`) and a plain LV. `run --dry-run`
