@@ -31,6 +31,8 @@ const NBD_CLEAR_SOCK: u64 = 0xab04;
 const NBD_CLEAR_QUE: u64 = 0xab05;
 const NBD_DISCONNECT: u64 = 0xab08;
 const NBD_SET_FLAGS: u64 = 0xab0a;
+/// `linux/fs.h`: `_IO(0x12, 95)`, re-read the partition table.
+const BLKRRPART: u64 = 0x125f;
 
 /// Why mounting or unmounting failed.
 #[derive(Debug, thiserror::Error)]
@@ -354,8 +356,18 @@ async fn wait_for_source(name: &str, partition: Option<u32>) -> Result<String, M
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // Opening the device makes the kernel scan its partition table.
-    drop(File::open(&device));
+    // Opening the device makes the kernel scan its partition table, but not always
+    // on a device reused right after a disconnect: BLKRRPART rescans it, and
+    // returns once the partitions are added.
+    if let Ok(dev) = File::open(&device) {
+        let _ = ioctl(
+            &dev,
+            BLKRRPART,
+            0,
+            &device,
+            "cannot rescan the partitions of",
+        );
+    }
     let parts = |name: &str| -> Vec<String> {
         let mut p: Vec<String> = std::fs::read_dir(format!("/sys/block/{name}"))
             .into_iter()
@@ -366,7 +378,17 @@ async fn wait_for_source(name: &str, partition: Option<u32>) -> Result<String, M
         p.sort();
         p
     };
-    let found = parts(name);
+    let mut found = parts(name);
+    // A partition named and not there yet: the kernel may still be adding them.
+    if let Some(n) = partition {
+        for _ in 0..40 {
+            if found.contains(&format!("{name}p{n}")) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            found = parts(name);
+        }
+    }
     match (partition, found.is_empty()) {
         (None, true) => Ok(device),
         (None, false) => Err(MountError::Partition {
@@ -518,5 +540,6 @@ mod tests {
                 (0xab << 8) | 10
             )
         );
+        assert_eq!(BLKRRPART, (0x12 << 8) | 95);
     }
 }
