@@ -53,7 +53,7 @@ secs() { echo "$2 - $1" | bc; }
 
 # 1. A 1 TiB sparse volume, 30 points of 8 random 64 KiB changes each.
 log "building a ${BIG_GIB} GiB sparse chain of $POINTS points"
-"$T" -q -r big init
+"$T" -q -r big init --no-encryption
 truncate -s "${BIG_GIB}G" big.img
 for p in $(seq 1 "$POINTS"); do
   : > cb.txt
@@ -92,7 +92,7 @@ with open("copy.img", "wb") as f:
             s = r.randrange(len(text) - (1 << 20)); f.write(text[s:s + (1 << 20)])
     f.truncate()
 PY
-"$T" -q -r copy init
+"$T" -q -r copy init --no-encryption
 "$T" -q -r copy backup copy.img --volume copy
 drop_caches
 /usr/bin/time -f '%e %M' -o restore.time "$T" -q -r copy restore copy copy-restored.img

@@ -75,7 +75,8 @@ fn usage_error(e: clap::Error) -> ! {
 }
 
 /// The exit code for a failure: 2 for bad input found while running (clap's usage
-/// errors exit with 2 before this point), 3 when the volume is locked by another run,
+/// errors exit with 2 before this point; `mount` of a partitioned image without the
+/// right `--partition` too), 3 when the volume is locked by another run,
 /// 4 when verify found problems, else 1.
 fn exit_code(e: &anyhow::Error) -> ExitCode {
     if e.downcast_ref::<cli::ProblemsFound>().is_some() {

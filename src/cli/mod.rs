@@ -468,6 +468,11 @@ pub fn is_usage(e: &anyhow::Error) -> bool {
             || c.downcast_ref::<KeyError>().is_some_and(bad_key_input)
             // A job's key error is transparent: its source is the key error's source.
             || matches!(c.downcast_ref::<JobError>(), Some(JobError::Keys(k)) if bad_key_input(k))
+            // A partitioned image needs (another) `--partition`.
+            || matches!(
+                c.downcast_ref::<thinarc::serve::MountError>(),
+                Some(thinarc::serve::MountError::Partition { .. })
+            )
     })
 }
 

@@ -20,7 +20,7 @@ pub mod random;
 pub(crate) mod read;
 
 pub use merge::{MergeError, MergeOptions, MergeReport, merge};
-pub use random::{RandomError, RandomReader};
+pub use random::{CHUNK_BYTES, RandomError, RandomReader, ReadStream};
 
 use crate::format::FormatError;
 use crate::repo::RepoError;

@@ -9,6 +9,11 @@
 //! fails the reads that touch it ([`RandomError::Damaged`], naming archive and block)
 //! and no other read: its chunk is decoded in record mode (`OnBad::Record`).
 //!
+//! A client reading sequentially ([`ReadStream`]) gets its next chunks loaded ahead
+//! on other tasks ([`RandomReader::read_ahead`]), at most a quarter of the cache; a
+//! chunk being loaded counts against the cache as well as the chunks held, so the
+//! cache limit bounds both.
+//!
 //! [`RandomReader::extents`] answers which runs read as zero from the index alone
 //! (a [`ChainCursor`]), without reading block data.
 
@@ -20,7 +25,7 @@ use futures::TryStreamExt;
 use tokio::sync::OnceCell;
 
 use super::ReadError;
-use super::read::{Decoded, OnBad, ReadMode, Span, read_units_with, unit_buffers};
+use super::read::{BufferPool, Decoded, OnBad, ReadMode, Span, read_units_with};
 use crate::format::Geometry;
 use crate::repo::{Chain, ChainCursor, Repository, Resolved, SegmentCache};
 
@@ -32,6 +37,8 @@ pub const CHUNK_BYTES: u64 = 1 << 20;
 /// cached, so concurrent misses (a client with many requests in flight) are bounded
 /// here, not by the cache.
 const LOADS: usize = 4;
+/// Chunks loaded ahead of a sequential reader (at most a quarter of the cache).
+const AHEAD: u64 = 8;
 
 /// Why a random read failed.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +65,14 @@ struct Chunk {
     decoded: Decoded,
     /// (block, archive key, what is wrong).
     bad: Vec<(u64, String, String)>,
+    /// Where its buffer goes back when it is dropped (evicted, and no read uses it).
+    buffers: Arc<BufferPool>,
+}
+
+impl Drop for Chunk {
+    fn drop(&mut self) {
+        self.buffers.give(std::mem::take(&mut self.decoded.buf));
+    }
 }
 
 impl Chunk {
@@ -90,6 +105,30 @@ pub struct RandomReader {
     segments: Arc<SegmentCache>,
     /// Bounds the chunks being read ([`LOADS`]).
     loads: tokio::sync::Semaphore,
+    /// Buffers of evicted chunks, decoded into again: a steady stream of loads
+    /// allocates nothing.
+    buffers: Arc<BufferPool>,
+}
+
+/// Where one client's reads have got to, to tell a sequential reader from a random
+/// one: a read that starts where the one before ended, or up to a chunk past it (a
+/// client skipping a hole it learnt of from block status), continues a stream.
+#[derive(Debug, Default, Clone)]
+pub struct ReadStream {
+    end: u64,
+    /// Reads in a row that continued the one before.
+    streak: u32,
+}
+
+impl ReadStream {
+    /// Notes a read of `range`; whether it is the second (or later) in a row to
+    /// continue the one before.
+    fn sequential(&mut self, range: &Range<u64>) -> bool {
+        let continues = range.start >= self.end && range.start - self.end <= CHUNK_BYTES;
+        self.streak = if continues { self.streak + 1 } else { 0 };
+        self.end = range.end;
+        self.streak >= 2
+    }
 }
 
 impl RandomReader {
@@ -104,6 +143,7 @@ impl RandomReader {
         RandomReader {
             segments,
             loads: tokio::sync::Semaphore::new(LOADS),
+            buffers: Arc::new(BufferPool::new(LOADS)),
             repo: repo.clone(),
             chain: Arc::new(chain),
             geometry,
@@ -184,19 +224,63 @@ impl RandomReader {
             .get_or_try_init(|| async {
                 loaded = true;
                 let _permit = self.loads.acquire().await.expect("never closed");
-                self.load(first).await.map(Arc::new)
+                // Room for what the load fetches and decodes, made before it starts.
+                let room = 2 * self.chunk_blocks * u64::from(self.geometry.block_size().get());
+                self.hold(first, room);
+                let chunk = self.load(first).await;
+                let mut lru = self.lru.lock().expect("cache lock");
+                lru.held = lru.held.saturating_sub(room);
+                drop(lru);
+                chunk.map(Arc::new)
             })
             .await?
             .clone();
         if loaded {
-            self.admit(first, chunk.cost());
+            self.hold(first, chunk.cost());
         }
         Ok(chunk)
     }
 
-    /// Counts a chunk just loaded and evicts the least recently used ones past the
-    /// limit (never the one just loaded).
-    fn admit(&self, first: u64, cost: u64) {
+    /// Notes that the client `stream` reads `range`; once it reads sequentially,
+    /// the chunks of the next [`AHEAD`] MiB are loaded ahead ([`Self::prefetch`]).
+    /// Random reads load nothing ahead.
+    pub fn read_ahead(self: &Arc<Self>, stream: &mut ReadStream, range: Range<u64>) {
+        if stream.sequential(&range) {
+            let chunk_bytes = self.chunk_blocks * u64::from(self.geometry.block_size().get());
+            self.prefetch(range.end..range.end.saturating_add(AHEAD * chunk_bytes));
+        }
+    }
+
+    /// Starts loading, each on a task of its own, the chunks of bytes `range` that
+    /// are neither cached nor being loaded, as far as a quarter of the cache goes.
+    /// A chunk that fails to load is not kept: the read that needs it tries again
+    /// and reports the error.
+    pub fn prefetch(self: &Arc<Self>, range: Range<u64>) {
+        let chunk_bytes = self.chunk_blocks * u64::from(self.geometry.block_size().get());
+        let end = range.end.min(self.size());
+        let most = self.cache_limit / 4 / chunk_bytes;
+        let chunks = (range.start / chunk_bytes..end.div_ceil(chunk_bytes)).take(most as usize);
+        let mut lru = self.lru.lock().expect("cache lock");
+        for c in chunks {
+            let first = c * self.chunk_blocks;
+            if lru.slots.contains_key(&first) {
+                continue;
+            }
+            lru.tick += 1;
+            let tick = lru.tick;
+            lru.slots.insert(first, (Slot::default(), tick));
+            let reader = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = reader.chunk(first).await {
+                    tracing::debug!("reading block {first} ahead failed: {e}");
+                }
+            });
+        }
+    }
+
+    /// Counts `cost` more bytes held and evicts the least recently used chunks past
+    /// the limit (never the chunk `first`).
+    fn hold(&self, first: u64, cost: u64) {
         let mut lru = self.lru.lock().expect("cache lock");
         lru.held += cost;
         while lru.held > self.cache_limit {
@@ -229,7 +313,7 @@ impl RandomReader {
             cursor,
             end,
             1,
-            unit_buffers(1),
+            self.buffers.clone(),
             mode,
             Ok::<Decoded, ReadError>,
         );
@@ -238,7 +322,7 @@ impl RandomReader {
             parts.push(d);
         }
         units.finish().await?;
-        Ok(merge_units(parts))
+        Ok(merge_units(parts, self.buffers.clone()))
     }
 
     /// The runs of `range` that read as zero (`true`) or hold data (`false`), from
@@ -277,7 +361,7 @@ impl RandomReader {
 }
 
 /// One chunk from the units the pipeline yielded (usually one).
-fn merge_units(parts: Vec<Decoded>) -> Chunk {
+fn merge_units(parts: Vec<Decoded>, buffers: Arc<BufferPool>) -> Chunk {
     let mut bad = Vec::new();
     let mut parts = parts.into_iter();
     let mut d = parts.next().unwrap_or_default();
@@ -308,7 +392,11 @@ fn merge_units(parts: Vec<Decoded>) -> Chunk {
     }
     d.digests = Vec::new();
     d.buf.shrink_to_fit();
-    Chunk { decoded: d, bad }
+    Chunk {
+        decoded: d,
+        bad,
+        buffers,
+    }
 }
 
 /// Copies bytes `range` of the volume (inside `chunk`) into `out`.
@@ -357,4 +445,31 @@ fn copy_out(chunk: &Chunk, bs: u64, range: Range<u64>, out: &mut [u8]) -> Result
         return Err(RandomError::Damaged { key, block, detail });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{CHUNK_BYTES, ReadStream};
+
+    #[test]
+    fn a_stream_is_sequential_from_its_second_continuing_read() {
+        // The first read from the start of the volume continues the empty stream.
+        let mut s = ReadStream::default();
+        assert!(!s.sequential(&(0..4096)));
+        assert!(s.sequential(&(4096..8192)));
+        assert!(s.sequential(&(8192..12288)));
+        let mut s = ReadStream::default();
+        assert!(!s.sequential(&(5 << 20..(5 << 20) + 4096)));
+        assert!(!s.sequential(&((5 << 20) + 4096..(5 << 20) + 8192)));
+        assert!(s.sequential(&((5 << 20) + 8192..(5 << 20) + 12288)));
+        // A hole of up to a chunk skipped (block status told the client) continues it.
+        assert!(s.sequential(
+            &((5 << 20) + 12288 + CHUNK_BYTES..(5 << 20) + 12288 + CHUNK_BYTES + 4096)
+        ));
+        // Backwards, or far ahead: random, and the streak starts again.
+        assert!(!s.sequential(&(0..4096)));
+        assert!(!s.sequential(&(4096..8192)));
+        assert!(!s.sequential(&(1 << 30..(1 << 30) + 4096)));
+        assert!(!s.sequential(&(1 << 20..(1 << 20) + 4096)));
+    }
 }

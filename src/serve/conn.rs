@@ -2,7 +2,8 @@
 //! newstyle negotiation" and "Transmission" in the protocol document), bytes decoded
 //! and encoded by [`crate::nbd`].
 //!
-//! Requests are served concurrently (up to [`IN_FLIGHT`] at a time) and each reply is
+//! Requests are served concurrently (up to [`IN_FLIGHT`] at a time, holding at most
+//! [`IN_FLIGHT_BYTES`] of data, until their replies are sent) and each reply is
 //! written whole under the writer's lock, so replies of different requests never
 //! interleave. A client that goes away mid-reply ends its connection, nothing else.
 
@@ -18,9 +19,13 @@ use crate::nbd::{
     ProtoError, REQUEST_LEN, Request, STATE_HOLE, STATE_ZERO, cflag, cmd, errno, info, opt, rep,
     tflag,
 };
+use crate::point::{RandomError, ReadStream};
 
 /// Requests served at once on one connection.
 const IN_FLIGHT: usize = 16;
+/// Bytes of read and write data in flight on one connection; a larger request waits
+/// until it is alone.
+const IN_FLIGHT_BYTES: u32 = 4 << 20;
 /// The id of `base:allocation` ("Metadata querying": chosen by the server).
 const ALLOCATION_ID: u32 = 1;
 /// Most extents in one block status reply.
@@ -45,6 +50,10 @@ pub(super) enum ConnError {
 struct Session {
     structured: bool,
     allocation: bool,
+    /// The size the client was told: the export's, or for the kernel the export's
+    /// rounded up to whole sectors ([`Export::device_size`]), the padding read as
+    /// zeros.
+    size: u64,
 }
 
 /// Serves one connection until the client disconnects.
@@ -67,6 +76,7 @@ pub(super) async fn handle_kernel(
     let session = Session {
         structured: false,
         allocation: false,
+        size: export.device_size(),
     };
     transmission(rd, wr, export, session).await
 }
@@ -85,6 +95,7 @@ async fn handshake<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     let mut s = Session {
         structured: false,
         allocation: false,
+        size: export.size(),
     };
     loop {
         let mut head = [0; OPTION_HEADER_LEN];
@@ -233,7 +244,9 @@ async fn transmission<R: AsyncRead + Unpin>(
     let wr = Arc::new(Mutex::new(wr));
     let session = Arc::new(session);
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+    let bytes = Arc::new(Semaphore::new(IN_FLIGHT_BYTES as usize));
     let mut tasks = JoinSet::new();
+    let mut stream = ReadStream::default();
     let result = loop {
         let mut head = [0; REQUEST_LEN];
         match rd.read_exact(&mut head).await {
@@ -246,6 +259,13 @@ async fn transmission<R: AsyncRead + Unpin>(
             Ok(r) => r,
             Err(e) => break Err(e.into()),
         };
+        let data = if r.kind == cmd::READ || r.has_payload() {
+            r.length.min(IN_FLIGHT_BYTES)
+        } else {
+            0
+        };
+        let held = bytes.clone().acquire_many_owned(data).await;
+        let held = held.expect("semaphore open");
         let mut payload = Vec::new();
         if r.has_payload() {
             // The payload is read whatever the answer, to stay in sync; one larger
@@ -264,17 +284,24 @@ async fn transmission<R: AsyncRead + Unpin>(
         if r.kind == cmd::DISC {
             break Ok(());
         }
+        if r.kind == cmd::READ
+            && let Some(range) = r.range_within(session.size)
+        {
+            export.read_ahead(&mut stream, range);
+        }
         while tasks.try_join_next().is_some() {}
         let permit = slots.clone().acquire_owned().await.expect("semaphore open");
         let (export, session, wr) = (export.clone(), session.clone(), wr.clone());
         tasks.spawn(async move {
             let (head, data) = answer(&export, &session, r, payload).await;
-            drop(permit);
             // A client gone mid-reply: its reader sees the end too.
             let mut wr = wr.lock().await;
             if wr.write_all(&head).await.is_ok() && !data.is_empty() {
                 let _ = wr.write_all(&data).await;
             }
+            // Held until the reply is sent: a reply waiting for the writer counts
+            // against the requests in flight, so their buffers stay bounded.
+            drop((permit, held));
         });
     };
     while tasks.join_next().await.is_some() {}
@@ -313,12 +340,12 @@ async fn reply(
             nbd::simple_reply(r.cookie, 0, out);
         }
     };
-    let Some(range) = r.range_within(export.size()) else {
+    let Some(range) = r.range_within(s.size) else {
         let msg = format!(
             "bytes {}..{} lie past the end of the {}-byte export",
             r.offset,
             u128::from(r.offset) + u128::from(r.length),
-            export.size()
+            s.size
         );
         fail(&mut out, errno::EINVAL, &msg);
         return out;
@@ -330,7 +357,13 @@ async fn reply(
                 return out;
             }
             data.resize(r.length as usize, 0);
-            match export.read(r.offset, data).await {
+            // Past the export's end (the kernel's last sector): zeros.
+            let within = range.end.min(export.size()).saturating_sub(r.offset) as usize;
+            let read = match within {
+                0 => Ok(()),
+                n => export.read(r.offset, &mut data[..n]).await,
+            };
+            match read {
                 Ok(()) => {
                     if s.structured {
                         nbd::offset_data_header(r.cookie, r.offset, r.length, true, &mut out);
@@ -341,8 +374,8 @@ async fn reply(
                 Err(e) => {
                     // Never bytes after an error reply.
                     data.clear();
-                    log_read_error(export, &range, &e);
-                    fail(&mut out, errno::EIO, &e.to_string());
+                    let msg = read_error(export, &range, &e).await;
+                    fail(&mut out, errno::EIO, &msg);
                 }
             }
         }
@@ -364,8 +397,8 @@ async fn reply(
                     nbd::block_status_chunk(r.cookie, ALLOCATION_ID, &extents, &mut out);
                 }
                 Err(e) => {
-                    log_read_error(export, &range, &e);
-                    fail(&mut out, errno::EIO, &e.to_string());
+                    let msg = read_error(export, &range, &e).await;
+                    fail(&mut out, errno::EIO, &msg);
                 }
             }
         }
@@ -380,6 +413,16 @@ async fn reply(
                 fail(&mut out, errno::EPERM, msg);
                 return out;
             };
+            if range.end > export.size() {
+                let msg = format!(
+                    "bytes {}..{} lie past the end of the {}-byte volume",
+                    range.start,
+                    range.end,
+                    export.size()
+                );
+                fail(&mut out, errno::EINVAL, &msg);
+                return out;
+            }
             let sync = r.flags & cflag::FUA != 0;
             let done = match r.kind {
                 cmd::WRITE => {
@@ -408,20 +451,30 @@ async fn reply(
                 }
             }
         }
-        // Nothing is cached ahead of a read: a cache hint has nothing to do.
-        cmd::CACHE => ok(&mut out),
+        // A hint that the range is read soon: loaded on other tasks.
+        cmd::CACHE => {
+            export.reader.prefetch(range);
+            ok(&mut out)
+        }
         other => fail(&mut out, errno::EINVAL, &format!("unknown command {other}")),
     }
     out
 }
 
-/// The log line of a failed read: a damaged block names archive and block.
-fn log_read_error(export: &Export, range: &std::ops::Range<u64>, e: &OverlayError) {
+/// Logs a failed read and returns what the client is told: a damaged block names
+/// archive and block; a store error of a point pruned since serving began says so.
+async fn read_error(export: &Export, range: &std::ops::Range<u64>, e: &OverlayError) -> String {
+    let pruned = match e {
+        OverlayError::Read(RandomError::Read(_)) => export.pruned().await,
+        _ => None,
+    };
+    let msg = pruned.unwrap_or_else(|| e.to_string());
     tracing::error!(
         volume = %export.name,
         seq = export.seq,
-        "read of bytes {}..{} failed: {e}",
+        "read of bytes {}..{} failed: {msg}",
         range.start,
         range.end
     );
+    msg
 }

@@ -25,8 +25,12 @@ use std::sync::Arc;
 use tokio::net::{TcpListener, UnixListener};
 use tokio::task::JoinSet;
 
-use crate::point::RandomReader;
+use crate::point::{RandomReader, ReadStream};
 use crate::repo::{ArchiveId, PointSelector, RepoError, Repository, VolumeName};
+
+/// The logical block size of a kernel NBD device: 512 bytes, so that a file system
+/// with 1 KiB blocks (a small ext4) mounts too.
+const SECTOR: u64 = 512;
 
 /// Why serving failed.
 #[derive(Debug, thiserror::Error)]
@@ -74,8 +78,10 @@ pub struct ServeOptions {
 
 /// One point of a volume, open for random reads.
 pub struct Export {
-    reader: RandomReader,
+    reader: Arc<RandomReader>,
     overlay: Option<Overlay>,
+    repo: Repository,
+    volume: VolumeName,
     /// The volume's name: the export's name (the empty name, a client's default,
     /// names it too).
     pub name: String,
@@ -99,7 +105,7 @@ impl Export {
         let commits = repo.existing_commits(volume).await?;
         let chain = repo.resolve(&commits, &opts.at).await?;
         let tip = chain.tip().clone();
-        let reader = RandomReader::new(repo, chain, opts.cache);
+        let reader = Arc::new(RandomReader::new(repo, chain, opts.cache));
         let overlay = match &opts.overlay {
             Some(path) => {
                 let identity = format!(
@@ -115,6 +121,8 @@ impl Export {
         Ok(Export {
             reader,
             overlay,
+            repo: repo.clone(),
+            volume: volume.clone(),
             name: volume.to_string(),
             seq: tip.header.seq,
             archive: tip.commit.archive_id.clone(),
@@ -132,6 +140,41 @@ impl Export {
             Some(o) => o.read(&self.reader, offset, out).await,
             None => Ok(self.reader.read(offset, out).await?),
         }
+    }
+
+    /// Why reads fail when the point is gone since serving began: pruned, or
+    /// rewritten by a prune's merge, and its archives deleted past the grace period
+    /// (`prune --no-grace`). `None` while the point is committed as it is served (the
+    /// error is then the store's or the data's), or when the catalog cannot be read.
+    async fn pruned(&self) -> Option<String> {
+        let commits = match self.repo.existing_commits(&self.volume).await {
+            Ok(c) => c,
+            Err(RepoError::VolumeNotFound { .. } | RepoError::NoIntactPoint { .. }) => Vec::new(),
+            Err(_) => return None,
+        };
+        let point = format!(
+            "point {} seq {} (archive {})",
+            self.name, self.seq, self.archive
+        );
+        match commits.iter().find(|c| c.seq == self.seq) {
+            Some(c) if c.archive_id == self.archive => None,
+            Some(c) => Some(format!(
+                "{point} was rewritten by a prune while it was served (it is now archive {}) \
+                 and the archives it was served from are deleted: serve it again",
+                c.archive_id
+            )),
+            None => Some(format!(
+                "{point} was pruned while it was served and its archives are deleted \
+                 (past the grace period): serve a point that exists (see `thinarc list {}`)",
+                self.name
+            )),
+        }
+    }
+
+    /// Notes that a client (`stream`) reads `range`: a sequential reader gets the
+    /// point's next chunks loaded ahead.
+    fn read_ahead(&self, stream: &mut ReadStream, range: std::ops::Range<u64>) {
+        self.reader.read_ahead(stream, range);
     }
 
     /// The runs of `range` that read as zero (`true`) or data, at most `max`: the
@@ -178,6 +221,13 @@ impl Export {
     /// The export's size in bytes.
     pub fn size(&self) -> u64 {
         self.reader.size()
+    }
+
+    /// The size of the kernel's device: whole sectors of [`SECTOR`] bytes, the
+    /// export's size rounded up (the padding reads as zeros), so that a volume whose
+    /// size is not a multiple of the sector shows its last bytes too.
+    fn device_size(&self) -> u64 {
+        self.size().next_multiple_of(SECTOR)
     }
 
     /// The volume's block size: the preferred request size.

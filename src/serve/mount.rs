@@ -19,7 +19,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Export, ServeError, ServeOptions, conn};
+use super::{Export, SECTOR, ServeError, ServeOptions, conn};
 use crate::repo::{Repository, VolumeName};
 
 /// `linux/nbd.h`: `_IO(0xab, n)`.
@@ -31,6 +31,8 @@ const NBD_CLEAR_SOCK: u64 = 0xab04;
 const NBD_CLEAR_QUE: u64 = 0xab05;
 const NBD_DISCONNECT: u64 = 0xab08;
 const NBD_SET_FLAGS: u64 = 0xab0a;
+/// `linux/fs.h`: `_IO(0x12, 95)`, re-read the partition table.
+const BLKRRPART: u64 = 0x125f;
 
 /// Why mounting or unmounting failed.
 #[derive(Debug, thiserror::Error)]
@@ -168,17 +170,23 @@ fn free_device() -> Result<String, MountError> {
     })
 }
 
+/// Opens the NBD device at `device` for its ioctls.
+fn open_device(device: &str) -> Result<File, MountError> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(device)
+        .map_err(|source| MountError::Io {
+            what: "cannot open",
+            device: device.to_owned(),
+            source,
+        })
+}
+
 /// Disconnects device `name` and clears its socket.
 fn disconnect(name: &str) -> Result<(), MountError> {
     let device = format!("/dev/{name}");
-    let f = OpenOptions::new()
-        .read(true)
-        .open(&device)
-        .map_err(|source| MountError::Io {
-            what: "cannot open",
-            device: device.clone(),
-            source,
-        })?;
+    let f = open_device(&device)?;
     // Either may fail on a device already (half) torn down: what matters is the
     // state afterwards.
     let _ = ioctl(&f, NBD_DISCONNECT, 0, &device, "disconnect");
@@ -232,15 +240,7 @@ pub async fn mount(
     let export = Arc::new(Export::open(repo, volume, &opts.serve).await?);
     let name = free_device()?;
     let device = format!("/dev/{name}");
-    let dev = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&device)
-        .map_err(|source| MountError::Io {
-            what: "cannot open",
-            device: device.clone(),
-            source,
-        })?;
+    let dev = open_device(&device)?;
     let (kernel, ours) =
         std::os::unix::net::UnixStream::pair().map_err(|source| MountError::Io {
             what: "cannot make a socket pair for",
@@ -248,19 +248,17 @@ pub async fn mount(
             source,
         })?;
     let flags = u64::from(conn::transmission_flags(&export));
-    // 512-byte logical blocks: a file system with 1 KiB blocks (a small ext4) cannot
-    // be mounted from a device whose logical blocks are larger.
     ioctl(
         &dev,
         NBD_SET_BLKSIZE,
-        512,
+        SECTOR,
         &device,
         "cannot set the block size of",
     )?;
     ioctl(
         &dev,
         NBD_SET_SIZE,
-        export.size(),
+        export.device_size(),
         &device,
         "cannot set the size of",
     )?;
@@ -358,8 +356,18 @@ async fn wait_for_source(name: &str, partition: Option<u32>) -> Result<String, M
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // Opening the device makes the kernel scan its partition table.
-    drop(File::open(&device));
+    // Opening the device makes the kernel scan its partition table, but not always
+    // on a device reused right after a disconnect: BLKRRPART rescans it, and
+    // returns once the partitions are added.
+    if let Ok(dev) = File::open(&device) {
+        let _ = ioctl(
+            &dev,
+            BLKRRPART,
+            0,
+            &device,
+            "cannot rescan the partitions of",
+        );
+    }
     let parts = |name: &str| -> Vec<String> {
         let mut p: Vec<String> = std::fs::read_dir(format!("/sys/block/{name}"))
             .into_iter()
@@ -370,7 +378,17 @@ async fn wait_for_source(name: &str, partition: Option<u32>) -> Result<String, M
         p.sort();
         p
     };
-    let found = parts(name);
+    let mut found = parts(name);
+    // A partition named and not there yet: the kernel may still be adding them.
+    if let Some(n) = partition {
+        for _ in 0..40 {
+            if found.contains(&format!("{name}p{n}")) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            found = parts(name);
+        }
+    }
     match (partition, found.is_empty()) {
         (None, true) => Ok(device),
         (None, false) => Err(MountError::Partition {
@@ -522,5 +540,6 @@ mod tests {
                 (0xab << 8) | 10
             )
         );
+        assert_eq!(BLKRRPART, (0x12 << 8) | 95);
     }
 }

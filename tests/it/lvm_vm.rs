@@ -556,6 +556,22 @@ fn guest_scenario() {
     assert_eq!(sha256_of("/dev/vg/plain", SIZE), hashes.last().unwrap().0);
     discovery_scenario(&t);
     nbd_mount_scenario();
+    nbd_partition_scenario();
+}
+
+/// The NBD mount scenarios alone, for a quicker VM run while working on `mount`:
+/// `tests/vm/run.sh` with a guest script that runs this test (`--exact
+/// lvm_vm::guest_nbd_scenarios --ignored`), as `lvm_in_vm` does `guest_scenario`.
+#[test]
+#[ignore = "runs inside the VM that tests/vm/run.sh boots"]
+fn guest_nbd_scenarios() {
+    assert_eq!(
+        std::env::var("THINARC_IN_VM").as_deref(),
+        Ok("1"),
+        "run in the VM"
+    );
+    nbd_mount_scenario();
+    nbd_partition_scenario();
 }
 
 /// Issue 15, whole-pool discovery: `lvm:vg/pool/*` with `exclude` on a pool that also
@@ -784,7 +800,9 @@ fn nbd_mount_scenario() {
     sh(
         "mkdir -p /tmp/nbd-src /tmp/nbd-mnt && head -c 3M /dev/urandom > /tmp/nbd-src/data.bin && echo hello > /tmp/nbd-src/hello.txt",
     );
-    sh("truncate -s 32M /tmp/nbd.img && mkfs.ext4 -q -d /tmp/nbd-src /tmp/nbd.img");
+    // 32 MiB and 700 bytes: not whole sectors; the last 8 bytes are a marker.
+    sh("truncate -s 33555132 /tmp/nbd.img && mkfs.ext4 -q -d /tmp/nbd-src /tmp/nbd.img");
+    sh("printf TAILMARK | dd of=/tmp/nbd.img bs=1 seek=33555124 conv=notrunc status=none");
     t.ok(&["backup", "/tmp/nbd.img", "--volume", "img"]);
     let repo_state = || {
         sh(&format!(
@@ -805,6 +823,17 @@ fn nbd_mount_scenario() {
         sh("sha256sum < /tmp/nbd-src/data.bin")
     );
     assert_eq!(sh("cat /tmp/nbd-mnt/hello.txt"), "hello\n");
+    // The device is the volume rounded up to whole sectors: its last bytes show,
+    // the padding reads as zeros.
+    assert_eq!(sh("cat /sys/block/nbd0/size"), "65538\n");
+    assert_eq!(
+        sh("dd if=/dev/nbd0 bs=1 skip=33555124 count=8 status=none"),
+        "TAILMARK"
+    );
+    assert_eq!(
+        sh("dd if=/dev/nbd0 bs=1 skip=33555132 count=324 status=none | tr -d '\\0' | wc -c"),
+        "0\n"
+    );
     assert!(
         Command::new("touch")
             .arg("/tmp/nbd-mnt/x")
@@ -875,4 +904,40 @@ fn nbd_mount_scenario() {
     assert!(!is_mounted("/tmp/nbd-mnt"));
     std::thread::sleep(std::time::Duration::from_millis(500));
     assert!(!std::path::Path::new("/sys/block/nbd0/pid").exists());
+}
+
+/// `thinarc mount` of a partitioned image (an MBR written by sfdisk; ext4 in the second
+/// partition, none in the first): without `--partition` it lists the partitions and
+/// exits 2, leaving nothing attached or mounted; `--partition 2` mounts the file system.
+fn nbd_partition_scenario() {
+    let t = TempRepo::new();
+    sh(
+        "rm -rf /tmp/part-src && mkdir -p /tmp/part-src /tmp/nbd-mnt && echo second > /tmp/part-src/which.txt",
+    );
+    sh(
+        "truncate -s 24M /tmp/part.img && printf 'start=2048, size=8192, type=83\\nstart=10240, size=38912, type=83\\n' | sfdisk -q /tmp/part.img",
+    );
+    // Partition 2 starts 10240 sectors (5 MiB) in and is 19 MiB long.
+    sh("mkfs.ext4 -q -F -E offset=5242880 -d /tmp/part-src /tmp/part.img 19456k");
+    t.ok(&["backup", "/tmp/part.img", "--volume", "part"]);
+
+    let o = t.run(&["mount", "part", "/tmp/nbd-mnt"]);
+    assert_eq!(o.code, Some(2), "{}", o.show());
+    assert_eq!(
+        o.stderr.trim_end(),
+        "error: cannot mount part on /tmp/nbd-mnt: /dev/nbd0: the image is partitioned (1 4 MiB, 2 19 MiB): name one with --partition N"
+    );
+    assert!(!is_mounted("/tmp/nbd-mnt"));
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(!std::path::Path::new("/sys/block/nbd0/pid").exists());
+
+    let (mut child, line) = start_mount(&t, &["part", "/tmp/nbd-mnt", "--partition", "2"]);
+    assert!(
+        line.starts_with("mounted part (ro) on /tmp/nbd-mnt from /dev/nbd0p2"),
+        "{line}"
+    );
+    assert_eq!(sh("cat /tmp/nbd-mnt/which.txt"), "second\n");
+    t.ok(&["umount", "/tmp/nbd-mnt"]);
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    assert!(!is_mounted("/tmp/nbd-mnt"));
 }

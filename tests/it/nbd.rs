@@ -8,6 +8,8 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use thinarc::format::ArchiveReader;
@@ -36,12 +38,21 @@ impl Server {
     }
 
     fn start_at(t: &TempRepo, args: &[&str], socket: PathBuf) -> Server {
+        Server::start_with(t, args, socket, t.env_pairs())
+    }
+
+    fn start_with(
+        t: &TempRepo,
+        args: &[&str],
+        socket: PathBuf,
+        env: Vec<(String, String)>,
+    ) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_thinarc"))
             .args(["-r", t.location(), "serve"])
             .args(args)
             .arg("--socket")
             .arg(&socket)
-            .envs(t.env_pairs())
+            .envs(env)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -727,4 +738,297 @@ fn serve_listens_on_tcp_and_prints_the_uri() {
     // SAFETY: kill(2) on the pid of our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     assert_eq!(child.wait().unwrap().code(), Some(0));
+}
+
+/// Read-ahead: a sequential reader gets the next chunks loaded before it asks (they
+/// count against the cache), a random reader only the chunks it reads, and a
+/// sequential read over what was loaded ahead returns the image.
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_reads_ahead_only_for_sequential_readers() {
+    use thinarc::point::{CHUNK_BYTES, RandomReader, ReadStream};
+    use thinarc::repo::{PointSelector, VolumeName};
+
+    let lib = crate::chain::LibRepo::new().await;
+    let volume = VolumeName::new("v").expect("volume name");
+    // Random data: every chunk costs its 1 MiB in the cache.
+    let mut img = vec![0; 24 * MIB];
+    Rng::new(21).fill(&mut img);
+    write(&lib.path("img"), &img);
+    crate::chain::backup_file(&lib.repo, &volume, &lib.path("img"), None)
+        .await
+        .expect("backup");
+    let open = || async {
+        let commits = lib.repo.existing_commits(&volume).await.expect("commits");
+        let chain = lib
+            .repo
+            .resolve(&commits, &PointSelector::Latest)
+            .await
+            .expect("resolve");
+        Arc::new(RandomReader::new(&lib.repo, chain, 64 << 20))
+    };
+    let chunk = CHUNK_BYTES;
+    let settle = || tokio::time::sleep(Duration::from_millis(300));
+
+    // Random: three 4 KiB reads in three chunks load those three chunks only.
+    let reader = open().await;
+    let mut stream = ReadStream::default();
+    for at in [5, 2, 9] {
+        let range = at * chunk..at * chunk + 4096;
+        reader.read_ahead(&mut stream, range.clone());
+        let mut out = vec![0; 4096];
+        reader.read(range.start, &mut out).await.expect("read");
+        assert_eq!(out, img[range.start as usize..range.end as usize]);
+    }
+    settle().await;
+    let held = reader.cached();
+    assert!(
+        held <= 3 * chunk + 3 * 4096,
+        "random reads held {held} bytes"
+    );
+
+    // Sequential: from the third 256 KiB read on, the next 8 chunks are loaded ahead.
+    let reader = open().await;
+    let mut stream = ReadStream::default();
+    let step = 256 << 10;
+    for i in 0..3 {
+        let range = i * step..(i + 1) * step;
+        reader.read_ahead(&mut stream, range.clone());
+        let mut out = vec![0; step as usize];
+        reader.read(range.start, &mut out).await.expect("read");
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while reader.cached() < 9 * chunk && Instant::now() < deadline {
+        settle().await;
+    }
+    let held = reader.cached();
+    assert!(
+        (9 * chunk..=10 * chunk).contains(&held),
+        "a sequential reader held {held} bytes (9 chunks expected)"
+    );
+    let mut out = vec![0; 9 * MIB];
+    reader.read(0, &mut out).await.expect("read");
+    assert_eq!(out, img[..9 * MIB]);
+}
+
+impl Raw {
+    /// A read on a connection past `go`: its bytes, or the error of its simple reply.
+    fn read(&mut self, offset: u64, length: u32) -> Result<Vec<u8>, u32> {
+        self.request(cmd::READ, offset, length);
+        match self.simple_error() {
+            0 => Ok(self.take(length as usize)),
+            e => Err(e),
+        }
+    }
+}
+
+/// A point pruned while it is served: within the grace period its superseded
+/// archives are kept and reads go on; once `prune --no-grace` deleted them, a read
+/// is an I/O error and the log names the point and says it was pruned.
+#[test]
+fn serve_point_pruned_while_served_names_the_point() {
+    let t = TempRepo::new();
+    let size = 4 * MIB;
+    let mut first = vec![0u8; size];
+    Rng::new(31).fill(&mut first);
+    let src = t.path("src.img");
+    write(&src, &first);
+    t.ok(&["backup", src.to_str().unwrap(), "--volume", "v"]);
+    let mut second = first.clone();
+    second[..MIB].fill(7);
+    write(&src, &second);
+    t.ok(&["backup", src.to_str().unwrap(), "--volume", "v"]);
+
+    // One chunk of cache: every read below is fetched from the repository.
+    let server = Server::start(&t, &["v", "--at", "1", "--cache", "1MiB"]);
+    // "serving v seq 1 archive ID (…"
+    let archive = server.banner.split_whitespace().nth(5).unwrap().to_owned();
+    let mut c = Raw::connect(&server.socket);
+    c.go();
+    let at = |mib: usize| &first[mib * MIB..mib * MIB + 65536];
+    assert_eq!(c.read(0, 65536).as_deref(), Ok(at(0)));
+
+    t.ok(&["prune", "v", "--keep-last", "1"]);
+    let listed = t.ok(&["list", "v"]);
+    assert!(!listed.contains(" 1 "), "seq 1 is still listed:\n{listed}");
+    assert_eq!(
+        c.read(2 * MIB as u64, 65536).as_deref(),
+        Ok(at(2)),
+        "a read within the grace period"
+    );
+
+    t.ok(&["prune", "v", "--keep-last", "1", "--no-grace"]);
+    assert_eq!(c.read(3 * MIB as u64, 65536), Err(errno::EIO));
+    drop(c);
+    let (code, err) = server.stop(libc::SIGTERM);
+    assert_eq!(code, Some(0), "{err}");
+    let expected = format!(
+        "read of bytes 3145728..3211264 failed: point v seq 1 (archive {archive}) was pruned \
+         while it was served and its archives are deleted (past the grace period): serve a \
+         point that exists (see `thinarc list v`)"
+    );
+    assert!(err.contains(&expected), "{err}\nexpected: {expected}");
+}
+
+/// A TCP proxy in front of the S3 test server that can cut every connection: while
+/// cut, open connections are closed and new ones closed as soon as they are
+/// accepted.
+struct Cutter {
+    port: u16,
+    cut: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Cutter {
+    fn start(upstream: String) -> Cutter {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        l.set_nonblocking(true).unwrap();
+        let (cut, stop) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let (c, s) = (cut.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                let Ok((down, _)) = l.accept() else {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                };
+                if c.load(Ordering::Relaxed) {
+                    continue;
+                }
+                down.set_nonblocking(false).unwrap();
+                let up = std::net::TcpStream::connect(&upstream).unwrap();
+                for (from, to) in [
+                    (down.try_clone().unwrap(), up.try_clone().unwrap()),
+                    (up, down),
+                ] {
+                    let c = c.clone();
+                    std::thread::spawn(move || Cutter::pump(from, to, &c));
+                }
+            }
+        });
+        Cutter { port, cut, stop }
+    }
+
+    /// Copies `from` to `to` until either end closes or the proxy is cut.
+    fn pump(mut from: std::net::TcpStream, mut to: std::net::TcpStream, cut: &AtomicBool) {
+        use std::net::Shutdown;
+        from.set_read_timeout(Some(Duration::from_millis(20)))
+            .unwrap();
+        let mut buf = vec![0; 65536];
+        loop {
+            if cut.load(Ordering::Relaxed) {
+                let _ = from.shutdown(Shutdown::Both);
+                let _ = to.shutdown(Shutdown::Both);
+                return;
+            }
+            match from.read(&mut buf) {
+                Ok(0) => {
+                    let _ = to.shutdown(Shutdown::Write);
+                    return;
+                }
+                Ok(n) => {
+                    if to.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(_) => return,
+            }
+        }
+    }
+
+    fn set(&self, cut: bool) {
+        self.cut.store(cut, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Cutter {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.set(true);
+    }
+}
+
+/// S3 connections dropped during reads: a short cut is retried and the read
+/// succeeds; a store that stays cut past the retry budget is an I/O error to the
+/// client within bounded time, never a hang, and the log names the volume, the
+/// point and the archive object.
+#[test]
+fn serve_s3_connection_dropped_is_retried_then_eio() {
+    let t = TempRepo::s3();
+    let size = 8 * MIB;
+    let mut img = vec![0u8; size];
+    Rng::new(41).fill(&mut img);
+    let src = t.path("src.img");
+    write(&src, &img);
+    t.ok(&["backup", src.to_str().unwrap(), "--volume", "v"]);
+    let mut env = t.env_pairs();
+    let endpoint = env
+        .iter()
+        .find(|(k, _)| k == "AWS_ENDPOINT_URL")
+        .unwrap()
+        .1
+        .clone();
+    let upstream = endpoint
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
+    let proxy = Cutter::start(upstream);
+    env.retain(|(k, _)| k != "AWS_ENDPOINT_URL" && k != "THINARC_RETRY_TIMEOUT");
+    env.push((
+        "AWS_ENDPOINT_URL".into(),
+        format!("http://127.0.0.1:{}", proxy.port),
+    ));
+    env.push(("THINARC_RETRY_TIMEOUT".into(), "4".into()));
+    let server = Server::start_with(&t, &["v", "--cache", "1MiB"], t.path("nbd.sock"), env);
+    let mut c = Raw::connect(&server.socket);
+    c.0.set_read_timeout(Some(Duration::from_secs(90))).unwrap();
+    c.go();
+    let at = |mib: usize| &img[mib * MIB..mib * MIB + 65536];
+    assert_eq!(c.read(0, 65536).as_deref(), Ok(at(0)));
+
+    // Cut for a second: the read is retried and succeeds.
+    proxy.set(true);
+    let mend = {
+        let cut = proxy.cut.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(1500));
+            cut.store(false, Ordering::Relaxed);
+        })
+    };
+    assert_eq!(c.read(2 * MIB as u64, 65536).as_deref(), Ok(at(2)));
+    mend.join().unwrap();
+
+    // Cut for good: EIO once the retries are spent.
+    proxy.set(true);
+    let started = Instant::now();
+    assert_eq!(c.read(5 * MIB as u64, 65536), Err(errno::EIO));
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(60),
+        "the failed read took {took:?}"
+    );
+    proxy.set(false);
+    assert_eq!(
+        c.read(6 * MIB as u64, 65536).as_deref(),
+        Ok(at(6)),
+        "after mending"
+    );
+    drop(c);
+    let (code, err) = server.stop(libc::SIGTERM);
+    assert_eq!(code, Some(0), "{err}");
+    let line = err
+        .lines()
+        .find(|l| l.contains("read of bytes 5242880..5308416 failed: "))
+        .unwrap_or_else(|| panic!("no log line of the failed read:\n{err}"));
+    assert!(
+        line.contains("volume=v") && line.contains("seq=1") && line.contains("volumes/v/archives/"),
+        "the log line names volume, point and archive: {line}"
+    );
 }

@@ -23,7 +23,7 @@ SELF=$(readlink -f "$0")   # before the cd below: $0 may be relative
 ts() { printf '[vm host %6.2fs] %s\n' "$(echo "$(date +%s.%N) - $T0" | bc)" "$*" >&2; }
 
 need=()
-for p in qemu-system-x86 busybox-static lvm2 thin-provisioning-tools kmod cpio bc e2fsprogs; do
+for p in qemu-system-x86 busybox-static lvm2 thin-provisioning-tools kmod cpio bc e2fsprogs fdisk; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then
