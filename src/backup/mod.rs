@@ -40,7 +40,7 @@ use crate::progress::Progress;
 use crate::repo::{
     ArchiveId, ArchiveUpload, Chain, ChainCursor, Commit, DamageKind, DamageRecord, LEFTOVER_GRACE,
     LockError, PointSelector, RemoteArchive, RepairScope, RepoError, Repository, VolumeCatalog,
-    VolumeLock, VolumeName, chain_damage, clock_went_back, new_archive_id, new_id,
+    VolumeListing, VolumeLock, VolumeName, chain_damage, clock_went_back, new_archive_id, new_id,
 };
 use crate::source::consistent::{Consistency, ConsistencyError, Freeze, HookEnv, Hooks};
 use crate::source::{
@@ -236,6 +236,9 @@ struct Base {
     /// A write-only host: the state file of the volume's last point (written after
     /// the commit), and whether `parent`'s digests are read from it.
     state: Option<(PathBuf, bool)>,
+    /// The volume's folder as listed for its catalog (damage records are read from
+    /// it).
+    listing: VolumeListing,
 }
 
 impl Base {
@@ -271,6 +274,7 @@ impl Base {
         };
         let state =
             writer.and_then(|_| state_dir.map(|d| (state::state_path(d, repo, volume), false)));
+        let listing = catalog.listing().clone();
         let mut base = Base {
             seq: catalog.next_seq(),
             commits: catalog.commits,
@@ -280,6 +284,7 @@ impl Base {
             warnings: Vec::new(),
             found: None,
             state,
+            listing,
         };
         let Some(latest_seq) = base.commits.last().map(|c| c.seq) else {
             return Ok(base);
@@ -376,7 +381,7 @@ impl Base {
         if let Some(why) = state::stale(path, &chain, key) {
             return Ok(Some(why));
         }
-        let records = repo.damage_records(&chain.volume).await?;
+        let records = repo.damage_records_listed(&self.listing).await;
         if let Some(r) = records.iter().find(|r| {
             chain
                 .archives
@@ -424,7 +429,7 @@ impl Base {
                 }
             }
         }
-        let records = repo.damage_records(&chain.volume).await?;
+        let records = repo.damage_records_listed(&self.listing).await;
         let damage = chain_damage(chain, &records).await?;
         if damage.archive.is_some() {
             return Ok(Some(damage.to_string()));

@@ -103,10 +103,7 @@ impl Repository {
 
     /// The readable damage records `listing` shows (see
     /// [`damage_records`](Self::damage_records)).
-    pub(crate) async fn damage_records_listed(
-        &self,
-        listing: &super::VolumeListing,
-    ) -> Vec<DamageRecord> {
+    pub async fn damage_records_listed(&self, listing: &super::VolumeListing) -> Vec<DamageRecord> {
         futures::stream::iter(listing.folder("damage"))
             .map(|m| async move {
                 let bytes = self
