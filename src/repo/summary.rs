@@ -16,6 +16,7 @@ use futures::StreamExt;
 use object_store::path::Path;
 use object_store::{ObjectMeta, ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
 
 use super::catalog::{VolumeCatalog, VolumeListing};
 use super::marker::CommitMarker;
@@ -47,6 +48,15 @@ struct SummaryFile {
     repository: String,
     volume: String,
     points: Vec<Entry>,
+    /// SHA-256 of `points` as serialised (compact JSON), hex: a summary damaged at
+    /// rest is ignored whole.
+    sha256: String,
+}
+
+/// The checksum of `points`.
+fn checksum(points: &[Entry]) -> String {
+    let json = serde_json::to_vec(points).expect("summary entries serialise");
+    hex::encode(Sha256::digest(json))
 }
 
 /// One committed point.
@@ -113,6 +123,7 @@ impl Repository {
             || file.version != VERSION
             || file.repository != self.config().id
             || file.volume != volume.as_str()
+            || file.sha256 != checksum(&file.points)
         {
             return Summary::default();
         }
@@ -179,12 +190,14 @@ impl Repository {
             .buffered(OPENS)
             .collect()
             .await;
+        let points: Vec<Entry> = opened.into_iter().flatten().collect();
         let file = SummaryFile {
             format: FORMAT.into(),
             version: VERSION,
             repository: self.config().id.clone(),
             volume: volume.to_string(),
-            points: opened.into_iter().flatten().collect(),
+            sha256: checksum(&points),
+            points,
         };
         let key = volume.summary_key();
         let body = serde_json::to_vec(&file).expect("a summary serialises");

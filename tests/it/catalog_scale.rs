@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use sha2::Digest as _;
 use thinarc::backup::{BackupOptions, backup, dry_run};
 use thinarc::repo::{Repository, RequestCounts, VolumeName};
 use thinarc::source::RawSource;
@@ -193,15 +194,33 @@ async fn catalog_at_scale(t: TempRepo) {
     // vm01: a point pruned (its marker gone, its archive tombstoned).
     t.ok(&["prune", "vm01/disk", "--keep-last", "2"]);
     put(&store, &summary_key(1), summaries[1].clone()).await;
-    // vm02: a byte of the summary changed; vm03: not a summary at all.
-    let mut flipped = summaries[2].clone();
-    let at = String::from_utf8_lossy(&flipped)
+    // vm02: a digit of a marker's digest changed in the summary, vm06: of an
+    // archive's header; vm03: not a summary at all.
+    for (i, member) in [(2, "\"digest\":\""), (6, "\"head\":\"")] {
+        let mut flipped = summaries[i].clone();
+        let at = String::from_utf8_lossy(&flipped).find(member).unwrap() + member.len() + 20;
+        flipped[at] = if flipped[at] == b'0' { b'1' } else { b'0' };
+        put(&store, &summary_key(i), flipped).await;
+    }
+    put(&store, &summary_key(3), b"not a summary".to_vec()).await;
+    // vm07: an archive's header damaged in the summary, its checksum recomputed: the
+    // copied bytes fail the archive's own checks, and the archive is read instead.
+    let text = String::from_utf8(summaries[7].clone()).unwrap();
+    let (start, end) = (
+        text.find("\"points\":").unwrap() + 9,
+        text.find(",\"sha256\":").unwrap(),
+    );
+    let mut points = text[start..end].to_string().into_bytes();
+    let at = String::from_utf8_lossy(&points)
         .find("\"head\":\"")
         .unwrap()
-        + 20;
-    flipped[at] = if flipped[at] == b'0' { b'1' } else { b'0' };
-    put(&store, &summary_key(2), flipped).await;
-    put(&store, &summary_key(3), b"not a summary".to_vec()).await;
+        + 8
+        + 40;
+    points[at] = if points[at] == b'0' { b'1' } else { b'0' };
+    let points = String::from_utf8(points).unwrap();
+    let sum = hex::encode(sha2::Sha256::digest(points.as_bytes()));
+    let forged = format!("{}{points},\"sha256\":\"{sum}\"}}", &text[..start]);
+    put(&store, &summary_key(7), forged.into_bytes()).await;
     // vm04: an archive's header flipped in place; vm05: an archive deleted.
     let key = archive_key(&repo, 4, 3).await;
     let mut archive = get(&store, &key).await;
