@@ -16,7 +16,7 @@ DELAY_MS=${DELAY_MS:-20}
 VENV=${THINARC_TEST_VENV:-$ROOT/target/s3-venv}
 WORK=${BENCH_DIR:-$ROOT/bench/work}/catalog
 T=${BENCH_THINARC:-$ROOT/target/release/thinarc}
-GEN=$ROOT/target/release/examples/catalog_bench
+GEN=${BENCH_GEN:-$ROOT/target/release/examples/catalog_bench}
 if [ -z "${BENCH_THINARC:-}" ] || [ ! -x "$GEN" ]; then
     (cd "$ROOT" && cargo build --release --locked --bin thinarc --example catalog_bench)
 fi
