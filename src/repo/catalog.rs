@@ -852,15 +852,18 @@ impl Repository {
     pub async fn describe_all(
         &self,
     ) -> Result<Vec<(VolumeName, Result<Vec<PointInfo>, RepoError>)>, RepoError> {
-        Ok(futures::stream::iter(self.catalogs().await?)
-            .map(|(v, catalog)| async move {
-                let rows = match catalog {
+        // Each catalog is dropped once its rows are made.
+        Ok(futures::stream::iter(self.list_volumes().await?)
+            .map(|(v, listing)| async move {
+                let rows = match self.catalog_listed(&v, listing).await {
+                    Ok(c) if c.commits.is_empty() && c.problems.is_empty() => return None,
                     Ok(c) => self.describe_catalog(&v, &c).await,
                     Err(e) => Err(e),
                 };
-                (v, rows)
+                Some((v, rows))
             })
             .buffered(VOLUMES_AT_ONCE)
+            .filter_map(|r| async move { r })
             .collect()
             .await)
     }
