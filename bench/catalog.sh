@@ -52,14 +52,32 @@ s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
                   aws_access_key_id="bench", aws_secret_access_key="benchsecret",
                   config=botocore.config.Config(max_pool_connections=16))
 files = [os.path.join(d, f) for d, _, fs in os.walk(tree) for f in fs if f != ".complete"]
-def put(path):
+import hashlib, json
+etags = {}
+def put(path, body=None):
     # Keys as object_store writes them: the local store's file names are the keys.
-    key = "repo/" + os.path.relpath(path, tree)
+    key = os.path.relpath(path, tree)
+    if body is None:
+        with open(path, "rb") as f:
+            body = f.read()
+    etags[key] = s3.put_object(Bucket="bench", Key="repo/" + key, Body=body)["ETag"]
+def summary(path):
+    # A summary records the ETags the writer's store gave: the local ones of the tree
+    # become the S3 server's, as a writer on S3 would have written them (FORMAT.md 15.5).
     with open(path, "rb") as f:
-        s3.put_object(Bucket="bench", Key=key, Body=f.read())
+        s = json.load(f)
+    folder = os.path.dirname(os.path.relpath(path, tree))
+    for p in s["points"]:
+        p["marker_etag"] = etags[f"{folder}/commits/{p['marker']}"]
+        p["archive_etag"] = etags[f"{folder}/archives/{p['commit']['object']}"]
+    compact = lambda v: json.dumps(v, separators=(",", ":")).encode()
+    s["sha256"] = hashlib.sha256(compact(s["points"])).hexdigest()
+    put(path, compact(s))
+summaries = [f for f in files if os.path.basename(f) == "summary"]
 with concurrent.futures.ThreadPoolExecutor(16) as pool:
-    list(pool.map(put, files))
-print(f"{len(files)} objects", file=sys.stderr)
+    list(pool.map(put, [f for f in files if os.path.basename(f) != "summary"]))
+    list(pool.map(summary, summaries))
+print(f"{len(files)} objects, {len(summaries)} summaries", file=sys.stderr)
 EOF
 echo "uploaded in $(( $(date +%s) - started )) s" >&2
 LOC=s3://bench/repo
@@ -77,6 +95,10 @@ head -c $((256 << 10)) /dev/urandom > "$IMG"
 } > "$RUN/thinarc.toml"
 row() {  # delay, name, then the command
     local delay=$1 name=$2 port; shift 2
+    case " ${BENCH_ONLY:-list status run backup verify} " in
+        *" ${name%% *} "*) ;;
+        *) return 0 ;;
+    esac
     port=$(free_port)
     python3 "$ROOT/bench/delayproxy.py" "$port" 127.0.0.1 "$MOTO_PORT" "$delay" 2> "$RUN/proxy.log" &
     PROXY=$!
