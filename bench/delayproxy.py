@@ -7,15 +7,28 @@ delayed again.
 
     bench/delayproxy.py LISTEN_PORT TARGET_HOST TARGET_PORT [DELAY_MS=20]
 
-Prints the number of delayed requests when stopped (SIGINT or SIGTERM).
+Prints the number of delayed requests when stopped (SIGINT or SIGTERM), then the
+requests by kind: LIST (a GET listing objects or multipart uploads), GET, HEAD, PUT,
+POST, DELETE, e.g. `requests by kind: GET=31 LIST=2 PUT=4`.
 """
 import asyncio
+import collections
 import signal
 import sys
 
 LISTEN, HOST, PORT = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 DELAY = (float(sys.argv[4]) if len(sys.argv) > 4 else 20.0) / 1000
 requests = 0
+kinds = collections.Counter()
+
+
+def kind(data):
+    """The kind of the request whose first bytes are `data`."""
+    line = data.split(b"\r\n", 1)[0].decode("latin-1").split(" ")
+    method, target = line[0], line[1] if len(line) > 1 else ""
+    query = target.partition("?")[2].split("&")
+    listing = any(q.startswith("list-type=") or q in ("uploads", "uploads=") for q in query)
+    return "LIST" if method == "GET" and listing else method
 
 
 async def handle(client_r, client_w):
@@ -34,6 +47,7 @@ async def handle(client_r, client_w):
             if turn["server"]:
                 turn["server"] = False
                 requests += 1
+                kinds[kind(data)] += 1
                 await asyncio.sleep(DELAY)
             server_w.write(data)
             await server_w.drain()
@@ -58,6 +72,8 @@ async def main():
     async with server:
         await stop.wait()
     print(f"delayed requests: {requests}", file=sys.stderr)
+    counts = " ".join(f"{k}={n}" for k, n in sorted(kinds.items()))
+    print(f"requests by kind: {counts}", file=sys.stderr)
 
 
 asyncio.run(main())

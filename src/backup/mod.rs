@@ -40,7 +40,7 @@ use crate::progress::Progress;
 use crate::repo::{
     ArchiveId, ArchiveUpload, Chain, ChainCursor, Commit, DamageKind, DamageRecord, LEFTOVER_GRACE,
     LockError, PointSelector, RemoteArchive, RepairScope, RepoError, Repository, VolumeCatalog,
-    VolumeLock, VolumeName, chain_damage, clock_went_back, new_archive_id, new_id,
+    VolumeListing, VolumeLock, VolumeName, chain_damage, clock_went_back, new_archive_id, new_id,
 };
 use crate::source::consistent::{Consistency, ConsistencyError, Freeze, HookEnv, Hooks};
 use crate::source::{
@@ -239,6 +239,9 @@ struct Base {
     /// A write-only host: the recorded damaged blocks the new point's chain holds
     /// again (see [`StateMeta::stored_again`]), for its state.
     stored_again: BTreeMap<String, Vec<u64>>,
+    /// The volume's folder as listed for its catalog (damage records are read from
+    /// it).
+    listing: VolumeListing,
 }
 
 impl Base {
@@ -274,6 +277,7 @@ impl Base {
         };
         let state =
             writer.and_then(|_| state_dir.map(|d| (state::state_path(d, repo, volume), false)));
+        let listing = catalog.listing().clone();
         let mut base = Base {
             seq: catalog.next_seq(),
             commits: catalog.commits,
@@ -284,6 +288,7 @@ impl Base {
             found: None,
             state,
             stored_again: BTreeMap::new(),
+            listing,
         };
         let Some(latest_seq) = base.commits.last().map(|c| c.seq) else {
             return Ok(base);
@@ -385,7 +390,7 @@ impl Base {
             Ok(meta) => meta,
             Err(why) => return Ok(Some(why)),
         };
-        let records = repo.damage_records(&chain.volume).await?;
+        let records = repo.damage_records_listed(&self.listing).await;
         let end = chain.tip().geometry().blocks();
         let mut stored_again = BTreeMap::new();
         let mut forced: Vec<(u64, &DamageRecord)> = Vec::new();
@@ -461,7 +466,7 @@ impl Base {
                 }
             }
         }
-        let records = repo.damage_records(&chain.volume).await?;
+        let records = repo.damage_records_listed(&self.listing).await;
         let damage = chain_damage(chain, &records).await?;
         if damage.archive.is_some() {
             return Ok(Some(damage.to_string()));

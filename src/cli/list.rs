@@ -20,14 +20,14 @@ pub struct ListArgs {
 /// listed; so are damaged points, marked as such. The exit code is then non-zero.
 pub async fn run(args: ListArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let repo = ctx.open_unlocked(Need::IfGiven, "list").await?;
-    let volumes = match &args.volume {
-        Some(v) => vec![v.clone()],
-        None => repo.volumes().await?,
+    let described = match &args.volume {
+        Some(v) => vec![(v.clone(), repo.describe(v).await)],
+        None => repo.describe_all().await?,
     };
     let mut points: Vec<PointInfo> = Vec::new();
     let mut failed = Vec::new();
-    for v in &volumes {
-        match repo.describe(v).await {
+    for (v, described) in described {
+        match described {
             Ok(p) => points.extend(p),
             Err(e) => {
                 eprintln!("error: volume {v}: {e}");

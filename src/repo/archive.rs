@@ -8,6 +8,7 @@ use bytes::Bytes;
 use object_store::ObjectStoreExt;
 use object_store::path::Path;
 
+use super::summary::Preread;
 use super::{ArchiveId, Commit, RepoError, Repository, VolumeName};
 use crate::format::{
     ArchiveKey, DIR_ENTRY_LEN, Digest, Digester, DirEntry, FormatError, Geometry, Header,
@@ -41,6 +42,9 @@ pub struct RemoteArchive {
     /// The digest function of the archive's blocks: keyed for an encrypted archive
     /// when the handle holds a key (repository or writer key), plain otherwise.
     digester: Digester,
+    /// The bytes opening it read (for the volume's summary), when the directory came
+    /// with the tail read.
+    ends: Option<Arc<Preread>>,
 }
 
 impl RemoteArchive {
@@ -50,7 +54,14 @@ impl RemoteArchive {
     /// # Errors
     /// [`RepoError::Corrupt`] naming the archive, or [`RepoError::Store`].
     pub async fn open(repo: &Repository, commit: &Commit) -> Result<RemoteArchive, RepoError> {
-        match Self::open_checked(repo, commit, true).await {
+        // Bytes from the volume's summary go through the same checks; if they do not
+        // pass, the archive is read as if there were no summary.
+        if let Some(preread) = &commit.preread
+            && let Ok(a) = Self::open_checked(repo, commit, true, Some(preread)).await
+        {
+            return Ok(a);
+        }
+        match Self::open_checked(repo, commit, true, None).await {
             Err(e @ (RepoError::Truncated { .. } | RepoError::Corrupt { .. })) => {
                 // A marker whose size is wrong makes an intact archive look truncated
                 // or corrupt: then the marker is named, not the archive.
@@ -115,16 +126,20 @@ impl RemoteArchive {
             size,
             digest: Digest::default(),
             key: volume.commit_key(seq, 0),
+            preread: None,
         };
-        let mut archive = Self::open_checked(repo, &commit, false).await?;
+        let mut archive = Self::open_checked(repo, &commit, false, None).await?;
         archive.commit.digest = archive.trailer.trailer_sha256;
         Ok(archive)
     }
 
+    /// Opens and checks the archive `commit` names, from its head and tail as read
+    /// now, or as `preread` holds them.
     async fn open_checked(
         repo: &Repository,
         commit: &Commit,
         check_digest: bool,
+        preread: Option<&Arc<Preread>>,
     ) -> Result<RemoteArchive, RepoError> {
         let key = commit.archive_key();
         let corrupt = |source: FormatError| RepoError::Corrupt {
@@ -143,14 +158,23 @@ impl RemoteArchive {
         // (magic, then version), so an archive of a newer major version, or an object
         // that is no archive at all, says so instead of looking corrupt or short; the
         // tail holds the trailer and usually the whole directory.
-        let tail_start = size.saturating_sub(TAIL_READ);
-        let reads = futures::try_join!(
-            read_range(repo, &key, 0..size.min(HEAD_READ), size),
-            read_range(repo, &key, tail_start..size, size)
-        );
-        let (head, tail) = match reads {
-            Ok(r) => r,
-            Err(e) => return Err(not_an_archive(repo, &key, &e).await.map_or(e, corrupt)),
+        let (head, tail, tail_start) = match preread {
+            Some(p) if p.tail.len() as u64 <= size => {
+                (p.head.clone(), p.tail.clone(), size - p.tail.len() as u64)
+            }
+            _ => {
+                let tail_start = size.saturating_sub(TAIL_READ);
+                let reads = futures::try_join!(
+                    read_range(repo, &key, 0..size.min(HEAD_READ), size),
+                    read_range(repo, &key, tail_start..size, size)
+                );
+                match reads {
+                    Ok((head, tail)) => (head, tail, tail_start),
+                    Err(e) => {
+                        return Err(not_an_archive(repo, &key, &e).await.map_or(e, corrupt));
+                    }
+                }
+            }
         };
         let (_, trailer) = check_ends(&head, &tail, size).map_err(corrupt)?;
         if check_digest && trailer.trailer_sha256 != commit.digest {
@@ -163,6 +187,8 @@ impl RemoteArchive {
             });
         }
         let dir_range = trailer.directory_offset..size - TRAILER_LEN as u64;
+        let ends_tail = (dir_range.start >= tail_start)
+            .then(|| tail.slice((dir_range.start - tail_start) as usize..));
         let dir_bytes = if dir_range.start >= tail_start {
             tail.slice(
                 (dir_range.start - tail_start) as usize..(dir_range.end - tail_start) as usize,
@@ -176,6 +202,14 @@ impl RemoteArchive {
             read_range(repo, &key, 0..trailer.body_offset, size).await?
         };
         let (header, geometry) = check_header(&head, &trailer).map_err(corrupt)?;
+        let ends = match (preread, ends_tail) {
+            (Some(p), _) => Some(p.clone()),
+            (None, Some(tail)) => Some(Arc::new(Preread {
+                head: head.clone(),
+                tail,
+            })),
+            (None, None) => None,
+        };
         if commit.archive_id != header.archive_id || header.seq != commit.seq {
             return Err(RepoError::BadCommit {
                 key: commit.key.to_string(),
@@ -199,7 +233,15 @@ impl RemoteArchive {
             geometry,
             sealing,
             digester,
+            ends,
         })
+    }
+
+    /// The bytes opening the archive read, from its first byte to its body and from
+    /// its directory to its end (for the volume's summary): `None` when the directory
+    /// did not come with the tail read.
+    pub(crate) fn ends(&self) -> Option<Arc<Preread>> {
+        self.ends.clone()
     }
 
     /// Whether the archive is encrypted (format 2).

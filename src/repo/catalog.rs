@@ -5,16 +5,20 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use futures::{StreamExt, TryStreamExt};
+use object_store::ObjectMeta;
 use object_store::path::Path;
 
 use super::archive::parse_archive_name;
 use super::layout::{ArchiveId, ArchiveIdPrefix, parse_commit_key, volumes_prefix};
-use super::marker::read_marker;
+use super::marker::{CommitMarker, check_marker, read_marker};
+use super::summary::{Preread, Summary};
 use super::{RemoteArchive, RepoError, Repository, VolumeName};
 use crate::format::Digest;
 
 /// Commit markers read concurrently.
 const MARKER_READS: usize = 16;
+/// Volumes cataloged at once by commands over every volume.
+const VOLUMES_AT_ONCE: usize = 8;
 
 /// A committed point of a volume, as its commit marker describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +40,9 @@ pub struct Commit {
     pub digest: Digest,
     /// Key of the commit marker.
     pub key: Path,
+    /// The archive's bytes that opening it reads, from the volume's summary (checked
+    /// as read bytes are, when the archive is opened).
+    pub(crate) preread: Option<Arc<Preread>>,
 }
 
 impl Commit {
@@ -172,6 +179,79 @@ impl std::fmt::Display for CatalogProblem {
     }
 }
 
+/// The objects under one volume's folder, as one listing showed them: the catalog,
+/// damage records, result records and locks are all read from it.
+#[derive(Debug, Clone, Default)]
+pub struct VolumeListing {
+    pub(crate) objects: Vec<ObjectMeta>,
+}
+
+impl VolumeListing {
+    /// The same listing without the volume's summary: a catalog built from it reads
+    /// every marker and archive (what `verify` checks is what is stored).
+    pub fn without_summary(mut self) -> Self {
+        self.objects.retain(|m| {
+            m.location
+                .parts()
+                .nth(2)
+                .is_none_or(|p| p.as_ref() != "summary")
+        });
+        self
+    }
+
+    /// The volume's archive objects.
+    pub fn archives(&self) -> impl Iterator<Item = &ObjectMeta> {
+        self.folder("archives")
+    }
+
+    /// The listing of the volume's locks.
+    pub(crate) fn locks(&self) -> impl Iterator<Item = &ObjectMeta> {
+        self.folder("locks")
+    }
+
+    /// Every object listed.
+    pub(crate) fn objects(&self) -> impl Iterator<Item = &ObjectMeta> {
+        self.objects.iter()
+    }
+
+    /// The objects directly in folder `dir` of the volume (`commits`, `archives`, ...).
+    pub(crate) fn folder<'a>(&'a self, dir: &'a str) -> impl Iterator<Item = &'a ObjectMeta> {
+        self.objects.iter().filter(move |m| {
+            let mut parts = m.location.parts().skip(2);
+            parts.next().is_some_and(|p| p.as_ref() == dir)
+                && parts.next().is_some()
+                && parts.next().is_none()
+        })
+    }
+
+    /// Whether object `key` is listed.
+    pub fn contains(&self, key: &Path) -> bool {
+        self.get(key).is_some()
+    }
+
+    /// The object `key`, if listed.
+    pub(crate) fn get(&self, key: &Path) -> Option<&ObjectMeta> {
+        self.objects.iter().find(|m| &m.location == key)
+    }
+
+    /// The commit marker keys, sorted by seq and generation.
+    pub(crate) fn markers(&self) -> Vec<MarkerKey> {
+        let mut keys: Vec<MarkerKey> = self
+            .folder("commits")
+            .filter_map(|m| {
+                let (seq, generation) = m.location.filename().and_then(parse_commit_key)?;
+                Some(MarkerKey {
+                    seq,
+                    generation,
+                    key: m.location.clone(),
+                })
+            })
+            .collect();
+        keys.sort_by_key(|k| (k.seq, k.generation));
+        keys
+    }
+}
+
 /// A volume's committed points and the problems of its catalog.
 #[derive(Debug, Clone, Default)]
 pub struct VolumeCatalog {
@@ -182,9 +262,16 @@ pub struct VolumeCatalog {
     /// The highest seq any marker key (valid or not), set-aside marker or archive
     /// object of the volume names: the next point gets a higher one.
     pub max_seq: u64,
+    /// The listing it was built from.
+    pub(crate) listing: VolumeListing,
 }
 
 impl VolumeCatalog {
+    /// The listing of the volume's folder it was built from.
+    pub fn listing(&self) -> &VolumeListing {
+        &self.listing
+    }
+
     /// The seq of the next point: above every seq ever named, so none is reused.
     pub fn next_seq(&self) -> u64 {
         self.max_seq + 1
@@ -233,39 +320,83 @@ impl Repository {
             .map_err(RepoError::store("list", prefix))
     }
 
+    /// The listing of `volume`'s folder: one recursive listing.
+    ///
+    /// # Errors
+    /// [`RepoError::Store`].
+    pub(crate) async fn list_volume(
+        &self,
+        volume: &VolumeName,
+    ) -> Result<VolumeListing, RepoError> {
+        Ok(VolumeListing {
+            objects: self.list(&volume.prefix()).await?,
+        })
+    }
+
+    /// The listings of every volume folder, from one recursive (paged) listing of
+    /// `volumes/`, sorted by volume.
+    ///
+    /// # Errors
+    /// [`RepoError::Store`].
+    pub async fn list_volumes(&self) -> Result<Vec<(VolumeName, VolumeListing)>, RepoError> {
+        let mut volumes: std::collections::BTreeMap<VolumeName, VolumeListing> = Default::default();
+        for m in self.list(&volumes_prefix()).await? {
+            let Some(Ok(v)) = m
+                .location
+                .parts()
+                .nth(1)
+                .map(|p| VolumeName::from_key(p.as_ref()))
+            else {
+                continue;
+            };
+            volumes.entry(v).or_default().objects.push(m);
+        }
+        Ok(volumes.into_iter().collect())
+    }
+
     /// Names of all volumes with at least one committed point, sorted.
     ///
     /// # Errors
     /// [`RepoError::Store`].
     pub async fn volumes(&self) -> Result<Vec<VolumeName>, RepoError> {
-        let prefix = volumes_prefix();
-        let list = self
-            .store()
-            .list_with_delimiter(Some(&prefix))
-            .await
-            .map_err(RepoError::store("list", &prefix))?;
-        let candidates: Vec<VolumeName> = list
-            .common_prefixes
-            .iter()
-            .filter_map(|p| p.filename().and_then(|s| VolumeName::from_key(s).ok()))
-            .collect();
         // A volume exists once it has a commit marker, or a complete archive whose
         // marker is lost: an interrupted first backup may leave an empty folder or a
         // partial archive behind.
         let mut names = Vec::new();
-        for v in candidates {
-            let commits = v.commits_prefix();
-            let has_point = self
-                .list(&commits)
-                .await?
-                .iter()
-                .any(|m| m.location.filename().and_then(parse_commit_key).is_some());
-            if has_point || !self.catalog(&v).await?.problems.is_empty() {
+        for (v, listing) in self.list_volumes().await? {
+            let has_point = !listing.markers().is_empty();
+            if has_point || !self.catalog_listed(&v, listing).await?.problems.is_empty() {
                 names.push(v);
             }
         }
-        names.sort();
         Ok(names)
+    }
+
+    /// The catalog of every volume (as [`volumes`](Self::volumes) names them), from one
+    /// listing of the repository's volumes: a volume whose markers cannot be read has
+    /// its error instead.
+    ///
+    /// # Errors
+    /// [`RepoError::Store`] when the volumes cannot be listed.
+    #[allow(clippy::type_complexity)]
+    pub async fn catalogs(
+        &self,
+    ) -> Result<Vec<(VolumeName, Result<VolumeCatalog, RepoError>)>, RepoError> {
+        let all: Vec<_> = futures::stream::iter(self.list_volumes().await?)
+            .map(|(v, listing)| async move {
+                let catalog = self.catalog_listed(&v, listing).await;
+                (v, catalog)
+            })
+            .buffered(VOLUMES_AT_ONCE)
+            .collect()
+            .await;
+        Ok(all
+            .into_iter()
+            .filter(|(_, c)| {
+                c.as_ref()
+                    .map_or(true, |c| !c.commits.is_empty() || !c.problems.is_empty())
+            })
+            .collect())
     }
 
     /// Every commit marker of `volume`, superseded generations included, sorted by
@@ -274,20 +405,8 @@ impl Repository {
     /// # Errors
     /// [`RepoError::Store`].
     pub(crate) async fn markers(&self, volume: &VolumeName) -> Result<Vec<MarkerKey>, RepoError> {
-        let metas = self.list(&volume.commits_prefix()).await?;
-        let mut keys: Vec<MarkerKey> = metas
-            .into_iter()
-            .filter_map(|m| {
-                let (seq, generation) = m.location.filename().and_then(parse_commit_key)?;
-                Some(MarkerKey {
-                    seq,
-                    generation,
-                    key: m.location,
-                })
-            })
-            .collect();
-        keys.sort_by_key(|k| (k.seq, k.generation));
-        Ok(keys)
+        let objects = self.list(&volume.commits_prefix()).await?;
+        Ok(VolumeListing { objects }.markers())
     }
 
     /// Reads the commit markers `keys` of `volume`.
@@ -299,18 +418,31 @@ impl Repository {
         volume: &VolumeName,
         keys: Vec<MarkerKey>,
     ) -> Result<Vec<Commit>, RepoError> {
-        self.read_markers(volume, keys).await.into_iter().collect()
+        self.read_markers(volume, keys, &Summary::default())
+            .await
+            .into_iter()
+            .collect()
     }
 
-    /// Reads the commit markers `keys` of `volume`, each to its commit or its error.
+    /// Reads the commit markers `keys` of `volume`, each to its commit or its error;
+    /// a marker `summary` holds is taken from it (and checked as a read one is).
     pub(crate) async fn read_markers(
         &self,
         volume: &VolumeName,
         keys: Vec<MarkerKey>,
+        summary: &Summary,
     ) -> Vec<Result<Commit, RepoError>> {
         futures::stream::iter(keys)
             .map(|k| async move {
-                let m = read_marker(self, &k.key, k.seq).await?;
+                let summarised = k
+                    .key
+                    .filename()
+                    .and_then(|name| summary.get(name))
+                    .filter(|(m, _)| check_marker(k.seq, m).is_ok());
+                let (m, preread): (CommitMarker, _) = match summarised {
+                    Some((m, preread)) => (m.clone(), preread.clone()),
+                    None => (read_marker(self, &k.key, k.seq).await?, None),
+                };
                 Ok(Commit {
                     volume: volume.clone(),
                     seq: k.seq,
@@ -320,6 +452,7 @@ impl Repository {
                     size: m.size,
                     digest: m.digest,
                     key: k.key,
+                    preread,
                 })
             })
             .buffered(MARKER_READS)
@@ -338,16 +471,43 @@ impl Repository {
     /// [`RepoError::Store`] when listing fails (a marker or archive that cannot be
     /// read is a problem, not an error).
     pub async fn catalog(&self, volume: &VolumeName) -> Result<VolumeCatalog, RepoError> {
+        let listing = self.list_volume(volume).await?;
+        self.catalog_listed(volume, listing).await
+    }
+
+    /// [`catalog`](Self::catalog) read from the markers and archives themselves, the
+    /// volume's summary ignored: what `verify` checks is what is stored.
+    ///
+    /// # Errors
+    /// As [`catalog`](Self::catalog).
+    pub async fn catalog_unsummarised(
+        &self,
+        volume: &VolumeName,
+    ) -> Result<VolumeCatalog, RepoError> {
+        let listing = self.list_volume(volume).await?;
+        self.catalog_listed(volume, listing.without_summary()).await
+    }
+
+    /// [`catalog`](Self::catalog) from `listing`, the volume's folder as listed.
+    ///
+    /// # Errors
+    /// As [`catalog`](Self::catalog).
+    pub async fn catalog_listed(
+        &self,
+        volume: &VolumeName,
+        listing: VolumeListing,
+    ) -> Result<VolumeCatalog, RepoError> {
         self.catalog_listings
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let keys = self.markers(volume).await?;
+        let keys = listing.markers();
+        let summary = self.read_summary(volume, &listing).await;
         let mut max_seq = keys.last().map_or(0, |k| k.seq);
         let mut commits: Vec<Commit> = Vec::new();
         let mut problems = Vec::new();
         for (key, read) in keys
             .clone()
             .into_iter()
-            .zip(self.read_markers(volume, keys).await)
+            .zip(self.read_markers(volume, keys, &summary).await)
         {
             match read {
                 Ok(c) => {
@@ -370,14 +530,12 @@ impl Repository {
             }
         }
         let committed: HashSet<u64> = commits.iter().map(|c| c.seq).collect();
-        let tombstones: HashSet<String> = self
-            .list(&volume.tombstones_prefix())
-            .await?
-            .into_iter()
-            .filter_map(|m| m.location.filename().map(str::to_string))
+        let tombstones: HashSet<&str> = listing
+            .folder("tombstones")
+            .filter_map(|m| m.location.filename())
             .collect();
         let mut orphans = Vec::new();
-        for m in self.list(&volume.archives_prefix()).await? {
+        for m in listing.folder("archives") {
             let Some(name) = m.location.filename() else {
                 continue;
             };
@@ -392,7 +550,7 @@ impl Repository {
                 orphans.push(a);
             }
         }
-        for m in self.list(&volume.damaged_prefix()).await? {
+        for m in listing.folder("damaged") {
             if let Some((seq, _)) = m.location.filename().and_then(parse_commit_key) {
                 max_seq = max_seq.max(seq);
             }
@@ -407,6 +565,7 @@ impl Repository {
             commits,
             problems,
             max_seq,
+            listing,
         })
     }
 
@@ -695,6 +854,32 @@ impl Repository {
             .await
     }
 
+    /// [`describe`](Self::describe) of every volume, from one listing of the
+    /// repository's volumes (see [`catalogs`](Self::catalogs)): a volume that cannot
+    /// be described has its error instead.
+    ///
+    /// # Errors
+    /// [`RepoError::Store`] when the volumes cannot be listed.
+    #[allow(clippy::type_complexity)]
+    pub async fn describe_all(
+        &self,
+    ) -> Result<Vec<(VolumeName, Result<Vec<PointInfo>, RepoError>)>, RepoError> {
+        // Each catalog is dropped once its rows are made.
+        Ok(futures::stream::iter(self.list_volumes().await?)
+            .map(|(v, listing)| async move {
+                let rows = match self.catalog_listed(&v, listing).await {
+                    Ok(c) if c.commits.is_empty() && c.problems.is_empty() => return None,
+                    Ok(c) => self.describe_catalog(&v, &c).await,
+                    Err(e) => Err(e),
+                };
+                Some((v, rows))
+            })
+            .buffered(VOLUMES_AT_ONCE)
+            .filter_map(|r| async move { r })
+            .collect()
+            .await)
+    }
+
     /// [`describe`](Self::describe) from `catalog`, the volume's catalog the caller
     /// already listed (and uses for more: it is listed once).
     ///
@@ -714,7 +899,7 @@ impl Repository {
                 .buffered(MARKER_READS)
                 .collect()
                 .await;
-        let records = self.damage_records(volume).await?;
+        let records = self.damage_records_listed(&catalog.listing).await;
         let mut rows: Vec<PointInfo> = Vec::new();
         // Per listed seq: the archive, if it opened and its chain links hold (block
         // damage does not break a chain: a child may hold those blocks again).
@@ -841,6 +1026,7 @@ mod tests {
             object: format!("{seq:012}-{id}.tarc"),
             size: 0,
             digest: Digest::default(),
+            preread: None,
         }
     }
 

@@ -26,6 +26,7 @@ use object_store::{ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 
 use super::archive::parse_archive_name;
+use super::summary::summary_warning;
 use super::{RepoError, Repository, VolumeName};
 
 /// How old a tombstone or an uncommitted object must be before its archive is removed.
@@ -138,7 +139,9 @@ impl Repository {
             .collect();
         // A corrupt marker of the seq names no archive to tombstone: it is deleted
         // with the others.
-        let read = self.read_markers(volume, keys.clone()).await;
+        let read = self
+            .read_markers(volume, keys.clone(), &Default::default())
+            .await;
         for c in read.iter().flatten() {
             self.write_tombstone(volume, &c.object, reason).await?;
         }
@@ -175,8 +178,9 @@ impl Repository {
         let mut cleaned = Cleaned::default();
         // Damage is left for `repair`: corrupt markers are not read, and complete
         // orphan archives (a lost marker) are kept like committed ones.
+        // The objects below all come from this one listing, taken under the lock.
         let catalog = self.catalog(volume).await?;
-        let committed = catalog.commits;
+        let committed = &catalog.commits;
         let mut listed: HashSet<String> = committed.iter().map(|c| c.object.clone()).collect();
         let committed_seqs: HashSet<u64> = committed.iter().map(|c| c.seq).collect();
         let mut current: HashSet<(u64, u32)> =
@@ -189,16 +193,15 @@ impl Repository {
                 super::CatalogProblem::Orphan(a) => listed.insert(a.commit.object.clone()),
             };
         }
-        let superseded: Vec<_> = self
-            .markers(volume)
-            .await?
+        let superseded: Vec<_> = catalog
+            .listing
+            .markers()
             .into_iter()
             .filter(|k| !current.contains(&(k.seq, k.generation)))
             .collect();
-        let mut tombstones: HashMap<String, DateTime<Utc>> = self
-            .list(&volume.tombstones_prefix())
-            .await?
-            .into_iter()
+        let mut tombstones: HashMap<String, DateTime<Utc>> = catalog
+            .listing
+            .folder("tombstones")
             .filter_map(|m| Some((m.location.filename()?.to_string(), m.last_modified)))
             .collect();
         for c in self.read_commits(volume, superseded).await? {
@@ -212,7 +215,7 @@ impl Repository {
         }
         let prefix = volume.archives_prefix();
         let mut present = HashSet::new();
-        for m in self.list(&prefix).await? {
+        for m in catalog.listing.folder("archives") {
             let Some(name) = m.location.filename().map(str::to_string) else {
                 continue;
             };
@@ -255,6 +258,11 @@ impl Repository {
         match self.abort_stale_uploads(volume, cutoff).await {
             Ok(keys) => cleaned.uploads = keys,
             Err(e) => cleaned.warnings.push(e.to_string()),
+        }
+        // The committed set this listing shows is what the caller left: the summary
+        // follows it (only the points new to it are read).
+        if let Err(e) = self.write_summary(volume, &catalog).await {
+            cleaned.warnings.push(summary_warning(volume, &e));
         }
         Ok(cleaned)
     }

@@ -164,7 +164,11 @@ impl Repository {
     /// A handle on `store` holding `config`: no local root, no upload listing and no
     /// upload limit yet (the openers in `location.rs` add them).
     fn with_config(store: Arc<dyn ObjectStore>, location: &str, config: RepoConfig) -> Self {
+        let requests = Arc::<super::counting::Counters>::default();
+        let store: Arc<dyn ObjectStore> =
+            Arc::new(super::counting::CountingStore::new(store, requests.clone()));
         Repository {
+            requests,
             lock_store: store.clone(),
             store,
             location: location.to_string(),

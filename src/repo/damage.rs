@@ -95,8 +95,16 @@ impl Repository {
         &self,
         volume: &VolumeName,
     ) -> Result<Vec<DamageRecord>, RepoError> {
-        let metas = self.list(&volume.damage_prefix()).await?;
-        Ok(futures::stream::iter(metas)
+        let objects = self.list(&volume.damage_prefix()).await?;
+        Ok(self
+            .damage_records_listed(&super::VolumeListing { objects })
+            .await)
+    }
+
+    /// The readable damage records `listing` shows (see
+    /// [`damage_records`](Self::damage_records)).
+    pub async fn damage_records_listed(&self, listing: &super::VolumeListing) -> Vec<DamageRecord> {
+        futures::stream::iter(listing.folder("damage"))
             .map(|m| async move {
                 let bytes = self
                     .store()
@@ -111,7 +119,7 @@ impl Repository {
             .buffered(16)
             .filter_map(|r| async move { r })
             .collect()
-            .await)
+            .await
     }
 
     /// Writes `record`, replacing any record of the same archive.

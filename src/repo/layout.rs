@@ -11,6 +11,7 @@
 //! volumes/<volume>/clock                              a probe for the store's clock
 //! volumes/<volume>/damaged/<marker name>              corrupt markers set aside by repair
 //! volumes/<volume>/damage/<archive-id>                damage records (JSON, derived)
+//! volumes/<volume>/summary                            markers and archive ends (JSON, derived)
 //! ```
 //! `<seq>` is the sequence number as 12 decimal digits so keys sort in history order;
 //! `<generation>` is 6 decimal digits from 000001 (a point whose archive was replaced
@@ -132,6 +133,11 @@ impl VolumeName {
     /// Where damage records are kept.
     pub(crate) fn damage_prefix(&self) -> Path {
         self.prefix().join("damage")
+    }
+
+    /// Key of the volume's summary (derived, see `summary.rs`).
+    pub(crate) fn summary_key(&self) -> Path {
+        self.prefix().join("summary")
     }
 
     /// Key of the object written to read the store's clock.

@@ -604,9 +604,22 @@ pub async fn held_locks(
     repo: &Repository,
     volume: &VolumeName,
 ) -> Result<Vec<HeldLock>, RepoError> {
+    let objects = repo.list(&volume.locks_prefix()).await?;
+    held_locks_listed(repo, volume, &super::VolumeListing { objects }).await
+}
+
+/// [`held_locks`] of the lock objects `listing` shows (the volume's folder as listed).
+///
+/// # Errors
+/// As [`held_locks`].
+pub async fn held_locks_listed(
+    repo: &Repository,
+    volume: &VolumeName,
+    listing: &super::VolumeListing,
+) -> Result<Vec<HeldLock>, RepoError> {
     let now = Utc::now();
     let mut out = Vec::new();
-    for m in repo.list(&volume.locks_prefix()).await? {
+    for m in listing.locks() {
         if let Some(read) = read_lock(repo, &m.location).await? {
             let info = read.unwrap_or_else(|detail| LockInfo {
                 volume: volume.to_string(),

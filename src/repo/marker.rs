@@ -67,7 +67,7 @@ pub(crate) async fn read_marker(
 /// `<seq>-<archive>.tarc`, so a flipped byte in either makes the pair disagree; `size`
 /// holds at least a preamble and a trailer. (`archive`, 32 lowercase hex digits, and
 /// `digest` are checked as they are parsed.)
-fn check_marker(seq: u64, m: &CommitMarker) -> Result<(), String> {
+pub(crate) fn check_marker(seq: u64, m: &CommitMarker) -> Result<(), String> {
     let object = archive_object(seq, &m.archive);
     if m.object != object {
         return Err(format!(

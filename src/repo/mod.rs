@@ -32,6 +32,7 @@ mod chain;
 mod cleanup;
 mod clock;
 mod config;
+mod counting;
 mod damage;
 mod keys;
 mod layout;
@@ -42,6 +43,7 @@ mod publish;
 mod repair;
 mod retry;
 mod s3http;
+mod summary;
 mod uploads;
 
 use std::sync::Arc;
@@ -49,11 +51,14 @@ use std::sync::Arc;
 use object_store::ObjectStore;
 
 pub use archive::RemoteArchive;
-pub use catalog::{CatalogProblem, Chain, Commit, PointInfo, PointSelector, VolumeCatalog};
+pub use catalog::{
+    CatalogProblem, Chain, Commit, PointInfo, PointSelector, VolumeCatalog, VolumeListing,
+};
 pub use chain::{ChainCursor, Resolved, SegmentCache};
 pub use cleanup::{Cleaned, LEFTOVER_GRACE};
 pub use clock::clock_went_back;
 pub use config::{EncryptionConfig, RepoConfig};
+pub use counting::RequestCounts;
 pub use damage::{ChainDamage, DamageKind, DamageRecord, MAX_DAMAGED_BLOCKS, chain_damage};
 pub use keys::{
     ARGON2_M_COST, ARGON2_P_COST, ARGON2_T_COST, Kdf, KeyError, KeySlot, Secrets, SlotKind, Slots,
@@ -65,7 +70,7 @@ pub use layout::{
 pub use location::{Location, OpenedStore, open_store, parse_location};
 pub use lock::{
     DEFAULT_LOCK_TTL, HeldLock, LOCK_TTL_ENV, LockError, LockInfo, VolumeLock, break_locks,
-    held_locks, hostname, lock_ttl, settle_dropped_locks,
+    held_locks, held_locks_listed, hostname, lock_ttl, settle_dropped_locks,
 };
 pub use publish::{ArchiveUpload, DroppedUploads, Published, settle_dropped_uploads};
 pub use repair::{RepairAction, RepairScope};
@@ -218,6 +223,9 @@ pub struct Repository {
     /// Volume catalogs listed through this handle and its clones (see
     /// [`catalog_listings`](Repository::catalog_listings)).
     catalog_listings: Arc<std::sync::atomic::AtomicU64>,
+    /// Requests made through this handle and its clones (see
+    /// [`requests`](Repository::requests)).
+    requests: Arc<counting::Counters>,
     /// Key material given with [`with_keys`](Repository::with_keys) (encrypted
     /// repositories only).
     keys: Arc<Keys>,
@@ -259,6 +267,12 @@ impl Repository {
     pub fn catalog_listings(&self) -> u64 {
         self.catalog_listings
             .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The requests made through this handle and its clones so far, by kind: what a
+    /// command costs on an object store (tests check it).
+    pub fn requests(&self) -> RequestCounts {
+        self.requests.get()
     }
 
     /// The location as the user gave it.

@@ -431,6 +431,7 @@ impl ArchiveUpload {
                 size: marker.size,
                 digest,
                 key: commit_key,
+                preread: None,
             },
         })
     }

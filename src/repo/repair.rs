@@ -65,7 +65,11 @@ impl Repository {
         dry_run: bool,
     ) -> Result<Vec<RepairAction>, RepoError> {
         let catalog = self.catalog(volume).await?;
-        Ok(self.repair_listed(volume, catalog, scope, dry_run).await?.0)
+        let actions = self.repair_listed(volume, catalog, scope, dry_run).await?.0;
+        if !dry_run && let Some(warning) = self.refresh_summary(volume).await {
+            tracing::warn!("{warning}");
+        }
+        Ok(actions)
     }
 
     /// [`repair_catalog`](Self::repair_catalog) of `catalog`, the volume's catalog the
@@ -85,12 +89,13 @@ impl Repository {
             mut commits,
             mut problems,
             max_seq,
+            listing,
         } = catalog;
         if scope == RepairScope::All {
             self.check_markers(&mut commits, &mut problems).await?;
         }
         let newest = commits.last().map_or(0, |c| c.seq);
-        let records = self.damage_records(volume).await?;
+        let records = self.damage_records_listed(&listing).await;
         let mut actions = Vec::new();
         for p in &problems {
             let CatalogProblem::Orphan(a) = p else {
@@ -169,6 +174,7 @@ impl Repository {
             commits,
             problems,
             max_seq,
+            listing,
         };
         Ok((actions, repaired))
     }

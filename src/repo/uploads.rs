@@ -29,6 +29,11 @@ pub struct PendingUpload {
     pub initiated: DateTime<Utc>,
 }
 
+/// The key prefix of `volume`'s uploads.
+fn upload_prefix(volume: &VolumeName) -> String {
+    format!("{}/", volume.prefix())
+}
+
 /// What the S3 requests of this module need.
 pub(crate) struct S3Uploads {
     pub(crate) client: HttpClient,
@@ -200,11 +205,21 @@ impl Repository {
         let Some(s3) = &self.uploads else {
             return Ok(Vec::new());
         };
-        let under = volume.map_or_else(|| "volumes/".to_string(), |v| format!("{}/", v.prefix()));
+        let under = volume.map_or_else(|| "volumes/".to_string(), upload_prefix);
         s3.list(&under).await.map_err(|e| RepoError::Uploads {
             location: self.location.clone(),
             detail: e.0,
         })
+    }
+
+    /// Among `all`, the incomplete uploads of every volume, those of `volume` (as
+    /// [`pending_uploads`](Self::pending_uploads) of `volume` lists them).
+    pub fn uploads_of(volume: &VolumeName, all: &[PendingUpload]) -> Vec<PendingUpload> {
+        let under = upload_prefix(volume);
+        all.iter()
+            .filter(|u| u.key.starts_with(&under))
+            .cloned()
+            .collect()
     }
 
     /// Aborts the incomplete uploads of `volume` started before `cutoff` (a time by the

@@ -17,9 +17,12 @@ use serde::Serialize;
 
 use crate::format::{Header, LvmSnapshot};
 use crate::lvm::LvName;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
-use crate::repo::{CatalogProblem, HeldLock, PointSelector, Repository, VolumeName, held_locks};
+use crate::repo::{
+    CatalogProblem, HeldLock, PointSelector, RepoError, Repository, VolumeCatalog, VolumeName,
+    held_locks, held_locks_listed,
+};
 use crate::source::lvm::{LvmPlan, ThinarcSnapshot};
 pub use record::{Operation, Outcome, Record, Records, Slot};
 pub use run_lock::{RunLock, RunLockError, RunLocked};
@@ -181,18 +184,28 @@ pub async fn gather(
     unreachable: Option<String>,
 ) -> Result<Status, StatusError> {
     let time = Utc::now();
+    // Every volume's catalog from one listing of the repository.
+    let mut listed: HashMap<String, Result<VolumeCatalog, RepoError>> = HashMap::new();
     let mut names: Vec<String> = match volume {
         Some(v) => vec![v.to_string()],
         None => {
             let mut names = records.local_volumes();
             if let Some(repo) = repo {
-                names.extend(repo.volumes().await?.iter().map(|v| v.to_string()));
+                for (v, c) in repo.catalogs().await? {
+                    names.push(v.to_string());
+                    listed.insert(v.to_string(), c);
+                }
             }
             names
         }
     };
     names.sort();
     names.dedup();
+    // The incomplete uploads of every volume, listed once when every volume is shown.
+    let all_uploads = match (repo, volume) {
+        (Some(repo), None) => Some(repo.pending_uploads(None).await),
+        _ => None,
+    };
     let mut volumes = Vec::new();
     for name in names {
         let mut s = VolumeStatus {
@@ -213,8 +226,19 @@ pub async fn gather(
             damage: DamageCounts::default(),
             gone: false,
         };
+        let catalog = match (repo, VolumeName::new(&name)) {
+            (Some(repo), Ok(v)) => Some(match listed.remove(&name) {
+                Some(c) => c,
+                None => repo.catalog(&v).await,
+            }),
+            _ => None,
+        };
+        let listing = catalog
+            .as_ref()
+            .and_then(|c| c.as_ref().ok())
+            .map(|c| c.listing());
         for op in Operation::ALL {
-            let slot = |slot| records.read(repo, &name, op, slot);
+            let slot = |slot| records.read_listed(repo, listing, &name, op, slot);
             let o = s.operation_mut(op);
             o.last = slot(Slot::Last).await;
             o.last_success = slot(Slot::Success).await;
@@ -225,13 +249,21 @@ pub async fn gather(
             .last
             .as_ref()
             .is_some_and(|r| r.result == Outcome::Gone);
-        if let (Some(repo), Ok(v)) = (repo, VolumeName::new(&name)) {
-            catalog(repo, &v, time, &mut s).await;
-            match held_locks(repo, &v).await {
+        if let (Some(repo), Ok(v), Some(c)) = (repo, VolumeName::new(&name), catalog) {
+            let locks = match &c {
+                Ok(c) => held_locks_listed(repo, &v, c.listing()).await,
+                Err(_) => held_locks(repo, &v).await,
+            };
+            describe(repo, &v, c, time, &mut s).await;
+            match locks {
                 Ok(locks) => s.locks = locks,
                 Err(e) => s.problems.push(format!("cannot list locks: {e}")),
             }
-            match repo.pending_uploads(Some(&v)).await {
+            let uploads = match &all_uploads {
+                Some(Ok(all)) => Ok(Repository::uploads_of(&v, all)),
+                _ => repo.pending_uploads(Some(&v)).await,
+            };
+            match uploads {
                 Ok(u) => {
                     s.incomplete_uploads = u.len();
                     s.oldest_upload = u.iter().map(|u| u.initiated).min();
@@ -277,9 +309,15 @@ fn lost_success(s: &mut VolumeStatus) {
 
 /// Fills the catalog part of `s`: points, chain length, stored bytes, newest point,
 /// damage.
-async fn catalog(repo: &Repository, volume: &VolumeName, now: DateTime<Utc>, s: &mut VolumeStatus) {
+async fn describe(
+    repo: &Repository,
+    volume: &VolumeName,
+    catalog: Result<VolumeCatalog, RepoError>,
+    now: DateTime<Utc>,
+    s: &mut VolumeStatus,
+) {
     // Listed once: the rows, the counts and the newest chain all come from it.
-    let catalog = match repo.catalog(volume).await {
+    let catalog = match catalog {
         Ok(c) => c,
         Err(e) => {
             s.problems.push(e.to_string());

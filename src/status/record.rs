@@ -25,7 +25,7 @@ use object_store::ObjectStoreExt;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
-use crate::repo::{ArchiveId, RepoError, Repository, VolumeName, hostname};
+use crate::repo::{ArchiveId, RepoError, Repository, VolumeListing, VolumeName, hostname};
 
 /// The operation a record is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -285,11 +285,28 @@ impl Records {
         operation: Operation,
         slot: Slot,
     ) -> Option<Record> {
+        self.read_listed(repo, None, volume, operation, slot).await
+    }
+
+    /// As [`read`](Self::read), with `listing`, the volume's folder as listed: a record
+    /// it does not show is not asked for.
+    pub async fn read_listed(
+        &self,
+        repo: Option<&Repository>,
+        listing: Option<&VolumeListing>,
+        volume: &str,
+        operation: Operation,
+        slot: Slot,
+    ) -> Option<Record> {
         let local = self.local_dir(volume).and_then(|d| {
             let bytes = std::fs::read(d.join(file_name(operation, slot))).ok()?;
             serde_json::from_slice::<Record>(&bytes).ok()
         });
+        let listed = |l: &VolumeListing| {
+            record_key(volume, operation, slot).is_ok_and(|key| l.contains(&key))
+        };
         let remote = match repo {
+            Some(_) if listing.is_some_and(|l| !listed(l)) => None,
             Some(repo) => get_record(repo, volume, operation, slot).await,
             None => None,
         };

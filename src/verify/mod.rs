@@ -40,8 +40,8 @@ use crate::format::ImageHasher;
 use crate::progress::Progress;
 use crate::repo::{
     ArchiveId, CatalogProblem, ChainCursor, Commit, DamageKind, DamageRecord, KeyError,
-    PointSelector, RemoteArchive, RepoError, Repository, Resolved, VolumeName, chain_damage,
-    clock_went_back,
+    PointSelector, RemoteArchive, RepoError, Repository, Resolved, VolumeCatalog, VolumeName,
+    chain_damage, clock_went_back,
 };
 use crate::source::lvm::ActiveBase;
 use crate::source::lvm::LvmSourceError;
@@ -191,19 +191,35 @@ pub async fn verify(
     if opts.source.is_some() {
         repo.write_key("verify --source")?;
     }
-    let volumes = match &opts.volume {
+    // Each volume's catalog, read from its markers and archives (not its summary):
+    // every volume's from one listing of the repository.
+    let mut catalogs: Vec<(VolumeName, Result<VolumeCatalog, RepoError>)> = match &opts.volume {
         Some(v) => {
             // A volume without an intact point is verified too: its problems are
             // what verify reports (exit 4).
-            match repo.existing_commits(v).await {
-                Ok(_) | Err(RepoError::NoIntactPoint { .. }) => {}
-                Err(e) => return Err(e.into()),
+            let catalog = repo.catalog_unsummarised(v).await?;
+            if catalog.commits.is_empty() && catalog.problems.is_empty() {
+                // An unknown volume: the error names the known ones.
+                repo.existing_commits(v).await?;
             }
-            vec![v.clone()]
+            vec![(v.clone(), Ok(catalog))]
         }
-        None => repo.volumes().await?,
+        None => {
+            let mut all = Vec::new();
+            for (v, listing) in repo.list_volumes().await? {
+                let catalog = repo.catalog_listed(&v, listing.without_summary()).await;
+                if catalog
+                    .as_ref()
+                    .map_or(true, |c| !c.commits.is_empty() || !c.problems.is_empty())
+                {
+                    all.push((v, catalog));
+                }
+            }
+            all
+        }
     };
     let key_problem = key_slots_problem(repo).await?;
+    let volumes: Vec<VolumeName> = catalogs.iter().map(|(v, _)| v.clone()).collect();
     let mut report = VerifyReport {
         volumes: volumes.iter().map(ToString::to_string).collect(),
         archives: 0,
@@ -222,12 +238,13 @@ pub async fn verify(
         seconds: 0.0,
     };
     report.problems.extend(key_problem);
-    for volume in &volumes {
-        match repo.pending_uploads(Some(volume)).await {
-            Ok(u) => report.incomplete_uploads.extend(u),
-            Err(e) => tracing::warn!("{e}"),
-        }
-        let good = check_volume(repo, volume, opts, &progress, &mut report).await;
+    match repo.pending_uploads(opts.volume.as_ref()).await {
+        Ok(u) => report.incomplete_uploads.extend(u),
+        Err(e) => tracing::warn!("{e}"),
+    }
+    for (volume, catalog) in catalogs.drain(..) {
+        let volume = &volume;
+        let good = check_volume(repo, volume, catalog, opts, &progress, &mut report).await;
         if opts.source.is_some() && good.is_none() {
             report.problems.push(Problem {
                 volume: volume.to_string(),
@@ -325,13 +342,14 @@ impl Recorder<'_> {
 async fn check_volume(
     repo: &Repository,
     volume: &VolumeName,
+    catalog: Result<VolumeCatalog, RepoError>,
     opts: &VerifyOptions,
     progress: &Arc<Progress>,
     report: &mut VerifyReport,
 ) -> Option<Arc<RemoteArchive>> {
     let mut rec = Recorder { report, volume };
-    let (commits, catalog_problems) = match repo.catalog(volume).await {
-        Ok(c) => (c.commits, c.problems),
+    let (commits, catalog_problems, listing) = match catalog {
+        Ok(c) => (c.commits.clone(), c.problems.clone(), c.listing().clone()),
         Err(e) => {
             rec.add(None, None, format!("cannot read the commit markers: {e}"));
             return None;
@@ -372,16 +390,10 @@ async fn check_volume(
             r.add_blocks(blocks.iter().copied());
         }
     };
-    let objects: HashMap<String, u64> = match repo.list(&volume.archives_prefix()).await {
-        Ok(metas) => metas
-            .into_iter()
-            .filter_map(|m| Some((m.location.filename()?.to_string(), m.size)))
-            .collect(),
-        Err(e) => {
-            rec.add(None, None, format!("cannot list the archive objects: {e}"));
-            return None;
-        }
-    };
+    let objects: HashMap<String, u64> = listing
+        .archives()
+        .filter_map(|m| Some((m.location.filename()?.to_string(), m.size)))
+        .collect();
 
     // Archives: object, header, trailer, directory, index.
     let mut sound: Vec<Arc<RemoteArchive>> = Vec::new();

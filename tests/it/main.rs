@@ -2,6 +2,7 @@
 
 mod bad_names;
 mod campaign;
+mod catalog_scale;
 mod chain;
 mod cli;
 mod clock;

@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# The catalog at scale (issue 14 item 4): a repository of BENCH_VOLUMES volumes x
+# BENCH_POINTS points (256 KiB images, one block changed per point) on moto, and the
+# requests and wall time of `list`, `status`, `run --dry-run`, a backup of one volume
+# and a structural `verify`, counted by kind through bench/delayproxy.py at 0 and
+# DELAY_MS (default 20) ms per request. See bench/README.md.
+#
+#   bench/catalog.sh                                  # 1000 x 30, about 10 minutes
+#   BENCH_VOLUMES=100 BENCH_KEEP=1 bench/catalog.sh   # smaller; keep the local tree
+#   BENCH_DELAYS=0 BENCH_VERIFY=0 bench/catalog.sh    # one delay, no verify
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+VOLUMES=${BENCH_VOLUMES:-1000}
+POINTS=${BENCH_POINTS:-30}
+DELAY_MS=${DELAY_MS:-20}
+VENV=${THINARC_TEST_VENV:-$ROOT/target/s3-venv}
+WORK=${BENCH_DIR:-$ROOT/bench/work}/catalog
+T=${BENCH_THINARC:-$ROOT/target/release/thinarc}
+GEN=${BENCH_GEN:-$ROOT/target/release/examples/catalog_bench}
+if [ -z "${BENCH_THINARC:-}" ] || [ ! -x "$GEN" ]; then
+    (cd "$ROOT" && cargo build --release --locked --bin thinarc --example catalog_bench)
+fi
+mkdir -p "$WORK"
+TREE=$WORK/repo-$VOLUMES-$POINTS
+if [ ! -e "$TREE/.complete" ]; then
+    rm -rf "$TREE"
+    echo "building $VOLUMES volumes x $POINTS points in $TREE" >&2
+    "$GEN" "$TREE" "$VOLUMES" "$POINTS"
+    touch "$TREE/.complete"
+fi
+RUN=$(mktemp -d "$WORK/run.XXXXXX")
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+MOTO_PORT=$(free_port)
+"$VENV/bin/moto_server" -H 127.0.0.1 -p "$MOTO_PORT" > "$RUN/moto.log" 2>&1 &
+MOTO=$!
+PROXY=
+cleanup() {
+    kill $MOTO $PROXY 2>/dev/null || true
+    wait 2>/dev/null || true
+    rm -rf "$RUN"
+    [ "${BENCH_KEEP:-0}" = 1 ] || rm -rf "$TREE"
+}
+trap cleanup EXIT
+for _ in $(seq 100); do curl -sf "http://127.0.0.1:$MOTO_PORT/" >/dev/null && break; sleep 0.1; done
+curl -sf -X PUT "http://127.0.0.1:$MOTO_PORT/bench" > /dev/null
+echo "uploading $TREE to moto" >&2
+started=$(date +%s)
+"$VENV/bin/python" - "$TREE" "http://127.0.0.1:$MOTO_PORT" <<'EOF'
+import os, sys, concurrent.futures, boto3, botocore.config
+tree, endpoint = sys.argv[1], sys.argv[2]
+s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                  aws_access_key_id="bench", aws_secret_access_key="benchsecret",
+                  config=botocore.config.Config(max_pool_connections=16))
+files = [os.path.join(d, f) for d, _, fs in os.walk(tree) for f in fs if f != ".complete"]
+import hashlib, json
+etags = {}
+def put(path, body=None):
+    # Keys as object_store writes them: the local store's file names are the keys.
+    key = os.path.relpath(path, tree)
+    if body is None:
+        with open(path, "rb") as f:
+            body = f.read()
+    etags[key] = s3.put_object(Bucket="bench", Key="repo/" + key, Body=body)["ETag"]
+def summary(path):
+    # A summary records the ETags the writer's store gave: the local ones of the tree
+    # become the S3 server's, as a writer on S3 would have written them (FORMAT.md 15.5).
+    with open(path, "rb") as f:
+        s = json.load(f)
+    folder = os.path.dirname(os.path.relpath(path, tree))
+    for p in s["points"]:
+        p["marker_etag"] = etags[f"{folder}/commits/{p['marker']}"]
+        p["archive_etag"] = etags[f"{folder}/archives/{p['commit']['object']}"]
+    compact = lambda v: json.dumps(v, separators=(",", ":")).encode()
+    s["sha256"] = hashlib.sha256(compact(s["points"])).hexdigest()
+    put(path, compact(s))
+summaries = [f for f in files if os.path.basename(f) == "summary"]
+with concurrent.futures.ThreadPoolExecutor(16) as pool:
+    list(pool.map(put, [f for f in files if os.path.basename(f) != "summary"]))
+    list(pool.map(summary, summaries))
+print(f"{len(files)} objects, {len(summaries)} summaries", file=sys.stderr)
+EOF
+echo "uploaded in $(( $(date +%s) - started )) s" >&2
+LOC=s3://bench/repo
+S3=(env AWS_ENDPOINT_URL= AWS_ALLOW_HTTP=true AWS_REGION=us-east-1
+    AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=benchsecret)
+IMG=$RUN/disk.img
+head -c $((256 << 10)) /dev/urandom > "$IMG"
+{
+    echo "state_dir = \"$RUN/state\""
+    echo "[repositories.bench]"
+    echo "location = \"$LOC\""
+    for i in $(seq 0 $((VOLUMES - 1))); do
+        printf '[[volumes]]\nname = "vm-%04d/disk"\nsource = "%s"\nrepository = "bench"\n' "$i" "$IMG"
+    done
+} > "$RUN/thinarc.toml"
+row() {  # delay, name, then the command
+    local delay=$1 name=$2 port; shift 2
+    case " ${BENCH_ONLY:-list status run backup verify} " in
+        *" ${name%% *} "*) ;;
+        *) return 0 ;;
+    esac
+    port=$(free_port)
+    python3 "$ROOT/bench/delayproxy.py" "$port" 127.0.0.1 "$MOTO_PORT" "$delay" 2> "$RUN/proxy.log" &
+    PROXY=$!
+    for _ in $(seq 50); do curl -s "http://127.0.0.1:$port/" >/dev/null && break; sleep 0.1; done
+    local rc=0
+    /usr/bin/time -f '%e %M' -o "$RUN/time" "${S3[@]}" AWS_ENDPOINT_URL="http://127.0.0.1:$port" \
+        "$T" -q --state-dir "$RUN/state" "$@" > "$RUN/out" 2> "$RUN/err" || rc=$?
+    kill -TERM $PROXY; wait $PROXY 2>/dev/null || true
+    PROXY=
+    read -r wall kb < <(tail -1 "$RUN/time")
+    local counts; counts=$(sed -n 's/^requests by kind: //p' "$RUN/proxy.log")
+    # The curl that waited for the proxy is a GET of the bucket list: not the command's.
+    c() { local n; n=$(tr ' ' '\n' <<< "$counts" | sed -n "s/^$1=//p"); echo "${n:-0}"; }
+    printf '| %s | %s ms | %s | %s | %s | %s | %s | %.2f | %d | %s |\n' "$name" "$delay" \
+        "$(c LIST)" "$(( $(c GET) - 1 ))" "$(c HEAD)" "$(c PUT)" "$(c DELETE)" "$wall" $((kb / 1024)) "$rc"
+}
+echo
+echo "$VOLUMES volumes x $POINTS points on moto; requests counted by bench/delayproxy.py"
+echo
+echo "| command | delay | LIST | GET | HEAD | PUT | DELETE | wall s | peak RSS MiB | exit |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+for delay in ${BENCH_DELAYS:-0 $DELAY_MS}; do
+    row "$delay" "list" -r "$LOC" list
+    row "$delay" "status" -r "$LOC" status
+    row "$delay" "run --dry-run ($VOLUMES volumes)" run --config "$RUN/thinarc.toml" --dry-run
+    row "$delay" "backup of one volume" -r "$LOC" backup "$IMG" --volume "vm-000$((delay > 0))/disk"
+    [ "${BENCH_VERIFY:-1}" = 0 ] || row "$delay" "verify (structural)" -r "$LOC" verify
+done
+echo
+echo "$(nproc) cores; load average: $(cut -d' ' -f1-3 /proc/loadavg)"
