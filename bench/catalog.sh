@@ -2,7 +2,7 @@
 # The catalog at scale (issue 14 item 4): a repository of BENCH_VOLUMES volumes x
 # BENCH_POINTS points (256 KiB images, one block changed per point) on moto, and the
 # requests and wall time of `list`, `status`, `run --dry-run`, a backup of one volume
-# and a structural `verify`, counted by kind through bench/delayproxy.py at 0 and
+# and a structural `verify`, counted by kind through examples/delayproxy.rs at 0 and
 # DELAY_MS (default 20) ms per request. See bench/README.md.
 #
 #   bench/catalog.sh                                  # 1000 x 30, about 10 minutes
@@ -17,8 +17,9 @@ VENV=${THINARC_TEST_VENV:-$ROOT/target/s3-venv}
 WORK=${BENCH_DIR:-$ROOT/bench/work}/catalog
 T=${BENCH_THINARC:-$ROOT/target/release/thinarc}
 GEN=${BENCH_GEN:-$ROOT/target/release/examples/catalog_bench}
-if [ -z "${BENCH_THINARC:-}" ] || [ ! -x "$GEN" ]; then
-    (cd "$ROOT" && cargo build --release --locked --bin thinarc --example catalog_bench)
+PROXY_BIN=$ROOT/target/release/examples/delayproxy
+if [ -z "${BENCH_THINARC:-}" ] || [ ! -x "$GEN" ] || [ ! -x "$PROXY_BIN" ]; then
+    (cd "$ROOT" && cargo build --release --locked --bin thinarc --example catalog_bench --example delayproxy)
 fi
 mkdir -p "$WORK"
 TREE=$WORK/repo-$VOLUMES-$POINTS
@@ -100,23 +101,24 @@ row() {  # delay, name, then the command
         *) return 0 ;;
     esac
     port=$(free_port)
-    python3 "$ROOT/bench/delayproxy.py" "$port" 127.0.0.1 "$MOTO_PORT" "$delay" 2> "$RUN/proxy.log" &
+    # The proxy reports its requests for a line on fd 7 and stops when fd 7 closes.
+    exec 7> >(exec "$PROXY_BIN" "$port" 127.0.0.1 "$MOTO_PORT" "$delay" 2> "$RUN/proxy.log")
     PROXY=$!
     for _ in $(seq 50); do curl -s "http://127.0.0.1:$port/" >/dev/null && break; sleep 0.1; done
     local rc=0
     /usr/bin/time -f '%e %M' -o "$RUN/time" "${S3[@]}" AWS_ENDPOINT_URL="http://127.0.0.1:$port" \
         "$T" -q --state-dir "$RUN/state" "$@" > "$RUN/out" 2> "$RUN/err" || rc=$?
-    kill -TERM $PROXY; wait $PROXY 2>/dev/null || true
+    echo >&7; exec 7>&-; wait $PROXY 2>/dev/null || true
     PROXY=
     read -r wall kb < <(tail -1 "$RUN/time")
-    local counts; counts=$(sed -n 's/^requests by kind: //p' "$RUN/proxy.log")
+    local counts; counts=$(sed -n 's/^requests: [0-9]* //p' "$RUN/proxy.log")
     # The curl that waited for the proxy is a GET of the bucket list: not the command's.
     c() { local n; n=$(tr ' ' '\n' <<< "$counts" | sed -n "s/^$1=//p"); echo "${n:-0}"; }
     printf '| %s | %s ms | %s | %s | %s | %s | %s | %.2f | %d | %s |\n' "$name" "$delay" \
         "$(c LIST)" "$(( $(c GET) - 1 ))" "$(c HEAD)" "$(c PUT)" "$(c DELETE)" "$wall" $((kb / 1024)) "$rc"
 }
 echo
-echo "$VOLUMES volumes x $POINTS points on moto; requests counted by bench/delayproxy.py"
+echo "$VOLUMES volumes x $POINTS points on moto; requests counted by examples/delayproxy.rs"
 echo
 echo "| command | delay | LIST | GET | HEAD | PUT | DELETE | wall s | peak RSS MiB | exit |"
 echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"

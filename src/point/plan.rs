@@ -70,7 +70,8 @@ pub(super) struct Work {
 }
 
 impl Work {
-    fn fetched(&self) -> u64 {
+    /// Bytes its range reads fetch.
+    pub(super) fn fetched(&self) -> u64 {
         self.fetches
             .iter()
             .map(|f| f.range.end - f.range.start)

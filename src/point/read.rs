@@ -10,10 +10,11 @@
 use std::cell::RefCell;
 use std::ops::Range;
 use std::sync::Arc;
+use std::task::Poll;
 
 use bytes::Bytes;
 use futures::stream::BoxStream;
-use futures::{StreamExt, TryFutureExt, TryStreamExt};
+use futures::{StreamExt, TryStreamExt};
 use tokio::task::JoinHandle;
 
 use super::ReadError;
@@ -25,30 +26,119 @@ use crate::format::{
 };
 use crate::repo::{Chain, ChainCursor, Repository};
 
-/// Work unit size and range reads in flight, by store. Bigger reads matter most: a
-/// local file read restarts its readahead on every request, and an object store
-/// answers each request with a fixed latency. Measured on the 4 GiB bench image:
-/// from disk (cold cache) 2 MiB units x 4 took 6.9 s, 4 MiB x 3 5.3 s at 60 MB peak
-/// RSS (x 4: 4.5 s, 70 MB); from a local S3 server 2 MiB x 4 took 20.8 s, 8 MiB x 5
-/// 11.7 s at 115 MB. Peak RSS stays within 64 MiB locally and 128 MiB on S3.
-fn tuning(repo: &Repository) -> (UnitLimits, usize) {
+/// Work unit size and range reads in flight, by store. Bigger reads matter most
+/// locally: a local file read restarts its readahead on every request (from disk, cold
+/// cache, on the 4 GiB bench image: 2 MiB units x 4 took 6.9 s, 4 MiB x 3 5.3 s at
+/// 60 MB peak RSS). An object store answers each request after a latency the reads in
+/// flight have to cover, which depends on the store and the network: there the window
+/// starts small and grows while the reader waits for its reads (see [`Window`]), up to
+/// a budget of bytes in flight: 16 MiB, up to 9 reads of the bench image's units
+/// (4 MiB of blocks, 1.7 MiB compressed), enough for 20 ms per request at 500 MiB/s.
+/// Peak RSS stays within 64 MiB either way (24 MiB in flight took 74-78 MiB).
+fn tuning(repo: &Repository) -> (UnitLimits, Window) {
+    let limits = UnitLimits {
+        fetch: 4 << 20,
+        data: 4 << 20,
+    };
     if repo.is_local() {
-        (
-            UnitLimits {
-                fetch: 4 << 20,
-                data: 4 << 20,
-            },
-            3,
-        )
+        (limits, Window::fixed(3))
     } else {
-        (
-            UnitLimits {
-                fetch: 8 << 20,
-                data: 8 << 20,
-            },
-            5,
-        )
+        (limits, Window::adaptive(2, 16 << 20))
     }
+}
+
+/// How many range reads a reader keeps in flight: `reads`, and more while the reads
+/// are what it waits for. A read it had to wait for, when all of `reads` were in
+/// flight, widens the window by one; reads are only started while the bytes in flight
+/// stay within `budget` (one read is always allowed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Window {
+    reads: usize,
+    /// Most reads in flight.
+    most: usize,
+    budget: u64,
+}
+
+impl Window {
+    fn fixed(reads: usize) -> Window {
+        Window {
+            reads,
+            most: reads,
+            budget: u64::MAX,
+        }
+    }
+
+    fn adaptive(reads: usize, budget: u64) -> Window {
+        Window {
+            reads,
+            most: usize::MAX,
+            budget,
+        }
+    }
+
+    /// Whether a read of `len` bytes may start with `count` reads of `bytes` in flight.
+    fn admits(&self, count: usize, bytes: u64, len: u64) -> bool {
+        count == 0 || (count < self.reads && bytes + len <= self.budget)
+    }
+
+    /// After a read the reader waited for with `count` reads in flight: wider when the
+    /// count was the limit (not the budget).
+    fn waited(&mut self, count: usize) {
+        if count >= self.reads && self.reads < self.most {
+            self.reads += 1;
+        }
+    }
+}
+
+/// The works `rx` yields, fetched with the reads in flight that `window` allows, in
+/// order.
+fn fetch_ahead(
+    chain: Arc<Chain>,
+    mut rx: tokio::sync::mpsc::Receiver<Work>,
+    mut window: Window,
+) -> impl futures::Stream<Item = Result<(Work, Vec<Bytes>), ReadError>> {
+    let mut reads = futures::stream::FuturesOrdered::new();
+    let mut bytes = 0;
+    let (mut next, mut planned) = (None::<Work>, false);
+    // Reads in flight when the reader last found the oldest one not done yet.
+    let mut waited = None;
+    futures::stream::poll_fn(move |cx| {
+        loop {
+            if next.is_none() && !planned {
+                match rx.poll_recv(cx) {
+                    Poll::Ready(Some(w)) => next = Some(w),
+                    Poll::Ready(None) => planned = true,
+                    Poll::Pending => {}
+                }
+            }
+            match next.take() {
+                Some(w) if window.admits(reads.len(), bytes, w.fetched()) => {
+                    bytes += w.fetched();
+                    reads.push_back(fetch(chain.clone(), w));
+                }
+                w => {
+                    next = w;
+                    break;
+                }
+            }
+        }
+        match reads.poll_next_unpin(cx) {
+            Poll::Ready(Some(Ok((w, b)))) => {
+                bytes -= w.fetched();
+                if let Some(count) = waited.take() {
+                    window.waited(count);
+                }
+                Poll::Ready(Some(Ok((w, b))))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
+            Poll::Ready(None) if planned && next.is_none() => Poll::Ready(None),
+            Poll::Ready(None) => Poll::Pending,
+            Poll::Pending => {
+                waited = Some(reads.len());
+                Poll::Pending
+            }
+        }
+    })
 }
 
 /// A run of a decoded unit, in block order.
@@ -227,8 +317,8 @@ where
         stored: mode.stored,
         whole_frames: mode.whole_frames,
     };
-    let (limits, fetches) = tuning(repo);
-    let (tx, rx) = tokio::sync::mpsc::channel::<Work>(2 * fetches);
+    let (limits, window) = tuning(repo);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Work>(8);
     let block_size = u64::from(chain.tip().geometry().block_size().get());
     let planner = tokio::spawn(plan_works(
         cursor.checked(),
@@ -238,12 +328,9 @@ where
         mode.keep,
         tx,
     ));
-    let works = futures::stream::unfold(rx, |mut rx| async { rx.recv().await.map(|w| (w, rx)) });
     let step = Arc::new(step);
-    let fetch_chain = chain.clone();
-    let stream = works
-        .map(move |w| fetch(fetch_chain.clone(), w).map_err(E::from))
-        .buffered(fetches)
+    let stream = fetch_ahead(chain.clone(), rx, window)
+        .map_err(E::from)
         .map_ok(move |(w, bytes)| {
             let (chain, pool, step) = (chain.clone(), pool.clone(), step.clone());
             async move {
@@ -504,4 +591,29 @@ fn decode_with(
         }
     }
     Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Window;
+
+    #[test]
+    fn window_grows_only_while_reads_are_waited_for_and_stays_in_budget() {
+        let mut w = Window::adaptive(2, 32 << 20);
+        assert!(w.admits(1, 4 << 20, 4 << 20));
+        assert!(!w.admits(2, 8 << 20, 4 << 20));
+        // Waiting with fewer reads than the window (the planner was slow): no wider.
+        w.waited(1);
+        assert_eq!(w.reads, 2);
+        for _ in 0..20 {
+            w.waited(w.reads);
+        }
+        assert!(w.admits(7, 28 << 20, 4 << 20));
+        assert!(!w.admits(8, 32 << 20, 4 << 20), "the budget bounds it");
+        // One read always starts, however large.
+        assert!(w.admits(0, 0, 64 << 20));
+        let mut local = Window::fixed(3);
+        local.waited(3);
+        assert_eq!(local, Window::fixed(3));
+    }
 }
