@@ -106,7 +106,7 @@ cp "$SCRIPT" share/guest.sh
 for p in "$ROOT" ${VM_HOST_PATHS:-}; do readlink -f "$p"; done | sort -u > share/host-paths
 rm -f pv.img; truncate -s "${PV_SIZE:-4G}" pv.img
 set +e
-timeout "${VM_TIMEOUT:-900}" qemu-system-x86_64 -accel tcg -cpu max -m "${VM_MEM:-2048}" -smp 2 \
+timeout "${VM_TIMEOUT:-1800}" qemu-system-x86_64 -accel tcg -cpu max -m "${VM_MEM:-2048}" -smp 2 \
   -nodefaults -no-reboot -display none -serial file:"$WORK/console.log" \
   -kernel kroot/boot/vmlinuz-$KV -initrd initrd.img -append "console=ttyS0 panic=-1 quiet" \
   -drive file=pv.img,format=raw,if=virtio,cache=unsafe \
