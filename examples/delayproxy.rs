@@ -74,12 +74,19 @@ fn kind(data: &[u8]) -> String {
     let line = data.split(|&b| b == b'\r').next().unwrap_or_default();
     let line = String::from_utf8_lossy(line);
     let mut words = line.split(' ');
-    let (method, target) = (words.next().unwrap_or_default(), words.next().unwrap_or_default());
+    let (method, target) = (
+        words.next().unwrap_or_default(),
+        words.next().unwrap_or_default(),
+    );
     let query = target.split_once('?').map_or("", |(_, q)| q);
     let listing = query
         .split('&')
         .any(|q| q.starts_with("list-type=") || q == "uploads" || q == "uploads=");
-    if method == "GET" && listing { "LIST".into() } else { method.into() }
+    if method == "GET" && listing {
+        "LIST".into()
+    } else {
+        method.into()
+    }
 }
 
 /// Copies both ways until either side closes, delaying the first bytes of each request.
@@ -94,7 +101,11 @@ async fn relay(client: TcpStream, server: TcpStream, delay: Duration, requests: 
         while let Ok(n @ 1..) = client_r.read(&mut buf).await {
             if server_turn.swap(false, Ordering::Relaxed) {
                 let kind = kind(&buf[..n]);
-                *requests.lock().expect("not poisoned").entry(kind).or_default() += 1;
+                *requests
+                    .lock()
+                    .expect("not poisoned")
+                    .entry(kind)
+                    .or_default() += 1;
                 tokio::time::sleep(delay).await;
             }
             if server_w.write_all(&buf[..n]).await.is_err() {
