@@ -32,9 +32,10 @@ use crate::repo::{Chain, ChainCursor, Repository};
 /// 60 MB peak RSS). An object store answers each request after a latency the reads in
 /// flight have to cover, which depends on the store and the network: there the window
 /// starts small and grows while the reader waits for its reads (see [`Window`]), up to
-/// a budget of bytes in flight: 16 MiB, up to 9 reads of the bench image's units
-/// (4 MiB of blocks, 1.7 MiB compressed), enough for 20 ms per request at 500 MiB/s.
-/// Peak RSS stays within 64 MiB either way (24 MiB in flight took 74-78 MiB).
+/// a budget of bytes in flight: 8 MiB, up to 4 reads of the bench image's units
+/// (4 MiB of blocks, 1.7 MiB compressed), enough for 20 ms per request at 400 MB/s.
+/// Peak RSS of a 1 GiB restore from s3s-fs: 16 MiB in flight took 69-77 MiB, 8 MiB
+/// took 56 MiB (the 64 MiB goal of issue 14).
 fn tuning(repo: &Repository) -> (UnitLimits, Window) {
     let limits = UnitLimits {
         fetch: 4 << 20,
@@ -43,7 +44,7 @@ fn tuning(repo: &Repository) -> (UnitLimits, Window) {
     if repo.is_local() {
         (limits, Window::fixed(3))
     } else {
-        (limits, Window::adaptive(2, 16 << 20))
+        (limits, Window::adaptive(2, 8 << 20))
     }
 }
 

@@ -221,7 +221,9 @@ impl Repository {
             };
             let expired = match tombstones.get(&name) {
                 _ if listed.contains(&name) => false,
-                Some(t) => *t < cutoff,
+                // `<=`: with no grace (`prune --no-grace`) a tombstone written in this run
+                // (at `now`, or in the same second of the store's clock) has expired too.
+                Some(t) => *t <= cutoff,
                 None if parse_archive_name(&name)
                     .is_some_and(|(s, _)| committed_seqs.contains(&s)) =>
                 {

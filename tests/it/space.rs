@@ -286,6 +286,39 @@ fn space_no_grace_prune_frees_space_on_a_full_disk() {
     restore_v(&t, "2", &img, "the newest point after prune --no-grace");
 }
 
+/// `--no-grace` on a prune that merges: the archive the merge replaced, tombstoned in
+/// the same run, is deleted in that run too (not left for the grace period until the
+/// next prune), and so is the dropped point's.
+#[test]
+fn space_no_grace_deletes_what_the_same_run_superseded() {
+    let t = TempRepo::new();
+    let src = t.path("d.img");
+    let mut img = noise(4 * MIB, 85);
+    for round in 0..3 {
+        img[round * MIB..round * MIB + 100_000].fill(round as u8 + 1);
+        backup_v(&t, &src, &img);
+    }
+    let r = t.json(&["prune", "v", "--keep-last", "2", "--no-grace"]);
+    assert_eq!(r[0]["merges"].as_array().unwrap().len(), 1, "{r}");
+    assert_eq!(r[0]["bytes_waiting"], 0, "{r}");
+    let archives: Vec<_> = std::fs::read_dir(t.repo().join("volumes/v/archives"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        archives.len(),
+        2,
+        "only the kept points' archives: {archives:?}"
+    );
+    assert!(
+        !std::fs::read_dir(t.repo().join("volumes/v/tombstones"))
+            .map(|d| d.count() > 0)
+            .unwrap_or(false),
+        "no tombstone left"
+    );
+    restore_v(&t, "3", &img, "the newest point after prune --no-grace");
+}
+
 /// SIGTERM in the middle of a prune's merge: the merged archive's upload is aborted
 /// before the run exits (no staging file stays), the message says so, and every point
 /// is still listed and the newest restores.
