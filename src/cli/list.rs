@@ -21,7 +21,8 @@ pub struct ListArgs {
 pub async fn run(args: ListArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let repo = ctx.open_unlocked(Need::IfGiven, "list").await?;
     let described = match &args.volume {
-        Some(v) => vec![(v.clone(), repo.describe(v).await)],
+        // One volume asked for: its error is the command's (one `error:` line).
+        Some(v) => vec![(v.clone(), Ok(repo.describe(v).await?))],
         None => repo.describe_all().await?,
     };
     let mut points: Vec<PointInfo> = Vec::new();

@@ -12,7 +12,8 @@ use crate::lvm::PoolLimits;
 use crate::progress::Progress;
 use crate::prune::{PruneError, PruneOptions, PruneReport, RetentionPolicy};
 use crate::repo::{
-    PointSelector, RepairAction, RepairScope, Repository, VolumeLock, VolumeName, break_locks,
+    PointSelector, RepairAction, RepairScope, RepoError, Repository, VolumeLock, VolumeName,
+    break_locks,
 };
 use crate::source::{RawSource, SourceSpec};
 use crate::status::{Operation, Record};
@@ -321,6 +322,14 @@ pub async fn repair(
     opts: RepairOptions,
 ) -> Result<RepairReport, JobError> {
     let repo = &job.open(location).await?;
+    // A name with no point, archive or problem is a typo, not a volume with nothing
+    // to repair: the error names the known volumes. (`--break-lock` may still clear
+    // the lock of a first backup that died before its archive.)
+    if !opts.break_lock
+        && let Err(e @ RepoError::VolumeNotFound { .. }) = repo.existing_commits(volume).await
+    {
+        return Err(e.into());
+    }
     let locks_removed = if opts.break_lock {
         break_locks(repo, volume, opts.dry_run).await?
     } else {

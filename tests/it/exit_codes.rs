@@ -468,6 +468,14 @@ fn well_formed_input_naming_nothing_exits_1() {
             ),
         ),
         (
+            vec!["list", "nope"],
+            "error: no volume named \"nope\" in the repository (known: v)".to_string(),
+        ),
+        (
+            vec!["repair", "nope"],
+            "error: no volume named \"nope\" in the repository (known: v)".to_string(),
+        ),
+        (
             vec!["run", "--config", &missing],
             format!("error: cannot read config {missing}: No such file or directory (os error 2)"),
         ),
