@@ -1004,7 +1004,8 @@ impl Repository {
         match super::chain_damage(&chain, records).await {
             Ok(d) if d.is_empty() => None,
             Ok(d) => Some(format!(
-                "depends on {d} (the next backup stores them again; see `thinarc verify`)"
+                "depends on {d} ({}; see `thinarc verify`)",
+                d.way_back()
             )),
             Err(e) => Some(e.to_string()),
         }

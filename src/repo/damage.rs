@@ -169,12 +169,20 @@ impl ChainDamage {
     pub fn is_empty(&self) -> bool {
         self.archive.is_none() && self.blocks.is_empty()
     }
+
+    /// What the next backup does about it (README "Damage and repair").
+    pub fn way_back(&self) -> &'static str {
+        match self.archive {
+            Some(_) => "the next backup starts a new chain",
+            None => "the next backup stores these blocks again",
+        }
+    }
 }
 
 impl std::fmt::Display for ChainDamage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         if let Some((id, seq, detail)) = &self.archive {
-            return write!(f, "archive {id} (seq {seq}) is damaged: {detail}");
+            return write!(f, "damaged archive {id} (seq {seq}): {detail}");
         }
         let mut archives: Vec<(&ArchiveId, u64)> =
             self.blocks.iter().map(|(_, a, s)| (a, *s)).collect();

@@ -508,7 +508,8 @@ async fn check_volume(
                 Some(c),
                 d.blocks.first().map(|b| b.0),
                 format!(
-                    "the point depends on {d}: it cannot be restored in full; the next backup stores these blocks again (or run `thinarc backup --full`)"
+                    "the point depends on {d}: it cannot be restored in full; {} (or run `thinarc backup --full`)",
+                    d.way_back()
                 ),
             ),
             Err(e) => rec.add(Some(c), None, describe(&e)),
