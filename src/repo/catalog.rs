@@ -372,31 +372,31 @@ impl Repository {
         Ok(names)
     }
 
-    /// The catalog of every volume (as [`volumes`](Self::volumes) names them), from one
-    /// listing of the repository's volumes: a volume whose markers cannot be read has
-    /// its error instead.
+    /// The catalog of every volume (as [`volumes`](Self::volumes) names them), sorted
+    /// by volume, from one listing of the repository's volumes: a volume whose markers
+    /// cannot be read has its error instead. The catalogs are built a few at a time as
+    /// the stream is read, so a caller that drops each once used holds only those.
     ///
     /// # Errors
     /// [`RepoError::Store`] when the volumes cannot be listed.
-    #[allow(clippy::type_complexity)]
     pub async fn catalogs(
         &self,
-    ) -> Result<Vec<(VolumeName, Result<VolumeCatalog, RepoError>)>, RepoError> {
-        let all: Vec<_> = futures::stream::iter(self.list_volumes().await?)
-            .map(|(v, listing)| async move {
+    ) -> Result<
+        impl futures::Stream<Item = (VolumeName, Result<VolumeCatalog, RepoError>)> + '_,
+        RepoError,
+    > {
+        Ok(futures::stream::iter(self.list_volumes().await?)
+            .map(move |(v, listing)| async move {
                 let catalog = self.catalog_listed(&v, listing).await;
                 (v, catalog)
             })
             .buffered(VOLUMES_AT_ONCE)
-            .collect()
-            .await;
-        Ok(all
-            .into_iter()
             .filter(|(_, c)| {
-                c.as_ref()
-                    .map_or(true, |c| !c.commits.is_empty() || !c.problems.is_empty())
-            })
-            .collect())
+                let shown = c
+                    .as_ref()
+                    .map_or(true, |c| !c.commits.is_empty() || !c.problems.is_empty());
+                async move { shown }
+            }))
     }
 
     /// Every commit marker of `volume`, superseded generations included, sorted by

@@ -17,7 +17,8 @@ use serde::Serialize;
 
 use crate::format::{Header, LvmSnapshot};
 use crate::lvm::LvName;
-use std::collections::{HashMap, HashSet};
+use futures::StreamExt;
+use std::collections::HashSet;
 
 use crate::repo::{
     CatalogProblem, HeldLock, PointSelector, RepoError, Repository, VolumeCatalog, VolumeName,
@@ -184,30 +185,42 @@ pub async fn gather(
     unreachable: Option<String>,
 ) -> Result<Status, StatusError> {
     let time = Utc::now();
-    // Every volume's catalog from one listing of the repository.
-    let mut listed: HashMap<String, Result<VolumeCatalog, RepoError>> = HashMap::new();
-    let mut names: Vec<String> = match volume {
+    // Every volume's catalog from one listing of the repository, built a few at a time
+    // as the loop reads them and dropped once its volume is described; the volumes
+    // with local records merged in, in name order.
+    let local: Vec<String> = match volume {
         Some(v) => vec![v.to_string()],
-        None => {
-            let mut names = records.local_volumes();
-            if let Some(repo) = repo {
-                for (v, c) in repo.catalogs().await? {
-                    names.push(v.to_string());
-                    listed.insert(v.to_string(), c);
-                }
-            }
-            names
-        }
+        None => records.local_volumes(),
     };
-    names.sort();
-    names.dedup();
+    let mut local = local.into_iter().peekable();
+    let listed = match (repo, volume) {
+        (Some(repo), None) => Some(repo.catalogs().await?),
+        _ => None,
+    };
+    let mut listed = std::pin::pin!(futures::stream::iter(listed).flatten().peekable());
     // The incomplete uploads of every volume, listed once when every volume is shown.
     let all_uploads = match (repo, volume) {
         (Some(repo), None) => Some(repo.pending_uploads(None).await),
         _ => None,
     };
     let mut volumes = Vec::new();
-    for name in names {
+    loop {
+        let next_listed = listed.as_mut().peek().await.map(|(v, _)| v.to_string());
+        let (name, listed_catalog) = match (local.peek(), next_listed) {
+            (None, None) => break,
+            (Some(l), n) if n.as_ref().is_none_or(|n| l < n) => {
+                (local.next().unwrap_or_default(), None)
+            }
+            (l, n) => {
+                if l == n.as_ref() {
+                    local.next();
+                }
+                match listed.next().await {
+                    Some((v, c)) => (v.to_string(), Some(c)),
+                    None => break,
+                }
+            }
+        };
         let mut s = VolumeStatus {
             volume: name.clone(),
             points: 0,
@@ -227,7 +240,7 @@ pub async fn gather(
             gone: false,
         };
         let catalog = match (repo, VolumeName::new(&name)) {
-            (Some(repo), Ok(v)) => Some(match listed.remove(&name) {
+            (Some(repo), Ok(v)) => Some(match listed_catalog {
                 Some(c) => c,
                 None => repo.catalog(&v).await,
             }),
