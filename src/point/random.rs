@@ -242,7 +242,7 @@ impl RandomReader {
     }
 
     /// Notes that the client `stream` reads `range`; once it reads sequentially,
-    /// the chunks of the next [`AHEAD`] MiB are loaded ahead ([`Self::prefetch`]).
+    /// the next 8 chunks (`AHEAD`) are loaded ahead ([`Self::prefetch`]).
     /// Random reads load nothing ahead.
     pub fn read_ahead(self: &Arc<Self>, stream: &mut ReadStream, range: Range<u64>) {
         if stream.sequential(&range) {
