@@ -8,7 +8,6 @@ use bytes::Bytes;
 use object_store::ObjectStoreExt;
 use object_store::path::Path;
 
-use super::summary::Preread;
 use super::{ArchiveId, Commit, RepoError, Repository, VolumeName};
 use crate::format::{
     ArchiveKey, DIR_ENTRY_LEN, Digest, Digester, DirEntry, FormatError, Geometry, Header,
@@ -22,6 +21,14 @@ const TAIL_READ: u64 = 64 << 10;
 /// Bytes read from the start of an archive at open: the preamble and, usually, the
 /// whole header.
 const HEAD_READ: u64 = 16 << 10;
+
+/// The bytes of an archive that opening it reads: `head` from its first byte to the
+/// body, `tail` from its directory to its end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Preread {
+    pub head: Bytes,
+    pub tail: Bytes,
+}
 
 /// A committed archive whose header, trailer and directory have been read and checked.
 #[derive(Debug)]

@@ -8,10 +8,11 @@ use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectMeta;
 use object_store::path::Path;
 
+use super::archive::Preread;
 use super::archive::parse_archive_name;
 use super::layout::{ArchiveId, ArchiveIdPrefix, parse_commit_key, volumes_prefix};
 use super::marker::{CommitMarker, check_marker, read_marker};
-use super::summary::{Preread, Summary};
+use super::summary::Summary;
 use super::{RemoteArchive, RepoError, Repository, VolumeName};
 use crate::format::Digest;
 
@@ -207,11 +208,6 @@ impl VolumeListing {
     /// The listing of the volume's locks.
     pub(crate) fn locks(&self) -> impl Iterator<Item = &ObjectMeta> {
         self.folder("locks")
-    }
-
-    /// Every object listed.
-    pub(crate) fn objects(&self) -> impl Iterator<Item = &ObjectMeta> {
-        self.objects.iter()
     }
 
     /// The objects directly in folder `dir` of the volume (`commits`, `archives`, ...).
@@ -500,7 +496,7 @@ impl Repository {
         self.catalog_listings
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let keys = listing.markers();
-        let summary = self.read_summary(volume, &listing).await;
+        let summary = self.read_summary(volume, &listing.objects).await;
         let mut max_seq = keys.last().map_or(0, |k| k.seq);
         let mut commits: Vec<Commit> = Vec::new();
         let mut problems = Vec::new();

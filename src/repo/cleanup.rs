@@ -22,11 +22,14 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use futures::StreamExt;
 use object_store::{ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 
-use super::archive::parse_archive_name;
-use super::summary::summary_warning;
+use super::archive::{RemoteArchive, parse_archive_name};
+use super::catalog::VolumeCatalog;
+use super::marker::CommitMarker;
+use super::summary::{Entry, FORMAT, SummaryFile, VERSION, checksum};
 use super::{RepoError, Repository, VolumeName};
 
 /// How old a tombstone or an uncommitted object must be before its archive is removed.
@@ -290,4 +293,87 @@ fn clean_staging(dir: &std::path::Path) -> (Vec<String>, u64) {
         }
     }
     (removed, bytes)
+}
+
+/// Archives opened at once to write a summary.
+const OPENS: usize = 16;
+
+/// The summary of a volume (FORMAT.md §15.5), written by those who change its
+/// committed set.
+impl Repository {
+    /// Writes the summary of `volume` for `catalog`, a catalog just listed: every
+    /// committed point whose marker and archive the listing shows with an ETag, and
+    /// whose archive opens (its bytes come from the summary it replaces where that is
+    /// still valid).
+    ///
+    /// # Errors
+    /// [`RepoError::Store`] when the summary cannot be written (a caller warns).
+    pub(crate) async fn write_summary(
+        &self,
+        volume: &VolumeName,
+        catalog: &VolumeCatalog,
+    ) -> Result<(), RepoError> {
+        let listing = &catalog.listing;
+        let opened: Vec<Option<Entry>> = futures::stream::iter(&catalog.commits)
+            .map(|c| async move {
+                let marker = listing.get(&c.key)?;
+                let archive = listing.get(&c.archive_key())?;
+                let ends = RemoteArchive::open(self, c).await.ok()?.ends()?;
+                Some(Entry {
+                    marker: c.key.filename()?.to_string(),
+                    marker_size: marker.size,
+                    marker_etag: marker.e_tag.clone()?,
+                    commit: CommitMarker {
+                        archive: c.archive_id.clone(),
+                        object: c.object.clone(),
+                        size: c.size,
+                        digest: c.digest,
+                    },
+                    archive_size: archive.size,
+                    archive_etag: archive.e_tag.clone()?,
+                    head: hex::encode(&ends.head),
+                    tail: hex::encode(&ends.tail),
+                })
+            })
+            .buffered(OPENS)
+            .collect()
+            .await;
+        let points: Vec<Entry> = opened.into_iter().flatten().collect();
+        let file = SummaryFile {
+            format: FORMAT.into(),
+            version: VERSION,
+            repository: self.config().id.clone(),
+            volume: volume.to_string(),
+            sha256: checksum(&points),
+            points,
+        };
+        let key = volume.summary_key();
+        let body = serde_json::to_vec(&file).expect("a summary serialises");
+        self.store()
+            .put(&key, PutPayload::from(body))
+            .await
+            .map_err(RepoError::store("write", &key))?;
+        Ok(())
+    }
+
+    /// Lists `volume` and writes its summary (see [`write_summary`]): what `repair`
+    /// calls after it changed the committed set, under the volume's lock (backup,
+    /// prune and copy write it as they clean leftovers). A failure is returned as a
+    /// warning: the summary is derived, and readers do without it.
+    ///
+    /// [`write_summary`]: Repository::write_summary
+    pub(crate) async fn refresh_summary(&self, volume: &VolumeName) -> Option<String> {
+        let result = async {
+            self.write_summary(volume, &self.catalog(volume).await?)
+                .await
+        };
+        result.await.err().map(|e| summary_warning(volume, &e))
+    }
+}
+
+/// The warning of a summary of `volume` that could not be written.
+pub(crate) fn summary_warning(volume: &VolumeName, e: &RepoError) -> String {
+    format!(
+        "cannot write the summary of {volume} (`list` and `status` read each point instead): {e}"
+    )
 }

@@ -11,70 +11,58 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use bytes::Bytes;
-use futures::StreamExt;
 use object_store::path::Path;
-use object_store::{ObjectMeta, ObjectStoreExt, PutPayload};
+use object_store::{ObjectMeta, ObjectStoreExt};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
-use super::catalog::{VolumeCatalog, VolumeListing};
+use super::archive::Preread;
 use super::marker::CommitMarker;
-use super::{RemoteArchive, RepoError, Repository, VolumeName};
+use super::{Repository, VolumeName};
 
 /// `format` of a summary.
-const FORMAT: &str = "thinarc-volume-summary";
+pub(super) const FORMAT: &str = "thinarc-volume-summary";
 /// `version` of a summary this build writes and reads.
-const VERSION: u32 = 1;
+pub(super) const VERSION: u32 = 1;
 /// A summary larger than this is not read (a volume of thousands of points is read
 /// point by point instead).
 pub(crate) const MAX_SUMMARY: u64 = 16 << 20;
-/// Archives opened at once to write a summary.
-const OPENS: usize = 16;
-
-/// The bytes of an archive that opening it reads: `head` from its first byte to the
-/// body, `tail` from its directory to its end.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Preread {
-    pub head: Bytes,
-    pub tail: Bytes,
-}
 
 /// The summary as stored.
 #[derive(Serialize, Deserialize)]
-struct SummaryFile {
-    format: String,
-    version: u32,
-    repository: String,
-    volume: String,
-    points: Vec<Entry>,
+pub(super) struct SummaryFile {
+    pub(super) format: String,
+    pub(super) version: u32,
+    pub(super) repository: String,
+    pub(super) volume: String,
+    pub(super) points: Vec<Entry>,
     /// SHA-256 of `points` as serialised (compact JSON), hex: a summary damaged at
     /// rest is ignored whole.
-    sha256: String,
+    pub(super) sha256: String,
 }
 
 /// The checksum of `points`.
-fn checksum(points: &[Entry]) -> String {
+pub(super) fn checksum(points: &[Entry]) -> String {
     let json = serde_json::to_vec(points).expect("summary entries serialise");
     hex::encode(Sha256::digest(json))
 }
 
 /// One committed point.
 #[derive(Serialize, Deserialize)]
-struct Entry {
+pub(super) struct Entry {
     /// Name of the commit marker under `commits/`.
-    marker: String,
+    pub(super) marker: String,
     /// Size and ETag of the marker object as listed.
-    marker_size: u64,
-    marker_etag: String,
+    pub(super) marker_size: u64,
+    pub(super) marker_etag: String,
     /// The marker's contents.
-    commit: CommitMarker,
+    pub(super) commit: CommitMarker,
     /// Size and ETag of the archive object as listed.
-    archive_size: u64,
-    archive_etag: String,
+    pub(super) archive_size: u64,
+    pub(super) archive_etag: String,
     /// `Preread::head` and `Preread::tail`, hex.
-    head: String,
-    tail: String,
+    pub(super) head: String,
+    pub(super) tail: String,
 }
 
 /// What a reader may use of a volume's summary: by marker name, the marker and, when
@@ -97,16 +85,17 @@ fn unchanged(meta: Option<&&ObjectMeta>, size: u64, etag: &str) -> bool {
 }
 
 impl Repository {
-    /// The summary of `volume` if `listing` shows one, keeping only the entries whose
-    /// marker (and, for the bytes, archive) the listing shows unchanged. Anything
+    /// The summary of `volume` if `objects` (one listing of its folder) show one,
+    /// keeping only the entries whose marker (and, for the bytes, archive) the listing
+    /// shows unchanged. Anything
     /// wrong with it makes it empty.
     pub(crate) async fn read_summary(
         &self,
         volume: &VolumeName,
-        listing: &VolumeListing,
+        objects: &[ObjectMeta],
     ) -> Summary {
         let key = volume.summary_key();
-        let Some(meta) = listing.get(&key) else {
+        let Some(meta) = objects.iter().find(|m| m.location == key) else {
             return Summary::default();
         };
         if meta.size > MAX_SUMMARY {
@@ -128,7 +117,7 @@ impl Repository {
             return Summary::default();
         }
         let objects: HashMap<&Path, &ObjectMeta> =
-            listing.objects().map(|m| (&m.location, m)).collect();
+            objects.iter().map(|m| (&m.location, m)).collect();
         let mut entries = HashMap::new();
         for e in file.points {
             let marker = volume.commits_prefix().join(e.marker.as_str());
@@ -152,80 +141,4 @@ impl Repository {
         }
         Summary { entries }
     }
-
-    /// Writes the summary of `volume` for `catalog`, a catalog just listed: every
-    /// committed point whose marker and archive the listing shows with an ETag, and
-    /// whose archive opens (its bytes come from the summary it replaces where that is
-    /// still valid).
-    ///
-    /// # Errors
-    /// [`RepoError::Store`] when the summary cannot be written (a caller warns).
-    pub(crate) async fn write_summary(
-        &self,
-        volume: &VolumeName,
-        catalog: &VolumeCatalog,
-    ) -> Result<(), RepoError> {
-        let listing = &catalog.listing;
-        let opened: Vec<Option<Entry>> = futures::stream::iter(&catalog.commits)
-            .map(|c| async move {
-                let marker = listing.get(&c.key)?;
-                let archive = listing.get(&c.archive_key())?;
-                let ends = RemoteArchive::open(self, c).await.ok()?.ends()?;
-                Some(Entry {
-                    marker: c.key.filename()?.to_string(),
-                    marker_size: marker.size,
-                    marker_etag: marker.e_tag.clone()?,
-                    commit: CommitMarker {
-                        archive: c.archive_id.clone(),
-                        object: c.object.clone(),
-                        size: c.size,
-                        digest: c.digest,
-                    },
-                    archive_size: archive.size,
-                    archive_etag: archive.e_tag.clone()?,
-                    head: hex::encode(&ends.head),
-                    tail: hex::encode(&ends.tail),
-                })
-            })
-            .buffered(OPENS)
-            .collect()
-            .await;
-        let points: Vec<Entry> = opened.into_iter().flatten().collect();
-        let file = SummaryFile {
-            format: FORMAT.into(),
-            version: VERSION,
-            repository: self.config().id.clone(),
-            volume: volume.to_string(),
-            sha256: checksum(&points),
-            points,
-        };
-        let key = volume.summary_key();
-        let body = serde_json::to_vec(&file).expect("a summary serialises");
-        self.store()
-            .put(&key, PutPayload::from(body))
-            .await
-            .map_err(RepoError::store("write", &key))?;
-        Ok(())
-    }
-
-    /// Lists `volume` and writes its summary (see [`write_summary`]): what `repair`
-    /// calls after it changed the committed set, under the volume's lock (backup,
-    /// prune and copy write it as they clean leftovers). A failure is returned as a
-    /// warning: the summary is derived, and readers do without it.
-    ///
-    /// [`write_summary`]: Repository::write_summary
-    pub(crate) async fn refresh_summary(&self, volume: &VolumeName) -> Option<String> {
-        let result = async {
-            self.write_summary(volume, &self.catalog(volume).await?)
-                .await
-        };
-        result.await.err().map(|e| summary_warning(volume, &e))
-    }
-}
-
-/// The warning of a summary of `volume` that could not be written.
-pub(crate) fn summary_warning(volume: &VolumeName, e: &RepoError) -> String {
-    format!(
-        "cannot write the summary of {volume} (`list` and `status` read each point instead): {e}"
-    )
 }
