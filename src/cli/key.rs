@@ -150,10 +150,7 @@ async fn unlocked(ctx: &Ctx, need: Need, action: &str) -> anyhow::Result<Reposit
         }
         .into());
     }
-    let location = ctx.location()?;
-    Ok(ctx
-        .unlock_opened(location, repo, ctx.key_sources(), need, action, ctx)
-        .await?)
+    ctx.unlock_opened(repo, need, action).await
 }
 
 /// The repository key `unlocked` gave for `action`.

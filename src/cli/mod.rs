@@ -282,27 +282,23 @@ impl Ctx {
     /// Opens the repository and unlocks it for `action` if it is encrypted (see
     /// [`Job::unlock_opened`]), before any work: one read of its config.
     async fn open_unlocked(&self, need: Need, action: &str) -> anyhow::Result<Repository> {
-        let location = self.location()?;
         let repo = self.open().await?;
-        let sources = self.job.key_sources();
-        Ok(self
-            .job
-            .unlock_opened(location, repo, sources, need, action, self)
-            .await?)
+        self.unlock_opened(repo, need, action).await
     }
 
-    /// `repo`, just opened, unlocked for `action` when it is encrypted and a key source
-    /// is given ([`Need::IfGiven`]: never prompts; without one it stays locked).
-    async fn with_key_if_given(
+    /// `repo`, just opened, unlocked for `action` if it is encrypted (see
+    /// [`Job::unlock_opened`]; with [`Need::IfGiven`] only when a key source is given,
+    /// never prompting).
+    async fn unlock_opened(
         &self,
         repo: Repository,
+        need: Need,
         action: &str,
     ) -> anyhow::Result<Repository> {
-        let location = self.location()?;
         let sources = self.job.key_sources();
         Ok(self
             .job
-            .unlock_opened(location, repo, sources, Need::IfGiven, action, self)
+            .unlock_opened(self.location()?, repo, sources, need, action, self)
             .await?)
     }
 

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use super::{Ctx, error_message, human, print_json};
+use thinarc::nightly::Need;
 use thinarc::repo::VolumeName;
 use thinarc::status::{Outcome, Record, Records, Status, VolumeStatus, gather, prometheus};
 
@@ -30,7 +31,10 @@ pub async fn run(args: StatusArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let volume = args.volume.clone();
     let records = Records::new(location, Some(ctx.state_dir.clone()));
     let (repo, unreachable) = match ctx.open().await {
-        Ok(r) => (Some(ctx.with_key_if_given(r, "status").await?), None),
+        Ok(r) => (
+            Some(ctx.unlock_opened(r, Need::IfGiven, "status").await?),
+            None,
+        ),
         Err(e) => (
             None,
             Some(format!("repository unreachable: {}", error_message(&e))),
