@@ -44,8 +44,8 @@ use crate::repo::{
 };
 use crate::source::consistent::{Consistency, ConsistencyError, Freeze, HookEnv, Hooks};
 use crate::source::{
-    BATCH_BYTES, Batch, ChangedBlocks, RawSource, ReadPlan, SourceError, batch_buffers,
-    read_batches,
+    BATCH_BYTES, ChangedBlocks, Planned, RawSource, ReadPlan, SourceError, batch_buffers,
+    plan_batches,
 };
 use crate::throttle::RateLimiter;
 use process::process_batch;
@@ -983,23 +983,15 @@ impl Run {
         upload: &mut ArchiveUpload,
         progress: &Progress,
     ) -> Result<(Stats, Finished), BackupError> {
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Batch>(self.threads);
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Planned>(self.threads);
         let batch_blocks = (BATCH_BYTES / u64::from(self.geometry.block_size().get())).max(1);
         let geometry = self.geometry;
-        let read_limit = self.read_limit.clone();
         let buffers = Arc::new(batch_buffers(self.threads));
-        let reader = {
-            let buffers = buffers.clone();
+        let source = Arc::new(source);
+        let planner = {
+            let source = source.clone();
             tokio::task::spawn_blocking(move || {
-                read_batches(
-                    &source,
-                    &plan,
-                    geometry,
-                    batch_blocks,
-                    read_limit.as_deref(),
-                    &buffers,
-                    &tx,
-                )
+                plan_batches(&source, &plan, geometry, batch_blocks, &tx)
             })
         };
 
@@ -1026,16 +1018,18 @@ impl Run {
         let mut reading = true;
         loop {
             while reading && inflight.len() < self.threads + 1 {
-                let Some(batch) = rx.recv().await else {
+                let Some(planned) = rx.recv().await else {
                     reading = false;
                     break;
                 };
                 let prev = match parents.as_mut() {
-                    Some(p) => p.digests(batch.first, batch.count).await?,
+                    Some(p) => p.digests(planned.first, planned.count).await?,
                     None => Vec::new(),
                 };
                 let (ctx, buffers) = (self.ctx.clone(), buffers.clone());
+                let (source, read_limit) = (source.clone(), self.read_limit.clone());
                 inflight.push_back(tokio::task::spawn_blocking(move || {
+                    let batch = planned.read(&source, read_limit.as_deref(), &buffers)?;
                     let part = process_batch(&ctx, &batch, prev);
                     buffers.give(batch.buf);
                     part
@@ -1064,9 +1058,10 @@ impl Run {
             out.clear();
         }
         drop(rx);
-        reader
+        planner
             .await
             .map_err(|e| BackupError::Task(e.to_string()))??;
+        source.check_size()?;
         if let Some(g) = gaps.as_mut() {
             g.feed(&mut hasher, record, self.geometry.blocks()).await?;
         }

@@ -27,28 +27,74 @@ pub struct Batch {
 }
 
 /// The pool of batch buffers for a pipeline of `threads` hashing threads: the
-/// channel's and the hashers' batches, and the one being read.
+/// batches in flight (one more than the threads) and a spare.
 pub fn batch_buffers(threads: usize) -> BufferPool {
-    BufferPool::new(2 * threads + 3)
+    BufferPool::new(threads + 2)
 }
 
 /// Most blocks in one batch of hole blocks (bounds the previous point's digests
 /// fetched for it).
 const MAX_HOLE_BATCH: u64 = 1 << 16;
 
-/// Reads the blocks of `plan` in batches of `batch_blocks` and sends them in order,
-/// at most at `read_limit`'s rate (bytes actually read; holes are free), into buffers
-/// taken from `buffers` (which the last stage hands back: every byte is overwritten).
-/// Stops quietly when the receiver is gone (the pipeline failed elsewhere). Checks at
-/// the end that the source did not change size.
-pub fn read_batches(
+/// A batch as [`plan_batches`] plans it: its blocks and where their stored data lies,
+/// not read yet. The thread that hashes it reads it ([`read`](Self::read)), so the
+/// bytes are hashed where they were copied, while they are in that core's cache.
+pub struct Planned {
+    pub first: u64,
+    pub count: u64,
+    /// The bytes to fill and the extents of stored data among them; `None` for a run
+    /// of blocks entirely in a hole.
+    data: Option<(std::ops::Range<u64>, Vec<std::ops::Range<u64>>)>,
+}
+
+impl Planned {
+    /// Reads the batch into a buffer taken from `buffers` (which the last stage hands
+    /// back: every byte is overwritten), at most at `read_limit`'s rate (bytes
+    /// actually read; holes are free).
+    ///
+    /// # Errors
+    /// [`SourceError::Read`], or [`SourceError::SizeChanged`] if the source shrank.
+    pub fn read(
+        self,
+        source: &RawSource,
+        read_limit: Option<&RateLimiter>,
+        buffers: &BufferPool,
+    ) -> Result<Batch, SourceError> {
+        let (first, count) = (self.first, self.count);
+        let Some((bytes, extents)) = self.data else {
+            return Ok(Batch {
+                first,
+                count,
+                buf: Vec::new(),
+                bytes_read: 0,
+            });
+        };
+        let mut buf = buffers.take();
+        buf.resize((bytes.end - bytes.start) as usize, 0);
+        let bytes_read = source.read_extents(bytes.start, &mut buf, &extents)?;
+        if let Some(limit) = read_limit {
+            limit.acquire_blocking(bytes_read);
+        }
+        Ok(Batch {
+            first,
+            count,
+            buf,
+            bytes_read,
+        })
+    }
+}
+
+/// Plans the blocks of `plan` in batches of `batch_blocks` and sends them in order:
+/// whole blocks inside a hole become hole batches, the others carry the extents of
+/// stored data to read. Stops quietly when the receiver is gone (the pipeline failed
+/// elsewhere). Reads nothing: the caller reads each batch ([`Planned::read`]) and checks
+/// the source's size once every batch is read ([`RawSource::check_size`]).
+pub fn plan_batches(
     source: &RawSource,
     plan: &ReadPlan,
     geometry: Geometry,
     batch_blocks: u64,
-    read_limit: Option<&RateLimiter>,
-    buffers: &BufferPool,
-    tx: &Sender<Batch>,
+    tx: &Sender<Planned>,
 ) -> Result<(), SourceError> {
     for range in plan.ranges() {
         let mut first = range.start;
@@ -61,46 +107,30 @@ pub fn read_batches(
             } else {
                 data / u64::from(geometry.block_size().get())
             };
-            if hole_end > first {
-                let count = MAX_HOLE_BATCH.min(hole_end - first);
-                if tx
-                    .blocking_send(Batch {
-                        first,
-                        count,
-                        buf: Vec::new(),
-                        bytes_read: 0,
-                    })
-                    .is_err()
-                {
-                    return Ok(());
+            let planned = if hole_end > first {
+                Planned {
+                    first,
+                    count: MAX_HOLE_BATCH.min(hole_end - first),
+                    data: None,
                 }
-                first += count;
-                continue;
-            }
-            let count = batch_blocks.min(range.end - first);
-            let offset = geometry.offset(first);
-            let len = geometry.offset(first + count).min(geometry.size()) - offset;
-            let mut buf = buffers.take();
-            buf.resize(len as usize, 0);
-            let bytes_read = source.read_at(offset, &mut buf)?;
-            if let Some(limit) = read_limit {
-                limit.acquire_blocking(bytes_read);
-            }
-            if tx
-                .blocking_send(Batch {
+            } else {
+                let count = batch_blocks.min(range.end - first);
+                let bytes =
+                    geometry.offset(first)..geometry.offset(first + count).min(geometry.size());
+                let extents = source.data_extents(bytes.start, bytes.end)?;
+                Planned {
                     first,
                     count,
-                    buf,
-                    bytes_read,
-                })
-                .is_err()
-            {
+                    data: Some((bytes, extents)),
+                }
+            };
+            first += planned.count;
+            if tx.blocking_send(planned).is_err() {
                 return Ok(());
             }
-            first += count;
         }
     }
-    source.check_size()
+    Ok(())
 }
 
 impl Batch {
@@ -148,19 +178,18 @@ pub async fn source_image_digest(
     let geometry = Geometry::new(source.size(), block_size);
     progress.set_total(geometry.size());
     let threads = threads.max(1);
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Batch>(threads);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Planned>(threads);
     let batch_blocks = (BATCH_BYTES / u64::from(block_size.get())).max(1);
     let buffers = Arc::new(batch_buffers(threads));
-    let reader = {
-        let buffers = buffers.clone();
+    let source = Arc::new(source);
+    let planner = {
+        let source = source.clone();
         tokio::task::spawn_blocking(move || {
-            read_batches(
+            plan_batches(
                 &source,
                 &ReadPlan::all(geometry.blocks()),
                 geometry,
                 batch_blocks,
-                None,
-                &buffers,
                 &tx,
             )
         })
@@ -171,13 +200,14 @@ pub async fn source_image_digest(
     loop {
         while reading && inflight.len() < threads + 1 {
             match rx.recv().await {
-                Some(batch) => {
-                    let buffers = buffers.clone();
+                Some(planned) => {
+                    let (source, buffers) = (source.clone(), buffers.clone());
                     let digester = digester.clone();
                     inflight.push_back(tokio::task::spawn_blocking(move || {
+                        let batch = planned.read(&source, None, &buffers)?;
                         let image = batch.image(&geometry, &digester);
                         buffers.give(batch.buf);
-                        (batch.count, image)
+                        Ok::<_, SourceError>((batch.count, image))
                     }))
                 }
                 None => reading = false,
@@ -186,14 +216,112 @@ pub async fn source_image_digest(
         let Some(done) = inflight.next().await else {
             break;
         };
-        let (count, image) = done.map_err(|e| SourceError::Task(e.to_string()))?;
+        let (count, image) = done.map_err(|e| SourceError::Task(e.to_string()))??;
         progress.add(count * u64::from(block_size.get()));
         image.iter().for_each(|run| hasher.feed(run));
     }
-    reader
+    planner
         .await
         .map_err(|e| SourceError::Task(e.to_string()))??;
+    source.check_size()?;
     hasher
         .finish()
         .map_err(|e| SourceError::Task(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::FileExt;
+
+    use super::*;
+
+    /// Every batch `plan_batches` plans for all of `source`, in order.
+    fn plan(source: &RawSource, g: Geometry, batch_blocks: u64) -> Vec<Planned> {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
+        plan_batches(source, &ReadPlan::all(g.blocks()), g, batch_blocks, &tx).unwrap();
+        drop(tx);
+        std::iter::from_fn(|| rx.try_recv().ok()).collect()
+    }
+
+    #[test]
+    fn holes_are_planned_apart_and_batches_read_as_the_file_with_a_short_last_block() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("img");
+        let bs = 4096u64;
+        let file = std::fs::File::create(&path).unwrap();
+        file.set_len(20 * bs + 100).unwrap();
+        file.write_all_at(&[1; 8192], 0).unwrap();
+        file.write_all_at(&[2; 50], 12 * bs + 10).unwrap();
+        file.write_all_at(&[3; 100], 20 * bs).unwrap();
+        let source = RawSource::open(&path).unwrap();
+        let g = Geometry::new(source.size(), BlockSize::new(4096).unwrap());
+        let planned = plan(&source, g, 4);
+        let shape: Vec<_> = planned
+            .iter()
+            .map(|p| (p.first, p.count, p.data.is_some()))
+            .collect();
+        assert_eq!(
+            shape,
+            [
+                (0, 4, true),
+                (4, 8, false),
+                (12, 4, true),
+                (16, 4, false),
+                (20, 1, true)
+            ]
+        );
+        let image = std::fs::read(&path).unwrap();
+        let pool = BufferPool::new(1);
+        pool.give(vec![9; 1 << 20]); // a used buffer: every byte must be overwritten
+        let mut read = Vec::new();
+        for p in planned {
+            let batch = p.read(&source, None, &pool).unwrap();
+            if batch.buf.is_empty() {
+                let bytes = g.offset(batch.first)..g.offset(batch.first + batch.count);
+                assert!(is_zero(&image[bytes.start as usize..bytes.end as usize]));
+            } else {
+                let start = g.offset(batch.first) as usize;
+                assert_eq!(batch.buf, image[start..start + batch.buf.len()]);
+            }
+            read.push(batch.bytes_read);
+            pool.give(batch.buf);
+        }
+        assert_eq!(read, [8192, 0, 4096, 0, 100]);
+        source.check_size().unwrap();
+    }
+
+    #[test]
+    fn a_source_that_shrinks_after_planning_fails_its_read_as_a_size_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("img");
+        std::fs::write(&path, vec![5u8; 3 * 4096]).unwrap();
+        let source = RawSource::open(&path).unwrap();
+        let g = Geometry::new(source.size(), BlockSize::new(4096).unwrap());
+        let mut planned = plan(&source, g, 2);
+        assert_eq!(planned.len(), 2);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(4096 + 100)
+            .unwrap();
+        let pool = BufferPool::new(1);
+        let last = planned.pop().unwrap();
+        let e = planned
+            .pop()
+            .unwrap()
+            .read(&source, None, &pool)
+            .err()
+            .unwrap();
+        let expect = format!(
+            "source {} changed size during the backup (12288 -> 4196 bytes); nothing was committed, run the backup again",
+            path.display()
+        );
+        assert_eq!(e.to_string(), expect);
+        assert_eq!(
+            last.read(&source, None, &pool).err().unwrap().to_string(),
+            expect
+        );
+        assert_eq!(source.check_size().unwrap_err().to_string(), expect);
+    }
 }

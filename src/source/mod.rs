@@ -16,7 +16,9 @@ pub mod lvm;
 mod raw;
 mod spec;
 
-pub use blocks::{BATCH_BYTES, Batch, batch_buffers, is_zero, read_batches, source_image_digest};
+pub use blocks::{
+    BATCH_BYTES, Batch, Planned, batch_buffers, is_zero, plan_batches, source_image_digest,
+};
 pub use changed::{ChangedBlocks, ChangedBlocksError, parse_changed_blocks};
 pub use raw::{RawSource, SourceError, file_kind};
 pub use spec::{SourceSpec, SourceSpecError};

@@ -3,6 +3,7 @@
 //! caller knows to read as zero (the unmapped chunks of a thin snapshot).
 
 use std::fs::File;
+use std::ops::Range;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -60,7 +61,7 @@ pub struct RawSource {
     size: u64,
     is_device: bool,
     /// Byte ranges known to read as zero, sorted and disjoint: treated as holes.
-    unmapped: Vec<std::ops::Range<u64>>,
+    unmapped: Vec<Range<u64>>,
     /// Whether `size` is the whole file or device (else a prefix of it).
     whole: bool,
 }
@@ -131,7 +132,7 @@ impl RawSource {
 
     /// Declares byte ranges that read as zero (for example the unmapped chunks of a
     /// thin snapshot): they are treated as holes, not read, and become zero blocks.
-    pub fn with_unmapped(mut self, ranges: Vec<std::ops::Range<u64>>) -> Self {
+    pub fn with_unmapped(mut self, ranges: Vec<Range<u64>>) -> Self {
         self.unmapped = crate::source::ReadPlan::from_ranges(ranges, u64::MAX)
             .ranges()
             .to_vec();
@@ -172,30 +173,49 @@ impl RawSource {
         self.is_device
     }
 
-    /// Fills `buf` with the bytes at `offset` (a short read past the end of the source
-    /// is an error: the source shrank). Holes of a sparse file are zero-filled without
-    /// reading. Returns the number of bytes actually read from the source.
+    /// The extents of stored data within `offset..end`, sorted and disjoint: the rest
+    /// of that range reads as zero (holes of a sparse file, unmapped ranges) and is not
+    /// read. Found before the range is read ([`read_extents`](Self::read_extents)), so
+    /// that one thread can plan reads that others make.
+    ///
+    /// # Errors
+    /// [`SourceError::Read`].
+    pub fn data_extents(&self, offset: u64, end: u64) -> Result<Vec<Range<u64>>, SourceError> {
+        let mut extents = Vec::new();
+        let mut pos = offset;
+        while pos < end {
+            let Some((start, stop)) = self.next_data(pos, end)? else {
+                break;
+            };
+            extents.push(start..stop);
+            pos = stop;
+        }
+        Ok(extents)
+    }
+
+    /// Fills `buf` with the bytes at `offset`, whose stored data lies in `extents`
+    /// (from [`data_extents`](Self::data_extents) on the same range): reads those and
+    /// zero-fills the rest. A short read past the end of the source is an error: the
+    /// source shrank. Returns the number of bytes actually read from the source.
     ///
     /// # Errors
     /// [`SourceError::Read`], or [`SourceError::SizeChanged`] if the source is shorter
-    /// than `offset + buf.len()`.
-    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<u64, SourceError> {
-        let mut read = 0u64;
-        let end = offset + buf.len() as u64;
-        let mut pos = offset;
-        while pos < end {
-            let (data_start, data_end) = match self.next_data(pos, end)? {
-                Some(extent) => extent,
-                None => (end, end),
-            };
-            buf[(pos - offset) as usize..(data_start - offset) as usize].fill(0);
-            if data_start < data_end {
-                let dst = &mut buf[(data_start - offset) as usize..(data_end - offset) as usize];
-                self.read_exact_at(dst, data_start)?;
-                read += data_end - data_start;
-            }
-            pos = data_end;
+    /// than an extent.
+    pub fn read_extents(
+        &self,
+        offset: u64,
+        buf: &mut [u8],
+        extents: &[Range<u64>],
+    ) -> Result<u64, SourceError> {
+        let at = |pos: u64| (pos - offset) as usize;
+        let (mut pos, mut read) = (offset, 0);
+        for e in extents {
+            buf[at(pos)..at(e.start)].fill(0);
+            self.read_exact_at(&mut buf[at(e.start)..at(e.end)], e.start)?;
+            read += e.end - e.start;
+            pos = e.end;
         }
+        buf[at(pos)..].fill(0);
         Ok(read)
     }
 
@@ -409,7 +429,12 @@ mod tests {
                 .unwrap()
                 .with_unmapped(vec![40..60, 10..20, 15..25, 90..200]);
         let mut buf = vec![1u8; 100];
-        assert_eq!(src.read_at(0, &mut buf).unwrap(), 100 - 15 - 20 - 10);
+        let extents = src.data_extents(0, 100).unwrap();
+        assert_eq!(extents, vec![0..10, 25..40, 60..90]);
+        assert_eq!(
+            src.read_extents(0, &mut buf, &extents).unwrap(),
+            100 - 15 - 20 - 10
+        );
         let expect: Vec<u8> = (0..100u64)
             .map(|i| {
                 if (10..25).contains(&i) || (40..60).contains(&i) || i >= 90 {
