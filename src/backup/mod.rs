@@ -45,7 +45,7 @@ use crate::repo::{
 use crate::source::consistent::{Consistency, ConsistencyError, Freeze, HookEnv, Hooks};
 use crate::source::{
     BATCH_BYTES, ChangedBlocks, Planned, RawSource, ReadPlan, SourceError, batch_buffers,
-    plan_batches,
+    batches_in_flight, plan_batches,
 };
 use crate::throttle::RateLimiter;
 use process::process_batch;
@@ -1017,7 +1017,7 @@ impl Run {
         let mut inflight = FuturesOrdered::new();
         let mut reading = true;
         loop {
-            while reading && inflight.len() < self.threads + 1 {
+            while reading && inflight.len() < batches_in_flight(self.threads) {
                 let Some(planned) = rx.recv().await else {
                     reading = false;
                     break;

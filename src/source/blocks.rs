@@ -26,10 +26,17 @@ pub struct Batch {
     pub bytes_read: u64,
 }
 
+/// Batches a pipeline of `threads` hashing threads reads and hashes at once: two per
+/// thread, so that a core whose batch is done starts another while the oldest one,
+/// which the pipeline waits for in order, is still being hashed.
+pub fn batches_in_flight(threads: usize) -> usize {
+    2 * threads.max(1)
+}
+
 /// The pool of batch buffers for a pipeline of `threads` hashing threads: the
-/// batches in flight (one more than the threads) and a spare.
+/// batches in flight and a spare.
 pub fn batch_buffers(threads: usize) -> BufferPool {
-    BufferPool::new(threads + 2)
+    BufferPool::new(batches_in_flight(threads) + 1)
 }
 
 /// Most blocks in one batch of hole blocks (bounds the previous point's digests
@@ -198,7 +205,7 @@ pub async fn source_image_digest(
     let mut inflight = FuturesOrdered::new();
     let mut reading = true;
     loop {
-        while reading && inflight.len() < threads + 1 {
+        while reading && inflight.len() < batches_in_flight(threads) {
             match rx.recv().await {
                 Some(planned) => {
                     let (source, buffers) = (source.clone(), buffers.clone());

@@ -17,7 +17,8 @@ mod raw;
 mod spec;
 
 pub use blocks::{
-    BATCH_BYTES, Batch, Planned, batch_buffers, is_zero, plan_batches, source_image_digest,
+    BATCH_BYTES, Batch, Planned, batch_buffers, batches_in_flight, is_zero, plan_batches,
+    source_image_digest,
 };
 pub use changed::{ChangedBlocks, ChangedBlocksError, parse_changed_blocks};
 pub use raw::{RawSource, SourceError, file_kind};
