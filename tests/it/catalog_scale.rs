@@ -16,7 +16,7 @@ use thinarc::repo::{DamageKind, DamageRecord, Repository, RequestCounts, VolumeN
 use thinarc::source::RawSource;
 use thinarc::status::{Records, gather};
 
-use crate::util::{TempRepo, make_image, s3, write};
+use crate::util::{TempRepo, make_image, s3, thinarc_env, write};
 
 const VOLUMES: usize = 20;
 const POINTS: usize = 5;
@@ -43,6 +43,11 @@ fn summary_key(i: usize) -> Path {
 
 /// Backs up one more point of volume `i` (a block changed), through the library.
 async fn point(t: &TempRepo, repo: &Repository, i: usize, p: usize) {
+    point_of(t, repo, (&volume(i), i), p).await;
+}
+
+/// Backs up one more point of volume `name` from image `i` (a block changed).
+async fn point_of(t: &TempRepo, repo: &Repository, (name, i): (&VolumeName, usize), p: usize) {
     let img = t.path(&format!("v{i}.img"));
     let mut data = make_image(256 << 10, i as u64);
     for q in 0..=p {
@@ -50,9 +55,14 @@ async fn point(t: &TempRepo, repo: &Repository, i: usize, p: usize) {
     }
     write(&img, &data);
     let source = RawSource::open(&img).unwrap();
-    backup(repo, source, &BackupOptions::new(volume(i)), Arc::default())
-        .await
-        .unwrap();
+    backup(
+        repo,
+        source,
+        &BackupOptions::new(name.clone()),
+        Arc::default(),
+    )
+    .await
+    .unwrap();
 }
 
 /// Every volume's rows as `list` prints them (JSON), and what listing them cost.
@@ -402,4 +412,65 @@ async fn run_dry_run_at_scale_local() {
 #[tokio::test(flavor = "multi_thread")]
 async fn run_dry_run_at_scale_s3() {
     run_dry_run_at_scale(TempRepo::s3()).await;
+}
+
+/// What the start of `thinarc -v run` (or of a dry run, `dry`) cost: its log line
+/// `first backup starts`, with the requests so far.
+fn run_start(t: &TempRepo, config: &std::path::Path, dry: bool) -> String {
+    let mut env = t.env_pairs();
+    env.push(crate::run::fake_lvs(t));
+    let mut args = vec!["-v", "run", "--config", config.to_str().unwrap()];
+    if dry {
+        args.push("--dry-run");
+    }
+    let o = thinarc_env(&args, &env);
+    assert_eq!(o.code, Some(4), "the pattern matches no LV: {}", o.show());
+    let line = o
+        .stderr
+        .lines()
+        .find(|l| l.contains("first backup starts"))
+        .unwrap_or_else(|| panic!("{}", o.show()));
+    line[line.find("list=").unwrap()..].to_string()
+}
+
+async fn run_start_at_scale(t: TempRepo) {
+    // Volumes of VG pve that a pattern matches but whose LVs are gone (`lvs` shows
+    // none of them), without result records; the run's first backup is of a file.
+    let repo = open(&t).await;
+    for i in 0..VOLUMES {
+        let name = VolumeName::new(&format!("pve/vm-5{i:02}-disk-0")).unwrap();
+        for p in 0..2 {
+            point_of(&t, &repo, (&name, i), p).await;
+        }
+    }
+    write(&t.path("a.img"), &make_image(256 << 10, 98));
+    let config = t.path("p.toml");
+    write(
+        &config,
+        format!(
+            "state_dir = \"{}\"\n[repositories.r]\nlocation = \"{}\"\n[[volumes]]\nsource = \"lvm:pve/vm-5*\"\n[[volumes]]\nname = \"a\"\nsource = \"{}\"\n",
+            t.path("state").display(),
+            t.location(),
+            t.path("a.img").display()
+        )
+        .as_bytes(),
+    );
+    // `volumes/` listed once; no result record asked for (the listing shows none),
+    // no volume listed on its own. (The handle counts what follows its opening: the
+    // config read at open is not in these counts.)
+    assert_eq!(run_start(&t, &config, true), "list=1 get=0");
+    assert_eq!(run_start(&t, &config, false), "list=1 get=0");
+}
+
+/// Local repository: a run's start (unlock, discovery of a pattern over a repository
+/// of 20 volumes whose LVs are gone) reads the config once and lists `volumes/` once.
+#[tokio::test(flavor = "multi_thread")]
+async fn run_start_at_scale_local() {
+    run_start_at_scale(TempRepo::new()).await;
+}
+
+/// The same on the S3 test server.
+#[tokio::test(flavor = "multi_thread")]
+async fn run_start_at_scale_s3() {
+    run_start_at_scale(TempRepo::s3()).await;
 }
