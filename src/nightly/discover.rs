@@ -10,7 +10,7 @@ use super::step::{Action, Step};
 use super::{Job, error_message};
 use crate::config::Discovery;
 use crate::lvm::{LvInfo, LvName, Lvm};
-use crate::repo::{PointSelector, RepoError, Repository, VolumeCatalog, VolumeListing, VolumeName};
+use crate::repo::{PointSelector, RepoError, Repository, VolumeListing, VolumeName};
 use crate::source::lvm::{remove_snapshot, snapshots_of};
 use crate::status::{Operation, Outcome, Record, Slot};
 
@@ -19,7 +19,10 @@ use crate::status::{Operation, Outcome, Record, Slot};
 /// `gone` check and a dry run's plans read it, instead of listing each volume. A
 /// backup lists its volume again under its lock (this listing may be old by then).
 #[derive(Default)]
-pub(super) struct Listings(HashMap<String, Arc<BTreeMap<VolumeName, VolumeListing>>>);
+pub(super) struct Listings(HashMap<String, Listed>);
+
+/// The volume folders of one repository, by volume.
+pub(super) type Listed = Arc<BTreeMap<VolumeName, VolumeListing>>;
 
 impl Listings {
     /// The volume folders of `repo`, opened at `location`.
@@ -30,7 +33,7 @@ impl Listings {
         &mut self,
         location: &str,
         repo: &Repository,
-    ) -> Result<Arc<BTreeMap<VolumeName, VolumeListing>>, RepoError> {
+    ) -> Result<Listed, RepoError> {
         if let Some(listed) = self.0.get(location) {
             return Ok(listed.clone());
         }
@@ -39,20 +42,9 @@ impl Listings {
         Ok(listed)
     }
 
-    /// The catalog of `volume` of `repo` (opened at `location`) from this listing:
-    /// its summary read, no listing of its own.
-    ///
-    /// # Errors
-    /// As [`Listings::of`] and [`Repository::catalog_listed`].
-    pub(super) async fn catalog(
-        &mut self,
-        location: &str,
-        repo: &Repository,
-        volume: &VolumeName,
-    ) -> Result<VolumeCatalog, RepoError> {
-        let listing = self.of(location, repo).await?.get(volume).cloned();
-        repo.catalog_listed(volume, listing.unwrap_or_default())
-            .await
+    /// The volume folders of the repository at `location`, if listed already.
+    pub(super) fn get(&self, location: &str) -> Option<Listed> {
+        self.0.get(location).cloned()
     }
 }
 

@@ -9,7 +9,9 @@
 use std::collections::{BTreeMap, HashSet};
 use std::time::Instant;
 
-use super::discover::{Listings, discover};
+use futures::StreamExt;
+
+use super::discover::{Listed, Listings, discover};
 use super::step::{Action, RunReport, Step};
 use super::{
     Job, JobError, Need, Observer, backup_volume, copy_volume, error_message, prune_volume,
@@ -140,7 +142,18 @@ async fn steps(job: &Job, config: &Config, observer: &dyn Observer, dry: bool) -
     // What the run's start cost (unlock, discovery): logged as its first backup
     // begins.
     let started = Instant::now();
+    let log_start = || {
+        let requests = job.requests();
+        tracing::info!(
+            seconds = started.elapsed().as_secs_f64(),
+            list = requests.list,
+            get = requests.get,
+            "first backup starts"
+        );
+    };
     let mut first = true;
+    // A dry run's steps, planned once every entry is expanded.
+    let mut plans: Vec<Plan> = Vec::new();
     for v in &config.volumes {
         let location = &config.repositories[&v.repository];
         let targets: Vec<(VolumeName, SourceSpec, Option<String>)> = match &v.select {
@@ -152,7 +165,10 @@ async fn steps(job: &Job, config: &Config, observer: &dyn Observer, dry: bool) -
                 };
                 let (names, notes) = discover(job, location, d, skip, dry, &mut listings).await;
                 for n in notes {
-                    step(n);
+                    match dry {
+                        true => plans.push(Plan::Done(n)),
+                        false => step(n),
+                    }
                 }
                 names
                     .into_iter()
@@ -175,21 +191,12 @@ async fn steps(job: &Job, config: &Config, observer: &dyn Observer, dry: bool) -
                 source,
                 pattern,
             };
-            if std::mem::take(&mut first) {
-                let requests = job.requests();
-                tracing::info!(
-                    seconds = started.elapsed().as_secs_f64(),
-                    list = requests.list,
-                    get = requests.get,
-                    "first backup starts"
-                );
-            }
             if dry {
-                let listings = whole
-                    .contains(v.repository.as_str())
-                    .then_some(&mut listings);
-                step(plan_backup(job, &target, listings).await);
+                plans.push(Plan::Backup(target));
                 continue;
+            }
+            if std::mem::take(&mut first) {
+                log_start();
             }
             let backed_up = backup_step(job, &target, observer).await;
             let ok = backed_up.ok;
@@ -202,6 +209,37 @@ async fn steps(job: &Job, config: &Config, observer: &dyn Observer, dry: bool) -
         }
     }
     if dry {
+        if plans.iter().any(|p| matches!(p, Plan::Backup(_))) {
+            log_start();
+        }
+        // The volumes of a repository listed whole are planned from one listing,
+        // taken now (a repository that cannot be opened or listed fails each plan
+        // as it would alone).
+        for (name, location) in &config.repositories {
+            if whole.contains(name.as_str())
+                && let Ok(repo) = job.open(location).await
+            {
+                let _ = listings.of(location, &repo).await;
+            }
+        }
+        let (listings, whole) = (&listings, &whole);
+        let mut planned = futures::stream::iter(plans)
+            .map(|plan| async move {
+                match plan {
+                    Plan::Done(step) => step,
+                    Plan::Backup(target) => {
+                        let listed = whole
+                            .contains(target.volume.repository.as_str())
+                            .then(|| listings.get(target.location))
+                            .flatten();
+                        plan_backup(job, &target, listed).await
+                    }
+                }
+            })
+            .buffered(PLANS_AT_ONCE);
+        while let Some(s) = planned.next().await {
+            step(s);
+        }
         return report;
     }
 
@@ -238,6 +276,17 @@ async fn steps(job: &Job, config: &Config, observer: &dyn Observer, dry: bool) -
     }
     report
 }
+
+/// A step of a dry run: one found while expanding the config (discovery), or a backup
+/// to plan.
+enum Plan<'a> {
+    Done(Step),
+    Backup(Target<'a>),
+}
+
+/// Backups a dry run plans at once (their summaries read concurrently, as `status`
+/// reads them).
+const PLANS_AT_ONCE: usize = 8;
 
 /// One backup of a run: a configured volume's settings (`volume`) applied to the
 /// volume `name` (itself, or an LV its pattern selected: `pattern`), read from
@@ -308,17 +357,24 @@ async fn backup_step(job: &Job, target: &Target<'_>, observer: &dyn Observer) ->
 }
 
 /// What a backup of `target` would write, and why, as a step: read from the catalog
-/// (from `listings` if given, else the volume listed on its own) and (for an LV)
-/// `lvs` and the pool's status; nothing is locked, created or recorded.
-async fn plan_backup(job: &Job, target: &Target<'_>, listings: Option<&mut Listings>) -> Step {
+/// (from `listed`, the repository's volume folders as listed, if given; else the
+/// volume listed on its own) and (for an LV) `lvs` and the pool's status; nothing is
+/// locked, created or recorded.
+async fn plan_backup(job: &Job, target: &Target<'_>, listed: Option<Listed>) -> Step {
     let (opts, limits) = target.options(job);
     let source = &target.source;
     let planned: Result<(ArchiveKind, String), String> = async {
-        let location = target.location;
-        let repo = job.open(location).await.map_err(|e| error_message(&e))?;
-        let catalog = match listings {
-            Some(l) => l.catalog(location, &repo, &target.name).await,
-            None => repo.catalog(&target.name).await,
+        let repo = job
+            .open(target.location)
+            .await
+            .map_err(|e| error_message(&e))?;
+        let name = &target.name;
+        let catalog = match listed {
+            Some(all) => {
+                let listing = all.get(name).cloned().unwrap_or_default();
+                repo.catalog_listed(name, listing).await
+            }
+            None => repo.catalog(name).await,
         };
         let catalog = catalog.map_err(|e| error_message(&e))?;
         match source {
