@@ -369,17 +369,19 @@ async fn plan_backup(job: &Job, target: &Target<'_>, listed: Option<Listed>) -> 
             .await
             .map_err(|e| error_message(&e))?;
         let name = &target.name;
-        let catalog = match listed {
-            Some(all) => {
-                let listing = all.get(name).cloned().unwrap_or_default();
-                repo.catalog_listed(name, listing).await
+        let catalog = async || {
+            match &listed {
+                Some(all) => {
+                    let listing = all.get(name).cloned().unwrap_or_default();
+                    repo.catalog_listed(name, listing).await
+                }
+                None => repo.catalog(name).await,
             }
-            None => repo.catalog(name).await,
+            .map_err(|e| error_message(&e))
         };
-        let catalog = catalog.map_err(|e| error_message(&e))?;
         match source {
             SourceSpec::Lvm(lv) => {
-                let plan = dry_run_lvm(&repo, catalog, lv, &opts, limits)
+                let plan = dry_run_lvm(&repo, catalog().await?, lv, &opts, limits)
                     .await
                     .map_err(|e| error_message(&e))?;
                 match plan.pool_problem {
@@ -392,7 +394,7 @@ async fn plan_backup(job: &Job, target: &Target<'_>, listed: Option<Listed>) -> 
                 // is checked first, so a FIFO is never opened.
                 RawSource::check_kind(path).map_err(|e| error_message(&e))?;
                 drop(RawSource::open(path).map_err(|e| error_message(&e))?);
-                crate::backup::dry_run(&repo, catalog, &opts)
+                crate::backup::dry_run(&repo, catalog().await?, &opts)
                     .await
                     .map_err(|e| error_message(&e))
             }
