@@ -1,13 +1,22 @@
 #!/usr/bin/env bash
 # The catalog at scale (issue 14 item 4): a repository of BENCH_VOLUMES volumes x
 # BENCH_POINTS points (256 KiB images, one block changed per point) on moto, and the
-# requests and wall time of `list`, `status`, `run --dry-run`, a backup of one volume
-# and a structural `verify`, counted by kind through examples/delayproxy.rs at 0 and
-# DELAY_MS (default 20) ms per request. See bench/README.md.
+# requests and wall time of `list`, `status`, `run --dry-run`, a run's start, a backup
+# of one volume and a structural `verify`, counted by kind through
+# examples/delayproxy.rs at 0 and DELAY_MS (default 20) ms per request. See
+# bench/README.md.
 #
 #   bench/catalog.sh                                  # 1000 x 30, about 10 minutes
 #   BENCH_VOLUMES=100 BENCH_KEEP=1 bench/catalog.sh   # smaller; keep the local tree
 #   BENCH_DELAYS=0 BENCH_VERIFY=0 bench/catalog.sh    # one delay, no verify
+#   BENCH_ONLY="run start" BENCH_BEFORE=/old/thinarc bench/catalog.sh
+#                                     # these rows, each by the old binary then this one
+#
+# The "run's start" row is `thinarc -v run` of a config whose first entry is a pattern
+# (`lvm:vm-0000/*`, a fake `lvs` showing no LV: discovery lists the repository's
+# volumes for its `gone` check) and whose second backs up one new volume; `start:`
+# is what the run logged as that backup began (seconds, and the LIST and GET
+# requests of its repository handle so far; its config read is not counted there).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VOLUMES=${BENCH_VOLUMES:-1000}
@@ -94,38 +103,64 @@ head -c $((256 << 10)) /dev/urandom > "$IMG"
         printf '[[volumes]]\nname = "vm-%04d/disk"\nsource = "%s"\nrepository = "bench"\n' "$i" "$IMG"
     done
 } > "$RUN/thinarc.toml"
-row() {  # delay, name, then the command
-    local delay=$1 name=$2 port; shift 2
-    case " ${BENCH_ONLY:-list status run backup verify} " in
+# A run's start: a fake `lvs` (no LV in any VG) and `dmsetup` on PATH.
+mkdir -p "$RUN/bin"
+printf '#!/bin/sh\necho %s\n' "'{\"report\":[{\"lv\":[]}]}'" > "$RUN/bin/lvs"
+printf '#!/bin/sh\nexit 1\n' > "$RUN/bin/dmsetup"
+chmod +x "$RUN/bin/lvs" "$RUN/bin/dmsetup"
+start_config() {  # the config of the run's start row, backing up volume $1
+    printf 'state_dir = "%s"\n[repositories.bench]\nlocation = "%s"\n' "$RUN/state" "$LOC"
+    printf '[[volumes]]\nsource = "lvm:vm-0000/*"\nrepository = "bench"\n'
+    printf '[[volumes]]\nname = "%s"\nsource = "%s"\nrepository = "bench"\n' "$1" "$IMG"
+}
+row() {  # delay, name, then the command: by BENCH_BEFORE's binary, then this one's
+    local delay=$1 name=$2; shift 2
+    case " ${BENCH_ONLY:-list status run start backup verify} " in
         *" ${name%% *} "*) ;;
         *) return 0 ;;
     esac
+    if [ -n "${BENCH_BEFORE:-}" ]; then
+        BIN=$BENCH_BEFORE LABEL=" (before)" row1 "$delay" "$name" "$@"
+        BIN=$T LABEL=" (after)" row1 "$delay" "$name" "$@"
+    else
+        BIN=$T LABEL= row1 "$delay" "$name" "$@"
+    fi
+}
+row1() {
+    local delay=$1 name=$2 port; shift 2
+    local v=-q
+    [ "${name%% *}" != start ] || v=-v
+    [ "${name%% *}" != start ] || start_config "start-$delay-${LABEL//[^a-z]/}/disk" > "$RUN/start.toml"
     port=$(free_port)
     # The proxy reports its requests for a line on fd 7 and stops when fd 7 closes.
     exec 7> >(exec "$PROXY_BIN" "$port" 127.0.0.1 "$MOTO_PORT" "$delay" 2> "$RUN/proxy.log")
     PROXY=$!
     for _ in $(seq 50); do curl -s "http://127.0.0.1:$port/" >/dev/null && break; sleep 0.1; done
     local rc=0
-    /usr/bin/time -f '%e %M' -o "$RUN/time" "${S3[@]}" AWS_ENDPOINT_URL="http://127.0.0.1:$port" \
-        "$T" -q --state-dir "$RUN/state" "$@" > "$RUN/out" 2> "$RUN/err" || rc=$?
+    /usr/bin/time -f '%e %M %U %S' -o "$RUN/time" "${S3[@]}" AWS_ENDPOINT_URL="http://127.0.0.1:$port" \
+        PATH="$RUN/bin:$PATH" "$BIN" $v --state-dir "$RUN/state" "$@" > "$RUN/out" 2> "$RUN/err" || rc=$?
     echo >&7; exec 7>&-; wait $PROXY 2>/dev/null || true
     PROXY=
-    read -r wall kb < <(tail -1 "$RUN/time")
+    read -r wall kb user sys < <(tail -1 "$RUN/time")
     local counts; counts=$(sed -n 's/^requests: [0-9]* //p' "$RUN/proxy.log")
     # The curl that waited for the proxy is a GET of the bucket list: not the command's.
     c() { local n; n=$(tr ' ' '\n' <<< "$counts" | sed -n "s/^$1=//p"); echo "${n:-0}"; }
-    printf '| %s | %s ms | %s | %s | %s | %s | %s | %.2f | %d | %s |\n' "$name" "$delay" \
-        "$(c LIST)" "$(( $(c GET) - 1 ))" "$(c HEAD)" "$(c PUT)" "$(c DELETE)" "$wall" $((kb / 1024)) "$rc"
+    local start
+    start=$(sed -n 's/.*first backup starts.*seconds=\([0-9.]*\).*list=\([0-9]*\).*get=\([0-9]*\).*/start: \1 s, LIST \2, GET \3/p' "$RUN/err" | head -1)
+    printf '| %s%s | %s ms | %s | %s | %s | %s | %s | %.2f | %.2f | %d | %s%s |\n' "$name" "$LABEL" "$delay" \
+        "$(c LIST)" "$(( $(c GET) - 1 ))" "$(c HEAD)" "$(c PUT)" "$(c DELETE)" "$wall" \
+        "$(echo "$user + $sys" | bc)" $((kb / 1024)) "$rc" "${start:+; $start}"
 }
 echo
 echo "$VOLUMES volumes x $POINTS points on moto; requests counted by examples/delayproxy.rs"
 echo
-echo "| command | delay | LIST | GET | HEAD | PUT | DELETE | wall s | peak RSS MiB | exit |"
-echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+echo "| command | delay | LIST | GET | HEAD | PUT | DELETE | wall s | CPU s | peak RSS MiB | exit |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 for delay in ${BENCH_DELAYS:-0 $DELAY_MS}; do
     row "$delay" "list" -r "$LOC" list
     row "$delay" "status" -r "$LOC" status
     row "$delay" "run --dry-run ($VOLUMES volumes)" run --config "$RUN/thinarc.toml" --dry-run
+    row "$delay" "start of a run (a pattern's discovery, then one backup)" run --config "$RUN/start.toml"
     row "$delay" "backup of one volume" -r "$LOC" backup "$IMG" --volume "vm-000$((delay > 0))/disk"
     [ "${BENCH_VERIFY:-1}" = 0 ] || row "$delay" "verify (structural)" -r "$LOC" verify
 done

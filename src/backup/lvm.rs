@@ -7,7 +7,7 @@ use serde::Serialize;
 use super::{ArchiveKind, BackupError, BackupOptions, BackupReport, Base, backup_from, locked};
 use crate::lvm::{LvName, PoolLimits};
 use crate::progress::Progress;
-use crate::repo::{Repository, new_archive_id};
+use crate::repo::{Repository, VolumeCatalog, new_archive_id};
 use crate::source::consistent::{Consistency, HookEnv};
 use crate::source::lvm::{
     BaseState, LvmPlan, LvmSourceError, ThinarcSnapshot, block_size_for_chunk, snapshot_name,
@@ -127,17 +127,20 @@ pub struct DryRun {
     pub snapshot: String,
 }
 
-/// Inspects what `backup_lvm` would do, creating nothing.
+/// Inspects what `backup_lvm` would do, creating nothing, from `catalog` (the
+/// volume's: see [`super::dry_run`], which reads no index either).
 ///
 /// # Errors
 /// [`BackupError`].
 pub async fn dry_run_lvm(
     repo: &Repository,
+    catalog: VolumeCatalog,
     name: &LvName,
     opts: &BackupOptions,
     limits: PoolLimits,
 ) -> Result<DryRun, BackupError> {
-    let base = Base::latest(repo, &opts.volume, opts.full, opts.state_dir.as_deref()).await?;
+    let state_dir = opts.state_dir.as_deref();
+    let base = Base::planned(repo, &opts.volume, catalog, opts.full, state_dir).await?;
     let plan = LvmPlan::inspect(name, base.tip())?;
     let snapshots = plan.snapshots();
     let kind = match &plan.base {

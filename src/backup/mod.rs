@@ -244,22 +244,36 @@ struct Base {
     listing: VolumeListing,
 }
 
+/// How far a parent lookup reads before it builds on the latest chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lookup {
+    /// A backup's: the chain's whole index too (the backup reads it anyway), so that
+    /// an index damaged at rest starts a new chain now.
+    Backup,
+    /// A dry run's: the catalog (markers, headers and trailers, which the summary
+    /// holds) and the damage records only, no index: an index damaged at rest and not
+    /// yet recorded (by `verify` or a restore) is found by the backup itself.
+    Plan,
+}
+
 impl Base {
-    /// The latest point of `volume`, as a backup would build on it; `full` starts a
-    /// new chain. Reads only.
+    /// The latest point of `catalog`'s volume as a dry run sees it (see
+    /// [`Lookup::Plan`]); `full` starts a new chain. Reads only.
     ///
     /// # Errors
-    /// [`BackupError::Repo`] when the repository cannot be listed.
-    async fn latest(
+    /// [`BackupError::Repo`] when the repository cannot be read.
+    async fn planned(
         repo: &Repository,
         volume: &VolumeName,
+        catalog: VolumeCatalog,
         full: bool,
         state_dir: Option<&std::path::Path>,
     ) -> Result<Self, BackupError> {
-        Self::listed(repo, (volume, repo.catalog(volume).await?), full, state_dir).await
+        Self::listed(repo, (volume, catalog), full, state_dir, Lookup::Plan).await
     }
 
-    /// [`latest`](Self::latest) from `catalog`, the volume's catalog as listed.
+    /// The latest point of `volume` from `catalog`, the volume's catalog as listed, as
+    /// `lookup` sees it; `full` starts a new chain. Reads only.
     ///
     /// # Errors
     /// [`BackupError::Repo`] when the repository cannot be read.
@@ -268,6 +282,7 @@ impl Base {
         (volume, catalog): (&VolumeName, VolumeCatalog),
         full: bool,
         state_dir: Option<&std::path::Path>,
+        lookup: Lookup,
     ) -> Result<Self, BackupError> {
         // A write-only host cannot read an archive's index: it keeps its own record
         // of the last point it wrote.
@@ -299,7 +314,7 @@ impl Base {
             match repo.resolve(&base.commits, &PointSelector::Latest).await {
                 Ok(chain) => match writer {
                     Some(key) => base.writer_parent(repo, chain, key).await?,
-                    None => match base.damage(repo, &chain).await? {
+                    None => match base.damage(repo, &chain, lookup).await? {
                         None => {
                             base.parent = Some(chain);
                             None
@@ -331,7 +346,7 @@ impl Base {
         Ok(base)
     }
 
-    /// [`latest`](Self::latest) after committing again the complete orphan archives
+    /// The latest point of `volume` as a backup builds on it, after committing again the complete orphan archives
     /// above the newest committed seq (a lost newest marker), with a warning each.
     /// The caller holds the volume's lock.
     ///
@@ -348,7 +363,8 @@ impl Base {
         let (actions, catalog) = repo
             .repair_listed(volume, catalog, RepairScope::AboveNewest, false)
             .await?;
-        let mut base = Self::listed(repo, (volume, catalog), full, state_dir).await?;
+        let mut base =
+            Self::listed(repo, (volume, catalog), full, state_dir, Lookup::Backup).await?;
         if let Some(r) = &base.found
             && let Err(e) = repo.write_damage(volume, r).await
         {
@@ -435,18 +451,24 @@ impl Base {
         Ok(None)
     }
 
-    /// What the damage records say about `chain`: `Some(why)` when an archive of it is
-    /// structurally damaged (a new chain must start); else the blocks its tip takes
-    /// from damaged archives become forced.
+    /// What the damage records (and, for a backup's `lookup`, the chain's index) say
+    /// about `chain`: `Some(why)` when an archive of it is structurally damaged (a new
+    /// chain must start); else the blocks its tip takes from damaged archives become
+    /// forced.
     async fn damage(
         &mut self,
         repo: &Repository,
         chain: &Chain,
+        lookup: Lookup,
     ) -> Result<Option<String>, BackupError> {
         // The whole index of the chain is read before it is built on (the backup reads
         // it again as it compares blocks): damage found there starts a new chain now
         // instead of failing this backup and every later one.
-        for a in &chain.archives {
+        let indexed = match lookup {
+            Lookup::Backup => chain.archives.as_slice(),
+            Lookup::Plan => &[],
+        };
+        for a in indexed {
             for i in 0..a.directory().len() {
                 match a.segment(i).await {
                     Ok(_) => {}
@@ -488,16 +510,20 @@ impl Base {
 }
 
 /// What a backup of a file or device source into `opts.volume` would write, and why,
-/// from the catalog alone: nothing is read from the source, locked or written (`run
-/// --dry-run`).
+/// from `catalog` (the volume's, as [`Repository::catalog`] or
+/// [`Repository::catalog_listed`] gives it) and the damage records it lists: nothing
+/// is read from the source, locked or written (`run --dry-run`), and the chain's index
+/// is not read (a backup reads it, and starts a new chain if it finds it damaged).
 ///
 /// # Errors
 /// [`BackupError::Repo`] when the repository cannot be read.
 pub async fn dry_run(
     repo: &Repository,
+    catalog: VolumeCatalog,
     opts: &BackupOptions,
 ) -> Result<(ArchiveKind, String), BackupError> {
-    let base = Base::latest(repo, &opts.volume, opts.full, opts.state_dir.as_deref()).await?;
+    let state_dir = opts.state_dir.as_deref();
+    let base = Base::planned(repo, &opts.volume, catalog, opts.full, state_dir).await?;
     let latest = base.commits.last().map(|c| c.seq);
     Ok(match (&base.parent, latest) {
         (Some(_), Some(seq)) => (

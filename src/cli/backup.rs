@@ -129,7 +129,8 @@ pub async fn run(args: BackupArgs, ctx: &Ctx) -> anyhow::Result<()> {
     };
     if let (Some(lv), true) = (lv, args.dry_run) {
         let repo = ctx.open().await?;
-        let plan = dry_run_lvm(&repo, lv, &opts, limits).await?;
+        let catalog = repo.catalog(&opts.volume).await?;
+        let plan = dry_run_lvm(&repo, catalog, lv, &opts, limits).await?;
         if args.json {
             return print_json(&plan);
         }

@@ -3,27 +3,64 @@
 //! pattern that selects nothing reported as a warning, and the volumes a pattern
 //! backed up whose LV is no longer selected recorded once as `gone`.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 
 use super::step::{Action, Step};
 use super::{Job, error_message};
 use crate::config::Discovery;
 use crate::lvm::{LvInfo, LvName, Lvm};
-use crate::repo::{PointSelector, Repository, VolumeName};
+use crate::repo::{PointSelector, RepoError, Repository, VolumeListing, VolumeName};
 use crate::source::lvm::{remove_snapshot, snapshots_of};
 use crate::status::{Operation, Outcome, Record, Slot};
+
+/// The volume folders of each repository a run looks at as a whole, from one (paged)
+/// listing of its `volumes/` taken on first need and kept for the run: discovery's
+/// `gone` check and a dry run's plans read it, instead of listing each volume. A
+/// backup lists its volume again under its lock (this listing may be old by then).
+#[derive(Default)]
+pub(super) struct Listings(HashMap<String, Listed>);
+
+/// The volume folders of one repository, by volume.
+pub(super) type Listed = Arc<BTreeMap<VolumeName, VolumeListing>>;
+
+impl Listings {
+    /// The volume folders of `repo`, opened at `location`.
+    ///
+    /// # Errors
+    /// [`RepoError::Store`] when `volumes/` cannot be listed (tried again next time).
+    pub(super) async fn of(
+        &mut self,
+        location: &str,
+        repo: &Repository,
+    ) -> Result<Listed, RepoError> {
+        if let Some(listed) = self.0.get(location) {
+            return Ok(listed.clone());
+        }
+        let listed = Arc::new(repo.list_volumes().await?.into_iter().collect());
+        self.0.insert(location.to_string(), Arc::clone(&listed));
+        Ok(listed)
+    }
+
+    /// The volume folders of the repository at `location`, if listed already.
+    pub(super) fn get(&self, location: &str) -> Option<Listed> {
+        self.0.get(location).cloned()
+    }
+}
 
 /// The volumes `d` selects now, each with its LV (sorted by LV name), and the steps
 /// that say what discovery found: a failure (the VG cannot be listed, the pool is not
 /// a thin pool), the warning that nothing matched, and each volume gone since the last
 /// run (recorded `gone` unless `dry_run`). `skip` leaves out volumes another entry
-/// backs up (by name, or an earlier pattern).
+/// backs up (by name, or an earlier pattern). The repository's volumes are read from
+/// `listings`.
 pub(super) async fn discover(
     job: &Job,
     location: &str,
     d: &Discovery,
     skip: impl Fn(&VolumeName) -> bool,
     dry_run: bool,
+    listings: &mut Listings,
 ) -> (Vec<(VolumeName, LvName)>, Vec<Step>) {
     let source = d.source();
     let step = |result| Step::new(Action::Discover, &source, location, result);
@@ -58,25 +95,43 @@ pub(super) async fn discover(
         });
     }
     let names: Vec<&VolumeName> = found.iter().map(|(n, _)| n).collect();
-    steps.extend(gone(job, location, d, &names, &lvs, &skip, dry_run).await);
+    let seen = Seen {
+        selected: &names,
+        lvs: &lvs,
+        skip: &skip,
+    };
+    steps.extend(gone(job, location, d, seen, dry_run, listings).await);
     found.retain(|(n, _)| !skip(n));
     (found, steps)
 }
 
+/// What discovery saw: the volumes a pattern selects, the VG's LVs now, and which
+/// volumes another entry backs up.
+struct Seen<'a> {
+    selected: &'a [&'a VolumeName],
+    lvs: &'a [LvInfo],
+    skip: &'a dyn Fn(&VolumeName) -> bool,
+}
+
 /// The volumes of the repository at `location` whose last backup came from `d` and
-/// whose LV is not among `selected` (`lvs` being the VG's LVs now) and that no other
-/// entry backs up (`skip`): each is recorded as `gone` (unless `dry_run`) and
-/// reported as a step, once: a volume whose last record is already `gone` is left
-/// alone.
+/// whose LV is not among `seen.selected` and that no other entry backs up
+/// (`seen.skip`): each is recorded as `gone` (unless `dry_run`) and reported as a step,
+/// once: a volume whose last record is already `gone` is left alone. The volumes and
+/// their result records are those `listings` shows: one listing of the repository,
+/// and a record read only where it shows one.
 async fn gone(
     job: &Job,
     location: &str,
     d: &Discovery,
-    selected: &[&VolumeName],
-    lvs: &[LvInfo],
-    skip: &dyn Fn(&VolumeName) -> bool,
+    seen: Seen<'_>,
     dry_run: bool,
+    listings: &mut Listings,
 ) -> Vec<Step> {
+    let Seen {
+        selected,
+        lvs,
+        skip,
+    } = seen;
     let source = d.source();
     let failed = |e: &(dyn std::error::Error + 'static)| {
         let detail = format!(
@@ -90,7 +145,11 @@ async fn gone(
         Err(e) => return vec![failed(&e)],
     };
     let records = job.records(location);
-    let mut candidates: Vec<String> = match repo.volumes().await {
+    let listed = match listings.of(location, &repo).await {
+        Ok(l) => l,
+        Err(e) => return vec![failed(&e)],
+    };
+    let mut candidates: Vec<String> = match repo.volumes_listed(&listed).await {
         Ok(v) => v.iter().map(ToString::to_string).collect(),
         Err(e) => return vec![failed(&e)],
     };
@@ -105,8 +164,19 @@ async fn gone(
         if !seen.insert(name.clone()) {
             continue;
         }
+        let empty = VolumeListing::default();
+        let listing = VolumeName::new(&name)
+            .ok()
+            .and_then(|v| listed.get(&v))
+            .unwrap_or(&empty);
         let Some(last) = records
-            .read(Some(&repo), &name, Operation::Backup, Slot::Last)
+            .read_listed(
+                Some(&repo),
+                Some(listing),
+                &name,
+                Operation::Backup,
+                Slot::Last,
+            )
             .await
         else {
             continue;
@@ -130,7 +200,7 @@ async fn gone(
         } else {
             format!("LV {name} no longer exists")
         };
-        let snapshots = stale_snapshots(&repo, &volume, lvs, dry_run).await;
+        let snapshots = stale_snapshots(&repo, (&volume, listing), lvs, dry_run).await;
         let detail = if dry_run {
             format!("{why}: would be recorded as gone (its points are kept){snapshots}")
         } else {
@@ -151,17 +221,22 @@ async fn gone(
 }
 
 /// Removes (unless `dry_run`) thinarc's snapshots of the gone `volume`'s LV, found by
-/// the LV uuid its newest point records: they only served its next delta, and would
-/// hold pool space for ever (the LV's data, when the LV itself was removed). Returns
-/// what to add to the step's line: what was (or would be) removed, or why not.
+/// the LV uuid its newest point records (its catalog from `listing`, its folder as
+/// listed): they only served its next delta, and would hold pool space for ever (the
+/// LV's data, when the LV itself was removed). Returns what to add to the step's
+/// line: what was (or would be) removed, or why not.
 async fn stale_snapshots(
     repo: &Repository,
-    volume: &VolumeName,
+    (volume, listing): (&VolumeName, &VolumeListing),
     lvs: &[LvInfo],
     dry_run: bool,
 ) -> String {
     let newest = async {
-        let commits = repo.commits(volume).await.ok()?;
+        let commits = repo
+            .catalog_listed(volume, listing.clone())
+            .await
+            .ok()?
+            .commits;
         let chain = repo.resolve(&commits, &PointSelector::Latest).await.ok()?;
         chain.tip().header.lvm.clone()
     };

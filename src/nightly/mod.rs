@@ -39,7 +39,7 @@ use crate::config::Config;
 use crate::copy::CopyError;
 use crate::progress::Progress;
 use crate::prune::{PruneError, PruneReport};
-use crate::repo::{KeyError, LockError, RepoError, Repository};
+use crate::repo::{KeyError, LockError, RepoError, Repository, RequestCounts};
 use crate::status::alert::Alert;
 use crate::status::{Outcome, Record, Records, RunLockError, RunLocked};
 use crate::throttle::RateLimiter;
@@ -243,6 +243,10 @@ struct Shared {
     /// Keys unlocked by [`Job::unlock`] and the slot that opened them, by repository
     /// location.
     keys: Mutex<std::collections::HashMap<String, unlock::Unlocked>>,
+    /// Repositories opened once for the whole job (a nightly run: see
+    /// [`Job::open_once`]), by location, as opened (without keys or upload limit);
+    /// `None`: each [`Job::open`] opens again.
+    opened: Mutex<Option<std::collections::HashMap<String, Repository>>>,
 }
 
 /// One command's job: its settings, and the records and failures of its operations.
@@ -312,8 +316,60 @@ impl Job {
     /// # Errors
     /// [`RepoError`] as [`Repository::open_location`].
     pub async fn open(&self, location: &str) -> Result<Repository, RepoError> {
-        let repo = Repository::open_location(location).await?;
+        let repo = self.open_plain(location).await?;
         Ok(self.limit_uploads(self.keyed(location, repo)?))
+    }
+
+    /// The repository at `location` as opened, without keys or upload limit: the
+    /// handle opened before if the job opens each repository once.
+    ///
+    /// # Errors
+    /// [`RepoError`] as [`Repository::open_location`] (a failure is not kept: the
+    /// next call tries again).
+    async fn open_plain(&self, location: &str) -> Result<Repository, RepoError> {
+        let opened = |o: &Option<std::collections::HashMap<String, Repository>>| {
+            o.as_ref().map(|m| m.get(location).cloned())
+        };
+        let kept = opened(&self.shared.opened.lock().expect("not poisoned"));
+        match kept {
+            None => Repository::open_location(location).await,
+            Some(Some(repo)) => Ok(repo),
+            Some(None) => {
+                let repo = Repository::open_location(location).await?;
+                if let Some(m) = self.shared.opened.lock().expect("not poisoned").as_mut() {
+                    m.insert(location.to_string(), repo.clone());
+                }
+                Ok(repo)
+            }
+        }
+    }
+
+    /// From now on this job (and those sharing its state) opens each repository
+    /// once: [`Job::open`] gives clones of the first handle (with the keys unlocked
+    /// since), so that a nightly run reads each repository's config once, not once
+    /// per step.
+    pub fn open_once(&self) {
+        let mut opened = self.shared.opened.lock().expect("not poisoned");
+        opened.get_or_insert_with(Default::default);
+    }
+
+    /// This job opens each repository once (see [`Job::open_once`]) and takes `repo`
+    /// (opened by the caller, e.g. on a store of its own) as the one at its location.
+    pub fn keep_open(&self, repo: Repository) {
+        let mut opened = self.shared.opened.lock().expect("not poisoned");
+        let opened = opened.get_or_insert_with(Default::default);
+        opened.insert(repo.location().to_string(), repo);
+    }
+
+    /// The requests made through the repositories this job opened once (see
+    /// [`Job::open_once`]), summed over them.
+    pub fn requests(&self) -> RequestCounts {
+        let opened = self.shared.opened.lock().expect("not poisoned");
+        opened
+            .iter()
+            .flat_map(|m| m.values())
+            .map(Repository::requests)
+            .fold(RequestCounts::default(), |a, b| a + b)
     }
 
     /// `repo` with this job's upload limit, if any.

@@ -7,8 +7,11 @@
 //! what a run would back up, touching nothing.
 
 use std::collections::{BTreeMap, HashSet};
+use std::time::Instant;
 
-use super::discover::discover;
+use futures::StreamExt;
+
+use super::discover::{Listed, Listings, discover};
 use super::step::{Action, RunReport, Step};
 use super::{
     Job, JobError, Need, Observer, backup_volume, copy_volume, error_message, prune_volume,
@@ -17,7 +20,7 @@ use crate::backup::{ArchiveKind, BackupOptions, dry_run_lvm};
 use crate::config::{Config, Retention, Select, Volume};
 use crate::lvm::PoolLimits;
 use crate::prune::PruneOptions;
-use crate::repo::{Repository, VolumeName};
+use crate::repo::VolumeName;
 use crate::size::human;
 use crate::source::{RawSource, SourceSpec};
 use crate::status::{RunLock, gather, prometheus};
@@ -35,6 +38,7 @@ pub async fn run(
     observer: &dyn Observer,
 ) -> Result<RunReport, JobError> {
     let _lock = RunLock::acquire(&job.state_dir).map_err(JobError::RunLock)?;
+    job.open_once();
     unlock_all(job, config, observer).await?;
     tracing::info!(config = %config.path.display(), volumes = config.volumes.len(), "run started");
     let report = steps(job, config, observer, false).await;
@@ -42,7 +46,7 @@ pub async fn run(
         let mut statuses = Vec::new();
         for location in config.repositories.values() {
             let records = job.records(location);
-            let repo = Repository::open_location(location).await;
+            let repo = job.open_plain(location).await;
             let unreachable = repo
                 .as_ref()
                 .err()
@@ -57,7 +61,15 @@ pub async fn run(
         }
     }
     let failed = report.steps.iter().filter(|s| !s.ok).count();
-    tracing::info!(steps = report.steps.len(), failed, "run finished");
+    let requests = job.requests();
+    tracing::info!(
+        steps = report.steps.len(),
+        failed,
+        list = requests.list,
+        get = requests.get,
+        put = requests.put,
+        "run finished"
+    );
     Ok(report)
 }
 
@@ -66,7 +78,36 @@ pub async fn run(
 /// that match nothing, and the volumes that would be recorded as gone. Takes no lock,
 /// creates no snapshot, writes no record; prunes and copies are not planned.
 pub async fn dry_run(job: &Job, config: &Config, observer: &dyn Observer) -> RunReport {
+    job.open_once();
     steps(job, config, observer, true).await
+}
+
+/// A dry run plans the volumes of a repository from one listing of its `volumes/`
+/// (see [`Listings`]) when the config selects them by a pattern (discovery lists it
+/// anyway) or names at least this many there; fewer are each listed on their own. A
+/// listing costs one request per 1,000 objects: about 16 volumes of 30 points.
+const LIST_ALL_FROM: usize = 16;
+
+/// The repositories (by name in `config`) whose volumes a dry run plans from one
+/// listing (see [`LIST_ALL_FROM`]).
+fn listed_whole(config: &Config) -> HashSet<&str> {
+    let mut named: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut whole = HashSet::new();
+    for v in &config.volumes {
+        match v.select {
+            Select::One { .. } => *named.entry(v.repository.as_str()).or_default() += 1,
+            Select::Pattern(_) => {
+                whole.insert(v.repository.as_str());
+            }
+        }
+    }
+    whole.extend(
+        named
+            .into_iter()
+            .filter(|(_, n)| *n >= LIST_ALL_FROM)
+            .map(|(r, _)| r),
+    );
+    whole
 }
 
 /// The steps of a run (or of a dry run: backups planned only).
@@ -96,6 +137,23 @@ async fn steps(job: &Job, config: &Config, observer: &dyn Observer, dry: bool) -
         .collect();
     let mut taken: HashSet<(String, VolumeName)> = HashSet::new();
     let mut discovered: BTreeMap<&str, Vec<VolumeName>> = BTreeMap::new();
+    let mut listings = Listings::default();
+    let whole = listed_whole(config);
+    // What the run's start cost (unlock, discovery): logged as its first backup
+    // begins.
+    let started = Instant::now();
+    let log_start = || {
+        let requests = job.requests();
+        tracing::info!(
+            seconds = started.elapsed().as_secs_f64(),
+            list = requests.list,
+            get = requests.get,
+            "first backup starts"
+        );
+    };
+    let mut first = true;
+    // A dry run's steps, planned once every entry is expanded.
+    let mut plans: Vec<Plan> = Vec::new();
     for v in &config.volumes {
         let location = &config.repositories[&v.repository];
         let targets: Vec<(VolumeName, SourceSpec, Option<String>)> = match &v.select {
@@ -105,9 +163,12 @@ async fn steps(job: &Job, config: &Config, observer: &dyn Observer, dry: bool) -
                     named.contains(&(v.repository.as_str(), n))
                         || taken.contains(&(v.repository.clone(), n.clone()))
                 };
-                let (names, notes) = discover(job, location, d, skip, dry).await;
+                let (names, notes) = discover(job, location, d, skip, dry, &mut listings).await;
                 for n in notes {
-                    step(n);
+                    match dry {
+                        true => plans.push(Plan::Done(n)),
+                        false => step(n),
+                    }
                 }
                 names
                     .into_iter()
@@ -131,8 +192,11 @@ async fn steps(job: &Job, config: &Config, observer: &dyn Observer, dry: bool) -
                 pattern,
             };
             if dry {
-                step(plan_backup(job, &target).await);
+                plans.push(Plan::Backup(target));
                 continue;
+            }
+            if std::mem::take(&mut first) {
+                log_start();
             }
             let backed_up = backup_step(job, &target, observer).await;
             let ok = backed_up.ok;
@@ -145,6 +209,37 @@ async fn steps(job: &Job, config: &Config, observer: &dyn Observer, dry: bool) -
         }
     }
     if dry {
+        if plans.iter().any(|p| matches!(p, Plan::Backup(_))) {
+            log_start();
+        }
+        // The volumes of a repository listed whole are planned from one listing,
+        // taken now (a repository that cannot be opened or listed fails each plan
+        // as it would alone).
+        for (name, location) in &config.repositories {
+            if whole.contains(name.as_str())
+                && let Ok(repo) = job.open(location).await
+            {
+                let _ = listings.of(location, &repo).await;
+            }
+        }
+        let (listings, whole) = (&listings, &whole);
+        let mut planned = futures::stream::iter(plans)
+            .map(|plan| async move {
+                match plan {
+                    Plan::Done(step) => step,
+                    Plan::Backup(target) => {
+                        let listed = whole
+                            .contains(target.volume.repository.as_str())
+                            .then(|| listings.get(target.location))
+                            .flatten();
+                        plan_backup(job, &target, listed).await
+                    }
+                }
+            })
+            .buffered(PLANS_AT_ONCE);
+        while let Some(s) = planned.next().await {
+            step(s);
+        }
         return report;
     }
 
@@ -181,6 +276,17 @@ async fn steps(job: &Job, config: &Config, observer: &dyn Observer, dry: bool) -
     }
     report
 }
+
+/// A step of a dry run: one found while expanding the config (discovery), or a backup
+/// to plan.
+enum Plan<'a> {
+    Done(Step),
+    Backup(Target<'a>),
+}
+
+/// Backups a dry run plans at once (their summaries read concurrently, as `status`
+/// reads them).
+const PLANS_AT_ONCE: usize = 8;
 
 /// One backup of a run: a configured volume's settings (`volume`) applied to the
 /// volume `name` (itself, or an LV its pattern selected: `pattern`), read from
@@ -251,9 +357,10 @@ async fn backup_step(job: &Job, target: &Target<'_>, observer: &dyn Observer) ->
 }
 
 /// What a backup of `target` would write, and why, as a step: read from the catalog
-/// and (for an LV) `lvs` and the pool's status; nothing is locked, created or
-/// recorded.
-async fn plan_backup(job: &Job, target: &Target<'_>) -> Step {
+/// (from `listed`, the repository's volume folders as listed, if given; else the
+/// volume listed on its own) and (for an LV) `lvs` and the pool's status; nothing is
+/// locked, created or recorded.
+async fn plan_backup(job: &Job, target: &Target<'_>, listed: Option<Listed>) -> Step {
     let (opts, limits) = target.options(job);
     let source = &target.source;
     let planned: Result<(ArchiveKind, String), String> = async {
@@ -261,9 +368,20 @@ async fn plan_backup(job: &Job, target: &Target<'_>) -> Step {
             .open(target.location)
             .await
             .map_err(|e| error_message(&e))?;
+        let name = &target.name;
+        let catalog = async || {
+            match &listed {
+                Some(all) => {
+                    let listing = all.get(name).cloned().unwrap_or_default();
+                    repo.catalog_listed(name, listing).await
+                }
+                None => repo.catalog(name).await,
+            }
+            .map_err(|e| error_message(&e))
+        };
         match source {
             SourceSpec::Lvm(lv) => {
-                let plan = dry_run_lvm(&repo, lv, &opts, limits)
+                let plan = dry_run_lvm(&repo, catalog().await?, lv, &opts, limits)
                     .await
                     .map_err(|e| error_message(&e))?;
                 match plan.pool_problem {
@@ -276,7 +394,7 @@ async fn plan_backup(job: &Job, target: &Target<'_>) -> Step {
                 // is checked first, so a FIFO is never opened.
                 RawSource::check_kind(path).map_err(|e| error_message(&e))?;
                 drop(RawSource::open(path).map_err(|e| error_message(&e))?);
-                crate::backup::dry_run(&repo, &opts)
+                crate::backup::dry_run(&repo, catalog().await?, &opts)
                     .await
                     .map_err(|e| error_message(&e))
             }

@@ -65,7 +65,7 @@ impl Job {
     ) -> Result<(), JobError> {
         // A repository that cannot be opened is left to the command, which reports
         // (and records) it as it always has.
-        let Ok(repo) = Repository::open_location(location).await else {
+        let Ok(repo) = self.open_plain(location).await else {
             return Ok(());
         };
         self.unlock_opened(location, repo, sources, need, action, observer)

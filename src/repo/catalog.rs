@@ -355,14 +355,33 @@ impl Repository {
     /// # Errors
     /// [`RepoError::Store`].
     pub async fn volumes(&self) -> Result<Vec<VolumeName>, RepoError> {
+        let listed = self.list_volumes().await?.into_iter().collect();
+        self.volumes_listed(&listed).await
+    }
+
+    /// [`volumes`](Self::volumes) among `listed`, the volume folders as
+    /// [`list_volumes`](Self::list_volumes) gave them.
+    ///
+    /// # Errors
+    /// [`RepoError::Store`].
+    pub async fn volumes_listed(
+        &self,
+        listed: &std::collections::BTreeMap<VolumeName, VolumeListing>,
+    ) -> Result<Vec<VolumeName>, RepoError> {
         // A volume exists once it has a commit marker, or a complete archive whose
         // marker is lost: an interrupted first backup may leave an empty folder or a
         // partial archive behind.
         let mut names = Vec::new();
-        for (v, listing) in self.list_volumes().await? {
+        for (v, listing) in listed {
             let has_point = !listing.markers().is_empty();
-            if has_point || !self.catalog_listed(&v, listing).await?.problems.is_empty() {
-                names.push(v);
+            if has_point
+                || !self
+                    .catalog_listed(v, listing.clone())
+                    .await?
+                    .problems
+                    .is_empty()
+            {
+                names.push(v.clone());
             }
         }
         Ok(names)

@@ -37,6 +37,21 @@ pub struct RequestCounts {
     pub copy: u64,
 }
 
+impl std::ops::Add for RequestCounts {
+    type Output = RequestCounts;
+
+    fn add(self, o: RequestCounts) -> RequestCounts {
+        RequestCounts {
+            list: self.list + o.list,
+            get: self.get + o.get,
+            head: self.head + o.head,
+            put: self.put + o.put,
+            delete: self.delete + o.delete,
+            copy: self.copy + o.copy,
+        }
+    }
+}
+
 impl std::ops::Sub for RequestCounts {
     type Output = RequestCounts;
 

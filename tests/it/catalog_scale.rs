@@ -10,11 +10,13 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use sha2::Digest as _;
 use thinarc::backup::{BackupOptions, backup, dry_run};
-use thinarc::repo::{Repository, RequestCounts, VolumeName};
+use thinarc::config::Config;
+use thinarc::nightly::{self, Given, Job, Unobserved};
+use thinarc::repo::{DamageKind, DamageRecord, Repository, RequestCounts, VolumeName};
 use thinarc::source::RawSource;
 use thinarc::status::{Records, gather};
 
-use crate::util::{TempRepo, make_image, s3, write};
+use crate::util::{TempRepo, make_image, s3, thinarc_env, write};
 
 const VOLUMES: usize = 20;
 const POINTS: usize = 5;
@@ -41,6 +43,11 @@ fn summary_key(i: usize) -> Path {
 
 /// Backs up one more point of volume `i` (a block changed), through the library.
 async fn point(t: &TempRepo, repo: &Repository, i: usize, p: usize) {
+    point_of(t, repo, (&volume(i), i), p).await;
+}
+
+/// Backs up one more point of volume `name` from image `i` (a block changed).
+async fn point_of(t: &TempRepo, repo: &Repository, (name, i): (&VolumeName, usize), p: usize) {
     let img = t.path(&format!("v{i}.img"));
     let mut data = make_image(256 << 10, i as u64);
     for q in 0..=p {
@@ -48,9 +55,14 @@ async fn point(t: &TempRepo, repo: &Repository, i: usize, p: usize) {
     }
     write(&img, &data);
     let source = RawSource::open(&img).unwrap();
-    backup(repo, source, &BackupOptions::new(volume(i)), Arc::default())
-        .await
-        .unwrap();
+    backup(
+        repo,
+        source,
+        &BackupOptions::new(name.clone()),
+        Arc::default(),
+    )
+    .await
+    .unwrap();
 }
 
 /// Every volume's rows as `list` prints them (JSON), and what listing them cost.
@@ -151,18 +163,17 @@ async fn catalog_at_scale(t: TempRepo) {
     );
     assert_eq!(cost.head, 0, "{cost:?}");
 
-    // A backup's parent lookup: the volume listed, its summary read, and the index
-    // of the chain (one segment per archive here), which the backup checks before it
-    // builds on it and reads anyway.
+    // A dry run's parent lookup: the volume listed and its summary read; the index
+    // of the chain is left to the backup (which checks it before it builds on it).
     let lookup = open(&t).await;
-    dry_run(&lookup, &BackupOptions::new(volume(0)))
+    let catalog = lookup.catalog(&volume(0)).await.unwrap();
+    dry_run(&lookup, catalog, &BackupOptions::new(volume(0)))
         .await
         .unwrap();
     let cost = lookup.requests();
-    let chain = POINTS as u64;
     assert_eq!(
         (cost.list, cost.get, cost.head),
-        (1, 1 + chain, 0),
+        (1, 1, 0),
         "parent lookup {cost:?}"
     );
 
@@ -262,4 +273,204 @@ async fn catalog_at_scale_local() {
 #[tokio::test(flavor = "multi_thread")]
 async fn catalog_at_scale_s3() {
     catalog_at_scale(TempRepo::s3()).await;
+}
+
+/// `run --dry-run` of `n` volumes named in a config (one more with no point yet), as
+/// the nightly job plans them on the repository `repo` (kept open for the job).
+async fn planned(t: &TempRepo, repo: &Repository, n: usize) -> (Vec<String>, RequestCounts) {
+    let mut text = format!(
+        "state_dir = \"{}\"\n[repositories.main]\nlocation = \"{}\"\n",
+        t.path("state").display(),
+        t.location()
+    );
+    for i in 0..=n {
+        text.push_str(&format!(
+            "[[volumes]]\nname = \"{}\"\nsource = \"{}\"\n",
+            volume(i),
+            t.path(&format!("v{i}.img")).display()
+        ));
+    }
+    let path = t.path("thinarc.toml");
+    let config = Config::parse(&path, &text).unwrap();
+    let job = Job::new(Given::default()).with_config(&config);
+    let before = repo.requests();
+    job.keep_open(repo.clone());
+    let report = nightly::dry_run(&job, &config, &Unobserved).await;
+    let lines = report
+        .steps
+        .iter()
+        .map(|s| format!("{} {}: {}", s.ok, s.volume, s.detail))
+        .collect();
+    (lines, repo.requests() - before)
+}
+
+async fn run_dry_run_at_scale(t: TempRepo) {
+    const PLANNED: usize = 20;
+    let repo = open(&t).await;
+    for i in 0..PLANNED {
+        for p in 0..3 {
+            point(&t, &repo, i, p).await;
+        }
+    }
+    let img = |i: usize| t.path(&format!("v{i}.img")).display().to_string();
+    write(
+        &t.path(&format!("v{PLANNED}.img")),
+        &make_image(256 << 10, 99),
+    );
+    let store = repo.store().clone();
+    // vm01: the newest archive's header flipped in place; vm02: recorded damaged
+    // as a whole (a damage record, as `verify` writes it).
+    let key = archive_key(&repo, 1, 3).await;
+    let mut archive = get(&store, &key).await;
+    archive[100] ^= 0x55;
+    put(&store, &key, archive).await;
+    let damaged = repo.commits(&volume(2)).await.unwrap();
+    let damaged = &damaged[1];
+    repo.write_damage(
+        &volume(2),
+        &DamageRecord::new(
+            &damaged.archive_id,
+            damaged.seq,
+            &damaged.object,
+            DamageKind::Archive,
+            "planted by the test".into(),
+            "verify",
+        ),
+    )
+    .await
+    .unwrap();
+
+    // One listing of `volumes/`, one summary per volume, vm02's damage record, and
+    // vm01's flipped archive read from the object (its summary entry no longer
+    // matches it): head and tail as the chain is resolved, and again (with the
+    // sizes) as the new chain looks for the newest readable archive. No index.
+    let (lines, cost) = planned(&t, &repo, PLANNED).await;
+    assert_eq!(
+        (cost.list, cost.get, cost.head, cost.put),
+        (1, PLANNED as u64 + 1 + 8, 2, 0),
+        "{cost:?}"
+    );
+    let delta = |i: usize| {
+        format!(
+            "true {}: from {}: would write a delta archive: reads the whole source and stores the blocks whose digest differs from seq 3's",
+            volume(i),
+            img(i)
+        )
+    };
+    assert_eq!(lines.len(), PLANNED + 1, "{lines:#?}");
+    assert_eq!(lines[0], delta(0));
+    assert!(
+        lines[1].starts_with(&format!(
+            "true {}: from {}: would write a full archive: seq 3 cannot be built on (",
+            volume(1),
+            img(1)
+        )) && lines[1].ends_with("): this backup writes a full archive starting a new chain"),
+        "{}",
+        lines[1]
+    );
+    assert_eq!(
+        lines[2],
+        format!(
+            "true {}: from {}: would write a full archive: seq 3 cannot be built on (damaged archive {} (seq 2): planted by the test): this backup writes a full archive starting a new chain",
+            volume(2),
+            img(2),
+            damaged.archive_id
+        )
+    );
+    for (i, line) in lines.iter().enumerate().take(PLANNED).skip(3) {
+        assert_eq!(*line, delta(i));
+    }
+    assert_eq!(
+        lines[PLANNED],
+        format!(
+            "true {}: from {}: would write a full archive: the volume has no point yet: reads the whole source",
+            volume(PLANNED),
+            img(PLANNED)
+        )
+    );
+
+    // The archives are the truth: without summaries, the same plans, still one
+    // listing.
+    for i in 0..PLANNED {
+        store.delete(&summary_key(i)).await.unwrap();
+    }
+    let (bare, bare_cost) = planned(&t, &repo, PLANNED).await;
+    assert_eq!(bare, lines, "the same plans without summaries");
+    assert_eq!(bare_cost.list, 1, "{bare_cost:?}");
+    assert!(bare_cost.get > cost.get, "{bare_cost:?}");
+}
+
+/// Local repository: `run --dry-run` of 20 volumes lists `volumes/` once and reads
+/// one summary per volume; a damaged newest archive, a recorded damage and a volume
+/// with no point are planned as before, and without summaries the plans are the same.
+#[tokio::test(flavor = "multi_thread")]
+async fn run_dry_run_at_scale_local() {
+    run_dry_run_at_scale(TempRepo::new()).await;
+}
+
+/// The same on the S3 test server.
+#[tokio::test(flavor = "multi_thread")]
+async fn run_dry_run_at_scale_s3() {
+    run_dry_run_at_scale(TempRepo::s3()).await;
+}
+
+/// What the start of `thinarc -v run` (or of a dry run, `dry`) cost: its log line
+/// `first backup starts`, with the requests so far.
+fn run_start(t: &TempRepo, config: &std::path::Path, dry: bool) -> String {
+    let mut env = t.env_pairs();
+    env.push(crate::run::fake_lvs(t));
+    let mut args = vec!["-v", "run", "--config", config.to_str().unwrap()];
+    if dry {
+        args.push("--dry-run");
+    }
+    let o = thinarc_env(&args, &env);
+    assert_eq!(o.code, Some(4), "the pattern matches no LV: {}", o.show());
+    let line = o
+        .stderr
+        .lines()
+        .find(|l| l.contains("first backup starts"))
+        .unwrap_or_else(|| panic!("{}", o.show()));
+    line[line.find("list=").unwrap()..].to_string()
+}
+
+async fn run_start_at_scale(t: TempRepo) {
+    // Volumes of VG pve that a pattern matches but whose LVs are gone (`lvs` shows
+    // none of them), without result records; the run's first backup is of a file.
+    let repo = open(&t).await;
+    for i in 0..VOLUMES {
+        let name = VolumeName::new(&format!("pve/vm-5{i:02}-disk-0")).unwrap();
+        for p in 0..2 {
+            point_of(&t, &repo, (&name, i), p).await;
+        }
+    }
+    write(&t.path("a.img"), &make_image(256 << 10, 98));
+    let config = t.path("p.toml");
+    write(
+        &config,
+        format!(
+            "state_dir = \"{}\"\n[repositories.r]\nlocation = \"{}\"\n[[volumes]]\nsource = \"lvm:pve/vm-5*\"\n[[volumes]]\nname = \"a\"\nsource = \"{}\"\n",
+            t.path("state").display(),
+            t.location(),
+            t.path("a.img").display()
+        )
+        .as_bytes(),
+    );
+    // `volumes/` listed once; no result record asked for (the listing shows none),
+    // no volume listed on its own. (The handle counts what follows its opening: the
+    // config read at open is not in these counts.)
+    assert_eq!(run_start(&t, &config, true), "list=1 get=0");
+    assert_eq!(run_start(&t, &config, false), "list=1 get=0");
+}
+
+/// Local repository: a run's start (unlock, discovery of a pattern over a repository
+/// of 20 volumes whose LVs are gone) reads the config once and lists `volumes/` once.
+#[tokio::test(flavor = "multi_thread")]
+async fn run_start_at_scale_local() {
+    run_start_at_scale(TempRepo::new()).await;
+}
+
+/// The same on the S3 test server.
+#[tokio::test(flavor = "multi_thread")]
+async fn run_start_at_scale_s3() {
+    run_start_at_scale(TempRepo::s3()).await;
 }

@@ -416,7 +416,7 @@ fn dry_run_touches_nothing() {
 
 /// A fake `lvs` on PATH printing the captured report of a Proxmox-like VG `pve`, and
 /// a fake `dmsetup` reporting its pools healthy.
-fn fake_lvs(t: &TempRepo) -> (String, String) {
+pub(crate) fn fake_lvs(t: &TempRepo) -> (String, String) {
     let bin = t.path("bin");
     std::fs::create_dir_all(&bin).unwrap();
     let script = bin.join("lvs");
