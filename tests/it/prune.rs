@@ -432,12 +432,15 @@ async fn kill_prune_at(
         faults: faults.clone(),
     });
     let dying = Repository::open(faulty, "faulty").await;
-    // A kill while the derived summary is written leaves every point committed: the
-    // prune ends with a warning about the summary, which is not finishing the job.
+    // A kill while the derived summary is written, or while the lock is released (the
+    // last operation), leaves every point committed: the prune ends with a warning,
+    // which is not finishing the job.
     let finished = match dying {
-        Ok(repo) => prune(&repo, volume, opts)
-            .await
-            .is_ok_and(|r| !r.warnings.iter().any(|w| w.contains("summary"))),
+        Ok(repo) => prune(&repo, volume, opts).await.is_ok_and(|r| {
+            !r.warnings
+                .iter()
+                .any(|w| w.contains("summary") || w.contains("releasing the lock"))
+        }),
         Err(_) => false,
     };
     // After the kill, through a healthy store: each point listed before is listed
