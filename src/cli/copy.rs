@@ -33,6 +33,9 @@ pub struct CopyArgs {
 pub async fn run(args: CopyArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let volume = args.volume.clone();
     ctx.unlock(Need::Read, "copy").await?;
+    if let Some(v) = &volume {
+        thinarc::nightly::check_copy(ctx, ctx.location()?, v, args.at.as_ref()).await?;
+    }
     ctx.unlock_destination(ctx.location()?, &args.to, ctx.key_sources(), ctx)
         .await?;
     let report = thinarc::nightly::copy(
