@@ -42,6 +42,7 @@ use crate::progress::Progress;
 use crate::prune::{PruneError, PruneReport};
 use crate::repo::{KeyError, LockError, RepoError, Repository};
 use crate::status::alert::Alert;
+use crate::status::prometheus::TextfileError;
 use crate::status::{Outcome, Record, Records, RunLockError, RunLocked};
 use crate::throttle::RateLimiter;
 
@@ -57,6 +58,9 @@ pub enum JobError {
     /// taken.
     #[error("{0}")]
     RunLock(#[source] RunLockError),
+    /// The config's textfile cannot be written (its folder is missing).
+    #[error(transparent)]
+    Textfile(#[from] TextfileError),
     /// The repository failed.
     #[error(transparent)]
     Repo(#[from] RepoError),

@@ -34,6 +34,9 @@ pub async fn run(
     config: &Config,
     observer: &dyn Observer,
 ) -> Result<RunReport, JobError> {
+    if let Some(path) = &config.prometheus {
+        prometheus::check_folder(path)?;
+    }
     let _lock = RunLock::acquire(&job.state_dir).map_err(JobError::RunLock)?;
     unlock_all(job, config, observer).await?;
     tracing::info!(config = %config.path.display(), volumes = config.volumes.len(), "run started");
@@ -53,7 +56,7 @@ pub async fn run(
             }
         }
         if let Err(e) = prometheus::write(path, &statuses) {
-            tracing::warn!("cannot write {}: {e}", path.display());
+            tracing::warn!("{e}");
         }
     }
     let failed = report.steps.iter().filter(|s| !s.ok).count();
