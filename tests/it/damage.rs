@@ -1352,3 +1352,39 @@ fn damage_records_are_cleared_by_the_check_that_read_them() {
     assert_eq!(t.run(&["verify", "--data"]).code, Some(0));
     assert_eq!(damage_record(&o, 2), None);
 }
+
+/// On a local store a summary entry is trusted while the archive keeps its size and
+/// modification time (its ETag): a header byte flipped in place with the time put
+/// back is not seen by `list` or `status` (they read no archive, by choice: README
+/// "The catalog at scale"), is found by a structural `verify`, and from its damage
+/// record on `list` and `status` report it.
+#[test]
+fn damage_header_rot_at_rest_is_found_by_verify_then_listed() {
+    let t = TempRepo::new();
+    let o = Objects::new(&t);
+    three_points(&t);
+    let path = t.repo().join(o.archive(1));
+    let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
+    let mut b = read(&path);
+    b[40] ^= 0x5a;
+    let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &b[40..41], 40).unwrap();
+    f.set_modified(mtime).unwrap();
+    drop(f);
+    assert_eq!(std::fs::metadata(&path).unwrap().modified().unwrap(), mtime);
+    let list = t.run(&["list", "v"]);
+    assert_eq!(list.code, Some(0), "the summary hides it: {}", list.show());
+    assert!(!list.stdout.contains("DAMAGED"), "{}", list.show());
+    assert_eq!(t.run(&["status", "v"]).code, Some(0));
+    let v = t.run(&["verify"]);
+    assert_eq!(v.code, Some(4), "{}", v.show());
+    let r = damage_record(&o, 1).expect("verify records it");
+    assert_eq!(
+        (&r["kind"], &r["found_in"]),
+        (&json!("archive"), &json!("structure"))
+    );
+    let list = t.run(&["list", "v"]);
+    assert_eq!(list.code, Some(1), "{}", list.show());
+    assert_eq!(list.stdout.matches("DAMAGED").count(), 3, "{}", list.show());
+    assert_eq!(damaged_points(&t), 3);
+}
