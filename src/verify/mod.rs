@@ -568,7 +568,7 @@ async fn check_volume(
             }
         } else {
             rec.report.warnings.push(format!(
-                "{volume} seq {} archive {}: the data damage recorded by {} at {} ({}) is kept: this check read no block data there; `{}` reads it and clears the record if the data is whole",
+                "{volume} seq {} archive {}: the data damage recorded by {} at {} ({}) is kept: this check did not read all of its block data; `{}` reads it and clears the record if the data is whole",
                 r.seq,
                 r.archive,
                 r.found_by,

@@ -1297,7 +1297,7 @@ fn damage_records_are_cleared_by_the_check_that_read_them() {
     let whole = o.get(&rel);
     let kept = |r: &serde_json::Value| {
         format!(
-            "v seq 2 archive {}: the data damage recorded by verify at {} ({}) is kept: this check read no block data there; `thinarc verify --data` reads it and clears the record if the data is whole",
+            "v seq 2 archive {}: the data damage recorded by verify at {} ({}) is kept: this check did not read all of its block data; `thinarc verify --data` reads it and clears the record if the data is whole",
             r["archive"].as_str().unwrap(),
             r["found_at"].as_str().unwrap(),
             r["detail"].as_str().unwrap()
