@@ -38,9 +38,10 @@ use crate::format::{
 };
 use crate::progress::Progress;
 use crate::repo::{
-    ArchiveId, ArchiveUpload, Chain, ChainCursor, Commit, DamageKind, DamageRecord, LEFTOVER_GRACE,
-    LockError, PointSelector, RemoteArchive, RepairScope, RepoError, Repository, VolumeCatalog,
-    VolumeListing, VolumeLock, VolumeName, chain_damage, clock_went_back, new_archive_id, new_id,
+    ArchiveId, ArchiveUpload, Chain, ChainCursor, Commit, DamageKind, DamageRecord, DamageScope,
+    LEFTOVER_GRACE, LockError, PointSelector, RemoteArchive, RepairScope, RepoError, Repository,
+    VolumeCatalog, VolumeListing, VolumeLock, VolumeName, chain_damage, clock_went_back,
+    new_archive_id, new_id,
 };
 use crate::source::consistent::{Consistency, ConsistencyError, Freeze, HookEnv, Hooks};
 use crate::source::{
@@ -479,7 +480,7 @@ impl Base {
                             &c.archive_id,
                             c.seq,
                             &c.object,
-                            DamageKind::Archive,
+                            (DamageKind::Archive, DamageScope::Structure),
                             e.to_string(),
                             "backup",
                         ));

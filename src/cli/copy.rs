@@ -33,9 +33,13 @@ pub struct CopyArgs {
 pub async fn run(args: CopyArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let volume = args.volume.clone();
     ctx.unlock(Need::Read, "copy").await?;
-    ctx.unlock_destination(ctx.location()?, &args.to, ctx.key_sources(), ctx)
+    if let Some(v) = &volume {
+        thinarc::nightly::check_copy(ctx, ctx.location()?, v, args.at.as_ref()).await?;
+    }
+    let created = ctx
+        .unlock_destination(ctx.location()?, &args.to, ctx.key_sources(), ctx)
         .await?;
-    let report = thinarc::nightly::copy(
+    let mut report = thinarc::nightly::copy(
         ctx,
         ctx.location()?,
         &args.to,
@@ -45,6 +49,7 @@ pub async fn run(args: CopyArgs, ctx: &Ctx) -> anyhow::Result<()> {
         ctx,
     )
     .await?;
+    report.initialised |= created;
     if args.json {
         print_json(&report)?;
     } else if !ctx.quiet {

@@ -39,6 +39,7 @@ use thinarc::progress::Progress;
 use thinarc::repo::{KeyError, Repository};
 use thinarc::size::human;
 use thinarc::source::{ChangedBlocksError, SourceSpec};
+use thinarc::status::prometheus::TextfileError;
 use thinarc::throttle::parse_rate;
 
 /// The help headings of the global options, shown after each command's own options in
@@ -452,7 +453,7 @@ pub fn is_locked(e: &anyhow::Error) -> bool {
 
 /// Whether `e` is (or was caused by) bad input found once the command runs: a config
 /// file that does not check out, a `--changed-blocks` line, a key file or recipient
-/// that is not one. Exit code 2, as for the usage errors clap finds; input that is
+/// that is not one, a textfile (`--prometheus`) whose folder is missing. Exit code 2, as for the usage errors clap finds; input that is
 /// well formed but names nothing that exists (a missing file, volume or point) is a
 /// failure (1).
 pub fn is_usage(e: &anyhow::Error) -> bool {
@@ -464,6 +465,15 @@ pub fn is_usage(e: &anyhow::Error) -> bool {
             || c.downcast_ref::<KeyError>().is_some_and(bad_key_input)
             // A job's key error is transparent: its source is the key error's source.
             || matches!(c.downcast_ref::<JobError>(), Some(JobError::Keys(k)) if bad_key_input(k))
+            // A textfile folder that is not there is a typo: the folder is the collector's.
+            || matches!(
+                c.downcast_ref::<TextfileError>(),
+                Some(TextfileError::NoFolder { .. })
+            )
+            || matches!(
+                c.downcast_ref::<JobError>(),
+                Some(JobError::Textfile(TextfileError::NoFolder { .. }))
+            )
             // A partitioned image needs (another) `--partition`.
             || matches!(
                 c.downcast_ref::<thinarc::serve::MountError>(),

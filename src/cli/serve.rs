@@ -62,15 +62,17 @@ pub async fn run(args: ServeArgs, ctx: &Ctx) -> anyhow::Result<()> {
         cache: args.cache,
         overlay: args.overlay.clone(),
     };
-    let export = Export::open(&repo, &args.volume, &opts)
-        .await
-        .with_context(|| format!("cannot serve {}", args.volume))?;
     let address = match (&args.socket, &args.listen) {
         (Some(path), _) => Address::Unix(path.clone()),
         (None, Some(listen)) => Address::Tcp(listen.clone()),
         (None, None) => unreachable!("clap requires --socket or --listen"),
     };
+    // Bound first: a bad socket path fails before the overlay is created, and a
+    // bad point drops the listener, which removes its socket file.
     let listener = Listener::bind(&address)
+        .await
+        .with_context(|| format!("cannot serve {}", args.volume))?;
+    let export = Export::open(&repo, &args.volume, &opts)
         .await
         .with_context(|| format!("cannot serve {}", args.volume))?;
     if !ctx.quiet {

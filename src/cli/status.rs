@@ -29,6 +29,9 @@ pub struct StatusArgs {
 pub async fn run(args: StatusArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let location = ctx.location()?;
     let volume = args.volume.clone();
+    if let Some(path) = &args.prometheus {
+        prometheus::check_folder(path)?;
+    }
     let records = Records::new(location, Some(ctx.state_dir.clone()));
     let (repo, unreachable) = match ctx.open().await {
         Ok(r) => (
@@ -49,8 +52,7 @@ pub async fn run(args: StatusArgs, ctx: &Ctx) -> anyhow::Result<()> {
     )
     .await?;
     if let Some(path) = &args.prometheus {
-        prometheus::write(path, std::slice::from_ref(&status))
-            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+        prometheus::write(path, std::slice::from_ref(&status))?;
     }
     if args.json {
         print_json(&status)?;

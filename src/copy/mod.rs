@@ -177,6 +177,25 @@ pub async fn open_or_init(location: &str) -> Result<(Repository, bool), RepoErro
     }
 }
 
+/// Checks that `src` holds what a copy chooses (the volume, and the point `at` when
+/// given) before the destination is opened or created: a copy refused for bad input
+/// leaves no destination behind.
+///
+/// # Errors
+/// [`RepoError::VolumeNotFound`], [`RepoError::PointNotFound`], or what reading the
+/// catalog meets.
+pub async fn check_source(
+    src: &Repository,
+    volume: &VolumeName,
+    at: Option<&PointSelector>,
+) -> Result<(), RepoError> {
+    let commits = src.existing_commits(volume).await?;
+    if let Some(at) = at {
+        src.resolve(&commits, at).await?;
+    }
+    Ok(())
+}
+
 /// Copies points of `src` into `dest` as `opts` say, holding `dest`'s volume lock per
 /// volume.
 ///

@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use super::{Job, JobError, Observer, held};
 use crate::backup::{BackupError, BackupOptions, BackupReport, backup, backup_lvm};
-use crate::copy::{CopyError, CopyOptions, CopyReport, open_or_init};
+use crate::copy::{CopyError, CopyOptions, CopyReport, check_source, open_or_init};
 use crate::lvm::PoolLimits;
 use crate::progress::Progress;
 use crate::prune::{PruneError, PruneOptions, PruneReport, RetentionPolicy};
@@ -211,6 +211,20 @@ pub async fn copy(
     Ok(report)
 }
 
+/// Checks that the repository at `location` holds `volume` (and its point `at`) before
+/// a copy's destination is unlocked or created.
+///
+/// # Errors
+/// [`JobError::Repo`]: the volume or point is unknown, or the catalog cannot be read.
+pub async fn check_copy(
+    job: &Job,
+    location: &str,
+    volume: &VolumeName,
+    at: Option<&PointSelector>,
+) -> Result<(), JobError> {
+    Ok(check_source(&job.open(location).await?, volume, at).await?)
+}
+
 /// Copies `volume` of the repository at `location` to `to` (created on first use;
 /// the copy takes the destination volume's lock), recording the outcome. `run` calls
 /// it.
@@ -228,6 +242,8 @@ pub async fn copy_volume(
     observer: &dyn Observer,
 ) -> Result<CopyReport, JobError> {
     let work = async |src: &Repository| {
+        // Bad input is refused before the destination is created.
+        check_source(src, volume, at.as_ref()).await?;
         let (dest, initialised) =
             open_or_init(to)
                 .await

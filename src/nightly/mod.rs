@@ -23,7 +23,8 @@ mod step;
 mod unlock;
 
 pub use commands::{
-    RepairOptions, RepairReport, backup_volume, copy, copy_volume, prune, prune_volume, repair,
+    RepairOptions, RepairReport, backup_volume, check_copy, copy, copy_volume, prune, prune_volume,
+    repair,
 };
 pub use run::{dry_run, run};
 pub use step::{Action, RunReport, Step};
@@ -41,6 +42,7 @@ use crate::progress::Progress;
 use crate::prune::{PruneError, PruneReport};
 use crate::repo::{KeyError, LockError, RepoError, Repository, RequestCounts};
 use crate::status::alert::Alert;
+use crate::status::prometheus::TextfileError;
 use crate::status::{Outcome, Record, Records, RunLockError, RunLocked};
 use crate::throttle::RateLimiter;
 
@@ -56,6 +58,9 @@ pub enum JobError {
     /// taken.
     #[error("{0}")]
     RunLock(#[source] RunLockError),
+    /// The config's textfile cannot be written (its folder is missing).
+    #[error(transparent)]
+    Textfile(#[from] TextfileError),
     /// The repository failed.
     #[error(transparent)]
     Repo(#[from] RepoError),

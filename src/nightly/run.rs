@@ -37,6 +37,9 @@ pub async fn run(
     config: &Config,
     observer: &dyn Observer,
 ) -> Result<RunReport, JobError> {
+    if let Some(path) = &config.prometheus {
+        prometheus::check_folder(path)?;
+    }
     let _lock = RunLock::acquire(&job.state_dir).map_err(JobError::RunLock)?;
     job.open_once();
     unlock_all(job, config, observer).await?;
@@ -57,7 +60,7 @@ pub async fn run(
             }
         }
         if let Err(e) = prometheus::write(path, &statuses) {
-            tracing::warn!("cannot write {}: {e}", path.display());
+            tracing::warn!("{e}");
         }
     }
     let failed = report.steps.iter().filter(|s| !s.ok).count();

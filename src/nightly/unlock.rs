@@ -134,6 +134,8 @@ impl Job {
     /// they are): its slots are the source's recipient slots and, when a passphrase
     /// unlocked the source, a passphrase slot with it.
     ///
+    /// Returns whether it created the destination.
+    ///
     /// # Errors
     /// As [`Job::unlock`]; [`JobError::Destination`] when the destination cannot be
     /// created.
@@ -143,13 +145,18 @@ impl Job {
         to: &str,
         sources: &KeySources,
         observer: &dyn Observer,
-    ) -> Result<(), JobError> {
+    ) -> Result<bool, JobError> {
         let destination = |error| JobError::Destination {
             to: to.to_string(),
             error: Box::new(error),
         };
         match Repository::open_location(to).await {
-            Ok(_) => return self.unlock(to, sources, Need::Read, "copy", observer).await,
+            Ok(_) => {
+                return self
+                    .unlock(to, sources, Need::Read, "copy", observer)
+                    .await
+                    .map(|()| false);
+            }
             Err(RepoError::NotARepository { .. }) => {}
             Err(e) => return Err(destination(e)),
         }
@@ -161,7 +168,7 @@ impl Job {
             .get(from)
             .cloned()
         else {
-            return Ok(());
+            return Ok(false);
         };
         let src = self.keyed(from, Repository::open_location(from).await?)?;
         let created = src
@@ -187,7 +194,7 @@ impl Job {
                 ..source
             },
         );
-        Ok(())
+        Ok(true)
     }
 
     /// The command line's key sources.

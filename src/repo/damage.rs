@@ -29,6 +29,31 @@ pub enum DamageKind {
     Archive,
 }
 
+/// What check found the damage, and so which check clears the record once it finds
+/// the archive whole again (README "Damage and repair").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DamageScope {
+    /// The archive's structure: object, header, directory, index or trailer. Any
+    /// `verify` reads all of it, and clears the record when it finds it whole.
+    Structure,
+    /// Block data (frames): only a `verify --data` that reads all of the archive's
+    /// data clears the record. A record without the field (written before it
+    /// existed) counts as data: no structural check can prove it wrong.
+    #[default]
+    Data,
+}
+
+impl DamageScope {
+    /// The command that clears a record of this scope once the archive is whole.
+    pub fn cleared_by(self) -> &'static str {
+        match self {
+            DamageScope::Structure => "thinarc verify",
+            DamageScope::Data => "thinarc verify --data",
+        }
+    }
+}
+
 /// One damage record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DamageRecord {
@@ -48,15 +73,19 @@ pub struct DamageRecord {
     pub found_at: String,
     /// Which command found it.
     pub found_by: String,
+    /// Which check found it: what a check must read to clear it.
+    #[serde(default)]
+    pub found_in: DamageScope,
 }
 
 impl DamageRecord {
-    /// A record of `kind` for archive `archive` (id), `object` at `seq`.
+    /// A record of `kind` for archive `archive` (id), `object` at `seq`, found by a
+    /// check of `found_in`.
     pub fn new(
         archive: &ArchiveId,
         seq: u64,
         object: &str,
-        kind: DamageKind,
+        (kind, found_in): (DamageKind, DamageScope),
         detail: String,
         found_by: &str,
     ) -> Self {
@@ -69,6 +98,7 @@ impl DamageRecord {
             detail,
             found_at: Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             found_by: found_by.to_string(),
+            found_in,
         }
     }
 
@@ -254,7 +284,14 @@ mod tests {
     #[test]
     fn block_lists_are_sorted_deduplicated_and_bounded() {
         let id = crate::repo::new_archive_id();
-        let mut r = DamageRecord::new(&id, 2, "x.tarc", DamageKind::Blocks, "d".into(), "t");
+        let mut r = DamageRecord::new(
+            &id,
+            2,
+            "x.tarc",
+            (DamageKind::Blocks, DamageScope::Data),
+            "d".into(),
+            "t",
+        );
         r.add_blocks([9, 3, 9]);
         assert_eq!((r.kind, r.blocks.clone()), (DamageKind::Blocks, vec![3, 9]));
         r.add_blocks(0..=MAX_DAMAGED_BLOCKS as u64);
@@ -267,5 +304,11 @@ mod tests {
         let json = serde_json::to_value(&r).unwrap();
         assert_eq!(json["kind"], "archive");
         assert_eq!(json["found_by"], "t");
+        assert_eq!(json["found_in"], "data");
+        // A record written before `found_in` existed counts as data damage.
+        let mut old = json.clone();
+        old.as_object_mut().unwrap().remove("found_in");
+        let old: DamageRecord = serde_json::from_value(old).unwrap();
+        assert_eq!(old.found_in, DamageScope::Data);
     }
 }

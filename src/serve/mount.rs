@@ -237,10 +237,11 @@ pub async fn mount(
             "is in use: {source} is mounted there (unmount it first)"
         )));
     }
-    let export = Arc::new(Export::open(repo, volume, &opts.serve).await?);
+    // The device first: without one, no overlay is created.
     let name = free_device()?;
     let device = format!("/dev/{name}");
     let dev = open_device(&device)?;
+    let export = Arc::new(Export::open(repo, volume, &opts.serve).await?);
     let (kernel, ours) =
         std::os::unix::net::UnixStream::pair().map_err(|source| MountError::Io {
             what: "cannot make a socket pair for",

@@ -239,10 +239,62 @@ pub fn render(statuses: &[Status]) -> String {
     out
 }
 
-/// Writes `statuses` to `path` atomically (node_exporter may read it at any moment).
+/// Why a textfile is not written.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TextfileError {
+    /// The textfile's folder is missing (or not a folder): it belongs to the
+    /// collector, so a missing one is a typo, and it is not created.
+    #[error(
+        "cannot write the textfile {path}: {folder} {problem}; it should be node_exporter's textfile directory (--collector.textfile.directory): fix the path, or create the folder"
+    )]
+    NoFolder {
+        path: String,
+        folder: String,
+        problem: &'static str,
+    },
+    /// Writing failed.
+    #[error("cannot write the textfile {path}: {source}")]
+    Write {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Checks that the folder of the textfile `path` exists; before any work, so that a
+/// typo is refused at once.
 ///
 /// # Errors
-/// The I/O error.
-pub fn write(path: &Path, statuses: &[Status]) -> std::io::Result<()> {
-    super::record::write_atomic(path, render(statuses).as_bytes())
+/// [`TextfileError::NoFolder`].
+pub fn check_folder(path: &Path) -> Result<(), TextfileError> {
+    let folder = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let problem = match std::fs::metadata(folder) {
+        Ok(m) if m.is_dir() => return Ok(()),
+        Ok(_) => "is not a folder",
+        Err(_) => "does not exist",
+    };
+    Err(TextfileError::NoFolder {
+        path: path.display().to_string(),
+        folder: folder.display().to_string(),
+        problem,
+    })
+}
+
+/// Writes `statuses` to `path` atomically (node_exporter may read it at any moment),
+/// into its existing folder.
+///
+/// # Errors
+/// [`TextfileError`].
+pub fn write(path: &Path, statuses: &[Status]) -> Result<(), TextfileError> {
+    check_folder(path)?;
+    super::record::write_atomic(path, render(statuses).as_bytes()).map_err(|source| {
+        TextfileError::Write {
+            path: path.display().to_string(),
+            source,
+        }
+    })
 }

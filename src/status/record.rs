@@ -255,7 +255,9 @@ impl Records {
         if let Some(dir) = self.local_dir(&record.volume) {
             for slot in record.slots() {
                 let path = dir.join(file_name(record.operation, *slot));
-                if let Err(e) = write_atomic(&path, &body) {
+                if let Err(e) =
+                    std::fs::create_dir_all(&dir).and_then(|()| write_atomic(&path, &body))
+                {
                     warnings.push(format!(
                         "cannot write result record {}: {e}",
                         path.display()
@@ -374,7 +376,6 @@ async fn get_record(
 pub(crate) fn write_atomic(path: &Path, body: &[u8]) -> std::io::Result<()> {
     use std::io::Write as _;
     let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
     let mut tmp = tempfile_in(dir, path)?;
     tmp.1.write_all(body)?;
     tmp.1.sync_all()?;

@@ -39,9 +39,9 @@ use serde::Serialize;
 use crate::format::ImageHasher;
 use crate::progress::Progress;
 use crate::repo::{
-    ArchiveId, CatalogProblem, ChainCursor, Commit, DamageKind, DamageRecord, KeyError,
-    PointSelector, RemoteArchive, RepoError, Repository, Resolved, VolumeCatalog, VolumeName,
-    chain_damage, clock_went_back,
+    ArchiveId, CatalogProblem, ChainCursor, Commit, DamageKind, DamageRecord, DamageScope,
+    KeyError, PointSelector, RemoteArchive, RepoError, Repository, Resolved, VolumeCatalog,
+    VolumeName, chain_damage, clock_went_back,
 };
 use crate::source::lvm::ActiveBase;
 use crate::source::lvm::LvmSourceError;
@@ -140,7 +140,8 @@ pub struct VerifyReport {
     pub source: Option<SourceCheck>,
     /// Every problem found, in the order found.
     pub problems: Vec<Problem>,
-    /// Findings that are not damage (a writer's clock that went backwards).
+    /// Findings that are not damage (a writer's clock that went backwards), and
+    /// recorded data damage this check did not read (and so kept).
     pub warnings: Vec<String>,
     /// Incomplete multipart uploads under the repository (S3): left by killed runs,
     /// aborted by the volume's next backup, prune or copy; not a problem.
@@ -370,26 +371,29 @@ async fn check_volume(
     // What is found damaged, by archive id: recorded for later runs, and every point
     // that depends on it is named.
     let mut damage: HashMap<ArchiveId, DamageRecord> = HashMap::new();
-    let mut damaged = |c: &Commit, kind: DamageKind, blocks: &[u64], detail: &str| {
-        let r = damage.entry(c.archive_id.clone()).or_insert_with(|| {
-            DamageRecord::new(
-                &c.archive_id,
-                c.seq,
-                &c.object,
-                kind,
-                detail.to_string(),
-                "verify",
-            )
-        });
-        if kind == DamageKind::Archive && r.kind != DamageKind::Archive {
-            r.kind = DamageKind::Archive;
-            r.blocks.clear();
-            r.detail = detail.to_string();
-        }
-        if r.kind == DamageKind::Blocks {
-            r.add_blocks(blocks.iter().copied());
-        }
-    };
+    // (Data is only checked in archives whose structure is whole: a record holds
+    // one scope.)
+    let mut damaged =
+        |c: &Commit, kind: DamageKind, scope: DamageScope, blocks: &[u64], detail: &str| {
+            let r = damage.entry(c.archive_id.clone()).or_insert_with(|| {
+                DamageRecord::new(
+                    &c.archive_id,
+                    c.seq,
+                    &c.object,
+                    (kind, scope),
+                    detail.to_string(),
+                    "verify",
+                )
+            });
+            if kind == DamageKind::Archive && r.kind != DamageKind::Archive {
+                r.kind = DamageKind::Archive;
+                r.blocks.clear();
+                r.detail = detail.to_string();
+            }
+            if r.kind == DamageKind::Blocks {
+                r.add_blocks(blocks.iter().copied());
+            }
+        };
     let objects: HashMap<String, u64> = listing
         .archives()
         .filter_map(|m| Some((m.location.filename()?.to_string(), m.size)))
@@ -402,7 +406,13 @@ async fn check_volume(
         match objects.get(&c.object) {
             None => {
                 let problem = format!("archive object {} is missing", c.archive_key());
-                damaged(c, DamageKind::Archive, &[], &problem);
+                damaged(
+                    c,
+                    DamageKind::Archive,
+                    DamageScope::Structure,
+                    &[],
+                    &problem,
+                );
                 rec.add(Some(c), None, problem);
                 continue;
             }
@@ -419,7 +429,13 @@ async fn check_volume(
                     c.archive_key(),
                     c.size
                 );
-                damaged(c, DamageKind::Archive, &[], &problem);
+                damaged(
+                    c,
+                    DamageKind::Archive,
+                    DamageScope::Structure,
+                    &[],
+                    &problem,
+                );
                 rec.add(Some(c), None, problem);
                 continue;
             }
@@ -431,7 +447,13 @@ async fn check_volume(
                 // A marker that disagrees with its archive is no damage of the
                 // archive: `repair` sets it aside, and no record outlives it.
                 if !matches!(e, RepoError::BadCommit { .. }) {
-                    damaged(c, DamageKind::Archive, &[], &describe(&e));
+                    damaged(
+                        c,
+                        DamageKind::Archive,
+                        DamageScope::Structure,
+                        &[],
+                        &describe(&e),
+                    );
                 }
                 rec.add(Some(c), None, describe(&e));
                 continue;
@@ -440,7 +462,13 @@ async fn check_volume(
         let found = index::check_index(&archive).await;
         let clean = found.is_empty();
         for (block, problem) in found {
-            damaged(c, DamageKind::Archive, &[], &problem);
+            damaged(
+                c,
+                DamageKind::Archive,
+                DamageScope::Structure,
+                &[],
+                &problem,
+            );
             rec.add(Some(c), block, problem);
         }
         if clean {
@@ -484,7 +512,7 @@ async fn check_volume(
                     false => DamageKind::Blocks,
                     true => DamageKind::Archive,
                 };
-                damaged(&a.commit, kind, &blocks, &problem);
+                damaged(&a.commit, kind, DamageScope::Data, &blocks, &problem);
                 rec.add(Some(&a.commit), blocks.first().copied(), problem);
             }
         }
@@ -516,19 +544,38 @@ async fn check_volume(
         }
     }
 
-    // Damage records for the next backup and status; a record of an archive now
-    // found whole (all of its data read) is removed.
+    // Damage records for the next backup and status. A record of an archive now
+    // found whole is removed when this check read what it is about: the structure
+    // (every verify) or all of the data (`--data`); one it did not read is kept,
+    // with a warning naming the check that clears it.
     for r in damage.values() {
         if let Err(e) = repo.write_damage(volume, r).await {
             rec.add(None, None, format!("cannot write the damage record: {e}"));
         }
     }
-    if opts.data == DataCheck::All {
-        for a in sound
-            .iter()
-            .filter(|a| !damage.contains_key(&a.commit.archive_id))
-        {
-            let _ = repo.clear_damage(volume, &a.commit.archive_id).await;
+    let whole = |r: &&DamageRecord| {
+        !damage.contains_key(&r.archive) && sound.iter().any(|a| a.commit.archive_id == r.archive)
+    };
+    for r in repo
+        .damage_records_listed(&listing)
+        .await
+        .iter()
+        .filter(whole)
+    {
+        if r.found_in == DamageScope::Structure || opts.data == DataCheck::All {
+            if let Err(e) = repo.clear_damage(volume, &r.archive).await {
+                rec.add(None, None, format!("cannot remove the damage record: {e}"));
+            }
+        } else {
+            rec.report.warnings.push(format!(
+                "{volume} seq {} archive {}: the data damage recorded by {} at {} ({}) is kept: this check did not read all of its block data; `{}` reads it and clears the record if the data is whole",
+                r.seq,
+                r.archive,
+                r.found_by,
+                r.found_at,
+                r.detail,
+                r.found_in.cleared_by()
+            ));
         }
     }
     let latest = commits.last()?;

@@ -27,6 +27,7 @@ mod nbd;
 mod package;
 mod prune;
 mod prune_cli;
+mod refused;
 mod repo_vector;
 mod run;
 mod s3;

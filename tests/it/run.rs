@@ -183,6 +183,33 @@ fn a_bad_config_is_refused_before_any_work() {
 }
 
 #[test]
+fn a_textfile_folder_missing_is_refused_before_any_work() {
+    let t = TempRepo::new();
+    write(&t.path("a.img"), &make_image(MIB, 53));
+    let cfg = config(&t, "");
+    let prom = t.path("thinarc.prom");
+    let typo = t.path("textfle/thinarc.prom");
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        &format!("prometheus = \"{}\"", prom.display()),
+        &format!("prometheus = \"{}\"", typo.display()),
+    );
+    write(&cfg, text.as_bytes());
+    let o = thinarc(&t, &["run", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(o.code, Some(2), "{}", o.show());
+    assert!(
+        o.stderr.ends_with(&format!(
+            "error: cannot write the textfile {}: {} does not exist; it should be node_exporter's textfile directory (--collector.textfile.directory): fix the path, or create the folder\n",
+            typo.display(),
+            t.path("textfle").display()
+        )),
+        "{}",
+        o.show()
+    );
+    assert!(!t.path("textfle").exists(), "no folder is created");
+    assert!(!t.repo().join("volumes").exists(), "nothing was backed up");
+}
+
+#[test]
 fn a_second_run_is_refused_while_one_is_going() {
     let t = TempRepo::new();
     for n in ["a", "b", "c"] {

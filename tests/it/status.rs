@@ -41,6 +41,7 @@ fn status_reports_last_success_and_failure_from_the_records() {
     assert!(e.contains("cannot open source"), "{e}");
 
     let prom = t.path("metrics/thinarc.prom");
+    std::fs::create_dir(t.path("metrics")).unwrap(); // the collector's folder
     let o = t.run(&["status", "--json", "--prometheus", prom.to_str().unwrap()]);
     assert_eq!(
         o.code,
@@ -260,4 +261,48 @@ fn an_interrupted_backup_is_recorded_as_failed() {
         "{error}"
     );
     assert_eq!(done["started"], running["started"]);
+}
+
+#[test]
+fn prometheus_textfile_folder_missing_is_refused_and_not_created() {
+    let t = TempRepo::new();
+    let src = t.path("db.img");
+    write(&src, &make_image(MIB, 43));
+    t.ok(&["backup", src.to_str().unwrap(), "--volume", "db", "-q"]);
+    let dir = t.path("textfiles");
+    let prom = dir.join("sub/thinarc.prom");
+    let p = prom.to_str().unwrap();
+    let refused = |args: &[&str], problem: &str| {
+        let o = t.run(args);
+        assert_eq!(o.code, Some(2), "{}", o.show());
+        assert_eq!(
+            o.stderr,
+            format!(
+                "error: cannot write the textfile {}: {problem}; it should be node_exporter's textfile directory (--collector.textfile.directory): fix the path, or create the folder\n",
+                args[2]
+            )
+        );
+        assert_eq!(o.stdout, "", "refused before the status is shown");
+    };
+    let missing = format!("{} does not exist", dir.join("sub").display());
+    refused(&["status", "--prometheus", p], &missing);
+    refused(&["status", "--prometheus", p, "--json"], &missing);
+    assert!(!dir.exists(), "no folder is created");
+    // A file where the folder should be.
+    let file_prom = src.join("thinarc.prom");
+    refused(
+        &["status", "--prometheus", file_prom.to_str().unwrap()],
+        &format!("{} is not a folder", src.display()),
+    );
+    // Once the collector's folder exists, the textfile is written into it.
+    std::fs::create_dir_all(dir.join("sub")).unwrap();
+    t.ok(&["status", "--prometheus", p]);
+    let m = samples(&std::fs::read_to_string(&prom).unwrap());
+    assert_eq!(
+        m[&format!(
+            "thinarc_points{{volume=\"db\",repository=\"{}\"}}",
+            t.location()
+        )],
+        1.0
+    );
 }

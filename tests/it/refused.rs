@@ -1,0 +1,168 @@
+//! Bad input leaves nothing behind: a command refused for an unknown volume or point,
+//! a bad path or a bad option creates no repository, target, overlay or socket (the
+//! fault family of `copy` creating its destination before finding the volume
+//! unknown).
+
+use std::path::Path;
+
+use crate::util::{TempRepo, make_image, write};
+
+/// A repository (encrypted with passphrase `x` when `encrypted`) holding one point of
+/// volume `v`.
+fn one_point(encrypted: bool) -> TempRepo {
+    let t = TempRepo::uninit().with_env("THINARC_PASSWORD", "x");
+    if encrypted {
+        t.ok(&["init"]);
+    } else {
+        t.ok(&["init", "--no-encryption"]);
+    }
+    let src = t.path("src.img");
+    write(&src, &make_image(200 << 10, 7));
+    t.ok(&["backup", src.to_str().unwrap(), "--volume", "v"]);
+    t
+}
+
+/// Runs `args`, asserts exit code `code` and the error line `error`.
+fn refused(t: &TempRepo, args: &[&str], code: i32, error: &str) {
+    let o = t.run(args);
+    assert_eq!(o.code, Some(code), "{args:?}: {}", o.show());
+    assert_eq!(o.stderr, format!("error: {error}\n"), "{args:?}");
+}
+
+fn absent(path: &Path) {
+    assert!(!path.exists(), "{} was left behind", path.display());
+}
+
+#[test]
+fn copy_of_an_unknown_volume_or_point_creates_no_destination() {
+    for encrypted in [false, true] {
+        let t = one_point(encrypted);
+        let dest = t.path("dest");
+        let d = dest.to_str().unwrap();
+        refused(
+            &t,
+            &["copy", "--to", d, "nope"],
+            1,
+            "no volume named \"nope\" in the repository (known: v)",
+        );
+        absent(&dest);
+        for consolidate in [false, true] {
+            let mut args = vec!["copy", "--to", d, "v", "--at", "9"];
+            if consolidate {
+                args.push("--consolidate");
+            }
+            refused(
+                &t,
+                &args,
+                1,
+                "volume v has no archive matching \"9\" (see `thinarc list v`)",
+            );
+            absent(&dest);
+        }
+        // The same copy of a known point creates it.
+        let out = t.ok(&["copy", "--to", d, "v", "--at", "1"]);
+        assert!(
+            out.starts_with(&format!("created thinarc repository at {d}\n")),
+            "{out}"
+        );
+        assert!(dest.join("config").exists());
+    }
+}
+
+#[test]
+fn serve_with_a_bad_socket_or_point_creates_no_overlay_or_socket() {
+    let t = one_point(false);
+    let overlay = t.path("v.ovl");
+    let map = t.path("v.ovl.map");
+    let socket = t.path("v.sock");
+    let (o, s) = (overlay.to_str().unwrap(), socket.to_str().unwrap());
+    let nodir = t.path("nodir/v.sock");
+    refused(
+        &t,
+        &[
+            "serve",
+            "v",
+            "--socket",
+            nodir.to_str().unwrap(),
+            "--overlay",
+            o,
+        ],
+        1,
+        &format!(
+            "cannot serve v: cannot listen on socket {}: No such file or directory (os error 2)",
+            nodir.display()
+        ),
+    );
+    refused(
+        &t,
+        &["serve", "v", "--at", "9", "--socket", s, "--overlay", o],
+        1,
+        "cannot serve v: volume v has no archive matching \"9\" (see `thinarc list v`)",
+    );
+    refused(
+        &t,
+        &["serve", "nope", "--socket", s, "--overlay", o],
+        1,
+        "cannot serve nope: no volume named \"nope\" in the repository (known: v)",
+    );
+    for p in [&overlay, &map, &socket] {
+        absent(p);
+    }
+}
+
+#[test]
+fn restore_backup_and_init_refused_leave_no_target_volume_or_repository() {
+    let t = one_point(false);
+    let out = t.path("out.img");
+    let o = out.to_str().unwrap();
+    refused(
+        &t,
+        &["restore", "v", "--at", "9", o],
+        1,
+        &format!(
+            "restore of v to {o} failed: volume v has no archive matching \"9\" (see `thinarc list v`)"
+        ),
+    );
+    refused(
+        &t,
+        &["restore", "v", "--since", "9", o],
+        1,
+        &format!(
+            "restore of v to {o} failed: volume v has no archive matching \"9\" (see `thinarc list v`)"
+        ),
+    );
+    refused(
+        &t,
+        &["restore", "nope", o],
+        1,
+        &format!(
+            "restore of nope to {o} failed: no volume named \"nope\" in the repository (known: v)"
+        ),
+    );
+    absent(&out);
+    let src = t.path("src.img");
+    let o = t.run(&["backup", src.to_str().unwrap(), "--volume", "bad name"]);
+    assert_eq!(o.code, Some(2), "{}", o.show());
+    let volumes: Vec<_> = std::fs::read_dir(t.repo().join("volumes"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(volumes, ["v"], "only the volume backed up");
+    // A repository that is not there is not created by a backup, nor by a bad init.
+    let fresh = TempRepo::uninit();
+    let o = fresh.run(&["backup", src.to_str().unwrap(), "--volume", "v"]);
+    assert_eq!(o.code, Some(1), "{}", o.show());
+    refused(
+        &fresh,
+        &["init", "--recipient", "bogus"],
+        2,
+        "\"bogus\" is not an age X25519 recipient (age1…)",
+    );
+    refused(
+        &fresh,
+        &["init", "--password-file", "/nonexistent"],
+        1,
+        "init creates an encrypted repository: give its passphrase, or --recipient age1…, or --no-encryption: cannot read password file /nonexistent: No such file or directory (os error 2)",
+    );
+    absent(&fresh.repo());
+}
