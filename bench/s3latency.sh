@@ -6,9 +6,13 @@
 # step runs REPS times (median); each restore is compared with the image. The table
 # gives thinarc's wall time, CPU (user + sys), peak RSS and the requests it made, and
 # the CPU the S3 server and the proxies used meanwhile (they share the machine).
+# With PIN=1, thinarc runs on core 0 for every step (local ones too) and the servers and
+# proxies on core 1, so that the local and the S3 steps get the same CPU (on a 2-core
+# machine the server otherwise takes its CPU from thinarc's).
 #
 #   BENCH_THINARC=target/release/thinarc bench/s3latency.sh IMAGE
 #   DELAY_MS=20 REPS=3 MOTO=1 bench/s3latency.sh IMAGE
+#   PIN=1 bench/s3latency.sh IMAGE
 #
 # s3s-fs is installed once like bench/run.sh does (cargo install into bench/work/tools,
 # or give S3S_FS); the proxy is built with cargo build --release --example delayproxy.
@@ -19,6 +23,9 @@ T=${BENCH_THINARC:-$ROOT/target/release/thinarc}
 DELAY_MS=${DELAY_MS:-20}
 REPS=${REPS:-3}
 MOTO=${MOTO:-0}
+# Command prefixes: thinarc's, and the servers' and proxies'.
+PIN_T=() PIN_S=()
+[[ ${PIN:-0} = 1 ]] && PIN_T=(taskset -c 0) PIN_S=(taskset -c 1)
 S3S_FS=${S3S_FS:-$ROOT/bench/work/tools/bin/s3s-fs}
 PROXY_BIN=$ROOT/target/release/examples/delayproxy
 VENV=${THINARC_TEST_VENV:-$ROOT/target/s3-venv}
@@ -35,7 +42,7 @@ wait_port() { for _ in $(seq 300); do curl -s -o /dev/null "http://127.0.0.1:$1/
 
 S3S_PORT=$(free_port)
 mkdir -p "$WORK/s3s/bench"
-"$S3S_FS" --host 127.0.0.1 --port "$S3S_PORT" --access-key bench --secret-key benchsecret \
+"${PIN_S[@]}" "$S3S_FS" --host 127.0.0.1 --port "$S3S_PORT" --access-key bench --secret-key benchsecret \
     "$WORK/s3s" > "$WORK/s3s.log" 2>&1 &
 PIDS+=($!)
 wait_port "$S3S_PORT"
@@ -43,7 +50,7 @@ wait_port "$S3S_PORT"
 # (a line asks it for the requests since the last one, in $WORK/proxy.FD).
 proxy() {
     PROXY_PORT=$(free_port)
-    eval "exec $1> >(exec \"$PROXY_BIN\" $PROXY_PORT 127.0.0.1 $2 $3 2> \"$WORK/proxy.$1\")"
+    eval "exec $1> >(exec ${PIN_S[*]} \"$PROXY_BIN\" $PROXY_PORT 127.0.0.1 $2 $3 2> \"$WORK/proxy.$1\")"
     PIDS+=($!)
     wait_port "$PROXY_PORT"
 }
@@ -57,7 +64,7 @@ proxy 3 "$S3S_PORT" 0; S3S_ZERO=$PROXY_PORT
 proxy 4 "$S3S_PORT" "$DELAY_MS"; S3S_DELAYED=$PROXY_PORT
 if [[ $MOTO = 1 ]]; then
     MOTO_PORT=$(free_port)
-    "$VENV/bin/moto_server" -H 127.0.0.1 -p "$MOTO_PORT" > "$WORK/moto.log" 2>&1 &
+    "${PIN_S[@]}" "$VENV/bin/moto_server" -H 127.0.0.1 -p "$MOTO_PORT" > "$WORK/moto.log" 2>&1 &
     PIDS+=($!)
     wait_port "$MOTO_PORT"
     curl -sf -X PUT "http://127.0.0.1:$MOTO_PORT/bench" > /dev/null
@@ -65,7 +72,7 @@ if [[ $MOTO = 1 ]]; then
 fi
 
 s3() {  # port: the command prefix that runs thinarc against that endpoint
-    S3=(env AWS_ENDPOINT_URL="http://127.0.0.1:$1" AWS_ALLOW_HTTP=true AWS_REGION=us-east-1
+    S3=("${PIN_T[@]}" env AWS_ENDPOINT_URL="http://127.0.0.1:$1" AWS_ALLOW_HTTP=true AWS_REGION=us-east-1
         AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=benchsecret "$T" -q)
 }
 # CPU ticks the servers and proxies have used so far.
@@ -102,11 +109,11 @@ both() {  # NAME FD REPO
     step "$1: restore" "$2" "$3" restore
     if [[ $3 = s3://bench/* ]]; then rm -rf "$WORK/s3s/bench/${3#s3://bench/}"; else rm -rf "$3"; fi
 }
-echo "$(( $(stat -c %s "$IMG") >> 20 )) MiB image, medians of $REPS"
+echo "$(( $(stat -c %s "$IMG") >> 20 )) MiB image, medians of $REPS${PIN_T[*]:+; thinarc on core 0, servers and proxies on core 1}"
 echo
 echo "| step | wall s | MiB/s | CPU s | CPU s per GiB | peak RSS MiB | requests | server + proxy CPU s |"
 echo "|---|---:|---:|---:|---:|---:|---:|---:|"
-S3=("$T" -q)
+S3=("${PIN_T[@]}" "$T" -q)
 both "local" - "$WORK/local"
 s3 "$S3S_PORT"
 both "s3s-fs" - s3://bench/direct

@@ -12,7 +12,7 @@ use sha2::Digest as _;
 use thinarc::backup::{BackupOptions, backup, dry_run};
 use thinarc::config::Config;
 use thinarc::nightly::{self, Given, Job, Unobserved};
-use thinarc::repo::{DamageKind, DamageRecord, Repository, RequestCounts, VolumeName};
+use thinarc::repo::{DamageKind, DamageRecord, DamageScope, Repository, RequestCounts, VolumeName};
 use thinarc::source::RawSource;
 use thinarc::status::{Records, gather};
 
@@ -332,7 +332,7 @@ async fn run_dry_run_at_scale(t: TempRepo) {
             &damaged.archive_id,
             damaged.seq,
             &damaged.object,
-            DamageKind::Archive,
+            (DamageKind::Archive, DamageScope::Structure),
             "planted by the test".into(),
             "verify",
         ),
