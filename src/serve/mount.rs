@@ -348,26 +348,52 @@ pub async fn mount(
     result
 }
 
+/// How long the kernel may take to run a device once it has its socket: seconds on
+/// a loaded host or an emulated CPU.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Waits for the device to start and its partitions to show; the path to mount.
+///
+/// # Errors
+/// [`MountError::Io`] when the device does not run within [`START_TIMEOUT`];
+/// [`MountError::Partition`] for a partitioned image and no (or a missing) partition.
 async fn wait_for_source(name: &str, partition: Option<u32>) -> Result<String, MountError> {
     let device = format!("/dev/{name}");
-    for _ in 0..100 {
-        if connected(name) {
-            break;
+    // Until the device runs, its partitions cannot be scanned: looking earlier would
+    // take a partitioned image for a file system.
+    let asked = std::time::Instant::now();
+    while !connected(name) {
+        if asked.elapsed() > START_TIMEOUT {
+            return Err(MountError::Io {
+                what: "the kernel did not start",
+                device,
+                source: std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("not running after {} s", START_TIMEOUT.as_secs()),
+                ),
+            });
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Opening the device makes the kernel scan its partition table, but not always
     // on a device reused right after a disconnect: BLKRRPART rescans it, and
-    // returns once the partitions are added.
-    if let Ok(dev) = File::open(&device) {
-        let _ = ioctl(
-            &dev,
-            BLKRRPART,
-            0,
-            &device,
-            "cannot rescan the partitions of",
-        );
+    // returns once the partitions are added. It fails while something else (udev's
+    // probe) holds the device busy: tried again for a while.
+    for _ in 0..40 {
+        let rescanned = File::open(&device).is_ok_and(|dev| {
+            ioctl(
+                &dev,
+                BLKRRPART,
+                0,
+                &device,
+                "cannot rescan the partitions of",
+            )
+            .is_ok()
+        });
+        if rescanned {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let parts = |name: &str| -> Vec<String> {
         let mut p: Vec<String> = std::fs::read_dir(format!("/sys/block/{name}"))
