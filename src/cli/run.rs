@@ -47,7 +47,7 @@ pub async fn run(args: RunArgs, ctx: &Ctx) -> anyhow::Result<()> {
     };
     let report = if args.dry_run {
         ctx.without_alerts();
-        thinarc::nightly::dry_run(&ctx, &config, &printer).await
+        thinarc::nightly::dry_run(&ctx, &config, &printer).await?
     } else {
         thinarc::nightly::run(&ctx, &config, &printer).await?
     };

@@ -42,7 +42,7 @@ pub async fn run(
     }
     let _lock = RunLock::acquire(&job.state_dir).map_err(JobError::RunLock)?;
     job.open_once();
-    unlock_all(job, config, observer).await?;
+    unlock_all(job, config, observer, false).await?;
     tracing::info!(config = %config.path.display(), volumes = config.volumes.len(), "run started");
     let report = steps(job, config, observer, false).await;
     if let Some(path) = &config.prometheus {
@@ -79,10 +79,24 @@ pub async fn run(
 /// What [`run`] would back up, as its steps: each volume (patterns expanded) with its
 /// source and the archive it would write (`full` or `delta`) and why, the patterns
 /// that match nothing, and the volumes that would be recorded as gone. Takes no lock,
-/// creates no snapshot, writes no record; prunes and copies are not planned.
-pub async fn dry_run(job: &Job, config: &Config, observer: &dyn Observer) -> RunReport {
+/// creates no snapshot, writes no record; prunes and copies are not planned. Each
+/// encrypted repository is unlocked with the keys given (never prompting), so that a
+/// plan reads what the backup would read.
+///
+/// # Errors
+/// As [`run`] before its steps: the textfile's folder is missing, or a key given
+/// does not unlock its repository.
+pub async fn dry_run(
+    job: &Job,
+    config: &Config,
+    observer: &dyn Observer,
+) -> Result<RunReport, JobError> {
+    if let Some(path) = &config.prometheus {
+        prometheus::check_folder(path)?;
+    }
     job.open_once();
-    steps(job, config, observer, true).await
+    unlock_all(job, config, observer, true).await?;
+    Ok(steps(job, config, observer, true).await)
 }
 
 /// A dry run plans the volumes of a repository from one listing of its `volumes/`
@@ -430,12 +444,17 @@ async fn plan_backup(job: &Job, target: &Target<'_>, listed: Option<Listed>) -> 
 /// sources are its table's, else the command line's; a copy's destination is tried
 /// with its source's.
 ///
+/// A dry run (`dry`) unlocks each repository with the keys given only
+/// ([`Need::IfGiven`]: never prompting, locked without a key source) and leaves the
+/// copies' destinations alone.
+///
 /// # Errors
 /// As [`Job::unlock`]: the run stops before any work.
 async fn unlock_all<'a>(
     job: &Job,
     config: &'a Config,
     observer: &dyn Observer,
+    dry: bool,
 ) -> Result<(), JobError> {
     // What each repository is unlocked for: the strongest need, the action that
     // needs it, and what the run does there (named when unlocking fails).
@@ -475,11 +494,12 @@ async fn unlock_all<'a>(
     };
     for (name, (need, action, what)) in needs {
         let location = &config.repositories[name];
+        let need = if dry { Need::IfGiven } else { need };
         job.unlock(location, sources(name), need, action, observer)
             .await
             .map_err(|e| failed(name, what, e))?;
     }
-    for c in &config.copies {
+    for c in config.copies.iter().filter(|_| !dry) {
         let from = &config.repositories[&c.from];
         job.unlock_destination(from, &c.to, sources(&c.from), observer)
             .await

@@ -295,7 +295,7 @@ async fn planned(t: &TempRepo, repo: &Repository, n: usize) -> (Vec<String>, Req
     let job = Job::new(Given::default()).with_config(&config);
     let before = repo.requests();
     job.keep_open(repo.clone());
-    let report = nightly::dry_run(&job, &config, &Unobserved).await;
+    let report = nightly::dry_run(&job, &config, &Unobserved).await.unwrap();
     let lines = report
         .steps
         .iter()

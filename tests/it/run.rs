@@ -194,17 +194,22 @@ fn a_textfile_folder_missing_is_refused_before_any_work() {
         &format!("prometheus = \"{}\"", typo.display()),
     );
     write(&cfg, text.as_bytes());
-    let o = thinarc(&t, &["run", "--config", cfg.to_str().unwrap()]);
-    assert_eq!(o.code, Some(2), "{}", o.show());
-    assert!(
-        o.stderr.ends_with(&format!(
-            "error: cannot write the textfile {}: {} does not exist; it should be node_exporter's textfile directory (--collector.textfile.directory): fix the path, or create the folder\n",
-            typo.display(),
-            t.path("textfle").display()
-        )),
-        "{}",
-        o.show()
-    );
+    // A dry run says so too: the run it plans would be refused.
+    for dry in [&[][..], &["--dry-run"]] {
+        let mut args = vec!["run", "--config", cfg.to_str().unwrap()];
+        args.extend(dry);
+        let o = thinarc(&t, &args);
+        assert_eq!(o.code, Some(2), "{}", o.show());
+        assert!(
+            o.stderr.ends_with(&format!(
+                "error: cannot write the textfile {}: {} does not exist; it should be node_exporter's textfile directory (--collector.textfile.directory): fix the path, or create the folder\n",
+                typo.display(),
+                t.path("textfle").display()
+            )),
+            "{}",
+            o.show()
+        );
+    }
     assert!(!t.path("textfle").exists(), "no folder is created");
     assert!(!t.repo().join("volumes").exists(), "nothing was backed up");
 }
@@ -717,4 +722,80 @@ fn gone_is_reported_once_and_status_is_not_red() {
     let listed = thinarc_env(&["-r", t.location(), "list", volume, "--json"], &env);
     let points: Value = serde_json::from_str(&listed.stdout).unwrap();
     assert_eq!(points.as_array().unwrap().len(), 1, "its points are kept");
+}
+
+/// A dry run of an encrypted repository unlocks it with the keys given (never
+/// prompting) and plans what the backup then does: with the passphrase, a volume with
+/// recorded data damage is planned as the delta that stores the damaged blocks again;
+/// without one, its plan fails naming the key it needs, as before nothing is touched.
+#[test]
+fn dry_run_of_an_encrypted_repository_plans_with_the_keys_given() {
+    let t = TempRepo::uninit().with_env("THINARC_PASSWORD", "dry run");
+    t.ok(&["init"]);
+    let img = t.path("a.img");
+    let mut image = make_image(4 * MIB, 62);
+    write(&img, &image);
+    t.ok(&["backup", img.to_str().unwrap(), "--volume", "a"]);
+    image[100] ^= 1;
+    write(&img, &image);
+    t.ok(&["backup", img.to_str().unwrap(), "--volume", "a"]);
+    // A byte in the middle of seq 1's archive (the full one, the largest) is in a
+    // frame: verify --data records data damage.
+    let full = std::fs::read_dir(t.repo().join("volumes/a/archives"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap();
+    let mut bytes = read(&full);
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x40;
+    write(&full, &bytes);
+    assert_eq!(t.run(&["verify", "--data", "a"]).code, Some(4));
+
+    let cfg = t.path("thinarc.toml");
+    let text = format!(
+        "state_dir = \"{}\"\n[repositories.main]\nlocation = \"{}\"\n\n[[volumes]]\nname = \"a\"\nsource = \"{}\"\n",
+        t.path("state").display(),
+        t.location(),
+        img.display()
+    );
+    write(&cfg, text.as_bytes());
+    let cfg = cfg.to_str().unwrap();
+    let with_key = t.env_pairs();
+    let o = thinarc_env(&["run", "--config", cfg, "--dry-run"], &with_key);
+    assert_eq!(o.code, Some(0), "{}", o.show());
+    assert!(
+        o.stdout.starts_with(&format!(
+            "backup a: from {}: would write a delta archive: ",
+            img.display()
+        )),
+        "{}",
+        o.show()
+    );
+
+    let without: Vec<_> = with_key
+        .iter()
+        .filter(|(k, _)| k != "THINARC_PASSWORD")
+        .cloned()
+        .collect();
+    let o = thinarc_env(&["run", "--config", cfg, "--dry-run"], &without);
+    assert_eq!(o.code, Some(1), "{}", o.show());
+    assert!(
+        o.stdout
+            .contains("needs the repository key of encrypted repository"),
+        "{}",
+        o.show()
+    );
+    let commits = std::fs::read_dir(t.repo().join("volumes/a/commits"))
+        .unwrap()
+        .count();
+    assert_eq!(commits, 2, "a dry run commits nothing");
+
+    // The run does what the plan said.
+    let o = thinarc_env(&["run", "--config", cfg], &with_key);
+    assert_eq!(o.code, Some(0), "{}", o.show());
+    // (`list` exits 1: seq 1 still holds the damaged frame.)
+    let list = t.run(&["list", "a", "--json"]);
+    let points: Value = serde_json::from_str(&list.stdout).unwrap();
+    assert_eq!(points.as_array().unwrap().len(), 3, "{}", list.show());
 }
