@@ -37,12 +37,7 @@ pub async fn run(
     config: &Config,
     observer: &dyn Observer,
 ) -> Result<RunReport, JobError> {
-    if let Some(path) = &config.prometheus {
-        prometheus::check_folder(path)?;
-    }
-    let _lock = RunLock::acquire(&job.state_dir).map_err(JobError::RunLock)?;
-    job.open_once();
-    unlock_all(job, config, observer, false).await?;
+    let _lock = start(job, config, observer, false).await?;
     tracing::info!(config = %config.path.display(), volumes = config.volumes.len(), "run started");
     let report = steps(job, config, observer, false).await;
     if let Some(path) = &config.prometheus {
@@ -91,12 +86,33 @@ pub async fn dry_run(
     config: &Config,
     observer: &dyn Observer,
 ) -> Result<RunReport, JobError> {
+    start(job, config, observer, true).await?;
+    Ok(steps(job, config, observer, true).await)
+}
+
+/// What a run (or a dry run: `dry`) does before its steps: refuses a textfile whose
+/// folder is missing, takes the run lock (not for a dry run, which it returns),
+/// opens each repository once from now on and unlocks them (see [`unlock_all`]).
+///
+/// # Errors
+/// [`JobError::Textfile`], [`JobError::RunLock`], or as [`unlock_all`]: nothing was
+/// done.
+async fn start(
+    job: &Job,
+    config: &Config,
+    observer: &dyn Observer,
+    dry: bool,
+) -> Result<Option<RunLock>, JobError> {
     if let Some(path) = &config.prometheus {
         prometheus::check_folder(path)?;
     }
+    let lock = match dry {
+        true => None,
+        false => Some(RunLock::acquire(&job.state_dir).map_err(JobError::RunLock)?),
+    };
     job.open_once();
-    unlock_all(job, config, observer, true).await?;
-    Ok(steps(job, config, observer, true).await)
+    unlock_all(job, config, observer, dry).await?;
+    Ok(lock)
 }
 
 /// A dry run plans the volumes of a repository from one listing of its `volumes/`
