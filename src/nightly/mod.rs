@@ -332,21 +332,18 @@ impl Job {
     /// [`RepoError`] as [`Repository::open_location`] (a failure is not kept: the
     /// next call tries again).
     async fn open_plain(&self, location: &str) -> Result<Repository, RepoError> {
-        let opened = |o: &Option<std::collections::HashMap<String, Repository>>| {
-            o.as_ref().map(|m| m.get(location).cloned())
+        let kept = |o: &Option<std::collections::HashMap<String, Repository>>| {
+            o.as_ref().and_then(|m| m.get(location).cloned())
         };
-        let kept = opened(&self.shared.opened.lock().expect("not poisoned"));
-        match kept {
-            None => Repository::open_location(location).await,
-            Some(Some(repo)) => Ok(repo),
-            Some(None) => {
-                let repo = Repository::open_location(location).await?;
-                if let Some(m) = self.shared.opened.lock().expect("not poisoned").as_mut() {
-                    m.insert(location.to_string(), repo.clone());
-                }
-                Ok(repo)
-            }
+        if let Some(repo) = kept(&self.shared.opened.lock().expect("not poisoned")) {
+            return Ok(repo);
         }
+        let repo = Repository::open_location(location).await?;
+        // Kept only when the job opens each repository once.
+        if let Some(m) = self.shared.opened.lock().expect("not poisoned").as_mut() {
+            m.insert(location.to_string(), repo.clone());
+        }
+        Ok(repo)
     }
 
     /// From now on this job (and those sharing its state) opens each repository
