@@ -10,14 +10,14 @@
 use std::cell::RefCell;
 use std::future::Future;
 use std::ops::Range;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::Poll;
 
 use bytes::Bytes;
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use tokio::task::JoinHandle;
+use tokio_util::task::AbortOnDropHandle;
 
 use super::ReadError;
 pub(crate) use super::plan::FrameFilter;
@@ -126,7 +126,7 @@ where
             match next.take() {
                 Some(w) if window.admits(reads.len(), bytes, w.fetched()) => {
                     bytes += w.fetched();
-                    reads.push_back(Spawned(tokio::spawn(fetch(w))));
+                    reads.push_back(AbortOnDropHandle::new(tokio::spawn(fetch(w))));
                 }
                 w => {
                     next = w;
@@ -160,23 +160,6 @@ where
             }
         }
     })
-}
-
-/// A spawned task that is aborted when dropped.
-struct Spawned<T>(JoinHandle<T>);
-
-impl<T> Future for Spawned<T> {
-    type Output = Result<T, tokio::task::JoinError>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Pin::new(&mut self.0).poll(cx)
-    }
-}
-
-impl<T> Drop for Spawned<T> {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 /// A run of a decoded unit, in block order.
