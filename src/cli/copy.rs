@@ -31,25 +31,17 @@ pub struct CopyArgs {
 
 /// Runs a copy, volume by volume.
 pub async fn run(args: CopyArgs, ctx: &Ctx) -> anyhow::Result<()> {
-    let volume = args.volume.clone();
     ctx.unlock(Need::Read, "copy").await?;
-    if let Some(v) = &volume {
-        thinarc::nightly::check_copy(ctx, ctx.location()?, v, args.at.as_ref()).await?;
-    }
-    let created = ctx
-        .unlock_destination(ctx.location()?, &args.to, ctx.key_sources(), ctx)
-        .await?;
-    let mut report = thinarc::nightly::copy(
+    let report = thinarc::nightly::copy(
         ctx,
         ctx.location()?,
         &args.to,
-        volume,
-        args.at.clone(),
+        args.volume,
+        args.at,
         args.consolidate,
         ctx,
     )
     .await?;
-    report.initialised |= created;
     if args.json {
         print_json(&report)?;
     } else if !ctx.quiet {

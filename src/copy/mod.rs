@@ -160,23 +160,6 @@ pub enum CopyError {
     },
 }
 
-/// Opens the repository at `location`, creating it if there is none yet; returns it
-/// and whether it was created.
-///
-/// # Errors
-/// [`RepoError`] as [`Repository::open_location`] and
-/// [`Repository::create_location`].
-pub async fn open_or_init(location: &str) -> Result<(Repository, bool), RepoError> {
-    match Repository::open_location(location).await {
-        Ok(r) => Ok((r, false)),
-        Err(RepoError::NotARepository { .. }) => Ok((
-            Repository::create_location(location, true, None).await?,
-            true,
-        )),
-        Err(e) => Err(e),
-    }
-}
-
 /// Checks that `src` holds what a copy chooses (the volume, and the point `at` when
 /// given) before the destination is opened or created: a copy refused for bad input
 /// leaves no destination behind.

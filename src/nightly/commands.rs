@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use super::{Job, JobError, Observer, held};
 use crate::backup::{BackupError, BackupOptions, BackupReport, backup, backup_lvm};
-use crate::copy::{CopyError, CopyOptions, CopyReport, check_source, open_or_init};
+use crate::copy::{CopyError, CopyOptions, CopyReport, check_source};
 use crate::lvm::PoolLimits;
 use crate::progress::Progress;
 use crate::prune::{PruneError, PruneOptions, PruneReport, RetentionPolicy};
@@ -172,12 +172,16 @@ pub async fn prune_volume(
     Ok(report)
 }
 
-/// Copies `volume` (else every volume) of the repository at `location` to `to`
-/// (created on first use), volume by volume, and sums the reports; logs their
-/// warnings. `thinarc copy` calls it.
+/// Copies `volume` (else every volume) of the repository at `location` (unlocked) to
+/// `to`, volume by volume, and sums the reports; logs their warnings. A named volume
+/// (and its point `at`) is checked first: bad input is refused unrecorded, before the
+/// destination is unlocked (with the command line's key sources) or created (by the
+/// first volume copied). `thinarc copy` calls it.
 ///
 /// # Errors
-/// As [`copy_volume`]; the volumes copied before stay copied.
+/// [`JobError::Repo`] for an unknown volume or point, as
+/// [`Job::unlock_destination`], or as [`copy_volume`]; the volumes copied before
+/// stay copied.
 pub async fn copy(
     job: &Job,
     location: &str,
@@ -187,16 +191,29 @@ pub async fn copy(
     consolidate: bool,
     observer: &dyn Observer,
 ) -> Result<CopyReport, JobError> {
-    let volumes = match volume {
-        Some(v) => vec![v],
-        None => job.open(location).await?.volumes().await?,
+    let src = job.open(location).await?;
+    let (volumes, checked) = match volume {
+        Some(v) => {
+            check_source(&src, &v, at.as_ref()).await?;
+            (vec![v], true)
+        }
+        None => (src.volumes().await?, false),
     };
+    job.unlock_destination(to, job.key_sources(), observer)
+        .await?;
     let mut report = CopyReport {
         destination: to.to_string(),
         ..CopyReport::default()
     };
     for v in &volumes {
-        let r = copy_volume(job, location, to, v, at.clone(), consolidate, observer).await?;
+        let copy = Copy {
+            location,
+            to,
+            volume: v,
+            at: at.clone(),
+            consolidate,
+        };
+        let r = copy.recorded(job, checked, observer).await?;
         report.initialised |= r.initialised;
         report.copied.extend(r.copied);
         report.present += r.present;
@@ -211,27 +228,14 @@ pub async fn copy(
     Ok(report)
 }
 
-/// Checks that the repository at `location` holds `volume` (and its point `at`) before
-/// a copy's destination is unlocked or created.
-///
-/// # Errors
-/// [`JobError::Repo`]: the volume or point is unknown, or the catalog cannot be read.
-pub async fn check_copy(
-    job: &Job,
-    location: &str,
-    volume: &VolumeName,
-    at: Option<&PointSelector>,
-) -> Result<(), JobError> {
-    Ok(check_source(&job.open(location).await?, volume, at).await?)
-}
-
-/// Copies `volume` of the repository at `location` to `to` (created on first use;
-/// the copy takes the destination volume's lock), recording the outcome. `run` calls
-/// it.
+/// Copies `volume` of the repository at `location` to `to` (created on first use,
+/// once the volume and its point `at` are checked; the copy takes the destination
+/// volume's lock), recording the outcome, a failed check too. `run` calls it.
 ///
 /// # Errors
 /// [`JobError::Lock`] for the destination volume's lock, [`JobError::Destination`],
-/// [`JobError::SameRepository`], [`JobError::Copy`], or [`JobError::Repo`].
+/// [`JobError::SameRepository`], [`JobError::Copy`], or [`JobError::Repo`] (an
+/// unknown volume or point among them).
 pub async fn copy_volume(
     job: &Job,
     location: &str,
@@ -241,59 +245,91 @@ pub async fn copy_volume(
     consolidate: bool,
     observer: &dyn Observer,
 ) -> Result<CopyReport, JobError> {
-    let work = async |src: &Repository| {
-        // Bad input is refused before the destination is created.
-        check_source(src, volume, at.as_ref()).await?;
-        let (dest, initialised) =
-            open_or_init(to)
-                .await
-                .map_err(|error| JobError::Destination {
-                    to: to.to_string(),
-                    error: Box::new(error),
-                })?;
-        if dest.config().id == src.config().id {
-            return Err(JobError::SameRepository {
-                to: to.to_string(),
-                location: location.to_string(),
-            });
-        }
-        let dest = job.limit_uploads(job.keyed(to, dest)?);
-        let opts = CopyOptions {
-            volume: Some(volume.clone()),
+    let copy = Copy {
+        location,
+        to,
+        volume,
+        at,
+        consolidate,
+    };
+    copy.recorded(job, false, observer).await
+}
+
+/// One volume's copy, as [`copy`] and [`copy_volume`] ask for it.
+struct Copy<'a> {
+    location: &'a str,
+    to: &'a str,
+    volume: &'a VolumeName,
+    at: Option<PointSelector>,
+    consolidate: bool,
+}
+
+impl Copy<'_> {
+    /// Makes the copy, recording its outcome; its source is checked first unless the
+    /// caller did (`checked`), and the destination is opened (or created) after.
+    async fn recorded(
+        self,
+        job: &Job,
+        checked: bool,
+        observer: &dyn Observer,
+    ) -> Result<CopyReport, JobError> {
+        let Copy {
+            location,
+            to,
+            volume,
             at,
             consolidate,
-            threads: job.threads,
+        } = self;
+        let work = async |src: &Repository| {
+            // Bad input is refused before the destination is created.
+            if !checked {
+                check_source(src, volume, at.as_ref()).await?;
+            }
+            let (dest, initialised) = job.destination(location, src, to).await?;
+            if dest.config().id == src.config().id {
+                return Err(JobError::SameRepository {
+                    to: to.to_string(),
+                    location: location.to_string(),
+                });
+            }
+            let dest = job.limit_uploads(dest);
+            let opts = CopyOptions {
+                volume: Some(volume.clone()),
+                at,
+                consolidate,
+                threads: job.threads,
+            };
+            let progress = Arc::new(Progress::default());
+            let shown = observer.show(format!("copy {volume} to {to}"), progress.clone());
+            let result = crate::copy::copy(src, &dest, initialised, &opts, progress).await;
+            shown.finish().await;
+            match result {
+                Ok(r) => Ok(r),
+                // A locked destination volume keeps its own message (and exit code 3).
+                Err(CopyError::Lock(e)) => Err(JobError::Lock(e)),
+                Err(error) => Err(JobError::Copy {
+                    to: to.to_string(),
+                    error: Box::new(error),
+                }),
+            }
         };
-        let progress = Arc::new(Progress::default());
-        let shown = observer.show(format!("copy {volume} to {to}"), progress.clone());
-        let result = crate::copy::copy(src, &dest, initialised, &opts, progress).await;
-        shown.finish().await;
-        match result {
-            Ok(r) => Ok(r),
-            // A locked destination volume keeps its own message (and exit code 3).
-            Err(CopyError::Lock(e)) => Err(JobError::Lock(e)),
-            Err(error) => Err(JobError::Copy {
-                to: to.to_string(),
-                error: Box::new(error),
-            }),
-        }
-    };
-    let describe = |r: &CopyReport, rec: &mut Record| {
-        if let Some(p) = r.copied.last() {
-            rec.seq = Some(p.seq);
-            rec.archive = Some(p.archive.clone());
-        }
-        rec.bytes_read = Some(r.bytes_read);
-        rec.bytes_written = Some(r.bytes_written);
-    };
-    job.recorded(
-        location,
-        Record::start(Operation::Copy, volume, location),
-        work,
-        JobError::Repo,
-        describe,
-    )
-    .await
+        let describe = |r: &CopyReport, rec: &mut Record| {
+            if let Some(p) = r.copied.last() {
+                rec.seq = Some(p.seq);
+                rec.archive = Some(p.archive.clone());
+            }
+            rec.bytes_read = Some(r.bytes_read);
+            rec.bytes_written = Some(r.bytes_written);
+        };
+        job.recorded(
+            location,
+            Record::start(Operation::Copy, volume, location),
+            work,
+            JobError::Repo,
+            describe,
+        )
+        .await
+    }
 }
 
 /// What `repair` is asked to do.

@@ -23,8 +23,7 @@ mod step;
 mod unlock;
 
 pub use commands::{
-    RepairOptions, RepairReport, backup_volume, check_copy, copy, copy_volume, prune, prune_volume,
-    repair,
+    RepairOptions, RepairReport, backup_volume, copy, copy_volume, prune, prune_volume, repair,
 };
 pub use run::{dry_run, run};
 pub use step::{Action, RunReport, Step};

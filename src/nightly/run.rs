@@ -515,9 +515,10 @@ async fn unlock_all<'a>(
             .await
             .map_err(|e| failed(name, what, e))?;
     }
+    // A destination that does not exist yet is created by its first copy, once the
+    // copy's source is checked.
     for c in config.copies.iter().filter(|_| !dry) {
-        let from = &config.repositories[&c.from];
-        job.unlock_destination(from, &c.to, sources(&c.from), observer)
+        job.unlock_destination(&c.to, sources(&c.from), observer)
             .await
             .map_err(|e| failed(&c.from, vec![format!("copy to {}", c.to)], e))?;
     }

@@ -128,73 +128,94 @@ impl Job {
         keys.get(location).and_then(|u| u.slot.clone())
     }
 
-    /// Unlocks the destination of a copy from `from` (unlocked first), `to`, with the
-    /// source's `sources`. A destination that does not exist yet, of an encrypted
-    /// source, is created encrypted with the source's key (so that archives copy as
-    /// they are): its slots are the source's recipient slots and, when a passphrase
-    /// unlocked the source, a passphrase slot with it.
-    ///
-    /// Returns whether it created the destination.
+    /// Unlocks the destination of a copy, `to`, with its source's `sources` when it
+    /// exists already. A destination that does not exist yet is left alone: the copy
+    /// creates it once its source is checked ([`Job::destination`]), so a copy refused
+    /// for bad input leaves none behind.
     ///
     /// # Errors
-    /// As [`Job::unlock`]; [`JobError::Destination`] when the destination cannot be
-    /// created.
+    /// As [`Job::unlock_opened`]; [`JobError::Destination`] when `to` cannot be
+    /// opened.
     pub async fn unlock_destination(
         &self,
-        from: &str,
         to: &str,
         sources: &KeySources,
         observer: &dyn Observer,
-    ) -> Result<bool, JobError> {
-        let destination = |error| JobError::Destination {
-            to: to.to_string(),
-            error: Box::new(error),
-        };
+    ) -> Result<(), JobError> {
         match Repository::open_location(to).await {
-            Ok(_) => {
-                return self
-                    .unlock(to, sources, Need::Read, "copy", observer)
-                    .await
-                    .map(|()| false);
-            }
-            Err(RepoError::NotARepository { .. }) => {}
-            Err(e) => return Err(destination(e)),
+            Ok(repo) => self
+                .unlock_opened(to, repo, sources, Need::Read, "copy", observer)
+                .await
+                .map(drop),
+            Err(RepoError::NotARepository { .. }) => Ok(()),
+            Err(e) => Err(destination(to, e)),
         }
-        let Some(source) = self
-            .shared
-            .keys
-            .lock()
-            .expect("not poisoned")
-            .get(from)
-            .cloned()
-        else {
-            return Ok(false);
-        };
-        let src = self.keyed(from, Repository::open_location(from).await?)?;
-        let created = src
-            .create_sharing_key(to, source.passphrase.clone())
-            .await
-            .map_err(|e| {
-                destination(match e {
-                    KeyError::Repo(e) => e,
-                    e => RepoError::BadLocation {
-                        location: to.to_string(),
-                        detail: e.to_string(),
+    }
+
+    /// The destination `to` of a copy from `src` (at `from`, unlocked and checked),
+    /// holding the keys unlocked for it, created if there is none yet: a new
+    /// destination of an encrypted source is encrypted with the source's key (so that
+    /// archives copy as they are), its slots the source's recipient slots and, when a
+    /// passphrase unlocked the source, a passphrase slot with it; one of a plain
+    /// source is plain. Returns it and whether it was created.
+    ///
+    /// # Errors
+    /// [`JobError::Destination`] when it cannot be opened or created;
+    /// [`JobError::Repo`] when it holds another key than the one unlocked for it.
+    pub(super) async fn destination(
+        &self,
+        from: &str,
+        src: &Repository,
+        to: &str,
+    ) -> Result<(Repository, bool), JobError> {
+        let (dest, created) = match Repository::open_location(to).await {
+            Ok(dest) => (dest, false),
+            Err(RepoError::NotARepository { .. }) if src.is_encrypted() => {
+                let source = self
+                    .shared
+                    .keys
+                    .lock()
+                    .expect("not poisoned")
+                    .get(from)
+                    .cloned()
+                    .unwrap_or_default();
+                let created = src
+                    .create_sharing_key(to, source.passphrase.clone())
+                    .await
+                    .map_err(|e| {
+                        destination(
+                            to,
+                            match e {
+                                KeyError::Repo(e) => e,
+                                e => RepoError::BadLocation {
+                                    location: to.to_string(),
+                                    detail: e.to_string(),
+                                },
+                            },
+                        )
+                    })?;
+                tracing::info!(
+                    "created encrypted thinarc repository {} at {to} with the key of {from}",
+                    created.config().id
+                );
+                self.shared.keys.lock().expect("not poisoned").insert(
+                    to.to_string(),
+                    Unlocked {
+                        slot: None,
+                        ..source
                     },
-                })
-            })?;
-        tracing::info!(
-            "created encrypted thinarc repository {} at {to} with the key of {from}",
-            created.config().id
-        );
-        self.shared.keys.lock().expect("not poisoned").insert(
-            to.to_string(),
-            Unlocked {
-                slot: None,
-                ..source
-            },
-        );
-        Ok(true)
+                );
+                (created, true)
+            }
+            Err(RepoError::NotARepository { .. }) => (
+                Repository::create_location(to, true, None)
+                    .await
+                    .map_err(|e| destination(to, e))?,
+                true,
+            ),
+            Err(e) => return Err(destination(to, e)),
+        };
+        Ok((self.keyed(to, dest)?, created))
     }
 
     /// The command line's key sources.
@@ -221,6 +242,15 @@ impl Job {
             .expect("not poisoned")
             .get(location)
             .map(|u| u.keys.clone())
+    }
+}
+
+/// [`JobError::Destination`]: the destination `to` of a copy cannot be opened or
+/// created.
+fn destination(to: &str, error: RepoError) -> JobError {
+    JobError::Destination {
+        to: to.to_string(),
+        error: Box::new(error),
     }
 }
 

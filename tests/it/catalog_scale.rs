@@ -22,7 +22,7 @@ const VOLUMES: usize = 20;
 const POINTS: usize = 5;
 
 /// A handle on `t`'s repository (local, or the S3 test server) with fresh counts.
-async fn open(t: &TempRepo) -> Repository {
+pub(crate) async fn open(t: &TempRepo) -> Repository {
     if t.location().starts_with("s3://") {
         let store = object_store::prefix::PrefixStore::new(s3::moto().store(t.bucket()), "repo");
         Repository::open(Arc::new(store), t.location())

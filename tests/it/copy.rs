@@ -413,3 +413,67 @@ async fn s3_destination_of_a_library_copy_restores() {
     restore_every_point(&dest, src.dir.path(), &volume, &models).await;
     let _ = dest.store().head(&Key::from("config")).await.unwrap();
 }
+
+/// `thinarc copy v` and `thinarc copy v --at 1` as the CLI runs them
+/// (`nightly::copy`) from the S3 test server: the source is checked once (the check
+/// that refuses bad input before the destination exists: 1 LIST of the volume, 1
+/// GET of its summary). The CLI used to check it twice, once before unlocking the
+/// destination and again in the copy of the volume.
+#[tokio::test(flavor = "multi_thread")]
+async fn copy_from_s3_checks_its_source_once() {
+    use thinarc::nightly::{self, Given, Job, Unobserved};
+    let t = TempRepo::s3();
+    let img = t.path("disk.img");
+    let mut data = make_image(300 << 10, 5);
+    for i in 0..2u8 {
+        data[i as usize * 100_000] ^= 0xff;
+        write(&img, &data);
+        t.ok(&["backup", img.to_str().unwrap(), "--volume", "v"]);
+    }
+    let v = VolumeName::new("v").unwrap();
+    let state = t.path("state");
+    let run = async |at: Option<PointSelector>, dest: &str| {
+        let repo = crate::catalog_scale::open(&t).await;
+        let job = Job::new(Given {
+            state_dir: Some(state.clone()),
+            ..Given::default()
+        });
+        job.keep_open(repo.clone());
+        let report = nightly::copy(
+            &job,
+            t.location(),
+            dest,
+            Some(v.clone()),
+            at,
+            false,
+            &Unobserved,
+        )
+        .await
+        .unwrap();
+        assert!(report.initialised);
+        let cost = repo.requests();
+        (report.copied.len(), (cost.list, cost.get, cost.put))
+    };
+    // The check alone.
+    let repo = crate::catalog_scale::open(&t).await;
+    thinarc::copy::check_source(&repo, &v, Some(&PointSelector::Seq(1)))
+        .await
+        .unwrap();
+    let check = repo.requests();
+    assert_eq!((check.list, check.get), (1, 1), "{check:?}");
+    // The check; the copy's catalog (1 LIST, its summary) and damage records (1
+    // LIST); one ranged read per archive copied; the start and result records (3
+    // PUTs).
+    let dest = t.path("every");
+    assert_eq!(
+        run(None, dest.to_str().unwrap()).await,
+        (2, (3, 4, 3)),
+        "every point"
+    );
+    let dest = t.path("one");
+    assert_eq!(
+        run(Some(PointSelector::Seq(1)), dest.to_str().unwrap()).await,
+        (1, (3, 3, 3)),
+        "one point"
+    );
+}

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use thinarc::copy::{CopyOptions, copy, open_or_init};
+use thinarc::copy::{CopyOptions, copy};
 use thinarc::repo::{PointSelector, Repository, VolumeName};
 use thinarc::restore::{RestoreOptions, restore};
 use thinarc::status::{Records, gather};
@@ -88,14 +88,16 @@ async fn copy_lists_each_source_catalog_once() {
     for consolidate in [false, true] {
         let src = open(&t).await;
         let dest = t.path(&format!("copy-{consolidate}"));
-        let (dest, initialised) = open_or_init(dest.to_str().unwrap()).await.unwrap();
+        let dest = Repository::create_location(dest.to_str().unwrap(), true, None)
+            .await
+            .unwrap();
         let opts = CopyOptions {
             volume: None,
             at: None,
             consolidate,
             threads: 2,
         };
-        let report = copy(&src, &dest, initialised, &opts, Arc::default())
+        let report = copy(&src, &dest, true, &opts, Arc::default())
             .await
             .unwrap();
         assert_eq!(report.copied.len(), if consolidate { 2 } else { 6 });

@@ -69,6 +69,57 @@ fn copy_of_an_unknown_volume_or_point_creates_no_destination() {
     }
 }
 
+/// `run` with a copy of a volume whose first backup failed (its source is missing):
+/// the copy step fails its check, and the destination is not created, plain or
+/// encrypted (`run` used to create an encrypted destination while unlocking, before
+/// any copy was checked). Once the volume has a point, the next run creates it.
+#[test]
+fn run_whose_copy_fails_its_check_creates_no_destination() {
+    for encrypted in [false, true] {
+        let t = one_point(encrypted);
+        let dest = t.path("dest");
+        let missing = t.path("missing.img");
+        let config = t.path("thinarc.toml");
+        write(
+            &config,
+            format!(
+                "state_dir = \"{}\"\n[repositories.main]\nlocation = \"{}\"\n[[volumes]]\nname = \"w\"\nsource = \"{}\"\n[[copies]]\nto = \"{}\"\n",
+                t.path("state").display(),
+                t.location(),
+                missing.display(),
+                dest.display()
+            )
+            .as_bytes(),
+        );
+        let run = || {
+            let o = crate::util::thinarc_env(
+                &["run", "--config", config.to_str().unwrap(), "--json"],
+                &t.env_pairs(),
+            );
+            let steps: serde_json::Value =
+                serde_json::from_str(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", o.show()));
+            (o.code, steps)
+        };
+        let (code, steps) = run();
+        assert_eq!(code, Some(1), "{steps}");
+        assert_eq!(steps[1]["operation"], "copy", "{steps}");
+        assert_eq!(steps[1]["ok"], false, "{steps}");
+        assert_eq!(
+            steps[1]["detail"], "no volume named \"w\" in the repository (known: v)",
+            "{steps}"
+        );
+        absent(&dest);
+        // The volume's first point: the copy creates its destination, encrypted
+        // with the source's key when the source is encrypted.
+        write(&missing, &make_image(100 << 10, 8));
+        let (code, steps) = run();
+        assert_eq!(code, Some(0), "{steps}");
+        let config: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dest.join("config")).unwrap()).unwrap();
+        assert_eq!(config["encryption"].is_object(), encrypted, "{config}");
+    }
+}
+
 #[test]
 fn serve_with_a_bad_socket_or_point_creates_no_overlay_or_socket() {
     let t = one_point(false);
