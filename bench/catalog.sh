@@ -162,7 +162,7 @@ row1() {
     # The curl that waited for the proxy is a GET of the bucket list: not the command's.
     c() { local n; n=$(tr ' ' '\n' <<< "$counts" | sed -n "s/^$1=//p"); echo "${n:-0}"; }
     local start
-    start=$(sed -n 's/.*first backup starts.*seconds=\([0-9.]*\).*list=\([0-9]*\).*get=\([0-9]*\).*/start: \1 s, LIST \2, GET \3/p' "$RUN/err" | head -1)
+    start=$(sed -n 's/.*first [a-z]* starts.*seconds=\([0-9.]*\).*list=\([0-9]*\).*get=\([0-9]*\).*/start: \1 s, LIST \2, GET \3/p' "$RUN/err" | head -1)
     printf '| %s%s | %s ms | %s | %s | %s | %s | %s | %.2f | %.2f | %d | %s%s |\n' "$name" "$LABEL" "$delay" \
         "$(c LIST)" "$(( $(c GET) - 1 ))" "$(c HEAD)" "$(c PUT)" "$(c DELETE)" "$wall" \
         "$(echo "$user + $sys" | bc)" $((kb / 1024)) "$rc" "${start:+; $start}"

@@ -173,7 +173,7 @@ async fn steps(job: &Job, config: &Config, observer: &dyn Observer, dry: bool) -
     let mut listings = Listings::default();
     let whole = listed_whole(config);
     // What the run's start cost (unlock, discovery): logged as its first backup
-    // begins.
+    // begins (a dry run's first plan: it backs nothing up).
     let started = Instant::now();
     let log_start = || {
         let requests = job.requests();
@@ -181,7 +181,8 @@ async fn steps(job: &Job, config: &Config, observer: &dyn Observer, dry: bool) -
             seconds = started.elapsed().as_secs_f64(),
             list = requests.list,
             get = requests.get,
-            "first backup starts"
+            "first {} starts",
+            if dry { "plan" } else { "backup" }
         );
     };
     let mut first = true;

@@ -415,7 +415,7 @@ async fn run_dry_run_at_scale_s3() {
 }
 
 /// What the start of `thinarc -v run` (or of a dry run, `dry`) cost: its log line
-/// `first backup starts`, with the requests so far.
+/// `first backup starts` (a dry run's `first plan starts`), with the requests so far.
 fn run_start(t: &TempRepo, config: &std::path::Path, dry: bool) -> String {
     let mut env = t.env_pairs();
     env.push(crate::run::fake_lvs(t));
@@ -425,10 +425,15 @@ fn run_start(t: &TempRepo, config: &std::path::Path, dry: bool) -> String {
     }
     let o = thinarc_env(&args, &env);
     assert_eq!(o.code, Some(4), "the pattern matches no LV: {}", o.show());
+    let (starts, not) = match dry {
+        true => ("first plan starts", "first backup starts"),
+        false => ("first backup starts", "first plan starts"),
+    };
+    assert!(!o.stderr.contains(not), "{}", o.show());
     let line = o
         .stderr
         .lines()
-        .find(|l| l.contains("first backup starts"))
+        .find(|l| l.contains(starts))
         .unwrap_or_else(|| panic!("{}", o.show()));
     line[line.find("list=").unwrap()..].to_string()
 }
