@@ -466,7 +466,15 @@ async fn drop_damaged(
     let listed: Vec<u64> = if dry_run {
         Vec::new()
     } else {
-        repo.commits(volume).await?.iter().map(|c| c.seq).collect()
+        let commits = repo.commits(volume).await?;
+        // The records of the archives no point names any more go with them (readers
+        // ignore them; status and the next backup need not list them again).
+        for r in repo.damage_records(volume).await? {
+            if !commits.iter().any(|c| c.archive_id == r.archive) {
+                repo.clear_damage(volume, &r.archive).await?;
+            }
+        }
+        commits.iter().map(|c| c.seq).collect()
     };
     Ok(report
         .points

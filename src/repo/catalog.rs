@@ -919,6 +919,8 @@ impl Repository {
         // Per listed seq: the archive, if it opened and its chain links hold (block
         // damage does not break a chain: a child may hold those blocks again).
         let mut linked: std::collections::HashMap<u64, &RemoteArchive> = Default::default();
+        // Points that depend on recorded damage, told once every row is known.
+        let mut recorded: Vec<(u64, super::ChainDamage)> = Vec::new();
         for (c, a) in catalog.commits.iter().zip(&opened) {
             let a = match a {
                 Ok(a) => a,
@@ -970,9 +972,29 @@ impl Repository {
             }
             if row.damage.is_none() {
                 linked.insert(c.seq, a);
-                row.damage = self.record_damage_of(&catalog.commits, c, &records).await;
+                match self.record_damage_of(&catalog.commits, c, &records).await {
+                    Some(Ok(d)) => recorded.push((c.seq, d)),
+                    Some(Err(e)) => row.damage = Some(e.to_string()),
+                    None => {}
+                }
             }
             rows.push(row);
+        }
+        // The way back from recorded damage depends on the points newer than it.
+        let whole: Vec<u64> = rows
+            .iter()
+            .filter(|r| r.damage.is_none() && !recorded.iter().any(|(s, _)| *s == r.seq))
+            .map(|r| r.seq)
+            .collect();
+        let newest = rows.iter().map(|r| r.seq).max().unwrap_or_default();
+        for (seq, d) in recorded {
+            let newer = super::Newer::than(seq, whole.iter().copied(), newest);
+            if let Some(row) = rows.iter_mut().find(|r| r.seq == seq) {
+                row.damage = Some(format!(
+                    "depends on {d} ({}; see `thinarc verify`)",
+                    d.way_back(volume, newer)
+                ));
+            }
         }
         for p in &catalog.problems {
             match p {
@@ -995,13 +1017,13 @@ impl Repository {
     }
 
     /// What point `c` depends on among the damage `records`, if its chain holds a
-    /// recorded archive.
+    /// recorded archive (an error when its chain's index cannot be read).
     async fn record_damage_of(
         &self,
         commits: &[Commit],
         c: &Commit,
         records: &[super::DamageRecord],
-    ) -> Option<String> {
+    ) -> Option<Result<super::ChainDamage, RepoError>> {
         if records.is_empty() {
             return None;
         }
@@ -1018,11 +1040,7 @@ impl Repository {
         }
         match super::chain_damage(&chain, records).await {
             Ok(d) if d.is_empty() => None,
-            Ok(d) => Some(format!(
-                "depends on {d} ({}; see `thinarc verify`)",
-                d.way_back()
-            )),
-            Err(e) => Some(e.to_string()),
+            result => Some(result),
         }
     }
 }

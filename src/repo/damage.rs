@@ -200,11 +200,44 @@ impl ChainDamage {
         self.archive.is_none() && self.blocks.is_empty()
     }
 
-    /// What the next backup does about it (README "Damage and repair").
-    pub fn way_back(&self) -> &'static str {
-        match self.archive {
+    /// The way back for the point of `volume` that depends on this damage, by what
+    /// the volume holds newer than it (README "Damage and repair"): the next backup
+    /// heals the volume, not an older point, which stays damaged until
+    /// `repair --drop-damaged` unlists it.
+    pub fn way_back(&self, volume: &VolumeName, newer: Newer) -> String {
+        let next = match self.archive {
             Some(_) => "the next backup starts a new chain",
             None => "the next backup stores these blocks again",
+        };
+        let drop = format!("`thinarc repair {volume} --drop-damaged` unlists this point");
+        match newer {
+            Newer::Nothing => next.to_string(),
+            Newer::Whole(seq) => format!("seq {seq} is whole: restore it; {drop}"),
+            Newer::Damaged => format!("{next} in a new point; then {drop}"),
+        }
+    }
+}
+
+/// What a volume holds newer than a point that depends on damage: what the point's
+/// way back is ([`ChainDamage::way_back`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Newer {
+    /// Nothing: the point is the newest, and the next backup heals the volume.
+    Nothing,
+    /// A point that depends on no damage (the newest such): its seq.
+    Whole(u64),
+    /// Only points that depend on damage too.
+    Damaged,
+}
+
+impl Newer {
+    /// What the volume holds newer than the point `seq`, given its points that
+    /// depend on no damage (`whole`) and its newest point.
+    pub fn than(seq: u64, whole: impl IntoIterator<Item = u64>, newest: u64) -> Newer {
+        match whole.into_iter().filter(|w| *w > seq).max() {
+            Some(w) => Newer::Whole(w),
+            None if seq >= newest => Newer::Nothing,
+            None => Newer::Damaged,
         }
     }
 }

@@ -60,7 +60,7 @@ pub use clock::clock_went_back;
 pub use config::{EncryptionConfig, RepoConfig};
 pub use counting::RequestCounts;
 pub use damage::{
-    ChainDamage, DamageKind, DamageRecord, DamageScope, MAX_DAMAGED_BLOCKS, chain_damage,
+    ChainDamage, DamageKind, DamageRecord, DamageScope, MAX_DAMAGED_BLOCKS, Newer, chain_damage,
 };
 pub use keys::{
     ARGON2_M_COST, ARGON2_P_COST, ARGON2_T_COST, Kdf, KeyError, KeySlot, Secrets, SlotKind, Slots,

@@ -40,7 +40,7 @@ use crate::format::ImageHasher;
 use crate::progress::Progress;
 use crate::repo::{
     ArchiveId, CatalogProblem, ChainCursor, Commit, DamageKind, DamageRecord, DamageScope,
-    KeyError, PointSelector, RemoteArchive, RepoError, Repository, Resolved, VolumeCatalog,
+    KeyError, Newer, PointSelector, RemoteArchive, RepoError, Repository, Resolved, VolumeCatalog,
     VolumeName, chain_damage, clock_went_back,
 };
 use crate::source::lvm::ActiveBase;
@@ -521,6 +521,7 @@ async fn check_volume(
     // Points that depend on damaged data of an older archive: their chain holds it and
     // no newer archive of the chain holds the damaged blocks. (A point whose chain does
     // not resolve, or whose own archive is damaged, is named above.)
+    let mut dependent = Vec::new();
     for c in commits.iter().filter(|c| resolved.contains(&c.seq)) {
         let Ok(chain) = repo.resolve(&commits, &PointSelector::Seq(c.seq)).await else {
             continue;
@@ -532,16 +533,39 @@ async fn check_volume(
             .collect();
         match chain_damage(&chain, &records).await {
             Ok(d) if d.is_empty() => {}
-            Ok(d) => rec.add(
-                Some(c),
-                d.blocks.first().map(|b| b.0),
-                format!(
-                    "the point depends on {d}: it cannot be restored in full; {} (or run `thinarc backup --full`)",
-                    d.way_back()
-                ),
-            ),
+            Ok(d) => dependent.push((c, d)),
             Err(e) => rec.add(Some(c), None, describe(&e)),
         }
+    }
+    // Their way back depends on the points newer than them: whole ones (no problem
+    // found) are restored instead, and the next backup heals only the newest.
+    let whole: Vec<u64> = resolved
+        .iter()
+        .copied()
+        .filter(|s| {
+            !dependent.iter().any(|(c, _)| c.seq == *s)
+                && !rec
+                    .report
+                    .problems
+                    .iter()
+                    .any(|p| p.seq == Some(*s) && p.volume == volume.as_str())
+        })
+        .collect();
+    let newest = commits.last().map_or(0, |c| c.seq);
+    for (c, d) in dependent {
+        let newer = Newer::than(c.seq, whole.iter().copied(), newest);
+        let full = match newer {
+            Newer::Whole(_) => "",
+            Newer::Nothing | Newer::Damaged => " (or run `thinarc backup --full`)",
+        };
+        rec.add(
+            Some(c),
+            d.blocks.first().map(|b| b.0),
+            format!(
+                "the point depends on {d}: it cannot be restored in full; {}{full}",
+                d.way_back(volume, newer)
+            ),
+        );
     }
 
     // Damage records for the next backup and status. A record of an archive now

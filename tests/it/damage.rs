@@ -474,6 +474,130 @@ fn damage_deleted_newest_marker_way_back_on_s3() {
     damage_way_back(&TempRepo::s3(), Damage::NewestMarkerDeleted);
 }
 
+/// The `  DAMAGED: ` lines `list` prints, by seq, and `status v`'s problem lines.
+fn damage_lines(t: &TempRepo) -> (Vec<(u64, String)>, Vec<String>) {
+    let l = t.run(&["list", "v"]);
+    let mut seq = 0;
+    let mut listed = Vec::new();
+    for line in l.stdout.lines() {
+        if let Some(d) = line.strip_prefix("  DAMAGED: ") {
+            listed.push((seq, d.to_string()));
+        } else if let Some(s) = line.split_whitespace().nth(1).and_then(|s| s.parse().ok()) {
+            seq = s;
+        }
+    }
+    let s = t.run(&["status", "v"]);
+    let problems = s
+        .stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("  problem: "))
+        .map(str::to_string)
+        .collect();
+    (listed, problems)
+}
+
+/// The way back `list`, `status` and `verify` give for each point that depends on
+/// recorded damage is the one true for that point: for the newest, the next backup;
+/// for an older one while no newer point is whole, the next backup and then `repair
+/// --drop-damaged`; once the next backup made a whole point, restoring that point or
+/// `repair --drop-damaged` (never "the next backup" again). Damaged blocks (a frame)
+/// and a damaged archive (its index) alike; `repair --drop-damaged` then leaves no
+/// damage listed or recorded.
+#[test]
+fn damage_way_back_of_old_points_names_the_whole_newer_point() {
+    for (damage, next) in [
+        (
+            Damage::FrameFlip,
+            "the next backup stores these blocks again",
+        ),
+        (Damage::IndexFlip, "the next backup starts a new chain"),
+    ] {
+        let t = TempRepo::new();
+        let o = Objects::new(&t);
+        let (images, src) = three_points(&t);
+        damage.apply(&o);
+        let v = t.run(&["verify", "--data"]);
+        assert_eq!(v.code, Some(4), "{damage:?}: {}", v.show());
+        let drop = "`thinarc repair v --drop-damaged` unlists this point";
+        let (listed, problems) = damage_lines(&t);
+        let advice: Vec<(u64, &str)> = listed
+            .iter()
+            .map(|(seq, d)| (*seq, d.rsplit_once(" (").map_or("", |(_, a)| a)))
+            .collect();
+        let older = format!("{next} in a new point; then {drop}; see `thinarc verify`)");
+        let newest = format!("{next}; see `thinarc verify`)");
+        assert_eq!(
+            advice,
+            [(2, older.as_str()), (3, newest.as_str())],
+            "{damage:?}: {listed:#?}"
+        );
+        for (seq, d) in &listed {
+            assert!(
+                problems.contains(&format!("seq {seq}: {d}")),
+                "{damage:?}: status says what list says: {problems:#?}"
+            );
+        }
+
+        // The nightly backup: seq 4 is whole, the old points stay damaged and name it.
+        write(&src, &images[2]);
+        let b = t.json(&["backup", src.to_str().unwrap(), "--volume", "v"]);
+        assert_eq!(b["seq"], 4);
+        restore_same(&t, "4", &images[2], "the whole newer point");
+        let (listed, problems) = damage_lines(&t);
+        let whole = format!("seq 4 is whole: restore it; {drop}; see `thinarc verify`)");
+        let advice: Vec<(u64, &str)> = listed
+            .iter()
+            .map(|(seq, d)| (*seq, d.rsplit_once(" (").map_or("", |(_, a)| a)))
+            .collect();
+        assert_eq!(
+            advice,
+            [(2, whole.as_str()), (3, whole.as_str())],
+            "{damage:?}: {listed:#?}"
+        );
+        for (seq, d) in &listed {
+            assert!(
+                problems.contains(&format!("seq {seq}: {d}")),
+                "{damage:?}: {problems:#?}"
+            );
+        }
+        assert!(
+            !problems.iter().any(|p| p.starts_with("seq 4")),
+            "{problems:#?}"
+        );
+        let v = t.run(&["verify", "--data"]);
+        assert_eq!(v.code, Some(4), "{damage:?}: {}", v.show());
+        let told: Vec<&str> = v
+            .stdout
+            .lines()
+            .filter(|l| l.contains("the point depends on"))
+            .collect();
+        // (A damaged index fails the points built on it in verify's own check: "the
+        // point cannot be restored", no way back named.)
+        assert_eq!(told.is_empty(), damage == Damage::IndexFlip, "{}", v.show());
+        assert!(!v.stdout.contains("the next backup"), "{}", v.show());
+        for l in &told {
+            assert!(
+                l.ends_with(&format!(
+                    "it cannot be restored in full; seq 4 is whole: restore it; {drop}"
+                )),
+                "{damage:?}: {l}"
+            );
+        }
+        assert!(!v.stdout.contains("problem: v seq 4"), "{}", v.show());
+
+        // The way back taken: nothing damaged is listed, and no record is left.
+        t.ok(&["repair", "v", "--drop-damaged"]);
+        assert_eq!(damage_lines(&t), (Vec::new(), Vec::new()), "{damage:?}");
+        assert_eq!(t.run(&["status", "v"]).code, Some(0));
+        assert_eq!(
+            o.list("volumes/v/damage"),
+            Vec::<String>::new(),
+            "{damage:?}: no damage record is left"
+        );
+        restore_same(&t, "latest", &images[2], "the newest point after repair");
+    }
+}
+
 /// Case `damaged-delta-built-on.sh`: a flipped byte in a middle delta, and a backup
 /// that ran before anyone noticed built on it. Verify names every point that needs
 /// the block; status says damaged; the next backup stores the block again.
