@@ -392,7 +392,7 @@ async fn backup_step(job: &Job, target: &Target<'_>, observer: &dyn Observer) ->
 
 /// What a backup of `target` would write, and why, as a step: read from the catalog
 /// (from `listed`, the repository's volume folders as listed, if given; else the
-/// volume listed on its own) and (for an LV) `lvs` and the pool's status; nothing is
+/// volume listed on its own: only the listing differs) and (for an LV) `lvs` and the pool's status; nothing is
 /// locked, created or recorded.
 async fn plan_backup(job: &Job, target: &Target<'_>, listed: Option<Listed>) -> Step {
     let (opts, limits) = target.options(job);
@@ -403,15 +403,20 @@ async fn plan_backup(job: &Job, target: &Target<'_>, listed: Option<Listed>) -> 
             .await
             .map_err(|e| error_message(&e))?;
         let name = &target.name;
+        // The same reads whichever listing (so the plan never depends on how many
+        // volumes the config names): the volume's folder, its summary, and what the
+        // summary does not vouch for.
         let catalog = async || {
-            match &listed {
-                Some(all) => {
-                    let listing = all.get(name).cloned().unwrap_or_default();
-                    repo.catalog_listed(name, listing).await
-                }
-                None => repo.catalog(name).await,
-            }
-            .map_err(|e| error_message(&e))
+            let listing = match &listed {
+                Some(all) => all.get(name).cloned().unwrap_or_default(),
+                None => repo
+                    .list_volume(name)
+                    .await
+                    .map_err(|e| error_message(&e))?,
+            };
+            repo.catalog_listed(name, listing)
+                .await
+                .map_err(|e| error_message(&e))
         };
         match source {
             SourceSpec::Lvm(lv) => {

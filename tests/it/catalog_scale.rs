@@ -278,12 +278,21 @@ async fn catalog_at_scale_s3() {
 /// `run --dry-run` of `n` volumes named in a config (one more with no point yet), as
 /// the nightly job plans them on the repository `repo` (kept open for the job).
 async fn planned(t: &TempRepo, repo: &Repository, n: usize) -> (Vec<String>, RequestCounts) {
+    planned_of(t, repo, 0..=n).await
+}
+
+/// `run --dry-run` of the volumes `named` (by index) on the repository `repo`.
+async fn planned_of(
+    t: &TempRepo,
+    repo: &Repository,
+    named: impl IntoIterator<Item = usize>,
+) -> (Vec<String>, RequestCounts) {
     let mut text = format!(
         "state_dir = \"{}\"\n[repositories.main]\nlocation = \"{}\"\n",
         t.path("state").display(),
         t.location()
     );
-    for i in 0..=n {
+    for i in named {
         text.push_str(&format!(
             "[[volumes]]\nname = \"{}\"\nsource = \"{}\"\n",
             volume(i),
@@ -478,4 +487,60 @@ async fn run_start_at_scale_local() {
 #[tokio::test(flavor = "multi_thread")]
 async fn run_start_at_scale_s3() {
     run_start_at_scale(TempRepo::s3()).await;
+}
+
+/// A volume whose newest archive was damaged at rest (its header or trailer flipped,
+/// its object truncated, its summary gone) is planned by `run --dry-run` from the
+/// same reads however many volumes the config names: itself alone (each named volume
+/// listed on its own) or 17 (the repository listed once, at least `LIST_ALL_FROM` =
+/// 16 named): the same plan line.
+async fn dry_run_plan_does_not_depend_on_the_volumes_named(t: TempRepo) {
+    const DAMAGED: usize = 4;
+    let repo = open(&t).await;
+    for i in 0..DAMAGED {
+        for p in 0..3 {
+            point(&t, &repo, i, p).await;
+        }
+    }
+    let store = repo.store().clone();
+    for i in 0..DAMAGED {
+        let key = archive_key(&repo, i, 3).await;
+        let mut archive = get(&store, &key).await;
+        let len = archive.len();
+        match i {
+            0 => archive[100] ^= 0x55,
+            1 => archive[len - 20] ^= 0x55,
+            2 => archive.truncate(len / 2),
+            _ => store.delete(&summary_key(i)).await.unwrap(),
+        }
+        put(&store, &key, archive).await;
+    }
+    let (among, cost) = planned_of(&t, &open(&t).await, 0..=16).await;
+    assert_eq!((among.len(), cost.list), (17, 1), "listed once: {cost:?}");
+    for (i, among) in among.iter().enumerate().take(DAMAGED) {
+        let (alone, _) = planned_of(&t, &open(&t).await, [i]).await;
+        assert_eq!(&alone[0], among, "volume {i}");
+        let kind = if i == DAMAGED - 1 { "delta" } else { "full" };
+        assert!(
+            alone[0].starts_with(&format!(
+                "true {}: from {}: would write a {kind} archive: ",
+                volume(i),
+                t.path(&format!("v{i}.img")).display()
+            )),
+            "{}",
+            alone[0]
+        );
+    }
+}
+
+/// Local repository.
+#[tokio::test(flavor = "multi_thread")]
+async fn dry_run_plan_does_not_depend_on_the_volumes_named_local() {
+    dry_run_plan_does_not_depend_on_the_volumes_named(TempRepo::new()).await;
+}
+
+/// The same on the S3 test server.
+#[tokio::test(flavor = "multi_thread")]
+async fn dry_run_plan_does_not_depend_on_the_volumes_named_s3() {
+    dry_run_plan_does_not_depend_on_the_volumes_named(TempRepo::s3()).await;
 }
