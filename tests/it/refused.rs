@@ -83,7 +83,7 @@ fn run_whose_copy_fails_its_check_creates_no_destination() {
         write(
             &config,
             format!(
-                "state_dir = \"{}\"\n[repositories.main]\nlocation = \"{}\"\n[[volumes]]\nname = \"w\"\nsource = \"{}\"\n[[copies]]\nto = \"{}\"\n",
+                "state_dir = \"{}\"\n[repositories.main]\nlocation = \"{}\"\n[[volumes]]\nname = \"w\"\nsource = \"{}\"\n[[copies]]\nto = \"{}\"\nretention = {{ keep_last = 1 }}\n",
                 t.path("state").display(),
                 t.location(),
                 missing.display(),
@@ -114,6 +114,15 @@ fn run_whose_copy_fails_its_check_creates_no_destination() {
         write(&missing, &make_image(100 << 10, 8));
         let (code, steps) = run();
         assert_eq!(code, Some(0), "{steps}");
+        // Copied, then pruned by its own retention with the key it was created with.
+        let ops: Vec<&str> = steps
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["operation"].as_str().unwrap())
+            .collect();
+        assert_eq!(ops, ["backup", "copy", "prune"], "{steps}");
+        assert!(steps[2]["ok"].as_bool().unwrap(), "{steps}");
         let config: serde_json::Value =
             serde_json::from_slice(&std::fs::read(dest.join("config")).unwrap()).unwrap();
         assert_eq!(config["encryption"].is_object(), encrypted, "{config}");
