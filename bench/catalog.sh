@@ -79,6 +79,7 @@ s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
 s3.create_bucket(Bucket="bench")
 files = [os.path.join(d, f) for d, _, fs in os.walk(tree) for f in fs if f != ".complete"]
 import hashlib, json
+from urllib.parse import unquote
 def put(path, body=None):
     # Keys as object_store writes them: the local store's file names are the keys.
     key = os.path.relpath(path, tree)
@@ -95,7 +96,7 @@ def summary(path):
         s = json.load(f)
     folder = os.path.dirname(os.path.relpath(path, tree))
     def version(key):
-        etag, modified = listed[key]
+        etag, modified = listed[unquote(key)]
         return {"etag": etag} if etag else {"modified": modified}
     points = []
     for p in s["points"]:
@@ -117,7 +118,9 @@ with concurrent.futures.ThreadPoolExecutor(16) as pool:
     list(pool.map(put, [f for f in files if os.path.basename(f) != "summary"]))
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket="bench", Prefix="repo/"):
         for o in page.get("Contents", []):
-            listed[o["Key"][len("repo/"):]] = (o.get("ETag"), o["LastModified"].isoformat())
+            # boto3 asks for URL-encoded keys and decodes them (a server that ignores
+            # that has `%7E` decoded too): both sides compared decoded.
+            listed[unquote(o["Key"][len("repo/"):])] = (o.get("ETag"), o["LastModified"].isoformat())
     list(pool.map(summary, summaries))
 without = sum(1 for etag, _ in listed.values() if not etag)
 print(f"{len(files)} objects, {len(summaries)} summaries; {without} listed without an ETag", file=sys.stderr)
