@@ -5,9 +5,8 @@
 //! directory and trailer). An entry is used only while the listing shows the marker
 //! and the archive object unchanged (same size and ETag, or where the listing shows
 //! no ETag, the same modification time); the bytes then go through the same checks
-//! as bytes read from the archive. A summary that is missing,
-//! unparsable, of another repository or volume, or stale costs only the reads it
-//! would have saved.
+//! as bytes read from the archive. A summary that is missing, unparsable, of another
+//! repository or volume, or stale costs only the reads it would have saved.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -168,9 +167,8 @@ impl Repository {
         let mut entries = HashMap::new();
         for e in file.points {
             let marker = volume.commits_prefix().join(e.marker.as_str());
-            let marker_listed = objects.get(&marker);
             if !unchanged(
-                marker_listed,
+                objects.get(&marker),
                 e.marker_size,
                 e.marker_etag.as_deref(),
                 e.marker_modified.as_deref(),
