@@ -79,31 +79,51 @@ s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
 s3.create_bucket(Bucket="bench")
 files = [os.path.join(d, f) for d, _, fs in os.walk(tree) for f in fs if f != ".complete"]
 import hashlib, json
-etags = {}
+from urllib.parse import unquote
 def put(path, body=None):
     # Keys as object_store writes them: the local store's file names are the keys.
     key = os.path.relpath(path, tree)
     if body is None:
         with open(path, "rb") as f:
             body = f.read()
-    etags[key] = s3.put_object(Bucket="bench", Key="repo/" + key, Body=body)["ETag"]
+    s3.put_object(Bucket="bench", Key="repo/" + key, Body=body)
+listed = {}
 def summary(path):
-    # A summary records the ETags the writer's store gave: the local ones of the tree
-    # become the S3 server's, as a writer on S3 would have written them (FORMAT.md 15.5).
+    # A summary records each object as the writer's listing showed it (FORMAT.md
+    # 15.5): the local tree's ETags become what this server lists, its ETag or,
+    # where it lists none (s3s-fs), its modification time.
     with open(path, "rb") as f:
         s = json.load(f)
     folder = os.path.dirname(os.path.relpath(path, tree))
+    def version(key):
+        etag, modified = listed[unquote(key)]
+        return {"etag": etag} if etag else {"modified": modified}
+    points = []
     for p in s["points"]:
-        p["marker_etag"] = etags[f"{folder}/commits/{p['marker']}"]
-        p["archive_etag"] = etags[f"{folder}/archives/{p['commit']['object']}"]
+        marker = version(f"{folder}/commits/{p['marker']}")
+        archive = version(f"{folder}/archives/{p['commit']['object']}")
+        # Members in the order the reader serialises them (the checksum's input).
+        q = {"marker": p["marker"], "marker_size": p["marker_size"]}
+        q.update({f"marker_{k}": v for k, v in marker.items()})
+        q.update({"commit": p["commit"], "archive_size": p["archive_size"]})
+        q.update({f"archive_{k}": v for k, v in archive.items()})
+        q.update({"head": p["head"], "tail": p["tail"]})
+        points.append(q)
+    s["points"] = points
     compact = lambda v: json.dumps(v, separators=(",", ":")).encode()
     s["sha256"] = hashlib.sha256(compact(s["points"])).hexdigest()
     put(path, compact(s))
 summaries = [f for f in files if os.path.basename(f) == "summary"]
 with concurrent.futures.ThreadPoolExecutor(16) as pool:
     list(pool.map(put, [f for f in files if os.path.basename(f) != "summary"]))
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket="bench", Prefix="repo/"):
+        for o in page.get("Contents", []):
+            # boto3 asks for URL-encoded keys and decodes them (a server that ignores
+            # that has `%7E` decoded too): both sides compared decoded.
+            listed[unquote(o["Key"][len("repo/"):])] = (o.get("ETag"), o["LastModified"].isoformat())
     list(pool.map(summary, summaries))
-print(f"{len(files)} objects, {len(summaries)} summaries", file=sys.stderr)
+without = sum(1 for etag, _ in listed.values() if not etag)
+print(f"{len(files)} objects, {len(summaries)} summaries; {without} listed without an ETag", file=sys.stderr)
 EOF
 echo "uploaded in $(( $(date +%s) - started )) s" >&2
 LOC=s3://bench/repo

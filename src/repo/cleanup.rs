@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use super::archive::{RemoteArchive, parse_archive_name};
 use super::catalog::VolumeCatalog;
 use super::marker::CommitMarker;
-use super::summary::{Entry, FORMAT, SummaryFile, VERSION, checksum};
+use super::summary::{Entry, FORMAT, SummaryFile, VERSION, checksum, listed_version};
 use super::{RepoError, Repository, VolumeName};
 
 /// How old a tombstone or an uncommitted object must be before its archive is removed.
@@ -302,9 +302,10 @@ const OPENS: usize = 16;
 /// committed set.
 impl Repository {
     /// Writes the summary of `volume` for `catalog`, a catalog just listed: every
-    /// committed point whose marker and archive the listing shows with an ETag, and
-    /// whose archive opens (its bytes come from the summary it replaces where that is
-    /// still valid).
+    /// committed point whose marker and archive the listing shows, each known by its
+    /// size and ETag (or, listed without one, its modification time), and whose
+    /// archive opens (its bytes come from the summary it replaces where that is still
+    /// valid).
     ///
     /// # Errors
     /// [`RepoError::Store`] when the summary cannot be written (a caller warns).
@@ -319,10 +320,13 @@ impl Repository {
                 let marker = listing.get(&c.key)?;
                 let archive = listing.get(&c.archive_key())?;
                 let ends = RemoteArchive::open(self, c).await.ok()?.ends()?;
+                let (marker_etag, marker_modified) = listed_version(marker);
+                let (archive_etag, archive_modified) = listed_version(archive);
                 Some(Entry {
                     marker: c.key.filename()?.to_string(),
                     marker_size: marker.size,
-                    marker_etag: marker.e_tag.clone()?,
+                    marker_etag,
+                    marker_modified,
                     commit: CommitMarker {
                         archive: c.archive_id.clone(),
                         object: c.object.clone(),
@@ -330,7 +334,8 @@ impl Repository {
                         digest: c.digest,
                     },
                     archive_size: archive.size,
-                    archive_etag: archive.e_tag.clone()?,
+                    archive_etag,
+                    archive_modified,
                     head: hex::encode(&ends.head),
                     tail: hex::encode(&ends.tail),
                 })

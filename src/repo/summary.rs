@@ -3,14 +3,15 @@
 //! otherwise fetch object by object: the commit marker, and the bytes of its archive
 //! that [`RemoteArchive::open`](super::RemoteArchive::open) reads (preamble and header,
 //! directory and trailer). An entry is used only while the listing shows the marker
-//! and the archive object unchanged (same size and ETag); the bytes then go through
-//! the same checks as bytes read from the archive. A summary that is missing,
-//! unparsable, of another repository or volume, or stale costs only the reads it
-//! would have saved.
+//! and the archive object unchanged (same size and ETag, or where the listing shows
+//! no ETag, the same modification time); the bytes then go through the same checks
+//! as bytes read from the archive. A summary that is missing, unparsable, of another
+//! repository or volume, or stale costs only the reads it would have saved.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use chrono::{DateTime, SecondsFormat};
 use object_store::path::Path;
 use object_store::{ObjectMeta, ObjectStoreExt};
 use serde::{Deserialize, Serialize};
@@ -47,19 +48,28 @@ pub(super) fn checksum(points: &[Entry]) -> String {
     hex::encode(Sha256::digest(json))
 }
 
-/// One committed point.
+/// One committed point. Each object is known by its size and, as the listing shows
+/// it, its ETag or (where the listing shows none) its modification time; an entry
+/// of the latter kind has no `*_etag` member, so a reader of version 1 before these
+/// members fails to parse the summary and reads every point, never trusting it.
 #[derive(Serialize, Deserialize)]
 pub(super) struct Entry {
     /// Name of the commit marker under `commits/`.
     pub(super) marker: String,
-    /// Size and ETag of the marker object as listed.
+    /// Size of the marker object as listed, and its ETag or modification time.
     pub(super) marker_size: u64,
-    pub(super) marker_etag: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) marker_etag: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) marker_modified: Option<String>,
     /// The marker's contents.
     pub(super) commit: CommitMarker,
-    /// Size and ETag of the archive object as listed.
+    /// Size of the archive object as listed, and its ETag or modification time.
     pub(super) archive_size: u64,
-    pub(super) archive_etag: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) archive_etag: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) archive_modified: Option<String>,
     /// `Preread::head` and `Preread::tail`, hex.
     pub(super) head: String,
     pub(super) tail: String,
@@ -79,9 +89,45 @@ impl Summary {
     }
 }
 
-/// Whether `meta` is listed with this size and a matching ETag.
-fn unchanged(meta: Option<&&ObjectMeta>, size: u64, etag: &str) -> bool {
-    meta.is_some_and(|m| m.size == size && m.e_tag.as_deref() == Some(etag))
+/// The ETag a listing shows for `meta` (an empty one identifies nothing: none).
+fn listed_etag(meta: &ObjectMeta) -> Option<&str> {
+    meta.e_tag.as_deref().filter(|t| !t.is_empty())
+}
+
+/// What an entry records of the object `meta` as listed besides its size: its ETag,
+/// or where the listing shows none, its modification time (RFC 3339, UTC, as precise
+/// as the listing gives it).
+pub(super) fn listed_version(meta: &ObjectMeta) -> (Option<String>, Option<String>) {
+    match listed_etag(meta) {
+        Some(etag) => (Some(etag.to_string()), None),
+        None => (
+            None,
+            Some(
+                meta.last_modified
+                    .to_rfc3339_opts(SecondsFormat::AutoSi, true),
+            ),
+        ),
+    }
+}
+
+/// Whether `meta` is listed with this size and the recorded ETag, or where it is
+/// listed without one and the entry has none, the recorded modification time.
+fn unchanged(
+    meta: Option<&&ObjectMeta>,
+    size: u64,
+    etag: Option<&str>,
+    modified: Option<&str>,
+) -> bool {
+    meta.is_some_and(|m| {
+        m.size == size
+            && match (listed_etag(m), etag, modified) {
+                (Some(listed), Some(etag), _) => listed == etag,
+                (None, None, Some(modified)) => {
+                    DateTime::parse_from_rfc3339(modified).is_ok_and(|t| t == m.last_modified)
+                }
+                _ => false,
+            }
+    })
 }
 
 impl Repository {
@@ -121,14 +167,23 @@ impl Repository {
         let mut entries = HashMap::new();
         for e in file.points {
             let marker = volume.commits_prefix().join(e.marker.as_str());
-            if !unchanged(objects.get(&marker), e.marker_size, &e.marker_etag) {
+            if !unchanged(
+                objects.get(&marker),
+                e.marker_size,
+                e.marker_etag.as_deref(),
+                e.marker_modified.as_deref(),
+            ) {
                 continue;
             }
             let archive = volume.archives_prefix().join(e.commit.object.as_str());
             let preread = match (hex::decode(&e.head), hex::decode(&e.tail)) {
                 (Ok(head), Ok(tail))
-                    if unchanged(objects.get(&archive), e.archive_size, &e.archive_etag)
-                        && e.archive_size == e.commit.size =>
+                    if unchanged(
+                        objects.get(&archive),
+                        e.archive_size,
+                        e.archive_etag.as_deref(),
+                        e.archive_modified.as_deref(),
+                    ) && e.archive_size == e.commit.size =>
                 {
                     Some(Arc::new(Preread {
                         head: head.into(),
@@ -140,5 +195,117 @@ impl Repository {
             entries.insert(e.marker, (e.commit, preread));
         }
         Summary { entries }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const COMMIT: &str = r#""commit":{"archive":"c0000000000000000000000000000003","object":"3-c0000000000000000000000000000003.tarc","size":4096,"digest":"00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"}"#;
+
+    /// An entry as JSON, with `marker` and `archive` the members naming each object's
+    /// version.
+    fn entry_json(marker: &str, archive: &str) -> String {
+        format!(
+            r#"{{"marker":"3","marker_size":120,{marker},{COMMIT},"archive_size":4096,{archive},"head":"00","tail":"11"}}"#
+        )
+    }
+
+    fn listed(etag: Option<&str>, modified: &str, size: u64) -> ObjectMeta {
+        ObjectMeta {
+            location: Path::from("volumes/v/commits/3"),
+            last_modified: DateTime::parse_from_rfc3339(modified).unwrap().into(),
+            size,
+            e_tag: etag.map(str::to_string),
+            version: None,
+        }
+    }
+
+    #[test]
+    fn an_entry_keyed_by_etag_serialises_as_version_1_did() {
+        let json = entry_json(r#""marker_etag":"\"m1\"""#, r#""archive_etag":"\"a1\"""#);
+        let entry: Entry = serde_json::from_str(&json).unwrap();
+        assert_eq!(serde_json::to_string(&entry).unwrap(), json);
+    }
+
+    #[test]
+    fn an_entry_keyed_by_modification_time_is_unparsable_to_a_reader_of_version_1() {
+        let json = entry_json(
+            r#""marker_modified":"2026-12-01T02:38:25.123Z""#,
+            r#""archive_modified":"2026-12-01T02:38:26Z""#,
+        );
+        let entry: Entry = serde_json::from_str(&json).unwrap();
+        assert_eq!(serde_json::to_string(&entry).unwrap(), json);
+        // Version 1 before the `*_modified` members required both ETags: such a
+        // reader ignores the whole summary (and reads every point).
+        #[derive(Debug, Deserialize)]
+        #[allow(dead_code)]
+        struct Version1Keys {
+            marker_etag: String,
+            archive_etag: String,
+        }
+        let old = serde_json::from_str::<Version1Keys>(&json).unwrap_err();
+        assert_eq!(
+            old.to_string(),
+            format!(
+                "missing field `marker_etag` at line 1 column {}",
+                json.len()
+            )
+        );
+    }
+
+    #[test]
+    fn an_object_is_known_by_its_etag_or_where_listed_without_one_its_time() {
+        let at = "2026-12-01T02:38:25.123Z";
+        assert_eq!(
+            listed_version(&listed(Some("\"e\""), at, 1)),
+            (Some("\"e\"".into()), None)
+        );
+        for etag in [None, Some("")] {
+            assert_eq!(
+                listed_version(&listed(etag, at, 1)),
+                (None, Some(at.into()))
+            );
+        }
+        assert_eq!(
+            listed_version(&listed(None, "2026-12-01T02:38:25Z", 1)),
+            (None, Some("2026-12-01T02:38:25Z".into()))
+        );
+    }
+
+    #[test]
+    fn an_entry_is_used_only_while_the_listing_shows_the_same_version() {
+        let at = "2026-12-01T02:38:25.123Z";
+        let check =
+            |m: &ObjectMeta, size, etag, modified| unchanged(Some(&m), size, etag, modified);
+        // By ETag: the same size and ETag; a new ETag, size, or none listed is stale.
+        let e = listed(Some("\"e\""), at, 10);
+        assert!(check(&e, 10, Some("\"e\""), None));
+        assert!(!check(&e, 10, Some("\"f\""), None));
+        assert!(!check(&e, 11, Some("\"e\""), None));
+        assert!(!check(&listed(None, at, 10), 10, Some("\"e\""), None));
+        // By time: only while the listing shows no ETag, the same size and instant
+        // (however RFC 3339 spells it); a later write is stale.
+        for etag in [None, Some("")] {
+            let m = listed(etag, at, 10);
+            assert!(check(&m, 10, None, Some(at)));
+            assert!(check(&m, 10, None, Some("2026-12-01T02:38:25.123+00:00")));
+            assert!(check(
+                &m,
+                10,
+                None,
+                Some("2026-12-01T03:38:25.123000+01:00")
+            ));
+            assert!(!check(&m, 11, None, Some(at)));
+            assert!(!check(&m, 10, None, Some("2026-12-01T02:38:25.122Z")));
+            assert!(!check(&m, 10, None, Some("2026-12-01T02:38:25Z")));
+            assert!(!check(&m, 10, None, Some("not a time")));
+            assert!(!check(&m, 10, None, None));
+        }
+        // A time-keyed entry where the listing now shows an ETag (another server, or
+        // an object copied in) is stale, as is an object no longer listed.
+        assert!(!check(&e, 10, None, Some(at)));
+        assert!(!unchanged(None, 10, None, Some(at)));
     }
 }

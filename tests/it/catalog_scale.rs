@@ -2,7 +2,9 @@
 //! [`Repository::requests`], on ~20 volumes x 5 points, local and on the S3 test
 //! server. Commands over every volume list `volumes/` once; the per-volume summary
 //! saves every marker and archive read, and a summary that is missing, stale or
-//! tampered with gives the same output as none.
+//! tampered with gives the same output as none. On a server whose listings show no
+//! ETag (moto behind [`etagless`]), the summary keys each object by its
+//! modification time instead, at the same cost.
 
 use std::sync::Arc;
 
@@ -16,6 +18,7 @@ use thinarc::repo::{DamageKind, DamageRecord, DamageScope, Repository, RequestCo
 use thinarc::source::RawSource;
 use thinarc::status::{Records, gather};
 
+use crate::util::etagless::etagless;
 use crate::util::{TempRepo, make_image, s3, thinarc_env, write};
 
 const VOLUMES: usize = 20;
@@ -23,8 +26,9 @@ const POINTS: usize = 5;
 
 /// A handle on `t`'s repository (local, or the S3 test server) with fresh counts.
 pub(crate) async fn open(t: &TempRepo) -> Repository {
-    if t.location().starts_with("s3://") {
-        let store = object_store::prefix::PrefixStore::new(s3::moto().store(t.bucket()), "repo");
+    if let Some(endpoint) = t.s3_endpoint() {
+        let store =
+            object_store::prefix::PrefixStore::new(s3::store_at(endpoint, t.bucket()), "repo");
         Repository::open(Arc::new(store), t.location())
             .await
             .unwrap()
@@ -273,6 +277,135 @@ async fn catalog_at_scale_local() {
 #[tokio::test(flavor = "multi_thread")]
 async fn catalog_at_scale_s3() {
     catalog_at_scale(TempRepo::s3()).await;
+}
+
+/// The same on the S3 test server behind a proxy whose listings show no ETag (as
+/// s3s-fs lists): summaries keyed by modification time cost the same.
+#[tokio::test(flavor = "multi_thread")]
+async fn catalog_at_scale_s3_without_etags() {
+    let before = etagless().stripped();
+    catalog_at_scale(TempRepo::s3_without_etags()).await;
+    assert!(etagless().stripped() > before, "the proxy cut no ETag");
+}
+
+/// A point's archive rewritten in place and a marker added since the summary, on
+/// `t`, whose listings show ETags or (`etags` false) do not: the summary entries
+/// are keyed by what they show, and every count is the same either way.
+async fn rewritten_archive_and_added_marker(t: TempRepo, etags: bool) {
+    let repo = open(&t).await;
+    for i in 0..2 {
+        for p in 0..POINTS {
+            point(&t, &repo, i, p).await;
+        }
+    }
+    let store = repo.store().clone();
+    let summary: serde_json::Value =
+        serde_json::from_slice(&get(&store, &summary_key(0)).await).unwrap();
+    let points = summary["points"].as_array().unwrap();
+    assert_eq!(points.len(), POINTS, "{summary:#}");
+    for p in points {
+        for object in ["marker", "archive"] {
+            let (etag, modified) = (
+                &p[format!("{object}_etag")],
+                &p[format!("{object}_modified")],
+            );
+            assert_eq!(
+                (etag.is_string(), modified.is_null()),
+                (etags, etags),
+                "{p:#}"
+            );
+            assert_eq!(
+                (etag.is_null(), modified.is_string()),
+                (!etags, !etags),
+                "{p:#}"
+            );
+        }
+    }
+    let counts = |c: RequestCounts| (c.list, c.get, c.head);
+    let (rows, cost) = listed(&t).await;
+    assert_eq!(counts(cost), (1, 2, 0), "list: one listing, two summaries");
+    let (shown, cost) = status(&t).await;
+    assert_eq!(
+        counts(cost),
+        (1, 2, 0),
+        "status: one listing, two summaries"
+    );
+    assert!(!rows.contains("damage"), "{rows}");
+    assert!(shown.contains("[],"), "no problem: {shown}");
+
+    // vm00: point 3's archive rewritten in place, a header byte changed (the same
+    // size), in a later second than it was written (moto lists whole seconds).
+    let key = archive_key(&repo, 0, 3).await;
+    let mut archive = get(&store, &key).await;
+    archive[100] ^= 0x55;
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    put(&store, &key, archive).await;
+    // Read as without a summary: its head and tail (which fail their checks), then
+    // its listed size (HEAD) and head and tail again, to tell a wrong marker from a
+    // damaged archive; `status` opens the newest chain once more, so twice.
+    let (rows, cost) = listed(&t).await;
+    assert_eq!(
+        counts(cost),
+        (1, 2 + 4, 1),
+        "list: the rewritten archive read"
+    );
+    assert!(rows.contains("damage"), "{rows}");
+    let (shown, cost) = status(&t).await;
+    assert_eq!(
+        counts(cost),
+        (1, 2 + 2 * 4, 2),
+        "status: the rewritten archive read"
+    );
+    let saved = [
+        get(&store, &summary_key(0)).await,
+        get(&store, &summary_key(1)).await,
+    ];
+    for i in 0..2 {
+        store.delete(&summary_key(i)).await.unwrap();
+    }
+    assert_eq!(listed(&t).await.0, rows, "list as without a summary");
+    assert_eq!(status(&t).await.0, shown, "status as without a summary");
+    for (i, s) in saved.iter().enumerate() {
+        put(&store, &summary_key(i), s.clone()).await;
+    }
+
+    // vm01: a point added by a writer, the summary put back as it was before: the new
+    // marker is read, and its archive's head and tail (by `status` twice, as above).
+    point(&t, &repo, 1, POINTS).await;
+    put(&store, &summary_key(1), saved[1].clone()).await;
+    let (rows, cost) = listed(&t).await;
+    assert_eq!(counts(cost), (1, 2 + 4 + 3, 1), "list: the new point read");
+    assert_eq!(rows.matches("\"seq\"").count(), 2 * POINTS + 1, "{rows}");
+    let (shown, cost) = status(&t).await;
+    assert_eq!(
+        counts(cost),
+        (1, 2 + 2 * 4 + 1 + 2 * 2, 2),
+        "status: the new point read"
+    );
+    for i in 0..2 {
+        store.delete(&summary_key(i)).await.unwrap();
+    }
+    assert_eq!(listed(&t).await.0, rows, "list as without a summary");
+    assert_eq!(status(&t).await.0, shown, "status as without a summary");
+}
+
+/// On the S3 test server (listings with ETags): an archive rewritten in place is
+/// read and checked, a marker added since the summary is read.
+#[tokio::test(flavor = "multi_thread")]
+async fn rewritten_archive_and_added_marker_s3() {
+    rewritten_archive_and_added_marker(TempRepo::s3(), true).await;
+}
+
+/// The same behind a proxy whose listings show no ETag (as s3s-fs lists): summary
+/// entries keyed by size and modification time; `list` and `status` cost one
+/// listing and one GET per volume as with ETags; an archive rewritten in place (the
+/// same size, a later time) is read and checked, its damage shown as without a
+/// summary; a marker added since the summary is read.
+#[tokio::test(flavor = "multi_thread")]
+async fn rewritten_archive_and_added_marker_s3_without_etags() {
+    let before = etagless().stripped();
+    rewritten_archive_and_added_marker(TempRepo::s3_without_etags(), false).await;
+    assert!(etagless().stripped() > before, "the proxy cut no ETag");
 }
 
 /// `run --dry-run` of `n` volumes named in a config (one more with no point yet), as

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod etagless;
 pub mod s3;
 
 use std::path::{Path, PathBuf};
@@ -51,6 +52,28 @@ impl TempRepo {
             location: format!("s3://{bucket}/repo"),
             env,
         }
+    }
+
+    /// An initialised repository on the S3 test server reached through
+    /// [`etagless`](etagless::etagless), whose object listings show no ETag.
+    pub fn s3_without_etags() -> Self {
+        let mut t = TempRepo::s3_uninit();
+        let proxy = etagless::etagless();
+        for (k, v) in &mut t.env {
+            if k == "AWS_ENDPOINT_URL" {
+                v.clone_from(&proxy.endpoint);
+            }
+        }
+        t.ok(&["init", "--no-encryption"]);
+        t
+    }
+
+    /// The S3 endpoint this repository's commands use, if it is on S3.
+    pub fn s3_endpoint(&self) -> Option<&str> {
+        self.env
+            .iter()
+            .find(|(k, _)| k == "AWS_ENDPOINT_URL")
+            .map(|(_, v)| v.as_str())
     }
 
     /// The environment every run of this repository gets (state directory, S3

@@ -210,15 +210,21 @@ impl Moto {
 
     /// An object store on `bucket`, for tests that use the library directly.
     pub fn store(&self, bucket: &str) -> Arc<dyn ObjectStore> {
-        let s3 = AmazonS3Builder::new()
-            .with_endpoint(&self.endpoint)
-            .with_allow_http(true)
-            .with_region("us-east-1")
-            .with_bucket_name(bucket)
-            .with_access_key_id("thinarc-test")
-            .with_secret_access_key("thinarc-test-secret")
-            .build()
-            .expect("S3 store");
-        Arc::new(s3)
+        store_at(&self.endpoint, bucket)
     }
+}
+
+/// An object store on `bucket` of the test server, reached at `endpoint` (the
+/// server's, or a proxy's in front of it).
+pub fn store_at(endpoint: &str, bucket: &str) -> Arc<dyn ObjectStore> {
+    let s3 = AmazonS3Builder::new()
+        .with_endpoint(endpoint)
+        .with_allow_http(true)
+        .with_region("us-east-1")
+        .with_bucket_name(bucket)
+        .with_access_key_id("thinarc-test")
+        .with_secret_access_key("thinarc-test-secret")
+        .build()
+        .expect("S3 store");
+    Arc::new(s3)
 }
