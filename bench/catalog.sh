@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The catalog at scale (issue 14 item 4): a repository of BENCH_VOLUMES volumes x
 # BENCH_POINTS points (256 KiB images, one block changed per point) on an S3 server
-# (SERVER: moto, the default, or s3s-fs, the Rust server bench/s3latency.sh uses), and
+# (SERVER: moto, the default, s3s-fs or garage; bench/s3server.sh starts it), and
 # the requests and wall time of `list`, `status`, `run --dry-run`, a run's start, a
 # backup of one volume and a structural `verify`, counted by kind through
 # examples/delayproxy.rs at 0 and DELAY_MS (default 20) ms per request. See
@@ -10,7 +10,7 @@
 #   bench/catalog.sh                                  # 1000 x 30, about 10 minutes
 #   BENCH_VOLUMES=100 BENCH_KEEP=1 bench/catalog.sh   # smaller; keep the local tree
 #   BENCH_DELAYS=0 BENCH_VERIFY=0 bench/catalog.sh    # one delay, no verify
-#   SERVER=s3s-fs bench/catalog.sh                    # on s3s-fs (installed once)
+#   SERVER=garage bench/catalog.sh                    # on garage (installed once)
 #   BENCH_ONLY="run start" BENCH_BEFORE=/old/thinarc bench/catalog.sh
 #                                     # these rows, each by the old binary then this one
 #
@@ -26,7 +26,6 @@ POINTS=${BENCH_POINTS:-30}
 DELAY_MS=${DELAY_MS:-20}
 VENV=${THINARC_TEST_VENV:-$ROOT/target/s3-venv}
 SERVER=${SERVER:-moto}
-S3S_FS=${S3S_FS:-$ROOT/bench/work/tools/bin/s3s-fs}
 WORK=${BENCH_DIR:-$ROOT/bench/work}/catalog
 T=${BENCH_THINARC:-$ROOT/target/release/thinarc}
 GEN=${BENCH_GEN:-$ROOT/target/release/examples/catalog_bench}
@@ -43,22 +42,11 @@ if [ ! -e "$TREE/.complete" ]; then
     touch "$TREE/.complete"
 fi
 RUN=$(mktemp -d "$WORK/run.XXXXXX")
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-SERVER_PORT=$(free_port)
-case $SERVER in
-    moto) "$VENV/bin/moto_server" -H 127.0.0.1 -p "$SERVER_PORT" > "$RUN/server.log" 2>&1 & ;;
-    s3s-fs)
-        if [ ! -x "$S3S_FS" ]; then
-            echo "installing s3s-fs 0.14.1 into $ROOT/bench/work/tools (a few minutes, once)" >&2
-            cargo install s3s-fs@0.14.1 --features binary --locked --root "$ROOT/bench/work/tools" >&2
-        fi
-        mkdir -p "$RUN/s3s"
-        "$S3S_FS" --host 127.0.0.1 --port "$SERVER_PORT" --access-key bench \
-            --secret-key benchsecret "$RUN/s3s" > "$RUN/server.log" 2>&1 &
-        ;;
-    *) echo "SERVER is moto or s3s-fs, not $SERVER" >&2; exit 2 ;;
-esac
-SERVER_PID=$!
+# shellcheck source=bench/s3server.sh
+source "$ROOT/bench/s3server.sh"
+s3_server "$SERVER" "$RUN/server"
+SERVER_PORT=$S3_PORT
+SERVER_PID=$S3_PID
 PROXY=
 cleanup() {
     kill $SERVER_PID $PROXY 2>/dev/null || true
@@ -67,16 +55,14 @@ cleanup() {
     [ "${BENCH_KEEP:-0}" = 1 ] || rm -rf "$TREE"
 }
 trap cleanup EXIT
-for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$SERVER_PORT/" && break; sleep 0.1; done
 echo "uploading $TREE to $SERVER" >&2
 started=$(date +%s)
-"$VENV/bin/python" - "$TREE" "http://127.0.0.1:$SERVER_PORT" <<'EOF'
+"$VENV/bin/python" - "$TREE" "http://127.0.0.1:$SERVER_PORT" "$S3_KEY_ID" "$S3_SECRET" <<'EOF'
 import os, sys, concurrent.futures, boto3, botocore.config
-tree, endpoint = sys.argv[1], sys.argv[2]
+tree, endpoint, key_id, secret = sys.argv[1:5]
 s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                  aws_access_key_id="bench", aws_secret_access_key="benchsecret",
+                  aws_access_key_id=key_id, aws_secret_access_key=secret,
                   config=botocore.config.Config(max_pool_connections=16))
-s3.create_bucket(Bucket="bench")
 files = [os.path.join(d, f) for d, _, fs in os.walk(tree) for f in fs if f != ".complete"]
 import hashlib, json
 from urllib.parse import unquote
@@ -128,7 +114,7 @@ EOF
 echo "uploaded in $(( $(date +%s) - started )) s" >&2
 LOC=s3://bench/repo
 S3=(env AWS_ENDPOINT_URL= AWS_ALLOW_HTTP=true AWS_REGION=us-east-1
-    AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=benchsecret)
+    AWS_ACCESS_KEY_ID="$S3_KEY_ID" AWS_SECRET_ACCESS_KEY="$S3_SECRET")
 IMG=$RUN/disk.img
 head -c $((256 << 10)) /dev/urandom > "$IMG"
 {
@@ -167,7 +153,7 @@ row1() {
     local v=-q
     [ "${name%% *}" != start ] || v=-v
     [ "${name%% *}" != start ] || start_config "start-$delay-${LABEL//[^a-z]/}/disk" > "$RUN/start.toml"
-    port=$(free_port)
+    port=$(s3_free_port)
     # The proxy reports its requests for a line on fd 7 and stops when fd 7 closes.
     exec 7> >(exec "$PROXY_BIN" "$port" 127.0.0.1 "$SERVER_PORT" "$delay" 2> "$RUN/proxy.log")
     PROXY=$!

@@ -20,8 +20,9 @@
 #   BENCH_RANDOM_PCT   of which incompressible /dev/urandom data, in % of the image (default 5)
 #   BENCH_THINARC      use this binary instead of building target/release/thinarc
 #   BENCH_S3           1 = backup and restore over HTTP to local S3 servers (default 1)
-#   BENCH_S3_SERVERS   which: "s3s-fs moto" (default); s3s-fs is built with cargo install
-#                      into $BENCH_DIR/tools, moto installed into target/s3-venv
+#   BENCH_S3_SERVERS   which: "s3s-fs moto" (default), garage too (bench/s3server.sh;
+#                      the Rust servers built once with cargo install into
+#                      $BENCH_DIR/tools, moto installed into target/s3-venv)
 #   BENCH_MOTO_MIB     image size for moto, which re-reads a whole object for every
 #                      ranged GET (default 512)
 set -euo pipefail
@@ -470,40 +471,10 @@ fi
 # machine's two cores with thinarc. s3s-fs (Rust, objects stored as files) measures
 # thinarc's S3 path at full size. moto (the test suite's server, Python) re-reads and
 # copies a whole object for every ranged GET, so it gets a smaller image.
+# shellcheck source=bench/s3server.sh
+BENCH_TOOLS=$WORK/tools source "$ROOT/bench/s3server.sh"
 S3_PID=""
-stop_s3() { [[ -n $S3_PID ]] && kill "$S3_PID" 2>/dev/null; wait "$S3_PID" 2>/dev/null || true; S3_PID=""; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 1 300); do curl -s -o /dev/null "http://127.0.0.1:$1/" && return 0; sleep 0.2; done; die "S3 server on port $1 did not start"; }
-
-start_s3() {  # start_s3 SERVER -> sets S3_ENDPOINT and S3_BUCKET, server running
-    local server=$1 port; port=$(free_port)
-    S3_BUCKET=bench
-    case $server in
-        s3s-fs)
-            local bin=$WORK/tools/bin/s3s-fs
-            if [[ ! -x $bin ]]; then
-                log "installing s3s-fs 0.14.1 into $WORK/tools (a few minutes, once)"
-                cargo install s3s-fs@0.14.1 --features binary --locked --root "$WORK/tools" >&2
-            fi
-            rm -rf "$WORK/s3s-data"; mkdir -p "$WORK/s3s-data/$S3_BUCKET"
-            "$bin" --host 127.0.0.1 --port "$port" --access-key bench --secret-key benchsecret \
-                "$WORK/s3s-data" > "$LOGS/s3s-fs.log" 2>&1 &
-            S3_PID=$! ;;
-        moto)
-            local venv=$ROOT/target/s3-venv
-            if [[ ! -x $venv/bin/moto_server ]]; then
-                log "installing moto into $venv"
-                python3 -m venv "$venv" && "$venv/bin/pip" install -q --disable-pip-version-check 'moto[server]>=5.2,<6' >&2
-            fi
-            "$venv/bin/moto_server" -H 127.0.0.1 -p "$port" > "$LOGS/moto.log" 2>&1 &
-            S3_PID=$!
-            wait_port "$port"
-            curl -sf -X PUT "http://127.0.0.1:$port/$S3_BUCKET" > /dev/null ;;
-        *) die "unknown S3 server $server" ;;
-    esac
-    wait_port "$port"
-    S3_ENDPOINT=http://127.0.0.1:$port
-}
+stop_s3() { [[ -n $S3_PID ]] && kill "$S3_PID" 2>/dev/null; wait "$S3_PID" 2>/dev/null || true; S3_PID=""; rm -rf "$WORK/s3-server"; }
 
 if [[ $S3 == 1 ]]; then
     trap 'rc=$?; stop_s3; (exit $rc); on_exit' EXIT
@@ -514,14 +485,14 @@ if [[ $S3 == 1 ]]; then
             head -c "$((MOTO_MIB * 1048576))" "$IMG" > "$SIMG"
         fi
         SSZ=$(stat -c %s "$SIMG")
-        start_s3 "$server"
-        S3ENV=(env AWS_ENDPOINT_URL="$S3_ENDPOINT" AWS_ALLOW_HTTP=true AWS_REGION=us-east-1
-               AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=benchsecret)
-        SR="s3://$S3_BUCKET/repo"
+        s3_server "$server" "$WORK/s3-server" || die "S3 server $server did not start"
+        S3ENV=(env AWS_ENDPOINT_URL="http://127.0.0.1:$S3_PORT" AWS_ALLOW_HTTP=true AWS_REGION=us-east-1
+               AWS_ACCESS_KEY_ID="$S3_KEY_ID" AWS_SECRET_ACCESS_KEY="$S3_SECRET")
+        SR="s3://bench/repo"
         LR=$WORK/repo-s3-local
         rm -rf "$LR"
         "$THINARC" -q -r "$LR" init --no-encryption > /dev/null
-        "${S3ENV[@]}" "$THINARC" -q -r "$SR" init --no-encryption > "$LOGS/s3-init-$server.out"
+        "${S3ENV[@]}" "$THINARC" -q -r "$SR" init --no-encryption $S3_INIT_FLAGS > "$LOGS/s3-init-$server.out"
         label="$server, $(mib "$SSZ") MiB image"
         drop_caches "$SIMG"
         measure "$label: local full backup" "$SSZ" - "" -- \
@@ -538,7 +509,7 @@ if [[ $S3 == 1 ]]; then
         measure "$label: S3 restore" "$SSZ" "$label: local restore" "" -- \
             "${S3ENV[@]}" "$THINARC" -q -r "$SR" restore s3 "$WORK/restore.img"
         must_equal "$WORK/restore.img" "$SIMG"
-        rm -rf "$WORK/restore.img" "$LR" "$WORK/s3s-data"
+        rm -rf "$WORK/restore.img" "$LR"
         [[ $SIMG == "$IMG" ]] || rm -f "$SIMG"
         stop_s3
     done

@@ -318,9 +318,9 @@ enum Plan<'a> {
     Backup(Target<'a>),
 }
 
-/// Backups a dry run plans at once (their summaries read concurrently, as `status`
-/// reads them).
-const PLANS_AT_ONCE: usize = 8;
+/// Backups a dry run plans at once (their summaries read concurrently, as many as
+/// `list` and `status` read).
+const PLANS_AT_ONCE: usize = 32;
 
 /// One backup of a run: a configured volume's settings (`volume`) applied to the
 /// volume `name` (itself, or an LV its pattern selected: `pattern`), read from
