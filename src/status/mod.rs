@@ -272,16 +272,22 @@ pub async fn gather(
                 Ok(locks) => s.locks = locks,
                 Err(e) => s.problems.push(format!("cannot list locks: {e}")),
             }
+            // A listing of every volume's uploads that failed is not tried again per
+            // volume (a server without ListMultipartUploads answers each the same).
             let uploads = match &all_uploads {
                 Some(Ok(all)) => Ok(Repository::uploads_of(&v, all)),
-                _ => repo.pending_uploads(Some(&v)).await,
+                Some(Err(e)) => Err(e.to_string()),
+                None => repo
+                    .pending_uploads(Some(&v))
+                    .await
+                    .map_err(|e| e.to_string()),
             };
             match uploads {
                 Ok(u) => {
                     s.incomplete_uploads = u.len();
                     s.oldest_upload = u.iter().map(|u| u.initiated).min();
                 }
-                Err(e) => s.problems.push(e.to_string()),
+                Err(e) => s.problems.push(e),
             }
         }
         lost_success(&mut s);

@@ -677,3 +677,28 @@ async fn dry_run_plan_does_not_depend_on_the_volumes_named_local() {
 async fn dry_run_plan_does_not_depend_on_the_volumes_named_s3() {
     dry_run_plan_does_not_depend_on_the_volumes_named(TempRepo::s3()).await;
 }
+
+/// A server that does not implement ListMultipartUploads (s3s-fs answers HTTP 501):
+/// `status` of every volume asks it once, not once more per volume, and reports the
+/// answer on each volume (exit 1: it cannot tell what killed uploads cost).
+#[tokio::test(flavor = "multi_thread")]
+async fn status_on_a_server_without_upload_listing_asks_once() {
+    let t = TempRepo::s3_without_etags();
+    etagless().refuse_uploads(t.bucket());
+    let repo = open(&t).await;
+    for i in 0..3 {
+        point(&t, &repo, i, 0).await;
+    }
+    let before = etagless().refused();
+    let out = t.run(&["status"]);
+    assert_eq!(
+        etagless().refused() - before,
+        1,
+        "ListMultipartUploads asked once"
+    );
+    assert_eq!(out.code, Some(1), "{}", out.show());
+    let problem = format!("incomplete uploads of {}: ", t.location());
+    let both = format!("{}{}", out.stdout, out.stderr);
+    assert_eq!(both.matches(&problem).count(), 3, "{}", out.show());
+    assert!(both.contains("501"), "{}", out.show());
+}

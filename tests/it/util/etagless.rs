@@ -1,13 +1,16 @@
 //! An HTTP hop in front of the S3 test server whose object listings carry no ETag, as
 //! s3s-fs answers ListObjectsV2 (`Object { key, last_modified, size }` only): requests
 //! go through unchanged; each answer is read whole, and from the body of a
-//! `ListBucketResult` every `<ETag>…</ETag>` element is cut (its length fixed). One
-//! proxy per test process, in front of [`moto`](super::s3::moto), on a free port.
+//! `ListBucketResult` every `<ETag>…</ETag>` element is cut (its length fixed). For the
+//! buckets [`refuse_uploads`](EtaglessProxy::refuse_uploads) names it also answers a
+//! ListMultipartUploads as s3s-fs does, HTTP 501 NotImplemented. One proxy per test
+//! process, in front of [`moto`](super::s3::moto), on a free port.
 
+use std::collections::HashSet;
 use std::io::{self, BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
 
 use super::s3::moto;
 
@@ -16,12 +19,24 @@ pub struct EtaglessProxy {
     /// `http://127.0.0.1:PORT`.
     pub endpoint: String,
     stripped: AtomicU64,
+    no_uploads: Mutex<HashSet<String>>,
+    refused: AtomicU64,
 }
 
 impl EtaglessProxy {
     /// How many `<ETag>` elements it has cut from listings so far (in this process).
     pub fn stripped(&self) -> u64 {
         self.stripped.load(Ordering::Relaxed)
+    }
+
+    /// Answers every ListMultipartUploads of `bucket` with HTTP 501 from now on.
+    pub fn refuse_uploads(&self, bucket: &str) {
+        self.no_uploads.lock().unwrap().insert(bucket.to_string());
+    }
+
+    /// How many ListMultipartUploads it has answered with 501 so far.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
     }
 }
 
@@ -43,6 +58,8 @@ pub fn etagless() -> &'static EtaglessProxy {
         EtaglessProxy {
             endpoint,
             stripped: AtomicU64::new(0),
+            no_uploads: Mutex::new(HashSet::new()),
+            refused: AtomicU64::new(0),
         }
     })
 }
@@ -188,6 +205,16 @@ fn relay(client: TcpStream, target: &str) -> io::Result<()> {
             words.next().unwrap_or_default(),
         );
         let head = method == "HEAD";
+        if method == "GET" && refuses_uploads(target) {
+            etagless().refused.fetch_add(1, Ordering::Relaxed);
+            let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>NotImplemented</Code><Message>A header you provided implies functionality that is not implemented.</Message></Error>";
+            write!(
+                client_w,
+                "HTTP/1.1 501 Not Implemented\r\ncontent-type: application/xml\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            )?;
+            continue;
+        }
         request.write_to(&mut server_w)?;
         let mut answer =
             read_message(&mut server_r, head, true)?.ok_or_else(|| bad("no answer"))?;
@@ -204,4 +231,19 @@ fn relay(client: TcpStream, target: &str) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Whether `target` (a request's path and query) lists the multipart uploads of a bucket
+/// [`refuse_uploads`](EtaglessProxy::refuse_uploads) named.
+fn refuses_uploads(target: &str) -> bool {
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let bucket = path
+        .trim_start_matches('/')
+        .split('/')
+        .next()
+        .unwrap_or_default();
+    query
+        .split('&')
+        .any(|q| q == "uploads" || q.starts_with("uploads="))
+        && etagless().no_uploads.lock().unwrap().contains(bucket)
 }
