@@ -6,7 +6,9 @@
 use std::sync::Arc;
 
 use object_store::{ObjectStoreExt, PutPayload};
-use thinarc::repo::{RemoteArchive, VolumeName};
+use thinarc::repo::{
+    Chain, ChainCursor, PointSelector, RemoteArchive, Repository, SegmentCache, VolumeName,
+};
 use thinarc::verify::{DataCheck, VerifyOptions, VerifyReport, verify};
 
 use crate::catalog_scale::{open, point_of};
@@ -95,4 +97,51 @@ async fn verify_damage_mid_chain_named_for_every_dependent_point_s3() {
             "{p}"
         );
     }
+}
+
+/// GETs of walking the point `chain` ends at through `segments`.
+async fn walk(repo: &Repository, chain: &Chain, segments: &Arc<SegmentCache>) -> u64 {
+    let before = repo.requests().get;
+    let mut cursor = ChainCursor::new(chain).with_segments(segments);
+    while cursor
+        .next(chain.tip().geometry().blocks())
+        .await
+        .unwrap()
+        .is_some()
+    {}
+    repo.requests().get - before
+}
+
+/// A cache bounded in bytes keeps what it read first while it fits, reads again what
+/// does not (memory stays flat), and drops the segments of other chains.
+#[tokio::test(flavor = "multi_thread")]
+async fn verify_segment_cache_bounded_in_bytes_s3() {
+    let t = TempRepo::s3();
+    let name = VolumeName::new("vm/disk").unwrap();
+    chain_of_points(&t, &name, POINTS).await;
+    let repo = open(&t).await;
+    let commits = repo.commits(&name).await.unwrap();
+    let tip = repo
+        .resolve(&commits, &PointSelector::Seq(POINTS))
+        .await
+        .unwrap();
+    let fits = Arc::new(SegmentCache::bytes(16 << 20));
+    let first = walk(&repo, &tip, &fits).await;
+    assert!(first > 0);
+    assert_eq!(walk(&repo, &tip, &fits).await, 0, "kept: read once");
+    let none = Arc::new(SegmentCache::bytes(0));
+    assert_eq!(walk(&repo, &tip, &none).await, first);
+    assert_eq!(walk(&repo, &tip, &none).await, first, "nothing kept");
+    // A chain of only the tip's archive (whose segment every walk reads) keeps only
+    // that archive's segments.
+    let only_tip = Chain {
+        volume: name.clone(),
+        archives: vec![tip.tip().clone()],
+    };
+    fits.retain(&only_tip);
+    assert_eq!(
+        walk(&repo, &tip, &fits).await,
+        first - 1,
+        "dropped but the tip's"
+    );
 }
