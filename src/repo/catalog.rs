@@ -1,7 +1,7 @@
 //! The catalog, rebuilt from the repository on every call: volumes, their commits, and
 //! the chain of archives behind a point.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use futures::{StreamExt, TryStreamExt};
@@ -649,6 +649,25 @@ impl Repository {
         commits: &[Commit],
         at: &PointSelector,
     ) -> Result<Chain, RepoError> {
+        self.resolve_opened(commits, at, &HashMap::new()).await
+    }
+
+    /// As [`resolve`](Self::resolve), taking the archives of `opened` (by seq) whose
+    /// commit is the one `commits` names instead of opening them again: verify opens
+    /// each archive once, not once per point whose chain holds it.
+    ///
+    /// # Errors
+    /// As [`resolve`](Self::resolve).
+    pub async fn resolve_opened(
+        &self,
+        commits: &[Commit],
+        at: &PointSelector,
+        opened: &HashMap<u64, Arc<RemoteArchive>>,
+    ) -> Result<Chain, RepoError> {
+        let open = async |c: &Commit| match opened.get(&c.seq).filter(|a| a.commit == *c) {
+            Some(a) => Ok(a.clone()),
+            None => RemoteArchive::open(self, c).await.map(Arc::new),
+        };
         let volume =
             commits
                 .first()
@@ -672,7 +691,7 @@ impl Repository {
             Ok(tip) => tip,
             Err(e) => return Err(self.corrupt_marker_of(&volume, at).await.unwrap_or(e)),
         };
-        let mut archives = vec![Arc::new(RemoteArchive::open(self, tip).await?)];
+        let mut archives = vec![open(tip).await?];
         while let Some(parent) = archives.last().expect("non-empty").header.parent.clone() {
             let child_seq = archives.last().expect("non-empty").header.seq;
             let broken = |detail: String| RepoError::ChainBroken {
@@ -700,7 +719,7 @@ impl Repository {
                     parent.seq, commit.archive_id, commit.digest, parent.id, parent.digest
                 )));
             }
-            let archive = RemoteArchive::open(self, commit).await?;
+            let archive = open(commit).await?;
             if !same_archive && parent.image != Some(archive.trailer.image_digest) {
                 return Err(broken(format!(
                     "parent seq {} is archive {} of image {}, expected archive {} or image {}",
@@ -720,7 +739,7 @@ impl Repository {
                     parent.seq
                 )));
             }
-            archives.push(Arc::new(archive));
+            archives.push(archive);
         }
         archives.reverse();
         Ok(Chain { volume, archives })

@@ -63,26 +63,77 @@ struct Layer {
 }
 
 /// Decoded index segments kept for the cursors of one chain that come back to them
-/// (random reads start a cursor per read): at most `limit` segments, the least
-/// recently used dropped first. Keyed by the archive's address: use one only with
-/// archives that live as long as it does (the chain it was made for).
+/// (random reads start a cursor per read; verify walks the points of a volume, each
+/// through the chain of the one before), bounded in segments or in bytes. Each kept
+/// segment holds its archive, so the archive's address keys it safely.
 pub struct SegmentCache {
-    limit: usize,
-    #[allow(clippy::type_complexity)]
-    inner: Mutex<(u64, HashMap<(usize, usize), (Arc<Vec<IndexEntry>>, u64)>)>,
+    limit: Limit,
+    inner: Mutex<Kept>,
+}
+
+/// How much a [`SegmentCache`] keeps.
+#[derive(Clone, Copy)]
+enum Limit {
+    /// At most this many segments, the least recently used dropped first.
+    Segments(usize),
+    /// At most this many bytes of decoded entries; once full, further segments are
+    /// read each time they are needed (a scan in chain order would evict every segment
+    /// before its next use).
+    Bytes(usize),
+}
+
+#[derive(Default)]
+struct Kept {
+    tick: u64,
+    bytes: usize,
+    segments: HashMap<(usize, usize), KeptSegment>,
+}
+
+struct KeptSegment {
+    archive: Arc<RemoteArchive>,
+    entries: Arc<Vec<IndexEntry>>,
+    used: u64,
+}
+
+impl KeptSegment {
+    fn bytes(&self) -> usize {
+        self.entries.len() * std::mem::size_of::<IndexEntry>()
+    }
 }
 
 impl SegmentCache {
-    /// A cache of at most `limit` segments (at least one).
+    /// A cache of at most `limit` segments (at least one), the least recently used
+    /// dropped first.
     pub fn new(limit: usize) -> SegmentCache {
         SegmentCache {
-            limit: limit.max(1),
-            inner: Mutex::new((0, HashMap::new())),
+            limit: Limit::Segments(limit.max(1)),
+            inner: Mutex::default(),
         }
     }
 
+    /// A cache of at most `limit` bytes of decoded entries, keeping the segments read
+    /// first (see [`retain`](Self::retain)).
+    pub fn bytes(limit: usize) -> SegmentCache {
+        SegmentCache {
+            limit: Limit::Bytes(limit),
+            inner: Mutex::default(),
+        }
+    }
+
+    /// Drops the segments of archives that are not in `chain`.
+    pub fn retain(&self, chain: &Chain) {
+        let mut inner = self.inner.lock().expect("segment cache lock");
+        inner
+            .segments
+            .retain(|_, s| chain.archives.iter().any(|a| Arc::ptr_eq(a, &s.archive)));
+        inner.bytes = inner.segments.values().map(KeptSegment::bytes).sum();
+    }
+
     /// Segment `i` of `archive`, read and checked on a miss.
-    async fn get(
+    ///
+    /// # Errors
+    /// As [`RemoteArchive::segment`].
+    pub async fn segment(
         &self,
         archive: &Arc<RemoteArchive>,
         i: usize,
@@ -90,26 +141,46 @@ impl SegmentCache {
         let key = (Arc::as_ptr(archive) as usize, i);
         {
             let mut inner = self.inner.lock().expect("segment cache lock");
-            inner.0 += 1;
-            let tick = inner.0;
-            if let Some((entries, used)) = inner.1.get_mut(&key) {
-                *used = tick;
-                return Ok(entries.clone());
+            inner.tick += 1;
+            let tick = inner.tick;
+            if let Some(kept) = inner.segments.get_mut(&key) {
+                kept.used = tick;
+                return Ok(kept.entries.clone());
             }
         }
         let entries = Arc::new(archive.segment(i).await?);
+        let kept = KeptSegment {
+            archive: archive.clone(),
+            entries: entries.clone(),
+            used: 0,
+        };
         let mut inner = self.inner.lock().expect("segment cache lock");
-        inner.0 += 1;
-        let tick = inner.0;
-        inner.1.insert(key, (entries.clone(), tick));
-        while inner.1.len() > self.limit {
-            let oldest = inner
-                .1
-                .iter()
-                .min_by_key(|(_, (_, used))| *used)
-                .map(|(k, _)| *k);
-            if let Some(k) = oldest {
-                inner.1.remove(&k);
+        if let Limit::Bytes(limit) = self.limit
+            && inner.bytes + kept.bytes() > limit
+        {
+            return Ok(entries);
+        }
+        inner.tick += 1;
+        let tick = inner.tick;
+        inner.bytes += kept.bytes();
+        if let Some(old) = inner
+            .segments
+            .insert(key, KeptSegment { used: tick, ..kept })
+        {
+            inner.bytes -= old.bytes();
+        }
+        if let Limit::Segments(limit) = self.limit {
+            while inner.segments.len() > limit {
+                let oldest = inner
+                    .segments
+                    .iter()
+                    .min_by_key(|(_, s)| s.used)
+                    .map(|(k, _)| *k);
+                if let Some(k) = oldest
+                    && let Some(old) = inner.segments.remove(&k)
+                {
+                    inner.bytes -= old.bytes();
+                }
             }
         }
         Ok(entries)
@@ -136,7 +207,7 @@ impl Layer {
                 return Ok(None);
             }
             self.entries = match &self.segments {
-                Some(cache) => cache.get(&self.archive, self.next_segment).await?,
+                Some(cache) => cache.segment(&self.archive, self.next_segment).await?,
                 None => Arc::new(self.archive.segment(self.next_segment).await?),
             };
             if let Some(check) = &mut self.check {

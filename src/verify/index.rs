@@ -3,13 +3,19 @@
 //! [`IndexCheck`](crate::format::IndexCheck) (frames, trailer counts, the tiling of the
 //! body, a full archive's coverage and image digest). Streams one segment at a time.
 //! Without the key, an encrypted archive's segments are checked against their
-//! checksums only (the unkeyed checksum tree covers the sealed bytes).
+//! checksums only (the unkeyed checksum tree covers the sealed bytes). Segments are
+//! read through the volume's segment cache, where the points' image digests find them.
 
-use crate::repo::{RemoteArchive, RepoError};
+use std::sync::Arc;
+
+use crate::repo::{RemoteArchive, RepoError, SegmentCache};
 
 /// Checks the index of `archive`; returns the problems found as (first block
 /// concerned, description).
-pub(super) async fn check_index(archive: &RemoteArchive) -> Vec<(Option<u64>, String)> {
+pub(super) async fn check_index(
+    archive: &Arc<RemoteArchive>,
+    segments: &SegmentCache,
+) -> Vec<(Option<u64>, String)> {
     let corrupt = |source| {
         super::describe(&RepoError::Corrupt {
             key: archive.key().to_string(),
@@ -22,9 +28,9 @@ pub(super) async fn check_index(archive: &RemoteArchive) -> Vec<(Option<u64>, St
     let readable = archive.is_readable();
     for (i, d) in archive.directory().iter().enumerate() {
         let entries = if readable {
-            archive.segment(i).await
+            segments.segment(archive, i).await
         } else {
-            archive.check_segment_sum(i).await.map(|()| Vec::new())
+            archive.check_segment_sum(i).await.map(|()| Arc::default())
         };
         let entries = match entries {
             Ok(e) => e,
@@ -42,7 +48,7 @@ pub(super) async fn check_index(archive: &RemoteArchive) -> Vec<(Option<u64>, St
                 continue;
             }
         };
-        for e in &entries {
+        for e in entries.iter() {
             if let Err(source) = check.push(e) {
                 problems.push((Some(e.block), corrupt(source)));
             }

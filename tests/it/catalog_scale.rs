@@ -51,7 +51,12 @@ async fn point(t: &TempRepo, repo: &Repository, i: usize, p: usize) {
 }
 
 /// Backs up one more point of volume `name` from image `i` (a block changed).
-async fn point_of(t: &TempRepo, repo: &Repository, (name, i): (&VolumeName, usize), p: usize) {
+pub(crate) async fn point_of(
+    t: &TempRepo,
+    repo: &Repository,
+    (name, i): (&VolumeName, usize),
+    p: usize,
+) {
     let img = t.path(&format!("v{i}.img"));
     let mut data = make_image(256 << 10, i as u64);
     for q in 0..=p {

@@ -39,3 +39,4 @@ mod throttle;
 mod util;
 mod vectors_repo;
 mod verify;
+mod verify_scale;
