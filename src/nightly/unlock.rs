@@ -130,7 +130,7 @@ impl Job {
 
     /// Unlocks the destination of a copy, `to`, with its source's `sources` when it
     /// exists already. A destination that does not exist yet is left alone: the copy
-    /// creates it once its source is checked ([`Job::destination`]), so a copy refused
+    /// creates it once its source is checked (`Job::destination`), so a copy refused
     /// for bad input leaves none behind.
     ///
     /// # Errors
