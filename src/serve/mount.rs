@@ -379,8 +379,8 @@ async fn wait_for_source(name: &str, partition: Option<u32>) -> Result<String, M
     // on a device reused right after a disconnect: BLKRRPART rescans it, and
     // returns once the partitions are added. It fails while something else (udev's
     // probe) holds the device busy: tried again for a while.
-    for _ in 0..40 {
-        let rescanned = File::open(&device).is_ok_and(|dev| {
+    let rescan = || {
+        File::open(&device).is_ok_and(|dev| {
             ioctl(
                 &dev,
                 BLKRRPART,
@@ -389,8 +389,10 @@ async fn wait_for_source(name: &str, partition: Option<u32>) -> Result<String, M
                 "cannot rescan the partitions of",
             )
             .is_ok()
-        });
-        if rescanned {
+        })
+    };
+    for _ in 0..40 {
+        if rescan() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -406,13 +408,17 @@ async fn wait_for_source(name: &str, partition: Option<u32>) -> Result<String, M
         p
     };
     let mut found = parts(name);
-    // A partition named and not there yet: the kernel may still be adding them.
+    // A partition named and not there yet: the kernel may still be adding them, or
+    // its scan read the device before the export answered (a loaded host): rescanned
+    // every second until START_TIMEOUT.
     if let Some(n) = partition {
-        for _ in 0..40 {
-            if found.contains(&format!("{name}p{n}")) {
-                break;
-            }
+        let mut tries = 0u32;
+        while !found.contains(&format!("{name}p{n}")) && asked.elapsed() < START_TIMEOUT {
             tokio::time::sleep(Duration::from_millis(50)).await;
+            tries += 1;
+            if tries.is_multiple_of(20) {
+                rescan();
+            }
             found = parts(name);
         }
     }
