@@ -11,10 +11,12 @@ use std::cell::RefCell;
 use std::future::Future;
 use std::ops::Range;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::Poll;
 
 use bytes::Bytes;
 use futures::stream::BoxStream;
+use futures::task::AtomicWaker;
 use futures::{StreamExt, TryStreamExt};
 use tokio::task::JoinHandle;
 use tokio_util::task::AbortOnDropHandle;
@@ -34,12 +36,13 @@ use crate::repo::{Chain, ChainCursor, Repository};
 /// 60 MB peak RSS). An object store answers each request after a latency the reads in
 /// flight have to cover, which depends on the store and the network: there the window
 /// starts small and grows while the reader waits for its reads (see [`Window`]), up to
-/// a budget of bytes in flight: 16 MiB, up to 9 reads of the bench image's units
-/// (4 MiB of blocks, 1.7 MiB compressed). With 20 ms per request, 8 MiB topped out
-/// near 250 MiB/s (a 1 GiB restore 5.9 s against 4.2 s without the delay); 16 MiB
-/// hides it (3.9 s against 3.7 s). Peak RSS of that restore from s3s-fs: 60-63 MiB
-/// with 16 MiB, 49-50 MiB with 8 (the 64 MiB goal of issue 14; before the reads ran as
-/// tasks of their own, 16 MiB took 69-77 MiB).
+/// a budget of 16 MiB of fetched bytes held (in flight, or fetched and not decoded
+/// yet: [`Held`]), up to 9 reads of the bench image's units (4 MiB of blocks, 1.7 MiB
+/// compressed). With 20 ms per request, 8 MiB topped out near 250 MiB/s (a 1 GiB
+/// restore 5.9 s against 4.2 s without the delay); 16 MiB hides it (3.9 s against
+/// 3.7 s). Peak RSS is what bounds the budget (the 64 MiB goal of issue 14): 16 MiB
+/// held, at most `threads` + 3 decoded units of 4 MiB, the HTTP connections' read
+/// buffers and the binary's pages (README, *Memory of a restore from S3*).
 fn tuning(repo: &Repository) -> (UnitLimits, Window) {
     let limits = UnitLimits {
         fetch: 4 << 20,
@@ -54,8 +57,9 @@ fn tuning(repo: &Repository) -> (UnitLimits, Window) {
 
 /// How many range reads a reader keeps in flight: `reads`, and more while the reads
 /// are what it waits for. A read it had to wait for, when all of `reads` were in
-/// flight, widens the window by one; reads are only started while the bytes in flight
-/// stay within `budget` (one read is always allowed).
+/// flight, widens the window by one; reads are only started while the bytes held
+/// (in flight, and fetched but not decoded yet: [`Held`]) stay within `budget` (a
+/// reader holding nothing may always start one, however large).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Window {
     reads: usize,
@@ -81,9 +85,10 @@ impl Window {
         }
     }
 
-    /// Whether a read of `len` bytes may start with `count` reads of `bytes` in flight.
+    /// Whether a read of `len` bytes may start with `count` reads in flight and `bytes`
+    /// held (those of the reads in flight among them).
     fn admits(&self, count: usize, bytes: u64, len: u64) -> bool {
-        count == 0 || (count < self.reads && bytes + len <= self.budget)
+        (count == 0 && bytes == 0) || (count < self.reads && bytes + len <= self.budget)
     }
 
     /// After a read the reader waited for with `count` reads in flight: wider when the
@@ -95,26 +100,51 @@ impl Window {
     }
 }
 
+/// The fetched bytes a reader holds, and the reader to wake when some are let go.
+#[derive(Debug, Default)]
+struct Holding {
+    bytes: AtomicU64,
+    reader: AtomicWaker,
+}
+
+/// Fetched bytes a reader holds, counted against its window's budget from the start
+/// of their read until this is dropped (after their unit is decoded).
+#[derive(Debug)]
+struct Held {
+    bytes: u64,
+    of: Arc<Holding>,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.of.bytes.fetch_sub(self.bytes, Ordering::Relaxed);
+        self.of.reader.wake();
+    }
+}
+
 /// The works `rx` yields, fetched with the reads in flight that `window` allows, in
-/// order. Each read runs as its own task, so that reads progress while the reader is
-/// busy elsewhere (writing a unit, waiting for a decode) and the latency of an object
-/// store is hidden then too; dropping the stream, or its first error, aborts the reads
-/// still running (a restore stopped by SIGINT or a bad block leaves none behind).
+/// order; each with its [`Held`] bytes, so that the budget bounds both the reads in
+/// flight and the fetched units waiting for or being decoded. Each read runs as its
+/// own task, so that reads progress while the reader is busy elsewhere (writing a unit,
+/// waiting for a decode) and the latency of an object store is hidden then too;
+/// dropping the stream, or its first error, aborts the reads still running (a restore
+/// stopped by SIGINT or a bad block leaves none behind).
 fn fetch_ahead<F, Fut>(
     mut rx: tokio::sync::mpsc::Receiver<Work>,
     mut window: Window,
     fetch: F,
-) -> impl futures::Stream<Item = Result<(Work, Vec<Bytes>), ReadError>>
+) -> impl futures::Stream<Item = Result<(Work, Vec<Bytes>, Held), ReadError>>
 where
     F: Fn(Work) -> Fut,
     Fut: Future<Output = Result<(Work, Vec<Bytes>), ReadError>> + Send + 'static,
 {
     let mut reads = futures::stream::FuturesOrdered::new();
-    let mut bytes = 0;
+    let held = Arc::new(Holding::default());
     let (mut next, mut planned) = (None::<Work>, false);
     // Reads in flight when the reader last found the oldest one not done yet.
     let mut waited = None;
     futures::stream::poll_fn(move |cx| {
+        held.reader.register(cx.waker());
         loop {
             if next.is_none() && !planned {
                 match rx.poll_recv(cx) {
@@ -124,8 +154,14 @@ where
                 }
             }
             match next.take() {
-                Some(w) if window.admits(reads.len(), bytes, w.fetched()) => {
-                    bytes += w.fetched();
+                Some(w)
+                    if window.admits(
+                        reads.len(),
+                        held.bytes.load(Ordering::Relaxed),
+                        w.fetched(),
+                    ) =>
+                {
+                    held.bytes.fetch_add(w.fetched(), Ordering::Relaxed);
                     reads.push_back(AbortOnDropHandle::new(tokio::spawn(fetch(w))));
                 }
                 w => {
@@ -138,11 +174,14 @@ where
             Poll::Ready(Some(done)) => {
                 match done.unwrap_or_else(|e| Err(ReadError::Task(format!("range read: {e}")))) {
                     Ok((w, b)) => {
-                        bytes -= w.fetched();
                         if let Some(count) = waited.take() {
                             window.waited(count);
                         }
-                        Poll::Ready(Some(Ok((w, b))))
+                        let held = Held {
+                            bytes: w.fetched(),
+                            of: held.clone(),
+                        };
+                        Poll::Ready(Some(Ok((w, b, held))))
                     }
                     Err(e) => {
                         // The other reads are of no use now: aborted, and no more started.
@@ -353,12 +392,16 @@ where
     let reader = chain.clone();
     let stream = fetch_ahead(rx, window, move |w| fetch(reader.clone(), w))
         .map_err(E::from)
-        .map_ok(move |(w, bytes)| {
+        .map_ok(move |(w, bytes, held)| {
             let (chain, pool, step) = (chain.clone(), pool.clone(), step.clone());
             async move {
-                tokio::task::spawn_blocking(move || step(decode(&chain, w, bytes, &pool, flags)?))
-                    .await
-                    .map_err(|e| E::from(ReadError::Task(e.to_string())))?
+                tokio::task::spawn_blocking(move || {
+                    let decoded = decode(&chain, w, bytes, &pool, flags);
+                    drop(held);
+                    step(decoded?)
+                })
+                .await
+                .map_err(|e| E::from(ReadError::Task(e.to_string())))?
             }
         })
         .try_buffered(threads.max(1))
@@ -481,8 +524,10 @@ fn decode_with(
             .collect::<Result<_, ReadError>>()?;
         d.stored.blocks.reserve(w.data_blocks as usize);
     }
+    // Exactly: a pooled buffer smaller than this unit would otherwise double, up to
+    // twice a unit's limit, and keep that size in the pool.
     d.buf
-        .reserve((w.data_blocks * u64::from(geometry.block_size().get())) as usize);
+        .reserve_exact((w.data_blocks * u64::from(geometry.block_size().get())) as usize);
     // The current frame of each archive: an archive's frames come in increasing
     // order, so one per archive means each frame is decoded once even when newer
     // archives' blocks interleave with its blocks.
@@ -624,6 +669,7 @@ mod tests {
     use bytes::Bytes;
     use futures::StreamExt;
 
+    use super::super::plan::Fetch;
     use super::{ReadError, Window, Work, fetch_ahead};
     use crate::format::FormatError;
     use crate::repo::RepoError;
@@ -632,9 +678,25 @@ mod tests {
 
     /// A planner's channel holding `n` (empty) works.
     fn planned(n: usize) -> tokio::sync::mpsc::Receiver<Work> {
+        planned_of(n, 0)
+    }
+
+    /// A planner's channel holding `n` works, each one range read of `len` bytes.
+    fn planned_of(n: usize, len: u64) -> tokio::sync::mpsc::Receiver<Work> {
         let (tx, rx) = tokio::sync::mpsc::channel(n);
         for _ in 0..n {
-            tx.try_send(Work::default()).unwrap();
+            let fetches = match len {
+                0 => Vec::new(),
+                _ => vec![Fetch {
+                    layer: 0,
+                    range: 0..len,
+                }],
+            };
+            tx.try_send(Work {
+                fetches,
+                ..Work::default()
+            })
+            .unwrap();
         }
         rx
     }
@@ -707,6 +769,47 @@ mod tests {
         until_held_by(&live, 2).await;
         assert!(reads.next().await.is_none());
         assert_eq!(Arc::strong_count(&live), 2);
+    }
+
+    #[tokio::test]
+    async fn fetched_bytes_count_against_the_budget_until_their_unit_is_decoded() {
+        // Reads of 4 MiB, a window of up to 8 reads and 8 MiB held.
+        let started = Arc::new(AtomicUsize::new(0));
+        let count = started.clone();
+        let mut reads = Box::pin(fetch_ahead(
+            planned_of(6, 4 << 20),
+            Window::adaptive(8, 8 << 20),
+            move |w| {
+                count.fetch_add(1, Ordering::Relaxed);
+                async move { Ok((w, Vec::new())) }
+            },
+        ));
+        let first = reads.next().await.unwrap().unwrap();
+        let second = reads.next().await.unwrap().unwrap();
+        // Two units held (not decoded yet) fill the budget: no read starts.
+        let waited = tokio::time::timeout(Duration::from_millis(50), reads.next()).await;
+        assert!(waited.is_err(), "no read starts while the budget is held");
+        assert_eq!(started.load(Ordering::Relaxed), 2);
+        // One decoded (dropped): the reader is woken and starts one more.
+        let pending = tokio::spawn(async move {
+            let third = reads.next().await.unwrap().unwrap();
+            (reads, third)
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(started.load(Ordering::Relaxed), 2);
+        drop(first);
+        let (mut reads, third) = tokio::time::timeout(Duration::from_secs(1), pending)
+            .await
+            .expect("dropping a held unit wakes the reader")
+            .unwrap();
+        assert_eq!(started.load(Ordering::Relaxed), 3);
+        drop((second, third));
+        let mut rest = 0;
+        while let Some(read) = reads.next().await {
+            read.unwrap();
+            rest += 1;
+        }
+        assert_eq!((rest, started.load(Ordering::Relaxed)), (3, 6));
     }
 
     #[tokio::test]

@@ -37,8 +37,11 @@ use crate::repo::{
 use crate::source::{RawSource, SourceError, source_image_digest};
 use crate::target::{BeyondVolume, FileTarget, TargetError};
 
-/// Decoded units waiting for the writer.
-const WRITE_QUEUE: usize = 2;
+/// Decoded units waiting for the writer. One is enough to keep it busy (writing a
+/// unit into the page cache takes a millisecond or two, decoding one several), and
+/// each unit held is 4 MiB of the restore's peak RSS: units alive are at most
+/// `threads` decoding, one waiting to be queued, this one and the one being written.
+const WRITE_QUEUE: usize = 1;
 
 /// Bytes written between two starts of writeback ([`FileTarget::start_writeback`]).
 const WRITEBACK_BYTES: u64 = 32 << 20;
