@@ -194,7 +194,7 @@ pub async fn copy(
     let src = job.open(location).await?;
     let (volumes, checked) = match volume {
         Some(v) => {
-            check_source(&src, &v, at.as_ref()).await?;
+            check_copy_source(&src, &v, at.as_ref(), consolidate, to).await?;
             (vec![v], true)
         }
         None => (src.volumes().await?, false),
@@ -255,6 +255,29 @@ pub async fn copy_volume(
     copy.recorded(job, false, observer).await
 }
 
+/// [`check_source`] of a copy to `to`: an unknown volume or point is the
+/// repository's error, a point refused for its damage the copy's.
+///
+/// # Errors
+/// [`JobError::Repo`] or [`JobError::Copy`].
+async fn check_copy_source(
+    src: &Repository,
+    volume: &VolumeName,
+    at: Option<&PointSelector>,
+    consolidate: bool,
+    to: &str,
+) -> Result<(), JobError> {
+    check_source(src, volume, at, consolidate)
+        .await
+        .map_err(|e| match e {
+            CopyError::Repo(e) => JobError::Repo(e),
+            error => JobError::Copy {
+                to: to.to_string(),
+                error: Box::new(error),
+            },
+        })
+}
+
 /// One volume's copy, as [`copy`] and [`copy_volume`] ask for it.
 struct Copy<'a> {
     location: &'a str,
@@ -283,7 +306,7 @@ impl Copy<'_> {
         let work = async |src: &Repository| {
             // Bad input is refused before the destination is created.
             if !checked {
-                check_source(src, volume, at.as_ref()).await?;
+                check_copy_source(src, volume, at.as_ref(), consolidate, to).await?;
             }
             let (dest, initialised) = job.destination(location, src, to).await?;
             if dest.config().id == src.config().id {
@@ -303,6 +326,14 @@ impl Copy<'_> {
             let shown = observer.show(format!("copy {volume} to {to}"), progress.clone());
             let result = crate::copy::copy(src, &dest, initialised, &opts, progress).await;
             shown.finish().await;
+            // A destination this copy created is not left behind half made.
+            if result.is_err() && initialised {
+                match dest.remove_created().await {
+                    Ok(true) => tracing::info!("removed {to}: this copy created it and failed"),
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!("removing {to}, created by the failed copy: {e}"),
+                }
+            }
             match result {
                 Ok(r) => Ok(r),
                 // A locked destination volume keeps its own message (and exit code 3).

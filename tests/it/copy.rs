@@ -456,7 +456,7 @@ async fn copy_from_s3_checks_its_source_once() {
     };
     // The check alone.
     let repo = crate::catalog_scale::open(&t).await;
-    thinarc::copy::check_source(&repo, &v, Some(&PointSelector::Seq(1)))
+    thinarc::copy::check_source(&repo, &v, Some(&PointSelector::Seq(1)), false)
         .await
         .unwrap();
     let check = repo.requests();

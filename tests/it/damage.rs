@@ -1512,3 +1512,129 @@ fn damage_header_rot_at_rest_is_found_by_verify_then_listed() {
     assert_eq!(list.stdout.matches("DAMAGED").count(), 3, "{}", list.show());
     assert_eq!(damaged_points(&t), 3);
 }
+
+/// `copy --consolidate` of a point that depends on damaged data creates nothing and
+/// names the way back, into a plain and into an encrypted destination (the source's
+/// key): refused up front when the damage is recorded, with the way back `list` gives
+/// for the point; when only the merge finds it, the destination the copy created is
+/// removed, and the error names the archive and `verify --data`. `run`'s consolidated
+/// copies do the same.
+#[test]
+fn damage_consolidated_copy_of_damaged_point_creates_nothing() {
+    for encrypted in [false, true] {
+        let t = if encrypted {
+            let t = TempRepo::uninit().with_env("THINARC_PASSWORD", "damage test");
+            t.ok(&["init"]);
+            t
+        } else {
+            TempRepo::new()
+        };
+        let o = Objects::new(&t);
+        let (_, src) = three_points(&t);
+        Damage::FrameFlip.apply(&o);
+        let dest = t.path("dest");
+        let to = dest.to_str().unwrap();
+        let object = o.archive(2);
+        let id = object
+            .rsplit('-')
+            .next()
+            .unwrap()
+            .trim_end_matches(".tarc")
+            .to_string();
+        // What the merge meets is what verify finds (and records: the record is
+        // taken back out, for the unrecorded case).
+        let c = t.run(&["verify", "--data", "--json"]);
+        let v: serde_json::Value = serde_json::from_str(&c.stdout).unwrap();
+        let found = v["problems"][0]["problem"].as_str().unwrap();
+        // Verify adds what else the frame held.
+        let found = found
+            .split(" (its frame also holds")
+            .next()
+            .unwrap()
+            .to_string();
+        let first = if encrypted {
+            "corrupt frame: frame at offset "
+        } else {
+            "block 16 checksum mismatch"
+        };
+        assert!(found.starts_with(first), "{v}");
+        std::fs::remove_dir_all(t.repo().join("volumes/v/damage")).unwrap();
+        // Not recorded: the merge finds it, and the new destination goes.
+        let c = t.run(&["copy", "v", "--to", to, "--consolidate"]);
+        assert_eq!(c.code, Some(1), "{}", c.show());
+        let error = c.stderr.lines().find(|l| l.starts_with("error:")).unwrap();
+        assert_eq!(
+            error,
+            format!(
+                "error: copy to {to} failed: v seq 3 cannot be consolidated: archive {object}: {found}; nothing was copied: run `thinarc verify --data v` to record the damage, then follow the way back it names"
+            ),
+            "{}",
+            c.show()
+        );
+        assert!(
+            !dest.exists(),
+            "the new destination was removed: {}",
+            c.show()
+        );
+        // Recorded: refused before the destination is opened or created.
+        assert_eq!(t.run(&["verify", "--data"]).code, Some(4));
+        let blocks = if encrypted { 4 } else { 1 };
+        let c = t.run(&["copy", "v", "--to", to, "--consolidate"]);
+        assert_eq!(c.code, Some(1), "{}", c.show());
+        assert_eq!(
+            c.stderr,
+            format!(
+                "error: copy to {to} failed: v seq 3 cannot be consolidated: it depends on {blocks} damaged block(s) of archive {id} (seq 2), first block 16 (the next backup stores these blocks again; see `thinarc verify`); nothing was copied\n"
+            )
+        );
+        let list = t.run(&["list", "v"]);
+        assert!(
+            list.stdout.contains(&format!("DAMAGED: depends on {blocks} damaged block(s) of archive {id} (seq 2), first block 16 (the next backup stores these blocks again; see `thinarc verify`)")),
+            "the same way back as list: {}",
+            list.show()
+        );
+        assert!(!dest.exists(), "no destination created: {}", c.show());
+        // An existing destination gets nothing either.
+        let existing = TempRepo::new();
+        let c = t.run(&["copy", "v", "--to", existing.location(), "--consolidate"]);
+        assert_eq!(c.code, Some(1), "{}", c.show());
+        assert!(!existing.repo().join("volumes").exists(), "{}", c.show());
+
+        // `run`: its backup builds seq 4 on the damaged block (the record is taken
+        // out again: unrecorded, the backup cannot know), its copy's merge finds it.
+        std::fs::remove_dir_all(t.repo().join("volumes/v/damage")).unwrap();
+        let config = t.path("thinarc.toml");
+        write(
+            &config,
+            format!(
+                "state_dir = \"{}\"\n[repositories.main]\nlocation = \"{}\"\n[[volumes]]\nname = \"v\"\nsource = \"{}\"\n[[copies]]\nto = \"{to}\"\nconsolidate = true\n",
+                t.path("state").display(),
+                t.location(),
+                src.display(),
+            )
+            .as_bytes(),
+        );
+        let o = crate::util::thinarc_env(
+            &["run", "--config", config.to_str().unwrap(), "--json"],
+            &t.env_pairs(),
+        );
+        assert_eq!(o.code, Some(1), "{}", o.show());
+        let steps: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
+        assert_eq!(
+            (&steps[1]["operation"], &steps[1]["ok"]),
+            (&json!("copy"), &json!(false)),
+            "{steps}"
+        );
+        assert!(
+            steps[1]["detail"]
+                .as_str()
+                .unwrap()
+                .contains("v seq 4 cannot be consolidated: archive volumes/v/archives/"),
+            "{steps}"
+        );
+        assert!(
+            !dest.exists(),
+            "run removed the destination it created: {steps}"
+        );
+    }
+}
