@@ -1638,3 +1638,49 @@ fn damage_consolidated_copy_of_damaged_point_creates_nothing() {
         );
     }
 }
+
+/// `verify`'s summary counts every point it examined, the damaged ones as failed,
+/// whatever is damaged: a data frame (found by `--data`), an index segment, a header
+/// (a point whose own archive is damaged used to be left out: "3 archive(s), 2
+/// point(s)").
+#[test]
+fn damage_verify_summary_counts_every_point() {
+    for (damage, args, summary) in [
+        (
+            Damage::FrameFlip,
+            &["verify", "--data"][..],
+            "verified 1 volume(s), 3 archive(s), 3 point(s); data: all, 57 blocks checked, 2.2 MiB read; 2 problem(s)",
+        ),
+        (
+            Damage::IndexFlip,
+            &["verify"][..],
+            "verified 1 volume(s), 3 archive(s), 3 point(s); data: off, 0 blocks checked, 0 B read; 2 problem(s)",
+        ),
+        (
+            Damage::HeaderFlip,
+            &["verify"][..],
+            "verified 1 volume(s), 3 archive(s), 3 point(s); data: off, 0 blocks checked, 0 B read; 3 problem(s)",
+        ),
+    ] {
+        let t = TempRepo::new();
+        let o = Objects::new(&t);
+        three_points(&t);
+        damage.apply(&o);
+        let v = t.run(args);
+        assert_eq!(v.code, Some(4), "{damage:?}: {}", v.show());
+        let last = v.stdout.lines().last().unwrap();
+        assert_eq!(
+            last.rsplit_once(" in ").unwrap().0,
+            summary,
+            "{damage:?}: {}",
+            v.show()
+        );
+        let j = t.run(&[args, &["--json"]].concat());
+        let json: serde_json::Value = serde_json::from_str(&j.stdout).unwrap();
+        assert_eq!(
+            (&json["archives"], &json["points"]),
+            (&json!(3), &json!(3)),
+            "{damage:?}: {json}"
+        );
+    }
+}
