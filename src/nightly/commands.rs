@@ -404,15 +404,39 @@ pub async fn repair(
     volume: &VolumeName,
     opts: RepairOptions,
 ) -> Result<RepairReport, JobError> {
-    let repo = &job.open(location).await?;
     // A name with no point, archive or problem is a typo, not a volume with nothing
-    // to repair: the error names the known volumes. (`--break-lock` may still clear
-    // the lock of a first backup that died before its archive.)
+    // to repair: the error names the known volumes, and nothing is recorded for it.
+    // (`--break-lock` may still clear the lock of a first backup that died before its
+    // archive.)
     if !opts.break_lock
-        && let Err(e @ RepoError::VolumeNotFound { .. }) = repo.existing_commits(volume).await
+        && let Err(e @ RepoError::VolumeNotFound { .. }) =
+            job.open(location).await?.existing_commits(volume).await
     {
         return Err(e.into());
     }
+    let work = async |repo: &Repository| repair_opened(job, repo, volume, &opts).await;
+    if opts.dry_run {
+        return work(&job.open(location).await?).await;
+    }
+    // Recorded: `status` tells a verify failure that a repair resolved since from one
+    // still true.
+    job.recorded(
+        location,
+        Record::start(Operation::Repair, volume, location),
+        work,
+        JobError::Repo,
+        |_, _| {},
+    )
+    .await
+}
+
+/// [`repair`] on `repo`, opened at its location.
+async fn repair_opened(
+    job: &Job,
+    repo: &Repository,
+    volume: &VolumeName,
+    opts: &RepairOptions,
+) -> Result<RepairReport, JobError> {
     let locks_removed = if opts.break_lock {
         break_locks(repo, volume, opts.dry_run).await?
     } else {

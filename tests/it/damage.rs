@@ -1684,3 +1684,69 @@ fn damage_verify_summary_counts_every_point() {
         );
     }
 }
+
+/// After `repair --drop-damaged` removed what a failed verify found, `status` exits 0
+/// and shows that verify as resolved since by the repair, not as the present; the
+/// repair has its own `last repair` line (a record of its own). Before the repair,
+/// with a whole newer point backed up but the damaged points still listed, the line
+/// has no such clause: what the verify found is still there.
+#[test]
+fn damage_status_after_repair_shows_the_verify_failure_resolved() {
+    let t = TempRepo::new();
+    let o = Objects::new(&t);
+    let (_, src) = three_points(&t);
+    Damage::FrameFlip.apply(&o);
+    assert_eq!(t.run(&["verify", "--data"]).code, Some(4));
+    t.ok(&["backup", src.to_str().unwrap(), "--volume", "v"]);
+    let time = |r: &serde_json::Value| {
+        let t = r["finished"].as_str().unwrap();
+        format!("{}Z", &t[..19])
+    };
+    let status = || {
+        let s = t.run(&["status", "v"]);
+        let j = t.run(&["status", "v", "--json"]);
+        let j: serde_json::Value = serde_json::from_str(&j.stdout).unwrap();
+        (s, j["volumes"][0].clone())
+    };
+    let (s, v) = status();
+    assert_eq!(s.code, Some(4), "{}", s.show());
+    let verify = v["verify"]["last"].clone();
+    assert_eq!(verify["result"], "failure", "{v}");
+    let failed = format!(
+        "  last verify {}: FAILED: {}",
+        time(&verify),
+        verify["error"].as_str().unwrap()
+    );
+    assert!(
+        verify["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("2 problem(s); first: v seq 2 archive "),
+        "{v}"
+    );
+    assert!(s.stdout.lines().any(|l| l == failed), "{}", s.show());
+    assert_eq!(v.get("verify_resolved"), None, "{v}");
+
+    t.ok(&["repair", "v", "--drop-damaged"]);
+    let (s, v) = status();
+    assert_eq!(s.code, Some(0), "{}", s.show());
+    let repair = &v["repair"]["last"];
+    assert_eq!(repair["result"], "success", "{v}");
+    assert_eq!(v["verify_resolved"]["by"], "repair", "{v}");
+    let lines: Vec<&str> = s.stdout.lines().skip(2).collect();
+    assert_eq!(
+        lines,
+        [
+            format!(
+                "{failed}; resolved since: repair {} succeeded and nothing listed depends on damage now",
+                time(repair)
+            ),
+            format!("  last repair {}: ok", time(repair)),
+        ],
+        "{}",
+        s.show()
+    );
+    // A dry run changes nothing and records nothing.
+    t.ok(&["repair", "v", "--drop-damaged", "--dry-run"]);
+    assert_eq!(status().1["repair"]["last"], *repair);
+}
