@@ -99,6 +99,9 @@ pub struct CopyReport {
     pub destination: String,
     /// Whether the destination repository was created by this copy.
     pub initialised: bool,
+    /// Whether the destination existed before this copy (`thinarc copy`; it is
+    /// created only when a point is to be copied).
+    pub existed: bool,
     /// Points written.
     pub copied: Vec<CopiedPoint>,
     /// Chosen points the destination already held.
@@ -270,6 +273,7 @@ pub async fn copy(
     let mut report = CopyReport {
         destination: dest.location().to_string(),
         initialised,
+        existed: !initialised,
         copied: Vec::new(),
         present: 0,
         bytes_read: 0,

@@ -199,10 +199,12 @@ pub async fn copy(
         }
         None => (src.volumes().await?, false),
     };
-    job.unlock_destination(to, job.key_sources(), observer)
+    let existed = job
+        .unlock_destination(to, job.key_sources(), observer)
         .await?;
     let mut report = CopyReport {
         destination: to.to_string(),
+        existed,
         ..CopyReport::default()
     };
     for v in &volumes {

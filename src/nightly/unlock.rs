@@ -133,6 +133,8 @@ impl Job {
     /// creates it once its source is checked (`Job::destination`), so a copy refused
     /// for bad input leaves none behind.
     ///
+    /// Returns whether `to` exists.
+    ///
     /// # Errors
     /// As [`Job::unlock_opened`]; [`JobError::Destination`] when `to` cannot be
     /// opened.
@@ -141,13 +143,13 @@ impl Job {
         to: &str,
         sources: &KeySources,
         observer: &dyn Observer,
-    ) -> Result<(), JobError> {
+    ) -> Result<bool, JobError> {
         match Repository::open_location(to).await {
             Ok(repo) => self
                 .unlock_opened(to, repo, sources, Need::Read, "copy", observer)
                 .await
-                .map(drop),
-            Err(RepoError::NotARepository { .. }) => Ok(()),
+                .map(|_| true),
+            Err(RepoError::NotARepository { .. }) => Ok(false),
             Err(e) => Err(destination(to, e)),
         }
     }

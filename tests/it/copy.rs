@@ -477,3 +477,65 @@ async fn copy_from_s3_checks_its_source_once() {
         "one point"
     );
 }
+
+/// `copy` that chooses no point says what is true: the source holds no volume, and
+/// the destination was not created (none is) or is unchanged; a copy whose chosen
+/// points the destination holds already says so, as before.
+#[test]
+fn copy_choosing_nothing_says_why_and_creates_nothing() {
+    let empty = TempRepo::new();
+    let src = empty.location().to_string();
+    let dest = empty.path("dest");
+    let to = dest.to_str().unwrap();
+    let out = empty.run(&["copy", "--to", to]);
+    assert!(out.success, "{}", out.show());
+    assert_eq!(
+        out.stdout,
+        format!(
+            "nothing to copy: {src} holds no volume, so no point was chosen; {to} was not created\n"
+        ),
+        "{}",
+        out.show()
+    );
+    assert!(!dest.exists(), "{}", out.show());
+    // An existing destination is left as it was.
+    let existing = TempRepo::new();
+    let before = std::fs::read_dir(existing.repo()).unwrap().count();
+    let out = empty.run(&["copy", "--to", existing.location()]);
+    assert_eq!(
+        out.stdout,
+        format!(
+            "nothing to copy: {src} holds no volume, so no point was chosen; {} is unchanged\n",
+            existing.location()
+        ),
+        "{}",
+        out.show()
+    );
+    assert_eq!(std::fs::read_dir(existing.repo()).unwrap().count(), before);
+    let json = empty.json(&["copy", "--to", to]);
+    assert_eq!(
+        (&json["copied"], &json["present"], &json["existed"]),
+        (
+            &serde_json::json!([]),
+            &serde_json::json!(0),
+            &serde_json::json!(false)
+        ),
+        "{json}"
+    );
+    assert!(!dest.exists());
+    // A destination that holds every chosen point.
+    let t = TempRepo::new();
+    let img = t.path("disk.img");
+    write(&img, &make_image(100 << 10, 3));
+    t.ok(&["backup", img.to_str().unwrap(), "--volume", "v"]);
+    t.ok(&["copy", "--to", to]);
+    for args in [&["copy", "--to", to][..], &["copy", "v", "--to", to]] {
+        let out = t.run(args);
+        assert_eq!(
+            out.stdout,
+            format!("nothing to copy: {to} already holds the 1 chosen point(s)\n"),
+            "{}",
+            out.show()
+        );
+    }
+}
