@@ -317,6 +317,7 @@ impl Copy<'_> {
                     location: location.to_string(),
                 });
             }
+            let kept = dest.clone();
             let dest = job.limit_uploads(dest);
             let opts = CopyOptions {
                 volume: Some(volume.clone()),
@@ -328,13 +329,21 @@ impl Copy<'_> {
             let shown = observer.show(format!("copy {volume} to {to}"), progress.clone());
             let result = crate::copy::copy(src, &dest, initialised, &opts, progress).await;
             shown.finish().await;
-            // A destination this copy created is not left behind half made.
-            if result.is_err() && initialised {
-                match dest.remove_created().await {
-                    Ok(true) => tracing::info!("removed {to}: this copy created it and failed"),
-                    Ok(false) => {}
-                    Err(e) => tracing::warn!("removing {to}, created by the failed copy: {e}"),
-                }
+            // A destination this copy created is not left behind half made; one that
+            // stays is kept open for the next copy there.
+            let removed = result.is_err()
+                && initialised
+                && match dest.remove_created().await {
+                    Ok(removed) => removed,
+                    Err(e) => {
+                        tracing::warn!("removing {to}, created by the failed copy: {e}");
+                        false
+                    }
+                };
+            if removed {
+                tracing::info!("removed {to}: this copy created it and failed");
+            } else {
+                job.keep_destination(to, kept);
             }
             match result {
                 Ok(r) => Ok(r),
