@@ -419,15 +419,15 @@ pub async fn repair(
     // to repair: the error names the known volumes, and nothing is recorded for it.
     // (`--break-lock` may still clear the lock of a first backup that died before its
     // archive.)
+    let repo = job.open(location).await?;
     if !opts.break_lock
-        && let Err(e @ RepoError::VolumeNotFound { .. }) =
-            job.open(location).await?.existing_commits(volume).await
+        && let Err(e @ RepoError::VolumeNotFound { .. }) = repo.existing_commits(volume).await
     {
         return Err(e.into());
     }
     let work = async |repo: &Repository| repair_opened(job, repo, volume, &opts).await;
     if opts.dry_run {
-        return work(&job.open(location).await?).await;
+        return work(&repo).await;
     }
     // Recorded: `status` tells a verify failure that a repair resolved since from one
     // still true.

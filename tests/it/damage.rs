@@ -1750,3 +1750,29 @@ fn damage_status_after_repair_shows_the_verify_failure_resolved() {
     t.ok(&["repair", "v", "--drop-damaged", "--dry-run"]);
     assert_eq!(status().1["repair"]["last"], *repair);
 }
+
+/// The destination a failed consolidation created is removed from S3 too: no object
+/// is left under its prefix.
+#[test]
+fn damage_consolidated_copy_to_s3_leaves_no_destination_objects() {
+    let t = TempRepo::new();
+    let o = Objects::new(&t);
+    three_points(&t);
+    Damage::FrameFlip.apply(&o);
+    let dest = TempRepo::s3_uninit();
+    let env = dest.env_pairs();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let c = t.run_env(
+        &["copy", "v", "--to", dest.location(), "--consolidate"],
+        &env,
+    );
+    assert_eq!(c.code, Some(1), "{}", c.show());
+    assert!(
+        c.stderr
+            .contains("v seq 3 cannot be consolidated: archive volumes/v/archives/"),
+        "{}",
+        c.show()
+    );
+    let left = Objects::new(&dest).list("");
+    assert_eq!(left, Vec::<String>::new(), "{}", c.show());
+}
