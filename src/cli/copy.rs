@@ -62,7 +62,18 @@ pub async fn run(args: CopyArgs, ctx: &Ctx) -> anyhow::Result<()> {
                 human(p.stored_bytes)
             );
         }
-        if report.copied.is_empty() {
+        if report.copied.is_empty() && report.present == 0 {
+            // Only a copy of every volume can choose nothing: a named volume without
+            // a point is refused.
+            println!(
+                "nothing to copy: {} holds no volume, so no point was chosen; {}",
+                ctx.location()?,
+                match report.existed {
+                    true => format!("{} is unchanged", report.destination),
+                    false => format!("{} was not created", report.destination),
+                }
+            );
+        } else if report.copied.is_empty() {
             println!(
                 "nothing to copy: {} already holds the {} chosen point(s)",
                 report.destination, report.present

@@ -9,7 +9,9 @@ use clap::Args;
 use super::{Ctx, error_message, human, print_json};
 use thinarc::nightly::Need;
 use thinarc::repo::VolumeName;
-use thinarc::status::{Outcome, Record, Records, Status, VolumeStatus, gather, prometheus};
+use thinarc::status::{
+    Operation, Outcome, Record, Records, Status, VolumeStatus, gather, prometheus,
+};
 
 /// Arguments of `status`.
 #[derive(Debug, Args)]
@@ -158,9 +160,10 @@ fn print_volume(v: &VolumeStatus) {
         );
     }
     for op in [
-        thinarc::status::Operation::Prune,
-        thinarc::status::Operation::Copy,
-        thinarc::status::Operation::Verify,
+        Operation::Prune,
+        Operation::Copy,
+        Operation::Verify,
+        Operation::Repair,
     ] {
         if let Some(r) = &v.operation(op).last {
             let what = match r.result {
@@ -169,7 +172,16 @@ fn print_volume(v: &VolumeStatus) {
                 Outcome::Failure => format!("FAILED: {}", r.error.as_deref().unwrap_or("")),
                 Outcome::Gone => "gone".to_string(),
             };
-            println!("  last {} {}: {what}", op.name(), when(r));
+            // A failure something resolved since is history, not the present.
+            let since = match (&v.verify_resolved, op) {
+                (Some(res), Operation::Verify) => format!(
+                    "; resolved since: {} {} succeeded and nothing listed depends on damage now",
+                    res.by.name(),
+                    res.at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                ),
+                _ => String::new(),
+            };
+            println!("  last {} {}: {what}{since}", op.name(), when(r));
         }
     }
     for l in &v.locks {

@@ -38,7 +38,7 @@ use crate::format::Digest;
 use crate::point::{MergeError, MergeOptions, merge};
 use crate::progress::Progress;
 use crate::repo::{
-    ArchiveId, ArchiveUpload, Chain, Commit, DamageRecord, LEFTOVER_GRACE, LockError,
+    ArchiveId, ArchiveUpload, Chain, Commit, DamageRecord, LEFTOVER_GRACE, LockError, PointInfo,
     PointSelector, RemoteArchive, RepoError, Repository, VolumeLock, VolumeName,
 };
 
@@ -99,6 +99,9 @@ pub struct CopyReport {
     pub destination: String,
     /// Whether the destination repository was created by this copy.
     pub initialised: bool,
+    /// Whether the destination existed before this copy (`thinarc copy`; it is
+    /// created only when a point is to be copied).
+    pub existed: bool,
     /// Points written.
     pub copied: Vec<CopiedPoint>,
     /// Chosen points the destination already held.
@@ -147,6 +150,22 @@ pub enum CopyError {
         src_keys: String,
         dest_keys: String,
     },
+    /// The point to consolidate depends on damage recorded in the source.
+    #[error("{volume} seq {seq} cannot be consolidated: it {damage}; nothing was copied")]
+    Damaged {
+        volume: String,
+        seq: u64,
+        damage: String,
+    },
+    /// The consolidation met damaged data no record names yet.
+    #[error(
+        "{volume} seq {seq} cannot be consolidated: {error}; nothing was copied: run `thinarc verify --data {volume}` to record the damage, then follow the way back it names"
+    )]
+    DamageFound {
+        volume: String,
+        seq: u64,
+        error: Box<MergeError>,
+    },
     /// The destination holds another point under the same seq.
     #[error(
         "{destination} volume {volume} seq {seq} is a different point (image digest {dest_image}, here {src_image}); it was not written by copying from this repository"
@@ -162,21 +181,60 @@ pub enum CopyError {
 
 /// Checks that `src` holds what a copy chooses (the volume, and the point `at` when
 /// given) before the destination is opened or created: a copy refused for bad input
-/// leaves no destination behind.
+/// leaves no destination behind. A consolidation (`consolidate`) is also refused when
+/// its point (`at`, default the latest) depends on damage recorded in `src`: it would
+/// fail on the damaged data after writing into the destination.
 ///
 /// # Errors
-/// [`RepoError::VolumeNotFound`], [`RepoError::PointNotFound`], or what reading the
-/// catalog meets.
+/// [`CopyError::Repo`] with [`RepoError::VolumeNotFound`], [`RepoError::PointNotFound`],
+/// or what reading the catalog meets; [`CopyError::Damaged`].
 pub async fn check_source(
     src: &Repository,
     volume: &VolumeName,
     at: Option<&PointSelector>,
-) -> Result<(), RepoError> {
+    consolidate: bool,
+) -> Result<(), CopyError> {
     let commits = src.existing_commits(volume).await?;
-    if let Some(at) = at {
-        src.resolve(&commits, at).await?;
+    let chain = match at {
+        Some(at) => Some(src.resolve(&commits, at).await?),
+        None => None,
+    };
+    if !consolidate {
+        return Ok(());
     }
-    Ok(())
+    let records = src.damage_records(volume).await?;
+    if records.is_empty() {
+        return Ok(());
+    }
+    let chain = match chain {
+        Some(c) => c,
+        None => src.resolve(&commits, &PointSelector::Latest).await?,
+    };
+    if !chain
+        .archives
+        .iter()
+        .any(|a| records.iter().any(|r| r.archive == a.commit.archive_id))
+    {
+        return Ok(());
+    }
+    // The damage and its way back as `list` and `status` say them for the point.
+    let seq = chain.tip().commit.seq;
+    match src
+        .describe(volume)
+        .await?
+        .into_iter()
+        .find(|r| r.seq == seq)
+    {
+        Some(PointInfo {
+            damage: Some(damage),
+            ..
+        }) => Err(CopyError::Damaged {
+            volume: volume.to_string(),
+            seq,
+            damage,
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// Copies points of `src` into `dest` as `opts` say, holding `dest`'s volume lock per
@@ -215,6 +273,7 @@ pub async fn copy(
     let mut report = CopyReport {
         destination: dest.location().to_string(),
         initialised,
+        existed: !initialised,
         copied: Vec::new(),
         present: 0,
         bytes_read: 0,
@@ -289,9 +348,17 @@ impl VolumeCopy<'_> {
             if self.already_has(chain.tip())? {
                 return Ok(());
             }
-            self.merge_into_dest(&chain, None, CopyKind::Consolidated)
-                .await?;
-            return Ok(());
+            return match self
+                .merge_into_dest(&chain, None, CopyKind::Consolidated)
+                .await
+            {
+                Err(CopyError::Merge(error)) if error.is_damage() => Err(CopyError::DamageFound {
+                    volume: self.volume.to_string(),
+                    seq: chain.tip().commit.seq,
+                    error,
+                }),
+                result => result,
+            };
         }
         // The points to copy: every point, or the chain of one.
         let wanted: Vec<Arc<RemoteArchive>> = match &self.opts.at {

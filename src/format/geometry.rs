@@ -71,16 +71,24 @@ impl Geometry {
         index.saturating_mul(u64::from(self.block_size.0))
     }
 
-    /// An upper bound on the size of an archive of this geometry: frames are never
-    /// larger than their content (writers store raw what zstd does not shrink), plus
-    /// one index entry per block, one directory entry per segment, the largest header
-    /// and the trailer.
+    /// An upper bound on the size of an archive of this geometry: see
+    /// [`archive_len_bound`](Self::archive_len_bound), with the largest header.
     pub fn max_archive_len(&self) -> u64 {
-        use super::{DIR_ENTRY_LEN, ENTRY_LEN, MAX_HEADER_LEN, PREAMBLE_LEN, TRAILER_LEN};
+        use super::{MAX_HEADER_LEN, PREAMBLE_LEN};
+        self.archive_len_bound(u64::from(MAX_HEADER_LEN) + PREAMBLE_LEN as u64)
+    }
+
+    /// An upper bound on the size of an archive of this geometry whose preamble and
+    /// header take `head_len` bytes: frames are never larger than their content
+    /// plus, sealed, an AEAD tag (writers store raw what zstd does not shrink, and a
+    /// frame holds at least one block), plus one index entry per block (sealed
+    /// segments: a tag each), one directory entry per segment, and the trailer.
+    pub fn archive_len_bound(&self, head_len: u64) -> u64 {
+        use super::{DIR_ENTRY_LEN, ENTRY_LEN, TAG_LEN, TRAILER_LEN};
         let blocks = self.blocks();
         self.size
-            .saturating_add(blocks.saturating_mul((ENTRY_LEN + DIR_ENTRY_LEN) as u64))
-            .saturating_add(u64::from(MAX_HEADER_LEN) + (PREAMBLE_LEN + TRAILER_LEN) as u64)
+            .saturating_add(blocks.saturating_mul((ENTRY_LEN + DIR_ENTRY_LEN + TAG_LEN) as u64))
+            .saturating_add(head_len + TRAILER_LEN as u64)
     }
 
     /// Length in bytes of block `index` (0 past the end).

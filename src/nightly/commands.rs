@@ -194,15 +194,17 @@ pub async fn copy(
     let src = job.open(location).await?;
     let (volumes, checked) = match volume {
         Some(v) => {
-            check_source(&src, &v, at.as_ref()).await?;
+            check_copy_source(&src, &v, at.as_ref(), consolidate, to).await?;
             (vec![v], true)
         }
         None => (src.volumes().await?, false),
     };
-    job.unlock_destination(to, job.key_sources(), observer)
+    let existed = job
+        .unlock_destination(to, job.key_sources(), observer)
         .await?;
     let mut report = CopyReport {
         destination: to.to_string(),
+        existed,
         ..CopyReport::default()
     };
     for v in &volumes {
@@ -255,6 +257,29 @@ pub async fn copy_volume(
     copy.recorded(job, false, observer).await
 }
 
+/// [`check_source`] of a copy to `to`: an unknown volume or point is the
+/// repository's error, a point refused for its damage the copy's.
+///
+/// # Errors
+/// [`JobError::Repo`] or [`JobError::Copy`].
+async fn check_copy_source(
+    src: &Repository,
+    volume: &VolumeName,
+    at: Option<&PointSelector>,
+    consolidate: bool,
+    to: &str,
+) -> Result<(), JobError> {
+    check_source(src, volume, at, consolidate)
+        .await
+        .map_err(|e| match e {
+            CopyError::Repo(e) => JobError::Repo(e),
+            error => JobError::Copy {
+                to: to.to_string(),
+                error: Box::new(error),
+            },
+        })
+}
+
 /// One volume's copy, as [`copy`] and [`copy_volume`] ask for it.
 struct Copy<'a> {
     location: &'a str,
@@ -283,7 +308,7 @@ impl Copy<'_> {
         let work = async |src: &Repository| {
             // Bad input is refused before the destination is created.
             if !checked {
-                check_source(src, volume, at.as_ref()).await?;
+                check_copy_source(src, volume, at.as_ref(), consolidate, to).await?;
             }
             let (dest, initialised) = job.destination(location, src, to).await?;
             if dest.config().id == src.config().id {
@@ -292,6 +317,7 @@ impl Copy<'_> {
                     location: location.to_string(),
                 });
             }
+            let kept = dest.clone();
             let dest = job.limit_uploads(dest);
             let opts = CopyOptions {
                 volume: Some(volume.clone()),
@@ -303,6 +329,22 @@ impl Copy<'_> {
             let shown = observer.show(format!("copy {volume} to {to}"), progress.clone());
             let result = crate::copy::copy(src, &dest, initialised, &opts, progress).await;
             shown.finish().await;
+            // A destination this copy created is not left behind half made; one that
+            // stays is kept open for the next copy there.
+            let removed = result.is_err()
+                && initialised
+                && match dest.remove_created().await {
+                    Ok(removed) => removed,
+                    Err(e) => {
+                        tracing::warn!("removing {to}, created by the failed copy: {e}");
+                        false
+                    }
+                };
+            if removed {
+                tracing::info!("removed {to}: this copy created it and failed");
+            } else {
+                job.keep_destination(to, kept);
+            }
             match result {
                 Ok(r) => Ok(r),
                 // A locked destination volume keeps its own message (and exit code 3).
@@ -373,15 +415,39 @@ pub async fn repair(
     volume: &VolumeName,
     opts: RepairOptions,
 ) -> Result<RepairReport, JobError> {
-    let repo = &job.open(location).await?;
     // A name with no point, archive or problem is a typo, not a volume with nothing
-    // to repair: the error names the known volumes. (`--break-lock` may still clear
-    // the lock of a first backup that died before its archive.)
+    // to repair: the error names the known volumes, and nothing is recorded for it.
+    // (`--break-lock` may still clear the lock of a first backup that died before its
+    // archive.)
+    let repo = job.open(location).await?;
     if !opts.break_lock
         && let Err(e @ RepoError::VolumeNotFound { .. }) = repo.existing_commits(volume).await
     {
         return Err(e.into());
     }
+    let work = async |repo: &Repository| repair_opened(job, repo, volume, &opts).await;
+    if opts.dry_run {
+        return work(&repo).await;
+    }
+    // Recorded: `status` tells a verify failure that a repair resolved since from one
+    // still true.
+    job.recorded(
+        location,
+        Record::start(Operation::Repair, volume, location),
+        work,
+        JobError::Repo,
+        |_, _| {},
+    )
+    .await
+}
+
+/// [`repair`] on `repo`, opened at its location.
+async fn repair_opened(
+    job: &Job,
+    repo: &Repository,
+    volume: &VolumeName,
+    opts: &RepairOptions,
+) -> Result<RepairReport, JobError> {
     let locks_removed = if opts.break_lock {
         break_locks(repo, volume, opts.dry_run).await?
     } else {

@@ -251,6 +251,11 @@ struct Shared {
     /// [`Job::open_once`]), by location, as opened (without keys or upload limit);
     /// `None`: each [`Job::open`] opens again.
     opened: Mutex<Option<std::collections::HashMap<String, Repository>>>,
+    /// Copy destinations this job opened (unlocking them) or created, by location,
+    /// holding their keys: a copy takes its destination's handle
+    /// ([`Job::destination`]) and gives it back when done, so that a command opens
+    /// each destination once.
+    destinations: Mutex<std::collections::HashMap<String, Repository>>,
 }
 
 /// One command's job: its settings, and the records and failures of its operations.

@@ -129,9 +129,11 @@ impl Job {
     }
 
     /// Unlocks the destination of a copy, `to`, with its source's `sources` when it
-    /// exists already. A destination that does not exist yet is left alone: the copy
-    /// creates it once its source is checked (`Job::destination`), so a copy refused
-    /// for bad input leaves none behind.
+    /// exists already, and keeps the handle for the copies (`Job::destination`). A
+    /// destination that does not exist yet is left alone: the copy creates it once
+    /// its source is checked, so a copy refused for bad input leaves none behind.
+    ///
+    /// Returns whether `to` exists.
     ///
     /// # Errors
     /// As [`Job::unlock_opened`]; [`JobError::Destination`] when `to` cannot be
@@ -141,13 +143,16 @@ impl Job {
         to: &str,
         sources: &KeySources,
         observer: &dyn Observer,
-    ) -> Result<(), JobError> {
+    ) -> Result<bool, JobError> {
         match Repository::open_location(to).await {
-            Ok(repo) => self
-                .unlock_opened(to, repo, sources, Need::Read, "copy", observer)
-                .await
-                .map(drop),
-            Err(RepoError::NotARepository { .. }) => Ok(()),
+            Ok(repo) => {
+                let repo = self
+                    .unlock_opened(to, repo, sources, Need::Read, "copy", observer)
+                    .await?;
+                self.keep_destination(to, repo);
+                Ok(true)
+            }
+            Err(RepoError::NotARepository { .. }) => Ok(false),
             Err(e) => Err(destination(to, e)),
         }
     }
@@ -157,7 +162,9 @@ impl Job {
     /// destination of an encrypted source is encrypted with the source's key (so that
     /// archives copy as they are), its slots the source's recipient slots and, when a
     /// passphrase unlocked the source, a passphrase slot with it; one of a plain
-    /// source is plain. Returns it and whether it was created.
+    /// source is plain. Returns it and whether it was created. The handle
+    /// [`Job::unlock_destination`] or an earlier copy kept is taken: give it back
+    /// with [`Job::keep_destination`] once done with it.
     ///
     /// # Errors
     /// [`JobError::Destination`] when it cannot be opened or created;
@@ -168,7 +175,17 @@ impl Job {
         src: &Repository,
         to: &str,
     ) -> Result<(Repository, bool), JobError> {
-        let (dest, created) = match Repository::open_location(to).await {
+        let kept = self
+            .shared
+            .destinations
+            .lock()
+            .expect("not poisoned")
+            .remove(to);
+        let opened = match kept {
+            Some(dest) => Ok(dest),
+            None => Repository::open_location(to).await,
+        };
+        let (dest, created) = match opened {
             Ok(dest) => (dest, false),
             Err(RepoError::NotARepository { .. }) if src.is_encrypted() => {
                 let source = self
@@ -216,6 +233,16 @@ impl Job {
             Err(e) => return Err(destination(to, e)),
         };
         Ok((self.keyed(to, dest)?, created))
+    }
+
+    /// Keeps `dest`, the destination of a copy at `to` (holding its keys, without
+    /// upload limit), for the next copy there.
+    pub(super) fn keep_destination(&self, to: &str, dest: Repository) {
+        self.shared
+            .destinations
+            .lock()
+            .expect("not poisoned")
+            .insert(to.to_string(), dest);
     }
 
     /// The command line's key sources.

@@ -444,21 +444,27 @@ async fn clean(
     Ok(())
 }
 
+/// Bytes a merged archive's header may take beyond the header of the point it stands
+/// for: the merge changes its method and its parent (a parent map, a few hundred
+/// bytes), nothing else.
+const HEADER_SLACK: u64 = 4096;
+
 /// Bytes the rewritten archive of `p` takes at most: the archives merged into it, and
-/// never more than the largest archive of its geometry.
+/// never more than a whole archive of the point: the image, its index, and the
+/// point's own header give or take its parent ([`HEADER_SLACK`]).
 fn merged_size(pts: &[Point], p: &PointPlan) -> u64 {
     let stored: u64 = pts
         .iter()
         .filter(|q| p.merged.contains(&q.commit.seq))
         .map(|q| q.commit.size)
         .sum();
-    let largest = pts.iter().find(|q| q.commit.seq == p.seq).and_then(|q| {
-        let h = &q.archive.as_ref()?.header;
-        BlockSize::new(h.block_size)
-            .ok()
-            .map(|b| Geometry::new(h.size, b).max_archive_len())
+    let whole = pts.iter().find(|q| q.commit.seq == p.seq).and_then(|q| {
+        let a = q.archive.as_ref()?;
+        BlockSize::new(a.header.block_size).ok().map(|b| {
+            Geometry::new(a.header.size, b).archive_len_bound(a.trailer.body_offset + HEADER_SLACK)
+        })
     });
-    largest.map_or(stored, |l| stored.min(l))
+    whole.map_or(stored, |l| stored.min(l))
 }
 
 /// On a local repository, the refusal of rewrites whose archives do not fit in the

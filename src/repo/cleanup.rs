@@ -107,6 +107,33 @@ impl Repository {
         }
     }
 
+    /// Removes this repository, which the command now running created, when it holds
+    /// no committed point (its first copy failed): every object under it (config, key
+    /// slots, what the failed writer left) and, on a local store, the folders left
+    /// empty, its root included. Returns whether it removed it; a repository holding a
+    /// point is left as it is.
+    ///
+    /// # Errors
+    /// [`RepoError::Store`] when listing or deleting fails.
+    pub async fn remove_created(&self) -> Result<bool, RepoError> {
+        let objects = self.list(&object_store::path::Path::default()).await?;
+        let committed = |m: &object_store::ObjectMeta| {
+            let parts: Vec<_> = m.location.parts().collect();
+            parts.len() == 4 && parts[0].as_ref() == "volumes" && parts[2].as_ref() == "commits"
+        };
+        if objects.iter().any(committed) {
+            return Ok(false);
+        }
+        for m in &objects {
+            self.delete("delete the new destination", &m.location)
+                .await?;
+        }
+        if let Some(root) = &self.local_root {
+            remove_empty_dirs(root);
+        }
+        Ok(true)
+    }
+
     /// Deletes `key`; an object already gone counts as deleted.
     ///
     /// # Errors
@@ -271,6 +298,19 @@ impl Repository {
         }
         Ok(cleaned)
     }
+}
+
+/// Removes `dir` and the folders under it that hold no file, deepest first; a folder
+/// that cannot be removed (it holds a file) is left.
+fn remove_empty_dirs(dir: &std::path::Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_empty_dirs(&e.path());
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
 }
 
 /// Removes the `*.tarc#N` staging files of the local store (the caller holds the

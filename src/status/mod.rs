@@ -73,6 +73,12 @@ pub struct VolumeStatus {
     pub copy: OperationStatus,
     /// Verify records.
     pub verify: OperationStatus,
+    /// Repair records.
+    pub repair: OperationStatus,
+    /// What resolved the failure of the last verify, when the volume shows no damage
+    /// now: the record of that verify says what was true then, not now.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verify_resolved: Option<Resolved>,
     /// Lock objects on the volume: a run holds it now (or died holding it: `stale`).
     pub locks: Vec<HeldLock>,
     /// thinarc's snapshots of an LVM source, when its volume group is on this host:
@@ -90,6 +96,17 @@ pub struct VolumeStatus {
     /// The volume was backed up by a discovery pattern that no longer selects its LV
     /// (its last backup record is `gone`): not backed up any more, not a failure.
     pub gone: bool,
+}
+
+/// The successful operation after a failed verify that left the volume showing no
+/// damage.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Resolved {
+    /// `repair` (it unlisted or re-committed what verify found) or `backup` (it
+    /// replaced it: re-committed a newest point, stored damaged blocks again).
+    pub by: Operation,
+    /// When it finished.
+    pub at: DateTime<Utc>,
 }
 
 /// What is damaged in a volume, from its catalog and damage records (no block data is
@@ -122,6 +139,7 @@ impl VolumeStatus {
             Operation::Prune => &self.prune,
             Operation::Copy => &self.copy,
             Operation::Verify => &self.verify,
+            Operation::Repair => &self.repair,
         }
     }
 
@@ -131,7 +149,29 @@ impl VolumeStatus {
             Operation::Prune => &mut self.prune,
             Operation::Copy => &mut self.copy,
             Operation::Verify => &mut self.verify,
+            Operation::Repair => &mut self.repair,
         }
+    }
+
+    /// What resolved the last verify's failure: the volume shows no damage or problem
+    /// now (the catalog and archives are the truth), and a repair, else a backup,
+    /// succeeded after that verify. `None` when the last verify did not fail, or what
+    /// it found may still be there.
+    fn verify_resolved(&self) -> Option<Resolved> {
+        let failed = self
+            .verify
+            .last
+            .as_ref()
+            .filter(|r| r.result == Outcome::Failure)?;
+        if self.damage.any() || !self.problems.is_empty() {
+            return None;
+        }
+        [Operation::Repair, Operation::Backup]
+            .into_iter()
+            .find_map(|by| {
+                let at = self.operation(by).last_success.as_ref()?.time();
+                (at > failed.time()).then_some(Resolved { by, at })
+            })
     }
 
     /// Whether the volume looks healthy: its last backup succeeded and nothing is
@@ -231,6 +271,8 @@ pub async fn gather(
             prune: OperationStatus::default(),
             copy: OperationStatus::default(),
             verify: OperationStatus::default(),
+            repair: OperationStatus::default(),
+            verify_resolved: None,
             locks: Vec::new(),
             snapshots: Vec::new(),
             incomplete_uploads: 0,
@@ -291,6 +333,7 @@ pub async fn gather(
             }
         }
         lost_success(&mut s);
+        s.verify_resolved = s.verify_resolved();
         if volume.is_some() && s.points == 0 && s.backup.last.is_none() && repo.is_some() {
             return Err(StatusError::UnknownVolume {
                 name,

@@ -1,5 +1,5 @@
-//! Result records: what each backup, prune, copy and verify did, kept where `status`
-//! reads them.
+//! Result records: what each backup, prune, copy, verify and repair did, kept where
+//! `status` reads them.
 //!
 //! Every operation on a volume writes a record when it starts (result `running`) and
 //! overwrites it when it ends (`success` or `failure`, with the error text). Per volume
@@ -39,15 +39,18 @@ pub enum Operation {
     Copy,
     /// `verify`.
     Verify,
+    /// `repair` (not its `--dry-run`).
+    Repair,
 }
 
 impl Operation {
     /// Every operation, in display order.
-    pub const ALL: [Operation; 4] = [
+    pub const ALL: [Operation; 5] = [
         Operation::Backup,
         Operation::Prune,
         Operation::Copy,
         Operation::Verify,
+        Operation::Repair,
     ];
 
     /// The lowercase name.
@@ -57,6 +60,7 @@ impl Operation {
             Operation::Prune => "prune",
             Operation::Copy => "copy",
             Operation::Verify => "verify",
+            Operation::Repair => "repair",
         }
     }
 }

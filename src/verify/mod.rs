@@ -128,7 +128,9 @@ pub struct VerifyReport {
     pub volumes: Vec<String>,
     /// Archives checked.
     pub archives: u64,
-    /// Points whose chain and image digest were checked.
+    /// Points examined: every committed point, counted whether its chain and image
+    /// digest check out or not (a point whose own archive is damaged, in its frames,
+    /// index, header or trailer, or missing, counts and fails).
     pub points: u64,
     /// `off`, `all` or `sample P% seed N`.
     pub data: String,
@@ -410,6 +412,7 @@ async fn check_volume(
     let mut points: Vec<(&Commit, Result<(), String>)> = Vec::new();
     for c in &commits {
         rec.report.archives += 1;
+        rec.report.points += 1;
         match objects.get(&c.object) {
             None => {
                 let problem = format!("archive object {} is missing", c.archive_key());
@@ -498,10 +501,10 @@ async fn check_volume(
     }
 
     // Points: parent links through the catalog, image digests from the indexes.
-    // (A point whose archive is damaged is not checked: the archive is reported above.)
+    // (A point whose archive is damaged is counted above and fails with its archive:
+    // its problem is reported there.)
     let mut resolved: Vec<u64> = Vec::new();
     for (c, checked) in points {
-        rec.report.points += 1;
         match checked {
             Ok(()) => resolved.push(c.seq),
             Err(problem) => rec.add(Some(c), None, problem),

@@ -456,7 +456,7 @@ async fn copy_from_s3_checks_its_source_once() {
     };
     // The check alone.
     let repo = crate::catalog_scale::open(&t).await;
-    thinarc::copy::check_source(&repo, &v, Some(&PointSelector::Seq(1)))
+    thinarc::copy::check_source(&repo, &v, Some(&PointSelector::Seq(1)), false)
         .await
         .unwrap();
     let check = repo.requests();
@@ -476,4 +476,178 @@ async fn copy_from_s3_checks_its_source_once() {
         (1, (3, 3, 3)),
         "one point"
     );
+}
+
+/// `copy` that chooses no point says what is true: the source holds no volume, and
+/// the destination was not created (none is) or is unchanged; a copy whose chosen
+/// points the destination holds already says so, as before.
+#[test]
+fn copy_choosing_nothing_says_why_and_creates_nothing() {
+    let empty = TempRepo::new();
+    let src = empty.location().to_string();
+    let dest = empty.path("dest");
+    let to = dest.to_str().unwrap();
+    let out = empty.run(&["copy", "--to", to]);
+    assert!(out.success, "{}", out.show());
+    assert_eq!(
+        out.stdout,
+        format!(
+            "nothing to copy: {src} holds no volume, so no point was chosen; {to} was not created\n"
+        ),
+        "{}",
+        out.show()
+    );
+    assert!(!dest.exists(), "{}", out.show());
+    // An existing destination is left as it was.
+    let existing = TempRepo::new();
+    let before = std::fs::read_dir(existing.repo()).unwrap().count();
+    let out = empty.run(&["copy", "--to", existing.location()]);
+    assert_eq!(
+        out.stdout,
+        format!(
+            "nothing to copy: {src} holds no volume, so no point was chosen; {} is unchanged\n",
+            existing.location()
+        ),
+        "{}",
+        out.show()
+    );
+    assert_eq!(std::fs::read_dir(existing.repo()).unwrap().count(), before);
+    let json = empty.json(&["copy", "--to", to]);
+    assert_eq!(
+        (&json["copied"], &json["present"], &json["existed"]),
+        (
+            &serde_json::json!([]),
+            &serde_json::json!(0),
+            &serde_json::json!(false)
+        ),
+        "{json}"
+    );
+    assert!(!dest.exists());
+    // A destination that holds every chosen point.
+    let t = TempRepo::new();
+    let img = t.path("disk.img");
+    write(&img, &make_image(100 << 10, 3));
+    t.ok(&["backup", img.to_str().unwrap(), "--volume", "v"]);
+    t.ok(&["copy", "--to", to]);
+    for args in [&["copy", "--to", to][..], &["copy", "v", "--to", to]] {
+        let out = t.run(args);
+        assert_eq!(
+            out.stdout,
+            format!("nothing to copy: {to} already holds the 1 chosen point(s)\n"),
+            "{}",
+            out.show()
+        );
+    }
+}
+
+/// A copy into an existing destination opens it once: the handle the unlock opened
+/// is the one every volume's copy uses, so its config is read once per command (it
+/// was read once more per volume), plain and encrypted, in `copy` and in `run`. The
+/// destination is on S3 behind the counting proxy.
+#[test]
+fn copy_into_an_existing_s3_destination_reads_its_config_once() {
+    for encrypted in [false, true] {
+        let t = TempRepo::uninit().with_env("THINARC_PASSWORD", "x");
+        match encrypted {
+            true => t.ok(&["init"]),
+            false => t.ok(&["init", "--no-encryption"]),
+        };
+        let dest = TempRepo::s3_without_etags();
+        let env = dest.env_pairs();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let config = format!("/{}/repo/config", dest.bucket());
+        let proxy = crate::util::etagless::etagless();
+        let img = t.path("disk.img");
+        let mut data = make_image(200 << 10, 11);
+        let backup = |data: &[u8]| {
+            write(&img, data);
+            for v in ["a", "b"] {
+                t.ok(&["backup", img.to_str().unwrap(), "--volume", v]);
+            }
+        };
+        backup(&data);
+        let to = dest.location();
+        if encrypted {
+            // An encrypted source's plain copy needs a destination with its key:
+            // the first copy creates it (the one made by `init` goes).
+            crate::util::s3::moto().delete_under(dest.bucket(), "repo");
+        }
+        let o = t.run_env(&["copy", "--to", to], &env);
+        assert!(o.success, "{}", o.show());
+        // Two volumes into the existing destination: its config is read once.
+        data[0] ^= 1;
+        backup(&data);
+        let before = proxy.gets(&config);
+        let o = t.run_env(&["copy", "--to", to, "--json"], &env);
+        assert!(o.success, "{}", o.show());
+        let r: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
+        assert_eq!(r["copied"].as_array().unwrap().len(), 2, "{r}");
+        assert_eq!(
+            proxy.gets(&config) - before,
+            1,
+            "copy, encrypted {encrypted}"
+        );
+        // `run`: backs both volumes up and copies them.
+        let file = t.path("thinarc.toml");
+        write(
+            &file,
+            format!(
+                "state_dir = \"{}\"\n[repositories.main]\nlocation = \"{}\"\n[[volumes]]\nname = \"a\"\nsource = \"{}\"\n[[volumes]]\nname = \"b\"\nsource = \"{}\"\n[[copies]]\nto = \"{to}\"\n",
+                t.path("state").display(),
+                t.location(),
+                img.display(),
+                img.display(),
+            )
+            .as_bytes(),
+        );
+        data[1] ^= 1;
+        write(&img, &data);
+        let before = proxy.gets(&config);
+        let all: Vec<(String, String)> = t
+            .env_pairs()
+            .into_iter()
+            .chain(env.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+            .collect();
+        let o =
+            crate::util::thinarc_env(&["run", "--config", file.to_str().unwrap(), "--json"], &all);
+        assert_eq!(o.code, Some(0), "{}", o.show());
+        let steps: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
+        let copies = steps
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["operation"] == "copy" && s["ok"] == true)
+            .count();
+        assert_eq!(copies, 2, "{steps}");
+        assert_eq!(
+            proxy.gets(&config) - before,
+            1,
+            "run, encrypted {encrypted}"
+        );
+        restore_newest_from(&dest, &all, "a", &data, &t.path("back.img"));
+    }
+}
+
+/// Restores the newest point of `volume` from `dest` (run with `env`) to `out` and
+/// compares it with `data`.
+fn restore_newest_from(
+    dest: &TempRepo,
+    env: &[(String, String)],
+    volume: &str,
+    data: &[u8],
+    out: &Path,
+) {
+    let _ = std::fs::remove_file(out);
+    let o = crate::util::thinarc_env(
+        &[
+            "-r",
+            dest.location(),
+            "restore",
+            volume,
+            out.to_str().unwrap(),
+        ],
+        env,
+    );
+    assert!(o.success, "{}", o.show());
+    assert_same_image(&read(out), data, "restored from the destination");
 }

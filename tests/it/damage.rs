@@ -1512,3 +1512,267 @@ fn damage_header_rot_at_rest_is_found_by_verify_then_listed() {
     assert_eq!(list.stdout.matches("DAMAGED").count(), 3, "{}", list.show());
     assert_eq!(damaged_points(&t), 3);
 }
+
+/// `copy --consolidate` of a point that depends on damaged data creates nothing and
+/// names the way back, into a plain and into an encrypted destination (the source's
+/// key): refused up front when the damage is recorded, with the way back `list` gives
+/// for the point; when only the merge finds it, the destination the copy created is
+/// removed, and the error names the archive and `verify --data`. `run`'s consolidated
+/// copies do the same.
+#[test]
+fn damage_consolidated_copy_of_damaged_point_creates_nothing() {
+    for encrypted in [false, true] {
+        let t = if encrypted {
+            let t = TempRepo::uninit().with_env("THINARC_PASSWORD", "damage test");
+            t.ok(&["init"]);
+            t
+        } else {
+            TempRepo::new()
+        };
+        let o = Objects::new(&t);
+        let (_, src) = three_points(&t);
+        Damage::FrameFlip.apply(&o);
+        let dest = t.path("dest");
+        let to = dest.to_str().unwrap();
+        let object = o.archive(2);
+        let id = object
+            .rsplit('-')
+            .next()
+            .unwrap()
+            .trim_end_matches(".tarc")
+            .to_string();
+        // What the merge meets is what verify finds (and records: the record is
+        // taken back out, for the unrecorded case).
+        let c = t.run(&["verify", "--data", "--json"]);
+        let v: serde_json::Value = serde_json::from_str(&c.stdout).unwrap();
+        let found = v["problems"][0]["problem"].as_str().unwrap();
+        // Verify adds what else the frame held.
+        let found = found
+            .split(" (its frame also holds")
+            .next()
+            .unwrap()
+            .to_string();
+        let first = if encrypted {
+            "corrupt frame: frame at offset "
+        } else {
+            "block 16 checksum mismatch"
+        };
+        assert!(found.starts_with(first), "{v}");
+        std::fs::remove_dir_all(t.repo().join("volumes/v/damage")).unwrap();
+        // Not recorded: the merge finds it, and the new destination goes.
+        let c = t.run(&["copy", "v", "--to", to, "--consolidate"]);
+        assert_eq!(c.code, Some(1), "{}", c.show());
+        let error = c.stderr.lines().find(|l| l.starts_with("error:")).unwrap();
+        assert_eq!(
+            error,
+            format!(
+                "error: copy to {to} failed: v seq 3 cannot be consolidated: archive {object}: {found}; nothing was copied: run `thinarc verify --data v` to record the damage, then follow the way back it names"
+            ),
+            "{}",
+            c.show()
+        );
+        assert!(
+            !dest.exists(),
+            "the new destination was removed: {}",
+            c.show()
+        );
+        // Recorded: refused before the destination is opened or created.
+        assert_eq!(t.run(&["verify", "--data"]).code, Some(4));
+        let blocks = if encrypted { 4 } else { 1 };
+        let c = t.run(&["copy", "v", "--to", to, "--consolidate"]);
+        assert_eq!(c.code, Some(1), "{}", c.show());
+        assert_eq!(
+            c.stderr,
+            format!(
+                "error: copy to {to} failed: v seq 3 cannot be consolidated: it depends on {blocks} damaged block(s) of archive {id} (seq 2), first block 16 (the next backup stores these blocks again; see `thinarc verify`); nothing was copied\n"
+            )
+        );
+        let list = t.run(&["list", "v"]);
+        assert!(
+            list.stdout.contains(&format!("DAMAGED: depends on {blocks} damaged block(s) of archive {id} (seq 2), first block 16 (the next backup stores these blocks again; see `thinarc verify`)")),
+            "the same way back as list: {}",
+            list.show()
+        );
+        assert!(!dest.exists(), "no destination created: {}", c.show());
+        // An existing destination gets nothing either.
+        let existing = TempRepo::new();
+        let c = t.run(&["copy", "v", "--to", existing.location(), "--consolidate"]);
+        assert_eq!(c.code, Some(1), "{}", c.show());
+        assert!(!existing.repo().join("volumes").exists(), "{}", c.show());
+
+        // `run`: its backup builds seq 4 on the damaged block (the record is taken
+        // out again: unrecorded, the backup cannot know), its copy's merge finds it.
+        std::fs::remove_dir_all(t.repo().join("volumes/v/damage")).unwrap();
+        let config = t.path("thinarc.toml");
+        write(
+            &config,
+            format!(
+                "state_dir = \"{}\"\n[repositories.main]\nlocation = \"{}\"\n[[volumes]]\nname = \"v\"\nsource = \"{}\"\n[[copies]]\nto = \"{to}\"\nconsolidate = true\n",
+                t.path("state").display(),
+                t.location(),
+                src.display(),
+            )
+            .as_bytes(),
+        );
+        let o = crate::util::thinarc_env(
+            &["run", "--config", config.to_str().unwrap(), "--json"],
+            &t.env_pairs(),
+        );
+        assert_eq!(o.code, Some(1), "{}", o.show());
+        let steps: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
+        assert_eq!(
+            (&steps[1]["operation"], &steps[1]["ok"]),
+            (&json!("copy"), &json!(false)),
+            "{steps}"
+        );
+        assert!(
+            steps[1]["detail"]
+                .as_str()
+                .unwrap()
+                .contains("v seq 4 cannot be consolidated: archive volumes/v/archives/"),
+            "{steps}"
+        );
+        assert!(
+            !dest.exists(),
+            "run removed the destination it created: {steps}"
+        );
+    }
+}
+
+/// `verify`'s summary counts every point it examined, the damaged ones as failed,
+/// whatever is damaged: a data frame (found by `--data`), an index segment, a header
+/// (a point whose own archive is damaged used to be left out: "3 archive(s), 2
+/// point(s)").
+#[test]
+fn damage_verify_summary_counts_every_point() {
+    for (damage, args, summary) in [
+        (
+            Damage::FrameFlip,
+            &["verify", "--data"][..],
+            "verified 1 volume(s), 3 archive(s), 3 point(s); data: all, 57 blocks checked, 2.2 MiB read; 2 problem(s)",
+        ),
+        (
+            Damage::IndexFlip,
+            &["verify"][..],
+            "verified 1 volume(s), 3 archive(s), 3 point(s); data: off, 0 blocks checked, 0 B read; 2 problem(s)",
+        ),
+        (
+            Damage::HeaderFlip,
+            &["verify"][..],
+            "verified 1 volume(s), 3 archive(s), 3 point(s); data: off, 0 blocks checked, 0 B read; 3 problem(s)",
+        ),
+    ] {
+        let t = TempRepo::new();
+        let o = Objects::new(&t);
+        three_points(&t);
+        damage.apply(&o);
+        let v = t.run(args);
+        assert_eq!(v.code, Some(4), "{damage:?}: {}", v.show());
+        let last = v.stdout.lines().last().unwrap();
+        assert_eq!(
+            last.rsplit_once(" in ").unwrap().0,
+            summary,
+            "{damage:?}: {}",
+            v.show()
+        );
+        let j = t.run(&[args, &["--json"]].concat());
+        let json: serde_json::Value = serde_json::from_str(&j.stdout).unwrap();
+        assert_eq!(
+            (&json["archives"], &json["points"]),
+            (&json!(3), &json!(3)),
+            "{damage:?}: {json}"
+        );
+    }
+}
+
+/// After `repair --drop-damaged` removed what a failed verify found, `status` exits 0
+/// and shows that verify as resolved since by the repair, not as the present; the
+/// repair has its own `last repair` line (a record of its own). Before the repair,
+/// with a whole newer point backed up but the damaged points still listed, the line
+/// has no such clause: what the verify found is still there.
+#[test]
+fn damage_status_after_repair_shows_the_verify_failure_resolved() {
+    let t = TempRepo::new();
+    let o = Objects::new(&t);
+    let (_, src) = three_points(&t);
+    Damage::FrameFlip.apply(&o);
+    assert_eq!(t.run(&["verify", "--data"]).code, Some(4));
+    t.ok(&["backup", src.to_str().unwrap(), "--volume", "v"]);
+    let time = |r: &serde_json::Value| {
+        let t = r["finished"].as_str().unwrap();
+        format!("{}Z", &t[..19])
+    };
+    let status = || {
+        let s = t.run(&["status", "v"]);
+        let j = t.run(&["status", "v", "--json"]);
+        let j: serde_json::Value = serde_json::from_str(&j.stdout).unwrap();
+        (s, j["volumes"][0].clone())
+    };
+    let (s, v) = status();
+    assert_eq!(s.code, Some(4), "{}", s.show());
+    let verify = v["verify"]["last"].clone();
+    assert_eq!(verify["result"], "failure", "{v}");
+    let failed = format!(
+        "  last verify {}: FAILED: {}",
+        time(&verify),
+        verify["error"].as_str().unwrap()
+    );
+    assert!(
+        verify["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("2 problem(s); first: v seq 2 archive "),
+        "{v}"
+    );
+    assert!(s.stdout.lines().any(|l| l == failed), "{}", s.show());
+    assert_eq!(v.get("verify_resolved"), None, "{v}");
+
+    t.ok(&["repair", "v", "--drop-damaged"]);
+    let (s, v) = status();
+    assert_eq!(s.code, Some(0), "{}", s.show());
+    let repair = &v["repair"]["last"];
+    assert_eq!(repair["result"], "success", "{v}");
+    assert_eq!(v["verify_resolved"]["by"], "repair", "{v}");
+    let lines: Vec<&str> = s.stdout.lines().skip(2).collect();
+    assert_eq!(
+        lines,
+        [
+            format!(
+                "{failed}; resolved since: repair {} succeeded and nothing listed depends on damage now",
+                time(repair)
+            ),
+            format!("  last repair {}: ok", time(repair)),
+        ],
+        "{}",
+        s.show()
+    );
+    // A dry run changes nothing and records nothing.
+    t.ok(&["repair", "v", "--drop-damaged", "--dry-run"]);
+    assert_eq!(status().1["repair"]["last"], *repair);
+}
+
+/// The destination a failed consolidation created is removed from S3 too: no object
+/// is left under its prefix.
+#[test]
+fn damage_consolidated_copy_to_s3_leaves_no_destination_objects() {
+    let t = TempRepo::new();
+    let o = Objects::new(&t);
+    three_points(&t);
+    Damage::FrameFlip.apply(&o);
+    let dest = TempRepo::s3_uninit();
+    let env = dest.env_pairs();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let c = t.run_env(
+        &["copy", "v", "--to", dest.location(), "--consolidate"],
+        &env,
+    );
+    assert_eq!(c.code, Some(1), "{}", c.show());
+    assert!(
+        c.stderr
+            .contains("v seq 3 cannot be consolidated: archive volumes/v/archives/"),
+        "{}",
+        c.show()
+    );
+    let left = Objects::new(&dest).list("");
+    assert_eq!(left, Vec::<String>::new(), "{}", c.show());
+}

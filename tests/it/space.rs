@@ -224,8 +224,10 @@ fn space_full_disk_prune_refuses_a_merge_that_does_not_fit() {
     let o = t.run(&["prune", "v", "--keep-last", "1"]);
     assert_eq!(o.code, Some(1), "{}", o.show());
     let have = fs.free() >> 20;
+    // The 8 MiB image, its index and header (24 KiB), rounded up to a MiB: not the
+    // 16 MiB of the archives merged, nor the largest header possible (it said 10).
     let expected = format!(
-        "need 10 MiB free on {} for the merged archive of seq 2, have {have} MiB: nothing more can be deleted without these rewrites: free space on it or move the repository to a larger disk",
+        "need 9 MiB free on {} for the merged archive of seq 2, have {have} MiB: nothing more can be deleted without these rewrites: free space on it or move the repository to a larger disk",
         t.location()
     );
     assert!(
@@ -368,4 +370,53 @@ fn space_interrupted_prune_removes_its_partial_merge() {
         &newest,
         "the newest point after the interrupted prune",
     );
+}
+
+/// What prune's free-space check counts on: a merged archive of incompressible data,
+/// plain or sealed (a tag per frame and segment), in 4 KiB blocks (the most index per
+/// byte), is no larger than the bound of its geometry with its own header.
+#[test]
+fn space_merged_archive_of_noise_fits_the_whole_archive_bound() {
+    for encrypted in [false, true] {
+        let t = TempRepo::uninit().with_env("THINARC_PASSWORD", "x");
+        match encrypted {
+            true => t.ok(&["init"]),
+            false => t.ok(&["init", "--no-encryption"]),
+        };
+        let src = t.path("d.img");
+        write(&src, &noise(MIB, 90));
+        t.ok(&[
+            "backup",
+            src.to_str().unwrap(),
+            "--volume",
+            "v",
+            "--block-size",
+            "4K",
+        ]);
+        backup_v(&t, &src, &noise(MIB, 91));
+        t.ok(&["prune", "v", "--keep-last", "1", "--no-grace"]);
+        let dir = t.repo().join("volumes/v/archives");
+        let names = files(&dir);
+        assert_eq!(names.len(), 1, "{names:?}");
+        let bytes = read(&dir.join(&names[0]));
+        let trailer = thinarc::format::ArchiveReader::open(&bytes)
+            .unwrap()
+            .trailer;
+        let bound = thinarc::format::Geometry::new(
+            MIB as u64,
+            thinarc::format::BlockSize::new(4096).unwrap(),
+        )
+        .archive_len_bound(trailer.body_offset);
+        assert!(
+            bytes.len() as u64 <= bound,
+            "encrypted {encrypted}: {} bytes, bound {bound}",
+            bytes.len()
+        );
+        // Not loose either: the image and its index, within a few KiB.
+        assert!(
+            bound - bytes.len() as u64 <= 256 * 64 + 8192,
+            "{bound} {}",
+            bytes.len()
+        );
+    }
 }

@@ -3,10 +3,11 @@
 //! go through unchanged; each answer is read whole, and from the body of a
 //! `ListBucketResult` every `<ETag>…</ETag>` element is cut (its length fixed). For the
 //! buckets [`refuse_uploads`](EtaglessProxy::refuse_uploads) names it also answers a
-//! ListMultipartUploads as s3s-fs does, HTTP 501 NotImplemented. One proxy per test
-//! process, in front of [`moto`](super::s3::moto), on a free port.
+//! ListMultipartUploads as s3s-fs does, HTTP 501 NotImplemented. It counts the GETs
+//! of each path ([`gets`](EtaglessProxy::gets)). One proxy per test process, in front
+//! of [`moto`](super::s3::moto), on a free port.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::{self, BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,6 +22,7 @@ pub struct EtaglessProxy {
     stripped: AtomicU64,
     no_uploads: Mutex<HashSet<String>>,
     refused: AtomicU64,
+    gets: Mutex<HashMap<String, u64>>,
 }
 
 impl EtaglessProxy {
@@ -32,6 +34,11 @@ impl EtaglessProxy {
     /// Answers every ListMultipartUploads of `bucket` with HTTP 501 from now on.
     pub fn refuse_uploads(&self, bucket: &str) {
         self.no_uploads.lock().unwrap().insert(bucket.to_string());
+    }
+
+    /// How many GETs of `path` (`/BUCKET/KEY`, no query) it has relayed so far.
+    pub fn gets(&self, path: &str) -> u64 {
+        self.gets.lock().unwrap().get(path).copied().unwrap_or(0)
     }
 
     /// How many ListMultipartUploads it has answered with 501 so far.
@@ -60,6 +67,7 @@ pub fn etagless() -> &'static EtaglessProxy {
             stripped: AtomicU64::new(0),
             no_uploads: Mutex::new(HashSet::new()),
             refused: AtomicU64::new(0),
+            gets: Mutex::new(HashMap::new()),
         }
     })
 }
@@ -205,6 +213,10 @@ fn relay(client: TcpStream, target: &str) -> io::Result<()> {
             words.next().unwrap_or_default(),
         );
         let head = method == "HEAD";
+        if method == "GET" {
+            let path = target.split('?').next().unwrap_or_default().to_string();
+            *etagless().gets.lock().unwrap().entry(path).or_default() += 1;
+        }
         if method == "GET" && refuses_uploads(target) {
             etagless().refused.fetch_add(1, Ordering::Relaxed);
             let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>NotImplemented</Code><Message>A header you provided implies functionality that is not implemented.</Message></Error>";
