@@ -39,8 +39,9 @@ use crate::target::{BeyondVolume, FileTarget, TargetError};
 
 /// Decoded units waiting for the writer. One is enough to keep it busy (writing a
 /// unit into the page cache takes a millisecond or two, decoding one several), and
-/// each unit held is 4 MiB of the restore's peak RSS: units alive are at most
-/// `threads` decoding, one waiting to be queued, this one and the one being written.
+/// each unit held is up to 4 MiB of the restore's peak RSS: units alive are at most
+/// `threads` decoding (or decoded, waiting for room here), this one and the one being
+/// written.
 const WRITE_QUEUE: usize = 1;
 
 /// Bytes written between two starts of writeback ([`FileTarget::start_writeback`]).
@@ -318,7 +319,15 @@ async fn restore_chain(
     let mut unchanged = since.as_ref().map(|_| ChainCursor::new(&chain));
     let mut fetched = 0u64;
     let streamed: Result<(), RestoreError> = async {
-        while let Some(d) = units.stream.try_next().await? {
+        loop {
+            // Room in the writer's queue first, then the next unit: no decoded unit
+            // waits here for room.
+            let Ok(slot) = wtx.reserve().await else {
+                break; // the writer failed; its error is reported below
+            };
+            let Some(d) = units.stream.try_next().await? else {
+                break;
+            };
             fetched += d.fetched;
             for span in &d.spans {
                 progress.add(span_bytes(span, &geometry));
@@ -332,9 +341,7 @@ async fn restore_chain(
                         .for_each(|g| hasher.data(g)),
                 }
             }
-            if wtx.send(d).await.is_err() {
-                break; // the writer failed; its error is reported below
-            }
+            slot.send(d);
         }
         if let Some(c) = unchanged.as_mut() {
             c.feed(&mut hasher, geometry.blocks()).await?;
