@@ -108,18 +108,33 @@ impl Repository {
     }
 
     /// Removes this repository, which the command now running created, when it holds
-    /// no committed point (its first copy failed): every object under it (config, key
-    /// slots, what the failed writer left) and, on a local store, the folders left
-    /// empty, its root included. Returns whether it removed it; a repository holding a
-    /// point is left as it is.
+    /// no committed point (its first copy failed): the objects of the repository's
+    /// own names (FORMAT.md section 15: `config`, `keys/`, `volumes/`: key slots and
+    /// what the failed writer left) and, on a local store, their folders left empty,
+    /// then the root if nothing else is in it. Anything else at the location (a
+    /// folder that held the user's files before `init` made a repository in it) is
+    /// left untouched. Returns whether it removed it; a repository holding a point is
+    /// left as it is.
     ///
     /// # Errors
     /// [`RepoError::Store`] when listing or deleting fails.
     pub async fn remove_created(&self) -> Result<bool, RepoError> {
-        let objects = self.list(&object_store::path::Path::default()).await?;
+        let mut objects = vec![object_store::ObjectMeta {
+            location: super::layout::config_key(),
+            last_modified: Default::default(),
+            size: 0,
+            e_tag: None,
+            version: None,
+        }];
+        let prefixes = [super::keys::keys_prefix(), super::layout::volumes_prefix()];
+        for prefix in &prefixes {
+            objects.extend(self.list(prefix).await?);
+        }
         let committed = |m: &object_store::ObjectMeta| {
             let parts: Vec<_> = m.location.parts().collect();
-            parts.len() == 4 && parts[0].as_ref() == "volumes" && parts[2].as_ref() == "commits"
+            parts.len() == 4
+                && parts[0].as_ref() == prefixes[1].as_ref()
+                && parts[2].as_ref() == "commits"
         };
         if objects.iter().any(committed) {
             return Ok(false);
@@ -129,7 +144,11 @@ impl Repository {
                 .await?;
         }
         if let Some(root) = &self.local_root {
-            remove_empty_dirs(root);
+            for prefix in &prefixes {
+                remove_empty_dirs(&root.join(prefix.as_ref()));
+            }
+            // Only if empty: a folder that held files of its own stays.
+            let _ = std::fs::remove_dir(root);
         }
         Ok(true)
     }

@@ -24,6 +24,11 @@ use crate::format::{DigestKey, KeyId, Keys, RepoKey, WriterKey};
 
 /// Prefix of the key slot objects.
 const KEYS_PREFIX: &str = "keys";
+
+/// Prefix holding the key slots (FORMAT.md 15.3).
+pub(crate) fn keys_prefix() -> Path {
+    Path::from(KEYS_PREFIX)
+}
 /// AAD domain of a passphrase slot's ciphertext.
 const SLOT_AAD_DOMAIN: &[u8] = b"thinarc-slot-v1";
 /// Argon2id memory of a new passphrase slot, KiB (64 MiB: the one exception to the

@@ -1576,6 +1576,29 @@ fn damage_consolidated_copy_of_damaged_point_creates_nothing() {
             "the new destination was removed: {}",
             c.show()
         );
+        // A folder that held the user's files when the copy made a repository in it
+        // keeps them, and only them.
+        let shared = t.path("shared");
+        std::fs::create_dir_all(shared.join("photos/empty")).unwrap();
+        std::fs::write(shared.join("photos/a.jpg"), b"mine").unwrap();
+        std::fs::write(shared.join("volumes.txt"), b"notes").unwrap();
+        let c = t.run(&[
+            "copy",
+            "v",
+            "--to",
+            shared.to_str().unwrap(),
+            "--consolidate",
+        ]);
+        assert_eq!(c.code, Some(1), "{}", c.show());
+        let mut left: Vec<String> = walkdir(&shared);
+        left.sort();
+        assert_eq!(
+            left,
+            ["photos", "photos/a.jpg", "photos/empty", "volumes.txt"],
+            "{}",
+            c.show()
+        );
+        assert_eq!(std::fs::read(shared.join("photos/a.jpg")).unwrap(), b"mine");
         // Recorded: refused before the destination is opened or created.
         assert_eq!(t.run(&["verify", "--data"]).code, Some(4));
         let blocks = if encrypted { 4 } else { 1 };
@@ -1775,4 +1798,26 @@ fn damage_consolidated_copy_to_s3_leaves_no_destination_objects() {
     );
     let left = Objects::new(&dest).list("");
     assert_eq!(left, Vec::<String>::new(), "{}", c.show());
+}
+
+/// Every file and folder under `dir`, as paths relative to it.
+fn walkdir(dir: &std::path::Path) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let path = e.unwrap().path();
+            found.push(
+                path.strip_prefix(dir)
+                    .unwrap()
+                    .to_str()
+                    .unwrap()
+                    .to_string(),
+            );
+            if path.is_dir() {
+                todo.push(path);
+            }
+        }
+    }
+    found
 }
