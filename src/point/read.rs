@@ -41,7 +41,7 @@ use crate::repo::{Chain, ChainCursor, Repository};
 /// compressed). With 20 ms per request, 8 MiB topped out near 250 MiB/s (a 1 GiB
 /// restore 5.9 s against 4.2 s without the delay); 16 MiB hides it (3.9 s against
 /// 3.7 s). Peak RSS is what bounds the budget (the 64 MiB goal of issue 14): 16 MiB
-/// held, at most `threads` + 3 decoded units of 4 MiB, the HTTP connections' read
+/// held, at most `threads` + 2 decoded units of 4 MiB (restore), the connections' read
 /// buffers and the binary's pages (README, *Memory of a restore from S3*).
 fn tuning(repo: &Repository) -> (UnitLimits, Window) {
     let limits = UnitLimits {
