@@ -108,7 +108,8 @@ struct Holding {
 }
 
 /// Fetched bytes a reader holds, counted against its window's budget from the start
-/// of their read until this is dropped (after their unit is decoded).
+/// of their read until this is dropped (after their unit is decoded; a merge's unit
+/// may keep some of them beyond, the stored frames it copies whole).
 #[derive(Debug)]
 struct Held {
     bytes: u64,
